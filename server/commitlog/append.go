@@ -1,0 +1,341 @@
+package commitlog
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// maxRetainedWriteBuffer caps the write buffer kept between Append calls.
+const maxRetainedWriteBuffer = 16 << 20
+
+func (l *Log) writable() error {
+	if l.closed {
+		return ErrClosed
+	}
+	return l.writeError
+}
+
+// fence records a write failure: the log refuses further writes.
+func (l *Log) fence(err error) error {
+	l.mu.Lock()
+	l.writeError = fmt.Errorf("commitlog: log fenced after write error: %w", err)
+	l.mu.Unlock()
+	return err
+}
+
+// Append writes ents to the log and appends the derived ids of each entry to
+// ids. ents must be contiguous and ents[0].Index must be at most
+// LastIndex+1. If ents[0].Index <= LastIndex, the conflicting suffix is
+// truncated first; truncating at or below the commit index of the latest
+// HardState is refused. The truncation is made durable before returning
+// (unless NoSync) because its ordering against later appends matters;
+// otherwise Append does not fsync: call Sync.
+//
+// The records go to the active segment in one write syscall; when the active
+// segment reaches Options.SegmentBytes it is fsynced (unless NoSync) and a new
+// one is started, costing one more write. A KindMessages payload that fails
+// validation is rejected (ErrBadBatch) before anything is written.
+func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
+	if err := l.writable(); err != nil {
+		return ids, err
+	}
+	if len(ents) == 0 {
+		return ids, nil
+	}
+	first := ents[0].GetIndex()
+	if first < l.start.firstIndex {
+		return ids, fmt.Errorf("commitlog: append at index %d below first index %d: %w", first, l.start.firstIndex, raft.ErrCompacted)
+	}
+	if first > l.lastIndex+1 {
+		return ids, fmt.Errorf("commitlog: append at index %d leaves a gap after last index %d", first, l.lastIndex)
+	}
+	// Validate everything before touching the disk.
+	counts := l.counts[:0]
+	for i, e := range ents {
+		if e.GetIndex() != first+uint64(i) {
+			return ids, fmt.Errorf("commitlog: append: entries not contiguous at index %d", e.GetIndex())
+		}
+		if len(e.GetData()) > maxRecordData {
+			return ids, fmt.Errorf("commitlog: append: entry %d too large (%d bytes)", e.GetIndex(), len(e.GetData()))
+		}
+		c, err := entryCount(e.GetType(), e.GetData())
+		if err != nil {
+			return ids, fmt.Errorf("commitlog: append: entry %d: %w", e.GetIndex(), err)
+		}
+		counts = append(counts, c)
+	}
+	l.counts = counts
+	if first <= l.lastIndex {
+		if err := l.truncateFrom(first); err != nil {
+			return ids, err
+		}
+	}
+
+	if len(l.segs) == 0 {
+		s, err := createSegment(l.dir, first)
+		if err != nil {
+			return ids, err
+		}
+		l.mu.Lock()
+		l.segs = append(l.segs, s)
+		l.mu.Unlock()
+		l.dirDirty = true
+	}
+	s := l.segs[len(l.segs)-1]
+	buf := l.wbuf[:0]
+	pts := l.pts[:0]
+	runs := l.runs[:0]
+	lastTerm := l.terms[len(l.terms)-1].term
+	lastPoint := int64(-indexInterval)
+	if len(s.points) > 0 {
+		lastPoint = s.points[len(s.points)-1].off
+	}
+	nextID := l.nextID
+	chunk := 0 // index in ents of the first entry not yet flushed
+	for i, e := range ents {
+		if pos := s.size + int64(len(buf)); pos >= l.opts.SegmentBytes && (pos > 0) {
+			if err := l.flush(s, buf, pts, runs, ents[chunk:i], counts[max(i-1, 0)], nextID); err != nil {
+				return ids, err
+			}
+			chunk = i
+			ns, err := l.roll(s, e.GetIndex())
+			if err != nil {
+				return ids, err
+			}
+			s, buf, pts, runs = ns, buf[:0], pts[:0], runs[:0]
+			lastPoint = int64(-indexInterval)
+		}
+		off := s.size + int64(len(buf))
+		if off-lastPoint >= indexInterval {
+			pts = append(pts, indexPoint{index: e.GetIndex(), firstID: nextID, off: off})
+			lastPoint = off
+		}
+		if t := e.GetTerm(); t != lastTerm {
+			runs = append(runs, termRun{start: e.GetIndex(), term: t})
+			lastTerm = t
+		}
+		buf = appendRecord(buf, e, nextID, counts[i])
+		ids = append(ids, EntryIDs{Index: e.GetIndex(), FirstID: nextID, Count: counts[i]})
+		nextID += uint64(counts[i])
+	}
+	err := l.flush(s, buf, pts, runs, ents[chunk:], counts[len(counts)-1], nextID)
+	if cap(buf) <= maxRetainedWriteBuffer {
+		l.wbuf = buf[:0]
+	} else {
+		l.wbuf = nil
+	}
+	l.pts, l.runs = pts[:0], runs[:0]
+	return ids, err
+}
+
+// flush writes buf at the end of s and publishes the new records to readers.
+func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, ents []*pb.Entry, lastCount uint32, nextID uint64) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	if _, err := s.f.WriteAt(buf, s.size); err != nil {
+		_ = s.f.Truncate(s.size)
+		return l.fence(fmt.Errorf("commitlog: write %s: %w", s.path, err))
+	}
+	le := ents[len(ents)-1]
+	l.mu.Lock()
+	s.points = append(s.points, pts...)
+	s.size += int64(len(buf))
+	s.last = le.GetIndex()
+	l.terms = append(l.terms, runs...)
+	l.lastIndex = le.GetIndex()
+	l.last = EntryIDs{Index: le.GetIndex(), FirstID: nextID - uint64(lastCount), Count: lastCount}
+	l.nextID = nextID
+	l.mu.Unlock()
+	if !s.dirty {
+		s.dirty = true
+		l.dirty = append(l.dirty, s)
+	}
+	return nil
+}
+
+// roll fsyncs the full segment s (so that only the last segment can ever
+// have a torn tail) and starts a new one at index first.
+func (l *Log) roll(s *segment, first uint64) (*segment, error) {
+	if s.dirty && !l.opts.NoSync {
+		if err := fdatasync(s.f); err != nil {
+			return nil, l.fence(fmt.Errorf("commitlog: sync %s: %w", s.path, err))
+		}
+		s.dirty = false
+	}
+	ns, err := createSegment(l.dir, first)
+	if err != nil {
+		return nil, l.fence(err)
+	}
+	l.mu.Lock()
+	l.segs = append(l.segs, ns)
+	l.mu.Unlock()
+	l.dirDirty = true
+	return ns, nil
+}
+
+// truncateFrom removes entries >= index (index in [firstIndex, lastIndex]).
+func (l *Log) truncateFrom(index uint64) error {
+	if index <= l.hs.cur.commit {
+		return fmt.Errorf("commitlog: refusing to truncate at index %d: commit index is %d", index, l.hs.cur.commit)
+	}
+	newLast := EntryIDs{}
+	if index > l.start.firstIndex {
+		var err error
+		if newLast, err = l.idsLocked(index - 1); err != nil {
+			return err
+		}
+	}
+	nextID := l.start.firstID
+	if newLast.FirstID != 0 {
+		nextID = newLast.FirstID + uint64(newLast.Count)
+	}
+	keep := len(l.segs)
+	for keep > 0 && l.segs[keep-1].first >= index {
+		keep--
+	}
+	var cut *segment
+	var cutOff int64
+	if keep > 0 {
+		si, off, _, err := l.locate(index)
+		if err != nil {
+			return err
+		}
+		if si != keep-1 {
+			return fmt.Errorf("commitlog: truncate: index %d found in unexpected segment", index)
+		}
+		cut, cutOff = l.segs[si], off
+	}
+	if cut != nil {
+		if err := cut.f.Truncate(cutOff); err != nil {
+			return l.fence(fmt.Errorf("commitlog: truncate %s: %w", cut.path, err))
+		}
+	}
+	removed := slices.Clone(l.segs[keep:])
+	l.mu.Lock()
+	if cut != nil {
+		cut.size = cutOff
+		cut.last = index - 1
+		k := len(cut.points)
+		for k > 0 && cut.points[k-1].index >= index {
+			k--
+		}
+		cut.points = cut.points[:k]
+	}
+	l.segs = l.segs[:keep]
+	k := len(l.terms)
+	for k > 1 && l.terms[k-1].start >= index {
+		k--
+	}
+	l.terms = l.terms[:k]
+	l.lastIndex = index - 1
+	l.last = newLast
+	l.nextID = nextID
+	for _, s := range removed {
+		s.f.Close()
+	}
+	l.mu.Unlock()
+	for _, s := range removed {
+		if err := os.Remove(s.path); err != nil {
+			return l.fence(fmt.Errorf("commitlog: remove segment: %w", err))
+		}
+		s.dirty = false
+	}
+	if len(removed) > 0 {
+		l.dirDirty = true
+	}
+	if l.opts.NoSync {
+		return nil
+	}
+	if cut != nil {
+		if err := fdatasync(cut.f); err != nil {
+			return l.fence(fmt.Errorf("commitlog: sync %s: %w", cut.path, err))
+		}
+	}
+	if l.dirDirty {
+		if err := syncDir(l.dir); err != nil {
+			return l.fence(err)
+		}
+		l.dirDirty = false
+	}
+	return nil
+}
+
+// SetHardState records hs. When it differs from the previous state it is
+// written to the hardstate file (pwrite, no fsync). The next Sync fsyncs it
+// if term or vote changed; commit-only changes are not fsynced.
+func (l *Log) SetHardState(hs *pb.HardState) error {
+	if err := l.writable(); err != nil {
+		return err
+	}
+	st := hardState{term: hs.GetTerm(), vote: hs.GetVote(), commit: hs.GetCommit()}
+	if st == l.hs.cur {
+		return nil
+	}
+	if err := l.hs.write(st); err != nil {
+		return l.fence(err)
+	}
+	return nil
+}
+
+// SetConfState durably replaces the stored ConfState before returning.
+func (l *Log) SetConfState(cs *pb.ConfState) error {
+	if err := l.writable(); err != nil {
+		return err
+	}
+	c := proto.Clone(cs).(*pb.ConfState)
+	if err := writeMeta(l.dir, l.start, c); err != nil {
+		return l.fence(err)
+	}
+	l.mu.Lock()
+	l.cs = c
+	l.mu.Unlock()
+	return nil
+}
+
+// Sync makes everything written so far durable: it fdatasyncs each segment
+// written since the last Sync, the hardstate file when term or vote changed,
+// and the directory after files were created or deleted. It is a no-op with
+// NoSync or when nothing is dirty.
+func (l *Log) Sync() error {
+	if err := l.writable(); err != nil {
+		return err
+	}
+	if l.opts.NoSync {
+		for _, s := range l.dirty {
+			s.dirty = false
+		}
+		l.dirty = l.dirty[:0]
+		l.dirDirty = false
+		return l.hs.sync(true, false)
+	}
+	for _, s := range l.dirty {
+		if !s.dirty {
+			continue // synced at roll, or removed
+		}
+		if err := fdatasync(s.f); err != nil {
+			return l.fence(fmt.Errorf("commitlog: sync %s: %w", s.path, err))
+		}
+		s.dirty = false
+	}
+	clear(l.dirty)
+	l.dirty = l.dirty[:0]
+	if l.dirDirty {
+		if err := syncDir(l.dir); err != nil {
+			return l.fence(err)
+		}
+		l.dirDirty = false
+	}
+	if err := l.hs.sync(false, false); err != nil {
+		return l.fence(err)
+	}
+	return nil
+}
+
+var errSnapshotData = errors.New("commitlog: snapshot has no next message id")

@@ -1,0 +1,138 @@
+// Package commitlog is the per-topic raft log, which is also the topic's only
+// message store.
+//
+// A Log lives in its own directory. It implements raft.Storage
+// (go.etcd.io/raft/v3) and, on top of it, a message view: each raft entry that
+// carries a batch of messages (see EncodeBatch) is given a contiguous range of
+// message ids when it is appended locally:
+//
+//	first_id(e) = first_id(prev) + count(prev)     first id of a fresh log = 1
+//
+// count is 0 for entries with empty data (the leader's no-op), conf changes
+// and payloads whose first byte is not KindMessages. Ids are a pure function
+// of the log prefix, so every replica derives the same ones. On suffix
+// truncation the next id is recomputed from the last surviving entry; after
+// ApplySnapshot numbering continues from the id carried in the snapshot data.
+//
+// # Concurrency
+//
+// One goroutine owns a Log: it calls the raft.Storage methods and every write
+// (Append, SetHardState, SetConfState, Sync, ApplySnapshot, DeleteBefore,
+// Close). Any goroutine may call IDs, FirstID, NextID, ReadMessages and Stats
+// concurrently. A sync.RWMutex guards the in-memory index; the owner updates it
+// under the write lock after its write syscall, readers hold the read lock
+// while they pread, so a segment file is never closed under a reader.
+//
+// # Directory layout
+//
+//	<dir>/00000000000000000001.log   segment files, named %020d.log by the raft
+//	<dir>/00000000000000004242.log   index of their first record
+//	<dir>/hardstate                  two HardState slots
+//	<dir>/meta                       log start + ConfState (atomic replace)
+//	<dir>/meta.tmp                   transient, removed by Open
+//
+// All integers are little endian. CRCs are CRC-32C (Castagnoli).
+//
+// # Segment files
+//
+// A segment is a sequence of records with consecutive raft indexes, the first
+// equal to the number in its name. Segments are consecutive too: the first
+// index of one is the last index of the previous one plus one. A record is
+//
+//	offset size field
+//	0      4    length: bytes after this 8-byte prefix (29 + len(data))
+//	4      4    crc32c of bytes [8, 8+length)
+//	8      8    raft index
+//	16     8    raft term
+//	24     1    entry type (raftpb.EntryType: 0 normal, 1 conf change, 2 conf change v2)
+//	25     8    first_id: message id of the first message in data
+//	33     4    count: number of messages in data
+//	37     ..   data (raft Entry.Data, verbatim)
+//
+// The writer rolls to a new segment, at an entry boundary, once the active one
+// has reached Options.SegmentBytes; the full segment is fsynced first (unless
+// NoSync), so only the last segment can ever end in a torn record.
+//
+// # Entry data
+//
+// A payload starting with KindMessages (1) is a batch:
+//
+//	[0]      u8  kind = 1
+//	[1:9]    u64 proposal tag (opaque)
+//	[9:17]   u64 producer id (0 = none), reserved for idempotent appends
+//	[17:25]  u64 producer sequence, reserved
+//	[25:29]  u32 number of messages
+//	then per message: uvarint length, bytes
+//
+// Append validates the whole batch structure (it rejects a malformed batch
+// with ErrBadBatch); Open validates it again and checks count.
+//
+// # hardstate
+//
+// Two slots of 36 bytes at offsets 0 and 4096:
+//
+//	u64 seq | u64 term | u64 vote | u64 commit | u32 crc32c of the 32 bytes before
+//
+// Open uses the valid slot with the highest seq (seq 0 = never written).
+// SetHardState pwrites the next seq into the slot that does not hold the last
+// durably synced term/vote (the "anchor"); Sync fsyncs the file only when term
+// or vote changed and then makes the written slot the anchor. So commit-only
+// changes cost one pwrite and no fsync (raft does not need them durable), and
+// no crash can bring back a term/vote older than the last Sync. Close writes
+// and fsyncs the latest state.
+//
+// # meta
+//
+//	[0:4]    "FBCL"
+//	[4]      format version (1)
+//	[5:13]   first index: raft index of the first retained entry
+//	[13:21]  term of first index - 1
+//	[21:29]  first id: message id at first index
+//	[29:33]  n: length of the ConfState
+//	[33:33+n] ConfState, protobuf (raftpb.ConfState)
+//	then     u32 crc32c of everything before
+//
+// It is replaced atomically (write meta.tmp, fsync, rename, fsync dir), also
+// with NoSync. A missing meta means first index 1, term 0, first id 1 and an
+// empty ConfState.
+//
+// Retention (DeleteBefore) records the new start in meta before deleting any
+// segment; Open deletes segment files named below the recorded first index.
+// ApplySnapshot first deletes (durably) the segments starting above the
+// snapshot index, then records the new start, then deletes the rest, so every
+// crash point leaves a state Open recovers.
+//
+// # Snapshot data
+//
+// Snapshot returns a metadata-only snapshot at FirstIndex-1 whose Data is
+//
+//	[0]    u8  version (1; later versions append fields)
+//	[1:9]  u64 next message id at the snapshot index
+//
+// # Recovery
+//
+// Open scans every record of every segment, verifying length, CRC, index and
+// id contiguity and the message count, and rebuilds the in-memory index. This
+// full scan is a known cost: opening reads the whole log once (a per-segment
+// index file would avoid it). In the last segment the first bad or torn
+// record and everything after it are cut off (the file is truncated). A bad
+// record in any other segment, an empty segment that is not the last, or a gap
+// between segments is reported as ErrCorrupt.
+//
+// # In-memory index
+//
+// Per segment, one index point (raft index, first id, file offset) for the
+// first record and then for the first record starting at least 4 KiB after
+// the previous point. A lookup by index or by message id binary-searches the
+// segments and the points, then scans headers with one pread of at most
+// 4 KiB + 37 bytes. Terms are kept as runs [(first index, term)...] starting at
+// FirstIndex-1. The ids of the last entry are kept in memory.
+//
+// # Durability
+//
+// Append does not fsync (except when it rolls a segment or truncates a
+// conflicting suffix). Sync fdatasyncs every segment written since the last
+// Sync, the hardstate file when term or vote changed, and the directory after
+// files were created or deleted. With Options.NoSync ("os" durability) Sync
+// does nothing but bookkeeping.
+package commitlog

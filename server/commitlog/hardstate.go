@@ -1,0 +1,127 @@
+package commitlog
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+)
+
+// HardState file: two fixed slots, each
+//
+//	u64 seq | u64 term | u64 vote | u64 commit | u32 crc32c(previous 32 bytes)
+//
+// at offsets 0 and hsSlotStride (separate pages, so one torn write cannot
+// damage both).
+const (
+	hsSlotSize    = 36
+	hsSlotStride  = 4096
+	hardStateName = "hardstate"
+)
+
+type hardState struct{ term, vote, commit uint64 }
+
+// hsFile writes the HardState alternately into two slots. The "anchor" slot
+// holds the last term/vote that was made durable and is never overwritten
+// until the other slot's content (with the same or newer term/vote) has been
+// fsynced, so a crash can never regress term or vote below what Sync made
+// durable. Commit-only changes go to the non-anchor slot and need no fsync.
+type hsFile struct {
+	f        *os.File
+	seq      uint64
+	cur      hardState // latest written
+	synced   hardState // term/vote last made durable (commit may be stale)
+	anchor   int       // slot holding synced term/vote; -1 when none
+	needSync bool      // term or vote written but not yet fsynced
+	unsynced bool      // something written since the last fsync
+	buf      [hsSlotSize]byte
+}
+
+func openHardState(path string) (*hsFile, bool, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, false, fmt.Errorf("commitlog: open hardstate: %w", err)
+	}
+	h := &hsFile{f: f, anchor: -1}
+	var raw [hsSlotStride + hsSlotSize]byte
+	n, err := f.ReadAt(raw[:], 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		f.Close()
+		return nil, false, fmt.Errorf("commitlog: read hardstate: %w", err)
+	}
+	created := n == 0
+	for slot := 0; slot < 2; slot++ {
+		off := slot * hsSlotStride
+		if n < off+hsSlotSize {
+			continue
+		}
+		seq, st, ok := decodeHSSlot(raw[off : off+hsSlotSize])
+		if ok && (h.anchor < 0 || seq > h.seq) {
+			h.anchor, h.seq, h.cur = slot, seq, st
+		}
+	}
+	h.synced = h.cur
+	return h, created, nil
+}
+
+func decodeHSSlot(b []byte) (uint64, hardState, bool) {
+	if crc32.Checksum(b[:32], castagnoli) != binary.LittleEndian.Uint32(b[32:36]) {
+		return 0, hardState{}, false
+	}
+	seq := binary.LittleEndian.Uint64(b[0:8])
+	if seq == 0 {
+		return 0, hardState{}, false
+	}
+	return seq, hardState{
+		term:   binary.LittleEndian.Uint64(b[8:16]),
+		vote:   binary.LittleEndian.Uint64(b[16:24]),
+		commit: binary.LittleEndian.Uint64(b[24:32]),
+	}, true
+}
+
+func (h *hsFile) writeSlot() int {
+	if h.anchor < 0 {
+		return 0
+	}
+	return 1 - h.anchor
+}
+
+// write stores s in the non-anchor slot (pwrite, no fsync).
+func (h *hsFile) write(s hardState) error {
+	h.seq++
+	b := h.buf[:]
+	binary.LittleEndian.PutUint64(b[0:8], h.seq)
+	binary.LittleEndian.PutUint64(b[8:16], s.term)
+	binary.LittleEndian.PutUint64(b[16:24], s.vote)
+	binary.LittleEndian.PutUint64(b[24:32], s.commit)
+	binary.LittleEndian.PutUint32(b[32:36], crc32.Checksum(b[:32], castagnoli))
+	if _, err := h.f.WriteAt(b, int64(h.writeSlot()*hsSlotStride)); err != nil {
+		return fmt.Errorf("commitlog: write hardstate: %w", err)
+	}
+	h.cur = s
+	h.unsynced = true
+	if s.term != h.synced.term || s.vote != h.synced.vote || h.anchor < 0 {
+		h.needSync = true
+	}
+	return nil
+}
+
+// sync makes the written slot durable when term/vote changed (or always when
+// force is set) and promotes it to anchor. With noSync the fsync is skipped
+// but the bookkeeping is the same.
+func (h *hsFile) sync(noSync, force bool) error {
+	if !h.unsynced || (!h.needSync && !force) {
+		return nil
+	}
+	if !noSync {
+		if err := fdatasync(h.f); err != nil {
+			return fmt.Errorf("commitlog: sync hardstate: %w", err)
+		}
+	}
+	h.anchor = h.writeSlot()
+	h.synced = h.cur
+	h.needSync, h.unsynced = false, false
+	return nil
+}

@@ -1,0 +1,422 @@
+package commitlog
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+const (
+	// DefaultSegmentBytes is the segment roll size used when Options.SegmentBytes is 0.
+	DefaultSegmentBytes = 64 << 20
+	// MinSegmentBytes is the smallest segment roll size; smaller values are raised to it.
+	MinSegmentBytes = 4 << 10
+)
+
+var (
+	// ErrCompacted is returned by ReadMessages for a message id below FirstID.
+	ErrCompacted = errors.New("commitlog: message id compacted")
+	// ErrClosed is returned by every method after Close.
+	ErrClosed = errors.New("commitlog: log closed")
+	// ErrCorrupt is wrapped by errors about damaged files that cannot be repaired.
+	ErrCorrupt = errors.New("commitlog: corrupt log")
+)
+
+// Options configure a Log.
+type Options struct {
+	// SegmentBytes: the active segment is rolled once it reaches this size.
+	// Default DefaultSegmentBytes; values below MinSegmentBytes are raised.
+	SegmentBytes int64
+	// NoSync selects the "os" durability mode: Sync does not fsync.
+	NoSync bool
+	// Logger receives recovery warnings; nil discards them.
+	Logger *slog.Logger
+}
+
+// EntryIDs are the message ids derived for the raft entry Index: messages
+// FirstID .. FirstID+Count-1.
+type EntryIDs struct {
+	Index   uint64
+	FirstID uint64
+	Count   uint32
+}
+
+// Stats is a snapshot of a Log's size and bounds.
+type Stats struct {
+	Segments              int
+	Bytes                 int64
+	FirstIndex, LastIndex uint64
+	FirstID, NextID       uint64
+}
+
+// Log is one topic's raft log and message store.
+//
+// Concurrency: the raft.Storage methods and all writes (Append, SetHardState,
+// SetConfState, Sync, ApplySnapshot, DeleteBefore, Close) must be called from
+// the single goroutine that owns the log. IDs, FirstID, NextID, ReadMessages,
+// Stats and the read-only Storage methods may be called from any goroutine
+// concurrently with the owner.
+type Log struct {
+	dir    string
+	opts   Options
+	logger *slog.Logger
+
+	// mu guards the fields below against concurrent readers. The owner
+	// goroutine reads them without locking and writes them holding mu.
+	mu         sync.RWMutex
+	segs       []*segment
+	start      logStart // first retained index, term before it, first id
+	lastIndex  uint64
+	last       EntryIDs // ids of lastIndex (valid when lastIndex >= start.firstIndex)
+	nextID     uint64
+	terms      []termRun // covers [start.firstIndex-1, lastIndex]
+	cs         *pb.ConfState
+	closed     bool
+	writeError error // sticky: set when a write failed; the log is fenced
+
+	// Owner-only state.
+	hs       *hsFile
+	dirDirty bool
+	dirty    []*segment
+	wbuf     []byte
+	counts   []uint32
+	pts      []indexPoint
+	runs     []termRun
+}
+
+// Open opens (creating if needed) the log in dir and recovers it: every
+// segment is scanned and verified; a torn or corrupt tail of the last segment
+// is cut off (the file is truncated). A damaged record in any other segment,
+// or a gap between segments, makes Open fail with an error wrapping
+// ErrCorrupt.
+func Open(dir string, opts Options) (*Log, error) {
+	if opts.SegmentBytes == 0 {
+		opts.SegmentBytes = DefaultSegmentBytes
+	}
+	opts.SegmentBytes = max(opts.SegmentBytes, MinSegmentBytes)
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("commitlog: create dir: %w", err)
+	}
+	l := &Log{dir: dir, opts: opts, logger: logger.With("dir", dir)}
+	if err := l.recover(); err != nil {
+		l.closeFiles()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Log) recover() error {
+	_ = os.Remove(filepath.Join(l.dir, metaTmpName))
+	st, cs, _, err := readMeta(l.dir)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	l.start, l.cs = st, cs
+	hs, created, err := openHardState(filepath.Join(l.dir, hardStateName))
+	if err != nil {
+		return err
+	}
+	l.hs = hs
+	if created {
+		l.dirDirty = true
+	} else if !l.opts.NoSync {
+		// What we read may only have been in the page cache; make it the
+		// durable anchor before overwriting the other slot.
+		if err := fdatasync(hs.f); err != nil {
+			return fmt.Errorf("commitlog: sync hardstate: %w", err)
+		}
+	}
+
+	firsts, err := listSegments(l.dir)
+	if err != nil {
+		return err
+	}
+	l.terms = []termRun{{start: st.firstIndex - 1, term: st.prevTerm}}
+	l.nextID = st.firstID
+	l.lastIndex = st.firstIndex - 1
+	for _, first := range firsts {
+		if first < st.firstIndex {
+			// Left behind by retention or a snapshot whose deletion did
+			// not complete: everything in it is below the log start.
+			l.logger.Info("commitlog: removing segment below log start", "segment", segmentName(first))
+			if err := os.Remove(filepath.Join(l.dir, segmentName(first))); err != nil {
+				return fmt.Errorf("commitlog: remove stale segment: %w", err)
+			}
+			l.dirDirty = true
+			continue
+		}
+		if first != l.lastIndex+1 {
+			return fmt.Errorf("%w: segment %s does not follow index %d", ErrCorrupt, segmentName(first), l.lastIndex)
+		}
+		path := filepath.Join(l.dir, segmentName(first))
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("commitlog: open segment: %w", err)
+		}
+		s := &segment{first: first, last: first - 1, f: f, path: path}
+		l.segs = append(l.segs, s)
+		nextID, err := scanSegment(s, l.nextID, &l.terms)
+		isLast := first == firsts[len(firsts)-1]
+		switch {
+		case errors.Is(err, errTorn) && isLast:
+			fi, serr := f.Stat()
+			if serr != nil {
+				return fmt.Errorf("commitlog: stat segment: %w", serr)
+			}
+			l.logger.Warn("commitlog: cutting torn tail", "segment", segmentName(first),
+				"offset", s.size, "dropped_bytes", fi.Size()-s.size)
+			if err := f.Truncate(s.size); err != nil {
+				return fmt.Errorf("commitlog: truncate torn tail: %w", err)
+			}
+			if !l.opts.NoSync {
+				if err := fdatasync(f); err != nil {
+					return fmt.Errorf("commitlog: sync segment: %w", err)
+				}
+			}
+		case errors.Is(err, errTorn):
+			return fmt.Errorf("%w: bad record in %s at offset %d (index %d)", ErrCorrupt, path, s.size, s.last+1)
+		case err != nil:
+			return err
+		}
+		if s.empty() && !isLast {
+			return fmt.Errorf("%w: empty segment %s is not the last", ErrCorrupt, path)
+		}
+		l.nextID = nextID
+		l.lastIndex = s.last
+	}
+	if l.lastIndex >= st.firstIndex {
+		ids, err := l.idsLocked(l.lastIndex)
+		if err != nil {
+			return err
+		}
+		l.last = ids
+	}
+	if l.dirDirty && !l.opts.NoSync {
+		if err := syncDir(l.dir); err != nil {
+			return err
+		}
+		l.dirDirty = false
+	}
+	return nil
+}
+
+// Close persists the latest HardState (fsynced, also with NoSync), syncs
+// written segments unless NoSync, and closes all files.
+func (l *Log) Close() error {
+	if l.closed {
+		return ErrClosed
+	}
+	var err error
+	if l.writeError == nil {
+		err = l.Sync()
+		if serr := l.hs.sync(false, true); err == nil {
+			err = serr
+		}
+	}
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	if cerr := l.closeFiles(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (l *Log) closeFiles() error {
+	var err error
+	for _, s := range l.segs {
+		if cerr := s.f.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("commitlog: close segment: %w", cerr)
+		}
+	}
+	if l.hs != nil {
+		if cerr := l.hs.f.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("commitlog: close hardstate: %w", cerr)
+		}
+	}
+	return err
+}
+
+// InitialState implements raft.Storage. The ConfState is never nil. The
+// commit index is raised to FirstIndex-1 (everything below the log start is
+// committed) and, if the log ends below it (possible only after a power loss
+// in NoSync mode), lowered to LastIndex with a warning.
+func (l *Log) InitialState() (*pb.HardState, *pb.ConfState, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return nil, nil, ErrClosed
+	}
+	cur := l.hs.cur
+	commit := max(cur.commit, l.start.firstIndex-1)
+	if commit > l.lastIndex {
+		l.logger.Warn("commitlog: commit index beyond the end of the log; lowering it",
+			"commit", commit, "last_index", l.lastIndex)
+		commit = l.lastIndex
+	}
+	hs := &pb.HardState{Term: proto.Uint64(cur.term), Vote: proto.Uint64(cur.vote), Commit: proto.Uint64(commit)}
+	return hs, proto.Clone(l.cs).(*pb.ConfState), nil
+}
+
+// FirstIndex implements raft.Storage.
+func (l *Log) FirstIndex() (uint64, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return 0, ErrClosed
+	}
+	return l.start.firstIndex, nil
+}
+
+// LastIndex implements raft.Storage.
+func (l *Log) LastIndex() (uint64, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return 0, ErrClosed
+	}
+	return l.lastIndex, nil
+}
+
+// Term implements raft.Storage: valid for [FirstIndex-1, LastIndex]. It
+// returns raft.ErrCompacted below and raft.ErrUnavailable above that range.
+func (l *Log) Term(i uint64) (uint64, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return 0, ErrClosed
+	}
+	return l.termLocked(i)
+}
+
+func (l *Log) termLocked(i uint64) (uint64, error) {
+	if i < l.start.firstIndex-1 {
+		return 0, raft.ErrCompacted
+	}
+	if i > l.lastIndex {
+		return 0, raft.ErrUnavailable
+	}
+	rs := l.terms
+	if r := rs[len(rs)-1]; i >= r.start {
+		return r.term, nil
+	}
+	k := sort.Search(len(rs), func(k int) bool { return rs[k].start > i })
+	return rs[k-1].term, nil
+}
+
+// Snapshot implements raft.Storage. It returns a metadata-only snapshot at
+// FirstIndex-1; Data holds the next message id there (EncodeSnapshotData).
+func (l *Log) Snapshot() (*pb.Snapshot, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return nil, ErrClosed
+	}
+	return &pb.Snapshot{
+		Data: EncodeSnapshotData(nil, l.start.firstID),
+		Metadata: &pb.SnapshotMetadata{
+			ConfState: proto.Clone(l.cs).(*pb.ConfState),
+			Index:     proto.Uint64(l.start.firstIndex - 1),
+			Term:      proto.Uint64(l.start.prevTerm),
+		},
+	}, nil
+}
+
+// FirstID returns the first retained message id.
+func (l *Log) FirstID() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.start.firstID
+}
+
+// NextID returns the id the next appended message would get.
+func (l *Log) NextID() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.nextID
+}
+
+// Stats returns the log's current size and bounds.
+func (l *Log) Stats() Stats {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	st := Stats{
+		Segments:   len(l.segs),
+		FirstIndex: l.start.firstIndex,
+		LastIndex:  l.lastIndex,
+		FirstID:    l.start.firstID,
+		NextID:     l.nextID,
+	}
+	for _, s := range l.segs {
+		st.Bytes += s.size
+	}
+	return st
+}
+
+// IDs returns the message ids of entry index. It returns raft.ErrCompacted
+// below FirstIndex and raft.ErrUnavailable above LastIndex. The last entry is
+// answered from memory; others cost one small pread.
+func (l *Log) IDs(index uint64) (EntryIDs, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return EntryIDs{}, ErrClosed
+	}
+	return l.idsLocked(index)
+}
+
+func (l *Log) idsLocked(index uint64) (EntryIDs, error) {
+	if index < l.start.firstIndex {
+		return EntryIDs{}, raft.ErrCompacted
+	}
+	if index > l.lastIndex {
+		return EntryIDs{}, raft.ErrUnavailable
+	}
+	if index == l.last.Index && l.last.FirstID != 0 {
+		return l.last, nil
+	}
+	_, _, h, err := l.locate(index)
+	if err != nil {
+		return EntryIDs{}, err
+	}
+	return EntryIDs{Index: index, FirstID: h.firstID, Count: h.count}, nil
+}
+
+// locate finds record index (which must exist). Caller holds mu or is the owner.
+func (l *Log) locate(index uint64) (int, int64, recHeader, error) {
+	si := sort.Search(len(l.segs), func(k int) bool { return l.segs[k].first > index }) - 1
+	if si < 0 || l.segs[si].empty() {
+		return 0, 0, recHeader{}, fmt.Errorf("commitlog: index %d not found", index)
+	}
+	s := l.segs[si]
+	pk := sort.Search(len(s.points), func(k int) bool { return s.points[k].index > index }) - 1
+	off, h, err := scanSpan(s, s.points[pk], func(h *recHeader) bool { return h.index == index })
+	return si, off, h, err
+}
+
+// locateID finds the record holding message id (which must exist, id < nextID).
+func (l *Log) locateID(id uint64) (int, int64, recHeader, error) {
+	si := sort.Search(len(l.segs), func(k int) bool {
+		s := l.segs[k]
+		return s.empty() || s.points[0].firstID > id
+	}) - 1
+	if si < 0 {
+		return 0, 0, recHeader{}, fmt.Errorf("commitlog: message id %d not found", id)
+	}
+	s := l.segs[si]
+	pk := sort.Search(len(s.points), func(k int) bool { return s.points[k].firstID > id }) - 1
+	off, h, err := scanSpan(s, s.points[pk], func(h *recHeader) bool { return id < h.firstID+uint64(h.count) })
+	return si, off, h, err
+}

@@ -1,0 +1,384 @@
+package commitlog
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// The log must satisfy raft's Storage interface.
+var _ raft.Storage = (*Log)(nil)
+
+func TestEmptyLog(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	hs, cs, err := l.InitialState()
+	require.NoError(t, err)
+	assert.True(t, raft.IsEmptyHardState(hs))
+	require.NotNil(t, cs)
+	fi, _ := l.FirstIndex()
+	li, _ := l.LastIndex()
+	assert.Equal(t, uint64(1), fi)
+	assert.Equal(t, uint64(0), li)
+	term, err := l.Term(0)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(0), term)
+	_, err = l.Term(1)
+	assert.ErrorIs(t, err, raft.ErrUnavailable)
+	assert.Equal(t, uint64(1), l.FirstID())
+	assert.Equal(t, uint64(1), l.NextID())
+	msgs, next, err := l.ReadMessages(nil, 1, 100, 10, 1000)
+	require.NoError(t, err)
+	assert.Empty(t, msgs)
+	assert.Equal(t, uint64(1), next)
+}
+
+func TestStorageContract(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 50, 1)
+	m.appendN(t, l, 51, 50, 2)
+	m.appendN(t, l, 101, 30, 5)
+	m.check(t, l)
+	require.Greater(t, l.Stats().Segments, 2)
+
+	// Boundaries.
+	_, err := l.Entries(0, 5, 1<<30)
+	assert.ErrorIs(t, err, raft.ErrCompacted)
+	_, err = l.Entries(1, 132, 1<<30)
+	assert.ErrorIs(t, err, raft.ErrUnavailable)
+	_, err = l.Term(131)
+	assert.ErrorIs(t, err, raft.ErrUnavailable)
+	term, err := l.Term(130)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(5), term)
+	term, err = l.Term(51)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), term)
+
+	// maxSize: at least one, and stops before exceeding.
+	got, err := l.Entries(10, 100, 0)
+	require.NoError(t, err)
+	assert.Len(t, got, 1)
+	one := uint64(proto.Size(got[0]))
+	got, err = l.Entries(10, 100, one)
+	require.NoError(t, err)
+	assert.Len(t, got, 1)
+	all, err := l.Entries(10, 100, 1<<30)
+	require.NoError(t, err)
+	var sz uint64
+	for _, e := range all[:20] {
+		sz += uint64(proto.Size(e))
+	}
+	got, err = l.Entries(10, 100, sz)
+	require.NoError(t, err)
+	assert.Len(t, got, 20)
+	got, err = l.Entries(10, 100, sz+1)
+	require.NoError(t, err)
+	assert.Len(t, got, 20)
+	// The caller may append to the result without corrupting anything.
+	got = append(got[:1:1], ent(999, 9, pb.EntryType_EntryNormal, nil))
+	_ = got
+
+	hs := &pb.HardState{Term: proto.Uint64(5), Vote: proto.Uint64(2), Commit: proto.Uint64(120)}
+	require.NoError(t, l.SetHardState(hs))
+	cs := &pb.ConfState{Voters: []uint64{1, 2, 3}}
+	require.NoError(t, l.SetConfState(cs))
+	require.NoError(t, l.Sync())
+	require.NoError(t, l.Close())
+
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	defer l.Close()
+	m.check(t, l)
+	ghs, gcs, err := l.InitialState()
+	require.NoError(t, err)
+	assert.True(t, proto.Equal(hs, ghs))
+	assert.True(t, proto.Equal(cs, gcs))
+}
+
+func TestIDsAcrossTruncation(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 100, 1)
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(1), Commit: proto.Uint64(40)}))
+	// Overwrite a suffix spanning several segments with a different shape.
+	m.appendN(t, l, 60, 10, 2)
+	m.check(t, l)
+	// Overwrite within the last segment.
+	m.appendN(t, l, 68, 5, 3)
+	m.check(t, l)
+	// Truncating at or below commit is refused.
+	_, err := l.Append([]*pb.Entry{ent(40, 4, pb.EntryType_EntryNormal, nil)}, nil)
+	require.Error(t, err)
+	// Gaps are refused.
+	_, err = l.Append([]*pb.Entry{ent(100, 4, pb.EntryType_EntryNormal, nil)}, nil)
+	require.Error(t, err)
+	// Malformed batches are refused and nothing is written.
+	bad := EncodeBatch(nil, 1, 0, 0, [][]byte{[]byte("abc")})
+	_, err = l.Append([]*pb.Entry{ent(73, 3, pb.EntryType_EntryNormal, nil), ent(74, 3, pb.EntryType_EntryNormal, bad[:len(bad)-1])}, nil)
+	require.ErrorIs(t, err, ErrBadBatch)
+	m.check(t, l)
+	require.NoError(t, l.Sync())
+	require.NoError(t, l.Close())
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	defer l.Close()
+	m.check(t, l)
+	m.appendN(t, l, 73, 40, 3)
+	m.check(t, l)
+}
+
+func TestTruncateWholeLog(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 60, 1)
+	m.appendN(t, l, 1, 10, 2)
+	m.check(t, l)
+	require.NoError(t, l.Close())
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	defer l.Close()
+	m.check(t, l)
+	assert.Equal(t, 1, l.Stats().Segments)
+}
+
+func TestReadMessages(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{SegmentBytes: MinSegmentBytes})
+	defer l.Close()
+	m := newModel()
+	m.appendN(t, l, 1, 200, 1)
+	require.Greater(t, l.Stats().Segments, 3)
+	last := m.next - 1
+
+	// Every start id, across segments and mid-batch, unlimited.
+	for id := uint64(1); id <= last; id += 3 {
+		msgs, next, err := l.ReadMessages(nil, id, last, 0, 0)
+		require.NoError(t, err)
+		require.Equal(t, m.next, next)
+		require.Len(t, msgs, int(last-id+1))
+		for k, msg := range msgs {
+			require.Equal(t, m.msgs[id+uint64(k)], msg)
+		}
+	}
+	// maxCount.
+	msgs, next, err := l.ReadMessages(nil, 5, last, 7, 0)
+	require.NoError(t, err)
+	assert.Len(t, msgs, 7)
+	assert.Equal(t, uint64(12), next)
+	// maxBytes: stops before exceeding, but at least one.
+	msgs, next, err = l.ReadMessages(nil, 5, last, 0, 1)
+	require.NoError(t, err)
+	assert.Len(t, msgs, 1)
+	assert.Equal(t, uint64(6), next)
+	limit := len(m.msgs[5]) + len(m.msgs[6]) + len(m.msgs[7])
+	msgs, _, err = l.ReadMessages(nil, 5, last, 0, limit)
+	require.NoError(t, err)
+	assert.Len(t, msgs, 3)
+	msgs, _, err = l.ReadMessages(nil, 5, last, 0, limit-1)
+	require.NoError(t, err)
+	assert.Len(t, msgs, 2)
+	// maxID cap.
+	msgs, next, err = l.ReadMessages(nil, 5, 9, 0, 0)
+	require.NoError(t, err)
+	assert.Len(t, msgs, 5)
+	assert.Equal(t, uint64(10), next)
+	msgs, next, err = l.ReadMessages(nil, 10, 9, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, msgs)
+	assert.Equal(t, uint64(10), next)
+	// Past the end.
+	msgs, next, err = l.ReadMessages(nil, m.next, m.next+10, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, msgs)
+	assert.Equal(t, m.next, next)
+	// Appends to dst; messages are capacity limited.
+	dst := [][]byte{[]byte("x")}
+	dst, _, err = l.ReadMessages(dst, 1, last, 2, 0)
+	require.NoError(t, err)
+	require.Len(t, dst, 3)
+	assert.Equal(t, len(dst[1]), cap(dst[1]))
+	// Below FirstID.
+	msgs, next, err = l.ReadMessages(nil, 0, last, 0, 0)
+	assert.ErrorIs(t, err, ErrCompacted)
+	assert.Empty(t, msgs)
+	assert.Equal(t, uint64(1), next)
+}
+
+func TestDeleteBefore(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 100, 1)
+	m.appendN(t, l, 101, 100, 2)
+	segs := l.Stats().Segments
+	require.Greater(t, segs, 4)
+
+	// Nothing is committed: nothing goes.
+	require.NoError(t, l.DeleteBefore(150))
+	assert.Equal(t, segs, l.Stats().Segments)
+
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(2), Commit: proto.Uint64(180)}))
+	require.NoError(t, l.DeleteBefore(150))
+	st := l.Stats()
+	assert.Less(t, st.Segments, segs)
+	assert.Greater(t, st.FirstIndex, uint64(1))
+	assert.LessOrEqual(t, st.FirstIndex, uint64(150))
+	m.first = st.FirstIndex
+	assert.Equal(t, m.ids[m.first].FirstID, st.FirstID)
+	for i := m.first - 1; i <= m.last; i++ {
+		_, err := l.Term(i)
+		require.NoError(t, err)
+	}
+	term, _ := l.Term(m.first - 1)
+	assert.Equal(t, m.ents[m.first-1].GetTerm(), term)
+	_, err := l.Term(m.first - 2)
+	assert.ErrorIs(t, err, raft.ErrCompacted)
+	_, err = l.Entries(m.first-1, m.first+1, 1<<30)
+	assert.ErrorIs(t, err, raft.ErrCompacted)
+	_, err = l.IDs(m.first - 1)
+	assert.ErrorIs(t, err, raft.ErrCompacted)
+	_, next, err := l.ReadMessages(nil, 1, m.next, 0, 0)
+	assert.ErrorIs(t, err, ErrCompacted)
+	assert.Equal(t, st.FirstID, next)
+	snap, err := l.Snapshot()
+	require.NoError(t, err)
+	assert.Equal(t, m.first-1, snap.GetMetadata().GetIndex())
+	assert.Equal(t, term, snap.GetMetadata().GetTerm())
+	nid, err := DecodeSnapshotData(snap.GetData())
+	require.NoError(t, err)
+	assert.Equal(t, st.FirstID, nid)
+	m.check(t, l)
+	require.NoError(t, l.Close())
+
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	defer l.Close()
+	m.check(t, l)
+	term2, err := l.Term(m.first - 1)
+	require.NoError(t, err)
+	assert.Equal(t, term, term2)
+}
+
+func TestApplySnapshot(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 80, 1)
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(1), Commit: proto.Uint64(10)}))
+
+	_, err := l.Snapshot()
+	require.NoError(t, err)
+	snap := &pb.Snapshot{
+		Data: EncodeSnapshotData(nil, 5000),
+		Metadata: &pb.SnapshotMetadata{
+			Index: proto.Uint64(1000), Term: proto.Uint64(7),
+			ConfState: &pb.ConfState{Voters: []uint64{1, 2}},
+		},
+	}
+	require.NoError(t, l.ApplySnapshot(snap))
+	check := func(l *Log) {
+		fi, _ := l.FirstIndex()
+		li, _ := l.LastIndex()
+		assert.Equal(t, uint64(1001), fi)
+		assert.Equal(t, uint64(1000), li)
+		term, err := l.Term(1000)
+		require.NoError(t, err)
+		assert.Equal(t, uint64(7), term)
+		assert.Equal(t, uint64(5000), l.FirstID())
+		hs, cs, err := l.InitialState()
+		require.NoError(t, err)
+		assert.GreaterOrEqual(t, hs.GetCommit(), uint64(1000))
+		assert.Equal(t, []uint64{1, 2}, cs.GetVoters())
+		_, next, err := l.ReadMessages(nil, 10, 1<<40, 0, 0)
+		assert.ErrorIs(t, err, ErrCompacted)
+		assert.Equal(t, uint64(5000), next)
+	}
+	check(l)
+	require.NoError(t, l.Close())
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	check(l)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		assert.NotContains(t, e.Name(), ".log")
+	}
+	m = &model{ents: map[uint64]*pb.Entry{}, ids: map[uint64]EntryIDs{}, msgs: map[uint64][]byte{}, next: 5000, first: 1001, last: 1000, fid: 5000}
+	m.appendN(t, l, 1001, 50, 7)
+	m.check(t, l)
+	require.NoError(t, l.Close())
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	defer l.Close()
+	m.check(t, l)
+
+	// A snapshot not above commit is out of date.
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(7), Commit: proto.Uint64(1020)}))
+	snap.Metadata.Index = proto.Uint64(1010)
+	assert.ErrorIs(t, l.ApplySnapshot(snap), raft.ErrSnapOutOfDate)
+}
+
+func TestHardStateSlots(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	hs1 := &pb.HardState{Term: proto.Uint64(3), Vote: proto.Uint64(1), Commit: proto.Uint64(0)}
+	require.NoError(t, l.SetHardState(hs1))
+	require.NoError(t, l.Sync())
+	hs2 := &pb.HardState{Term: proto.Uint64(4), Vote: proto.Uint64(2), Commit: proto.Uint64(0)}
+	require.NoError(t, l.SetHardState(hs2))
+	require.NoError(t, l.Sync())
+	require.NoError(t, l.Close())
+
+	// Close rewrote the state; find which slot holds the newest and tear it.
+	path := filepath.Join(dir, hardStateName)
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	seq0, _, ok0 := decodeHSSlot(raw[:hsSlotSize])
+	seq1, _, ok1 := decodeHSSlot(raw[hsSlotStride : hsSlotStride+hsSlotSize])
+	require.True(t, ok0 && ok1)
+	newest := 0
+	if seq1 > seq0 {
+		newest = 1
+	}
+	// A torn write of a newer state (term 5) into the non-anchor slot.
+	torn := make([]byte, hsSlotSize)
+	copy(torn, raw[newest*hsSlotStride:])
+	torn[0]++ // seq+1
+	torn[8] = 5
+	torn[20] ^= 0xff // not matching the crc
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(torn, int64((1-newest)*hsSlotStride))
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	l = openT(t, dir, Options{})
+	got, _, err := l.InitialState()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(4), got.GetTerm())
+	assert.Equal(t, uint64(2), got.GetVote())
+	// Commit-only changes never overwrite the durable term/vote slot.
+	for c := uint64(1); c <= 5; c++ {
+		require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(4), Vote: proto.Uint64(2)}))
+	}
+	require.NoError(t, l.Close())
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	got, _, err = l.InitialState()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(4), got.GetTerm())
+}
+
+func TestClosed(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	require.NoError(t, l.Close())
+	assert.ErrorIs(t, l.Close(), ErrClosed)
+	_, err := l.Append([]*pb.Entry{ent(1, 1, pb.EntryType_EntryNormal, nil)}, nil)
+	assert.ErrorIs(t, err, ErrClosed)
+	_, _, err = l.ReadMessages(nil, 1, 1, 1, 1)
+	assert.True(t, errors.Is(err, ErrClosed))
+}

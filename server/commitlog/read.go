@@ -1,0 +1,243 @@
+package commitlog
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+const (
+	minReadChunk = 64 << 10
+	maxReadChunk = 16 << 20
+)
+
+// entryBox lets one allocation hold an Entry and the values its optional
+// fields point to.
+type entryBox struct {
+	e           pb.Entry
+	term, index uint64
+	typ         pb.EntryType
+}
+
+// Entries implements raft.Storage: entries [lo, hi), at least one, stopping
+// before the total protobuf size would exceed maxSize. The returned slice is
+// freshly allocated; entry data are capacity-limited sub-slices of read
+// buffers owned by the result. Returns raft.ErrCompacted if lo < FirstIndex
+// and raft.ErrUnavailable if hi > LastIndex+1.
+func (l *Log) Entries(lo, hi, maxSize uint64) ([]*pb.Entry, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return nil, ErrClosed
+	}
+	if lo < l.start.firstIndex {
+		return nil, raft.ErrCompacted
+	}
+	if hi > l.lastIndex+1 {
+		return nil, raft.ErrUnavailable
+	}
+	if lo >= hi {
+		return nil, nil
+	}
+	si, off, _, err := l.locate(lo)
+	if err != nil {
+		return nil, err
+	}
+	n := hi - lo
+	ents := make([]*pb.Entry, 0, min(n, 256))
+	var boxes []entryBox
+	var chunk []byte
+	var chunkOff int64 // file offset of chunk[0] within segment si
+	var size uint64
+	chunkSize := int64(min(max(maxSize, minReadChunk), maxReadChunk))
+	for idx := lo; idx < hi; idx++ {
+		s := l.segs[si]
+		if off >= s.size {
+			si++
+			if si >= len(l.segs) {
+				return nil, fmt.Errorf("commitlog: entry %d missing", idx)
+			}
+			s, off, chunk = l.segs[si], 0, nil
+		}
+		// Make sure the whole record at off is in chunk.
+		rel := off - chunkOff
+		if !recordIn(chunk, rel) {
+			var hdr [recHeaderSize]byte
+			if _, err := s.f.ReadAt(hdr[:], off); err != nil {
+				return nil, fmt.Errorf("commitlog: read %s: %w", s.path, err)
+			}
+			h := parseHeader(hdr[:])
+			want := min(max(chunkSize, h.size()), s.size-off)
+			if h.size() > want {
+				return nil, fmt.Errorf("%w: record %d in %s overruns segment", ErrCorrupt, idx, s.path)
+			}
+			chunk = make([]byte, want)
+			if _, err := s.f.ReadAt(chunk, off); err != nil {
+				return nil, fmt.Errorf("commitlog: read %s: %w", s.path, err)
+			}
+			chunkOff, rel = off, 0
+		}
+		h := parseHeader(chunk[rel:])
+		if h.index != idx || h.length < recRestSize {
+			return nil, fmt.Errorf("%w: expected entry %d in %s at offset %d", ErrCorrupt, idx, s.path, off)
+		}
+		end := rel + h.size()
+		data := chunk[rel+recHeaderSize : end : end]
+		if len(data) == 0 {
+			data = nil
+		}
+		esz := entrySize(h, len(data))
+		if len(ents) > 0 && size+esz > maxSize {
+			break
+		}
+		size += esz
+		if len(boxes) == 0 {
+			boxes = make([]entryBox, min(hi-idx, 64))
+		}
+		b := &boxes[0]
+		boxes = boxes[1:]
+		b.term, b.index, b.typ = h.term, h.index, pb.EntryType(h.typ)
+		b.e.Term, b.e.Index, b.e.Type, b.e.Data = &b.term, &b.index, &b.typ, data
+		ents = append(ents, &b.e)
+		off += h.size()
+	}
+	return ents, nil
+}
+
+// entrySize is the protobuf encoding size of an entry (as raft counts it).
+func entrySize(h recHeader, dataLen int) uint64 {
+	n := 3 + protowire.SizeVarint(uint64(h.typ)) + protowire.SizeVarint(h.term) + protowire.SizeVarint(h.index)
+	if dataLen > 0 {
+		n += 1 + protowire.SizeVarint(uint64(dataLen)) + dataLen
+	}
+	return uint64(n)
+}
+
+// ReadMessages appends to dst the messages with ids in [id, maxID] (maxID is
+// the caller's commit cap), stopping once maxCount messages or maxBytes of
+// payload are collected, but always returning at least one message when id
+// <= maxID and it exists. maxCount or maxBytes <= 0 mean no limit (reads are
+// still bounded by an internal chunk of 16 MiB). It returns the messages and
+// the next id to read (id + number returned).
+//
+// If id < FirstID it returns (dst, FirstID(), ErrCompacted). If id > maxID or
+// id >= NextID it returns (dst, id, nil).
+//
+// The messages are capacity-limited sub-slices of one buffer freshly
+// allocated per call; they stay valid after later appends or truncations.
+// Safe for concurrent use with the writer.
+func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return dst, id, ErrClosed
+	}
+	if id < l.start.firstID {
+		return dst, l.start.firstID, ErrCompacted
+	}
+	limit := min(maxID, l.nextID-1)
+	if id > limit || l.nextID == 0 {
+		return dst, id, nil
+	}
+	if maxCount <= 0 {
+		maxCount = math.MaxInt
+	}
+	if maxBytes <= 0 {
+		maxBytes = math.MaxInt
+	}
+	si, off, h, err := l.locateID(id)
+	if err != nil {
+		return dst, id, err
+	}
+
+	// Size the buffer: the first record entirely, then an estimate of what the
+	// caps allow, bounded by what the log holds.
+	avail := l.segs[si].size - off
+	for _, s := range l.segs[si+1:] {
+		avail += s.size
+	}
+	est := int64(maxReadChunk)
+	if maxBytes < maxReadChunk {
+		est = int64(maxBytes)
+	}
+	if h.count > 0 && maxCount < math.MaxInt {
+		per := int64(h.dataLen())/int64(h.count) + 1
+		est = min(est, int64(maxCount)*per)
+	}
+	skip := int64(0)
+	if h.count > 0 && id > h.firstID {
+		skip = (int64(h.dataLen()) * int64(id-h.firstID)) / int64(h.count)
+	}
+	want := min(max(h.size(), est+skip+recHeaderSize+minReadChunk/16), avail)
+	buf := make([]byte, want)
+	filled := int64(0)
+	for filled < want && si < len(l.segs) {
+		s := l.segs[si]
+		n := min(want-filled, s.size-off)
+		if n > 0 {
+			if _, err := s.f.ReadAt(buf[filled:filled+n], off); err != nil {
+				return dst, id, fmt.Errorf("commitlog: read %s: %w", s.path, err)
+			}
+		}
+		filled += n
+		si, off = si+1, 0
+	}
+
+	next := id
+	got, bytes := 0, 0
+	for p := int64(0); p+recHeaderSize <= filled; {
+		h := parseHeader(buf[p:])
+		if h.length < recRestSize {
+			return dst, id, fmt.Errorf("%w: bad record header", ErrCorrupt)
+		}
+		end := p + h.size()
+		if end > filled {
+			break
+		}
+		if h.count > 0 && next < h.firstID+uint64(h.count) {
+			if h.firstID > next {
+				return dst, id, fmt.Errorf("%w: message ids not contiguous at %d", ErrCorrupt, next)
+			}
+			if h.dataLen() < BatchHeaderSize {
+				return dst, id, fmt.Errorf("%w: malformed batch in entry %d", ErrCorrupt, h.index)
+			}
+			data := buf[p+recHeaderSize+BatchHeaderSize : end]
+			for i := uint64(0); i < uint64(h.count); i++ {
+				ml, k := binary.Uvarint(data)
+				if k <= 0 || ml > uint64(len(data)-k) {
+					return dst, id, fmt.Errorf("%w: malformed batch in entry %d", ErrCorrupt, h.index)
+				}
+				m := data[k : k+int(ml) : k+int(ml)]
+				data = data[k+int(ml):]
+				if h.firstID+i < next {
+					continue
+				}
+				if next > limit {
+					return dst, next, nil
+				}
+				if got > 0 && (got >= maxCount || bytes+len(m) > maxBytes) {
+					return dst, next, nil
+				}
+				dst = append(dst, m)
+				got++
+				bytes += len(m)
+				next++
+			}
+		}
+		p = end
+	}
+	return dst, next, nil
+}
+
+// recordIn reports whether a whole record starts at rel in chunk.
+func recordIn(chunk []byte, rel int64) bool {
+	if chunk == nil || rel+recHeaderSize > int64(len(chunk)) {
+		return false
+	}
+	h := parseHeader(chunk[rel:])
+	return rel+h.size() <= int64(len(chunk))
+}

@@ -1,0 +1,181 @@
+package commitlog
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+const (
+	segmentSuffix = ".log"
+	// indexInterval is the spacing of sparse index points within a segment.
+	indexInterval = 4096
+	// spanSize bounds the bytes read to scan headers from one index point:
+	// every record between two points starts less than indexInterval bytes
+	// after the first.
+	spanSize = indexInterval + recHeaderSize
+)
+
+// indexPoint locates one record: its raft index, first message id and offset.
+type indexPoint struct {
+	index   uint64
+	firstID uint64
+	off     int64
+}
+
+// segment is one file of records. Fields are written only by the owner
+// goroutine while holding Log.mu for writing.
+type segment struct {
+	first  uint64 // raft index of the first record (the file's name)
+	last   uint64 // raft index of the last record; first-1 when empty
+	size   int64  // bytes of valid records
+	f      *os.File
+	path   string
+	points []indexPoint // sparse index; points[0] is the first record
+	dirty  bool         // written since the last fsync
+}
+
+func (s *segment) empty() bool { return s.last < s.first }
+
+func segmentName(first uint64) string { return fmt.Sprintf("%020d%s", first, segmentSuffix) }
+
+func parseSegmentName(name string) (uint64, bool) {
+	if len(name) != 20+len(segmentSuffix) || !strings.HasSuffix(name, segmentSuffix) {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(name[:20], 10, 64)
+	return n, err == nil && n > 0
+}
+
+// listSegments returns the first indexes of the segment files in dir, sorted.
+func listSegments(dir string) ([]uint64, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("commitlog: list segments: %w", err)
+	}
+	var out []uint64
+	for _, de := range des {
+		if n, ok := parseSegmentName(de.Name()); ok && de.Type().IsRegular() {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out, nil
+}
+
+func createSegment(dir string, first uint64) (*segment, error) {
+	path := filepath.Join(dir, segmentName(first))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("commitlog: create segment: %w", err)
+	}
+	return &segment{first: first, last: first - 1, f: f, path: path}, nil
+}
+
+// errTorn marks a record that is incomplete or fails validation.
+var errTorn = errors.New("torn or corrupt record")
+
+// scanSegment reads every record of s.f, validating CRC, index contiguity,
+// message id contiguity and the message count. It fills s.points, s.last and
+// s.size with the valid prefix and returns the next message id. A bad record
+// stops the scan and is reported with errTorn (s reflects the valid prefix).
+func scanSegment(s *segment, nextID uint64, runs *[]termRun) (uint64, error) {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return nextID, fmt.Errorf("commitlog: stat segment: %w", err)
+	}
+	fileSize := fi.Size()
+	r := bufio.NewReaderSize(io.NewSectionReader(s.f, 0, fileSize), 1<<20)
+	var hdr [recHeaderSize]byte
+	var data []byte
+	var off int64
+	lastPoint := int64(-indexInterval)
+	expect := s.first
+	for off < fileSize {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return nextID, errTorn
+			}
+			return nextID, fmt.Errorf("commitlog: read segment: %w", err)
+		}
+		h := parseHeader(hdr[:])
+		if h.length < recRestSize || h.size() > fileSize-off || h.index != expect ||
+			h.firstID != nextID || !validEntryType(h.typ) {
+			return nextID, errTorn
+		}
+		n := h.dataLen()
+		if cap(data) < n {
+			data = make([]byte, n)
+		}
+		data = data[:n]
+		if _, err := io.ReadFull(r, data); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return nextID, errTorn
+			}
+			return nextID, fmt.Errorf("commitlog: read segment: %w", err)
+		}
+		crc := crc32.Update(crc32.Checksum(hdr[recPrefixSize:], castagnoli), castagnoli, data)
+		if crc != h.crc {
+			return nextID, errTorn
+		}
+		cnt, err := entryCount(entryTypeOf(h.typ), data)
+		if err != nil || cnt != h.count {
+			return nextID, errTorn
+		}
+		if off-lastPoint >= indexInterval {
+			s.points = append(s.points, indexPoint{index: h.index, firstID: nextID, off: off})
+			lastPoint = off
+		}
+		addTerm(runs, h.index, h.term)
+		nextID += uint64(h.count)
+		off += h.size()
+		s.last, s.size = h.index, off
+		expect++
+	}
+	return nextID, nil
+}
+
+// termRun says entries from start on have term (until the next run).
+type termRun struct{ start, term uint64 }
+
+func addTerm(runs *[]termRun, index, term uint64) {
+	if rs := *runs; len(rs) == 0 || rs[len(rs)-1].term != term {
+		*runs = append(rs, termRun{start: index, term: term})
+	}
+}
+
+var spanPool = sync.Pool{New: func() any { b := make([]byte, spanSize); return &b }}
+
+// scanSpan reads the headers following point p in s and calls match on each
+// until it returns true; it returns that record's offset and header. The
+// target must lie before the next index point.
+func scanSpan(s *segment, p indexPoint, match func(*recHeader) bool) (int64, recHeader, error) {
+	bp := spanPool.Get().(*[]byte)
+	defer spanPool.Put(bp)
+	buf := *bp
+	want := min(int64(len(buf)), s.size-p.off)
+	n, err := s.f.ReadAt(buf[:want], p.off)
+	if int64(n) < want {
+		return 0, recHeader{}, fmt.Errorf("commitlog: read %s at %d: %w", s.path, p.off, err)
+	}
+	buf = buf[:n]
+	for pos := 0; pos+recHeaderSize <= len(buf); {
+		h := parseHeader(buf[pos:])
+		if h.length < recRestSize {
+			break
+		}
+		if match(&h) {
+			return p.off + int64(pos), h, nil
+		}
+		pos += int(h.size())
+	}
+	return 0, recHeader{}, fmt.Errorf("commitlog: index inconsistent with %s near offset %d", s.path, p.off)
+}
