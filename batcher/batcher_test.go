@@ -1,0 +1,472 @@
+package batcher
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/forestbus/forestbus/client"
+)
+
+var _ Sender = (*client.Client)(nil)
+
+// fakeSender numbers messages from 1 and records every batch.
+type fakeSender struct {
+	mu      sync.Mutex
+	next    int64
+	batches [][]string
+	errs    []error // returned, in turn, before any success
+	always  error   // returned on every call when set
+	gate    chan struct{}
+	entered chan int // receives the batch size of each call, if set
+	wrongN  bool     // answer with one ID too few
+}
+
+func newFakeSender() *fakeSender { return &fakeSender{next: 1} }
+
+func (f *fakeSender) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, _ bool) ([]int64, error) {
+	if topic != "topic" {
+		return nil, fmt.Errorf("unexpected topic %q", topic)
+	}
+	batch := make([]string, len(messages))
+	for i, m := range messages {
+		batch[i] = string(m)
+	}
+	f.mu.Lock()
+	f.batches = append(f.batches, batch)
+	gate, entered := f.gate, f.entered
+	f.mu.Unlock()
+	if entered != nil {
+		entered <- len(messages)
+	}
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.always != nil {
+		return nil, f.always
+	}
+	if len(f.errs) > 0 {
+		err := f.errs[0]
+		f.errs = f.errs[1:]
+		return nil, err
+	}
+	ids := make([]int64, len(messages))
+	for i := range ids {
+		ids[i] = f.next
+		f.next++
+	}
+	if f.wrongN {
+		ids = ids[1:]
+	}
+	return ids, nil
+}
+
+func (f *fakeSender) calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.batches)
+}
+
+func (f *fakeSender) batchSizes() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var sizes []int
+	for _, b := range f.batches {
+		sizes = append(sizes, len(b))
+	}
+	return sizes
+}
+
+// fast makes retries and Close quick for tests.
+func fast(b *Batcher) {
+	b.backoffStep = time.Millisecond
+	b.backoffLimit = 5 * time.Millisecond
+}
+
+func withCloseWait(d time.Duration) Option {
+	return func(b *Batcher) { b.closeWait = d }
+}
+
+func noNodes() error {
+	return fmt.Errorf("wrapped: %w", client.ErrNoNodesAvailable)
+}
+
+func TestSendMessageOrderAndIndexes(t *testing.T) {
+	f := newFakeSender()
+	b := New(f, "topic")
+	defer b.Close()
+	for i := range 10 {
+		id, err := b.SendMessage(fmt.Appendf(nil, "m%d", i), true)
+		require.NoError(t, err)
+		assert.EqualValues(t, i+1, id)
+	}
+	assert.Equal(t, 10, f.calls(), "with nothing in flight each message goes out at once")
+}
+
+func TestAsyncSendMessageOrder(t *testing.T) {
+	f := newFakeSender()
+	b := New(f, "topic", WithBufferSize(50))
+	defer b.Close()
+	const n = 1000
+	replies := make(chan *SendResult, 50)
+	go func() {
+		for i := range n {
+			ref := i
+			assert.NoError(t, b.AsyncSendMessage(fmt.Appendf(nil, "m%d", i), &ref, replies, true))
+		}
+	}()
+	for i := range n {
+		r := <-replies
+		require.NoError(t, r.GetError())
+		assert.Equal(t, i, *r.GetReference().(*int))
+		assert.EqualValues(t, i+1, r.GetIndex())
+		assert.Equal(t, fmt.Sprintf("m%d", i), string(r.GetMessage()))
+	}
+	for _, s := range f.batchSizes() {
+		assert.LessOrEqual(t, s, 50)
+	}
+}
+
+func TestConcurrentSendsAreBatched(t *testing.T) {
+	f := newFakeSender()
+	f.gate = make(chan struct{})
+	f.entered = make(chan int, 10)
+	b := New(f, "topic")
+	defer b.Close()
+
+	const n = 20
+	var wg sync.WaitGroup
+	ids := make([]int64, n)
+	wg.Go(func() {
+		id, err := b.SendMessage([]byte("first"), true)
+		assert.NoError(t, err)
+		ids[0] = id
+	})
+	require.Equal(t, 1, <-f.entered, "the first message goes out alone")
+	for i := 1; i < n; i++ {
+		wg.Go(func() {
+			id, err := b.SendMessage([]byte("next"), true)
+			assert.NoError(t, err)
+			ids[i] = id
+		})
+	}
+	require.Eventually(t, func() bool { return len(b.queue) == n-1 }, 5*time.Second, time.Millisecond)
+	close(f.gate)
+	assert.Equal(t, n-1, <-f.entered, "messages queued during a send go out together")
+	wg.Wait()
+
+	assert.Equal(t, []int{1, n - 1}, f.batchSizes())
+	assert.EqualValues(t, 1, ids[0])
+	assert.ElementsMatch(t, seq(1, n), ids)
+}
+
+func TestBatchesAreCappedAtBufferSize(t *testing.T) {
+	f := newFakeSender()
+	f.gate = make(chan struct{})
+	f.entered = make(chan int, 10)
+	b := New(f, "topic", WithBufferSize(3))
+	defer b.Close()
+	replies := make(chan *SendResult, 10)
+	require.NoError(t, b.AsyncSendMessage([]byte("a"), nil, replies, false))
+	<-f.entered
+	for range 3 {
+		require.NoError(t, b.AsyncSendMessage([]byte("b"), nil, replies, false))
+	}
+	t.Run("full buffer without blocking", func(t *testing.T) {
+		err := b.AsyncSendMessage([]byte("c"), nil, replies, false)
+		require.ErrorIs(t, err, ErrBufferFull)
+		id, err := b.SendMessage([]byte("c"), false)
+		require.ErrorIs(t, err, ErrBufferFull)
+		assert.Zero(t, id)
+	})
+	blocked := make(chan error, 1)
+	go func() { blocked <- b.AsyncSendMessage([]byte("d"), nil, replies, true) }()
+	close(f.gate)
+	require.NoError(t, <-blocked, "a blocking send waits for room")
+	for i := range 5 {
+		r := <-replies
+		require.NoError(t, r.GetError())
+		assert.EqualValues(t, i+1, r.GetIndex())
+	}
+	assert.Empty(t, replies, "the rejected messages produced no result")
+	for _, s := range f.batchSizes() {
+		assert.LessOrEqual(t, s, 3)
+	}
+}
+
+func TestRetries(t *testing.T) {
+	tests := []struct {
+		name      string
+		retries   int
+		errs      []error
+		wantErr   error
+		wantCalls int
+	}{
+		{"no retries by default", 0, []error{noNodes()}, client.ErrNoNodesAvailable, 1},
+		{"retries then success", 3, []error{noNodes(), noNodes()}, nil, 3},
+		{"retries exhausted", 2, []error{noNodes(), noNodes(), noNodes(), noNodes()}, client.ErrNoNodesAvailable, 3},
+		{"unlimited", UnlimitedRetries, []error{noNodes(), noNodes(), noNodes(), noNodes(), noNodes()}, nil, 6},
+		{"other errors are not retried", 5, []error{fmt.Errorf("x: %w", client.ErrTopicNotFound)}, client.ErrTopicNotFound, 1},
+		{"no leader alone is not retried", 5, []error{client.ErrNoLeader}, client.ErrNoLeader, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeSender()
+			f.errs = tt.errs
+			b := New(f, "topic", fast, WithRetries(tt.retries))
+			defer b.Close()
+			id, err := b.SendMessage([]byte("m"), true)
+			if tt.wantErr != nil {
+				require.ErrorIs(t, err, tt.wantErr)
+				assert.Zero(t, id)
+			} else {
+				require.NoError(t, err)
+				assert.EqualValues(t, 1, id)
+			}
+			assert.Equal(t, tt.wantCalls, f.calls())
+		})
+	}
+}
+
+func TestBackoffSchedule(t *testing.T) {
+	// min(n × 500 ms, 5 s), as the original.
+	want := []time.Duration{500 * time.Millisecond, time.Second, 1500 * time.Millisecond}
+	for n, w := range want {
+		assert.Equal(t, w, min(time.Duration(n+1)*retryBackoffStep, retryBackoffLimit))
+	}
+	assert.Equal(t, 5*time.Second, min(time.Duration(10)*retryBackoffStep, retryBackoffLimit))
+	assert.Equal(t, 5*time.Second, min(time.Duration(30)*retryBackoffStep, retryBackoffLimit))
+}
+
+func TestCloseInterruptsBackoff(t *testing.T) {
+	f := newFakeSender()
+	f.always = noNodes()
+	f.entered = make(chan int, 10)
+	b := New(f, "topic", WithRetries(UnlimitedRetries), func(b *Batcher) { b.backoffStep = time.Hour })
+	res := make(chan error, 1)
+	go func() {
+		_, err := b.SendMessage([]byte("m"), true)
+		res <- err
+	}()
+	<-f.entered
+	start := time.Now()
+	b.Close()
+	err := <-res
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.ErrorIs(t, err, client.ErrNoNodesAvailable)
+	assert.Less(t, time.Since(start), time.Second)
+	assert.Equal(t, 1, f.calls())
+}
+
+func TestCloseSendsPendingMessages(t *testing.T) {
+	f := newFakeSender()
+	f.gate = make(chan struct{})
+	f.entered = make(chan int, 10)
+	b := New(f, "topic")
+	replies := make(chan *SendResult, 10)
+	require.NoError(t, b.AsyncSendMessage([]byte("a"), nil, replies, true))
+	<-f.entered
+	for range 4 {
+		require.NoError(t, b.AsyncSendMessage([]byte("b"), nil, replies, true))
+	}
+	closed := make(chan struct{})
+	go func() { b.Close(); close(closed) }()
+	<-b.sealed // Close has started and refuses new messages
+	_, err := b.SendMessage([]byte("late"), false)
+	require.Equal(t, ErrClosed, err)
+	close(f.gate)
+	<-closed
+	for i := range 5 {
+		r := <-replies
+		require.NoError(t, r.GetError())
+		assert.EqualValues(t, i+1, r.GetIndex())
+	}
+	assertStopped(t, b)
+}
+
+func TestCloseTimeoutFailsTheRest(t *testing.T) {
+	f := newFakeSender()
+	f.gate = make(chan struct{}) // never opened: the send hangs until cancelled
+	f.entered = make(chan int, 10)
+	b := New(f, "topic", withCloseWait(50*time.Millisecond))
+	replies := make(chan *SendResult, 10)
+	require.NoError(t, b.AsyncSendMessage([]byte("in flight"), "a", replies, true))
+	<-f.entered
+	for range 3 {
+		require.NoError(t, b.AsyncSendMessage([]byte("queued"), "b", replies, true))
+	}
+	b.Close()
+	assertStopped(t, b)
+
+	r := <-replies
+	assert.Equal(t, "a", r.GetReference())
+	assert.ErrorIs(t, r.GetError(), ErrClosed)
+	assert.ErrorIs(t, r.GetError(), context.Canceled)
+	for range 3 {
+		r := <-replies
+		assert.Equal(t, "b", r.GetReference())
+		assert.Equal(t, ErrClosed, r.GetError())
+		assert.Zero(t, r.GetIndex())
+	}
+	assert.Equal(t, 1, f.calls(), "queued messages were not sent after the timeout")
+}
+
+func TestSendAfterClose(t *testing.T) {
+	f := newFakeSender()
+	b := New(f, "topic")
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(b.Close) // idempotent and concurrent
+	}
+	wg.Wait()
+	b.Close()
+
+	_, err := b.SendMessage([]byte("m"), true)
+	assert.Equal(t, ErrClosed, err)
+	_, err = b.SendMessage([]byte("m"), false)
+	assert.Equal(t, ErrClosed, err)
+	replies := make(chan *SendResult, 1)
+	assert.Equal(t, ErrClosed, b.AsyncSendMessage([]byte("m"), nil, replies, true))
+	assert.Equal(t, ErrClosed, b.AsyncSendMessage([]byte("m"), nil, nil, false))
+	assert.Empty(t, replies)
+	assert.Zero(t, f.calls())
+	assertStopped(t, b)
+}
+
+func TestCloseWakesBlockedSenders(t *testing.T) {
+	f := newFakeSender()
+	f.gate = make(chan struct{})
+	f.entered = make(chan int, 10)
+	b := New(f, "topic", WithBufferSize(1), withCloseWait(50*time.Millisecond))
+	replies := make(chan *SendResult, 10)
+	require.NoError(t, b.AsyncSendMessage([]byte("in flight"), nil, replies, true))
+	<-f.entered
+	require.NoError(t, b.AsyncSendMessage([]byte("queued"), nil, replies, true))
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := b.SendMessage([]byte("blocked"), true)
+		blocked <- err
+	}()
+	b.Close()
+	assert.Equal(t, ErrClosed, <-blocked)
+	assertStopped(t, b)
+}
+
+func TestFireAndForget(t *testing.T) {
+	f := newFakeSender()
+	b := New(f, "topic", WithoutCommitWait(), WithDebug(), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	for range 100 {
+		require.NoError(t, b.AsyncSendMessage([]byte("m"), nil, nil, true))
+	}
+	b.Close()
+	total := 0
+	for _, s := range f.batchSizes() {
+		total += s
+	}
+	assert.Equal(t, 100, total, "Close sent everything queued")
+}
+
+func TestWrongIDCountIsAnError(t *testing.T) {
+	f := newFakeSender()
+	f.wrongN = true
+	b := New(f, "topic")
+	defer b.Close()
+	_, err := b.SendMessage([]byte("m"), true)
+	require.Error(t, err)
+}
+
+func TestMixedSyncAndAsyncUnderRace(t *testing.T) {
+	f := newFakeSender()
+	b := New(f, "topic", WithBufferSize(8))
+	replies := make(chan *SendResult, 8)
+	var wg sync.WaitGroup
+	got := make(chan int64, 400)
+	for range 4 {
+		wg.Go(func() {
+			for range 50 {
+				id, err := b.SendMessage([]byte("s"), true)
+				assert.NoError(t, err)
+				got <- id
+			}
+		})
+		wg.Go(func() {
+			for range 50 {
+				assert.NoError(t, b.AsyncSendMessage([]byte("a"), nil, replies, true))
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var last int64
+		for range 200 {
+			r := <-replies
+			assert.NoError(t, r.GetError())
+			assert.Greater(t, r.GetIndex(), last, "async results arrive in send order")
+			last = r.GetIndex()
+			got <- r.GetIndex()
+		}
+	}()
+	wg.Wait()
+	<-done
+	b.Close()
+	close(got)
+	var ids []int64
+	for id := range got {
+		ids = append(ids, id)
+	}
+	assert.ElementsMatch(t, seq(1, 400), ids)
+}
+
+func TestNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	for range 20 {
+		f := newFakeSender()
+		f.gate = make(chan struct{})
+		f.entered = make(chan int, 1)
+		b := New(f, "topic", withCloseWait(time.Millisecond))
+		require.NoError(t, b.AsyncSendMessage([]byte("m"), nil, nil, true))
+		<-f.entered
+		b.Close()
+		assertStopped(t, b)
+	}
+	// Poll by hand: require.Eventually runs its condition on a goroutine of
+	// its own.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	assert.LessOrEqual(t, runtime.NumGoroutine(), before)
+}
+
+// assertStopped checks that the Batcher's goroutine has returned.
+func assertStopped(t *testing.T, b *Batcher) {
+	t.Helper()
+	select {
+	case <-b.done:
+	default:
+		t.Fatal("send goroutine still running after Close")
+	}
+}
+
+func seq(from, n int) []int64 {
+	s := make([]int64, n)
+	for i := range s {
+		s[i] = int64(from + i)
+	}
+	return s
+}

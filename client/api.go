@@ -1,0 +1,278 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"google.golang.org/grpc"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+)
+
+// SendMessages sends a batch of messages to topic and returns their IDs, in
+// order. It is SendMessagesContext without a context: it retries for the
+// retry window (see WithRetryWindow).
+//
+// Sending many messages (hundreds) at once gives better throughput than
+// sending them one by one; see the batcher package.
+//
+// If waitForCommit is false, SendMessages returns once the topic's leader
+// has the batch in its log; if true, once a majority of the nodes have it
+// (committed).
+//
+// For compatibility with the original client, the errors ErrTopicNotFound,
+// ErrClusterIdMismatch and ErrNoNodesAvailable are returned bare, so that
+// they compare equal with ==. Other errors are as for SendMessagesContext.
+func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit bool) (indexes []int64, err error) {
+	ids, err := c.SendMessagesContext(context.Background(), topic, messages, waitForCommit)
+	return ids, legacyError(err)
+}
+
+// SendMessagesContext sends a batch of messages to topic and returns their
+// IDs, in order. The messages are stored as a unit with consecutive IDs.
+//
+// The call goes to the topic's leader when the Client knows it, and fails
+// over to the other nodes otherwise (a node that is not the leader forwards
+// the batch or names the leader). It retries until ctx ends or, when ctx
+// has no deadline, for the retry window.
+//
+// Errors match, with errors.Is: ErrTopicNotFound, ErrInvalidArgument (empty
+// batch, bad topic name), ErrMessageTooLarge, ErrBatchTooLarge,
+// ErrClusterIdMismatch, and ErrNoNodesAvailable when no node stored the
+// batch in time (it then also matches the last node's error, e.g.
+// ErrNoLeader, and ctx's error if ctx ended). Node answers are
+// *StatusError values.
+//
+// A call that fails after a node received the batch (for example a timeout
+// while waiting for commit, or a retry after a leader change) may still
+// have stored it: delivery is at least once, as in the original.
+func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error) {
+	if len(messages) == 0 {
+		return nil, fmt.Errorf("forestbus: send to %q: no messages: %w", topic, ErrInvalidArgument)
+	}
+	// The caller's slices go into the request as they are: no copy.
+	req := &forestbusv1.SendMessagesRequest{
+		Topic:         topic,
+		Messages:      messages,
+		WaitForCommit: waitForCommit,
+	}
+	// TODO(idempotent producer): set the producer ID and per-batch sequence
+	// number on req here, once, before the failover loop, so that every
+	// retry of this batch carries the same (producer, sequence) pair and the
+	// leader can drop a duplicate and answer with the original IDs.
+	var resp *forestbusv1.SendMessagesResponse
+	err := c.invoke(ctx, "send", topic, routeLeader, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		r, err := forestbusv1.NewForestBusServiceClient(cc).SendMessages(ctx, req, opts...)
+		resp = r
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if int(resp.GetCount()) != len(messages) {
+		return nil, fmt.Errorf("forestbus: send to %q: node stored %d of %d messages", topic, resp.GetCount(), len(messages))
+	}
+	ids := make([]int64, len(messages))
+	for i := range ids {
+		ids[i] = resp.GetFirstId() + int64(i)
+	}
+	return ids, nil
+}
+
+// GetMessages returns messages of topic starting at ID index, and the ID to
+// ask for next. It is GetMessagesContext without a context: with wait set
+// it blocks until a message arrives, however long that takes.
+//
+// For compatibility with the original client, the errors ErrTopicNotFound,
+// ErrClusterIdMismatch and ErrNoNodesAvailable are returned bare.
+func (c *Client) GetMessages(topic string, index int64, quantity int, wait bool) (msgs [][]byte, nextID int64, err error) {
+	msgs, nextID, err = c.GetMessagesContext(context.Background(), topic, index, quantity, wait)
+	return msgs, nextID, legacyError(err)
+}
+
+// GetMessagesContext returns committed messages of topic starting at ID
+// index, and the ID to ask for next. Any node can answer; the Client starts
+// with the last node that answered a read.
+//
+// The answer usually holds more or fewer messages than quantity, because
+// nodes align reads to their storage and cap an answer's size. If a message
+// exists at index, at least one message is returned. msgs[0] has ID index
+// and the last message has ID nextID-1.
+//
+// If index is no longer retained, no messages are returned and nextID is
+// the first retained ID. At the end of the topic, nextID is the ID the next
+// message will get. With wait set and no message at index yet, the call
+// blocks until one is committed or ctx ends (nodes cap each wait, and the
+// Client asks again).
+//
+// Errors match, with errors.Is: ErrTopicNotFound, ErrInvalidArgument,
+// ErrClusterIdMismatch, ErrNoNodesAvailable (see SendMessagesContext), and
+// ctx's error when ctx ends.
+func (c *Client) GetMessagesContext(ctx context.Context, topic string, index int64, quantity int, wait bool) ([][]byte, int64, error) {
+	req := &forestbusv1.GetMessagesRequest{
+		Topic:    topic,
+		Id:       index,
+		Quantity: int32(min(max(quantity, math.MinInt32), math.MaxInt32)),
+		Wait:     wait,
+	}
+	want := max(index, 1)
+	pause := minPassBackoff
+	for {
+		var resp *forestbusv1.GetMessagesResponse
+		started := time.Now()
+		err := c.invoke(ctx, "get", topic, routeRead, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+			r, err := forestbusv1.NewForestBusServiceClient(cc).GetMessages(ctx, req, opts...)
+			resp = r
+			return err
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+		// A node ends a long wait with an empty answer; the original call
+		// blocked until a message arrived, so ask again. An empty answer
+		// whose next ID is past index (index no longer retained) is final.
+		if !wait || len(resp.GetMessages()) > 0 || resp.GetNextId() > want {
+			return resp.GetMessages(), resp.GetNextId(), nil
+		}
+		// Guard against a node that answers a wait at once: pace the
+		// re-issues.
+		if time.Since(started) < maxPassBackoff {
+			t := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, 0, ctxError("get", ctx.Err())
+			case <-t.C:
+			}
+			pause = min(2*pause, maxPassBackoff)
+		} else {
+			pause = minPassBackoff
+		}
+	}
+}
+
+// GetTopicMaxAvailableIndex returns the commit point of topic, the highest
+// ID a read can return, on the node the Client talks to. It is
+// GetTopicMaxAvailableIndexContext without a context.
+//
+// For compatibility with the original client, the errors ErrTopicNotFound,
+// ErrClusterIdMismatch and ErrNoNodesAvailable are returned bare.
+func (c *Client) GetTopicMaxAvailableIndex(topic string) (maxAvailableIndex int64, err error) {
+	idx, err := c.GetTopicMaxAvailableIndexContext(context.Background(), topic)
+	return idx, legacyError(err)
+}
+
+// GetTopicMaxAvailableIndexContext returns the commit point of topic (the
+// highest ID a read can return, 0 when nothing is committed) on the node
+// the Client talks to, which may lag the leader's.
+//
+// Errors as for TopicDetails.
+func (c *Client) GetTopicMaxAvailableIndexContext(ctx context.Context, topic string) (int64, error) {
+	d, err := c.TopicDetails(ctx, topic)
+	if err != nil {
+		return 0, err
+	}
+	return d.CommitID, nil
+}
+
+// TopicDetails describes a topic as seen by one node.
+type TopicDetails struct {
+	// Topic is the topic's name.
+	Topic string
+	// FirstID is the first retained message ID (1 until retention removes
+	// messages).
+	FirstID int64
+	// LastID is the ID of the last message in the node's log, committed or
+	// not; FirstID-1 when the log holds no message.
+	LastID int64
+	// CommitID is the ID of the last committed message on the node (0 when
+	// none): the highest ID a read can return.
+	CommitID int64
+	// Leader names the topic's leader; empty when the node does not know.
+	Leader string
+	// Node is the address of the node that answered.
+	Node string
+}
+
+// TopicDetails returns the retained ID range and commit point of topic on
+// the node the Client talks to (the last node that answered a read).
+//
+// Errors match, with errors.Is: ErrTopicNotFound, ErrInvalidArgument,
+// ErrClusterIdMismatch, ErrNoNodesAvailable, and ctx's error.
+func (c *Client) TopicDetails(ctx context.Context, topic string) (*TopicDetails, error) {
+	req := &forestbusv1.GetTopicDetailsRequest{Topic: topic}
+	var (
+		resp *forestbusv1.GetTopicDetailsResponse
+		node string
+	)
+	err := c.invoke(ctx, "topic details", topic, routeRead, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		r, err := forestbusv1.NewForestBusServiceClient(cc).GetTopicDetails(ctx, req, opts...)
+		resp, node = r, cc.Target()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &TopicDetails{
+		Topic:    resp.GetTopic(),
+		FirstID:  resp.GetFirstId(),
+		LastID:   resp.GetLastId(),
+		CommitID: resp.GetCommitId(),
+		Leader:   resp.GetLeader(),
+		Node:     nodeName(node),
+	}, nil
+}
+
+// ClusterDetails identifies a cluster.
+type ClusterDetails struct {
+	// ClusterID is the ID every node of the cluster was started with.
+	ClusterID string
+	// NodeName is the name of the node that answered.
+	NodeName string
+	// Nodes lists every node of the cluster.
+	Nodes []Node
+}
+
+// Node is one member of a cluster.
+type Node struct {
+	// Name is the node's stable name.
+	Name string
+	// Address is the address clients dial, host:port.
+	Address string
+}
+
+// ClusterDetails asks a node for the cluster's ID and members.
+//
+// Errors match, with errors.Is: ErrClusterIdMismatch (also when the node
+// reports another cluster ID than the Client's non-empty one),
+// ErrNoNodesAvailable, and ctx's error.
+func (c *Client) ClusterDetails(ctx context.Context) (*ClusterDetails, error) {
+	var resp *forestbusv1.GetClusterDetailsResponse
+	err := c.invoke(ctx, "cluster details", "", routeRead, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		r, err := forestbusv1.NewForestBusServiceClient(cc).GetClusterDetails(ctx, &forestbusv1.GetClusterDetailsRequest{}, opts...)
+		resp = r
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if c.clusterID != "" && resp.GetClusterId() != c.clusterID {
+		return nil, fmt.Errorf("forestbus: node %s reports cluster %q, want %q: %w", resp.GetNodeName(), resp.GetClusterId(), c.clusterID, ErrClusterIdMismatch)
+	}
+	d := &ClusterDetails{ClusterID: resp.GetClusterId(), NodeName: resp.GetNodeName()}
+	for _, n := range resp.GetNodes() {
+		d.Nodes = append(d.Nodes, Node{Name: n.GetName(), Address: n.GetAddress()})
+	}
+	return d, nil
+}
+
+// nodeName turns a connection target back into the node's address.
+func nodeName(target string) string {
+	const p = "passthrough:///"
+	if len(target) > len(p) && target[:len(p)] == p {
+		return target[len(p):]
+	}
+	return target
+}

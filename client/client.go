@@ -1,0 +1,210 @@
+package client
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+)
+
+// Metadata keys of the Forest Bus gRPC API.
+const (
+	// ClusterIDMetadataKey is the request metadata key naming the cluster
+	// the client expects.
+	ClusterIDMetadataKey = "forestbus-cluster-id"
+	// LeaderMetadataKey is the response header key a node sets when it
+	// forwarded a SendMessages call to the topic's leader.
+	LeaderMetadataKey = "forestbus-leader"
+)
+
+// DefaultRetryWindow is how long calls without a context deadline keep
+// retrying passes over the node list before giving up with
+// ErrNoNodesAvailable.
+const DefaultRetryWindow = 10 * time.Second
+
+// Backoff between two passes over the node list.
+const (
+	minPassBackoff = 50 * time.Millisecond
+	maxPassBackoff = time.Second
+)
+
+// maxRecvMsgSize bounds the size of an answer. A node caps GetMessages
+// answers at 4 MiB of payload, which with framing overhead is over gRPC's
+// default of 4 MiB.
+const maxRecvMsgSize = 64 << 20
+
+// Client is a multi-goroutine safe object for communicating with the nodes
+// of a Forest Bus cluster.
+//
+// The Client holds one gRPC connection per node, opened when first needed
+// and shared by all goroutines. It remembers the leader of each topic it
+// sends to and the last node that answered a read, and fails over to the
+// other nodes when one does not answer.
+//
+// All methods are safe for concurrent use, including Close.
+type Client struct {
+	clusterID   string
+	nodes       []string
+	shuffle     bool
+	debug       bool
+	logger      *slog.Logger
+	retryWindow time.Duration
+	dialOpts    []grpc.DialOption
+
+	mu      sync.Mutex
+	conns   map[string]*grpc.ClientConn // node address -> connection
+	leaders map[string]string           // topic -> leader address
+	lastGet string                      // node of the last good read
+	admin   string                      // node of the last good admin call
+}
+
+// Option configures a Client. Options are applied in order by New.
+type Option func(*Client)
+
+// WithDebug logs every call (operation, topic, node, duration, outcome) at
+// debug level to the logger (see WithLogger; standard error by default).
+func WithDebug() Option {
+	return func(c *Client) { c.debug = true }
+}
+
+// WithShuffledNodes randomises, once at creation, the order in which nodes
+// are tried. It spreads the read load of many clients across the cluster.
+func WithShuffledNodes() Option {
+	return func(c *Client) { c.shuffle = true }
+}
+
+// WithLogger sets the logger used for debug logging. A nil logger restores
+// the default, a text logger on standard error.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *Client) { c.logger = l }
+}
+
+// WithRetryWindow sets how long a call without a context deadline keeps
+// retrying passes over the node list (default DefaultRetryWindow). Zero
+// makes a single pass. Calls whose context has a deadline retry until the
+// deadline instead.
+func WithRetryWindow(d time.Duration) Option {
+	return func(c *Client) {
+		if d < 0 {
+			d = 0
+		}
+		c.retryWindow = d
+	}
+}
+
+// WithDialOptions adds gRPC dial options to every connection the Client
+// opens, after its own (insecure transport credentials, connection backoff
+// and message size limits), e.g. a context dialer or interceptors.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(c *Client) { c.dialOpts = append(c.dialOpts, opts...) }
+}
+
+// New returns a Client for the cluster clusterID made of nodes.
+//
+// Each nodes entry is an address "host:port", or several separated by
+// commas ("localhost:3000,localhost:3001"). The list should hold every node
+// of the cluster for full failover. A target with a gRPC scheme
+// ("dns:///host:port") is used as given; a plain address is dialled as is.
+//
+// A non-empty clusterID is sent with every call, and a node of another
+// cluster answers with ErrClusterIdMismatch. An empty clusterID is not
+// checked. (The original client checked it always, so an empty ID only
+// matched nodes started with an empty ID.)
+func New(clusterID string, nodes []string, opts ...Option) *Client {
+	c := &Client{
+		clusterID:   clusterID,
+		retryWindow: DefaultRetryWindow,
+		conns:       make(map[string]*grpc.ClientConn),
+		leaders:     make(map[string]string),
+	}
+	for _, n := range nodes {
+		for _, addr := range strings.Split(n, ",") {
+			addr = strings.TrimSpace(addr)
+			if addr != "" && !slices.Contains(c.nodes, addr) {
+				c.nodes = append(c.nodes, addr)
+			}
+		}
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if c.shuffle {
+		rand.Shuffle(len(c.nodes), func(i, j int) { c.nodes[i], c.nodes[j] = c.nodes[j], c.nodes[i] })
+	}
+	return c
+}
+
+// Nodes returns the node addresses the Client tries, in order.
+func (c *Client) Nodes() []string {
+	return append([]string(nil), c.nodes...)
+}
+
+// Close closes all connections that are open. Calls in progress on them
+// fail. Later calls reopen connections as needed.
+func (c *Client) Close() {
+	c.mu.Lock()
+	conns := c.conns
+	c.conns = make(map[string]*grpc.ClientConn)
+	c.mu.Unlock()
+	for node, cc := range conns {
+		if err := cc.Close(); err != nil && c.debug {
+			c.logger.Debug("forestbus: closing connection", "node", node, "error", err)
+		}
+	}
+}
+
+// conn returns the connection to node, creating it if needed. Creating a
+// connection does no I/O: gRPC connects on first use.
+func (c *Client) conn(node string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cc, ok := c.conns[node]; ok {
+		return cc, nil
+	}
+	target := node
+	if !strings.Contains(target, "://") {
+		// Dial the address as given, as the original client's net.Dial
+		// did; this also lets custom dialers (bufconn) see the name.
+		target = "passthrough:///" + target
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  100 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   2 * time.Second,
+			},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
+	}
+	opts = append(opts, c.dialOpts...)
+	cc, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, err
+	}
+	c.conns[node] = cc
+	return cc, nil
+}
+
+// outgoing adds the cluster ID to ctx's outgoing metadata.
+func (c *Client) outgoing(ctx context.Context) context.Context {
+	if c.clusterID == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, ClusterIDMetadataKey, c.clusterID)
+}

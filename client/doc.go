@@ -1,0 +1,50 @@
+// Package client is the Go client of Forest Bus over gRPC.
+//
+// A Client talks to the nodes of one cluster. It keeps one gRPC connection
+// per node, opened on first use, remembers each topic's leader (including
+// the forestbus-leader header a forwarding node sends back, and the leader
+// named by a NOT_LEADER answer) and the last node that answered a read, and
+// fails over between nodes when one does not answer.
+//
+// The API is that of the original Go client (github.com/owlfish/forestbus),
+// whose names the module root package forestbus re-exports, plus
+// context-first variants (SendMessagesContext, GetMessagesContext, ...), as
+// database/sql pairs Query with QueryContext, and admin calls.
+//
+// # Errors
+//
+// Errors answered by a node are *StatusError values carrying the gRPC code
+// and the Forest Bus reason; they match the reason's sentinel
+// (ErrTopicNotFound, ErrNoLeader, ...) with errors.Is. When no node gives a
+// usable answer in time the error matches ErrNoNodesAvailable and wraps the
+// last node's error. The calls without a context return the original
+// client's three sentinels bare, so that old code comparing with == works.
+//
+// # Retries
+//
+// A call tries each node at most once per pass, starting from its preferred
+// node. Answers another node may not give (unavailable, not the leader, no
+// leader yet, shutting down, storage failed, proposal dropped) move on to
+// the next node; answers no node would change (unknown topic, invalid
+// argument, cluster ID mismatch) end the call. After a failed pass the
+// client waits, 50 ms doubling up to 1 s, and makes another pass, until the
+// context ends or, for a context without a deadline and the calls without a
+// context, the retry window (10 s by default, WithRetryWindow) has passed.
+//
+// A send retried after a timeout may be stored twice: delivery is at least
+// once, as in the original.
+//
+// # Differences from the original client
+//
+//   - An empty cluster ID is not checked; the original required the node's
+//     ID to be empty too.
+//   - The leader hint of a NOT_LEADER answer is followed (the original
+//     ignored it), and whole passes over the nodes are retried for the retry
+//     window (the original made one pass).
+//   - An unknown topic is ErrTopicNotFound for every call (the original
+//     reported ErrNoNodesAvailable for reads).
+//   - Node entries may hold several comma-separated addresses, as the
+//     original's documentation examples pass them.
+//   - GetMessages with wait set asks again when a node's capped wait ends
+//     empty, so it still blocks until a message arrives.
+package client

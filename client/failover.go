@@ -1,0 +1,224 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+)
+
+// route selects the node a call starts from.
+type route int
+
+const (
+	// routeLeader starts from the topic's cached leader (sends).
+	routeLeader route = iota
+	// routeRead starts from the last node that answered a read.
+	routeRead
+	// routeAdmin starts from the last node that answered an admin call.
+	routeAdmin
+)
+
+// attempt performs one RPC on cc, passing opts to the stub.
+type attempt func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error
+
+// invoke runs call against the nodes, failing over between them.
+//
+// A pass tries every node at most once, starting from the preferred node of
+// the route. A NOT_LEADER answer with a leader hint puts the hinted node
+// next. Errors that another node cannot fix (unknown topic, invalid
+// argument, cluster ID mismatch) end the call at once. When a pass fails,
+// invoke waits (50 ms, doubling to 1 s) and makes another pass, until the
+// context ends or, when the context has no deadline, the retry window has
+// passed since the call started. It then returns an error matching
+// ErrNoNodesAvailable that wraps the last node's error.
+func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call attempt) error {
+	start := time.Now()
+	ctx = c.outgoing(ctx)
+	deadline, ctxDeadline := ctx.Deadline()
+	if !ctxDeadline {
+		deadline = start.Add(c.retryWindow)
+	}
+	// expired reports the end of ctx, also when gRPC noticed its deadline
+	// before ctx's own timer fired.
+	expired := func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if ctxDeadline && !time.Now().Before(deadline) {
+			return context.DeadlineExceeded
+		}
+		return nil
+	}
+	var lastErr error
+	wait := minPassBackoff
+	for {
+		order := c.order(rt, topic)
+		for i := 0; i < len(order); i++ {
+			node := order[i]
+			if err := ctx.Err(); err != nil {
+				return c.ctxFail(op, err, lastErr)
+			}
+			cc, err := c.conn(node)
+			if err != nil {
+				lastErr = fmt.Errorf("forestbus: node %s: %w", node, err)
+				c.debugLog(op, topic, node, start, lastErr)
+				continue
+			}
+			var hdr metadata.MD
+			err = call(ctx, cc, grpc.Header(&hdr))
+			if err == nil {
+				c.remember(rt, topic, node, hdr)
+				c.debugLog(op, topic, node, start, nil)
+				return nil
+			}
+			if cerr := expired(); cerr != nil {
+				c.debugLog(op, topic, node, start, err)
+				return c.ctxFail(op, cerr, lastErr)
+			}
+			se := newStatusError(node, err)
+			if se == nil {
+				// Not a gRPC status: treat as a transport failure.
+				lastErr = fmt.Errorf("forestbus: node %s: %w", node, err)
+				c.debugLog(op, topic, node, start, lastErr)
+				continue
+			}
+			c.debugLog(op, topic, node, start, se)
+			if se.Code == codes.Canceled {
+				// The connection was closed under the call by Close.
+				return &noNodesError{op: op, last: se}
+			}
+			if classify(se) == fatal {
+				return se
+			}
+			lastErr = se
+			c.forget(rt, topic, node)
+			if errors.Is(se, ErrNotLeader) && se.Leader != "" {
+				if rt == routeLeader {
+					c.setLeader(topic, se.Leader)
+				}
+				if !slices.Contains(order[:i+1], se.Leader) {
+					order = slices.DeleteFunc(order, func(n string) bool { return n == se.Leader })
+					order = slices.Insert(order, i+1, se.Leader)
+				}
+			}
+		}
+		now := time.Now()
+		if !now.Before(deadline) {
+			if ctxDeadline {
+				return c.ctxFail(op, context.DeadlineExceeded, lastErr)
+			}
+			return &noNodesError{op: op, last: lastErr}
+		}
+		d := min(wait, deadline.Sub(now))
+		wait = min(2*wait, maxPassBackoff)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return c.ctxFail(op, ctx.Err(), lastErr)
+		case <-t.C:
+		}
+	}
+}
+
+// ctxFail builds the error for a call whose context ended: the context's
+// error alone when no node failed before, else an ErrNoNodesAvailable error
+// wrapping both.
+func (c *Client) ctxFail(op string, ctxErr, lastErr error) error {
+	if lastErr == nil {
+		return ctxError(op, ctxErr)
+	}
+	return &noNodesError{op: op, last: lastErr, ctxErr: ctxErr}
+}
+
+// order returns the nodes in the order a pass tries them.
+func (c *Client) order(rt route, topic string) []string {
+	c.mu.Lock()
+	var preferred string
+	switch rt {
+	case routeLeader:
+		preferred = c.leaders[topic]
+	case routeRead:
+		preferred = c.lastGet
+	case routeAdmin:
+		preferred = c.admin
+	}
+	c.mu.Unlock()
+	order := make([]string, 0, len(c.nodes)+1)
+	if preferred != "" {
+		order = append(order, preferred)
+	}
+	for _, n := range c.nodes {
+		if n != preferred {
+			order = append(order, n)
+		}
+	}
+	return order
+}
+
+// remember records the node that answered a call.
+func (c *Client) remember(rt route, topic, node string, hdr metadata.MD) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch rt {
+	case routeLeader:
+		if l := hdr.Get(LeaderMetadataKey); len(l) > 0 && l[0] != "" {
+			node = l[0]
+		}
+		c.leaders[topic] = node
+	case routeRead:
+		c.lastGet = node
+	case routeAdmin:
+		c.admin = node
+	}
+}
+
+// forget drops node as the preferred node of the route if it is.
+func (c *Client) forget(rt route, topic, node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch rt {
+	case routeLeader:
+		if c.leaders[topic] == node {
+			delete(c.leaders, topic)
+		}
+	case routeRead:
+		if c.lastGet == node {
+			c.lastGet = ""
+		}
+	case routeAdmin:
+		if c.admin == node {
+			c.admin = ""
+		}
+	}
+}
+
+func (c *Client) setLeader(topic, leader string) {
+	c.mu.Lock()
+	c.leaders[topic] = leader
+	c.mu.Unlock()
+}
+
+// leader returns the cached leader of topic, or "".
+func (c *Client) leader(topic string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leaders[topic]
+}
+
+func (c *Client) debugLog(op, topic, node string, start time.Time, err error) {
+	if !c.debug {
+		return
+	}
+	if err != nil {
+		c.logger.Debug("forestbus: call failed", "op", op, "topic", topic, "node", node, "elapsed", time.Since(start), "error", err)
+		return
+	}
+	c.logger.Debug("forestbus: call", "op", op, "topic", topic, "node", node, "elapsed", time.Since(start))
+}

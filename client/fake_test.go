@@ -1,0 +1,177 @@
+package client
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+)
+
+// fakeNode is an in-process ForestBusService and AdminService whose
+// answers each test scripts.
+type fakeNode struct {
+	forestbusv1.UnimplementedForestBusServiceServer
+	forestbusv1.UnimplementedAdminServiceServer
+
+	addr string
+
+	mu        sync.Mutex
+	calls     map[string]int
+	clusterID []string // forestbus-cluster-id of the last call
+
+	send    func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error)
+	get     func(ctx context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error)
+	details func(ctx context.Context, req *forestbusv1.GetTopicDetailsRequest) (*forestbusv1.GetTopicDetailsResponse, error)
+	cluster func(ctx context.Context) (*forestbusv1.GetClusterDetailsResponse, error)
+	admin   func(ctx context.Context, op string, req any) (any, error)
+}
+
+// startNode serves a fake node on a free loopback port until the test ends.
+func startNode(t *testing.T) *fakeNode {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	n := &fakeNode{addr: lis.Addr().String(), calls: make(map[string]int)}
+	srv := grpc.NewServer()
+	forestbusv1.RegisterForestBusServiceServer(srv, n)
+	forestbusv1.RegisterAdminServiceServer(srv, n)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return n
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := lis.Addr().String()
+	require.NoError(t, lis.Close())
+	return addr
+}
+
+func (n *fakeNode) record(ctx context.Context, op string) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.calls[op]++
+	n.clusterID = md.Get(ClusterIDMetadataKey)
+}
+
+func (n *fakeNode) count(op string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.calls[op]
+}
+
+func (n *fakeNode) lastClusterID() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.clusterID
+}
+
+func (n *fakeNode) SendMessages(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+	n.record(ctx, "send")
+	if n.send == nil {
+		return nil, status.Error(codes.Unimplemented, "no send")
+	}
+	return n.send(ctx, req)
+}
+
+func (n *fakeNode) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
+	n.record(ctx, "get")
+	if n.get == nil {
+		return nil, status.Error(codes.Unimplemented, "no get")
+	}
+	return n.get(ctx, req)
+}
+
+func (n *fakeNode) GetTopicDetails(ctx context.Context, req *forestbusv1.GetTopicDetailsRequest) (*forestbusv1.GetTopicDetailsResponse, error) {
+	n.record(ctx, "details")
+	if n.details == nil {
+		return nil, status.Error(codes.Unimplemented, "no details")
+	}
+	return n.details(ctx, req)
+}
+
+func (n *fakeNode) GetClusterDetails(ctx context.Context, _ *forestbusv1.GetClusterDetailsRequest) (*forestbusv1.GetClusterDetailsResponse, error) {
+	n.record(ctx, "cluster")
+	if n.cluster == nil {
+		return nil, status.Error(codes.Unimplemented, "no cluster")
+	}
+	return n.cluster(ctx)
+}
+
+func (n *fakeNode) adminCall(ctx context.Context, op string, req any) (any, error) {
+	n.record(ctx, op)
+	if n.admin == nil {
+		return nil, status.Error(codes.Unimplemented, "no admin")
+	}
+	return n.admin(ctx, op, req)
+}
+
+func (n *fakeNode) CreateTopic(ctx context.Context, req *forestbusv1.CreateTopicRequest) (*forestbusv1.CreateTopicResponse, error) {
+	r, err := n.adminCall(ctx, "create", req)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*forestbusv1.CreateTopicResponse), nil
+}
+
+func (n *fakeNode) UpdateTopic(ctx context.Context, req *forestbusv1.UpdateTopicRequest) (*forestbusv1.UpdateTopicResponse, error) {
+	r, err := n.adminCall(ctx, "update", req)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*forestbusv1.UpdateTopicResponse), nil
+}
+
+func (n *fakeNode) RemoveTopic(ctx context.Context, req *forestbusv1.RemoveTopicRequest) (*forestbusv1.RemoveTopicResponse, error) {
+	r, err := n.adminCall(ctx, "remove", req)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*forestbusv1.RemoveTopicResponse), nil
+}
+
+func (n *fakeNode) ListTopics(ctx context.Context, req *forestbusv1.ListTopicsRequest) (*forestbusv1.ListTopicsResponse, error) {
+	r, err := n.adminCall(ctx, "list", req)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*forestbusv1.ListTopicsResponse), nil
+}
+
+// reasonError builds a node error the way the server's error table does.
+func reasonError(t *testing.T, code codes.Code, reason string, md map[string]string) error {
+	t.Helper()
+	st, err := status.New(code, "fake: "+reason).WithDetails(&errdetails.ErrorInfo{
+		Reason:   reason,
+		Domain:   ErrorDomain,
+		Metadata: md,
+	})
+	require.NoError(t, err)
+	return st.Err()
+}
+
+// okSend answers every send with IDs from first on.
+func okSend(first int64) func(context.Context, *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+	var mu sync.Mutex
+	next := first
+	return func(_ context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		r := &forestbusv1.SendMessagesResponse{FirstId: next, Count: int32(len(req.GetMessages()))}
+		next += int64(len(req.GetMessages()))
+		return r, nil
+	}
+}
