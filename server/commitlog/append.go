@@ -212,14 +212,15 @@ func (l *Log) truncateFrom(index uint64) error {
 		}
 		cut, cutOff = l.segs[si], off
 	}
-	if cut != nil {
-		if err := cut.f.Truncate(cutOff); err != nil {
-			return l.fence(fmt.Errorf("commitlog: truncate %s: %w", cut.path, err))
-		}
-	}
 	removed := slices.Clone(l.segs[keep:])
+	// Readers may be reading anywhere below cut.size: shrink the file only
+	// while holding the write lock.
 	l.mu.Lock()
 	if cut != nil {
+		if err := cut.f.Truncate(cutOff); err != nil {
+			l.mu.Unlock()
+			return l.fence(fmt.Errorf("commitlog: truncate %s: %w", cut.path, err))
+		}
 		cut.size = cutOff
 		cut.last = index - 1
 		k := len(cut.points)
