@@ -37,7 +37,8 @@ var (
 )
 
 // Sender sends a batch of messages to a topic and returns their IDs, in
-// order. *client.Client implements it.
+// order. *client.Client implements it. A Sender must return soon after ctx
+// is cancelled: Close cancels a send that outlives its drain time.
 type Sender interface {
 	SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error)
 }

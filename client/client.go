@@ -103,7 +103,8 @@ func WithRetryWindow(d time.Duration) Option {
 
 // WithDialOptions adds gRPC dial options to every connection the Client
 // opens, after its own (insecure transport credentials, connection backoff
-// and message size limits), e.g. a context dialer or interceptors.
+// and message size limits), so they take precedence: e.g. TLS transport
+// credentials, a context dialer (bufconn) or interceptors.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *Client) { c.dialOpts = append(c.dialOpts, opts...) }
 }

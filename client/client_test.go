@@ -739,3 +739,67 @@ func (b *safeBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+func TestEachNodeAtMostOncePerPass(t *testing.T) {
+	a, b := startNode(t), startNode(t)
+	// Each names the other as leader.
+	a.send = func(context.Context, *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		return nil, reasonError(t, codes.FailedPrecondition, "NOT_LEADER", map[string]string{"leader": b.addr})
+	}
+	b.send = func(context.Context, *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		return nil, reasonError(t, codes.FailedPrecondition, "NOT_LEADER", map[string]string{"leader": a.addr})
+	}
+	c := New("", []string{a.addr, b.addr}, WithRetryWindow(0))
+	defer c.Close()
+	_, err := c.SendMessagesContext(t.Context(), "t", msgs, false)
+	require.ErrorIs(t, err, ErrNoNodesAvailable)
+	assert.ErrorIs(t, err, ErrNotLeader)
+	assert.Equal(t, 1, a.count("send"))
+	assert.Equal(t, 1, b.count("send"))
+}
+
+func TestCloseUnblocksLongPoll(t *testing.T) {
+	n := startNode(t)
+	n.get = func(ctx context.Context, _ *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	c := New("", []string{n.addr})
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.GetMessages("t", 1, 10, true)
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return n.count("get") == 1 }, 5*time.Second, time.Millisecond)
+	c.Close()
+	assert.Equal(t, ErrNoNodesAvailable, <-done)
+}
+
+func TestFailedLeaderIsForgotten(t *testing.T) {
+	a, b := startNode(t), startNode(t)
+	var mu sync.Mutex
+	bDown := false
+	a.send = okSend(1)
+	b.send = func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if bDown {
+			return nil, reasonError(t, codes.Unavailable, "SHUTTING_DOWN", nil)
+		}
+		return &forestbusv1.SendMessagesResponse{FirstId: 50, Count: int32(len(req.GetMessages()))}, nil
+	}
+	c := New("", []string{a.addr, b.addr})
+	defer c.Close()
+	c.setLeader("t", b.addr)
+	ids, err := c.SendMessages("t", msgs[:1], false)
+	require.NoError(t, err)
+	assert.Equal(t, []int64{50}, ids)
+
+	mu.Lock()
+	bDown = true
+	mu.Unlock()
+	ids, err = c.SendMessages("t", msgs[:1], false)
+	require.NoError(t, err)
+	assert.Equal(t, []int64{1}, ids)
+	assert.Equal(t, a.addr, c.leader("t"))
+}

@@ -176,7 +176,7 @@ func classify(se *StatusError) verdict {
 	return fatal
 }
 
-// NoNodesError is returned when no node gave a usable answer within the
+// noNodesError is returned when no node gave a usable answer within the
 // retry window or the context's lifetime. It matches ErrNoNodesAvailable,
 // the last node's error and, when the context ended, the context's error,
 // with errors.Is.
