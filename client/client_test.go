@@ -330,6 +330,8 @@ func TestRetryWindowThenNoNodesAvailable(t *testing.T) {
 	elapsed := time.Since(start)
 	require.ErrorIs(t, err, ErrNoNodesAvailable)
 	assert.ErrorIs(t, err, ErrNoLeader, "the last cause is wrapped")
+	assert.Contains(t, err.Error(), ErrNoNodesAvailable.Error())
+	assert.Contains(t, err.Error(), "NO_LEADER")
 	assert.GreaterOrEqual(t, elapsed, window)
 	assert.Less(t, elapsed, window+2*time.Second)
 	assert.Greater(t, n.count("send"), 1, "several passes were made")
