@@ -1,0 +1,108 @@
+// Command fbnode runs a Forest Bus node.
+//
+// With no flags it starts a one-node cluster "local" on 127.0.0.1:3000 with
+// its data in ./fbdata and a topic named "default", and prints the
+// connection string clients use.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/forestbus/forestbus/server"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "fbnode:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("fbnode", flag.ContinueOnError)
+	var (
+		listen     = fs.String("listen", "127.0.0.1:3000", "gRPC listen address (host:port; port 0 picks a free one)")
+		advertise  = fs.String("advertise", "", "address clients dial (default: the listen address)")
+		dataDir    = fs.String("data", "./fbdata", "data directory")
+		clusterID  = fs.String("cluster", "local", "cluster ID; the data directory remembers it")
+		nodeName   = fs.String("name", "node1", "this node's stable name")
+		syncMode   = fs.String("sync", "fsync", `durability: "fsync" (acknowledged means on disk) or "os" (the OS flushes)`)
+		maxMsg     = fs.Int("max-message-bytes", 1<<20, "largest message accepted")
+		maxBatch   = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch accepted (payload bytes)")
+		maxRead    = fs.Int("max-read-bytes", 4<<20, "payload cap of one GetMessages answer")
+		maxWait    = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
+		segment    = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
+		topic      = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
+		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		logFormat  = fs.String("log-format", "text", "log format: text or json")
+		addrFile   = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch *logFormat {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, hopts)
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, hopts)
+	default:
+		return fmt.Errorf("-log-format %q: want text or json", *logFormat)
+	}
+	logger := slog.New(h)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	srv, err := server.Start(ctx, server.Config{
+		ListenAddr:      *listen,
+		AdvertiseAddr:   *advertise,
+		DataDir:         *dataDir,
+		ClusterID:       *clusterID,
+		NodeName:        *nodeName,
+		Sync:            server.SyncMode(*syncMode),
+		MaxMessageBytes: *maxMsg,
+		MaxBatchBytes:   *maxBatch,
+		MaxReadBytes:    *maxRead,
+		MaxWait:         *maxWait,
+		SegmentBytes:    *segment,
+		DefaultTopic:    *topic,
+		Logger:          logger,
+	})
+	if err != nil {
+		return err
+	}
+	if *addrFile != "" {
+		if err := os.WriteFile(*addrFile, []byte(srv.Addr()+"\n"), 0o644); err != nil {
+			srv.Stop()
+			return err
+		}
+	}
+	if *topic != "" {
+		fmt.Printf("Forest Bus node %q ready. Connection string: %s\n", *nodeName, srv.ConnectionString())
+	} else {
+		fmt.Printf("Forest Bus node %q ready on %s (cluster %q)\n", *nodeName, srv.Addr(), *clusterID)
+	}
+	select {
+	case <-ctx.Done():
+		logger.Info("signal received, shutting down")
+	case <-srv.Done():
+	}
+	stop()
+	return srv.Stop()
+}

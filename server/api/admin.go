@@ -1,0 +1,59 @@
+package api
+
+import (
+	"context"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server/topic"
+)
+
+func settingsFrom(p *forestbusv1.TopicSettings) topic.Settings {
+	return topic.Settings{
+		SegmentBytes:     p.GetSegmentBytes(),
+		RetentionSeconds: p.GetRetentionSeconds(),
+		RetentionBytes:   p.GetRetentionBytes(),
+	}
+}
+
+func topicProto(name string, s topic.Settings) *forestbusv1.Topic {
+	return &forestbusv1.Topic{Name: name, Settings: &forestbusv1.TopicSettings{
+		SegmentBytes:     s.SegmentBytes,
+		RetentionSeconds: s.RetentionSeconds,
+		RetentionBytes:   s.RetentionBytes,
+	}}
+}
+
+// CreateTopic implements AdminService.CreateTopic.
+func (s *Service) CreateTopic(ctx context.Context, req *forestbusv1.CreateTopicRequest) (*forestbusv1.CreateTopicResponse, error) {
+	st := settingsFrom(req.GetSettings())
+	if err := s.registry.Create(ctx, req.GetName(), st); err != nil {
+		return nil, err
+	}
+	return &forestbusv1.CreateTopicResponse{Topic: topicProto(req.GetName(), st)}, nil
+}
+
+// UpdateTopic implements AdminService.UpdateTopic.
+func (s *Service) UpdateTopic(ctx context.Context, req *forestbusv1.UpdateTopicRequest) (*forestbusv1.UpdateTopicResponse, error) {
+	st := settingsFrom(req.GetSettings())
+	if err := s.registry.Update(ctx, req.GetName(), st); err != nil {
+		return nil, err
+	}
+	return &forestbusv1.UpdateTopicResponse{Topic: topicProto(req.GetName(), st)}, nil
+}
+
+// RemoveTopic implements AdminService.RemoveTopic.
+func (s *Service) RemoveTopic(ctx context.Context, req *forestbusv1.RemoveTopicRequest) (*forestbusv1.RemoveTopicResponse, error) {
+	if err := s.registry.Remove(ctx, req.GetName()); err != nil {
+		return nil, err
+	}
+	return &forestbusv1.RemoveTopicResponse{}, nil
+}
+
+// ListTopics implements AdminService.ListTopics.
+func (s *Service) ListTopics(ctx context.Context, _ *forestbusv1.ListTopicsRequest) (*forestbusv1.ListTopicsResponse, error) {
+	resp := &forestbusv1.ListTopicsResponse{}
+	for _, t := range s.registry.List() {
+		resp.Topics = append(resp.Topics, topicProto(t.Name, t.Settings))
+	}
+	return resp, nil
+}

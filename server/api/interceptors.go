@@ -1,0 +1,102 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// ClusterIDKey is the request metadata key naming the cluster a client
+// expects. Absent means unchecked.
+const ClusterIDKey = "forestbus-cluster-id"
+
+// LeaderKey is the response header a node sets when it answered a call for
+// another node (leader forwarding).
+const LeaderKey = "forestbus-leader"
+
+// ServerOptions returns the interceptor chain for a grpc.Server serving s:
+// logging (outermost, sees final codes), error table, recovery, cluster-ID
+// check.
+func (s *Service) ServerOptions() []grpc.ServerOption {
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(func(c codes.Code) logging.Level {
+			switch c {
+			case codes.OK, codes.NotFound, codes.AlreadyExists, codes.InvalidArgument, codes.Canceled,
+				codes.FailedPrecondition, codes.Unavailable, codes.DeadlineExceeded:
+				return logging.LevelDebug
+			case codes.Internal, codes.Unknown, codes.DataLoss:
+				return logging.LevelError
+			}
+			return logging.LevelWarn
+		}),
+	}
+	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		s.log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		return status.Errorf(codes.Internal, "internal error: %v", p)
+	})
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(
+			logging.UnaryServerInterceptor(logger, logOpts...),
+			s.unaryErrors,
+			recovery.UnaryServerInterceptor(rec),
+			s.unaryClusterID,
+		),
+		grpc.ChainStreamInterceptor(
+			logging.StreamServerInterceptor(logger, logOpts...),
+			s.streamErrors,
+			recovery.StreamServerInterceptor(rec),
+			s.streamClusterID,
+		),
+	}
+}
+
+func (s *Service) unaryErrors(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	if err != nil {
+		return nil, toStatus(ctx, err, s.leaderAddr, s.log)
+	}
+	return resp, nil
+}
+
+func (s *Service) streamErrors(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return toStatus(ss.Context(), h(srv, ss), s.leaderAddr, s.log)
+}
+
+func (s *Service) checkClusterID(ctx context.Context) error {
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok {
+		return nil
+	}
+	for _, id := range md.Get(ClusterIDKey) {
+		if id != s.cfg.ClusterID {
+			return fmt.Errorf("%w: this node belongs to cluster %q, the request names %q", ErrClusterIDMismatch, s.cfg.ClusterID, id)
+		}
+	}
+	return nil
+}
+
+func (s *Service) unaryClusterID(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := s.checkClusterID(ctx); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+func (s *Service) streamClusterID(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := s.checkClusterID(ss.Context()); err != nil {
+		return err
+	}
+	return h(srv, ss)
+}

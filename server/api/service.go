@@ -1,0 +1,219 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server/replica"
+	"github.com/forestbus/forestbus/server/topic"
+)
+
+// Config configures the services.
+type Config struct {
+	// ClusterID is this node's cluster ID.
+	ClusterID string
+	// NodeName is this node's name.
+	NodeName string
+	// Nodes lists the cluster's members as clients see them.
+	Nodes []Node
+	// MaxMessageBytes caps one message. Default 1 MiB.
+	MaxMessageBytes int
+	// MaxBatchBytes caps the payload of one SendMessages call. Default 16 MiB.
+	MaxBatchBytes int
+	// MaxReadBytes caps the payload of one GetMessages answer (at least one
+	// message is always returned when one exists). Default 4 MiB.
+	MaxReadBytes int
+	// MaxWait caps a long-polling GetMessages. Default 30 s.
+	MaxWait time.Duration
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Node is a cluster member.
+type Node struct {
+	Name    string
+	Address string
+	RaftID  uint64
+}
+
+func (c *Config) withDefaults() {
+	if c.MaxMessageBytes <= 0 {
+		c.MaxMessageBytes = 1 << 20
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 16 << 20
+	}
+	if c.MaxReadBytes <= 0 {
+		c.MaxReadBytes = 4 << 20
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Service implements forestbusv1.ForestBusServiceServer and
+// forestbusv1.AdminServiceServer. Safe for concurrent use.
+type Service struct {
+	forestbusv1.UnimplementedForestBusServiceServer
+	forestbusv1.UnimplementedAdminServiceServer
+
+	cfg      Config
+	log      *slog.Logger
+	registry *topic.Registry
+	stopping chan struct{}
+}
+
+// New returns the services for a registry.
+func New(cfg Config, registry *topic.Registry) *Service {
+	cfg.withDefaults()
+	return &Service{cfg: cfg, log: cfg.Logger, registry: registry, stopping: make(chan struct{})}
+}
+
+// BeginShutdown makes long polls return at once and new work fail with
+// SHUTTING_DOWN.
+func (s *Service) BeginShutdown() {
+	select {
+	case <-s.stopping:
+	default:
+		close(s.stopping)
+	}
+}
+
+func (s *Service) leaderAddr(id uint64) string {
+	for _, n := range s.cfg.Nodes {
+		if n.RaftID == id {
+			return n.Address
+		}
+	}
+	return ""
+}
+
+func (s *Service) lookup(name string) (*topic.Topic, error) {
+	if err := topic.ValidateName(name); err != nil {
+		return nil, err
+	}
+	return s.registry.Get(name)
+}
+
+// SendMessages implements ForestBusService.SendMessages.
+func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+	t, err := s.lookup(req.GetTopic())
+	if err != nil {
+		return nil, err
+	}
+	msgs := req.GetMessages()
+	if len(msgs) == 0 {
+		return nil, fmt.Errorf("%w: messages: the batch is empty", ErrInvalidArgument)
+	}
+	total := 0
+	for i, m := range msgs {
+		if len(m) > s.cfg.MaxMessageBytes {
+			return nil, fmt.Errorf("%w: message %d has %d bytes, the limit is %d", ErrMessageTooLarge, i, len(m), s.cfg.MaxMessageBytes)
+		}
+		total += len(m)
+	}
+	if total > s.cfg.MaxBatchBytes {
+		return nil, fmt.Errorf("%w: the batch has %d bytes, the limit is %d", ErrBatchTooLarge, total, s.cfg.MaxBatchBytes)
+	}
+	select {
+	case <-s.stopping:
+		return nil, ErrShuttingDown
+	default:
+	}
+	res, err := t.Group.Propose(ctx, msgs, req.GetWaitForCommit())
+	if err != nil {
+		return nil, err
+	}
+	return &forestbusv1.SendMessagesResponse{FirstId: int64(res.FirstID), Count: int32(res.Count)}, nil
+}
+
+// GetMessages implements ForestBusService.GetMessages.
+func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
+	t, err := s.lookup(req.GetTopic())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetId() < 0 {
+		return nil, fmt.Errorf("%w: id %d is negative", ErrInvalidArgument, req.GetId())
+	}
+	if req.GetQuantity() <= 0 {
+		return nil, fmt.Errorf("%w: quantity %d: must be positive", ErrInvalidArgument, req.GetQuantity())
+	}
+	var wait time.Duration
+	if req.GetWait() {
+		wait = s.cfg.MaxWait
+		ctx2, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-s.stopping:
+				cancel()
+			case <-ctx2.Done():
+			}
+		}()
+		res, err := t.Group.Read(ctx2, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.MaxReadBytes, wait)
+		if errors.Is(err, replica.ErrStopped) {
+			if _, gerr := s.registry.Get(t.Name); gerr != nil {
+				return nil, gerr // removed while we waited
+			}
+		}
+		if err != nil && ctx.Err() == nil && ctx2.Err() != nil {
+			// Shutdown ended the wait: an empty answer, as at the wait cap.
+			return &forestbusv1.GetMessagesResponse{NextId: req.GetId(), CommitId: int64(t.Group.CommitID())}, nil
+		}
+		return readResponse(res, err)
+	}
+	return readResponse(t.Group.Read(ctx, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.MaxReadBytes, 0))
+}
+
+func readResponse(res replica.ReadResult, err error) (*forestbusv1.GetMessagesResponse, error) {
+	if err != nil {
+		return nil, err
+	}
+	return &forestbusv1.GetMessagesResponse{
+		Messages: res.Messages,
+		NextId:   int64(res.NextID),
+		CommitId: int64(res.CommitID),
+	}, nil
+}
+
+// GetTopicDetails implements ForestBusService.GetTopicDetails.
+func (s *Service) GetTopicDetails(ctx context.Context, req *forestbusv1.GetTopicDetailsRequest) (*forestbusv1.GetTopicDetailsResponse, error) {
+	t, err := s.lookup(req.GetTopic())
+	if err != nil {
+		return nil, err
+	}
+	d := t.Group.Details()
+	return &forestbusv1.GetTopicDetailsResponse{
+		Topic:    t.Name,
+		FirstId:  int64(d.FirstID),
+		LastId:   int64(d.LastID),
+		CommitId: int64(d.CommitID),
+		Leader:   s.nodeName(d.Leader),
+	}, nil
+}
+
+func (s *Service) nodeName(id uint64) string {
+	for _, n := range s.cfg.Nodes {
+		if n.RaftID == id {
+			return n.Name
+		}
+	}
+	return ""
+}
+
+// GetClusterDetails implements ForestBusService.GetClusterDetails.
+func (s *Service) GetClusterDetails(ctx context.Context, _ *forestbusv1.GetClusterDetailsRequest) (*forestbusv1.GetClusterDetailsResponse, error) {
+	resp := &forestbusv1.GetClusterDetailsResponse{ClusterId: s.cfg.ClusterID, NodeName: s.cfg.NodeName}
+	for _, n := range s.cfg.Nodes {
+		resp.Nodes = append(resp.Nodes, &forestbusv1.Node{Name: n.Name, Address: n.Address})
+	}
+	return resp, nil
+}

@@ -1,0 +1,104 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// SyncMode says when an acknowledged write is on disk.
+type SyncMode string
+
+const (
+	// SyncFsync fsyncs before acknowledging: an acknowledged commit is on
+	// disk on a majority of nodes. The default.
+	SyncFsync SyncMode = "fsync"
+	// SyncOS leaves flushing to the operating system (the original Forest
+	// Bus behaviour): faster, but a machine crash can lose acknowledged
+	// messages.
+	SyncOS SyncMode = "os"
+)
+
+// Config configures a node. The zero value of each field means its default.
+type Config struct {
+	// ListenAddr is the gRPC listen address. Default "127.0.0.1:3000";
+	// port 0 picks a free port (see Server.Addr).
+	ListenAddr string
+	// AdvertiseAddr is the address clients and peers dial. Default: the
+	// address actually listened on.
+	AdvertiseAddr string
+	// DataDir holds the node's data. Default "./fbdata".
+	DataDir string
+	// ClusterID names the cluster. Default "local". A data directory
+	// remembers it; starting with another fails.
+	ClusterID string
+	// NodeName is this node's stable name. Default "node1".
+	NodeName string
+	// Sync is the durability mode. Default SyncFsync.
+	Sync SyncMode
+	// MaxMessageBytes caps one message. Default 1 MiB.
+	MaxMessageBytes int
+	// MaxBatchBytes caps one SendMessages batch. Default 16 MiB.
+	MaxBatchBytes int
+	// MaxReadBytes caps one GetMessages answer. Default 4 MiB.
+	MaxReadBytes int
+	// MaxWait caps a long poll. Default 30 s.
+	MaxWait time.Duration
+	// SegmentBytes is the default segment size of a topic. Default 64 MiB.
+	SegmentBytes int64
+	// DefaultTopic is created at start when absent; "" disables. fbnode
+	// sets "default".
+	DefaultTopic string
+	// TickInterval is the raft tick. Default 100 ms.
+	TickInterval time.Duration
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) validate() error {
+	if c.ListenAddr == "" {
+		c.ListenAddr = "127.0.0.1:3000"
+	}
+	if c.DataDir == "" {
+		c.DataDir = "./fbdata"
+	}
+	if c.ClusterID == "" {
+		c.ClusterID = "local"
+	}
+	if c.NodeName == "" {
+		c.NodeName = "node1"
+	}
+	switch c.Sync {
+	case "":
+		c.Sync = SyncFsync
+	case SyncFsync, SyncOS:
+	default:
+		return fmt.Errorf("server: sync mode %q: want %q or %q", c.Sync, SyncFsync, SyncOS)
+	}
+	if c.MaxMessageBytes <= 0 {
+		c.MaxMessageBytes = 1 << 20
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 16 << 20
+	}
+	if c.MaxMessageBytes > c.MaxBatchBytes {
+		return fmt.Errorf("server: max message size %d exceeds max batch size %d", c.MaxMessageBytes, c.MaxBatchBytes)
+	}
+	if c.MaxBatchBytes > 256<<20 {
+		return errors.New("server: max batch size above 256 MiB")
+	}
+	if c.MaxReadBytes <= 0 {
+		c.MaxReadBytes = 4 << 20
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 30 * time.Second
+	}
+	if c.SegmentBytes <= 0 {
+		c.SegmentBytes = 64 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}

@@ -1,0 +1,82 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// ErrClusterMismatch: the data directory belongs to another cluster or node.
+var ErrClusterMismatch = errors.New("server: data directory belongs to another cluster")
+
+// identity is the node's identity, stored in DataDir/identity.json on first
+// start and checked on every later start.
+type identity struct {
+	ClusterID string `json:"cluster_id"`
+	NodeName  string `json:"node_name"`
+	RaftID    uint64 `json:"raft_id"`
+}
+
+const identityFile = "identity.json"
+
+// loadIdentity reads the data dir's identity, creating it when the directory
+// is new. A different cluster ID or node name is refused.
+func loadIdentity(dir string, want identity) (identity, error) {
+	path := filepath.Join(dir, identityFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := writeFileAtomic(path, want); err != nil {
+			return identity{}, err
+		}
+		return want, nil
+	case err != nil:
+		return identity{}, err
+	}
+	var got identity
+	if err := json.Unmarshal(b, &got); err != nil {
+		return identity{}, fmt.Errorf("server: %s: %w", path, err)
+	}
+	if got.ClusterID != want.ClusterID {
+		return identity{}, fmt.Errorf("%w: %s holds cluster %q, this node was started for cluster %q (use another -data directory, or -cluster %s)",
+			ErrClusterMismatch, dir, got.ClusterID, want.ClusterID, got.ClusterID)
+	}
+	if got.NodeName != want.NodeName {
+		return identity{}, fmt.Errorf("%w: %s holds node %q, this node was started as %q", ErrClusterMismatch, dir, got.NodeName, want.NodeName)
+	}
+	return got, nil
+}
+
+func writeFileAtomic(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

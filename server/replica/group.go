@@ -1,0 +1,643 @@
+package replica
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/forestbus/forestbus/server/commitlog"
+)
+
+// KindCommand marks an entry that carries a state-machine command for a
+// group with an Apply hook (the metadata group). Layout: [0] KindCommand,
+// [1:9] proposal tag, then the command payload. Message batches use
+// commitlog.KindMessages and commitlog.EncodeBatch.
+const KindCommand byte = 2
+
+const tagEnd = 9 // data[1:9] holds the proposal tag for both kinds
+
+// GroupConfig describes a group to AddGroup.
+type GroupConfig struct {
+	// Name identifies the group on this node and on the wire.
+	Name string
+	// Log is the group's storage; the group owns it from now on and closes
+	// it when the group stops.
+	Log *commitlog.Log
+	// Peers are the initial voters, used only when Log is empty (a new
+	// group). Every node must bootstrap a group with the same peers.
+	Peers []uint64
+	// Apply, when set, makes this a command group: every committed
+	// KindCommand entry's payload is passed to it in log order, on the
+	// engine goroutine, and its error goes back to the proposer. AddGroup
+	// replays the committed prefix of the log through Apply before the group
+	// starts. Apply must be deterministic.
+	Apply func(index uint64, payload []byte) error
+	// OnClose, when set, runs on the engine goroutine after the group's log
+	// is closed because of RemoveGroup or Stop.
+	OnClose func()
+}
+
+// Result is the outcome of a proposal.
+type Result struct {
+	FirstID uint64 // ID of the batch's first message
+	Count   uint32 // number of messages
+	Err     error
+}
+
+type proposal struct {
+	tag     uint64
+	data    []byte
+	wait    bool // answer at commit, not at local append
+	firstID uint64
+	count   uint32
+	done    chan Result // buffered, 1
+}
+
+func (p *proposal) reply(r Result) {
+	select {
+	case p.done <- r:
+	default: // already answered
+	}
+}
+
+// Group is one raft group. Its raft state is owned by the engine goroutine;
+// the exported methods are safe for concurrent use.
+type Group struct {
+	name    string
+	e       *Engine
+	log     *commitlog.Log
+	rn      *raft.RawNode
+	apply   func(uint64, []byte) error
+	onClose func()
+
+	// Queued work, guarded by inboxMu.
+	inboxMu    sync.Mutex
+	inProps    []*proposal
+	inMsgs     []*raftpb.Message
+	spareProps []*proposal
+	spareMsgs  []*raftpb.Message
+	closed     bool
+
+	// Engine goroutine only.
+	rd       raft.Ready
+	waiters  map[uint64]*proposal
+	acks     []*proposal
+	ids      []commitlog.EntryIDs
+	fenced   error
+	isLeader bool
+
+	// Readable by anyone.
+	lead     atomic.Uint64
+	term     atomic.Uint64
+	commitID atomic.Uint64 // last committed message ID
+	applied  atomic.Uint64 // last applied raft index
+	failed   atomic.Bool
+	removing atomic.Bool // set by RemoveGroup
+
+	notifyMu sync.Mutex
+	notifyCh chan struct{} // closed when commit advances; nil when nobody waits
+	stopped  chan struct{}
+}
+
+// AddGroup opens a group on its log and starts driving it. Safe to call from
+// an Apply hook.
+func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
+	if gc.Log == nil {
+		return nil, errors.New("replica: GroupConfig.Log is nil")
+	}
+	hs, cs, err := gc.Log.InitialState()
+	if err != nil {
+		return nil, err
+	}
+	first, err := gc.Log.FirstIndex()
+	if err != nil {
+		return nil, err
+	}
+	last, err := gc.Log.LastIndex()
+	if err != nil {
+		return nil, err
+	}
+	commit := hs.GetCommit()
+	if commit > last {
+		return nil, fmt.Errorf("replica: group %q: commit index %d beyond last index %d", gc.Name, commit, last)
+	}
+	if commit < first-1 {
+		commit = first - 1
+	}
+	g := &Group{
+		name:    gc.Name,
+		e:       e,
+		log:     gc.Log,
+		apply:   gc.Apply,
+		onClose: gc.OnClose,
+		waiters: make(map[uint64]*proposal),
+		stopped: make(chan struct{}),
+	}
+	if g.apply != nil && commit >= first {
+		if err := g.replay(first, commit); err != nil {
+			return nil, err
+		}
+	}
+	rn, err := raft.NewRawNode(e.raftConfig(e.cfg.NodeID, gc.Log, commit))
+	if err != nil {
+		return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)
+	}
+	g.rn = rn
+	voters := cs.GetVoters()
+	if last == 0 {
+		if len(gc.Peers) == 0 {
+			return nil, fmt.Errorf("replica: group %q: new group needs peers", gc.Name)
+		}
+		peers := make([]raft.Peer, len(gc.Peers))
+		for i, id := range gc.Peers {
+			peers[i] = raft.Peer{ID: id}
+		}
+		if err := rn.Bootstrap(peers); err != nil {
+			return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)
+		}
+		voters = gc.Peers
+	}
+	if len(voters) == 1 && voters[0] == e.cfg.NodeID {
+		// Sole voter: no need to wait an election timeout.
+		_ = rn.Campaign()
+	}
+	if commit >= first {
+		ids, err := gc.Log.IDs(commit)
+		if err != nil {
+			return nil, err
+		}
+		g.commitID.Store(ids.FirstID + uint64(ids.Count) - 1)
+	} else {
+		g.commitID.Store(gc.Log.FirstID() - 1)
+	}
+	g.applied.Store(commit)
+	if err := e.register(g); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// replay feeds committed command entries of the log through Apply.
+func (g *Group) replay(lo, hi uint64) error {
+	for lo <= hi {
+		ents, err := g.log.Entries(lo, hi+1, 4<<20)
+		if err != nil {
+			return fmt.Errorf("replica: group %q: replay: %w", g.name, err)
+		}
+		for _, ent := range ents {
+			if payload, ok := commandPayload(ent); ok {
+				_ = g.apply(ent.GetIndex(), payload) // the proposer got this error already
+			}
+		}
+		lo = ents[len(ents)-1].GetIndex() + 1
+	}
+	return nil
+}
+
+func commandPayload(ent *raftpb.Entry) ([]byte, bool) {
+	if ent.GetType() != raftpb.EntryType_EntryNormal || len(ent.Data) < tagEnd || ent.Data[0] != KindCommand {
+		return nil, false
+	}
+	return ent.Data[tagEnd:], true
+}
+
+func entryTag(ent *raftpb.Entry) (uint64, bool) {
+	if ent.GetType() != raftpb.EntryType_EntryNormal || len(ent.Data) < tagEnd {
+		return 0, false
+	}
+	if k := ent.Data[0]; k != commitlog.KindMessages && k != KindCommand {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(ent.Data[1:tagEnd]), true
+}
+
+// Name is the group's name.
+func (g *Group) Name() string { return g.name }
+
+// Log is the group's storage (read-only use: reads and stats).
+func (g *Group) Log() *commitlog.Log { return g.log }
+
+// Leader is the raft ID of the group's leader, 0 when unknown.
+func (g *Group) Leader() uint64 { return g.lead.Load() }
+
+// Term is the group's current raft term as last seen by the engine.
+func (g *Group) Term() uint64 { return g.term.Load() }
+
+// CommitID is the ID of the last committed message (0 when none).
+func (g *Group) CommitID() uint64 { return g.commitID.Load() }
+
+// Applied is the last applied raft index.
+func (g *Group) Applied() uint64 { return g.applied.Load() }
+
+// WaitLeader returns once the group knows a leader, or with ctx's error.
+func (g *Group) WaitLeader(ctx context.Context) error {
+	for {
+		ch := g.commitWait(true)
+		if g.lead.Load() != raft.None {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-g.stopped:
+			return ErrStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Stopped is closed once the group has stopped.
+func (g *Group) Stopped() <-chan struct{} { return g.stopped }
+
+func (g *Group) checkLeader() error {
+	if g.failed.Load() {
+		return ErrStorageFailed
+	}
+	lead := g.lead.Load()
+	if lead == g.e.cfg.NodeID {
+		return nil
+	}
+	if lead == raft.None {
+		return ErrNoLeader
+	}
+	return &NotLeaderError{Leader: lead}
+}
+
+// Propose appends a batch of messages. With wait it returns once the batch is
+// committed, else once it is in the leader's log (synced, in fsync mode).
+// Errors: ErrNotLeader (*NotLeaderError), ErrNoLeader, ErrProposalDropped,
+// ErrLeadershipLost, ErrStorageFailed, ErrStopped, ctx errors.
+func (g *Group) Propose(ctx context.Context, msgs [][]byte, wait bool) (Result, error) {
+	if err := g.checkLeader(); err != nil {
+		return Result{}, err
+	}
+	tag := g.e.nextTag()
+	data := commitlog.EncodeBatch(nil, tag, 0, 0, msgs)
+	return g.propose(ctx, tag, data, wait)
+}
+
+// ProposeCommand proposes a command to a group with an Apply hook and waits
+// until it is applied on this node; it returns Apply's error.
+func (g *Group) ProposeCommand(ctx context.Context, payload []byte) error {
+	if err := g.checkLeader(); err != nil {
+		return err
+	}
+	tag := g.e.nextTag()
+	data := make([]byte, tagEnd+len(payload))
+	data[0] = KindCommand
+	binary.LittleEndian.PutUint64(data[1:tagEnd], tag)
+	copy(data[tagEnd:], payload)
+	_, err := g.propose(ctx, tag, data, true)
+	return err
+}
+
+func (g *Group) propose(ctx context.Context, tag uint64, data []byte, wait bool) (Result, error) {
+	p := &proposal{tag: tag, data: data, wait: wait, done: make(chan Result, 1)}
+	g.inboxMu.Lock()
+	if g.closed {
+		g.inboxMu.Unlock()
+		return Result{}, ErrStopped
+	}
+	g.inProps = append(g.inProps, p)
+	g.inboxMu.Unlock()
+	g.e.markBusy(g)
+	select {
+	case r := <-p.done:
+		return r, r.Err
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+}
+
+// ReadResult is the answer to Read.
+type ReadResult struct {
+	Messages [][]byte
+	NextID   uint64
+	CommitID uint64
+}
+
+// Read returns committed messages from id (0 reads as 1): at least one when
+// one is committed at id, up to maxCount messages and about maxBytes of
+// payload. Below the first retained ID it returns no messages and NextID =
+// first retained ID. When nothing is committed at id and wait > 0, it waits
+// up to wait for a commit, then returns an empty result. Errors: ErrStopped
+// (group removed while waiting), ctx errors.
+func (g *Group) Read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration) (ReadResult, error) {
+	if id == 0 {
+		id = 1
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		ch := g.commitWait(wait > 0)
+		commit := g.commitID.Load()
+		if first := g.log.FirstID(); id < first {
+			return ReadResult{NextID: first, CommitID: commit}, nil
+		}
+		if id <= commit {
+			msgs, next, err := g.log.ReadMessages(nil, id, commit, maxCount, maxBytes)
+			if errors.Is(err, commitlog.ErrCompacted) {
+				return ReadResult{NextID: g.log.FirstID(), CommitID: commit}, nil
+			}
+			if err != nil {
+				return ReadResult{}, err
+			}
+			return ReadResult{Messages: msgs, NextID: next, CommitID: commit}, nil
+		}
+		if wait <= 0 {
+			return ReadResult{NextID: id, CommitID: commit}, nil
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return ReadResult{NextID: id, CommitID: g.commitID.Load()}, nil
+		case <-ctx.Done():
+			return ReadResult{}, ctx.Err()
+		case <-g.stopped:
+			return ReadResult{}, ErrStopped
+		}
+	}
+}
+
+// commitWait returns a channel closed at the next commit advance (nil when
+// want is false).
+func (g *Group) commitWait(want bool) <-chan struct{} {
+	if !want {
+		return nil
+	}
+	g.notifyMu.Lock()
+	defer g.notifyMu.Unlock()
+	if g.notifyCh == nil {
+		g.notifyCh = make(chan struct{})
+	}
+	return g.notifyCh
+}
+
+func (g *Group) notifyCommit() {
+	g.notifyMu.Lock()
+	if g.notifyCh != nil {
+		close(g.notifyCh)
+		g.notifyCh = nil
+	}
+	g.notifyMu.Unlock()
+}
+
+// Details describes the group's log as seen on this node.
+type Details struct {
+	FirstID, LastID, CommitID uint64
+	Leader, Term              uint64
+}
+
+// Details reports the group's IDs and leader.
+func (g *Group) Details() Details {
+	return Details{
+		FirstID:  g.log.FirstID(),
+		LastID:   g.log.NextID() - 1,
+		CommitID: g.commitID.Load(),
+		Leader:   g.lead.Load(),
+		Term:     g.term.Load(),
+	}
+}
+
+// --- engine goroutine only below ---
+
+func (g *Group) drainInbox() {
+	g.inboxMu.Lock()
+	props, msgs := g.inProps, g.inMsgs
+	g.inProps, g.inMsgs = g.spareProps[:0], g.spareMsgs[:0]
+	g.inboxMu.Unlock()
+
+	for i, m := range msgs {
+		if g.fenced == nil {
+			_ = g.rn.Step(m)
+		}
+		msgs[i] = nil
+	}
+	for i, p := range props {
+		props[i] = nil
+		if g.fenced != nil {
+			p.reply(Result{Err: ErrStorageFailed})
+			continue
+		}
+		if !g.isLeader {
+			p.reply(Result{Err: g.checkLeader()})
+			continue
+		}
+		g.waiters[p.tag] = p
+		if err := g.rn.Propose(p.data); err != nil {
+			delete(g.waiters, p.tag)
+			if errors.Is(err, raft.ErrProposalDropped) {
+				err = ErrProposalDropped
+			}
+			p.reply(Result{Err: err})
+		}
+	}
+	g.inboxMu.Lock()
+	g.spareProps, g.spareMsgs = props[:0], msgs[:0]
+	g.inboxMu.Unlock()
+}
+
+func (g *Group) fence(err error) {
+	if g.fenced != nil {
+		return
+	}
+	g.fenced = err
+	g.failed.Store(true)
+	g.e.log.Error("group fenced after storage error", "group", g.name, "err", err)
+	g.failWaiters(ErrStorageFailed)
+}
+
+func (g *Group) failWaiters(err error) {
+	for tag, p := range g.waiters {
+		p.reply(Result{Err: err})
+		delete(g.waiters, tag)
+	}
+	g.acks = g.acks[:0]
+}
+
+// persist takes a Ready and writes it to the log. It reports whether the log
+// needs a sync.
+func (g *Group) persist() bool {
+	rd := g.rn.Ready()
+	g.rd = rd
+	if rd.SoftState != nil {
+		if g.lead.Swap(rd.SoftState.Lead) != rd.SoftState.Lead {
+			defer g.notifyCommit() // wakes WaitLeader
+		}
+		leader := rd.SoftState.RaftState == raft.StateLeader
+		if g.isLeader && !leader {
+			g.failWaiters(ErrLeadershipLost)
+		}
+		g.isLeader = leader
+	}
+	if !raft.IsEmptyHardState(rd.HardState) {
+		g.term.Store(rd.HardState.GetTerm())
+	}
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		if err := g.log.ApplySnapshot(rd.Snapshot); err != nil {
+			g.fence(err)
+			return false
+		}
+	}
+	if len(rd.Entries) > 0 {
+		ids, err := g.log.Append(rd.Entries, g.ids[:0])
+		g.ids = ids
+		if err != nil {
+			g.fence(err)
+			return false
+		}
+		if len(g.waiters) > 0 {
+			for i, ent := range rd.Entries {
+				tag, ok := entryTag(ent)
+				if !ok {
+					continue
+				}
+				p := g.waiters[tag]
+				if p == nil {
+					continue
+				}
+				p.firstID, p.count = ids[i].FirstID, ids[i].Count
+				if !p.wait {
+					g.acks = append(g.acks, p)
+				}
+			}
+		}
+	}
+	if !raft.IsEmptyHardState(rd.HardState) {
+		if err := g.log.SetHardState(rd.HardState); err != nil {
+			g.fence(err)
+			return false
+		}
+	}
+	return len(rd.Entries) > 0 || rd.MustSync || !raft.IsEmptySnap(rd.Snapshot)
+}
+
+func (g *Group) sync() {
+	if g.fenced != nil {
+		return
+	}
+	if err := g.log.Sync(); err != nil {
+		g.fence(err)
+	}
+}
+
+// finish sends, answers, applies and advances: the part of the Ready
+// contract that follows a durable write.
+func (g *Group) finish() {
+	if g.fenced != nil {
+		return
+	}
+	rd := g.rd
+	g.rd = raft.Ready{}
+	if len(rd.Messages) > 0 && g.e.cfg.Transport != nil {
+		g.e.cfg.Transport.Send(g.name, rd.Messages)
+	}
+	for i, p := range g.acks {
+		p.reply(Result{FirstID: p.firstID, Count: p.count})
+		delete(g.waiters, p.tag)
+		g.acks[i] = nil
+	}
+	g.acks = g.acks[:0]
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		g.afterSnapshot(rd.Snapshot)
+	}
+	if n := len(rd.CommittedEntries); n > 0 {
+		if err := g.applyEntries(rd.CommittedEntries); err != nil {
+			g.fence(err)
+			return
+		}
+	}
+	g.rn.Advance(rd)
+}
+
+func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
+	idx := snap.GetMetadata().GetIndex()
+	g.applied.Store(idx)
+	g.commitID.Store(g.log.FirstID() - 1)
+	g.notifyCommit()
+}
+
+func (g *Group) applyEntries(ents []*raftpb.Entry) error {
+	for _, ent := range ents {
+		switch ent.GetType() {
+		case raftpb.EntryType_EntryConfChange:
+			var cc raftpb.ConfChange
+			if err := proto.Unmarshal(ent.Data, &cc); err != nil {
+				return fmt.Errorf("replica: group %q: conf change at %d: %w", g.name, ent.GetIndex(), err)
+			}
+			if err := g.log.SetConfState(g.rn.ApplyConfChange(&cc)); err != nil {
+				return err
+			}
+		case raftpb.EntryType_EntryConfChangeV2:
+			var cc raftpb.ConfChangeV2
+			if err := proto.Unmarshal(ent.Data, &cc); err != nil {
+				return fmt.Errorf("replica: group %q: conf change at %d: %w", g.name, ent.GetIndex(), err)
+			}
+			if err := g.log.SetConfState(g.rn.ApplyConfChange(&cc)); err != nil {
+				return err
+			}
+		default:
+			var applyErr error
+			if payload, ok := commandPayload(ent); ok && g.apply != nil {
+				applyErr = g.apply(ent.GetIndex(), payload)
+			}
+			if len(g.waiters) > 0 {
+				if tag, ok := entryTag(ent); ok {
+					if p := g.waiters[tag]; p != nil && p.wait {
+						p.reply(Result{FirstID: p.firstID, Count: p.count, Err: applyErr})
+						delete(g.waiters, tag)
+					}
+				}
+			}
+		}
+	}
+	last := ents[len(ents)-1].GetIndex()
+	ids, err := g.log.IDs(last)
+	if err != nil {
+		return err
+	}
+	g.commitID.Store(ids.FirstID + uint64(ids.Count) - 1)
+	g.applied.Store(last)
+	g.notifyCommit()
+	return nil
+}
+
+// close stops the group: callers get err, the log is closed.
+func (g *Group) close(err error) {
+	g.inboxMu.Lock()
+	if g.closed {
+		g.inboxMu.Unlock()
+		return
+	}
+	g.closed = true
+	props := g.inProps
+	g.inProps = nil
+	g.inboxMu.Unlock()
+	for _, p := range props {
+		p.reply(Result{Err: err})
+	}
+	g.failWaiters(err)
+	if cerr := g.log.Close(); cerr != nil {
+		g.e.log.Warn("closing group log", "group", g.name, "err", cerr)
+	}
+	close(g.stopped)
+	g.notifyCommit()
+	if g.onClose != nil {
+		g.onClose()
+	}
+}

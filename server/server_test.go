@@ -1,0 +1,371 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server"
+	"github.com/forestbus/forestbus/server/servertest"
+)
+
+type conn struct {
+	bus   forestbusv1.ForestBusServiceClient
+	admin forestbusv1.AdminServiceClient
+}
+
+func dial(t *testing.T, n *servertest.Node) conn {
+	t.Helper()
+	cc, err := grpc.NewClient(n.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	require.NoError(t, err)
+	t.Cleanup(func() { cc.Close() })
+	return conn{forestbusv1.NewForestBusServiceClient(cc), forestbusv1.NewAdminServiceClient(cc)}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func batch(prefix string, n int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = fmt.Appendf(nil, "%s-%d", prefix, i)
+	}
+	return out
+}
+
+func send(t *testing.T, c conn, topic string, msgs [][]byte, wait bool) *forestbusv1.SendMessagesResponse {
+	t.Helper()
+	resp, err := c.bus.SendMessages(ctxT(t), &forestbusv1.SendMessagesRequest{Topic: topic, Messages: msgs, WaitForCommit: wait})
+	require.NoError(t, err)
+	return resp
+}
+
+// readAll reads [from, to] with the given quantity per call.
+func readAll(t *testing.T, c conn, topic string, from, to int64, q int32) [][]byte {
+	t.Helper()
+	var out [][]byte
+	id := from
+	for id <= to {
+		resp, err := c.bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: topic, Id: id, Quantity: q})
+		require.NoError(t, err)
+		require.NotEmpty(t, resp.Messages, "no messages at id %d (commit %d)", id, resp.CommitId)
+		require.Equal(t, id+int64(len(resp.Messages)), resp.NextId)
+		out = append(out, resp.Messages...)
+		id = resp.NextId
+	}
+	return out
+}
+
+func TestSendAndGet(t *testing.T) {
+	for _, mode := range []server.SyncMode{server.SyncFsync, server.SyncOS} {
+		t.Run(string(mode), func(t *testing.T) {
+			n := servertest.StartNode(t, servertest.WithSync(mode))
+			c := dial(t, n)
+			var want [][]byte
+			next := int64(1)
+			for i, size := range []int{1, 7, 100, 3} {
+				msgs := batch(fmt.Sprint("b", i), size)
+				resp := send(t, c, "default", msgs, i%2 == 0)
+				assert.Equal(t, next, resp.FirstId, "IDs are contiguous")
+				assert.Equal(t, int32(size), resp.Count)
+				next += int64(size)
+				want = append(want, msgs...)
+			}
+			// Every message is committed once a wait_for_commit send returned
+			// after it; the last send did not wait, so wait for it by polling.
+			require.Eventually(t, func() bool {
+				d, err := c.bus.GetTopicDetails(ctxT(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+				return err == nil && d.CommitId == next-1
+			}, 10*time.Second, 5*time.Millisecond)
+			for _, q := range []int32{1, 3, 500} {
+				got := readAll(t, c, "default", 1, next-1, q)
+				assert.Equal(t, want, got, "quantity %d", q)
+			}
+			d, err := c.bus.GetTopicDetails(ctxT(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+			require.NoError(t, err)
+			assert.Equal(t, int64(1), d.FirstId)
+			assert.Equal(t, next-1, d.LastId)
+			assert.Equal(t, "n1", d.Leader)
+		})
+	}
+}
+
+func TestGetMessagesSemantics(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithMaxWait(200*time.Millisecond))
+	c := dial(t, n)
+	ctx := ctxT(t)
+
+	// Empty topic: nothing, next_id 1.
+	resp, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 10})
+	require.NoError(t, err)
+	assert.Empty(t, resp.Messages)
+	assert.Equal(t, int64(1), resp.NextId)
+
+	send(t, c, "default", batch("m", 5), true)
+
+	t.Run("id 0 reads as 1", func(t *testing.T) {
+		resp, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 0, Quantity: 2})
+		require.NoError(t, err)
+		require.NotEmpty(t, resp.Messages)
+		assert.Equal(t, []byte("m-0"), resp.Messages[0])
+	})
+	t.Run("mid batch start", func(t *testing.T) {
+		resp, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 3, Quantity: 100})
+		require.NoError(t, err)
+		assert.Equal(t, [][]byte{[]byte("m-2"), []byte("m-3"), []byte("m-4")}, resp.Messages)
+		assert.Equal(t, int64(6), resp.NextId)
+		assert.Equal(t, int64(5), resp.CommitId)
+	})
+	t.Run("at the tail without wait", func(t *testing.T) {
+		resp, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 6, Quantity: 1})
+		require.NoError(t, err)
+		assert.Empty(t, resp.Messages)
+		assert.Equal(t, int64(6), resp.NextId)
+	})
+	t.Run("wait cap returns empty", func(t *testing.T) {
+		resp, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 6, Quantity: 1, Wait: true})
+		require.NoError(t, err)
+		assert.Empty(t, resp.Messages)
+		assert.Equal(t, int64(6), resp.NextId)
+	})
+	t.Run("long poll wakes on commit", func(t *testing.T) {
+		n2 := servertest.StartNode(t) // 30 s cap: the wake must come from the commit
+		c2 := dial(t, n2)
+		got := make(chan *forestbusv1.GetMessagesResponse, 1)
+		errc := make(chan error, 1)
+		go func() {
+			resp, err := c2.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 10, Wait: true})
+			if err != nil {
+				errc <- err
+				return
+			}
+			got <- resp
+		}()
+		send(t, c2, "default", [][]byte{[]byte("hello")}, true)
+		select {
+		case resp := <-got:
+			assert.Equal(t, [][]byte{[]byte("hello")}, resp.Messages)
+			assert.Equal(t, int64(2), resp.NextId)
+		case err := <-errc:
+			t.Fatal(err)
+		case <-ctx.Done():
+			t.Fatal("long poll did not return")
+		}
+	})
+}
+
+func TestReadCaps(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MaxReadBytes = 1000 }))
+	c := dial(t, n)
+	big := [][]byte{make([]byte, 600), make([]byte, 600), make([]byte, 600)}
+	send(t, c, "default", big, true)
+	resp, err := c.bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 100})
+	require.NoError(t, err)
+	assert.NotEmpty(t, resp.Messages, "at least one message even when it alone nears the cap")
+	assert.Less(t, len(resp.Messages), 3, "the byte cap applies")
+	assert.Equal(t, int64(1+len(resp.Messages)), resp.NextId)
+}
+
+func TestRestartKeepsCommittedReadable(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithSegmentBytes(4096))
+	c := dial(t, n)
+	var want [][]byte
+	for i := 0; i < 30; i++ {
+		msgs := batch(fmt.Sprint("r", i), 20)
+		send(t, c, "default", msgs, true)
+		want = append(want, msgs...)
+	}
+	n.Restart()
+	c = dial(t, n)
+	// Readable at once: no new message needed to learn the commit point.
+	d, err := c.bus.GetTopicDetails(ctxT(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+	require.NoError(t, err)
+	assert.Equal(t, int64(len(want)), d.CommitId)
+	assert.Equal(t, want, readAll(t, c, "default", 1, int64(len(want)), 500))
+	// IDs continue after the restart.
+	resp := send(t, c, "default", [][]byte{[]byte("after")}, true)
+	assert.Equal(t, int64(len(want)+1), resp.FirstId)
+}
+
+func TestAdminTopics(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := dial(t, n)
+	ctx := ctxT(t)
+	_, err := c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "orders", Settings: &forestbusv1.TopicSettings{SegmentBytes: 8192}})
+	require.NoError(t, err)
+	list, err := c.admin.ListTopics(ctx, &forestbusv1.ListTopicsRequest{})
+	require.NoError(t, err)
+	var names []string
+	for _, tp := range list.Topics {
+		names = append(names, tp.Name)
+	}
+	assert.Equal(t, []string{"default", "orders"}, names)
+
+	send(t, c, "orders", batch("o", 3), true)
+	_, err = c.admin.UpdateTopic(ctx, &forestbusv1.UpdateTopicRequest{Name: "orders", Settings: &forestbusv1.TopicSettings{RetentionSeconds: 3600}})
+	require.NoError(t, err)
+
+	// A reader waiting on a topic that is removed gets NOT_FOUND.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "orders", Id: 4, Quantity: 1, Wait: true})
+		errc <- err
+	}()
+	_, err = c.admin.RemoveTopic(ctx, &forestbusv1.RemoveTopicRequest{Name: "orders"})
+	require.NoError(t, err)
+	select {
+	case err := <-errc:
+		assert.Equal(t, codes.NotFound, status.Code(err), "%v", err)
+	case <-ctx.Done():
+		t.Fatal("waiting reader not released by topic removal")
+	}
+	_, err = c.bus.SendMessages(ctx, &forestbusv1.SendMessagesRequest{Topic: "orders", Messages: batch("o", 1)})
+	assert.Equal(t, codes.NotFound, status.Code(err))
+
+	// Created again: a new, empty topic whose IDs start at 1, also after a
+	// restart (the removed incarnation stays aside).
+	_, err = c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "orders"})
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), send(t, c, "orders", batch("x", 2), true).FirstId)
+	n.Restart()
+	c = dial(t, n)
+	assert.Equal(t, int64(3), send(t, c, "orders", batch("y", 1), true).FirstId)
+	got := readAll(t, c, "orders", 1, 3, 10)
+	assert.Equal(t, [][]byte{[]byte("x-0"), []byte("x-1"), []byte("y-0")}, got)
+}
+
+func reasonOf(err error) string {
+	st, _ := status.FromError(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
+}
+
+func TestBadInput(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) {
+		c.MaxMessageBytes = 100
+		c.MaxBatchBytes = 250
+	}))
+	c := dial(t, n)
+	base := ctxT(t)
+	wrongCluster := metadata.AppendToOutgoingContext(base, "forestbus-cluster-id", "other")
+	rightCluster := metadata.AppendToOutgoingContext(base, "forestbus-cluster-id", "test")
+	sendReq := func(topic string, msgs [][]byte) *forestbusv1.SendMessagesRequest {
+		return &forestbusv1.SendMessagesRequest{Topic: topic, Messages: msgs}
+	}
+	cases := []struct {
+		name   string
+		call   func() error
+		code   codes.Code
+		reason string
+	}{
+		{"unknown topic send", func() error { _, err := c.bus.SendMessages(base, sendReq("nope", batch("a", 1))); return err }, codes.NotFound, "TOPIC_NOT_FOUND"},
+		{"unknown topic get", func() error {
+			_, err := c.bus.GetMessages(base, &forestbusv1.GetMessagesRequest{Topic: "nope", Id: 1, Quantity: 1})
+			return err
+		}, codes.NotFound, "TOPIC_NOT_FOUND"},
+		{"unknown topic details", func() error {
+			_, err := c.bus.GetTopicDetails(base, &forestbusv1.GetTopicDetailsRequest{Topic: "nope"})
+			return err
+		}, codes.NotFound, "TOPIC_NOT_FOUND"},
+		{"wrong cluster id", func() error { _, err := c.bus.SendMessages(wrongCluster, sendReq("default", batch("a", 1))); return err }, codes.FailedPrecondition, "CLUSTER_ID_MISMATCH"},
+		{"empty batch", func() error { _, err := c.bus.SendMessages(base, sendReq("default", nil)); return err }, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"message too large", func() error {
+			_, err := c.bus.SendMessages(base, sendReq("default", [][]byte{make([]byte, 101)}))
+			return err
+		}, codes.InvalidArgument, "MESSAGE_TOO_LARGE"},
+		{"batch too large", func() error {
+			_, err := c.bus.SendMessages(base, sendReq("default", [][]byte{make([]byte, 100), make([]byte, 100), make([]byte, 100)}))
+			return err
+		}, codes.InvalidArgument, "BATCH_TOO_LARGE"},
+		{"invalid topic name", func() error { _, err := c.bus.SendMessages(base, sendReq("a/b", batch("a", 1))); return err }, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"empty topic name", func() error { _, err := c.bus.SendMessages(base, sendReq("", batch("a", 1))); return err }, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"topic name too long", func() error {
+			_, err := c.admin.CreateTopic(base, &forestbusv1.CreateTopicRequest{Name: strings.Repeat("a", 201)})
+			return err
+		}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"negative index", func() error {
+			_, err := c.bus.GetMessages(base, &forestbusv1.GetMessagesRequest{Topic: "default", Id: -1, Quantity: 1})
+			return err
+		}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"zero quantity", func() error {
+			_, err := c.bus.GetMessages(base, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 0})
+			return err
+		}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"negative quantity", func() error {
+			_, err := c.bus.GetMessages(base, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: -5})
+			return err
+		}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"topic exists", func() error {
+			_, err := c.admin.CreateTopic(base, &forestbusv1.CreateTopicRequest{Name: "default"})
+			return err
+		}, codes.AlreadyExists, "TOPIC_EXISTS"},
+		{"bad settings", func() error {
+			_, err := c.admin.CreateTopic(base, &forestbusv1.CreateTopicRequest{Name: "t2", Settings: &forestbusv1.TopicSettings{SegmentBytes: 10}})
+			return err
+		}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"remove unknown", func() error {
+			_, err := c.admin.RemoveTopic(base, &forestbusv1.RemoveTopicRequest{Name: "nope"})
+			return err
+		}, codes.NotFound, "TOPIC_NOT_FOUND"},
+		{"update unknown", func() error {
+			_, err := c.admin.UpdateTopic(base, &forestbusv1.UpdateTopicRequest{Name: "nope"})
+			return err
+		}, codes.NotFound, "TOPIC_NOT_FOUND"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			require.Error(t, err)
+			assert.Equal(t, tc.code, status.Code(err), "%v", err)
+			assert.Equal(t, tc.reason, reasonOf(err))
+		})
+	}
+	// Nothing above changed anything.
+	d, err := c.bus.GetTopicDetails(rightCluster, &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+	require.NoError(t, err)
+	assert.Equal(t, int64(0), d.LastId)
+	list, err := c.admin.ListTopics(base, &forestbusv1.ListTopicsRequest{})
+	require.NoError(t, err)
+	assert.Len(t, list.Topics, 1)
+}
+
+func TestRefusesOtherClustersDataDir(t *testing.T) {
+	n := servertest.StartNode(t)
+	require.NoError(t, n.Stop())
+	cfg := n.Cfg
+	cfg.ClusterID = "another"
+	_, err := server.Start(context.Background(), cfg)
+	require.ErrorIs(t, err, server.ErrClusterMismatch)
+	assert.Contains(t, err.Error(), `cluster "test"`)
+}
+
+func TestClusterDetails(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := dial(t, n)
+	d, err := c.bus.GetClusterDetails(ctxT(t), &forestbusv1.GetClusterDetailsRequest{})
+	require.NoError(t, err)
+	assert.Equal(t, "test", d.ClusterId)
+	assert.Equal(t, "n1", d.NodeName)
+	require.Len(t, d.Nodes, 1)
+	assert.Equal(t, n.Addr(), d.Nodes[0].Address)
+}

@@ -1,0 +1,355 @@
+package topic
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/forestbus/forestbus/server/commitlog"
+	"github.com/forestbus/forestbus/server/replica"
+)
+
+// Errors returned by the registry.
+var (
+	ErrNotFound        = errors.New("topic: not found")
+	ErrExists          = errors.New("topic: already exists")
+	ErrInvalidName     = errors.New("topic: invalid name")
+	ErrInvalidSettings = errors.New("topic: invalid settings")
+)
+
+// MaxNameLen is the longest topic name.
+const MaxNameLen = 200
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+// ValidateName checks a topic name: 1 to 200 characters from
+// [A-Za-z0-9._-], and not "." or "..". It wraps ErrInvalidName.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty", ErrInvalidName)
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("%w: %d characters, the limit is %d", ErrInvalidName, len(name), MaxNameLen)
+	case !nameRE.MatchString(name):
+		return fmt.Errorf("%w: %q has characters outside [A-Za-z0-9._-]", ErrInvalidName, name)
+	case name == "." || name == "..":
+		return fmt.Errorf("%w: %q", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// MinSegmentBytes is the smallest segment size a topic may set.
+const MinSegmentBytes = 4 << 10
+
+// Settings are a topic's storage settings; zero means the node default.
+type Settings struct {
+	SegmentBytes     int64 `json:"segment_bytes,omitempty"`
+	RetentionSeconds int64 `json:"retention_seconds,omitempty"`
+	RetentionBytes   int64 `json:"retention_bytes,omitempty"`
+}
+
+// Validate checks the settings. It wraps ErrInvalidSettings.
+func (s Settings) Validate() error {
+	switch {
+	case s.SegmentBytes < 0 || (s.SegmentBytes > 0 && s.SegmentBytes < MinSegmentBytes):
+		return fmt.Errorf("%w: segment_bytes %d: must be 0 (default) or at least %d", ErrInvalidSettings, s.SegmentBytes, MinSegmentBytes)
+	case s.RetentionSeconds < 0:
+		return fmt.Errorf("%w: retention_seconds %d is negative", ErrInvalidSettings, s.RetentionSeconds)
+	case s.RetentionBytes < 0:
+		return fmt.Errorf("%w: retention_bytes %d is negative", ErrInvalidSettings, s.RetentionBytes)
+	}
+	return nil
+}
+
+// Topic is a registered topic. Group is nil while the registry replays.
+type Topic struct {
+	Name     string
+	Settings Settings
+	Group    *replica.Group
+
+	dir string
+}
+
+// Config configures a Registry.
+type Config struct {
+	// Dir is the node's data directory.
+	Dir string
+	// Engine runs the groups.
+	Engine *replica.Engine
+	// Peers are the raft IDs of the cluster's voters, used to bootstrap new
+	// groups.
+	Peers []uint64
+	// Log holds the defaults for every topic's log (SegmentBytes, NoSync).
+	Log commitlog.Options
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Registry maps topic names to their groups. Safe for concurrent use.
+type Registry struct {
+	cfg  Config
+	log  *slog.Logger
+	meta *replica.Group
+
+	mu        sync.RWMutex
+	topics    map[string]*Topic
+	replaying bool
+}
+
+// metaGroup is the metadata group's name on the wire; no topic can have it.
+const metaGroup = ""
+
+type command struct {
+	Op       string   `json:"op"` // create, update, remove
+	Name     string   `json:"name"`
+	Settings Settings `json:"settings"`
+}
+
+// Open opens the metadata group, rebuilds the registry from its log and
+// opens every topic's group.
+func Open(cfg Config) (*Registry, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic)}
+	for _, d := range []string{"topics", "removed"} {
+		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	metaLog, err := commitlog.Open(filepath.Join(cfg.Dir, "meta"), commitlog.Options{
+		SegmentBytes: 16 << 20, NoSync: cfg.Log.NoSync, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("topic: opening metadata log: %w", err)
+	}
+	r.replaying = true
+	meta, err := cfg.Engine.AddGroup(replica.GroupConfig{
+		Name: metaGroup, Log: metaLog, Peers: cfg.Peers, Apply: r.apply,
+	})
+	r.replaying = false
+	if err != nil {
+		_ = metaLog.Close()
+		return nil, err
+	}
+	r.meta = meta
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range r.topics {
+		if err := r.startLocked(t); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// Meta is the metadata group.
+func (r *Registry) Meta() *replica.Group { return r.meta }
+
+// Get returns the named topic. Errors: ErrNotFound.
+func (r *Registry) Get(name string) (*Topic, error) {
+	r.mu.RLock()
+	t := r.topics[name]
+	r.mu.RUnlock()
+	if t == nil || t.Group == nil {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	return t, nil
+}
+
+// List returns every topic, sorted by name.
+func (r *Registry) List() []*Topic {
+	r.mu.RLock()
+	out := make([]*Topic, 0, len(r.topics))
+	for _, t := range r.topics {
+		out = append(out, t)
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Topic) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Create creates a topic through the metadata group and returns once this
+// node has applied it. Errors: ErrInvalidName, ErrInvalidSettings,
+// ErrExists, and the replica proposal errors.
+func (r *Registry) Create(ctx context.Context, name string, s Settings) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := r.propose(ctx, command{Op: "create", Name: name, Settings: s}); err != nil {
+		return err
+	}
+	// Answer once the topic can take messages: its group knows a leader.
+	t, err := r.Get(name)
+	if err != nil {
+		return nil // removed again meanwhile
+	}
+	return t.Group.WaitLeader(ctx)
+}
+
+// Update replaces a topic's settings. Errors: ErrInvalidName,
+// ErrInvalidSettings, ErrNotFound, and the replica proposal errors.
+func (r *Registry) Update(ctx context.Context, name string, s Settings) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	return r.propose(ctx, command{Op: "update", Name: name, Settings: s})
+}
+
+// Remove stops a topic and moves its files to removed/. Errors:
+// ErrInvalidName, ErrNotFound, and the replica proposal errors.
+func (r *Registry) Remove(ctx context.Context, name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	return r.propose(ctx, command{Op: "remove", Name: name})
+}
+
+// Ensure creates the topic unless it exists, retrying while the metadata
+// group elects a leader, until ctx ends.
+func (r *Registry) Ensure(ctx context.Context, name string, s Settings) error {
+	for {
+		if t, err := r.Get(name); err == nil {
+			return t.Group.WaitLeader(ctx)
+		}
+		err := r.Create(ctx, name, s)
+		if err == nil || errors.Is(err, ErrExists) {
+			return nil
+		}
+		if !errors.Is(err, replica.ErrNoLeader) && !errors.Is(err, replica.ErrLeadershipLost) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("topic: creating %q: %w (last error: %v)", name, ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (r *Registry) propose(ctx context.Context, c command) error {
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	return r.meta.ProposeCommand(ctx, payload)
+}
+
+// apply is the metadata state machine. It runs on the engine goroutine (or
+// during Open's replay) and must be deterministic.
+func (r *Registry) apply(index uint64, payload []byte) error {
+	var c command
+	if err := json.Unmarshal(payload, &c); err != nil {
+		r.log.Error("metadata: undecodable command, skipped", "index", index, "err", err)
+		return fmt.Errorf("topic: undecodable command at %d: %w", index, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.topics[c.Name]
+	switch c.Op {
+	case "create":
+		if t != nil {
+			return fmt.Errorf("%w: %q", ErrExists, c.Name)
+		}
+		t = &Topic{Name: c.Name, Settings: c.Settings, dir: fmt.Sprintf("%s.%d", c.Name, index)}
+		r.topics[c.Name] = t
+		if !r.replaying {
+			if err := r.startLocked(t); err != nil {
+				r.log.Error("starting topic", "topic", c.Name, "err", err)
+				return err
+			}
+			r.log.Info("topic created", "topic", c.Name)
+		}
+	case "update":
+		if t == nil {
+			return fmt.Errorf("%w: %q", ErrNotFound, c.Name)
+		}
+		nt := *t
+		nt.Settings = c.Settings
+		r.topics[c.Name] = &nt
+	case "remove":
+		if t == nil {
+			return fmt.Errorf("%w: %q", ErrNotFound, c.Name)
+		}
+		delete(r.topics, c.Name)
+		if r.replaying {
+			// Its group was never started; make sure its files are aside.
+			r.moveAside(t)
+			return nil
+		}
+		r.cfg.Engine.RemoveGroup(c.Name)
+		r.log.Info("topic removed", "topic", c.Name)
+	default:
+		return fmt.Errorf("topic: unknown command %q at %d", c.Op, index)
+	}
+	return nil
+}
+
+func (r *Registry) startLocked(t *Topic) error {
+	opts := r.cfg.Log
+	if t.Settings.SegmentBytes > 0 {
+		opts.SegmentBytes = t.Settings.SegmentBytes
+	}
+	opts.Logger = r.log.With("topic", t.Name)
+	l, err := commitlog.Open(filepath.Join(r.cfg.Dir, "topics", t.dir), opts)
+	if err != nil {
+		return fmt.Errorf("topic %q: %w", t.Name, err)
+	}
+	g, err := r.cfg.Engine.AddGroup(replica.GroupConfig{
+		Name:    t.Name,
+		Log:     l,
+		Peers:   r.cfg.Peers,
+		OnClose: func() { r.closed(t) },
+	})
+	if err != nil {
+		_ = l.Close()
+		return fmt.Errorf("topic %q: %w", t.Name, err)
+	}
+	t.Group = g
+	return nil
+}
+
+// closed runs when a topic's group has stopped. A removed topic's files
+// are moved aside.
+func (r *Registry) closed(t *Topic) {
+	r.mu.RLock()
+	cur := r.topics[t.Name]
+	r.mu.RUnlock()
+	if cur != nil && cur.dir == t.dir {
+		return // node shutdown, not a removal
+	}
+	r.moveAside(t)
+}
+
+func (r *Registry) moveAside(t *Topic) {
+	from := filepath.Join(r.cfg.Dir, "topics", t.dir)
+	if _, err := os.Stat(from); errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	to := filepath.Join(r.cfg.Dir, "removed", t.dir)
+	if err := os.Rename(from, to); err != nil {
+		r.log.Error("moving removed topic aside", "topic", t.Name, "err", err)
+	}
+}
