@@ -287,7 +287,10 @@ func TestBadInput(t *testing.T) {
 			_, err := c.bus.GetTopicDetails(base, &forestbusv1.GetTopicDetailsRequest{Topic: "nope"})
 			return err
 		}, codes.NotFound, "TOPIC_NOT_FOUND"},
-		{"wrong cluster id", func() error { _, err := c.bus.SendMessages(wrongCluster, sendReq("default", batch("a", 1))); return err }, codes.FailedPrecondition, "CLUSTER_ID_MISMATCH"},
+		{"wrong cluster id", func() error {
+			_, err := c.bus.SendMessages(wrongCluster, sendReq("default", batch("a", 1)))
+			return err
+		}, codes.FailedPrecondition, "CLUSTER_ID_MISMATCH"},
 		{"empty batch", func() error { _, err := c.bus.SendMessages(base, sendReq("default", nil)); return err }, codes.InvalidArgument, "INVALID_ARGUMENT"},
 		{"message too large", func() error {
 			_, err := c.bus.SendMessages(base, sendReq("default", [][]byte{make([]byte, 101)}))
