@@ -1,0 +1,241 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/forestbus/forestbus/server/commitlog"
+)
+
+func newEngine(t *testing.T) *Engine {
+	t.Helper()
+	e, err := NewEngine(Config{NodeID: 1, TickInterval: 10 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	e.Start()
+	t.Cleanup(e.Stop)
+	return e
+}
+
+func openGroup(t *testing.T, e *Engine, dir, name string) *Group {
+	t.Helper()
+	l, err := commitlog.Open(dir, commitlog.Options{SegmentBytes: 4096})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: name, Log: l, Peers: []uint64{1}})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, g.WaitLeader(ctx))
+	return g
+}
+
+func ctx10(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestConcurrentProposersGetContiguousIDs: many proposers at once; every
+// batch gets its own contiguous range, the ranges tile 1..N, and the log
+// holds each batch's messages at its IDs.
+func TestConcurrentProposersGetContiguousIDs(t *testing.T) {
+	e := newEngine(t)
+	g := openGroup(t, e, t.TempDir(), "t")
+	const producers, batches, size = 8, 25, 7
+	type got struct {
+		r   Result
+		tag string
+	}
+	var mu sync.Mutex
+	var all []got
+	var wg sync.WaitGroup
+	for p := 0; p < producers; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := 0; b < batches; b++ {
+				msgs := make([][]byte, size)
+				for i := range msgs {
+					msgs[i] = fmt.Appendf(nil, "p%d-b%d-%d", p, b, i)
+				}
+				r, err := g.Propose(ctx10(t), msgs, b%2 == 0)
+				if !assert.NoError(t, err) {
+					return
+				}
+				mu.Lock()
+				all = append(all, got{r, fmt.Sprintf("p%d-b%d", p, b)})
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	require.Len(t, all, producers*batches)
+	seen := make(map[uint64]bool)
+	for _, a := range all {
+		assert.Equal(t, uint32(size), a.r.Count)
+		for i := uint64(0); i < size; i++ {
+			id := a.r.FirstID + i
+			assert.False(t, seen[id], "id %d assigned twice", id)
+			seen[id] = true
+		}
+	}
+	total := uint64(producers * batches * size)
+	for id := uint64(1); id <= total; id++ {
+		require.True(t, seen[id], "id %d never assigned", id)
+	}
+	require.Eventually(t, func() bool { return g.CommitID() == total }, 10*time.Second, time.Millisecond)
+	for _, a := range all {
+		res, err := g.Read(ctx10(t), a.r.FirstID, size, 1<<20, 0)
+		require.NoError(t, err)
+		require.Len(t, res.Messages, size)
+		for i, m := range res.Messages {
+			assert.Equal(t, fmt.Sprintf("%s-%d", a.tag, i), string(m))
+		}
+	}
+}
+
+// TestManyConcurrentSingleMessageProposals: 200 proposers at once, each
+// answered with its own ID, none lost.
+func TestManyConcurrentSingleMessageProposals(t *testing.T) {
+	e := newEngine(t)
+	g := openGroup(t, e, t.TempDir(), "t")
+	before := g.log.Stats()
+	const n = 200
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := g.Propose(ctx10(t), [][]byte{[]byte("x")}, true)
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	after := g.log.Stats()
+	assert.Equal(t, before.NextID+n, after.NextID)
+}
+
+func TestReadWaitsForCommitAndTimesOut(t *testing.T) {
+	e := newEngine(t)
+	g := openGroup(t, e, t.TempDir(), "t")
+	res, err := g.Read(ctx10(t), 1, 10, 1<<20, 30*time.Millisecond)
+	require.NoError(t, err)
+	assert.Empty(t, res.Messages)
+	assert.Equal(t, uint64(1), res.NextID)
+
+	done := make(chan ReadResult, 1)
+	go func() {
+		r, err := g.Read(ctx10(t), 1, 10, 1<<20, 10*time.Second)
+		if err == nil {
+			done <- r
+		}
+	}()
+	_, err = g.Propose(ctx10(t), [][]byte{[]byte("a")}, true)
+	require.NoError(t, err)
+	select {
+	case r := <-done:
+		assert.Equal(t, [][]byte{[]byte("a")}, r.Messages)
+	case <-time.After(10 * time.Second):
+		t.Fatal("reader not woken by the commit")
+	}
+}
+
+func TestRemoveGroupReleasesCallers(t *testing.T) {
+	e := newEngine(t)
+	closed := make(chan struct{})
+	l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []uint64{1}, OnClose: func() { close(closed) }})
+	require.NoError(t, err)
+	require.NoError(t, g.WaitLeader(ctx10(t)))
+
+	errc := make(chan error, 1)
+	go func() {
+		_, err := g.Read(ctx10(t), 1, 1, 100, 10*time.Second)
+		errc <- err
+	}()
+	e.RemoveGroup("t")
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnClose not called")
+	}
+	assert.ErrorIs(t, <-errc, ErrStopped)
+	_, err = g.Propose(ctx10(t), [][]byte{[]byte("a")}, true)
+	assert.ErrorIs(t, err, ErrStopped)
+	assert.Nil(t, e.Group("t"))
+}
+
+func TestReopenKeepsIDsAndCommit(t *testing.T) {
+	dir := t.TempDir()
+	e := newEngine(t)
+	g := openGroup(t, e, dir, "t")
+	for i := 0; i < 20; i++ {
+		_, err := g.Propose(ctx10(t), [][]byte{[]byte("a"), []byte("b"), []byte("c")}, true)
+		require.NoError(t, err)
+	}
+	e.Stop()
+
+	e2 := newEngine(t)
+	l, err := commitlog.Open(dir, commitlog.Options{SegmentBytes: 4096})
+	require.NoError(t, err)
+	g2, err := e2.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []uint64{1}})
+	require.NoError(t, err)
+	assert.Equal(t, uint64(60), g2.CommitID(), "commit point known at once")
+	require.NoError(t, g2.WaitLeader(ctx10(t)))
+	r, err := g2.Propose(ctx10(t), [][]byte{[]byte("d")}, true)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(61), r.FirstID)
+}
+
+func TestCommandGroupAppliesAndReplays(t *testing.T) {
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var applied []string
+	apply := func(_ uint64, p []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		applied = append(applied, string(p))
+		if string(p) == "bad" {
+			return errors.New("rejected")
+		}
+		return nil
+	}
+	e := newEngine(t)
+	l, err := commitlog.Open(dir, commitlog.Options{})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: "", Log: l, Peers: []uint64{1}, Apply: apply})
+	require.NoError(t, err)
+	require.NoError(t, g.WaitLeader(ctx10(t)))
+	require.NoError(t, g.ProposeCommand(ctx10(t), []byte("one")))
+	assert.EqualError(t, g.ProposeCommand(ctx10(t), []byte("bad")), "rejected")
+	require.NoError(t, g.ProposeCommand(ctx10(t), []byte("two")))
+	e.Stop()
+
+	mu.Lock()
+	applied = nil
+	mu.Unlock()
+	e2 := newEngine(t)
+	l2, err := commitlog.Open(dir, commitlog.Options{})
+	require.NoError(t, err)
+	_, err = e2.AddGroup(GroupConfig{Name: "", Log: l2, Peers: []uint64{1}, Apply: apply})
+	require.NoError(t, err)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"one", "bad", "two"}, applied, "replayed in log order before the group runs")
+}
+
+func TestConfigValidation(t *testing.T) {
+	_, err := NewEngine(Config{})
+	assert.Error(t, err)
+	_, err = NewEngine(Config{NodeID: 1, HeartbeatTicks: 5, ElectionTicks: 5})
+	assert.Error(t, err)
+}
