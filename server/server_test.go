@@ -35,6 +35,16 @@ func dial(t *testing.T, n *servertest.Node) conn {
 	return conn{forestbusv1.NewForestBusServiceClient(cc), forestbusv1.NewAdminServiceClient(cc)}
 }
 
+func dialB(b *testing.B, n *servertest.Node) forestbusv1.ForestBusServiceClient {
+	cc, err := grpc.NewClient(n.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cc.Close() })
+	return forestbusv1.NewForestBusServiceClient(cc)
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
