@@ -1,0 +1,247 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/forestbus/forestbus/client"
+)
+
+// allWorkloads lists the workloads in the order "all" runs them.
+var allWorkloads = []string{"W1", "W2", "W3", "W4"}
+
+// config is everything the flags set.
+type config struct {
+	ConnString string
+	ClusterID  string
+	Topic      string
+	Nodes      []string
+	Workloads  []string
+
+	Producers     int
+	Batch         int
+	Size          int
+	Duration      time.Duration
+	WaitForCommit bool
+	SharedClient  bool
+	Warmup        int
+	Sends         int
+	ReadMessages  int
+	ReadFrom      int64
+	Quantity      int
+	FillProducers int
+	FillBatch     int
+	Topics        int
+	W4Batch       int
+	Runs          int
+	Timeout       time.Duration
+	MaxTime       time.Duration
+	MaxBatches    int
+	Label         string
+	Report        bool
+}
+
+const usageText = `fbbench drives a Forest Bus cluster with benchmark workloads and prints one
+JSON line per workload run to standard output (progress goes to standard
+error). With -runs R > 1 it also prints, after the R runs of a workload, a
+summary line holding the median of the key figures.
+
+Workloads:
+  W1  throughput: -producers goroutines each send batches of -batch messages
+      of -size bytes (with -wait-for-commit) for -duration
+  W2  latency: 1 producer, -warmup sends, then -sends sequential sends of one
+      message with wait-for-commit
+  W3  read: one reader gets -read-messages committed messages from -read-from,
+      -quantity per call; the topic is filled first if it holds too few (the
+      fill is reported in the "fill" field, outside the timing)
+  W4  many topics: -topics topics bench-w4-<i> (created if absent), one
+      producer each sending batches of -w4-batch for -duration
+
+Clients: each producer goroutine of W1 and W4 has its own client.Client, so
+its own gRPC connection, as the original forest-test-send did; -shared-client
+makes all producers of a run share one Client (one connection per node).
+
+Every load loop stops by itself: timed loops (W1, W4) at -duration or when
+the producers have sent -max-batches batches; counted loops (W2, W3, the W3
+fill) at their count or after -max-time. Ctrl-C stops the run in progress,
+prints its partial result and exits.
+
+  fbbench -report FILE...   prints a markdown table of the summary lines
+                            (or of the run lines) found in the files.
+
+Flags:
+`
+
+// parseFlags parses args into a config and checks it.
+func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
+	fs := flag.NewFlagSet("fbbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageText)
+		fs.PrintDefaults()
+	}
+	c := &config{}
+	var workloads string
+	fs.StringVar(&c.ConnString, "forestbus", "test#default@127.0.0.1:3000", "connection string cluster#topic@host:port,host:port (no topic: \"default\")")
+	fs.StringVar(&workloads, "workload", "all", "workloads to run, comma separated: W1,W2,W3,W4 or all")
+	fs.IntVar(&c.Producers, "producers", 50, "W1: producer goroutines")
+	fs.IntVar(&c.Batch, "batch", 100, "W1: messages per batch")
+	fs.IntVar(&c.Size, "size", 100, "message payload size in bytes (all workloads)")
+	fs.DurationVar(&c.Duration, "duration", 15*time.Second, "W1, W4: how long producers send")
+	fs.BoolVar(&c.WaitForCommit, "wait-for-commit", true, "W1, W4: send with wait-for-commit (W2 and the W3 fill always wait)")
+	fs.BoolVar(&c.SharedClient, "shared-client", false, "W1, W4: all producers share one client.Client instead of one each")
+	fs.IntVar(&c.Warmup, "warmup", 20, "W2: sends before measuring")
+	fs.IntVar(&c.Sends, "sends", 2000, "W2: measured sequential one-message sends")
+	fs.IntVar(&c.ReadMessages, "read-messages", 1_000_000, "W3: messages to read")
+	fs.Int64Var(&c.ReadFrom, "read-from", 1, "W3: first message ID to read")
+	fs.IntVar(&c.Quantity, "quantity", 500, "W3: quantity asked per GetMessages call")
+	fs.IntVar(&c.FillProducers, "fill-producers", 4, "W3: producers filling the topic when it holds too few messages")
+	fs.IntVar(&c.FillBatch, "fill-batch", 1000, "W3: messages per fill batch (capped at 8 MiB of payload)")
+	fs.IntVar(&c.Topics, "topics", 100, "W4: number of topics, one producer each")
+	fs.IntVar(&c.W4Batch, "w4-batch", 10, "W4: messages per batch")
+	fs.IntVar(&c.Runs, "runs", 1, "times each workload runs; > 1 adds a summary line with medians")
+	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "deadline of one client call (the client retries within it)")
+	fs.DurationVar(&c.MaxTime, "max-time", 2*time.Minute, "W2, W3: time bound of the counted loops (and of the W3 fill)")
+	fs.IntVar(&c.MaxBatches, "max-batches", 2_000_000, "W1, W4: count bound of a run, batches in all, split evenly between the producers (sizes the preallocated latency slices, 8 bytes a batch)")
+	fs.StringVar(&c.Label, "label", "", "free text copied into every JSON line, e.g. the node's sync mode \"fsync\" or \"os\"")
+	fs.BoolVar(&c.Report, "report", false, "print a markdown table of the JSON lines in the files named as arguments, and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if c.Report {
+		if fs.NArg() == 0 {
+			return nil, nil, errors.New("-report: name at least one JSON lines file")
+		}
+		return c, fs.Args(), nil
+	}
+	if fs.NArg() > 0 {
+		return nil, nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	ws, err := parseWorkloads(workloads)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.Workloads = ws
+	if err := c.parseConn(); err != nil {
+		return nil, nil, err
+	}
+	if err := c.validate(); err != nil {
+		return nil, nil, err
+	}
+	return c, nil, nil
+}
+
+func parseWorkloads(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, w := range strings.Split(s, ",") {
+		w = strings.ToUpper(strings.TrimSpace(w))
+		switch w {
+		case "":
+			continue
+		case "ALL":
+			for _, a := range allWorkloads {
+				if !seen[a] {
+					seen[a] = true
+					out = append(out, a)
+				}
+			}
+		case "W1", "W2", "W3", "W4":
+			if !seen[w] {
+				seen[w] = true
+				out = append(out, w)
+			}
+		default:
+			return nil, fmt.Errorf("-workload: unknown workload %q (want W1, W2, W3, W4 or all)", w)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("-workload: no workload named")
+	}
+	return out, nil
+}
+
+func (c *config) parseConn() error {
+	cluster, topic, nodes := client.ParseConnectionString(c.ConnString)
+	if len(nodes) == 0 {
+		return fmt.Errorf("-forestbus %q: want cluster#topic@host:port[,host:port...]", c.ConnString)
+	}
+	for _, n := range nodes {
+		if strings.TrimSpace(n) == "" {
+			return fmt.Errorf("-forestbus %q: empty node address", c.ConnString)
+		}
+	}
+	if topic == "" {
+		topic = "default"
+	}
+	c.ClusterID, c.Topic, c.Nodes = cluster, topic, nodes
+	return nil
+}
+
+// maxPayload is the batch payload fbbench refuses to exceed: the node's
+// default max batch size. A node started with a larger one needs no more
+// for a benchmark.
+const maxPayload = 16 << 20
+
+func (c *config) validate() error {
+	positive := []struct {
+		name string
+		v    int
+	}{
+		{"-producers", c.Producers}, {"-batch", c.Batch}, {"-size", c.Size},
+		{"-sends", c.Sends}, {"-read-messages", c.ReadMessages}, {"-quantity", c.Quantity},
+		{"-fill-producers", c.FillProducers}, {"-fill-batch", c.FillBatch},
+		{"-topics", c.Topics}, {"-w4-batch", c.W4Batch}, {"-runs", c.Runs},
+		{"-max-batches", c.MaxBatches},
+	}
+	for _, p := range positive {
+		if p.v <= 0 {
+			return fmt.Errorf("%s must be > 0, got %d", p.name, p.v)
+		}
+	}
+	if c.Warmup < 0 {
+		return fmt.Errorf("-warmup must be >= 0, got %d", c.Warmup)
+	}
+	if c.ReadFrom < 1 {
+		return fmt.Errorf("-read-from must be >= 1, got %d", c.ReadFrom)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"-duration", c.Duration}, {"-timeout", c.Timeout}, {"-max-time", c.MaxTime}} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s must be > 0, got %s", d.name, d.v)
+		}
+	}
+	if c.Size > 1<<20 {
+		return fmt.Errorf("-size %d exceeds the node's default max message size (1 MiB)", c.Size)
+	}
+	if int64(c.Batch)*int64(c.Size) > maxPayload {
+		return fmt.Errorf("-batch × -size = %d bytes exceeds the node's default max batch size (16 MiB)", int64(c.Batch)*int64(c.Size))
+	}
+	if int64(c.W4Batch)*int64(c.Size) > maxPayload {
+		return fmt.Errorf("-w4-batch × -size = %d bytes exceeds the node's default max batch size (16 MiB)", int64(c.W4Batch)*int64(c.Size))
+	}
+	if c.MaxBatches > 50_000_000 {
+		return fmt.Errorf("-max-batches %d would preallocate more than 400 MB of latency samples", c.MaxBatches)
+	}
+	return nil
+}
+
+// fillBatch is the W3 fill batch size, capped at 8 MiB of payload.
+func (c *config) fillBatch() int {
+	b := c.FillBatch
+	if limit := (8 << 20) / c.Size; b > limit {
+		b = max(limit, 1)
+	}
+	return b
+}
+
+// perProducer splits the -max-batches count bound between n producers.
+func (c *config) perProducer(n int) int {
+	return max((c.MaxBatches+n-1)/n, 1)
+}
