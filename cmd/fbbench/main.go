@@ -90,8 +90,10 @@ type Result struct {
 	Latency *Latency `json:"latency"`
 	// PerSecond counts the messages completed in each second of a timed
 	// run (W1, W4), for charts.
-	PerSecond   []int64  `json:"per_second,omitempty"`
-	Fill        *Fill    `json:"fill,omitempty"`
+	PerSecond []int64 `json:"per_second,omitempty"`
+	Fill      *Fill   `json:"fill,omitempty"`
+	// SetupS is the time W4 took to create its topics, outside the timing.
+	SetupS      float64  `json:"setup_s,omitempty"`
 	Interrupted bool     `json:"interrupted,omitempty"`
 	Cluster     *Cluster `json:"cluster,omitempty"`
 	Env         Env      `json:"env"`

@@ -422,18 +422,49 @@ func (b *bench) w4(ctx context.Context) (*Result, error) {
 		"shared_client": cfg.SharedClient, "max_batches": cfg.MaxBatches,
 	})
 	topics := make([]string, cfg.Topics)
-	admin := b.newClient()
 	for i := range topics {
 		topics[i] = w4Topic(i)
-		cctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-		err := admin.CreateTopic(cctx, topics[i], client.TopicSettings{})
-		cancel()
-		if err != nil && !errors.Is(err, client.ErrTopicExists) {
-			admin.Close()
-			return nil, fmt.Errorf("create topic %s: %w", topics[i], err)
-		}
 	}
-	admin.Close()
+	t0 := time.Now()
+	if err := b.createTopics(ctx, topics); err != nil {
+		return nil, err
+	}
+	r.SetupS = time.Since(t0).Seconds()
+	fmt.Fprintf(b.log, "fbbench: W4: %d topics ready in %.2fs\n", len(topics), r.SetupS)
 	err := b.timedSend(ctx, r, topics, cfg.W4Batch)
 	return r, err
+}
+
+// createTopics creates the topics that do not exist yet, several at a time:
+// a node may take an election timeout to answer each.
+func (b *bench) createTopics(ctx context.Context, topics []string) error {
+	admin := b.newClient()
+	defer admin.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		sem   = make(chan struct{}, 16)
+	)
+	for _, name := range topics {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			cctx, ccancel := context.WithTimeout(ctx, b.cfg.Timeout)
+			err := admin.CreateTopic(cctx, name, client.TopicSettings{})
+			ccancel()
+			if err != nil && !errors.Is(err, client.ErrTopicExists) {
+				mu.Lock()
+				if first == nil {
+					first = fmt.Errorf("create topic %s: %w", name, err)
+				}
+				mu.Unlock()
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	return first
 }
