@@ -41,8 +41,8 @@ type Config struct {
 }
 
 func (c *Config) withDefaults() error {
-	if c.NodeID == 0 {
-		return errors.New("replica: NodeID must be non-zero")
+	if c.NodeID == 0 || c.NodeID >= 1<<16 {
+		return errors.New("replica: NodeID must be in [1, 65535]")
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = 100 * time.Millisecond
@@ -76,9 +76,11 @@ type Engine struct {
 	groups  map[string]*Group
 	list    []*Group // snapshot of groups for the loop; rebuilt when version changes
 	version uint64
-	busy    map[*Group]struct{} // groups with queued work
+	busy    []*Group // groups with queued work (Group.queued set)
+	closing []*Group // removed groups the loop has not closed yet
 
-	tagSeq atomic.Uint64 // proposal tags: node ID in the top 16 bits
+	tagSeq          atomic.Uint64 // proposal tags: node ID in the top 16 bits
+	electionTimeout time.Duration
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -96,11 +98,11 @@ func NewEngine(cfg Config) (*Engine, error) {
 		log:    cfg.Logger,
 		wake:   make(chan struct{}, 1),
 		groups: make(map[string]*Group),
-		busy:   make(map[*Group]struct{}),
 		stopc:  make(chan struct{}),
 		donec:  make(chan struct{}),
 	}
 	e.tagSeq.Store(rand.Uint64() & (1<<48 - 1))
+	e.electionTimeout = time.Duration(cfg.ElectionTicks) * cfg.TickInterval
 	return e, nil
 }
 
@@ -163,9 +165,14 @@ func (e *Engine) nextTag() uint64 {
 	return e.cfg.NodeID<<48 | e.tagSeq.Add(1)&(1<<48-1)
 }
 
+// markBusy queues g for the loop's next pass. Only the first call after a
+// pass takes the engine lock.
 func (e *Engine) markBusy(g *Group) {
+	if !g.queued.CompareAndSwap(false, true) {
+		return
+	}
 	e.mu.Lock()
-	e.busy[g] = struct{}{}
+	e.busy = append(e.busy, g)
 	e.mu.Unlock()
 	select {
 	case e.wake <- struct{}{}:
@@ -184,7 +191,8 @@ func (e *Engine) register(g *Group) error {
 	}
 	e.groups[g.name] = g
 	e.version++
-	e.busy[g] = struct{}{}
+	g.queued.Store(true)
+	e.busy = append(e.busy, g)
 	select {
 	case e.wake <- struct{}{}:
 	default:
@@ -202,7 +210,7 @@ func (e *Engine) RemoveGroup(name string) {
 		delete(e.groups, name)
 		e.version++
 		g.removing.Store(true)
-		e.busy[g] = struct{}{}
+		e.closing = append(e.closing, g)
 	}
 	e.mu.Unlock()
 	select {
@@ -218,11 +226,10 @@ func (e *Engine) run() {
 	defer ticker.Stop()
 
 	var (
-		list    []*Group
-		version uint64 = ^uint64(0)
-		busy    []*Group
-		dirty   []*Group
-		work    []*Group
+		list, busy, closing []*Group
+		version             uint64 = ^uint64(0)
+		dirty, work         []*Group
+		candidates, next    []*Group
 	)
 	for {
 		tick := false
@@ -244,31 +251,35 @@ func (e *Engine) run() {
 			}
 			version = e.version
 		}
-		busy = busy[:0]
-		for g := range e.busy {
-			busy = append(busy, g)
-			delete(e.busy, g)
-		}
+		busy = append(busy[:0], e.busy...)
+		clear(e.busy)
+		e.busy = e.busy[:0]
+		closing = append(closing[:0], e.closing...)
+		clear(e.closing)
+		e.closing = e.closing[:0]
 		e.mu.Unlock()
 
-		for _, g := range busy {
-			if g.removing.Load() {
-				g.close(ErrStopped)
-				continue
-			}
-			g.drainInbox()
+		for _, g := range closing {
+			g.close(ErrStopped)
 		}
+		for _, g := range busy {
+			g.queued.Store(false) // later arrivals queue g again
+			if !g.removing.Load() {
+				g.drainInbox()
+			}
+		}
+		candidates = busy
 		if tick {
 			for _, g := range list {
 				if g.fenced == nil && !g.removing.Load() {
 					g.rn.Tick()
 				}
 			}
+			candidates = list
 		}
 
 		// Ready passes: repeat while some group has more to do (a single-node
 		// group commits its own append in the pass after persisting it).
-		candidates := list
 		for {
 			work = work[:0]
 			for _, g := range candidates {
@@ -289,7 +300,10 @@ func (e *Engine) run() {
 			for _, g := range work {
 				g.finish()
 			}
-			candidates = work
+			// A group added by an Apply hook queued itself; it is picked up
+			// by the next wake.
+			next = append(next[:0], work...)
+			candidates = next
 		}
 	}
 }
@@ -317,10 +331,12 @@ func syncAll(dirty []*Group) {
 
 func (e *Engine) closeAll() {
 	e.mu.Lock()
-	gs := make([]*Group, 0, len(e.groups))
+	gs := make([]*Group, 0, len(e.groups)+len(e.closing))
 	for _, g := range e.groups {
 		gs = append(gs, g)
 	}
+	gs = append(gs, e.closing...)
+	e.closing = nil
 	e.mu.Unlock()
 	for _, g := range gs {
 		g.close(ErrStopped)

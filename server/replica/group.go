@@ -40,6 +40,9 @@ type GroupConfig struct {
 	// replays the committed prefix of the log through Apply before the group
 	// starts. Apply must be deterministic.
 	Apply func(index uint64, payload []byte) error
+	// AfterReplay, when set, runs once Apply has replayed the log and before
+	// the group starts: nothing else is applied concurrently with it.
+	AfterReplay func() error
 	// OnClose, when set, runs on the engine goroutine after the group's log
 	// is closed because of RemoveGroup or Stop.
 	OnClose func()
@@ -50,6 +53,11 @@ type Result struct {
 	FirstID uint64 // ID of the batch's first message
 	Count   uint32 // number of messages
 	Err     error
+}
+
+type reply struct {
+	p *proposal
+	r Result
 }
 
 type proposal struct {
@@ -93,6 +101,11 @@ type Group struct {
 	ids      []commitlog.EntryIDs
 	fenced   error
 	isLeader bool
+	lost     bool // leadership lost in the current Ready
+	replies  []reply
+	props    []*raftpb.Entry // scratch for batched proposals
+	// campaignAt > 0: campaign once the applied index reaches it.
+	campaignAt uint64
 
 	// Readable by anyone.
 	lead     atomic.Uint64
@@ -101,6 +114,7 @@ type Group struct {
 	applied  atomic.Uint64 // last applied raft index
 	failed   atomic.Bool
 	removing atomic.Bool // set by RemoveGroup
+	queued   atomic.Bool // in the engine's busy list
 
 	notifyMu sync.Mutex
 	notifyCh chan struct{} // closed when commit advances; nil when nobody waits
@@ -146,6 +160,11 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 			return nil, err
 		}
 	}
+	if gc.AfterReplay != nil {
+		if err := gc.AfterReplay(); err != nil {
+			return nil, err
+		}
+	}
 	rn, err := raft.NewRawNode(e.raftConfig(e.cfg.NodeID, gc.Log, commit))
 	if err != nil {
 		return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)
@@ -166,8 +185,14 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		voters = gc.Peers
 	}
 	if len(voters) == 1 && voters[0] == e.cfg.NodeID {
-		// Sole voter: no need to wait an election timeout.
-		_ = rn.Campaign()
+		// Sole voter: no need to wait an election timeout. Raft refuses to
+		// campaign while the bootstrap configuration is unapplied, so a new
+		// group campaigns once it has applied it (see finish).
+		if last == 0 {
+			g.campaignAt = uint64(len(gc.Peers))
+		} else {
+			_ = rn.Campaign()
+		}
 	}
 	if commit >= first {
 		ids, err := gc.Log.IDs(commit)
@@ -257,6 +282,21 @@ func (g *Group) WaitLeader(ctx context.Context) error {
 // Stopped is closed once the group has stopped.
 func (g *Group) Stopped() <-chan struct{} { return g.stopped }
 
+// awaitLeader is checkLeader, but while no leader is known (an election
+// under way, or a group just opened) it waits up to an election timeout.
+func (g *Group) awaitLeader(ctx context.Context) error {
+	err := g.checkLeader()
+	if !errors.Is(err, ErrNoLeader) {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*g.e.electionTimeout)
+	defer cancel()
+	if g.WaitLeader(wctx) != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return g.checkLeader()
+}
+
 func (g *Group) checkLeader() error {
 	if g.failed.Load() {
 		return ErrStorageFailed
@@ -276,7 +316,7 @@ func (g *Group) checkLeader() error {
 // Errors: ErrNotLeader (*NotLeaderError), ErrNoLeader, ErrProposalDropped,
 // ErrLeadershipLost, ErrStorageFailed, ErrStopped, ctx errors.
 func (g *Group) Propose(ctx context.Context, msgs [][]byte, wait bool) (Result, error) {
-	if err := g.checkLeader(); err != nil {
+	if err := g.awaitLeader(ctx); err != nil {
 		return Result{}, err
 	}
 	tag := g.e.nextTag()
@@ -287,7 +327,7 @@ func (g *Group) Propose(ctx context.Context, msgs [][]byte, wait bool) (Result, 
 // ProposeCommand proposes a command to a group with an Apply hook and waits
 // until it is applied on this node; it returns Apply's error.
 func (g *Group) ProposeCommand(ctx context.Context, payload []byte) error {
-	if err := g.checkLeader(); err != nil {
+	if err := g.awaitLeader(ctx); err != nil {
 		return err
 	}
 	tag := g.e.nextTag()
@@ -314,6 +354,13 @@ func (g *Group) propose(ctx context.Context, tag uint64, data []byte, wait bool)
 		return r, r.Err
 	case <-ctx.Done():
 		return Result{}, ctx.Err()
+	case <-g.stopped:
+		select {
+		case r := <-p.done: // answered as the group stopped
+			return r, r.Err
+		default:
+			return Result{}, ErrStopped
+		}
 	}
 }
 
@@ -350,6 +397,9 @@ func (g *Group) Read(ctx context.Context, id uint64, maxCount, maxBytes int, wai
 			msgs, next, err := g.log.ReadMessages(nil, id, commit, maxCount, maxBytes)
 			if errors.Is(err, commitlog.ErrCompacted) {
 				return ReadResult{NextID: g.log.FirstID(), CommitID: commit}, nil
+			}
+			if errors.Is(err, commitlog.ErrClosed) {
+				return ReadResult{}, ErrStopped
 			}
 			if err != nil {
 				return ReadResult{}, err
@@ -428,25 +478,43 @@ func (g *Group) drainInbox() {
 		}
 		msgs[i] = nil
 	}
+	// All queued proposals go to raft as one MsgProp: one append, one
+	// MsgApp per follower.
+	ents := g.props[:0]
 	for i, p := range props {
-		props[i] = nil
-		if g.fenced != nil {
+		switch {
+		case g.fenced != nil:
 			p.reply(Result{Err: ErrStorageFailed})
-			continue
-		}
-		if !g.isLeader {
+			props[i] = nil
+		case !g.isLeader:
 			p.reply(Result{Err: g.checkLeader()})
-			continue
+			props[i] = nil
+		default:
+			g.waiters[p.tag] = p
+			ents = append(ents, &raftpb.Entry{Data: p.data})
 		}
-		g.waiters[p.tag] = p
-		if err := g.rn.Propose(p.data); err != nil {
-			delete(g.waiters, p.tag)
+	}
+	if len(ents) > 0 {
+		err := g.rn.Step(&raftpb.Message{
+			Type:    raftpb.MessageType_MsgProp.Enum(),
+			From:    new(g.e.cfg.NodeID),
+			Entries: ents,
+		})
+		if err != nil {
 			if errors.Is(err, raft.ErrProposalDropped) {
 				err = ErrProposalDropped
 			}
-			p.reply(Result{Err: err})
+			for _, p := range props {
+				if p != nil {
+					delete(g.waiters, p.tag)
+					p.reply(Result{Err: err})
+				}
+			}
 		}
 	}
+	clear(ents)
+	g.props = ents[:0]
+	clear(props)
 	g.inboxMu.Lock()
 	g.spareProps, g.spareMsgs = props[:0], msgs[:0]
 	g.inboxMu.Unlock()
@@ -459,6 +527,10 @@ func (g *Group) fence(err error) {
 	g.fenced = err
 	g.failed.Store(true)
 	g.e.log.Error("group fenced after storage error", "group", g.name, "err", err)
+	for _, r := range g.replies {
+		r.p.reply(Result{Err: ErrStorageFailed})
+	}
+	g.replies = g.replies[:0]
 	g.failWaiters(ErrStorageFailed)
 }
 
@@ -481,7 +553,7 @@ func (g *Group) persist() bool {
 		}
 		leader := rd.SoftState.RaftState == raft.StateLeader
 		if g.isLeader && !leader {
-			g.failWaiters(ErrLeadershipLost)
+			g.lost = true // waiters fail after this Ready's commits are answered
 		}
 		g.isLeader = leader
 	}
@@ -562,7 +634,15 @@ func (g *Group) finish() {
 			return
 		}
 	}
+	if g.lost {
+		g.lost = false
+		g.failWaiters(ErrLeadershipLost)
+	}
 	g.rn.Advance(rd)
+	if g.campaignAt > 0 && g.applied.Load() >= g.campaignAt {
+		g.campaignAt = 0
+		_ = g.rn.Campaign()
+	}
 }
 
 func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
@@ -599,7 +679,7 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 			if len(g.waiters) > 0 {
 				if tag, ok := entryTag(ent); ok {
 					if p := g.waiters[tag]; p != nil && p.wait {
-						p.reply(Result{FirstID: p.firstID, Count: p.count, Err: applyErr})
+						g.replies = append(g.replies, reply{p, Result{FirstID: p.firstID, Count: p.count, Err: applyErr}})
 						delete(g.waiters, tag)
 					}
 				}
@@ -614,6 +694,13 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 	g.commitID.Store(ids.FirstID + uint64(ids.Count) - 1)
 	g.applied.Store(last)
 	g.notifyCommit()
+	// Answer only now, so a proposer that reads right after its answer sees
+	// its own messages.
+	for i, r := range g.replies {
+		r.p.reply(r.r)
+		g.replies[i] = reply{}
+	}
+	g.replies = g.replies[:0]
 	return nil
 }
 

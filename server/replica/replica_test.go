@@ -239,3 +239,39 @@ func TestConfigValidation(t *testing.T) {
 	_, err = NewEngine(Config{NodeID: 1, HeartbeatTicks: 5, ElectionTicks: 5})
 	assert.Error(t, err)
 }
+
+// TestCommittedAnswerIsReadable: once a wait_for_commit proposal is
+// answered, its messages are readable on the same node at once.
+func TestCommittedAnswerIsReadable(t *testing.T) {
+	e := newEngine(t)
+	g := openGroup(t, e, t.TempDir(), "t")
+	for i := 0; i < 500; i++ {
+		r, err := g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+		require.NoError(t, err)
+		res, err := g.Read(ctx10(t), r.FirstID, 1, 100, 0)
+		require.NoError(t, err)
+		require.Len(t, res.Messages, 1, "proposal %d answered before its commit was visible", i)
+	}
+}
+
+// TestRemoveThenStopClosesGroup: a group removed just before Stop is still
+// closed, its hook runs, and callers are released.
+func TestRemoveThenStopClosesGroup(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		e := newEngine(t)
+		closed := make(chan struct{})
+		l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+		require.NoError(t, err)
+		g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []uint64{1}, OnClose: func() { close(closed) }})
+		require.NoError(t, err)
+		e.RemoveGroup("t")
+		e.Stop()
+		select {
+		case <-closed:
+		default:
+			t.Fatal("removed group not closed by Stop")
+		}
+		_, err = g.Propose(context.Background(), [][]byte{[]byte("a")}, true)
+		require.Error(t, err)
+	}
+}

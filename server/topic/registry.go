@@ -134,20 +134,25 @@ func Open(cfg Config) (*Registry, error) {
 	r.replaying = true
 	meta, err := cfg.Engine.AddGroup(replica.GroupConfig{
 		Name: metaGroup, Log: metaLog, Peers: cfg.Peers, Apply: r.apply,
+		// Start the replayed topics before the metadata group runs, so no
+		// live command is applied while they start.
+		AfterReplay: func() error {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.replaying = false
+			for _, t := range r.topics {
+				if err := r.startLocked(t); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
 	})
-	r.replaying = false
 	if err != nil {
 		_ = metaLog.Close()
 		return nil, err
 	}
 	r.meta = meta
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, t := range r.topics {
-		if err := r.startLocked(t); err != nil {
-			return nil, err
-		}
-	}
 	return r, nil
 }
 
@@ -308,6 +313,13 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 }
 
 func (r *Registry) startLocked(t *Topic) error {
+	if _, err := os.Stat(filepath.Join(r.cfg.Dir, "removed", t.dir)); err == nil {
+		// Its removal was applied before a crash lost the commit index that
+		// covers it; the remove command is applied again shortly. Do not
+		// recreate an empty log in its place.
+		r.log.Warn("topic already moved aside; waiting for its removal to be re-applied", "topic", t.Name)
+		return nil
+	}
 	opts := r.cfg.Log
 	if t.Settings.SegmentBytes > 0 {
 		opts.SegmentBytes = t.Settings.SegmentBytes
