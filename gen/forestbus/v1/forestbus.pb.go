@@ -47,6 +47,14 @@ type SendMessagesRequest struct {
 	// false: answer once the topic leader has the batch in its log.
 	// true: answer once a majority of nodes have it (committed).
 	WaitForCommit bool `protobuf:"varint,3,opt,name=wait_for_commit,json=waitForCommit,proto3" json:"wait_for_commit,omitempty"`
+	// Idempotent appends (optional). A producer picks a random non-zero
+	// producer_id and numbers its batches 1, 2, 3, ... in `sequence`, sending a
+	// retried batch with the same sequence. A batch whose (producer_id,
+	// sequence) the topic already holds is not stored again: the answer gives
+	// the IDs it got the first time. 0 disables the check.
+	ProducerId uint64 `protobuf:"varint,4,opt,name=producer_id,json=producerId,proto3" json:"producer_id,omitempty"`
+	// Sequence number of this batch for producer_id; see producer_id.
+	Sequence      uint64 `protobuf:"varint,5,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -100,6 +108,20 @@ func (x *SendMessagesRequest) GetWaitForCommit() bool {
 		return x.WaitForCommit
 	}
 	return false
+}
+
+func (x *SendMessagesRequest) GetProducerId() uint64 {
+	if x != nil {
+		return x.ProducerId
+	}
+	return 0
+}
+
+func (x *SendMessagesRequest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
 }
 
 // SendMessagesResponse gives the IDs assigned to the batch.
@@ -593,11 +615,14 @@ var File_forestbus_v1_forestbus_proto protoreflect.FileDescriptor
 
 const file_forestbus_v1_forestbus_proto_rawDesc = "" +
 	"\n" +
-	"\x1cforestbus/v1/forestbus.proto\x12\fforestbus.v1\"o\n" +
+	"\x1cforestbus/v1/forestbus.proto\x12\fforestbus.v1\"\xac\x01\n" +
 	"\x13SendMessagesRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1a\n" +
 	"\bmessages\x18\x02 \x03(\fR\bmessages\x12&\n" +
-	"\x0fwait_for_commit\x18\x03 \x01(\bR\rwaitForCommit\"G\n" +
+	"\x0fwait_for_commit\x18\x03 \x01(\bR\rwaitForCommit\x12\x1f\n" +
+	"\vproducer_id\x18\x04 \x01(\x04R\n" +
+	"producerId\x12\x1a\n" +
+	"\bsequence\x18\x05 \x01(\x04R\bsequence\"G\n" +
 	"\x14SendMessagesResponse\x12\x19\n" +
 	"\bfirst_id\x18\x01 \x01(\x03R\afirstId\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x05R\x05count\"j\n" +
