@@ -1,0 +1,266 @@
+package transport
+
+import (
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	peerv1 "github.com/forestbus/forestbus/gen/forestbus/peer/v1"
+)
+
+// acceptedKey is the response header with which a node accepts a stream's
+// handshake; its value is the node's ID.
+const acceptedKey = "forestbus-peer-accepted"
+
+// GRPC is the gRPC transport: one PeerService stream per peer, and the
+// PeerService server for inbound streams. Its methods are safe for
+// concurrent use.
+type GRPC struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.RWMutex
+	peers   map[uint64]*peer
+	stopped bool
+	senders sync.WaitGroup // peer goroutines
+	inbound sync.WaitGroup // inbound deliveries in progress (Handler.Step)
+
+	framesSent, msgsSent, msgsDropped atomic.Uint64
+	framesRecv, msgsRecv, connects    atomic.Uint64
+}
+
+// New returns a transport with no peers. It panics if cfg.Handler is nil
+// or cfg.NodeID is zero.
+func New(cfg Config) *GRPC {
+	if cfg.Handler == nil {
+		panic("transport: Config.Handler is nil")
+	}
+	if cfg.NodeID == 0 {
+		panic("transport: Config.NodeID is zero")
+	}
+	cfg.withDefaults()
+	return &GRPC{
+		cfg:   cfg,
+		log:   cfg.Logger.With("node", cfg.NodeID),
+		peers: make(map[uint64]*peer),
+	}
+}
+
+// Register registers PeerService on s. Pass ServerOptions to
+// grpc.NewServer as well.
+func (t *GRPC) Register(s grpc.ServiceRegistrar) {
+	peerv1.RegisterPeerServiceServer(s, peerServer{t: t})
+}
+
+// AddPeer adds peer id at addr (host:port) and starts its sender. It is
+// idempotent; a different addr replaces the peer's connection (messages
+// queued for the old address are dropped).
+func (t *GRPC) AddPeer(id uint64, addr string) {
+	if id == 0 || id == t.cfg.NodeID {
+		return
+	}
+	t.mu.Lock()
+	if t.stopped {
+		t.mu.Unlock()
+		return
+	}
+	old := t.peers[id]
+	if old != nil && old.addr == addr {
+		t.mu.Unlock()
+		return
+	}
+	p, err := newPeer(t, id, addr)
+	if err != nil {
+		t.log.Error("transport: cannot create client", "peer", id, "addr", addr, "err", err)
+		delete(t.peers, id)
+	} else {
+		t.peers[id] = p
+		t.senders.Add(1)
+		go p.run()
+	}
+	t.mu.Unlock()
+	if old != nil {
+		old.stop()
+	}
+}
+
+// RemovePeer stops sending to peer id and closes its connection; queued
+// messages are dropped without reports. Later messages to it are reported
+// unreachable.
+func (t *GRPC) RemovePeer(id uint64) {
+	t.mu.Lock()
+	p := t.peers[id]
+	delete(t.peers, id)
+	t.mu.Unlock()
+	if p != nil {
+		p.stop()
+	}
+}
+
+// Send queues msgs of the named group for their destinations and returns
+// without blocking. Each message is marshalled before Send returns, so the
+// caller may reuse them. A message that cannot be queued (unknown peer,
+// full queue) is dropped and reported to the Handler before Send returns:
+// ReportUnreachable, and ReportSnapshot(failed=true) for MsgSnap. After
+// Stop, Send drops messages silently.
+func (t *GRPC) Send(group string, msgs []*raftpb.Message) {
+	var drops []drop
+	t.mu.RLock()
+	if t.stopped {
+		t.mu.RUnlock()
+		return
+	}
+	for _, m := range msgs {
+		to := m.GetTo()
+		snap := isSnap(m)
+		p := t.peers[to]
+		if p == nil {
+			drops = append(drops, drop{to: to, snap: snap})
+			continue
+		}
+		data, err := proto.Marshal(m)
+		if err != nil {
+			t.log.Error("transport: cannot marshal message", "group", group, "to", to, "err", err)
+			drops = append(drops, drop{to: to, snap: snap})
+			continue
+		}
+		if !p.enqueue(outMsg{group: group, data: data, snap: snap}) {
+			drops = append(drops, drop{to: to, snap: snap})
+		}
+	}
+	t.mu.RUnlock()
+	if len(drops) > 0 {
+		t.msgsDropped.Add(uint64(len(drops)))
+		report(t.cfg.Handler, group, drops)
+	}
+}
+
+// Stop closes every outbound stream and connection, waits for the sender
+// goroutines and for inbound deliveries in progress, and makes inbound
+// streams fail with Unavailable. After Stop returns the Handler is not
+// called again. The grpc.Server is the caller's to stop.
+func (t *GRPC) Stop() {
+	t.mu.Lock()
+	if t.stopped {
+		t.mu.Unlock()
+		t.senders.Wait()
+		t.inbound.Wait()
+		return
+	}
+	t.stopped = true
+	peers := t.peers
+	t.peers = make(map[uint64]*peer)
+	t.mu.Unlock()
+	for _, p := range peers {
+		p.cancel()
+	}
+	for _, p := range peers {
+		p.stop()
+	}
+	t.senders.Wait()
+	t.inbound.Wait()
+}
+
+// Stats returns the transport's counters.
+func (t *GRPC) Stats() Stats {
+	return Stats{
+		FramesSent:       t.framesSent.Load(),
+		MessagesSent:     t.msgsSent.Load(),
+		MessagesDropped:  t.msgsDropped.Load(),
+		FramesReceived:   t.framesRecv.Load(),
+		MessagesReceived: t.msgsRecv.Load(),
+		Connects:         t.connects.Load(),
+	}
+}
+
+// enter registers an inbound delivery; false after Stop.
+func (t *GRPC) enter() bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if t.stopped {
+		return false
+	}
+	t.inbound.Add(1)
+	return true
+}
+
+// peerServer serves PeerService for a GRPC transport.
+type peerServer struct {
+	peerv1.UnimplementedPeerServiceServer
+	t *GRPC
+}
+
+// Stream implements PeerService.Stream.
+func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
+	t := s.t
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if req.GetClusterId() != t.cfg.ClusterID {
+		return status.Errorf(codes.FailedPrecondition, "transport: node %d belongs to cluster %q, the stream names %q", t.cfg.NodeID, t.cfg.ClusterID, req.GetClusterId())
+	}
+	if req.GetTo() != t.cfg.NodeID {
+		return status.Errorf(codes.FailedPrecondition, "transport: this is node %d, the stream is for node %d", t.cfg.NodeID, req.GetTo())
+	}
+	from := req.GetFrom()
+	if from == 0 {
+		return status.Error(codes.InvalidArgument, "transport: handshake without sender node ID")
+	}
+	if err := stream.SendHeader(metadata.Pairs(acceptedKey, "1")); err != nil {
+		return err
+	}
+	for {
+		if err := t.deliver(from, req); err != nil {
+			return err
+		}
+		req, err = stream.Recv()
+		if err == io.EOF {
+			return stream.SendAndClose(&peerv1.StreamResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		if (req.GetClusterId() != "" && req.GetClusterId() != t.cfg.ClusterID) ||
+			(req.GetTo() != 0 && req.GetTo() != t.cfg.NodeID) ||
+			(req.GetFrom() != 0 && req.GetFrom() != from) {
+			return status.Error(codes.FailedPrecondition, "transport: frame header differs from the handshake")
+		}
+	}
+}
+
+// deliver unmarshals a frame's messages and steps them into the Handler.
+func (t *GRPC) deliver(from uint64, req *peerv1.StreamRequest) error {
+	rms := req.GetMessages()
+	if len(rms) == 0 {
+		return nil
+	}
+	msgs := make([]raftpb.Message, len(rms))
+	for i, rm := range rms {
+		m := &msgs[i]
+		if err := proto.Unmarshal(rm.GetMessage(), m); err != nil {
+			return status.Errorf(codes.InvalidArgument, "transport: message %d of group %q: %v", i, rm.GetGroup(), err)
+		}
+		if m.GetTo() != t.cfg.NodeID || m.GetFrom() != from {
+			return status.Errorf(codes.InvalidArgument, "transport: message %d of group %q is from %d to %d on a stream from %d to %d", i, rm.GetGroup(), m.GetFrom(), m.GetTo(), from, t.cfg.NodeID)
+		}
+	}
+	if !t.enter() {
+		return status.Error(codes.Unavailable, "transport: node is stopping")
+	}
+	defer t.inbound.Done()
+	for i, rm := range rms {
+		t.cfg.Handler.Step(rm.GetGroup(), &msgs[i])
+	}
+	t.framesRecv.Add(1)
+	t.msgsRecv.Add(uint64(len(rms)))
+	return nil
+}

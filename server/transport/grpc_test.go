@@ -1,0 +1,284 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	peerv1 "github.com/forestbus/forestbus/gen/forestbus/peer/v1"
+)
+
+func bigQueue(c *Config) { c.QueueSize = 1 << 20 }
+
+// TestGRPCOrderAndBatching sends many groups' messages from node 1 to
+// nodes 2 and 3 and checks per group order and that frames batch them.
+func TestGRPCOrderAndBatching(t *testing.T) {
+	n1 := startNode(t, 1, "c", bigQueue)
+	n2 := startNode(t, 2, "c")
+	n3 := startNode(t, 3, "c")
+	connect(n1, n2, n3)
+
+	const groups, perGroup = 8, 500
+	for i := uint64(1); i <= perGroup; i++ {
+		for g := range groups {
+			group := fmt.Sprintf("topic-%d", g)
+			n1.tr.Send(group, []*raftpb.Message{msg(1, 2, i), msg(1, 3, i)})
+		}
+	}
+	for _, n := range []*node{n2, n3} {
+		require.Eventually(t, func() bool { return n.h.count() == groups*perGroup }, waitFor, tick)
+		for g := range groups {
+			got := n.h.group(fmt.Sprintf("topic-%d", g))
+			require.Len(t, got, perGroup)
+			for i, m := range got {
+				require.Equal(t, uint64(i+1), m.GetIndex(), "group %d message %d", g, i)
+				assert.Equal(t, n.id, m.GetTo())
+				assert.Equal(t, uint64(1), m.GetFrom())
+			}
+		}
+	}
+	st := n1.tr.Stats()
+	assert.Equal(t, uint64(2*groups*perGroup), st.MessagesSent)
+	assert.Zero(t, st.MessagesDropped)
+	assert.Less(t, st.FramesSent, st.MessagesSent/4, "frames should carry many messages")
+	assert.Equal(t, uint64(2), st.Connects)
+	assert.Equal(t, uint64(groups*perGroup), n2.tr.Stats().MessagesReceived)
+	assert.Zero(t, n1.h.totalUnreachable())
+}
+
+// TestGRPCBatchesQueuedMessages: messages queued while the stream is
+// being set up go out in one frame.
+func TestGRPCBatchesQueuedMessages(t *testing.T) {
+	n1 := startNode(t, 1, "c")
+	// Node 2 holds the handshake until the messages are queued.
+	gate := make(chan struct{})
+	n2 := startNode(t, 2, "c", func(*Config) {})
+	n2.stopServer()
+	n2.opts = []grpc.ServerOption{grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		<-gate
+		return h(srv, ss)
+	})}
+	n2.serve(t, n2.addr)
+	n1.tr.AddPeer(2, n2.addr)
+	batch := make([]*raftpb.Message, 2000)
+	for i := range batch {
+		batch[i] = msg(1, 2, uint64(i+1))
+	}
+	for i := range batch {
+		n1.tr.Send("g", batch[i:i+1])
+	}
+	close(gate)
+	require.Eventually(t, func() bool { return n2.h.count() == len(batch) }, waitFor, tick)
+	st := n1.tr.Stats()
+	assert.Equal(t, uint64(len(batch)), st.MessagesSent)
+	assert.Equal(t, uint64(1), st.FramesSent)
+	assert.Equal(t, uint64(1), n2.tr.Stats().FramesReceived)
+}
+
+func TestGRPCLargeMessagesSplitFrames(t *testing.T) {
+	n1 := startNode(t, 1, "c")
+	n2 := startNode(t, 2, "c")
+	n1.tr.AddPeer(2, n2.addr)
+	// 12 messages of 1 MiB: at most 3 per frame under gRPC's 4 MiB limit.
+	var batch []*raftpb.Message
+	for i := range 12 {
+		m := msg(1, 2, uint64(i+1))
+		m.Entries = []*raftpb.Entry{{Index: new(uint64(i + 1)), Term: new(uint64(1)), Data: make([]byte, 1<<20)}}
+		batch = append(batch, m)
+	}
+	n1.tr.Send("g", batch)
+	require.Eventually(t, func() bool { return n2.h.count() == len(batch) }, waitFor, tick)
+	assert.GreaterOrEqual(t, n1.tr.Stats().FramesSent, uint64(4))
+	assert.Zero(t, n1.tr.Stats().MessagesDropped)
+}
+
+func TestGRPCHandshakeRejected(t *testing.T) {
+	n1 := startNode(t, 1, "c")
+	other := startNode(t, 2, "other")
+	n1.tr.AddPeer(2, other.addr)
+	require.Eventually(t, func() bool {
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+		return n1.h.unreachableCount("g", 2) > 0
+	}, waitFor, tick)
+	assert.Zero(t, other.h.count())
+	assert.Zero(t, n1.tr.Stats().Connects)
+
+	// The status, seen by a raw client.
+	conn, err := grpc.NewClient("passthrough:///"+other.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := peerv1.NewPeerServiceClient(conn)
+	for name, hello := range map[string]*peerv1.StreamRequest{
+		"cluster": {ClusterId: "c", From: 1, To: 2},
+		"to":      {ClusterId: "other", From: 1, To: 3},
+	} {
+		t.Run(name, func(t *testing.T) {
+			stream, err := client.Stream(context.Background())
+			require.NoError(t, err)
+			_ = stream.Send(hello)
+			_, err = stream.CloseAndRecv()
+			assert.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+		})
+	}
+	t.Run("misaddressed message", func(t *testing.T) {
+		stream, err := client.Stream(context.Background())
+		require.NoError(t, err)
+		data, err := protoMarshal(msg(1, 3, 1))
+		require.NoError(t, err)
+		_ = stream.Send(&peerv1.StreamRequest{ClusterId: "other", From: 1, To: 2, Messages: []*peerv1.RaftMessage{{Group: "g", Message: data}}})
+		_, err = stream.CloseAndRecv()
+		assert.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	})
+	assert.Zero(t, other.h.count())
+}
+
+func TestGRPCUnknownPeerAndOverflow(t *testing.T) {
+	n1 := startNode(t, 1, "c", func(c *Config) { c.QueueSize = 10 })
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 9, 1), msg(1, 9, 2), snapMsg(1, 9)})
+	assert.Equal(t, 1, n1.h.unreachableCount("g", 9), "once per Send call and peer")
+	assert.Equal(t, []snapReport{{"g", 9, true}}, n1.h.snapReports())
+
+	// A peer that never answers: the queue fills and the rest is dropped
+	// inside Send.
+	n1.tr.AddPeer(2, "127.0.0.1:1")
+	batch := make([]*raftpb.Message, 100)
+	for i := range batch {
+		batch[i] = msg(1, 2, uint64(i+1))
+	}
+	n1.tr.Send("h", batch)
+	assert.GreaterOrEqual(t, n1.h.unreachableCount("h", 2), 1)
+	assert.GreaterOrEqual(t, n1.tr.Stats().MessagesDropped, uint64(90))
+}
+
+func TestGRPCPeerDownAndBack(t *testing.T) {
+	n1 := startNode(t, 1, "c")
+	n2 := startNode(t, 2, "c")
+	connect(n1, n2)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
+
+	n2.stopServer()
+	i := uint64(1)
+	require.Eventually(t, func() bool {
+		i++
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
+		return n1.h.unreachableCount("g", 2) > 0
+	}, waitFor, tick)
+
+	// Same address, new server: delivery resumes on a new stream.
+	n2.serve(t, n2.addr)
+	before := n2.h.count()
+	require.Eventually(t, func() bool {
+		i++
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
+		return n2.h.count() > before
+	}, waitFor, tick)
+	assert.Equal(t, uint64(2), n1.tr.Stats().Connects)
+
+	// Order holds across the reconnect: what arrived is increasing.
+	got := n2.h.group("g")
+	for k := 1; k < len(got); k++ {
+		assert.Less(t, got[k-1].GetIndex(), got[k].GetIndex())
+	}
+}
+
+func TestGRPCSnapshotReports(t *testing.T) {
+	n1 := startNode(t, 1, "c")
+	n2 := startNode(t, 2, "c")
+	n3 := startNode(t, 3, "c")
+	connect(n1, n2, n3)
+
+	n1.tr.Send("g", []*raftpb.Message{snapMsg(1, 2)})
+	require.Eventually(t, func() bool { return len(n1.h.snapReports()) == 1 }, waitFor, tick)
+	assert.Equal(t, snapReport{"g", 2, false}, n1.h.snapReports()[0])
+	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
+	got := n2.h.group("g")[0]
+	assert.Equal(t, raftpb.MessageType_MsgSnap, got.GetType())
+	assert.Equal(t, []byte("state"), got.GetSnapshot().GetData())
+
+	// A down peer: the snapshot fails.
+	n3.stopServer()
+	require.Eventually(t, func() bool {
+		n1.tr.Send("s", []*raftpb.Message{snapMsg(1, 3)})
+		for _, r := range n1.h.snapReports() {
+			if r == (snapReport{"s", 3, true}) {
+				return true
+			}
+		}
+		return false
+	}, waitFor, tick)
+}
+
+// TestGRPCSlowPeer: a peer whose Handler is stuck blocks neither Send nor
+// the other peers.
+func TestGRPCSlowPeer(t *testing.T) {
+	n1 := startNode(t, 1, "c", func(c *Config) { c.QueueSize = 64 })
+	n2 := startNode(t, 2, "c")
+	n3 := startNode(t, 3, "c")
+	gate := make(chan struct{})
+	n2.h.gate = gate
+	connect(n1, n2, n3)
+
+	// 50 MB for peer 2: more than HTTP/2 flow control lets the stuck
+	// receiver buffer, so its stream stalls and its queue overflows.
+	const total = 5000
+	for i := uint64(1); i <= total; i++ {
+		m2 := msg(1, 2, i)
+		m2.Entries = []*raftpb.Entry{{Data: make([]byte, 10<<10)}}
+		n1.tr.Send("g", []*raftpb.Message{m2, msg(1, 3, i)})
+		if i%32 == 0 { // let peer 3 keep up with the small queue
+			require.Eventually(t, func() bool { return n3.h.count() >= int(i)-32 }, waitFor, tick)
+		}
+	}
+	require.Eventually(t, func() bool { return n3.h.count() == total }, waitFor, tick)
+	assert.Positive(t, n1.h.unreachableCount("g", 2), "the stuck peer's queue overflowed")
+	assert.Zero(t, n1.h.unreachableCount("g", 3))
+	close(gate)
+	require.Eventually(t, func() bool { return n2.h.count() > 0 }, waitFor, tick)
+}
+
+func TestGRPCStopLeavesNoGoroutines(t *testing.T) {
+	base := runtime.NumGoroutine()
+	func() {
+		h := newRecorder()
+		_ = h
+		n1 := startNode(t, 1, "c")
+		n2 := startNode(t, 2, "c")
+		n3 := startNode(t, 3, "c")
+		connect(n1, n2, n3)
+		for i := uint64(1); i <= 100; i++ {
+			for _, n := range []*node{n1, n2, n3} {
+				for _, to := range []uint64{1, 2, 3} {
+					if to != n.id {
+						n.tr.Send("g", []*raftpb.Message{msg(n.id, to, i)})
+					}
+				}
+			}
+		}
+		for _, n := range []*node{n1, n2, n3} {
+			require.Eventually(t, func() bool { return n.h.count() == 200 }, waitFor, tick)
+		}
+		n1.tr.RemovePeer(2)
+		n1.tr.AddPeer(3, n3.addr) // no-op
+		n1.tr.AddPeer(3, "127.0.0.1:1")
+		for _, n := range []*node{n1, n2, n3} {
+			n.stop()
+		}
+		// Calls after Stop are harmless.
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+		n1.tr.AddPeer(2, n2.addr)
+		n1.tr.Stop()
+	}()
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= base+2 }, waitFor, tick,
+		"goroutines: %d before", base)
+}
+

@@ -1,0 +1,277 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	peerv1 "github.com/forestbus/forestbus/gen/forestbus/peer/v1"
+)
+
+// peer is the sending side towards one node: a bounded queue filled by
+// Send and drained by the peer's goroutine (run) into one stream.
+type peer struct {
+	t      *GRPC
+	id     uint64
+	addr   string
+	conn   *grpc.ClientConn
+	client peerv1.PeerServiceClient
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	pending []outMsg
+	signal  chan struct{} // capacity 1: pending may be non-empty
+}
+
+func newPeer(t *GRPC, id uint64, addr string) (*peer, error) {
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                clientKeepaliveTime,
+			Timeout:             clientKeepaliveTimeout,
+			PermitWithoutStream: true,
+		}),
+		// Reconnect on the transport's schedule rather than gRPC's default
+		// (1 s growing to 120 s), so a restarted peer is found quickly.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  backoffMin,
+				Multiplier: 2,
+				Jitter:     0.2,
+				MaxDelay:   backoffMax,
+			},
+			MinConnectTimeout: handshakeTimeout,
+		}),
+	}
+	opts = append(opts, t.cfg.DialOptions...)
+	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &peer{
+		t:      t,
+		id:     id,
+		addr:   addr,
+		conn:   conn,
+		client: peerv1.NewPeerServiceClient(conn),
+		ctx:    ctx,
+		cancel: cancel,
+		done:   make(chan struct{}),
+		signal: make(chan struct{}, 1),
+	}, nil
+}
+
+// enqueue appends m to the queue; false when the queue is full.
+func (p *peer) enqueue(m outMsg) bool {
+	p.mu.Lock()
+	if len(p.pending) >= p.t.cfg.QueueSize {
+		p.mu.Unlock()
+		return false
+	}
+	p.pending = append(p.pending, m)
+	p.mu.Unlock()
+	select {
+	case p.signal <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take swaps the queue with buf (emptied) and returns what was queued.
+func (p *peer) take(buf []outMsg) []outMsg {
+	clear(buf)
+	p.mu.Lock()
+	out := p.pending
+	p.pending = buf[:0]
+	p.mu.Unlock()
+	return out
+}
+
+// stop cancels the sender, waits for it and closes the connection.
+func (p *peer) stop() {
+	p.cancel()
+	<-p.done
+	p.conn.Close()
+}
+
+// run is the peer's goroutine: connect, pump frames until the stream
+// fails, back off, repeat, until the peer is stopped.
+func (p *peer) run() {
+	defer p.t.senders.Done()
+	defer close(p.done)
+	log := p.t.log.With("peer", p.id, "addr", p.addr)
+	var (
+		buf     []outMsg
+		delay   = backoffMin
+		healthy = true // log the first failure after a success at Warn
+	)
+	for {
+		stream, cancel, err := p.connect()
+		if err == nil {
+			p.t.connects.Add(1)
+			if !healthy {
+				log.Info("transport: peer reachable")
+			}
+			healthy = true
+			delay = backoffMin
+			buf, err = p.pump(stream, buf)
+			cancel()
+		}
+		if p.ctx.Err() != nil {
+			return
+		}
+		if healthy {
+			log.Warn("transport: peer unreachable", "err", err)
+			healthy = false
+		} else {
+			log.Debug("transport: peer still unreachable", "err", err)
+		}
+		// Messages queued while the peer is unreachable would arrive late
+		// or never: drop them now and tell Raft, until the next attempt.
+		buf = p.dropPending(buf)
+		wait := delay/2 + rand.N(delay/2+1) // jitter in [delay/2, delay]
+		delay = min(2*delay, backoffMax)
+		timer := time.NewTimer(wait)
+	backoff:
+		for {
+			select {
+			case <-p.ctx.Done():
+				timer.Stop()
+				return
+			case <-p.signal:
+				buf = p.dropPending(buf)
+			case <-timer.C:
+				break backoff
+			}
+		}
+	}
+}
+
+// dropPending drops and reports everything queued.
+func (p *peer) dropPending(buf []outMsg) []outMsg {
+	batch := p.take(buf)
+	p.fail(batch)
+	return batch
+}
+
+// fail reports msgs as dropped.
+func (p *peer) fail(msgs []outMsg) {
+	if len(msgs) == 0 {
+		return
+	}
+	p.t.msgsDropped.Add(uint64(len(msgs)))
+	reportBatch(p.t.cfg.Handler, p.id, msgs)
+}
+
+// connect opens a stream and completes the handshake. On success the
+// caller must call the returned cancel when done with the stream.
+func (p *peer) connect() (peerv1.PeerService_StreamClient, context.CancelFunc, error) {
+	ctx, cancel := context.WithCancel(p.ctx)
+	stream, err := p.client.Stream(ctx)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	hello := &peerv1.StreamRequest{ClusterId: p.t.cfg.ClusterID, From: p.t.cfg.NodeID, To: p.id}
+	if err := stream.Send(hello); err != nil {
+		err = streamError(stream, err)
+		cancel()
+		return nil, nil, err
+	}
+	timer := time.AfterFunc(handshakeTimeout, cancel)
+	md, _ := stream.Header() // on failure md is nil and RecvMsg has the status
+	expired := !timer.Stop()
+	if md == nil || len(md.Get(acceptedKey)) == 0 {
+		var err error
+		switch {
+		case expired:
+			err = errors.New("transport: handshake timed out")
+		case md == nil:
+			err = streamError(stream, io.EOF)
+		default:
+			err = errors.New("transport: peer did not accept the stream")
+		}
+		cancel()
+		return nil, nil, err
+	}
+	return stream, cancel, nil
+}
+
+// streamError turns a failed Send into the stream's status: Send returns
+// io.EOF when the server ended the call, whose status RecvMsg returns.
+func streamError(stream peerv1.PeerService_StreamClient, err error) error {
+	if err != io.EOF {
+		return err
+	}
+	if rerr := stream.RecvMsg(new(peerv1.StreamResponse)); rerr != nil {
+		return rerr
+	}
+	return errors.New("transport: peer closed the stream")
+}
+
+// pump sends queued messages as frames until the stream fails or the peer
+// is stopped. It returns the queue buffer for reuse.
+func (p *peer) pump(stream peerv1.PeerService_StreamClient, buf []outMsg) ([]outMsg, error) {
+	for {
+		select {
+		case <-p.ctx.Done():
+			return buf, p.ctx.Err()
+		case <-p.signal:
+		}
+		batch := p.take(buf)
+		for i := 0; i < len(batch); {
+			j, frame := buildFrame(batch, i)
+			if err := stream.Send(frame); err != nil {
+				if p.ctx.Err() == nil {
+					p.fail(batch[i:])
+				}
+				return batch, fmt.Errorf("transport: send: %w", streamError(stream, err))
+			}
+			p.t.framesSent.Add(1)
+			p.t.msgsSent.Add(uint64(j - i))
+			for _, m := range batch[i:j] {
+				if m.snap {
+					p.t.cfg.Handler.ReportSnapshot(m.group, p.id, false)
+				}
+			}
+			i = j
+		}
+		buf = batch
+	}
+}
+
+// buildFrame packs batch[i:j] into one frame of at most maxFrameBytes
+// (at least one message) and returns j. Frames are not reused: gRPC may
+// read a message after SendMsg returns (stats handlers).
+func buildFrame(batch []outMsg, i int) (int, *peerv1.StreamRequest) {
+	j, size := i, 0
+	for ; j < len(batch); j++ {
+		n := len(batch[j].data) + len(batch[j].group) + 16 // tags and lengths
+		if j > i && size+n > maxFrameBytes {
+			break
+		}
+		size += n
+	}
+	rms := make([]peerv1.RaftMessage, j-i)
+	ptrs := make([]*peerv1.RaftMessage, j-i)
+	for k := range rms {
+		m := &batch[i+k]
+		rms[k].Group = m.group
+		rms[k].Message = m.data
+		ptrs[k] = &rms[k]
+	}
+	return j, &peerv1.StreamRequest{Messages: ptrs}
+}

@@ -1,0 +1,173 @@
+package transport
+
+import (
+	"log/slog"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+)
+
+// Handler receives what a transport delivers. *replica.Engine implements
+// it.
+//
+// A transport calls these methods from its own goroutines and also from
+// inside Send (on the caller's goroutine, after Send's locks are released),
+// so they must be safe for concurrent use, must not block, and must not
+// step a raft.RawNode directly: queue the call for the loop goroutine.
+// After the transport's Stop returns it makes no further calls.
+type Handler interface {
+	// Step delivers a message from a peer to the named group.
+	Step(group string, m *raftpb.Message)
+	// ReportUnreachable says that a message of the named group to node to
+	// was dropped (raft.RawNode.ReportUnreachable).
+	ReportUnreachable(group string, to uint64)
+	// ReportSnapshot says whether a MsgSnap of the named group to node to
+	// was sent or dropped (raft.RawNode.ReportSnapshot with SnapshotFinish
+	// or SnapshotFailure).
+	ReportSnapshot(group string, to uint64, failed bool)
+}
+
+// DefaultQueueSize is the default per-peer send queue, in messages.
+const DefaultQueueSize = 4096
+
+// maxFrameBytes caps the payload of one StreamRequest frame. It stays
+// below gRPC's default 4 MiB receive limit; a single larger message is
+// sent alone, so the receiving server must accept the largest Raft message
+// (the node sets grpc.MaxRecvMsgSize above its batch limit).
+const maxFrameBytes = 4<<20 - 64<<10
+
+// Keepalive timing. Client streams of PeerService carry no server
+// messages, so the client pings every clientKeepaliveTime; a peer that
+// does not answer within clientKeepaliveTimeout (a black-holed network) has
+// its connection closed, which fails the stream and triggers a reconnect.
+// Servers must permit such pings: see ServerOptions.
+const (
+	clientKeepaliveTime    = 10 * time.Second
+	clientKeepaliveTimeout = 5 * time.Second
+	serverKeepaliveMinTime = 5 * time.Second
+	handshakeTimeout       = 5 * time.Second
+)
+
+// Reconnect backoff: backoffMin doubling to backoffMax, jittered.
+const (
+	backoffMin = 50 * time.Millisecond
+	backoffMax = 2 * time.Second
+)
+
+// ServerOptions returns the options the node's grpc.Server needs to serve
+// PeerService: a keepalive enforcement policy that accepts the transport's
+// client pings (every 10 s, also without active streams). Without it
+// grpc-go's default policy (one ping per 5 minutes) answers the pings with
+// GOAWAY ENHANCE_YOUR_CALM, which breaks peer streams every few pings.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             serverKeepaliveMinTime,
+			PermitWithoutStream: true,
+		}),
+	}
+}
+
+// Config configures a GRPC transport. Zero fields take the documented
+// defaults.
+type Config struct {
+	// NodeID is this node's Raft ID (non-zero).
+	NodeID uint64
+	// ClusterID names the cluster; streams from other clusters are
+	// refused.
+	ClusterID string
+	// Handler receives inbound messages and delivery reports. Required.
+	Handler Handler
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// DialOptions are appended to the transport's own dial options
+	// (insecure credentials, keepalive, reconnect backoff); tests use them.
+	DialOptions []grpc.DialOption
+	// QueueSize bounds each peer's send queue, in messages. Default
+	// DefaultQueueSize.
+	QueueSize int
+}
+
+func (c *Config) withDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+}
+
+// Stats are a transport's counters since New.
+type Stats struct {
+	// FramesSent and MessagesSent count what was handed to peer streams.
+	FramesSent, MessagesSent uint64
+	// MessagesDropped counts messages not sent: queue overflow, unknown
+	// peer, peer unreachable, or a stream that broke with them in flight.
+	MessagesDropped uint64
+	// FramesReceived and MessagesReceived count inbound traffic passed to
+	// the Handler.
+	FramesReceived, MessagesReceived uint64
+	// Connects counts streams established (handshake accepted).
+	Connects uint64
+}
+
+// outMsg is one marshalled message in a peer queue.
+type outMsg struct {
+	group string
+	data  []byte
+	snap  bool
+}
+
+// isSnap reports whether m is a MsgSnap.
+func isSnap(m *raftpb.Message) bool { return m.GetType() == raftpb.MessageType_MsgSnap }
+
+// drop is a dropped message to report.
+type drop struct {
+	to     uint64
+	snap   bool
+	silent bool // no ReportUnreachable (Hub loss)
+}
+
+// report tells h about dropped messages of one group: ReportUnreachable
+// once per destination, and ReportSnapshot(failed=true) per MsgSnap.
+func report(h Handler, group string, drops []drop) {
+	for i, d := range drops {
+		if d.snap {
+			h.ReportSnapshot(group, d.to, true)
+		}
+		if d.silent {
+			continue
+		}
+		seen := false
+		for _, e := range drops[:i] {
+			if e.to == d.to && !e.silent {
+				seen = true
+				break
+			}
+		}
+		if !seen {
+			h.ReportUnreachable(group, d.to)
+		}
+	}
+}
+
+// reportBatch reports dropped queued messages, which may belong to many
+// groups: ReportUnreachable once per group, ReportSnapshot(failed=true) per
+// MsgSnap.
+func reportBatch(h Handler, to uint64, msgs []outMsg) {
+	if len(msgs) == 0 {
+		return
+	}
+	seen := make(map[string]struct{})
+	for _, m := range msgs {
+		if m.snap {
+			h.ReportSnapshot(m.group, to, true)
+		}
+		if _, ok := seen[m.group]; !ok {
+			seen[m.group] = struct{}{}
+			h.ReportUnreachable(m.group, to)
+		}
+	}
+}
