@@ -281,4 +281,3 @@ func TestGRPCStopLeavesNoGoroutines(t *testing.T) {
 	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= base+2 }, waitFor, tick,
 		"goroutines: %d before", base)
 }
-
