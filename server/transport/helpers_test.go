@@ -3,6 +3,8 @@ package transport
 import (
 	"fmt"
 	protobuf "google.golang.org/protobuf/proto"
+	"io"
+	"log"
 	"net"
 	"sync"
 	"testing"
@@ -193,3 +195,5 @@ func connect(nodes ...*node) {
 }
 
 func protoMarshal(m *raftpb.Message) ([]byte, error) { return protobuf.Marshal(m) }
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
