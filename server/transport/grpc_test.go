@@ -249,8 +249,6 @@ func TestGRPCSlowPeer(t *testing.T) {
 func TestGRPCStopLeavesNoGoroutines(t *testing.T) {
 	base := runtime.NumGoroutine()
 	func() {
-		h := newRecorder()
-		_ = h
 		n1 := startNode(t, 1, "c")
 		n2 := startNode(t, 2, "c")
 		n3 := startNode(t, 3, "c")
