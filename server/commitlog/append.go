@@ -76,6 +76,8 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 			return ids, err
 		}
 	}
+	commit := l.hs.cur.commit
+	l.dedup.trim(commit)
 
 	if len(l.segs) == 0 {
 		s, err := createSegment(l.dir, first)
@@ -97,10 +99,11 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 		lastPoint = s.points[len(s.points)-1].off
 	}
 	nextID := l.nextID
+	var lastIDs EntryIDs
 	chunk := 0 // index in ents of the first entry not yet flushed
 	for i, e := range ents {
 		if pos := s.size + int64(len(buf)); pos >= l.opts.SegmentBytes && (pos > 0) {
-			if err := l.flush(s, buf, pts, runs, ents[chunk:i], counts[max(i-1, 0)], nextID); err != nil {
+			if err := l.flush(s, buf, pts, runs, ents[chunk:i], lastIDs, nextID); err != nil {
 				return ids, err
 			}
 			chunk = i
@@ -120,11 +123,17 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 			runs = append(runs, termRun{start: e.GetIndex(), term: t})
 			lastTerm = t
 		}
-		buf = appendRecord(buf, e, nextID, counts[i])
-		ids = append(ids, EntryIDs{Index: e.GetIndex(), FirstID: nextID, Count: counts[i]})
-		nextID += uint64(counts[i])
+		lastIDs = l.dedup.apply(e.GetIndex(), e.GetData(), counts[i], nextID, e.GetIndex() > commit)
+		if lastIDs.Dup {
+			l.mu.Lock()
+			l.dups = append(l.dups, dupRec{index: lastIDs.Index, firstID: lastIDs.FirstID, count: lastIDs.Count})
+			l.mu.Unlock()
+		}
+		buf = appendRecord(buf, e, nextID, uint32(lastIDs.Next-nextID))
+		ids = append(ids, lastIDs)
+		nextID = lastIDs.Next
 	}
-	err := l.flush(s, buf, pts, runs, ents[chunk:], counts[len(counts)-1], nextID)
+	err := l.flush(s, buf, pts, runs, ents[chunk:], lastIDs, nextID)
 	if cap(buf) <= maxRetainedWriteBuffer {
 		l.wbuf = buf[:0]
 	} else {
@@ -135,7 +144,7 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 }
 
 // flush writes buf at the end of s and publishes the new records to readers.
-func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, ents []*pb.Entry, lastCount uint32, nextID uint64) error {
+func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, ents []*pb.Entry, last EntryIDs, nextID uint64) error {
 	if len(ents) == 0 {
 		return nil
 	}
@@ -150,7 +159,7 @@ func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, en
 	s.last = le.GetIndex()
 	l.terms = append(l.terms, runs...)
 	l.lastIndex = le.GetIndex()
-	l.last = EntryIDs{Index: le.GetIndex(), FirstID: nextID - uint64(lastCount), Count: lastCount}
+	l.last = last
 	l.nextID = nextID
 	l.mu.Unlock()
 	if !s.dirty {
@@ -193,8 +202,8 @@ func (l *Log) truncateFrom(index uint64) error {
 		}
 	}
 	nextID := l.start.firstID
-	if newLast.FirstID != 0 {
-		nextID = newLast.FirstID + uint64(newLast.Count)
+	if newLast.Next != 0 {
+		nextID = newLast.Next
 	}
 	keep := len(l.segs)
 	for keep > 0 && l.segs[keep-1].first >= index {
@@ -202,7 +211,9 @@ func (l *Log) truncateFrom(index uint64) error {
 	}
 	var cut *segment
 	var cutOff int64
-	if keep > 0 {
+	// When index starts a segment, the last kept one ends at index-1 and is
+	// kept whole.
+	if keep > 0 && l.segs[keep-1].last >= index {
 		si, off, _, err := l.locate(index)
 		if err != nil {
 			return err
@@ -213,6 +224,9 @@ func (l *Log) truncateFrom(index uint64) error {
 		cut, cutOff = l.segs[si], off
 	}
 	removed := slices.Clone(l.segs[keep:])
+	// The dedup table is owner-only: roll it back to index-1 with the undo
+	// records (every producer batch above the commit index has one).
+	l.dedup.rollback(index)
 	// Readers may be reading anywhere below cut.size: shrink the file only
 	// while holding the write lock.
 	l.mu.Lock()
@@ -238,6 +252,11 @@ func (l *Log) truncateFrom(index uint64) error {
 	l.lastIndex = index - 1
 	l.last = newLast
 	l.nextID = nextID
+	k = len(l.dups)
+	for k > 0 && l.dups[k-1].index >= index {
+		k--
+	}
+	l.dups = l.dups[:k]
 	for _, s := range removed {
 		s.f.Close()
 	}
@@ -291,7 +310,7 @@ func (l *Log) SetConfState(cs *pb.ConfState) error {
 		return err
 	}
 	c := proto.Clone(cs).(*pb.ConfState)
-	if err := writeMeta(l.dir, l.start, c); err != nil {
+	if err := writeMeta(l.dir, l.start, c, l.baseTable); err != nil {
 		return l.fence(err)
 	}
 	l.mu.Lock()

@@ -3,6 +3,7 @@ package commitlog
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"math/bits"
 )
@@ -145,30 +146,60 @@ func validateBatch(data []byte) (uint32, error) {
 	return n, nil
 }
 
-// Snapshot data (raftpb.Snapshot.Data) layout, version 1:
+// Snapshot data (raftpb.Snapshot.Data) layout, version 2:
 //
-//	[0]    u8 version (1)
+//	[0]    u8 version (2)
 //	[1:9]  u64 LE next message id at the snapshot index
+//	[9:]   the dedup table at the snapshot index (see dedup.go); absent in
+//	       version 1, which means an empty table
 //
-// Later versions may append fields; every version starts with these 9 bytes.
-const snapshotDataVersion = 1
+// Every version starts with the same 9 bytes.
+const snapshotDataVersion = 2
 
-// EncodeSnapshotData appends the snapshot state (next message id) to dst.
+// EncodeSnapshotData appends snapshot data carrying nextID and an empty
+// dedup table to dst. Log.Snapshot carries the log's table.
 func EncodeSnapshotData(dst []byte, nextID uint64) []byte {
-	dst = append(dst, snapshotDataVersion)
-	return binary.LittleEndian.AppendUint64(dst, nextID)
+	return encodeSnapshotData(dst, nextID, emptyDedupTable)
 }
 
-// DecodeSnapshotData returns the next message id carried by snapshot data.
+func encodeSnapshotData(dst []byte, nextID uint64, table []byte) []byte {
+	dst = append(dst, snapshotDataVersion)
+	dst = binary.LittleEndian.AppendUint64(dst, nextID)
+	return append(dst, table...)
+}
+
+// DecodeSnapshotData returns the next message id carried by snapshot data
+// (any version, also later ones).
 func DecodeSnapshotData(data []byte) (nextID uint64, err error) {
+	if len(data) >= 9 && data[0] > snapshotDataVersion {
+		var v1 [9]byte // read the common prefix only
+		copy(v1[:], data)
+		v1[0] = 1
+		data = v1[:]
+	}
+	nextID, _, err = decodeSnapshotData(data)
+	return nextID, err
+}
+
+// decodeSnapshotData returns the next id and the encoded dedup table (not
+// validated; a sub-slice of data).
+func decodeSnapshotData(data []byte) (nextID uint64, table []byte, err error) {
 	if len(data) < 9 || data[0] == 0 {
-		return 0, errors.New("commitlog: malformed snapshot data")
+		return 0, nil, errors.New("commitlog: malformed snapshot data")
 	}
 	nextID = binary.LittleEndian.Uint64(data[1:9])
 	if nextID == 0 || nextID == math.MaxUint64 {
-		return 0, errors.New("commitlog: malformed snapshot data")
+		return 0, nil, errors.New("commitlog: malformed snapshot data")
 	}
-	return nextID, nil
+	switch data[0] {
+	case 1:
+		table = emptyDedupTable
+	case 2:
+		table = data[9:]
+	default:
+		return 0, nil, fmt.Errorf("commitlog: unsupported snapshot data version %d", data[0])
+	}
+	return nextID, table, nil
 }
 
 func uvarintLen(x uint64) int {

@@ -93,7 +93,7 @@ func (m *model) appendN(t testing.TB, l *Log, start uint64, n int, term uint64) 
 			}
 		}
 		m.ents[idx] = e
-		m.ids[idx] = EntryIDs{Index: idx, FirstID: next, Count: uint32(cnt)}
+		m.ids[idx] = EntryIDs{Index: idx, FirstID: next, Count: uint32(cnt), Next: next + uint64(cnt)}
 		next += uint64(cnt)
 		ents = append(ents, e)
 	}

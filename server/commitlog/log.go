@@ -41,12 +41,30 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// EntryIDs are the message ids derived for the raft entry Index: messages
-// FirstID .. FirstID+Count-1.
+// EntryIDs are the message ids derived for the raft entry Index.
+//
+// For an entry that is not a duplicate (Dup false) its messages have ids
+// FirstID .. FirstID+Count-1 and Next == FirstID+Count. An entry without
+// messages (leader no-op, conf change, other payload kinds, empty batch) has
+// Count 0 and FirstID == Next == the id the next message will get.
+//
+// Dup reports a batch of a producer (non-zero producer id) whose sequence is
+// already stored (see "Idempotent appends" in the package documentation).
+// It consumed no ids. FirstID and Count are then the ids the ORIGINAL batch
+// got, or FirstID 0 and Count 0 when the original is no longer remembered
+// (older than DedupIDWindow batches of the producer, or than DedupSeqWindow
+// sequences). Next is the id after the entry's position in the log.
+//
+// Next is valid for every entry: all messages with ids below Next are in
+// entries at or before Index. Use Next - 1, not FirstID+Count-1, as the last
+// message id at or before an entry (a commit cap): for a Dup, FirstID+Count
+// is the original batch's end.
 type EntryIDs struct {
 	Index   uint64
 	FirstID uint64
 	Count   uint32
+	Dup     bool
+	Next    uint64
 }
 
 // Stats is a snapshot of a Log's size and bounds.
@@ -71,12 +89,18 @@ type Log struct {
 
 	// mu guards the fields below against concurrent readers. The owner
 	// goroutine reads them without locking and writes them holding mu.
-	mu         sync.RWMutex
-	segs       []*segment
-	start      logStart // first retained index, term before it, first id
-	lastIndex  uint64
-	last       EntryIDs // ids of lastIndex (valid when lastIndex >= start.firstIndex)
-	nextID     uint64
+	mu        sync.RWMutex
+	segs      []*segment
+	start     logStart // first retained index, term before it, first id
+	lastIndex uint64
+	last      EntryIDs // ids of lastIndex (valid when lastIndex >= start.firstIndex)
+	nextID    uint64
+	// baseTable is the encoded dedup table as of start.firstIndex-1 (what
+	// meta and Snapshot carry). Immutable: replaced, never modified.
+	baseTable []byte
+	// dups holds the verdicts of the duplicate entries in the retained log,
+	// by increasing index (appended by the owner under mu).
+	dups       []dupRec
 	terms      []termRun // covers [start.firstIndex-1, lastIndex]
 	cs         *pb.ConfState
 	closed     bool
@@ -90,6 +114,7 @@ type Log struct {
 	counts   []uint32
 	pts      []indexPoint
 	runs     []termRun
+	dedup    *dedupTable // as of lastIndex
 }
 
 // Open opens (creating if needed) the log in dir and recovers it: every
@@ -119,11 +144,15 @@ func Open(dir string, opts Options) (*Log, error) {
 
 func (l *Log) recover() error {
 	_ = os.Remove(filepath.Join(l.dir, metaTmpName))
-	st, cs, _, err := readMeta(l.dir)
+	st, cs, table, _, err := readMeta(l.dir)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	l.start, l.cs = st, cs
+	if l.dedup, err = decodeDedupTable(table); err != nil {
+		return fmt.Errorf("%w: meta: %w", ErrCorrupt, err)
+	}
+	l.baseTable = table
 	hs, created, err := openHardState(filepath.Join(l.dir, hardStateName))
 	if err != nil {
 		return err
@@ -167,7 +196,7 @@ func (l *Log) recover() error {
 		}
 		s := &segment{first: first, last: first - 1, f: f, path: path}
 		l.segs = append(l.segs, s)
-		nextID, err := scanSegment(s, l.nextID, &l.terms)
+		nextID, err := l.scanSegment(s, l.nextID)
 		isLast := first == firsts[len(firsts)-1]
 		switch {
 		case errors.Is(err, errTorn) && isLast:
@@ -196,6 +225,7 @@ func (l *Log) recover() error {
 		l.nextID = nextID
 		l.lastIndex = s.last
 	}
+	l.dedup.trim(l.hs.cur.commit)
 	if l.lastIndex >= st.firstIndex {
 		ids, err := l.idsLocked(l.lastIndex)
 		if err != nil {
@@ -317,7 +347,8 @@ func (l *Log) termLocked(i uint64) (uint64, error) {
 }
 
 // Snapshot implements raft.Storage. It returns a metadata-only snapshot at
-// FirstIndex-1; Data holds the next message id there (EncodeSnapshotData).
+// FirstIndex-1; Data holds the next message id and the dedup table there
+// (snapshot data version 2, see DecodeSnapshotData).
 func (l *Log) Snapshot() (*pb.Snapshot, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -325,7 +356,7 @@ func (l *Log) Snapshot() (*pb.Snapshot, error) {
 		return nil, ErrClosed
 	}
 	return &pb.Snapshot{
-		Data: EncodeSnapshotData(nil, l.start.firstID),
+		Data: encodeSnapshotData(nil, l.start.firstID, l.baseTable),
 		Metadata: &pb.SnapshotMetadata{
 			ConfState: proto.Clone(l.cs).(*pb.ConfState),
 			Index:     proto.Uint64(l.start.firstIndex - 1),
@@ -384,14 +415,20 @@ func (l *Log) idsLocked(index uint64) (EntryIDs, error) {
 	if index > l.lastIndex {
 		return EntryIDs{}, raft.ErrUnavailable
 	}
-	if index == l.last.Index && l.last.FirstID != 0 {
+	if index == l.last.Index && l.last.Next != 0 {
 		return l.last, nil
 	}
 	_, _, h, err := l.locate(index)
 	if err != nil {
 		return EntryIDs{}, err
 	}
-	return EntryIDs{Index: index, FirstID: h.firstID, Count: h.count}, nil
+	ids := EntryIDs{Index: index, FirstID: h.firstID, Count: h.count, Next: h.firstID + uint64(h.count)}
+	if h.count == 0 {
+		if d, ok := l.findDup(index); ok {
+			ids.Dup, ids.FirstID, ids.Count = true, d.firstID, d.count
+		}
+	}
+	return ids, nil
 }
 
 // locate finds record index (which must exist). Caller holds mu or is the owner.

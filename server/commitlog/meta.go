@@ -16,7 +16,7 @@ const (
 	metaName    = "meta"
 	metaTmpName = "meta.tmp"
 	metaMagic   = "FBCL"
-	metaVersion = 1
+	metaVersion = 2
 	metaFixed   = 4 + 1 + 8 + 8 + 8 + 4 // magic, version, first index, prev term, first id, cs length
 )
 
@@ -27,12 +27,14 @@ type logStart struct {
 	firstID    uint64 // message id of the first message at or after firstIndex
 }
 
-func encodeMeta(st logStart, cs *pb.ConfState) ([]byte, error) {
+// encodeMeta encodes version 2: version 1's fields, then u32 length and the
+// dedup table as of the log start (encoded, see dedup.go).
+func encodeMeta(st logStart, cs *pb.ConfState, table []byte) ([]byte, error) {
 	csb, err := proto.Marshal(cs)
 	if err != nil {
 		return nil, fmt.Errorf("commitlog: encode confstate: %w", err)
 	}
-	b := make([]byte, 0, metaFixed+len(csb)+4)
+	b := make([]byte, 0, metaFixed+len(csb)+4+len(table)+4)
 	b = append(b, metaMagic...)
 	b = append(b, metaVersion)
 	b = binary.LittleEndian.AppendUint64(b, st.firstIndex)
@@ -40,22 +42,26 @@ func encodeMeta(st logStart, cs *pb.ConfState) ([]byte, error) {
 	b = binary.LittleEndian.AppendUint64(b, st.firstID)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(csb)))
 	b = append(b, csb...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(table)))
+	b = append(b, table...)
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 	return b, nil
 }
 
 var errBadMeta = errors.New("commitlog: corrupt meta file")
 
-func decodeMeta(b []byte) (logStart, *pb.ConfState, error) {
+// decodeMeta decodes versions 1 (no dedup table: empty) and 2. The table is
+// returned encoded; it is not validated here.
+func decodeMeta(b []byte) (logStart, *pb.ConfState, []byte, error) {
 	if len(b) < metaFixed+4 || string(b[:4]) != metaMagic {
-		return logStart{}, nil, errBadMeta
+		return logStart{}, nil, nil, errBadMeta
 	}
 	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
 	if crc32.Checksum(body, castagnoli) != sum {
-		return logStart{}, nil, errBadMeta
+		return logStart{}, nil, nil, errBadMeta
 	}
-	if b[4] != metaVersion {
-		return logStart{}, nil, fmt.Errorf("commitlog: unsupported meta version %d", b[4])
+	if b[4] != 1 && b[4] != metaVersion {
+		return logStart{}, nil, nil, fmt.Errorf("commitlog: unsupported meta version %d", b[4])
 	}
 	st := logStart{
 		firstIndex: binary.LittleEndian.Uint64(b[5:13]),
@@ -63,33 +69,46 @@ func decodeMeta(b []byte) (logStart, *pb.ConfState, error) {
 		firstID:    binary.LittleEndian.Uint64(b[21:29]),
 	}
 	n := binary.LittleEndian.Uint32(b[29:33])
-	if uint64(n) != uint64(len(body)-metaFixed) || st.firstIndex == 0 || st.firstID == 0 {
-		return logStart{}, nil, errBadMeta
+	rest := body[metaFixed:]
+	if uint64(n) > uint64(len(rest)) || st.firstIndex == 0 || st.firstID == 0 {
+		return logStart{}, nil, nil, errBadMeta
+	}
+	csb, rest := rest[:n], rest[n:]
+	table := emptyDedupTable
+	if b[4] == 1 {
+		if len(rest) != 0 {
+			return logStart{}, nil, nil, errBadMeta
+		}
+	} else {
+		if len(rest) < 4 || uint64(binary.LittleEndian.Uint32(rest)) != uint64(len(rest)-4) {
+			return logStart{}, nil, nil, errBadMeta
+		}
+		table = rest[4:]
 	}
 	cs := &pb.ConfState{}
-	if err := proto.Unmarshal(body[metaFixed:], cs); err != nil {
-		return logStart{}, nil, fmt.Errorf("commitlog: decode confstate: %w", err)
+	if err := proto.Unmarshal(csb, cs); err != nil {
+		return logStart{}, nil, nil, fmt.Errorf("commitlog: decode confstate: %w", err)
 	}
-	return st, cs, nil
+	return st, cs, table, nil
 }
 
-func readMeta(dir string) (logStart, *pb.ConfState, bool, error) {
+func readMeta(dir string) (logStart, *pb.ConfState, []byte, bool, error) {
 	b, err := os.ReadFile(filepath.Join(dir, metaName))
 	if errors.Is(err, os.ErrNotExist) {
-		return logStart{firstIndex: 1, firstID: 1}, &pb.ConfState{}, false, nil
+		return logStart{firstIndex: 1, firstID: 1}, &pb.ConfState{}, emptyDedupTable, false, nil
 	}
 	if err != nil {
-		return logStart{}, nil, false, fmt.Errorf("commitlog: read meta: %w", err)
+		return logStart{}, nil, nil, false, fmt.Errorf("commitlog: read meta: %w", err)
 	}
-	st, cs, err := decodeMeta(b)
-	return st, cs, true, err
+	st, cs, table, err := decodeMeta(b)
+	return st, cs, table, true, err
 }
 
 // writeMeta replaces the meta file atomically and durably: write a temporary
 // file, fsync it, rename it over meta, fsync the directory. It always fsyncs
 // (also with NoSync): the ordering of retention relies on it, and it is rare.
-func writeMeta(dir string, st logStart, cs *pb.ConfState) error {
-	b, err := encodeMeta(st, cs)
+func writeMeta(dir string, st logStart, cs *pb.ConfState, table []byte) error {
+	b, err := encodeMeta(st, cs, table)
 	if err != nil {
 		return err
 	}

@@ -41,14 +41,36 @@ func (l *Log) DeleteBefore(index uint64) error {
 	if st.prevTerm, err = l.termLocked(keep.first - 1); err != nil {
 		return fmt.Errorf("commitlog: delete before %d: %w", index, err)
 	}
-	if err := writeMeta(l.dir, st, l.cs); err != nil {
+	// The dedup table as of the new start: replay the segments to delete
+	// onto the table as of the old start (reads their headers once).
+	t, err := decodeDedupTable(l.baseTable)
+	if err != nil {
+		return fmt.Errorf("%w: dedup table: %w", ErrCorrupt, err)
+	}
+	nextID := l.start.firstID
+	for _, s := range l.segs[:n] {
+		if nextID, err = replayDedup(s, t, nextID); err != nil {
+			return err
+		}
+	}
+	if nextID != st.firstID {
+		return fmt.Errorf("%w: delete before %d: replay ends at id %d, not %d", ErrCorrupt, index, nextID, st.firstID)
+	}
+	table := t.encode(nil)
+	if err := writeMeta(l.dir, st, l.cs, table); err != nil {
 		return l.fence(err)
 	}
 	removed := slices.Clone(l.segs[:n])
 	l.mu.Lock()
 	l.segs = slices.Delete(l.segs, 0, n)
 	l.start = st
-	k := 0 // keep the run covering firstIndex-1, starting it there
+	l.baseTable = table
+	k := 0
+	for k < len(l.dups) && l.dups[k].index < st.firstIndex {
+		k++
+	}
+	l.dups = slices.Delete(l.dups, 0, k)
+	k = 0 // keep the run covering firstIndex-1, starting it there
 	for k+1 < len(l.terms) && l.terms[k+1].start <= st.firstIndex-1 {
 		k++
 	}
@@ -80,7 +102,8 @@ func (l *Log) removeFiles(segs []*segment) error {
 // ApplySnapshot discards the whole log and restarts it after the snapshot:
 // FirstIndex becomes snap.Metadata.Index+1, Term(FirstIndex-1) the snapshot
 // term, and message numbering continues at the next id carried in snap.Data
-// (see DecodeSnapshotData). The ConfState and log start are persisted durably.
+// (see DecodeSnapshotData); the dedup table restarts from the one it carries
+// (version 2; version 1 data carries none: empty table). The ConfState and log start are persisted durably.
 // It returns raft.ErrSnapOutOfDate if the snapshot is not above the commit
 // index.
 func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
@@ -92,10 +115,15 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	if idx <= l.hs.cur.commit || idx < l.start.firstIndex-1 {
 		return raft.ErrSnapOutOfDate
 	}
-	nextID, err := DecodeSnapshotData(snap.GetData())
+	nextID, table, err := decodeSnapshotData(snap.GetData())
 	if err != nil {
 		return err
 	}
+	dedup, err := decodeDedupTable(table)
+	if err != nil {
+		return fmt.Errorf("commitlog: snapshot data: %w", err)
+	}
+	table = slices.Clone(table)
 	st := logStart{firstIndex: idx + 1, prevTerm: term, firstID: nextID}
 	cs := proto.Clone(pb.EnsureConfState(md.GetConfState())).(*pb.ConfState)
 
@@ -122,7 +150,7 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 		}
 	}
 	// 2. Record the new start durably; the remaining segments all lie below it.
-	if err := writeMeta(l.dir, st, cs); err != nil {
+	if err := writeMeta(l.dir, st, cs, table); err != nil {
 		return l.fence(err)
 	}
 	// 3. Drop everything else.
@@ -134,6 +162,9 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	l.lastIndex = idx
 	l.last = EntryIDs{}
 	l.nextID = nextID
+	l.baseTable = table
+	l.dups = nil
+	l.dedup = dedup
 	l.terms = append(l.terms[:0], termRun{start: idx, term: term})
 	for _, s := range rest {
 		s.f.Close()

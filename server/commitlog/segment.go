@@ -87,7 +87,11 @@ var errTorn = errors.New("torn or corrupt record")
 // message id contiguity and the message count. It fills s.points, s.last and
 // s.size with the valid prefix and returns the next message id. A bad record
 // stops the scan and is reported with errTorn (s reflects the valid prefix).
-func scanSegment(s *segment, nextID uint64, runs *[]termRun) (uint64, error) {
+// Each record's dedup verdict is derived again (l.dedup) and must match its
+// stored count; a mismatch is reported as ErrCorrupt. Duplicates are
+// recorded in l.dups.
+func (l *Log) scanSegment(s *segment, nextID uint64) (uint64, error) {
+	runs := &l.terms
 	fi, err := s.f.Stat()
 	if err != nil {
 		return nextID, fmt.Errorf("commitlog: stat segment: %w", err)
@@ -127,8 +131,16 @@ func scanSegment(s *segment, nextID uint64, runs *[]termRun) (uint64, error) {
 			return nextID, errTorn
 		}
 		cnt, err := entryCount(entryTypeOf(h.typ), data)
-		if err != nil || cnt != h.count {
+		if err != nil || (cnt != h.count && h.count != 0) {
 			return nextID, errTorn
+		}
+		ids := l.dedup.apply(h.index, data, cnt, nextID, h.index > l.hs.cur.commit)
+		if ids.Next-nextID != uint64(h.count) {
+			return nextID, fmt.Errorf("%w: %s: dedup verdict of entry %d (duplicate %v) differs from its stored count %d",
+				ErrCorrupt, s.path, h.index, ids.Dup, h.count)
+		}
+		if ids.Dup {
+			l.dups = append(l.dups, dupRec{index: h.index, firstID: ids.FirstID, count: ids.Count})
 		}
 		if off-lastPoint >= indexInterval {
 			s.points = append(s.points, indexPoint{index: h.index, firstID: nextID, off: off})

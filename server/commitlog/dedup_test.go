@@ -1,0 +1,494 @@
+package commitlog
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// pbatch is entry index carrying n messages of producer pid, sequence seq.
+func pbatch(index, term, pid, seq uint64, n int) *pb.Entry {
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		msgs[i] = fmt.Appendf(nil, "p%d-s%d-m%d", pid, seq, i)
+	}
+	return ent(index, term, pb.EntryType_EntryNormal, EncodeBatch(nil, index, pid, seq, msgs))
+}
+
+func appendOne(t *testing.T, l *Log, e *pb.Entry) EntryIDs {
+	t.Helper()
+	ids, err := l.Append([]*pb.Entry{e}, nil)
+	require.NoError(t, err)
+	require.Len(t, ids, 1)
+	return ids[0]
+}
+
+func commitTo(t *testing.T, l *Log, index uint64) {
+	t.Helper()
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(1), Commit: proto.Uint64(index)}))
+}
+
+func stored(first uint64, n uint32) EntryIDs {
+	return EntryIDs{FirstID: first, Count: n, Next: first + uint64(n)}
+}
+
+func dupOf(first uint64, n uint32, next uint64) EntryIDs {
+	return EntryIDs{FirstID: first, Count: n, Dup: true, Next: next}
+}
+
+func at(index uint64, ids EntryIDs) EntryIDs { ids.Index = index; return ids }
+
+func TestDedupVerdicts(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	assert.Equal(t, at(1, stored(1, 3)), appendOne(t, l, pbatch(1, 1, 7, 1, 3)))
+	assert.Equal(t, at(2, stored(4, 2)), appendOne(t, l, pbatch(2, 1, 7, 2, 2)))
+	// Retry of sequence 1: no ids consumed, original ids reported.
+	assert.Equal(t, at(3, dupOf(1, 3, 6)), appendOne(t, l, pbatch(3, 1, 7, 1, 3)))
+	// Numbering continues without a hole.
+	assert.Equal(t, at(4, stored(6, 1)), appendOne(t, l, pbatch(4, 1, 7, 3, 1)))
+	// Other producers and producer 0 are independent.
+	assert.Equal(t, at(5, stored(7, 1)), appendOne(t, l, pbatch(5, 1, 8, 1, 1)))
+	assert.Equal(t, at(6, stored(8, 2)), appendOne(t, l, pbatch(6, 1, 0, 1, 2)))
+	assert.Equal(t, at(7, stored(10, 2)), appendOne(t, l, pbatch(7, 1, 0, 1, 2)))
+	// Gaps are allowed, and a skipped sequence is stored when it comes.
+	assert.Equal(t, at(8, stored(12, 1)), appendOne(t, l, pbatch(8, 1, 7, 10, 1)))
+	assert.Equal(t, at(9, stored(13, 1)), appendOne(t, l, pbatch(9, 1, 7, 5, 1)))
+	assert.Equal(t, at(10, dupOf(13, 1, 14)), appendOne(t, l, pbatch(10, 1, 7, 5, 1)))
+	// An empty batch is never a duplicate (it has no ids to protect).
+	assert.Equal(t, at(11, stored(14, 0)), appendOne(t, l, pbatch(11, 1, 7, 1, 0)))
+	// Beyond the sequence window: duplicate with unknown ids.
+	assert.Equal(t, at(12, stored(14, 1)), appendOne(t, l, pbatch(12, 1, 7, 200, 1)))
+	assert.Equal(t, at(13, dupOf(0, 0, 15)), appendOne(t, l, pbatch(13, 1, 7, 100, 1)))
+	// Stored, in the sequence window, but older than the id window.
+	idx, next := uint64(14), uint64(15)
+	for s := uint64(201); s < 201+DedupIDWindow; s++ {
+		assert.Equal(t, at(idx, stored(next, 1)), appendOne(t, l, pbatch(idx, 1, 7, s, 1)))
+		idx++
+		next++
+	}
+	assert.Equal(t, at(idx, dupOf(0, 0, next)), appendOne(t, l, pbatch(idx, 1, 7, 200, 1)))
+	assert.Equal(t, at(idx+1, dupOf(next-1, 1, next)), appendOne(t, l, pbatch(idx+1, 1, 7, 200+DedupIDWindow, 1)))
+	last := idx + 1
+
+	check := func(l *Log) {
+		t.Helper()
+		ids, err := l.IDs(3)
+		require.NoError(t, err)
+		assert.Equal(t, at(3, dupOf(1, 3, 6)), ids)
+		ids, err = l.IDs(13)
+		require.NoError(t, err)
+		assert.Equal(t, at(13, dupOf(0, 0, 15)), ids)
+		ids, err = l.IDs(4)
+		require.NoError(t, err)
+		assert.Equal(t, at(4, stored(6, 1)), ids)
+		ids, err = l.IDs(last)
+		require.NoError(t, err)
+		assert.Equal(t, at(last, dupOf(next-1, 1, next)), ids)
+		assert.Equal(t, next, l.NextID())
+		// Duplicates never yield messages: ids are contiguous.
+		msgs, nx, err := l.ReadMessages(nil, 1, 1<<40, 0, 0)
+		require.NoError(t, err)
+		assert.Equal(t, next, nx)
+		require.Len(t, msgs, int(next-1))
+		assert.Equal(t, "p7-s1-m0", string(msgs[0]))
+		assert.Equal(t, "p7-s2-m0", string(msgs[3]))
+		assert.Equal(t, "p7-s3-m0", string(msgs[5]))
+		for id := uint64(1); id < next; id++ {
+			m, _, err := l.ReadMessages(nil, id, id, 1, 0)
+			require.NoError(t, err)
+			require.Len(t, m, 1)
+			assert.Equal(t, msgs[id-1], m[0])
+		}
+		// Entries still carries the duplicate's payload.
+		ents, err := l.Entries(3, 4, 1<<30)
+		require.NoError(t, err)
+		assert.Equal(t, pbatch(3, 1, 7, 1, 3).GetData(), ents[0].GetData())
+	}
+	check(l)
+	require.NoError(t, l.Close())
+
+	// Across reopen: verdicts re-derived by the scan, table rebuilt.
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	check(l)
+	assert.Equal(t, at(last+1, dupOf(0, 0, next)), appendOne(t, l, pbatch(last+1, 1, 7, 2, 2)))
+	assert.Equal(t, at(last+2, dupOf(7, 1, next)), appendOne(t, l, pbatch(last+2, 1, 8, 1, 1)))
+}
+
+func TestDedupTruncation(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	appendOne(t, l, pbatch(1, 1, 7, 1, 2))
+	commitTo(t, l, 1)
+	assert.Equal(t, at(2, stored(3, 2)), appendOne(t, l, pbatch(2, 1, 7, 2, 2)))
+	assert.Equal(t, at(3, dupOf(3, 2, 5)), appendOne(t, l, pbatch(3, 1, 7, 2, 2)))
+
+	// Truncating the duplicate: a new batch at its index is stored.
+	assert.Equal(t, at(3, stored(5, 1)), appendOne(t, l, pbatch(3, 2, 7, 3, 1)))
+	ids, err := l.IDs(3)
+	require.NoError(t, err)
+	assert.Equal(t, at(3, stored(5, 1)), ids)
+
+	// Truncating the original (and what follows): the retried batch is no
+	// longer a duplicate and gets fresh ids.
+	assert.Equal(t, at(2, stored(3, 0)), appendOne(t, l, ent(2, 3, pb.EntryType_EntryNormal, nil)))
+	assert.Equal(t, at(3, stored(3, 2)), appendOne(t, l, pbatch(3, 3, 7, 2, 2)))
+	assert.Equal(t, at(4, stored(5, 1)), appendOne(t, l, pbatch(4, 3, 7, 3, 1)))
+	assert.Equal(t, at(5, dupOf(3, 2, 6)), appendOne(t, l, pbatch(5, 3, 7, 2, 2)))
+	// Producer 7's sequence 1 is committed and stays a duplicate.
+	assert.Equal(t, at(6, dupOf(1, 2, 6)), appendOne(t, l, pbatch(6, 3, 7, 1, 2)))
+
+	// A truncation that removes a producer's only batch forgets it.
+	assert.Equal(t, at(7, stored(6, 1)), appendOne(t, l, pbatch(7, 3, 9, 1, 1)))
+	assert.Equal(t, at(7, stored(6, 0)), appendOne(t, l, ent(7, 4, pb.EntryType_EntryNormal, nil)))
+	assert.Equal(t, at(8, stored(6, 1)), appendOne(t, l, pbatch(8, 4, 9, 1, 1)))
+}
+
+func TestDedupAcrossRetentionAndReopen(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{SegmentBytes: MinSegmentBytes, NoSync: true}
+	l := openT(t, dir, opts)
+	const n = 300
+	for s := uint64(1); s <= n; s++ {
+		appendOne(t, l, pbatch(s, 1, 7, s, 5)) // entry s holds ids 5s-4 .. 5s
+	}
+	appendOne(t, l, pbatch(n+1, 1, 8, 1, 1))
+	commitTo(t, l, n+1)
+	require.NoError(t, l.DeleteBefore(n))
+	fi, _ := l.FirstIndex()
+	require.Greater(t, fi, uint64(DedupIDWindow+2))
+	require.Less(t, fi, uint64(n-DedupIDWindow))
+
+	check := func(l *Log, index uint64) {
+		t.Helper()
+		next := l.NextID()
+		// A retry of a batch whose entry was deleted, still remembered.
+		assert.Equal(t, at(index, dupOf(5*(n-1)-4, 5, next)), appendOne(t, l, pbatch(index, 1, 7, n-1, 5)))
+		// Deleted long ago: duplicate with unknown ids.
+		assert.Equal(t, at(index+1, dupOf(0, 0, next)), appendOne(t, l, pbatch(index+1, 1, 7, 2, 5)))
+		assert.Equal(t, at(index+2, dupOf(5*n+1, 1, next)), appendOne(t, l, pbatch(index+2, 1, 8, 1, 1)))
+		assert.Equal(t, next, l.NextID())
+	}
+	// Delete everything but the active segment, so that the originals of
+	// the retries below are gone from the files.
+	check(l, n+2)
+	commitTo(t, l, n+4)
+	last := l.segs[len(l.segs)-1].first
+	require.NoError(t, l.DeleteBefore(n+10))
+	fi, _ = l.FirstIndex()
+	require.Equal(t, last, fi)
+	require.NoError(t, l.Close())
+	l = openT(t, dir, opts)
+	check(l, n+5)
+	ids, err := l.IDs(n + 5)
+	require.NoError(t, err)
+	assert.True(t, ids.Dup)
+	require.NoError(t, l.Close())
+	l = openT(t, dir, opts)
+	defer l.Close()
+	check(l, n+8)
+}
+
+func TestDedupSnapshot(t *testing.T) {
+	opts := Options{SegmentBytes: MinSegmentBytes, NoSync: true}
+	a := openT(t, t.TempDir(), opts)
+	defer a.Close()
+	const n = 200
+	for s := uint64(1); s <= n; s++ {
+		appendOne(t, a, pbatch(s, 1, 7, s, 5))
+	}
+	commitTo(t, a, n)
+	require.NoError(t, a.DeleteBefore(n))
+	snap, err := a.Snapshot()
+	require.NoError(t, err)
+	si := snap.GetMetadata().GetIndex()
+	require.Greater(t, si, uint64(10))
+	nextID, err := DecodeSnapshotData(snap.GetData())
+	require.NoError(t, err)
+	assert.Equal(t, 5*si+1, nextID)
+
+	dir := t.TempDir()
+	b := openT(t, dir, opts)
+	require.NoError(t, b.ApplySnapshot(snap))
+	check := func(b *Log, index uint64) {
+		t.Helper()
+		next := b.NextID()
+		assert.Equal(t, at(index, dupOf(5*(n-1)-4, 5, next)), appendOne(t, b, pbatch(index, 1, 7, n-1, 5)))
+		assert.Equal(t, at(index+1, dupOf(0, 0, next)), appendOne(t, b, pbatch(index+1, 1, 7, 1, 5)))
+	}
+	// Straight after the restore, a retry is answered from the snapshot's table.
+	d := openT(t, t.TempDir(), opts)
+	defer d.Close()
+	require.NoError(t, d.ApplySnapshot(snap))
+	assert.Equal(t, at(si+1, dupOf(5*si-4, 5, 5*si+1)), appendOne(t, d, pbatch(si+1, 1, 7, si, 5)))
+	assert.Equal(t, at(si+2, stored(5*si+1, 5)), appendOne(t, d, pbatch(si+2, 1, 7, si+1, 5)))
+	// The restored log derives the same ids as the original for the rest.
+	ents, err := a.Entries(si+1, n+1, 1<<40)
+	require.NoError(t, err)
+	got, err := b.Append(ents, nil)
+	require.NoError(t, err)
+	for _, g := range got {
+		want, err := a.IDs(g.Index)
+		require.NoError(t, err)
+		assert.Equal(t, want, g)
+	}
+	check(b, n+1)
+	require.NoError(t, b.Close())
+	b = openT(t, dir, opts)
+	defer b.Close()
+	check(b, n+3)
+
+	// Version 1 snapshot data: empty table.
+	c := openT(t, t.TempDir(), opts)
+	defer c.Close()
+	require.NoError(t, c.ApplySnapshot(&pb.Snapshot{Data: EncodeSnapshotData(nil, 100),
+		Metadata: &pb.SnapshotMetadata{Index: proto.Uint64(10), Term: proto.Uint64(1), ConfState: &pb.ConfState{}}}))
+	assert.Equal(t, at(11, stored(100, 5)), appendOne(t, c, pbatch(11, 1, 7, si, 5)))
+	// A malformed table is rejected.
+	bad := append(encodeSnapshotData(nil, 100, emptyDedupTable), 1)
+	err = c.ApplySnapshot(&pb.Snapshot{Data: bad,
+		Metadata: &pb.SnapshotMetadata{Index: proto.Uint64(20), Term: proto.Uint64(1), ConfState: &pb.ConfState{}}})
+	assert.Error(t, err)
+}
+
+func TestDedupTableEncoding(t *testing.T) {
+	tb := newDedupTable()
+	for i := uint64(1); i <= 30; i++ {
+		data := EncodeBatch(nil, 0, i%4+1, i*3, [][]byte{{1}})
+		tb.apply(i, data, 1, i, false)
+	}
+	enc := tb.encode(nil)
+	back, err := decodeDedupTable(enc)
+	require.NoError(t, err)
+	assert.Equal(t, enc, back.encode(nil))
+	require.Len(t, back.producers, 4)
+	for pid, p := range tb.producers {
+		q := back.producers[pid]
+		assert.Equal(t, p.lastSeq, q.lastSeq)
+		assert.Equal(t, p.bits, q.bits)
+		assert.Equal(t, p.ordered(nil), q.ordered(nil))
+	}
+	for k := range enc {
+		_, err := decodeDedupTable(enc[:k])
+		assert.Error(t, err, "prefix %d", k)
+	}
+}
+
+// refEnt is an entry of the reference model.
+type refEnt struct {
+	term     uint64
+	batch    bool
+	pid, seq uint64
+	n        int
+}
+
+// refIDs derives the ids of every entry from scratch, straight from the
+// definition: a batch of a non-zero producer with messages is a duplicate if
+// its sequence is stored already, or lies DedupSeqWindow or more below the
+// highest stored one; its original ids are known if it is among the last
+// DedupIDWindow stored batches of the producer.
+func refIDs(ents []refEnt, firstID uint64) []EntryIDs {
+	type prod struct {
+		stored map[uint64]bool
+		max    uint64
+		recent []dedupRec
+	}
+	ps := map[uint64]*prod{}
+	next := firstID
+	out := make([]EntryIDs, len(ents))
+	for i, e := range ents {
+		ids := EntryIDs{Index: uint64(i + 1), FirstID: next, Next: next}
+		if e.batch {
+			ids.Count, ids.Next = uint32(e.n), next+uint64(e.n)
+		}
+		if e.batch && e.pid != 0 && e.n > 0 {
+			p := ps[e.pid]
+			if p != nil && (p.stored[e.seq] || (e.seq < p.max && p.max-e.seq >= DedupSeqWindow)) {
+				ids = EntryIDs{Index: ids.Index, Dup: true, Next: next}
+				for _, r := range p.recent {
+					if r.seq == e.seq {
+						ids.FirstID, ids.Count = r.firstID, r.count
+					}
+				}
+			} else {
+				if p == nil {
+					p = &prod{stored: map[uint64]bool{}}
+					ps[e.pid] = p
+				}
+				p.stored[e.seq] = true
+				p.max = max(p.max, e.seq)
+				p.recent = append(p.recent, dedupRec{seq: e.seq, firstID: next, count: uint32(e.n)})
+				if len(p.recent) > DedupIDWindow {
+					p.recent = p.recent[1:]
+				}
+			}
+		}
+		out[i] = ids
+		next = ids.Next
+	}
+	return out
+}
+
+func (e refEnt) entry(index uint64) *pb.Entry {
+	if !e.batch {
+		return ent(index, e.term, pb.EntryType_EntryNormal, nil)
+	}
+	return pbatch(index, e.term, e.pid, e.seq, e.n)
+}
+
+// TestDedupProperty runs random appends (with conflicting suffixes),
+// commits, retention, reopens and snapshot restores against refIDs.
+func TestDedupProperty(t *testing.T) {
+	seeds := 30
+	if testing.Short() {
+		seeds = 5
+	}
+	for seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { dedupProperty(t, uint64(seed)) })
+	}
+}
+
+func dedupProperty(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 42))
+	dir := t.TempDir()
+	opts := Options{SegmentBytes: MinSegmentBytes, NoSync: true}
+	l := openT(t, dir, opts)
+	defer func() { l.Close() }()
+	var hist []refEnt // entries 1..len(hist)
+	var commit, term uint64 = 0, 1
+	seqs := map[uint64]uint64{}
+
+	verify := func() {
+		t.Helper()
+		want := refIDs(hist, 1)
+		fi, _ := l.FirstIndex()
+		li, _ := l.LastIndex()
+		require.Equal(t, uint64(len(hist)), li)
+		for i := fi; i <= li; i++ {
+			got, err := l.IDs(i)
+			require.NoError(t, err)
+			require.Equal(t, want[i-1], got, "seed %d entry %d", seed, i)
+		}
+		next := uint64(1)
+		if len(want) > 0 {
+			next = want[len(want)-1].Next
+		}
+		require.Equal(t, next, l.NextID())
+		if l.FirstID() < next {
+			msgs, nx, err := l.ReadMessages(nil, l.FirstID(), next, 0, 0)
+			require.NoError(t, err)
+			require.Equal(t, next, nx)
+			require.Len(t, msgs, int(next-l.FirstID()))
+		}
+	}
+
+	for step := 0; step < 120; step++ {
+		switch op := rng.IntN(20); {
+		case op < 13: // append, possibly replacing an uncommitted suffix
+			start := uint64(len(hist)) + 1
+			fi, _ := l.FirstIndex()
+			if lo := max(commit+1, fi); rng.IntN(3) == 0 && lo <= uint64(len(hist)) {
+				start = lo + rng.Uint64N(uint64(len(hist))-lo+1)
+				term++
+			}
+			hist = hist[:start-1]
+			var ents []*pb.Entry
+			for k := rng.IntN(6) + 1; k > 0; k-- {
+				e := refEnt{term: term, batch: rng.IntN(8) != 0}
+				if e.batch {
+					e.pid = rng.Uint64N(4)
+					e.n = rng.IntN(4)
+					if e.n == 0 && rng.IntN(2) == 0 {
+						e.n = 1
+					}
+					switch r := rng.IntN(10); {
+					case r < 5:
+						seqs[e.pid] += rng.Uint64N(3) + 1
+						e.seq = seqs[e.pid]
+					case r < 9:
+						e.seq = seqs[e.pid] - min(seqs[e.pid], rng.Uint64N(12))
+					default:
+						e.seq = seqs[e.pid] - min(seqs[e.pid], rng.Uint64N(200))
+					}
+				}
+				hist = append(hist, e)
+				ents = append(ents, e.entry(uint64(len(hist))))
+			}
+			want := refIDs(hist, 1)
+			got, err := l.Append(ents, nil)
+			require.NoError(t, err)
+			for i, g := range got {
+				require.Equal(t, want[start-1+uint64(i)], g, "seed %d step %d", seed, step)
+			}
+		case op < 16: // commit
+			if uint64(len(hist)) > commit {
+				commit += rng.Uint64N(uint64(len(hist))-commit) + 1
+				require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(term), Commit: proto.Uint64(commit)}))
+			}
+		case op < 18: // retention
+			require.NoError(t, l.DeleteBefore(commit+1))
+		case op < 19: // reopen
+			require.NoError(t, l.Close())
+			l = openT(t, dir, opts)
+		default: // restore a fresh log from this log's snapshot and replay the rest
+			snap, err := l.Snapshot()
+			require.NoError(t, err)
+			if snap.GetMetadata().GetIndex() == 0 {
+				break
+			}
+			ents, err := l.Entries(snap.GetMetadata().GetIndex()+1, uint64(len(hist))+1, 1<<40)
+			require.NoError(t, err)
+			hs, _, err := l.InitialState()
+			require.NoError(t, err)
+			require.NoError(t, l.Close())
+			dir = t.TempDir()
+			l = openT(t, dir, opts)
+			require.NoError(t, l.ApplySnapshot(snap))
+			if len(ents) > 0 {
+				_, err = l.Append(ents, nil)
+				require.NoError(t, err)
+			}
+			require.NoError(t, l.SetHardState(hs))
+		}
+		verify()
+	}
+}
+
+// BenchmarkAppendProducer is BenchmarkAppend/nosync with a producer id and
+// increasing sequences: one dedup table lookup and undo record per entry.
+func BenchmarkAppendProducer(b *testing.B) {
+	l := openT(b, b.TempDir(), Options{})
+	defer l.Close()
+	msgs := make([][]byte, 100)
+	for i := range msgs {
+		msgs[i] = make([]byte, 100)
+	}
+	data := EncodeBatch(nil, 1, 77, 0, msgs)
+	e := &pb.Entry{Term: proto.Uint64(1), Index: proto.Uint64(0), Type: pb.EntryType_EntryNormal.Enum(), Data: data}
+	ents := []*pb.Entry{e}
+	var ids []EntryIDs
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		idx := uint64(i) + 1
+		*e.Index = idx
+		EncodeBatch(data[:0], 1, 77, idx, msgs) // sequence = index
+		var err error
+		if ids, err = l.Append(ents, ids[:0]); err != nil || ids[0].Dup {
+			b.Fatal(err)
+		}
+		if idx%64 == 0 { // raft commits as it goes: undo records are dropped
+			if err := l.SetHardState(&pb.HardState{Term: proto.Uint64(1), Commit: proto.Uint64(idx)}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N)*100/b.Elapsed().Seconds(), "msgs/s")
+}
