@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strings"
 	"time"
 )
 
@@ -25,6 +27,9 @@ type Config struct {
 	// ListenAddr is the gRPC listen address. Default "127.0.0.1:3000";
 	// port 0 picks a free port (see Server.Addr).
 	ListenAddr string
+	// Listener, when set, is used instead of listening on ListenAddr (tests
+	// that need a cluster's addresses before its nodes start).
+	Listener net.Listener
 	// AdvertiseAddr is the address clients and peers dial. Default: the
 	// address actually listened on.
 	AdvertiseAddr string
@@ -35,6 +40,16 @@ type Config struct {
 	ClusterID string
 	// NodeName is this node's stable name. Default "node1".
 	NodeName string
+	// InitialCluster lists the members of a new cluster as
+	// "name=host:port,name=host:port", identical on every member: a member's
+	// raft ID is its position in the list, from 1. It must name this node.
+	// Empty: a one-node cluster of this node. A data directory remembers
+	// its cluster, so the flag only matters on a node's first start.
+	InitialCluster string
+	// Join, when set, makes the node's first start join an existing cluster
+	// as the member AddNode registered, instead of bootstrapping one. Later
+	// starts ignore it: the data directory remembers the node.
+	Join *Join
 	// Sync is the durability mode. Default SyncFsync.
 	Sync SyncMode
 	// MaxMessageBytes caps one message. Default 1 MiB.
@@ -54,6 +69,48 @@ type Config struct {
 	TickInterval time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+}
+
+// Join describes a node added to a running cluster by AdminService.AddNode.
+type Join struct {
+	// ID is the raft ID AddNode assigned.
+	ID uint64
+	// Members are the cluster's members AddNode reported (name and address
+	// of each; the node dials them to be sent the metadata log).
+	Members []JoinMember
+}
+
+// JoinMember is a member of the cluster being joined.
+type JoinMember struct {
+	ID            uint64
+	Name, Address string
+}
+
+// member is one entry of InitialCluster.
+type member struct {
+	id         uint64
+	name, addr string
+}
+
+// parseCluster parses InitialCluster.
+func parseCluster(s string) ([]member, error) {
+	var out []member
+	seen := map[string]bool{}
+	for i, part := range strings.Split(s, ",") {
+		name, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || name == "" || addr == "" {
+			return nil, fmt.Errorf("server: initial cluster entry %q: want name=host:port", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("server: initial cluster entry %q: %w", part, err)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("server: initial cluster names %q twice", name)
+		}
+		seen[name] = true
+		out = append(out, member{id: uint64(i + 1), name: name, addr: addr})
+	}
+	return out, nil
 }
 
 func (c *Config) validate() error {

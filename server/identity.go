@@ -21,6 +21,11 @@ type identity struct {
 
 const identityFile = "identity.json"
 
+func identityExists(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, identityFile))
+	return err == nil
+}
+
 // loadIdentity reads the data dir's identity, creating it when the directory
 // is new. A different cluster ID or node name is refused.
 func loadIdentity(dir string, want identity) (identity, error) {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -20,6 +21,7 @@ import (
 	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/replica"
 	"github.com/forestbus/forestbus/server/topic"
+	"github.com/forestbus/forestbus/server/transport"
 )
 
 // Server is a running node.
@@ -36,6 +38,14 @@ type Server struct {
 
 	served    chan struct{} // closed when Serve returns
 	serveErr  error
+	bg        chan struct{} // closed when the background default-topic creation ends
+	stopc     chan struct{} // closed by Stop
+	wg        sync.WaitGroup
+	cancelBG  context.CancelFunc
+	members   []member
+	transport *transport.GRPC
+	peersMu   sync.Mutex
+	peers     map[uint64]bool
 	stopOnce  sync.Once
 	stopErr   error
 	addr      string
@@ -43,25 +53,23 @@ type Server struct {
 }
 
 // Start opens the data directory, starts the node and serves gRPC on
-// cfg.ListenAddr. It returns once the node is ready: the metadata log is
-// replayed and the default topic exists.
+// cfg.ListenAddr. A one-node cluster returns once the default topic exists;
+// a member of a larger cluster returns once it serves, and creates the
+// default topic in the background as soon as the cluster has a quorum.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{}), bg: make(chan struct{}), stopc: make(chan struct{})}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
-	id, err := loadIdentity(cfg.DataDir, identity{ClusterID: cfg.ClusterID, NodeName: cfg.NodeName, RaftID: 1})
-	if err != nil {
-		return nil, err
-	}
-	s.id = id
-
-	lis, err := net.Listen("tcp", cfg.ListenAddr)
-	if err != nil {
-		return nil, fmt.Errorf("server: listen: %w", err)
+	lis := cfg.Listener
+	if lis == nil {
+		var err error
+		if lis, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
+			return nil, fmt.Errorf("server: listen: %w", err)
+		}
 	}
 	s.lis = lis
 	s.addr = lis.Addr().String()
@@ -69,65 +77,202 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if s.advertise == "" {
 		s.advertise = s.addr
 	}
-
-	s.engine, err = replica.NewEngine(replica.Config{NodeID: id.RaftID, TickInterval: cfg.TickInterval, Logger: cfg.Logger})
-	if err != nil {
+	if err := s.open(); err != nil {
 		lis.Close()
-		return nil, err
-	}
-	s.engine.Start()
-	s.registry, err = topic.Open(topic.Config{
-		Dir:    cfg.DataDir,
-		Engine: s.engine,
-		Peers:  []uint64{id.RaftID},
-		Log:    commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS},
-		Logger: cfg.Logger,
-	})
-	if err != nil {
-		s.engine.Stop()
-		lis.Close()
-		return nil, err
-	}
-	if cfg.DefaultTopic != "" {
-		ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := s.registry.Ensure(ectx, cfg.DefaultTopic, topic.Settings{})
-		cancel()
-		if err != nil {
+		if s.transport != nil {
+			s.transport.Stop()
+		}
+		if s.engine != nil {
 			s.engine.Stop()
-			lis.Close()
-			return nil, fmt.Errorf("server: default topic: %w", err)
+		}
+		return nil, err
+	}
+	go func() {
+		s.serveErr = s.grpc.Serve(lis)
+		close(s.served)
+	}()
+	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync))
+
+	s.wg.Add(1)
+	go s.reconcile()
+	if cfg.DefaultTopic != "" {
+		if len(s.registry.Members()) <= 1 && len(s.members) <= 1 {
+			ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := s.registry.Ensure(ectx, cfg.DefaultTopic, topic.Settings{})
+			cancel()
+			if err != nil {
+				s.Stop()
+				return nil, fmt.Errorf("server: default topic: %w", err)
+			}
+		} else {
+			bctx, cancel := context.WithCancel(context.Background())
+			s.cancelBG = cancel
+			go func() {
+				defer close(s.bg)
+				if err := s.registry.Ensure(bctx, cfg.DefaultTopic, topic.Settings{}); err != nil && bctx.Err() == nil {
+					s.log.Error("creating the default topic", "topic", cfg.DefaultTopic, "err", err)
+				}
+			}()
 		}
 	}
+	return s, nil
+}
+
+// open sets up identity, engine, transport, registry and gRPC server.
+func (s *Server) open() error {
+	cfg := s.cfg
+	// Who is this node, and with whom does a new cluster start?
+	var bootstrap []member // members of a new cluster; nil when joining or restarting
+	want := identity{ClusterID: cfg.ClusterID, NodeName: cfg.NodeName}
+	switch {
+	case cfg.Join != nil:
+		want.RaftID = cfg.Join.ID
+		for _, m := range cfg.Join.Members {
+			s.members = append(s.members, member{id: m.ID, name: m.Name, addr: m.Address})
+		}
+	default:
+		bootstrap = []member{{id: 1, name: cfg.NodeName, addr: s.advertise}}
+		if cfg.InitialCluster != "" {
+			var err error
+			if bootstrap, err = parseCluster(cfg.InitialCluster); err != nil {
+				return err
+			}
+		}
+		for _, m := range bootstrap {
+			if m.name == cfg.NodeName {
+				want.RaftID = m.id
+				if cfg.AdvertiseAddr == "" && cfg.InitialCluster != "" {
+					s.advertise = m.addr
+				}
+			}
+		}
+		if want.RaftID == 0 {
+			return fmt.Errorf("server: the initial cluster does not name this node %q", cfg.NodeName)
+		}
+		s.members = bootstrap
+	}
+	fresh := !identityExists(cfg.DataDir)
+	id, err := loadIdentity(cfg.DataDir, want)
+	if err != nil {
+		return err
+	}
+	s.id = id
+	if !fresh || cfg.Join != nil {
+		bootstrap = nil // the metadata log knows the members
+	}
+
+	handler := &engineHandler{}
+	s.transport = transport.New(transport.Config{NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger})
+	s.engine, err = replica.NewEngine(replica.Config{NodeID: id.RaftID, TickInterval: cfg.TickInterval, Transport: s.transport, Logger: cfg.Logger})
+	if err != nil {
+		return err
+	}
+	handler.e = s.engine
+	s.engine.Start()
 
 	s.svc = api.New(api.Config{
 		ClusterID:       cfg.ClusterID,
 		NodeName:        cfg.NodeName,
-		Nodes:           []api.Node{{Name: cfg.NodeName, Address: s.advertise, RaftID: id.RaftID}},
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		MaxBatchBytes:   cfg.MaxBatchBytes,
 		MaxReadBytes:    cfg.MaxReadBytes,
 		MaxWait:         cfg.MaxWait,
 		Logger:          cfg.Logger,
-	}, s.registry)
-	opts := append(s.svc.ServerOptions(),
+	}, nil)
+	var initial []topic.Member
+	for _, m := range bootstrap {
+		initial = append(initial, topic.Member{ID: m.id, Name: m.name, Address: m.addr})
+	}
+	s.registry, err = topic.Open(topic.Config{
+		Dir:       cfg.DataDir,
+		Engine:    s.engine,
+		NodeID:    id.RaftID,
+		Members:   initial,
+		OnMembers: s.setMembers,
+		Log:       commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS},
+		Logger:    cfg.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	s.svc.SetRegistry(s.registry)
+	if ms := s.registry.Members(); len(ms) > 0 {
+		s.setMembers(ms)
+	} else {
+		// A new cluster or a joining node: the configuration entries that
+		// name the members are not applied yet.
+		var ms []topic.Member
+		for _, m := range s.members {
+			ms = append(ms, topic.Member{ID: m.id, Name: m.name, Address: m.addr})
+		}
+		s.setMembers(ms)
+	}
+
+	opts := append(append(s.svc.ServerOptions(), transport.ServerOptions()...),
 		grpc.MaxRecvMsgSize(cfg.MaxBatchBytes+(1<<20)),
 		grpc.MaxSendMsgSize(cfg.MaxReadBytes+cfg.MaxMessageBytes+(1<<20)),
 	)
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)
 	forestbusv1.RegisterAdminServiceServer(s.grpc, s.svc)
+	s.transport.Register(s.grpc)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return nil
+}
 
-	go func() {
-		s.serveErr = s.grpc.Serve(lis)
-		close(s.served)
-	}()
-	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync))
-	return s, nil
+// reconcile brings the groups this node leads to the cluster's membership,
+// a few times a second, until Stop.
+func (s *Server) reconcile() {
+	defer s.wg.Done()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s.registry.Reconcile(ctx)
+			cancel()
+		}
+	}
+}
+
+// setMembers updates the transport's peers and the API's node list.
+func (s *Server) setMembers(ms []topic.Member) {
+	nodes := make([]api.Node, len(ms))
+	keep := map[uint64]bool{}
+	for i, m := range ms {
+		nodes[i] = api.Node{Name: m.Name, Address: m.Address, RaftID: m.ID}
+		keep[m.ID] = true
+		if m.ID != s.id.RaftID && m.Address != "" {
+			s.transport.AddPeer(m.ID, m.Address)
+		}
+	}
+	s.peersMu.Lock()
+	for id := range s.peers {
+		if !keep[id] {
+			s.transport.RemovePeer(id)
+		}
+	}
+	s.peers = keep
+	s.peersMu.Unlock()
+	s.svc.SetNodes(nodes)
+}
+
+// engineHandler hands what the transport receives to the engine.
+type engineHandler struct{ e *replica.Engine }
+
+func (h *engineHandler) Step(group string, m *raftpb.Message) { h.e.Step(group, m) }
+func (h *engineHandler) ReportUnreachable(group string, to uint64) {
+	h.e.ReportUnreachable(group, to)
+}
+func (h *engineHandler) ReportSnapshot(group string, to uint64, failed bool) {
+	h.e.ReportSnapshot(group, to, failed)
 }
 
 // Addr is the address the node listens on.
@@ -164,8 +309,21 @@ func (s *Server) Err() error {
 // and every log is closed with its state persisted.
 func (s *Server) Stop() error {
 	s.stopOnce.Do(func() {
+		close(s.stopc)
+		s.wg.Wait()
+		if s.cancelBG != nil {
+			s.cancelBG()
+			<-s.bg
+		}
 		s.health.Shutdown()
 		s.svc.BeginShutdown()
+		// Let calls in flight finish while peers are still connected (a
+		// commit needs them), then close the peer streams, which would
+		// otherwise hold GracefulStop.
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s.svc.Drain(dctx)
+		cancel()
+		s.transport.Stop()
 		done := make(chan struct{})
 		go func() {
 			s.grpc.GracefulStop()
@@ -178,6 +336,7 @@ func (s *Server) Stop() error {
 			<-done
 		}
 		s.engine.Stop()
+		s.svc.Close()
 		<-s.served
 		s.stopErr = s.Err()
 		s.log.Info("node stopped", "node", s.cfg.NodeName)

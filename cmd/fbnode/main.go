@@ -35,6 +35,7 @@ func run(args []string) error {
 		dataDir   = fs.String("data", "./fbdata", "data directory")
 		clusterID = fs.String("cluster", "local", "cluster ID; the data directory remembers it")
 		nodeName  = fs.String("name", "node1", "this node's stable name")
+		initial   = fs.String("initial-cluster", "", "members of a new cluster: name=host:port,... in the same order on every member (default: a one-node cluster)")
 		syncMode  = fs.String("sync", "fsync", `durability: "fsync" (acknowledged means on disk) or "os" (the OS flushes)`)
 		maxMsg    = fs.Int("max-message-bytes", 1<<20, "largest message accepted")
 		maxBatch  = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch accepted (payload bytes)")
@@ -79,6 +80,7 @@ func run(args []string) error {
 		DataDir:         *dataDir,
 		ClusterID:       *clusterID,
 		NodeName:        *nodeName,
+		InitialCluster:  *initial,
 		Sync:            server.SyncMode(*syncMode),
 		MaxMessageBytes: *maxMsg,
 		MaxBatchBytes:   *maxBatch,
@@ -92,7 +94,13 @@ func run(args []string) error {
 		return err
 	}
 	if *addrFile != "" {
-		if err := os.WriteFile(*addrFile, []byte(srv.Addr()+"\n"), 0o644); err != nil {
+		// Written whole, then renamed, so a reader never sees half of it.
+		tmp := *addrFile + ".tmp"
+		if err := os.WriteFile(tmp, []byte(srv.Addr()+"\n"), 0o644); err != nil {
+			srv.Stop()
+			return err
+		}
+		if err := os.Rename(tmp, *addrFile); err != nil {
 			srv.Stop()
 			return err
 		}

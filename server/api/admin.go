@@ -57,3 +57,28 @@ func (s *Service) ListTopics(ctx context.Context, _ *forestbusv1.ListTopicsReque
 	}
 	return resp, nil
 }
+
+func nodeProto(m topic.Member) *forestbusv1.Node {
+	return &forestbusv1.Node{Name: m.Name, Address: m.Address, Id: m.ID}
+}
+
+// AddNode implements AdminService.AddNode.
+func (s *Service) AddNode(ctx context.Context, req *forestbusv1.AddNodeRequest) (*forestbusv1.AddNodeResponse, error) {
+	m, err := s.registry.AddNode(ctx, req.GetName(), req.GetAddress())
+	if err != nil {
+		return nil, err
+	}
+	resp := &forestbusv1.AddNodeResponse{Node: nodeProto(m)}
+	for _, mm := range s.registry.Members() {
+		resp.Nodes = append(resp.Nodes, nodeProto(mm))
+	}
+	return resp, nil
+}
+
+// RemoveNode implements AdminService.RemoveNode.
+func (s *Service) RemoveNode(ctx context.Context, req *forestbusv1.RemoveNodeRequest) (*forestbusv1.RemoveNodeResponse, error) {
+	if err := s.registry.RemoveNode(ctx, req.GetName()); err != nil {
+		return nil, err
+	}
+	return &forestbusv1.RemoveNodeResponse{}, nil
+}

@@ -39,6 +39,8 @@ type errorRow struct {
 var errorTable = []errorRow{
 	{topic.ErrNotFound, codes.NotFound, forestbusv1.ErrorReason_ERROR_REASON_TOPIC_NOT_FOUND},
 	{topic.ErrExists, codes.AlreadyExists, forestbusv1.ErrorReason_ERROR_REASON_TOPIC_EXISTS},
+	{topic.ErrNodeNotFound, codes.NotFound, forestbusv1.ErrorReason_ERROR_REASON_NODE_NOT_FOUND},
+	{topic.ErrNodeExists, codes.AlreadyExists, forestbusv1.ErrorReason_ERROR_REASON_NODE_EXISTS},
 	{topic.ErrInvalidName, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrInvalidSettings, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{ErrInvalidArgument, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},

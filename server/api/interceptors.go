@@ -24,7 +24,7 @@ const LeaderKey = "forestbus-leader"
 
 // ServerOptions returns the interceptor chain for a grpc.Server serving s:
 // logging (outermost, sees final codes), error table, recovery, cluster-ID
-// check.
+// check, leader forwarding (innermost: it sees the handler's Go errors).
 func (s *Service) ServerOptions() []grpc.ServerOption {
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -52,6 +52,7 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 			s.unaryErrors,
 			recovery.UnaryServerInterceptor(rec),
 			s.unaryClusterID,
+			s.unaryForward,
 		),
 		grpc.ChainStreamInterceptor(
 			logging.StreamServerInterceptor(logger, logOpts...),
@@ -63,6 +64,8 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 }
 
 func (s *Service) unaryErrors(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	s.inflight.Add(1)
+	defer s.inflight.Done()
 	resp, err := h(ctx, req)
 	if err != nil {
 		return nil, toStatus(ctx, err, s.leaderAddr, s.log)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -68,13 +69,53 @@ type Service struct {
 	log      *slog.Logger
 	registry *topic.Registry
 	stopping chan struct{}
+	fwd      forwarder
+
+	inflight sync.WaitGroup // unary calls being served
+
+	nodesMu sync.RWMutex
+	nodes   []Node
 }
 
 // New returns the services for a registry.
 func New(cfg Config, registry *topic.Registry) *Service {
 	cfg.withDefaults()
-	return &Service{cfg: cfg, log: cfg.Logger, registry: registry, stopping: make(chan struct{})}
+	return &Service{cfg: cfg, log: cfg.Logger, registry: registry, stopping: make(chan struct{}), nodes: cfg.Nodes}
 }
+
+// Drain waits until the unary calls in flight have returned, or ctx ends.
+func (s *Service) Drain(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		s.inflight.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// SetRegistry sets the registry the services answer from (once, before
+// serving).
+func (s *Service) SetRegistry(r *topic.Registry) { s.registry = r }
+
+// SetNodes replaces the cluster's member list (membership changed).
+func (s *Service) SetNodes(nodes []Node) {
+	s.nodesMu.Lock()
+	s.nodes = nodes
+	s.nodesMu.Unlock()
+}
+
+// Nodes returns the cluster's members.
+func (s *Service) Nodes() []Node {
+	s.nodesMu.RLock()
+	defer s.nodesMu.RUnlock()
+	return s.nodes
+}
+
+// Close releases the connections used for forwarding.
+func (s *Service) Close() { s.fwd.close() }
 
 // BeginShutdown makes long polls return at once and new work fail with
 // SHUTTING_DOWN.
@@ -87,7 +128,7 @@ func (s *Service) BeginShutdown() {
 }
 
 func (s *Service) leaderAddr(id uint64) string {
-	for _, n := range s.cfg.Nodes {
+	for _, n := range s.Nodes() {
 		if n.RaftID == id {
 			return n.Address
 		}
@@ -201,7 +242,7 @@ func (s *Service) GetTopicDetails(ctx context.Context, req *forestbusv1.GetTopic
 }
 
 func (s *Service) nodeName(id uint64) string {
-	for _, n := range s.cfg.Nodes {
+	for _, n := range s.Nodes() {
 		if n.RaftID == id {
 			return n.Name
 		}
@@ -212,8 +253,8 @@ func (s *Service) nodeName(id uint64) string {
 // GetClusterDetails implements ForestBusService.GetClusterDetails.
 func (s *Service) GetClusterDetails(ctx context.Context, _ *forestbusv1.GetClusterDetailsRequest) (*forestbusv1.GetClusterDetailsResponse, error) {
 	resp := &forestbusv1.GetClusterDetailsResponse{ClusterId: s.cfg.ClusterID, NodeName: s.cfg.NodeName}
-	for _, n := range s.cfg.Nodes {
-		resp.Nodes = append(resp.Nodes, &forestbusv1.Node{Name: n.Name, Address: n.Address})
+	for _, n := range s.Nodes() {
+		resp.Nodes = append(resp.Nodes, &forestbusv1.Node{Name: n.Name, Address: n.Address, Id: n.RaftID})
 	}
 	return resp, nil
 }

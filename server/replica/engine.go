@@ -156,7 +156,42 @@ func (e *Engine) Step(group string, m *raftpb.Message) {
 		return
 	}
 	g.inboxMu.Lock()
+	if g.closed {
+		g.inboxMu.Unlock()
+		return
+	}
 	g.inMsgs = append(g.inMsgs, m)
+	g.inboxMu.Unlock()
+	e.markBusy(g)
+}
+
+// ReportUnreachable tells the named group that a message to peer `to` could
+// not be delivered, so its leader probes instead of streaming to it.
+func (e *Engine) ReportUnreachable(group string, to uint64) {
+	e.report(group, peerReport{to: to, kind: reportUnreachable})
+}
+
+// ReportSnapshot tells the named group how sending a snapshot to peer `to`
+// ended. The transport must call it for every MsgSnap it was given.
+func (e *Engine) ReportSnapshot(group string, to uint64, failed bool) {
+	kind := reportSnapshotDone
+	if failed {
+		kind = reportSnapshotFailed
+	}
+	e.report(group, peerReport{to: to, kind: kind})
+}
+
+func (e *Engine) report(group string, r peerReport) {
+	g := e.Group(group)
+	if g == nil {
+		return
+	}
+	g.inboxMu.Lock()
+	if g.closed {
+		g.inboxMu.Unlock()
+		return
+	}
+	g.inReports = append(g.inReports, r)
 	g.inboxMu.Unlock()
 	e.markBusy(g)
 }
@@ -357,6 +392,7 @@ func (e *Engine) raftConfig(id uint64, log *commitlog.Log, applied uint64) *raft
 		CheckQuorum:               true,
 		PreVote:                   true,
 		DisableProposalForwarding: true,
+		StepDownOnRemoval:         true,
 		Logger:                    raftLogger{e.log},
 	}
 }

@@ -32,14 +32,23 @@ type GroupConfig struct {
 	// it when the group stops.
 	Log *commitlog.Log
 	// Peers are the initial voters, used only when Log is empty (a new
-	// group). Every node must bootstrap a group with the same peers.
-	Peers []uint64
+	// group). Every node that bootstraps a group must use the same peers. A
+	// new group without peers starts empty and waits for its leader to send
+	// it the log (a node joining an existing group).
+	Peers []raft.Peer
+	// Campaign makes a newly bootstrapped group campaign at once instead of
+	// waiting for an election timeout; set it on one node per group.
+	Campaign bool
 	// Apply, when set, makes this a command group: every committed
 	// KindCommand entry's payload is passed to it in log order, on the
 	// engine goroutine, and its error goes back to the proposer. AddGroup
 	// replays the committed prefix of the log through Apply before the group
 	// starts. Apply must be deterministic.
 	Apply func(index uint64, payload []byte) error
+	// ApplyConfChange, when set, sees every configuration change entry in
+	// log order as it is applied (and during the replay of a command group),
+	// with the configuration that results. Used to track membership.
+	ApplyConfChange func(index uint64, cc *raftpb.ConfChangeV2, cs *raftpb.ConfState)
 	// AfterReplay, when set, runs once Apply has replayed the log and before
 	// the group starts: nothing else is applied concurrently with it.
 	AfterReplay func() error
@@ -53,6 +62,19 @@ type Result struct {
 	FirstID uint64 // ID of the batch's first message
 	Count   uint32 // number of messages
 	Err     error
+}
+
+type reportKind uint8
+
+const (
+	reportUnreachable reportKind = iota
+	reportSnapshotDone
+	reportSnapshotFailed
+)
+
+type peerReport struct {
+	to   uint64
+	kind reportKind
 }
 
 type reply struct {
@@ -79,17 +101,20 @@ func (p *proposal) reply(r Result) {
 // Group is one raft group. Its raft state is owned by the engine goroutine;
 // the exported methods are safe for concurrent use.
 type Group struct {
-	name    string
-	e       *Engine
-	log     *commitlog.Log
-	rn      *raft.RawNode
-	apply   func(uint64, []byte) error
-	onClose func()
+	name      string
+	e         *Engine
+	log       *commitlog.Log
+	rn        *raft.RawNode
+	apply     func(uint64, []byte) error
+	applyConf func(uint64, *raftpb.ConfChangeV2, *raftpb.ConfState)
+	onClose   func()
 
 	// Queued work, guarded by inboxMu.
 	inboxMu    sync.Mutex
 	inProps    []*proposal
 	inMsgs     []*raftpb.Message
+	inReports  []peerReport
+	inOps      []func()
 	spareProps []*proposal
 	spareMsgs  []*raftpb.Message
 	closed     bool
@@ -115,6 +140,7 @@ type Group struct {
 	failed   atomic.Bool
 	removing atomic.Bool // set by RemoveGroup
 	queued   atomic.Bool // in the engine's busy list
+	conf     atomic.Pointer[raftpb.ConfState]
 
 	notifyMu sync.Mutex
 	notifyCh chan struct{} // closed when commit advances; nil when nobody waits
@@ -147,13 +173,14 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		commit = first - 1
 	}
 	g := &Group{
-		name:    gc.Name,
-		e:       e,
-		log:     gc.Log,
-		apply:   gc.Apply,
-		onClose: gc.OnClose,
-		waiters: make(map[uint64]*proposal),
-		stopped: make(chan struct{}),
+		name:      gc.Name,
+		e:         e,
+		log:       gc.Log,
+		apply:     gc.Apply,
+		applyConf: gc.ApplyConfChange,
+		onClose:   gc.OnClose,
+		waiters:   make(map[uint64]*proposal),
+		stopped:   make(chan struct{}),
 	}
 	if g.apply != nil && commit >= first {
 		if err := g.replay(first, commit); err != nil {
@@ -171,29 +198,30 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 	}
 	g.rn = rn
 	voters := cs.GetVoters()
-	if last == 0 {
-		if len(gc.Peers) == 0 {
-			return nil, fmt.Errorf("replica: group %q: new group needs peers", gc.Name)
-		}
-		peers := make([]raft.Peer, len(gc.Peers))
-		for i, id := range gc.Peers {
-			peers[i] = raft.Peer{ID: id}
-		}
-		if err := rn.Bootstrap(peers); err != nil {
+	if last == 0 && len(gc.Peers) > 0 {
+		if err := rn.Bootstrap(gc.Peers); err != nil {
 			return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)
 		}
-		voters = gc.Peers
+		voters = voters[:0]
+		for _, p := range gc.Peers {
+			voters = append(voters, p.ID)
+		}
 	}
-	if len(voters) == 1 && voters[0] == e.cfg.NodeID {
-		// Sole voter: no need to wait an election timeout. Raft refuses to
-		// campaign while the bootstrap configuration is unapplied, so a new
-		// group campaigns once it has applied it (see finish).
+	if (len(voters) == 1 && voters[0] == e.cfg.NodeID) || (gc.Campaign && last == 0 && len(gc.Peers) > 0) {
+		// Sole voter, or the node chosen to lead a new group: no need to wait
+		// an election timeout. Raft refuses to campaign while the bootstrap
+		// configuration is unapplied, so a new group campaigns once it has
+		// applied it (see finish).
 		if last == 0 {
 			g.campaignAt = uint64(len(gc.Peers))
 		} else {
 			_ = rn.Campaign()
 		}
 	}
+	if last == 0 && len(gc.Peers) > 0 {
+		cs = &raftpb.ConfState{Voters: voters}
+	}
+	g.conf.Store(cs)
 	if commit >= first {
 		ids, err := gc.Log.IDs(commit)
 		if err != nil {
@@ -220,11 +248,38 @@ func (g *Group) replay(lo, hi uint64) error {
 		for _, ent := range ents {
 			if payload, ok := commandPayload(ent); ok {
 				_ = g.apply(ent.GetIndex(), payload) // the proposer got this error already
+				continue
+			}
+			if g.applyConf != nil {
+				if cc, err := confChange(ent); err != nil {
+					return fmt.Errorf("replica: group %q: replay: %w", g.name, err)
+				} else if cc != nil {
+					g.applyConf(ent.GetIndex(), cc, nil)
+				}
 			}
 		}
 		lo = ents[len(ents)-1].GetIndex() + 1
 	}
 	return nil
+}
+
+// confChange decodes a configuration change entry (nil for other entries).
+func confChange(ent *raftpb.Entry) (*raftpb.ConfChangeV2, error) {
+	switch ent.GetType() {
+	case raftpb.EntryType_EntryConfChange:
+		var cc raftpb.ConfChange
+		if err := proto.Unmarshal(ent.Data, &cc); err != nil {
+			return nil, fmt.Errorf("conf change at %d: %w", ent.GetIndex(), err)
+		}
+		return cc.AsV2(), nil
+	case raftpb.EntryType_EntryConfChangeV2:
+		var cc raftpb.ConfChangeV2
+		if err := proto.Unmarshal(ent.Data, &cc); err != nil {
+			return nil, fmt.Errorf("conf change at %d: %w", ent.GetIndex(), err)
+		}
+		return &cc, nil
+	}
+	return nil, nil
 }
 
 func commandPayload(ent *raftpb.Entry) ([]byte, bool) {
@@ -278,6 +333,70 @@ func (g *Group) WaitLeader(ctx context.Context) error {
 		}
 	}
 }
+
+// do runs fn on the engine goroutine, where the raft state lives, and
+// waits for it.
+func (g *Group) do(ctx context.Context, fn func() error) error {
+	done := make(chan error, 1)
+	g.inboxMu.Lock()
+	if g.closed {
+		g.inboxMu.Unlock()
+		return ErrStopped
+	}
+	g.inOps = append(g.inOps, func() {
+		if g.fenced != nil {
+			done <- ErrStorageFailed
+			return
+		}
+		done <- fn()
+	})
+	g.inboxMu.Unlock()
+	g.e.markBusy(g)
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-g.stopped:
+		return ErrStopped
+	}
+}
+
+// ProposeConfChange proposes a configuration change. It returns once raft
+// took the proposal; the change is in force when it is applied (see
+// GroupConfig.ApplyConfChange and Status). Raft silently turns a change
+// proposed while another is pending into a no-op, so callers check the
+// outcome. Errors: ErrNotLeader, ErrNoLeader, ErrProposalDropped.
+func (g *Group) ProposeConfChange(ctx context.Context, cc *raftpb.ConfChangeV2) error {
+	if err := g.awaitLeader(ctx); err != nil {
+		return err
+	}
+	return g.do(ctx, func() error {
+		if !g.isLeader {
+			return g.checkLeader()
+		}
+		if err := g.rn.ProposeConfChange(cc); err != nil {
+			if errors.Is(err, raft.ErrProposalDropped) {
+				return ErrProposalDropped
+			}
+			return err
+		}
+		return nil
+	})
+}
+
+// Status is the group's raft status (with follower progress on a leader).
+func (g *Group) Status(ctx context.Context) (raft.Status, error) {
+	var st raft.Status
+	err := g.do(ctx, func() error {
+		st = g.rn.Status()
+		return nil
+	})
+	return st, err
+}
+
+// ConfState is the group's configuration as last applied on this node.
+func (g *Group) ConfState() *raftpb.ConfState { return g.conf.Load() }
 
 // Stopped is closed once the group has stopped.
 func (g *Group) Stopped() <-chan struct{} { return g.stopped }
@@ -468,9 +587,26 @@ func (g *Group) Details() Details {
 
 func (g *Group) drainInbox() {
 	g.inboxMu.Lock()
-	props, msgs := g.inProps, g.inMsgs
-	g.inProps, g.inMsgs = g.spareProps[:0], g.spareMsgs[:0]
+	props, msgs, reports, ops := g.inProps, g.inMsgs, g.inReports, g.inOps
+	g.inProps, g.inMsgs, g.inReports, g.inOps = g.spareProps[:0], g.spareMsgs[:0], nil, nil
 	g.inboxMu.Unlock()
+
+	for _, op := range ops {
+		op()
+	}
+
+	if g.fenced == nil {
+		for _, r := range reports {
+			switch r.kind {
+			case reportUnreachable:
+				g.rn.ReportUnreachable(r.to)
+			case reportSnapshotDone:
+				g.rn.ReportSnapshot(r.to, raft.SnapshotFinish)
+			case reportSnapshotFailed:
+				g.rn.ReportSnapshot(r.to, raft.SnapshotFailure)
+			}
+		}
+	}
 
 	for i, m := range msgs {
 		if g.fenced == nil {
@@ -647,6 +783,9 @@ func (g *Group) finish() {
 
 func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
 	idx := snap.GetMetadata().GetIndex()
+	if cs := snap.GetMetadata().GetConfState(); cs != nil {
+		g.conf.Store(cs)
+	}
 	g.applied.Store(idx)
 	g.commitID.Store(g.log.FirstID() - 1)
 	g.notifyCommit()
@@ -655,21 +794,18 @@ func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
 func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 	for _, ent := range ents {
 		switch ent.GetType() {
-		case raftpb.EntryType_EntryConfChange:
-			var cc raftpb.ConfChange
-			if err := proto.Unmarshal(ent.Data, &cc); err != nil {
-				return fmt.Errorf("replica: group %q: conf change at %d: %w", g.name, ent.GetIndex(), err)
+		case raftpb.EntryType_EntryConfChange, raftpb.EntryType_EntryConfChangeV2:
+			cc, err := confChange(ent)
+			if err != nil {
+				return fmt.Errorf("replica: group %q: %w", g.name, err)
 			}
-			if err := g.log.SetConfState(g.rn.ApplyConfChange(&cc)); err != nil {
+			cs := g.rn.ApplyConfChange(cc)
+			if err := g.log.SetConfState(cs); err != nil {
 				return err
 			}
-		case raftpb.EntryType_EntryConfChangeV2:
-			var cc raftpb.ConfChangeV2
-			if err := proto.Unmarshal(ent.Data, &cc); err != nil {
-				return fmt.Errorf("replica: group %q: conf change at %d: %w", g.name, ent.GetIndex(), err)
-			}
-			if err := g.log.SetConfState(g.rn.ApplyConfChange(&cc)); err != nil {
-				return err
+			g.conf.Store(cs)
+			if g.applyConf != nil {
+				g.applyConf(ent.GetIndex(), cc, cs)
 			}
 		default:
 			var applyErr error
@@ -714,6 +850,7 @@ func (g *Group) close(err error) {
 	g.closed = true
 	props := g.inProps
 	g.inProps = nil
+	g.inOps = nil // their callers wait on g.stopped
 	g.inboxMu.Unlock()
 	for _, p := range props {
 		p.reply(Result{Err: err})

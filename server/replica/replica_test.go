@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3"
 
 	"github.com/forestbus/forestbus/server/commitlog"
 )
@@ -29,7 +30,7 @@ func openGroup(t *testing.T, e *Engine, dir, name string) *Group {
 	t.Helper()
 	l, err := commitlog.Open(dir, commitlog.Options{SegmentBytes: 4096})
 	require.NoError(t, err)
-	g, err := e.AddGroup(GroupConfig{Name: name, Log: l, Peers: []uint64{1}})
+	g, err := e.AddGroup(GroupConfig{Name: name, Log: l, Peers: []raft.Peer{{ID: 1}}})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -153,7 +154,7 @@ func TestRemoveGroupReleasesCallers(t *testing.T) {
 	closed := make(chan struct{})
 	l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
 	require.NoError(t, err)
-	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []uint64{1}, OnClose: func() { close(closed) }})
+	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}}, OnClose: func() { close(closed) }})
 	require.NoError(t, err)
 	require.NoError(t, g.WaitLeader(ctx10(t)))
 
@@ -187,7 +188,7 @@ func TestReopenKeepsIDsAndCommit(t *testing.T) {
 	e2 := newEngine(t)
 	l, err := commitlog.Open(dir, commitlog.Options{SegmentBytes: 4096})
 	require.NoError(t, err)
-	g2, err := e2.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []uint64{1}})
+	g2, err := e2.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}}})
 	require.NoError(t, err)
 	assert.Equal(t, uint64(60), g2.CommitID(), "commit point known at once")
 	require.NoError(t, g2.WaitLeader(ctx10(t)))
@@ -212,7 +213,7 @@ func TestCommandGroupAppliesAndReplays(t *testing.T) {
 	e := newEngine(t)
 	l, err := commitlog.Open(dir, commitlog.Options{})
 	require.NoError(t, err)
-	g, err := e.AddGroup(GroupConfig{Name: "", Log: l, Peers: []uint64{1}, Apply: apply})
+	g, err := e.AddGroup(GroupConfig{Name: "", Log: l, Peers: []raft.Peer{{ID: 1}}, Apply: apply})
 	require.NoError(t, err)
 	require.NoError(t, g.WaitLeader(ctx10(t)))
 	require.NoError(t, g.ProposeCommand(ctx10(t), []byte("one")))
@@ -226,7 +227,7 @@ func TestCommandGroupAppliesAndReplays(t *testing.T) {
 	e2 := newEngine(t)
 	l2, err := commitlog.Open(dir, commitlog.Options{})
 	require.NoError(t, err)
-	_, err = e2.AddGroup(GroupConfig{Name: "", Log: l2, Peers: []uint64{1}, Apply: apply})
+	_, err = e2.AddGroup(GroupConfig{Name: "", Log: l2, Peers: []raft.Peer{{ID: 1}}, Apply: apply})
 	require.NoError(t, err)
 	mu.Lock()
 	defer mu.Unlock()
@@ -262,7 +263,7 @@ func TestRemoveThenStopClosesGroup(t *testing.T) {
 		closed := make(chan struct{})
 		l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
 		require.NoError(t, err)
-		g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []uint64{1}, OnClose: func() { close(closed) }})
+		g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}}, OnClose: func() { close(closed) }})
 		require.NoError(t, err)
 		e.RemoveGroup("t")
 		e.Stop()

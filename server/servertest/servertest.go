@@ -4,8 +4,11 @@ package servertest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,7 +57,11 @@ func StartNode(t testing.TB, opts ...Option) *Node {
 	}
 	n := &Node{t: t, Cfg: cfg}
 	n.start()
-	t.Cleanup(func() { _ = n.Server.Stop() })
+	t.Cleanup(func() {
+		if n.Server != nil {
+			_ = n.Server.Stop()
+		}
+	})
 	return n
 }
 
@@ -66,6 +73,22 @@ func (n *Node) start() {
 	require.NoError(n.t, err)
 	n.Server = s
 	n.Cfg.ListenAddr = s.Addr() // keep the port across restarts
+	n.Cfg.Listener = nil
+}
+
+// Stop stops the node; Start starts it again on the same address and data.
+func (n *Node) Stop() {
+	n.t.Helper()
+	if n.Server != nil {
+		require.NoError(n.t, n.Server.Stop())
+		n.Server = nil
+	}
+}
+
+// Start starts a stopped node again.
+func (n *Node) Start() {
+	n.t.Helper()
+	n.start()
 }
 
 // Restart stops the node cleanly and starts it again on the same data
@@ -74,4 +97,86 @@ func (n *Node) Restart() {
 	n.t.Helper()
 	require.NoError(n.t, n.Server.Stop())
 	n.start()
+}
+
+// Cluster is a set of in-process nodes forming one cluster over loopback
+// gRPC.
+type Cluster struct {
+	t     testing.TB
+	Nodes []*Node
+}
+
+// NewCluster starts n nodes as one cluster "test" with topic "default" and
+// stops them when the test ends. It returns once every node serves; the
+// default topic appears once the cluster elects leaders (see WaitTopic).
+func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
+	t.Helper()
+	lis := make([]net.Listener, n)
+	var members []string
+	for i := range lis {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		lis[i] = l
+		members = append(members, fmt.Sprintf("n%d=%s", i+1, l.Addr()))
+	}
+	c := &Cluster{t: t}
+	for i := range lis {
+		cfg := server.Config{
+			Listener:       lis[i],
+			ListenAddr:     lis[i].Addr().String(),
+			DataDir:        t.TempDir(),
+			ClusterID:      "test",
+			NodeName:       fmt.Sprintf("n%d", i+1),
+			InitialCluster: strings.Join(members, ","),
+			DefaultTopic:   "default",
+			TickInterval:   20 * time.Millisecond,
+			Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+		}
+		for _, o := range opts {
+			o(&cfg)
+		}
+		node := &Node{t: t, Cfg: cfg}
+		node.start()
+		t.Cleanup(func() {
+			if node.Server != nil {
+				_ = node.Server.Stop()
+			}
+		})
+		c.Nodes = append(c.Nodes, node)
+	}
+	return c
+}
+
+// Addrs lists the nodes' addresses.
+func (c *Cluster) Addrs() []string {
+	out := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		out[i] = n.Cfg.ListenAddr
+	}
+	return out
+}
+
+// WaitTopic waits until every running node serves the topic and knows its
+// leader.
+func (c *Cluster) WaitTopic(name string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, n := range c.Nodes {
+		if n.Server == nil {
+			continue
+		}
+		for {
+			tp, err := n.Registry().Get(name)
+			if err == nil {
+				require.NoError(c.t, tp.Group.WaitLeader(ctx))
+				break
+			}
+			select {
+			case <-ctx.Done():
+				c.t.Fatalf("node %s: topic %q never appeared", n.Cfg.NodeName, name)
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
 }

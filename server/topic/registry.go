@@ -13,6 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
 	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/replica"
 )
@@ -75,7 +78,9 @@ type Topic struct {
 	Settings Settings
 	Group    *replica.Group
 
-	dir string
+	dir     string   // directory and raft group name: NAME.INDEX
+	voters  []uint64 // metadata voters when it was created: its initial peers
+	created uint64   // metadata index of its create command
 }
 
 // Config configures a Registry.
@@ -84,13 +89,28 @@ type Config struct {
 	Dir string
 	// Engine runs the groups.
 	Engine *replica.Engine
-	// Peers are the raft IDs of the cluster's voters, used to bootstrap new
-	// groups.
-	Peers []uint64
+	// NodeID is this node's raft ID.
+	NodeID uint64
+	// Members are the cluster's initial members, used to bootstrap the
+	// metadata group of a new cluster (every initial member passes the same
+	// list). Empty for a node that joins an existing cluster: it learns the
+	// members from the metadata log.
+	Members []Member
+	// OnMembers, when set, is called with the member list whenever it
+	// changes (on the engine goroutine; it must not block).
+	OnMembers func([]Member)
 	// Log holds the defaults for every topic's log (SegmentBytes, NoSync).
 	Log commitlog.Options
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+}
+
+// Member is a node of the cluster, as recorded in the context of the
+// metadata group's configuration changes.
+type Member struct {
+	ID      uint64 `json:"id"`
+	Name    string `json:"name"`
+	Address string `json:"address"`
 }
 
 // Registry maps topic names to their groups. Safe for concurrent use.
@@ -101,6 +121,9 @@ type Registry struct {
 
 	mu        sync.RWMutex
 	topics    map[string]*Topic
+	members   map[uint64]Member
+	voters    []uint64 // metadata group voters, sorted
+	maxID     uint64   // highest raft ID ever added: IDs are never reused
 	replaying bool
 }
 
@@ -119,7 +142,7 @@ func Open(cfg Config) (*Registry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic)}
+	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member)}
 	for _, d := range []string{"topics", "removed"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o755); err != nil {
 			return nil, err
@@ -132,8 +155,17 @@ func Open(cfg Config) (*Registry, error) {
 		return nil, fmt.Errorf("topic: opening metadata log: %w", err)
 	}
 	r.replaying = true
+	var peers []raft.Peer
+	for _, m := range cfg.Members {
+		ctx, err := json.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		peers = append(peers, raft.Peer{ID: m.ID, Context: ctx})
+	}
 	meta, err := cfg.Engine.AddGroup(replica.GroupConfig{
-		Name: metaGroup, Log: metaLog, Peers: cfg.Peers, Apply: r.apply,
+		Name: metaGroup, Log: metaLog, Peers: peers, Apply: r.apply,
+		ApplyConfChange: r.applyConfChange,
 		// Start the replayed topics before the metadata group runs, so no
 		// live command is applied while they start.
 		AfterReplay: func() error {
@@ -232,18 +264,20 @@ func (r *Registry) Remove(ctx context.Context, name string) error {
 	return r.propose(ctx, command{Op: "remove", Name: name})
 }
 
-// Ensure creates the topic unless it exists, retrying while the metadata
-// group elects a leader, until ctx ends.
+// Ensure creates the topic unless it exists, until ctx ends. Every member
+// of a cluster may call it: the metadata leader creates the topic, the
+// others wait to apply the creation.
 func (r *Registry) Ensure(ctx context.Context, name string, s Settings) error {
 	for {
 		if t, err := r.Get(name); err == nil {
 			return t.Group.WaitLeader(ctx)
 		}
 		err := r.Create(ctx, name, s)
-		if err == nil || errors.Is(err, ErrExists) {
-			return nil
+		if err == nil {
+			continue // applied here: Get decides
 		}
-		if !errors.Is(err, replica.ErrNoLeader) && !errors.Is(err, replica.ErrLeadershipLost) {
+		if !errors.Is(err, ErrExists) && !errors.Is(err, replica.ErrNoLeader) && !errors.Is(err, replica.ErrLeadershipLost) &&
+			!errors.Is(err, replica.ErrNotLeader) && !errors.Is(err, replica.ErrProposalDropped) {
 			return err
 		}
 		select {
@@ -278,7 +312,7 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 		if t != nil {
 			return fmt.Errorf("%w: %q", ErrExists, c.Name)
 		}
-		t = &Topic{Name: c.Name, Settings: c.Settings, dir: fmt.Sprintf("%s.%d", c.Name, index)}
+		t = &Topic{Name: c.Name, Settings: c.Settings, dir: fmt.Sprintf("%s.%d", c.Name, index), voters: slices.Clone(r.voters), created: index}
 		r.topics[c.Name] = t
 		if !r.replaying {
 			if err := r.startLocked(t); err != nil {
@@ -304,12 +338,65 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 			r.moveAside(t)
 			return nil
 		}
-		r.cfg.Engine.RemoveGroup(c.Name)
+		r.cfg.Engine.RemoveGroup(t.dir)
 		r.log.Info("topic removed", "topic", c.Name)
 	default:
 		return fmt.Errorf("topic: unknown command %q at %d", c.Op, index)
 	}
 	return nil
+}
+
+// applyConfChange tracks the cluster's members from the metadata group's
+// configuration changes, whose context holds the Member.
+func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raftpb.ConfState) {
+	r.mu.Lock()
+	for _, ch := range cc.GetChanges() {
+		id := ch.GetNodeId()
+		switch ch.GetType() {
+		case raftpb.ConfChangeType_ConfChangeAddNode, raftpb.ConfChangeType_ConfChangeAddLearnerNode:
+			m := Member{ID: id}
+			if len(cc.GetContext()) > 0 {
+				if err := json.Unmarshal(cc.GetContext(), &m); err != nil {
+					r.log.Error("metadata: undecodable member context", "index", index, "err", err)
+				}
+				m.ID = id
+			}
+			if old, ok := r.members[id]; ok && m.Address == "" {
+				m = old
+			}
+			r.members[id] = m
+			r.maxID = max(r.maxID, id)
+			if ch.GetType() == raftpb.ConfChangeType_ConfChangeAddNode && !slices.Contains(r.voters, id) {
+				r.voters = append(r.voters, id)
+				slices.Sort(r.voters)
+			}
+		case raftpb.ConfChangeType_ConfChangeRemoveNode:
+			r.maxID = max(r.maxID, id)
+			delete(r.members, id)
+			r.voters = slices.DeleteFunc(r.voters, func(v uint64) bool { return v == id })
+		}
+	}
+	members := r.membersLocked()
+	r.mu.Unlock()
+	if r.cfg.OnMembers != nil {
+		r.cfg.OnMembers(members)
+	}
+}
+
+func (r *Registry) membersLocked() []Member {
+	out := make([]Member, 0, len(r.members))
+	for _, m := range r.members {
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return int(a.ID) - int(b.ID) })
+	return out
+}
+
+// Members returns the cluster's members, sorted by ID.
+func (r *Registry) Members() []Member {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.membersLocked()
 }
 
 func (r *Registry) startLocked(t *Topic) error {
@@ -329,11 +416,22 @@ func (r *Registry) startLocked(t *Topic) error {
 	if err != nil {
 		return fmt.Errorf("topic %q: %w", t.Name, err)
 	}
+	// Nodes that were voters when the topic was created bootstrap its group
+	// alike; a node that joined later starts it empty and is sent the log.
+	var peers []raft.Peer
+	if slices.Contains(t.voters, r.cfg.NodeID) {
+		for _, id := range t.voters {
+			peers = append(peers, raft.Peer{ID: id})
+		}
+	}
+	// Spread leaders: the voter chosen by the create index campaigns first.
+	campaign := len(t.voters) > 0 && t.voters[t.created%uint64(len(t.voters))] == r.cfg.NodeID
 	g, err := r.cfg.Engine.AddGroup(replica.GroupConfig{
-		Name:    t.Name,
-		Log:     l,
-		Peers:   r.cfg.Peers,
-		OnClose: func() { r.closed(t) },
+		Name:     t.dir,
+		Log:      l,
+		Peers:    peers,
+		Campaign: campaign,
+		OnClose:  func() { r.closed(t) },
 	})
 	if err != nil {
 		_ = l.Close()

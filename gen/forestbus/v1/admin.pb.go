@@ -21,6 +21,199 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AddNodeRequest names the node to add.
+type AddNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's stable name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Address other nodes and clients dial: host:port.
+	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddNodeRequest) Reset() {
+	*x = AddNodeRequest{}
+	mi := &file_forestbus_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddNodeRequest) ProtoMessage() {}
+
+func (x *AddNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddNodeRequest.ProtoReflect.Descriptor instead.
+func (*AddNodeRequest) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AddNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddNodeRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+// AddNodeResponse describes the added node and the cluster.
+type AddNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new node, with its raft ID.
+	Node *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Every member, the new one included.
+	Nodes         []*Node `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddNodeResponse) Reset() {
+	*x = AddNodeResponse{}
+	mi := &file_forestbus_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddNodeResponse) ProtoMessage() {}
+
+func (x *AddNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddNodeResponse.ProtoReflect.Descriptor instead.
+func (*AddNodeResponse) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AddNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *AddNodeResponse) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// RemoveNodeRequest names the node to remove.
+type RemoveNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_forestbus_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RemoveNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RemoveNodeResponse has no fields.
+type RemoveNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_forestbus_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
 // TopicSettings are a topic's storage settings. A zero field means the
 // node's default.
 type TopicSettings struct {
@@ -40,7 +233,7 @@ type TopicSettings struct {
 
 func (x *TopicSettings) Reset() {
 	*x = TopicSettings{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[0]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -52,7 +245,7 @@ func (x *TopicSettings) String() string {
 func (*TopicSettings) ProtoMessage() {}
 
 func (x *TopicSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[0]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -65,7 +258,7 @@ func (x *TopicSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopicSettings.ProtoReflect.Descriptor instead.
 func (*TopicSettings) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TopicSettings) GetSegmentBytes() int64 {
@@ -102,7 +295,7 @@ type Topic struct {
 
 func (x *Topic) Reset() {
 	*x = Topic{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[1]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -114,7 +307,7 @@ func (x *Topic) String() string {
 func (*Topic) ProtoMessage() {}
 
 func (x *Topic) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[1]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -127,7 +320,7 @@ func (x *Topic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Topic.ProtoReflect.Descriptor instead.
 func (*Topic) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Topic) GetName() string {
@@ -157,7 +350,7 @@ type CreateTopicRequest struct {
 
 func (x *CreateTopicRequest) Reset() {
 	*x = CreateTopicRequest{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[2]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -169,7 +362,7 @@ func (x *CreateTopicRequest) String() string {
 func (*CreateTopicRequest) ProtoMessage() {}
 
 func (x *CreateTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[2]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -182,7 +375,7 @@ func (x *CreateTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTopicRequest.ProtoReflect.Descriptor instead.
 func (*CreateTopicRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateTopicRequest) GetName() string {
@@ -210,7 +403,7 @@ type CreateTopicResponse struct {
 
 func (x *CreateTopicResponse) Reset() {
 	*x = CreateTopicResponse{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[3]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +415,7 @@ func (x *CreateTopicResponse) String() string {
 func (*CreateTopicResponse) ProtoMessage() {}
 
 func (x *CreateTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[3]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +428,7 @@ func (x *CreateTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTopicResponse.ProtoReflect.Descriptor instead.
 func (*CreateTopicResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateTopicResponse) GetTopic() *Topic {
@@ -258,7 +451,7 @@ type UpdateTopicRequest struct {
 
 func (x *UpdateTopicRequest) Reset() {
 	*x = UpdateTopicRequest{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[4]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +463,7 @@ func (x *UpdateTopicRequest) String() string {
 func (*UpdateTopicRequest) ProtoMessage() {}
 
 func (x *UpdateTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[4]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +476,7 @@ func (x *UpdateTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTopicRequest.ProtoReflect.Descriptor instead.
 func (*UpdateTopicRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UpdateTopicRequest) GetName() string {
@@ -311,7 +504,7 @@ type UpdateTopicResponse struct {
 
 func (x *UpdateTopicResponse) Reset() {
 	*x = UpdateTopicResponse{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[5]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +516,7 @@ func (x *UpdateTopicResponse) String() string {
 func (*UpdateTopicResponse) ProtoMessage() {}
 
 func (x *UpdateTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[5]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +529,7 @@ func (x *UpdateTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateTopicResponse.ProtoReflect.Descriptor instead.
 func (*UpdateTopicResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpdateTopicResponse) GetTopic() *Topic {
@@ -357,7 +550,7 @@ type RemoveTopicRequest struct {
 
 func (x *RemoveTopicRequest) Reset() {
 	*x = RemoveTopicRequest{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[6]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +562,7 @@ func (x *RemoveTopicRequest) String() string {
 func (*RemoveTopicRequest) ProtoMessage() {}
 
 func (x *RemoveTopicRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[6]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +575,7 @@ func (x *RemoveTopicRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTopicRequest.ProtoReflect.Descriptor instead.
 func (*RemoveTopicRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveTopicRequest) GetName() string {
@@ -401,7 +594,7 @@ type RemoveTopicResponse struct {
 
 func (x *RemoveTopicResponse) Reset() {
 	*x = RemoveTopicResponse{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[7]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +606,7 @@ func (x *RemoveTopicResponse) String() string {
 func (*RemoveTopicResponse) ProtoMessage() {}
 
 func (x *RemoveTopicResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[7]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +619,7 @@ func (x *RemoveTopicResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTopicResponse.ProtoReflect.Descriptor instead.
 func (*RemoveTopicResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 // ListTopicsRequest has no fields.
@@ -438,7 +631,7 @@ type ListTopicsRequest struct {
 
 func (x *ListTopicsRequest) Reset() {
 	*x = ListTopicsRequest{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[8]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +643,7 @@ func (x *ListTopicsRequest) String() string {
 func (*ListTopicsRequest) ProtoMessage() {}
 
 func (x *ListTopicsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[8]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +656,7 @@ func (x *ListTopicsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTopicsRequest.ProtoReflect.Descriptor instead.
 func (*ListTopicsRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 // ListTopicsResponse lists topics, sorted by name.
@@ -477,7 +670,7 @@ type ListTopicsResponse struct {
 
 func (x *ListTopicsResponse) Reset() {
 	*x = ListTopicsResponse{}
-	mi := &file_forestbus_v1_admin_proto_msgTypes[9]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +682,7 @@ func (x *ListTopicsResponse) String() string {
 func (*ListTopicsResponse) ProtoMessage() {}
 
 func (x *ListTopicsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_admin_proto_msgTypes[9]
+	mi := &file_forestbus_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +695,7 @@ func (x *ListTopicsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTopicsResponse.ProtoReflect.Descriptor instead.
 func (*ListTopicsResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_forestbus_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListTopicsResponse) GetTopics() []*Topic {
@@ -516,7 +709,16 @@ var File_forestbus_v1_admin_proto protoreflect.FileDescriptor
 
 const file_forestbus_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18forestbus/v1/admin.proto\x12\fforestbus.v1\"\x8a\x01\n" +
+	"\x18forestbus/v1/admin.proto\x12\fforestbus.v1\x1a\x1cforestbus/v1/forestbus.proto\">\n" +
+	"\x0eAddNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"c\n" +
+	"\x0fAddNodeResponse\x12&\n" +
+	"\x04node\x18\x01 \x01(\v2\x12.forestbus.v1.NodeR\x04node\x12(\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x12.forestbus.v1.NodeR\x05nodes\"'\n" +
+	"\x11RemoveNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12RemoveNodeResponse\"\x8a\x01\n" +
 	"\rTopicSettings\x12#\n" +
 	"\rsegment_bytes\x18\x01 \x01(\x03R\fsegmentBytes\x12+\n" +
 	"\x11retention_seconds\x18\x02 \x01(\x03R\x10retentionSeconds\x12'\n" +
@@ -539,13 +741,16 @@ const file_forestbus_v1_admin_proto_rawDesc = "" +
 	"\x13RemoveTopicResponse\"\x13\n" +
 	"\x11ListTopicsRequest\"A\n" +
 	"\x12ListTopicsResponse\x12+\n" +
-	"\x06topics\x18\x01 \x03(\v2\x13.forestbus.v1.TopicR\x06topics2\xdb\x02\n" +
+	"\x06topics\x18\x01 \x03(\v2\x13.forestbus.v1.TopicR\x06topics2\xf4\x03\n" +
 	"\fAdminService\x12R\n" +
 	"\vCreateTopic\x12 .forestbus.v1.CreateTopicRequest\x1a!.forestbus.v1.CreateTopicResponse\x12R\n" +
 	"\vUpdateTopic\x12 .forestbus.v1.UpdateTopicRequest\x1a!.forestbus.v1.UpdateTopicResponse\x12R\n" +
 	"\vRemoveTopic\x12 .forestbus.v1.RemoveTopicRequest\x1a!.forestbus.v1.RemoveTopicResponse\x12O\n" +
 	"\n" +
-	"ListTopics\x12\x1f.forestbus.v1.ListTopicsRequest\x1a .forestbus.v1.ListTopicsResponseB\xac\x01\n" +
+	"ListTopics\x12\x1f.forestbus.v1.ListTopicsRequest\x1a .forestbus.v1.ListTopicsResponse\x12F\n" +
+	"\aAddNode\x12\x1c.forestbus.v1.AddNodeRequest\x1a\x1d.forestbus.v1.AddNodeResponse\x12O\n" +
+	"\n" +
+	"RemoveNode\x12\x1f.forestbus.v1.RemoveNodeRequest\x1a .forestbus.v1.RemoveNodeResponseB\xac\x01\n" +
 	"\x10com.forestbus.v1B\n" +
 	"AdminProtoP\x01Z;github.com/forestbus/forestbus/gen/forestbus/v1;forestbusv1\xa2\x02\x03FXX\xaa\x02\fForestbus.V1\xca\x02\fForestbus\\V1\xe2\x02\x18Forestbus\\V1\\GPBMetadata\xea\x02\rForestbus::V1b\x06proto3"
 
@@ -561,39 +766,50 @@ func file_forestbus_v1_admin_proto_rawDescGZIP() []byte {
 	return file_forestbus_v1_admin_proto_rawDescData
 }
 
-var file_forestbus_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_forestbus_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_forestbus_v1_admin_proto_goTypes = []any{
-	(*TopicSettings)(nil),       // 0: forestbus.v1.TopicSettings
-	(*Topic)(nil),               // 1: forestbus.v1.Topic
-	(*CreateTopicRequest)(nil),  // 2: forestbus.v1.CreateTopicRequest
-	(*CreateTopicResponse)(nil), // 3: forestbus.v1.CreateTopicResponse
-	(*UpdateTopicRequest)(nil),  // 4: forestbus.v1.UpdateTopicRequest
-	(*UpdateTopicResponse)(nil), // 5: forestbus.v1.UpdateTopicResponse
-	(*RemoveTopicRequest)(nil),  // 6: forestbus.v1.RemoveTopicRequest
-	(*RemoveTopicResponse)(nil), // 7: forestbus.v1.RemoveTopicResponse
-	(*ListTopicsRequest)(nil),   // 8: forestbus.v1.ListTopicsRequest
-	(*ListTopicsResponse)(nil),  // 9: forestbus.v1.ListTopicsResponse
+	(*AddNodeRequest)(nil),      // 0: forestbus.v1.AddNodeRequest
+	(*AddNodeResponse)(nil),     // 1: forestbus.v1.AddNodeResponse
+	(*RemoveNodeRequest)(nil),   // 2: forestbus.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),  // 3: forestbus.v1.RemoveNodeResponse
+	(*TopicSettings)(nil),       // 4: forestbus.v1.TopicSettings
+	(*Topic)(nil),               // 5: forestbus.v1.Topic
+	(*CreateTopicRequest)(nil),  // 6: forestbus.v1.CreateTopicRequest
+	(*CreateTopicResponse)(nil), // 7: forestbus.v1.CreateTopicResponse
+	(*UpdateTopicRequest)(nil),  // 8: forestbus.v1.UpdateTopicRequest
+	(*UpdateTopicResponse)(nil), // 9: forestbus.v1.UpdateTopicResponse
+	(*RemoveTopicRequest)(nil),  // 10: forestbus.v1.RemoveTopicRequest
+	(*RemoveTopicResponse)(nil), // 11: forestbus.v1.RemoveTopicResponse
+	(*ListTopicsRequest)(nil),   // 12: forestbus.v1.ListTopicsRequest
+	(*ListTopicsResponse)(nil),  // 13: forestbus.v1.ListTopicsResponse
+	(*Node)(nil),                // 14: forestbus.v1.Node
 }
 var file_forestbus_v1_admin_proto_depIdxs = []int32{
-	0,  // 0: forestbus.v1.Topic.settings:type_name -> forestbus.v1.TopicSettings
-	0,  // 1: forestbus.v1.CreateTopicRequest.settings:type_name -> forestbus.v1.TopicSettings
-	1,  // 2: forestbus.v1.CreateTopicResponse.topic:type_name -> forestbus.v1.Topic
-	0,  // 3: forestbus.v1.UpdateTopicRequest.settings:type_name -> forestbus.v1.TopicSettings
-	1,  // 4: forestbus.v1.UpdateTopicResponse.topic:type_name -> forestbus.v1.Topic
-	1,  // 5: forestbus.v1.ListTopicsResponse.topics:type_name -> forestbus.v1.Topic
-	2,  // 6: forestbus.v1.AdminService.CreateTopic:input_type -> forestbus.v1.CreateTopicRequest
-	4,  // 7: forestbus.v1.AdminService.UpdateTopic:input_type -> forestbus.v1.UpdateTopicRequest
-	6,  // 8: forestbus.v1.AdminService.RemoveTopic:input_type -> forestbus.v1.RemoveTopicRequest
-	8,  // 9: forestbus.v1.AdminService.ListTopics:input_type -> forestbus.v1.ListTopicsRequest
-	3,  // 10: forestbus.v1.AdminService.CreateTopic:output_type -> forestbus.v1.CreateTopicResponse
-	5,  // 11: forestbus.v1.AdminService.UpdateTopic:output_type -> forestbus.v1.UpdateTopicResponse
-	7,  // 12: forestbus.v1.AdminService.RemoveTopic:output_type -> forestbus.v1.RemoveTopicResponse
-	9,  // 13: forestbus.v1.AdminService.ListTopics:output_type -> forestbus.v1.ListTopicsResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 0: forestbus.v1.AddNodeResponse.node:type_name -> forestbus.v1.Node
+	14, // 1: forestbus.v1.AddNodeResponse.nodes:type_name -> forestbus.v1.Node
+	4,  // 2: forestbus.v1.Topic.settings:type_name -> forestbus.v1.TopicSettings
+	4,  // 3: forestbus.v1.CreateTopicRequest.settings:type_name -> forestbus.v1.TopicSettings
+	5,  // 4: forestbus.v1.CreateTopicResponse.topic:type_name -> forestbus.v1.Topic
+	4,  // 5: forestbus.v1.UpdateTopicRequest.settings:type_name -> forestbus.v1.TopicSettings
+	5,  // 6: forestbus.v1.UpdateTopicResponse.topic:type_name -> forestbus.v1.Topic
+	5,  // 7: forestbus.v1.ListTopicsResponse.topics:type_name -> forestbus.v1.Topic
+	6,  // 8: forestbus.v1.AdminService.CreateTopic:input_type -> forestbus.v1.CreateTopicRequest
+	8,  // 9: forestbus.v1.AdminService.UpdateTopic:input_type -> forestbus.v1.UpdateTopicRequest
+	10, // 10: forestbus.v1.AdminService.RemoveTopic:input_type -> forestbus.v1.RemoveTopicRequest
+	12, // 11: forestbus.v1.AdminService.ListTopics:input_type -> forestbus.v1.ListTopicsRequest
+	0,  // 12: forestbus.v1.AdminService.AddNode:input_type -> forestbus.v1.AddNodeRequest
+	2,  // 13: forestbus.v1.AdminService.RemoveNode:input_type -> forestbus.v1.RemoveNodeRequest
+	7,  // 14: forestbus.v1.AdminService.CreateTopic:output_type -> forestbus.v1.CreateTopicResponse
+	9,  // 15: forestbus.v1.AdminService.UpdateTopic:output_type -> forestbus.v1.UpdateTopicResponse
+	11, // 16: forestbus.v1.AdminService.RemoveTopic:output_type -> forestbus.v1.RemoveTopicResponse
+	13, // 17: forestbus.v1.AdminService.ListTopics:output_type -> forestbus.v1.ListTopicsResponse
+	1,  // 18: forestbus.v1.AdminService.AddNode:output_type -> forestbus.v1.AddNodeResponse
+	3,  // 19: forestbus.v1.AdminService.RemoveNode:output_type -> forestbus.v1.RemoveNodeResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_forestbus_v1_admin_proto_init() }
@@ -601,13 +817,14 @@ func file_forestbus_v1_admin_proto_init() {
 	if File_forestbus_v1_admin_proto != nil {
 		return
 	}
+	file_forestbus_v1_forestbus_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forestbus_v1_admin_proto_rawDesc), len(file_forestbus_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

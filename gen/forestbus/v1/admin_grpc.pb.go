@@ -23,6 +23,8 @@ const (
 	AdminService_UpdateTopic_FullMethodName = "/forestbus.v1.AdminService/UpdateTopic"
 	AdminService_RemoveTopic_FullMethodName = "/forestbus.v1.AdminService/RemoveTopic"
 	AdminService_ListTopics_FullMethodName  = "/forestbus.v1.AdminService/ListTopics"
+	AdminService_AddNode_FullMethodName     = "/forestbus.v1.AdminService/AddNode"
+	AdminService_RemoveNode_FullMethodName  = "/forestbus.v1.AdminService/RemoveNode"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -46,6 +48,19 @@ type AdminServiceClient interface {
 	RemoveTopic(ctx context.Context, in *RemoveTopicRequest, opts ...grpc.CallOption) (*RemoveTopicResponse, error)
 	// ListTopics lists every topic with its settings.
 	ListTopics(ctx context.Context, in *ListTopicsRequest, opts ...grpc.CallOption) (*ListTopicsResponse, error)
+	// AddNode adds a node to the cluster. It joins as a non-voting learner in
+	// the metadata group and in every topic group, and is promoted to voter
+	// in each group once it has caught up. Start the new node with
+	// `fbnode -join ADDRESS_OF_A_MEMBER -name NAME`: it calls AddNode itself.
+	//
+	// Errors: ALREADY_EXISTS/NODE_EXISTS (name taken by another address),
+	// INVALID_ARGUMENT/INVALID_ARGUMENT.
+	AddNode(ctx context.Context, in *AddNodeRequest, opts ...grpc.CallOption) (*AddNodeResponse, error)
+	// RemoveNode removes a node from the cluster and from every topic group.
+	// Its raft ID is never reused.
+	//
+	// Errors: NOT_FOUND/NODE_NOT_FOUND.
+	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 }
 
 type adminServiceClient struct {
@@ -96,6 +111,26 @@ func (c *adminServiceClient) ListTopics(ctx context.Context, in *ListTopicsReque
 	return out, nil
 }
 
+func (c *adminServiceClient) AddNode(ctx context.Context, in *AddNodeRequest, opts ...grpc.CallOption) (*AddNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddNodeResponse)
+	err := c.cc.Invoke(ctx, AdminService_AddNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveNodeResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -117,6 +152,19 @@ type AdminServiceServer interface {
 	RemoveTopic(context.Context, *RemoveTopicRequest) (*RemoveTopicResponse, error)
 	// ListTopics lists every topic with its settings.
 	ListTopics(context.Context, *ListTopicsRequest) (*ListTopicsResponse, error)
+	// AddNode adds a node to the cluster. It joins as a non-voting learner in
+	// the metadata group and in every topic group, and is promoted to voter
+	// in each group once it has caught up. Start the new node with
+	// `fbnode -join ADDRESS_OF_A_MEMBER -name NAME`: it calls AddNode itself.
+	//
+	// Errors: ALREADY_EXISTS/NODE_EXISTS (name taken by another address),
+	// INVALID_ARGUMENT/INVALID_ARGUMENT.
+	AddNode(context.Context, *AddNodeRequest) (*AddNodeResponse, error)
+	// RemoveNode removes a node from the cluster and from every topic group.
+	// Its raft ID is never reused.
+	//
+	// Errors: NOT_FOUND/NODE_NOT_FOUND.
+	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -138,6 +186,12 @@ func (UnimplementedAdminServiceServer) RemoveTopic(context.Context, *RemoveTopic
 }
 func (UnimplementedAdminServiceServer) ListTopics(context.Context, *ListTopicsRequest) (*ListTopicsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListTopics not implemented")
+}
+func (UnimplementedAdminServiceServer) AddNode(context.Context, *AddNodeRequest) (*AddNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddNode not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveNode not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -232,6 +286,42 @@ func _AdminService_ListTopics_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_AddNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AddNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AddNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AddNode(ctx, req.(*AddNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveNode(ctx, req.(*RemoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,6 +344,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListTopics",
 			Handler:    _AdminService_ListTopics_Handler,
+		},
+		{
+			MethodName: "AddNode",
+			Handler:    _AdminService_AddNode_Handler,
+		},
+		{
+			MethodName: "RemoveNode",
+			Handler:    _AdminService_RemoveNode_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -56,6 +56,10 @@ const (
 	ErrorReason_ERROR_REASON_PROPOSAL_DROPPED ErrorReason = 10
 	// UNAVAILABLE: the topic is fenced on this node after a storage error.
 	ErrorReason_ERROR_REASON_STORAGE_FAILED ErrorReason = 11
+	// NOT_FOUND: no member of the cluster has that name.
+	ErrorReason_ERROR_REASON_NODE_NOT_FOUND ErrorReason = 12
+	// ALREADY_EXISTS: a member of that name exists with another address.
+	ErrorReason_ERROR_REASON_NODE_EXISTS ErrorReason = 13
 )
 
 // Enum value maps for ErrorReason.
@@ -73,6 +77,8 @@ var (
 		9:  "ERROR_REASON_SHUTTING_DOWN",
 		10: "ERROR_REASON_PROPOSAL_DROPPED",
 		11: "ERROR_REASON_STORAGE_FAILED",
+		12: "ERROR_REASON_NODE_NOT_FOUND",
+		13: "ERROR_REASON_NODE_EXISTS",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":         0,
@@ -87,6 +93,8 @@ var (
 		"ERROR_REASON_SHUTTING_DOWN":       9,
 		"ERROR_REASON_PROPOSAL_DROPPED":    10,
 		"ERROR_REASON_STORAGE_FAILED":      11,
+		"ERROR_REASON_NODE_NOT_FOUND":      12,
+		"ERROR_REASON_NODE_EXISTS":         13,
 	}
 )
 
@@ -121,7 +129,7 @@ var File_forestbus_v1_errors_proto protoreflect.FileDescriptor
 
 const file_forestbus_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x19forestbus/v1/errors.proto\x12\fforestbus.v1*\x98\x03\n" +
+	"\x19forestbus/v1/errors.proto\x12\fforestbus.v1*\xd7\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cERROR_REASON_TOPIC_NOT_FOUND\x10\x01\x12\x1d\n" +
@@ -135,7 +143,9 @@ const file_forestbus_v1_errors_proto_rawDesc = "" +
 	"\x1aERROR_REASON_SHUTTING_DOWN\x10\t\x12!\n" +
 	"\x1dERROR_REASON_PROPOSAL_DROPPED\x10\n" +
 	"\x12\x1f\n" +
-	"\x1bERROR_REASON_STORAGE_FAILED\x10\vB\xad\x01\n" +
+	"\x1bERROR_REASON_STORAGE_FAILED\x10\v\x12\x1f\n" +
+	"\x1bERROR_REASON_NODE_NOT_FOUND\x10\f\x12\x1c\n" +
+	"\x18ERROR_REASON_NODE_EXISTS\x10\rB\xad\x01\n" +
 	"\x10com.forestbus.v1B\vErrorsProtoP\x01Z;github.com/forestbus/forestbus/gen/forestbus/v1;forestbusv1\xa2\x02\x03FXX\xaa\x02\fForestbus.V1\xca\x02\fForestbus\\V1\xe2\x02\x18Forestbus\\V1\\GPBMetadata\xea\x02\rForestbus::V1b\x06proto3"
 
 var (

@@ -562,7 +562,9 @@ type Node struct {
 	// Stable node name.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Address clients dial: host:port.
-	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// The node's raft ID: stable, never reused.
+	Id            uint64 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -611,6 +613,13 @@ func (x *Node) GetAddress() string {
 	return ""
 }
 
+func (x *Node) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
 var File_forestbus_v1_forestbus_proto protoreflect.FileDescriptor
 
 const file_forestbus_v1_forestbus_proto_rawDesc = "" +
@@ -648,10 +657,11 @@ const file_forestbus_v1_forestbus_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12(\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x12.forestbus.v1.NodeR\x05nodes\"4\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x12.forestbus.v1.NodeR\x05nodes\"D\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress2\x83\x03\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\x04R\x02id2\x83\x03\n" +
 	"\x10ForestBusService\x12U\n" +
 	"\fSendMessages\x12!.forestbus.v1.SendMessagesRequest\x1a\".forestbus.v1.SendMessagesResponse\x12R\n" +
 	"\vGetMessages\x12 .forestbus.v1.GetMessagesRequest\x1a!.forestbus.v1.GetMessagesResponse\x12^\n" +

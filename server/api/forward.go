@@ -1,0 +1,108 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server/replica"
+)
+
+// ForwardedKey marks a request a node forwarded to the leader. A node never
+// forwards such a request again (hop limit 1): it answers NOT_LEADER, and
+// the client follows the hint.
+const ForwardedKey = "forestbus-forwarded"
+
+// forwardable lists the methods a follower forwards to the leader, with a
+// constructor for their response.
+var forwardable = map[string]func() proto.Message{
+	forestbusv1.ForestBusService_SendMessages_FullMethodName: func() proto.Message { return new(forestbusv1.SendMessagesResponse) },
+	forestbusv1.AdminService_CreateTopic_FullMethodName:      func() proto.Message { return new(forestbusv1.CreateTopicResponse) },
+	forestbusv1.AdminService_UpdateTopic_FullMethodName:      func() proto.Message { return new(forestbusv1.UpdateTopicResponse) },
+	forestbusv1.AdminService_RemoveTopic_FullMethodName:      func() proto.Message { return new(forestbusv1.RemoveTopicResponse) },
+	forestbusv1.AdminService_AddNode_FullMethodName:          func() proto.Message { return new(forestbusv1.AddNodeResponse) },
+	forestbusv1.AdminService_RemoveNode_FullMethodName:       func() proto.Message { return new(forestbusv1.RemoveNodeResponse) },
+}
+
+// forwarder keeps one client connection per leader address.
+type forwarder struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c := f.conns[addr]; c != nil {
+		return c, nil
+	}
+	c, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(300<<20)))
+	if err != nil {
+		return nil, err
+	}
+	if f.conns == nil {
+		f.conns = make(map[string]*grpc.ClientConn)
+	}
+	f.conns[addr] = c
+	return c, nil
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		_ = c.Close()
+	}
+	f.conns = nil
+}
+
+// unaryForward answers a forwardable call that failed with NOT_LEADER on
+// this node by sending it to the leader and relaying the leader's answer,
+// with the forestbus-leader response header so the client goes direct next
+// time.
+func (s *Service) unaryForward(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	newResp, ok := forwardable[info.FullMethod]
+	if err == nil || !ok {
+		return resp, err
+	}
+	var nl *replica.NotLeaderError
+	if !errors.As(err, &nl) || nl.Leader == 0 {
+		return resp, err
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if len(md.Get(ForwardedKey)) > 0 {
+		return resp, err // one hop only
+	}
+	addr := s.leaderAddr(nl.Leader)
+	if addr == "" {
+		return resp, err
+	}
+	conn, cerr := s.fwd.conn(addr)
+	if cerr != nil {
+		return resp, err
+	}
+	out := metadata.Pairs(ForwardedKey, "1", ClusterIDKey, s.cfg.ClusterID)
+	fctx := metadata.NewOutgoingContext(ctx, out)
+	fresp := newResp()
+	if ferr := conn.Invoke(fctx, info.FullMethod, req, fresp); ferr != nil {
+		if st, ok := status.FromError(ferr); ok && len(st.Details()) == 0 && st.Code() == codes.Unavailable {
+			// The leader could not be reached: answer NOT_LEADER with its
+			// address, and let the client try.
+			return resp, err
+		}
+		return nil, ferr // the leader's answer, passed through as is
+	}
+	_ = grpc.SetHeader(ctx, metadata.Pairs(LeaderKey, addr))
+	return fresp, nil
+}

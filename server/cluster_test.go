@@ -1,0 +1,243 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/forestbus/forestbus/client"
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server/servertest"
+)
+
+// verifyLogs reads the whole topic from every running node and checks they
+// hold the same messages at the same IDs, contiguous from 1, up to each
+// node's commit point; it returns the longest log.
+func verifyLogs(t *testing.T, c *servertest.Cluster, topic string) [][]byte {
+	t.Helper()
+	var longest [][]byte
+	var logs [][][]byte
+	for _, n := range c.Nodes {
+		if n.Server == nil {
+			continue
+		}
+		cc := dial(t, n)
+		var got [][]byte
+		id := int64(1)
+		for {
+			resp, err := cc.bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: topic, Id: id, Quantity: 5000})
+			require.NoError(t, err)
+			if len(resp.Messages) == 0 {
+				break
+			}
+			require.Equal(t, id+int64(len(resp.Messages)), resp.NextId)
+			got = append(got, resp.Messages...)
+			id = resp.NextId
+		}
+		logs = append(logs, got)
+		if len(got) > len(longest) {
+			longest = got
+		}
+	}
+	for i, l := range logs {
+		require.Equal(t, longest[:len(l)], l, "log %d is not a prefix of the longest", i)
+	}
+	return longest
+}
+
+func TestClusterReplicatesToEveryNode(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs())
+	defer cl.Close()
+	var want [][]byte
+	for i := 0; i < 20; i++ {
+		msgs := batch(fmt.Sprint("c", i), 10)
+		ids, err := cl.SendMessages("default", msgs, true)
+		require.NoError(t, err)
+		require.Equal(t, int64(i*10+1), ids[0])
+		want = append(want, msgs...)
+	}
+	// Every node reaches the commit point and serves the same log.
+	for _, n := range c.Nodes {
+		cc := dial(t, n)
+		require.Eventually(t, func() bool {
+			d, err := cc.bus.GetTopicDetails(ctxT(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+			return err == nil && d.CommitId == int64(len(want))
+		}, 10*time.Second, 5*time.Millisecond, "node %s", n.Cfg.NodeName)
+	}
+	got := verifyLogs(t, c, "default")
+	assert.Equal(t, want, got)
+}
+
+func TestFollowerForwardsSends(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	// Find a follower and send to it directly.
+	var follower *servertest.Node
+	for _, n := range c.Nodes {
+		tp, err := n.Registry().Get("default")
+		require.NoError(t, err)
+		if tp.Group.Leader() != 0 && tp.Group.Leader() != nodeID(n) {
+			follower = n
+			break
+		}
+	}
+	require.NotNil(t, follower)
+	cc := dial(t, follower)
+	var header metadata.MD
+	resp, err := cc.bus.SendMessages(ctxT(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: batch("f", 3), WaitForCommit: true}, grpc.Header(&header))
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), resp.FirstId)
+	assert.NotEmpty(t, header.Get("forestbus-leader"), "the follower names the leader it forwarded to")
+	// A topic created through a follower (metadata forwarding) exists everywhere.
+	_, err = cc.admin.CreateTopic(ctxT(t), &forestbusv1.CreateTopicRequest{Name: "viafollower"})
+	require.NoError(t, err)
+	c.WaitTopic("viafollower")
+}
+
+func nodeID(n *servertest.Node) uint64 {
+	var id uint64
+	fmt.Sscanf(n.Cfg.NodeName, "n%d", &id)
+	return id
+}
+
+func TestFollowerLongPollWakes(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs())
+	defer cl.Close()
+	results := make(chan [][]byte, len(c.Nodes))
+	ctx := ctxT(t)
+	for _, n := range c.Nodes {
+		cc := dial(t, n)
+		go func() {
+			resp, err := cc.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 10, Wait: true})
+			if err == nil {
+				results <- resp.Messages
+			}
+		}()
+	}
+	_, err := cl.SendMessages("default", [][]byte{[]byte("wake")}, true)
+	require.NoError(t, err)
+	for range c.Nodes {
+		select {
+		case msgs := <-results:
+			assert.Equal(t, [][]byte{[]byte("wake")}, msgs)
+		case <-ctx.Done():
+			t.Fatal("a long poll did not wake")
+		}
+	}
+}
+
+// TestLeaderStopsUnderLoad: producers keep sending while the topic's leader
+// is stopped and started again; every acknowledged ID holds its bytes on
+// every node afterwards, and the logs agree.
+func TestLeaderStopsUnderLoad(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs(), client.WithRetryWindow(20*time.Second))
+	defer cl.Close()
+
+	var mu sync.Mutex
+	acked := map[int64]string{}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for p := 0; p < 3; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100000 && ctx.Err() == nil; i++ {
+				msg := fmt.Sprintf("p%d-%d", p, i)
+				ids, err := cl.SendMessagesContext(ctx, "default", [][]byte{[]byte(msg)}, true)
+				if err != nil {
+					continue
+				}
+				mu.Lock()
+				acked[ids[0]] = msg
+				mu.Unlock()
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	for round := 0; round < 2; round++ {
+		require.Eventually(t, func() bool { return count() >= (round+1)*200 }, 30*time.Second, time.Millisecond)
+		l := leaderIndex(t, c, "default")
+		c.Nodes[l].Stop()
+		before := count()
+		require.Eventually(t, func() bool { return count() >= before+100 }, 30*time.Second, time.Millisecond, "no progress without the old leader")
+		c.Nodes[l].Start()
+	}
+	cancel()
+	wg.Wait()
+	c.WaitTopic("default")
+	// Let every node catch up to the same commit point.
+	var commit int64
+	require.Eventually(t, func() bool {
+		var ids []int64
+		for _, n := range c.Nodes {
+			d, err := dial(t, n).bus.GetTopicDetails(ctxT(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+			if err != nil {
+				return false
+			}
+			ids = append(ids, d.CommitId)
+		}
+		commit = ids[0]
+		return ids[0] == ids[1] && ids[1] == ids[2]
+	}, 30*time.Second, 10*time.Millisecond)
+	log := verifyLogs(t, c, "default")
+	require.Len(t, log, int(commit))
+	mu.Lock()
+	defer mu.Unlock()
+	for id, msg := range acked {
+		require.LessOrEqual(t, id, int64(len(log)))
+		require.Equal(t, msg, string(log[id-1]), "ID %d", id)
+	}
+}
+
+// leaderIndex is the index in c.Nodes of the topic's leader.
+func leaderIndex(t *testing.T, c *servertest.Cluster, topic string) int {
+	t.Helper()
+	idx := -1
+	require.Eventually(t, func() bool {
+		for i, n := range c.Nodes {
+			if n.Server == nil {
+				continue
+			}
+			tp, err := n.Registry().Get(topic)
+			if err == nil && tp.Group.Leader() == nodeID(n) {
+				idx = i
+				return true
+			}
+		}
+		return false
+	}, 20*time.Second, 5*time.Millisecond)
+	return idx
+}
+
+func TestClusterFullRestart(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs())
+	defer cl.Close()
+	for i := 0; i < 10; i++ {
+		_, err := cl.SendMessages("default", batch("r", 10), true)
+		require.NoError(t, err)
+	}
+	for _, n := range c.Nodes {
+		n.Stop()
+	}
+	for _, n := range c.Nodes {
+		n.Start()
+	}
+	c.WaitTopic("default")
+	got := verifyLogs(t, c, "default")
+	assert.Len(t, got, 100)
+}

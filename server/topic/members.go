@@ -1,0 +1,227 @@
+package topic
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+
+	"github.com/forestbus/forestbus/server/replica"
+)
+
+// Membership errors.
+var (
+	ErrNodeNotFound = errors.New("topic: no such node")
+	ErrNodeExists   = errors.New("topic: node name taken")
+)
+
+// AddNode adds a member: a learner of the metadata group first, promoted by
+// Reconcile once it has caught up. Adding a name again with the same
+// address returns the existing member (a retried call). It waits until the
+// change is applied here. Errors: ErrNodeExists, ErrInvalidName (bad
+// address), and the replica proposal errors.
+func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, error) {
+	if name == "" {
+		return Member{}, fmt.Errorf("%w: empty node name", ErrInvalidName)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return Member{}, fmt.Errorf("%w: node address %q: %v", ErrInvalidName, addr, err)
+	}
+	for {
+		r.mu.RLock()
+		var found *Member
+		for _, m := range r.members {
+			if m.Name == name {
+				found = &m
+				break
+			}
+		}
+		id := r.maxID + 1
+		r.mu.RUnlock()
+		if found != nil {
+			if found.Address != addr {
+				return Member{}, fmt.Errorf("%w: %q is node %d at %s", ErrNodeExists, name, found.ID, found.Address)
+			}
+			return *found, nil
+		}
+		cctx, err := json.Marshal(Member{ID: id, Name: name, Address: addr})
+		if err != nil {
+			return Member{}, err
+		}
+		cc := &raftpb.ConfChangeV2{
+			Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeAddLearnerNode.Enum(), NodeId: new(id)}},
+			Context: cctx,
+		}
+		if err := r.meta.ProposeConfChange(ctx, cc); err != nil {
+			return Member{}, err
+		}
+		// Raft drops a change proposed while another is pending: wait for
+		// ours to apply, else propose again.
+		if err := r.waitMembers(ctx, func() bool { _, ok := r.members[id]; return ok }); err != nil {
+			return Member{}, err
+		}
+	}
+}
+
+// RemoveNode removes the named member from the metadata group; Reconcile
+// removes it from the topic groups. Errors: ErrNodeNotFound and the replica
+// proposal errors.
+func (r *Registry) RemoveNode(ctx context.Context, name string) error {
+	r.mu.RLock()
+	var id uint64
+	for _, m := range r.members {
+		if m.Name == name {
+			id = m.ID
+		}
+	}
+	r.mu.RUnlock()
+	if id == 0 {
+		return fmt.Errorf("%w: %q", ErrNodeNotFound, name)
+	}
+	cc := &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: new(id)}}}
+	if err := r.meta.ProposeConfChange(ctx, cc); err != nil {
+		return err
+	}
+	return r.waitMembers(ctx, func() bool { _, ok := r.members[id]; return !ok })
+}
+
+// waitMembers polls cond (under the read lock) until it holds, for up to a
+// few seconds; a false result after that means the change was dropped.
+func (r *Registry) waitMembers(ctx context.Context, cond func() bool) error {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		r.mu.RLock()
+		ok := cond()
+		r.mu.RUnlock()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return nil // the caller looks again and re-proposes
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Reconcile makes one round of membership changes on the groups this node
+// leads: it promotes caught-up learners of the metadata group, and brings
+// each topic group's configuration to the cluster's members (learner
+// first, voter once caught up, removed when no longer a member). One change
+// per group per round; call it periodically.
+func (r *Registry) Reconcile(ctx context.Context) {
+	r.mu.RLock()
+	members := make(map[uint64]bool, len(r.members))
+	for id := range r.members {
+		members[id] = true
+	}
+	groups := make([]*replica.Group, 0, len(r.topics)+1)
+	groups = append(groups, r.meta)
+	for _, t := range r.topics {
+		if t.Group != nil {
+			groups = append(groups, t.Group)
+		}
+	}
+	r.mu.RUnlock()
+	metaConf := r.meta.ConfState()
+	for i, g := range groups {
+		if i == 0 && len(metaConf.GetLearners()) == 0 {
+			continue // metadata group: only promotions are left to Reconcile
+		}
+		if g.Leader() != r.cfg.NodeID || (i > 0 && settled(g.ConfState(), members)) {
+			continue
+		}
+		st, err := g.Status(ctx)
+		if err != nil || st.RaftState != raft.StateLeader {
+			continue
+		}
+		cc := nextChange(st, members, i == 0)
+		if cc == nil {
+			continue
+		}
+		if err := g.ProposeConfChange(ctx, cc); err != nil && ctx.Err() == nil {
+			r.log.Debug("membership change not proposed", "group", g.Name(), "err", err)
+		}
+	}
+}
+
+// settled reports whether a topic group's configuration already is the
+// member set, all voters: nothing to do, and no need to ask raft.
+func settled(cs *raftpb.ConfState, members map[uint64]bool) bool {
+	if cs == nil || len(cs.GetLearners()) > 0 || len(cs.GetVoters()) != len(members) || len(cs.GetVotersOutgoing()) > 0 {
+		return false
+	}
+	for _, id := range cs.GetVoters() {
+		if !members[id] {
+			return false
+		}
+	}
+	return true
+}
+
+// nextChange picks the one configuration change a leader should make next,
+// or nil. For the metadata group membership is decided by AddNode and
+// RemoveNode; only promotions are left to do.
+func nextChange(st raft.Status, members map[uint64]bool, meta bool) *raftpb.ConfChangeV2 {
+	single := func(t raftpb.ConfChangeType, id uint64) *raftpb.ConfChangeV2 {
+		return &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: t.Enum(), NodeId: new(id)}}}
+	}
+	cfg := st.Config
+	inGroup := map[uint64]bool{}
+	for id := range cfg.Voters.IDs() {
+		inGroup[id] = true
+	}
+	learners := slices.Sorted(func(yield func(uint64) bool) {
+		for id := range cfg.Learners {
+			inGroup[id] = true
+			if !yield(id) {
+				return
+			}
+		}
+	})
+	// Promote a caught-up learner.
+	for _, id := range learners {
+		if !members[id] {
+			continue
+		}
+		if pr, ok := st.Progress[id]; ok && pr.State == tracker.StateReplicate && pr.Match >= st.GetCommit() {
+			return single(raftpb.ConfChangeType_ConfChangeAddNode, id)
+		}
+	}
+	if meta {
+		return nil
+	}
+	// Add a missing member as a learner.
+	for _, id := range slices.Sorted(mapKeys(members)) {
+		if !inGroup[id] {
+			return single(raftpb.ConfChangeType_ConfChangeAddLearnerNode, id)
+		}
+	}
+	// Remove a node that is no longer a member.
+	for _, id := range slices.Sorted(mapKeys(inGroup)) {
+		if !members[id] && id != st.ID {
+			return single(raftpb.ConfChangeType_ConfChangeRemoveNode, id)
+		}
+	}
+	return nil
+}
+
+func mapKeys(m map[uint64]bool) func(func(uint64) bool) {
+	return func(yield func(uint64) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
