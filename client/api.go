@@ -45,23 +45,34 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 // ErrNoLeader, and ctx's error if ctx ended). Node answers are
 // *StatusError values.
 //
-// A call that fails after a node received the batch (for example a timeout
-// while waiting for commit, or a retry after a leader change) may still
-// have stored it: delivery is at least once, as in the original.
+// Idempotence: every batch carries the Client's producer ID (random,
+// non-zero, see ProducerID) and a sequence number taken once per call (1,
+// 2, 3, ... per topic). Every retry and failover within the call resends
+// the same pair, and the topic stores a batch whose pair it already holds
+// only once, answering with the IDs of the first copy. So retries within
+// one call never store the batch twice, even when an attempt failed after
+// the leader had stored it (a timeout, a leader change). A new call is a
+// new batch: sending the same messages again after this call returned an
+// error may store them twice (delivery across calls is at least once, as
+// in the original). The topic remembers the stored sequences of the last
+// 64 sequence numbers of a producer and the IDs of its last 8 batches; a
+// batch overtaken by 64 or more later batches of the same Client and topic
+// (many concurrent sends) is taken for a duplicate, and a duplicate whose
+// first copy is no longer remembered gets no IDs: the call fails.
 func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error) {
 	if len(messages) == 0 {
 		return nil, fmt.Errorf("forestbus: send to %q: no messages: %w", topic, ErrInvalidArgument)
 	}
-	// The caller's slices go into the request as they are: no copy.
+	// The caller's slices go into the request as they are: no copy. The
+	// producer pair is set once, before the failover loop, so that every
+	// attempt carries the same one.
 	req := &forestbusv1.SendMessagesRequest{
 		Topic:         topic,
 		Messages:      messages,
 		WaitForCommit: waitForCommit,
+		ProducerId:    c.producerID,
+		Sequence:      c.nextSequence(topic),
 	}
-	// TODO(idempotent producer): set the producer ID and per-batch sequence
-	// number on req here, once, before the failover loop, so that every
-	// retry of this batch carries the same (producer, sequence) pair and the
-	// leader can drop a duplicate and answer with the original IDs.
 	var resp *forestbusv1.SendMessagesResponse
 	err := c.invoke(ctx, "send", topic, routeLeader, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
 		r, err := forestbusv1.NewForestBusServiceClient(cc).SendMessages(ctx, req, opts...)

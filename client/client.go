@@ -60,9 +60,14 @@ type Client struct {
 	retryWindow time.Duration
 	dialOpts    []grpc.DialOption
 
+	// producerID identifies this Client's sends for idempotent appends:
+	// random and non-zero, fixed for the Client's lifetime.
+	producerID uint64
+
 	mu      sync.Mutex
 	conns   map[string]*grpc.ClientConn // node address -> connection
 	leaders map[string]string           // topic -> leader address
+	seqs    map[string]uint64           // topic -> last producer sequence used
 	lastGet string                      // node of the last good read
 	admin   string                      // node of the last good admin call
 }
@@ -126,6 +131,10 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 		retryWindow: DefaultRetryWindow,
 		conns:       make(map[string]*grpc.ClientConn),
 		leaders:     make(map[string]string),
+		seqs:        make(map[string]uint64),
+	}
+	for c.producerID == 0 {
+		c.producerID = rand.Uint64() // ChaCha8, seeded from the OS
 	}
 	for _, n := range nodes {
 		for _, addr := range strings.Split(n, ",") {
@@ -145,6 +154,19 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 		rand.Shuffle(len(c.nodes), func(i, j int) { c.nodes[i], c.nodes[j] = c.nodes[j], c.nodes[i] })
 	}
 	return c
+}
+
+// ProducerID returns the random, non-zero producer id the Client sends
+// with every batch (see SendMessagesContext).
+func (c *Client) ProducerID() uint64 { return c.producerID }
+
+// nextSequence returns the producer sequence of a new batch for topic:
+// 1, 2, 3, ... per topic.
+func (c *Client) nextSequence(topic string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seqs[topic]++
+	return c.seqs[topic]
 }
 
 // Nodes returns the node addresses the Client tries, in order.

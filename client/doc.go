@@ -31,8 +31,12 @@
 // context ends or, for a context without a deadline and the calls without a
 // context, the retry window (10 s by default, WithRetryWindow) has passed.
 //
-// A send retried after a timeout may be stored twice: delivery is at least
-// once, as in the original.
+// Sends are idempotent within a call: each batch carries the Client's
+// random producer ID and a per-topic sequence number, the same for every
+// retry of the call, and the topic stores a batch with a pair it already
+// holds only once, answering with the first copy's IDs. A new call with
+// the same messages is a new batch, so across calls delivery is at least
+// once, as in the original (see SendMessagesContext).
 //
 // # Differences from the original client
 //
