@@ -382,3 +382,29 @@ func TestClusterDetails(t *testing.T) {
 	require.Len(t, d.Nodes, 1)
 	assert.Equal(t, n.Addr(), d.Nodes[0].Address)
 }
+
+func TestIdempotentRetryStoresOnce(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := dial(t, n)
+	req := &forestbusv1.SendMessagesRequest{Topic: "default", Messages: batch("i", 3), WaitForCommit: true, ProducerId: 77, Sequence: 1}
+	first, err := c.bus.SendMessages(ctxT(t), req)
+	require.NoError(t, err)
+	again, err := c.bus.SendMessages(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, first.FirstId, again.FirstId, "a retry answers the original IDs")
+	assert.Equal(t, first.Count, again.Count)
+	req.WaitForCommit = false
+	again, err = c.bus.SendMessages(ctxT(t), req)
+	require.NoError(t, err)
+	assert.Equal(t, first.FirstId, again.FirstId)
+
+	next, err := c.bus.SendMessages(ctxT(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: batch("j", 1), WaitForCommit: true, ProducerId: 77, Sequence: 2})
+	require.NoError(t, err)
+	assert.Equal(t, int64(4), next.FirstId, "no IDs were consumed by the duplicates")
+	n.Restart()
+	c = dial(t, n)
+	again, err = c.bus.SendMessages(ctxT(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: batch("i", 3), WaitForCommit: true, ProducerId: 77, Sequence: 1})
+	require.NoError(t, err)
+	assert.Equal(t, first.FirstId, again.FirstId, "deduplicated across a restart")
+	assert.Len(t, readAll(t, c, "default", 1, 4, 100), 4)
+}

@@ -53,6 +53,7 @@ var errorTable = []errorRow{
 	{replica.ErrStopped, codes.Unavailable, forestbusv1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{ErrShuttingDown, codes.Unavailable, forestbusv1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{replica.ErrProposalDropped, codes.ResourceExhausted, forestbusv1.ErrorReason_ERROR_REASON_PROPOSAL_DROPPED},
+	{replica.ErrDuplicate, codes.AlreadyExists, forestbusv1.ErrorReason_ERROR_REASON_DUPLICATE_BATCH},
 	{replica.ErrStorageFailed, codes.Unavailable, forestbusv1.ErrorReason_ERROR_REASON_STORAGE_FAILED},
 }
 

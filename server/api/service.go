@@ -168,7 +168,7 @@ func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessage
 		return nil, ErrShuttingDown
 	default:
 	}
-	res, err := t.Group.Propose(ctx, msgs, req.GetWaitForCommit())
+	res, err := t.Group.ProposeFrom(ctx, req.GetProducerId(), req.GetSequence(), msgs, req.GetWaitForCommit())
 	if err != nil {
 		return nil, err
 	}

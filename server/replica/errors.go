@@ -20,6 +20,9 @@ var (
 	ErrProposalDropped = errors.New("replica: proposal dropped")
 	// ErrStopped: the group was removed or the engine is stopping.
 	ErrStopped = errors.New("replica: group stopped")
+	// ErrDuplicate: the batch's producer sequence is already stored, too
+	// long ago for its IDs to be remembered. Nothing was stored.
+	ErrDuplicate = errors.New("replica: duplicate batch, original IDs no longer known")
 	// ErrStorageFailed: the group's log failed and the group is fenced.
 	ErrStorageFailed = errors.New("replica: storage failed, group fenced")
 )

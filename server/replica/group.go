@@ -88,6 +88,7 @@ type proposal struct {
 	wait    bool // answer at commit, not at local append
 	firstID uint64
 	count   uint32
+	err     error // ErrDuplicate
 	done    chan Result // buffered, 1
 }
 
@@ -227,7 +228,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		if err != nil {
 			return nil, err
 		}
-		g.commitID.Store(ids.FirstID + uint64(ids.Count) - 1)
+		g.commitID.Store(ids.Next - 1)
 	} else {
 		g.commitID.Store(gc.Log.FirstID() - 1)
 	}
@@ -435,11 +436,20 @@ func (g *Group) checkLeader() error {
 // Errors: ErrNotLeader (*NotLeaderError), ErrNoLeader, ErrProposalDropped,
 // ErrLeadershipLost, ErrStorageFailed, ErrStopped, ctx errors.
 func (g *Group) Propose(ctx context.Context, msgs [][]byte, wait bool) (Result, error) {
+	return g.ProposeFrom(ctx, 0, 0, msgs, wait)
+}
+
+// ProposeFrom is Propose for an idempotent producer: a batch whose
+// (producerID, seq) the log already holds is not stored again, and the
+// answer carries the IDs the first copy got. producerID 0 disables the
+// check. Errors: as Propose, plus ErrDuplicate when the first copy is too
+// old for its IDs to be remembered.
+func (g *Group) ProposeFrom(ctx context.Context, producerID, seq uint64, msgs [][]byte, wait bool) (Result, error) {
 	if err := g.awaitLeader(ctx); err != nil {
 		return Result{}, err
 	}
 	tag := g.e.nextTag()
-	data := commitlog.EncodeBatch(nil, tag, 0, 0, msgs)
+	data := commitlog.EncodeBatch(nil, tag, producerID, seq, msgs)
 	return g.propose(ctx, tag, data, wait)
 }
 
@@ -720,6 +730,9 @@ func (g *Group) persist() bool {
 					continue
 				}
 				p.firstID, p.count = ids[i].FirstID, ids[i].Count
+				if ids[i].Dup && ids[i].FirstID == 0 {
+					p.err = ErrDuplicate
+				}
 				if !p.wait {
 					g.acks = append(g.acks, p)
 				}
@@ -756,7 +769,7 @@ func (g *Group) finish() {
 		g.e.cfg.Transport.Send(g.name, rd.Messages)
 	}
 	for i, p := range g.acks {
-		p.reply(Result{FirstID: p.firstID, Count: p.count})
+		p.reply(Result{FirstID: p.firstID, Count: p.count, Err: p.err})
 		delete(g.waiters, p.tag)
 		g.acks[i] = nil
 	}
@@ -815,6 +828,9 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 			if len(g.waiters) > 0 {
 				if tag, ok := entryTag(ent); ok {
 					if p := g.waiters[tag]; p != nil && p.wait {
+						if applyErr == nil {
+							applyErr = p.err
+						}
 						g.replies = append(g.replies, reply{p, Result{FirstID: p.firstID, Count: p.count, Err: applyErr}})
 						delete(g.waiters, tag)
 					}
@@ -827,7 +843,7 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 	if err != nil {
 		return err
 	}
-	g.commitID.Store(ids.FirstID + uint64(ids.Count) - 1)
+	g.commitID.Store(ids.Next - 1)
 	g.applied.Store(last)
 	g.notifyCommit()
 	// Answer only now, so a proposer that reads right after its answer sees
