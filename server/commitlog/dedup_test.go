@@ -1,7 +1,9 @@
 package commitlog
 
 import (
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"testing"
 
@@ -491,4 +493,29 @@ func BenchmarkAppendProducer(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)*100/b.Elapsed().Seconds(), "msgs/s")
+}
+
+func TestMetaVersion1(t *testing.T) {
+	// A version 1 meta (written before idempotent appends) reads as an
+	// empty dedup table.
+	st := logStart{firstIndex: 5, prevTerm: 2, firstID: 9}
+	v2, err := encodeMeta(st, &pb.ConfState{Voters: []uint64{1}}, emptyDedupTable)
+	require.NoError(t, err)
+	body := v2[:len(v2)-4-4-len(emptyDedupTable)]
+	v1 := append([]byte{}, body...)
+	v1[4] = 1
+	v1 = append(v1, 0, 0, 0, 0)
+	binary.LittleEndian.PutUint32(v1[len(v1)-4:], crc32.Checksum(v1[:len(v1)-4], castagnoli))
+	gst, cs, table, err := decodeMeta(v1)
+	require.NoError(t, err)
+	assert.Equal(t, st, gst)
+	assert.Equal(t, []uint64{1}, cs.GetVoters())
+	assert.Equal(t, emptyDedupTable, table)
+	gst, _, table, err = decodeMeta(v2)
+	require.NoError(t, err)
+	assert.Equal(t, st, gst)
+	assert.Equal(t, emptyDedupTable, table)
+	v2[len(v2)-5] ^= 1
+	_, _, _, err = decodeMeta(v2)
+	assert.Error(t, err)
 }

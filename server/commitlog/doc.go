@@ -8,11 +8,54 @@
 //
 //	first_id(e) = first_id(prev) + count(prev)     first id of a fresh log = 1
 //
-// count is 0 for entries with empty data (the leader's no-op), conf changes
-// and payloads whose first byte is not KindMessages. Ids are a pure function
-// of the log prefix, so every replica derives the same ones. On suffix
-// truncation the next id is recomputed from the last surviving entry; after
-// ApplySnapshot numbering continues from the id carried in the snapshot data.
+// count is 0 for entries with empty data (the leader's no-op), conf changes,
+// payloads whose first byte is not KindMessages and duplicate batches (see
+// Idempotent appends). Ids are a pure function of the log prefix, so every
+// replica derives the same ones. On suffix truncation the next id is
+// recomputed from the last surviving entry; after ApplySnapshot numbering
+// continues from the id carried in the snapshot data.
+//
+// # Idempotent appends
+//
+// A batch whose producer id is non-zero is checked against a dedup table
+// when its ids are derived, in the same pure function: the verdict is part
+// of the log prefix too, so every replica reaches the same one. Per producer
+// the table keeps
+//
+//   - the highest stored sequence H and a 64-bit map of which of the
+//     sequences H-63 .. H are stored (DedupSeqWindow), and
+//   - the sequence, first id and count of its last 8 stored batches
+//     (DedupIDWindow), for answering retries with the original ids.
+//
+// A batch with messages, producer p and sequence s is a duplicate if p is in
+// the table and s is marked stored, or s <= H-64 (too old to tell: taken for
+// a duplicate). Otherwise it is stored and recorded (H = max(H, s)).
+// Sequences need not be contiguous or in order: a skipped sequence that
+// arrives later, within 64 of H, is stored. Producer id 0 and batches
+// without messages are never checked nor recorded.
+//
+// A duplicate gets count 0: it consumes no ids and leaves no hole. Its
+// EntryIDs has Dup set and FirstID/Count of the original batch when that is
+// among the producer's last 8 stored batches, else FirstID 0 and Count 0;
+// Next is its position (the next id). Its record still holds the whole
+// payload (raft needs the entry; Entries returns it) but its stored count is
+// 0, so ReadMessages never yields its messages.
+//
+// The table is kept in memory as of the last entry. Suffix truncation rolls
+// it back with undo records: one per stored producer batch above the commit
+// index (the previous state of that producer), dropped once the commit index
+// passes the entry (truncation at or below it is refused). The table as of
+// the log start is kept encoded (meta, snapshot data). Retention
+// (DeleteBefore) derives the table at the new start by replaying the headers
+// of the segments it deletes onto it (one sequential read of them) and
+// records it in meta before deleting them. ApplySnapshot takes the table
+// carried by the snapshot. Open decodes the table in meta and derives the
+// verdict of every record again during its scan. The verdicts of the
+// duplicates in the retained log are kept in memory (a few bytes each) so
+// that IDs can answer them later.
+//
+// The table is not pruned: it holds every producer seen in the log prefix
+// (45 to 185 bytes encoded each, in meta and in snapshot data).
 //
 // # Concurrency
 //
@@ -46,7 +89,7 @@
 //	16     8    raft term
 //	24     1    entry type (raftpb.EntryType: 0 normal, 1 conf change, 2 conf change v2)
 //	25     8    first_id: message id of the first message in data
-//	33     4    count: number of messages in data
+//	33     4    count: number of messages in data (0 for a duplicate)
 //	37     ..   data (raft Entry.Data, verbatim)
 //
 // The writer rolls to a new segment, at an entry boundary, once the active one
@@ -59,13 +102,14 @@
 //
 //	[0]      u8  kind = 1
 //	[1:9]    u64 proposal tag (opaque)
-//	[9:17]   u64 producer id (0 = none), reserved for idempotent appends
-//	[17:25]  u64 producer sequence, reserved
+//	[9:17]   u64 producer id (0 = none: no dedup check)
+//	[17:25]  u64 producer sequence
 //	[25:29]  u32 number of messages
 //	then per message: uvarint length, bytes
 //
 // Append validates the whole batch structure (it rejects a malformed batch
-// with ErrBadBatch); Open validates it again and checks count.
+// with ErrBadBatch); Open validates it again and checks count against the
+// message count and the dedup verdict (a mismatching verdict is ErrCorrupt).
 //
 // # hardstate
 //
@@ -84,12 +128,14 @@
 // # meta
 //
 //	[0:4]    "FBCL"
-//	[4]      format version (1)
+//	[4]      format version (2; 1 is read as having an empty dedup table)
 //	[5:13]   first index: raft index of the first retained entry
 //	[13:21]  term of first index - 1
 //	[21:29]  first id: message id at first index
 //	[29:33]  n: length of the ConfState
 //	[33:33+n] ConfState, protobuf (raftpb.ConfState)
+//	then     u32 m, then m bytes: the dedup table as of the first index
+//	         (version 2 only; encoding in dedup.go)
 //	then     u32 crc32c of everything before
 //
 // It is replaced atomically (write meta.tmp, fsync, rename, fsync dir), also
@@ -106,8 +152,10 @@
 //
 // Snapshot returns a metadata-only snapshot at FirstIndex-1 whose Data is
 //
-//	[0]    u8  version (1; later versions append fields)
+//	[0]    u8  version (2; later versions append fields)
 //	[1:9]  u64 next message id at the snapshot index
+//	[9:]   the dedup table at the snapshot index (version 2; encoding in
+//	       dedup.go). Version 1 data (no table) restores an empty table.
 //
 // # Recovery
 //
@@ -126,7 +174,8 @@
 // the previous point. A lookup by index or by message id binary-searches the
 // segments and the points, then scans headers with one pread of at most
 // 4 KiB + 37 bytes. Terms are kept as runs [(first index, term)...] starting at
-// FirstIndex-1. The ids of the last entry are kept in memory.
+// FirstIndex-1. The ids of the last entry are kept in memory, and so are the
+// dedup table, its undo records and the verdicts of retained duplicates.
 //
 // # Durability
 //

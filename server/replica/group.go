@@ -88,7 +88,7 @@ type proposal struct {
 	wait    bool // answer at commit, not at local append
 	firstID uint64
 	count   uint32
-	err     error // ErrDuplicate
+	err     error       // ErrDuplicate
 	done    chan Result // buffered, 1
 }
 
