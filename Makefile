@@ -13,7 +13,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 RUN_ADDR ?= 127.0.0.1:3000
 RUN_DATA ?= ./fbdata
 
-.PHONY: help build generate checkgenerate lint test test-short integration fuzz bench run tools clean
+.PHONY: help build generate checkgenerate lint test test-short integration fuzz bench run cluster tools clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -63,4 +63,14 @@ run: ## start a one-node cluster with topic "default" on $(RUN_ADDR)
 	$(GO) run ./cmd/fbnode -listen $(RUN_ADDR) -data $(RUN_DATA)
 
 clean: ## remove ./bin and ./fbdata
-	rm -rf $(BIN) ./fbdata
+	rm -rf $(BIN) ./fbdata $(CLUSTER_DIR)
+
+CLUSTER_DIR ?= ./fbcluster
+cluster: build ## start a local 3-node cluster (127.0.0.1:3001-3003, data in ./fbcluster) in the foreground; Ctrl-C stops it
+	@mkdir -p $(CLUSTER_DIR); \
+	IC=n1=127.0.0.1:3001,n2=127.0.0.1:3002,n3=127.0.0.1:3003; \
+	trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
+	for i in 1 2 3; do \
+	  $(BIN)/fbnode -name n$$i -listen 127.0.0.1:300$$i -data $(CLUSTER_DIR)/n$$i -initial-cluster $$IC & \
+	done; \
+	wait

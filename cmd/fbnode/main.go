@@ -13,10 +13,18 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
 )
 
@@ -24,6 +32,45 @@ func main() {
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "fbnode:", err)
 		os.Exit(1)
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// askToJoin calls AdminService.AddNode on a member, retrying while the
+// cluster elects a leader, and returns what the node needs to join.
+func askToJoin(ctx context.Context, member, clusterID, name, addr string) (*server.Join, error) {
+	conn, err := grpc.NewClient("passthrough:///"+member, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	admin := forestbusv1.NewAdminServiceClient(conn)
+	ctx = metadata.AppendToOutgoingContext(ctx, "forestbus-cluster-id", clusterID)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := admin.AddNode(cctx, &forestbusv1.AddNodeRequest{Name: name, Address: addr})
+		cancel()
+		if err == nil {
+			j := &server.Join{ID: resp.GetNode().GetId()}
+			for _, n := range resp.GetNodes() {
+				j.Members = append(j.Members, server.JoinMember{ID: n.GetId(), Name: n.GetName(), Address: n.GetAddress()})
+			}
+			return j, nil
+		}
+		switch status.Code(err) {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.FailedPrecondition:
+		default:
+			return nil, err
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, err
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -35,6 +82,7 @@ func run(args []string) error {
 		dataDir   = fs.String("data", "./fbdata", "data directory")
 		clusterID = fs.String("cluster", "local", "cluster ID; the data directory remembers it")
 		nodeName  = fs.String("name", "node1", "this node's stable name")
+		join      = fs.String("join", "", "address of a member of a running cluster to join (first start only; the node asks it to add this node)")
 		initial   = fs.String("initial-cluster", "", "members of a new cluster: name=host:port,... in the same order on every member (default: a one-node cluster)")
 		syncMode  = fs.String("sync", "fsync", `durability: "fsync" (acknowledged means on disk) or "os" (the OS flushes)`)
 		maxMsg    = fs.Int("max-message-bytes", 1<<20, "largest message accepted")
@@ -74,7 +122,23 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	var joinInfo *server.Join
+	if *join != "" && !fileExists(filepath.Join(*dataDir, "identity.json")) {
+		if *advertise == "" && strings.HasSuffix(*listen, ":0") {
+			return errors.New("-join needs a fixed -listen port or an -advertise address")
+		}
+		addr := *advertise
+		if addr == "" {
+			addr = *listen
+		}
+		var err error
+		if joinInfo, err = askToJoin(ctx, *join, *clusterID, *nodeName, addr); err != nil {
+			return fmt.Errorf("joining through %s: %w", *join, err)
+		}
+		logger.Info("added to the cluster", "id", joinInfo.ID, "members", len(joinInfo.Members))
+	}
 	srv, err := server.Start(ctx, server.Config{
+		Join:            joinInfo,
 		ListenAddr:      *listen,
 		AdvertiseAddr:   *advertise,
 		DataDir:         *dataDir,
