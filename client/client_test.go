@@ -173,6 +173,9 @@ func TestErrorReasons(t *testing.T) {
 		{"SHUTTING_DOWN", codes.Unavailable, ErrShuttingDown, true},
 		{"PROPOSAL_DROPPED", codes.ResourceExhausted, ErrProposalDropped, true},
 		{"STORAGE_FAILED", codes.Unavailable, ErrStorageFailed, true},
+		{"NODE_NOT_FOUND", codes.NotFound, ErrNodeNotFound, false},
+		{"NODE_EXISTS", codes.AlreadyExists, ErrNodeExists, false},
+		{"DUPLICATE_BATCH", codes.AlreadyExists, ErrDuplicateBatch, false},
 	}
 	covered := make(map[string]bool)
 	for _, tt := range tests {

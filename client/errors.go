@@ -59,6 +59,18 @@ var (
 	// ErrStorageFailed is answered by a node whose copy of the topic is
 	// fenced after a storage error. The client tries another node.
 	ErrStorageFailed = errors.New("forestbus: storage failed")
+	// ErrNodeNotFound is answered by an admin call naming a node that is
+	// not a member of the cluster.
+	ErrNodeNotFound = errors.New("forestbus: node not found")
+	// ErrNodeExists is answered by an admin call adding a node that is a
+	// member already.
+	ErrNodeExists = errors.New("forestbus: node exists")
+	// ErrDuplicateBatch is answered to a send whose batch (producer id and
+	// sequence) the topic holds already but whose original IDs it no longer
+	// remembers (see SendMessagesContext). The batch was stored once,
+	// earlier, or was overtaken by too many later batches of the same
+	// Client; it is not stored again. Failover stops at once.
+	ErrDuplicateBatch = errors.New("forestbus: duplicate batch, original IDs unknown")
 )
 
 // reasonSentinels maps ErrorInfo reasons (ErrorReason names without the
@@ -75,6 +87,9 @@ var reasonSentinels = map[string]error{
 	reasonName(forestbusv1.ErrorReason_ERROR_REASON_SHUTTING_DOWN):       ErrShuttingDown,
 	reasonName(forestbusv1.ErrorReason_ERROR_REASON_PROPOSAL_DROPPED):    ErrProposalDropped,
 	reasonName(forestbusv1.ErrorReason_ERROR_REASON_STORAGE_FAILED):      ErrStorageFailed,
+	reasonName(forestbusv1.ErrorReason_ERROR_REASON_NODE_NOT_FOUND):      ErrNodeNotFound,
+	reasonName(forestbusv1.ErrorReason_ERROR_REASON_NODE_EXISTS):         ErrNodeExists,
+	reasonName(forestbusv1.ErrorReason_ERROR_REASON_DUPLICATE_BATCH):     ErrDuplicateBatch,
 }
 
 func reasonName(r forestbusv1.ErrorReason) string {
@@ -164,7 +179,8 @@ func classify(se *StatusError) verdict {
 		return nextNode
 	case nil:
 	default:
-		// Topic not found / exists, invalid arguments, cluster mismatch.
+		// Topic or node not found / exists, invalid arguments, cluster
+		// mismatch, duplicate batch.
 		return fatal
 	}
 	switch se.Code {

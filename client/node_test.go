@@ -86,8 +86,9 @@ func TestRealNodeErrors(t *testing.T) {
 	assert.True(t, errors.Is(err, client.ErrClusterIdMismatch), "%v", err)
 
 	// A node that is gone: ErrNoNodesAvailable once the window ends.
-	n.Stop()
-	gone := client.New("test", []string{n.Addr()}, client.WithRetryWindow(200*time.Millisecond))
+	addr := n.Addr()
+	n.Stop() // clears n.Server
+	gone := client.New("test", []string{addr}, client.WithRetryWindow(200*time.Millisecond))
 	t.Cleanup(gone.Close)
 	_, err = gone.SendMessages("default", [][]byte{[]byte("a")}, true)
 	assert.True(t, errors.Is(err, client.ErrNoNodesAvailable), "%v", err)
