@@ -22,8 +22,8 @@ const (
 	// DedupSeqWindow is the span of producer sequence numbers, counted
 	// back from the highest one stored, within which the table remembers
 	// exactly which sequences are stored (a bitmap). A batch whose
-	// sequence lies further back is treated as a duplicate whose original
-	// ids are unknown.
+	// sequence lies further back cannot be told apart from a new one and
+	// is stored: a lost message is worse than a duplicate (at least once).
 	DedupSeqWindow = 64
 	// DedupIDWindow is the number of most recent stored batches per
 	// producer whose ids are remembered, so that a duplicate of one of them
@@ -55,7 +55,10 @@ func (p *producerState) verdict(seq uint64) (dup bool, rec dedupRec, known bool)
 		return false, dedupRec{}, false
 	}
 	d := p.lastSeq - seq
-	if d < DedupSeqWindow && p.bits&(1<<d) == 0 {
+	if d >= DedupSeqWindow {
+		return false, dedupRec{}, false // too old to tell: store it
+	}
+	if p.bits&(1<<d) == 0 {
 		return false, dedupRec{}, false // a gap: never stored
 	}
 	for i := 0; i < int(p.n); i++ {

@@ -64,11 +64,12 @@ func TestDedupVerdicts(t *testing.T) {
 	assert.Equal(t, at(10, dupOf(13, 1, 14)), appendOne(t, l, pbatch(10, 1, 7, 5, 1)))
 	// An empty batch is never a duplicate (it has no ids to protect).
 	assert.Equal(t, at(11, stored(14, 0)), appendOne(t, l, pbatch(11, 1, 7, 1, 0)))
-	// Beyond the sequence window: duplicate with unknown ids.
+	// Beyond the sequence window: too old to tell, so stored (a late batch
+	// is never lost).
 	assert.Equal(t, at(12, stored(14, 1)), appendOne(t, l, pbatch(12, 1, 7, 200, 1)))
-	assert.Equal(t, at(13, dupOf(0, 0, 15)), appendOne(t, l, pbatch(13, 1, 7, 100, 1)))
+	assert.Equal(t, at(13, stored(15, 1)), appendOne(t, l, pbatch(13, 1, 7, 100, 1)))
 	// Stored, in the sequence window, but older than the id window.
-	idx, next := uint64(14), uint64(15)
+	idx, next := uint64(14), uint64(16)
 	for s := uint64(201); s < 201+DedupIDWindow; s++ {
 		assert.Equal(t, at(idx, stored(next, 1)), appendOne(t, l, pbatch(idx, 1, 7, s, 1)))
 		idx++
@@ -85,7 +86,7 @@ func TestDedupVerdicts(t *testing.T) {
 		assert.Equal(t, at(3, dupOf(1, 3, 6)), ids)
 		ids, err = l.IDs(13)
 		require.NoError(t, err)
-		assert.Equal(t, at(13, dupOf(0, 0, 15)), ids)
+		assert.Equal(t, at(13, stored(15, 1)), ids)
 		ids, err = l.IDs(4)
 		require.NoError(t, err)
 		assert.Equal(t, at(4, stored(6, 1)), ids)
@@ -119,8 +120,8 @@ func TestDedupVerdicts(t *testing.T) {
 	l = openT(t, dir, Options{})
 	defer l.Close()
 	check(l)
-	assert.Equal(t, at(last+1, dupOf(0, 0, next)), appendOne(t, l, pbatch(last+1, 1, 7, 2, 2)))
-	assert.Equal(t, at(last+2, dupOf(7, 1, next)), appendOne(t, l, pbatch(last+2, 1, 8, 1, 1)))
+	assert.Equal(t, at(last+1, stored(next, 2)), appendOne(t, l, pbatch(last+1, 1, 7, 2, 2)))
+	assert.Equal(t, at(last+2, dupOf(7, 1, next+2)), appendOne(t, l, pbatch(last+2, 1, 8, 1, 1)))
 }
 
 func TestDedupTruncation(t *testing.T) {
@@ -172,8 +173,9 @@ func TestDedupAcrossRetentionAndReopen(t *testing.T) {
 		next := l.NextID()
 		// A retry of a batch whose entry was deleted, still remembered.
 		assert.Equal(t, at(index, dupOf(5*(n-1)-4, 5, next)), appendOne(t, l, pbatch(index, 1, 7, n-1, 5)))
-		// Deleted long ago: duplicate with unknown ids.
-		assert.Equal(t, at(index+1, dupOf(0, 0, next)), appendOne(t, l, pbatch(index+1, 1, 7, 2, 5)))
+		// Deleted, in the sequence window but older than the id window:
+		// duplicate with unknown ids.
+		assert.Equal(t, at(index+1, dupOf(0, 0, next)), appendOne(t, l, pbatch(index+1, 1, 7, n-20, 5)))
 		assert.Equal(t, at(index+2, dupOf(5*n+1, 1, next)), appendOne(t, l, pbatch(index+2, 1, 8, 1, 1)))
 		assert.Equal(t, next, l.NextID())
 	}
@@ -222,7 +224,7 @@ func TestDedupSnapshot(t *testing.T) {
 		t.Helper()
 		next := b.NextID()
 		assert.Equal(t, at(index, dupOf(5*(n-1)-4, 5, next)), appendOne(t, b, pbatch(index, 1, 7, n-1, 5)))
-		assert.Equal(t, at(index+1, dupOf(0, 0, next)), appendOne(t, b, pbatch(index+1, 1, 7, 1, 5)))
+		assert.Equal(t, at(index+1, dupOf(0, 0, next)), appendOne(t, b, pbatch(index+1, 1, 7, n-20, 5)))
 	}
 	// Straight after the restore, a retry is answered from the snapshot's table.
 	d := openT(t, t.TempDir(), opts)
@@ -292,8 +294,8 @@ type refEnt struct {
 
 // refIDs derives the ids of every entry from scratch, straight from the
 // definition: a batch of a non-zero producer with messages is a duplicate if
-// its sequence is stored already, or lies DedupSeqWindow or more below the
-// highest stored one; its original ids are known if it is among the last
+// its sequence is stored already and lies less than DedupSeqWindow below the
+// highest stored one (an older one is stored again); its original ids are known if it is among the last
 // DedupIDWindow stored batches of the producer.
 func refIDs(ents []refEnt, firstID uint64) []EntryIDs {
 	type prod struct {
@@ -311,7 +313,7 @@ func refIDs(ents []refEnt, firstID uint64) []EntryIDs {
 		}
 		if e.batch && e.pid != 0 && e.n > 0 {
 			p := ps[e.pid]
-			if p != nil && (p.stored[e.seq] || (e.seq < p.max && p.max-e.seq >= DedupSeqWindow)) {
+			if p != nil && p.stored[e.seq] && !(e.seq < p.max && p.max-e.seq >= DedupSeqWindow) {
 				ids = EntryIDs{Index: ids.Index, Dup: true, Next: next}
 				for _, r := range p.recent {
 					if r.seq == e.seq {

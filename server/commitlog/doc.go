@@ -28,8 +28,9 @@
 //     (DedupIDWindow), for answering retries with the original ids.
 //
 // A batch with messages, producer p and sequence s is a duplicate if p is in
-// the table and s is marked stored, or s <= H-64 (too old to tell: taken for
-// a duplicate). Otherwise it is stored and recorded (H = max(H, s)).
+// the table and s is within the window and marked stored. A sequence at or
+// below H-64 is too old to tell and is stored: an overtaken batch is never
+// lost, at the price of a possible second copy of a very late retry. Otherwise it is stored and recorded (H = max(H, s)).
 // Sequences need not be contiguous or in order: a skipped sequence that
 // arrives later, within 64 of H, is stored. Producer id 0 and batches
 // without messages are never checked nor recorded.
