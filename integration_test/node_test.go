@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// proc is one fbnode process. Its data dir and address survive restarts.
+// proc is one fbnode process. Its data dir, address and log survive restarts.
 type proc struct {
 	t      *testing.T
 	name   string
@@ -49,46 +50,123 @@ type proc struct {
 	data   string
 	addr   string
 	cmd    *exec.Cmd
-	stderr *bytes.Buffer
+	stderr *lockedBuffer // every run's standard error, appended
+	runs   int
 	exited chan struct{}
+}
+
+// lockedBuffer is a bytes.Buffer that the process's output copier and the
+// test may use at the same time.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// newProc returns a process that is not started yet; its data dir is new.
+// When the test fails, the cleanup logs the tail of the process's standard
+// error; with FBNODE_LOGDIR set, the whole of it is written to
+// FBNODE_LOGDIR/<test>/<name>.log in any case.
+func newProc(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, args: args, data: filepath.Join(t.TempDir(), name), stderr: &lockedBuffer{}}
+	t.Cleanup(func() {
+		p.kill()
+		out := p.stderr.String()
+		if dir := os.Getenv("FBNODE_LOGDIR"); dir != "" && out != "" {
+			d := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+			if err := os.MkdirAll(d, 0o755); err == nil {
+				_ = os.WriteFile(filepath.Join(d, name+".log"), []byte(out), 0o644)
+			}
+		}
+		if t.Failed() {
+			t.Logf("%s stderr (tail):\n%s", name, tail(out, 40))
+		}
+	})
+	return p
 }
 
 func startProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, args: args, data: filepath.Join(t.TempDir(), name)}
+	p := newProc(t, name, args...)
 	p.start("127.0.0.1:0")
-	t.Cleanup(func() { p.kill() })
 	return p
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.SplitAfter(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "")
 }
 
 func (p *proc) start(listen string) {
 	p.t.Helper()
+	if err := p.startErr(listen); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// startErr starts the process listening on listen and waits until it
+// serves. An error means it exited or did not get ready in time.
+func (p *proc) startErr(listen string) error {
 	addrFile := filepath.Join(p.t.TempDir(), "addr")
 	args := append([]string{"-listen", listen, "-data", p.data, "-addr-file", addrFile, "-cluster", "it", "-name", p.name}, p.args...)
 	p.cmd = exec.Command(fbnodeBin, args...)
-	p.stderr = &bytes.Buffer{}
+	p.runs++
+	fmt.Fprintf(p.stderr, "=== run %d: fbnode %s\n", p.runs, strings.Join(args, " "))
 	p.cmd.Stderr = p.stderr
-	require.NoError(p.t, p.cmd.Start())
-	p.exited = make(chan struct{})
+	if err := p.cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	p.exited = exited
+	cmd := p.cmd
 	go func() {
-		_ = p.cmd.Wait()
-		close(p.exited)
+		_ = cmd.Wait()
+		close(exited)
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		b, err := os.ReadFile(addrFile)
 		if err == nil && strings.HasSuffix(string(b), "\n") {
 			p.addr = strings.TrimSpace(string(b))
-			return
+			return nil
 		}
 		select {
-		case <-p.exited:
-			p.t.Fatalf("%s exited during start: %s", p.name, p.stderr.String())
+		case <-exited:
+			return fmt.Errorf("%s exited during start: %s", p.name, tail(p.stderr.String(), 20))
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			p.t.Fatalf("%s did not start in time: %s", p.name, p.stderr.String())
+			return fmt.Errorf("%s did not start in time: %s", p.name, tail(p.stderr.String(), 20))
 		}
+	}
+}
+
+// running reports whether the process was started and has not exited.
+func (p *proc) running() bool {
+	if p.exited == nil {
+		return false
+	}
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
 	}
 }
 
@@ -110,7 +188,18 @@ func (p *proc) stop() {
 	case <-time.After(30 * time.Second):
 		p.t.Fatalf("%s did not stop on SIGTERM", p.name)
 	}
-	require.Equal(p.t, 0, p.cmd.ProcessState.ExitCode(), "%s: %s", p.name, p.stderr.String())
+	require.Equal(p.t, 0, p.cmd.ProcessState.ExitCode(), "%s: %s", p.name, tail(p.stderr.String(), 20))
+}
+
+// pause stops the process with SIGSTOP; resume continues it with SIGCONT.
+func (p *proc) pause() {
+	p.t.Helper()
+	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGSTOP))
+}
+
+func (p *proc) resume() {
+	p.t.Helper()
+	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGCONT))
 }
 
 // restart starts the process again on the same address and data.
