@@ -3,8 +3,10 @@ package integration_test
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -290,7 +292,8 @@ type load struct {
 	lastErr error
 }
 
-func startLoad(t *testing.T, tag string, addrs []string, producers, maxBatches int, deadline time.Duration) *load {
+// Payloads are "TAG-pP-bB-mM" followed by pad bytes of filler.
+func startLoad(t *testing.T, tag string, addrs []string, producers, maxBatches, pad int, deadline time.Duration) *load {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	l := &load{t: t, cancel: cancel, sent: map[string]bool{}, acked: map[int64]string{}}
 	for p := range producers {
@@ -302,7 +305,7 @@ func startLoad(t *testing.T, tag string, addrs []string, producers, maxBatches i
 			for i := 0; i < maxBatches && ctx.Err() == nil; i++ {
 				msgs := make([][]byte, 1+i%16)
 				for j := range msgs {
-					msgs[j] = fmt.Appendf(nil, "%s-p%d-b%d-m%d", tag, p, i, j)
+					msgs[j] = fmt.Appendf(nil, "%s-p%d-b%d-m%d%s", tag, p, i, j, filler[:pad])
 				}
 				l.mu.Lock()
 				for _, m := range msgs {
@@ -330,6 +333,18 @@ func startLoad(t *testing.T, tag string, addrs []string, producers, maxBatches i
 	}
 	t.Cleanup(l.stop)
 	return l
+}
+
+var filler = strings.Repeat(".", 4096)
+
+// wait waits for the producers to send their batches (or reach their
+// deadline) and requires that every batch was acknowledged.
+func (l *load) wait() {
+	l.t.Helper()
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	require.Zero(l.t, l.errs, "send errors, last: %v", l.lastErr)
 }
 
 // stop stops the producers and waits for them.
@@ -372,7 +387,7 @@ func (l *load) snapshot() (acked map[int64]string, sent map[string]bool) {
 func TestClusterLeaderKill9(t *testing.T) {
 	c := startCluster(t, 3)
 	started := time.Now()
-	l := startLoad(t, "k9", c.addrs(), 4, 20000, 90*time.Second)
+	l := startLoad(t, "k9", c.addrs(), 4, 20000, 0, 90*time.Second)
 	l.waitMore(200, 30*time.Second, "before the first kill")
 	for round := 1; round <= 3; round++ {
 		leader := c.leader("default", c.procs)
@@ -399,4 +414,124 @@ func TestClusterLeaderKill9(t *testing.T) {
 	l.stop()
 	t.Logf("load: %d batches acknowledged, %s, in %v", l.count(), l.errString(), time.Since(started).Round(time.Millisecond))
 	c.verify("default", c.procs, l)
+}
+
+// TestClusterFullRestart: after all three nodes are stopped with SIGTERM
+// and started again, each one serves every committed message at once: its
+// commit ID is the old one before anything new is sent.
+func TestClusterFullRestart(t *testing.T) {
+	c := startCluster(t, 3)
+	l := startLoad(t, "fr", c.addrs(), 4, 100, 0, 60*time.Second)
+	l.wait()
+	commit := c.verify("default", c.procs, l)
+	for _, p := range c.procs {
+		p.stop()
+	}
+	t0 := time.Now()
+	for _, p := range c.procs {
+		p.restart()
+	}
+	for _, p := range c.procs {
+		var d *client.TopicDetails
+		require.Eventually(t, func() bool {
+			var err error
+			d, err = c.details(p, "default")
+			return err == nil
+		}, 30*time.Second, 10*time.Millisecond, "%s does not answer after the restart", p.name)
+		// The first answer already has the old commit point.
+		require.Equal(t, commit, d.CommitID, "%s: first commit ID after the restart", p.name)
+		require.Equal(t, commit, d.LastID, "%s: last ID after the restart", p.name)
+	}
+	t.Logf("all 3 nodes restarted and reported commit %d within %v", commit, time.Since(t0).Round(time.Millisecond))
+	c.verify("default", c.procs, l)
+	// And the cluster goes on from there.
+	cl := client.New("it", c.addrs(), client.WithRetryWindow(30*time.Second))
+	defer cl.Close()
+	ids, err := cl.SendMessages("default", [][]byte{[]byte("after")}, true)
+	require.NoError(t, err)
+	require.Equal(t, []int64{commit + 1}, ids)
+}
+
+// TestClusterFollowerCatchesUp: a follower stopped with SIGTERM misses a few
+// thousand messages; started again, it reaches the same commit ID and
+// serves the same messages. With 64 KiB segments the messages it fetches
+// span several segment files.
+func TestClusterFollowerCatchesUp(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"default-segments", nil},
+		{"segment-bytes-65536", []string{"-segment-bytes", "65536"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startCluster(t, 3, tc.args...)
+			leader := c.leader("default", c.procs)
+			follower := others(c.procs, leader)[0]
+			follower.stop()
+			// 4 producers x 120 batches of 1..16 messages: 4080 messages of
+			// about 120 bytes, about 500 KB.
+			l := startLoad(t, "cu", c.addrs(), 4, 120, 100, 60*time.Second)
+			l.wait()
+			running := others(c.procs, follower)
+			commit := c.waitCommit("default", running, 0, 30*time.Second)
+			t0 := time.Now()
+			follower.restart()
+			c.waitCommit("default", c.procs, commit, 60*time.Second)
+			t.Logf("%s caught up to commit %d in %v after its start", follower.name, commit, time.Since(t0).Round(time.Millisecond))
+			c.verify("default", c.procs, l)
+			segs := segmentFiles(t, follower.data)
+			t.Logf("%s holds %d files in its topic directory", follower.name, segs)
+			if tc.args != nil {
+				assert.GreaterOrEqual(t, segs, 4, "several segments")
+			}
+		})
+	}
+}
+
+// TestClusterFollowerPaused: a follower stopped with SIGSTOP while
+// producers go on does not stop the cluster; continued with SIGCONT, it
+// catches up, and the logs agree.
+func TestClusterFollowerPaused(t *testing.T) {
+	c := startCluster(t, 3)
+	l := startLoad(t, "ps", c.addrs(), 4, 20000, 0, 90*time.Second)
+	l.waitMore(200, 30*time.Second, "before the pause")
+	leader := c.leader("default", c.procs)
+	follower := others(c.procs, leader)[0]
+	follower.pause()
+	t0 := time.Now()
+	l.waitMore(3000, 60*time.Second, fmt.Sprintf("while %s is paused", follower.name))
+	d, err := c.details(leader, "default")
+	require.NoError(t, err)
+	t.Logf("3000 batches acknowledged in %v while %s was paused; leader commit %d", time.Since(t0).Round(time.Millisecond), follower.name, d.CommitID)
+	follower.resume()
+	t1 := time.Now()
+	require.Eventually(t, func() bool {
+		e, err := c.details(follower, "default")
+		return err == nil && e.CommitID >= d.CommitID
+	}, 30*time.Second, 20*time.Millisecond, "%s does not catch up to %d after SIGCONT", follower.name, d.CommitID)
+	t.Logf("%s reached commit %d %v after SIGCONT", follower.name, d.CommitID, time.Since(t1).Round(time.Millisecond))
+	l.waitMore(200, 30*time.Second, "after the pause")
+	l.stop()
+	t.Logf("load: %d batches acknowledged, %s", l.count(), l.errString())
+	c.verify("default", c.procs, l)
+}
+
+// segmentFiles counts the segment files (*.log) of the topic "default"
+// under a node's data directory.
+func segmentFiles(t *testing.T, data string) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(data, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(data, path)
+		if !d.IsDir() && strings.HasSuffix(path, ".log") && strings.Contains(rel, "default") {
+			n++
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	return n
 }
