@@ -65,7 +65,7 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 
 func (s *Service) unaryErrors(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	s.inflight.Add(1)
-	defer s.inflight.Done()
+	defer s.inflight.Add(-1)
 	resp, err := h(ctx, req)
 	if err != nil {
 		return nil, toStatus(ctx, err, s.leaderAddr, s.log)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -71,7 +72,7 @@ type Service struct {
 	stopping chan struct{}
 	fwd      forwarder
 
-	inflight sync.WaitGroup // unary calls being served
+	inflight atomic.Int64 // unary calls being served
 
 	nodesMu sync.RWMutex
 	nodes   []Node
@@ -85,14 +86,14 @@ func New(cfg Config, registry *topic.Registry) *Service {
 
 // Drain waits until the unary calls in flight have returned, or ctx ends.
 func (s *Service) Drain(ctx context.Context) {
-	done := make(chan struct{})
-	go func() {
-		s.inflight.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for s.inflight.Load() > 0 {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
