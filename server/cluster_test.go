@@ -241,3 +241,64 @@ func TestClusterFullRestart(t *testing.T) {
 	got := verifyLogs(t, c, "default")
 	assert.Len(t, got, 100)
 }
+
+// TestLaggingFollowerGetsSnapshot: a follower is stopped, the others write
+// and delete the segments it would need, and it comes back: it is sent a
+// metadata-only snapshot, continues from there with the same IDs, and
+// serves what is retained.
+func TestLaggingFollowerGetsSnapshot(t *testing.T) {
+	c := servertest.NewCluster(t, 3, servertest.WithSegmentBytes(4096))
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs(), client.WithRetryWindow(20*time.Second))
+	defer cl.Close()
+	_, err := cl.SendMessages("default", batch("before", 5), true)
+	require.NoError(t, err)
+
+	l := leaderIndex(t, c, "default")
+	f := (l + 1) % 3
+	c.Nodes[f].Stop()
+	for i := 0; i < 60; i++ {
+		_, err := cl.SendMessages("default", batch(fmt.Sprint("w", i), 20), true)
+		require.NoError(t, err)
+	}
+	// Delete old segments on both running nodes.
+	for i, n := range c.Nodes {
+		if i == f {
+			continue
+		}
+		tp, err := n.Registry().Get("default")
+		require.NoError(t, err)
+		require.NoError(t, tp.Group.Compact(ctxT(t), tp.Group.Applied()))
+		require.Greater(t, tp.Group.Details().FirstID, uint64(1), "node %d deleted nothing", i)
+	}
+	c.Nodes[f].Start()
+	last, err := cl.SendMessages("default", batch("after", 3), true)
+	require.NoError(t, err)
+	want := last[len(last)-1]
+
+	cc := dial(t, c.Nodes[f])
+	require.Eventually(t, func() bool {
+		d, err := cc.bus.GetTopicDetails(ctxT(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+		return err == nil && d.CommitId == want
+	}, 20*time.Second, 10*time.Millisecond, "the follower never caught up")
+	d, err := cc.bus.GetTopicDetails(ctxT(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+	require.NoError(t, err)
+	assert.Greater(t, d.FirstId, int64(1), "the follower starts at the snapshot")
+	// Below the first retained ID: no messages, next_id = first retained.
+	resp, err := cc.bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 10})
+	require.NoError(t, err)
+	assert.Empty(t, resp.Messages)
+	assert.Equal(t, d.FirstId, resp.NextId)
+	// What it holds equals the leader's data at the same IDs.
+	lc := dial(t, c.Nodes[l])
+	for id := d.FirstId; id <= want; {
+		a, err := cc.bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: id, Quantity: 500})
+		require.NoError(t, err)
+		b, err := lc.bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: id, Quantity: int32(len(a.Messages))})
+		require.NoError(t, err)
+		require.NotEmpty(t, a.Messages)
+		require.Equal(t, a.Messages, b.Messages[:len(a.Messages)], "from id %d", id)
+		id = a.NextId
+	}
+	assert.Equal(t, [][]byte{[]byte("after-0"), []byte("after-1"), []byte("after-2")}, readAll(t, conn{bus: cc.bus}, "default", want-2, want, 10))
+}

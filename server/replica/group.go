@@ -386,6 +386,22 @@ func (g *Group) ProposeConfChange(ctx context.Context, cc *raftpb.ConfChangeV2) 
 	})
 }
 
+// Compact deletes the whole segments of the log below index (capped at the
+// applied index) on this node. A follower that later needs a deleted entry
+// is sent a snapshot. Retention calls it.
+func (g *Group) Compact(ctx context.Context, index uint64) error {
+	return g.do(ctx, func() error {
+		if a := g.applied.Load(); index > a {
+			index = a
+		}
+		if err := g.log.DeleteBefore(index); err != nil {
+			g.fence(err)
+			return err
+		}
+		return nil
+	})
+}
+
 // Status is the group's raft status (with follower progress on a leader).
 func (g *Group) Status(ctx context.Context) (raft.Status, error) {
 	var st raft.Status
