@@ -7,6 +7,10 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/forestbus/forestbus/server/transport"
 )
 
 // SyncMode says when an acknowledged write is on disk.
@@ -69,6 +73,19 @@ type Config struct {
 	TickInterval time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+
+	// NewTransport, when set, replaces the gRPC peer transport (tests run
+	// clusters over transport.Hub to cut and heal links).
+	NewTransport func(nodeID uint64, h transport.Handler) PeerTransport
+}
+
+// PeerTransport carries raft messages between nodes: *transport.GRPC, or
+// *transport.HubTransport in tests.
+type PeerTransport interface {
+	Send(group string, msgs []*raftpb.Message)
+	AddPeer(id uint64, addr string)
+	RemovePeer(id uint64)
+	Stop()
 }
 
 // Join describes a node added to a running cluster by AdminService.AddNode.

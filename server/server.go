@@ -43,7 +43,7 @@ type Server struct {
 	wg        sync.WaitGroup
 	cancelBG  context.CancelFunc
 	members   []member
-	transport *transport.GRPC
+	transport PeerTransport
 	peersMu   sync.Mutex
 	peers     map[uint64]bool
 	stopOnce  sync.Once
@@ -162,7 +162,13 @@ func (s *Server) open() error {
 	}
 
 	handler := &engineHandler{}
-	s.transport = transport.New(transport.Config{NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger})
+	var grpcTransport *transport.GRPC
+	if cfg.NewTransport != nil {
+		s.transport = cfg.NewTransport(id.RaftID, handler)
+	} else {
+		grpcTransport = transport.New(transport.Config{NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger})
+		s.transport = grpcTransport
+	}
 	s.engine, err = replica.NewEngine(replica.Config{NodeID: id.RaftID, TickInterval: cfg.TickInterval, Transport: s.transport, Logger: cfg.Logger})
 	if err != nil {
 		return err
@@ -215,7 +221,9 @@ func (s *Server) open() error {
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)
 	forestbusv1.RegisterAdminServiceServer(s.grpc, s.svc)
-	s.transport.Register(s.grpc)
+	if grpcTransport != nil {
+		grpcTransport.Register(s.grpc)
+	}
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

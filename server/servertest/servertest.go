@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/forestbus/forestbus/server"
+	"github.com/forestbus/forestbus/server/transport"
 )
 
 // Node is a node under test. Restart keeps its data directory and address.
@@ -35,6 +36,16 @@ func WithMaxWait(d time.Duration) Option { return func(c *server.Config) { c.Max
 
 // WithSegmentBytes sets the default segment size.
 func WithSegmentBytes(n int64) Option { return func(c *server.Config) { c.SegmentBytes = n } }
+
+// WithHub runs the cluster's peer traffic over an in-memory hub, whose
+// links tests cut, heal, slow and make lossy.
+func WithHub(h *transport.Hub) Option {
+	return func(c *server.Config) {
+		c.NewTransport = func(id uint64, handler transport.Handler) server.PeerTransport {
+			return h.Transport(id, handler)
+		}
+	}
+}
 
 // WithConfig applies any change to the config.
 func WithConfig(f func(*server.Config)) Option { return f }
