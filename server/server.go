@@ -254,6 +254,11 @@ func (s *Server) reconcile() {
 func (s *Server) setMembers(ms []topic.Member) {
 	nodes := make([]api.Node, len(ms))
 	keep := map[uint64]bool{}
+	ids := make([]uint64, len(ms))
+	for i, m := range ms {
+		ids[i] = m.ID
+	}
+	s.engine.SetPeers(ids)
 	for i, m := range ms {
 		nodes[i] = api.Node{Name: m.Name, Address: m.Address, RaftID: m.ID}
 		keep[m.ID] = true

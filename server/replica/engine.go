@@ -80,6 +80,9 @@ type Engine struct {
 	closing []*Group // removed groups the loop has not closed yet
 
 	tagSeq          atomic.Uint64 // proposal tags: node ID in the top 16 bits
+	ticks           atomic.Int64  // ticks since start
+	lastHeard       sync.Map      // node ID -> *atomic.Int64, tick it was last heard
+	peers           []uint64      // pinged for liveness; guarded by mu
 	electionTimeout time.Duration
 
 	stopc   chan struct{}
@@ -151,6 +154,10 @@ func (e *Engine) Group(name string) *Group {
 // Step delivers a raft message from a peer to the named group. Unknown groups
 // drop the message.
 func (e *Engine) Step(group string, m *raftpb.Message) {
+	e.heard(m.GetFrom())
+	if group == livenessGroup {
+		return
+	}
 	g := e.Group(group)
 	if g == nil {
 		return
@@ -305,9 +312,11 @@ func (e *Engine) run() {
 		}
 		candidates = busy
 		if tick {
+			e.ticks.Add(1)
+			e.pingPeers()
 			for _, g := range list {
 				if g.fenced == nil && !g.removing.Load() {
-					g.rn.Tick()
+					g.tick()
 				}
 			}
 			candidates = list

@@ -127,9 +127,12 @@ type Group struct {
 	ids      []commitlog.EntryIDs
 	fenced   error
 	isLeader bool
-	lost     bool // leadership lost in the current Ready
-	replies  []reply
-	props    []*raftpb.Entry // scratch for batched proposals
+	// quiesced: idle, not ticking (see quiesce.go).
+	quiesced  bool
+	idleTicks int
+	lost      bool // leadership lost in the current Ready
+	replies   []reply
+	props     []*raftpb.Entry // scratch for batched proposals
 	// campaignAt > 0: campaign once the applied index reaches it.
 	campaignAt uint64
 
@@ -617,6 +620,9 @@ func (g *Group) drainInbox() {
 	g.inProps, g.inMsgs, g.inReports, g.inOps = g.spareProps[:0], g.spareMsgs[:0], nil, nil
 	g.inboxMu.Unlock()
 
+	if len(ops) > 0 || len(reports) > 0 || len(props) > 0 {
+		g.quiesced = false
+	}
 	for _, op := range ops {
 		op()
 	}
@@ -636,7 +642,19 @@ func (g *Group) drainInbox() {
 
 	for i, m := range msgs {
 		if g.fenced == nil {
+			if m.GetType() == raftpb.MessageType_MsgHeartbeatResp && isQuiesceMsg(m) {
+				// A follower acknowledging quiescence. Not for raft: v3.7
+				// reads a heartbeat context as a ReadIndex counter.
+				msgs[i] = nil
+				continue
+			}
 			_ = g.rn.Step(m)
+			switch {
+			case !isQuiesceMsg(m):
+				g.quiesced = false
+			case m.GetType() == raftpb.MessageType_MsgHeartbeat && m.GetFrom() == g.lead.Load() && !g.isLeader:
+				g.quiesced = true // the leader went idle
+			}
 		}
 		msgs[i] = nil
 	}

@@ -1,0 +1,65 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/forestbus/forestbus/client"
+	"github.com/forestbus/forestbus/server/servertest"
+	"github.com/forestbus/forestbus/server/transport"
+)
+
+// TestIdleTopicsGoQuiet: once 50 topics are idle, the cluster exchanges
+// only the per-node liveness pings (6 links × 10 ticks/s at the default
+// 100 ms tick), not heartbeats per topic.
+func TestIdleTopicsGoQuiet(t *testing.T) {
+	hub := transport.NewHub(transport.WithSeed(3))
+	c := servertest.NewCluster(t, 3, servertest.WithHub(hub))
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs())
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const topics = 50
+	for i := 0; i < topics; i++ {
+		require.NoError(t, cl.CreateTopic(ctx, fmt.Sprintf("idle-%d", i), client.TopicSettings{}))
+		_, err := cl.SendMessagesContext(ctx, fmt.Sprintf("idle-%d", i), [][]byte{[]byte("x")}, true)
+		require.NoError(t, err)
+	}
+	// The cluster's tick is 20 ms in servertest: 6 links × 50 pings/s = 300
+	// messages/s when quiet; per-topic heartbeats would add 51 groups × 2
+	// followers × 50/s × 2 (with responses) ≈ 10,000/s.
+	// Measure the message rate over half-second windows until it is low.
+	var rate float64
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		start, before := time.Now(), hub.Delivered()
+		<-time.After(500 * time.Millisecond) // a measurement window
+		rate = float64(hub.Delivered()-before) / time.Since(start).Seconds()
+		t.Logf("idle: %.0f messages/s for %d topics", rate, topics+1)
+		if rate < 600 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "idle cluster still sends %.0f messages/s", rate)
+	}
+
+	// A quiesced topic still fails over: stop its leader and send.
+	l := leaderIndex(t, c, "idle-7")
+	c.Nodes[l].Stop()
+	others := []string{}
+	for i, a := range c.Addrs() {
+		if i != l {
+			others = append(others, a)
+		}
+	}
+	cl2 := client.New("test", others, client.WithRetryWindow(20*time.Second))
+	defer cl2.Close()
+	ids, err := cl2.SendMessagesContext(ctx, "idle-7", [][]byte{[]byte("y")}, true)
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), ids[0])
+}

@@ -1,0 +1,148 @@
+package replica
+
+import (
+	"bytes"
+	"sync/atomic"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+)
+
+// Quiescence: an idle group stops ticking, so it sends no heartbeats and
+// costs nothing (RAFT_NOTES §5.7). A leader whose log is fully committed and
+// replicated to every member, with nothing pending, quiesces after a few idle
+// ticks and tells its followers with a heartbeat whose context is
+// quiesceCtx; a follower that gets it from its leader stops ticking too.
+// Any other message, a proposal or a membership change wakes the group.
+//
+// A quiesced follower still needs to notice a dead leader. Every node sends
+// a liveness ping to each peer every tick (one message per node pair, on the
+// reserved group livenessGroup); a quiesced follower whose leader's node has
+// not been heard from for an election timeout wakes up and, ticking again,
+// elects a new leader.
+
+// livenessGroup carries the per-node liveness pings; no group has this name.
+const livenessGroup = "\x00live"
+
+// quiesceAfter is how many idle ticks a leader waits before quiescing.
+const quiesceAfter = 3
+
+var quiesceCtx = []byte("forestbus-quiesce")
+
+func isQuiesceMsg(m *raftpb.Message) bool {
+	t := m.GetType()
+	return (t == raftpb.MessageType_MsgHeartbeat || t == raftpb.MessageType_MsgHeartbeatResp) &&
+		bytes.Equal(m.GetContext(), quiesceCtx)
+}
+
+// heard records that a message from node id arrived now.
+func (e *Engine) heard(id uint64) {
+	if v, ok := e.lastHeard.Load(id); ok {
+		v.(*atomic.Int64).Store(e.ticks.Load())
+		return
+	}
+	v := new(atomic.Int64)
+	v.Store(e.ticks.Load())
+	e.lastHeard.Store(id, v)
+}
+
+// silentFor is how many ticks have passed since node id was last heard.
+func (e *Engine) silentFor(id uint64) int64 {
+	v, ok := e.lastHeard.Load(id)
+	if !ok {
+		return e.ticks.Load()
+	}
+	return e.ticks.Load() - v.(*atomic.Int64).Load()
+}
+
+// SetPeers sets the nodes the engine pings for liveness.
+func (e *Engine) SetPeers(ids []uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.peers = append(e.peers[:0], ids...)
+}
+
+// pingPeers sends this tick's liveness pings.
+func (e *Engine) pingPeers() {
+	if e.cfg.Transport == nil {
+		return
+	}
+	e.mu.Lock()
+	peers := e.peers
+	e.mu.Unlock()
+	for _, id := range peers {
+		if id == e.cfg.NodeID {
+			continue
+		}
+		e.cfg.Transport.Send(livenessGroup, []*raftpb.Message{{
+			Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(e.cfg.NodeID), To: new(id),
+		}})
+	}
+}
+
+// tick advances a group's clock, or, when it is quiesced, checks that its
+// leader is alive. Engine goroutine only.
+func (g *Group) tick() {
+	if g.quiesced {
+		if lead := g.lead.Load(); lead != g.e.cfg.NodeID && (lead == raft.None || g.e.silentFor(lead) > int64(g.e.cfg.ElectionTicks)) {
+			g.quiesced = false // the leader went quiet: tick, and elect
+		}
+		return
+	}
+	// Judge idleness before ticking: a leader's tick queues heartbeats.
+	if g.maybeQuiesce() {
+		return
+	}
+	g.rn.Tick()
+}
+
+// maybeQuiesce quiesces an idle leader and reports whether it did. Engine
+// goroutine only.
+func (g *Group) maybeQuiesce() bool {
+	if !g.isLeader || len(g.waiters) > 0 || g.rn.HasReady() {
+		g.idleTicks = 0
+		return false
+	}
+	st := g.rn.BasicStatus()
+	last, err := g.log.LastIndex()
+	if err != nil || st.GetCommit() != last || st.LeadTransferee != raft.None {
+		g.idleTicks = 0
+		return false
+	}
+	idle := true
+	g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if id != g.e.cfg.NodeID && (pr.Match != last || pr.State != tracker.StateReplicate) {
+			idle = false
+		}
+	})
+	if !idle {
+		g.idleTicks = 0
+		return false
+	}
+	g.idleTicks++
+	if g.idleTicks < quiesceAfter {
+		return false
+	}
+	g.idleTicks = 0
+	g.quiesced = true
+	if g.e.cfg.Transport == nil {
+		return true
+	}
+	var msgs []*raftpb.Message
+	g.rn.WithProgress(func(id uint64, _ raft.ProgressType, _ tracker.Progress) {
+		if id == g.e.cfg.NodeID {
+			return
+		}
+		msgs = append(msgs, &raftpb.Message{
+			Type:    raftpb.MessageType_MsgHeartbeat.Enum(),
+			From:    new(g.e.cfg.NodeID),
+			To:      new(id),
+			Term:    new(st.GetTerm()),
+			Commit:  new(last),
+			Context: quiesceCtx,
+		})
+	})
+	g.e.cfg.Transport.Send(g.name, msgs)
+	return true
+}
