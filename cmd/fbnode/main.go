@@ -11,6 +11,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -93,6 +96,7 @@ func run(args []string) error {
 		topic     = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
 		logLevel  = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		logFormat = fs.String("log-format", "text", "log format: text or json")
+		pprofAddr = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 		addrFile  = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -122,6 +126,14 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *pprofAddr != "" {
+		lis, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return fmt.Errorf("-pprof: %w", err)
+		}
+		go func() { _ = http.Serve(lis, nil) }() // net/http/pprof registers on the default mux
+		logger.Info("pprof listening", "addr", lis.Addr().String())
+	}
 	var joinInfo *server.Join
 	if *join != "" && !fileExists(filepath.Join(*dataDir, "identity.json")) {
 		if *advertise == "" && strings.HasSuffix(*listen, ":0") {

@@ -272,6 +272,7 @@ func (e *Engine) run() {
 		version             uint64 = ^uint64(0)
 		dirty, work         []*Group
 		candidates, next    []*Group
+		pass                uint64
 	)
 	for {
 		tick := false
@@ -310,16 +311,23 @@ func (e *Engine) run() {
 				g.drainInbox()
 			}
 		}
-		candidates = busy
+		// Candidates for a Ready: groups with queued work, and groups that
+		// ticked (quiesced groups do not, and cost nothing).
+		pass++
+		candidates = append(candidates[:0], busy...)
+		for _, g := range busy {
+			g.pass = pass
+		}
 		if tick {
-			e.ticks.Add(1)
-			e.pingPeers()
+			if e.ticks.Add(1)%pingEvery == 0 {
+				e.pingPeers()
+			}
 			for _, g := range list {
-				if g.fenced == nil && !g.removing.Load() {
-					g.tick()
+				if g.fenced == nil && !g.removing.Load() && g.tick() && g.pass != pass {
+					g.pass = pass
+					candidates = append(candidates, g)
 				}
 			}
-			candidates = list
 		}
 
 		// Ready passes: repeat while some group has more to do (a single-node

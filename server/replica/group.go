@@ -130,6 +130,7 @@ type Group struct {
 	// quiesced: idle, not ticking (see quiesce.go).
 	quiesced  bool
 	idleTicks int
+	pass      uint64 // the engine pass that last listed it as a candidate
 	lost      bool // leadership lost in the current Ready
 	replies   []reply
 	props     []*raftpb.Entry // scratch for batched proposals

@@ -17,13 +17,18 @@ import (
 // Any other message, a proposal or a membership change wakes the group.
 //
 // A quiesced follower still needs to notice a dead leader. Every node sends
-// a liveness ping to each peer every tick (one message per node pair, on the
+// a liveness ping to each peer every other tick (one message per node pair, on the
 // reserved group livenessGroup); a quiesced follower whose leader's node has
 // not been heard from for an election timeout wakes up and, ticking again,
 // elects a new leader.
 
 // livenessGroup carries the per-node liveness pings; no group has this name.
 const livenessGroup = "\x00live"
+
+// pingEvery is how often, in ticks, a node pings each peer. A quiesced
+// follower wakes after ElectionTicks without news from its leader's node,
+// so several pings fit in that window.
+const pingEvery = 2
 
 // quiesceAfter is how many idle ticks a leader waits before quiescing.
 const quiesceAfter = 3
@@ -82,19 +87,21 @@ func (e *Engine) pingPeers() {
 }
 
 // tick advances a group's clock, or, when it is quiesced, checks that its
-// leader is alive. Engine goroutine only.
-func (g *Group) tick() {
+// leader is alive. It reports whether the group may have a Ready. Engine
+// goroutine only.
+func (g *Group) tick() bool {
 	if g.quiesced {
 		if lead := g.lead.Load(); lead != g.e.cfg.NodeID && (lead == raft.None || g.e.silentFor(lead) > int64(g.e.cfg.ElectionTicks)) {
 			g.quiesced = false // the leader went quiet: tick, and elect
 		}
-		return
+		return false
 	}
 	// Judge idleness before ticking: a leader's tick queues heartbeats.
 	if g.maybeQuiesce() {
-		return
+		return true // the quiesce heartbeats went out; nothing else to do
 	}
 	g.rn.Tick()
+	return true
 }
 
 // maybeQuiesce quiesces an idle leader and reports whether it did. Engine
