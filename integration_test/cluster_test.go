@@ -418,6 +418,7 @@ func TestClusterLeaderKill9(t *testing.T) {
 			e, err := c.details(leader, "default")
 			return err == nil && e.CommitID >= d.CommitID
 		}, 30*time.Second, 20*time.Millisecond, "%s does not catch up to commit %d after the restart", leader.name, d.CommitID)
+		t.Logf("round %d: %s restarted and reached commit %d %v after the kill", round, leader.name, d.CommitID, time.Since(t0).Round(time.Millisecond))
 	}
 	l.waitMore(100, 30*time.Second, "after the last restart")
 	l.stop()
@@ -430,13 +431,17 @@ func TestClusterLeaderKill9(t *testing.T) {
 // commit ID is the old one before anything new is sent.
 func TestClusterFullRestart(t *testing.T) {
 	c := startCluster(t, 3)
+	t0 := time.Now()
 	l := startLoad(t, "fr", c.addrs(), 4, 100, 0, 60*time.Second)
 	l.wait()
+	t.Logf("load: %d batches acknowledged in %v", l.count(), time.Since(t0).Round(time.Millisecond))
 	commit := c.verify("default", c.procs, l)
+	t0 = time.Now()
 	for _, p := range c.procs {
 		p.stop()
 	}
-	t0 := time.Now()
+	t.Logf("3 nodes stopped with SIGTERM in %v", time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
 	for _, p := range c.procs {
 		p.restart()
 	}
@@ -480,11 +485,13 @@ func TestClusterFollowerCatchesUp(t *testing.T) {
 			follower.stop()
 			// 4 producers x 120 batches of 1..16 messages: 4080 messages of
 			// about 120 bytes, about 500 KB.
+			t0 := time.Now()
 			l := startLoad(t, "cu", c.addrs(), 4, 120, 100, 60*time.Second)
 			l.wait()
+			t.Logf("load: %d batches acknowledged in %v while %s was down", l.count(), time.Since(t0).Round(time.Millisecond), follower.name)
 			running := others(c.procs, follower)
 			commit := c.waitCommit("default", running, 0, 30*time.Second)
-			t0 := time.Now()
+			t0 = time.Now()
 			follower.restart()
 			c.waitCommit("default", c.procs, commit, 60*time.Second)
 			t.Logf("%s caught up to commit %d in %v after its start", follower.name, commit, time.Since(t0).Round(time.Millisecond))

@@ -182,11 +182,15 @@ func (p *proc) kill() {
 // stop sends SIGTERM and waits for a clean exit.
 func (p *proc) stop() {
 	p.t.Helper()
+	t0 := time.Now()
 	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case <-p.exited:
 	case <-time.After(30 * time.Second):
 		p.t.Fatalf("%s did not stop on SIGTERM", p.name)
+	}
+	if d := time.Since(t0); d > time.Second {
+		p.t.Logf("%s took %v to stop on SIGTERM", p.name, d.Round(time.Millisecond))
 	}
 	require.Equal(p.t, 0, p.cmd.ProcessState.ExitCode(), "%s: %s", p.name, tail(p.stderr.String(), 20))
 }

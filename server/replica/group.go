@@ -131,7 +131,7 @@ type Group struct {
 	quiesced  bool
 	idleTicks int
 	pass      uint64 // the engine pass that last listed it as a candidate
-	lost      bool // leadership lost in the current Ready
+	lost      bool   // leadership lost in the current Ready
 	replies   []reply
 	props     []*raftpb.Entry // scratch for batched proposals
 	// campaignAt > 0: campaign once the applied index reaches it.
