@@ -67,6 +67,7 @@ start_node() {
 	dir=$(mktemp -d -t fbbench-node.XXXXXX)
 	NODE_DIRS+=("$dir")
 	addrfile=$dir/addr
+	# A later -listen in "$@" overrides this one.
 	bin/fbnode -listen 127.0.0.1:0 -addr-file "$addrfile" -data "$dir/data" \
 		-sync "$mode" -cluster "$cluster" -name "$name" -log-level warn "$@" \
 		>"$dir/node.log" 2>&1 &
@@ -91,12 +92,45 @@ start_node() {
 }
 
 # start_<topology> MODE starts a fresh cluster and sets CONN to its
-# connection string (cluster#topic@nodes). To add the 3-node variant once
-# replication lands, write start_cluster3 (three start_node calls with the
-# peer flags) and run with BENCH_TOPOLOGIES="single cluster3".
+# connection string (cluster#topic@nodes). BENCH_TOPOLOGIES="single cluster3"
+# measures both.
 start_single() {
 	start_node "$1" bench node1
 	CONN="bench#default@$ADDR"
+}
+
+# free_ports N prints N free loopback ports (picked by the kernel).
+free_ports() {
+	python3 -c 'import socket,sys
+socks=[socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1",0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+# start_cluster3 MODE: three nodes, one process each, on 127.0.0.1.
+start_cluster3() {
+	local ports p ic="" i=1 nodes=""
+	read -r -a ports <<<"$(free_ports 3)"
+	for p in "${ports[@]}"; do
+		ic+="${ic:+,}n$i=127.0.0.1:$p"
+		i=$((i + 1))
+	done
+	i=1
+	for p in "${ports[@]}"; do
+		start_node "$1" bench "n$i" -initial-cluster "$ic" -listen "127.0.0.1:$p"
+		nodes+="${nodes:+,}127.0.0.1:$p"
+		i=$((i + 1))
+	done
+	CONN="bench#default@$nodes"
+	# Wait until the cluster has created its default topic.
+	for ((i = 0; i < 300; i++)); do
+		if bin/fbbench -forestbus "$CONN" -workload W2 -sends 1 -warmup 0 >/dev/null 2>&1; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	log "cluster3 did not become ready"
+	return 1
 }
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
