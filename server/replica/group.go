@@ -207,7 +207,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		if err := rn.Bootstrap(gc.Peers); err != nil {
 			return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)
 		}
-		voters = voters[:0]
+		voters = make([]uint64, 0, len(gc.Peers)) // not cs's slice
 		for _, p := range gc.Peers {
 			voters = append(voters, p.ID)
 		}
