@@ -145,15 +145,40 @@ func (c *cluster) details(p *proc, topic string) (*client.TopicDetails, error) {
 // waitLeader waits until p names a leader for topic.
 func (c *cluster) waitLeader(p *proc, topic string, timeout time.Duration) {
 	c.t.Helper()
-	var last error
-	require.Eventually(c.t, func() bool {
-		d, err := c.details(p, topic)
-		if err != nil {
-			last = err
-			return false
+	var d *client.TopicDetails
+	var err error
+	waitFor(c.t, timeout, 20*time.Millisecond, func() bool {
+		d, err = c.details(p, topic)
+		return err == nil && d.Leader != ""
+	}, func() string {
+		return fmt.Sprintf("%s names no leader of %q: last answer %+v, error %v", p.name, topic, d, err)
+	})
+}
+
+// waitFor polls cond every interval until it holds, and fails the test
+// with msg() if it does not within timeout.
+func waitFor(t *testing.T, timeout, interval time.Duration, cond func() bool, msg func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", timeout, msg())
 		}
-		return d.Leader != ""
-	}, timeout, 20*time.Millisecond, "%s names no leader of %q (last error: %v)", p.name, topic, last)
+		time.Sleep(interval)
+	}
+}
+
+// catchUp waits until p reports a commit ID of topic of at least commit.
+func (c *cluster) catchUp(p *proc, topic string, commit int64, timeout time.Duration) {
+	c.t.Helper()
+	var d *client.TopicDetails
+	var err error
+	waitFor(c.t, timeout, 20*time.Millisecond, func() bool {
+		d, err = c.details(p, topic)
+		return err == nil && d.CommitID >= commit
+	}, func() string {
+		return fmt.Sprintf("%s does not reach commit %d of %q: last answer %+v, error %v", p.name, commit, topic, d, err)
+	})
 }
 
 // leader returns the running process among procs that reports itself the
@@ -161,18 +186,22 @@ func (c *cluster) waitLeader(p *proc, topic string, timeout time.Duration) {
 func (c *cluster) leader(topic string, procs []*proc) *proc {
 	c.t.Helper()
 	var l *proc
-	require.Eventually(c.t, func() bool {
+	var seen []string
+	waitFor(c.t, 30*time.Second, 20*time.Millisecond, func() bool {
+		seen = seen[:0]
 		for _, p := range procs {
 			if !p.running() {
 				continue
 			}
-			if d, err := c.details(p, topic); err == nil && d.Leader == p.name {
+			d, err := c.details(p, topic)
+			if err == nil && d.Leader == p.name {
 				l = p
 				return true
 			}
+			seen = append(seen, fmt.Sprintf("%s: %+v %v", p.name, d, err))
 		}
 		return false
-	}, 30*time.Second, 20*time.Millisecond, "no node leads %q", topic)
+	}, func() string { return fmt.Sprintf("no node leads %q: %v", topic, seen) })
 	return l
 }
 
@@ -193,7 +222,7 @@ func (c *cluster) waitCommit(topic string, procs []*proc, min int64, timeout tim
 	c.t.Helper()
 	var commit int64
 	var seen []string
-	require.Eventually(c.t, func() bool {
+	waitFor(c.t, timeout, 20*time.Millisecond, func() bool {
 		seen = seen[:0]
 		var ids []int64
 		for _, p := range procs {
@@ -212,7 +241,7 @@ func (c *cluster) waitCommit(topic string, procs []*proc, min int64, timeout tim
 			}
 		}
 		return true
-	}, timeout, 20*time.Millisecond, "nodes do not reach one commit ID >= %d: %v", min, seen)
+	}, func() string { return fmt.Sprintf("nodes do not reach one commit ID >= %d: %v", min, seen) })
 	return commit
 }
 
@@ -372,8 +401,9 @@ func (l *load) count() int {
 func (l *load) waitMore(n int, timeout time.Duration, why string) {
 	l.t.Helper()
 	want := l.count() + n
-	require.Eventually(l.t, func() bool { return l.count() >= want }, timeout, 5*time.Millisecond,
-		"%s: fewer than %d batches acknowledged (%d); %s", why, want, l.count(), l.errString())
+	waitFor(l.t, timeout, 5*time.Millisecond, func() bool { return l.count() >= want }, func() string {
+		return fmt.Sprintf("%s: fewer than %d batches acknowledged (%d); %s", why, want, l.count(), l.errString())
+	})
 }
 
 func (l *load) errString() string {
@@ -414,10 +444,7 @@ func TestClusterLeaderKill9(t *testing.T) {
 		rest := others(c.procs, leader)
 		d, err := c.details(c.leader("default", rest), "default")
 		require.NoError(t, err)
-		require.Eventually(t, func() bool {
-			e, err := c.details(leader, "default")
-			return err == nil && e.CommitID >= d.CommitID
-		}, 30*time.Second, 20*time.Millisecond, "%s does not catch up to commit %d after the restart", leader.name, d.CommitID)
+		c.catchUp(leader, "default", d.CommitID, 30*time.Second)
 		t.Logf("round %d: %s restarted and reached commit %d %v after the kill", round, leader.name, d.CommitID, time.Since(t0).Round(time.Millisecond))
 	}
 	l.waitMore(100, 30*time.Second, "after the last restart")
@@ -447,11 +474,11 @@ func TestClusterFullRestart(t *testing.T) {
 	}
 	for _, p := range c.procs {
 		var d *client.TopicDetails
-		require.Eventually(t, func() bool {
-			var err error
+		var err error
+		waitFor(t, 30*time.Second, 10*time.Millisecond, func() bool {
 			d, err = c.details(p, "default")
 			return err == nil
-		}, 30*time.Second, 10*time.Millisecond, "%s does not answer after the restart", p.name)
+		}, func() string { return fmt.Sprintf("%s does not answer after the restart: %v", p.name, err) })
 		// The first answer already has the old commit point.
 		require.Equal(t, commit, d.CommitID, "%s: first commit ID after the restart", p.name)
 		require.Equal(t, commit, d.LastID, "%s: last ID after the restart", p.name)
@@ -522,10 +549,7 @@ func TestClusterFollowerPaused(t *testing.T) {
 	t.Logf("3000 batches acknowledged in %v while %s was paused; leader commit %d", time.Since(t0).Round(time.Millisecond), follower.name, d.CommitID)
 	follower.resume()
 	t1 := time.Now()
-	require.Eventually(t, func() bool {
-		e, err := c.details(follower, "default")
-		return err == nil && e.CommitID >= d.CommitID
-	}, 30*time.Second, 20*time.Millisecond, "%s does not catch up to %d after SIGCONT", follower.name, d.CommitID)
+	c.catchUp(follower, "default", d.CommitID, 30*time.Second)
 	t.Logf("%s reached commit %d %v after SIGCONT", follower.name, d.CommitID, time.Since(t1).Round(time.Millisecond))
 	l.waitMore(200, 30*time.Second, "after the pause")
 	l.stop()
@@ -604,10 +628,10 @@ func (c *cluster) waitMembers(procs []*proc, names ...string) {
 	for _, p := range procs {
 		var got []string
 		var err error
-		require.Eventually(c.t, func() bool {
+		waitFor(c.t, 60*time.Second, 20*time.Millisecond, func() bool {
 			got, err = c.clusterNodes(p)
 			return err == nil && slices.Equal(got, names)
-		}, 60*time.Second, 20*time.Millisecond, "%s lists %v (err %v), want %v", p.name, got, err, names)
+		}, func() string { return fmt.Sprintf("%s lists %v (error %v), want %v", p.name, got, err, names) })
 	}
 }
 
@@ -633,10 +657,7 @@ func TestClusterAddAndRemoveNodeUnderLoad(t *testing.T) {
 	leader := c.leader("default", c.procs)
 	d, err := c.details(leader, "default")
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		e, err := c.details(n4, "default")
-		return err == nil && e.CommitID >= d.CommitID
-	}, 60*time.Second, 20*time.Millisecond, "n4 does not reach commit %d", d.CommitID)
+	c.catchUp(n4, "default", d.CommitID, 60*time.Second)
 	require.Equal(t, c.readAll(leader, "default", d.CommitID), c.readAll(n4, "default", d.CommitID), "n4's copy differs from the leader's")
 	t.Logf("n4 serves IDs 1..%d, identical to the leader's, %v after its start", d.CommitID, time.Since(t0).Round(time.Millisecond))
 	l.waitMore(200, 30*time.Second, "with n4 in the cluster")
@@ -775,10 +796,11 @@ func TestClusterBadInput(t *testing.T) {
 		}
 	}
 	for _, p := range c.procs {
-		require.Eventually(t, func() bool {
-			_, err := c.details(p, "lp")
+		var err error
+		waitFor(t, 30*time.Second, 20*time.Millisecond, func() bool {
+			_, err = c.details(p, "lp")
 			return errors.Is(err, client.ErrTopicNotFound)
-		}, 30*time.Second, 20*time.Millisecond, "%s still serves lp", p.name)
+		}, func() string { return fmt.Sprintf("%s still serves lp: %v", p.name, err) })
 	}
 }
 
