@@ -161,6 +161,7 @@ func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, en
 	l.lastIndex = le.GetIndex()
 	l.last = last
 	l.nextID = nextID
+	l.cache.add(ents)
 	l.mu.Unlock()
 	if !s.dirty {
 		s.dirty = true
@@ -252,6 +253,7 @@ func (l *Log) truncateFrom(index uint64) error {
 	l.lastIndex = index - 1
 	l.last = newLast
 	l.nextID = nextID
+	l.cache.truncateFrom(index)
 	k = len(l.dups)
 	for k > 0 && l.dups[k-1].index >= index {
 		k--

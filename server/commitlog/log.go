@@ -103,6 +103,7 @@ type Log struct {
 	dups       []dupRec
 	terms      []termRun // covers [start.firstIndex-1, lastIndex]
 	cs         *pb.ConfState
+	cache      tailCache // recently appended entries, for Entries
 	closed     bool
 	writeError error // sticky: set when a write failed; the log is fenced
 

@@ -43,6 +43,9 @@ func (l *Log) Entries(lo, hi, maxSize uint64) ([]*pb.Entry, error) {
 	if lo >= hi {
 		return nil, nil
 	}
+	if ents, ok := l.cache.get(lo, hi, maxSize); ok {
+		return ents, nil
+	}
 	si, off, _, err := l.locate(lo)
 	if err != nil {
 		return nil, err

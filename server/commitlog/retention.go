@@ -156,6 +156,7 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	// 3. Drop everything else.
 	rest := slices.Clone(l.segs)
 	l.mu.Lock()
+	l.cache.reset()
 	l.segs = l.segs[:0]
 	l.start = st
 	l.cs = cs

@@ -1,0 +1,79 @@
+package commitlog
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	pb "go.etcd.io/raft/v3/raftpb"
+)
+
+func cacheEnt(i uint64) *pb.Entry {
+	return &pb.Entry{Index: new(i), Term: new(uint64(1)), Type: pb.EntryType_EntryNormal.Enum(), Data: fmt.Appendf(nil, "e%d", i)}
+}
+
+// TestEntriesSameFromCacheAndDisk: the tail cache answers exactly what the
+// files do, across truncation and reopen.
+func TestEntriesSameFromCacheAndDisk(t *testing.T) {
+	dir := t.TempDir()
+	l, err := Open(dir, Options{SegmentBytes: MinSegmentBytes, NoSync: true})
+	require.NoError(t, err)
+	var ents []*pb.Entry
+	for i := uint64(1); i <= 300; i++ {
+		ents = append(ents, cacheEnt(i))
+	}
+	_, err = l.Append(ents, nil)
+	require.NoError(t, err)
+	// Overwrite a suffix with another term.
+	var ov []*pb.Entry
+	for i := uint64(250); i <= 320; i++ {
+		e := cacheEnt(i)
+		e.Term = new(uint64(2))
+		e.Data = fmt.Appendf(nil, "f%d", i)
+		ov = append(ov, e)
+	}
+	_, err = l.Append(ov, nil)
+	require.NoError(t, err)
+	fromCache, err := l.Entries(1, 321, 1<<30)
+	require.NoError(t, err)
+	small, err := l.Entries(100, 321, 1)
+	require.NoError(t, err)
+	require.Len(t, small, 1, "maxSize still returns one entry")
+	require.NoError(t, l.Close())
+
+	l, err = Open(dir, Options{SegmentBytes: MinSegmentBytes, NoSync: true})
+	require.NoError(t, err)
+	defer l.Close()
+	require.Empty(t, l.cache.ents, "a reopened log reads from disk")
+	fromDisk, err := l.Entries(1, 321, 1<<30)
+	require.NoError(t, err)
+	require.Len(t, fromCache, 320)
+	for i := range fromDisk {
+		assert.Equal(t, fromDisk[i].GetIndex(), fromCache[i].GetIndex())
+		assert.Equal(t, fromDisk[i].GetTerm(), fromCache[i].GetTerm())
+		assert.Equal(t, fromDisk[i].GetData(), fromCache[i].GetData())
+	}
+}
+
+func TestTailCacheBounds(t *testing.T) {
+	var c tailCache
+	for i := uint64(1); i <= cacheMaxEntries+10; i++ {
+		c.add([]*pb.Entry{cacheEnt(i)})
+	}
+	assert.Len(t, c.ents, cacheMaxEntries)
+	assert.Equal(t, uint64(11), c.first)
+	_, ok := c.get(5, 6, 1<<20)
+	assert.False(t, ok, "evicted entries come from disk")
+	got, ok := c.get(11, 13, 1<<20)
+	require.True(t, ok)
+	assert.Equal(t, uint64(11), got[0].GetIndex())
+	c.truncateFrom(100)
+	assert.Len(t, c.ents, 89)
+	_, ok = c.get(99, 101, 1<<20)
+	assert.False(t, ok)
+	// A non-contiguous add restarts the cache.
+	c.add([]*pb.Entry{cacheEnt(500)})
+	assert.Equal(t, uint64(500), c.first)
+	assert.Len(t, c.ents, 1)
+}
