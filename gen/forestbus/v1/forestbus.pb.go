@@ -44,8 +44,11 @@ type SendMessagesRequest struct {
 	// node's max message size (default 1 MiB); the batch's total payload is
 	// at most the node's max batch size (default 16 MiB).
 	Messages [][]byte `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
-	// false: answer once the topic leader has the batch in its log.
-	// true: answer once a majority of nodes have it (committed).
+	// false: answer once the topic leader has the batch in its log (synced,
+	// in fsync mode). The IDs are then tentative: should the leader lose its
+	// leadership before the batch commits, a new leader may drop it and give
+	// the IDs to other messages. true: answer once a majority of nodes have it
+	// (committed); the IDs are final.
 	WaitForCommit bool `protobuf:"varint,3,opt,name=wait_for_commit,json=waitForCommit,proto3" json:"wait_for_commit,omitempty"`
 	// Idempotent appends (optional). A producer picks a random non-zero
 	// producer_id and numbers its batches 1, 2, 3, ... in `sequence`, sending a
