@@ -156,11 +156,13 @@ func (c *cluster) waitLeader(p *proc, topic string, timeout time.Duration) {
 }
 
 // waitFor polls cond every interval until it holds, and fails the test
-// with msg() if it does not within timeout.
+// with msg() if it does not within timeout, or at once if one of the
+// test's fbnode processes exits unexpectedly.
 func waitFor(t *testing.T, timeout, interval time.Duration, cond func() bool, msg func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
+		checkProcs(t)
 		if time.Now().After(deadline) {
 			t.Fatalf("not within %v: %s", timeout, msg())
 		}

@@ -53,6 +53,40 @@ type proc struct {
 	stderr *lockedBuffer // every run's standard error, appended
 	runs   int
 	exited chan struct{}
+	// expectExit is set when the test kills or stops the process: any
+	// other exit is unexpected (see checkProcs).
+	expectExit bool
+}
+
+// procs lists each running test's processes, for checkProcs.
+var procs = struct {
+	sync.Mutex
+	m map[*testing.T][]*proc
+}{m: map[*testing.T][]*proc{}}
+
+// checkProcs fails t at once if one of its processes exited without the
+// test killing or stopping it (it crashed, or something outside the test
+// signalled it), instead of letting the test wait for a node that is gone.
+// Only the test's goroutine may call it.
+func checkProcs(t *testing.T) {
+	t.Helper()
+	procs.Lock()
+	ps := procs.m[t]
+	procs.Unlock()
+	for _, p := range ps {
+		if p.exited == nil || p.expectExit {
+			continue
+		}
+		select {
+		case <-p.exited:
+			how := p.cmd.ProcessState.String()
+			if strings.Contains(p.stderr.String(), "signal received") {
+				how += "; the node logged a SIGTERM/SIGINT that the test did not send: something outside the test signalled it"
+			}
+			t.Fatalf("%s exited unexpectedly (%s):\n%s", p.name, how, tail(p.stderr.String(), 20))
+		default:
+		}
+	}
 }
 
 // lockedBuffer is a bytes.Buffer that the process's output copier and the
@@ -81,7 +115,13 @@ func (b *lockedBuffer) String() string {
 func newProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, args: args, data: filepath.Join(t.TempDir(), name), stderr: &lockedBuffer{}}
+	procs.Lock()
+	procs.m[t] = append(procs.m[t], p)
+	procs.Unlock()
 	t.Cleanup(func() {
+		procs.Lock()
+		delete(procs.m, t)
+		procs.Unlock()
 		p.kill()
 		out := p.stderr.String()
 		if dir := os.Getenv("FBNODE_LOGDIR"); dir != "" && out != "" {
@@ -126,6 +166,7 @@ func (p *proc) startErr(listen string) error {
 	addrFile := filepath.Join(p.t.TempDir(), "addr")
 	args := append([]string{"-listen", listen, "-data", p.data, "-addr-file", addrFile, "-cluster", "it", "-name", p.name}, p.args...)
 	p.cmd = exec.Command(fbnodeBin, args...)
+	p.expectExit = false
 	p.runs++
 	fmt.Fprintf(p.stderr, "=== run %d: fbnode %s\n", p.runs, strings.Join(args, " "))
 	p.cmd.Stderr = p.stderr
@@ -175,6 +216,7 @@ func (p *proc) kill() {
 	if p.cmd == nil || p.cmd.Process == nil {
 		return
 	}
+	p.expectExit = true
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.exited
 }
@@ -183,6 +225,7 @@ func (p *proc) kill() {
 func (p *proc) stop() {
 	p.t.Helper()
 	t0 := time.Now()
+	p.expectExit = true
 	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case <-p.exited:
