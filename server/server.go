@@ -232,6 +232,31 @@ func (s *Server) open() error {
 	return nil
 }
 
+// handOffLeadership moves the leadership of every group this node leads to
+// another voter before the node stops, so producers see at most a short
+// pause instead of an election timeout (rolling restarts).
+func (s *Server) handOffLeadership(limit time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for _, g := range s.registry.Groups() {
+		if g.Leader() != s.id.RaftID || len(g.ConfState().GetVoters()) < 2 {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := g.TransferLeadership(ctx); err != nil {
+				s.log.Warn("leadership not handed off before stopping", "group", g.Name(), "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // reconcile brings the groups this node leads to the cluster's membership,
 // a few times a second, until Stop.
 func (s *Server) reconcile() {
@@ -329,6 +354,7 @@ func (s *Server) Stop() error {
 			<-s.bg
 		}
 		s.health.Shutdown()
+		s.handOffLeadership(5 * time.Second)
 		s.svc.BeginShutdown()
 		// Let calls in flight finish while peers are still connected (a
 		// commit needs them), then close the peer streams, which would

@@ -406,6 +406,49 @@ func (g *Group) Compact(ctx context.Context, index uint64) error {
 	})
 }
 
+// TransferLeadership hands the group's leadership to its most caught-up
+// voter and returns once another node leads, or ctx ends. It does nothing
+// when this node does not lead or has no other voter.
+func (g *Group) TransferLeadership(ctx context.Context) error {
+	var to uint64
+	err := g.do(ctx, func() error {
+		if !g.isLeader {
+			return nil
+		}
+		st := g.rn.Status()
+		var best uint64
+		for id, pr := range st.Progress {
+			if id == g.e.cfg.NodeID || pr.IsLearner {
+				continue
+			}
+			if to == 0 || pr.Match > best {
+				to, best = id, pr.Match
+			}
+		}
+		if to != 0 {
+			g.quiesced = false
+			g.rn.TransferLeader(to)
+		}
+		return nil
+	})
+	if err != nil || to == 0 {
+		return err
+	}
+	for {
+		ch := g.commitWait(true)
+		if l := g.lead.Load(); l != g.e.cfg.NodeID && l != raft.None {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-g.stopped:
+			return ErrStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // Status is the group's raft status (with follower progress on a leader).
 func (g *Group) Status(ctx context.Context) (raft.Status, error) {
 	var st raft.Status

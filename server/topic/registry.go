@@ -188,6 +188,19 @@ func Open(cfg Config) (*Registry, error) {
 	return r, nil
 }
 
+// Groups returns the metadata group and every topic's group.
+func (r *Registry) Groups() []*replica.Group {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := []*replica.Group{r.meta}
+	for _, t := range r.topics {
+		if t.Group != nil {
+			out = append(out, t.Group)
+		}
+	}
+	return out
+}
+
 // Meta is the metadata group.
 func (r *Registry) Meta() *replica.Group { return r.meta }
 
