@@ -158,18 +158,9 @@ func (e *Engine) Step(group string, m *raftpb.Message) {
 	if group == livenessGroup {
 		return
 	}
-	g := e.Group(group)
-	if g == nil {
-		return
+	if g := e.Group(group); g != nil {
+		g.enqueue(func() { g.inMsgs = append(g.inMsgs, m) })
 	}
-	g.inboxMu.Lock()
-	if g.closed {
-		g.inboxMu.Unlock()
-		return
-	}
-	g.inMsgs = append(g.inMsgs, m)
-	g.inboxMu.Unlock()
-	e.markBusy(g)
 }
 
 // ReportUnreachable tells the named group that a message to peer `to` could
@@ -189,18 +180,9 @@ func (e *Engine) ReportSnapshot(group string, to uint64, failed bool) {
 }
 
 func (e *Engine) report(group string, r peerReport) {
-	g := e.Group(group)
-	if g == nil {
-		return
+	if g := e.Group(group); g != nil {
+		g.enqueue(func() { g.inReports = append(g.inReports, r) })
 	}
-	g.inboxMu.Lock()
-	if g.closed {
-		g.inboxMu.Unlock()
-		return
-	}
-	g.inReports = append(g.inReports, r)
-	g.inboxMu.Unlock()
-	e.markBusy(g)
 }
 
 func (e *Engine) nextTag() uint64 {

@@ -322,11 +322,32 @@ func (g *Group) CommitID() uint64 { return g.commitID.Load() }
 // Applied is the last applied raft index.
 func (g *Group) Applied() uint64 { return g.applied.Load() }
 
+// enqueue runs add (which appends to the inbox) under the inbox lock and
+// queues the group for the engine; it reports false, without running add,
+// once the group is closed.
+func (g *Group) enqueue(add func()) bool {
+	g.inboxMu.Lock()
+	if g.closed {
+		g.inboxMu.Unlock()
+		return false
+	}
+	add()
+	g.inboxMu.Unlock()
+	g.e.markBusy(g)
+	return true
+}
+
 // WaitLeader returns once the group knows a leader, or with ctx's error.
 func (g *Group) WaitLeader(ctx context.Context) error {
+	return g.waitLead(ctx, func(lead uint64) bool { return lead != raft.None })
+}
+
+// waitLead waits until ok holds for the group's leader. Leader changes wake
+// the commit waiters too.
+func (g *Group) waitLead(ctx context.Context, ok func(lead uint64) bool) error {
 	for {
 		ch := g.commitWait(true)
-		if g.lead.Load() != raft.None {
+		if ok(g.lead.Load()) {
 			return nil
 		}
 		select {
@@ -343,20 +364,16 @@ func (g *Group) WaitLeader(ctx context.Context) error {
 // waits for it.
 func (g *Group) do(ctx context.Context, fn func() error) error {
 	done := make(chan error, 1)
-	g.inboxMu.Lock()
-	if g.closed {
-		g.inboxMu.Unlock()
-		return ErrStopped
-	}
-	g.inOps = append(g.inOps, func() {
+	op := func() {
 		if g.fenced != nil {
 			done <- ErrStorageFailed
 			return
 		}
 		done <- fn()
-	})
-	g.inboxMu.Unlock()
-	g.e.markBusy(g)
+	}
+	if !g.enqueue(func() { g.inOps = append(g.inOps, op) }) {
+		return ErrStopped
+	}
 	select {
 	case err := <-done:
 		return err
@@ -434,19 +451,8 @@ func (g *Group) TransferLeadership(ctx context.Context) error {
 	if err != nil || to == 0 {
 		return err
 	}
-	for {
-		ch := g.commitWait(true)
-		if l := g.lead.Load(); l != g.e.cfg.NodeID && l != raft.None {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-g.stopped:
-			return ErrStopped
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	self := g.e.cfg.NodeID
+	return g.waitLead(ctx, func(lead uint64) bool { return lead != self && lead != raft.None })
 }
 
 // Status is the group's raft status (with follower progress on a leader).
@@ -533,14 +539,9 @@ func (g *Group) ProposeCommand(ctx context.Context, payload []byte) error {
 
 func (g *Group) propose(ctx context.Context, tag uint64, data []byte, wait bool) (Result, error) {
 	p := &proposal{tag: tag, data: data, wait: wait, done: make(chan Result, 1)}
-	g.inboxMu.Lock()
-	if g.closed {
-		g.inboxMu.Unlock()
+	if !g.enqueue(func() { g.inProps = append(g.inProps, p) }) {
 		return Result{}, ErrStopped
 	}
-	g.inProps = append(g.inProps, p)
-	g.inboxMu.Unlock()
-	g.e.markBusy(g)
 	select {
 	case r := <-p.done:
 		return r, r.Err
