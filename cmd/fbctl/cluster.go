@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/forestbus/forestbus/client"
+)
+
+const defaultNodeTimeout = 2 * time.Second
+
+const clusterAbout = `
+cluster status: the cluster's members (as a node of the connection string
+reports them), each asked directly whether it is up and how fast it answers;
+then, for every topic, the leader and the first, last and commit IDs as each
+node reports them, with each node's lag: the leader's commit ID minus the
+node's. A node that does not answer within -node-timeout is down.`
+
+func (a *app) cluster(args []string) error {
+	return a.group("cluster", "status", clusterAbout, map[string]func(*app, []string) error{
+		"status": (*app).clusterStatus,
+	}, args)
+}
+
+// Status documents of -o json.
+type (
+	clusterStatusJSON struct {
+		ClusterID  string            `json:"cluster_id"`
+		AnsweredBy string            `json:"answered_by"`
+		Nodes      []nodeStatusJSON  `json:"nodes"`
+		Topics     []topicStatusJSON `json:"topics"`
+	}
+	nodeStatusJSON struct {
+		Name      string   `json:"name"`
+		Address   string   `json:"address"`
+		Up        bool     `json:"up"`
+		LatencyMS *float64 `json:"latency_ms,omitempty"`
+		Error     string   `json:"error,omitempty"`
+	}
+	topicStatusJSON struct {
+		Name     string              `json:"name"`
+		Leader   string              `json:"leader"`
+		Replicas []replicaStatusJSON `json:"replicas"`
+	}
+	replicaStatusJSON struct {
+		Node     string `json:"node"`
+		FirstID  *int64 `json:"first_id,omitempty"`
+		LastID   *int64 `json:"last_id,omitempty"`
+		CommitID *int64 `json:"commit_id,omitempty"`
+		Leader   string `json:"leader,omitempty"` // the leader this node knows
+		Lag      *int64 `json:"lag,omitempty"`
+		Error    string `json:"error,omitempty"`
+	}
+)
+
+func (a *app) clusterStatus(args []string) error {
+	f := a.flags("cluster status", "[flags]", clusterAbout, true, true)
+	nodeTimeout := f.Duration("node-timeout", defaultNodeTimeout, "how long each node has to answer each question")
+	if _, err := f.parse(args, 0, 0); err != nil {
+		return err
+	}
+	c, ci, err := f.connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := f.deadline()
+	defer cancel()
+	cd, err := c.ClusterDetails(ctx)
+	if err != nil {
+		return err
+	}
+	topics, err := c.ListTopics(ctx)
+	if err != nil {
+		return err
+	}
+
+	out := clusterStatusJSON{ClusterID: cd.ClusterID, AnsweredBy: cd.NodeName,
+		Nodes: make([]nodeStatusJSON, len(cd.Nodes)), Topics: make([]topicStatusJSON, len(topics))}
+	for i, t := range topics {
+		out.Topics[i] = topicStatusJSON{Name: t.Name, Replicas: make([]replicaStatusJSON, len(cd.Nodes))}
+	}
+	var wg sync.WaitGroup
+	for i, n := range cd.Nodes {
+		wg.Go(func() {
+			out.Nodes[i] = probeNode(ctx, ci.cluster, n, *nodeTimeout, topics, out.Topics, i)
+		})
+	}
+	wg.Wait()
+	if err := a.ctx.Err(); err != nil {
+		return err
+	}
+	for i := range out.Topics {
+		computeLag(&out.Topics[i])
+	}
+
+	if f.json() {
+		return writeJSONDoc(a.stdout, out)
+	}
+	up := 0
+	for _, n := range out.Nodes {
+		if n.Up {
+			up++
+		}
+	}
+	fmt.Fprintf(a.stdout, "cluster %s: %d of %d nodes up (members as reported by %s)\n\n", out.ClusterID, up, len(out.Nodes), out.AnsweredBy)
+	tw := newTable(a.stdout)
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tLATENCY\tERROR")
+	for _, n := range out.Nodes {
+		status, lat := "down", "-"
+		if n.Up {
+			status, lat = "up", fmt.Sprintf("%.2fms", *n.LatencyMS)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Address, status, lat, n.Error)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout)
+	if len(out.Topics) == 0 {
+		fmt.Fprintln(a.stdout, "no topics")
+		return nil
+	}
+	tw = newTable(a.stdout)
+	fmt.Fprintln(tw, "TOPIC\tLEADER\tNODE\tFIRST\tLAST\tCOMMIT\tLAG\tERROR")
+	for _, t := range out.Topics {
+		leader := t.Leader
+		if leader == "" {
+			leader = "(none)"
+		}
+		for _, r := range t.Replicas {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, leader, r.Node,
+				optInt(r.FirstID), optInt(r.LastID), optInt(r.CommitID), optInt(r.Lag), r.Error)
+		}
+	}
+	return tw.Flush()
+}
+
+// probeNode asks node n, alone, for the cluster's details (up, latency)
+// and for the details of every topic, which it stores in topics[*].Replicas[i].
+func probeNode(ctx context.Context, clusterID string, n client.Node, timeout time.Duration, topics []client.Topic, out []topicStatusJSON, i int) nodeStatusJSON {
+	ns := nodeStatusJSON{Name: n.Name, Address: n.Address}
+	for ti := range out {
+		out[ti].Replicas[i] = replicaStatusJSON{Node: n.Name}
+	}
+	// A client of this node alone, making a single attempt per call: its
+	// own answers, not another node's after a failover.
+	nc := client.New(clusterID, []string{n.Address}, client.WithRetryWindow(0))
+	defer nc.Close()
+	ask := func(f func(context.Context) error) (time.Duration, error) {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		start := time.Now()
+		err := f(cctx)
+		return time.Since(start), err
+	}
+	details := func(ctx context.Context) error { _, err := nc.ClusterDetails(ctx); return err }
+	// The first call also connects; the second measures a call's latency.
+	if _, err := ask(details); err != nil {
+		ns.Error = shortError(err)
+		for ti := range out {
+			out[ti].Replicas[i].Error = "node down"
+		}
+		return ns
+	}
+	lat, err := ask(details)
+	if err != nil {
+		ns.Error = shortError(err)
+		return ns
+	}
+	ms := float64(lat.Microseconds()) / 1000
+	ns.Up, ns.LatencyMS = true, &ms
+	for ti, t := range topics {
+		var d *client.TopicDetails
+		_, err := ask(func(ctx context.Context) (err error) {
+			d, err = nc.TopicDetails(ctx, t.Name)
+			return err
+		})
+		r := &out[ti].Replicas[i]
+		if err != nil {
+			r.Error = shortError(err)
+			if errors.Is(err, client.ErrTopicNotFound) {
+				r.Error = "topic not on this node"
+			}
+			continue
+		}
+		r.FirstID, r.LastID, r.CommitID, r.Leader = &d.FirstID, &d.LastID, &d.CommitID, d.Leader
+	}
+	return ns
+}
+
+// computeLag picks the topic's leader (the one most nodes name) and sets
+// each replica's lag behind the leader's commit ID.
+func computeLag(t *topicStatusJSON) {
+	votes := map[string]int{}
+	for _, r := range t.Replicas {
+		if r.Leader != "" {
+			votes[r.Leader]++
+		}
+	}
+	names := make([]string, 0, len(votes))
+	for n := range votes {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		if votes[names[i]] != votes[names[j]] {
+			return votes[names[i]] > votes[names[j]]
+		}
+		return names[i] < names[j]
+	})
+	if len(names) == 0 {
+		return
+	}
+	t.Leader = names[0]
+	var leaderCommit *int64
+	for _, r := range t.Replicas {
+		if r.Node == t.Leader {
+			leaderCommit = r.CommitID
+		}
+	}
+	if leaderCommit == nil {
+		return
+	}
+	for i := range t.Replicas {
+		r := &t.Replicas[i]
+		if r.CommitID != nil {
+			lag := *leaderCommit - *r.CommitID
+			r.Lag = &lag
+		}
+	}
+}
+
+// shortError describes a node's failure to answer in a few words.
+func shortError(err error) string {
+	var se *client.StatusError
+	switch {
+	case errors.Is(err, client.ErrClusterIdMismatch):
+		return "wrong cluster: " + explain(err)
+	case errors.As(err, &se):
+		if se.Reason != "" {
+			return se.Reason + ": " + oneLine(se.Message)
+		}
+		return se.Code.String() + ": " + oneLine(se.Message)
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timed out"
+	}
+	return explain(err)
+}
+
+func optInt(p *int64) string {
+	if p == nil {
+		return "-"
+	}
+	return strconv.FormatInt(*p, 10)
+}

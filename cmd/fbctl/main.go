@@ -1,0 +1,302 @@
+// Command fbctl is the operator CLI of Forest Bus: it sends and reads
+// messages, manages topics and nodes, and reports a cluster's health.
+//
+// Run `fbctl help` for the commands, `fbctl COMMAND -h` for a command's
+// flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/forestbus/forestbus/client"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// After the first Ctrl-C has been delivered as a cancellation, a
+		// second one kills the process the usual way.
+		<-ctx.Done()
+		stop()
+	}()
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	os.Exit(code)
+}
+
+// Exit statuses.
+const (
+	exitOK          = 0
+	exitError       = 1
+	exitUsage       = 2
+	exitInterrupted = 130
+)
+
+// envConn is the environment variable holding the connection string.
+const envConn = "FORESTBUS"
+
+const defaultTimeout = 15 * time.Second
+
+// usageText is what `fbctl help` prints.
+const usageText = `fbctl is the operator CLI of Forest Bus.
+
+Usage:
+  fbctl [-forestbus CONN] [-o text|json] [-timeout D] COMMAND [ARGS] [FLAGS]
+
+CONN is a connection string, cluster#topic@host:port[,host:port...], taken
+from -forestbus or else from the FORESTBUS environment variable. Its topic is
+the default topic of send and get. Flags may come before or after a
+command's arguments.
+
+Commands:
+  send [-topic T] [-no-wait] [-retries N] [FILE...]
+        Send each line of the FILEs (default: standard input) as one message.
+  get [-topic T] [-from ID] [-count N] [-follow] [-format raw|json]
+        Print messages from ID on; -follow waits for new ones until Ctrl-C.
+  topic list
+  topic create NAME [-segment-bytes N] [-retention D] [-retention-bytes N]
+  topic update NAME [-segment-bytes N] [-retention D] [-retention-bytes N]
+  topic remove NAME
+        List, create, change or remove topics.
+  cluster status [-node-timeout D]
+        Each node's health and latency; per topic, each node's first, last
+        and commit IDs and its lag behind the leader.
+  node add NAME ADDRESS
+  node remove NAME
+        Add a member to or remove one from the cluster.
+  help [COMMAND]
+        Print this text, or a command's flags.
+
+Common flags:
+  -forestbus CONN   connection string (default $FORESTBUS)
+  -o, -output FMT   text (default) or json: one JSON document, for topic,
+                    cluster and node commands
+  -timeout D        deadline of topic, cluster and node commands (default 15s)
+
+Exit status: 0 success, 1 error, 2 usage error, 130 interrupted (Ctrl-C
+ends get -follow with 0).
+Run 'fbctl COMMAND -h' for a command's flags.
+`
+
+// app is one invocation of fbctl.
+type app struct {
+	ctx    context.Context
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	getenv func(string) string
+
+	// Global flags, the defaults of every command's flags of the same name.
+	conn    string
+	output  string
+	timeout time.Duration
+}
+
+// usageError is a mistake in the command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// errHelp: help was asked for and printed; exit status 0.
+var errHelp = errors.New("help shown")
+
+// errInterrupted: the context was cancelled (Ctrl-C).
+var errInterrupted = errors.New("interrupted")
+
+// run is fbctl without the process around it: args exclude the program
+// name, env looks up environment variables. It returns the exit status.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, env func(string) string) (code int) {
+	defer func() {
+		if p := recover(); p != nil {
+			fmt.Fprintf(stderr, "fbctl: internal error: %v\n", p)
+			code = exitError
+		}
+	}()
+	if env == nil {
+		env = func(string) string { return "" }
+	}
+	a := &app{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr, getenv: env}
+	err := a.main(args)
+	var ue *usageError
+	switch {
+	case err == nil, errors.Is(err, errHelp):
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "fbctl: %s\n", oneLine(ue.msg))
+		return exitUsage
+	case errors.Is(err, errInterrupted), ctx.Err() != nil && errors.Is(err, context.Canceled):
+		fmt.Fprintln(stderr, "fbctl: interrupted")
+		return exitInterrupted
+	default:
+		fmt.Fprintf(stderr, "fbctl: %s\n", explain(err))
+		return exitError
+	}
+}
+
+// commands maps a command (or command group) name to its implementation.
+var commands = map[string]func(a *app, args []string) error{
+	"send":    (*app).send,
+	"get":     (*app).get,
+	"topic":   (*app).topic,
+	"cluster": (*app).cluster,
+	"node":    (*app).node,
+}
+
+func (a *app) main(args []string) error {
+	fs := flag.NewFlagSet("fbctl", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&a.conn, "forestbus", "", "connection string")
+	fs.StringVar(&a.output, "o", "text", "output format")
+	fs.StringVar(&a.output, "output", "text", "output format")
+	fs.DurationVar(&a.timeout, "timeout", defaultTimeout, "deadline")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(a.stdout, usageText)
+			return errHelp
+		}
+		return usagef("%v (run 'fbctl help')", err)
+	}
+	args = fs.Args()
+	if len(args) == 0 {
+		return usagef("no command (run 'fbctl help')")
+	}
+	name, rest := args[0], args[1:]
+	if name == "help" {
+		if len(rest) == 0 {
+			fmt.Fprint(a.stdout, usageText)
+			return errHelp
+		}
+		name, rest = rest[0], append(rest[1:], "-h")
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		return usagef("unknown command %q (run 'fbctl help')", name)
+	}
+	return cmd(a, rest)
+}
+
+// cmdFlags describes one command's flag set.
+type cmdFlags struct {
+	*flag.FlagSet
+	a        *app
+	name     string // "send", "topic create"
+	synopsis string // arguments after the name
+	about    string
+
+	conn    string
+	output  string
+	timeout time.Duration
+}
+
+// flags returns the flag set of a command, with the common flags.
+// withOutput adds -o/-output, withTimeout -timeout.
+func (a *app) flags(name, synopsis, about string, withOutput, withTimeout bool) *cmdFlags {
+	f := &cmdFlags{FlagSet: flag.NewFlagSet("fbctl "+name, flag.ContinueOnError), a: a, name: name, synopsis: synopsis, about: about}
+	f.SetOutput(io.Discard)
+	f.StringVar(&f.conn, "forestbus", a.conn, "connection string `CONN`: cluster#topic@host:port,... (default $FORESTBUS)")
+	f.output = a.output
+	if withOutput {
+		f.StringVar(&f.output, "o", a.output, "output `format`: text or json")
+		f.StringVar(&f.output, "output", a.output, "output `format`: text or json")
+	}
+	f.timeout = a.timeout
+	if withTimeout {
+		f.DurationVar(&f.timeout, "timeout", a.timeout, "deadline of the command")
+	}
+	return f
+}
+
+// parse parses args, allowing flags before, between and after the
+// positional arguments, and checks their number (max < 0: no limit).
+func (f *cmdFlags) parse(args []string, minArgs, maxArgs int) ([]string, error) {
+	var pos []string
+	for {
+		if err := f.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				f.printHelp()
+				return nil, errHelp
+			}
+			return nil, usagef("%s: %v (run 'fbctl %s -h')", f.name, err, f.name)
+		}
+		rest := f.Args()
+		consumed := len(args) - len(rest)
+		if consumed > 0 && args[consumed-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	if f.output != "text" && f.output != "json" {
+		return nil, usagef("%s: output format %q: want text or json", f.name, f.output)
+	}
+	if len(pos) < minArgs || (maxArgs >= 0 && len(pos) > maxArgs) {
+		return nil, usagef("%s: wrong number of arguments: usage: fbctl %s %s", f.name, f.name, f.synopsis)
+	}
+	return pos, nil
+}
+
+func (f *cmdFlags) printHelp() {
+	w := f.a.stdout
+	fmt.Fprintf(w, "Usage: fbctl %s %s\n\n%s\n\nFlags:\n", f.name, f.synopsis, strings.TrimSpace(f.about))
+	f.SetOutput(w)
+	f.PrintDefaults()
+	f.SetOutput(io.Discard)
+}
+
+func (f *cmdFlags) json() bool { return f.output == "json" }
+
+// connInfo is a parsed connection string.
+type connInfo struct {
+	cluster string
+	topic   string
+	nodes   []string
+}
+
+// connect parses the connection string of the flags (or $FORESTBUS) and
+// returns a Client for it.
+func (f *cmdFlags) connect() (*client.Client, connInfo, error) {
+	s := f.conn
+	if s == "" {
+		s = f.a.getenv(envConn)
+	}
+	if s == "" {
+		return nil, connInfo{}, usagef("no connection string: use -forestbus or set %s (cluster#topic@host:port,...)", envConn)
+	}
+	cluster, topic, nodes := client.ParseConnectionString(s)
+	var clean []string
+	for _, n := range nodes {
+		if n = strings.TrimSpace(n); n != "" {
+			clean = append(clean, n)
+		}
+	}
+	if len(clean) == 0 {
+		return nil, connInfo{}, usagef("connection string %q names no node: want cluster#topic@host:port,...", s)
+	}
+	ci := connInfo{cluster: cluster, topic: topic, nodes: clean}
+	return client.New(cluster, clean), ci, nil
+}
+
+// deadline returns the context of a command bounded by -timeout.
+func (f *cmdFlags) deadline() (context.Context, context.CancelFunc) {
+	if f.timeout <= 0 {
+		return context.WithCancel(f.a.ctx)
+	}
+	return context.WithTimeout(f.a.ctx, f.timeout)
+}
