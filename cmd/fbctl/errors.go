@@ -79,11 +79,11 @@ func explain(err error) string {
 	case errors.Is(err, client.ErrNodeExists):
 		msg = fmt.Sprintf("node %q already exists with another address", name)
 	case errors.Is(err, client.ErrMessageTooLarge):
-		msg = "message too large: " + serverSays("a message exceeds the node's maximum message size")
+		msg = withPrefix("message too large: ", serverSays("a message exceeds the node's maximum message size"))
 	case errors.Is(err, client.ErrBatchTooLarge):
-		msg = "batch too large: " + serverSays("a batch exceeds the node's maximum batch size")
+		msg = withPrefix("batch too large: ", serverSays("a batch exceeds the node's maximum batch size"))
 	case errors.Is(err, client.ErrInvalidArgument):
-		msg = "invalid argument: " + serverSays(trimForestbus(err.Error()))
+		msg = withPrefix("invalid argument: ", serverSays(trimForestbus(err.Error())))
 	case errors.Is(err, client.ErrDuplicateBatch):
 		msg = "the node took a batch for a duplicate whose IDs it no longer knows; it may have been stored earlier"
 	case errors.Is(err, client.ErrNoNodesAvailable):
@@ -109,4 +109,12 @@ func trimForestbus(s string) string { return strings.TrimPrefix(s, "forestbus: "
 func oneLine(s string) string {
 	s = strings.TrimSpace(s)
 	return strings.NewReplacer("\r\n", "; ", "\n", "; ", "\r", " ").Replace(s)
+}
+
+// withPrefix puts prefix before msg unless the node's message has it.
+func withPrefix(prefix, msg string) string {
+	if strings.HasPrefix(msg, prefix) {
+		return msg
+	}
+	return prefix + msg
 }

@@ -30,7 +30,8 @@ no node answers, it warns on standard error and keeps trying.
 
 Formats: raw prints each message followed by a newline; json prints one
 object per line, {"id":N,"message":"text"}, or, for a message that is not
-valid UTF-8, {"id":N,"message":"<base64>","encoding":"base64"}.`
+valid UTF-8, {"id":N,"message":"<base64>","encoding":"base64"}. Use json
+for messages that may hold newlines.`
 
 // jsonMessage is one message in -format json.
 type jsonMessage struct {

@@ -467,3 +467,25 @@ func TestFlagValues(t *testing.T) {
 	assert.Equal(t, "unlimited", formatBytes(0, "unlimited"))
 	assert.Equal(t, "4097", formatBytes(4097, ""))
 }
+
+// TestSendLargeLines: the batcher batches by count only; fbctl bounds the
+// bytes in flight so that 24 messages of 900 KiB (21 MiB) never make one
+// batch over the node's 16 MiB limit.
+func TestSendLargeLines(t *testing.T) {
+	n := servertest.StartNode(t)
+	conn := nodeConn(n)
+	var in strings.Builder
+	for i := range 24 {
+		in.WriteString(strings.Repeat(string(rune('a'+i)), 900<<10))
+		in.WriteByte('\n')
+	}
+	r := fbctl(t, conn, in.String(), "send").ok(t)
+	assert.Equal(t, "sent 24 messages (first ID 1, last ID 24)\n", r.stderr)
+	r = fbctl(t, conn, "", "get").ok(t)
+	assert.Equal(t, in.String(), r.stdout)
+
+	// A message over the node's 1 MiB limit fails with one clear line.
+	r = fbctl(t, conn, strings.Repeat("x", 2<<20)+"\n", "send")
+	assert.Equal(t, 1, r.code)
+	assert.Equal(t, "sent 0 messages; 1 failed\nfbctl: message too large: message 0 has 2097152 bytes, the limit is 1048576\n", r.stderr)
+}

@@ -41,7 +41,8 @@ producers send to the topic at the same time.
 Progress is shown on standard error when it is a terminal. At the end
 "sent N messages (first ID a, last ID b)" is printed on standard error.
 Sending stops at the first message that fails (after -retries retries when
-no node answers); the exit status is then 1. Messages in batches already
+no node answers, each attempt trying every node for up to 10 s); the exit
+status is then 1. Messages in batches already
 sent may have been stored. With -no-wait, the IDs are those the leader gave
 before the batch was committed: tentative, should the leader change.`
 
