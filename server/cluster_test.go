@@ -302,3 +302,41 @@ func TestLaggingFollowerGetsSnapshot(t *testing.T) {
 	}
 	assert.Equal(t, [][]byte{[]byte("after-0"), []byte("after-1"), []byte("after-2")}, readAll(t, conn{bus: cc.bus}, "default", want-2, want, 10))
 }
+
+// TestRemoveNodeThatLeads removes the node leading a topic: a remaining
+// member takes the leadership over and removes it from the topic's group;
+// the other two nodes go on alone.
+func TestRemoveNodeThatLeads(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	l := leaderIndex(t, c, "default")
+	var rest []string
+	var other *servertest.Node
+	for i, n := range c.Nodes {
+		if i != l {
+			rest = append(rest, n.Cfg.ListenAddr)
+			other = n
+		}
+	}
+	_, err := dial(t, other).admin.RemoveNode(ctxT(t), &forestbusv1.RemoveNodeRequest{Name: c.Nodes[l].Cfg.NodeName})
+	require.NoError(t, err)
+	removed := nodeID(c.Nodes[l])
+	require.Eventually(t, func() bool {
+		tp, err := other.Registry().Get("default")
+		if err != nil {
+			return false
+		}
+		for _, v := range tp.Group.ConfState().GetVoters() {
+			if v == removed {
+				return false
+			}
+		}
+		return tp.Group.Leader() != 0 && tp.Group.Leader() != removed
+	}, 20*time.Second, 10*time.Millisecond, "the removed leader still leads or is still a voter")
+	c.Nodes[l].Stop()
+	cl := client.New("test", rest, client.WithRetryWindow(20*time.Second))
+	defer cl.Close()
+	ids, err := cl.SendMessages("default", [][]byte{[]byte("after removal")}, true)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), ids[0])
+}

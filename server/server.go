@@ -215,7 +215,9 @@ func (s *Server) open() error {
 	}
 
 	opts := append(append(s.svc.ServerOptions(), transport.ServerOptions()...),
-		grpc.MaxRecvMsgSize(cfg.MaxBatchBytes+(1<<20)),
+		// Room for the framing of many small messages, so that an oversized
+		// batch reaches the handler and gets BATCH_TOO_LARGE.
+		grpc.MaxRecvMsgSize(4*cfg.MaxBatchBytes+(1<<20)),
 		grpc.MaxSendMsgSize(cfg.MaxReadBytes+cfg.MaxMessageBytes+(1<<20)),
 	)
 	s.grpc = grpc.NewServer(opts...)
@@ -291,13 +293,15 @@ func (s *Server) setMembers(ms []topic.Member) {
 			s.transport.AddPeer(m.ID, m.Address)
 		}
 	}
+	// Removed nodes stay reachable: one may still lead a topic group until it
+	// hands the leadership over, and followers forward to it meanwhile.
 	s.peersMu.Lock()
-	for id := range s.peers {
-		if !keep[id] {
-			s.transport.RemovePeer(id)
-		}
+	if s.peers == nil {
+		s.peers = map[uint64]bool{}
 	}
-	s.peers = keep
+	for id := range keep {
+		s.peers[id] = true
+	}
 	s.peersMu.Unlock()
 	s.svc.SetNodes(nodes)
 }

@@ -76,12 +76,15 @@ type Service struct {
 
 	nodesMu sync.RWMutex
 	nodes   []Node
+	addrs   map[uint64]string // every node ever a member: raft ID -> address
 }
 
 // New returns the services for a registry.
 func New(cfg Config, registry *topic.Registry) *Service {
 	cfg.withDefaults()
-	return &Service{cfg: cfg, log: cfg.Logger, registry: registry, stopping: make(chan struct{}), nodes: cfg.Nodes}
+	s := &Service{cfg: cfg, log: cfg.Logger, registry: registry, stopping: make(chan struct{})}
+	s.SetNodes(cfg.Nodes)
+	return s
 }
 
 // Drain waits until the unary calls in flight have returned, or ctx ends.
@@ -101,10 +104,18 @@ func (s *Service) Drain(ctx context.Context) {
 // serving).
 func (s *Service) SetRegistry(r *topic.Registry) { s.registry = r }
 
-// SetNodes replaces the cluster's member list (membership changed).
+// SetNodes replaces the cluster's member list (membership changed). The
+// addresses of former members are kept for leader hints and forwarding: a
+// removed node may lead a group until it hands it over.
 func (s *Service) SetNodes(nodes []Node) {
 	s.nodesMu.Lock()
 	s.nodes = nodes
+	if s.addrs == nil {
+		s.addrs = map[uint64]string{}
+	}
+	for _, n := range nodes {
+		s.addrs[n.RaftID] = n.Address
+	}
 	s.nodesMu.Unlock()
 }
 
@@ -129,12 +140,9 @@ func (s *Service) BeginShutdown() {
 }
 
 func (s *Service) leaderAddr(id uint64) string {
-	for _, n := range s.Nodes() {
-		if n.RaftID == id {
-			return n.Address
-		}
-	}
-	return ""
+	s.nodesMu.RLock()
+	defer s.nodesMu.RUnlock()
+	return s.addrs[id]
 }
 
 func (s *Service) lookup(name string) (*topic.Topic, error) {

@@ -11,6 +11,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/forestbus/forestbus/server/commitlog"
@@ -435,8 +436,8 @@ func (g *Group) TransferLeadership(ctx context.Context) error {
 		st := g.rn.Status()
 		var best uint64
 		for id, pr := range st.Progress {
-			if id == g.e.cfg.NodeID || pr.IsLearner {
-				continue
+			if id == g.e.cfg.NodeID || pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate {
+				continue // a stopped or lagging node cannot take over soon
 			}
 			if to == 0 || pr.Match > best {
 				to, best = id, pr.Match
@@ -452,7 +453,21 @@ func (g *Group) TransferLeadership(ctx context.Context) error {
 		return err
 	}
 	self := g.e.cfg.NodeID
-	return g.waitLead(ctx, func(lead uint64) bool { return lead != self && lead != raft.None })
+	return g.waitLead(ctx, func(lead uint64) bool { return lead != self }) // handed over, or lost
+
+}
+
+// RequestLeadership asks the group's leader to hand leadership to this node
+// (raft forwards a follower's transfer request to the leader). Used when the
+// leader is no longer a member of the cluster.
+func (g *Group) RequestLeadership(ctx context.Context) error {
+	return g.do(ctx, func() error {
+		if !g.isLeader {
+			g.quiesced = false
+			g.rn.TransferLeader(g.e.cfg.NodeID)
+		}
+		return nil
+	})
 }
 
 // Status is the group's raft status (with follower progress on a leader).

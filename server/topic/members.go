@@ -138,6 +138,22 @@ func (r *Registry) Reconcile(ctx context.Context) {
 		if i == 0 && len(metaConf.GetLearners()) == 0 {
 			continue // metadata group: only promotions are left to Reconcile
 		}
+		if i > 0 && !members[r.cfg.NodeID] && g.Leader() == r.cfg.NodeID {
+			// This node was removed: hand the group to a member, whose
+			// reconciler then removes this node from it.
+			if err := g.TransferLeadership(ctx); err != nil && ctx.Err() == nil {
+				r.log.Debug("removed node could not hand off leadership", "group", g.Name(), "err", err)
+			}
+			continue
+		}
+		if lead := g.Leader(); i > 0 && lead != raft.None && lead != r.cfg.NodeID && !members[lead] && members[r.cfg.NodeID] {
+			// Led by a removed node, which may not know it was removed: ask
+			// for the leadership, then remove it.
+			if err := g.RequestLeadership(ctx); err != nil && ctx.Err() == nil {
+				r.log.Debug("leadership not requested", "group", g.Name(), "err", err)
+			}
+			continue
+		}
 		if g.Leader() != r.cfg.NodeID || (i > 0 && settled(g.ConfState(), members)) {
 			continue
 		}

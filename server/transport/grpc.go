@@ -30,6 +30,7 @@ type GRPC struct {
 	mu      sync.RWMutex
 	peers   map[uint64]*peer
 	stopped bool
+	stopc   chan struct{} // closed by Stop: inbound streams end
 	senders sync.WaitGroup // peer goroutines
 	inbound sync.WaitGroup // inbound deliveries in progress (Handler.Step)
 
@@ -51,6 +52,7 @@ func New(cfg Config) *GRPC {
 		cfg:   cfg,
 		log:   cfg.Logger.With("node", cfg.NodeID),
 		peers: make(map[uint64]*peer),
+		stopc: make(chan struct{}),
 	}
 }
 
@@ -156,6 +158,7 @@ func (t *GRPC) Stop() {
 		return
 	}
 	t.stopped = true
+	close(t.stopc)
 	peers := t.peers
 	t.peers = make(map[uint64]*peer)
 	t.mu.Unlock()
@@ -218,17 +221,46 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 	if err := stream.SendHeader(metadata.Pairs(acceptedKey, "1")); err != nil {
 		return err
 	}
+	// Frames are received on their own goroutine, so that Stop can end the
+	// stream (the handler returns; Recv then fails and the goroutine exits)
+	// instead of waiting for the peer to close it.
+	type frame struct {
+		req *peerv1.StreamRequest
+		err error
+	}
+	frames := make(chan frame)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			select {
+			case frames <- frame{req, err}:
+			case <-done:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	for {
 		if err := t.deliver(from, req); err != nil {
 			return err
 		}
-		req, err = stream.Recv()
-		if err == io.EOF {
+		var f frame
+		select {
+		case f = <-frames:
+		case <-t.stopc:
+			return status.Error(codes.Unavailable, "transport: node is stopping")
+		}
+		if f.err == io.EOF {
 			return stream.SendAndClose(&peerv1.StreamResponse{})
 		}
-		if err != nil {
-			return err
+		if f.err != nil {
+			return f.err
 		}
+		req = f.req
 		if (req.GetClusterId() != "" && req.GetClusterId() != t.cfg.ClusterID) ||
 			(req.GetTo() != 0 && req.GetTo() != t.cfg.NodeID) ||
 			(req.GetFrom() != 0 && req.GetFrom() != from) {
