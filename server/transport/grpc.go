@@ -30,7 +30,7 @@ type GRPC struct {
 	mu      sync.RWMutex
 	peers   map[uint64]*peer
 	stopped bool
-	stopc   chan struct{} // closed by Stop: inbound streams end
+	stopc   chan struct{}  // closed by Stop: inbound streams end
 	senders sync.WaitGroup // peer goroutines
 	inbound sync.WaitGroup // inbound deliveries in progress (Handler.Step)
 
