@@ -328,6 +328,155 @@ func (x *GetMessagesResponse) GetCommitId() int64 {
 	return 0
 }
 
+// SubscribeRequest opens a stream of a topic's messages.
+type SubscribeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Topic name.
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// ID of the first message wanted; must be >= 0 (0 reads as 1). Below
+	// the first retained ID the stream starts at the first retained ID.
+	FromId int64 `protobuf:"varint,2,opt,name=from_id,json=fromId,proto3" json:"from_id,omitempty"`
+	// Most messages per response, >= 0; 0 and values over 1000 mean 1000.
+	// A response also holds at most about 4 MiB of payload (the node's read
+	// limit) and at least one message.
+	MaxBatch int32 `protobuf:"varint,3,opt,name=max_batch,json=maxBatch,proto3" json:"max_batch,omitempty"`
+	// Interval of the heartbeats sent while no message commits, in
+	// milliseconds, >= 0. 0 means the node's long-poll limit (default 30 s),
+	// which also caps it; values under 100 mean 100.
+	HeartbeatMs   int32 `protobuf:"varint,4,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeRequest) Reset() {
+	*x = SubscribeRequest{}
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeRequest) ProtoMessage() {}
+
+func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
+func (*SubscribeRequest) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SubscribeRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *SubscribeRequest) GetFromId() int64 {
+	if x != nil {
+		return x.FromId
+	}
+	return 0
+}
+
+func (x *SubscribeRequest) GetMaxBatch() int32 {
+	if x != nil {
+		return x.MaxBatch
+	}
+	return 0
+}
+
+func (x *SubscribeRequest) GetHeartbeatMs() int32 {
+	if x != nil {
+		return x.HeartbeatMs
+	}
+	return 0
+}
+
+// SubscribeResponse holds messages with consecutive IDs, or none (a
+// heartbeat).
+type SubscribeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Messages with IDs first_id, first_id+1, ..., first_id+len(messages)-1.
+	// Empty in a heartbeat.
+	Messages [][]byte `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// ID of messages[0]. In a heartbeat: the ID of the next message the
+	// stream will send. Each response's first_id is the previous response's
+	// first_id plus its number of messages, except where retention deleted
+	// messages before the stream reached them (the first response after
+	// from_id is below the first retained ID; rarely, later).
+	FirstId int64 `protobuf:"varint,2,opt,name=first_id,json=firstId,proto3" json:"first_id,omitempty"`
+	// The answering node's commit point when the response was read: the ID
+	// of the last committed message.
+	CommitId      int64 `protobuf:"varint,3,opt,name=commit_id,json=commitId,proto3" json:"commit_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeResponse) Reset() {
+	*x = SubscribeResponse{}
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeResponse) ProtoMessage() {}
+
+func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
+func (*SubscribeResponse) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SubscribeResponse) GetMessages() [][]byte {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *SubscribeResponse) GetFirstId() int64 {
+	if x != nil {
+		return x.FirstId
+	}
+	return 0
+}
+
+func (x *SubscribeResponse) GetCommitId() int64 {
+	if x != nil {
+		return x.CommitId
+	}
+	return 0
+}
+
 // GetTopicDetailsRequest names a topic.
 type GetTopicDetailsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -339,7 +488,7 @@ type GetTopicDetailsRequest struct {
 
 func (x *GetTopicDetailsRequest) Reset() {
 	*x = GetTopicDetailsRequest{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[4]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -351,7 +500,7 @@ func (x *GetTopicDetailsRequest) String() string {
 func (*GetTopicDetailsRequest) ProtoMessage() {}
 
 func (x *GetTopicDetailsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[4]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -364,7 +513,7 @@ func (x *GetTopicDetailsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTopicDetailsRequest.ProtoReflect.Descriptor instead.
 func (*GetTopicDetailsRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{4}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetTopicDetailsRequest) GetTopic() string {
@@ -395,7 +544,7 @@ type GetTopicDetailsResponse struct {
 
 func (x *GetTopicDetailsResponse) Reset() {
 	*x = GetTopicDetailsResponse{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[5]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +556,7 @@ func (x *GetTopicDetailsResponse) String() string {
 func (*GetTopicDetailsResponse) ProtoMessage() {}
 
 func (x *GetTopicDetailsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[5]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +569,7 @@ func (x *GetTopicDetailsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTopicDetailsResponse.ProtoReflect.Descriptor instead.
 func (*GetTopicDetailsResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{5}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetTopicDetailsResponse) GetTopic() string {
@@ -467,7 +616,7 @@ type GetClusterDetailsRequest struct {
 
 func (x *GetClusterDetailsRequest) Reset() {
 	*x = GetClusterDetailsRequest{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[6]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +628,7 @@ func (x *GetClusterDetailsRequest) String() string {
 func (*GetClusterDetailsRequest) ProtoMessage() {}
 
 func (x *GetClusterDetailsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[6]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +641,7 @@ func (x *GetClusterDetailsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterDetailsRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterDetailsRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{6}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{8}
 }
 
 // GetClusterDetailsResponse identifies the cluster.
@@ -510,7 +659,7 @@ type GetClusterDetailsResponse struct {
 
 func (x *GetClusterDetailsResponse) Reset() {
 	*x = GetClusterDetailsResponse{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[7]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +671,7 @@ func (x *GetClusterDetailsResponse) String() string {
 func (*GetClusterDetailsResponse) ProtoMessage() {}
 
 func (x *GetClusterDetailsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[7]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +684,7 @@ func (x *GetClusterDetailsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterDetailsResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterDetailsResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{7}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetClusterDetailsResponse) GetClusterId() string {
@@ -574,7 +723,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[8]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +735,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[8]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +748,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{8}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Node) GetName() string {
@@ -646,6 +795,15 @@ const file_forestbus_v1_forestbus_proto_rawDesc = "" +
 	"\x13GetMessagesResponse\x12\x1a\n" +
 	"\bmessages\x18\x01 \x03(\fR\bmessages\x12\x17\n" +
 	"\anext_id\x18\x02 \x01(\x03R\x06nextId\x12\x1b\n" +
+	"\tcommit_id\x18\x03 \x01(\x03R\bcommitId\"\x81\x01\n" +
+	"\x10SubscribeRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x17\n" +
+	"\afrom_id\x18\x02 \x01(\x03R\x06fromId\x12\x1b\n" +
+	"\tmax_batch\x18\x03 \x01(\x05R\bmaxBatch\x12!\n" +
+	"\fheartbeat_ms\x18\x04 \x01(\x05R\vheartbeatMs\"g\n" +
+	"\x11SubscribeResponse\x12\x1a\n" +
+	"\bmessages\x18\x01 \x03(\fR\bmessages\x12\x19\n" +
+	"\bfirst_id\x18\x02 \x01(\x03R\afirstId\x12\x1b\n" +
 	"\tcommit_id\x18\x03 \x01(\x03R\bcommitId\".\n" +
 	"\x16GetTopicDetailsRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\"\x98\x01\n" +
@@ -664,12 +822,13 @@ const file_forestbus_v1_forestbus_proto_rawDesc = "" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x0e\n" +
-	"\x02id\x18\x03 \x01(\x04R\x02id2\x83\x03\n" +
+	"\x02id\x18\x03 \x01(\x04R\x02id2\xd3\x03\n" +
 	"\x10ForestBusService\x12U\n" +
 	"\fSendMessages\x12!.forestbus.v1.SendMessagesRequest\x1a\".forestbus.v1.SendMessagesResponse\x12R\n" +
 	"\vGetMessages\x12 .forestbus.v1.GetMessagesRequest\x1a!.forestbus.v1.GetMessagesResponse\x12^\n" +
 	"\x0fGetTopicDetails\x12$.forestbus.v1.GetTopicDetailsRequest\x1a%.forestbus.v1.GetTopicDetailsResponse\x12d\n" +
-	"\x11GetClusterDetails\x12&.forestbus.v1.GetClusterDetailsRequest\x1a'.forestbus.v1.GetClusterDetailsResponseB\xb0\x01\n" +
+	"\x11GetClusterDetails\x12&.forestbus.v1.GetClusterDetailsRequest\x1a'.forestbus.v1.GetClusterDetailsResponse\x12N\n" +
+	"\tSubscribe\x12\x1e.forestbus.v1.SubscribeRequest\x1a\x1f.forestbus.v1.SubscribeResponse0\x01B\xb0\x01\n" +
 	"\x10com.forestbus.v1B\x0eForestbusProtoP\x01Z;github.com/forestbus/forestbus/gen/forestbus/v1;forestbusv1\xa2\x02\x03FXX\xaa\x02\fForestbus.V1\xca\x02\fForestbus\\V1\xe2\x02\x18Forestbus\\V1\\GPBMetadata\xea\x02\rForestbus::V1b\x06proto3"
 
 var (
@@ -684,33 +843,37 @@ func file_forestbus_v1_forestbus_proto_rawDescGZIP() []byte {
 	return file_forestbus_v1_forestbus_proto_rawDescData
 }
 
-var file_forestbus_v1_forestbus_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_forestbus_v1_forestbus_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_forestbus_v1_forestbus_proto_goTypes = []any{
 	(*SendMessagesRequest)(nil),       // 0: forestbus.v1.SendMessagesRequest
 	(*SendMessagesResponse)(nil),      // 1: forestbus.v1.SendMessagesResponse
 	(*GetMessagesRequest)(nil),        // 2: forestbus.v1.GetMessagesRequest
 	(*GetMessagesResponse)(nil),       // 3: forestbus.v1.GetMessagesResponse
-	(*GetTopicDetailsRequest)(nil),    // 4: forestbus.v1.GetTopicDetailsRequest
-	(*GetTopicDetailsResponse)(nil),   // 5: forestbus.v1.GetTopicDetailsResponse
-	(*GetClusterDetailsRequest)(nil),  // 6: forestbus.v1.GetClusterDetailsRequest
-	(*GetClusterDetailsResponse)(nil), // 7: forestbus.v1.GetClusterDetailsResponse
-	(*Node)(nil),                      // 8: forestbus.v1.Node
+	(*SubscribeRequest)(nil),          // 4: forestbus.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),         // 5: forestbus.v1.SubscribeResponse
+	(*GetTopicDetailsRequest)(nil),    // 6: forestbus.v1.GetTopicDetailsRequest
+	(*GetTopicDetailsResponse)(nil),   // 7: forestbus.v1.GetTopicDetailsResponse
+	(*GetClusterDetailsRequest)(nil),  // 8: forestbus.v1.GetClusterDetailsRequest
+	(*GetClusterDetailsResponse)(nil), // 9: forestbus.v1.GetClusterDetailsResponse
+	(*Node)(nil),                      // 10: forestbus.v1.Node
 }
 var file_forestbus_v1_forestbus_proto_depIdxs = []int32{
-	8, // 0: forestbus.v1.GetClusterDetailsResponse.nodes:type_name -> forestbus.v1.Node
-	0, // 1: forestbus.v1.ForestBusService.SendMessages:input_type -> forestbus.v1.SendMessagesRequest
-	2, // 2: forestbus.v1.ForestBusService.GetMessages:input_type -> forestbus.v1.GetMessagesRequest
-	4, // 3: forestbus.v1.ForestBusService.GetTopicDetails:input_type -> forestbus.v1.GetTopicDetailsRequest
-	6, // 4: forestbus.v1.ForestBusService.GetClusterDetails:input_type -> forestbus.v1.GetClusterDetailsRequest
-	1, // 5: forestbus.v1.ForestBusService.SendMessages:output_type -> forestbus.v1.SendMessagesResponse
-	3, // 6: forestbus.v1.ForestBusService.GetMessages:output_type -> forestbus.v1.GetMessagesResponse
-	5, // 7: forestbus.v1.ForestBusService.GetTopicDetails:output_type -> forestbus.v1.GetTopicDetailsResponse
-	7, // 8: forestbus.v1.ForestBusService.GetClusterDetails:output_type -> forestbus.v1.GetClusterDetailsResponse
-	5, // [5:9] is the sub-list for method output_type
-	1, // [1:5] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	10, // 0: forestbus.v1.GetClusterDetailsResponse.nodes:type_name -> forestbus.v1.Node
+	0,  // 1: forestbus.v1.ForestBusService.SendMessages:input_type -> forestbus.v1.SendMessagesRequest
+	2,  // 2: forestbus.v1.ForestBusService.GetMessages:input_type -> forestbus.v1.GetMessagesRequest
+	6,  // 3: forestbus.v1.ForestBusService.GetTopicDetails:input_type -> forestbus.v1.GetTopicDetailsRequest
+	8,  // 4: forestbus.v1.ForestBusService.GetClusterDetails:input_type -> forestbus.v1.GetClusterDetailsRequest
+	4,  // 5: forestbus.v1.ForestBusService.Subscribe:input_type -> forestbus.v1.SubscribeRequest
+	1,  // 6: forestbus.v1.ForestBusService.SendMessages:output_type -> forestbus.v1.SendMessagesResponse
+	3,  // 7: forestbus.v1.ForestBusService.GetMessages:output_type -> forestbus.v1.GetMessagesResponse
+	7,  // 8: forestbus.v1.ForestBusService.GetTopicDetails:output_type -> forestbus.v1.GetTopicDetailsResponse
+	9,  // 9: forestbus.v1.ForestBusService.GetClusterDetails:output_type -> forestbus.v1.GetClusterDetailsResponse
+	5,  // 10: forestbus.v1.ForestBusService.Subscribe:output_type -> forestbus.v1.SubscribeResponse
+	6,  // [6:11] is the sub-list for method output_type
+	1,  // [1:6] is the sub-list for method input_type
+	1,  // [1:1] is the sub-list for extension type_name
+	1,  // [1:1] is the sub-list for extension extendee
+	0,  // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_forestbus_v1_forestbus_proto_init() }
@@ -724,7 +887,7 @@ func file_forestbus_v1_forestbus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forestbus_v1_forestbus_proto_rawDesc), len(file_forestbus_v1_forestbus_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

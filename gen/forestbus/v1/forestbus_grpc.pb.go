@@ -37,6 +37,7 @@ const (
 	ForestBusService_GetMessages_FullMethodName       = "/forestbus.v1.ForestBusService/GetMessages"
 	ForestBusService_GetTopicDetails_FullMethodName   = "/forestbus.v1.ForestBusService/GetTopicDetails"
 	ForestBusService_GetClusterDetails_FullMethodName = "/forestbus.v1.ForestBusService/GetClusterDetails"
+	ForestBusService_Subscribe_FullMethodName         = "/forestbus.v1.ForestBusService/Subscribe"
 )
 
 // ForestBusServiceClient is the client API for ForestBusService service.
@@ -63,6 +64,41 @@ type ForestBusServiceClient interface {
 	// GetClusterDetails identifies the cluster and its nodes. Clients call it
 	// to check that they talk to the cluster they expect.
 	GetClusterDetails(ctx context.Context, in *GetClusterDetailsRequest, opts ...grpc.CallOption) (*GetClusterDetailsResponse, error)
+	// Subscribe streams a topic's committed messages from an ID, in ID order
+	// and without gaps, and then every message committed later: a consumer
+	// that follows a topic opens one stream instead of long-polling
+	// GetMessages. Any node can answer, from its own log up to its own commit
+	// point (so followers serve subscriptions as well as the leader), and a
+	// message that is not yet committed is never sent.
+	//
+	// Start: from_id (0 reads as 1). When from_id is below the topic's first
+	// retained ID, the stream starts at the first retained ID; the client
+	// learns it from first_id of the first response. A from_id past the end
+	// of the log waits for that ID.
+	//
+	// Tail: once the stream has caught up it waits for new commits. While
+	// nothing commits, the node sends a heartbeat every heartbeat_ms (default
+	// and cap: the node's long-poll limit, 30 s by default): a response with
+	// no messages whose first_id is the ID the stream sends next. Clients may
+	// treat a stream that stays silent for several heartbeat intervals while
+	// they wait for it as dead.
+	//
+	// Flow control is gRPC's (HTTP/2 stream and connection windows): the node
+	// sends as fast as the client reads and waits when the client's window is
+	// full; it never buffers more than one response per stream.
+	//
+	// The stream ends only with an error or when the client cancels it; it
+	// never completes with OK. To resume after an error, subscribe again (to
+	// any node) with from_id = ID of the last message processed + 1.
+	//
+	// Errors: NOT_FOUND/TOPIC_NOT_FOUND (also when the topic is removed while
+	// streaming), INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
+	// from_id, max_batch or heartbeat_ms), UNAVAILABLE/SHUTTING_DOWN (the node
+	// is stopping: resume on another node), RESOURCE_EXHAUSTED without a
+	// reason (the node serves too many streams, 10,000 by default: resume on
+	// another node or later), and transport errors (UNAVAILABLE without a
+	// reason).
+	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
 }
 
 type forestBusServiceClient struct {
@@ -113,6 +149,25 @@ func (c *forestBusServiceClient) GetClusterDetails(ctx context.Context, in *GetC
 	return out, nil
 }
 
+func (c *forestBusServiceClient) Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ForestBusService_ServiceDesc.Streams[0], ForestBusService_Subscribe_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SubscribeRequest, SubscribeResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ForestBusService_SubscribeClient = grpc.ServerStreamingClient[SubscribeResponse]
+
 // ForestBusServiceServer is the server API for ForestBusService service.
 // All implementations must embed UnimplementedForestBusServiceServer
 // for forward compatibility.
@@ -137,6 +192,41 @@ type ForestBusServiceServer interface {
 	// GetClusterDetails identifies the cluster and its nodes. Clients call it
 	// to check that they talk to the cluster they expect.
 	GetClusterDetails(context.Context, *GetClusterDetailsRequest) (*GetClusterDetailsResponse, error)
+	// Subscribe streams a topic's committed messages from an ID, in ID order
+	// and without gaps, and then every message committed later: a consumer
+	// that follows a topic opens one stream instead of long-polling
+	// GetMessages. Any node can answer, from its own log up to its own commit
+	// point (so followers serve subscriptions as well as the leader), and a
+	// message that is not yet committed is never sent.
+	//
+	// Start: from_id (0 reads as 1). When from_id is below the topic's first
+	// retained ID, the stream starts at the first retained ID; the client
+	// learns it from first_id of the first response. A from_id past the end
+	// of the log waits for that ID.
+	//
+	// Tail: once the stream has caught up it waits for new commits. While
+	// nothing commits, the node sends a heartbeat every heartbeat_ms (default
+	// and cap: the node's long-poll limit, 30 s by default): a response with
+	// no messages whose first_id is the ID the stream sends next. Clients may
+	// treat a stream that stays silent for several heartbeat intervals while
+	// they wait for it as dead.
+	//
+	// Flow control is gRPC's (HTTP/2 stream and connection windows): the node
+	// sends as fast as the client reads and waits when the client's window is
+	// full; it never buffers more than one response per stream.
+	//
+	// The stream ends only with an error or when the client cancels it; it
+	// never completes with OK. To resume after an error, subscribe again (to
+	// any node) with from_id = ID of the last message processed + 1.
+	//
+	// Errors: NOT_FOUND/TOPIC_NOT_FOUND (also when the topic is removed while
+	// streaming), INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
+	// from_id, max_batch or heartbeat_ms), UNAVAILABLE/SHUTTING_DOWN (the node
+	// is stopping: resume on another node), RESOURCE_EXHAUSTED without a
+	// reason (the node serves too many streams, 10,000 by default: resume on
+	// another node or later), and transport errors (UNAVAILABLE without a
+	// reason).
+	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
 	mustEmbedUnimplementedForestBusServiceServer()
 }
 
@@ -158,6 +248,9 @@ func (UnimplementedForestBusServiceServer) GetTopicDetails(context.Context, *Get
 }
 func (UnimplementedForestBusServiceServer) GetClusterDetails(context.Context, *GetClusterDetailsRequest) (*GetClusterDetailsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetClusterDetails not implemented")
+}
+func (UnimplementedForestBusServiceServer) Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error {
+	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
 }
 func (UnimplementedForestBusServiceServer) mustEmbedUnimplementedForestBusServiceServer() {}
 func (UnimplementedForestBusServiceServer) testEmbeddedByValue()                          {}
@@ -252,6 +345,17 @@ func _ForestBusService_GetClusterDetails_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ForestBusService_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SubscribeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ForestBusServiceServer).Subscribe(m, &grpc.GenericServerStream[SubscribeRequest, SubscribeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ForestBusService_SubscribeServer = grpc.ServerStreamingServer[SubscribeResponse]
+
 // ForestBusService_ServiceDesc is the grpc.ServiceDesc for ForestBusService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -276,6 +380,12 @@ var ForestBusService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ForestBusService_GetClusterDetails_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Subscribe",
+			Handler:       _ForestBusService_Subscribe_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "forestbus/v1/forestbus.proto",
 }

@@ -1,0 +1,178 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"weak"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server/replica"
+)
+
+// Subscribe limits.
+const (
+	// DefaultSubscribeBatch is the number of messages per Subscribe
+	// response when the request's max_batch is 0, and its cap.
+	DefaultSubscribeBatch = 1000
+	// DefaultMaxSubscribers caps the Subscribe streams a node serves at
+	// once (see SetMaxSubscribers).
+	DefaultMaxSubscribers = 10000
+	// minHeartbeat is the shortest heartbeat interval a client can ask for.
+	minHeartbeat = 100 * time.Millisecond
+)
+
+// subState is a Service's Subscribe bookkeeping. It lives beside the
+// Service (keyed by a weak pointer, dropped with the Service) because
+// Service's struct is defined in service.go.
+// TODO: move into Service (and the cap into Config) once service.go is free.
+type subState struct {
+	active atomic.Int64 // streams being served
+	max    atomic.Int64 // cap; 0 = DefaultMaxSubscribers
+}
+
+var subStates sync.Map // weak.Pointer[Service] -> *subState
+
+func (s *Service) subs() *subState {
+	key := weak.Make(s)
+	if st, ok := subStates.Load(key); ok {
+		return st.(*subState)
+	}
+	st, loaded := subStates.LoadOrStore(key, &subState{})
+	if !loaded {
+		runtime.AddCleanup(s, func(k weak.Pointer[Service]) { subStates.Delete(k) }, key)
+	}
+	return st.(*subState)
+}
+
+// SetMaxSubscribers caps the number of Subscribe streams the service
+// serves at once; n <= 0 restores DefaultMaxSubscribers. A stream opened
+// over the cap fails with RESOURCE_EXHAUSTED. Streams already open are
+// not affected by a lower cap.
+func (s *Service) SetMaxSubscribers(n int) { s.subs().max.Store(int64(max(n, 0))) }
+
+// Subscribers reports the number of Subscribe streams being served.
+func (s *Service) Subscribers() int { return int(s.subs().active.Load()) }
+
+// errTooManySubscribers is answered over the stream cap. It is a plain
+// status (no ErrorInfo reason): RESOURCE_EXHAUSTED, try another node or
+// later.
+func errTooManySubscribers(limit int64) error {
+	return status.Errorf(codes.ResourceExhausted, "too many subscribe streams on this node (limit %d)", limit)
+}
+
+// Subscribe implements ForestBusService.Subscribe: committed messages from
+// from_id, in order, then each new commit, until the client cancels, the
+// node shuts down (SHUTTING_DOWN) or the topic is removed
+// (TOPIC_NOT_FOUND).
+//
+// Backpressure is the stream's: Send blocks while the client's HTTP/2
+// window is full, and the loop reads the next batch only after Send
+// returned, so a stream holds at most one response beyond the windows.
+func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.ServerStreamingServer[forestbusv1.SubscribeResponse]) error {
+	t, err := s.lookup(req.GetTopic())
+	if err != nil {
+		return err
+	}
+	if req.GetFromId() < 0 {
+		return fmt.Errorf("%w: from_id %d is negative", ErrInvalidArgument, req.GetFromId())
+	}
+	if req.GetMaxBatch() < 0 {
+		return fmt.Errorf("%w: max_batch %d is negative", ErrInvalidArgument, req.GetMaxBatch())
+	}
+	if req.GetHeartbeatMs() < 0 {
+		return fmt.Errorf("%w: heartbeat_ms %d is negative", ErrInvalidArgument, req.GetHeartbeatMs())
+	}
+	batch := int(req.GetMaxBatch())
+	if batch == 0 || batch > DefaultSubscribeBatch {
+		batch = DefaultSubscribeBatch
+	}
+	wait := s.cfg.MaxWait
+	if hb := time.Duration(req.GetHeartbeatMs()) * time.Millisecond; hb > 0 {
+		wait = min(max(hb, minHeartbeat), wait)
+	}
+
+	select {
+	case <-s.stopping:
+		return ErrShuttingDown
+	default:
+	}
+	st := s.subs()
+	limit := st.max.Load()
+	if limit <= 0 {
+		limit = DefaultMaxSubscribers
+	}
+	if st.active.Add(1) > limit {
+		st.active.Add(-1)
+		return errTooManySubscribers(limit)
+	}
+	defer st.active.Add(-1)
+
+	// Shutdown ends the stream's wait at once, as it ends long polls.
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	id := max(uint64(req.GetFromId()), 1)
+	for {
+		res, err := t.Group.Read(ctx, id, batch, s.cfg.MaxReadBytes, wait)
+		if err != nil {
+			return s.subscribeError(stream.Context(), t.Name, err)
+		}
+		if len(res.Messages) == 0 && res.NextID > id {
+			// Below the first retained ID: jump there. The next
+			// response's first_id tells the client.
+			id = res.NextID
+			continue
+		}
+		// Messages, or a heartbeat (the wait cap passed at the tail).
+		if err := stream.Send(&forestbusv1.SubscribeResponse{
+			Messages: res.Messages,
+			FirstId:  int64(id),
+			CommitId: int64(res.CommitID),
+		}); err != nil {
+			return err // the stream is broken: the client is gone
+		}
+		if len(res.Messages) > 0 {
+			id = res.NextID
+		}
+		select {
+		case <-s.stopping:
+			return ErrShuttingDown
+		default:
+		}
+	}
+}
+
+// subscribeError maps a Read error of a Subscribe stream whose client
+// context is sctx.
+func (s *Service) subscribeError(sctx context.Context, name string, err error) error {
+	if errors.Is(err, replica.ErrStopped) {
+		if _, gerr := s.registry.Get(name); gerr != nil {
+			return gerr // the topic was removed
+		}
+	}
+	if sctx.Err() != nil {
+		return sctx.Err() // the client cancelled
+	}
+	select {
+	case <-s.stopping:
+		return ErrShuttingDown
+	default:
+	}
+	return err
+}

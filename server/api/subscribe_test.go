@@ -1,0 +1,334 @@
+package api_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/forestbus/forestbus/client"
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server/api"
+	"github.com/forestbus/forestbus/server/servertest"
+)
+
+// These tests run Subscribe through real gRPC against in-process nodes.
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return metadata.AppendToOutgoingContext(ctx, api.ClusterIDKey, "test")
+}
+
+func dialBus(t testing.TB, addr string) forestbusv1.ForestBusServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cc.Close() })
+	return forestbusv1.NewForestBusServiceClient(cc)
+}
+
+func payloads(prefix string, from, n int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = fmt.Appendf(nil, "%s-%d", prefix, from+i)
+	}
+	return out
+}
+
+func send(t testing.TB, c *client.Client, topic string, msgs [][]byte) []int64 {
+	t.Helper()
+	ids, err := c.SendMessagesContext(testCtx(t), topic, msgs, true)
+	require.NoError(t, err)
+	return ids
+}
+
+type subStream = grpc.ServerStreamingClient[forestbusv1.SubscribeResponse]
+
+// recvN receives until n messages have arrived, checking that every
+// response continues at the ID after the previous one (from want on), and
+// returns the messages.
+func recvN(t testing.TB, s subStream, want int64, n int) [][]byte {
+	t.Helper()
+	var got [][]byte
+	for len(got) < n {
+		resp, err := s.Recv()
+		require.NoError(t, err)
+		require.Equal(t, want, resp.GetFirstId(), "first_id")
+		want += int64(len(resp.GetMessages()))
+		got = append(got, resp.GetMessages()...)
+		require.LessOrEqual(t, want-1, resp.GetCommitId(), "only committed messages")
+	}
+	require.Len(t, got, n, "more messages than sent")
+	return got
+}
+
+func reason(t testing.TB, err error) string {
+	t.Helper()
+	st, ok := status.FromError(err)
+	require.True(t, ok, "not a status: %v", err)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
+}
+
+// recvErr receives until the stream fails and returns the error.
+func recvErr(s subStream) error {
+	for {
+		if _, err := s.Recv(); err != nil {
+			return err
+		}
+	}
+}
+
+func TestSubscribeExistingThenNew(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	bus := dialBus(t, n.Addr())
+
+	send(t, c, "default", payloads("m", 1, 5))
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: 0, MaxBatch: 2})
+	require.NoError(t, err)
+	got := recvN(t, s, 1, 5)
+	assert.Equal(t, payloads("m", 1, 5), got)
+
+	// At the tail: new commits arrive as they happen.
+	for i := 6; i <= 30; i += 5 {
+		send(t, c, "default", payloads("m", i, 5))
+		got = recvN(t, s, int64(i), 5)
+		assert.Equal(t, payloads("m", i, 5), got)
+	}
+}
+
+func TestSubscribeFromMiddleAndBatchCap(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	bus := dialBus(t, n.Addr())
+	send(t, c, "default", payloads("m", 1, 2500))
+
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1001, MaxBatch: 5000})
+	require.NoError(t, err)
+	resp, err := s.Recv()
+	require.NoError(t, err)
+	assert.Equal(t, int64(1001), resp.GetFirstId())
+	assert.LessOrEqual(t, len(resp.GetMessages()), api.DefaultSubscribeBatch, "max_batch is capped")
+	got := append(resp.GetMessages(), recvN(t, s, 1001+int64(len(resp.GetMessages())), 1500-len(resp.GetMessages()))...)
+	assert.Equal(t, payloads("m", 1001, 1500), got)
+}
+
+func TestSubscribeHeartbeat(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	bus := dialBus(t, n.Addr())
+	send(t, c, "default", payloads("m", 1, 3))
+
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1, HeartbeatMs: 100})
+	require.NoError(t, err)
+	recvN(t, s, 1, 3)
+	// Nothing commits: heartbeats name the next ID.
+	for range 2 {
+		resp, err := s.Recv()
+		require.NoError(t, err)
+		assert.Empty(t, resp.GetMessages())
+		assert.Equal(t, int64(4), resp.GetFirstId())
+		assert.Equal(t, int64(3), resp.GetCommitId())
+	}
+}
+
+func TestSubscribeBelowRetention(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithSegmentBytes(4<<10))
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	for i := 0; i < 40; i++ {
+		send(t, c, "default", payloads("r", 1+20*i, 20))
+	}
+	tp, err := n.Registry().Get("default")
+	require.NoError(t, err)
+	require.NoError(t, tp.Group.Compact(testCtx(t), tp.Group.Applied()))
+	first := int64(tp.Group.Details().FirstID)
+	require.Greater(t, first, int64(1), "compaction deleted nothing")
+
+	bus := dialBus(t, n.Addr())
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1})
+	require.NoError(t, err)
+	got := recvN(t, s, first, int(800-first+1))
+	assert.Equal(t, payloads("r", int(first), int(800-first+1)), got)
+}
+
+func TestSubscribeTopicRemoved(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	require.NoError(t, c.CreateTopic(testCtx(t), "doomed", client.TopicSettings{}))
+	send(t, c, "doomed", payloads("d", 1, 2))
+
+	bus := dialBus(t, n.Addr())
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "doomed"})
+	require.NoError(t, err)
+	recvN(t, s, 1, 2) // the stream is live, waiting at the tail
+	require.NoError(t, c.RemoveTopic(testCtx(t), "doomed"))
+	err = recvErr(s)
+	assert.Equal(t, codes.NotFound, status.Code(err), "%v", err)
+	assert.Equal(t, "TOPIC_NOT_FOUND", reason(t, err))
+}
+
+func TestSubscribeErrors(t *testing.T) {
+	n := servertest.StartNode(t)
+	bus := dialBus(t, n.Addr())
+	for _, tc := range []struct {
+		name   string
+		ctx    context.Context
+		req    *forestbusv1.SubscribeRequest
+		code   codes.Code
+		reason string
+	}{
+		{"unknown topic", testCtx(t), &forestbusv1.SubscribeRequest{Topic: "nope"}, codes.NotFound, "TOPIC_NOT_FOUND"},
+		{"bad name", testCtx(t), &forestbusv1.SubscribeRequest{Topic: "a/b"}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"negative from_id", testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: -1}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"negative max_batch", testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", MaxBatch: -1}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"negative heartbeat", testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", HeartbeatMs: -1}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"other cluster", metadata.AppendToOutgoingContext(context.Background(), api.ClusterIDKey, "other"),
+			&forestbusv1.SubscribeRequest{Topic: "default"}, codes.FailedPrecondition, "CLUSTER_ID_MISMATCH"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(tc.ctx, 10*time.Second)
+			defer cancel()
+			s, err := bus.Subscribe(ctx, tc.req)
+			require.NoError(t, err)
+			err = recvErr(s)
+			assert.Equal(t, tc.code, status.Code(err), "%v", err)
+			assert.Equal(t, tc.reason, reason(t, err))
+		})
+	}
+}
+
+func TestSubscribeShutdown(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	send(t, c, "default", payloads("m", 1, 1))
+	bus := dialBus(t, n.Addr())
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default"})
+	require.NoError(t, err)
+	recvN(t, s, 1, 1)
+	stopped := make(chan struct{})
+	go func() { n.Stop(); close(stopped) }()
+	err = recvErr(s)
+	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	assert.Equal(t, "SHUTTING_DOWN", reason(t, err))
+	<-stopped
+}
+
+// ownService serves a second api.Service over the registry of a running
+// node, so a test can reach the Service's knobs.
+func ownService(t *testing.T, n *servertest.Node) (*api.Service, forestbusv1.ForestBusServiceClient) {
+	t.Helper()
+	svc := api.New(api.Config{ClusterID: "test", NodeName: "own"}, n.Registry())
+	srv := grpc.NewServer(svc.ServerOptions()...)
+	forestbusv1.RegisterForestBusServiceServer(srv, svc)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() {
+		svc.BeginShutdown()
+		srv.Stop()
+	})
+	return svc, dialBus(t, lis.Addr().String())
+}
+
+func TestSubscribeStreamCap(t *testing.T) {
+	n := servertest.StartNode(t)
+	svc, bus := ownService(t, n)
+	svc.SetMaxSubscribers(1)
+
+	ctx1, cancel1 := context.WithCancel(testCtx(t))
+	s1, err := bus.Subscribe(ctx1, &forestbusv1.SubscribeRequest{Topic: "default", HeartbeatMs: 100})
+	require.NoError(t, err)
+	_, err = s1.Recv() // a heartbeat: the stream is served
+	require.NoError(t, err)
+	assert.Equal(t, 1, svc.Subscribers())
+
+	s2, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default"})
+	require.NoError(t, err)
+	err = recvErr(s2)
+	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+
+	cancel1()
+	require.Eventually(t, func() bool { return svc.Subscribers() == 0 }, 10*time.Second, time.Millisecond)
+	s3, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", HeartbeatMs: 100})
+	require.NoError(t, err)
+	_, err = s3.Recv()
+	require.NoError(t, err)
+}
+
+func TestSubscribeFollowerInCluster(t *testing.T) {
+	cl := servertest.NewCluster(t, 3)
+	cl.WaitTopic("default")
+	c := client.New("test", cl.Addrs())
+	t.Cleanup(c.Close)
+
+	streams := make([]subStream, len(cl.Nodes))
+	for i, nd := range cl.Nodes {
+		s, err := dialBus(t, nd.Addr()).Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1})
+		require.NoError(t, err)
+		streams[i] = s
+	}
+	for i := 1; i <= 100; i += 10 {
+		send(t, c, "default", payloads("c", i, 10))
+	}
+	for i, s := range streams {
+		assert.Equal(t, payloads("c", 1, 100), recvN(t, s, 1, 100), "node %d", i)
+	}
+}
+
+// BenchmarkSubscribe streams 100k prefilled 100-byte messages from one
+// node through a raw gRPC stream.
+func BenchmarkSubscribe(b *testing.B) {
+	const total = 100_000
+	n := servertest.StartNode(b)
+	c := client.New("test", []string{n.Addr()})
+	b.Cleanup(c.Close)
+	msg := make([]byte, 100)
+	batch := make([][]byte, 1000)
+	for i := range batch {
+		batch[i] = msg
+	}
+	for i := 0; i < total/len(batch); i++ {
+		send(b, c, "default", batch)
+	}
+	bus := dialBus(b, n.Addr())
+	b.SetBytes(total * 100)
+	b.ResetTimer()
+	start := time.Now()
+	for b.Loop() {
+		ctx, cancel := context.WithCancel(testCtx(b))
+		s, err := bus.Subscribe(ctx, &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1})
+		require.NoError(b, err)
+		got := 0
+		for got < total {
+			resp, err := s.Recv()
+			require.NoError(b, err)
+			got += len(resp.GetMessages())
+		}
+		cancel()
+	}
+	b.ReportMetric(float64(b.N)*total/time.Since(start).Seconds(), "msgs/s")
+}
