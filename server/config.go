@@ -66,6 +66,14 @@ type Config struct {
 	MaxWait time.Duration
 	// SegmentBytes is the default segment size of a topic. Default 64 MiB.
 	SegmentBytes int64
+	// Retention and RetentionBytes are the cluster defaults for topics
+	// that set none: messages older than Retention, or beyond the newest
+	// RetentionBytes, are removed whole segments at a time. 0: keep.
+	Retention      time.Duration
+	RetentionBytes int64
+	// RetentionInterval is how often a leader checks its topics' retention.
+	// Default 30 s.
+	RetentionInterval time.Duration
 	// DefaultTopic is created at start when absent; "" disables. fbnode
 	// sets "default".
 	DefaultTopic string
@@ -170,6 +178,12 @@ func (c *Config) validate() error {
 	}
 	if c.SegmentBytes <= 0 {
 		c.SegmentBytes = 64 << 20
+	}
+	if c.RetentionInterval <= 0 {
+		c.RetentionInterval = 30 * time.Second
+	}
+	if c.Retention < 0 || c.RetentionBytes < 0 {
+		return errors.New("server: negative retention")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -93,8 +93,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}()
 	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync))
 
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.reconcile()
+	go s.retention()
 	if cfg.DefaultTopic != "" {
 		if len(s.registry.Members()) <= 1 && len(s.members) <= 1 {
 			ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -196,7 +197,10 @@ func (s *Server) open() error {
 		Members:   initial,
 		OnMembers: s.setMembers,
 		Log:       commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS},
-		Logger:    cfg.Logger,
+
+		DefaultRetention:      cfg.Retention,
+		DefaultRetentionBytes: cfg.RetentionBytes,
+		Logger:                cfg.Logger,
 	})
 	if err != nil {
 		return err
@@ -272,6 +276,24 @@ func (s *Server) reconcile() {
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			s.registry.Reconcile(ctx)
+			cancel()
+		}
+	}
+}
+
+// retention enforces the topics' retention settings on the topics this
+// node leads, every RetentionInterval, until Stop.
+func (s *Server) retention() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.RetentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case now := <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			s.registry.EnforceRetention(ctx, now)
 			cancel()
 		}
 	}

@@ -93,6 +93,8 @@ func run(args []string) error {
 		maxRead   = fs.Int("max-read-bytes", 4<<20, "payload cap of one GetMessages answer")
 		maxWait   = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
 		segment   = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
+		retention = fs.Duration("retention", 0, "default retention age of a topic's messages (0: keep for ever)")
+		retBytes  = fs.Int64("retention-bytes", 0, "default retention size of a topic (0: no limit)")
 		topic     = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
 		logLevel  = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		logFormat = fs.String("log-format", "text", "log format: text or json")
@@ -163,6 +165,8 @@ func run(args []string) error {
 		MaxReadBytes:    *maxRead,
 		MaxWait:         *maxWait,
 		SegmentBytes:    *segment,
+		Retention:       *retention,
+		RetentionBytes:  *retBytes,
 		DefaultTopic:    *topic,
 		Logger:          logger,
 	})

@@ -104,6 +104,7 @@ type Log struct {
 	terms      []termRun // covers [start.firstIndex-1, lastIndex]
 	cs         *pb.ConfState
 	cache      tailCache // recently appended entries, for Entries
+	floor      uint64    // retention floor: first readable message id (floor.go)
 	closed     bool
 	writeError error // sticky: set when a write failed; the log is fenced
 
@@ -150,6 +151,9 @@ func (l *Log) recover() error {
 		return fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
 	l.start, l.cs = st, cs
+	if l.floor, err = readFloor(l.dir); err != nil {
+		return err
+	}
 	if l.dedup, err = decodeDedupTable(table); err != nil {
 		return fmt.Errorf("%w: meta: %w", ErrCorrupt, err)
 	}
@@ -370,7 +374,11 @@ func (l *Log) Snapshot() (*pb.Snapshot, error) {
 func (l *Log) FirstID() uint64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return l.start.firstID
+	return l.firstIDLocked()
+}
+
+func (l *Log) firstIDLocked() uint64 {
+	return max(l.start.firstID, min(l.floor, l.nextID))
 }
 
 // NextID returns the id the next appended message would get.

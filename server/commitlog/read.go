@@ -139,8 +139,8 @@ func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes in
 	if l.closed {
 		return dst, id, ErrClosed
 	}
-	if id < l.start.firstID {
-		return dst, l.start.firstID, ErrCompacted
+	if first := l.firstIDLocked(); id < first {
+		return dst, first, ErrCompacted
 	}
 	limit := min(maxID, l.nextID-1)
 	if id > limit || l.nextID == 0 {

@@ -23,7 +23,13 @@ import (
 // commitlog.KindMessages and commitlog.EncodeBatch.
 const KindCommand byte = 2
 
-const tagEnd = 9 // data[1:9] holds the proposal tag for both kinds
+// KindTruncate marks an entry that moves a topic's retention floor:
+// [0] KindTruncate, [1:9] proposal tag, [9:17] u64 LE raft index, [17:25]
+// u64 LE message id. Every node applying it stops serving messages below the
+// id and deletes its whole segments below the index (see Group.Truncate).
+const KindTruncate byte = 3
+
+const tagEnd = 9 // data[1:9] holds the proposal tag for every kind
 
 // GroupConfig describes a group to AddGroup.
 type GroupConfig struct {
@@ -299,7 +305,7 @@ func entryTag(ent *raftpb.Entry) (uint64, bool) {
 	if ent.GetType() != raftpb.EntryType_EntryNormal || len(ent.Data) < tagEnd {
 		return 0, false
 	}
-	if k := ent.Data[0]; k != commitlog.KindMessages && k != KindCommand {
+	if k := ent.Data[0]; k != commitlog.KindMessages && k != KindCommand && k != KindTruncate {
 		return 0, false
 	}
 	return binary.LittleEndian.Uint64(ent.Data[1:tagEnd]), true
@@ -406,6 +412,28 @@ func (g *Group) ProposeConfChange(ctx context.Context, cc *raftpb.ConfChangeV2) 
 		}
 		return nil
 	})
+}
+
+// Truncate replicates a retention cut: every node stops serving messages
+// below beforeID and deletes its whole segments below the raft index
+// beforeIndex (the entry holding beforeID). Only the leader may propose it;
+// both must be committed (the caller takes them from the leader's log).
+// It returns once the cut is applied here.
+func (g *Group) Truncate(ctx context.Context, beforeIndex, beforeID uint64) error {
+	if err := g.awaitLeader(ctx); err != nil {
+		return err
+	}
+	if beforeID > g.commitID.Load()+1 {
+		return fmt.Errorf("replica: truncate at id %d above the commit point %d", beforeID, g.commitID.Load())
+	}
+	tag := g.e.nextTag()
+	data := make([]byte, tagEnd+16)
+	data[0] = KindTruncate
+	binary.LittleEndian.PutUint64(data[1:tagEnd], tag)
+	binary.LittleEndian.PutUint64(data[tagEnd:], beforeIndex)
+	binary.LittleEndian.PutUint64(data[tagEnd+8:], beforeID)
+	_, err := g.propose(ctx, tag, data, true)
+	return err
 }
 
 // Compact deletes the whole segments of the log below index (capped at the
@@ -918,6 +946,16 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 			var applyErr error
 			if payload, ok := commandPayload(ent); ok && g.apply != nil {
 				applyErr = g.apply(ent.GetIndex(), payload)
+			}
+			if len(ent.Data) == tagEnd+16 && ent.Data[0] == KindTruncate {
+				index := binary.LittleEndian.Uint64(ent.Data[tagEnd:])
+				id := binary.LittleEndian.Uint64(ent.Data[tagEnd+8:])
+				if err := g.log.SetFloor(id); err != nil {
+					return err
+				}
+				if err := g.log.DeleteBefore(min(index, ent.GetIndex())); err != nil {
+					return err
+				}
 			}
 			if len(g.waiters) > 0 {
 				if tag, ok := entryTag(ent); ok {

@@ -101,6 +101,10 @@ type Config struct {
 	OnMembers func([]Member)
 	// Log holds the defaults for every topic's log (SegmentBytes, NoSync).
 	Log commitlog.Options
+	// DefaultRetention and DefaultRetentionBytes apply to topics whose
+	// settings leave them 0; 0 here means keep for ever.
+	DefaultRetention      time.Duration
+	DefaultRetentionBytes int64
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
