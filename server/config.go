@@ -64,6 +64,9 @@ type Config struct {
 	MaxReadBytes int
 	// MaxWait caps a long poll. Default 30 s.
 	MaxWait time.Duration
+	// MaxWaiters caps the long polls waiting at once; more get
+	// RESOURCE_EXHAUSTED. Default 10,000.
+	MaxWaiters int
 	// SegmentBytes is the default segment size of a topic. Default 64 MiB.
 	SegmentBytes int64
 	// Retention and RetentionBytes are the cluster defaults for topics

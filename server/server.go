@@ -184,6 +184,7 @@ func (s *Server) open() error {
 		MaxBatchBytes:   cfg.MaxBatchBytes,
 		MaxReadBytes:    cfg.MaxReadBytes,
 		MaxWait:         cfg.MaxWait,
+		MaxWaiters:      cfg.MaxWaiters,
 		Logger:          cfg.Logger,
 	}, nil)
 	var initial []topic.Member
@@ -223,6 +224,9 @@ func (s *Server) open() error {
 		// batch reaches the handler and gets BATCH_TOO_LARGE.
 		grpc.MaxRecvMsgSize(4*cfg.MaxBatchBytes+(1<<20)),
 		grpc.MaxSendMsgSize(cfg.MaxReadBytes+cfg.MaxMessageBytes+(1<<20)),
+		// Calls at once on one connection (HTTP/2 streams); more wait for
+		// a free stream on the client side.
+		grpc.MaxConcurrentStreams(1000),
 	)
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)

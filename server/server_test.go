@@ -408,3 +408,39 @@ func TestIdempotentRetryStoresOnce(t *testing.T) {
 	assert.Equal(t, first.FirstId, again.FirstId, "deduplicated across a restart")
 	assert.Len(t, readAll(t, c, "default", 1, 4, 100), 4)
 }
+
+// TestLongPollsAreBounded: with room for two waiting reads, further ones are
+// refused with RESOURCE_EXHAUSTED at once, and the two still get the next
+// message.
+func TestLongPollsAreBounded(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MaxWaiters = 2 }))
+	c := dial(t, n)
+	ctx := ctxT(t)
+	errs := make(chan error, 5)
+	for i := 0; i < 5; i++ {
+		go func() {
+			resp, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1, Wait: true})
+			if err == nil && len(resp.Messages) != 1 {
+				err = fmt.Errorf("woke with %d messages", len(resp.Messages))
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 3; i++ {
+		select {
+		case err := <-errs:
+			require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+		case <-ctx.Done():
+			t.Fatal("extra long polls were not refused")
+		}
+	}
+	send(t, c, "default", [][]byte{[]byte("m")}, true)
+	for i := 0; i < 2; i++ {
+		select {
+		case err := <-errs:
+			require.NoError(t, err)
+		case <-ctx.Done():
+			t.Fatal("waiting reads did not wake")
+		}
+	}
+}

@@ -9,6 +9,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server/replica"
 	"github.com/forestbus/forestbus/server/topic"
@@ -31,6 +34,9 @@ type Config struct {
 	MaxReadBytes int
 	// MaxWait caps a long-polling GetMessages. Default 30 s.
 	MaxWait time.Duration
+	// MaxWaiters caps the GetMessages calls waiting at once on this node;
+	// beyond it a waiting call gets RESOURCE_EXHAUSTED. Default 10,000.
+	MaxWaiters int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -55,6 +61,9 @@ func (c *Config) withDefaults() {
 	if c.MaxWait <= 0 {
 		c.MaxWait = 30 * time.Second
 	}
+	if c.MaxWaiters <= 0 {
+		c.MaxWaiters = 10_000
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -73,6 +82,7 @@ type Service struct {
 	fwd      forwarder
 
 	inflight atomic.Int64 // unary calls being served
+	waiters  atomic.Int64 // GetMessages calls that may wait
 
 	nodesMu sync.RWMutex
 	nodes   []Node
@@ -198,6 +208,11 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 	}
 	var wait time.Duration
 	if req.GetWait() {
+		if s.waiters.Add(1) > int64(s.cfg.MaxWaiters) {
+			s.waiters.Add(-1)
+			return nil, status.Errorf(codes.ResourceExhausted, "too many waiting reads on this node (limit %d): retry, or read without wait", s.cfg.MaxWaiters)
+		}
+		defer s.waiters.Add(-1)
 		wait = s.cfg.MaxWait
 		ctx2, cancel := context.WithCancel(ctx)
 		defer cancel()

@@ -123,6 +123,7 @@ type Group struct {
 	inMsgs     []*raftpb.Message
 	inReports  []peerReport
 	inOps      []func()
+	inBytes    uint64 // data bytes of inProps
 	spareProps []*proposal
 	spareMsgs  []*raftpb.Message
 	closed     bool
@@ -582,8 +583,22 @@ func (g *Group) ProposeCommand(ctx context.Context, payload []byte) error {
 
 func (g *Group) propose(ctx context.Context, tag uint64, data []byte, wait bool) (Result, error) {
 	p := &proposal{tag: tag, data: data, wait: wait, done: make(chan Result, 1)}
-	if !g.enqueue(func() { g.inProps = append(g.inProps, p) }) {
+	full := false
+	ok := g.enqueue(func() {
+		// The queue in front of raft is bounded like raft's own
+		// uncommitted budget: backpressure, not an unbounded queue.
+		if g.inBytes+uint64(len(data)) > g.e.cfg.MaxUncommittedBytes && len(g.inProps) > 0 {
+			full = true
+			return
+		}
+		g.inBytes += uint64(len(data))
+		g.inProps = append(g.inProps, p)
+	})
+	if !ok {
 		return Result{}, ErrStopped
+	}
+	if full {
+		return Result{}, ErrProposalDropped
 	}
 	select {
 	case r := <-p.done:
@@ -706,6 +721,7 @@ func (g *Group) drainInbox() {
 	g.inboxMu.Lock()
 	props, msgs, reports, ops := g.inProps, g.inMsgs, g.inReports, g.inOps
 	g.inProps, g.inMsgs, g.inReports, g.inOps = g.spareProps[:0], g.spareMsgs[:0], nil, nil
+	g.inBytes = 0
 	g.inboxMu.Unlock()
 
 	if len(ops) > 0 || len(reports) > 0 || len(props) > 0 {
