@@ -38,6 +38,10 @@
 // the same messages is a new batch, so across calls delivery is at least
 // once, as in the original (see SendMessagesContext).
 //
+// Subscribe follows a topic over a server stream instead of polling, and
+// resumes on another node after a failure from the message after the last one
+// delivered; it retries until its context ends (see Subscribe).
+//
 // # Differences from the original client
 //
 //   - An empty cluster ID is not checked; the original required the node's

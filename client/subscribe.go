@@ -1,0 +1,235 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+)
+
+// Subscribe defaults.
+const (
+	// DefaultSubscribeHeartbeat is the heartbeat interval Subscribe asks
+	// nodes for (see WithSubscribeHeartbeat).
+	DefaultSubscribeHeartbeat = 5 * time.Second
+	// subscribeStaleBeats is how many heartbeat intervals a stream may stay
+	// silent, while Subscribe waits for it, before it is taken for dead.
+	subscribeStaleBeats = 3
+)
+
+// SubscribeOption configures one Subscribe call.
+type SubscribeOption func(*subscribeConfig)
+
+type subscribeConfig struct {
+	batch     int           // max messages per response; 0 = the node's default (1000)
+	heartbeat time.Duration // <= 0: no stale-stream detection
+}
+
+// WithSubscribeBatch sets the most messages a node sends per response
+// (1 to 1000; the node's default, 1000, when n <= 0). Smaller batches lower
+// the latency of the first messages of a backlog; larger ones raise
+// throughput.
+func WithSubscribeBatch(n int) SubscribeOption {
+	return func(c *subscribeConfig) { c.batch = max(n, 0) }
+}
+
+// WithSubscribeHeartbeat sets the interval at which a node sends an empty
+// response while no message commits (default DefaultSubscribeHeartbeat;
+// nodes cap it at their long-poll limit, 30 s by default). A stream that
+// stays silent for three intervals while Subscribe waits for it is taken for
+// dead (a node or network that stopped answering without closing the
+// connection) and Subscribe resumes on another node. The time fn runs is
+// not counted. d <= 0 turns the detection off: the node then sends
+// heartbeats at its long-poll limit and Subscribe relies on the connection
+// failing.
+//
+// Set a longer interval on links so slow that a 4 MiB response takes more
+// than three intervals to arrive.
+func WithSubscribeHeartbeat(d time.Duration) SubscribeOption {
+	return func(c *subscribeConfig) { c.heartbeat = d }
+}
+
+// errStale marks a stream that stayed silent past its heartbeats.
+var errStale = errors.New("forestbus: subscribe stream silent past its heartbeats")
+
+// fnError carries the error of the caller's function out of an attempt.
+type fnError struct{ err error }
+
+func (e *fnError) Error() string { return e.err.Error() }
+
+// Subscribe calls fn with each committed message of topic from ID fromID
+// (0 reads as 1) on, in ID order and once each, then with every message
+// committed later, until ctx ends, fn returns an error, or a node gives an
+// answer no other node would change.
+//
+// Messages come in a stream from one node (see the Subscribe RPC), which
+// sends as fast as fn consumes them: a slow fn slows the node's stream by
+// gRPC flow control, nothing piles up in memory. fn runs on the calling
+// goroutine, one message at a time, and may keep msg.
+//
+// Any node can serve a subscription from its own log. Subscribe starts with
+// the last node that answered a read and puts the topic's leader, when the
+// Client knows it (from sends), last, so that reads go to followers. When
+// the stream fails (the node stops, shuts down, the connection breaks or
+// the stream falls silent, see WithSubscribeHeartbeat) Subscribe opens a new
+// one on the next node from the ID after the last message fn was given, so
+// fn sees no message twice and no gap. After a pass over every node without
+// a message, it waits (50 ms doubling to 1 s) before the next pass. It never
+// gives up on its own: there is no retry window, only ctx.
+//
+// If fromID is below the topic's first retained ID, the first message fn
+// gets is the first retained one. Messages that retention deletes before
+// the subscription reaches them are skipped in the same way.
+//
+// Subscribe returns ctx.Err() when ctx ends, fn's error as it is when fn
+// returns one (the message fn failed on counts as not delivered: resume
+// from its ID), and otherwise an error matching ErrTopicNotFound (also when
+// the topic is removed while subscribed), ErrInvalidArgument,
+// ErrClusterIdMismatch, or ErrNoNodesAvailable when Close closed the
+// connection under it.
+func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn func(id int64, msg []byte) error, opts ...SubscribeOption) error {
+	if fromID < 0 {
+		return fmt.Errorf("forestbus: subscribe to %q: from ID %d is negative: %w", topic, fromID, ErrInvalidArgument)
+	}
+	cfg := subscribeConfig{heartbeat: DefaultSubscribeHeartbeat}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	start := time.Now()
+	next := max(fromID, 1)
+	wait := minPassBackoff
+	for {
+		progressed := false
+		for _, node := range c.subscribeOrder(topic) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			got, err := c.subscribeNode(ctx, node, topic, &next, cfg, fn)
+			progressed = progressed || got
+			if ferr, ok := errors.AsType[*fnError](err); ok {
+				return ferr.err
+			}
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
+			c.debugLog("subscribe", topic, node, start, err)
+			c.forget(routeRead, topic, node)
+			if errors.Is(err, errStale) || errors.Is(err, io.EOF) {
+				continue
+			}
+			se := newStatusError(node, err)
+			if se == nil {
+				continue // not a gRPC status: a transport failure
+			}
+			switch {
+			case se.Code == codes.Canceled:
+				// Close closed the connection under the stream.
+				return &noNodesError{op: "subscribe", last: se}
+			case se.Code == codes.ResourceExhausted:
+				// The node serves too many streams: try another.
+			case classify(se) == fatal:
+				return se
+			}
+		}
+		if progressed {
+			wait = minPassBackoff
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, maxPassBackoff)
+	}
+}
+
+// subscribeOrder is the order a pass of Subscribe tries the nodes: the
+// last node that answered a read first, the topic's known leader last.
+func (c *Client) subscribeOrder(topic string) []string {
+	order := c.order(routeRead, topic)
+	if l := c.leader(topic); l != "" && len(order) > 1 {
+		if i := slices.Index(order, l); i >= 0 && i < len(order)-1 {
+			order = append(slices.Delete(order, i, i+1), l)
+		}
+	}
+	return order
+}
+
+// subscribeNode streams from node, from *next on, calling fn and advancing
+// *next past every message fn accepted. It returns whether any response
+// arrived, and why the stream ended: an *fnError, a ctx error, errStale, or
+// the stream's error.
+func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *int64, cfg subscribeConfig, fn func(int64, []byte) error) (bool, error) {
+	cc, err := c.conn(node)
+	if err != nil {
+		return false, fmt.Errorf("forestbus: node %s: %w", node, err)
+	}
+	sctx, cancel := context.WithCancel(c.outgoing(ctx))
+	defer cancel()
+	req := &forestbusv1.SubscribeRequest{
+		Topic:    topic,
+		FromId:   *next,
+		MaxBatch: int32(min(cfg.batch, math.MaxInt32)),
+	}
+	var stale atomic.Bool
+	var idle *time.Timer
+	staleAfter := subscribeStaleBeats * cfg.heartbeat
+	if cfg.heartbeat > 0 {
+		req.HeartbeatMs = int32(min(cfg.heartbeat.Milliseconds(), math.MaxInt32))
+		idle = time.AfterFunc(staleAfter, func() { stale.Store(true); cancel() })
+		defer idle.Stop()
+	}
+	stream, err := forestbusv1.NewForestBusServiceClient(cc).Subscribe(sctx, req)
+	if err != nil {
+		if stale.Load() {
+			return false, errStale
+		}
+		return false, err
+	}
+	got := false
+	for {
+		if idle != nil {
+			idle.Reset(staleAfter)
+		}
+		resp, err := stream.Recv()
+		if idle != nil {
+			idle.Stop() // fn's time does not count
+		}
+		if err != nil {
+			if stale.Load() && ctx.Err() == nil {
+				return got, fmt.Errorf("forestbus: node %s: %w", node, errStale)
+			}
+			return got, err
+		}
+		if !got {
+			got = true
+			c.remember(routeRead, topic, node, nil)
+		}
+		first := resp.GetFirstId()
+		if first > *next {
+			// Retention deleted the messages up to first before the
+			// stream reached them.
+			*next = first
+		}
+		for i, m := range resp.GetMessages() {
+			id := first + int64(i)
+			if id < *next {
+				continue // delivered already (a node never resends, but be safe)
+			}
+			if err := fn(id, m); err != nil {
+				return got, &fnError{err}
+			}
+			*next = id + 1
+		}
+	}
+}
