@@ -145,7 +145,14 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 			FirstId:  int64(id),
 			CommitId: int64(res.CommitID),
 		}); err != nil {
-			return err // the stream is broken: the client is gone
+			// The stream is broken: the client went away.
+			if cerr := stream.Context().Err(); cerr != nil {
+				return cerr
+			}
+			if _, ok := status.FromError(err); ok {
+				return err
+			}
+			return status.Error(codes.Unavailable, err.Error())
 		}
 		if len(res.Messages) > 0 {
 			id = res.NextID
