@@ -84,6 +84,8 @@ type Service struct {
 	inflight atomic.Int64 // unary calls being served
 	waiters  atomic.Int64 // GetMessages calls that may wait
 
+	subscribers subState // Subscribe streams (subscribe.go)
+
 	nodesMu sync.RWMutex
 	nodes   []Node
 	addrs   map[uint64]string // every node ever a member: raft ID -> address

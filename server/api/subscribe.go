@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
-	"weak"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -30,28 +27,13 @@ const (
 	minHeartbeat = 100 * time.Millisecond
 )
 
-// subState is a Service's Subscribe bookkeeping. It lives beside the
-// Service (keyed by a weak pointer, dropped with the Service) because
-// Service's struct is defined in service.go.
-// TODO: move into Service (and the cap into Config) once service.go is free.
+// subState is a Service's Subscribe bookkeeping.
 type subState struct {
 	active atomic.Int64 // streams being served
 	max    atomic.Int64 // cap; 0 = DefaultMaxSubscribers
 }
 
-var subStates sync.Map // weak.Pointer[Service] -> *subState
-
-func (s *Service) subs() *subState {
-	key := weak.Make(s)
-	if st, ok := subStates.Load(key); ok {
-		return st.(*subState)
-	}
-	st, loaded := subStates.LoadOrStore(key, &subState{})
-	if !loaded {
-		runtime.AddCleanup(s, func(k weak.Pointer[Service]) { subStates.Delete(k) }, key)
-	}
-	return st.(*subState)
-}
+func (s *Service) subs() *subState { return &s.subscribers }
 
 // SetMaxSubscribers caps the number of Subscribe streams the service
 // serves at once; n <= 0 restores DefaultMaxSubscribers. A stream opened
