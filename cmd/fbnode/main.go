@@ -29,6 +29,7 @@ import (
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
+	"github.com/forestbus/forestbus/server/httpapi"
 )
 
 func main() {
@@ -99,6 +100,7 @@ func run(args []string) error {
 		logLevel  = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		logFormat = fs.String("log-format", "text", "log format: text or json")
 		pprofAddr = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
+		httpAddr  = fs.String("http", "", "serve /metrics, /status and /status.json on this address (e.g. 127.0.0.1:8080); off by default")
 		addrFile  = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -184,6 +186,17 @@ func run(args []string) error {
 			srv.Stop()
 			return err
 		}
+	}
+	if *httpAddr != "" {
+		lis, err := net.Listen("tcp", *httpAddr)
+		if err != nil {
+			srv.Stop()
+			return fmt.Errorf("-http: %w", err)
+		}
+		hs := &http.Server{Handler: httpapi.New(srv), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = hs.Serve(lis) }()
+		defer hs.Close() // after srv.Stop: /status shows the node stopping meanwhile
+		logger.Info("http listening", "addr", lis.Addr().String())
 	}
 	if *topic != "" {
 		fmt.Printf("Forest Bus node %q ready. Connection string: %s\n", *nodeName, srv.ConnectionString())

@@ -1,0 +1,46 @@
+// Package httpapi serves a node's observability endpoints over HTTP:
+// Prometheus metrics, a status page for people and the same status as JSON.
+//
+//	/metrics        Prometheus text format (see below)
+//	/status         HTML page; an inline script refreshes it from status.json every 2 s
+//	/status.json    Status, as JSON
+//	/debug/pprof/   net/http/pprof, only with WithPprof
+//
+// New builds the handler from a running *server.Server; package server does
+// not import this package.
+//
+// # Metrics
+//
+// Collected when scraped, from the node's topic registry (every value is as
+// this node sees it):
+//
+//	forestbus_node_info{node,id}                          1; this node's name and raft ID
+//	forestbus_cluster_members                             members of the cluster
+//	forestbus_topics                                      topics on this node
+//	forestbus_topic_first_id{topic}                       first retained message ID
+//	forestbus_topic_last_id{topic}                        last message ID in the log, committed or not
+//	forestbus_topic_commit_id{topic}                      last committed message ID (0 when none)
+//	forestbus_topic_committed_messages_total{topic}       counter: messages committed since the topic was created
+//	forestbus_topic_leader_id{topic}                      raft ID of the leader, 0 when unknown
+//	forestbus_topic_term{topic}                           raft term
+//	forestbus_topic_is_leader{topic}                      1 when this node leads the topic
+//	forestbus_topic_segments{topic}                       segment files on disk
+//	forestbus_topic_disk_bytes{topic}                     bytes of the segment files
+//	forestbus_topic_follower_lag_entries{topic,follower}  leader only: raft entries the follower lacks
+//	forestbus_topic_follower_lag_messages{topic,follower} leader only: messages the follower lacks
+//	                                                      (absent when its match point was compacted away)
+//
+// The engine has no append or commit hooks, so there are no event counters:
+// forestbus_topic_committed_messages_total is derived from the commit ID
+// (IDs start at 1 and are contiguous, so the last committed ID is the number
+// of messages ever committed to the topic). It is exported as a counter,
+// so rate() gives the message rate; it resets when a topic is removed and
+// created again, which Prometheus treats as a counter reset.
+//
+// The registry also holds the Go runtime and process collectors and, unless
+// WithGRPCMetrics(nil) is given, the gRPC server metrics of GRPCMetrics
+// (grpc_server_started_total, grpc_server_handled_total,
+// grpc_server_msg_received_total, grpc_server_msg_sent_total). Those stay
+// empty until the interceptors are in the gRPC server's chain; see
+// GRPCMetrics.
+package httpapi

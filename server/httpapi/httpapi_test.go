@@ -1,0 +1,332 @@
+package httpapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/forestbus/forestbus/client"
+	"github.com/forestbus/forestbus/server/httpapi"
+	"github.com/forestbus/forestbus/server/servertest"
+)
+
+func get(t *testing.T, url string) (string, http.Header) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "GET %s: %s", url, body)
+	return string(body), resp.Header
+}
+
+func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
+	t.Helper()
+	body, hdr := get(t, base+"/metrics")
+	assert.Contains(t, hdr.Get("Content-Type"), "text/plain")
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+	require.NoError(t, err)
+	return fams
+}
+
+// value finds the sample of family name whose labels include want.
+func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f, ok := fams[name]
+	if !ok {
+		return 0, false
+	}
+next:
+	for _, m := range f.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetUntyped() != nil:
+			return m.GetUntyped().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+func statusJSON(t *testing.T, base string) httpapi.Status {
+	t.Helper()
+	body, hdr := get(t, base+"/status.json")
+	assert.Equal(t, "application/json", hdr.Get("Content-Type"))
+	var st httpapi.Status
+	require.NoError(t, json.Unmarshal([]byte(body), &st))
+	return st
+}
+
+func topicOf(st httpapi.Status, name string) (httpapi.TopicStatus, bool) {
+	for _, tp := range st.Topics {
+		if tp.Name == name {
+			return tp, true
+		}
+	}
+	return httpapi.TopicStatus{}, false
+}
+
+// cluster starts three nodes, sends a few batches to "default" and returns
+// the cluster, a client and the last ID sent.
+func cluster(t *testing.T) (*servertest.Cluster, *client.Client, int64) {
+	t.Helper()
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs())
+	t.Cleanup(cl.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var last int64
+	for i := range 5 {
+		ids, err := cl.SendMessagesContext(ctx, "default", [][]byte{[]byte(fmt.Sprint("a", i)), []byte(fmt.Sprint("b", i))}, true)
+		require.NoError(t, err)
+		last = ids[len(ids)-1]
+	}
+	return c, cl, last
+}
+
+// nodeDetails asks node addr (only) for the topic's details.
+func nodeDetails(t *testing.T, addr, topic string) *client.TopicDetails {
+	t.Helper()
+	cl := client.New("test", []string{addr})
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, err := cl.TopicDetails(ctx, topic)
+	require.NoError(t, err)
+	return d
+}
+
+// waitCommit waits until node addr has committed up to id, as its API says.
+func waitCommit(t *testing.T, addr, topic string, id int64) *client.TopicDetails {
+	t.Helper()
+	var d *client.TopicDetails
+	require.Eventually(t, func() bool {
+		d = nodeDetails(t, addr, topic)
+		return d.CommitID >= id
+	}, 10*time.Second, 10*time.Millisecond, "node %s never committed %d", addr, id)
+	return d
+}
+
+func TestHTTPAPI(t *testing.T) {
+	c, _, last := cluster(t)
+	g := httpapi.NewGRPCMetrics()
+	servers := make([]*httptest.Server, len(c.Nodes))
+	for i, n := range c.Nodes {
+		servers[i] = httptest.NewServer(httpapi.New(n.Server, httpapi.WithGRPCMetrics(g)))
+		t.Cleanup(servers[i].Close)
+	}
+	leader := -1
+	for i := range c.Nodes {
+		d := waitCommit(t, c.Addrs()[i], "default", last)
+		require.Equal(t, last, d.CommitID)
+		if d.Node == c.Addrs()[i] && d.Leader == c.Nodes[i].Cfg.NodeName {
+			leader = i
+		}
+	}
+
+	t.Run("metrics", func(t *testing.T) {
+		for i, ts := range servers {
+			api := nodeDetails(t, c.Addrs()[i], "default")
+			fams := scrape(t, ts.URL)
+			topic := map[string]string{"topic": "default"}
+			v, ok := value(fams, "forestbus_topic_commit_id", topic)
+			require.True(t, ok, "node %d: no forestbus_topic_commit_id{topic=default}", i)
+			assert.Equal(t, float64(api.CommitID), v, "node %d", i)
+			v, _ = value(fams, "forestbus_topic_committed_messages_total", topic)
+			assert.Equal(t, float64(api.CommitID), v)
+			assert.Equal(t, dto.MetricType_COUNTER, fams["forestbus_topic_committed_messages_total"].GetType())
+			v, _ = value(fams, "forestbus_topic_last_id", topic)
+			assert.Equal(t, float64(api.LastID), v)
+			v, _ = value(fams, "forestbus_topic_first_id", topic)
+			assert.Equal(t, float64(api.FirstID), v)
+			v, _ = value(fams, "forestbus_cluster_members", nil)
+			assert.Equal(t, 3.0, v)
+			v, _ = value(fams, "forestbus_topic_segments", topic)
+			assert.GreaterOrEqual(t, v, 1.0)
+			v, _ = value(fams, "forestbus_topic_disk_bytes", topic)
+			assert.Greater(t, v, 0.0)
+			v, _ = value(fams, "forestbus_topic_leader_id", topic)
+			assert.NotZero(t, v)
+			v, _ = value(fams, "forestbus_topic_term", topic)
+			assert.NotZero(t, v)
+			_, ok = value(fams, "forestbus_node_info", map[string]string{"node": c.Nodes[i].Cfg.NodeName})
+			assert.True(t, ok)
+			_, ok = fams["go_goroutines"]
+			assert.True(t, ok, "Go collector registered")
+
+			leads, _ := value(fams, "forestbus_topic_is_leader", topic)
+			if api.Leader == c.Nodes[i].Cfg.NodeName {
+				assert.Equal(t, 1.0, leads)
+				for j, n := range c.Nodes {
+					if j == i {
+						continue
+					}
+					_, ok := value(fams, "forestbus_topic_follower_lag_entries", map[string]string{"topic": "default", "follower": n.Cfg.NodeName})
+					assert.True(t, ok, "leader reports the lag of %s", n.Cfg.NodeName)
+					_, ok = value(fams, "forestbus_topic_follower_lag_messages", map[string]string{"topic": "default", "follower": n.Cfg.NodeName})
+					assert.True(t, ok, "leader reports the message lag of %s", n.Cfg.NodeName)
+				}
+			} else {
+				assert.Equal(t, 0.0, leads)
+				assert.NotContains(t, fams, "forestbus_topic_follower_lag_entries")
+			}
+		}
+	})
+
+	t.Run("grpc metrics", func(t *testing.T) {
+		// Not in the server's chain yet: drive the interceptor by hand.
+		_, err := g.Unary(context.Background(), nil, &grpcUnaryInfo, func(context.Context, any) (any, error) { return nil, nil })
+		require.NoError(t, err)
+		fams := scrape(t, servers[0].URL)
+		v, ok := value(fams, "grpc_server_handled_total", map[string]string{"grpc_method": "SendMessages", "grpc_code": "OK"})
+		require.True(t, ok)
+		assert.Equal(t, 1.0, v)
+	})
+
+	t.Run("status.json", func(t *testing.T) {
+		for i, ts := range servers {
+			api := nodeDetails(t, c.Addrs()[i], "default")
+			st := statusJSON(t, ts.URL)
+			assert.Equal(t, "test", st.Cluster)
+			assert.Equal(t, c.Nodes[i].Cfg.NodeName, st.Node)
+			require.Len(t, st.Nodes, 3)
+			for j, n := range st.Nodes {
+				assert.Equal(t, fmt.Sprint("n", j+1), n.Name)
+				assert.True(t, n.Up, "node %s seen from %s: %s", n.Name, st.Node, n.Error)
+				assert.Equal(t, i == j, n.Self)
+			}
+			tp, ok := topicOf(st, "default")
+			require.True(t, ok)
+			assert.Equal(t, api.Leader, tp.Leader)
+			assert.Equal(t, uint64(api.CommitID), tp.CommitID)
+			assert.Equal(t, i == leader, tp.IsLeader)
+			if tp.IsLeader {
+				require.Len(t, tp.Followers, 2)
+				for _, f := range tp.Followers {
+					assert.NotEmpty(t, f.Name)
+					assert.NotNil(t, f.LagMessages)
+				}
+			} else {
+				assert.Empty(t, tp.Followers)
+			}
+		}
+	})
+
+	t.Run("status", func(t *testing.T) {
+		body, hdr := get(t, servers[0].URL+"/status")
+		assert.Contains(t, hdr.Get("Content-Type"), "text/html")
+		assert.Contains(t, body, "<td>default</td>")
+		assert.Contains(t, body, "status.json")
+		api := nodeDetails(t, c.Addrs()[0], "default")
+		assert.Contains(t, body, "<td>"+api.Leader+"</td>")
+	})
+
+	t.Run("pprof off", func(t *testing.T) {
+		resp, err := http.Get(servers[0].URL + "/debug/pprof/")
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+	})
+
+	t.Run("pprof on", func(t *testing.T) {
+		ts := httptest.NewServer(httpapi.New(c.Nodes[0].Server, httpapi.WithGRPCMetrics(nil), httpapi.WithPprof()))
+		defer ts.Close()
+		body, _ := get(t, ts.URL+"/debug/pprof/")
+		assert.Contains(t, body, "goroutine")
+		// Without gRPC metrics, the registry has none of them.
+		assert.NotContains(t, scrape(t, ts.URL), "grpc_server_handled_total")
+	})
+
+	t.Run("message rate", func(t *testing.T) {
+		ts := httptest.NewServer(httpapi.New(c.Nodes[0].Server, httpapi.WithGRPCMetrics(nil)))
+		defer ts.Close()
+		st := statusJSON(t, ts.URL) // first sample
+		tp, _ := topicOf(st, "default")
+		assert.Zero(t, tp.MessagesPerSecond)
+		cl := client.New("test", c.Addrs())
+		defer cl.Close()
+		ids, err := cl.SendMessages("default", [][]byte{[]byte("x"), []byte("y"), []byte("z")}, true)
+		require.NoError(t, err)
+		waitCommit(t, c.Addrs()[0], "default", ids[2])
+		// The rate needs two samples a second apart: poll until it shows.
+		require.Eventually(t, func() bool {
+			tp, _ := topicOf(statusJSON(t, ts.URL), "default")
+			return tp.MessagesPerSecond > 0
+		}, 10*time.Second, 100*time.Millisecond)
+	})
+
+	t.Run("node down", func(t *testing.T) {
+		// Stop a follower of node 0's view; node 0 must report it down.
+		down := 2
+		if leader == 2 {
+			down = 1
+		}
+		c.Nodes[down].Stop()
+		require.Eventually(t, func() bool {
+			st := statusJSON(t, servers[0].URL)
+			return !st.Nodes[down].Up && st.Nodes[down].Error != "" && st.Nodes[0].Up
+		}, 10*time.Second, 50*time.Millisecond)
+	})
+}
+
+// TestStatusPageInBrowser loads /status in headless Chromium and checks the
+// DOM after the page's script has refreshed it from status.json.
+func TestStatusPageInBrowser(t *testing.T) {
+	const chromium = "/usr/bin/chromium"
+	if _, err := os.Stat(chromium); err != nil {
+		t.Skipf("%s not found (apt-get install -y chromium): skipping the browser test", chromium)
+	}
+	c, _, last := cluster(t)
+	n := c.Nodes[0]
+	ts := httptest.NewServer(httpapi.New(n.Server, httpapi.WithGRPCMetrics(nil)))
+	defer ts.Close()
+	api := waitCommit(t, c.Addrs()[0], "default", last)
+	require.NotEmpty(t, api.Leader)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, chromium,
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--user-data-dir="+t.TempDir(), "--virtual-time-budget=5000",
+		"--dump-dom", ts.URL+"/status")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	require.NoError(t, err, "chromium: %s", stderr.String())
+	dom := string(out)
+	// The script ran: it marks each refresh from status.json on <body>.
+	assert.Regexp(t, `<body data-refreshes="[1-9]`, dom, "the page's script did not refresh it; chromium stderr: %s", stderr.String())
+	assert.Contains(t, dom, `<span id="live"></span>`, "the script reported an error")
+	assert.Contains(t, dom, "<td>default</td>")
+	assert.Contains(t, dom, "<td>"+api.Leader+"</td>")
+	assert.Regexp(t, `<td>n1 \(this node\)</td><td>[^<]+</td><td><span class="up">up</span>`, dom)
+	assert.Contains(t, dom, `<span id="cluster">test</span>`)
+}

@@ -1,0 +1,84 @@
+package httpapi
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector reports the registry's topics when scraped.
+type collector struct {
+	h *handler
+
+	nodeInfo, members, topics                     *prometheus.Desc
+	firstID, lastID, commitID, committed          *prometheus.Desc
+	leaderID, term, isLeader, segments, diskBytes *prometheus.Desc
+	lagEntries, lagMessages                       *prometheus.Desc
+}
+
+func newCollector(h *handler) *collector {
+	topicDesc := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("forestbus_topic_"+name, help, []string{"topic"}, nil)
+	}
+	followerDesc := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("forestbus_topic_"+name, help, []string{"topic", "follower"}, nil)
+	}
+	return &collector{
+		h:           h,
+		nodeInfo:    prometheus.NewDesc("forestbus_node_info", "This node's name and raft ID (value 1).", []string{"node", "id"}, nil),
+		members:     prometheus.NewDesc("forestbus_cluster_members", "Members of the cluster, as this node knows them.", nil, nil),
+		topics:      prometheus.NewDesc("forestbus_topics", "Topics on this node.", nil, nil),
+		firstID:     topicDesc("first_id", "First retained message ID."),
+		lastID:      topicDesc("last_id", "ID of the last message in this node's log, committed or not."),
+		commitID:    topicDesc("commit_id", "ID of the last committed message on this node (0 when none)."),
+		committed:   topicDesc("committed_messages_total", "Messages committed since the topic was created: derived from the commit ID (IDs are contiguous from 1)."),
+		leaderID:    topicDesc("leader_id", "Raft ID of the topic's leader, 0 when unknown."),
+		term:        topicDesc("term", "Raft term of the topic's group."),
+		isLeader:    topicDesc("is_leader", "1 when this node leads the topic, else 0."),
+		segments:    topicDesc("segments", "Segment files of the topic's log on this node."),
+		diskBytes:   topicDesc("disk_bytes", "Bytes of the topic's segment files on this node."),
+		lagEntries:  followerDesc("follower_lag_entries", "On the leader: raft entries the follower's log lacks (leader's last index - follower's match index)."),
+		lagMessages: followerDesc("follower_lag_messages", "On the leader: messages the follower's log lacks; absent when its match point is below the leader's retained log."),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.nodeInfo, c.members, c.topics, c.firstID, c.lastID, c.commitID, c.committed,
+		c.leaderID, c.term, c.isLeader, c.segments, c.diskBytes, c.lagEntries, c.lagMessages} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.h.collect(context.Background(), false)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	if st.NodeID != 0 {
+		gauge(c.nodeInfo, 1, st.Node, strconv.FormatUint(st.NodeID, 10))
+	}
+	gauge(c.members, float64(len(st.Nodes)))
+	gauge(c.topics, float64(len(st.Topics)))
+	for _, t := range st.Topics {
+		gauge(c.firstID, float64(t.FirstID), t.Name)
+		gauge(c.lastID, float64(t.LastID), t.Name)
+		gauge(c.commitID, float64(t.CommitID), t.Name)
+		ch <- prometheus.MustNewConstMetric(c.committed, prometheus.CounterValue, float64(t.CommitID), t.Name)
+		gauge(c.leaderID, float64(t.LeaderID), t.Name)
+		gauge(c.term, float64(t.Term), t.Name)
+		leads := 0.0
+		if t.IsLeader {
+			leads = 1
+		}
+		gauge(c.isLeader, leads, t.Name)
+		gauge(c.segments, float64(t.Segments), t.Name)
+		gauge(c.diskBytes, float64(t.Bytes), t.Name)
+		for _, f := range t.Followers {
+			gauge(c.lagEntries, float64(f.LagEntries), t.Name, f.Name)
+			if f.LagMessages != nil {
+				gauge(c.lagMessages, float64(*f.LagMessages), t.Name, f.Name)
+			}
+		}
+	}
+}
