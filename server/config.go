@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
 
 	"github.com/forestbus/forestbus/server/transport"
 )
@@ -84,6 +85,11 @@ type Config struct {
 	TickInterval time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+
+	// GRPCOptions are added first to the gRPC server's options (e.g. the
+	// Prometheus interceptors of server/httpapi), so their interceptors
+	// wrap the node's own and see final status codes.
+	GRPCOptions []grpc.ServerOption
 
 	// NewTransport, when set, replaces the gRPC peer transport (tests run
 	// clusters over transport.Hub to cut and heal links).

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -219,7 +220,8 @@ func (s *Server) open() error {
 		s.setMembers(ms)
 	}
 
-	opts := append(append(s.svc.ServerOptions(), transport.ServerOptions()...),
+	opts := append(append(slices.Clone(cfg.GRPCOptions), s.svc.ServerOptions()...), transport.ServerOptions()...)
+	opts = append(opts,
 		// Room for the framing of many small messages, so that an oversized
 		// batch reaches the handler and gets BATCH_TOO_LARGE.
 		grpc.MaxRecvMsgSize(4*cfg.MaxBatchBytes+(1<<20)),

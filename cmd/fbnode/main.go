@@ -153,7 +153,12 @@ func run(args []string) error {
 		}
 		logger.Info("added to the cluster", "id", joinInfo.ID, "members", len(joinInfo.Members))
 	}
+	var grpcOpts []grpc.ServerOption
+	if *httpAddr != "" {
+		grpcOpts = httpapi.GRPCMetrics().ServerOptions() // gRPC metrics for /metrics
+	}
 	srv, err := server.Start(ctx, server.Config{
+		GRPCOptions:     grpcOpts,
 		Join:            joinInfo,
 		ListenAddr:      *listen,
 		AdvertiseAddr:   *advertise,
@@ -193,7 +198,7 @@ func run(args []string) error {
 			srv.Stop()
 			return fmt.Errorf("-http: %w", err)
 		}
-		hs := &http.Server{Handler: httpapi.New(srv), ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: httpapi.New(srv, httpapi.WithGRPCMetrics(httpapi.GRPCMetrics())), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = hs.Serve(lis) }()
 		defer hs.Close() // after srv.Stop: /status shows the node stopping meanwhile
 		logger.Info("http listening", "addr", lis.Addr().String())
