@@ -354,6 +354,12 @@ func (s *Server) ConnectionString() string {
 	return fmt.Sprintf("%s#%s@%s", s.cfg.ClusterID, s.cfg.DefaultTopic, s.advertise)
 }
 
+// LongPolls is the number of GetMessages calls waiting on this node.
+func (s *Server) LongPolls() int { return s.svc.Waiters() }
+
+// Subscriptions is the number of Subscribe streams this node serves.
+func (s *Server) Subscriptions() int { return s.svc.Subscribers() }
+
 // Registry is the node's topic registry (tests and tools).
 func (s *Server) Registry() *topic.Registry { return s.registry }
 

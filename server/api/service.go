@@ -99,6 +99,9 @@ func New(cfg Config, registry *topic.Registry) *Service {
 	return s
 }
 
+// Waiters is the number of GetMessages calls that may be waiting.
+func (s *Service) Waiters() int { return int(s.waiters.Load()) }
+
 // Drain waits until the unary calls in flight have returned, or ctx ends.
 func (s *Service) Drain(ctx context.Context) {
 	t := time.NewTicker(2 * time.Millisecond)

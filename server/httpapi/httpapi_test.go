@@ -180,6 +180,21 @@ func TestHTTPAPI(t *testing.T) {
 			assert.True(t, ok)
 			_, ok = fams["go_goroutines"]
 			assert.True(t, ok, "Go collector registered")
+			v, _ = value(fams, "forestbus_topic_appended_messages_total", topic)
+			assert.Equal(t, float64(api.LastID), v, "node %d appended every message since it started", i)
+			v, _ = value(fams, "forestbus_topic_committed_bytes_total", topic)
+			assert.Greater(t, v, 0.0)
+			_, ok = value(fams, "forestbus_long_poll_waiters", nil)
+			assert.True(t, ok)
+			_, ok = value(fams, "forestbus_subscribe_streams", nil)
+			assert.True(t, ok)
+			var latencies uint64
+			for _, m := range fams["forestbus_topic_commit_latency_seconds"].GetMetric() {
+				latencies += m.GetHistogram().GetSampleCount()
+			}
+			if api.Leader == c.Nodes[i].Cfg.NodeName {
+				assert.NotZero(t, latencies, "the leader timed its commits")
+			}
 
 			leads, _ := value(fams, "forestbus_topic_is_leader", topic)
 			if api.Leader == c.Nodes[i].Cfg.NodeName {

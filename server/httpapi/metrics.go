@@ -5,6 +5,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/forestbus/forestbus/server/replica"
 )
 
 // collector reports the registry's topics when scraped.
@@ -15,6 +17,8 @@ type collector struct {
 	firstID, lastID, commitID, committed          *prometheus.Desc
 	leaderID, term, isLeader, segments, diskBytes *prometheus.Desc
 	lagEntries, lagMessages                       *prometheus.Desc
+	appendedMsgs, appendedBytes, committedBytes   *prometheus.Desc
+	commitLatency, waiters, subscribers           *prometheus.Desc
 }
 
 func newCollector(h *handler) *collector {
@@ -40,12 +44,20 @@ func newCollector(h *handler) *collector {
 		diskBytes:   topicDesc("disk_bytes", "Bytes of the topic's segment files on this node."),
 		lagEntries:  followerDesc("follower_lag_entries", "On the leader: raft entries the follower's log lacks (leader's last index - follower's match index)."),
 		lagMessages: followerDesc("follower_lag_messages", "On the leader: messages the follower's log lacks; absent when its match point is below the leader's retained log."),
+
+		appendedMsgs:   topicDesc("appended_messages_total", "Messages written to this node's log since the node started."),
+		appendedBytes:  topicDesc("appended_bytes_total", "Bytes of message batches written to this node's log since the node started."),
+		committedBytes: topicDesc("committed_bytes_total", "Bytes of message batches applied as committed on this node since it started."),
+		commitLatency:  topicDesc("commit_latency_seconds", "Time from proposal to commit of the wait_for_commit batches proposed on this node."),
+		waiters:        prometheus.NewDesc("forestbus_long_poll_waiters", "GetMessages calls waiting for a commit on this node.", nil, nil),
+		subscribers:    prometheus.NewDesc("forestbus_subscribe_streams", "Subscribe streams served by this node.", nil, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.nodeInfo, c.members, c.topics, c.firstID, c.lastID, c.commitID, c.committed,
-		c.leaderID, c.term, c.isLeader, c.segments, c.diskBytes, c.lagEntries, c.lagMessages} {
+		c.leaderID, c.term, c.isLeader, c.segments, c.diskBytes, c.lagEntries, c.lagMessages,
+		c.appendedMsgs, c.appendedBytes, c.committedBytes, c.commitLatency, c.waiters, c.subscribers} {
 		ch <- d
 	}
 }
@@ -60,6 +72,25 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.members, float64(len(st.Nodes)))
 	gauge(c.topics, float64(len(st.Topics)))
+	gauge(c.waiters, float64(c.h.srv.LongPolls()))
+	gauge(c.subscribers, float64(c.h.srv.Subscriptions()))
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for _, t := range c.h.srv.Registry().List() {
+		if t.Group == nil {
+			continue
+		}
+		m := t.Group.Metrics()
+		counter(c.appendedMsgs, m.AppendedMessages, t.Name)
+		counter(c.appendedBytes, m.AppendedBytes, t.Name)
+		counter(c.committedBytes, m.CommittedBytes, t.Name)
+		buckets := make(map[float64]uint64, len(replica.LatencyBuckets))
+		for i, b := range replica.LatencyBuckets {
+			buckets[b] = m.CommitLatency[i]
+		}
+		ch <- prometheus.MustNewConstHistogram(c.commitLatency, m.CommitLatencyCount, m.CommitLatencySum, buckets, t.Name)
+	}
 	for _, t := range st.Topics {
 		gauge(c.firstID, float64(t.FirstID), t.Name)
 		gauge(c.lastID, float64(t.LastID), t.Name)

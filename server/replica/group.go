@@ -97,6 +97,7 @@ type proposal struct {
 	count   uint32
 	err     error       // ErrDuplicate
 	done    chan Result // buffered, 1
+	start   time.Time   // when it was proposed, for the commit latency
 }
 
 func (p *proposal) reply(r Result) {
@@ -153,6 +154,7 @@ type Group struct {
 	failed   atomic.Bool
 	removing atomic.Bool // set by RemoveGroup
 	queued   atomic.Bool // in the engine's busy list
+	metrics  groupMetrics
 	conf     atomic.Pointer[raftpb.ConfState]
 
 	notifyMu sync.Mutex
@@ -582,7 +584,7 @@ func (g *Group) ProposeCommand(ctx context.Context, payload []byte) error {
 }
 
 func (g *Group) propose(ctx context.Context, tag uint64, data []byte, wait bool) (Result, error) {
-	p := &proposal{tag: tag, data: data, wait: wait, done: make(chan Result, 1)}
+	p := &proposal{tag: tag, data: data, wait: wait, done: make(chan Result, 1), start: time.Now()}
 	full := false
 	ok := g.enqueue(func() {
 		// The queue in front of raft is bounded like raft's own
@@ -857,6 +859,12 @@ func (g *Group) persist() bool {
 			g.fence(err)
 			return false
 		}
+		for i, id := range ids {
+			if id.Count > 0 && !id.Dup {
+				g.metrics.appendedMsgs.Add(uint64(id.Count))
+				g.metrics.appendedBytes.Add(uint64(len(rd.Entries[i].Data)))
+			}
+		}
 		if len(g.waiters) > 0 {
 			for i, ent := range rd.Entries {
 				tag, ok := entryTag(ent)
@@ -963,6 +971,9 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 			if payload, ok := commandPayload(ent); ok && g.apply != nil {
 				applyErr = g.apply(ent.GetIndex(), payload)
 			}
+			if len(ent.Data) > 0 && ent.Data[0] == commitlog.KindMessages {
+				g.metrics.committedBytes.Add(uint64(len(ent.Data)))
+			}
 			if len(ent.Data) == tagEnd+16 && ent.Data[0] == KindTruncate {
 				index := binary.LittleEndian.Uint64(ent.Data[tagEnd:])
 				id := binary.LittleEndian.Uint64(ent.Data[tagEnd+8:])
@@ -976,6 +987,7 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 			if len(g.waiters) > 0 {
 				if tag, ok := entryTag(ent); ok {
 					if p := g.waiters[tag]; p != nil && p.wait {
+						g.metrics.observe(time.Since(p.start))
 						if applyErr == nil {
 							applyErr = p.err
 						}
