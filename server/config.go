@@ -65,6 +65,10 @@ type Config struct {
 	MaxReadBytes int
 	// MaxWait caps a long poll. Default 30 s.
 	MaxWait time.Duration
+	// MaxUncommittedBytes is a topic leader's budget of uncommitted batch
+	// bytes; a send beyond it gets RESOURCE_EXHAUSTED/PROPOSAL_DROPPED
+	// (backpressure). Default 64 MiB.
+	MaxUncommittedBytes uint64
 	// MaxWaiters caps the long polls waiting at once; more get
 	// RESOURCE_EXHAUSTED. Default 10,000.
 	MaxWaiters int

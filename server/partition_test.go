@@ -1,15 +1,21 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/forestbus/forestbus/client"
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
 	"github.com/forestbus/forestbus/server/transport"
 )
@@ -141,4 +147,32 @@ func TestLossySlowNetwork(t *testing.T) {
 	p.stop()
 	hub.Heal()
 	checkCluster(t, c, p)
+}
+
+// TestUncommittedBudgetPushesBack: a leader cut off from its followers
+// cannot commit; once its uncommitted bytes exceed the budget, sends are
+// refused with RESOURCE_EXHAUSTED instead of queueing without bound.
+func TestUncommittedBudgetPushesBack(t *testing.T) {
+	hub := transport.NewHub(transport.WithSeed(4))
+	c := servertest.NewCluster(t, 3, servertest.WithHub(hub),
+		servertest.WithConfig(func(cfg *server.Config) {
+			cfg.MaxUncommittedBytes = 4096
+			cfg.TickInterval = 100 * time.Millisecond // 1 s before the cut-off leader steps down
+		}))
+	c.WaitTopic("default")
+	l := leaderIndex(t, c, "default")
+	lc := dial(t, c.Nodes[l])
+	hub.Isolate(uint64(l + 1))
+	big := [][]byte{bytes.Repeat([]byte("b"), 3000)}
+	var refused error
+	for i := 0; i < 10 && refused == nil; i++ {
+		_, err := lc.bus.SendMessages(ctxT(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: big})
+		if err != nil {
+			refused = err
+		}
+	}
+	require.Error(t, refused, "the cut-off leader accepted 30 KB it cannot commit")
+	assert.Equal(t, codes.ResourceExhausted, status.Code(refused), "%v", refused)
+	assert.Equal(t, "PROPOSAL_DROPPED", reasonOf(refused))
+	hub.Heal()
 }

@@ -171,7 +171,10 @@ func (s *Server) open() error {
 		grpcTransport = transport.New(transport.Config{NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger})
 		s.transport = grpcTransport
 	}
-	s.engine, err = replica.NewEngine(replica.Config{NodeID: id.RaftID, TickInterval: cfg.TickInterval, Transport: s.transport, Logger: cfg.Logger})
+	s.engine, err = replica.NewEngine(replica.Config{
+		NodeID: id.RaftID, TickInterval: cfg.TickInterval, Transport: s.transport,
+		MaxUncommittedBytes: cfg.MaxUncommittedBytes, Logger: cfg.Logger,
+	})
 	if err != nil {
 		return err
 	}
