@@ -142,7 +142,9 @@ type Group struct {
 	pass      uint64 // the engine pass that last listed it as a candidate
 	lost      bool   // leadership lost in the current Ready
 	replies   []reply
-	props     []*raftpb.Entry // scratch for batched proposals
+	props     []*raftpb.Entry   // scratch for batched proposals
+	early     []*raftpb.Message // scratch for sendAppendsEarly
+	sentEarly bool              // this Ready's MsgApps went out before the sync
 	// campaignAt > 0: campaign once the applied index reaches it.
 	campaignAt uint64
 
@@ -891,6 +893,7 @@ func (g *Group) persist() bool {
 			return false
 		}
 	}
+	g.sendAppendsEarly()
 	return len(rd.Entries) > 0 || rd.MustSync || !raft.IsEmptySnap(rd.Snapshot)
 }
 
@@ -903,6 +906,46 @@ func (g *Group) sync() {
 	}
 }
 
+// sendAppendsEarly sends a leader's MsgApps as soon as its entries are
+// written, before they are synced: the leader's disk write and its
+// followers' overlap (Raft thesis §10.2.1). This is safe because the leader
+// counts its own copy toward a commit only once it is durable (raft steps
+// that acknowledgement in at Advance); everything else in the Ready —
+// votes, responses, heartbeats — still waits for the sync.
+func (g *Group) sendAppendsEarly() {
+	g.sentEarly = false
+	if !g.isLeader || g.e.cfg.Transport == nil {
+		return
+	}
+	early := g.early[:0]
+	for _, m := range g.rd.Messages {
+		if m.GetType() == raftpb.MessageType_MsgApp {
+			early = append(early, m)
+		}
+	}
+	if len(early) > 0 {
+		g.e.cfg.Transport.Send(g.name, early)
+		g.sentEarly = true
+	}
+	clear(early)
+	g.early = early[:0]
+}
+
+// laterMessages is the part of msgs not sent by sendAppendsEarly.
+func (g *Group) laterMessages(msgs []*raftpb.Message) []*raftpb.Message {
+	if !g.sentEarly {
+		return msgs
+	}
+	rest := g.early[:0]
+	for _, m := range msgs {
+		if m.GetType() != raftpb.MessageType_MsgApp {
+			rest = append(rest, m)
+		}
+	}
+	g.early = rest[:0]
+	return rest
+}
+
 // finish sends, answers, applies and advances: the part of the Ready
 // contract that follows a durable write.
 func (g *Group) finish() {
@@ -911,8 +954,8 @@ func (g *Group) finish() {
 	}
 	rd := g.rd
 	g.rd = raft.Ready{}
-	if len(rd.Messages) > 0 && g.e.cfg.Transport != nil {
-		g.e.cfg.Transport.Send(g.name, rd.Messages)
+	if msgs := g.laterMessages(rd.Messages); len(msgs) > 0 && g.e.cfg.Transport != nil {
+		g.e.cfg.Transport.Send(g.name, msgs)
 	}
 	for i, p := range g.acks {
 		p.reply(Result{FirstID: p.firstID, Count: p.count, Err: p.err})
