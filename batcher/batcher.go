@@ -120,8 +120,7 @@ func WithLogger(l *slog.Logger) Option {
 // matches client.ErrNoNodesAvailable (default 0: no retries;
 // UnlimitedRetries: no limit). Other errors are not retried. The wait
 // before retry n is min(n × 500 ms, 5 s). Close ends the retries: the
-// batch then fails with an error matching both ErrClosed and the last
-// error.
+// batch then fails with ErrClosed.
 func WithRetries(n int) Option {
 	return func(b *Batcher) { b.maxRetries = n }
 }
@@ -384,17 +383,20 @@ func (b *Batcher) send(ctx context.Context, msgs [][]byte, retries *int) ([]int6
 		if err == nil {
 			return ids, nil
 		}
+		// Results carry the original package's bare sentinels, so that
+		// programs comparing with == keep working (the cause is logged
+		// with WithDebug).
 		if ctx.Err() != nil {
 			// Close gave up waiting and cancelled the send.
-			return nil, fmt.Errorf("%w (%w)", ErrClosed, err)
+			return nil, ErrClosed
 		}
 		if !b.retryable(err) || (*retries != UnlimitedRetries && attempt > *retries) {
-			return nil, err
+			return nil, client.LegacyError(err)
 		}
 		select {
 		case <-b.closing:
 			*retries = 0
-			return nil, fmt.Errorf("%w (%w)", ErrClosed, err)
+			return nil, ErrClosed
 		default:
 		}
 		wait := min(time.Duration(attempt)*b.backoffStep, b.backoffLimit)
@@ -404,7 +406,7 @@ func (b *Batcher) send(ctx context.Context, msgs [][]byte, retries *int) ([]int6
 		case <-b.closing:
 			t.Stop()
 			*retries = 0
-			return nil, fmt.Errorf("%w (%w)", ErrClosed, err)
+			return nil, ErrClosed
 		}
 	}
 }

@@ -25,14 +25,15 @@
 //
 //   - Close does not leak the send goroutine: when the 2 s drain time runs
 //     out, the send in progress is cancelled (its messages fail with an
-//     error matching ErrClosed; they may have been stored) and Close waits
+//     ErrClosed; they may have been stored) and Close waits
 //     for the goroutine to end.
 //   - Sends after Close return ErrClosed without relying on a recovered
 //     panic, and a send blocked on a full queue returns ErrClosed when Close
 //     starts.
-//   - A batch whose retries Close interrupts fails with an error matching
-//     both ErrClosed and the last send error (the original returned
-//     ErrClosed; its documentation said ErrNoNodesAvailable).
-//   - Errors from the Sender are passed on as they are: with a
-//     *client.Client they wrap the sentinels, so test them with errors.Is.
+//   - A batch whose retries Close interrupts fails with ErrClosed, as the
+//     original did (its documentation said ErrNoNodesAvailable).
+//   - Results carry the original package's bare sentinels (ErrClosed,
+//     client.ErrNoNodesAvailable, ErrTopicNotFound, ErrClusterIdMismatch),
+//     so programs comparing with == keep working; other errors are passed
+//     on as the Sender returned them. WithDebug logs every send's cause.
 package batcher

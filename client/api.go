@@ -27,7 +27,7 @@ import (
 // they compare equal with ==. Other errors are as for SendMessagesContext.
 func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit bool) (indexes []int64, err error) {
 	ids, err := c.SendMessagesContext(context.Background(), topic, messages, waitForCommit)
-	return ids, legacyError(err)
+	return ids, LegacyError(err)
 }
 
 // SendMessagesContext sends a batch of messages to topic and returns their
@@ -100,7 +100,7 @@ func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages
 // ErrClusterIdMismatch and ErrNoNodesAvailable are returned bare.
 func (c *Client) GetMessages(topic string, index int64, quantity int, wait bool) (msgs [][]byte, nextID int64, err error) {
 	msgs, nextID, err = c.GetMessagesContext(context.Background(), topic, index, quantity, wait)
-	return msgs, nextID, legacyError(err)
+	return msgs, nextID, LegacyError(err)
 }
 
 // GetMessagesContext returns committed messages of topic starting at ID
@@ -172,7 +172,7 @@ func (c *Client) GetMessagesContext(ctx context.Context, topic string, index int
 // ErrClusterIdMismatch and ErrNoNodesAvailable are returned bare.
 func (c *Client) GetTopicMaxAvailableIndex(topic string) (maxAvailableIndex int64, err error) {
 	idx, err := c.GetTopicMaxAvailableIndexContext(context.Background(), topic)
-	return idx, legacyError(err)
+	return idx, LegacyError(err)
 }
 
 // GetTopicMaxAvailableIndexContext returns the commit point of topic (the

@@ -233,10 +233,11 @@ func ctxError(op string, err error) error {
 	return fmt.Errorf("forestbus: %s: %w", op, err)
 }
 
-// legacyError returns the original client's bare sentinel for errors that
+// LegacyError returns the original client's bare sentinel for errors that
 // match one, so that programs written against the original package which
 // compare errors with == keep working. Other errors are returned as is.
-func legacyError(err error) error {
+// The calls without a context and the MessageBatcher's results use it.
+func LegacyError(err error) error {
 	for _, s := range [...]error{ErrClusterIdMismatch, ErrTopicNotFound, ErrNoNodesAvailable} {
 		if errors.Is(err, s) {
 			return s
