@@ -56,7 +56,7 @@ integration: ## multi-process tests only
 fuzz: ## run each fuzz target for 30 s
 	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 30s ./server/commitlog/
 
-bench: build ## run the fbbench workloads against a fresh local node
+bench: build ## run the fbbench workloads against a fresh local 3-node cluster (scripts/bench.sh; env knobs at its top)
 	./scripts/bench.sh
 
 run: ## start a one-node cluster with topic "default" on $(RUN_ADDR)

@@ -1,32 +1,67 @@
 #!/usr/bin/env bash
-# scripts/bench.sh builds fbnode and fbbench, runs every fbbench workload
-# against a fresh cluster in each sync mode, writes the JSON lines to
-# bench-results/<timestamp>-<mode>.jsonl and prints a markdown table of the
-# medians. bench-results/ is output: do not commit it.
+# scripts/bench.sh (make bench) builds fbnode and fbbench, starts a fresh
+# local cluster per topology and sync mode (nodes on 127.0.0.1, each node its
+# own process), runs the fbbench workloads W1 W2 W3 W3S W4 (BENCH_RUNS times
+# each) and IDLE against it, and writes into bench-results/<stamp>/:
 #
-# Environment (defaults keep the whole run near 3 minutes on 2 cores):
+#   results-<label>.jsonl   fbbench JSON lines (label: cluster3-fsync, os, ...)
+#   scaling-<label>.jsonl   the sweeps' lines (BENCH_SCALING=1)
+#   summary.md              medians table, scaling, idle cost and node RSS
+#   w1-throughput.svg       W1 msgs/s per second, a line per label and run
+#   w2-latency.svg          W2 send latency CDF, log-scale x
+#
+# fbbench gets the node PIDs (-pids) so every run line carries each node's
+# RSS at the end of the run and its CPU during the run. W3 and W3S read from
+# a follower (fbbench picks a node that does not lead the topic). The IDLE
+# workload creates BENCH_IDLE_TOPICS topics bench-idle-<i>, writes one message
+# to each and measures the nodes' CPU over BENCH_IDLE_WINDOW; the topics of
+# W1 and W4 sit idle too (the table names the cluster's topic count).
+# bench-results/ is output: do not commit it.
+#
+# Environment (the defaults take about 4 minutes per topology and mode, so
+# about 8 minutes for make bench on 2 cores; BENCH_SCALING=1 adds about 3
+# minutes per topology and mode):
 #   BENCH_DURATION       -duration of the timed workloads W1, W4 (10s)
 #   BENCH_RUNS           -runs of each workload (3)
 #   BENCH_MODES          sync modes to measure ("fsync os")
-#   BENCH_TOPOLOGIES     cluster shapes to measure ("single"); each needs a
-#                        start_<topology> function below
+#   BENCH_TOPOLOGIES     cluster shapes to measure ("cluster3"; also
+#                        "single"); each needs a start_<topology> function
 #   BENCH_PRODUCERS      W1 -producers (50)
 #   BENCH_SENDS          W2 -sends (2000)
-#   BENCH_READ_MESSAGES  W3 -read-messages (1000000)
+#   BENCH_READ_MESSAGES  W3, W3S -read-messages (1000000)
 #   BENCH_TOPICS         W4 -topics (100)
+#   BENCH_IDLE_TOPICS    IDLE topics of the default run (100; empty: no IDLE)
+#   BENCH_IDLE_WINDOW    IDLE CPU measuring window (20s)
+#   BENCH_SCALING        1: also run, on the same cluster, 1 run each of W1
+#                        with BENCH_SCALE_PRODUCERS producers, W4 with
+#                        BENCH_SCALE_TOPICS topics and IDLE with
+#                        BENCH_SCALE_IDLE topics (0)
+#   BENCH_SCALE_DURATION -duration of the sweep runs (5s)
+#   BENCH_SCALE_PRODUCERS ("1 10 50 200")
+#   BENCH_SCALE_TOPICS   ("10 100 1000")
+#   BENCH_SCALE_IDLE     ("100 1000"; IDLE topics accumulate: the 1000 run
+#                        holds the 100 of the first)
 #   BENCH_ARGS           extra fbbench flags, e.g. "-size 1000 -shared-client"
-#   BENCH_OUT            output directory (bench-results)
+#   BENCH_OUT            output directory (bench-results); results go to
+#                        $BENCH_OUT/<UTC stamp>/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BENCH_DURATION=${BENCH_DURATION:-10s}
 BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_MODES=${BENCH_MODES:-fsync os}
-BENCH_TOPOLOGIES=${BENCH_TOPOLOGIES:-single}
+BENCH_TOPOLOGIES=${BENCH_TOPOLOGIES:-cluster3}
 BENCH_PRODUCERS=${BENCH_PRODUCERS:-50}
 BENCH_SENDS=${BENCH_SENDS:-2000}
 BENCH_READ_MESSAGES=${BENCH_READ_MESSAGES:-1000000}
 BENCH_TOPICS=${BENCH_TOPICS:-100}
+BENCH_IDLE_TOPICS=${BENCH_IDLE_TOPICS-100}
+BENCH_IDLE_WINDOW=${BENCH_IDLE_WINDOW:-20s}
+BENCH_SCALING=${BENCH_SCALING:-0}
+BENCH_SCALE_DURATION=${BENCH_SCALE_DURATION:-5s}
+BENCH_SCALE_PRODUCERS=${BENCH_SCALE_PRODUCERS:-1 10 50 200}
+BENCH_SCALE_TOPICS=${BENCH_SCALE_TOPICS:-10 100 1000}
+BENCH_SCALE_IDLE=${BENCH_SCALE_IDLE:-100 1000}
 BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_OUT=${BENCH_OUT:-bench-results}
 
@@ -133,9 +168,18 @@ start_cluster3() {
 	return 1
 }
 
+# pids_csv prints the PIDs of the running nodes, comma separated.
+pids_csv() {
+	local IFS=,
+	echo "${NODE_PIDS[*]}"
+}
+
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$BENCH_OUT"
+dir=$BENCH_OUT/$stamp
+mkdir -p "$dir"
 files=()
+scaling=()
+started=$(date +%s)
 for topo in $BENCH_TOPOLOGIES; do
 	if ! declare -F "start_$topo" >/dev/null; then
 		log "unknown topology $topo (no start_$topo function)"
@@ -147,23 +191,94 @@ for topo in $BENCH_TOPOLOGIES; do
 		else
 			label=$topo-$mode
 		fi
-		out=$BENCH_OUT/$stamp-$label.jsonl
+		out=$dir/results-$label.jsonl
 		CONN=
 		"start_$topo" "$mode"
+		pids=$(pids_csv)
 		# BENCH_ARGS is split into words on purpose.
 		# shellcheck disable=SC2206
-		cmd=(bin/fbbench -forestbus "$CONN" -workload all -runs "$BENCH_RUNS"
+		base=(bin/fbbench -forestbus "$CONN" -label "$label" -pids "$pids" $BENCH_ARGS)
+		cmd=("${base[@]}" -workload all -runs "$BENCH_RUNS"
 			-duration "$BENCH_DURATION" -producers "$BENCH_PRODUCERS" -sends "$BENCH_SENDS"
-			-read-messages "$BENCH_READ_MESSAGES" -topics "$BENCH_TOPICS" -label "$label" $BENCH_ARGS)
-		log "$topo/$mode: ${cmd[*]} > $out"
+			-read-messages "$BENCH_READ_MESSAGES" -topics "$BENCH_TOPICS")
+		log "$topo/$mode (nodes $pids): ${cmd[*]} > $out"
 		"${cmd[@]}" >"$out"
-		stop_nodes
+		if [[ -n $BENCH_IDLE_TOPICS ]]; then
+			cmd=("${base[@]}" -workload IDLE -idle-topics "$BENCH_IDLE_TOPICS" -idle-window "$BENCH_IDLE_WINDOW")
+			log "$topo/$mode: ${cmd[*]} >> $out"
+			"${cmd[@]}" >>"$out"
+		fi
 		files+=("$out")
+		if [[ $BENCH_SCALING == 1 ]]; then
+			sout=$dir/scaling-$label.jsonl
+			: >"$sout"
+			for p in $BENCH_SCALE_PRODUCERS; do
+				cmd=("${base[@]}" -workload W1 -producers "$p" -duration "$BENCH_SCALE_DURATION")
+				log "$topo/$mode scaling: ${cmd[*]} >> $sout"
+				"${cmd[@]}" >>"$sout"
+			done
+			for t in $BENCH_SCALE_TOPICS; do
+				cmd=("${base[@]}" -workload W4 -topics "$t" -duration "$BENCH_SCALE_DURATION")
+				log "$topo/$mode scaling: ${cmd[*]} >> $sout"
+				"${cmd[@]}" >>"$sout"
+			done
+			for t in $BENCH_SCALE_IDLE; do
+				cmd=("${base[@]}" -workload IDLE -idle-topics "$t" -idle-window "$BENCH_IDLE_WINDOW")
+				log "$topo/$mode scaling: ${cmd[*]} >> $sout"
+				"${cmd[@]}" >>"$sout"
+			done
+			scaling+=("$sout")
+		fi
+		stop_nodes
 	done
 done
+elapsed=$(($(date +%s) - started))
 
-log "results: ${files[*]}"
+log "results: ${files[*]} ${scaling[*]}"
+bin/fbbench -chart -o "$dir" "${files[@]}" >/dev/null
+summary=$dir/summary.md
+{
+	echo "# fbbench results $stamp"
+	echo
+	echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (modified)'),"
+	echo "$(nproc) cores, $(uname -sr); topologies: $BENCH_TOPOLOGIES; modes: $BENCH_MODES;"
+	echo "$BENCH_RUNS runs of $BENCH_DURATION (W1, W4); the whole script took ${elapsed}s."
+	echo
+	echo "## Medians of $BENCH_RUNS runs"
+	echo
+	echo "Latency per batch for W1/W4, per send for W2, per GetMessages call for W3,"
+	echo "per 1000 delivered messages (a stream response) for W3S. W3 and W3S read from a follower."
+	echo
+	bin/fbbench -report "${files[@]}"
+	if ((${#scaling[@]})); then
+		echo
+		echo "## Scaling (1 run of $BENCH_SCALE_DURATION each)"
+		echo
+		bin/fbbench -report -report-kind scaling "${scaling[@]}"
+	fi
+	echo
+	echo "## Idle cost (CPU of the node processes from /proc, 100 ticks/s)"
+	echo
+	bin/fbbench -report -report-kind idle "${files[@]}" "${scaling[@]}" || echo "(no IDLE runs)"
+	echo
+	echo "## Node RSS and CPU per workload (VmRSS at the end of each run)"
+	echo
+	bin/fbbench -report -report-kind rss "${files[@]}" "${scaling[@]}" || echo "(no runs with -pids)"
+	echo
+	echo "## Read node (W3, W3S)"
+	echo
+	for f in "${files[@]}"; do
+		grep -h '"workload":"W3' "$f" | grep '"type":"run"' | head -n1 |
+			python3 -c 'import json,sys
+for l in sys.stdin:
+    r=json.loads(l); n=r.get("read_node") or {}
+    print("- %s: node %s %s (%s), topic leader %s%s" % (r.get("label"), n.get("index"), n.get("address"), n.get("name"), n.get("leader"), " (reads from the leader)" if n.get("is_leader") else ""))' || true
+	done
+	echo
+	echo "Charts: w1-throughput.svg, w2-latency.svg"
+} >"$summary"
+
 echo
-echo "Medians of $BENCH_RUNS runs (duration $BENCH_DURATION; latency per batch for W1/W4, per send for W2, per GetMessages call for W3):"
+cat "$summary"
 echo
-bin/fbbench -report "${files[@]}"
+log "wrote $dir: summary.md, w1-throughput.svg, w2-latency.svg, $(cd "$dir" && ls ./*.jsonl | tr '\n' ' ')"

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,7 +14,12 @@ import (
 )
 
 // allWorkloads lists the workloads in the order "all" runs them.
-var allWorkloads = []string{"W1", "W2", "W3", "W4"}
+// IDLE is not part of "all": it measures the node processes (-pids) and
+// adds topics that stay.
+var allWorkloads = []string{"W1", "W2", "W3", "W3S", "W4"}
+
+// knownWorkloads lists every workload -workload accepts.
+var knownWorkloads = []string{"W1", "W2", "W3", "W3S", "W4", "IDLE"}
 
 // config is everything the flags set.
 type config struct {
@@ -43,6 +50,19 @@ type config struct {
 	MaxBatches    int
 	Label         string
 	Report        bool
+	ReportKind    string
+
+	// ReadNode is the index into Nodes W3 and W3S read from; -1 picks a
+	// node that does not lead the topic.
+	ReadNode       int
+	SubscribeBatch int
+	PIDs           []int
+	IdleTopics     int
+	IdleWindow     time.Duration
+	IdleSettle     time.Duration
+
+	Chart    bool
+	ChartOut string
 }
 
 const usageText = `fbbench drives a Forest Bus cluster with benchmark workloads and prints one
@@ -58,8 +78,23 @@ Workloads:
   W3  read: one reader gets -read-messages committed messages from -read-from,
       -quantity per call; the topic is filled first if it holds too few (the
       fill is reported in the "fill" field, outside the timing)
+  W3S subscribe read: the same -read-messages messages from -read-from
+      through client.Subscribe (one stream), from the same node as W3
   W4  many topics: -topics topics bench-w4-<i> (created if absent), one
       producer each sending batches of -w4-batch for -duration
+  IDLE idle cost (not in "all"): creates -idle-topics topics bench-idle-<i>,
+      sends one message to each, waits -idle-settle, then measures the CPU
+      time of the node processes named by -pids over -idle-window
+
+W3 and W3S read from one node: -read-node N (index into the connection
+string's nodes), or by default the first node that does not lead the topic
+(asked with TopicDetails on each node), so a cluster's reads hit a follower.
+The JSON names the node ("read_node").
+
+-pids 1,2,3 names the node processes (on this machine): every run line then
+carries each process's RSS (VmRSS of /proc/PID/status) and CPU seconds
+(utime+stime of /proc/PID/stat, in clock ticks taken as 100 per second, the
+Linux USER_HZ on every common architecture) used during the run.
 
 Clients: each producer goroutine of W1 and W4 has its own client.Client, so
 its own gRPC connection, as the original forest-test-send did; -shared-client
@@ -71,7 +106,14 @@ fill) at their count or after -max-time. Ctrl-C stops the run in progress,
 prints its partial result and exits.
 
   fbbench -report FILE...   prints a markdown table of the summary lines
-                            (or of the run lines) found in the files.
+                            (or of the run lines) found in the files;
+                            -report-kind scaling|idle|rss|medians|all picks
+                            the table (medians by default).
+  fbbench -chart -o DIR FILE...
+                            writes DIR/w1-throughput.svg (W1 msgs/s per
+                            second, a line per label and run) and
+                            DIR/w2-latency.svg (CDF of the W2 send latency,
+                            log-scale x) from the JSON lines in the files.
 
 Flags:
 `
@@ -87,7 +129,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	c := &config{}
 	var workloads string
 	fs.StringVar(&c.ConnString, "forestbus", "test#default@127.0.0.1:3000", "connection string cluster#topic@host:port,host:port (no topic: \"default\")")
-	fs.StringVar(&workloads, "workload", "all", "workloads to run, comma separated: W1,W2,W3,W4 or all")
+	fs.StringVar(&workloads, "workload", "all", "workloads to run, comma separated: W1,W2,W3,W3S,W4,IDLE or all (W1,W2,W3,W3S,W4)")
 	fs.IntVar(&c.Producers, "producers", 50, "W1: producer goroutines")
 	fs.IntVar(&c.Batch, "batch", 100, "W1: messages per batch")
 	fs.IntVar(&c.Size, "size", 100, "message payload size in bytes (all workloads)")
@@ -109,15 +151,35 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.IntVar(&c.MaxBatches, "max-batches", 2_000_000, "W1, W4: count bound of a run, batches in all, split evenly between the producers (sizes the preallocated latency slices, 8 bytes a batch)")
 	fs.StringVar(&c.Label, "label", "", "free text copied into every JSON line, e.g. the node's sync mode \"fsync\" or \"os\"")
 	fs.BoolVar(&c.Report, "report", false, "print a markdown table of the JSON lines in the files named as arguments, and exit")
+	fs.StringVar(&c.ReportKind, "report-kind", "medians", "-report: table to print: medians, scaling, idle, rss or all")
+	fs.IntVar(&c.ReadNode, "read-node", -1, "W3, W3S: index (from 0) into the connection string's nodes to read from; -1: the first node that does not lead the topic")
+	fs.IntVar(&c.SubscribeBatch, "subscribe-batch", 0, "W3S: most messages per stream response (0: the node's default)")
+	var pids string
+	fs.StringVar(&pids, "pids", "", "comma-separated PIDs of the node processes (same machine): RSS and CPU per run, and the IDLE workload")
+	fs.IntVar(&c.IdleTopics, "idle-topics", 100, "IDLE: topics bench-idle-<i> to create and leave idle")
+	fs.DurationVar(&c.IdleWindow, "idle-window", 20*time.Second, "IDLE: CPU measuring window")
+	fs.DurationVar(&c.IdleSettle, "idle-settle", 3*time.Second, "IDLE: wait after the last send before measuring")
+	fs.BoolVar(&c.Chart, "chart", false, "write SVG charts of the JSON lines in the files named as arguments to -o, and exit")
+	fs.StringVar(&c.ChartOut, "o", ".", "-chart: output directory")
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}
-	if c.Report {
+	if c.Report || c.Chart {
 		if fs.NArg() == 0 {
-			return nil, nil, errors.New("-report: name at least one JSON lines file")
+			return nil, nil, errors.New("-report, -chart: name at least one JSON lines file")
+		}
+		switch c.ReportKind {
+		case "medians", "scaling", "idle", "rss", "all":
+		default:
+			return nil, nil, fmt.Errorf("-report-kind %q: want medians, scaling, idle, rss or all", c.ReportKind)
 		}
 		return c, fs.Args(), nil
 	}
+	ps, err := parsePIDs(pids)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.PIDs = ps
 	if fs.NArg() > 0 {
 		return nil, nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
@@ -150,13 +212,13 @@ func parseWorkloads(s string) ([]string, error) {
 					out = append(out, a)
 				}
 			}
-		case "W1", "W2", "W3", "W4":
+		case "W1", "W2", "W3", "W3S", "W4", "IDLE":
 			if !seen[w] {
 				seen[w] = true
 				out = append(out, w)
 			}
 		default:
-			return nil, fmt.Errorf("-workload: unknown workload %q (want W1, W2, W3, W4 or all)", w)
+			return nil, fmt.Errorf("-workload: unknown workload %q (want W1, W2, W3, W3S, W4, IDLE or all)", w)
 		}
 	}
 	if len(out) == 0 {
@@ -196,12 +258,21 @@ func (c *config) validate() error {
 		{"-sends", c.Sends}, {"-read-messages", c.ReadMessages}, {"-quantity", c.Quantity},
 		{"-fill-producers", c.FillProducers}, {"-fill-batch", c.FillBatch},
 		{"-topics", c.Topics}, {"-w4-batch", c.W4Batch}, {"-runs", c.Runs},
-		{"-max-batches", c.MaxBatches},
+		{"-max-batches", c.MaxBatches}, {"-idle-topics", c.IdleTopics},
 	}
 	for _, p := range positive {
 		if p.v <= 0 {
 			return fmt.Errorf("%s must be > 0, got %d", p.name, p.v)
 		}
+	}
+	if c.ReadNode < -1 || c.ReadNode >= len(c.Nodes) {
+		return fmt.Errorf("-read-node %d: want -1 or 0..%d (the connection string names %d nodes)", c.ReadNode, len(c.Nodes)-1, len(c.Nodes))
+	}
+	if c.SubscribeBatch < 0 || c.SubscribeBatch > 1000 {
+		return fmt.Errorf("-subscribe-batch must be 0..1000, got %d", c.SubscribeBatch)
+	}
+	if slices.Contains(c.Workloads, "IDLE") && len(c.PIDs) == 0 {
+		return errors.New("workload IDLE needs -pids (the node processes to measure)")
 	}
 	if c.Warmup < 0 {
 		return fmt.Errorf("-warmup must be >= 0, got %d", c.Warmup)
@@ -212,7 +283,7 @@ func (c *config) validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"-duration", c.Duration}, {"-timeout", c.Timeout}, {"-max-time", c.MaxTime}} {
+	}{{"-duration", c.Duration}, {"-timeout", c.Timeout}, {"-max-time", c.MaxTime}, {"-idle-window", c.IdleWindow}} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s must be > 0, got %s", d.name, d.v)
 		}
@@ -244,4 +315,21 @@ func (c *config) fillBatch() int {
 // perProducer splits the -max-batches count bound between n producers.
 func (c *config) perProducer(n int) int {
 	return max((c.MaxBatches+n-1)/n, 1)
+}
+
+// parsePIDs parses -pids: comma-separated positive process IDs.
+func parsePIDs(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("-pids: %q is not a process ID", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

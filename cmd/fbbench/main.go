@@ -4,9 +4,12 @@
 //	fbbench -forestbus bench#default@127.0.0.1:3000 -workload all -runs 3 -label fsync
 //
 // Workloads: W1 throughput with commit (many producers, batches), W2
-// latency (one producer, one-message sends), W3 sequential read, W4 many
-// topics. Run fbbench -h for the flags. scripts/bench.sh builds a node and
-// fbbench, runs every workload in both sync modes and prints a table.
+// latency (one producer, one-message sends), W3 sequential read (from a
+// follower by default), W3S the same read through Subscribe, W4 many topics,
+// IDLE the CPU cost of idle topics (of the node processes named by -pids).
+// Run fbbench -h for the flags. scripts/bench.sh builds a node and fbbench,
+// runs every workload in both sync modes, prints tables (fbbench -report)
+// and draws charts (fbbench -chart).
 //
 // Each producer of W1 and W4 uses its own client.Client (its own gRPC
 // connection), as the original forest-test-send did; -shared-client makes
@@ -96,7 +99,49 @@ type Result struct {
 	SetupS      float64  `json:"setup_s,omitempty"`
 	Interrupted bool     `json:"interrupted,omitempty"`
 	Cluster     *Cluster `json:"cluster,omitempty"`
-	Env         Env      `json:"env"`
+	// ReadNode is the node W3 and W3S read from.
+	ReadNode *ReadNode `json:"read_node,omitempty"`
+	// CDF is the latency distribution of W2 at fixed percents, for charts.
+	CDF []CDFPoint `json:"cdf,omitempty"`
+	// Idle is the IDLE workload's measurement.
+	Idle *Idle `json:"idle,omitempty"`
+	// Procs are the node processes of -pids: RSS at the end of the run,
+	// CPU used during it.
+	Procs []Proc `json:"procs,omitempty"`
+	Env   Env    `json:"env"`
+}
+
+// ReadNode names the node a read workload used.
+type ReadNode struct {
+	Index   int    `json:"index"`
+	Address string `json:"address"`
+	Name    string `json:"name,omitempty"`
+	// Leader is the topic's leader as that node named it.
+	Leader string `json:"leader,omitempty"`
+	// Auto is set when fbbench picked the node (no -read-node).
+	Auto bool `json:"auto"`
+	// IsLeader is set when the node leads the topic (a one-node cluster,
+	// or -read-node naming the leader).
+	IsLeader bool `json:"is_leader"`
+}
+
+// CDFPoint is the latency at or below which P percent of the samples are.
+type CDFPoint struct {
+	P  float64 `json:"p"`
+	Ms float64 `json:"ms"`
+}
+
+// Idle is the IDLE workload's measurement of the node processes.
+type Idle struct {
+	// Topics is the number of bench-idle topics; TopicsTotal every topic
+	// of the cluster (the other workloads' too).
+	Topics      int     `json:"topics"`
+	TopicsTotal int     `json:"topics_total"`
+	WindowS     float64 `json:"window_s"`
+	// Procs hold each process's CPU over the window (core_pct: % of one core).
+	Procs []Proc `json:"procs"`
+	// TotalCorePct is the sum over the processes, in % of one core.
+	TotalCorePct float64 `json:"total_core_pct"`
 }
 
 // Summary is the JSON line printed after the runs of a workload when
@@ -113,7 +158,7 @@ type Summary struct {
 }
 
 // keyFigures are the figures a summary takes the median of.
-var keyFigures = []string{"msgs_per_s", "mb_per_s", "p50_ms", "p99_ms", "max_ms", "errors"}
+var keyFigures = []string{"msgs_per_s", "mb_per_s", "p50_ms", "p99_ms", "max_ms", "errors", "rss_max_mib", "idle_core_pct"}
 
 func (r *Result) figure(name string) float64 {
 	l := r.Latency
@@ -133,6 +178,16 @@ func (r *Result) figure(name string) float64 {
 		return l.MaxMs
 	case "errors":
 		return float64(r.Errors)
+	case "rss_max_mib":
+		m := 0.0
+		for _, p := range r.Procs {
+			m = max(m, p.RSSMiB)
+		}
+		return m
+	case "idle_core_pct":
+		if r.Idle != nil {
+			return r.Idle.TotalCorePct
+		}
 	}
 	return 0
 }
@@ -176,7 +231,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if cfg.Report {
-		return report(stdout, files)
+		return reportKind(stdout, files, cfg.ReportKind)
+	}
+	if cfg.Chart {
+		paths, err := charts(cfg.ChartOut, files)
+		for _, p := range paths {
+			fmt.Fprintln(stdout, p)
+		}
+		return err
 	}
 	b := &bench{cfg: cfg, log: stderr, env: environment()}
 	b.cluster = b.clusterDetails(ctx)
@@ -241,7 +303,30 @@ func (b *bench) clusterDetails(ctx context.Context) *Cluster {
 	return &Cluster{ID: d.ClusterID, Node: d.NodeName, Nodes: len(d.Nodes)}
 }
 
+// runWorkload runs workload w once and, with -pids, adds the node
+// processes' RSS and CPU to its result.
 func (b *bench) runWorkload(ctx context.Context, w string) (*Result, error) {
+	if len(b.cfg.PIDs) == 0 {
+		return b.runOne(ctx, w)
+	}
+	before, berrs := sampleProcs(b.cfg.PIDs)
+	r, err := b.runOne(ctx, w)
+	after, aerrs := sampleProcs(b.cfg.PIDs)
+	if r != nil {
+		r.Procs = procDelta(b.cfg.PIDs, before, after, joinErrs(berrs, aerrs))
+	}
+	return r, err
+}
+
+func joinErrs(a, b []error) []error {
+	out := make([]error, len(a))
+	for i := range a {
+		out[i] = errors.Join(a[i], b[i])
+	}
+	return out
+}
+
+func (b *bench) runOne(ctx context.Context, w string) (*Result, error) {
 	switch w {
 	case "W1":
 		return b.w1(ctx)
@@ -249,8 +334,12 @@ func (b *bench) runWorkload(ctx context.Context, w string) (*Result, error) {
 		return b.w2(ctx)
 	case "W3":
 		return b.w3(ctx)
+	case "W3S":
+		return b.w3s(ctx)
 	case "W4":
 		return b.w4(ctx)
+	case "IDLE":
+		return b.idle(ctx)
 	}
 	return nil, fmt.Errorf("unknown workload %q", w)
 }

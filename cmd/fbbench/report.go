@@ -73,6 +73,9 @@ func collect(files []string) ([]reportRow, error) {
 	}
 	var rows []reportRow
 	for _, k := range order {
+		if k.w == "IDLE" { // no rate: see the idle table
+			continue
+		}
 		if s, ok := summaries[k]; ok {
 			rows = append(rows, *s)
 			continue
@@ -95,10 +98,12 @@ func collect(files []string) ([]reportRow, error) {
 }
 
 var workloadNames = map[string]string{
-	"W1": "W1 throughput (batch latency)",
-	"W2": "W2 latency (1-message send)",
-	"W3": "W3 read (per GetMessages call)",
-	"W4": "W4 many topics (batch latency)",
+	"W1":   "W1 throughput (batch latency)",
+	"W2":   "W2 latency (1-message send)",
+	"W3":   "W3 read (per GetMessages call)",
+	"W3S":  "W3S subscribe (per 1000 msgs)",
+	"W4":   "W4 many topics (batch latency)",
+	"IDLE": "IDLE topics (first-send latency)",
 }
 
 // report prints a markdown table of the medians found in files.

@@ -184,3 +184,28 @@ func (s *series) values() []int64 {
 	}
 	return out[:last+1]
 }
+
+// cdfPercents are the percents at which cdf samples the distribution.
+var cdfPercents = func() []float64 {
+	var ps []float64
+	for p := 0; p <= 100; p++ {
+		ps = append(ps, float64(p))
+		if p == 99 {
+			ps = append(ps, 99.5, 99.9)
+		}
+	}
+	return ps
+}()
+
+// cdf returns the latency at each of cdfPercents (0: the minimum), in
+// milliseconds, nil for no samples.
+func cdf(sorted []time.Duration) []CDFPoint {
+	if len(sorted) == 0 {
+		return nil
+	}
+	out := make([]CDFPoint, len(cdfPercents))
+	for i, p := range cdfPercents {
+		out[i] = CDFPoint{P: p, Ms: ms(percentile(sorted, p))}
+	}
+	return out
+}

@@ -260,7 +260,9 @@ func (b *bench) w2(ctx context.Context) (*Result, error) {
 	r.Messages = int64(len(rec.samples))
 	r.Bytes = r.Messages * int64(cfg.Size)
 	r.Calls = r.Messages
-	r.Latency = summarize(mergeSorted([]*recorder{rec}))
+	sorted := mergeSorted([]*recorder{rec})
+	r.Latency = summarize(sorted)
+	r.CDF = cdf(sorted)
 	r.Interrupted = ctx.Err() != nil
 	r.finish(elapsed)
 	return r, errs.fill(r)
@@ -274,24 +276,12 @@ func (b *bench) w3(ctx context.Context) (*Result, error) {
 		"quantity": cfg.Quantity, "size": cfg.Size, "fill_producers": cfg.FillProducers,
 		"fill_batch": cfg.fillBatch(), "max_time_s": cfg.MaxTime.Seconds(),
 	})
-	c := b.newClient()
-	defer c.Close()
-
-	want := int64(cfg.ReadMessages)
-	dctx, dcancel := context.WithTimeout(ctx, cfg.Timeout)
-	d, err := c.TopicDetails(dctx, cfg.Topic)
-	dcancel()
+	c, err := b.prepareRead(ctx, r)
 	if err != nil {
-		return nil, fmt.Errorf("topic details: %w", err)
+		return r, err
 	}
-	if have := d.CommitID - cfg.ReadFrom + 1; have < want {
-		f, err := b.fill(ctx, want-max(have, 0))
-		r.Fill = f
-		if err != nil {
-			r.Interrupted = ctx.Err() != nil
-			return r, fmt.Errorf("fill: %w", err)
-		}
-	}
+	defer c.Close()
+	want := int64(cfg.ReadMessages)
 
 	// Answers may hold fewer messages than asked; samples beyond the slice
 	// are not recorded (latency.count then is below calls).
