@@ -1,5 +1,7 @@
 package main
 
+// The -report-kind scaling, idle and rss tables, and "all".
+
 import (
 	"bufio"
 	"cmp"
