@@ -10,9 +10,13 @@ import (
 // after they were appended — cost no disk read and no allocation beyond the
 // returned slice. The cache holds the *pb.Entry values Append was given;
 // raft never modifies an entry once it is in a Ready.
+//
+// The cache is per log, so its bounds are small: a node with many topics
+// must not hold megabytes for each (raft reads the tail back within a pass
+// or two; a follower that lags further is served from disk).
 const (
-	cacheMaxEntries = 4096
-	cacheMaxBytes   = 32 << 20
+	cacheMaxEntries = 512
+	cacheMaxBytes   = 1 << 20
 )
 
 // tailCache holds entries [first, first+len(ents)). Guarded by Log.mu.
