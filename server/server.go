@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -254,6 +255,7 @@ func (s *Server) handOffLeadership(limit time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	var wg sync.WaitGroup
+	var failed atomic.Int64
 	sem := make(chan struct{}, 64)
 	for _, g := range s.registry.Groups() {
 		if g.Leader() != s.id.RaftID || len(g.ConfState().GetVoters()) < 2 {
@@ -265,18 +267,22 @@ func (s *Server) handOffLeadership(limit time.Duration) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			if err := g.TransferLeadership(ctx); err != nil {
-				s.log.Warn("leadership not handed off before stopping", "group", g.Name(), "err", err)
+				failed.Add(1)
+				s.log.Debug("leadership not handed off before stopping", "group", g.Name(), "err", err)
 			}
 		}()
 	}
 	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		s.log.Warn("leadership not handed off before stopping", "groups", n)
+	}
 }
 
 // reconcile brings the groups this node leads to the cluster's membership,
-// a few times a second, until Stop.
+// twice a second, until Stop.
 func (s *Server) reconcile() {
 	defer s.wg.Done()
-	t := time.NewTicker(250 * time.Millisecond)
+	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {

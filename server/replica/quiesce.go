@@ -17,7 +17,7 @@ import (
 // Any other message, a proposal or a membership change wakes the group.
 //
 // A quiesced follower still needs to notice a dead leader. Every node sends
-// a liveness ping to each peer every other tick (one message per node pair, on the
+// a liveness ping to each peer every third tick (one message per node pair, on the
 // reserved group livenessGroup); a quiesced follower whose leader's node has
 // not been heard from for an election timeout wakes up and, ticking again,
 // elects a new leader.
@@ -28,7 +28,7 @@ const livenessGroup = "\x00live"
 // pingEvery is how often, in ticks, a node pings each peer. A quiesced
 // follower wakes after ElectionTicks without news from its leader's node,
 // so several pings fit in that window.
-const pingEvery = 2
+const pingEvery = 3
 
 // quiesceAfter is how many idle ticks a leader waits before quiescing.
 const quiesceAfter = 3
