@@ -85,7 +85,7 @@ type ForestBusServiceClient interface {
 	//
 	// Flow control is gRPC's (HTTP/2 stream and connection windows): the node
 	// sends as fast as the client reads and waits when the client's window is
-	// full; it never buffers more than one response per stream.
+	// full; beyond those windows it holds at most one response per stream.
 	//
 	// The stream ends only with an error or when the client cancels it; it
 	// never completes with OK. To resume after an error, subscribe again (to
@@ -213,7 +213,7 @@ type ForestBusServiceServer interface {
 	//
 	// Flow control is gRPC's (HTTP/2 stream and connection windows): the node
 	// sends as fast as the client reads and waits when the client's window is
-	// full; it never buffers more than one response per stream.
+	// full; beyond those windows it holds at most one response per stream.
 	//
 	// The stream ends only with an error or when the client cancels it; it
 	// never completes with OK. To resume after an error, subscribe again (to
