@@ -44,7 +44,7 @@ lint: tools ## buf lint, go vet, gofmt
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '^gen/'); exit 1)
 
-test: ## unit and integration tests with -race (what CI runs)
+test: checkgenerate ## gen/ up to date, then unit and integration tests with -race (what CI runs)
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 test-short: ## unit tests only
