@@ -40,35 +40,6 @@ func writeFloor(dir string, id uint64) error {
 	return writeFileSynced(dir, floorName, b[:])
 }
 
-// writeFileSynced replaces dir/name atomically and durably.
-func writeFileSynced(dir, name string, data []byte) error {
-	tmp := filepath.Join(dir, name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // SetFloor raises the retention floor to id (never lowers it, never past
 // the next id): messages below it are no longer readable. Durable before it
 // returns. Owner goroutine only.

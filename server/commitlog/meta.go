@@ -112,22 +112,31 @@ func writeMeta(dir string, st logStart, cs *pb.ConfState, table []byte) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, metaTmpName)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
+	if err := writeFileSynced(dir, metaName, b); err != nil {
 		return fmt.Errorf("commitlog: write meta: %w", err)
 	}
-	if _, err = f.Write(b); err == nil {
+	return nil
+}
+
+// writeFileSynced replaces dir/name atomically and durably: it writes
+// name.tmp, fsyncs it, renames it over name and fsyncs the directory.
+func writeFileSynced(dir, name string, data []byte) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("commitlog: write meta: %w", err)
+		return err
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, metaName)); err != nil {
-		return fmt.Errorf("commitlog: write meta: %w", err)
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
 	}
 	return syncDir(dir)
 }
