@@ -46,8 +46,6 @@ type Server struct {
 	cancelBG  context.CancelFunc
 	members   []member
 	transport PeerTransport
-	peersMu   sync.Mutex
-	peers     map[uint64]bool
 	stopOnce  sync.Once
 	stopErr   error
 	addr      string
@@ -317,7 +315,6 @@ func (s *Server) retention() {
 // setMembers updates the transport's peers and the API's node list.
 func (s *Server) setMembers(ms []topic.Member) {
 	nodes := make([]api.Node, len(ms))
-	keep := map[uint64]bool{}
 	ids := make([]uint64, len(ms))
 	for i, m := range ms {
 		ids[i] = m.ID
@@ -325,21 +322,13 @@ func (s *Server) setMembers(ms []topic.Member) {
 	s.engine.SetPeers(ids)
 	for i, m := range ms {
 		nodes[i] = api.Node{Name: m.Name, Address: m.Address, RaftID: m.ID}
-		keep[m.ID] = true
 		if m.ID != s.id.RaftID && m.Address != "" {
 			s.transport.AddPeer(m.ID, m.Address)
 		}
 	}
-	// Removed nodes stay reachable: one may still lead a topic group until it
-	// hands the leadership over, and followers forward to it meanwhile.
-	s.peersMu.Lock()
-	if s.peers == nil {
-		s.peers = map[uint64]bool{}
-	}
-	for id := range keep {
-		s.peers[id] = true
-	}
-	s.peersMu.Unlock()
+	// Removed nodes are not removed from the transport: one may still lead a
+	// topic group until it hands the leadership over, and followers forward
+	// to it meanwhile.
 	s.svc.SetNodes(nodes)
 }
 

@@ -78,7 +78,9 @@ type Service struct {
 	cfg      Config
 	log      *slog.Logger
 	registry *topic.Registry
-	stopping chan struct{}
+	stopping <-chan struct{} // closed by BeginShutdown
+	stopCtx  context.Context // done once BeginShutdown is called
+	stop     context.CancelFunc
 	fwd      forwarder
 
 	inflight atomic.Int64 // unary calls being served
@@ -94,7 +96,9 @@ type Service struct {
 // New returns the services for a registry.
 func New(cfg Config, registry *topic.Registry) *Service {
 	cfg.withDefaults()
-	s := &Service{cfg: cfg, log: cfg.Logger, registry: registry, stopping: make(chan struct{})}
+	s := &Service{cfg: cfg, log: cfg.Logger, registry: registry}
+	s.stopCtx, s.stop = context.WithCancel(context.Background())
+	s.stopping = s.stopCtx.Done()
 	s.SetNodes(cfg.Nodes)
 	return s
 }
@@ -146,11 +150,17 @@ func (s *Service) Close() { s.fwd.close() }
 
 // BeginShutdown makes long polls return at once and new work fail with
 // SHUTTING_DOWN.
-func (s *Service) BeginShutdown() {
-	select {
-	case <-s.stopping:
-	default:
-		close(s.stopping)
+func (s *Service) BeginShutdown() { s.stop() }
+
+// untilShutdown returns a context that also ends when BeginShutdown is
+// called, so that waits (long polls, Subscribe) end at once. It starts no
+// goroutine.
+func (s *Service) untilShutdown(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	unhook := context.AfterFunc(s.stopCtx, cancel)
+	return ctx, func() {
+		unhook()
+		cancel()
 	}
 }
 
@@ -219,15 +229,8 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 		}
 		defer s.waiters.Add(-1)
 		wait = s.cfg.MaxWait
-		ctx2, cancel := context.WithCancel(ctx)
+		ctx2, cancel := s.untilShutdown(ctx)
 		defer cancel()
-		go func() {
-			select {
-			case <-s.stopping:
-				cancel()
-			case <-ctx2.Done():
-			}
-		}()
 		res, err := t.Group.Read(ctx2, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.MaxReadBytes, wait)
 		if errors.Is(err, replica.ErrStopped) {
 			if _, gerr := s.registry.Get(t.Name); gerr != nil {

@@ -99,15 +99,8 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 	defer st.active.Add(-1)
 
 	// Shutdown ends the stream's wait at once, as it ends long polls.
-	ctx, cancel := context.WithCancel(stream.Context())
+	ctx, cancel := s.untilShutdown(stream.Context())
 	defer cancel()
-	go func() {
-		select {
-		case <-s.stopping:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 
 	id := max(uint64(req.GetFromId()), 1)
 	for {

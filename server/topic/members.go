@@ -12,8 +12,6 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
-
-	"github.com/forestbus/forestbus/server/replica"
 )
 
 // Membership errors.
@@ -125,14 +123,8 @@ func (r *Registry) Reconcile(ctx context.Context) {
 	for id := range r.members {
 		members[id] = true
 	}
-	groups := make([]*replica.Group, 0, len(r.topics)+1)
-	groups = append(groups, r.meta)
-	for _, t := range r.topics {
-		if t.Group != nil {
-			groups = append(groups, t.Group)
-		}
-	}
 	r.mu.RUnlock()
+	groups := r.Groups() // the metadata group first
 	metaConf := r.meta.ConfState()
 	for i, g := range groups {
 		if i == 0 && len(metaConf.GetLearners()) == 0 {
