@@ -18,9 +18,6 @@ import (
 // adds topics that stay.
 var allWorkloads = []string{"W1", "W2", "W3", "W3S", "W4"}
 
-// knownWorkloads lists every workload -workload accepts.
-var knownWorkloads = []string{"W1", "W2", "W3", "W3S", "W4", "IDLE"}
-
 // config is everything the flags set.
 type config struct {
 	ConnString string

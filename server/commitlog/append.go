@@ -1,7 +1,6 @@
 package commitlog
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -359,5 +358,3 @@ func (l *Log) Sync() error {
 	}
 	return nil
 }
-
-var errSnapshotData = errors.New("commitlog: snapshot has no next message id")

@@ -74,8 +74,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	groups  map[string]*Group
-	list    []*Group // snapshot of groups for the loop; rebuilt when version changes
-	version uint64
+	version uint64   // bumped when groups changes; the loop rebuilds its list
 	busy    []*Group // groups with queued work (Group.queued set)
 	closing []*Group // removed groups the loop has not closed yet
 
