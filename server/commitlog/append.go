@@ -325,35 +325,44 @@ func (l *Log) SetConfState(cs *pb.ConfState) error {
 // and the directory after files were created or deleted. It is a no-op with
 // NoSync or when nothing is dirty.
 func (l *Log) Sync() error {
+	return l.sync(false)
+}
+
+// needsSync reports whether Sync would have to flush anything.
+func (l *Log) needsSync() bool {
+	return len(l.dirty) > 0 || l.dirDirty || l.hs.unsynced && l.hs.needSync
+}
+
+// sync is Sync; flushed says the caller has already made every write of
+// this log durable (syncfs of its filesystem, see SyncMany), so only the
+// bookkeeping is left.
+func (l *Log) sync(flushed bool) error {
 	if err := l.writable(); err != nil {
 		return err
 	}
-	if l.opts.NoSync {
-		for _, s := range l.dirty {
-			s.dirty = false
-		}
-		l.dirty = l.dirty[:0]
-		l.dirDirty = false
-		return l.hs.sync(true, false)
-	}
+	noSync := l.opts.NoSync || flushed
 	for _, s := range l.dirty {
 		if !s.dirty {
 			continue // synced at roll, or removed
 		}
-		if err := fdatasync(s.f); err != nil {
-			return l.fence(fmt.Errorf("commitlog: sync %s: %w", s.path, err))
+		if !noSync {
+			if err := fdatasync(s.f); err != nil {
+				return l.fence(fmt.Errorf("commitlog: sync %s: %w", s.path, err))
+			}
 		}
 		s.dirty = false
 	}
 	clear(l.dirty)
 	l.dirty = l.dirty[:0]
 	if l.dirDirty {
-		if err := syncDir(l.dir); err != nil {
-			return l.fence(err)
+		if !noSync {
+			if err := syncDir(l.dir); err != nil {
+				return l.fence(err)
+			}
 		}
 		l.dirDirty = false
 	}
-	if err := l.hs.sync(false, false); err != nil {
+	if err := l.hs.sync(noSync, false); err != nil {
 		return l.fence(err)
 	}
 	return nil

@@ -109,6 +109,7 @@ type Log struct {
 	writeError error // sticky: set when a write failed; the log is fenced
 
 	// Owner-only state.
+	dev      uint64 // filesystem of dir (SyncMany), 0 if unknown
 	hs       *hsFile
 	dirDirty bool
 	dirty    []*segment
@@ -136,7 +137,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("commitlog: create dir: %w", err)
 	}
-	l := &Log{dir: dir, opts: opts, logger: logger.With("dir", dir)}
+	l := &Log{dir: dir, opts: opts, logger: logger.With("dir", dir), dev: deviceOf(dir)}
 	if err := l.recover(); err != nil {
 		l.closeFiles()
 		return nil, err

@@ -84,6 +84,10 @@ type Engine struct {
 	peers           []uint64      // pinged for liveness; guarded by mu
 	electionTimeout time.Duration
 
+	// Loop-only scratch for syncAll.
+	syncLogs []*commitlog.Log
+	syncErrs []error
+
 	stopc   chan struct{}
 	donec   chan struct{}
 	started bool
@@ -329,7 +333,7 @@ func (e *Engine) run() {
 					dirty = append(dirty, g)
 				}
 			}
-			syncAll(dirty)
+			e.syncAll(dirty)
 			for _, g := range work {
 				g.finish()
 			}
@@ -341,8 +345,9 @@ func (e *Engine) run() {
 	}
 }
 
-// syncAll fsyncs the dirty logs, in parallel when there are several.
-func syncAll(dirty []*Group) {
+// syncAll makes the dirty logs durable: one syncfs per filesystem when
+// several are dirty (commitlog.SyncMany), else an fdatasync each.
+func (e *Engine) syncAll(dirty []*Group) {
 	switch len(dirty) {
 	case 0:
 		return
@@ -350,16 +355,22 @@ func syncAll(dirty []*Group) {
 		dirty[0].sync()
 		return
 	}
-	var wg sync.WaitGroup
-	for _, g := range dirty[1:] {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g.sync()
-		}()
+	logs := e.syncLogs[:0]
+	for _, g := range dirty {
+		if g.fenced == nil {
+			logs = append(logs, g.log)
+		} else {
+			logs = append(logs, nil)
+		}
 	}
-	dirty[0].sync()
-	wg.Wait()
+	e.syncErrs = commitlog.SyncMany(logs, e.syncErrs)
+	for i, g := range dirty {
+		if err := e.syncErrs[i]; err != nil {
+			g.fence(err)
+		}
+	}
+	clear(logs)
+	e.syncLogs = logs[:0]
 }
 
 func (e *Engine) closeAll() {

@@ -1,0 +1,66 @@
+//go:build linux
+
+package commitlog
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// syncfsWorks: syncfs(2) reports writeback errors only since Linux 5.8;
+// before that it always succeeded, so SyncMany must not trust it.
+var syncfsWorks = kernelAtLeast(5, 8)
+
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	var maj, min int
+	rel := unix.ByteSliceToString(u.Release[:])
+	i := 0
+	for ; i < len(rel) && rel[i] >= '0' && rel[i] <= '9'; i++ {
+		maj = maj*10 + int(rel[i]-'0')
+	}
+	if i >= len(rel) || rel[i] != '.' {
+		return false
+	}
+	for i++; i < len(rel) && rel[i] >= '0' && rel[i] <= '9'; i++ {
+		min = min*10 + int(rel[i]-'0')
+	}
+	return maj > major || maj == major && min >= minor
+}
+
+// syncfs flushes the whole filesystem holding f: data, metadata and the
+// journal of every file on it.
+func syncfs(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			serr = unix.Syncfs(int(fd))
+			if serr != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return &os.PathError{Op: "syncfs", Path: f.Name(), Err: serr}
+	}
+	return nil
+}
+
+// deviceOf returns the ID of the filesystem holding path, 0 if unknown.
+func deviceOf(path string) uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0
+	}
+	return uint64(st.Dev)
+}
