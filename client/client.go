@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/forestbus/forestbus/internal/fastcodec"
 )
 
 // Metadata keys of the Forest Bus gRPC API.
@@ -213,7 +215,8 @@ func (c *Client) conn(node string) (*grpc.ClientConn, error) {
 			},
 			MinConnectTimeout: 5 * time.Second,
 		}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
+		// fastcodec: read answers without an allocation per message.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize), grpc.ForceCodecV2(fastcodec.Codec{})),
 	}
 	opts = append(opts, c.dialOpts...)
 	cc, err := grpc.NewClient(target, opts...)

@@ -21,6 +21,7 @@ var allWorkloads = []string{"W1", "W2", "W3", "W3S", "W4"}
 // config is everything the flags set.
 type config struct {
 	ConnString string
+	CPUProfile string
 	ClusterID  string
 	Topic      string
 	Nodes      []string
@@ -146,6 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "deadline of one client call (the client retries within it)")
 	fs.DurationVar(&c.MaxTime, "max-time", 2*time.Minute, "W2, W3: time bound of the counted loops (and of the W3 fill)")
 	fs.IntVar(&c.MaxBatches, "max-batches", 2_000_000, "W1, W4: count bound of a run, batches in all, split evenly between the producers (sizes the preallocated latency slices, 8 bytes a batch)")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of fbbench itself (the load generator) to this file")
 	fs.StringVar(&c.Label, "label", "", "free text copied into every JSON line, e.g. the node's sync mode \"fsync\" or \"os\"")
 	fs.BoolVar(&c.Report, "report", false, "print a markdown table of the JSON lines in the files named as arguments, and exit")
 	fs.StringVar(&c.ReportKind, "report-kind", "medians", "-report: table to print: medians, scaling, idle, rss or all")

@@ -231,7 +231,7 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 		wait = s.cfg.MaxWait
 		ctx2, cancel := s.untilShutdown(ctx)
 		defer cancel()
-		res, err := t.Group.Read(ctx2, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.MaxReadBytes, wait)
+		res, err := t.Group.ReadBatches(ctx2, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.MaxReadBytes, wait)
 		if errors.Is(err, replica.ErrStopped) {
 			if _, gerr := s.registry.Get(t.Name); gerr != nil {
 				return nil, gerr // removed while we waited
@@ -243,7 +243,7 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 		}
 		return readResponse(res, err)
 	}
-	return readResponse(t.Group.Read(ctx, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.MaxReadBytes, 0))
+	return readResponse(t.Group.ReadBatches(ctx, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.MaxReadBytes, 0))
 }
 
 func readResponse(res replica.ReadResult, err error) (*forestbusv1.GetMessagesResponse, error) {

@@ -382,3 +382,50 @@ func TestClosed(t *testing.T) {
 	_, _, err = l.ReadMessages(nil, 1, 1, 1, 1)
 	assert.True(t, errors.Is(err, ErrClosed))
 }
+
+// TestReadBatches: the count is a target that ends on a stored batch
+// boundary; maxBytes stays a hard cap; ReadMessages keeps the count a cap.
+func TestReadBatches(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	// Three batches of five messages: IDs 1-5, 6-10, 11-15.
+	var all [][]byte
+	for i := uint64(1); i <= 3; i++ {
+		msgs := msgsFor(5*(i-1)+1, 5)
+		all = append(all, msgs...)
+		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs))}, nil)
+		require.NoError(t, err)
+	}
+	for _, tc := range []struct {
+		id              uint64
+		count, maxBytes int
+		wantNext        uint64
+	}{
+		{1, 3, 1 << 20, 6},    // finishes the first batch
+		{1, 5, 1 << 20, 6},    // exactly one batch
+		{1, 6, 1 << 20, 11},   // into the second batch: finishes it
+		{3, 1, 1 << 20, 6},    // from the middle of a batch to its end
+		{1, 100, 1 << 20, 16}, // everything
+		{1, 3, 30, 3},         // maxBytes cuts inside a batch (msgs are 10-12 bytes)
+		{14, 1, 1 << 20, 16},
+	} {
+		got, next, err := l.ReadBatches(nil, tc.id, 15, tc.count, tc.maxBytes)
+		require.NoError(t, err)
+		assert.Equal(t, tc.wantNext, next, "id %d count %d", tc.id, tc.count)
+		assert.Equal(t, all[tc.id-1:next-1], got, "id %d count %d", tc.id, tc.count)
+	}
+	// The commit cap still holds mid-batch.
+	got, next, err := l.ReadBatches(nil, 1, 7, 3, 1<<20)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(6), next)
+	assert.Len(t, got, 5)
+	got, next, err = l.ReadBatches(nil, 6, 7, 1, 1<<20)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(8), next)
+	assert.Len(t, got, 2)
+	// ReadMessages: the count is a cap.
+	got, next, err = l.ReadMessages(nil, 1, 15, 3, 1<<20)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(4), next)
+	assert.Len(t, got, 3)
+}

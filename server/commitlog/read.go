@@ -134,6 +134,19 @@ func entrySize(h recHeader, dataLen int) uint64 {
 // allocated per call; they stay valid after later appends or truncations.
 // Safe for concurrent use with the writer.
 func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
+	return l.readMessages(dst, id, maxID, maxCount, maxBytes, false)
+}
+
+// ReadBatches is ReadMessages with count as a target rather than a cap: once
+// it has count messages it still finishes the stored batch (record) it is
+// in, so a reader asking for fewer messages than producers send per batch
+// gets whole batches, in fewer calls, straight from the buffer already read.
+// maxBytes stays a hard cap.
+func (l *Log) ReadBatches(dst [][]byte, id, maxID uint64, count, maxBytes int) ([][]byte, uint64, error) {
+	return l.readMessages(dst, id, maxID, count, maxBytes, true)
+}
+
+func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int, whole bool) ([][]byte, uint64, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
@@ -222,7 +235,8 @@ func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes in
 				if next > limit {
 					return dst, next, nil
 				}
-				if got > 0 && (got >= maxCount || bytes+len(m) > maxBytes) {
+				// whole: maxCount is reached only at a record boundary.
+				if got > 0 && (got >= maxCount && (!whole || i == 0) || bytes+len(m) > maxBytes) {
 					return dst, next, nil
 				}
 				dst = append(dst, m)

@@ -633,6 +633,17 @@ type ReadResult struct {
 // up to wait for a commit, then returns an empty result. Errors: ErrStopped
 // (group removed while waiting), ctx errors.
 func (g *Group) Read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration) (ReadResult, error) {
+	return g.read(ctx, id, maxCount, maxBytes, wait, false)
+}
+
+// ReadBatches is Read with count as a target instead of a cap: the answer
+// ends on a stored batch boundary (commitlog.Log.ReadBatches), so it may
+// hold more than count messages (never more than maxBytes of payload).
+func (g *Group) ReadBatches(ctx context.Context, id uint64, count, maxBytes int, wait time.Duration) (ReadResult, error) {
+	return g.read(ctx, id, count, maxBytes, wait, true)
+}
+
+func (g *Group) read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration, whole bool) (ReadResult, error) {
 	if id == 0 {
 		id = 1
 	}
@@ -649,7 +660,16 @@ func (g *Group) Read(ctx context.Context, id uint64, maxCount, maxBytes int, wai
 			return ReadResult{NextID: first, CommitID: commit}, nil
 		}
 		if id <= commit {
-			msgs, next, err := g.log.ReadMessages(nil, id, commit, maxCount, maxBytes)
+			var (
+				msgs [][]byte
+				next uint64
+				err  error
+			)
+			if whole {
+				msgs, next, err = g.log.ReadBatches(nil, id, commit, maxCount, maxBytes)
+			} else {
+				msgs, next, err = g.log.ReadMessages(nil, id, commit, maxCount, maxBytes)
+			}
 			if errors.Is(err, commitlog.ErrCompacted) {
 				return ReadResult{NextID: g.log.FirstID(), CommitID: commit}, nil
 			}

@@ -1,0 +1,112 @@
+package fastcodec
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+)
+
+func seeds() [][]byte {
+	var out [][]byte
+	for _, m := range []proto.Message{
+		&forestbusv1.SendMessagesRequest{Topic: "t", Messages: [][]byte{[]byte("a"), {}, []byte("ccc")}, WaitForCommit: true, ProducerId: 7, Sequence: 9},
+		&forestbusv1.SendMessagesRequest{},
+		&forestbusv1.GetMessagesResponse{Messages: [][]byte{[]byte("x"), []byte("yy")}, NextId: 3, CommitId: -1},
+		&forestbusv1.SubscribeResponse{Messages: [][]byte{[]byte("z")}, FirstId: 1 << 40, CommitId: 5},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, b)
+	}
+	// An unknown field, a repeated scalar field and a bad UTF-8 topic.
+	out = append(out, protowire.AppendBytes(protowire.AppendTag(nil, 9, protowire.BytesType), []byte("u")))
+	out = append(out, protowire.AppendVarint(protowire.AppendTag(protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 1), 2, protowire.VarintType), 2))
+	out = append(out, protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte{0xff}))
+	return out
+}
+
+// check decodes b with the fast codec and with proto.Unmarshal into each
+// message type and wants the same outcome.
+func check(t *testing.T, b []byte) {
+	for _, newMsg := range []func() proto.Message{
+		func() proto.Message { return &forestbusv1.SendMessagesRequest{} },
+		func() proto.Message { return &forestbusv1.GetMessagesResponse{} },
+		func() proto.Message { return &forestbusv1.SubscribeResponse{} },
+	} {
+		want, got := newMsg(), newMsg()
+		wantErr := proto.Unmarshal(b, want)
+		gotErr := Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), b...))}, got)
+		if wantErr != nil {
+			assert.Error(t, gotErr, "%T: proto.Unmarshal failed, fast path did not", want)
+			continue
+		}
+		require.NoError(t, gotErr, "%T", want)
+		assert.True(t, proto.Equal(want, got), "%T: want %v got %v", want, want, got)
+	}
+}
+
+func TestMatchesProto(t *testing.T) {
+	for _, b := range seeds() {
+		check(t, b)
+	}
+}
+
+// TestAliasing: the decoded messages share one buffer, but appending to one
+// cannot overwrite the next.
+func TestAliasing(t *testing.T) {
+	b, err := proto.Marshal(&forestbusv1.GetMessagesResponse{Messages: [][]byte{[]byte("aa"), []byte("bb")}, NextId: 3})
+	require.NoError(t, err)
+	var m forestbusv1.GetMessagesResponse
+	require.NoError(t, Unmarshal(b, &m))
+	require.Len(t, m.Messages, 2)
+	assert.Equal(t, len(m.Messages[0]), cap(m.Messages[0]))
+	_ = append(m.Messages[0], 'X')
+	assert.Equal(t, "bb", string(m.Messages[1]))
+	assert.Equal(t, int64(3), m.NextId)
+}
+
+func FuzzMatchesProto(f *testing.F) {
+	for _, b := range seeds() {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) { check(t, b) })
+}
+
+func BenchmarkUnmarshalGetMessagesResponse(b *testing.B) {
+	msgs := make([][]byte, 500)
+	for i := range msgs {
+		msgs[i] = make([]byte, 100)
+	}
+	raw, err := proto.Marshal(&forestbusv1.GetMessagesResponse{Messages: msgs, NextId: 501, CommitId: 1000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("stock", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(raw)))
+		for b.Loop() {
+			var m forestbusv1.GetMessagesResponse
+			if err := stock.Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(raw)))
+		for b.Loop() {
+			var m forestbusv1.GetMessagesResponse
+			if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
