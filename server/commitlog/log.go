@@ -287,8 +287,10 @@ func (l *Log) closeFiles() error {
 
 // InitialState implements raft.Storage. The ConfState is never nil. The
 // commit index is raised to FirstIndex-1 (everything below the log start is
-// committed) and, if the log ends below it (possible only after a power loss
-// in NoSync mode), lowered to LastIndex with a warning.
+// committed) and, if the log ends below it, lowered to LastIndex with a
+// warning: the commit point is written without an fsync, so after a power
+// loss it can be ahead of what reached the disk (raft learns it again from
+// the leader).
 func (l *Log) InitialState() (*pb.HardState, *pb.ConfState, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()

@@ -333,6 +333,9 @@ func (e *Engine) run() {
 					dirty = append(dirty, g)
 				}
 			}
+			for _, g := range work {
+				g.applyCommitted()
+			}
 			e.syncAll(dirty)
 			for _, g := range work {
 				g.finish()
