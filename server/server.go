@@ -280,23 +280,41 @@ func (s *Server) handOffLeadership(limit time.Duration) {
 	}
 }
 
-// reconcile brings the groups this node leads to the cluster's membership,
-// twice a second, until Stop.
+// reconcile brings the groups this node leads to the cluster's membership:
+// a round every reconcileEvery while there is work, else only when the
+// registry reports a change (a member added or removed, a topic opened) or
+// reconcileIdle has passed, so that an idle node with thousands of topics
+// does not walk them all twice a second.
 func (s *Server) reconcile() {
 	defer s.wg.Done()
-	t := time.NewTicker(500 * time.Millisecond)
+	t := time.NewTicker(reconcileEvery)
 	defer t.Stop()
+	var (
+		settled   bool
+		seen      uint64
+		lastRound time.Time
+	)
 	for {
 		select {
 		case <-s.stopc:
 			return
 		case <-t.C:
+			if n := s.registry.ChangeCount(); settled && n == seen && time.Since(lastRound) < reconcileIdle {
+				continue
+			}
+			seen = s.registry.ChangeCount()
+			lastRound = time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			s.registry.Reconcile(ctx)
+			settled = s.registry.Reconcile(ctx)
 			cancel()
 		}
 	}
 }
+
+const (
+	reconcileEvery = 500 * time.Millisecond
+	reconcileIdle  = 5 * time.Second
+)
 
 // retention enforces the topics' retention settings on the topics this
 // node leads, every RetentionInterval, until Stop.

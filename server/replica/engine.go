@@ -84,6 +84,8 @@ type Engine struct {
 	peers           []uint64      // pinged for liveness; guarded by mu
 	electionTimeout time.Duration
 
+	// Loop-only: peers' silence as of the last tick (refreshSilence).
+	silence []peerSilence
 	// Loop-only scratch for syncAll.
 	syncLogs []*commitlog.Log
 	syncErrs []error
@@ -307,6 +309,7 @@ func (e *Engine) run() {
 			if e.ticks.Add(1)%pingEvery == 0 {
 				e.pingPeers()
 			}
+			e.refreshSilence()
 			for _, g := range list {
 				if g.fenced == nil && !g.removing.Load() && g.tick() && g.pass != pass {
 					g.pass = pass

@@ -116,8 +116,11 @@ func (r *Registry) waitMembers(ctx context.Context, cond func() bool) error {
 // leads: it promotes caught-up learners of the metadata group, and brings
 // each topic group's configuration to the cluster's members (learner
 // first, voter once caught up, removed when no longer a member). One change
-// per group per round; call it periodically.
-func (r *Registry) Reconcile(ctx context.Context) {
+// per group per round; call it periodically. It reports whether the round
+// found nothing to do on this node (every group it leads is settled); then
+// the next round can wait until ChangeCount moves or leadership shifts.
+func (r *Registry) Reconcile(ctx context.Context) (settledAll bool) {
+	settledAll = true
 	r.mu.RLock()
 	members := make(map[uint64]bool, len(r.members))
 	for id := range r.members {
@@ -130,6 +133,9 @@ func (r *Registry) Reconcile(ctx context.Context) {
 		if i == 0 && len(metaConf.GetLearners()) == 0 {
 			continue // metadata group: only promotions are left to Reconcile
 		}
+		if g.Leader() == r.cfg.NodeID && (i == 0 || !settled(g.ConfState(), members)) {
+			settledAll = false
+		}
 		if i > 0 && !members[r.cfg.NodeID] && g.Leader() == r.cfg.NodeID {
 			// This node was removed: hand the group to a member, whose
 			// reconciler then removes this node from it.
@@ -141,6 +147,7 @@ func (r *Registry) Reconcile(ctx context.Context) {
 		if lead := g.Leader(); i > 0 && lead != raft.None && lead != r.cfg.NodeID && !members[lead] && members[r.cfg.NodeID] {
 			// Led by a removed node, which may not know it was removed: ask
 			// for the leadership, then remove it.
+			settledAll = false
 			if err := g.RequestLeadership(ctx); err != nil && ctx.Err() == nil {
 				r.log.Debug("leadership not requested", "group", g.Name(), "err", err)
 			}
@@ -161,6 +168,7 @@ func (r *Registry) Reconcile(ctx context.Context) {
 			r.log.Debug("membership change not proposed", "group", g.Name(), "err", err)
 		}
 	}
+	return settledAll
 }
 
 // settled reports whether a topic group's configuration already is the

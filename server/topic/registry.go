@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -129,7 +130,14 @@ type Registry struct {
 	voters    []uint64 // metadata group voters, sorted
 	maxID     uint64   // highest raft ID ever added: IDs are never reused
 	replaying bool
+	// changes counts membership changes and topic creations, so that the
+	// reconciler knows when a round may find work (ChangeCount).
+	changes atomic.Uint64
 }
+
+// ChangeCount increases whenever the member set changes or a topic group
+// opens on this node.
+func (r *Registry) ChangeCount() uint64 { return r.changes.Load() }
 
 // metaGroup is the metadata group's name on the wire; no topic can have it.
 const metaGroup = ""
@@ -382,6 +390,7 @@ func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raf
 				m = old
 			}
 			r.members[id] = m
+			r.changes.Add(1)
 			r.maxID = max(r.maxID, id)
 			if ch.GetType() == raftpb.ConfChangeType_ConfChangeAddNode && !slices.Contains(r.voters, id) {
 				r.voters = append(r.voters, id)
@@ -390,6 +399,7 @@ func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raf
 		case raftpb.ConfChangeType_ConfChangeRemoveNode:
 			r.maxID = max(r.maxID, id)
 			delete(r.members, id)
+			r.changes.Add(1)
 			r.voters = slices.DeleteFunc(r.voters, func(v uint64) bool { return v == id })
 		}
 	}
@@ -455,6 +465,7 @@ func (r *Registry) startLocked(t *Topic) error {
 		return fmt.Errorf("topic %q: %w", t.Name, err)
 	}
 	t.Group = g
+	r.changes.Add(1)
 	return nil
 }
 
