@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/replica"
 )
 
@@ -102,9 +103,14 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 	ctx, cancel := s.untilShutdown(stream.Context())
 	defer cancel()
 
+	// One read buffer for the stream's life: Send has encoded a response
+	// into gRPC's own buffers by the time it returns, and no interceptor or
+	// stats handler of this server keeps the message, so the next read may
+	// overwrite it.
+	var scratch commitlog.Scratch
 	id := max(uint64(req.GetFromId()), 1)
 	for {
-		res, err := t.Group.Read(ctx, id, batch, s.cfg.MaxReadBytes, wait)
+		res, err := t.Group.ReadInto(ctx, &scratch, id, batch, s.cfg.MaxReadBytes, wait)
 		if err != nil {
 			return s.subscribeError(stream.Context(), t.Name, err)
 		}

@@ -429,3 +429,38 @@ func TestReadBatches(t *testing.T) {
 	assert.Equal(t, uint64(4), next)
 	assert.Len(t, got, 3)
 }
+
+// TestReadInto reads the whole log in steps with one Scratch: the same
+// answers as ReadMessages, and, once the buffers have grown, neither the
+// read buffer nor the message slice is allocated again (what is left is
+// the index lookup's small allocation, as in ReadMessages).
+func TestReadInto(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	for i := uint64(1); i <= 20; i++ {
+		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgsFor(5*(i-1)+1, 5)))}, nil)
+		require.NoError(t, err)
+	}
+	var sc Scratch
+	for id := uint64(1); id <= 100; {
+		want, wantNext, err := l.ReadMessages(nil, id, 100, 7, 1<<20)
+		require.NoError(t, err)
+		got, next, err := l.ReadInto(&sc, id, 100, 7, 1<<20)
+		require.NoError(t, err)
+		require.Equal(t, wantNext, next)
+		require.Equal(t, want, got)
+		id = next
+	}
+	allocs := testing.AllocsPerRun(50, func() {
+		if _, _, err := l.ReadInto(&sc, 3, 100, 7, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	})
+	fresh := testing.AllocsPerRun(50, func() {
+		if _, _, err := l.ReadMessages(nil, 3, 100, 7, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	})
+	assert.LessOrEqual(t, allocs, 1.0)
+	assert.Less(t, allocs, fresh, "ReadMessages allocates its buffer and grows its slice")
+}

@@ -134,7 +134,25 @@ func entrySize(h recHeader, dataLen int) uint64 {
 // allocated per call; they stay valid after later appends or truncations.
 // Safe for concurrent use with the writer.
 func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
-	return l.readMessages(dst, id, maxID, maxCount, maxBytes, false)
+	return l.readMessages(dst, id, maxID, maxCount, maxBytes, false, nil)
+}
+
+// Scratch holds a reader's buffers for ReadInto, reused from one read to
+// the next. Not safe for concurrent use.
+type Scratch struct {
+	buf  []byte
+	msgs [][]byte
+}
+
+// ReadInto is ReadMessages reading into sc's buffers instead of fresh ones:
+// a streaming reader that is done with one answer before it asks for the
+// next (Subscribe) allocates, zeroes and leaves for the collector nothing
+// per read. The messages returned are valid only until the next ReadInto
+// with the same sc.
+func (l *Log) ReadInto(sc *Scratch, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
+	msgs, next, err := l.readMessages(sc.msgs[:0], id, maxID, maxCount, maxBytes, false, sc)
+	sc.msgs = msgs[:0]
+	return msgs, next, err
 }
 
 // ReadBatches is ReadMessages with count as a target rather than a cap: once
@@ -143,10 +161,10 @@ func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes in
 // gets whole batches, in fewer calls, straight from the buffer already read.
 // maxBytes stays a hard cap.
 func (l *Log) ReadBatches(dst [][]byte, id, maxID uint64, count, maxBytes int) ([][]byte, uint64, error) {
-	return l.readMessages(dst, id, maxID, count, maxBytes, true)
+	return l.readMessages(dst, id, maxID, count, maxBytes, true, nil)
 }
 
-func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int, whole bool) ([][]byte, uint64, error) {
+func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int, whole bool, sc *Scratch) ([][]byte, uint64, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
@@ -189,7 +207,16 @@ func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes in
 		skip = (int64(h.dataLen()) * int64(id-h.firstID)) / int64(h.count)
 	}
 	want := min(max(h.size(), est+skip+recHeaderSize+minReadChunk/16), avail)
-	buf := make([]byte, want)
+	var buf []byte
+	switch {
+	case sc == nil:
+		buf = make([]byte, want)
+	case int64(cap(sc.buf)) >= want:
+		buf = sc.buf[:want]
+	default:
+		sc.buf = make([]byte, want)
+		buf = sc.buf
+	}
 	filled := int64(0)
 	for filled < want && si < len(l.segs) {
 		s := l.segs[si]

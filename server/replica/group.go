@@ -634,17 +634,23 @@ type ReadResult struct {
 // up to wait for a commit, then returns an empty result. Errors: ErrStopped
 // (group removed while waiting), ctx errors.
 func (g *Group) Read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration) (ReadResult, error) {
-	return g.read(ctx, id, maxCount, maxBytes, wait, false)
+	return g.read(ctx, id, maxCount, maxBytes, wait, false, nil)
+}
+
+// ReadInto is Read into sc's reusable buffers (commitlog.Log.ReadInto): the
+// messages are valid until the next ReadInto with sc.
+func (g *Group) ReadInto(ctx context.Context, sc *commitlog.Scratch, id uint64, maxCount, maxBytes int, wait time.Duration) (ReadResult, error) {
+	return g.read(ctx, id, maxCount, maxBytes, wait, false, sc)
 }
 
 // ReadBatches is Read with count as a target instead of a cap: the answer
 // ends on a stored batch boundary (commitlog.Log.ReadBatches), so it may
 // hold more than count messages (never more than maxBytes of payload).
 func (g *Group) ReadBatches(ctx context.Context, id uint64, count, maxBytes int, wait time.Duration) (ReadResult, error) {
-	return g.read(ctx, id, count, maxBytes, wait, true)
+	return g.read(ctx, id, count, maxBytes, wait, true, nil)
 }
 
-func (g *Group) read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration, whole bool) (ReadResult, error) {
+func (g *Group) read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration, whole bool, sc *commitlog.Scratch) (ReadResult, error) {
 	if id == 0 {
 		id = 1
 	}
@@ -666,9 +672,12 @@ func (g *Group) read(ctx context.Context, id uint64, maxCount, maxBytes int, wai
 				next uint64
 				err  error
 			)
-			if whole {
+			switch {
+			case sc != nil:
+				msgs, next, err = g.log.ReadInto(sc, id, commit, maxCount, maxBytes)
+			case whole:
 				msgs, next, err = g.log.ReadBatches(nil, id, commit, maxCount, maxBytes)
-			} else {
+			default:
 				msgs, next, err = g.log.ReadMessages(nil, id, commit, maxCount, maxBytes)
 			}
 			if errors.Is(err, commitlog.ErrCompacted) {
