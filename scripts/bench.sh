@@ -2,7 +2,8 @@
 # scripts/bench.sh (make bench) builds fbnode and fbbench, starts a fresh
 # local cluster per topology and sync mode (nodes on 127.0.0.1, each node its
 # own process), runs the fbbench workloads W1 W2 W3 W3S W4 (BENCH_RUNS times
-# each) and IDLE against it, and writes into bench-results/<stamp>/:
+# each) against it, then IDLE on another fresh cluster, and writes into
+# bench-results/<stamp>/:
 #
 #   results-<label>.jsonl   fbbench JSON lines (label: cluster3-fsync, os, ...)
 #   scaling-<label>.jsonl   the sweeps' lines (BENCH_SCALING=1)
@@ -13,13 +14,14 @@
 # fbbench gets the node PIDs (-pids) so every run line carries each node's
 # RSS at the end of the run and its CPU during the run. W3 and W3S read from
 # a follower (fbbench picks a node that does not lead the topic). The IDLE
-# workload creates BENCH_IDLE_TOPICS topics bench-idle-<i>, writes one message
-# to each and measures the nodes' CPU over BENCH_IDLE_WINDOW; the topics of
-# W1 and W4 sit idle too (the table names the cluster's topic count).
+# workload creates topics bench-idle-<i> up to each count of BENCH_IDLE,
+# writes one message to each and measures the nodes' CPU over
+# BENCH_IDLE_WINDOW (the table names the cluster's topic count: the idle
+# ones and "default").
 # bench-results/ is output: do not commit it.
 #
-# Environment (the defaults take about 4 minutes per topology and mode, so
-# about 8 minutes for make bench on 2 cores; BENCH_SCALING=1 adds about 3
+# Environment (the defaults take about 5 minutes per topology and mode, so
+# about 10 minutes for make bench on 2 cores; BENCH_SCALING=1 adds about 2
 # minutes per topology and mode):
 #   BENCH_DURATION       -duration of the timed workloads W1, W4 (15s, as the issue specifies)
 #   BENCH_RUNS           -runs of each workload (3)
@@ -31,17 +33,22 @@
 #   BENCH_SENDS          W2 -sends (2000)
 #   BENCH_READ_MESSAGES  W3, W3S -read-messages (1000000)
 #   BENCH_TOPICS         W4 -topics (100)
-#   BENCH_IDLE_TOPICS    IDLE topics of the default run (100; empty: no IDLE)
+#   BENCH_IDLE          IDLE topic counts, measured on a fresh cluster of
+#                        their own after the workloads ("100 1000"; the
+#                        topics accumulate: the 1000 run holds the 100 of
+#                        the first; empty: no IDLE)
 #   BENCH_IDLE_WINDOW    IDLE CPU measuring window (20s)
 #   BENCH_SCALING        1: also run, on the same cluster, 1 run each of W1
-#                        with BENCH_SCALE_PRODUCERS producers, W4 with
-#                        BENCH_SCALE_TOPICS topics and IDLE with
-#                        BENCH_SCALE_IDLE topics (0)
+#                        with BENCH_SCALE_PRODUCERS producers and W4 with
+#                        BENCH_SCALE_TOPICS topics (0)
 #   BENCH_SCALE_DURATION -duration of the sweep runs (5s)
 #   BENCH_SCALE_PRODUCERS ("1 10 50 200")
 #   BENCH_SCALE_TOPICS   ("10 100 1000")
-#   BENCH_SCALE_IDLE     ("100 1000"; IDLE topics accumulate: the 1000 run
-#                        holds the 100 of the first)
+#   BENCH_BASELINE       a git revision: also build fbnode at that revision and
+#                        run every topology and mode against it right after
+#                        the current build (labels end in "-base"); the
+#                        summary then compares the two as ratios, which is
+#                        how a change is judged on this noisy shared machine
 #   BENCH_ARGS           extra fbbench flags, e.g. "-size 1000 -shared-client"
 #   BENCH_OUT            output directory (bench-results); results go to
 #                        $BENCH_OUT/<UTC stamp>/
@@ -57,14 +64,14 @@ BENCH_PRODUCERS=${BENCH_PRODUCERS:-50}
 BENCH_SENDS=${BENCH_SENDS:-2000}
 BENCH_READ_MESSAGES=${BENCH_READ_MESSAGES:-1000000}
 BENCH_TOPICS=${BENCH_TOPICS:-100}
-BENCH_IDLE_TOPICS=${BENCH_IDLE_TOPICS-100}
+BENCH_IDLE=${BENCH_IDLE-100 1000}
 BENCH_IDLE_WINDOW=${BENCH_IDLE_WINDOW:-20s}
 BENCH_SCALING=${BENCH_SCALING:-0}
 BENCH_SCALE_DURATION=${BENCH_SCALE_DURATION:-5s}
 BENCH_SCALE_PRODUCERS=${BENCH_SCALE_PRODUCERS:-1 10 50 200}
 BENCH_SCALE_TOPICS=${BENCH_SCALE_TOPICS:-10 100 1000}
-BENCH_SCALE_IDLE=${BENCH_SCALE_IDLE:-100 1000}
 BENCH_ARGS=${BENCH_ARGS:-}
+BENCH_BASELINE=${BENCH_BASELINE:-}
 BENCH_OUT=${BENCH_OUT:-bench-results}
 
 log() { echo "bench.sh: $*" >&2; }
@@ -72,6 +79,15 @@ log() { echo "bench.sh: $*" >&2; }
 log "building bin/fbnode and bin/fbbench"
 go build -o bin/fbnode ./cmd/fbnode
 go build -o bin/fbbench ./cmd/fbbench
+builds=(bin/fbnode)
+if [[ -n $BENCH_BASELINE ]]; then
+	log "building bin/fbnode-base at $BENCH_BASELINE"
+	wt=$(mktemp -d -t fbbench-base.XXXXXX)
+	git worktree add -q --detach "$wt" "$BENCH_BASELINE"
+	(cd "$wt" && go build -o "$OLDPWD/bin/fbnode-base" ./cmd/fbnode)
+	git worktree remove --force "$wt"
+	builds+=(bin/fbnode-base)
+fi
 
 # Nodes started and their temporary directories, cleaned up on exit.
 NODE_PIDS=()
@@ -105,7 +121,7 @@ start_node() {
 	NODE_DIRS+=("$dir")
 	addrfile=$dir/addr
 	# A later -listen in "$@" overrides this one.
-	bin/fbnode -listen 127.0.0.1:0 -addr-file "$addrfile" -data "$dir/data" \
+	"$FBNODE" -listen 127.0.0.1:0 -addr-file "$addrfile" -data "$dir/data" \
 		-sync "$mode" -cluster "$cluster" -name "$name" -log-level warn "$@" \
 		>"$dir/node.log" 2>&1 &
 	pid=$!
@@ -188,50 +204,57 @@ for topo in $BENCH_TOPOLOGIES; do
 		exit 2
 	fi
 	for mode in $BENCH_MODES; do
-		if [[ $topo == single ]]; then
-			label=$mode
-		else
-			label=$topo-$mode
-		fi
-		out=$dir/results-$label.jsonl
-		CONN=
-		"start_$topo" "$mode"
-		pids=$(pids_csv)
-		# BENCH_ARGS is split into words on purpose.
-		# shellcheck disable=SC2206
-		base=(bin/fbbench -forestbus "$CONN" -label "$label" -pids "$pids" $BENCH_ARGS)
-		cmd=("${base[@]}" -workload "$BENCH_WORKLOADS" -runs "$BENCH_RUNS"
-			-duration "$BENCH_DURATION" -producers "$BENCH_PRODUCERS" -sends "$BENCH_SENDS"
-			-read-messages "$BENCH_READ_MESSAGES" -topics "$BENCH_TOPICS")
-		log "$topo/$mode (nodes $pids): ${cmd[*]} > $out"
-		"${cmd[@]}" >"$out"
-		if [[ -n $BENCH_IDLE_TOPICS ]]; then
-			cmd=("${base[@]}" -workload IDLE -idle-topics "$BENCH_IDLE_TOPICS" -idle-window "$BENCH_IDLE_WINDOW")
-			log "$topo/$mode: ${cmd[*]} >> $out"
-			"${cmd[@]}" >>"$out"
-		fi
-		files+=("$out")
-		if [[ $BENCH_SCALING == 1 ]]; then
-			sout=$dir/scaling-$label.jsonl
-			: >"$sout"
-			for p in $BENCH_SCALE_PRODUCERS; do
-				cmd=("${base[@]}" -workload W1 -producers "$p" -duration "$BENCH_SCALE_DURATION")
-				log "$topo/$mode scaling: ${cmd[*]} >> $sout"
-				"${cmd[@]}" >>"$sout"
-			done
-			for t in $BENCH_SCALE_TOPICS; do
-				cmd=("${base[@]}" -workload W4 -topics "$t" -duration "$BENCH_SCALE_DURATION")
-				log "$topo/$mode scaling: ${cmd[*]} >> $sout"
-				"${cmd[@]}" >>"$sout"
-			done
-			for t in $BENCH_SCALE_IDLE; do
-				cmd=("${base[@]}" -workload IDLE -idle-topics "$t" -idle-window "$BENCH_IDLE_WINDOW")
-				log "$topo/$mode scaling: ${cmd[*]} >> $sout"
-				"${cmd[@]}" >>"$sout"
-			done
-			scaling+=("$sout")
-		fi
-		stop_nodes
+		for FBNODE in "${builds[@]}"; do
+			if [[ $topo == single ]]; then
+				label=$mode
+			else
+				label=$topo-$mode
+			fi
+			if [[ $FBNODE == bin/fbnode-base ]]; then
+				label+=-base
+			fi
+			out=$dir/results-$label.jsonl
+			CONN=
+			"start_$topo" "$mode"
+			pids=$(pids_csv)
+			# BENCH_ARGS is split into words on purpose.
+			# shellcheck disable=SC2206
+			base=(bin/fbbench -forestbus "$CONN" -label "$label" -pids "$pids" $BENCH_ARGS)
+			cmd=("${base[@]}" -workload "$BENCH_WORKLOADS" -runs "$BENCH_RUNS"
+				-duration "$BENCH_DURATION" -producers "$BENCH_PRODUCERS" -sends "$BENCH_SENDS"
+				-read-messages "$BENCH_READ_MESSAGES" -topics "$BENCH_TOPICS")
+			log "$topo/$mode (nodes $pids): ${cmd[*]} > $out"
+			"${cmd[@]}" >"$out"
+			files+=("$out")
+			if [[ $BENCH_SCALING == 1 ]]; then
+				sout=$dir/scaling-$label.jsonl
+				: >"$sout"
+				for p in $BENCH_SCALE_PRODUCERS; do
+					cmd=("${base[@]}" -workload W1 -producers "$p" -duration "$BENCH_SCALE_DURATION")
+					log "$topo/$mode scaling: ${cmd[*]} >> $sout"
+					"${cmd[@]}" >>"$sout"
+				done
+				for t in $BENCH_SCALE_TOPICS; do
+					cmd=("${base[@]}" -workload W4 -topics "$t" -duration "$BENCH_SCALE_DURATION")
+					log "$topo/$mode scaling: ${cmd[*]} >> $sout"
+					"${cmd[@]}" >>"$sout"
+				done
+				scaling+=("$sout")
+			fi
+			stop_nodes
+			if [[ -n $BENCH_IDLE ]]; then
+				# Idle cost on a fresh cluster: nothing but the idle topics
+				# (and the default one) has ever run on it.
+				"start_$topo" "$mode"
+				pids=$(pids_csv)
+				for t in $BENCH_IDLE; do
+					cmd=(bin/fbbench -forestbus "$CONN" -label "$label" -pids "$pids" -workload IDLE -idle-topics "$t" -idle-window "$BENCH_IDLE_WINDOW")
+					log "$topo/$mode idle: ${cmd[*]} >> $out"
+					"${cmd[@]}" >>"$out"
+				done
+				stop_nodes
+			fi
+		done
 	done
 done
 elapsed=$(($(date +%s) - started))
@@ -242,7 +265,7 @@ summary=$dir/summary.md
 {
 	echo "# fbbench results $stamp"
 	echo
-	echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (modified)'),"
+	echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (modified)')${BENCH_BASELINE:+, baseline (labels ending -base) $(git rev-parse --short "$BENCH_BASELINE")},"
 	echo "$(nproc) cores, $(uname -sr); topologies: $BENCH_TOPOLOGIES; modes: $BENCH_MODES;"
 	echo "$BENCH_RUNS runs of $BENCH_DURATION (W1, W4); the whole script took ${elapsed}s."
 	echo
@@ -252,6 +275,35 @@ summary=$dir/summary.md
 	echo "per 1000 delivered messages (a stream response) for W3S. W3 and W3S read from a follower."
 	echo
 	bin/fbbench -report "${files[@]}"
+	if [[ -n $BENCH_BASELINE ]]; then
+		echo
+		echo "## Against the baseline (same run; medians of the runs, current vs baseline, and their ratio)"
+		echo
+		python3 - "${files[@]}" <<'PY'
+import json, statistics, sys
+runs = {}
+for f in sys.argv[1:]:
+    for line in open(f):
+        r = json.loads(line)
+        if r.get("type") == "run" and r.get("workload") != "IDLE" and "latency" in r:
+            runs.setdefault((r["workload"], r.get("label", "")), []).append(r)
+def med(rs, k):
+    vals = [r["msgs_per_s"] if k == "msgs_per_s" else r["latency"][k] for r in rs]
+    return statistics.median(vals)
+print("| workload | label | msgs/s | ratio | p50 ms | ratio | p99 ms | ratio |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+for (w, label), rs in sorted(runs.items()):
+    bs = runs.get((w, label + "-base"))
+    if label.endswith("-base") or not bs:
+        continue
+    cells = []
+    for k in ("msgs_per_s", "p50_ms", "p99_ms"):
+        m, b = med(rs, k), med(bs, k)
+        fmt = "%.0f vs %.0f" if k == "msgs_per_s" else "%.2f vs %.2f"
+        cells += [fmt % (m, b), "%.2f" % (m / b) if b else "–"]
+    print("| %s | %s | %s |" % (w, label, " | ".join(cells)))
+PY
+	fi
 	if ((${#scaling[@]})); then
 		echo
 		echo "## Scaling (1 run of $BENCH_SCALE_DURATION each)"
