@@ -1021,11 +1021,13 @@ func (g *Group) finish() {
 // first); only its own copy of the newest ones may still be unsynced. A
 // crash then loses nothing acknowledged: raft restores them from the
 // majority, and the hardstate's commit point is cut to the durable log on
-// open. Readies with a snapshot or a configuration change keep the
-// textbook order (apply after the sync).
+// open. Groups with an Apply hook (the metadata group, whose hooks open
+// and remove topics) and Readies with a snapshot or a configuration change
+// keep the textbook order: apply after the sync.
 func (g *Group) applyCommitted() {
 	rd := &g.rd
-	if g.fenced != nil || len(rd.CommittedEntries) == 0 || !raft.IsEmptySnap(rd.Snapshot) {
+	g.applied1 = false
+	if g.fenced != nil || g.apply != nil || len(rd.CommittedEntries) == 0 || !raft.IsEmptySnap(rd.Snapshot) {
 		return
 	}
 	for _, ent := range rd.CommittedEntries {
