@@ -79,7 +79,8 @@ type Engine struct {
 	closing []*Group // removed groups the loop has not closed yet
 
 	tagSeq          atomic.Uint64 // proposal tags: node ID in the top 16 bits
-	ticks           atomic.Int64  // ticks since start
+	ticks           atomic.Int64  // the loop's tick count (liveness ping cadence)
+	epoch           time.Time     // creation: the clock silentFor measures from
 	lastHeard       sync.Map      // node ID -> *atomic.Int64, tick it was last heard
 	peers           []uint64      // pinged for liveness; guarded by mu
 	electionTimeout time.Duration
@@ -109,6 +110,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		stopc:  make(chan struct{}),
 		donec:  make(chan struct{}),
 	}
+	e.epoch = time.Now()
 	e.tagSeq.Store(rand.Uint64() & (1<<48 - 1))
 	e.electionTimeout = time.Duration(cfg.ElectionTicks) * cfg.TickInterval
 	return e, nil
@@ -251,8 +253,13 @@ func (e *Engine) RemoveGroup(name string) {
 // run is the loop. It owns every RawNode.
 func (e *Engine) run() {
 	defer close(e.donec)
-	ticker := time.NewTicker(e.cfg.TickInterval)
-	defer ticker.Stop()
+	// The tick timer: every TickInterval while some group is awake; while
+	// all are quiesced, only at the next liveness ping (pingEvery ticks),
+	// so that an idle node wakes a few times a second, not ten. armed is
+	// how many ticks the pending timer stands for.
+	armed := int64(1)
+	timer := time.NewTimer(e.cfg.TickInterval)
+	defer timer.Stop()
 
 	var (
 		list, busy, closing []*Group
@@ -267,7 +274,7 @@ func (e *Engine) run() {
 		case <-e.stopc:
 			e.closeAll()
 			return
-		case <-ticker.C:
+		case <-timer.C:
 			tick = true
 		case <-e.wake:
 		}
@@ -292,11 +299,19 @@ func (e *Engine) run() {
 		for _, g := range closing {
 			g.close(ErrStopped)
 		}
+		awake := false
 		for _, g := range busy {
 			g.queued.Store(false) // later arrivals queue g again
 			if !g.removing.Load() {
 				g.drainInbox()
+				awake = awake || !g.quiesced
 			}
+		}
+		if awake && armed > 1 && !tick {
+			// A group woke up while the timer slept for a ping: tick
+			// again from now.
+			armed = 1
+			timer.Reset(e.cfg.TickInterval)
 		}
 		// Candidates for a Ready: groups with queued work, and groups that
 		// ticked (quiesced groups do not, and cost nothing).
@@ -306,16 +321,28 @@ func (e *Engine) run() {
 			g.pass = pass
 		}
 		if tick {
-			if e.ticks.Add(1)%pingEvery == 0 {
+			before := e.ticks.Load()
+			after := e.ticks.Add(armed)
+			if after/pingEvery != before/pingEvery {
 				e.pingPeers()
 			}
 			e.refreshSilence()
+			quiet := true
 			for _, g := range list {
-				if g.fenced == nil && !g.removing.Load() && g.tick() && g.pass != pass {
+				if g.fenced != nil || g.removing.Load() {
+					continue
+				}
+				if g.tick() && g.pass != pass {
 					g.pass = pass
 					candidates = append(candidates, g)
 				}
+				quiet = quiet && g.quiesced
 			}
+			armed = 1
+			if quiet {
+				armed = pingEvery - after%pingEvery
+			}
+			timer.Reset(time.Duration(armed) * e.cfg.TickInterval)
 		}
 
 		// Ready passes: repeat while some group has more to do (a single-node

@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -46,22 +47,30 @@ func isQuiesceMsg(m *raftpb.Message) bool {
 
 // heard records that a message from node id arrived now.
 func (e *Engine) heard(id uint64) {
+	now := e.clockTicks()
 	if v, ok := e.lastHeard.Load(id); ok {
-		v.(*atomic.Int64).Store(e.ticks.Load())
+		v.(*atomic.Int64).Store(now)
 		return
 	}
 	v := new(atomic.Int64)
-	v.Store(e.ticks.Load())
+	v.Store(now)
 	e.lastHeard.Store(id, v)
+}
+
+// clockTicks is the time since the engine started, in ticks of the wall
+// clock: the loop does not tick while every group is quiesced, so silence
+// is judged by the clock, not by counting the loop's ticks.
+func (e *Engine) clockTicks() int64 {
+	return int64(time.Since(e.epoch) / e.cfg.TickInterval)
 }
 
 // silentFor is how many ticks have passed since node id was last heard.
 func (e *Engine) silentFor(id uint64) int64 {
 	v, ok := e.lastHeard.Load(id)
 	if !ok {
-		return e.ticks.Load()
+		return e.clockTicks()
 	}
-	return e.ticks.Load() - v.(*atomic.Int64).Load()
+	return e.clockTicks() - v.(*atomic.Int64).Load()
 }
 
 // refreshSilence notes, once per tick, which peers have been silent for
