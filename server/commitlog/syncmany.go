@@ -18,8 +18,10 @@ var syncfsCalls atomic.Uint64
 // when syncfs is unavailable or fails, is synced on its own (in parallel);
 // after a failed syncfs the per-file fdatasyncs tell which logs lost data.
 //
-// A nil entry is skipped (its error is nil). The logs must not be used concurrently with SyncMany: call it from the
-// goroutine that owns them.
+// Logs with nothing to flush (NoSync mode, clean, or fenced) are settled
+// inline, without I/O. A nil entry is skipped (its error is nil). The logs
+// must not be used concurrently with SyncMany: call it from the goroutine
+// that owns them.
 func SyncMany(logs []*Log, errs []error) []error {
 	errs = append(errs[:0], make([]error, len(logs))...)
 	var (
@@ -27,14 +29,15 @@ func SyncMany(logs []*Log, errs []error) []error {
 		ownSync []int
 	)
 	for i, l := range logs {
-		if l == nil {
-			continue
-		}
-		if l.opts.NoSync || !l.needsSync() || l.writable() != nil || !syncfsWorks || l.dev == 0 {
+		switch {
+		case l == nil:
+		case l.opts.NoSync || !l.needsSync() || l.writable() != nil:
+			errs[i] = l.Sync() // bookkeeping only, or the fence's error
+		case !syncfsWorks || l.dev == 0:
 			ownSync = append(ownSync, i)
-			continue
+		default:
+			shared[l.dev] = append(shared[l.dev], i)
 		}
-		shared[l.dev] = append(shared[l.dev], i)
 	}
 	for _, idx := range shared {
 		if len(idx) < 2 {

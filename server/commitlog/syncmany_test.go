@@ -78,3 +78,25 @@ func TestSyncManyOneLog(t *testing.T) {
 	assert.False(t, l.needsSync())
 	assert.Equal(t, before, syncfsCalls.Load())
 }
+
+// TestSyncManyNoSync: logs in the "os" mode are settled without a flush,
+// alongside logs that do need one.
+func TestSyncManyNoSync(t *testing.T) {
+	root := t.TempDir()
+	fast := openT(t, filepath.Join(root, "os"), Options{NoSync: true})
+	defer fast.Close()
+	slow := openT(t, filepath.Join(root, "fsync"), Options{})
+	defer slow.Close()
+	for i, l := range []*Log{fast, slow} {
+		_, err := l.Append([]*pb.Entry{ent(1, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, 1, 0, 0, msgsFor(uint64(i+1), 2)))}, nil)
+		require.NoError(t, err)
+		require.True(t, l.needsSync())
+	}
+	before := syncfsCalls.Load()
+	errs := SyncMany([]*Log{fast, slow}, nil)
+	require.NoError(t, errs[0])
+	require.NoError(t, errs[1])
+	assert.False(t, fast.needsSync())
+	assert.False(t, slow.needsSync())
+	assert.Equal(t, before, syncfsCalls.Load(), "one log to flush: its own fdatasync")
+}
