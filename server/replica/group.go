@@ -786,6 +786,10 @@ func (g *Group) drainInbox() {
 				msgs[i] = nil
 				continue
 			}
+			if m.GetType() == raftpb.MessageType_MsgHeartbeat && g.lostLog(m) {
+				msgs[i] = nil
+				continue
+			}
 			_ = g.rn.Step(m)
 			switch {
 			case !isQuiesceMsg(m):
@@ -836,6 +840,24 @@ func (g *Group) drainInbox() {
 	g.inboxMu.Lock()
 	g.spareProps, g.spareMsgs = props[:0], msgs[:0]
 	g.inboxMu.Unlock()
+}
+
+// lostLog fences the group when a leader's heartbeat says this node has
+// stored entries its log does not hold: the node lost data (its directory
+// was wiped, or restored from an older copy, while it kept its identity).
+// raft would panic there and take every topic of the node down, in a crash
+// loop; one group stops instead, with an error that says what happened and
+// what to do. A leader's heartbeat carries min(the follower's acknowledged
+// index, the commit index), entries that are durable on this node and
+// committed, so never truncated: a healthy log always reaches it.
+func (g *Group) lostLog(m *raftpb.Message) bool {
+	last, err := g.log.LastIndex()
+	if err != nil || m.GetCommit() <= last || m.GetTerm() < g.rn.BasicStatus().GetTerm() {
+		return false
+	}
+	g.fence(fmt.Errorf("replica: group %q: node %d, leader in term %d, says this node stored entries up to index %d, but its log ends at %d: this node's data was lost; remove the node from the cluster and add it back as a new one",
+		g.name, m.GetFrom(), m.GetTerm(), m.GetCommit(), last))
+	return true
 }
 
 func (g *Group) fence(err error) {

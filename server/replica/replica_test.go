@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/forestbus/forestbus/server/commitlog"
 )
@@ -275,4 +276,31 @@ func TestRemoveThenStopClosesGroup(t *testing.T) {
 		_, err = g.Propose(context.Background(), [][]byte{[]byte("a")}, true)
 		require.Error(t, err)
 	}
+}
+
+// TestLostLogFencesGroup: a leader's heartbeat claiming this node stored
+// more than its log holds (the node's data was wiped) stops that group
+// with ErrStorageFailed instead of raft's panic; a heartbeat within the log
+// does not.
+func TestLostLogFencesGroup(t *testing.T) {
+	e := newEngine(t)
+	l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}})
+	require.NoError(t, err)
+	last, err := l.LastIndex()
+	require.NoError(t, err)
+
+	heartbeat := func(commit uint64) *raftpb.Message {
+		return &raftpb.Message{
+			Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(uint64(2)), To: new(uint64(1)),
+			Term: new(uint64(5)), Commit: new(commit),
+		}
+	}
+	e.Step("t", heartbeat(last))
+	require.Eventually(t, func() bool { return g.Leader() == 2 }, 10*time.Second, time.Millisecond)
+	assert.NotErrorIs(t, g.checkLeader(), ErrStorageFailed)
+
+	e.Step("t", heartbeat(last+50))
+	require.Eventually(t, func() bool { return errors.Is(g.checkLeader(), ErrStorageFailed) }, 10*time.Second, time.Millisecond)
 }
