@@ -2,7 +2,8 @@
 # scripts/bench.sh (make bench) builds fbnode and fbbench, starts a fresh
 # local cluster per topology and sync mode (nodes on 127.0.0.1, each node its
 # own process), runs the fbbench workloads W1 W2 W3 W3S W4 (BENCH_RUNS times
-# each) against it, then IDLE on another fresh cluster, and writes into
+# each; with BENCH_BASELINE, against a cluster of each build, alternating
+# run by run), then IDLE on another fresh cluster per build, and writes into
 # bench-results/<stamp>/:
 #
 #   results-<label>.jsonl   fbbench JSON lines (label: cluster3-fsync, os, ...)
@@ -44,11 +45,12 @@
 #   BENCH_SCALE_DURATION -duration of the sweep runs (5s)
 #   BENCH_SCALE_PRODUCERS ("1 10 50 200")
 #   BENCH_SCALE_TOPICS   ("10 100 1000")
-#   BENCH_BASELINE       a git revision: also build fbnode at that revision and
-#                        run every topology and mode against it right after
-#                        the current build (labels end in "-base"); the
-#                        summary then compares the two as ratios, which is
-#                        how a change is judged on this noisy shared machine
+#   BENCH_BASELINE       a git revision: also build fbnode at that revision,
+#                        start a cluster of it beside the current build's,
+#                        and alternate every run between the two (labels
+#                        end in "-base"); the summary then compares them as
+#                        ratios, which is how a change is judged on this
+#                        noisy shared machine
 #   BENCH_ARGS           extra fbbench flags, e.g. "-size 1000 -shared-client"
 #   BENCH_OUT            output directory (bench-results); results go to
 #                        $BENCH_OUT/<UTC stamp>/
@@ -198,63 +200,108 @@ mkdir -p "$dir"
 files=()
 scaling=()
 started=$(date +%s)
+# workload_list prints BENCH_WORKLOADS as words ("all": the five workloads).
+workload_list() {
+	if [[ $BENCH_WORKLOADS == all ]]; then
+		echo W1 W2 W3 W3S W4
+	else
+		echo "${BENCH_WORKLOADS//,/ }"
+	fi
+}
+
+# label_for BUILD TOPOLOGY MODE prints the label of a build's results.
+label_for() {
+	local label
+	if [[ $2 == single ]]; then
+		label=$3
+	else
+		label=$2-$3
+	fi
+	if [[ $1 == bin/fbnode-base ]]; then
+		label+=-base
+	fi
+	echo "$label"
+}
+
 for topo in $BENCH_TOPOLOGIES; do
 	if ! declare -F "start_$topo" >/dev/null; then
 		log "unknown topology $topo (no start_$topo function)"
 		exit 2
 	fi
 	for mode in $BENCH_MODES; do
+		# One cluster per build, all started up front; every workload run
+		# alternates between them, run by run, so that the shared machine's
+		# drift hits the builds alike (an idle cluster costs ~0.3 % of a
+		# core).
+		conns=() cpids=() labels=() outs=() souts=()
 		for FBNODE in "${builds[@]}"; do
-			if [[ $topo == single ]]; then
-				label=$mode
-			else
-				label=$topo-$mode
-			fi
-			if [[ $FBNODE == bin/fbnode-base ]]; then
-				label+=-base
-			fi
-			out=$dir/results-$label.jsonl
+			label=$(label_for "$FBNODE" "$topo" "$mode")
+			n0=${#NODE_PIDS[@]}
 			CONN=
 			"start_$topo" "$mode"
-			pids=$(pids_csv)
+			conns+=("$CONN")
+			cpids+=("$(
+				IFS=,
+				echo "${NODE_PIDS[*]:n0}"
+			)")
+			labels+=("$label")
+			outs+=("$dir/results-$label.jsonl")
+			souts+=("$dir/scaling-$label.jsonl")
+			: >"$dir/results-$label.jsonl"
+			files+=("$dir/results-$label.jsonl")
+			log "$topo/$mode: $label on $CONN (nodes ${cpids[-1]})"
+		done
+		# run_one I OUT ARGS... runs fbbench against build I's cluster.
+		run_one() {
+			local i=$1 out=$2
+			shift 2
 			# BENCH_ARGS is split into words on purpose.
 			# shellcheck disable=SC2206
-			base=(bin/fbbench -forestbus "$CONN" -label "$label" -pids "$pids" $BENCH_ARGS)
-			cmd=("${base[@]}" -workload "$BENCH_WORKLOADS" -runs "$BENCH_RUNS"
-				-duration "$BENCH_DURATION" -producers "$BENCH_PRODUCERS" -sends "$BENCH_SENDS"
-				-read-messages "$BENCH_READ_MESSAGES" -topics "$BENCH_TOPICS")
-			log "$topo/$mode (nodes $pids): ${cmd[*]} > $out"
-			"${cmd[@]}" >"$out"
-			files+=("$out")
-			if [[ $BENCH_SCALING == 1 ]]; then
-				sout=$dir/scaling-$label.jsonl
-				: >"$sout"
-				for p in $BENCH_SCALE_PRODUCERS; do
-					cmd=("${base[@]}" -workload W1 -producers "$p" -duration "$BENCH_SCALE_DURATION")
-					log "$topo/$mode scaling: ${cmd[*]} >> $sout"
-					"${cmd[@]}" >>"$sout"
+			local cmd=(bin/fbbench -forestbus "${conns[i]}" -label "${labels[i]}" -pids "${cpids[i]}" $BENCH_ARGS "$@")
+			log "${cmd[*]} >> $out"
+			"${cmd[@]}" >>"$out"
+		}
+		for w in $(workload_list); do
+			for ((r = 1; r <= BENCH_RUNS; r++)); do
+				for i in "${!labels[@]}"; do
+					run_one "$i" "${outs[i]}" -workload "$w" -runs 1 -run-number "$r" \
+						-duration "$BENCH_DURATION" -producers "$BENCH_PRODUCERS" -sends "$BENCH_SENDS" \
+						-read-messages "$BENCH_READ_MESSAGES" -topics "$BENCH_TOPICS"
 				done
-				for t in $BENCH_SCALE_TOPICS; do
-					cmd=("${base[@]}" -workload W4 -topics "$t" -duration "$BENCH_SCALE_DURATION")
-					log "$topo/$mode scaling: ${cmd[*]} >> $sout"
-					"${cmd[@]}" >>"$sout"
+			done
+		done
+		if [[ $BENCH_SCALING == 1 ]]; then
+			for i in "${!labels[@]}"; do
+				: >"${souts[i]}"
+				scaling+=("${souts[i]}")
+			done
+			for p in $BENCH_SCALE_PRODUCERS; do
+				for i in "${!labels[@]}"; do
+					run_one "$i" "${souts[i]}" -workload W1 -producers "$p" -duration "$BENCH_SCALE_DURATION"
 				done
-				scaling+=("$sout")
-			fi
-			stop_nodes
-			if [[ -n $BENCH_IDLE ]]; then
-				# Idle cost on a fresh cluster: nothing but the idle topics
-				# (and the default one) has ever run on it.
+			done
+			for t in $BENCH_SCALE_TOPICS; do
+				for i in "${!labels[@]}"; do
+					run_one "$i" "${souts[i]}" -workload W4 -topics "$t" -duration "$BENCH_SCALE_DURATION"
+				done
+			done
+		fi
+		stop_nodes
+		if [[ -n $BENCH_IDLE ]]; then
+			# Idle cost on a fresh cluster per build: nothing but the idle
+			# topics (and the default one) has ever run on it.
+			for i in "${!labels[@]}"; do
+				FBNODE=${builds[i]}
 				"start_$topo" "$mode"
 				pids=$(pids_csv)
 				for t in $BENCH_IDLE; do
-					cmd=(bin/fbbench -forestbus "$CONN" -label "$label" -pids "$pids" -workload IDLE -idle-topics "$t" -idle-window "$BENCH_IDLE_WINDOW")
-					log "$topo/$mode idle: ${cmd[*]} >> $out"
-					"${cmd[@]}" >>"$out"
+					cmd=(bin/fbbench -forestbus "$CONN" -label "${labels[i]}" -pids "$pids" -workload IDLE -idle-topics "$t" -idle-window "$BENCH_IDLE_WINDOW")
+					log "$topo/$mode idle: ${cmd[*]} >> ${outs[i]}"
+					"${cmd[@]}" >>"${outs[i]}"
 				done
 				stop_nodes
-			fi
-		done
+			done
+		fi
 	done
 done
 elapsed=$(($(date +%s) - started))

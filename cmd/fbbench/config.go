@@ -22,6 +22,7 @@ var allWorkloads = []string{"W1", "W2", "W3", "W3S", "W4"}
 type config struct {
 	ConnString string
 	CPUProfile string
+	RunNumber  int
 	ClusterID  string
 	Topic      string
 	Nodes      []string
@@ -144,6 +145,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.IntVar(&c.Topics, "topics", 100, "W4: number of topics, one producer each")
 	fs.IntVar(&c.W4Batch, "w4-batch", 10, "W4: messages per batch")
 	fs.IntVar(&c.Runs, "runs", 1, "times each workload runs; > 1 adds a summary line with medians")
+	fs.IntVar(&c.RunNumber, "run-number", 0, "with -runs 1: the run's number in a series of separate fbbench calls (bench.sh alternates builds run by run); -report takes the median of the series")
 	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "deadline of one client call (the client retries within it)")
 	fs.DurationVar(&c.MaxTime, "max-time", 2*time.Minute, "W2, W3: time bound of the counted loops (and of the W3 fill)")
 	fs.IntVar(&c.MaxBatches, "max-batches", 2_000_000, "W1, W4: count bound of a run, batches in all, split evenly between the producers (sizes the preallocated latency slices, 8 bytes a batch)")
@@ -266,6 +268,9 @@ func (c *config) validate() error {
 	}
 	if c.ReadNode < -1 || c.ReadNode >= len(c.Nodes) {
 		return fmt.Errorf("-read-node %d: want -1 or 0..%d (the connection string names %d nodes)", c.ReadNode, len(c.Nodes)-1, len(c.Nodes))
+	}
+	if c.RunNumber < 0 || c.RunNumber > 0 && c.Runs != 1 {
+		return fmt.Errorf("-run-number %d: want 0, or a number with -runs 1", c.RunNumber)
 	}
 	if c.SubscribeBatch < 0 || c.SubscribeBatch > 1000 {
 		return fmt.Errorf("-subscribe-batch must be 0..1000, got %d", c.SubscribeBatch)

@@ -69,6 +69,8 @@ func TestParseFlagsInvalid(t *testing.T) {
 		{[]string{"-duration", "0s"}, "-duration"},
 		{[]string{"-timeout", "-1s"}, "-timeout"},
 		{[]string{"-runs", "0"}, "-runs"},
+		{[]string{"-runs", "3", "-run-number", "2"}, "-run-number"},
+		{[]string{"-run-number", "-1"}, "-run-number"},
 		{[]string{"-quantity", "0"}, "-quantity"},
 		{[]string{"-topics", "0"}, "-topics"},
 		{[]string{"-warmup", "-1"}, "-warmup"},

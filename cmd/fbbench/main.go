@@ -263,6 +263,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			r, err := b.runWorkload(ctx, w)
 			if r != nil {
 				r.Run, r.Runs = i, cfg.Runs
+				if cfg.RunNumber > 0 {
+					// One run of a series driven from outside (bench.sh
+					// alternating builds): number it within the series.
+					r.Run, r.Runs = cfg.RunNumber, max(cfg.RunNumber, cfg.Runs)
+				}
 				if err := enc.Encode(r); err != nil {
 					return err
 				}
