@@ -16,8 +16,8 @@
 # RSS at the end of the run and its CPU during the run. W3 and W3S read from
 # a follower (fbbench picks a node that does not lead the topic). The IDLE
 # workload creates topics bench-idle-<i> up to each count of BENCH_IDLE,
-# writes one message to each and measures the nodes' CPU over
-# BENCH_IDLE_WINDOW (the table names the cluster's topic count: the idle
+# writes one message to each, waits BENCH_IDLE_SETTLE and measures the
+# nodes' CPU over BENCH_IDLE_WINDOW (the table names the cluster's topic count: the idle
 # ones and "default").
 # bench-results/ is output: do not commit it.
 #
@@ -39,6 +39,7 @@
 #                        topics accumulate: the 1000 run holds the 100 of
 #                        the first; empty: no IDLE)
 #   BENCH_IDLE_WINDOW    IDLE CPU measuring window (20s)
+#   BENCH_IDLE_SETTLE    IDLE wait after the last send before measuring (10s)
 #   BENCH_SCALING        1: also run, on the same cluster, 1 run each of W1
 #                        with BENCH_SCALE_PRODUCERS producers and W4 with
 #                        BENCH_SCALE_TOPICS topics (0)
@@ -68,6 +69,7 @@ BENCH_READ_MESSAGES=${BENCH_READ_MESSAGES:-1000000}
 BENCH_TOPICS=${BENCH_TOPICS:-100}
 BENCH_IDLE=${BENCH_IDLE-100 1000}
 BENCH_IDLE_WINDOW=${BENCH_IDLE_WINDOW:-20s}
+BENCH_IDLE_SETTLE=${BENCH_IDLE_SETTLE:-10s}
 BENCH_SCALING=${BENCH_SCALING:-0}
 BENCH_SCALE_DURATION=${BENCH_SCALE_DURATION:-5s}
 BENCH_SCALE_PRODUCERS=${BENCH_SCALE_PRODUCERS:-1 10 50 200}
@@ -288,19 +290,27 @@ for topo in $BENCH_TOPOLOGIES; do
 		fi
 		stop_nodes
 		if [[ -n $BENCH_IDLE ]]; then
-			# Idle cost on a fresh cluster per build: nothing but the idle
-			# topics (and the default one) has ever run on it.
-			for i in "${!labels[@]}"; do
-				FBNODE=${builds[i]}
+			# Idle cost on fresh clusters, one per build side by side:
+			# nothing but the idle topics (and the default one) has ever run
+			# on them; the builds alternate count by count.
+			conns=() cpids=()
+			for FBNODE in "${builds[@]}"; do
+				n0=${#NODE_PIDS[@]}
+				CONN=
 				"start_$topo" "$mode"
-				pids=$(pids_csv)
-				for t in $BENCH_IDLE; do
-					cmd=(bin/fbbench -forestbus "$CONN" -label "${labels[i]}" -pids "$pids" -workload IDLE -idle-topics "$t" -idle-window "$BENCH_IDLE_WINDOW")
-					log "$topo/$mode idle: ${cmd[*]} >> ${outs[i]}"
-					"${cmd[@]}" >>"${outs[i]}"
-				done
-				stop_nodes
+				conns+=("$CONN")
+				cpids+=("$(
+					IFS=,
+					echo "${NODE_PIDS[*]:n0}"
+				)")
 			done
+			for t in $BENCH_IDLE; do
+				for i in "${!labels[@]}"; do
+					run_one "$i" "${outs[i]}" -workload IDLE -idle-topics "$t" \
+						-idle-settle "$BENCH_IDLE_SETTLE" -idle-window "$BENCH_IDLE_WINDOW"
+				done
+			done
+			stop_nodes
 		fi
 	done
 done
