@@ -29,12 +29,12 @@ const (
 type SubscribeOption func(*subscribeConfig)
 
 type subscribeConfig struct {
-	batch     int           // max messages per response; 0 = the node's default (1000)
+	batch     int           // max messages per response; 0 = the node's default (4096)
 	heartbeat time.Duration // <= 0: no stale-stream detection
 }
 
 // WithSubscribeBatch sets the most messages a node sends per response
-// (1 to 1000; the node's default, 1000, when n <= 0). Smaller batches lower
+// (1 to 4096; the node's default, 4096, when n <= 0). Smaller batches lower
 // the latency of the first messages of a backlog; larger ones raise
 // throughput.
 func WithSubscribeBatch(n int) SubscribeOption {

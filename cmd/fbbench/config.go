@@ -272,8 +272,8 @@ func (c *config) validate() error {
 	if c.RunNumber < 0 || c.RunNumber > 0 && c.Runs != 1 {
 		return fmt.Errorf("-run-number %d: want 0, or a number with -runs 1", c.RunNumber)
 	}
-	if c.SubscribeBatch < 0 || c.SubscribeBatch > 1000 {
-		return fmt.Errorf("-subscribe-batch must be 0..1000, got %d", c.SubscribeBatch)
+	if c.SubscribeBatch < 0 || c.SubscribeBatch > 4096 {
+		return fmt.Errorf("-subscribe-batch must be 0..4096, got %d", c.SubscribeBatch)
 	}
 	if slices.Contains(c.Workloads, "IDLE") && len(c.PIDs) == 0 {
 		return errors.New("workload IDLE needs -pids (the node processes to measure)")

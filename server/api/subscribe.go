@@ -19,8 +19,11 @@ import (
 // Subscribe limits.
 const (
 	// DefaultSubscribeBatch is the number of messages per Subscribe
-	// response when the request's max_batch is 0, and its cap.
-	DefaultSubscribeBatch = 1000
+	// response when the request's max_batch is 0, and its cap. Larger
+	// responses cost less per message (W3S, alternating fresh clusters:
+	// 8.5 M msg/s at 4,000 against 6.6 M at 1,000); the node's read limit
+	// (4 MiB of payload) bounds a response's size as well.
+	DefaultSubscribeBatch = 4096
 	// DefaultMaxSubscribers caps the Subscribe streams a node serves at
 	// once (see SetMaxSubscribers).
 	DefaultMaxSubscribers = 10000

@@ -336,7 +336,7 @@ type SubscribeRequest struct {
 	// ID of the first message wanted; must be >= 0 (0 reads as 1). Below
 	// the first retained ID the stream starts at the first retained ID.
 	FromId int64 `protobuf:"varint,2,opt,name=from_id,json=fromId,proto3" json:"from_id,omitempty"`
-	// Most messages per response, >= 0; 0 and values over 1000 mean 1000.
+	// Most messages per response, >= 0; 0 and values over 4096 mean 4096.
 	// A response also holds at most about 4 MiB of payload (the node's read
 	// limit) and at least one message.
 	MaxBatch int32 `protobuf:"varint,3,opt,name=max_batch,json=maxBatch,proto3" json:"max_batch,omitempty"`
