@@ -69,3 +69,20 @@ func TestIdleTopicsGoQuiet(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(2), ids[0])
 }
+
+// TestReconcileReportsPendingWork: Reconcile reports "settled" only when no
+// group this node leads has a membership change left: a member added (here
+// one that never answers, on a loopback port nothing listens on) leaves
+// the metadata group with a learner and the topic without the member.
+func TestReconcileReportsPendingWork(t *testing.T) {
+	n := servertest.StartNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	reg := n.Server.Registry()
+	require.Eventually(t, func() bool { return reg.Reconcile(ctx) }, 20*time.Second, 10*time.Millisecond, "a one-node cluster settles")
+	_, err := reg.AddNode(ctx, "absent", "127.0.0.1:1")
+	require.NoError(t, err)
+	for range 3 {
+		assert.False(t, reg.Reconcile(ctx), "a learner that never catches up is work left")
+	}
+}

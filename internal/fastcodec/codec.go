@@ -61,24 +61,6 @@ func unmarshalWith[M proto.Message](data mem.BufferSlice, m M, decode func([]byt
 	return proto.Unmarshal(buf, m)
 }
 
-// Unmarshal decodes b into m like proto.Unmarshal, aliasing b for the bulk
-// messages (b must not be modified afterwards).
-func Unmarshal(b []byte, m proto.Message) error {
-	ok := false
-	switch m := m.(type) {
-	case *forestbusv1.SendMessagesRequest:
-		ok = decodeSendMessagesRequest(b, m)
-	case *forestbusv1.GetMessagesResponse:
-		ok = decodeGetMessagesResponse(b, m)
-	case *forestbusv1.SubscribeResponse:
-		ok = decodeSubscribeResponse(b, m)
-	}
-	if ok {
-		return nil
-	}
-	return proto.Unmarshal(b, m)
-}
-
 // field is one decoded field: num and either a varint or a bytes value.
 type field struct {
 	num    protowire.Number
@@ -132,26 +114,36 @@ func countBytesFields(b []byte, num protowire.Number) int {
 	return c
 }
 
-func decodeSendMessagesRequest(b []byte, m *forestbusv1.SendMessagesRequest) bool {
-	n := countBytesFields(b, 2)
+// decode walks b once to count the msgNum elements (sizing *msgs exactly),
+// then again to alias them into *msgs, handing every other field to
+// scalar, which reports whether it knows the field. The caller has reset
+// the message; false sends it down the stock path.
+func decode(b []byte, msgNum protowire.Number, msgs *[][]byte, scalar func(field) bool) bool {
+	n := countBytesFields(b, msgNum)
 	if n < 0 {
 		return false
 	}
-	m.Reset()
 	if n > 0 {
-		m.Messages = make([][]byte, 0, n)
+		*msgs = make([][]byte, 0, n)
 	}
 	for len(b) > 0 {
 		f, rest, _ := next(b)
 		b = rest
+		if f.num == msgNum && f.typ == protowire.BytesType {
+			*msgs = append(*msgs, f.bytes)
+		} else if !scalar(f) {
+			return false
+		}
+	}
+	return true
+}
+
+func decodeSendMessagesRequest(b []byte, m *forestbusv1.SendMessagesRequest) bool {
+	m.Reset()
+	return decode(b, 2, &m.Messages, func(f field) bool {
 		switch {
-		case f.num == 1 && f.typ == protowire.BytesType:
-			if !utf8.Valid(f.bytes) {
-				return false
-			}
+		case f.num == 1 && f.typ == protowire.BytesType && utf8.Valid(f.bytes):
 			m.Topic = string(f.bytes)
-		case f.num == 2 && f.typ == protowire.BytesType:
-			m.Messages = append(m.Messages, f.bytes)
 		case f.num == 3 && f.typ == protowire.VarintType:
 			m.WaitForCommit = protowire.DecodeBool(f.varint)
 		case f.num == 4 && f.typ == protowire.VarintType:
@@ -161,58 +153,32 @@ func decodeSendMessagesRequest(b []byte, m *forestbusv1.SendMessagesRequest) boo
 		default:
 			return false
 		}
-	}
-	return true
+		return true
+	})
+}
+
+// decodeIDs decodes the layout GetMessagesResponse and SubscribeResponse
+// share: messages = 1, an ID = 2 (next_id, first_id), commit_id = 3.
+func decodeIDs(b []byte, msgs *[][]byte, id, commitID *int64) bool {
+	return decode(b, 1, msgs, func(f field) bool {
+		switch {
+		case f.num == 2 && f.typ == protowire.VarintType:
+			*id = int64(f.varint)
+		case f.num == 3 && f.typ == protowire.VarintType:
+			*commitID = int64(f.varint)
+		default:
+			return false
+		}
+		return true
+	})
 }
 
 func decodeGetMessagesResponse(b []byte, m *forestbusv1.GetMessagesResponse) bool {
-	n := countBytesFields(b, 1)
-	if n < 0 {
-		return false
-	}
 	m.Reset()
-	if n > 0 {
-		m.Messages = make([][]byte, 0, n)
-	}
-	for len(b) > 0 {
-		f, rest, _ := next(b)
-		b = rest
-		switch {
-		case f.num == 1 && f.typ == protowire.BytesType:
-			m.Messages = append(m.Messages, f.bytes)
-		case f.num == 2 && f.typ == protowire.VarintType:
-			m.NextId = int64(f.varint)
-		case f.num == 3 && f.typ == protowire.VarintType:
-			m.CommitId = int64(f.varint)
-		default:
-			return false
-		}
-	}
-	return true
+	return decodeIDs(b, &m.Messages, &m.NextId, &m.CommitId)
 }
 
 func decodeSubscribeResponse(b []byte, m *forestbusv1.SubscribeResponse) bool {
-	n := countBytesFields(b, 1)
-	if n < 0 {
-		return false
-	}
 	m.Reset()
-	if n > 0 {
-		m.Messages = make([][]byte, 0, n)
-	}
-	for len(b) > 0 {
-		f, rest, _ := next(b)
-		b = rest
-		switch {
-		case f.num == 1 && f.typ == protowire.BytesType:
-			m.Messages = append(m.Messages, f.bytes)
-		case f.num == 2 && f.typ == protowire.VarintType:
-			m.FirstId = int64(f.varint)
-		case f.num == 3 && f.typ == protowire.VarintType:
-			m.CommitId = int64(f.varint)
-		default:
-			return false
-		}
-	}
-	return true
+	return decodeIDs(b, &m.Messages, &m.FirstId, &m.CommitId)
 }

@@ -65,7 +65,7 @@ func TestAliasing(t *testing.T) {
 	b, err := proto.Marshal(&forestbusv1.GetMessagesResponse{Messages: [][]byte{[]byte("aa"), []byte("bb")}, NextId: 3})
 	require.NoError(t, err)
 	var m forestbusv1.GetMessagesResponse
-	require.NoError(t, Unmarshal(b, &m))
+	require.NoError(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, &m))
 	require.Len(t, m.Messages, 2)
 	assert.Equal(t, len(m.Messages[0]), cap(m.Messages[0]))
 	_ = append(m.Messages[0], 'X')

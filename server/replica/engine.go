@@ -79,7 +79,6 @@ type Engine struct {
 	closing []*Group // removed groups the loop has not closed yet
 
 	tagSeq          atomic.Uint64 // proposal tags: node ID in the top 16 bits
-	ticks           atomic.Int64  // the loop's tick count (liveness ping cadence)
 	epoch           time.Time     // creation: the clock silentFor measures from
 	lastHeard       sync.Map      // node ID -> *atomic.Int64, tick it was last heard
 	peers           []uint64      // pinged for liveness; guarded by mu
@@ -258,6 +257,7 @@ func (e *Engine) run() {
 	// so that an idle node wakes a few times a second, not ten. armed is
 	// how many ticks the pending timer stands for.
 	armed := int64(1)
+	var ticks int64 // ticks counted by the loop: the liveness ping cadence
 	timer := time.NewTimer(e.cfg.TickInterval)
 	defer timer.Stop()
 
@@ -321,9 +321,9 @@ func (e *Engine) run() {
 			g.pass = pass
 		}
 		if tick {
-			before := e.ticks.Load()
-			after := e.ticks.Add(armed)
-			if after/pingEvery != before/pingEvery {
+			before := ticks
+			ticks += armed
+			if ticks/pingEvery != before/pingEvery {
 				e.pingPeers()
 			}
 			e.refreshSilence()
@@ -340,7 +340,7 @@ func (e *Engine) run() {
 			}
 			armed = 1
 			if quiet {
-				armed = pingEvery - after%pingEvery
+				armed = pingEvery - ticks%pingEvery
 			}
 			timer.Reset(time.Duration(armed) * e.cfg.TickInterval)
 		}

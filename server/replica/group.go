@@ -145,7 +145,6 @@ type Group struct {
 	props     []*raftpb.Entry   // scratch for batched proposals
 	early     []*raftpb.Message // scratch for sendAppendsEarly
 	sentEarly bool              // this Ready's MsgApps went out before the sync
-	applied1  bool              // this Ready's committed entries were applied before the sync
 	// campaignAt > 0: campaign once the applied index reaches it.
 	campaignAt uint64
 
@@ -1018,13 +1017,17 @@ func (g *Group) finish() {
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		g.afterSnapshot(rd.Snapshot)
 	}
-	if n := len(rd.CommittedEntries); n > 0 && !g.applied1 {
-		if err := g.applyEntries(rd.CommittedEntries); err != nil {
+	// Skip what applyCommitted applied before the sync.
+	ents := rd.CommittedEntries
+	for applied := g.applied.Load(); len(ents) > 0 && ents[0].GetIndex() <= applied; {
+		ents = ents[1:]
+	}
+	if len(ents) > 0 {
+		if err := g.applyEntries(ents); err != nil {
 			g.fence(err)
 			return
 		}
 	}
-	g.applied1 = false
 	if g.lost {
 		g.lost = false
 		g.failWaiters(ErrLeadershipLost)
@@ -1048,7 +1051,6 @@ func (g *Group) finish() {
 // keep the textbook order: apply after the sync.
 func (g *Group) applyCommitted() {
 	rd := &g.rd
-	g.applied1 = false
 	if g.fenced != nil || g.apply != nil || len(rd.CommittedEntries) == 0 || !raft.IsEmptySnap(rd.Snapshot) {
 		return
 	}
@@ -1060,9 +1062,7 @@ func (g *Group) applyCommitted() {
 	}
 	if err := g.applyEntries(rd.CommittedEntries); err != nil {
 		g.fence(err)
-		return
 	}
-	g.applied1 = true
 }
 
 func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
