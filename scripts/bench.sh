@@ -225,6 +225,18 @@ label_for() {
 	echo "$label"
 }
 
+# run_one I OUT ARGS... runs fbbench against build I's cluster (conns,
+# labels and cpids are set per topology and mode below).
+run_one() {
+	local i=$1 out=$2
+	shift 2
+	# BENCH_ARGS is split into words on purpose.
+	# shellcheck disable=SC2206
+	local cmd=(bin/fbbench -forestbus "${conns[i]}" -label "${labels[i]}" -pids "${cpids[i]}" $BENCH_ARGS "$@")
+	log "${cmd[*]} >> $out"
+	"${cmd[@]}" >>"$out"
+}
+
 for topo in $BENCH_TOPOLOGIES; do
 	if ! declare -F "start_$topo" >/dev/null; then
 		log "unknown topology $topo (no start_$topo function)"
@@ -253,16 +265,6 @@ for topo in $BENCH_TOPOLOGIES; do
 			files+=("$dir/results-$label.jsonl")
 			log "$topo/$mode: $label on $CONN (nodes ${cpids[-1]})"
 		done
-		# run_one I OUT ARGS... runs fbbench against build I's cluster.
-		run_one() {
-			local i=$1 out=$2
-			shift 2
-			# BENCH_ARGS is split into words on purpose.
-			# shellcheck disable=SC2206
-			local cmd=(bin/fbbench -forestbus "${conns[i]}" -label "${labels[i]}" -pids "${cpids[i]}" $BENCH_ARGS "$@")
-			log "${cmd[*]} >> $out"
-			"${cmd[@]}" >>"$out"
-		}
 		for w in $(workload_list); do
 			for ((r = 1; r <= BENCH_RUNS; r++)); do
 				for i in "${!labels[@]}"; do
