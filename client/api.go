@@ -107,8 +107,10 @@ func (c *Client) GetMessages(topic string, index int64, quantity int, wait bool)
 // index, and the ID to ask for next. Any node can answer; the Client starts
 // with the last node that answered a read.
 //
-// The answer usually holds more or fewer messages than quantity, because
-// nodes align reads to their storage and cap an answer's size. If a message
+// The answer usually holds more or fewer messages than quantity: nodes end
+// answers on their stored batches, read ahead (by default an answer holds
+// about 1 MiB when that much is committed, however small quantity is) and
+// cap an answer's size. If a message
 // exists at index, at least one message is returned. msgs[0] has ID index
 // and the last message has ID nextID-1.
 //

@@ -63,6 +63,10 @@ type Config struct {
 	MaxBatchBytes int
 	// MaxReadBytes caps one GetMessages answer. Default 4 MiB.
 	MaxReadBytes int
+	// ReadAheadBytes: a GetMessages answer holds this much payload when
+	// that much is committed, even beyond the quantity asked (fewer calls
+	// for sequential readers). Default 1 MiB; negative turns it off.
+	ReadAheadBytes int
 	// MaxWait caps a long poll. Default 30 s.
 	MaxWait time.Duration
 	// MaxUncommittedBytes is a topic leader's budget of uncommitted batch

@@ -187,6 +187,7 @@ func (s *Server) open() error {
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		MaxBatchBytes:   cfg.MaxBatchBytes,
 		MaxReadBytes:    cfg.MaxReadBytes,
+		ReadAheadBytes:  cfg.ReadAheadBytes,
 		MaxWait:         cfg.MaxWait,
 		MaxWaiters:      cfg.MaxWaiters,
 		Logger:          cfg.Logger,

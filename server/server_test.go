@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -114,6 +115,52 @@ func TestSendAndGet(t *testing.T) {
 			assert.Equal(t, "n1", d.Leader)
 		})
 	}
+}
+
+// TestGetMessagesReadAhead: an answer holds ReadAheadBytes of payload when
+// that much is committed, whatever quantity asked for, ending on a stored
+// batch; with read-ahead off it ends at the first batch boundary at or after
+// quantity; MaxReadBytes caps both.
+func TestGetMessagesReadAhead(t *testing.T) {
+	// Ten batches of 100 messages of 1,000 bytes: 100,000 bytes per batch.
+	fill := func(t *testing.T, c conn) {
+		for b := range 10 {
+			msgs := make([][]byte, 100)
+			for i := range msgs {
+				msgs[i] = bytes.Repeat([]byte{byte(b)}, 1000)
+			}
+			send(t, c, "default", msgs, true)
+		}
+	}
+	// get returns how many messages an answer holds.
+	get := func(t *testing.T, c conn, id int64, q int32) int {
+		resp, err := c.bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: id, Quantity: q})
+		require.NoError(t, err)
+		require.Equal(t, id+int64(len(resp.Messages)), resp.NextId)
+		return len(resp.Messages)
+	}
+	t.Run("on", func(t *testing.T) {
+		c := dial(t, servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.ReadAheadBytes = 250_000 })))
+		fill(t, c)
+		// 250,000 bytes end inside the third batch: the answer finishes it.
+		assert.Equal(t, 300, get(t, c, 1, 1))
+		assert.Equal(t, 250, get(t, c, 51, 1))  // from mid-batch: 50 + 100 + 100 messages
+		assert.Equal(t, 500, get(t, c, 1, 450)) // quantity beyond the fill wins
+		assert.Equal(t, 100, get(t, c, 901, 1)) // the tail: what there is
+	})
+	t.Run("off", func(t *testing.T) {
+		c := dial(t, servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.ReadAheadBytes = -1 })))
+		fill(t, c)
+		assert.Equal(t, 100, get(t, c, 1, 1))
+		assert.Equal(t, 50, get(t, c, 51, 1))
+		assert.Equal(t, 200, get(t, c, 1, 101))
+	})
+	t.Run("capped by MaxReadBytes", func(t *testing.T) {
+		c := dial(t, servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MaxReadBytes = 150_000 })))
+		fill(t, c)
+		// The default read-ahead (1 MiB) asks for more than the cap allows.
+		assert.Equal(t, 150, get(t, c, 1, 1))
+	})
 }
 
 func TestGetMessagesSemantics(t *testing.T) {

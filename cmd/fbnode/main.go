@@ -92,6 +92,7 @@ func run(args []string) error {
 		maxMsg    = fs.Int("max-message-bytes", 1<<20, "largest message accepted")
 		maxBatch  = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch accepted (payload bytes)")
 		maxRead   = fs.Int("max-read-bytes", 4<<20, "payload cap of one GetMessages answer")
+		readAhead = fs.Int("read-ahead-bytes", 1<<20, "payload a GetMessages answer holds when that much is committed, even beyond the quantity asked (negative: off)")
 		maxWait   = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
 		segment   = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
 		retention = fs.Duration("retention", 0, "default retention age of a topic's messages (0: keep for ever)")
@@ -170,6 +171,7 @@ func run(args []string) error {
 		MaxMessageBytes: *maxMsg,
 		MaxBatchBytes:   *maxBatch,
 		MaxReadBytes:    *maxRead,
+		ReadAheadBytes:  *readAhead,
 		MaxWait:         *maxWait,
 		SegmentBytes:    *segment,
 		Retention:       *retention,

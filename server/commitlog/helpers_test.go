@@ -142,3 +142,12 @@ func (m *model) check(t testing.TB, l *Log) {
 		}
 	}
 }
+
+// payload is the number of payload bytes in msgs.
+func payload(msgs [][]byte) int {
+	n := 0
+	for _, m := range msgs {
+		n += len(m)
+	}
+	return n
+}

@@ -1,9 +1,11 @@
 package commitlog
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -383,12 +385,63 @@ func TestClosed(t *testing.T) {
 	assert.True(t, errors.Is(err, ErrClosed))
 }
 
-// TestReadBatches: the count is a target that ends on a stored batch
-// boundary; maxBytes stays a hard cap; ReadMessages keeps the count a cap.
+// TestReadBeyondEstimate: a read whose buffer, sized from the first
+// record's average message, ends before its targets are met reads on from
+// there: targets and caps hold as if it had read everything at once.
+func TestReadBeyondEstimate(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	// Ten records of 100 messages: 10 bytes each in the first, then
+	// 1,000 bytes each (100,000 bytes per record).
+	var all [][]byte
+	for i := uint64(1); i <= 10; i++ {
+		size := 1000
+		if i == 1 {
+			size = 10
+		}
+		msgs := make([][]byte, 100)
+		for k := range msgs {
+			msgs[k] = bytes.Repeat([]byte{byte(i)}, size)
+		}
+		all = append(all, msgs...)
+		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs))}, nil)
+		require.NoError(t, err)
+	}
+	for _, tc := range []struct {
+		name                  string
+		id                    uint64
+		count, fill, maxBytes int
+		whole                 bool
+		wantNext              uint64
+	}{
+		{"count cap past the first record", 1, 250, 0, 1 << 30, false, 251},
+		{"count target", 1, 250, 0, 1 << 30, true, 301},
+		{"fill target", 101, 1, 250_000, 1 << 30, true, 401},
+		{"maxBytes cap", 101, 1, 1 << 30, 150_000, true, 251},
+		{"everything", 1, 1 << 20, 0, 1 << 30, false, 1001},
+	} {
+		var got [][]byte
+		var next uint64
+		var err error
+		if tc.whole {
+			got, next, err = l.ReadBatches(nil, tc.id, 1000, tc.count, tc.fill, tc.maxBytes)
+		} else {
+			got, next, err = l.ReadMessages(nil, tc.id, 1000, tc.count, tc.maxBytes)
+		}
+		require.NoError(t, err, tc.name)
+		assert.Equal(t, tc.wantNext, next, tc.name)
+		assert.True(t, slices.EqualFunc(all[tc.id-1:next-1], got, bytes.Equal), tc.name)
+	}
+}
+
+// TestReadBatches: count and fill (payload bytes) are targets that end on a
+// stored batch boundary; maxBytes stays a hard cap; ReadMessages keeps the
+// count a cap.
 func TestReadBatches(t *testing.T) {
 	l := openT(t, t.TempDir(), Options{})
 	defer l.Close()
-	// Three batches of five messages: IDs 1-5, 6-10, 11-15.
+	// Three batches of five messages: IDs 1-5 (65 bytes of payload), 6-10
+	// (91 bytes), 11-15.
 	var all [][]byte
 	for i := uint64(1); i <= 3; i++ {
 		msgs := msgsFor(5*(i-1)+1, 5)
@@ -396,30 +449,43 @@ func TestReadBatches(t *testing.T) {
 		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs))}, nil)
 		require.NoError(t, err)
 	}
+	require.Equal(t, 65, payload(all[:5]))
+	require.Equal(t, 91, payload(all[5:10]))
 	for _, tc := range []struct {
-		id              uint64
-		count, maxBytes int
-		wantNext        uint64
+		id                    uint64
+		count, fill, maxBytes int
+		wantNext              uint64
 	}{
-		{1, 3, 1 << 20, 6},    // finishes the first batch
-		{1, 5, 1 << 20, 6},    // exactly one batch
-		{1, 6, 1 << 20, 11},   // into the second batch: finishes it
-		{3, 1, 1 << 20, 6},    // from the middle of a batch to its end
-		{1, 100, 1 << 20, 16}, // everything
-		{1, 3, 30, 3},         // maxBytes cuts inside a batch (msgs are 10-12 bytes)
-		{14, 1, 1 << 20, 16},
+		{1, 3, 0, 1 << 20, 6},        // finishes the first batch
+		{1, 5, 0, 1 << 20, 6},        // exactly one batch
+		{1, 6, 0, 1 << 20, 11},       // into the second batch: finishes it
+		{3, 1, 0, 1 << 20, 6},        // from the middle of a batch to its end
+		{1, 100, 0, 1 << 20, 16},     // everything
+		{1, 3, 0, 30, 3},             // maxBytes cuts inside a batch (messages are 11-15 bytes)
+		{14, 1, 0, 1 << 20, 16},      // the last batch's tail
+		{1, 1, 1, 1 << 20, 6},        // fill met by the first message: its batch
+		{1, 1, 65, 1 << 20, 6},       // fill met exactly at the first boundary
+		{1, 1, 66, 1 << 20, 11},      // one byte more: the second batch too
+		{3, 1, 50, 1 << 20, 11},      // from mid-batch, 42 bytes to its end: on into the next
+		{1, 1, 1 << 20, 1 << 20, 16}, // fill beyond the log: everything
+		{1, 1, 1 << 20, 100, 8},      // maxBytes still cuts inside a batch
+		{1, 6, 1, 1 << 20, 11},       // count and fill are both targets
 	} {
-		got, next, err := l.ReadBatches(nil, tc.id, 15, tc.count, tc.maxBytes)
+		got, next, err := l.ReadBatches(nil, tc.id, 15, tc.count, tc.fill, tc.maxBytes)
 		require.NoError(t, err)
-		assert.Equal(t, tc.wantNext, next, "id %d count %d", tc.id, tc.count)
-		assert.Equal(t, all[tc.id-1:next-1], got, "id %d count %d", tc.id, tc.count)
+		assert.Equal(t, tc.wantNext, next, "id %d count %d fill %d", tc.id, tc.count, tc.fill)
+		assert.Equal(t, all[tc.id-1:next-1], got, "id %d count %d fill %d", tc.id, tc.count, tc.fill)
 	}
-	// The commit cap still holds mid-batch.
-	got, next, err := l.ReadBatches(nil, 1, 7, 3, 1<<20)
+	// The commit cap still holds mid-batch, whatever fill asks for.
+	got, next, err := l.ReadBatches(nil, 1, 7, 1, 1<<20, 1<<20)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(8), next)
+	assert.Len(t, got, 7)
+	got, next, err = l.ReadBatches(nil, 1, 7, 3, 0, 1<<20)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(6), next)
 	assert.Len(t, got, 5)
-	got, next, err = l.ReadBatches(nil, 6, 7, 1, 1<<20)
+	got, next, err = l.ReadBatches(nil, 6, 7, 1, 0, 1<<20)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(8), next)
 	assert.Len(t, got, 2)

@@ -134,7 +134,7 @@ func entrySize(h recHeader, dataLen int) uint64 {
 // allocated per call; they stay valid after later appends or truncations.
 // Safe for concurrent use with the writer.
 func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
-	return l.readMessages(dst, id, maxID, maxCount, maxBytes, false, nil)
+	return l.readMessages(dst, id, maxID, maxCount, 0, maxBytes, false, nil)
 }
 
 // Scratch holds a reader's buffers for ReadInto, reused from one read to
@@ -150,21 +150,23 @@ type Scratch struct {
 // per read. The messages returned are valid only until the next ReadInto
 // with the same sc.
 func (l *Log) ReadInto(sc *Scratch, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
-	msgs, next, err := l.readMessages(sc.msgs[:0], id, maxID, maxCount, maxBytes, false, sc)
+	msgs, next, err := l.readMessages(sc.msgs[:0], id, maxID, maxCount, 0, maxBytes, false, sc)
 	sc.msgs = msgs[:0]
 	return msgs, next, err
 }
 
-// ReadBatches is ReadMessages with count as a target rather than a cap: once
-// it has count messages it still finishes the stored batch (record) it is
-// in, so a reader asking for fewer messages than producers send per batch
-// gets whole batches, in fewer calls, straight from the buffer already read.
-// maxBytes stays a hard cap.
-func (l *Log) ReadBatches(dst [][]byte, id, maxID uint64, count, maxBytes int) ([][]byte, uint64, error) {
-	return l.readMessages(dst, id, maxID, count, maxBytes, true, nil)
+// ReadBatches is ReadMessages with targets rather than caps: it reads on
+// until it has count messages and fill bytes of payload (or reaches maxID),
+// then finishes the stored batch (record) it is in. A sequential reader thus
+// gets whole batches, and as much per call as fill asks for, whatever count
+// it names: fewer calls for the same messages. maxBytes stays a hard cap.
+func (l *Log) ReadBatches(dst [][]byte, id, maxID uint64, count, fill, maxBytes int) ([][]byte, uint64, error) {
+	return l.readMessages(dst, id, maxID, count, fill, maxBytes, true, nil)
 }
 
-func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int, whole bool, sc *Scratch) ([][]byte, uint64, error) {
+// readMessages reads from id: up to maxCount messages, or, when whole, at
+// least maxCount messages and fill bytes, ending on a record boundary.
+func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, fill, maxBytes int, whole bool, sc *Scratch) ([][]byte, uint64, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
@@ -173,34 +175,60 @@ func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes in
 	if first := l.firstIDLocked(); id < first {
 		return dst, first, ErrCompacted
 	}
-	limit := min(maxID, l.nextID-1)
-	if id > limit || l.nextID == 0 {
+	r := readState{limit: min(maxID, l.nextID-1), maxCount: maxCount, fill: fill, maxBytes: maxBytes, whole: whole, next: id}
+	if id > r.limit || l.nextID == 0 {
 		return dst, id, nil
 	}
-	if maxCount <= 0 {
-		maxCount = math.MaxInt
+	if r.maxCount <= 0 {
+		r.maxCount = math.MaxInt
 	}
-	if maxBytes <= 0 {
-		maxBytes = math.MaxInt
+	if r.maxBytes <= 0 {
+		r.maxBytes = math.MaxInt
 	}
+	for {
+		var more bool
+		var err error
+		dst, more, err = l.readChunk(dst, &r, sc)
+		// A chunk sized by an estimate can end before the targets are met
+		// (a record that did not fit): read on from there, into a fresh
+		// buffer (the messages so far point into the last one). A Scratch
+		// holds one buffer: its reader gets what fitted.
+		if err != nil || !more || sc != nil {
+			return dst, r.next, err
+		}
+	}
+}
+
+// readState is one readMessages call's limits and progress.
+type readState struct {
+	limit                    uint64 // last ID to return
+	maxCount, fill, maxBytes int
+	whole                    bool
+	next                     uint64 // next ID to return
+	got, bytes               int    // messages and payload returned so far
+}
+
+// readChunk reads the records from r.next into one buffer, sized to what
+// r's limits still allow, and appends their messages to dst. more reports
+// that it stopped only because the buffer ended, with limits unmet and more
+// of the log to read.
+func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, more bool, err error) {
+	id := r.next
 	si, off, h, err := l.locateID(id)
 	if err != nil {
-		return dst, id, err
+		return dst, false, err
 	}
 
 	// Size the buffer: the first record entirely, then an estimate of what the
-	// caps allow, bounded by what the log holds.
+	// limits allow, bounded by what the log holds.
 	avail := l.segs[si].size - off
 	for _, s := range l.segs[si+1:] {
 		avail += s.size
 	}
-	est := int64(maxReadChunk)
-	if maxBytes < maxReadChunk {
-		est = int64(maxBytes)
-	}
-	if h.count > 0 && maxCount < math.MaxInt {
+	est := int64(min(maxReadChunk, r.maxBytes-r.bytes))
+	if h.count > 0 && r.maxCount < math.MaxInt {
 		per := int64(h.dataLen())/int64(h.count) + 1
-		est = min(est, int64(maxCount)*per)
+		est = min(est, max(int64(r.maxCount-r.got)*per, int64(r.fill-r.bytes)))
 	}
 	skip := int64(0)
 	if h.count > 0 && id > h.firstID {
@@ -223,58 +251,57 @@ func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes in
 		n := min(want-filled, s.size-off)
 		if n > 0 {
 			if _, err := s.f.ReadAt(buf[filled:filled+n], off); err != nil {
-				return dst, id, fmt.Errorf("commitlog: read %s: %w", s.path, err)
+				return dst, false, fmt.Errorf("commitlog: read %s: %w", s.path, err)
 			}
 		}
 		filled += n
 		si, off = si+1, 0
 	}
 
-	next := id
-	got, bytes := 0, 0
-	for p := int64(0); p+recHeaderSize <= filled; {
+	p := int64(0)
+	for p+recHeaderSize <= filled {
 		h := parseHeader(buf[p:])
 		if h.length < recRestSize {
-			return dst, id, fmt.Errorf("%w: bad record header", ErrCorrupt)
+			return dst, false, fmt.Errorf("%w: bad record header", ErrCorrupt)
 		}
 		end := p + h.size()
 		if end > filled {
 			break
 		}
-		if h.count > 0 && next < h.firstID+uint64(h.count) {
-			if h.firstID > next {
-				return dst, id, fmt.Errorf("%w: message ids not contiguous at %d", ErrCorrupt, next)
+		if h.count > 0 && r.next < h.firstID+uint64(h.count) {
+			if h.firstID > r.next {
+				return dst, false, fmt.Errorf("%w: message ids not contiguous at %d", ErrCorrupt, r.next)
 			}
 			if h.dataLen() < BatchHeaderSize {
-				return dst, id, fmt.Errorf("%w: malformed batch in entry %d", ErrCorrupt, h.index)
+				return dst, false, fmt.Errorf("%w: malformed batch in entry %d", ErrCorrupt, h.index)
 			}
 			data := buf[p+recHeaderSize+BatchHeaderSize : end]
 			for i := uint64(0); i < uint64(h.count); i++ {
 				ml, k := binary.Uvarint(data)
 				if k <= 0 || ml > uint64(len(data)-k) {
-					return dst, id, fmt.Errorf("%w: malformed batch in entry %d", ErrCorrupt, h.index)
+					return dst, false, fmt.Errorf("%w: malformed batch in entry %d", ErrCorrupt, h.index)
 				}
 				m := data[k : k+int(ml) : k+int(ml)]
 				data = data[k+int(ml):]
-				if h.firstID+i < next {
+				if h.firstID+i < r.next {
 					continue
 				}
-				if next > limit {
-					return dst, next, nil
+				if r.next > r.limit {
+					return dst, false, nil
 				}
-				// whole: maxCount is reached only at a record boundary.
-				if got > 0 && (got >= maxCount && (!whole || i == 0) || bytes+len(m) > maxBytes) {
-					return dst, next, nil
+				// whole: the targets are met only at a record boundary.
+				if r.got > 0 && (r.got >= r.maxCount && (!r.whole || i == 0 && r.bytes >= r.fill) || r.bytes+len(m) > r.maxBytes) {
+					return dst, false, nil
 				}
 				dst = append(dst, m)
-				got++
-				bytes += len(m)
-				next++
+				r.got++
+				r.bytes += len(m)
+				r.next++
 			}
 		}
 		p = end
 	}
-	return dst, next, nil
+	return dst, r.next > id && p < avail && r.next <= r.limit, nil
 }
 
 // recordIn reports whether a whole record starts at rel in chunk.

@@ -633,23 +633,25 @@ type ReadResult struct {
 // up to wait for a commit, then returns an empty result. Errors: ErrStopped
 // (group removed while waiting), ctx errors.
 func (g *Group) Read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration) (ReadResult, error) {
-	return g.read(ctx, id, maxCount, maxBytes, wait, false, nil)
+	return g.read(ctx, id, maxCount, 0, maxBytes, wait, false, nil)
 }
 
 // ReadInto is Read into sc's reusable buffers (commitlog.Log.ReadInto): the
 // messages are valid until the next ReadInto with sc.
 func (g *Group) ReadInto(ctx context.Context, sc *commitlog.Scratch, id uint64, maxCount, maxBytes int, wait time.Duration) (ReadResult, error) {
-	return g.read(ctx, id, maxCount, maxBytes, wait, false, sc)
+	return g.read(ctx, id, maxCount, 0, maxBytes, wait, false, sc)
 }
 
-// ReadBatches is Read with count as a target instead of a cap: the answer
-// ends on a stored batch boundary (commitlog.Log.ReadBatches), so it may
-// hold more than count messages (never more than maxBytes of payload).
-func (g *Group) ReadBatches(ctx context.Context, id uint64, count, maxBytes int, wait time.Duration) (ReadResult, error) {
-	return g.read(ctx, id, count, maxBytes, wait, true, nil)
+// ReadBatches is Read with count and fill (bytes of payload) as targets
+// instead of caps: the answer holds at least count messages and fill bytes
+// when that much is committed, and ends on a stored batch boundary
+// (commitlog.Log.ReadBatches), so it may hold more (never more than maxBytes
+// of payload).
+func (g *Group) ReadBatches(ctx context.Context, id uint64, count, fill, maxBytes int, wait time.Duration) (ReadResult, error) {
+	return g.read(ctx, id, count, fill, maxBytes, wait, true, nil)
 }
 
-func (g *Group) read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration, whole bool, sc *commitlog.Scratch) (ReadResult, error) {
+func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes int, wait time.Duration, whole bool, sc *commitlog.Scratch) (ReadResult, error) {
 	if id == 0 {
 		id = 1
 	}
@@ -675,7 +677,7 @@ func (g *Group) read(ctx context.Context, id uint64, maxCount, maxBytes int, wai
 			case sc != nil:
 				msgs, next, err = g.log.ReadInto(sc, id, commit, maxCount, maxBytes)
 			case whole:
-				msgs, next, err = g.log.ReadBatches(nil, id, commit, maxCount, maxBytes)
+				msgs, next, err = g.log.ReadBatches(nil, id, commit, maxCount, fill, maxBytes)
 			default:
 				msgs, next, err = g.log.ReadMessages(nil, id, commit, maxCount, maxBytes)
 			}

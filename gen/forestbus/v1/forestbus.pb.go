@@ -192,9 +192,11 @@ type GetMessagesRequest struct {
 	// Must be >= 0 (0 reads as 1).
 	Id int64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
 	// Target number of messages, > 0. The answer may hold more or fewer: the
-	// node may align reads to its storage, and caps an answer at 4 MiB of
-	// payload. When a committed message exists at `id`, at least one message
-	// is returned.
+	// node ends answers on its stored batches, reads ahead (by default, when
+	// that much is committed, an answer holds about 1 MiB of payload however
+	// small the quantity: a sequential reader needs fewer calls), and caps an
+	// answer at 4 MiB of payload. When a committed message exists at `id`, at
+	// least one message is returned.
 	Quantity int32 `protobuf:"varint,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// When true and no committed message exists at `id` yet, wait until one
 	// is committed. The node caps the wait (default 30 s); when it expires
