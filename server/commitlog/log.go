@@ -204,14 +204,26 @@ func (l *Log) recover() error {
 		l.segs = append(l.segs, s)
 		nextID, err := l.scanSegment(s, l.nextID)
 		isLast := first == firsts[len(firsts)-1]
-		switch {
-		case errors.Is(err, errTorn) && isLast:
-			fi, serr := f.Stat()
-			if serr != nil {
-				return fmt.Errorf("commitlog: stat segment: %w", serr)
+		if errors.Is(err, errTorn) {
+			zero, zerr := zeroTail(s)
+			if zerr != nil {
+				return zerr
 			}
-			l.logger.Warn("commitlog: cutting torn tail", "segment", segmentName(first),
-				"offset", s.size, "dropped_bytes", fi.Size()-s.size)
+			switch {
+			case zero:
+				// Preallocated zeros left by a crash (or by a roll
+				// that did not get to trim them): not a torn write.
+				l.logger.Debug("commitlog: trimming preallocated tail", "segment", segmentName(first), "offset", s.size)
+			case isLast:
+				fi, serr := f.Stat()
+				if serr != nil {
+					return fmt.Errorf("commitlog: stat segment: %w", serr)
+				}
+				l.logger.Warn("commitlog: cutting torn tail", "segment", segmentName(first),
+					"offset", s.size, "dropped_bytes", fi.Size()-s.size)
+			default:
+				return fmt.Errorf("%w: bad record in %s at offset %d (index %d)", ErrCorrupt, path, s.size, s.last+1)
+			}
 			if err := f.Truncate(s.size); err != nil {
 				return fmt.Errorf("commitlog: truncate torn tail: %w", err)
 			}
@@ -220,11 +232,10 @@ func (l *Log) recover() error {
 					return fmt.Errorf("commitlog: sync segment: %w", err)
 				}
 			}
-		case errors.Is(err, errTorn):
-			return fmt.Errorf("%w: bad record in %s at offset %d (index %d)", ErrCorrupt, path, s.size, s.last+1)
-		case err != nil:
+		} else if err != nil {
 			return err
 		}
+		s.alloc = s.size
 		if s.empty() && !isLast {
 			return fmt.Errorf("%w: empty segment %s is not the last", ErrCorrupt, path)
 		}
@@ -256,7 +267,20 @@ func (l *Log) Close() error {
 	}
 	var err error
 	if l.writeError == nil {
-		err = l.Sync()
+		// A cleanly closed log's files hold its records and nothing else.
+		if n := len(l.segs); n > 0 {
+			s := l.segs[n-1]
+			trimmed, terr := trimTail(s)
+			if terr != nil {
+				err = terr
+			} else if trimmed && !s.dirty {
+				s.dirty = true
+				l.dirty = append(l.dirty, s)
+			}
+		}
+		if serr := l.Sync(); err == nil {
+			err = serr
+		}
 		if serr := l.hs.sync(false, true); err == nil {
 			err = serr
 		}

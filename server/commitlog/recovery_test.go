@@ -227,3 +227,116 @@ func TestConcurrentReaders(t *testing.T) {
 	wg.Wait()
 	m.check(t, l)
 }
+
+func fileSize(t testing.TB, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	return fi.Size()
+}
+
+// TestPreallocation: the active segment's file runs ahead of its records
+// with zeros, in steps that double up to maxPrealloc and stop at the segment
+// size; a crash leaves the zeros behind and Open trims them without losing
+// or refusing anything; Close and roll leave files that end at their last
+// record.
+func TestPreallocation(t *testing.T) {
+	const segBytes = 8 << 20
+	src := t.TempDir()
+	l := openT(t, src, Options{SegmentBytes: segBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 5, 1)
+	path := segPaths(t, src)[0]
+	s := l.segs[0]
+	assert.Equal(t, s.size+minPrealloc, fileSize(t, path), "first step: the records, then minPrealloc of zeros")
+	assert.Equal(t, s.alloc, fileSize(t, path))
+
+	// Appends within the zeros leave the file's size alone; past them it
+	// grows by doubling steps, never more than maxPrealloc at once.
+	prev := fileSize(t, path)
+	steps := 0
+	for i := uint64(6); s.size < 3*maxPrealloc; i += 50 {
+		m.appendN(t, l, i, 50, 1)
+		got := fileSize(t, path)
+		require.GreaterOrEqual(t, got, s.size)
+		if got != prev {
+			steps++
+			require.LessOrEqual(t, got-s.size, int64(maxPrealloc), "one step holds at most maxPrealloc")
+		}
+		prev = got
+	}
+	assert.Greater(t, steps, 3)
+	assert.Less(t, steps, 20, "steps double")
+
+	// A crash: the files as they are now, zeros and all.
+	require.NoError(t, l.Sync())
+	crashed := t.TempDir()
+	copyDir(t, src, crashed)
+	require.Greater(t, fileSize(t, filepath.Join(crashed, filepath.Base(path))), s.size)
+	l2 := openT(t, crashed, Options{SegmentBytes: segBytes})
+	m.check(t, l2)
+	assert.Equal(t, s.size, fileSize(t, filepath.Join(crashed, filepath.Base(path))), "Open trims the zeros")
+	m.appendN(t, l2, m.last+1, 3, 2)
+	m.check(t, l2)
+	require.NoError(t, l2.Close())
+
+	// Close trims the active segment.
+	require.NoError(t, l.Close())
+	assert.Equal(t, s.size, fileSize(t, path))
+}
+
+// TestPreallocationStopsAtSegmentSize: no zeros past the segment size, and
+// sealed segments end at their last record.
+func TestPreallocationStopsAtSegmentSize(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 100, 1)
+	paths := segPaths(t, dir)
+	require.Greater(t, len(paths), 2)
+	for i, p := range paths {
+		size := fileSize(t, p)
+		if i < len(paths)-1 {
+			assert.Equal(t, l.segs[i].size, size, "sealed segment %d", i)
+		}
+		assert.LessOrEqual(t, size, max(l.segs[i].size, int64(MinSegmentBytes)), "segment %d", i)
+	}
+	require.NoError(t, l.Close())
+}
+
+// TestZeroTailInSealedSegment: zeros after a sealed segment's records (a
+// roll that did not get to trim them) are trimmed at Open; anything else
+// there is corruption.
+func TestZeroTailInSealedSegment(t *testing.T) {
+	src := t.TempDir()
+	l := openT(t, src, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 100, 1)
+	require.NoError(t, l.Close())
+	mid := segPaths(t, src)[1]
+	size := fileSize(t, mid)
+
+	dir := t.TempDir()
+	copyDir(t, src, dir)
+	f, err := os.OpenFile(filepath.Join(dir, filepath.Base(mid)), os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.Write(make([]byte, 10000))
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m.check(t, l)
+	require.NoError(t, l.Close())
+	assert.Equal(t, size, fileSize(t, filepath.Join(dir, filepath.Base(mid))))
+
+	dir = t.TempDir()
+	copyDir(t, src, dir)
+	tail := make([]byte, 10000)
+	tail[5000] = 1
+	f, err = os.OpenFile(filepath.Join(dir, filepath.Base(mid)), os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.Write(tail)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	_, err = Open(dir, Options{SegmentBytes: MinSegmentBytes})
+	require.ErrorIs(t, err, ErrCorrupt)
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -37,6 +38,7 @@ type segment struct {
 	first  uint64 // raft index of the first record (the file's name)
 	last   uint64 // raft index of the last record; first-1 when empty
 	size   int64  // bytes of valid records
+	alloc  int64  // bytes of the file written (records, then zeros); >= size
 	f      *os.File
 	path   string
 	points []indexPoint // sparse index; points[0] is the first record
@@ -153,6 +155,24 @@ func (l *Log) scanSegment(s *segment, nextID uint64) (uint64, error) {
 		expect++
 	}
 	return nextID, nil
+}
+
+// zeroTail reports whether every byte of s's file after its valid records
+// is zero: what preallocation leaves, as opposed to a torn or corrupt record.
+func zeroTail(s *segment) (bool, error) {
+	r := bufio.NewReaderSize(io.NewSectionReader(s.f, s.size, math.MaxInt64-s.size), 1<<20)
+	for {
+		b, err := r.ReadByte()
+		if errors.Is(err, io.EOF) {
+			return true, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("commitlog: read segment: %w", err)
+		}
+		if b != 0 {
+			return false, nil
+		}
+	}
 }
 
 // termRun says entries from start on have term (until the next run).
