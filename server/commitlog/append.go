@@ -13,46 +13,46 @@ import (
 // maxRetainedWriteBuffer caps the write buffer kept between Append calls.
 const maxRetainedWriteBuffer = 16 << 20
 
-// Preallocation: the active segment's file is kept ahead of its records with
-// written zeros, so an append overwrites blocks the file already has and its
-// fdatasync flushes data only; an append that extends the file changes its
-// size and block map too, which on ext4 costs a journal commit per fsync.
-// Measured on this project's machine (three writers, one disk): fdatasync
-// after a 200-byte append 194 -> 148 us (p50), after a 42 KiB append 341 ->
-// 193 us, and the 42 KiB pwrite 22 -> 4 us. The zeros are written in steps
-// that double from minPrealloc to maxPrealloc (a topic with a few messages
-// holds little), never past the segment size, so a segment rolls at the end
-// of its file. A crash leaves the zeros behind as an all-zero tail, which
-// Open trims; Close trims them too.
+// Preallocation: the active segment's file is allocated (fallocate) ahead
+// of its records, so an append writes into blocks the file already has
+// instead of extending it, and its fdatasync has less metadata to commit.
+// Measured on this project's machine (three writers, one ext4 disk, mean
+// write + fdatasync over two runs): 200-byte appends 182 -> 151 us, 42 KiB
+// appends 414 -> 343 us; on a 3-node cluster (alternating, 6 rounds) W2 p50
+// 0.77 -> 0.65 ms and p99 1.60 -> 1.31 ms, W1 562 K -> 632 K msg/s. Writing
+// zeros instead did as well on the medians but cost the loop a page-cache
+// write of every step (10 % of a W1 leader's CPU) and put multi-millisecond
+// fsyncs in the tail. Allocation steps double from
+// minPrealloc to maxPrealloc (a topic with a few messages holds little) and
+// never reach past the segment size, so a segment rolls at the end of its
+// file. A crash leaves the allocated blocks behind as an all-zero tail,
+// which Open trims; Close trims them too.
 const (
 	minPrealloc = 64 << 10
 	maxPrealloc = 1 << 20
 )
 
-// zeros is the source of preallocation writes.
-var zeros [maxPrealloc]byte
-
-// preallocate makes sure s's file is written up to at least need, extending
-// it with zeros by the next step.
+// preallocate makes sure s's file is allocated up to at least need,
+// extending it by the next step.
 func (l *Log) preallocate(s *segment, need int64) error {
-	if need <= s.alloc {
+	if need <= s.alloc || l.noPrealloc {
 		return nil
 	}
 	step := min(max(s.alloc, minPrealloc), maxPrealloc)
 	end := min(need+step, max(need, l.opts.SegmentBytes))
-	// [s.size, need) is about to be written with records; zero the rest.
-	for off := max(s.alloc, need); off < end; {
-		n, err := s.f.WriteAt(zeros[:min(int64(len(zeros)), end-off)], off)
-		off += int64(n)
-		if err != nil {
-			return err
-		}
+	ok, err := allocate(s.f, s.alloc, end-s.alloc)
+	if err != nil {
+		return err
 	}
-	s.alloc = max(end, need)
+	if !ok {
+		l.noPrealloc = true
+		return nil
+	}
+	s.alloc = end
 	return nil
 }
 
-// trimTail cuts s's file to its records (dropping preallocated zeros). It
+// trimTail cuts s's file to its records (dropping the preallocated tail). It
 // reports whether the file changed.
 func trimTail(s *segment) (bool, error) {
 	if s.alloc <= s.size {

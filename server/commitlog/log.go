@@ -109,15 +109,16 @@ type Log struct {
 	writeError error // sticky: set when a write failed; the log is fenced
 
 	// Owner-only state.
-	dev      uint64 // filesystem of dir (SyncMany), 0 if unknown
-	hs       *hsFile
-	dirDirty bool
-	dirty    []*segment
-	wbuf     []byte
-	counts   []uint32
-	pts      []indexPoint
-	runs     []termRun
-	dedup    *dedupTable // as of lastIndex
+	noPrealloc bool   // the filesystem cannot allocate ahead (preallocate)
+	dev        uint64 // filesystem of dir (SyncMany), 0 if unknown
+	hs         *hsFile
+	dirDirty   bool
+	dirty      []*segment
+	wbuf       []byte
+	counts     []uint32
+	pts        []indexPoint
+	runs       []termRun
+	dedup      *dedupTable // as of lastIndex
 }
 
 // Open opens (creating if needed) the log in dir and recovers it: every
@@ -211,7 +212,7 @@ func (l *Log) recover() error {
 			}
 			switch {
 			case zero:
-				// Preallocated zeros left by a crash (or by a roll
+				// A preallocated tail left by a crash (or by a roll
 				// that did not get to trim them): not a torn write.
 				l.logger.Debug("commitlog: trimming preallocated tail", "segment", segmentName(first), "offset", s.size)
 			case isLast:

@@ -235,8 +235,8 @@ func fileSize(t testing.TB, path string) int64 {
 	return fi.Size()
 }
 
-// TestPreallocation: the active segment's file runs ahead of its records
-// with zeros, in steps that double up to maxPrealloc and stop at the segment
+// TestPreallocation: the active segment's file is allocated ahead of its
+// records (reading as zeros), in steps that double up to maxPrealloc and stop at the segment
 // size; a crash leaves the zeros behind and Open trims them without losing
 // or refusing anything; Close and roll leave files that end at their last
 // record.
@@ -248,10 +248,10 @@ func TestPreallocation(t *testing.T) {
 	m.appendN(t, l, 1, 5, 1)
 	path := segPaths(t, src)[0]
 	s := l.segs[0]
-	assert.Equal(t, s.size+minPrealloc, fileSize(t, path), "first step: the records, then minPrealloc of zeros")
+	assert.Equal(t, s.size+minPrealloc, fileSize(t, path), "first step: the records, then minPrealloc more")
 	assert.Equal(t, s.alloc, fileSize(t, path))
 
-	// Appends within the zeros leave the file's size alone; past them it
+	// Appends within the allocation leave the file's size alone; past them it
 	// grows by doubling steps, never more than maxPrealloc at once.
 	prev := fileSize(t, path)
 	steps := 0

@@ -38,7 +38,7 @@ type segment struct {
 	first  uint64 // raft index of the first record (the file's name)
 	last   uint64 // raft index of the last record; first-1 when empty
 	size   int64  // bytes of valid records
-	alloc  int64  // bytes of the file written (records, then zeros); >= size
+	alloc  int64  // bytes of the file allocated (records, then preallocation); >= size when preallocating
 	f      *os.File
 	path   string
 	points []indexPoint // sparse index; points[0] is the first record
