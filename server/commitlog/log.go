@@ -212,8 +212,10 @@ func (l *Log) recover() error {
 			}
 			switch {
 			case zero:
-				// A preallocated tail left by a crash (or by a roll
-				// that did not get to trim them): not a torn write.
+				// A preallocated tail left by a crash: not a torn
+				// write. (Segments roll at the end of their file, so
+				// a sealed one has none; if it has, the next segment
+				// must still follow its last record, checked above.)
 				l.logger.Debug("commitlog: trimming preallocated tail", "segment", segmentName(first), "offset", s.size)
 			case isLast:
 				fi, serr := f.Stat()
