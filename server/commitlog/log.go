@@ -215,7 +215,7 @@ func (l *Log) recover() error {
 				// A preallocated tail left by a crash: not a torn
 				// write. (Segments roll at the end of their file, so
 				// a sealed one has none; if it has, the next segment
-				// must still follow its last record, checked above.)
+				// must still start right after its last record.)
 				l.logger.Debug("commitlog: trimming preallocated tail", "segment", segmentName(first), "offset", s.size)
 			case isLast:
 				fi, serr := f.Stat()
