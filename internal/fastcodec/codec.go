@@ -15,6 +15,7 @@
 package fastcodec
 
 import (
+	"fmt"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/encoding"
@@ -36,8 +37,49 @@ var stock = encoding.GetCodecV2("proto")
 // Name is "proto": the same content subtype as the stock codec.
 func (Codec) Name() string { return "proto" }
 
-// Marshal is the stock codec's.
-func (Codec) Marshal(v any) (mem.BufferSlice, error) { return stock.Marshal(v) }
+// WireMarshaler is a message that writes its own wire encoding. Marshal
+// sends it into one pooled buffer, as the stock codec does a proto.Message.
+type WireMarshaler interface {
+	// WireSize is the length AppendWire will append.
+	WireSize() int
+	// AppendWire appends the encoding to b.
+	AppendWire(b []byte) ([]byte, error)
+}
+
+// Marshal is the stock codec's, and encodes a WireMarshaler with its own
+// methods.
+func (Codec) Marshal(v any) (mem.BufferSlice, error) {
+	w, ok := v.(WireMarshaler)
+	if !ok {
+		return stock.Marshal(v)
+	}
+	n := w.WireSize()
+	if mem.IsBelowBufferPoolingThreshold(n) {
+		b, err := appendWire(w, make([]byte, 0, n), n)
+		if err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	pool := mem.DefaultBufferPool()
+	buf := pool.Get(n)
+	b, err := appendWire(w, (*buf)[:0], n)
+	if err != nil {
+		pool.Put(buf)
+		return nil, err
+	}
+	*buf = b
+	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
+}
+
+// appendWire is w.AppendWire(b), checked against the size w announced.
+func appendWire(w WireMarshaler, b []byte, n int) ([]byte, error) {
+	b, err := w.AppendWire(b)
+	if err == nil && len(b) != n {
+		err = fmt.Errorf("fastcodec: %T: WireSize said %d bytes, AppendWire wrote %d", w, n, len(b))
+	}
+	return b, err
+}
 
 // Unmarshal decodes data into v, with the fast paths described in the
 // package documentation.

@@ -110,3 +110,29 @@ func BenchmarkUnmarshalGetMessagesResponse(b *testing.B) {
 		}
 	})
 }
+
+// wire is a WireMarshaler writing fixed bytes, announcing size.
+type wire struct {
+	data []byte
+	size int
+}
+
+func (w wire) WireSize() int                       { return w.size }
+func (w wire) AppendWire(b []byte) ([]byte, error) { return append(b, w.data...), nil }
+
+// TestWireMarshaler: a WireMarshaler is sent as its own encoding, small or
+// pooled, and a size that does not match what it writes is an error.
+func TestWireMarshaler(t *testing.T) {
+	for _, n := range []int{10, 100 << 10} {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(i)
+		}
+		bs, err := Codec{}.Marshal(wire{data, n})
+		require.NoError(t, err, "size %d", n)
+		assert.Equal(t, data, bs.Materialize(), "size %d", n)
+		bs.Free()
+		_, err = Codec{}.Marshal(wire{data, n + 1})
+		assert.Error(t, err, "size %d announced one byte long", n)
+	}
+}

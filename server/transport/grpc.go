@@ -128,13 +128,7 @@ func (t *GRPC) Send(group string, msgs []*raftpb.Message) {
 			drops = append(drops, drop{to: to, snap: snap})
 			continue
 		}
-		data, err := proto.Marshal(m)
-		if err != nil {
-			t.log.Error("transport: cannot marshal message", "group", group, "to", to, "err", err)
-			drops = append(drops, drop{to: to, snap: snap})
-			continue
-		}
-		if !p.enqueue(outMsg{group: group, data: data, snap: snap}) {
+		if !p.enqueue(outMsg{group: group, msg: m, size: proto.Size(m), snap: snap}) {
 			drops = append(drops, drop{to: to, snap: snap})
 		}
 	}

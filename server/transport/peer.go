@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,8 +14,11 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	peerv1 "github.com/forestbus/forestbus/gen/forestbus/peer/v1"
+	"github.com/forestbus/forestbus/internal/fastcodec"
 )
 
 // peer is the sending side towards one node: a bounded queue filled by
@@ -54,6 +58,9 @@ func newPeer(t *GRPC, id uint64, addr string) (*peer, error) {
 			},
 			MinConnectTimeout: handshakeTimeout,
 		}),
+		// fastcodec marshals frames (wireFrame) without an intermediate
+		// copy of each raft message.
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(fastcodec.Codec{})),
 	}
 	opts = append(opts, t.cfg.DialOptions...)
 	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
@@ -234,7 +241,7 @@ func (p *peer) pump(stream peerv1.PeerService_StreamClient, buf []outMsg) ([]out
 		batch := p.take(buf)
 		for i := 0; i < len(batch); {
 			j, frame := buildFrame(batch, i)
-			if err := stream.Send(frame); err != nil {
+			if err := stream.SendMsg(frame); err != nil {
 				if p.ctx.Err() == nil {
 					p.fail(batch[i:])
 				}
@@ -254,24 +261,83 @@ func (p *peer) pump(stream peerv1.PeerService_StreamClient, buf []outMsg) ([]out
 }
 
 // buildFrame packs batch[i:j] into one frame of at most maxFrameBytes
-// (at least one message) and returns j. Frames are not reused: gRPC may
-// read a message after SendMsg returns (stats handlers).
-func buildFrame(batch []outMsg, i int) (int, *peerv1.StreamRequest) {
+// (at least one message) and returns j. The frame has its own copy of the
+// slice: gRPC may read a message after SendMsg returns (stats handlers),
+// and batch is reused.
+func buildFrame(batch []outMsg, i int) (int, *wireFrame) {
 	j, size := i, 0
 	for ; j < len(batch); j++ {
-		n := len(batch[j].data) + len(batch[j].group) + 16 // tags and lengths
+		n := batch[j].size + len(batch[j].group) + 16 // tags and lengths
 		if j > i && size+n > maxFrameBytes {
 			break
 		}
 		size += n
 	}
-	rms := make([]peerv1.RaftMessage, j-i)
-	ptrs := make([]*peerv1.RaftMessage, j-i)
-	for k := range rms {
-		m := &batch[i+k]
-		rms[k].Group = m.group
-		rms[k].Message = m.data
-		ptrs[k] = &rms[k]
+	return j, &wireFrame{msgs: slices.Clone(batch[i:j])}
+}
+
+// wireFrame is a StreamRequest frame carrying msgs, in the wire format of
+// peerv1.StreamRequest (messages = 4, each a RaftMessage with group = 1 and
+// message = 2). fastcodec marshals it with AppendWire: each raft message is
+// marshalled once, straight into the frame's buffer, instead of into a
+// []byte that the frame's marshalling then copies again.
+type wireFrame struct{ msgs []outMsg }
+
+// Field numbers of peerv1.StreamRequest and peerv1.RaftMessage.
+const (
+	frameMessagesField = 4
+	raftGroupField     = 1
+	raftMessageField   = 2
+)
+
+// innerSize is the size of m's RaftMessage; like proto3, it leaves out
+// empty fields.
+func (m *outMsg) innerSize() int {
+	n := 0
+	if len(m.group) > 0 {
+		n += protowire.SizeTag(raftGroupField) + protowire.SizeBytes(len(m.group))
 	}
-	return j, &peerv1.StreamRequest{Messages: ptrs}
+	if m.size > 0 {
+		n += protowire.SizeTag(raftMessageField) + protowire.SizeBytes(m.size)
+	}
+	return n
+}
+
+// WireSize is the frame's encoded size.
+func (f *wireFrame) WireSize() int {
+	n := 0
+	for i := range f.msgs {
+		n += protowire.SizeTag(frameMessagesField) + protowire.SizeBytes(f.msgs[i].innerSize())
+	}
+	return n
+}
+
+// AppendWire appends the frame's encoding to b.
+func (f *wireFrame) AppendWire(b []byte) ([]byte, error) {
+	for i := range f.msgs {
+		m := &f.msgs[i]
+		b = protowire.AppendTag(b, frameMessagesField, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(m.innerSize()))
+		if len(m.group) > 0 {
+			b = protowire.AppendTag(b, raftGroupField, protowire.BytesType)
+			b = protowire.AppendString(b, m.group)
+		}
+		if m.size == 0 {
+			continue
+		}
+		b = protowire.AppendTag(b, raftMessageField, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(m.size))
+		start := len(b)
+		var err error
+		// The sizes cached by proto.Size in Send stand: raft does not
+		// change a message it has handed out.
+		b, err = proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, m.msg)
+		if err != nil {
+			return b, fmt.Errorf("transport: marshal message for group %q: %w", m.group, err)
+		}
+		if len(b)-start != m.size {
+			return b, fmt.Errorf("transport: message for group %q changed size after it was queued (%d, now %d bytes)", m.group, m.size, len(b)-start)
+		}
+	}
+	return b, nil
 }

@@ -113,10 +113,12 @@ type Stats struct {
 	Connects uint64
 }
 
-// outMsg is one marshalled message in a peer queue.
+// outMsg is one message in a peer queue: marshalled only when its frame is
+// (wireFrame), straight into the frame's buffer.
 type outMsg struct {
 	group string
-	data  []byte
+	msg   *raftpb.Message
+	size  int // proto.Size(msg), which also fills msg's cached sizes
 	snap  bool
 }
 
