@@ -91,13 +91,40 @@ type reply struct {
 
 type proposal struct {
 	tag     uint64
-	data    []byte
-	wait    bool // answer at commit, not at local append
+	data    []byte // the entry; nil once raft has it
+	pooled  bool   // data came from batchPool
+	wait    bool   // answer at commit, not at local append
 	firstID uint64
 	count   uint32
 	err     error       // ErrDuplicate
 	done    chan Result // buffered, 1
 	start   time.Time   // when it was proposed, for the commit latency
+}
+
+// batchPool recycles the encoded batches of proposals. raft copies the
+// entries of a MsgProp as it appends them (v3.7 raft.appendEntry clones
+// each; TestRaftCopiesProposals fails if that changes), so a batch's buffer
+// is free again once its MsgProp has been stepped. Saves the leader an
+// allocation of every batch it proposes.
+var batchPool sync.Pool // of *[]byte
+
+// maxPooledBatch bounds the buffers kept in batchPool.
+const maxPooledBatch = 1 << 20
+
+func getBatch() []byte {
+	if b, ok := batchPool.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return nil
+}
+
+// release returns p's batch to batchPool once raft is done with it.
+func (p *proposal) release() {
+	if p.pooled && cap(p.data) <= maxPooledBatch {
+		b := p.data[:0]
+		batchPool.Put(&b)
+	}
+	p.data, p.pooled = nil, false
 }
 
 func (p *proposal) reply(r Result) {
@@ -437,7 +464,7 @@ func (g *Group) Truncate(ctx context.Context, beforeIndex, beforeID uint64) erro
 	binary.LittleEndian.PutUint64(data[1:tagEnd], tag)
 	binary.LittleEndian.PutUint64(data[tagEnd:], beforeIndex)
 	binary.LittleEndian.PutUint64(data[tagEnd+8:], beforeID)
-	_, err := g.propose(ctx, tag, data, true)
+	_, err := g.propose(ctx, tag, data, false, true)
 	return err
 }
 
@@ -566,8 +593,8 @@ func (g *Group) ProposeFrom(ctx context.Context, producerID, seq uint64, msgs []
 		return Result{}, err
 	}
 	tag := g.e.nextTag()
-	data := commitlog.EncodeBatch(nil, tag, producerID, seq, msgs)
-	return g.propose(ctx, tag, data, wait)
+	data := commitlog.EncodeBatch(getBatch(), tag, producerID, seq, msgs)
+	return g.propose(ctx, tag, data, true, wait)
 }
 
 // ProposeCommand proposes a command to a group with an Apply hook and waits
@@ -581,12 +608,12 @@ func (g *Group) ProposeCommand(ctx context.Context, payload []byte) error {
 	data[0] = KindCommand
 	binary.LittleEndian.PutUint64(data[1:tagEnd], tag)
 	copy(data[tagEnd:], payload)
-	_, err := g.propose(ctx, tag, data, true)
+	_, err := g.propose(ctx, tag, data, false, true)
 	return err
 }
 
-func (g *Group) propose(ctx context.Context, tag uint64, data []byte, wait bool) (Result, error) {
-	p := &proposal{tag: tag, data: data, wait: wait, done: make(chan Result, 1), start: time.Now()}
+func (g *Group) propose(ctx context.Context, tag uint64, data []byte, pooled, wait bool) (Result, error) {
+	p := &proposal{tag: tag, data: data, pooled: pooled, wait: wait, done: make(chan Result, 1), start: time.Now()}
 	full := false
 	ok := g.enqueue(func() {
 		// The queue in front of raft is bounded like raft's own
@@ -602,6 +629,7 @@ func (g *Group) propose(ctx context.Context, tag uint64, data []byte, wait bool)
 		return Result{}, ErrStopped
 	}
 	if full {
+		p.release()
 		return Result{}, ErrProposalDropped
 	}
 	select {
@@ -833,6 +861,11 @@ func (g *Group) drainInbox() {
 					p.reply(Result{Err: err})
 				}
 			}
+		}
+	}
+	for _, p := range props {
+		if p != nil {
+			p.release() // raft has its own copy (or dropped it)
 		}
 	}
 	clear(ents)
