@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -78,6 +79,13 @@ func askToJoin(ctx context.Context, member, clusterID, name, addr string) (*serv
 	}
 }
 
+// defaultGCPercent is -gc-percent's default. Go's own (100) spends a fifth
+// of a W1 leader's CPU on collections of a small live heap that a busy node
+// refills in milliseconds; 200 measured 755 K vs 653 K msg/s on W1
+// (alternating fresh clusters, 6 rounds); the leader's RSS after 15 s of W1
+// went from 44 to 58 MiB.
+const defaultGCPercent = 200
+
 func run(args []string) error {
 	fs := flag.NewFlagSet("fbnode", flag.ContinueOnError)
 	var (
@@ -103,6 +111,7 @@ func run(args []string) error {
 		pprofAddr = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 		httpAddr  = fs.String("http", "", "serve /metrics, /status and /status.json on this address (e.g. 127.0.0.1:8080); off by default")
 		addrFile  = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
+		gcPercent = fs.Int("gc-percent", defaultGCPercent, "Go GC target (as GOGC): the heap grows to (1+N/100) x the live heap between collections; higher trades memory for CPU. A GOGC environment variable wins")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -128,6 +137,9 @@ func run(args []string) error {
 		return fmt.Errorf("-log-format %q: want text or json", *logFormat)
 	}
 	logger := slog.New(h)
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(*gcPercent)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
