@@ -530,3 +530,27 @@ func TestReadInto(t *testing.T) {
 	assert.LessOrEqual(t, allocs, 1.0)
 	assert.Less(t, allocs, fresh, "ReadMessages allocates its buffer and grows its slice")
 }
+
+// TestReadEndingAtRecordBoundary: a read whose count ends exactly at a
+// record boundary reads one buffer, not a second one to find out that it
+// was done.
+func TestReadEndingAtRecordBoundary(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{NoSync: true})
+	defer l.Close()
+	for i := uint64(1); i <= 10; i++ {
+		msgs := make([][]byte, 100)
+		for k := range msgs {
+			msgs[k] = bytes.Repeat([]byte{byte(i)}, 100)
+		}
+		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs))}, nil)
+		require.NoError(t, err)
+	}
+	dst := make([][]byte, 0, 500)
+	allocs := testing.AllocsPerRun(20, func() {
+		got, next, err := l.ReadMessages(dst[:0], 1, 1000, 500, 1<<20)
+		if err != nil || next != 501 || len(got) != 500 {
+			t.Fatalf("read: %v, next %d, %d messages", err, next, len(got))
+		}
+	})
+	assert.Equal(t, 2.0, allocs, "one read buffer (and the index lookup), not two")
+}

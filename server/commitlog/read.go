@@ -301,7 +301,10 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 		}
 		p = end
 	}
-	return dst, r.next > id && p < avail && r.next <= r.limit, nil
+	// p is at a record boundary: read on only if that is not where the
+	// targets end.
+	met := r.got >= r.maxCount && r.bytes >= r.fill || r.bytes >= r.maxBytes
+	return dst, r.next > id && p < avail && r.next <= r.limit && !met, nil
 }
 
 // recordIn reports whether a whole record starts at rel in chunk.
