@@ -552,5 +552,8 @@ func TestReadEndingAtRecordBoundary(t *testing.T) {
 			t.Fatalf("read: %v, next %d, %d messages", err, next, len(got))
 		}
 	})
-	assert.Equal(t, 2.0, allocs, "one read buffer (and the index lookup), not two")
+	// One read: its buffer and the index lookup (plus, at times, a span
+	// buffer its sync.Pool dropped: the race detector drops pooled items on
+	// purpose). A second read would add a buffer and a lookup: 4 or more.
+	assert.Less(t, allocs, 4.0, "one read buffer, not two")
 }
