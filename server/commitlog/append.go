@@ -32,24 +32,25 @@ const (
 	maxPrealloc = 1 << 20
 )
 
-// preallocate makes sure s's file is allocated up to at least need,
-// extending it by the next step.
-func (l *Log) preallocate(s *segment, need int64) error {
+// preallocate allocates s's file up to at least need, by the next step.
+// It is an optimisation only: when allocation fails (a full disk), the
+// write that follows extends the file itself, and fails only if the record
+// does not fit either.
+func (l *Log) preallocate(s *segment, need int64) {
 	if need <= s.alloc || l.noPrealloc {
-		return nil
+		return
 	}
 	step := min(max(s.alloc, minPrealloc), maxPrealloc)
 	end := min(need+step, max(need, l.opts.SegmentBytes))
 	ok, err := allocate(s.f, s.alloc, end-s.alloc)
-	if err != nil {
-		return err
-	}
-	if !ok {
+	switch {
+	case err != nil:
+		l.logger.Debug("commitlog: preallocation failed; appending without", "segment", s.path, "err", err)
+	case !ok:
 		l.noPrealloc = true
-		return nil
+	default:
+		s.alloc = end
 	}
-	s.alloc = end
-	return nil
 }
 
 // trimTail cuts s's file to its records (dropping the preallocated tail). It
@@ -199,11 +200,7 @@ func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, en
 	if len(ents) == 0 {
 		return nil
 	}
-	if err := l.preallocate(s, s.size+int64(len(buf))); err != nil {
-		_ = s.f.Truncate(s.size)
-		s.alloc = s.size
-		return l.fence(fmt.Errorf("commitlog: preallocate %s: %w", s.path, err))
-	}
+	l.preallocate(s, s.size+int64(len(buf)))
 	if _, err := s.f.WriteAt(buf, s.size); err != nil {
 		_ = s.f.Truncate(s.size)
 		s.alloc = s.size

@@ -164,9 +164,12 @@
 // id contiguity and the message count, and rebuilds the in-memory index. This
 // full scan is a known cost: opening reads the whole log once (a per-segment
 // index file would avoid it). In the last segment the first bad or torn
-// record and everything after it are cut off (the file is truncated). A bad
-// record in any other segment, an empty segment that is not the last, or a gap
-// between segments is reported as ErrCorrupt.
+// record and everything after it are cut off (the file is truncated). The
+// active segment is allocated ahead of its records (fallocate, up to 1 MiB
+// at a time), so a crash leaves an all-zero tail after the last record:
+// Open trims it, in any segment, and logs it at Info. A bad record in any
+// other segment, an empty segment that is not the last, or a gap between
+// segments is reported as ErrCorrupt.
 //
 // # In-memory index
 //

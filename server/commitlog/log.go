@@ -216,7 +216,7 @@ func (l *Log) recover() error {
 				// write. (Segments roll at the end of their file, so
 				// a sealed one has none; if it has, the next segment
 				// must still start right after its last record.)
-				l.logger.Debug("commitlog: trimming preallocated tail", "segment", segmentName(first), "offset", s.size)
+				l.logger.Info("commitlog: trimming preallocated tail", "segment", segmentName(first), "offset", s.size)
 			case isLast:
 				fi, serr := f.Stat()
 				if serr != nil {

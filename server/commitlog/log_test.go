@@ -557,3 +557,29 @@ func TestReadEndingAtRecordBoundary(t *testing.T) {
 	// purpose). A second read would add a buffer and a lookup: 4 or more.
 	assert.Less(t, allocs, 4.0, "one read buffer, not two")
 }
+
+// TestReadAheadOneBuffer: a fill target in payload bytes is sized into the
+// buffer with the records' framing, so a read-ahead over uniform batches
+// reads one buffer, not one and then a few more to make up the framing.
+func TestReadAheadOneBuffer(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{NoSync: true})
+	defer l.Close()
+	for i := uint64(1); i <= 100; i++ {
+		msgs := make([][]byte, 100)
+		for k := range msgs {
+			msgs[k] = bytes.Repeat([]byte{byte(i)}, 100)
+		}
+		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs))}, nil)
+		require.NoError(t, err)
+	}
+	dst := make([][]byte, 0, 10000)
+	allocs := testing.AllocsPerRun(20, func() {
+		got, next, err := l.ReadBatches(dst[:0], 1, 10000, 1, 500_000, 4<<20)
+		if err != nil || next != 5001 || len(got) != 5000 {
+			t.Fatalf("read: %v, next %d, %d messages", err, next, len(got))
+		}
+	})
+	// As in TestReadEndingAtRecordBoundary: one buffer and one index lookup
+	// (plus a span buffer the race detector's pool may drop).
+	assert.Less(t, allocs, 4.0, "one read buffer")
+}

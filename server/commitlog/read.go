@@ -123,15 +123,16 @@ func entrySize(h recHeader, dataLen int) uint64 {
 // ReadMessages appends to dst the messages with ids in [id, maxID] (maxID is
 // the caller's commit cap), stopping once maxCount messages or maxBytes of
 // payload are collected, but always returning at least one message when id
-// <= maxID and it exists. maxCount or maxBytes <= 0 mean no limit (reads are
-// still bounded by an internal chunk of 16 MiB). It returns the messages and
-// the next id to read (id + number returned).
+// <= maxID and it exists. maxCount or maxBytes <= 0 mean no limit: the read
+// then returns everything up to maxID, read in chunks of up to 16 MiB. It
+// returns the messages and the next id to read (id + number returned).
 //
 // If id < FirstID it returns (dst, FirstID(), ErrCompacted). If id > maxID or
 // id >= NextID it returns (dst, id, nil).
 //
-// The messages are capacity-limited sub-slices of one buffer freshly
-// allocated per call; they stay valid after later appends or truncations.
+// The messages are capacity-limited sub-slices of buffers freshly allocated
+// per call (one, unless the first estimate of the size fell short); they
+// stay valid after later appends or truncations.
 // Safe for concurrent use with the writer.
 func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
 	return l.readMessages(dst, id, maxID, maxCount, 0, maxBytes, false, nil)
@@ -228,7 +229,14 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 	est := int64(min(maxReadChunk, r.maxBytes-r.bytes))
 	if h.count > 0 && r.maxCount < math.MaxInt {
 		per := int64(h.dataLen())/int64(h.count) + 1
-		est = min(est, max(int64(r.maxCount-r.got)*per, int64(r.fill-r.bytes)))
+		// fill counts payload; the buffer holds records: scale by the
+		// first record's ratio (taking one byte of length per message),
+		// plus a record to finish the one the target ends in.
+		fill := int64(r.fill - r.bytes)
+		if payload := int64(h.dataLen()) - BatchHeaderSize - int64(h.count); fill > 0 && payload > 0 {
+			fill = fill*h.size()/payload + h.size()
+		}
+		est = min(est, max(int64(r.maxCount-r.got)*per, fill))
 	}
 	skip := int64(0)
 	if h.count > 0 && id > h.firstID {

@@ -304,9 +304,10 @@ func TestPreallocationStopsAtSegmentSize(t *testing.T) {
 	require.NoError(t, l.Close())
 }
 
-// TestZeroTailInSealedSegment: zeros after a sealed segment's records (a
-// roll that did not get to trim them) are trimmed at Open; anything else
-// there is corruption.
+// TestZeroTailInSealedSegment: zeros after a sealed segment's records
+// (which this log's appends never leave, see preallocate, but an older or
+// interrupted writer might) are trimmed at Open; anything else there is
+// corruption.
 func TestZeroTailInSealedSegment(t *testing.T) {
 	src := t.TempDir()
 	l := openT(t, src, Options{SegmentBytes: MinSegmentBytes})

@@ -16,7 +16,9 @@ import (
 )
 
 // Transport carries raft messages to other nodes. Send must not block: it
-// queues and returns. Declared here, where it is used.
+// queues and returns, and may read the messages (and their entries) after
+// it returns; nothing modifies them (raft does not change what it has
+// handed out in a Ready). Declared here, where it is used.
 type Transport interface {
 	Send(group string, msgs []*raftpb.Message)
 }

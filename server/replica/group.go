@@ -103,9 +103,11 @@ type proposal struct {
 
 // batchPool recycles the encoded batches of proposals. raft copies the
 // entries of a MsgProp as it appends them (v3.7 raft.appendEntry clones
-// each; TestRaftCopiesProposals fails if that changes), so a batch's buffer
-// is free again once its MsgProp has been stepped. Saves the leader an
-// allocation of every batch it proposes.
+// each; TestRaftCopiesProposals fails if that changes), and a MsgProp that
+// reaches a follower is dropped, not kept to forward, because the engine
+// sets DisableProposalForwarding: so a batch's buffer is free again once
+// its MsgProp has been stepped. Saves the leader an allocation of every
+// batch it proposes.
 var batchPool sync.Pool // of *[]byte
 
 // maxPooledBatch bounds the buffers kept in batchPool.

@@ -10,13 +10,15 @@
 // # Sending
 //
 // Send is called by the replica engine from its loop goroutine, after the
-// Ready's state is durable. It never blocks: it marshals each message right
-// away (a raftpb.Message may alias entries the engine reuses) and appends
-// the bytes to the destination peer's bounded queue. One goroutine per peer
-// drains its queue into frames of up to about 4 MiB and sends them in
-// order, so messages of one group to one peer keep their order. Delivery is
-// best effort, which is all Raft needs: Raft retransmits, but it must learn
-// about losses so that it stops optimistic replication and retries snapshots.
+// Ready's state is durable. It never blocks: it appends each message to the
+// destination peer's bounded queue, unmarshalled (raft does not modify a
+// message or entry once it is in a Ready, and neither may the caller). One
+// goroutine per peer drains its queue into frames of up to about 4 MiB,
+// marshalling each message once, straight into the frame's buffer, and
+// sends them in order, so messages of one group to one peer keep their
+// order. Delivery is best effort, which is all Raft needs: Raft retransmits,
+// but it must learn about losses so that it stops optimistic replication
+// and retries snapshots.
 // The transport therefore tells the Handler
 //
 //   - ReportUnreachable(group, to) when a message to a peer was dropped: its

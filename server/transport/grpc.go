@@ -108,8 +108,9 @@ func (t *GRPC) RemovePeer(id uint64) {
 }
 
 // Send queues msgs of the named group for their destinations and returns
-// without blocking. Each message is marshalled before Send returns, so the
-// caller may reuse them. A message that cannot be queued (unknown peer,
+// without blocking. The messages are marshalled later, by the peer's
+// sending goroutine: the caller must not modify them (or their entries)
+// after Send. A message that cannot be queued (unknown peer,
 // full queue) is dropped and reported to the Handler before Send returns:
 // ReportUnreachable, and ReportSnapshot(failed=true) for MsgSnap. After
 // Stop, Send drops messages silently.

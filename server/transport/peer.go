@@ -58,11 +58,11 @@ func newPeer(t *GRPC, id uint64, addr string) (*peer, error) {
 			},
 			MinConnectTimeout: handshakeTimeout,
 		}),
-		// fastcodec marshals frames (wireFrame) without an intermediate
-		// copy of each raft message.
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(fastcodec.Codec{})),
 	}
 	opts = append(opts, t.cfg.DialOptions...)
+	// Last, so that no caller option replaces it: frames (wireFrame) are
+	// marshalled by fastcodec, each raft message straight into the frame.
+	opts = append(opts, grpc.WithDefaultCallOptions(grpc.ForceCodecV2(fastcodec.Codec{})))
 	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, err
