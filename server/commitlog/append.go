@@ -32,6 +32,9 @@ const (
 	maxPrealloc = 1 << 20
 )
 
+// allocateFunc is allocate; tests replace it to make allocation fail.
+var allocateFunc = allocate
+
 // preallocate allocates s's file up to at least need, by the next step.
 // It is an optimisation only: when allocation fails (a full disk), the
 // write that follows extends the file itself, and fails only if the record
@@ -42,7 +45,7 @@ func (l *Log) preallocate(s *segment, need int64) {
 	}
 	step := min(max(s.alloc, minPrealloc), maxPrealloc)
 	end := min(need+step, max(need, l.opts.SegmentBytes))
-	ok, err := allocate(s.f, s.alloc, end-s.alloc)
+	ok, err := allocateFunc(s.f, s.alloc, end-s.alloc)
 	switch {
 	case err != nil:
 		l.logger.Debug("commitlog: preallocation failed; appending without", "segment", s.path, "err", err)

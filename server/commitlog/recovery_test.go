@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -340,4 +341,24 @@ func TestZeroTailInSealedSegment(t *testing.T) {
 	require.NoError(t, f.Close())
 	_, err = Open(dir, Options{SegmentBytes: MinSegmentBytes})
 	require.ErrorIs(t, err, ErrCorrupt)
+}
+
+// TestPreallocationFailureIsNotAWriteFailure: when the filesystem refuses to
+// allocate ahead (a full disk), appends still go through, extending the
+// file, and the log is not fenced.
+func TestPreallocationFailureIsNotAWriteFailure(t *testing.T) {
+	allocateFunc = func(*os.File, int64, int64) (bool, error) { return false, syscall.ENOSPC }
+	t.Cleanup(func() { allocateFunc = allocate })
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	m := newModel()
+	m.appendN(t, l, 1, 20, 1)
+	require.NoError(t, l.Sync())
+	m.check(t, l)
+	s := l.segs[len(l.segs)-1]
+	assert.Equal(t, s.size, fileSize(t, s.path), "no allocation ahead")
+	require.NoError(t, l.Close())
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	m.check(t, l)
 }
