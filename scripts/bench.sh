@@ -225,6 +225,20 @@ label_for() {
 	echo "$label"
 }
 
+# start_build starts a cluster of build $FBNODE (topology $topo, mode
+# $mode) and appends its connection string to conns and its node pids to
+# cpids.
+start_build() {
+	local n0=${#NODE_PIDS[@]}
+	CONN=
+	"start_$topo" "$mode"
+	conns+=("$CONN")
+	cpids+=("$(
+		IFS=,
+		echo "${NODE_PIDS[*]:n0}"
+	)")
+}
+
 # run_one I OUT ARGS... runs fbbench against build I's cluster (conns,
 # labels and cpids are set per topology and mode below).
 run_one() {
@@ -250,14 +264,7 @@ for topo in $BENCH_TOPOLOGIES; do
 		conns=() cpids=() labels=() outs=() souts=()
 		for FBNODE in "${builds[@]}"; do
 			label=$(label_for "$FBNODE" "$topo" "$mode")
-			n0=${#NODE_PIDS[@]}
-			CONN=
-			"start_$topo" "$mode"
-			conns+=("$CONN")
-			cpids+=("$(
-				IFS=,
-				echo "${NODE_PIDS[*]:n0}"
-			)")
+			start_build
 			labels+=("$label")
 			outs+=("$dir/results-$label.jsonl")
 			souts+=("$dir/scaling-$label.jsonl")
@@ -297,14 +304,7 @@ for topo in $BENCH_TOPOLOGIES; do
 			# on them; the builds alternate count by count.
 			conns=() cpids=()
 			for FBNODE in "${builds[@]}"; do
-				n0=${#NODE_PIDS[@]}
-				CONN=
-				"start_$topo" "$mode"
-				conns+=("$CONN")
-				cpids+=("$(
-					IFS=,
-					echo "${NODE_PIDS[*]:n0}"
-				)")
+				start_build
 			done
 			for t in $BENCH_IDLE; do
 				for i in "${!labels[@]}"; do

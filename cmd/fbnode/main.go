@@ -81,9 +81,10 @@ func askToJoin(ctx context.Context, member, clusterID, name, addr string) (*serv
 
 // defaultGCPercent is -gc-percent's default. Go's own (100) spends a fifth
 // of a W1 leader's CPU on collections of a small live heap that a busy node
-// refills in milliseconds; 200 measured 755 K vs 653 K msg/s on W1
-// (alternating fresh clusters, 6 rounds); the leader's RSS after 15 s of W1
-// went from 44 to 58 MiB.
+// refills in milliseconds. On the final build of the session that added it,
+// W1 (alternating fresh clusters, 6 rounds, medians) measured 760 K msg/s
+// at 200 against 695 K at 100, and the leader's RSS after 15 s of W1 was
+// 57-60 MiB against 44-46 MiB.
 const defaultGCPercent = 200
 
 func run(args []string) error {

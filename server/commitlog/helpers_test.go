@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"bytes"
 	"fmt"
 	"testing"
 
@@ -150,4 +151,17 @@ func payload(msgs [][]byte) int {
 		n += len(m)
 	}
 	return n
+}
+
+// appendUniform appends entry index (term 1): one batch of n messages of
+// size bytes, each filled with byte(index). It returns the messages.
+func appendUniform(t testing.TB, l *Log, index uint64, n, size int) [][]byte {
+	t.Helper()
+	msgs := make([][]byte, n)
+	for k := range msgs {
+		msgs[k] = bytes.Repeat([]byte{byte(index)}, size)
+	}
+	_, err := l.Append([]*pb.Entry{ent(index, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, index, 0, 0, msgs))}, nil)
+	require.NoError(t, err)
+	return msgs
 }

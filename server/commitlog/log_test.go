@@ -393,19 +393,9 @@ func TestReadBeyondEstimate(t *testing.T) {
 	defer l.Close()
 	// Ten records of 100 messages: 10 bytes each in the first, then
 	// 1,000 bytes each (100,000 bytes per record).
-	var all [][]byte
-	for i := uint64(1); i <= 10; i++ {
-		size := 1000
-		if i == 1 {
-			size = 10
-		}
-		msgs := make([][]byte, 100)
-		for k := range msgs {
-			msgs[k] = bytes.Repeat([]byte{byte(i)}, size)
-		}
-		all = append(all, msgs...)
-		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs))}, nil)
-		require.NoError(t, err)
+	all := appendUniform(t, l, 1, 100, 10)
+	for i := uint64(2); i <= 10; i++ {
+		all = append(all, appendUniform(t, l, i, 100, 1000)...)
 	}
 	for _, tc := range []struct {
 		name                  string
@@ -538,12 +528,7 @@ func TestReadEndingAtRecordBoundary(t *testing.T) {
 	l := openT(t, t.TempDir(), Options{NoSync: true})
 	defer l.Close()
 	for i := uint64(1); i <= 10; i++ {
-		msgs := make([][]byte, 100)
-		for k := range msgs {
-			msgs[k] = bytes.Repeat([]byte{byte(i)}, 100)
-		}
-		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs))}, nil)
-		require.NoError(t, err)
+		appendUniform(t, l, i, 100, 100)
 	}
 	dst := make([][]byte, 0, 500)
 	allocs := testing.AllocsPerRun(20, func() {
@@ -565,12 +550,7 @@ func TestReadAheadOneBuffer(t *testing.T) {
 	l := openT(t, t.TempDir(), Options{NoSync: true})
 	defer l.Close()
 	for i := uint64(1); i <= 100; i++ {
-		msgs := make([][]byte, 100)
-		for k := range msgs {
-			msgs[k] = bytes.Repeat([]byte{byte(i)}, 100)
-		}
-		_, err := l.Append([]*pb.Entry{ent(i, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs))}, nil)
-		require.NoError(t, err)
+		appendUniform(t, l, i, 100, 100)
 	}
 	dst := make([][]byte, 0, 10000)
 	allocs := testing.AllocsPerRun(20, func() {

@@ -318,28 +318,27 @@ func TestZeroTailInSealedSegment(t *testing.T) {
 	mid := segPaths(t, src)[1]
 	size := fileSize(t, mid)
 
-	dir := t.TempDir()
-	copyDir(t, src, dir)
-	f, err := os.OpenFile(filepath.Join(dir, filepath.Base(mid)), os.O_WRONLY|os.O_APPEND, 0)
-	require.NoError(t, err)
-	_, err = f.Write(make([]byte, 10000))
-	require.NoError(t, err)
-	require.NoError(t, f.Close())
+	// withTail is a copy of src with tail appended to the middle segment.
+	withTail := func(tail []byte) string {
+		dir := t.TempDir()
+		copyDir(t, src, dir)
+		f, err := os.OpenFile(filepath.Join(dir, filepath.Base(mid)), os.O_WRONLY|os.O_APPEND, 0)
+		require.NoError(t, err)
+		_, err = f.Write(tail)
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+		return dir
+	}
+
+	dir := withTail(make([]byte, 10000))
 	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
 	m.check(t, l)
 	require.NoError(t, l.Close())
 	assert.Equal(t, size, fileSize(t, filepath.Join(dir, filepath.Base(mid))))
 
-	dir = t.TempDir()
-	copyDir(t, src, dir)
 	tail := make([]byte, 10000)
 	tail[5000] = 1
-	f, err = os.OpenFile(filepath.Join(dir, filepath.Base(mid)), os.O_WRONLY|os.O_APPEND, 0)
-	require.NoError(t, err)
-	_, err = f.Write(tail)
-	require.NoError(t, err)
-	require.NoError(t, f.Close())
-	_, err = Open(dir, Options{SegmentBytes: MinSegmentBytes})
+	_, err := Open(withTail(tail), Options{SegmentBytes: MinSegmentBytes})
 	require.ErrorIs(t, err, ErrCorrupt)
 }
 

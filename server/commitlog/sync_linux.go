@@ -3,12 +3,14 @@
 package commitlog
 
 import (
+	"errors"
 	"os"
 	"syscall"
 )
 
-// fdatasync flushes f's data (and the metadata needed to read it back).
-func fdatasync(f *os.File) error {
+// fdCall runs call on f's descriptor, again while it fails with EINTR; a
+// failure comes back as an *os.PathError for op.
+func fdCall(f *os.File, op string, call func(fd int) error) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
@@ -16,7 +18,7 @@ func fdatasync(f *os.File) error {
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		for {
-			serr = syscall.Fdatasync(int(fd))
+			serr = call(int(fd))
 			if serr != syscall.EINTR {
 				return
 			}
@@ -25,35 +27,23 @@ func fdatasync(f *os.File) error {
 		return err
 	}
 	if serr != nil {
-		return &os.PathError{Op: "fdatasync", Path: f.Name(), Err: serr}
+		return &os.PathError{Op: op, Path: f.Name(), Err: serr}
 	}
 	return nil
+}
+
+// fdatasync flushes f's data (and the metadata needed to read it back).
+func fdatasync(f *os.File) error {
+	return fdCall(f, "fdatasync", syscall.Fdatasync)
 }
 
 // allocate gives f blocks for [off, off+n), extending its size, without
 // writing them (they read as zeros). ok is false where the filesystem cannot
 // (the caller then appends without preallocation).
 func allocate(f *os.File, off, n int64) (ok bool, err error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return false, err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			serr = syscall.Fallocate(int(fd), 0, off, n)
-			if serr != syscall.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return false, err
-	}
-	switch serr {
-	case nil:
-		return true, nil
-	case syscall.EOPNOTSUPP, syscall.ENOSYS:
+	err = fdCall(f, "fallocate", func(fd int) error { return syscall.Fallocate(fd, 0, off, n) })
+	if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOSYS) {
 		return false, nil
 	}
-	return false, &os.PathError{Op: "fallocate", Path: f.Name(), Err: serr}
+	return err == nil, err
 }

@@ -35,25 +35,7 @@ func kernelAtLeast(major, minor int) bool {
 // syncfs flushes the whole filesystem holding f: data, metadata and the
 // journal of every file on it.
 func syncfs(f *os.File) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			serr = unix.Syncfs(int(fd))
-			if serr != unix.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return &os.PathError{Op: "syncfs", Path: f.Name(), Err: serr}
-	}
-	return nil
+	return fdCall(f, "syncfs", unix.Syncfs)
 }
 
 // deviceOf returns the ID of the filesystem holding path, 0 if unknown.
