@@ -88,9 +88,6 @@ type Engine struct {
 
 	// Loop-only: peers' silence as of the last tick (refreshSilence).
 	silence []peerSilence
-	// Loop-only scratch for syncAll.
-	syncLogs []*commitlog.Log
-	syncErrs []error
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -251,9 +248,59 @@ func (e *Engine) RemoveGroup(name string) {
 	}
 }
 
+// syncState says where a group's current Ready stands with its sync.
+type syncState uint8
+
+const (
+	syncNone     syncState = iota // no Ready waits for a sync
+	syncPending                   // persisted; in the next sync
+	syncInFlight                  // in the sync the syncer is running
+)
+
+// syncBatch is the sync the syncer goroutine is running: the logs of the
+// groups whose Readies wait for it (nil for a fenced group), and what
+// syncing each returned. The loop and the syncer hand it back and forth;
+// while the syncer has it, the loop touches neither it nor those groups.
+type syncBatch struct {
+	groups []*Group
+	logs   []*commitlog.Log
+	errs   []error
+}
+
+// syncer runs the loop's syncs, one at a time, until in closes: one
+// syncfs per filesystem when several logs are dirty (commitlog.SyncMany),
+// else an fdatasync.
+func syncer(in <-chan *syncBatch, out chan<- *syncBatch) {
+	for b := range in {
+		if len(b.logs) == 1 {
+			b.errs = append(b.errs[:0], nil)
+			if l := b.logs[0]; l != nil {
+				b.errs[0] = l.Sync()
+			}
+		} else {
+			b.errs = commitlog.SyncMany(b.logs, b.errs)
+		}
+		out <- b
+	}
+}
+
 // run is the loop. It owns every RawNode.
+//
+// A Ready that must be made durable is handed to the syncer goroutine and
+// the loop goes on with the other groups: a topic whose follower answered,
+// whose commit advanced or whose producer sent more does not wait for
+// another topic's fsync. One sync is in flight at a time; the Readies
+// persisted meanwhile share the next one (group commit). A group whose
+// Ready waits for a sync is left alone until it completes — its log is the
+// syncer's, its inbox queues and its tick is owed — and then finishes its
+// Ready, takes its inbox and runs again.
 func (e *Engine) run() {
 	defer close(e.donec)
+	syncIn := make(chan *syncBatch, 1)
+	syncOut := make(chan *syncBatch, 1)
+	go syncer(syncIn, syncOut)
+	defer close(syncIn)
+
 	// The tick timer: every TickInterval while some group is awake; while
 	// all are quiesced, only at the next liveness ping (pingEvery ticks),
 	// so that an idle node wakes a few times a second, not ten. armed is
@@ -266,19 +313,31 @@ func (e *Engine) run() {
 	var (
 		list, busy, closing []*Group
 		version             uint64 = ^uint64(0)
-		dirty, work         []*Group
+		work                []*Group
 		candidates, next    []*Group
 		pass                uint64
+		pending             []*Group   // persisted Readies for the next sync
+		batch               *syncBatch = &syncBatch{}
+		inFlight            bool       // the syncer has batch
+		deferred            []*Group   // removed while in flight: closed after it
 	)
 	for {
 		tick := false
+		var synced *syncBatch
 		select {
 		case <-e.stopc:
+			if inFlight {
+				<-syncOut // no log closes under a sync
+			}
+			for _, g := range deferred {
+				g.close(ErrStopped)
+			}
 			e.closeAll()
 			return
 		case <-timer.C:
 			tick = true
 		case <-e.wake:
+		case synced = <-syncOut:
 		}
 
 		// Take the queued work.
@@ -298,13 +357,50 @@ func (e *Engine) run() {
 		e.closing = e.closing[:0]
 		e.mu.Unlock()
 
+		pass++
+		candidates = candidates[:0]
+		awake := false
+		if synced != nil {
+			// The Readies in the sync are durable (or their group fenced):
+			// finish them, and give their groups what queued meanwhile.
+			inFlight = false
+			for i, g := range synced.groups {
+				g.syncState = syncNone
+				if err := synced.errs[i]; err != nil {
+					g.fence(err)
+				}
+				if g.removing.Load() {
+					continue
+				}
+				g.finish()
+				g.drainInbox()
+				if g.owedTick && g.fenced == nil {
+					g.tick()
+				}
+				g.owedTick = false
+				awake = awake || !g.quiesced
+				g.pass = pass
+				candidates = append(candidates, g)
+			}
+			clear(synced.groups)
+			clear(synced.logs)
+			synced.groups, synced.logs = synced.groups[:0], synced.logs[:0]
+			closing = append(closing, deferred...)
+			clear(deferred)
+			deferred = deferred[:0]
+		}
+
 		for _, g := range closing {
+			if g.syncState == syncInFlight {
+				deferred = append(deferred, g)
+				continue
+			}
+			g.syncState = syncNone // a pending Ready is dropped with the group
 			g.close(ErrStopped)
 		}
-		awake := false
 		for _, g := range busy {
 			g.queued.Store(false) // later arrivals queue g again
-			if !g.removing.Load() {
+			if !g.removing.Load() && g.syncState == syncNone {
 				g.drainInbox()
 				awake = awake || !g.quiesced
 			}
@@ -315,12 +411,14 @@ func (e *Engine) run() {
 			armed = 1
 			timer.Reset(e.cfg.TickInterval)
 		}
-		// Candidates for a Ready: groups with queued work, and groups that
-		// ticked (quiesced groups do not, and cost nothing).
-		pass++
-		candidates = append(candidates[:0], busy...)
+		// Candidates for a Ready: groups with queued work, groups whose
+		// sync completed, and groups that ticked (quiesced groups do not,
+		// and cost nothing).
 		for _, g := range busy {
-			g.pass = pass
+			if g.pass != pass {
+				g.pass = pass
+				candidates = append(candidates, g)
+			}
 		}
 		if tick {
 			before := ticks
@@ -332,6 +430,11 @@ func (e *Engine) run() {
 			quiet := true
 			for _, g := range list {
 				if g.fenced != nil || g.removing.Load() {
+					continue
+				}
+				if g.syncState != syncNone {
+					g.owedTick = true
+					quiet = false
 					continue
 				}
 				if g.tick() && g.pass != pass {
@@ -347,65 +450,58 @@ func (e *Engine) run() {
 			timer.Reset(time.Duration(armed) * e.cfg.TickInterval)
 		}
 
-		// Ready passes: repeat while some group has more to do (a single-node
-		// group commits its own append in the pass after persisting it).
+		// Ready passes: repeat while some group has more to do without
+		// waiting for a sync (a Ready that only commits and applies).
 		for {
 			work = work[:0]
 			for _, g := range candidates {
-				if g.fenced == nil && !g.removing.Load() && g.rn.HasReady() {
+				if g.fenced == nil && !g.removing.Load() && g.syncState == syncNone && g.rn.HasReady() {
 					work = append(work, g)
 				}
 			}
 			if len(work) == 0 {
 				break
 			}
-			dirty = dirty[:0]
 			for _, g := range work {
 				if g.persist() {
-					dirty = append(dirty, g)
+					g.syncState = syncPending
+					pending = append(pending, g)
 				}
 			}
+			next = next[:0]
 			for _, g := range work {
 				g.applyCommitted()
-			}
-			e.syncAll(dirty)
-			for _, g := range work {
-				g.finish()
+				if g.syncState == syncNone {
+					g.finish()
+					next = append(next, g)
+				}
 			}
 			// A group added by an Apply hook queued itself; it is picked up
 			// by the next wake.
-			next = append(next[:0], work...)
-			candidates = next
+			candidates, next = next, candidates
 		}
-	}
-}
 
-// syncAll makes the dirty logs durable: one syncfs per filesystem when
-// several are dirty (commitlog.SyncMany), else an fdatasync each.
-func (e *Engine) syncAll(dirty []*Group) {
-	switch len(dirty) {
-	case 0:
-		return
-	case 1:
-		dirty[0].sync()
-		return
-	}
-	logs := e.syncLogs[:0]
-	for _, g := range dirty {
-		if g.fenced == nil {
-			logs = append(logs, g.log)
-		} else {
-			logs = append(logs, nil)
+		if !inFlight && len(pending) > 0 {
+			for _, g := range pending {
+				if g.syncState != syncPending {
+					continue // removed since
+				}
+				g.syncState = syncInFlight
+				batch.groups = append(batch.groups, g)
+				if g.fenced == nil {
+					batch.logs = append(batch.logs, g.log)
+				} else {
+					batch.logs = append(batch.logs, nil)
+				}
+			}
+			clear(pending)
+			pending = pending[:0]
+			if len(batch.groups) > 0 {
+				inFlight = true
+				syncIn <- batch
+			}
 		}
 	}
-	e.syncErrs = commitlog.SyncMany(logs, e.syncErrs)
-	for i, g := range dirty {
-		if err := e.syncErrs[i]; err != nil {
-			g.fence(err)
-		}
-	}
-	clear(logs)
-	e.syncLogs = logs[:0]
 }
 
 func (e *Engine) closeAll() {

@@ -176,6 +176,11 @@ type Group struct {
 	sentEarly bool              // this Ready's MsgApps went out before the sync
 	// campaignAt > 0: campaign once the applied index reaches it.
 	campaignAt uint64
+	// syncState: whether the current Ready waits for a sync (see
+	// Engine.run). While it does, the loop leaves the group alone: its
+	// inbox queues, its ticks are owed (owedTick).
+	syncState syncState
+	owedTick  bool
 
 	// Readable by anyone.
 	lead     atomic.Uint64
@@ -983,15 +988,6 @@ func (g *Group) persist() bool {
 	}
 	g.sendAppendsEarly()
 	return len(rd.Entries) > 0 || rd.MustSync || !raft.IsEmptySnap(rd.Snapshot)
-}
-
-func (g *Group) sync() {
-	if g.fenced != nil {
-		return
-	}
-	if err := g.log.Sync(); err != nil {
-		g.fence(err)
-	}
 }
 
 // sendAppendsEarly sends a leader's MsgApps as soon as its entries are
