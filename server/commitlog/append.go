@@ -346,9 +346,12 @@ func (l *Log) truncateFrom(index uint64) error {
 	return nil
 }
 
-// SetHardState records hs. When it differs from the previous state it is
-// written to the hardstate file (pwrite, no fsync). The next Sync fsyncs it
-// if term or vote changed; commit-only changes are not fsynced.
+// SetHardState records hs. A change of term or vote is written to the
+// hardstate file at once (pwrite, no fsync) and fsynced by the next Sync. A
+// commit-only change is kept in memory until FlushHardState, the next term
+// or vote change, or Close writes it, and is never fsynced: raft needs no
+// durable commit point, and a node that restarts behind learns it from the
+// leader. The log reports the recorded commit point at once.
 func (l *Log) SetHardState(hs *pb.HardState) error {
 	if err := l.writable(); err != nil {
 		return err
@@ -357,7 +360,24 @@ func (l *Log) SetHardState(hs *pb.HardState) error {
 	if st == l.hs.cur {
 		return nil
 	}
-	if err := l.hs.write(st); err != nil {
+	if err := l.hs.record(st); err != nil {
+		return l.fence(err)
+	}
+	return nil
+}
+
+// FlushHardState writes a commit point that SetHardState kept in memory
+// (pwrite, no fsync), so that a process that dies after it restarts from
+// there. The replica engine calls it every tick; it costs nothing when
+// there is nothing to write.
+func (l *Log) FlushHardState() error {
+	if !l.hs.lazy {
+		return nil
+	}
+	if err := l.writable(); err != nil {
+		return err
+	}
+	if err := l.hs.flush(); err != nil {
 		return l.fence(err)
 	}
 	return nil

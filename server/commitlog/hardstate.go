@@ -27,15 +27,21 @@ type hardState struct{ term, vote, commit uint64 }
 // holds the last term/vote that was made durable and is never overwritten
 // until the other slot's content (with the same or newer term/vote) has been
 // fsynced, so a crash can never regress term or vote below what Sync made
-// durable. Commit-only changes go to the non-anchor slot and need no fsync.
+// durable. Commit-only changes go to the non-anchor slot and need no fsync;
+// they are not even written at once: a busy topic's commit advances with
+// every batch, and raft needs no stored commit point for safety (a node
+// that restarts behind learns it from the leader), so a commit-only change
+// waits in memory for the next term/vote write, flush or close.
 type hsFile struct {
 	f        *os.File
 	seq      uint64
-	cur      hardState // latest written
+	cur      hardState // latest recorded (what the log reports)
+	disk     hardState // latest written to the file
 	synced   hardState // term/vote last made durable (commit may be stale)
 	anchor   int       // slot holding synced term/vote; -1 when none
 	needSync bool      // term or vote written but not yet fsynced
 	unsynced bool      // something written since the last fsync
+	lazy     bool      // cur's commit is newer than the file's
 	buf      [hsSlotSize]byte
 }
 
@@ -62,7 +68,7 @@ func openHardState(path string) (*hsFile, bool, error) {
 			h.anchor, h.seq, h.cur = slot, seq, st
 		}
 	}
-	h.synced = h.cur
+	h.synced, h.disk = h.cur, h.cur
 	return h, created, nil
 }
 
@@ -88,6 +94,25 @@ func (h *hsFile) writeSlot() int {
 	return 1 - h.anchor
 }
 
+// record notes s as the latest state: written at once when term or vote
+// changed (or nothing was ever written), else kept for flush.
+func (h *hsFile) record(s hardState) error {
+	if h.anchor >= 0 && s.term == h.disk.term && s.vote == h.disk.vote {
+		h.cur = s
+		h.lazy = s != h.disk
+		return nil
+	}
+	return h.write(s)
+}
+
+// flush writes a commit-only change that record kept in memory.
+func (h *hsFile) flush() error {
+	if !h.lazy {
+		return nil
+	}
+	return h.write(h.cur)
+}
+
 // write stores s in the non-anchor slot (pwrite, no fsync).
 func (h *hsFile) write(s hardState) error {
 	h.seq++
@@ -100,7 +125,8 @@ func (h *hsFile) write(s hardState) error {
 	if _, err := h.f.WriteAt(b, int64(h.writeSlot()*hsSlotStride)); err != nil {
 		return fmt.Errorf("commitlog: write hardstate: %w", err)
 	}
-	h.cur = s
+	h.cur, h.disk = s, s
+	h.lazy = false
 	h.unsynced = true
 	if s.term != h.synced.term || s.vote != h.synced.vote || h.anchor < 0 {
 		h.needSync = true

@@ -281,6 +281,9 @@ func (l *Log) Close() error {
 				l.dirty = append(l.dirty, s)
 			}
 		}
+		if ferr := l.hs.flush(); err == nil {
+			err = ferr
+		}
 		if serr := l.Sync(); err == nil {
 			err = serr
 		}

@@ -563,3 +563,66 @@ func TestReadAheadOneBuffer(t *testing.T) {
 	// (plus a span buffer the race detector's pool may drop).
 	assert.Less(t, allocs, 4.0, "one read buffer")
 }
+
+// TestCommitPointKeptUntilFlush: a commit-only change stays in memory (the
+// log reports it; the file, which is what a killed process leaves, does not
+// have it) until FlushHardState, a term or vote change, or Close writes it.
+func TestCommitPointKeptUntilFlush(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	appendUniform(t, l, 1, 10, 100)
+	for i := uint64(2); i <= 10; i++ {
+		appendUniform(t, l, i, 1, 100)
+	}
+	onFile := func() hardState {
+		t.Helper()
+		raw, err := os.ReadFile(filepath.Join(dir, hardStateName))
+		require.NoError(t, err)
+		var best hardState
+		var bestSeq uint64
+		for slot := 0; slot < 2; slot++ {
+			off := slot * hsSlotStride
+			if len(raw) < off+hsSlotSize {
+				continue
+			}
+			if seq, st, ok := decodeHSSlot(raw[off : off+hsSlotSize]); ok && seq > bestSeq {
+				best, bestSeq = st, seq
+			}
+		}
+		return best
+	}
+	hs := func(term, vote, commit uint64) *pb.HardState {
+		return &pb.HardState{Term: proto.Uint64(term), Vote: proto.Uint64(vote), Commit: proto.Uint64(commit)}
+	}
+	reported := func() uint64 {
+		t.Helper()
+		got, _, err := l.InitialState()
+		require.NoError(t, err)
+		return got.GetCommit()
+	}
+
+	require.NoError(t, l.SetHardState(hs(1, 1, 2)))
+	require.NoError(t, l.Sync())
+	assert.Equal(t, hardState{1, 1, 2}, onFile(), "a term/vote change is written at once")
+
+	require.NoError(t, l.SetHardState(hs(1, 1, 5)))
+	assert.Equal(t, uint64(5), reported())
+	assert.Equal(t, hardState{1, 1, 2}, onFile(), "a commit-only change waits")
+	require.NoError(t, l.FlushHardState())
+	assert.Equal(t, hardState{1, 1, 5}, onFile())
+	require.NoError(t, l.FlushHardState()) // nothing to write
+	assert.Equal(t, hardState{1, 1, 5}, onFile())
+
+	require.NoError(t, l.SetHardState(hs(1, 1, 6)))
+	require.NoError(t, l.SetHardState(hs(2, 3, 7)))
+	assert.Equal(t, hardState{2, 3, 7}, onFile(), "a vote carries the newest commit")
+	require.NoError(t, l.Sync())
+
+	require.NoError(t, l.SetHardState(hs(2, 3, 9)))
+	assert.Equal(t, hardState{2, 3, 7}, onFile())
+	require.NoError(t, l.Close())
+	assert.Equal(t, hardState{2, 3, 9}, onFile(), "Close writes what waits")
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	assert.Equal(t, uint64(9), reported())
+}

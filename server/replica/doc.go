@@ -6,18 +6,26 @@
 //  1. feeds queued proposals and peer messages into the groups that have
 //     work, and ticks every group when the tick timer fired;
 //  2. collects a Ready from each group and writes its entries and HardState
-//     to the group's commitlog.Log (one write per group);
-//  3. syncs every log written in step 2 — one fsync per dirty topic per
-//     pass, so all proposals that queued while the previous pass was on
-//     disk share one fsync (group commit);
-//  4. sends the Ready's messages, answers proposers whose batch is now in
-//     the log (wait_for_commit=false), applies committed entries (advances
-//     the topic's visible commit ID, answers wait_for_commit proposers,
-//     wakes long-polling readers) and calls Advance.
+//     to the group's commitlog.Log (one write per group), then applies the
+//     Ready's committed entries that are already durable on a majority;
+//  3. hands the logs written in step 2 to the syncer goroutine — one
+//     fdatasync, or one syncfs when many topics are dirty — and goes on
+//     with the other groups while it runs. One sync is in flight at a time;
+//     the Readies persisted meanwhile share the next (group commit). A group
+//     whose Ready waits for a sync is left alone until the sync completes:
+//     its inbox queues and its tick is owed;
+//  4. when the sync completes, finishes each of its Readies: sends the
+//     messages that had to wait for durability, answers proposers whose
+//     batch is now in the log (wait_for_commit=false), applies what is left
+//     to apply (advances the topic's visible commit ID, answers
+//     wait_for_commit proposers, wakes long-polling readers) and calls
+//     Advance.
 //
-// This is the synchronous Ready contract: persist, then send, then apply,
-// then Advance. A storage error fences the group: it stops processing and
-// fails its callers with ErrStorageFailed, and the log is left as it was.
+// Per group this is the synchronous Ready contract: persist, then send,
+// then apply, then Advance; only the node's other groups run on while one
+// group's Ready is on disk. A storage error fences the group: it stops
+// processing and fails its callers with ErrStorageFailed, and the log is
+// left as it was.
 //
 // The Raft log is the message store (package commitlog): an entry carries a
 // batch of messages, and message IDs are derived from the log.

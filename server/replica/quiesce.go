@@ -134,6 +134,13 @@ func (e *Engine) pingPeers() {
 // leader is alive. It reports whether the group may have a Ready. Engine
 // goroutine only.
 func (g *Group) tick() bool {
+	// A commit point the log kept in memory reaches its file within a tick
+	// (see commitlog.Log.SetHardState), so a node killed then restarts from
+	// at most a tick behind, also on a topic that went idle.
+	if err := g.log.FlushHardState(); err != nil {
+		g.fence(err)
+		return false
+	}
 	if g.quiesced {
 		if lead := g.lead.Load(); lead != g.e.cfg.NodeID && (lead == raft.None || g.e.leaderSilent(lead)) {
 			g.quiesced = false // the leader went quiet: tick, and elect
