@@ -119,12 +119,16 @@
 //	u64 seq | u64 term | u64 vote | u64 commit | u32 crc32c of the 32 bytes before
 //
 // Open uses the valid slot with the highest seq (seq 0 = never written).
-// SetHardState pwrites the next seq into the slot that does not hold the last
+// A write pwrites the next seq into the slot that does not hold the last
 // durably synced term/vote (the "anchor"); Sync fsyncs the file only when term
-// or vote changed and then makes the written slot the anchor. So commit-only
-// changes cost one pwrite and no fsync (raft does not need them durable), and
-// no crash can bring back a term/vote older than the last Sync. Close writes
-// and fsyncs the latest state.
+// or vote changed and then makes the written slot the anchor, so no crash can
+// bring back a term/vote older than the last Sync. SetHardState writes at once
+// when term or vote changed; a commit-only change (raft does not need it
+// durable) is kept in memory until FlushHardState (the replica engine calls it
+// every tick), the next term/vote write or Close, which writes and fsyncs the
+// latest state. A busy topic so costs a pwrite per tick for its commit point,
+// not one per Ready, and a killed node restarts at most a tick behind (raft
+// brings it forward).
 //
 // # meta
 //
