@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -303,4 +305,43 @@ func TestLostLogFencesGroup(t *testing.T) {
 
 	e.Step("t", heartbeat(last+50))
 	require.Eventually(t, func() bool { return errors.Is(g.checkLeader(), ErrStorageFailed) }, 10*time.Second, time.Millisecond)
+}
+
+// TestCommitPointReachesDiskWithinTicks: the log keeps a commit-only
+// HardState change in memory (commitlog.Log.SetHardState), and the group's
+// tick writes it, so what a killed process leaves on disk knows the commit
+// point of a topic that went idle a tick ago.
+func TestCommitPointReachesDiskWithinTicks(t *testing.T) {
+	dir := t.TempDir()
+	e := newEngine(t)
+	g := openGroup(t, e, dir, "t")
+	for i := 0; i < 20; i++ {
+		_, err := g.Propose(ctx10(t), [][]byte{[]byte("a"), []byte("b")}, true)
+		require.NoError(t, err)
+	}
+	applied := g.applied.Load()
+	onDisk := func() uint64 {
+		// Copy the files as they are now (the page cache is what a
+		// SIGKILL leaves) and open the copy.
+		cp := t.TempDir()
+		entries, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		for _, ent := range entries {
+			b, err := os.ReadFile(filepath.Join(dir, ent.Name()))
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(filepath.Join(cp, ent.Name()), b, 0o644))
+		}
+		l, err := commitlog.Open(cp, commitlog.Options{SegmentBytes: 4096})
+		require.NoError(t, err)
+		defer l.Close()
+		hs, _, err := l.InitialState()
+		require.NoError(t, err)
+		return hs.GetCommit()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	var got uint64
+	for got = onDisk(); got < applied && time.Now().Before(deadline); got = onDisk() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	assert.Equal(t, applied, got, "commit point on disk")
 }
