@@ -371,7 +371,7 @@ func (l *Log) SetHardState(hs *pb.HardState) error {
 // there. The replica engine calls it every tick; it costs nothing when
 // there is nothing to write.
 func (l *Log) FlushHardState() error {
-	if !l.hs.lazy {
+	if !l.hs.pending() {
 		return nil
 	}
 	if err := l.writable(); err != nil {

@@ -41,7 +41,6 @@ type hsFile struct {
 	anchor   int       // slot holding synced term/vote; -1 when none
 	needSync bool      // term or vote written but not yet fsynced
 	unsynced bool      // something written since the last fsync
-	lazy     bool      // cur's commit is newer than the file's
 	buf      [hsSlotSize]byte
 }
 
@@ -99,15 +98,17 @@ func (h *hsFile) writeSlot() int {
 func (h *hsFile) record(s hardState) error {
 	if h.anchor >= 0 && s.term == h.disk.term && s.vote == h.disk.vote {
 		h.cur = s
-		h.lazy = s != h.disk
 		return nil
 	}
 	return h.write(s)
 }
 
+// pending reports whether record kept a commit-only change in memory.
+func (h *hsFile) pending() bool { return h.cur != h.disk }
+
 // flush writes a commit-only change that record kept in memory.
 func (h *hsFile) flush() error {
-	if !h.lazy {
+	if !h.pending() {
 		return nil
 	}
 	return h.write(h.cur)
@@ -126,7 +127,6 @@ func (h *hsFile) write(s hardState) error {
 		return fmt.Errorf("commitlog: write hardstate: %w", err)
 	}
 	h.cur, h.disk = s, s
-	h.lazy = false
 	h.unsynced = true
 	if s.term != h.synced.term || s.vote != h.synced.vote || h.anchor < 0 {
 		h.needSync = true
