@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -35,7 +36,9 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 //
 // The call goes to the topic's leader when the Client knows it, and fails
 // over to the other nodes otherwise (a node that is not the leader forwards
-// the batch or names the leader). It retries until ctx ends or, when ctx
+// the batch or names the leader). The batch travels over the node's Produce
+// stream (see WithUnarySends); a stream that breaks under the call fails
+// that attempt, and the call fails over as it would after a failed call. It retries until ctx ends or, when ctx
 // has no deadline, for the retry window.
 //
 // Errors match, with errors.Is: ErrTopicNotFound, ErrInvalidArgument (empty
@@ -75,6 +78,13 @@ func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages
 	}
 	var resp *forestbusv1.SendMessagesResponse
 	err := c.invoke(ctx, "send", topic, routeLeader, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		if !c.unarySends {
+			r, err := c.sendBatch(ctx, cc, req)
+			if !errors.Is(err, errNoProduce) {
+				resp = r
+				return err
+			}
+		}
 		r, err := forestbusv1.NewForestBusServiceClient(cc).SendMessages(ctx, req, opts...)
 		resp = r
 		return err

@@ -66,12 +66,16 @@ type Client struct {
 	// random and non-zero, fixed for the Client's lifetime.
 	producerID uint64
 
-	mu      sync.Mutex
-	conns   map[string]*grpc.ClientConn // node address -> connection
-	leaders map[string]string           // topic -> leader address
-	seqs    map[string]uint64           // topic -> last producer sequence used
-	lastGet string                      // node of the last good read
-	admin   string                      // node of the last good admin call
+	unarySends bool // WithUnarySends: no Produce streams
+
+	mu        sync.Mutex
+	conns     map[string]*grpc.ClientConn // node address -> connection
+	streams   map[*grpc.ClientConn]*produceStream
+	noProduce map[*grpc.ClientConn]bool // nodes that answered Produce UNIMPLEMENTED
+	leaders   map[string]string         // topic -> leader address
+	seqs      map[string]uint64         // topic -> last producer sequence used
+	lastGet   string                    // node of the last good read
+	admin     string                    // node of the last good admin call
 }
 
 // Option configures a Client. Options are applied in order by New.
@@ -132,6 +136,8 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 		clusterID:   clusterID,
 		retryWindow: DefaultRetryWindow,
 		conns:       make(map[string]*grpc.ClientConn),
+		streams:     make(map[*grpc.ClientConn]*produceStream),
+		noProduce:   make(map[*grpc.ClientConn]bool),
 		leaders:     make(map[string]string),
 		seqs:        make(map[string]uint64),
 	}
@@ -179,6 +185,7 @@ func (c *Client) Nodes() []string {
 // Close closes all connections that are open. Calls in progress on them
 // fail. Later calls reopen connections as needed.
 func (c *Client) Close() {
+	c.closeStreams()
 	c.mu.Lock()
 	conns := c.conns
 	c.conns = make(map[string]*grpc.ClientConn)

@@ -100,6 +100,9 @@ func TestLeaderHeaderRedirectsLaterSends(t *testing.T) {
 	leader := startNode(t)
 	leader.send = okSend(100)
 	follower := startNode(t)
+	// Forwarding, and the header that comes with it, are SendMessages'
+	// (a node answers Produce requests it cannot lead with NOT_LEADER).
+	leader.unaryOnly, follower.unaryOnly = true, true
 	follower.send = func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
 		// A follower forwards to the leader and says who that is.
 		require.NoError(t, grpc.SetHeader(ctx, metadata.Pairs(LeaderMetadataKey, leader.addr)))

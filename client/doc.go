@@ -38,6 +38,12 @@
 // the same messages is a new batch, so across calls delivery is at least
 // once, as in the original (see SendMessagesContext).
 //
+// Sends go over one Produce stream per node, shared by every goroutine
+// using the Client: a batch costs a message each way, not a call, which is
+// about half the CPU. Failover, retries and errors are the same as for
+// SendMessages calls; a node without Produce gets calls, and
+// WithUnarySends makes every send a call.
+//
 // Subscribe follows a topic over a server stream instead of polling, and
 // resumes on another node after a failure from the message after the last one
 // delivered; it retries until its context ends (see Subscribe).

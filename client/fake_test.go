@@ -28,6 +28,13 @@ type fakeNode struct {
 	calls     map[string]int
 	clusterID []string // forestbus-cluster-id of the last call
 
+	// unaryOnly makes Produce answer UNIMPLEMENTED (an older node); else
+	// Produce serves each request with send, as a SendMessages call.
+	unaryOnly bool
+	// streamErr, when set, ends a Produce stream with it at its first
+	// request, unanswered.
+	streamErr error
+
 	send    func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error)
 	get     func(ctx context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error)
 	details func(ctx context.Context, req *forestbusv1.GetTopicDetailsRequest) (*forestbusv1.GetTopicDetailsResponse, error)
@@ -85,6 +92,49 @@ func (n *fakeNode) SendMessages(ctx context.Context, req *forestbusv1.SendMessag
 		return nil, status.Error(codes.Unimplemented, "no send")
 	}
 	return n.send(ctx, req)
+}
+
+// Produce serves each request as SendMessages (counted as a "send"); the
+// stream itself counts as a "produce".
+func (n *fakeNode) Produce(st forestbusv1.ForestBusService_ProduceServer) error {
+	n.mu.Lock()
+	unaryOnly, streamErr := n.unaryOnly, n.streamErr
+	n.mu.Unlock()
+	if unaryOnly {
+		return status.Error(codes.Unimplemented, "no produce")
+	}
+	n.record(st.Context(), "produce")
+	var sendMu sync.Mutex
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			return nil
+		}
+		if streamErr != nil {
+			return streamErr
+		}
+		wg.Go(func() {
+			resp := &forestbusv1.ProduceResponse{RequestId: req.GetRequestId()}
+			r, err := n.SendMessages(st.Context(), req.GetBatch())
+			if err != nil {
+				st := status.Convert(err)
+				pe := &forestbusv1.ProduceError{Code: int32(st.Code()), Message: st.Message()}
+				for _, d := range st.Details() {
+					if info, ok := d.(*errdetails.ErrorInfo); ok {
+						pe.Reason, pe.Metadata = info.GetReason(), info.GetMetadata()
+					}
+				}
+				resp.Outcome = &forestbusv1.ProduceResponse_Error{Error: pe}
+			} else {
+				resp.Outcome = &forestbusv1.ProduceResponse_Result{Result: r}
+			}
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			_ = st.Send(resp)
+		})
+	}
 }
 
 func (n *fakeNode) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {

@@ -34,6 +34,7 @@ type config struct {
 	Duration      time.Duration
 	WaitForCommit bool
 	SharedClient  bool
+	UnarySends    bool
 	Warmup        int
 	Sends         int
 	ReadMessages  int
@@ -98,6 +99,8 @@ Linux USER_HZ on every common architecture) used during the run.
 Clients: each producer goroutine of W1 and W4 has its own client.Client, so
 its own gRPC connection, as the original forest-test-send did; -shared-client
 makes all producers of a run share one Client (one connection per node).
+Clients send batches over each node's Produce stream; -unary-sends makes
+each batch a SendMessages call, as before the stream existed.
 
 Every load loop stops by itself: timed loops (W1, W4) at -duration or when
 the producers have sent -max-batches batches; counted loops (W2, W3, the W3
@@ -135,6 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.DurationVar(&c.Duration, "duration", 15*time.Second, "W1, W4: how long producers send")
 	fs.BoolVar(&c.WaitForCommit, "wait-for-commit", true, "W1, W4: send with wait-for-commit (W2 and the W3 fill always wait)")
 	fs.BoolVar(&c.SharedClient, "shared-client", false, "W1, W4: all producers share one client.Client instead of one each")
+	fs.BoolVar(&c.UnarySends, "unary-sends", false, "send each batch as a SendMessages call (client.WithUnarySends), not over the Produce stream")
 	fs.IntVar(&c.Warmup, "warmup", 20, "W2: sends before measuring")
 	fs.IntVar(&c.Sends, "sends", 2000, "W2: measured sequential one-message sends")
 	fs.IntVar(&c.ReadMessages, "read-messages", 1_000_000, "W3: messages to read")

@@ -304,7 +304,11 @@ type bench struct {
 }
 
 func (b *bench) newClient() *client.Client {
-	return client.New(b.cfg.ClusterID, b.cfg.Nodes)
+	var opts []client.Option
+	if b.cfg.UnarySends {
+		opts = append(opts, client.WithUnarySends())
+	}
+	return client.New(b.cfg.ClusterID, b.cfg.Nodes, opts...)
 }
 
 func (b *bench) clusterDetails(ctx context.Context) *Cluster {

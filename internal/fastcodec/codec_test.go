@@ -18,6 +18,8 @@ func seeds() [][]byte {
 	for _, m := range []proto.Message{
 		&forestbusv1.SendMessagesRequest{Topic: "t", Messages: [][]byte{[]byte("a"), {}, []byte("ccc")}, WaitForCommit: true, ProducerId: 7, Sequence: 9},
 		&forestbusv1.SendMessagesRequest{},
+		&forestbusv1.ProduceRequest{RequestId: 12, Batch: &forestbusv1.SendMessagesRequest{Topic: "p", Messages: [][]byte{[]byte("m1"), []byte("m2")}, WaitForCommit: true, ProducerId: 3, Sequence: 4}},
+		&forestbusv1.ProduceRequest{RequestId: 1, Batch: &forestbusv1.SendMessagesRequest{}},
 		&forestbusv1.GetMessagesResponse{Messages: [][]byte{[]byte("x"), []byte("yy")}, NextId: 3, CommitId: -1},
 		&forestbusv1.SubscribeResponse{Messages: [][]byte{[]byte("z")}, FirstId: 1 << 40, CommitId: 5},
 	} {
@@ -31,6 +33,16 @@ func seeds() [][]byte {
 	out = append(out, protowire.AppendBytes(protowire.AppendTag(nil, 9, protowire.BytesType), []byte("u")))
 	out = append(out, protowire.AppendVarint(protowire.AppendTag(protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 1), 2, protowire.VarintType), 2))
 	out = append(out, protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte{0xff}))
+	// A ProduceRequest whose batch appears twice (proto merges the two).
+	one, err := proto.Marshal(&forestbusv1.ProduceRequest{RequestId: 5, Batch: &forestbusv1.SendMessagesRequest{Topic: "a", Messages: [][]byte{[]byte("x")}}})
+	if err != nil {
+		panic(err)
+	}
+	two, err := proto.Marshal(&forestbusv1.ProduceRequest{Batch: &forestbusv1.SendMessagesRequest{Messages: [][]byte{[]byte("y")}, Sequence: 2}})
+	if err != nil {
+		panic(err)
+	}
+	out = append(out, append(one, two...))
 	return out
 }
 
@@ -39,6 +51,7 @@ func seeds() [][]byte {
 func check(t *testing.T, b []byte) {
 	for _, newMsg := range []func() proto.Message{
 		func() proto.Message { return &forestbusv1.SendMessagesRequest{} },
+		func() proto.Message { return &forestbusv1.ProduceRequest{} },
 		func() proto.Message { return &forestbusv1.GetMessagesResponse{} },
 		func() proto.Message { return &forestbusv1.SubscribeResponse{} },
 	} {

@@ -35,6 +35,234 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ProduceRequest is one batch sent on a Produce stream.
+type ProduceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client to match the answer to the request; the node only
+	// echoes it. Unique among the stream's requests in flight.
+	RequestId uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The batch, exactly as in a SendMessages call.
+	Batch         *SendMessagesRequest `protobuf:"bytes,2,opt,name=batch,proto3" json:"batch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProduceRequest) Reset() {
+	*x = ProduceRequest{}
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProduceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProduceRequest) ProtoMessage() {}
+
+func (x *ProduceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProduceRequest.ProtoReflect.Descriptor instead.
+func (*ProduceRequest) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ProduceRequest) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *ProduceRequest) GetBatch() *SendMessagesRequest {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
+// ProduceResponse answers one ProduceRequest.
+type ProduceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request_id of the request answered.
+	RequestId uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The outcome: the batch's IDs or why it failed.
+	//
+	// Types that are valid to be assigned to Outcome:
+	//
+	//	*ProduceResponse_Result
+	//	*ProduceResponse_Error
+	Outcome       isProduceResponse_Outcome `protobuf_oneof:"outcome"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProduceResponse) Reset() {
+	*x = ProduceResponse{}
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProduceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProduceResponse) ProtoMessage() {}
+
+func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProduceResponse.ProtoReflect.Descriptor instead.
+func (*ProduceResponse) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ProduceResponse) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *ProduceResponse) GetOutcome() isProduceResponse_Outcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return nil
+}
+
+func (x *ProduceResponse) GetResult() *SendMessagesResponse {
+	if x != nil {
+		if x, ok := x.Outcome.(*ProduceResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+func (x *ProduceResponse) GetError() *ProduceError {
+	if x != nil {
+		if x, ok := x.Outcome.(*ProduceResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isProduceResponse_Outcome interface {
+	isProduceResponse_Outcome()
+}
+
+type ProduceResponse_Result struct {
+	// The batch was stored: as SendMessages' answer.
+	Result *SendMessagesResponse `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+type ProduceResponse_Error struct {
+	// The batch failed: the status SendMessages would have failed with.
+	Error *ProduceError `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+func (*ProduceResponse_Result) isProduceResponse_Outcome() {}
+
+func (*ProduceResponse_Error) isProduceResponse_Outcome() {}
+
+// ProduceError is a failed batch's status, in the fields of a gRPC status
+// and its google.rpc.ErrorInfo detail.
+type ProduceError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code (google.rpc.Code), never OK.
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// The status message.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The ErrorInfo reason (see ErrorReason), e.g. "NOT_LEADER"; empty for
+	// errors without one.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The ErrorInfo metadata, e.g. "leader" (the leader's client address) and
+	// "leader_id" for NOT_LEADER.
+	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProduceError) Reset() {
+	*x = ProduceError{}
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProduceError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProduceError) ProtoMessage() {}
+
+func (x *ProduceError) ProtoReflect() protoreflect.Message {
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProduceError.ProtoReflect.Descriptor instead.
+func (*ProduceError) Descriptor() ([]byte, []int) {
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ProduceError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ProduceError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ProduceError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ProduceError) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 // SendMessagesRequest carries one batch for one topic.
 type SendMessagesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -64,7 +292,7 @@ type SendMessagesRequest struct {
 
 func (x *SendMessagesRequest) Reset() {
 	*x = SendMessagesRequest{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[0]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -76,7 +304,7 @@ func (x *SendMessagesRequest) String() string {
 func (*SendMessagesRequest) ProtoMessage() {}
 
 func (x *SendMessagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[0]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -89,7 +317,7 @@ func (x *SendMessagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendMessagesRequest.ProtoReflect.Descriptor instead.
 func (*SendMessagesRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{0}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SendMessagesRequest) GetTopic() string {
@@ -141,7 +369,7 @@ type SendMessagesResponse struct {
 
 func (x *SendMessagesResponse) Reset() {
 	*x = SendMessagesResponse{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[1]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -153,7 +381,7 @@ func (x *SendMessagesResponse) String() string {
 func (*SendMessagesResponse) ProtoMessage() {}
 
 func (x *SendMessagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[1]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -166,7 +394,7 @@ func (x *SendMessagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendMessagesResponse.ProtoReflect.Descriptor instead.
 func (*SendMessagesResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{1}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SendMessagesResponse) GetFirstId() int64 {
@@ -208,7 +436,7 @@ type GetMessagesRequest struct {
 
 func (x *GetMessagesRequest) Reset() {
 	*x = GetMessagesRequest{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[2]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +448,7 @@ func (x *GetMessagesRequest) String() string {
 func (*GetMessagesRequest) ProtoMessage() {}
 
 func (x *GetMessagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[2]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +461,7 @@ func (x *GetMessagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessagesRequest.ProtoReflect.Descriptor instead.
 func (*GetMessagesRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{2}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetMessagesRequest) GetTopic() string {
@@ -281,7 +509,7 @@ type GetMessagesResponse struct {
 
 func (x *GetMessagesResponse) Reset() {
 	*x = GetMessagesResponse{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[3]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -293,7 +521,7 @@ func (x *GetMessagesResponse) String() string {
 func (*GetMessagesResponse) ProtoMessage() {}
 
 func (x *GetMessagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[3]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -306,7 +534,7 @@ func (x *GetMessagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMessagesResponse.ProtoReflect.Descriptor instead.
 func (*GetMessagesResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{3}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetMessagesResponse) GetMessages() [][]byte {
@@ -352,7 +580,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[4]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +592,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[4]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +605,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{4}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubscribeRequest) GetTopic() string {
@@ -430,7 +658,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[5]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +670,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[5]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +683,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{5}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SubscribeResponse) GetMessages() [][]byte {
@@ -490,7 +718,7 @@ type GetTopicDetailsRequest struct {
 
 func (x *GetTopicDetailsRequest) Reset() {
 	*x = GetTopicDetailsRequest{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[6]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +730,7 @@ func (x *GetTopicDetailsRequest) String() string {
 func (*GetTopicDetailsRequest) ProtoMessage() {}
 
 func (x *GetTopicDetailsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[6]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +743,7 @@ func (x *GetTopicDetailsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTopicDetailsRequest.ProtoReflect.Descriptor instead.
 func (*GetTopicDetailsRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{6}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetTopicDetailsRequest) GetTopic() string {
@@ -546,7 +774,7 @@ type GetTopicDetailsResponse struct {
 
 func (x *GetTopicDetailsResponse) Reset() {
 	*x = GetTopicDetailsResponse{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[7]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +786,7 @@ func (x *GetTopicDetailsResponse) String() string {
 func (*GetTopicDetailsResponse) ProtoMessage() {}
 
 func (x *GetTopicDetailsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[7]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +799,7 @@ func (x *GetTopicDetailsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTopicDetailsResponse.ProtoReflect.Descriptor instead.
 func (*GetTopicDetailsResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{7}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetTopicDetailsResponse) GetTopic() string {
@@ -618,7 +846,7 @@ type GetClusterDetailsRequest struct {
 
 func (x *GetClusterDetailsRequest) Reset() {
 	*x = GetClusterDetailsRequest{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[8]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +858,7 @@ func (x *GetClusterDetailsRequest) String() string {
 func (*GetClusterDetailsRequest) ProtoMessage() {}
 
 func (x *GetClusterDetailsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[8]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +871,7 @@ func (x *GetClusterDetailsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterDetailsRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterDetailsRequest) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{8}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{11}
 }
 
 // GetClusterDetailsResponse identifies the cluster.
@@ -661,7 +889,7 @@ type GetClusterDetailsResponse struct {
 
 func (x *GetClusterDetailsResponse) Reset() {
 	*x = GetClusterDetailsResponse{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[9]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +901,7 @@ func (x *GetClusterDetailsResponse) String() string {
 func (*GetClusterDetailsResponse) ProtoMessage() {}
 
 func (x *GetClusterDetailsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[9]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +914,7 @@ func (x *GetClusterDetailsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterDetailsResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterDetailsResponse) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{9}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetClusterDetailsResponse) GetClusterId() string {
@@ -725,7 +953,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[10]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +965,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_forestbus_v1_forestbus_proto_msgTypes[10]
+	mi := &file_forestbus_v1_forestbus_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +978,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{10}
+	return file_forestbus_v1_forestbus_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Node) GetName() string {
@@ -778,7 +1006,25 @@ var File_forestbus_v1_forestbus_proto protoreflect.FileDescriptor
 
 const file_forestbus_v1_forestbus_proto_rawDesc = "" +
 	"\n" +
-	"\x1cforestbus/v1/forestbus.proto\x12\fforestbus.v1\"\xac\x01\n" +
+	"\x1cforestbus/v1/forestbus.proto\x12\fforestbus.v1\"h\n" +
+	"\x0eProduceRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x127\n" +
+	"\x05batch\x18\x02 \x01(\v2!.forestbus.v1.SendMessagesRequestR\x05batch\"\xad\x01\n" +
+	"\x0fProduceResponse\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12<\n" +
+	"\x06result\x18\x02 \x01(\v2\".forestbus.v1.SendMessagesResponseH\x00R\x06result\x122\n" +
+	"\x05error\x18\x03 \x01(\v2\x1a.forestbus.v1.ProduceErrorH\x00R\x05errorB\t\n" +
+	"\aoutcome\"\xd7\x01\n" +
+	"\fProduceError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12D\n" +
+	"\bmetadata\x18\x04 \x03(\v2(.forestbus.v1.ProduceError.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x01\n" +
 	"\x13SendMessagesRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1a\n" +
 	"\bmessages\x18\x02 \x03(\fR\bmessages\x12&\n" +
@@ -824,13 +1070,14 @@ const file_forestbus_v1_forestbus_proto_rawDesc = "" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x0e\n" +
-	"\x02id\x18\x03 \x01(\x04R\x02id2\xd3\x03\n" +
+	"\x02id\x18\x03 \x01(\x04R\x02id2\x9f\x04\n" +
 	"\x10ForestBusService\x12U\n" +
 	"\fSendMessages\x12!.forestbus.v1.SendMessagesRequest\x1a\".forestbus.v1.SendMessagesResponse\x12R\n" +
 	"\vGetMessages\x12 .forestbus.v1.GetMessagesRequest\x1a!.forestbus.v1.GetMessagesResponse\x12^\n" +
 	"\x0fGetTopicDetails\x12$.forestbus.v1.GetTopicDetailsRequest\x1a%.forestbus.v1.GetTopicDetailsResponse\x12d\n" +
 	"\x11GetClusterDetails\x12&.forestbus.v1.GetClusterDetailsRequest\x1a'.forestbus.v1.GetClusterDetailsResponse\x12N\n" +
-	"\tSubscribe\x12\x1e.forestbus.v1.SubscribeRequest\x1a\x1f.forestbus.v1.SubscribeResponse0\x01B\xb0\x01\n" +
+	"\tSubscribe\x12\x1e.forestbus.v1.SubscribeRequest\x1a\x1f.forestbus.v1.SubscribeResponse0\x01\x12J\n" +
+	"\aProduce\x12\x1c.forestbus.v1.ProduceRequest\x1a\x1d.forestbus.v1.ProduceResponse(\x010\x01B\xb0\x01\n" +
 	"\x10com.forestbus.v1B\x0eForestbusProtoP\x01Z;github.com/forestbus/forestbus/gen/forestbus/v1;forestbusv1\xa2\x02\x03FXX\xaa\x02\fForestbus.V1\xca\x02\fForestbus\\V1\xe2\x02\x18Forestbus\\V1\\GPBMetadata\xea\x02\rForestbus::V1b\x06proto3"
 
 var (
@@ -845,37 +1092,47 @@ func file_forestbus_v1_forestbus_proto_rawDescGZIP() []byte {
 	return file_forestbus_v1_forestbus_proto_rawDescData
 }
 
-var file_forestbus_v1_forestbus_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_forestbus_v1_forestbus_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_forestbus_v1_forestbus_proto_goTypes = []any{
-	(*SendMessagesRequest)(nil),       // 0: forestbus.v1.SendMessagesRequest
-	(*SendMessagesResponse)(nil),      // 1: forestbus.v1.SendMessagesResponse
-	(*GetMessagesRequest)(nil),        // 2: forestbus.v1.GetMessagesRequest
-	(*GetMessagesResponse)(nil),       // 3: forestbus.v1.GetMessagesResponse
-	(*SubscribeRequest)(nil),          // 4: forestbus.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),         // 5: forestbus.v1.SubscribeResponse
-	(*GetTopicDetailsRequest)(nil),    // 6: forestbus.v1.GetTopicDetailsRequest
-	(*GetTopicDetailsResponse)(nil),   // 7: forestbus.v1.GetTopicDetailsResponse
-	(*GetClusterDetailsRequest)(nil),  // 8: forestbus.v1.GetClusterDetailsRequest
-	(*GetClusterDetailsResponse)(nil), // 9: forestbus.v1.GetClusterDetailsResponse
-	(*Node)(nil),                      // 10: forestbus.v1.Node
+	(*ProduceRequest)(nil),            // 0: forestbus.v1.ProduceRequest
+	(*ProduceResponse)(nil),           // 1: forestbus.v1.ProduceResponse
+	(*ProduceError)(nil),              // 2: forestbus.v1.ProduceError
+	(*SendMessagesRequest)(nil),       // 3: forestbus.v1.SendMessagesRequest
+	(*SendMessagesResponse)(nil),      // 4: forestbus.v1.SendMessagesResponse
+	(*GetMessagesRequest)(nil),        // 5: forestbus.v1.GetMessagesRequest
+	(*GetMessagesResponse)(nil),       // 6: forestbus.v1.GetMessagesResponse
+	(*SubscribeRequest)(nil),          // 7: forestbus.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),         // 8: forestbus.v1.SubscribeResponse
+	(*GetTopicDetailsRequest)(nil),    // 9: forestbus.v1.GetTopicDetailsRequest
+	(*GetTopicDetailsResponse)(nil),   // 10: forestbus.v1.GetTopicDetailsResponse
+	(*GetClusterDetailsRequest)(nil),  // 11: forestbus.v1.GetClusterDetailsRequest
+	(*GetClusterDetailsResponse)(nil), // 12: forestbus.v1.GetClusterDetailsResponse
+	(*Node)(nil),                      // 13: forestbus.v1.Node
+	nil,                               // 14: forestbus.v1.ProduceError.MetadataEntry
 }
 var file_forestbus_v1_forestbus_proto_depIdxs = []int32{
-	10, // 0: forestbus.v1.GetClusterDetailsResponse.nodes:type_name -> forestbus.v1.Node
-	0,  // 1: forestbus.v1.ForestBusService.SendMessages:input_type -> forestbus.v1.SendMessagesRequest
-	2,  // 2: forestbus.v1.ForestBusService.GetMessages:input_type -> forestbus.v1.GetMessagesRequest
-	6,  // 3: forestbus.v1.ForestBusService.GetTopicDetails:input_type -> forestbus.v1.GetTopicDetailsRequest
-	8,  // 4: forestbus.v1.ForestBusService.GetClusterDetails:input_type -> forestbus.v1.GetClusterDetailsRequest
-	4,  // 5: forestbus.v1.ForestBusService.Subscribe:input_type -> forestbus.v1.SubscribeRequest
-	1,  // 6: forestbus.v1.ForestBusService.SendMessages:output_type -> forestbus.v1.SendMessagesResponse
-	3,  // 7: forestbus.v1.ForestBusService.GetMessages:output_type -> forestbus.v1.GetMessagesResponse
-	7,  // 8: forestbus.v1.ForestBusService.GetTopicDetails:output_type -> forestbus.v1.GetTopicDetailsResponse
-	9,  // 9: forestbus.v1.ForestBusService.GetClusterDetails:output_type -> forestbus.v1.GetClusterDetailsResponse
-	5,  // 10: forestbus.v1.ForestBusService.Subscribe:output_type -> forestbus.v1.SubscribeResponse
-	6,  // [6:11] is the sub-list for method output_type
-	1,  // [1:6] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	3,  // 0: forestbus.v1.ProduceRequest.batch:type_name -> forestbus.v1.SendMessagesRequest
+	4,  // 1: forestbus.v1.ProduceResponse.result:type_name -> forestbus.v1.SendMessagesResponse
+	2,  // 2: forestbus.v1.ProduceResponse.error:type_name -> forestbus.v1.ProduceError
+	14, // 3: forestbus.v1.ProduceError.metadata:type_name -> forestbus.v1.ProduceError.MetadataEntry
+	13, // 4: forestbus.v1.GetClusterDetailsResponse.nodes:type_name -> forestbus.v1.Node
+	3,  // 5: forestbus.v1.ForestBusService.SendMessages:input_type -> forestbus.v1.SendMessagesRequest
+	5,  // 6: forestbus.v1.ForestBusService.GetMessages:input_type -> forestbus.v1.GetMessagesRequest
+	9,  // 7: forestbus.v1.ForestBusService.GetTopicDetails:input_type -> forestbus.v1.GetTopicDetailsRequest
+	11, // 8: forestbus.v1.ForestBusService.GetClusterDetails:input_type -> forestbus.v1.GetClusterDetailsRequest
+	7,  // 9: forestbus.v1.ForestBusService.Subscribe:input_type -> forestbus.v1.SubscribeRequest
+	0,  // 10: forestbus.v1.ForestBusService.Produce:input_type -> forestbus.v1.ProduceRequest
+	4,  // 11: forestbus.v1.ForestBusService.SendMessages:output_type -> forestbus.v1.SendMessagesResponse
+	6,  // 12: forestbus.v1.ForestBusService.GetMessages:output_type -> forestbus.v1.GetMessagesResponse
+	10, // 13: forestbus.v1.ForestBusService.GetTopicDetails:output_type -> forestbus.v1.GetTopicDetailsResponse
+	12, // 14: forestbus.v1.ForestBusService.GetClusterDetails:output_type -> forestbus.v1.GetClusterDetailsResponse
+	8,  // 15: forestbus.v1.ForestBusService.Subscribe:output_type -> forestbus.v1.SubscribeResponse
+	1,  // 16: forestbus.v1.ForestBusService.Produce:output_type -> forestbus.v1.ProduceResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_forestbus_v1_forestbus_proto_init() }
@@ -883,13 +1140,17 @@ func file_forestbus_v1_forestbus_proto_init() {
 	if File_forestbus_v1_forestbus_proto != nil {
 		return
 	}
+	file_forestbus_v1_forestbus_proto_msgTypes[1].OneofWrappers = []any{
+		(*ProduceResponse_Result)(nil),
+		(*ProduceResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forestbus_v1_forestbus_proto_rawDesc), len(file_forestbus_v1_forestbus_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

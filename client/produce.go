@@ -1,0 +1,223 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+)
+
+// maxStreamInFlight caps the requests a Client has in flight on one node's
+// Produce stream: the node's own cap (api.MaxProduceInFlight). A send over
+// it waits for a slot, and gives up when its context ends.
+const maxStreamInFlight = 256
+
+// errNoProduce reports a node that does not serve Produce (an older node):
+// the send goes as a SendMessages call instead.
+var errNoProduce = errors.New("forestbus: node does not serve Produce")
+
+// WithUnarySends makes the Client send every batch as its own SendMessages
+// call instead of over the node's Produce stream. The stream is the
+// default: it costs about half the CPU per batch, on the client and on the
+// node. The answers, errors and failover are the same either way.
+func WithUnarySends() Option {
+	return func(c *Client) { c.unarySends = true }
+}
+
+// produceStream is one connection's Produce stream, shared by every send
+// of the Client to that node. A goroutine reads the answers and hands each
+// to the send waiting for it. When the stream breaks, the sends waiting on
+// it fail with its error (and fail over as a failed call would), and the
+// next send opens a new stream.
+type produceStream struct {
+	ready  chan struct{} // closed when opening ended: st or err is set
+	st     forestbusv1.ForestBusService_ProduceClient
+	err    error              // opening failed, or the stream ended (after done)
+	cancel context.CancelFunc // ends the stream
+
+	slots  chan struct{} // one per request sent and not answered
+	sendMu sync.Mutex    // serializes Send
+
+	mu      sync.Mutex
+	next    uint64                                       // last request_id used
+	pending map[uint64]chan *forestbusv1.ProduceResponse // nil: the sender gave up
+	done    bool                                         // the stream ended: err is set
+}
+
+// sendBatch sends req on cc's Produce stream and waits for the answer.
+func (c *Client) sendBatch(ctx context.Context, cc *grpc.ClientConn, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+	ps := c.produceStream(cc)
+	if ps == nil {
+		return nil, errNoProduce
+	}
+	select {
+	case <-ps.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if ps.st == nil {
+		return nil, streamErr(ps.err)
+	}
+	select {
+	case ps.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	ch := make(chan *forestbusv1.ProduceResponse, 1)
+	ps.mu.Lock()
+	if ps.done {
+		ps.mu.Unlock()
+		<-ps.slots
+		return nil, streamErr(ps.err)
+	}
+	ps.next++
+	id := ps.next
+	ps.pending[id] = ch
+	ps.mu.Unlock()
+
+	ps.sendMu.Lock()
+	err := ps.st.Send(&forestbusv1.ProduceRequest{RequestId: id, Batch: req})
+	ps.sendMu.Unlock()
+	if err != nil {
+		// The stream broke (Send returns io.EOF then): the reader ends it
+		// and answers ch with nil; its error is the stream's status.
+		ps.cancel()
+	}
+	select {
+	case r := <-ch:
+		if r == nil {
+			return nil, streamErr(ps.err)
+		}
+		if pe := r.GetError(); pe != nil {
+			return nil, produceStatus(pe)
+		}
+		if r.GetResult() == nil {
+			return nil, status.Error(codes.Internal, "Produce answer with neither result nor error")
+		}
+		return r.GetResult(), nil
+	case <-ctx.Done():
+		ps.mu.Lock()
+		if _, ok := ps.pending[id]; ok {
+			ps.pending[id] = nil // the answer is dropped when it comes
+		}
+		ps.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// produceStream returns cc's stream, opening one if there is none; nil
+// when the node does not serve Produce.
+func (c *Client) produceStream(cc *grpc.ClientConn) *produceStream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.noProduce[cc] {
+		return nil
+	}
+	if ps := c.streams[cc]; ps != nil {
+		return ps
+	}
+	ctx, cancel := context.WithCancel(c.outgoing(context.Background()))
+	ps := &produceStream{
+		cancel:  cancel,
+		ready:   make(chan struct{}),
+		slots:   make(chan struct{}, maxStreamInFlight),
+		pending: make(map[uint64]chan *forestbusv1.ProduceResponse),
+	}
+	c.streams[cc] = ps
+	go c.runStream(ctx, cc, ps)
+	return ps
+}
+
+// streamErr is the error of a send whose stream failed: errNoProduce when
+// the node does not serve Produce, so that the send goes as a call.
+func streamErr(err error) error {
+	if status.Code(err) == codes.Unimplemented {
+		return errNoProduce
+	}
+	return err
+}
+
+// runStream opens ps on cc and reads its answers until it ends. The
+// stream lives as long as the Client (Close cancels it), not as long as the
+// send that opened it.
+func (c *Client) runStream(ctx context.Context, cc *grpc.ClientConn, ps *produceStream) {
+	defer ps.cancel()
+	st, err := forestbusv1.NewForestBusServiceClient(cc).Produce(ctx)
+	if err != nil {
+		ps.err = err
+		c.dropStream(cc, ps, err)
+		close(ps.ready)
+		return
+	}
+	ps.st = st
+	close(ps.ready)
+	for {
+		r, err := st.Recv()
+		if err != nil {
+			c.dropStream(cc, ps, err)
+			ps.mu.Lock()
+			ps.err, ps.done = err, true
+			for id, ch := range ps.pending {
+				delete(ps.pending, id)
+				<-ps.slots
+				if ch != nil {
+					ch <- nil
+				}
+			}
+			ps.mu.Unlock()
+			return
+		}
+		ps.mu.Lock()
+		ch, ok := ps.pending[r.GetRequestId()]
+		if ok {
+			delete(ps.pending, r.GetRequestId())
+			<-ps.slots
+		}
+		ps.mu.Unlock()
+		if ch != nil {
+			ch <- r
+		}
+	}
+}
+
+// dropStream forgets ps, so that the next send opens a new stream; a node
+// that answered UNIMPLEMENTED is sent SendMessages calls from now on.
+func (c *Client) dropStream(cc *grpc.ClientConn, ps *produceStream, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.streams[cc] == ps {
+		delete(c.streams, cc)
+	}
+	if status.Code(err) == codes.Unimplemented {
+		c.noProduce[cc] = true
+	}
+}
+
+// closeStreams ends every Produce stream (Close).
+func (c *Client) closeStreams() {
+	c.mu.Lock()
+	streams := c.streams
+	c.streams = make(map[*grpc.ClientConn]*produceStream)
+	c.mu.Unlock()
+	for _, ps := range streams {
+		ps.cancel()
+	}
+}
+
+// produceStatus is the status error SendMessages would have returned.
+func produceStatus(pe *forestbusv1.ProduceError) error {
+	st := status.New(codes.Code(pe.GetCode()), pe.GetMessage())
+	if pe.GetReason() != "" {
+		info := &errdetails.ErrorInfo{Reason: pe.GetReason(), Domain: ErrorDomain, Metadata: pe.GetMetadata()}
+		if withInfo, err := st.WithDetails(info); err == nil {
+			st = withInfo
+		}
+	}
+	return st.Err()
+}
