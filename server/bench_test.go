@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
@@ -69,4 +70,38 @@ func BenchmarkGetMessages(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(read)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkClientSend compares the Go client's two ways of sending a batch
+// to one in-process node: over the node's Produce stream (the default) and
+// as a SendMessages call each (client.WithUnarySends). Small batches (10 ×
+// 100 B, wait_for_commit, os mode) so that the per-batch cost shows.
+func BenchmarkClientSend(b *testing.B) {
+	for _, path := range []string{"produce", "unary"} {
+		b.Run(path, func(b *testing.B) {
+			n := servertest.StartNode(b, servertest.WithSync(server.SyncOS))
+			var opts []client.Option
+			if path == "unary" {
+				opts = append(opts, client.WithUnarySends())
+			}
+			c := client.New("test", []string{n.Addr()}, opts...)
+			b.Cleanup(c.Close)
+			msgs := make([][]byte, 10)
+			for i := range msgs {
+				msgs[i] = make([]byte, 100)
+			}
+			b.SetParallelism(8)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := c.SendMessagesContext(context.Background(), "default", msgs, true); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N*len(msgs))/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
 }
