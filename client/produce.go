@@ -199,11 +199,13 @@ func (c *Client) dropStream(cc *grpc.ClientConn, ps *produceStream, err error) {
 	}
 }
 
-// closeStreams ends every Produce stream (Close).
+// closeStreams ends every Produce stream and forgets which nodes had none
+// (Close).
 func (c *Client) closeStreams() {
 	c.mu.Lock()
 	streams := c.streams
 	c.streams = make(map[*grpc.ClientConn]*produceStream)
+	clear(c.noProduce) // its keys are the connections Close closes
 	c.mu.Unlock()
 	for _, ps := range streams {
 		ps.cancel()
