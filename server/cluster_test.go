@@ -10,7 +10,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -339,4 +341,51 @@ func TestRemoveNodeThatLeads(t *testing.T) {
 	ids, err := cl.SendMessages("default", [][]byte{[]byte("after removal")}, true)
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), ids[0])
+}
+
+// TestConcurrentRemoveNodes: two removals at once. Raft takes one
+// configuration change at a time and drops one proposed while another is
+// pending; RemoveNode proposes again until its change applies, so both
+// calls succeed and both nodes are gone.
+func TestConcurrentRemoveNodes(t *testing.T) {
+	c := servertest.NewCluster(t, 5)
+	c.WaitTopic("default")
+	admin := dial(t, c.Nodes[0]).admin
+	errs := make(chan error, 2)
+	for _, name := range []string{"n4", "n5"} {
+		go func() {
+			// Removing the metadata group's leader leaves it without one
+			// for an election: NO_LEADER is retried, as the client would;
+			// after such a retry the node may already be gone.
+			ctx := ctxT(t)
+			for retried := false; ; retried = true {
+				_, err := admin.RemoveNode(ctx, &forestbusv1.RemoveNodeRequest{Name: name})
+				if status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+					time.Sleep(20 * time.Millisecond) // backoff between attempts, not a wait for a condition
+					continue
+				}
+				if retried && status.Code(err) == codes.NotFound {
+					err = nil
+				}
+				errs <- err
+				return
+			}
+		}()
+	}
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	bus := dial(t, c.Nodes[0]).bus
+	var names []string
+	require.Eventually(t, func() bool {
+		d, err := bus.GetClusterDetails(ctxT(t), &forestbusv1.GetClusterDetailsRequest{})
+		if err != nil {
+			return false
+		}
+		names = names[:0]
+		for _, n := range d.GetNodes() {
+			names = append(names, n.GetName())
+		}
+		return len(names) == 3
+	}, 10*time.Second, 10*time.Millisecond, "a removed node is still a member (RemoveNode answered OK for a dropped change)")
+	assert.ElementsMatch(t, []string{"n1", "n2", "n3"}, names)
 }

@@ -69,8 +69,8 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 }
 
 // RemoveNode removes the named member from the metadata group; Reconcile
-// removes it from the topic groups. Errors: ErrNodeNotFound and the replica
-// proposal errors.
+// removes it from the topic groups. It waits until the change is applied
+// here. Errors: ErrNodeNotFound and the replica proposal errors.
 func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 	r.mu.RLock()
 	var id uint64
@@ -83,11 +83,26 @@ func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 	if id == 0 {
 		return fmt.Errorf("%w: %q", ErrNodeNotFound, name)
 	}
-	cc := &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: new(id)}}}
-	if err := r.meta.ProposeConfChange(ctx, cc); err != nil {
-		return err
+	removed := func() bool { _, ok := r.members[id]; return !ok }
+	for {
+		cc := &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: new(id)}}}
+		if err := r.meta.ProposeConfChange(ctx, cc); err != nil {
+			return err
+		}
+		// As in AddNode: raft drops a change proposed while another is
+		// pending (a learner's promotion, say), so wait for ours to apply,
+		// else propose again. Proposing once, as this did, let RemoveNode
+		// answer OK for a removal that never happened.
+		if err := r.waitMembers(ctx, removed); err != nil {
+			return err
+		}
+		r.mu.RLock()
+		done := removed()
+		r.mu.RUnlock()
+		if done {
+			return nil
+		}
 	}
-	return r.waitMembers(ctx, func() bool { _, ok := r.members[id]; return !ok })
 }
 
 // waitMembers polls cond (under the read lock) until it holds, for up to a
