@@ -38,7 +38,7 @@ func WithUnarySends() Option {
 type produceStream struct {
 	ready  chan struct{} // closed when opening ended: st or err is set
 	st     forestbusv1.ForestBusService_ProduceClient
-	err    error              // opening failed, or the stream ended (after done)
+	err    error              // opening failed (before ready), or the stream ended (under mu)
 	cancel context.CancelFunc // ends the stream
 
 	slots  chan struct{} // one per request sent and not answered
@@ -47,7 +47,6 @@ type produceStream struct {
 	mu      sync.Mutex
 	next    uint64                                       // last request_id used
 	pending map[uint64]chan *forestbusv1.ProduceResponse // nil: the sender gave up
-	done    bool                                         // the stream ended: err is set
 }
 
 // sendBatch sends req on cc's Produce stream and waits for the answer.
@@ -71,7 +70,7 @@ func (c *Client) sendBatch(ctx context.Context, cc *grpc.ClientConn, req *forest
 	}
 	ch := make(chan *forestbusv1.ProduceResponse, 1)
 	ps.mu.Lock()
-	if ps.done {
+	if ps.err != nil { // the stream ended
 		ps.mu.Unlock()
 		<-ps.slots
 		return nil, streamErr(ps.err)
@@ -162,7 +161,7 @@ func (c *Client) runStream(ctx context.Context, cc *grpc.ClientConn, ps *produce
 		if err != nil {
 			c.dropStream(cc, ps, err)
 			ps.mu.Lock()
-			ps.err, ps.done = err, true
+			ps.err = err
 			for id, ch := range ps.pending {
 				delete(ps.pending, id)
 				<-ps.slots

@@ -18,10 +18,7 @@ func BenchmarkSendMessages(b *testing.B) {
 		b.Run(string(mode), func(b *testing.B) {
 			n := servertest.StartNode(b, servertest.WithSync(mode))
 			cc := dialB(b, n)
-			msgs := make([][]byte, 100)
-			for i := range msgs {
-				msgs[i] = make([]byte, 100)
-			}
+			msgs := payloads(100)
 			b.SetParallelism(8)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -44,10 +41,7 @@ func BenchmarkSendMessages(b *testing.B) {
 func BenchmarkGetMessages(b *testing.B) {
 	n := servertest.StartNode(b, servertest.WithSync(server.SyncOS))
 	cc := dialB(b, n)
-	msgs := make([][]byte, 1000)
-	for i := range msgs {
-		msgs[i] = make([]byte, 100)
-	}
+	msgs := payloads(1000)
 	const total = 100_000
 	for i := 0; i < total/len(msgs); i++ {
 		if _, err := cc.SendMessages(context.Background(), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: msgs, WaitForCommit: true}); err != nil {
@@ -86,10 +80,7 @@ func BenchmarkClientSend(b *testing.B) {
 			}
 			c := client.New("test", []string{n.Addr()}, opts...)
 			b.Cleanup(c.Close)
-			msgs := make([][]byte, 10)
-			for i := range msgs {
-				msgs[i] = make([]byte, 100)
-			}
+			msgs := payloads(10)
 			b.SetParallelism(8)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -104,4 +95,13 @@ func BenchmarkClientSend(b *testing.B) {
 			b.ReportMetric(float64(b.N*len(msgs))/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
+}
+
+// payloads returns n messages of 100 zero bytes.
+func payloads(n int) [][]byte {
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		msgs[i] = make([]byte, 100)
+	}
+	return msgs
 }
