@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/forestbus/forestbus/internal/fastcodec"
+	"github.com/forestbus/forestbus/internal/grpcflow"
 )
 
 // Metadata keys of the Forest Bus gRPC API.
@@ -225,6 +226,7 @@ func (c *Client) conn(node string) (*grpc.ClientConn, error) {
 		// fastcodec: read answers without an allocation per message.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize), grpc.ForceCodecV2(fastcodec.Codec{})),
 	}
+	opts = append(opts, grpcflow.DialOptions()...)
 	opts = append(opts, c.dialOpts...)
 	cc, err := grpc.NewClient(target, opts...)
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/internal/fastcodec"
+	"github.com/forestbus/forestbus/internal/grpcflow"
 	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/replica"
@@ -225,6 +226,7 @@ func (s *Server) open() error {
 	}
 
 	opts := append(append(slices.Clone(cfg.GRPCOptions), s.svc.ServerOptions()...), transport.ServerOptions()...)
+	opts = append(grpcflow.ServerOptions(), opts...) // cfg.GRPCOptions may replace them
 	opts = append(opts,
 		// Room for the framing of many small messages, so that an oversized
 		// batch reaches the handler and gets BATCH_TOO_LARGE.

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/grpcflow"
 	"github.com/forestbus/forestbus/server/replica"
 )
 
@@ -44,9 +45,10 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 	if c := f.conns[addr]; c != nil {
 		return c, nil
 	}
-	c, err := grpc.NewClient("passthrough:///"+addr,
+	opts := append(grpcflow.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(300<<20)))
+	c, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, err
 	}

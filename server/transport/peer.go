@@ -19,6 +19,7 @@ import (
 
 	peerv1 "github.com/forestbus/forestbus/gen/forestbus/peer/v1"
 	"github.com/forestbus/forestbus/internal/fastcodec"
+	"github.com/forestbus/forestbus/internal/grpcflow"
 )
 
 // peer is the sending side towards one node: a bounded queue filled by
@@ -59,6 +60,7 @@ func newPeer(t *GRPC, id uint64, addr string) (*peer, error) {
 			MinConnectTimeout: handshakeTimeout,
 		}),
 	}
+	opts = append(opts, grpcflow.DialOptions()...)
 	opts = append(opts, t.cfg.DialOptions...)
 	// Last, so that no caller option replaces it: frames (wireFrame) are
 	// marshalled by fastcodec, each raft message straight into the frame.
