@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -225,8 +224,8 @@ func (s *Server) open() error {
 		s.setMembers(ms)
 	}
 
-	opts := append(append(slices.Clone(cfg.GRPCOptions), s.svc.ServerOptions()...), transport.ServerOptions()...)
-	opts = append(grpcflow.ServerOptions(), opts...) // cfg.GRPCOptions may replace them
+	// The windows first, so that cfg.GRPCOptions may replace them.
+	opts := append(append(append(grpcflow.ServerOptions(), cfg.GRPCOptions...), s.svc.ServerOptions()...), transport.ServerOptions()...)
 	opts = append(opts,
 		// Room for the framing of many small messages, so that an oversized
 		// batch reaches the handler and gets BATCH_TOO_LARGE.

@@ -14,8 +14,9 @@
 // (16 MiB) and a quarter of it for one stream, so a reader is never
 // allowed to fall further behind than the default would let it.
 //
-// Measured on the 3-node benchmark (fbbench, same run, alternating with
-// the default): W1 ×1.15 msgs/s, W4 ×1.15, W2 p50 0.57 → 0.48 ms.
+// Measured on the 3-node benchmark against the build without them
+// (BENCHMARKS.md, run 20261205T060909Z, clusters side by side, alternating):
+// W1 ×1.09 msgs/s, W4 ×1.08, W2 p50 0.60 → 0.48 ms.
 package grpcflow
 
 import "google.golang.org/grpc"

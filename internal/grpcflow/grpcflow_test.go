@@ -34,14 +34,18 @@ var sinkDesc = grpc.ServiceDesc{
 	}},
 }
 
-// frameCounter counts the HTTP/2 frames a server writes to one client, by
-// parsing a copy of the bytes the client reads.
+// frameCounter counts the HTTP/2 frames a server writes to its clients, by
+// parsing a copy of the bytes each client connection reads. Once the
+// connections are closed, wait returns when every byte read has been parsed,
+// so the count is exact, not a sample of a parser that may lag behind.
 type frameCounter struct {
-	mu    sync.Mutex
-	pings int // PING frames that are not acks: the server asking
+	parsers sync.WaitGroup
+	mu      sync.Mutex
+	pings   int // PING frames that are not acks: the server asking
 }
 
-func (f *frameCounter) Pings() int {
+func (f *frameCounter) wait() int {
+	f.parsers.Wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.pings
@@ -73,7 +77,9 @@ func dialCounting(f *frameCounter) func(context.Context, string) (net.Conn, erro
 			return nil, err
 		}
 		r, w := io.Pipe()
+		f.parsers.Add(1)
 		go func() {
+			defer f.parsers.Done()
 			fr := http2.NewFramer(io.Discard, r)
 			fr.SetMaxReadFrameSize(1 << 24)
 			for {
@@ -83,6 +89,7 @@ func dialCounting(f *frameCounter) func(context.Context, string) (net.Conn, erro
 					return
 				}
 				if _, err := io.CopyN(io.Discard, r, int64(h.Length)); err != nil {
+					_ = r.CloseWithError(err)
 					return
 				}
 				if h.Type == http2.FramePing && !h.Flags.Has(http2.FlagPingAck) {
@@ -114,15 +121,18 @@ func pingsFor(t *testing.T, sopts []grpc.ServerOption, dopts []grpc.DialOption, 
 		grpc.WithContextDialer(dialCounting(&f)))
 	cc, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), dopts...)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = cc.Close() })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	req := &wrapperspb.BytesValue{Value: make([]byte, size)}
 	for range rounds {
-		require.NoError(t, cc.Invoke(ctx, "/grpcflow.test.Sink/Put", req, new(emptypb.Empty)))
+		if err := cc.Invoke(ctx, "/grpcflow.test.Sink/Put", req, new(emptypb.Empty)); err != nil {
+			_ = cc.Close()
+			require.NoError(t, err)
+		}
 	}
-	return f.Pings()
+	require.NoError(t, cc.Close()) // closes the connection: its parser drains and ends
+	return f.wait()
 }
 
 // With grpc-go's defaults the receiver of data pings the sender to
