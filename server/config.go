@@ -78,6 +78,10 @@ type Config struct {
 	MaxWaiters int
 	// SegmentBytes is the default segment size of a topic. Default 64 MiB.
 	SegmentBytes int64
+	// JournalBytes is the size of a journal file (fsync mode: the records
+	// of many topics synced at once go there first); a full file is
+	// checkpointed and recycled. Default 64 MiB.
+	JournalBytes int64
 	// Retention and RetentionBytes are the cluster defaults for topics
 	// that set none: messages older than Retention, or beyond the newest
 	// RetentionBytes, are removed whole segments at a time. 0: keep.

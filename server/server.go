@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,7 @@ type Server struct {
 	id       identity
 	lis      net.Listener
 	engine   *replica.Engine
+	journal  *commitlog.Journal
 	registry *topic.Registry
 	svc      *api.Service
 	grpc     *grpc.Server
@@ -85,6 +87,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		if s.engine != nil {
 			s.engine.Stop()
+		}
+		if s.journal != nil {
+			_ = s.journal.Close()
 		}
 		return nil, err
 	}
@@ -163,6 +168,15 @@ func (s *Server) open() error {
 		bootstrap = nil // the metadata log knows the members
 	}
 
+	// The journal first: it replays what a crash left in it into the logs
+	// before anything opens them. Also in os mode, which does not use it,
+	// so that a node switched from fsync loses nothing.
+	if s.journal, err = commitlog.OpenJournal(filepath.Join(cfg.DataDir, "journal"), cfg.DataDir, commitlog.JournalOptions{
+		Bytes: cfg.JournalBytes, Logger: cfg.Logger,
+	}); err != nil {
+		return err
+	}
+
 	handler := &engineHandler{}
 	var grpcTransport *transport.GRPC
 	if cfg.NewTransport != nil {
@@ -202,7 +216,7 @@ func (s *Server) open() error {
 		NodeID:    id.RaftID,
 		Members:   initial,
 		OnMembers: s.setMembers,
-		Log:       commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS},
+		Log:       commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS, Journal: s.journal},
 
 		DefaultRetention:      cfg.Retention,
 		DefaultRetentionBytes: cfg.RetentionBytes,
@@ -435,6 +449,9 @@ func (s *Server) Stop() error {
 			<-done
 		}
 		s.engine.Stop()
+		if err := s.journal.Close(); err != nil {
+			s.log.Warn("closing the journal", "err", err)
+		}
 		s.svc.Close()
 		<-s.served
 		s.stopErr = s.Err()

@@ -224,6 +224,44 @@ func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, en
 		s.dirty = true
 		l.dirty = append(l.dirty, s)
 	}
+	if l.jpath != "" {
+		l.jbuf = append(l.jbuf, buf...)
+	}
+	return nil
+}
+
+// journaled settles a sync whose records the journal made durable. The
+// segments stay dirty: their own flush is still owed (at a roll, Close, a
+// direct Sync or the journal's checkpoint).
+func (l *Log) journaled() {
+	l.dropJournalBuf()
+}
+
+func (l *Log) dropJournalBuf() {
+	if cap(l.jbuf) <= maxRetainedWriteBuffer {
+		l.jbuf = l.jbuf[:0]
+	} else {
+		l.jbuf = nil
+	}
+}
+
+// journalOnly reports whether the journal alone can make this log's pending
+// writes durable: records only, no directory change or term/vote to flush.
+func (l *Log) journalOnly() bool {
+	return l.jpath != "" && len(l.jbuf) > 0 && !l.dirDirty && !(l.hs.unsynced && l.hs.needSync)
+}
+
+// voidJournal records in the journal that its earlier records of this log
+// must not be replayed: called once the log has durably dropped a suffix
+// (truncation, snapshot), before anything is written after it.
+func (l *Log) voidJournal() error {
+	if l.jpath == "" {
+		return nil
+	}
+	l.dropJournalBuf()
+	if err := l.opts.Journal.barrier(l.jpath); err != nil {
+		return l.fence(err)
+	}
 	return nil
 }
 
@@ -343,7 +381,9 @@ func (l *Log) truncateFrom(index uint64) error {
 		}
 		l.dirDirty = false
 	}
-	return nil
+	// Everything kept is durable now (the cut segment was just synced, the
+	// earlier ones at their roll).
+	return l.voidJournal()
 }
 
 // SetHardState records hs. A change of term or vote is written to the
@@ -408,6 +448,11 @@ func (l *Log) Sync() error {
 
 // needsSync reports whether Sync would have to flush anything.
 func (l *Log) needsSync() bool {
+	if l.jpath != "" {
+		// Segments stay dirty after a journaled sync; the records written
+		// since are what a sync owes.
+		return len(l.jbuf) > 0 || l.dirDirty || l.hs.unsynced && l.hs.needSync
+	}
 	return len(l.dirty) > 0 || l.dirDirty || l.hs.unsynced && l.hs.needSync
 }
 
@@ -427,6 +472,7 @@ func (l *Log) sync(flushed bool) error {
 			if err := fdatasync(s.f); err != nil {
 				return l.fence(fmt.Errorf("commitlog: sync %s: %w", s.path, err))
 			}
+			segmentSyncs.Add(1)
 		}
 		s.dirty = false
 	}
@@ -443,5 +489,6 @@ func (l *Log) sync(flushed bool) error {
 	if err := l.hs.sync(noSync, false); err != nil {
 		return l.fence(err)
 	}
+	l.dropJournalBuf()
 	return nil
 }

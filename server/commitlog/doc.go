@@ -192,4 +192,44 @@
 // Sync, the hardstate file when term or vote changed, and the directory after
 // files were created or deleted. With Options.NoSync ("os" durability) Sync
 // does nothing but bookkeeping.
+//
+// # Journal
+//
+// A node with many topics would pay an fdatasync per log (or a syncfs of the
+// whole filesystem) for every pass of its replica loop. A Journal is one
+// write-ahead file for all of them: SyncMany writes the records that each
+// journaled log appended since its last sync (the same bytes as in its
+// segment, which keeps them in the page cache) into the journal as one
+// entry per log, and fdatasyncs the journal once. A log's sync goes to the
+// journal only when records are all it owes: a new segment (the directory),
+// a term or vote change, or a lone log in the pass take the ordinary path,
+// which also flushes its earlier journaled segments (a truncation
+// fdatasyncs what it keeps itself).
+//
+//	<journal dir>/journal-<epoch, 20 digits>.wal   entries, then zeros
+//	<journal dir>/spare.wal                        a retired file, reused
+//
+// Entry: u32 body length, u32 CRC32C of [8, 16+length), u64 epoch, then the
+// body: u8 kind, u16 path length, the log's directory relative to the
+// journal's base, payload. Kind 1 (records) carries segment records as
+// Append wrote them; kind 2 (barrier) says that the log's earlier records
+// in the journal are void: it is written, and synced, once a truncation or
+// ApplySnapshot has durably dropped a suffix, so that replay cannot bring
+// the dropped entries back. An entry whose epoch is not its file's, or whose
+// CRC fails, ends the file: a recycled file's old entries are never read.
+//
+// Files are grown a MiB of zeros at a time, so most fdatasyncs flush data
+// and no metadata. When the current file reaches its size (JournalOptions),
+// the journal moves to the next epoch and checkpoints the full one in the
+// background: one syncfs makes every segment write that preceded its entries
+// durable, and the file becomes the spare. Only a log on the journal's
+// filesystem, with syncfs available, uses the journal.
+//
+// OpenJournal recovers before any log is opened: it reads every journal
+// file in epoch order, keeps per log the records after its last barrier,
+// opens each log (which cuts a torn tail as usual), appends the records it
+// lacks (an index it already holds with the same term is skipped; one below
+// its first index too), fdatasyncs every segment from the first journaled
+// index on, and closes it. Then the files are redundant: the newest becomes
+// the spare and the others are removed.
 package commitlog

@@ -39,6 +39,10 @@ type Options struct {
 	NoSync bool
 	// Logger receives recovery warnings; nil discards them.
 	Logger *slog.Logger
+	// Journal, if set, lets SyncMany make this log's writes durable through
+	// the node's journal (see "Journal" in the package doc). The log's
+	// directory must lie under the journal's base. Ignored with NoSync.
+	Journal *Journal
 }
 
 // EntryIDs are the message ids derived for the raft entry Index.
@@ -119,6 +123,10 @@ type Log struct {
 	pts        []indexPoint
 	runs       []termRun
 	dedup      *dedupTable // as of lastIndex
+	// jpath is the log's name in the journal ("" when it does not use
+	// one); jbuf holds the records written since the last sync.
+	jpath string
+	jbuf  []byte
 }
 
 // Open opens (creating if needed) the log in dir and recovers it: every
@@ -139,6 +147,13 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, fmt.Errorf("commitlog: create dir: %w", err)
 	}
 	l := &Log{dir: dir, opts: opts, logger: logger.With("dir", dir), dev: deviceOf(dir)}
+	if j := opts.Journal; j != nil && !opts.NoSync && syncfsWorks && l.dev != 0 && l.dev == j.dev {
+		rel, err := j.relPath(dir)
+		if err != nil {
+			return nil, err
+		}
+		l.jpath = rel
+	}
 	if err := l.recover(); err != nil {
 		l.closeFiles()
 		return nil, err

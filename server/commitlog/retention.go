@@ -181,5 +181,7 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	if err := l.hs.write(hs); err != nil {
 		return l.fence(err)
 	}
-	return nil
+	// The journal's records of the old log must not be replayed onto the
+	// new start.
+	return l.voidJournal()
 }

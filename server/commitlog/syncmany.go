@@ -18,6 +18,10 @@ var syncfsCalls atomic.Uint64
 // when syncfs is unavailable or fails, is synced on its own (in parallel);
 // after a failed syncfs the per-file fdatasyncs tell which logs lost data.
 //
+// Logs that use a journal (Options.Journal) and owe only records are made
+// durable by one write and fdatasync of the journal, all of them together,
+// when more than one log needs flushing (a log alone is fdatasynced).
+//
 // Logs with nothing to flush (NoSync mode, clean, or fenced) are settled
 // inline, without I/O. A nil entry is skipped (its error is nil). The logs
 // must not be used concurrently with SyncMany: call it from the goroutine
@@ -25,18 +29,41 @@ var syncfsCalls atomic.Uint64
 func SyncMany(logs []*Log, errs []error) []error {
 	errs = append(errs[:0], make([]error, len(logs))...)
 	var (
-		shared  = make(map[uint64][]int, 1) // device -> indexes needing a flush
-		ownSync []int
+		shared   = make(map[uint64][]int, 1) // device -> indexes needing a flush
+		ownSync  []int
+		journal  *Journal
+		journals []int
 	)
 	for i, l := range logs {
 		switch {
 		case l == nil:
-		case l.opts.NoSync || !l.needsSync() || l.writable() != nil:
+		case l.opts.NoSync || l.writable() != nil:
 			errs[i] = l.Sync() // bookkeeping only, or the fence's error
+		case !l.needsSync():
+		case l.journalOnly() && (journal == nil || journal == l.opts.Journal):
+			journal = l.opts.Journal
+			journals = append(journals, i)
 		case !syncfsWorks || l.dev == 0:
 			ownSync = append(ownSync, i)
 		default:
 			shared[l.dev] = append(shared[l.dev], i)
+		}
+	}
+	if len(journals) == 1 && len(ownSync) == 0 && len(shared) == 0 {
+		// One log alone: its own fdatasync costs what the journal's would,
+		// without writing its records twice or a checkpoint later.
+		ownSync, journals = journals, nil
+	}
+	if len(journals) > 0 {
+		// Runs before the other flushes: a syncfs below would cover the
+		// journaled logs' segments too, but not their bookkeeping.
+		err := journal.commit(logs, journals)
+		for _, i := range journals {
+			if err != nil {
+				errs[i] = logs[i].fence(err)
+			} else {
+				logs[i].journaled()
+			}
 		}
 	}
 	for _, idx := range shared {

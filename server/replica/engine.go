@@ -267,19 +267,12 @@ type syncBatch struct {
 	errs   []error
 }
 
-// syncer runs the loop's syncs, one at a time, until in closes: one
-// syncfs per filesystem when several logs are dirty (commitlog.SyncMany),
-// else an fdatasync.
+// syncer runs the loop's syncs, one at a time, until in closes
+// (commitlog.SyncMany: the node's journal for the logs that use it, else an
+// fdatasync per log or a syncfs per filesystem).
 func syncer(in <-chan *syncBatch, out chan<- *syncBatch) {
 	for b := range in {
-		if len(b.logs) == 1 {
-			b.errs = append(b.errs[:0], nil)
-			if l := b.logs[0]; l != nil {
-				b.errs[0] = l.Sync()
-			}
-		} else {
-			b.errs = commitlog.SyncMany(b.logs, b.errs)
-		}
+		b.errs = commitlog.SyncMany(b.logs, b.errs)
 		out <- b
 	}
 }

@@ -1,0 +1,530 @@
+package commitlog
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// DefaultJournalBytes is the size at which the journal moves to a new file.
+const DefaultJournalBytes = 64 << 20
+
+const (
+	journalPrefix   = "journal-"
+	journalSuffix   = ".wal"
+	journalSpare    = "spare.wal"
+	journalHdrSize  = 16 // u32 body length, u32 crc32c of [8, 16+length), u64 epoch
+	journalGrowStep = 1 << 20
+
+	kindRecords = 1 // body: the log's records written since its last sync
+	kindBarrier = 2 // body: the log's earlier records in the journal are void
+)
+
+// journalCommits counts the journal's fdatasyncs of committed batches,
+// journalCheckpoints its completed checkpoints and segmentSyncs the
+// fdatasyncs of segments by Sync (for tests).
+var journalCommits, journalCheckpoints, segmentSyncs atomic.Uint64
+
+// Journal is a node-wide write-ahead file shared by many logs: SyncMany makes
+// the records that several logs wrote since their last sync durable with one
+// write and one fdatasync of the journal, instead of flushing every log's
+// segment files (see "Journal" in the package documentation).
+//
+// Its methods are safe for concurrent use.
+type Journal struct {
+	dir    string // the journal's files
+	base   string // logs' directories are named relative to it
+	dev    uint64 // filesystem of dir; only logs on it use the journal
+	limit  int64
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	f      *os.File
+	epoch  uint64
+	pos    int64 // end of the valid records in f
+	alloc  int64 // bytes of f written (zeros ahead of pos)
+	buf    []byte
+	zeros  []byte
+	err    error         // sticky: the journal failed; every commit fails
+	ckpt   chan struct{} // closed when the previous file's checkpoint ended
+	ckErr  error         // the checkpoint's result, read after ckpt closed
+	spare  bool          // dir holds a recyclable file
+	closed bool
+}
+
+// JournalOptions configure OpenJournal.
+type JournalOptions struct {
+	// Bytes: a file that has reached it is checkpointed and the journal
+	// moves to the next. Default DefaultJournalBytes.
+	Bytes int64
+	// Logger receives recovery notes; nil discards them.
+	Logger *slog.Logger
+}
+
+// OpenJournal opens the journal in dir for logs whose directories lie under
+// base. It first recovers: the records of every journal file left in dir are
+// replayed into their logs, which are then synced, and the files are dropped.
+// Call it before opening any of those logs.
+func OpenJournal(dir, base string, opts JournalOptions) (*Journal, error) {
+	if opts.Bytes <= 0 {
+		opts.Bytes = DefaultJournalBytes
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("commitlog: create journal dir: %w", err)
+	}
+	j := &Journal{dir: dir, base: base, limit: opts.Bytes, logger: logger, dev: deviceOf(dir)}
+	epochs, err := journalFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := j.replay(epochs); err != nil {
+		return nil, err
+	}
+	// Every replayed log is synced: the files are redundant. The newest is
+	// kept to be recycled (its blocks are written, so the fdatasyncs of the
+	// next file need no metadata).
+	var last uint64
+	for i, e := range epochs {
+		p := j.path(e)
+		if i == len(epochs)-1 {
+			if err := os.Rename(p, filepath.Join(dir, journalSpare)); err != nil {
+				return nil, fmt.Errorf("commitlog: journal: %w", err)
+			}
+		} else if err := os.Remove(p); err != nil {
+			return nil, fmt.Errorf("commitlog: journal: %w", err)
+		}
+		last = e
+	}
+	if _, err := os.Stat(filepath.Join(dir, journalSpare)); err == nil {
+		j.spare = true
+	}
+	if err := j.next(last + 1); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+func (j *Journal) path(epoch uint64) string {
+	return filepath.Join(j.dir, fmt.Sprintf("%s%020d%s", journalPrefix, epoch, journalSuffix))
+}
+
+// journalFiles lists the epochs of the journal files in dir, ascending.
+func journalFiles(dir string) ([]uint64, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("commitlog: journal: %w", err)
+	}
+	var out []uint64
+	for _, de := range des {
+		name := de.Name()
+		if !strings.HasPrefix(name, journalPrefix) || !strings.HasSuffix(name, journalSuffix) {
+			continue
+		}
+		var e uint64
+		if _, err := fmt.Sscanf(strings.TrimSuffix(strings.TrimPrefix(name, journalPrefix), journalSuffix), "%d", &e); err != nil || e == 0 {
+			continue
+		}
+		out = append(out, e)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// next makes the file of epoch e current: the spare, renamed, or a new file.
+// The directory is synced before any record relies on the name.
+func (j *Journal) next(e uint64) error {
+	p := j.path(e)
+	if j.spare {
+		if err := os.Rename(filepath.Join(j.dir, journalSpare), p); err != nil {
+			return j.fail(fmt.Errorf("commitlog: journal: %w", err))
+		}
+		j.spare = false
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return j.fail(fmt.Errorf("commitlog: journal: %w", err))
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return j.fail(fmt.Errorf("commitlog: journal: %w", err))
+	}
+	if err := syncDir(j.dir); err != nil {
+		f.Close()
+		return j.fail(err)
+	}
+	j.f, j.epoch, j.pos, j.alloc = f, e, 0, st.Size()
+	return nil
+}
+
+func (j *Journal) fail(err error) error {
+	if j.err == nil {
+		j.err = err
+		j.logger.Error("commitlog: journal failed; logs that use it are fenced", "err", err)
+	}
+	return j.err
+}
+
+// relPath names dir relative to the journal's base.
+func (j *Journal) relPath(dir string) (string, error) {
+	rel, err := filepath.Rel(j.base, dir)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return "", fmt.Errorf("commitlog: log %s is not under the journal's base %s", dir, j.base)
+	}
+	if len(rel) > 1<<16-1 {
+		return "", fmt.Errorf("commitlog: log path too long for the journal: %s", rel)
+	}
+	return filepath.ToSlash(rel), nil
+}
+
+// appendEntry frames one journal entry: header, kind, path, payload.
+func (j *Journal) appendEntry(dst []byte, kind byte, path string, payload []byte) []byte {
+	start := len(dst)
+	n := 1 + 2 + len(path) + len(payload)
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(n))
+	dst = append(dst, 0, 0, 0, 0)
+	dst = binary.LittleEndian.AppendUint64(dst, j.epoch)
+	dst = append(dst, kind)
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(path)))
+	dst = append(dst, path...)
+	dst = append(dst, payload...)
+	binary.LittleEndian.PutUint32(dst[start+4:start+8], crc32.Checksum(dst[start+8:], castagnoli))
+	return dst
+}
+
+// commit makes the pending records of logs[i] for every i in idx durable:
+// one write and one fdatasync of the journal.
+func (j *Journal) commit(logs []*Log, idx []int) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.ready(); err != nil {
+		return err
+	}
+	n := 0
+	for _, i := range idx {
+		n += journalHdrSize + 3 + len(logs[i].jpath) + len(logs[i].jbuf)
+	}
+	if err := j.roomFor(int64(n)); err != nil {
+		return err
+	}
+	buf := slices.Grow(j.buf[:0], n)
+	for _, i := range idx {
+		buf = j.appendEntry(buf, kindRecords, logs[i].jpath, logs[i].jbuf)
+	}
+	err := j.write(buf)
+	if cap(buf) <= maxRetainedWriteBuffer {
+		j.buf = buf[:0]
+	} else {
+		j.buf = nil
+	}
+	if err == nil {
+		journalCommits.Add(1)
+	}
+	return err
+}
+
+// barrier records durably that the journal's earlier records of the log at
+// path are void: the log was truncated or replaced by a snapshot, durably,
+// and replaying them would bring back what it dropped.
+func (j *Journal) barrier(path string) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.ready(); err != nil {
+		return err
+	}
+	n := journalHdrSize + 3 + len(path)
+	if err := j.roomFor(int64(n)); err != nil {
+		return err
+	}
+	return j.write(j.appendEntry(make([]byte, 0, n), kindBarrier, path, nil))
+}
+
+func (j *Journal) ready() error {
+	if j.closed {
+		return ErrClosed
+	}
+	return j.err
+}
+
+// roomFor moves to the next file when n more bytes would take the current
+// one past the limit. The full file is checkpointed in the background: one
+// syncfs of the filesystem makes every segment write that preceded its
+// records durable, after which the file is kept as the spare.
+func (j *Journal) roomFor(n int64) error {
+	if j.pos == 0 || j.pos+n <= j.limit {
+		return nil
+	}
+	if err := j.waitCheckpoint(); err != nil {
+		return err
+	}
+	old, oldPath := j.f, j.f.Name()
+	if err := j.next(j.epoch + 1); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	j.ckpt = done
+	go func() {
+		defer close(done)
+		err := syncfs(old)
+		if err == nil {
+			err = os.Rename(oldPath, filepath.Join(j.dir, journalSpare))
+		}
+		if err == nil {
+			journalCheckpoints.Add(1)
+		}
+		if cerr := old.Close(); err == nil {
+			err = cerr
+		}
+		j.ckErr = err
+	}()
+	return nil
+}
+
+// waitCheckpoint waits for the previous file's checkpoint.
+func (j *Journal) waitCheckpoint() error {
+	if j.ckpt == nil {
+		return nil
+	}
+	<-j.ckpt
+	j.ckpt = nil
+	if j.ckErr != nil {
+		return j.fail(fmt.Errorf("commitlog: journal checkpoint: %w", j.ckErr))
+	}
+	j.spare = true
+	return nil
+}
+
+// write appends buf at pos and fdatasyncs. The file is grown with zeros a
+// step ahead, so that most fdatasyncs flush data only (no size or extent
+// change to journal).
+func (j *Journal) write(buf []byte) error {
+	end := j.pos + int64(len(buf))
+	if end > j.alloc {
+		grow := max(end-j.alloc, journalGrowStep)
+		if j.zeros == nil {
+			j.zeros = make([]byte, journalGrowStep)
+		}
+		for off := j.alloc; off < j.alloc+grow; off += journalGrowStep {
+			if _, err := j.f.WriteAt(j.zeros[:min(journalGrowStep, j.alloc+grow-off)], off); err != nil {
+				return j.fail(fmt.Errorf("commitlog: journal: %w", err))
+			}
+		}
+		j.alloc += grow
+	}
+	if _, err := j.f.WriteAt(buf, j.pos); err != nil {
+		return j.fail(fmt.Errorf("commitlog: journal: %w", err))
+	}
+	if err := fdatasync(j.f); err != nil {
+		return j.fail(fmt.Errorf("commitlog: journal: %w", err))
+	}
+	j.pos = end
+	return nil
+}
+
+// Close waits for a checkpoint in progress and closes the file. The logs
+// that use the journal must be closed first (Close syncs each of them).
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return ErrClosed
+	}
+	j.closed = true
+	err := j.waitCheckpoint()
+	if cerr := j.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// replay applies the records of the files of the given epochs, in order, to
+// their logs (see "Journal" in the package documentation).
+func (j *Journal) replay(epochs []uint64) error {
+	type pending struct {
+		path     string
+		payloads [][]byte
+	}
+	var (
+		order []*pending
+		byDir = map[string]*pending{}
+	)
+	for _, e := range epochs {
+		b, err := os.ReadFile(j.path(e))
+		if err != nil {
+			return fmt.Errorf("commitlog: journal: %w", err)
+		}
+		n := 0
+		for off := 0; ; n++ {
+			kind, path, payload, size, ok := parseJournalEntry(b[off:], e)
+			if !ok {
+				break
+			}
+			off += size
+			p := byDir[path]
+			if p == nil {
+				p = &pending{path: path}
+				byDir[path] = p
+				order = append(order, p)
+			}
+			switch kind {
+			case kindRecords:
+				p.payloads = append(p.payloads, payload)
+			case kindBarrier:
+				p.payloads = nil
+			}
+		}
+		j.logger.Info("commitlog: journal file read", "epoch", e, "entries", n)
+	}
+	for _, p := range order {
+		if len(p.payloads) == 0 {
+			continue
+		}
+		if err := j.replayLog(p.path, p.payloads); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseJournalEntry decodes the entry at the start of b written in epoch;
+// ok is false at the end of the valid entries.
+func parseJournalEntry(b []byte, epoch uint64) (kind byte, path string, payload []byte, size int, ok bool) {
+	if len(b) < journalHdrSize+3 {
+		return 0, "", nil, 0, false
+	}
+	n := int(binary.LittleEndian.Uint32(b[0:4]))
+	if n < 3 || n > len(b)-journalHdrSize || binary.LittleEndian.Uint64(b[8:16]) != epoch {
+		return 0, "", nil, 0, false
+	}
+	if crc32.Checksum(b[8:journalHdrSize+n], castagnoli) != binary.LittleEndian.Uint32(b[4:8]) {
+		return 0, "", nil, 0, false
+	}
+	body := b[journalHdrSize : journalHdrSize+n]
+	kind = body[0]
+	pl := int(binary.LittleEndian.Uint16(body[1:3]))
+	if 3+pl > len(body) || (kind != kindRecords && kind != kindBarrier) {
+		return 0, "", nil, 0, false
+	}
+	return kind, string(body[3 : 3+pl]), body[3+pl:], journalHdrSize + n, true
+}
+
+// replayLog applies one log's journaled records: records the log already
+// holds (same index and term) are skipped, those below its first index
+// too, and the rest are appended, which also replaces a conflicting suffix
+// (raft's rule). The log is then closed, which syncs it.
+func (j *Journal) replayLog(rel string, payloads [][]byte) error {
+	dir := filepath.Join(j.base, filepath.FromSlash(rel))
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		j.logger.Info("commitlog: journal records of a log that no longer exists", "log", rel)
+		return nil
+	}
+	l, err := Open(dir, Options{Logger: j.logger})
+	if err != nil {
+		return fmt.Errorf("commitlog: journal replay of %s: %w", rel, err)
+	}
+	var ents []*pb.Entry
+	applied := 0
+	from := uint64(0) // lowest index the journal holds for the log
+	for _, p := range payloads {
+		if ents, err = decodeRecords(ents[:0], p); err != nil {
+			break
+		}
+		if len(ents) > 0 && (from == 0 || ents[0].GetIndex() < from) {
+			from = ents[0].GetIndex()
+		}
+		var n int
+		if n, err = l.replayEntries(ents); err != nil {
+			break
+		}
+		applied += n
+	}
+	if err == nil && applied > 0 {
+		j.logger.Info("commitlog: journal records replayed", "log", rel, "entries", applied, "last_index", l.lastIndex)
+	}
+	// Records the log already held may still be only in the page cache (the
+	// process died, the machine did not): Close must fdatasync them before
+	// the journal that holds them is dropped.
+	l.markDirtyFrom(from)
+	if cerr := l.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("commitlog: journal replay of %s: %w", rel, err)
+	}
+	return nil
+}
+
+// decodeRecords parses the segment records in b (written by Append).
+func decodeRecords(dst []*pb.Entry, b []byte) ([]*pb.Entry, error) {
+	for len(b) > 0 {
+		if len(b) < recHeaderSize {
+			return dst, fmt.Errorf("%w: journal: short record", ErrCorrupt)
+		}
+		h := parseHeader(b)
+		if h.length < recRestSize || int64(len(b)) < h.size() {
+			return dst, fmt.Errorf("%w: journal: bad record length", ErrCorrupt)
+		}
+		rec := b[:h.size()]
+		if crc32.Checksum(rec[recPrefixSize:], castagnoli) != h.crc || !validEntryType(h.typ) {
+			return dst, fmt.Errorf("%w: journal: bad record at index %d", ErrCorrupt, h.index)
+		}
+		dst = append(dst, &pb.Entry{Index: proto.Uint64(h.index), Term: proto.Uint64(h.term), Type: entryTypeOf(h.typ).Enum(), Data: rec[recHeaderSize:]})
+		b = b[h.size():]
+	}
+	return dst, nil
+}
+
+// replayEntries appends the part of ents the log does not hold and returns
+// how many entries it appended.
+func (l *Log) replayEntries(ents []*pb.Entry) (int, error) {
+	for len(ents) > 0 && ents[0].GetIndex() < l.start.firstIndex {
+		ents = ents[1:]
+	}
+	for len(ents) > 0 && ents[0].GetIndex() <= l.lastIndex {
+		t, err := l.termLocked(ents[0].GetIndex())
+		if err != nil {
+			return 0, err
+		}
+		if t != ents[0].GetTerm() {
+			break
+		}
+		ents = ents[1:]
+	}
+	if len(ents) == 0 {
+		return 0, nil
+	}
+	if ents[0].GetIndex() > l.lastIndex+1 {
+		return 0, fmt.Errorf("%w: journal record at index %d follows last index %d", ErrCorrupt, ents[0].GetIndex(), l.lastIndex)
+	}
+	if _, err := l.Append(ents, nil); err != nil {
+		return 0, err
+	}
+	return len(ents), nil
+}
+
+// markDirtyFrom marks every segment holding an index >= index dirty, so that
+// the next Sync fdatasyncs it.
+func (l *Log) markDirtyFrom(index uint64) {
+	for _, s := range l.segs {
+		if s.dirty || s.empty() || s.last < index {
+			continue
+		}
+		s.dirty = true
+		l.dirty = append(l.dirty, s)
+	}
+}

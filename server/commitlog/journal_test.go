@@ -1,0 +1,279 @@
+package commitlog
+
+import (
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// journalFixture is a node-like tree: root/journal and root/topics/<i>, every
+// log using the journal.
+type journalFixture struct {
+	root    string
+	j       *Journal
+	logs    []*Log
+	models  []*model
+	durable []int64 // each log's last segment size when synced on its own
+}
+
+func newJournalFixture(t *testing.T, n int, bytes int64) *journalFixture {
+	t.Helper()
+	if !syncfsWorks {
+		t.Skip("the journal needs syncfs (Linux 5.8 or later)")
+	}
+	f := &journalFixture{root: t.TempDir()}
+	var err error
+	f.j, err = OpenJournal(filepath.Join(f.root, "journal"), f.root, JournalOptions{Bytes: bytes})
+	require.NoError(t, err)
+	for i := range n {
+		l := openT(t, f.logDir(f.root, i), Options{Journal: f.j})
+		require.Equal(t, fmt.Sprintf("topics/%d", i), l.jpath)
+		// The first append creates a segment, which takes the ordinary
+		// sync (the directory changed): do it here, so that rounds go to
+		// the journal.
+		m := newModel()
+		m.appendN(t, l, 1, 2, 1)
+		require.NoError(t, l.Sync())
+		f.logs = append(f.logs, l)
+		f.models = append(f.models, m)
+		f.durable = append(f.durable, lastSegmentSize(l))
+	}
+	t.Cleanup(func() {
+		for _, l := range f.logs {
+			_ = l.Close()
+		}
+		_ = f.j.Close()
+	})
+	return f
+}
+
+func (f *journalFixture) logDir(root string, i int) string {
+	return filepath.Join(root, "topics", fmt.Sprint(i))
+}
+
+// round appends n entries of term to every log and syncs them together:
+// through the journal when there are several.
+func (f *journalFixture) round(t *testing.T, n int, term uint64) {
+	t.Helper()
+	for i, l := range f.logs {
+		f.models[i].appendN(t, l, f.models[i].last+1, n, term)
+	}
+	commits := journalCommits.Load()
+	for i, err := range SyncMany(f.logs, nil) {
+		require.NoError(t, err, "log %d", i)
+		require.False(t, f.logs[i].needsSync(), "log %d", i)
+	}
+	if len(f.logs) > 1 {
+		require.Equal(t, commits+1, journalCommits.Load(), "journal commits")
+	}
+}
+
+// crash copies the tree as a process killed now leaves it: every byte the
+// logs wrote, synced or not.
+func (f *journalFixture) crash(t *testing.T) string {
+	t.Helper()
+	dst := t.TempDir()
+	require.NoError(t, filepath.WalkDir(f.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(f.root, p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+	}))
+	return dst
+}
+
+// loseTail zeroes log i's last segment in the copy root from offset on, as
+// a power loss leaves the unsynced end of a preallocated file.
+func (f *journalFixture) loseTail(t *testing.T, root string, i int, offset int64) {
+	t.Helper()
+	paths := segPaths(t, f.logDir(root, i))
+	p := paths[len(paths)-1]
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	require.Greater(t, int64(len(b)), offset)
+	clear(b[offset:])
+	require.NoError(t, os.WriteFile(p, b, 0o644))
+}
+
+// recover opens the journal of the copy root (which replays it) and checks
+// every log there against want (its model, unless nil).
+func (f *journalFixture) recover(t *testing.T, root string, want []*model) {
+	t.Helper()
+	j, err := OpenJournal(filepath.Join(root, "journal"), root, JournalOptions{})
+	require.NoError(t, err)
+	defer j.Close()
+	for i, m := range want {
+		if m == nil {
+			continue
+		}
+		l := openT(t, f.logDir(root, i), Options{Journal: j})
+		m.check(t, l)
+		require.NoError(t, l.Close())
+	}
+}
+
+func (m *model) clone() *model {
+	c := *m
+	c.ents, c.ids, c.msgs = maps.Clone(m.ents), maps.Clone(m.ids), maps.Clone(m.msgs)
+	return &c
+}
+
+func lastSegmentSize(l *Log) int64 { return l.segs[len(l.segs)-1].size }
+
+// journalNames lists the files in a journal directory.
+func journalNames(t *testing.T, dir string) []string {
+	t.Helper()
+	des, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var out []string
+	for _, de := range des {
+		out = append(out, de.Name())
+	}
+	return out
+}
+
+// TestJournalReplaysLostRecords: records several logs made durable only
+// through the journal, then lost from their segments (zeroed, as a power
+// loss leaves a preallocated tail), are back after OpenJournal.
+func TestJournalReplaysLostRecords(t *testing.T) {
+	f := newJournalFixture(t, 3, 0)
+	commits, segSyncs := journalCommits.Load(), segmentSyncs.Load()
+	for range 3 {
+		f.round(t, 4, 1)
+	}
+	assert.Equal(t, commits+3, journalCommits.Load(), "one journal commit per SyncMany")
+	assert.Equal(t, segSyncs, segmentSyncs.Load(), "no segment fdatasync")
+
+	crashed := f.crash(t)
+	for i := range f.logs {
+		f.loseTail(t, crashed, i, f.durable[i])
+	}
+	f.recover(t, crashed, f.models)
+	// The replayed files were dropped; the newest was recycled as the new
+	// current file.
+	assert.Equal(t, []string{fmt.Sprintf("journal-%020d.wal", f.j.epoch+1)}, journalNames(t, filepath.Join(crashed, "journal")))
+}
+
+// TestJournalLoneLogSyncsItself: a pass with one dirty log fdatasyncs it
+// rather than writing it twice.
+func TestJournalLoneLogSyncsItself(t *testing.T) {
+	f := newJournalFixture(t, 1, 0)
+	commits, segSyncs := journalCommits.Load(), segmentSyncs.Load()
+	f.round(t, 3, 1)
+	assert.Equal(t, commits, journalCommits.Load())
+	assert.Equal(t, segSyncs+1, segmentSyncs.Load())
+}
+
+// TestJournalReplaySyncsSegments: after a kill (the page cache survives, so
+// the segments already hold every journaled record) replay appends nothing,
+// but must fdatasync the segments before it drops the journal.
+func TestJournalReplaySyncsSegments(t *testing.T) {
+	f := newJournalFixture(t, 2, 0)
+	f.round(t, 4, 1)
+	crashed := f.crash(t)
+	segSyncs := segmentSyncs.Load()
+	f.recover(t, crashed, nil)
+	assert.Equal(t, segSyncs+2, segmentSyncs.Load(), "one fdatasync per replayed log's segment")
+	f.recover(t, crashed, f.models)
+}
+
+// TestJournalBarrierVoidsTruncatedRecords: a log journals entries 3..7 of
+// term 1, then replaces 5..7 with 5..6 of term 2 and syncs that on its own.
+// Replay must not bring term 1's entries back over the durable ones.
+func TestJournalBarrierVoidsTruncatedRecords(t *testing.T) {
+	f := newJournalFixture(t, 2, 0)
+	f.round(t, 5, 1)
+	a := f.logs[0]
+	f.models[0].appendN(t, a, 5, 2, 2)
+	require.NoError(t, a.Sync())
+
+	f.recover(t, f.crash(t), f.models)
+}
+
+// TestJournalTornEntry: replay stops at the first entry whose CRC fails;
+// the entries before it are applied.
+func TestJournalTornEntry(t *testing.T) {
+	f := newJournalFixture(t, 2, 0)
+	f.round(t, 3, 1)
+	torn := f.j.pos // where the second round's entries start
+	want := make([]*model, len(f.logs))
+	for i, m := range f.models {
+		want[i] = m.clone()
+	}
+	f.round(t, 3, 1)
+
+	crashed := f.crash(t)
+	for i := range f.logs {
+		f.loseTail(t, crashed, i, f.durable[i])
+	}
+	jf := filepath.Join(crashed, "journal", filepath.Base(f.j.f.Name()))
+	b, err := os.ReadFile(jf)
+	require.NoError(t, err)
+	b[torn+journalHdrSize+1] ^= 0xff
+	require.NoError(t, os.WriteFile(jf, b, 0o644))
+	f.recover(t, crashed, want)
+}
+
+// TestJournalRotates: a small journal moves to new files, checkpoints the
+// full ones (syncfs) and recycles them, so files do not pile up; replay
+// reads what is left.
+func TestJournalRotates(t *testing.T) {
+	f := newJournalFixture(t, 2, 4<<10)
+	ckpts := journalCheckpoints.Load()
+	first := f.j.epoch
+	for range 60 {
+		f.round(t, 2, 1)
+	}
+	f.j.mu.Lock()
+	epoch := f.j.epoch
+	require.NoError(t, f.j.waitCheckpoint())
+	f.j.mu.Unlock()
+	assert.Greater(t, epoch, first+5)
+	assert.Equal(t, ckpts+epoch-first, journalCheckpoints.Load(), "a checkpoint per retired file")
+	names := journalNames(t, f.j.dir)
+	assert.LessOrEqual(t, len(names), 2, "%v", names)
+	assert.Contains(t, names, journalSpare)
+
+	f.recover(t, f.crash(t), f.models)
+}
+
+// TestJournalSkipsRemovedLog: records of a log whose directory is gone (a
+// removed topic) are dropped.
+func TestJournalSkipsRemovedLog(t *testing.T) {
+	f := newJournalFixture(t, 2, 0)
+	f.round(t, 3, 1)
+	crashed := f.crash(t)
+	require.NoError(t, os.RemoveAll(f.logDir(crashed, 1)))
+	f.recover(t, crashed, []*model{f.models[0], nil})
+	_, err := os.Stat(f.logDir(crashed, 1))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// TestJournalRelPath: only logs under the base can use the journal.
+func TestJournalRelPath(t *testing.T) {
+	if !syncfsWorks {
+		t.Skip("the journal needs syncfs (Linux 5.8 or later)")
+	}
+	root := t.TempDir()
+	j, err := OpenJournal(filepath.Join(root, "base", "journal"), filepath.Join(root, "base"), JournalOptions{})
+	require.NoError(t, err)
+	defer j.Close()
+	_, err = Open(filepath.Join(root, "elsewhere"), Options{Journal: j})
+	require.Error(t, err)
+	assert.True(t, strings.Contains(err.Error(), "not under"), err.Error())
+}
