@@ -77,6 +77,15 @@ func TestClusterReplicatesToEveryNode(t *testing.T) {
 	}
 	got := verifyLogs(t, c, "default")
 	assert.Equal(t, want, got)
+	// Applied everywhere, and the leader knows its followers have it all:
+	// no node keeps the entries in its tail cache.
+	for _, n := range c.Nodes {
+		tp, err := n.Server.Registry().Get("default")
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			return tp.Group.Log().Stats().CachedEntries == 0
+		}, 10*time.Second, 5*time.Millisecond, "node %s: %+v", n.Cfg.NodeName, tp.Group.Log().Stats())
+	}
 }
 
 func TestFollowerForwardsSends(t *testing.T) {

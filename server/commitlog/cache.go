@@ -13,7 +13,10 @@ import (
 //
 // The cache is per log, so its bounds are small: a node with many topics
 // must not hold megabytes for each (raft reads the tail back within a pass
-// or two; a follower that lags further is served from disk).
+// or two; a follower that lags further is served from disk). And its owner
+// releases what raft will not read again (ReleaseCache): once applied, and
+// on a leader once every follower has it, so that an idle log holds
+// nothing.
 const (
 	cacheMaxEntries = 512
 	cacheMaxBytes   = 1 << 20
@@ -67,6 +70,20 @@ func (c *tailCache) truncateFrom(index uint64) {
 		c.ents[i] = nil
 	}
 	c.ents = c.ents[:keep]
+}
+
+// releaseThrough forgets entries <= index.
+func (c *tailCache) releaseThrough(index uint64) {
+	if len(c.ents) == 0 || index < c.first {
+		return
+	}
+	n := int(min(index-c.first+1, uint64(len(c.ents))))
+	for i := range n {
+		c.bytes -= len(c.ents[i].GetData())
+		c.ents[i] = nil
+	}
+	c.ents = append(c.ents[:0], c.ents[n:]...)
+	c.first += uint64(n)
 }
 
 func (c *tailCache) reset() {

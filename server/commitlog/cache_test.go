@@ -77,3 +77,42 @@ func TestTailCacheBounds(t *testing.T) {
 	assert.Equal(t, uint64(500), c.first)
 	assert.Len(t, c.ents, 1)
 }
+
+// TestReleaseCache: released entries leave the cache (a later read gets
+// them from disk, alike), the rest stay and the cache goes on from there.
+func TestReleaseCache(t *testing.T) {
+	l, err := Open(t.TempDir(), Options{NoSync: true})
+	require.NoError(t, err)
+	defer l.Close()
+	var ents []*pb.Entry
+	for i := uint64(1); i <= 10; i++ {
+		ents = append(ents, cacheEnt(i))
+	}
+	_, err = l.Append(ents, nil)
+	require.NoError(t, err)
+
+	l.ReleaseCache(0) // below the cache: nothing
+	assert.Equal(t, 10, l.Stats().CachedEntries)
+	l.ReleaseCache(4)
+	st := l.Stats()
+	assert.Equal(t, 6, st.CachedEntries)
+	assert.Equal(t, 5*len("e5")+len("e10"), st.CachedBytes)
+	assert.Equal(t, uint64(5), l.cache.first)
+	got, err := l.Entries(1, 11, 1<<20)
+	require.NoError(t, err)
+	require.Len(t, got, 10)
+	for i, e := range got {
+		assert.Equal(t, ents[i].GetData(), e.GetData())
+	}
+
+	_, err = l.Append([]*pb.Entry{cacheEnt(11)}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 7, l.Stats().CachedEntries, "the cache goes on after a release")
+	l.ReleaseCache(100)
+	st = l.Stats()
+	assert.Equal(t, 0, st.CachedEntries)
+	assert.Equal(t, 0, st.CachedBytes)
+	_, err = l.Append([]*pb.Entry{cacheEnt(12)}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 1, l.Stats().CachedEntries)
+}

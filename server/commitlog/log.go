@@ -77,6 +77,8 @@ type Stats struct {
 	Bytes                 int64
 	FirstIndex, LastIndex uint64
 	FirstID, NextID       uint64
+	// CachedEntries and CachedBytes: the tail cache (see ReleaseCache).
+	CachedEntries, CachedBytes int
 }
 
 // Log is one topic's raft log and message store.
@@ -446,6 +448,9 @@ func (l *Log) Stats() Stats {
 		LastIndex:  l.lastIndex,
 		FirstID:    l.start.firstID,
 		NextID:     l.nextID,
+
+		CachedEntries: len(l.cache.ents),
+		CachedBytes:   l.cache.bytes,
 	}
 	for _, s := range l.segs {
 		st.Bytes += s.size

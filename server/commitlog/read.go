@@ -23,6 +23,15 @@ type entryBox struct {
 	typ         pb.EntryType
 }
 
+// ReleaseCache drops the entries <= index from the tail cache: raft will
+// not read them back soon (they are applied, and every follower has them).
+// A later read of them goes to disk.
+func (l *Log) ReleaseCache(index uint64) {
+	l.mu.Lock()
+	l.cache.releaseThrough(index)
+	l.mu.Unlock()
+}
+
 // Entries implements raft.Storage: entries [lo, hi), at least one, stopping
 // before the total protobuf size would exceed maxSize. The returned slice is
 // freshly allocated; entry data are capacity-limited sub-slices of read

@@ -1098,6 +1098,19 @@ func (g *Group) applyCommitted() {
 	}
 }
 
+// releaseCache lets the log forget the cached entries raft will not read
+// back: those applied here and, on a leader, held by every follower (a
+// follower behind is sent from the cache until it catches up).
+func (g *Group) releaseCache(applied uint64) {
+	upto := applied
+	if g.isLeader {
+		g.rn.WithProgress(func(_ uint64, _ raft.ProgressType, pr tracker.Progress) {
+			upto = min(upto, pr.Match)
+		})
+	}
+	g.log.ReleaseCache(upto)
+}
+
 func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
 	idx := snap.GetMetadata().GetIndex()
 	if cs := snap.GetMetadata().GetConfState(); cs != nil {
@@ -1163,6 +1176,7 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 	}
 	g.commitID.Store(ids.Next - 1)
 	g.applied.Store(last)
+	g.releaseCache(last)
 	g.notifyCommit()
 	// Answer only now, so a proposer that reads right after its answer sees
 	// its own messages.

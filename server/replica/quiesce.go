@@ -184,6 +184,7 @@ func (g *Group) maybeQuiesce() bool {
 	}
 	g.idleTicks = 0
 	g.quiesced = true
+	g.log.ReleaseCache(last) // every follower has it all
 	if g.e.cfg.Transport == nil {
 		return true
 	}
