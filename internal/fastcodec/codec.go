@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/bufpool"
 
 	// Registers the stock "proto" codec this one delegates to.
 	_ "google.golang.org/grpc/encoding/proto"
@@ -62,7 +63,7 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 		}
 		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 	}
-	pool := mem.DefaultBufferPool()
+	pool := bufpool.Pool // appendWire writes all n bytes
 	buf := pool.Get(n)
 	b, err := appendWire(w, (*buf)[:0], n)
 	if err != nil {
@@ -95,7 +96,16 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	case *forestbusv1.SubscribeResponse:
 		return unmarshalWith(data, m, decodeSubscribeResponse)
 	}
-	return stock.Unmarshal(data, v)
+	m, ok := v.(proto.Message)
+	if !ok {
+		return stock.Unmarshal(data, v)
+	}
+	// The stock codec's path, with the module's pool: a message received
+	// in several buffers is gathered into one, which proto.Unmarshal copies
+	// from.
+	buf := data.MaterializeToBuffer(bufpool.Pool)
+	defer buf.Free()
+	return proto.Unmarshal(buf.ReadOnlyData(), m)
 }
 
 func unmarshalWith[M proto.Message](data mem.BufferSlice, m M, decode func([]byte, M) bool) error {

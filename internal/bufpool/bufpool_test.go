@@ -1,0 +1,37 @@
+package bufpool
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// TestTiers: a buffer has the length asked and its tier's capacity (or its
+// own, above the largest tier).
+func TestTiers(t *testing.T) {
+	for _, tc := range []struct{ n, cap int }{
+		{0, 256}, {1, 256}, {256, 256}, {257, 4 << 10}, {11000, 16 << 10},
+		{16 << 10, 16 << 10}, {20000, 32 << 10}, {1 << 20, 1 << 20}, {1<<20 + 1, 1<<20 + 1},
+	} {
+		b := Pool.Get(tc.n)
+		assert.Len(t, *b, tc.n)
+		assert.Equal(t, tc.cap, cap(*b), "Get(%d)", tc.n)
+		Pool.Put(b)
+	}
+}
+
+// TestForeignCapacityDropped: a buffer of no tier's capacity is not kept.
+func TestForeignCapacityDropped(t *testing.T) {
+	b := make([]byte, 10, 300)
+	Pool.Put(&b) // not a tier's capacity: ignored
+	c := Pool.Get(10)
+	assert.Equal(t, 256, cap(*c))
+}
+
+func BenchmarkGetPut16K(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		buf := Pool.Get(11000)
+		Pool.Put(buf)
+	}
+}
