@@ -230,6 +230,11 @@
 // opens each log (which cuts a torn tail as usual), appends the records it
 // lacks (an index it already holds with the same term is skipped; one below
 // its first index too), fdatasyncs every segment from the first journaled
-// index on, and closes it. Then the files are redundant: the newest becomes
-// the spare and the others are removed.
+// index on, and closes it. Then the files are redundant: the newest is
+// renamed to the next epoch and becomes the current file, the others are
+// removed. Epochs only grow, and a journal file of the highest epoch so far
+// always exists, so a recycled file's stale entries never carry its epoch.
+// Close voids the current file (zeroes its first header) when every log
+// that used the journal closed cleanly, which synced them: a clean restart
+// replays nothing.
 package commitlog

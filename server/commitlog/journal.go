@@ -61,6 +61,10 @@ type Journal struct {
 	ckErr  error         // the checkpoint's result, read after ckpt closed
 	spare  bool          // dir holds a recyclable file
 	closed bool
+	// users counts the open logs that use the journal; unclean is set
+	// when one of them closed without syncing everything (fenced).
+	users   int
+	unclean bool
 }
 
 // JournalOptions configure OpenJournal.
@@ -95,23 +99,35 @@ func OpenJournal(dir, base string, opts JournalOptions) (*Journal, error) {
 	if err := j.replay(epochs); err != nil {
 		return nil, err
 	}
-	// Every replayed log is synced: the files are redundant. The newest is
-	// kept to be recycled (its blocks are written, so the fdatasyncs of the
-	// next file need no metadata).
+	// Every replayed log is synced: the files are redundant. The newest
+	// becomes the next epoch's file, renamed in one step (its blocks are
+	// written, so the fdatasyncs of the next file need no metadata); the
+	// others are removed. A journal file of the highest epoch used so far
+	// thus always exists, and epochs only grow: a recycled file's old
+	// entries carry smaller epochs than the file they lie in, and replay
+	// stops at them.
 	var last uint64
-	for i, e := range epochs {
-		p := j.path(e)
-		if i == len(epochs)-1 {
-			if err := os.Rename(p, filepath.Join(dir, journalSpare)); err != nil {
+	if n := len(epochs); n > 0 {
+		last = epochs[n-1]
+		for _, e := range epochs[:n-1] {
+			if err := os.Remove(j.path(e)); err != nil {
 				return nil, fmt.Errorf("commitlog: journal: %w", err)
 			}
-		} else if err := os.Remove(p); err != nil {
+		}
+		if err := os.Rename(j.path(last), j.path(last+1)); err != nil {
 			return nil, fmt.Errorf("commitlog: journal: %w", err)
 		}
-		last = e
 	}
 	if _, err := os.Stat(filepath.Join(dir, journalSpare)); err == nil {
-		j.spare = true
+		if last == 0 {
+			// A spare without any journal file (not left by this code):
+			// its epochs are unknown, so it is not reused.
+			if err := os.Remove(filepath.Join(dir, journalSpare)); err != nil {
+				return nil, fmt.Errorf("commitlog: journal: %w", err)
+			}
+		} else {
+			j.spare = true
+		}
 	}
 	if err := j.next(last + 1); err != nil {
 		return nil, err
@@ -149,7 +165,9 @@ func journalFiles(dir string) ([]uint64, error) {
 // The directory is synced before any record relies on the name.
 func (j *Journal) next(e uint64) error {
 	p := j.path(e)
-	if j.spare {
+	if _, err := os.Stat(p); err == nil {
+		// OpenJournal renamed the newest file to it.
+	} else if j.spare {
 		if err := os.Rename(filepath.Join(j.dir, journalSpare), p); err != nil {
 			return j.fail(fmt.Errorf("commitlog: journal: %w", err))
 		}
@@ -336,8 +354,24 @@ func (j *Journal) write(buf []byte) error {
 	return nil
 }
 
+func (j *Journal) attach() {
+	j.mu.Lock()
+	j.users++
+	j.mu.Unlock()
+}
+
+func (j *Journal) detach(clean bool) {
+	j.mu.Lock()
+	j.users--
+	j.unclean = j.unclean || !clean
+	j.mu.Unlock()
+}
+
 // Close waits for a checkpoint in progress and closes the file. The logs
 // that use the journal must be closed first (Close syncs each of them).
+// When every log that used it closed cleanly, its records are all in their
+// segments: the current file is voided, so that the next OpenJournal has
+// nothing to replay. Otherwise the file stays for replay.
 func (j *Journal) Close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -346,6 +380,13 @@ func (j *Journal) Close() error {
 	}
 	j.closed = true
 	err := j.waitCheckpoint()
+	if err == nil && j.err == nil && j.users == 0 && !j.unclean && j.pos > 0 {
+		// Replay starts at offset 0 and stops at the first bad entry:
+		// zeroing the first header voids the file and keeps its blocks.
+		if _, err = j.f.WriteAt(make([]byte, journalHdrSize), 0); err == nil {
+			err = fdatasync(j.f)
+		}
+	}
 	if cerr := j.f.Close(); err == nil {
 		err = cerr
 	}

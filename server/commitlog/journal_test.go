@@ -164,8 +164,7 @@ func TestJournalReplaysLostRecords(t *testing.T) {
 		f.loseTail(t, crashed, i, f.durable[i])
 	}
 	f.recover(t, crashed, f.models)
-	// The replayed files were dropped; the newest was recycled as the new
-	// current file.
+	// The replayed file was recycled as the next epoch's.
 	assert.Equal(t, []string{fmt.Sprintf("journal-%020d.wal", f.j.epoch+1)}, journalNames(t, filepath.Join(crashed, "journal")))
 }
 
@@ -276,4 +275,49 @@ func TestJournalRelPath(t *testing.T) {
 	_, err = Open(filepath.Join(root, "elsewhere"), Options{Journal: j})
 	require.Error(t, err)
 	assert.True(t, strings.Contains(err.Error(), "not under"), err.Error())
+}
+
+// TestJournalCleanCloseLeavesNothingToReplay: once every log closed
+// cleanly, Close voids the journal's file; a log left open (or fenced)
+// keeps it for replay.
+func TestJournalCleanCloseLeavesNothingToReplay(t *testing.T) {
+	for _, clean := range []bool{true, false} {
+		t.Run(fmt.Sprint("clean=", clean), func(t *testing.T) {
+			f := newJournalFixture(t, 2, 0)
+			f.round(t, 3, 1)
+			for i, l := range f.logs {
+				if clean || i > 0 {
+					require.NoError(t, l.Close())
+				}
+			}
+			require.NoError(t, f.j.Close())
+			b, err := os.ReadFile(f.j.f.Name())
+			require.NoError(t, err)
+			_, _, _, _, ok := parseJournalEntry(b, f.j.epoch)
+			assert.Equal(t, !clean, ok, "the file still holds entries to replay")
+		})
+	}
+}
+
+// TestJournalEpochsGrowAcrossOpens: every OpenJournal continues after the
+// highest epoch used (the newest file is renamed to the next epoch), also
+// after a clean close, so a recycled file's old entries never match the
+// file they lie in.
+func TestJournalEpochsGrowAcrossOpens(t *testing.T) {
+	f := newJournalFixture(t, 2, 4<<10)
+	for range 20 {
+		f.round(t, 2, 1)
+	}
+	before := f.j.epoch
+	for _, l := range f.logs {
+		require.NoError(t, l.Close())
+	}
+	require.NoError(t, f.j.Close())
+	j, err := OpenJournal(f.j.dir, f.root, JournalOptions{Bytes: 4 << 10})
+	require.NoError(t, err)
+	defer j.Close()
+	assert.Equal(t, before+1, j.epoch)
+	names := journalNames(t, j.dir)
+	assert.Contains(t, names, fmt.Sprintf("journal-%020d.wal", before+1))
+	assert.NotContains(t, names, fmt.Sprintf("journal-%020d.wal", before))
 }

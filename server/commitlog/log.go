@@ -160,6 +160,9 @@ func Open(dir string, opts Options) (*Log, error) {
 		l.closeFiles()
 		return nil, err
 	}
+	if l.jpath != "" {
+		opts.Journal.attach()
+	}
 	return l, nil
 }
 
@@ -313,6 +316,10 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	if cerr := l.closeFiles(); err == nil {
 		err = cerr
+	}
+	if l.jpath != "" {
+		// Synced whole, the log no longer needs its journal records.
+		l.opts.Journal.detach(err == nil && l.writeError == nil)
 	}
 	return err
 }
