@@ -251,14 +251,20 @@ func (l *Log) journalOnly() bool {
 	return l.jpath != "" && len(l.jbuf) > 0 && !l.dirDirty && !(l.hs.unsynced && l.hs.needSync)
 }
 
-// voidJournal records in the journal that its earlier records of this log
-// must not be replayed: called once the log has durably dropped a suffix
-// (truncation, snapshot), before anything is written after it.
+// voidJournal makes everything the log wrote durable in its own files, then
+// records durably in the journal that the journal's earlier records of this
+// log must not be replayed. It is called before the log drops a suffix
+// (truncation, snapshot): replayed over the changed log, those records
+// would bring back what it dropped, or leave a gap after its new end that
+// recovery must refuse. A crash between the barrier and the change leaves
+// the log whole and synced.
 func (l *Log) voidJournal() error {
 	if l.jpath == "" {
 		return nil
 	}
-	l.dropJournalBuf()
+	if err := l.Sync(); err != nil {
+		return err
+	}
 	if err := l.opts.Journal.barrier(l.jpath); err != nil {
 		return l.fence(err)
 	}
@@ -318,6 +324,9 @@ func (l *Log) truncateFrom(index uint64) error {
 			return fmt.Errorf("commitlog: truncate: index %d found in unexpected segment", index)
 		}
 		cut, cutOff = l.segs[si], off
+	}
+	if err := l.voidJournal(); err != nil {
+		return err
 	}
 	removed := slices.Clone(l.segs[keep:])
 	// The dedup table is owner-only: roll it back to index-1 with the undo
@@ -381,9 +390,7 @@ func (l *Log) truncateFrom(index uint64) error {
 		}
 		l.dirDirty = false
 	}
-	// Everything kept is durable now (the cut segment was just synced, the
-	// earlier ones at their roll).
-	return l.voidJournal()
+	return nil
 }
 
 // SetHardState records hs. A change of term or vote is written to the

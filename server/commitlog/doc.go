@@ -213,10 +213,12 @@
 // body: u8 kind, u16 path length, the log's directory relative to the
 // journal's base, payload. Kind 1 (records) carries segment records as
 // Append wrote them; kind 2 (barrier) says that the log's earlier records
-// in the journal are void: it is written, and synced, once a truncation or
-// ApplySnapshot has durably dropped a suffix, so that replay cannot bring
-// the dropped entries back. An entry whose epoch is not its file's, or whose
-// CRC fails, ends the file: a recycled file's old entries are never read.
+// in the journal are void: before a truncation or ApplySnapshot changes the
+// log, the log syncs its own files and the barrier is written and synced,
+// so that replay can neither bring dropped entries back nor find records
+// past the shortened log's end (a crash in between leaves the log whole).
+// An entry whose epoch is not its file's, or whose CRC fails, ends the
+// file: a recycled file's old entries are never read.
 //
 // Files are grown a MiB of zeros at a time, so most fdatasyncs flush data
 // and no metadata. When the current file reaches its size (JournalOptions),

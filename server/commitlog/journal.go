@@ -49,6 +49,12 @@ type Journal struct {
 	limit  int64
 	logger *slog.Logger
 
+	// fs is the journal directory, opened before any log: syncfs on it
+	// reports every writeback error of the filesystem since then (syncfs
+	// reports only the errors that follow the opening of the file it is
+	// given).
+	fs *os.File
+
 	mu     sync.Mutex
 	f      *os.File
 	epoch  uint64
@@ -91,13 +97,28 @@ func OpenJournal(dir, base string, opts JournalOptions) (*Journal, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("commitlog: create journal dir: %w", err)
 	}
-	j := &Journal{dir: dir, base: base, limit: opts.Bytes, logger: logger, dev: deviceOf(dir)}
-	epochs, err := journalFiles(dir)
+	fs, err := os.Open(dir)
 	if err != nil {
+		return nil, fmt.Errorf("commitlog: journal: %w", err)
+	}
+	j := &Journal{dir: dir, base: base, limit: opts.Bytes, logger: logger, dev: deviceOf(dir), fs: fs}
+	if err := j.open(); err != nil {
+		fs.Close()
 		return nil, err
 	}
+	return j, nil
+}
+
+// open replays the journal files left in j.dir and makes the next epoch's
+// file current.
+func (j *Journal) open() error {
+	dir := j.dir
+	epochs, err := journalFiles(dir)
+	if err != nil {
+		return err
+	}
 	if err := j.replay(epochs); err != nil {
-		return nil, err
+		return err
 	}
 	// Every replayed log is synced: the files are redundant. The newest
 	// becomes the next epoch's file, renamed in one step (its blocks are
@@ -111,11 +132,19 @@ func OpenJournal(dir, base string, opts JournalOptions) (*Journal, error) {
 		last = epochs[n-1]
 		for _, e := range epochs[:n-1] {
 			if err := os.Remove(j.path(e)); err != nil {
-				return nil, fmt.Errorf("commitlog: journal: %w", err)
+				return fmt.Errorf("commitlog: journal: %w", err)
+			}
+		}
+		// The removals reach the disk before the rename: a filesystem that
+		// reorders them could otherwise bring an older file back beside a
+		// renamed newest one whose entries no longer count.
+		if n > 1 {
+			if err := syncDir(dir); err != nil {
+				return err
 			}
 		}
 		if err := os.Rename(j.path(last), j.path(last+1)); err != nil {
-			return nil, fmt.Errorf("commitlog: journal: %w", err)
+			return fmt.Errorf("commitlog: journal: %w", err)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, journalSpare)); err == nil {
@@ -123,16 +152,13 @@ func OpenJournal(dir, base string, opts JournalOptions) (*Journal, error) {
 			// A spare without any journal file (not left by this code):
 			// its epochs are unknown, so it is not reused.
 			if err := os.Remove(filepath.Join(dir, journalSpare)); err != nil {
-				return nil, fmt.Errorf("commitlog: journal: %w", err)
+				return fmt.Errorf("commitlog: journal: %w", err)
 			}
 		} else {
 			j.spare = true
 		}
 	}
-	if err := j.next(last + 1); err != nil {
-		return nil, err
-	}
-	return j, nil
+	return j.next(last + 1)
 }
 
 func (j *Journal) path(epoch uint64) string {
@@ -298,7 +324,7 @@ func (j *Journal) roomFor(n int64) error {
 	j.ckpt = done
 	go func() {
 		defer close(done)
-		err := syncfs(old)
+		err := syncfs(j.fs)
 		if err == nil {
 			err = os.Rename(oldPath, filepath.Join(j.dir, journalSpare))
 		}
@@ -388,6 +414,9 @@ func (j *Journal) Close() error {
 		}
 	}
 	if cerr := j.f.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := j.fs.Close(); err == nil {
 		err = cerr
 	}
 	return err

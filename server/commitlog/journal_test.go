@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // journalFixture is a node-like tree: root/journal and root/topics/<i>, every
@@ -320,4 +322,37 @@ func TestJournalEpochsGrowAcrossOpens(t *testing.T) {
 	names := journalNames(t, j.dir)
 	assert.Contains(t, names, fmt.Sprintf("journal-%020d.wal", before+1))
 	assert.NotContains(t, names, fmt.Sprintf("journal-%020d.wal", before))
+}
+
+// TestJournalFailedBarrierLeavesLogWhole: the barrier is written before a
+// truncation or a snapshot changes anything, so a journal that cannot take
+// it fences the log with its records intact, and recovery (whose replay
+// would otherwise find the journal's records past the shortened log's end)
+// opens it as it was.
+func TestJournalFailedBarrierLeavesLogWhole(t *testing.T) {
+	for _, change := range []string{"truncate", "snapshot"} {
+		t.Run(change, func(t *testing.T) {
+			f := newJournalFixture(t, 2, 0)
+			f.round(t, 5, 1) // 3..7, journaled
+			a := f.logs[0]
+			require.NoError(t, a.Sync())
+			f.round(t, 3, 1) // 8..10, journaled
+			f.j.mu.Lock()
+			f.j.closed = true // every journal write fails from here on
+			f.j.mu.Unlock()
+			var err error
+			switch change {
+			case "truncate":
+				// Below the journal's first record of the log (3): the
+				// records would no longer follow its end.
+				_, err = a.Append([]*pb.Entry{ent(2, 2, pb.EntryType_EntryNormal, nil)}, nil)
+			case "snapshot":
+				err = a.ApplySnapshot(&pb.Snapshot{Data: EncodeSnapshotData(nil, 100), Metadata: &pb.SnapshotMetadata{
+					Index: proto.Uint64(4), Term: proto.Uint64(1), ConfState: &pb.ConfState{Voters: []uint64{1}},
+				}})
+			}
+			require.ErrorIs(t, err, ErrClosed)
+			f.recover(t, f.crash(t), f.models)
+		})
+	}
 }

@@ -127,6 +127,11 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	st := logStart{firstIndex: idx + 1, prevTerm: term, firstID: nextID}
 	cs := proto.Clone(pb.EnsureConfState(md.GetConfState())).(*pb.ConfState)
 
+	// 0. The journal's records of the old log must not be replayed onto
+	// the new start.
+	if err := l.voidJournal(); err != nil {
+		return err
+	}
 	// 1. Remove segments that start above the snapshot (all uncommitted) so
 	// that no stale segment can follow the new start after a crash.
 	k := len(l.segs)
@@ -181,7 +186,5 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	if err := l.hs.write(hs); err != nil {
 		return l.fence(err)
 	}
-	// The journal's records of the old log must not be replayed onto the
-	// new start.
-	return l.voidJournal()
+	return nil
 }
