@@ -43,16 +43,27 @@ func (c *tailCache) add(ents []*pb.Entry) {
 		c.ents = append(c.ents, e)
 		c.bytes += len(e.GetData())
 	}
-	drop := 0
-	for len(c.ents)-drop > cacheMaxEntries || (c.bytes > cacheMaxBytes && len(c.ents)-drop > 1) {
-		c.bytes -= len(c.ents[drop].GetData())
-		c.ents[drop] = nil
+	drop, bytes := 0, c.bytes
+	for len(c.ents)-drop > cacheMaxEntries || (bytes > cacheMaxBytes && len(c.ents)-drop > 1) {
+		bytes -= len(c.ents[drop].GetData())
 		drop++
 	}
-	if drop > 0 {
-		c.first += uint64(drop)
-		c.ents = append(c.ents[:0], c.ents[drop:]...)
+	c.dropFirst(drop)
+}
+
+// dropFirst forgets the first n entries. The slots past the end of c.ents
+// stay nil (the array must not keep forgotten entries alive).
+func (c *tailCache) dropFirst(n int) {
+	if n == 0 {
+		return
 	}
+	for _, e := range c.ents[:n] {
+		c.bytes -= len(e.GetData())
+	}
+	m := copy(c.ents, c.ents[n:])
+	clear(c.ents[m:])
+	c.ents = c.ents[:m]
+	c.first += uint64(n)
 }
 
 // truncateFrom forgets entries >= index.
@@ -77,13 +88,7 @@ func (c *tailCache) releaseThrough(index uint64) {
 	if len(c.ents) == 0 || index < c.first {
 		return
 	}
-	n := int(min(index-c.first+1, uint64(len(c.ents))))
-	for i := range n {
-		c.bytes -= len(c.ents[i].GetData())
-		c.ents[i] = nil
-	}
-	c.ents = append(c.ents[:0], c.ents[n:]...)
-	c.first += uint64(n)
+	c.dropFirst(int(min(index-c.first+1, uint64(len(c.ents)))))
 }
 
 func (c *tailCache) reset() {

@@ -112,7 +112,34 @@ func TestReleaseCache(t *testing.T) {
 	st = l.Stats()
 	assert.Equal(t, 0, st.CachedEntries)
 	assert.Equal(t, 0, st.CachedBytes)
+	for i, e := range l.cache.ents[:cap(l.cache.ents)] {
+		assert.Nil(t, e, "slot %d still holds a released entry", i)
+	}
 	_, err = l.Append([]*pb.Entry{cacheEnt(12)}, nil)
 	require.NoError(t, err)
 	assert.Equal(t, 1, l.Stats().CachedEntries)
+}
+
+// TestTailCacheForgetsWhatItDrops: entries the cache drops, at its bounds
+// or released, leave no reference behind in its array.
+func TestTailCacheForgetsWhatItDrops(t *testing.T) {
+	var c tailCache
+	for i := uint64(1); i <= cacheMaxEntries+100; i++ {
+		c.add([]*pb.Entry{cacheEnt(i)})
+		if i%7 == 0 {
+			c.releaseThrough(i - 3)
+		}
+	}
+	require.NotEmpty(t, c.ents)
+	for i, e := range c.ents {
+		require.Equal(t, c.first+uint64(i), e.GetIndex())
+	}
+	for i, e := range c.ents[len(c.ents):cap(c.ents)] {
+		assert.Nil(t, e, "slot %d past the end", len(c.ents)+i)
+	}
+	bytes := 0
+	for _, e := range c.ents {
+		bytes += len(e.GetData())
+	}
+	assert.Equal(t, bytes, c.bytes)
 }
