@@ -145,7 +145,13 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 		l.dirDirty = true
 	}
 	s := l.segs[len(l.segs)-1]
-	buf := l.wbuf[:0]
+	// buf[start:] is the chunk for s. A journaled log encodes straight after
+	// the records it owes the journal, so that the segment write and the
+	// journal's copy are one buffer.
+	buf, start := l.wbuf[:0], 0
+	if l.jpath != "" {
+		buf, start = l.jbuf, len(l.jbuf)
+	}
 	pts := l.pts[:0]
 	runs := l.runs[:0]
 	lastTerm := l.terms[len(l.terms)-1].term
@@ -157,8 +163,8 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 	var lastIDs EntryIDs
 	chunk := 0 // index in ents of the first entry not yet flushed
 	for i, e := range ents {
-		if pos := s.size + int64(len(buf)); pos >= l.opts.SegmentBytes && (pos > 0) {
-			if err := l.flush(s, buf, pts, runs, ents[chunk:i], lastIDs, nextID); err != nil {
+		if pos := s.size + int64(len(buf)-start); pos >= l.opts.SegmentBytes && (pos > 0) {
+			if err := l.flush(s, buf[start:], pts, runs, ents[chunk:i], lastIDs, nextID); err != nil {
 				return ids, err
 			}
 			chunk = i
@@ -166,10 +172,10 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 			if err != nil {
 				return ids, err
 			}
-			s, buf, pts, runs = ns, buf[:0], pts[:0], runs[:0]
+			s, start, pts, runs = ns, len(buf), pts[:0], runs[:0]
 			lastPoint = int64(-indexInterval)
 		}
-		off := s.size + int64(len(buf))
+		off := s.size + int64(len(buf)-start)
 		if off-lastPoint >= indexInterval {
 			pts = append(pts, indexPoint{index: e.GetIndex(), firstID: nextID, off: off})
 			lastPoint = off
@@ -188,10 +194,13 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 		ids = append(ids, lastIDs)
 		nextID = lastIDs.Next
 	}
-	err := l.flush(s, buf, pts, runs, ents[chunk:], lastIDs, nextID)
-	if cap(buf) <= maxRetainedWriteBuffer {
+	err := l.flush(s, buf[start:], pts, runs, ents[chunk:], lastIDs, nextID)
+	switch {
+	case l.jpath != "":
+		l.jbuf = buf // SyncMany or Sync drops it
+	case cap(buf) <= maxRetainedWriteBuffer:
 		l.wbuf = buf[:0]
-	} else {
+	default:
 		l.wbuf = nil
 	}
 	l.pts, l.runs = pts[:0], runs[:0]
@@ -224,17 +233,7 @@ func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, en
 		s.dirty = true
 		l.dirty = append(l.dirty, s)
 	}
-	if l.jpath != "" {
-		l.jbuf = append(l.jbuf, buf...)
-	}
 	return nil
-}
-
-// journaled settles a sync whose records the journal made durable. The
-// segments stay dirty: their own flush is still owed (at a roll, Close, a
-// direct Sync or the journal's checkpoint).
-func (l *Log) journaled() {
-	l.dropJournalBuf()
 }
 
 func (l *Log) dropJournalBuf() {

@@ -283,8 +283,7 @@ func (j *Journal) commit(logs []*Log, idx []int) error {
 }
 
 // barrier records durably that the journal's earlier records of the log at
-// path are void: the log was truncated or replaced by a snapshot, durably,
-// and replaying them would bring back what it dropped.
+// path are void (see Log.voidJournal, its only caller).
 func (j *Journal) barrier(path string) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()

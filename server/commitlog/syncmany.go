@@ -29,7 +29,7 @@ var syncfsCalls atomic.Uint64
 func SyncMany(logs []*Log, errs []error) []error {
 	errs = append(errs[:0], make([]error, len(logs))...)
 	var (
-		shared   = make(map[uint64][]int, 1) // device -> indexes needing a flush
+		shared   map[uint64][]int // device -> indexes needing a flush
 		ownSync  []int
 		journal  *Journal
 		journals []int
@@ -46,6 +46,9 @@ func SyncMany(logs []*Log, errs []error) []error {
 		case !syncfsWorks || l.dev == 0:
 			ownSync = append(ownSync, i)
 		default:
+			if shared == nil {
+				shared = make(map[uint64][]int, 1)
+			}
 			shared[l.dev] = append(shared[l.dev], i)
 		}
 	}
@@ -62,7 +65,9 @@ func SyncMany(logs []*Log, errs []error) []error {
 			if err != nil {
 				errs[i] = logs[i].fence(err)
 			} else {
-				logs[i].journaled()
+				// The segments stay dirty: their own flush is owed at a
+				// roll, a direct Sync, Close or the journal's checkpoint.
+				logs[i].dropJournalBuf()
 			}
 		}
 	}
