@@ -161,10 +161,11 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 	}
 	nextID := l.nextID
 	var lastIDs EntryIDs
+	base := len(ids)
 	chunk := 0 // index in ents of the first entry not yet flushed
 	for i, e := range ents {
 		if pos := s.size + int64(len(buf)-start); pos >= l.opts.SegmentBytes && (pos > 0) {
-			if err := l.flush(s, buf[start:], pts, runs, ents[chunk:i], lastIDs, nextID); err != nil {
+			if err := l.flush(s, buf[start:], pts, runs, ents[chunk:i], ids[base+chunk:], nextID); err != nil {
 				return ids, err
 			}
 			chunk = i
@@ -194,7 +195,7 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 		ids = append(ids, lastIDs)
 		nextID = lastIDs.Next
 	}
-	err := l.flush(s, buf[start:], pts, runs, ents[chunk:], lastIDs, nextID)
+	err := l.flush(s, buf[start:], pts, runs, ents[chunk:], ids[base+chunk:], nextID)
 	switch {
 	case l.jpath != "":
 		l.jbuf = buf // SyncMany or Sync drops it
@@ -208,7 +209,8 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 }
 
 // flush writes buf at the end of s and publishes the new records to readers.
-func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, ents []*pb.Entry, last EntryIDs, nextID uint64) error {
+// ids holds the ids of ents.
+func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, ents []*pb.Entry, ids []EntryIDs, nextID uint64) error {
 	if len(ents) == 0 {
 		return nil
 	}
@@ -225,7 +227,10 @@ func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, en
 	s.last = le.GetIndex()
 	l.terms = append(l.terms, runs...)
 	l.lastIndex = le.GetIndex()
-	l.last = last
+	l.last = ids[len(ids)-1]
+	for _, id := range ids[max(0, len(ids)-recentIDs):] {
+		l.recent[id.Index%recentIDs] = id
+	}
 	l.nextID = nextID
 	l.cache.add(ents)
 	l.mu.Unlock()

@@ -71,6 +71,9 @@ type EntryIDs struct {
 	Next    uint64
 }
 
+// recentIDs is how many entries' ids a Log keeps in memory (Log.recent).
+const recentIDs = 64
+
 // Stats is a snapshot of a Log's size and bounds.
 type Stats struct {
 	Segments              int
@@ -100,7 +103,14 @@ type Log struct {
 	start     logStart // first retained index, term before it, first id
 	lastIndex uint64
 	last      EntryIDs // ids of lastIndex (valid when lastIndex >= start.firstIndex)
-	nextID    uint64
+	// recent holds the ids of recently appended entries, slot index %
+	// len(recent), valid where the slot's Index is the index asked for
+	// (and that index is in the log): IDs of an entry just behind the tail
+	// (the one a leader applies while later ones are in flight) without a
+	// pread. An entry appended again after a truncation overwrites its
+	// slot before the log reaches its index again.
+	recent [recentIDs]EntryIDs
+	nextID uint64
 	// baseTable is the encoded dedup table as of start.firstIndex-1 (what
 	// meta and Snapshot carry). Immutable: replaced, never modified.
 	baseTable []byte
@@ -466,8 +476,9 @@ func (l *Log) Stats() Stats {
 }
 
 // IDs returns the message ids of entry index. It returns raft.ErrCompacted
-// below FirstIndex and raft.ErrUnavailable above LastIndex. The last entry is
-// answered from memory; others cost one small pread.
+// below FirstIndex and raft.ErrUnavailable above LastIndex. The last
+// recentIDs entries appended are answered from memory; others cost one
+// small pread.
 func (l *Log) IDs(index uint64) (EntryIDs, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -486,6 +497,9 @@ func (l *Log) idsLocked(index uint64) (EntryIDs, error) {
 	}
 	if index == l.last.Index && l.last.Next != 0 {
 		return l.last, nil
+	}
+	if r := l.recent[index%recentIDs]; r.Index == index && r.Next != 0 {
+		return r, nil
 	}
 	_, _, h, err := l.locate(index)
 	if err != nil {

@@ -626,3 +626,42 @@ func TestCommitPointKeptUntilFlush(t *testing.T) {
 	defer l.Close()
 	assert.Equal(t, uint64(9), reported())
 }
+
+// TestRecentIDsFromMemory: the ids of the last recentIDs entries come from
+// memory. With the segment's bytes overwritten behind the log's back, those
+// entries still answer (older ones, read from the file, do not), so an
+// apply just behind the tail costs no pread.
+func TestRecentIDsFromMemory(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{NoSync: true})
+	defer l.Close()
+	const n = recentIDs + 20
+	var want []EntryIDs
+	for i := uint64(1); i <= n; i++ {
+		want = append(want, appendOne(t, l, pbatch(i, 1, 7, i, int(i%3)+1)))
+	}
+	// Append again over the last five (a new term): their slots change.
+	var ents []*pb.Entry
+	for i := uint64(n - 4); i <= n; i++ {
+		ents = append(ents, pbatch(i, 2, 8, i, 2))
+	}
+	got, err := l.Append(ents, nil)
+	require.NoError(t, err)
+	want = append(want[:n-5], got...)
+
+	f, err := os.OpenFile(filepath.Join(dir, segmentName(1)), os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(make([]byte, 1<<16), 0)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	for i := uint64(n - recentIDs + 1); i <= n; i++ {
+		ids, err := l.IDs(i)
+		require.NoError(t, err, "entry %d", i)
+		require.Equal(t, want[i-1], ids, "entry %d", i)
+	}
+	_, err = l.IDs(1)
+	require.Error(t, err, "entry 1 is read from the (overwritten) file")
+	_, err = l.IDs(n + 1)
+	require.ErrorIs(t, err, raft.ErrUnavailable)
+}
