@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,5 +85,58 @@ func TestReconcileReportsPendingWork(t *testing.T) {
 	require.NoError(t, err)
 	for range 3 {
 		assert.False(t, reg.Reconcile(ctx), "a learner that never catches up is work left")
+	}
+}
+
+// TestIdleTopicsWriteHeldRecords: topics written together sync through the
+// node's journal, so their logs hold appended records in memory
+// (commitlog write-behind); once they go idle, every node writes them to
+// the segment files and keeps nothing held.
+func TestIdleTopicsWriteHeldRecords(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs())
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const topics = 4
+	for i := range topics {
+		require.NoError(t, cl.CreateTopic(ctx, fmt.Sprintf("held-%d", i), client.TopicSettings{}))
+	}
+	heldBytes := func() (total int) {
+		for _, n := range c.Nodes {
+			for i := range topics {
+				if tp, err := n.Server.Registry().Get(fmt.Sprintf("held-%d", i)); err == nil {
+					total += tp.Group.Log().Stats().HeldBytes
+				}
+			}
+		}
+		return total
+	}
+	var wg sync.WaitGroup
+	for i := range topics {
+		wg.Go(func() {
+			for k := range 100 {
+				_, err := cl.SendMessagesContext(ctx, fmt.Sprintf("held-%d", i), batch(fmt.Sprint(i, "-", k), 10), true)
+				assert.NoError(t, err)
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	maxHeld := 0
+	for sending := true; sending; {
+		select {
+		case <-done:
+			sending = false
+		case <-time.After(time.Millisecond):
+		}
+		maxHeld = max(maxHeld, heldBytes())
+	}
+	assert.Positive(t, maxHeld, "some log held records while the topics were written together")
+	require.Eventually(t, func() bool { return heldBytes() == 0 }, 20*time.Second, 10*time.Millisecond,
+		"idle logs still hold %d bytes", heldBytes())
+	for i := range topics {
+		assert.Len(t, verifyLogs(t, c, fmt.Sprintf("held-%d", i)), 1000)
 	}
 }

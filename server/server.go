@@ -188,6 +188,7 @@ func (s *Server) open() error {
 	s.engine, err = replica.NewEngine(replica.Config{
 		NodeID: id.RaftID, TickInterval: cfg.TickInterval, Transport: s.transport,
 		MaxUncommittedBytes: cfg.MaxUncommittedBytes, Logger: cfg.Logger,
+		Journal: s.journal,
 	})
 	if err != nil {
 		return err

@@ -199,8 +199,8 @@
 // whole filesystem) for every pass of its replica loop. A Journal is one
 // write-ahead file for all of them: SyncMany writes the records that each
 // journaled log appended since its last sync (the same bytes as in its
-// segment, which keeps them in the page cache) into the journal as one
-// entry per log, and fdatasyncs the journal once. A log's sync goes to the
+// segment) into the journal as one entry per log, and fdatasyncs the
+// journal once. A log's sync goes to the
 // journal only when records are all it owes: a new segment (the directory),
 // a term or vote change, or a lone log in the pass take the ordinary path,
 // which also flushes its earlier journaled segments (a truncation
@@ -226,6 +226,22 @@
 // background: one syncfs makes every segment write that preceded its entries
 // durable, and the file becomes the spare. Only a log on the journal's
 // filesystem, with syncfs available, uses the journal.
+//
+// Write-behind: a log whose last sync went through the journal holds what
+// it appends next in memory (its last segment's held bytes; readers read
+// them from there) instead of writing every Append to the segment file,
+// and writes them in one go when they reach 32 KiB, before its segment is
+// synced, rolled, truncated, replaced or closed, and when the replica
+// engine sees it go idle (FlushHeld). A file's checkpoint must find every
+// record of the file in its segment: a log holding records that a file has
+// counts as its holder, and the checkpoint waits until no log holds records
+// of that file or an older one (the engine writes them when Waiting; a
+// commit writes its logs' records of older files first). A log that cannot
+// write such records pins the journal: no file is recycled from then on,
+// the next move to a new file fails the journal, and the files stay for
+// replay. A barrier never waits for a checkpoint (the loop that writes it
+// owns the logs the checkpoint waits for): a file may exceed its size by
+// barriers.
 //
 // OpenJournal recovers before any log is opened: it reads every journal
 // file in epoch order, keeps per log the records after its last barrier,

@@ -34,7 +34,8 @@ const (
 // journalCommits counts the journal's fdatasyncs of committed batches,
 // journalCheckpoints its completed checkpoints and segmentSyncs the
 // fdatasyncs of segments by Sync (for tests).
-var journalCommits, journalCheckpoints, segmentSyncs atomic.Uint64
+// heldWrites counts the writes of held records (write-behind, see holdBytes).
+var journalCommits, journalCheckpoints, segmentSyncs, heldWrites atomic.Uint64
 
 // Journal is a node-wide write-ahead file shared by many logs: SyncMany makes
 // the records that several logs wrote since their last sync durable with one
@@ -71,6 +72,20 @@ type Journal struct {
 	// when one of them closed without syncing everything (fenced).
 	users   int
 	unclean bool
+
+	// Write-behind (see holdBytes). holders counts, per epoch, the logs whose
+	// held records were first journaled in that epoch's file; a file's
+	// checkpoint waits until no log holds records of it or an older one
+	// (waiting is set meanwhile). pinned: a log could not write records
+	// that only the journal has, so no file may be recycled again. Guarded
+	// by hmu, not mu: a log releases while a commit holding mu waits for
+	// the checkpoint that waits for that release.
+	hmu     sync.Mutex
+	hcond   sync.Cond
+	holders map[uint64]int
+	pinned  error
+	waiting atomic.Uint64
+	onWait  func()
 }
 
 // JournalOptions configure OpenJournal.
@@ -101,7 +116,8 @@ func OpenJournal(dir, base string, opts JournalOptions) (*Journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("commitlog: journal: %w", err)
 	}
-	j := &Journal{dir: dir, base: base, limit: opts.Bytes, logger: logger, dev: deviceOf(dir), fs: fs}
+	j := &Journal{dir: dir, base: base, limit: opts.Bytes, logger: logger, dev: deviceOf(dir), fs: fs, holders: map[uint64]int{}}
+	j.hcond.L = &j.hmu
 	if err := j.open(); err != nil {
 		fs.Close()
 		return nil, err
@@ -252,8 +268,14 @@ func (j *Journal) appendEntry(dst []byte, kind byte, path string, payload []byte
 }
 
 // commit makes the pending records of logs[i] for every i in idx durable:
-// one write and one fdatasync of the journal.
-func (j *Journal) commit(logs []*Log, idx []int) error {
+// one write and one fdatasync of the journal. Records the logs hold in
+// memory since an older file are written to their segments first (that
+// file's checkpoint may be waiting for them); the records they hold after
+// the commit count against the current file.
+//
+// A log whose held records cannot be written is fenced and left out: its
+// error goes to errs[i], and commit returns the error of the rest.
+func (j *Journal) commit(logs []*Log, idx []int, errs []error) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if err := j.ready(); err != nil {
@@ -263,7 +285,31 @@ func (j *Journal) commit(logs []*Log, idx []int) error {
 	for _, i := range idx {
 		n += journalHdrSize + 3 + len(logs[i].jpath) + len(logs[i].jbuf)
 	}
-	if err := j.roomFor(int64(n)); err != nil {
+	// Under mu, the epoch cannot move between this and the write, except
+	// while roomFor waits for a checkpoint, which may be waiting for these
+	// very logs: when the file may have to move on, every log of the
+	// commit writes what it holds, so that no checkpoint waits for them.
+	rotate := j.pos != 0 && j.pos+int64(n) > j.limit
+	ok := idx[:0:0]
+	for _, i := range idx {
+		if l := logs[i]; l.heldEpoch != 0 && (rotate || l.heldEpoch < j.epoch) {
+			if err := l.writeHeld(l.segs[len(l.segs)-1]); err != nil {
+				errs[i] = err
+				continue
+			}
+		}
+		ok = append(ok, i)
+	}
+	if len(ok) < len(idx) {
+		idx, n = ok, 0
+		for _, i := range idx {
+			n += journalHdrSize + 3 + len(logs[i].jpath) + len(logs[i].jbuf)
+		}
+	}
+	if len(idx) == 0 {
+		return nil
+	}
+	if err := j.roomFor(int64(n), true); err != nil {
 		return err
 	}
 	buf := slices.Grow(j.buf[:0], n)
@@ -276,10 +322,83 @@ func (j *Journal) commit(logs []*Log, idx []int) error {
 	} else {
 		j.buf = nil
 	}
-	if err == nil {
-		journalCommits.Add(1)
+	if err != nil {
+		return err
 	}
-	return err
+	journalCommits.Add(1)
+	for _, i := range idx {
+		if l := logs[i]; l.heldEpoch == 0 && l.Holding() && len(l.segs[len(l.segs)-1].held) > 0 {
+			l.heldEpoch = j.epoch
+			j.hold(j.epoch)
+		}
+	}
+	return nil
+}
+
+// OnWait sets f to be called when a checkpoint starts waiting for logs to
+// write the records they hold (see Waiting): the owner of those logs can
+// then write them at once. f must not block. Call it before the journal is
+// used.
+func (j *Journal) OnWait(f func()) {
+	j.hmu.Lock()
+	j.onWait = f
+	j.hmu.Unlock()
+}
+
+// Waiting reports whether a checkpoint waits for logs to write the records
+// they hold in memory (Log.HeldWanted tells which).
+func (j *Journal) Waiting() bool { return j.waiting.Load() != 0 }
+
+// hold counts a log holding records first journaled in epoch's file.
+func (j *Journal) hold(epoch uint64) {
+	j.hmu.Lock()
+	j.holders[epoch]++
+	j.hmu.Unlock()
+}
+
+// release ends a hold (the log wrote its held records, or pinned).
+func (j *Journal) release(epoch uint64) {
+	j.hmu.Lock()
+	if j.holders[epoch]--; j.holders[epoch] <= 0 {
+		delete(j.holders, epoch)
+		j.hcond.Broadcast()
+	}
+	j.hmu.Unlock()
+}
+
+// pin records that a log could not write held records the journal has:
+// from now on no file is recycled (checkpoints fail, which fails the
+// journal at its next rotation), and the files stay for replay.
+func (j *Journal) pin(err error) {
+	j.hmu.Lock()
+	if j.pinned == nil {
+		j.pinned = err
+		j.logger.Error("commitlog: a log could not write records only the journal has; journal files are kept for replay", "err", err)
+	}
+	j.hcond.Broadcast()
+	j.hmu.Unlock()
+}
+
+// awaitHolders waits until no log holds records of epoch's file or an
+// older one; it returns the pin error if the journal was pinned.
+func (j *Journal) awaitHolders(epoch uint64) error {
+	j.hmu.Lock()
+	defer j.hmu.Unlock()
+	for j.pinned == nil {
+		held := false
+		for e := range j.holders {
+			held = held || e <= epoch
+		}
+		if !held {
+			break
+		}
+		if j.waiting.Swap(epoch) != epoch && j.onWait != nil {
+			j.onWait()
+		}
+		j.hcond.Wait()
+	}
+	j.waiting.Store(0)
+	return j.pinned
 }
 
 // barrier records durably that the journal's earlier records of the log at
@@ -291,7 +410,10 @@ func (j *Journal) barrier(path string) error {
 		return err
 	}
 	n := journalHdrSize + 3 + len(path)
-	if err := j.roomFor(int64(n)); err != nil {
+	// A barrier never waits for a checkpoint: its caller is the loop that
+	// owns the logs the checkpoint may wait for. A file in that case
+	// grows past the limit by the barrier.
+	if err := j.roomFor(int64(n), false); err != nil {
 		return err
 	}
 	return j.write(j.appendEntry(make([]byte, 0, n), kindBarrier, path, nil))
@@ -305,36 +427,60 @@ func (j *Journal) ready() error {
 }
 
 // roomFor moves to the next file when n more bytes would take the current
-// one past the limit. The full file is checkpointed in the background: one
-// syncfs of the filesystem makes every segment write that preceded its
-// records durable, after which the file is kept as the spare.
-func (j *Journal) roomFor(n int64) error {
-	if j.pos == 0 || j.pos+n <= j.limit {
+// one past the limit. The full file is checkpointed in the background: once
+// no log holds records of it in memory, one syncfs of the filesystem makes
+// every segment write that preceded its records durable, after which the
+// file is kept as the spare. Moving on waits for the previous file's
+// checkpoint, with mu released; when mayWait is false and that checkpoint
+// is still running, the current file takes the n bytes past its limit.
+func (j *Journal) roomFor(n int64, mayWait bool) error {
+	for j.pos != 0 && j.pos+n > j.limit {
+		if j.ckpt != nil {
+			select {
+			case <-j.ckpt:
+			default:
+				if !mayWait {
+					return nil
+				}
+				ckpt := j.ckpt
+				j.mu.Unlock()
+				<-ckpt
+				j.mu.Lock()
+				if err := j.ready(); err != nil {
+					return err
+				}
+				continue // another caller may have moved on meanwhile
+			}
+			if err := j.waitCheckpoint(); err != nil {
+				return err
+			}
+			continue
+		}
+		old, oldPath, oldEpoch := j.f, j.f.Name(), j.epoch
+		if err := j.next(j.epoch + 1); err != nil {
+			return err
+		}
+		done := make(chan struct{})
+		j.ckpt = done
+		go func() {
+			defer close(done)
+			err := j.awaitHolders(oldEpoch)
+			if err == nil {
+				err = syncfs(j.fs)
+			}
+			if err == nil {
+				err = os.Rename(oldPath, filepath.Join(j.dir, journalSpare))
+			}
+			if err == nil {
+				journalCheckpoints.Add(1)
+			}
+			if cerr := old.Close(); err == nil {
+				err = cerr
+			}
+			j.ckErr = err
+		}()
 		return nil
 	}
-	if err := j.waitCheckpoint(); err != nil {
-		return err
-	}
-	old, oldPath := j.f, j.f.Name()
-	if err := j.next(j.epoch + 1); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	j.ckpt = done
-	go func() {
-		defer close(done)
-		err := syncfs(j.fs)
-		if err == nil {
-			err = os.Rename(oldPath, filepath.Join(j.dir, journalSpare))
-		}
-		if err == nil {
-			journalCheckpoints.Add(1)
-		}
-		if cerr := old.Close(); err == nil {
-			err = cerr
-		}
-		j.ckErr = err
-	}()
 	return nil
 }
 

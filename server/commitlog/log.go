@@ -82,6 +82,9 @@ type Stats struct {
 	FirstID, NextID       uint64
 	// CachedEntries and CachedBytes: the tail cache (see ReleaseCache).
 	CachedEntries, CachedBytes int
+	// HeldBytes: records held in memory, not yet in the segment file
+	// (write-behind, see FlushHeld); included in Bytes.
+	HeldBytes int
 }
 
 // Log is one topic's raft log and message store.
@@ -139,6 +142,11 @@ type Log struct {
 	// one); jbuf holds the records written since the last sync.
 	jpath string
 	jbuf  []byte
+	// hold: the last sync went through the journal, so appends are held
+	// in memory (see holdBytes); heldEpoch is the journal file whose checkpoint
+	// waits for the held records (0: none of them is journaled yet).
+	hold      bool
+	heldEpoch uint64
 }
 
 // Open opens (creating if needed) the log in dir and recovers it: every
@@ -302,6 +310,9 @@ func (l *Log) Close() error {
 	if l.writeError == nil {
 		// A cleanly closed log's files hold its records and nothing else.
 		if n := len(l.segs); n > 0 {
+			err = l.writeHeld(l.segs[n-1])
+		}
+		if n := len(l.segs); n > 0 && err == nil {
 			s := l.segs[n-1]
 			trimmed, terr := trimTail(s)
 			if terr != nil {
@@ -471,6 +482,7 @@ func (l *Log) Stats() Stats {
 	}
 	for _, s := range l.segs {
 		st.Bytes += s.size
+		st.HeldBytes += len(s.held)
 	}
 	return st
 }

@@ -79,8 +79,8 @@ func (l *Log) Entries(lo, hi, maxSize uint64) ([]*pb.Entry, error) {
 		rel := off - chunkOff
 		if !recordIn(chunk, rel) {
 			var hdr [recHeaderSize]byte
-			if _, err := s.f.ReadAt(hdr[:], off); err != nil {
-				return nil, fmt.Errorf("commitlog: read %s: %w", s.path, err)
+			if err := s.readAt(hdr[:], off); err != nil {
+				return nil, err
 			}
 			h := parseHeader(hdr[:])
 			want := min(max(chunkSize, h.size()), s.size-off)
@@ -88,8 +88,8 @@ func (l *Log) Entries(lo, hi, maxSize uint64) ([]*pb.Entry, error) {
 				return nil, fmt.Errorf("%w: record %d in %s overruns segment", ErrCorrupt, idx, s.path)
 			}
 			chunk = make([]byte, want)
-			if _, err := s.f.ReadAt(chunk, off); err != nil {
-				return nil, fmt.Errorf("commitlog: read %s: %w", s.path, err)
+			if err := s.readAt(chunk, off); err != nil {
+				return nil, err
 			}
 			chunkOff, rel = off, 0
 		}
@@ -267,8 +267,8 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 		s := l.segs[si]
 		n := min(want-filled, s.size-off)
 		if n > 0 {
-			if _, err := s.f.ReadAt(buf[filled:filled+n], off); err != nil {
-				return dst, false, fmt.Errorf("commitlog: read %s: %w", s.path, err)
+			if err := s.readAt(buf[filled:filled+n], off); err != nil {
+				return dst, false, err
 			}
 		}
 		filled += n

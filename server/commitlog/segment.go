@@ -43,9 +43,36 @@ type segment struct {
 	path   string
 	points []indexPoint // sparse index; points[0] is the first record
 	dirty  bool         // written since the last fsync
+	// held is the end of the records, [size-len(held), size), kept in
+	// memory and not yet written to f (a journaled log's write-behind,
+	// see holdBytes). Only the last segment holds records.
+	held []byte
 }
 
 func (s *segment) empty() bool { return s.last < s.first }
+
+// readAt fills p with s's records from offset off: from the file, and from
+// held past what the file has. The caller holds Log.mu or owns the log.
+func (s *segment) readAt(p []byte, off int64) error {
+	w := s.size - int64(len(s.held)) // end of the records in the file
+	n := 0
+	if off < w {
+		k := min(int64(len(p)), w-off)
+		m, err := s.f.ReadAt(p[:k], off)
+		if int64(m) < k {
+			return fmt.Errorf("commitlog: read %s at %d: %w", s.path, off, err)
+		}
+		n = m
+	}
+	if n < len(p) {
+		rel := off + int64(n) - w
+		if rel < 0 || rel+int64(len(p)-n) > int64(len(s.held)) {
+			return fmt.Errorf("commitlog: read %s at %d: %w", s.path, off, io.ErrUnexpectedEOF)
+		}
+		copy(p[n:], s.held[rel:])
+	}
+	return nil
+}
 
 func segmentName(first uint64) string { return fmt.Sprintf("%020d%s", first, segmentSuffix) }
 
@@ -194,11 +221,10 @@ func scanSpan(s *segment, p indexPoint, match func(*recHeader) bool) (int64, rec
 	defer spanPool.Put(bp)
 	buf := *bp
 	want := min(int64(len(buf)), s.size-p.off)
-	n, err := s.f.ReadAt(buf[:want], p.off)
-	if int64(n) < want {
-		return 0, recHeader{}, fmt.Errorf("commitlog: read %s at %d: %w", s.path, p.off, err)
+	if err := s.readAt(buf[:want], p.off); err != nil {
+		return 0, recHeader{}, err
 	}
-	buf = buf[:n]
+	buf = buf[:want]
 	for pos := 0; pos+recHeaderSize <= len(buf); {
 		h := parseHeader(buf[pos:])
 		if h.length < recRestSize {

@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -57,17 +58,37 @@ func SyncMany(logs []*Log, errs []error) []error {
 		// without writing its records twice or a checkpoint later.
 		ownSync, journals = journals, nil
 	}
+	// The commit below may wait for a journal checkpoint that waits for
+	// records this batch's other logs hold: they write them first (their
+	// own sync or the syncfs needs them in the files anyway).
+	for i, l := range logs {
+		if l == nil || l.heldEpoch == 0 || errs[i] != nil || slices.Contains(journals, i) {
+			continue
+		}
+		l.hold = false
+		if err := l.FlushHeld(); err != nil {
+			errs[i] = err
+			ownSync = slices.DeleteFunc(ownSync, func(k int) bool { return k == i })
+			for dev, idx := range shared {
+				shared[dev] = slices.DeleteFunc(idx, func(k int) bool { return k == i })
+			}
+		}
+	}
 	if len(journals) > 0 {
 		// Runs before the other flushes: a syncfs below would cover the
 		// journaled logs' segments too, but not their bookkeeping.
-		err := journal.commit(logs, journals)
+		err := journal.commit(logs, journals, errs)
 		for _, i := range journals {
-			if err != nil {
+			switch {
+			case errs[i] != nil:
+				// Fenced: its held records could not be written.
+			case err != nil:
 				errs[i] = logs[i].fence(err)
-			} else {
+			default:
 				// The segments stay dirty: their own flush is owed at a
 				// roll, a direct Sync, Close or the journal's checkpoint.
 				logs[i].dropJournalBuf()
+				logs[i].hold = true
 			}
 		}
 	}
@@ -75,6 +96,17 @@ func SyncMany(logs []*Log, errs []error) []error {
 		if len(idx) < 2 {
 			ownSync = append(ownSync, idx...)
 			continue
+		}
+		// The syncfs must find every record in the files.
+		for k := 0; k < len(idx); {
+			l := logs[idx[k]]
+			l.hold = false
+			if err := l.FlushHeld(); err != nil {
+				errs[idx[k]] = err
+				idx = slices.Delete(idx, k, k+1)
+				continue
+			}
+			k++
 		}
 		syncfsCalls.Add(1)
 		if err := syncfs(logs[idx[0]].hs.f); err != nil {
@@ -85,6 +117,9 @@ func SyncMany(logs []*Log, errs []error) []error {
 		for _, i := range idx {
 			errs[i] = logs[i].sync(true)
 		}
+	}
+	for _, i := range ownSync {
+		logs[i].hold = false // its next appends go straight to the file
 	}
 	switch len(ownSync) {
 	case 0:

@@ -40,6 +40,10 @@ type Config struct {
 	Transport Transport
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// Journal is the node's commitlog journal, nil when there is none.
+	// While one of its checkpoints waits for logs to write the records
+	// they hold in memory (commitlog write-behind), the loop writes them.
+	Journal *commitlog.Journal
 }
 
 func (c *Config) withDefaults() error {
@@ -107,6 +111,9 @@ func NewEngine(cfg Config) (*Engine, error) {
 		groups: make(map[string]*Group),
 		stopc:  make(chan struct{}),
 		donec:  make(chan struct{}),
+	}
+	if cfg.Journal != nil {
+		cfg.Journal.OnWait(e.kick)
 	}
 	e.epoch = time.Now()
 	e.tagSeq.Store(rand.Uint64() & (1<<48 - 1))
@@ -203,6 +210,14 @@ func (e *Engine) markBusy(g *Group) {
 	e.mu.Lock()
 	e.busy = append(e.busy, g)
 	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// kick wakes the loop for a pass.
+func (e *Engine) kick() {
 	select {
 	case e.wake <- struct{}{}:
 	default:
@@ -320,6 +335,13 @@ func (e *Engine) run() {
 		select {
 		case <-e.stopc:
 			if inFlight {
+				// The sync may wait for a journal checkpoint that waits
+				// for the loop's logs.
+				for _, g := range list {
+					if g.syncState != syncInFlight {
+						g.flushHeld(true)
+					}
+				}
 				<-syncOut // no log closes under a sync
 			}
 			for _, g := range deferred {
@@ -383,6 +405,15 @@ func (e *Engine) run() {
 			deferred = deferred[:0]
 		}
 
+		if j := e.cfg.Journal; j != nil && j.Waiting() {
+			// A journal checkpoint waits for records logs hold in memory.
+			for _, g := range list {
+				if g.syncState != syncInFlight && g.log.HeldWanted() {
+					g.flushHeld(true)
+				}
+			}
+		}
+
 		for _, g := range closing {
 			if g.syncState == syncInFlight {
 				deferred = append(deferred, g)
@@ -430,6 +461,7 @@ func (e *Engine) run() {
 					quiet = false
 					continue
 				}
+				g.flushHeld(false)
 				if g.tick() && g.pass != pass {
 					g.pass = pass
 					candidates = append(candidates, g)

@@ -908,6 +908,10 @@ func (g *Group) fence(err error) {
 	g.fenced = err
 	g.failed.Store(true)
 	g.e.log.Error("group fenced after storage error", "group", g.name, "err", err)
+	// The group stops, its log stays open: the records it holds in memory
+	// go to the file now, so that no journal checkpoint waits for them.
+	// (A log that fails that write pins the journal instead.)
+	_ = g.log.FlushHeld()
 	for _, r := range g.replies {
 		r.p.reply(Result{Err: ErrStorageFailed})
 	}
@@ -1109,6 +1113,19 @@ func (g *Group) releaseCache(applied uint64) {
 		})
 	}
 	g.log.ReleaseCache(upto)
+}
+
+// flushHeld writes the records the log holds in memory (commitlog
+// write-behind) to its segment when force is set or the group is quiesced:
+// an idle group keeps no buffer, and a journal checkpoint does not wait for
+// it. Also for a fenced group (its log may still be writable).
+func (g *Group) flushHeld(force bool) {
+	if !g.log.Holding() || !force && !g.quiesced {
+		return
+	}
+	if err := g.log.FlushHeld(); err != nil {
+		g.fence(err)
+	}
 }
 
 func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {

@@ -345,3 +345,48 @@ func TestCommitPointReachesDiskWithinTicks(t *testing.T) {
 	}
 	assert.Equal(t, applied, got, "commit point on disk")
 }
+
+// TestFencedGroupWritesHeldRecords: groups synced together through a
+// journal hold their appends in memory (commitlog write-behind). A group
+// the engine fences keeps its log open, so it writes what it holds at once:
+// a journal checkpoint must never wait for a group that stopped.
+func TestFencedGroupWritesHeldRecords(t *testing.T) {
+	root := t.TempDir()
+	j, err := commitlog.OpenJournal(filepath.Join(root, "journal"), root, commitlog.JournalOptions{})
+	require.NoError(t, err)
+	e, err := NewEngine(Config{NodeID: 1, TickInterval: 10 * time.Millisecond, Journal: j, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	e.Start()
+	t.Cleanup(func() {
+		e.Stop()
+		require.NoError(t, j.Close())
+	})
+	var groups []*Group
+	for _, name := range []string{"a", "b", "c"} {
+		l, err := commitlog.Open(filepath.Join(root, name), commitlog.Options{Journal: j})
+		require.NoError(t, err)
+		g, err := e.AddGroup(GroupConfig{Name: name, Log: l, Peers: []raft.Peer{{ID: 1}}})
+		require.NoError(t, err)
+		require.NoError(t, g.WaitLeader(ctx10(t)))
+		groups = append(groups, g)
+	}
+	b := groups[1]
+	held := false
+	for round := 0; round < 500 && !held; round++ {
+		var wg sync.WaitGroup
+		for _, g := range groups {
+			wg.Go(func() {
+				_, err := g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+				assert.NoError(t, err)
+			})
+		}
+		wg.Wait()
+		held = b.Log().Stats().HeldBytes > 0
+	}
+	require.True(t, held, "group b held records (its syncs went through the journal)")
+	require.NoError(t, b.do(ctx10(t), func() error {
+		b.fence(errors.New("stopped by the test"))
+		return nil
+	}))
+	assert.Zero(t, b.Log().Stats().HeldBytes, "the fenced group wrote what it held")
+}
