@@ -125,10 +125,10 @@
 // bring back a term/vote older than the last Sync. SetHardState writes at once
 // when term or vote changed; a commit-only change (raft does not need it
 // durable) is kept in memory until FlushHardState (the replica engine calls it
-// every tick), the next term/vote write or Close, which writes and fsyncs the
-// latest state. A busy topic so costs a pwrite per tick for its commit point,
-// not one per Ready, and a killed node restarts at most a tick behind (raft
-// brings it forward).
+// every 10 ticks), the next term/vote write or Close, which writes and fsyncs
+// the latest state. A busy topic so costs a pwrite per second for its commit
+// point, not one per Ready, and a killed node restarts at most that far
+// behind (raft brings it forward).
 //
 // # meta
 //

@@ -168,6 +168,7 @@ type Group struct {
 	// quiesced: idle, not ticking (see quiesce.go).
 	quiesced  bool
 	idleTicks int
+	hsTicks   int    // ticks since the commit point was last written (tick)
 	pass      uint64 // the engine pass that last listed it as a candidate
 	lost      bool   // leadership lost in the current Ready
 	replies   []reply
