@@ -230,7 +230,9 @@
 // Write-behind: a log whose last sync went through the journal holds what
 // it appends next in memory (its last segment's held bytes; readers read
 // them from there) instead of writing every Append to the segment file,
-// and writes them in one go when they reach 32 KiB, before its segment is
+// and writes them in one go when they reach 32 KiB (or when the process's
+// held buffers reach 8 MiB, which bounds the memory of many busy
+// topics), before its segment is
 // synced, rolled, truncated, replaced or closed, and when the replica
 // engine sees it go idle (FlushHeld). A file's checkpoint must find every
 // record of the file in its segment: a log holding records that a file has

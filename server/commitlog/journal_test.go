@@ -538,3 +538,34 @@ func TestJournalCommitDoesNotWaitForItsOwnBatch(t *testing.T) {
 	}
 	f.recover(t, f.crash(t), f.models)
 }
+
+// TestJournalHeldBudget: the held buffers of all logs stay near
+// heldBudget: past it, a log without a buffer writes through, and a log
+// that writes its records out lets its buffer go. Every buffer is
+// accounted for: none is left counted once the logs are closed.
+func TestJournalHeldBudget(t *testing.T) {
+	base := heldCap.Load()
+	defer func(b int64) { heldBudget = b }(heldBudget)
+	heldBudget = base + 8<<10
+	f := newJournalFixture(t, 6, 0)
+	f.round(t, 3, 1)
+	throughs := 0
+	for range 30 {
+		f.round(t, 3, 1)
+		for _, l := range f.logs {
+			if l.segs[len(l.segs)-1].held == nil {
+				throughs++
+			}
+		}
+		require.LessOrEqual(t, heldCap.Load(), heldBudget+int64(len(f.logs))*2*holdBytes)
+	}
+	assert.Positive(t, throughs, "past the budget, logs write through")
+	for i, m := range f.models {
+		m.check(t, f.logs[i])
+	}
+	f.recover(t, f.crash(t), f.models)
+	for _, l := range f.logs {
+		require.NoError(t, l.Close())
+	}
+	assert.Equal(t, base, heldCap.Load(), "every held buffer released")
+}

@@ -334,6 +334,9 @@ func (l *Log) Close() error {
 	}
 	l.mu.Lock()
 	l.closed = true
+	if n := len(l.segs); n > 0 && l.segs[n-1].held != nil {
+		dropHeld(l.segs[n-1]) // written above, or of a fenced log
+	}
 	l.mu.Unlock()
 	if cerr := l.closeFiles(); err == nil {
 		err = cerr
