@@ -371,6 +371,36 @@ func (f *journalFixture) syncRound(t *testing.T, logs []int, n int, term uint64)
 	}
 }
 
+// newHolderFixture: three logs on a 4 KiB journal, each holding records
+// that the journal's current file has (their second journaled round).
+func newHolderFixture(t *testing.T) *journalFixture {
+	t.Helper()
+	f := newJournalFixture(t, 3, 4<<10)
+	f.round(t, 2, 1) // appended before any journaled sync: written
+	f.round(t, 2, 1) // held, and journaled
+	return f
+}
+
+// waitCheckpoint waits for the retired file's checkpoint and returns its
+// result.
+func (f *journalFixture) waitCheckpoint() error {
+	f.j.mu.Lock()
+	defer f.j.mu.Unlock()
+	return f.j.waitCheckpoint()
+}
+
+// moveOn syncs rounds of logs until the journal moves past file epoch.
+func (f *journalFixture) moveOn(t *testing.T, epoch uint64, logs []int) {
+	t.Helper()
+	for range 200 {
+		if f.j.epoch != epoch {
+			return
+		}
+		f.syncRound(t, logs, 2, 1)
+	}
+	require.NotEqual(t, epoch, f.j.epoch, "the journal moved to a new file")
+}
+
 // TestJournalHoldsRecords: once its syncs go through the journal, a log
 // holds what it appends in memory rather than writing every Append to its
 // segment: the file lags, readers get the held records from memory, and
@@ -429,19 +459,11 @@ func TestJournalHeldBound(t *testing.T) {
 // waits (Waiting, HeldWanted) until that log writes them, and a crash
 // meanwhile replays them from that file.
 func TestJournalCheckpointWaitsForHolders(t *testing.T) {
-	f := newJournalFixture(t, 3, 4<<10)
-	f.round(t, 2, 1)
-	f.round(t, 2, 1)
+	f := newHolderFixture(t)
 	idle := f.logs[2]
 	e0 := idle.heldEpoch
 	require.NotZero(t, e0, "log 2 holds journaled records")
-	for range 200 {
-		if f.j.epoch != e0 {
-			break
-		}
-		f.syncRound(t, []int{0, 1}, 2, 1)
-	}
-	require.NotEqual(t, e0, f.j.epoch, "the journal moved to a new file")
+	f.moveOn(t, e0, []int{0, 1})
 	// The commit that moved on had logs 0 and 1 write what they held first;
 	// what they hold now is in the new file only.
 	f.syncRound(t, []int{0, 1}, 2, 1)
@@ -458,9 +480,7 @@ func TestJournalCheckpointWaitsForHolders(t *testing.T) {
 	f.recover(t, f.crash(t), f.models) // log 2's held records: only in e0's file
 
 	require.NoError(t, idle.FlushHeld())
-	f.j.mu.Lock()
-	err := f.j.waitCheckpoint()
-	f.j.mu.Unlock()
+	err := f.waitCheckpoint()
 	require.NoError(t, err)
 	assert.False(t, f.j.Waiting())
 	assert.NoFileExists(t, f.j.path(e0))
@@ -472,9 +492,7 @@ func TestJournalCheckpointWaitsForHolders(t *testing.T) {
 // records the journal has pins the journal: the file is not recycled (its
 // checkpoint fails, and with it the journal), and a restart replays it.
 func TestJournalPinnedWhenHeldWriteFails(t *testing.T) {
-	f := newJournalFixture(t, 3, 4<<10)
-	f.round(t, 2, 1)
-	f.round(t, 2, 1)
+	f := newHolderFixture(t)
 	broken := f.logs[2]
 	e0 := broken.heldEpoch
 	require.NotZero(t, e0)
@@ -482,16 +500,8 @@ func TestJournalPinnedWhenHeldWriteFails(t *testing.T) {
 	require.Error(t, broken.FlushHeld())
 	require.Error(t, broken.writable(), "the log is fenced")
 	require.Error(t, f.j.pinned, "the journal is pinned")
-	for range 200 {
-		if f.j.epoch != e0 {
-			break
-		}
-		f.syncRound(t, []int{0, 1}, 2, 1)
-	}
-	require.NotEqual(t, e0, f.j.epoch)
-	f.j.mu.Lock()
-	err := f.j.waitCheckpoint()
-	f.j.mu.Unlock()
+	f.moveOn(t, e0, []int{0, 1})
+	err := f.waitCheckpoint()
 	require.Error(t, err, "the checkpoint refuses to recycle the file")
 	assert.FileExists(t, f.j.path(e0))
 	f.recover(t, f.crash(t), f.models)
@@ -503,19 +513,11 @@ func TestJournalPinnedWhenHeldWriteFails(t *testing.T) {
 // checkpoint that move waits for, completes: the batch's logs write what
 // they hold before the commit.
 func TestJournalCommitDoesNotWaitForItsOwnBatch(t *testing.T) {
-	f := newJournalFixture(t, 3, 4<<10)
-	f.round(t, 2, 1)
-	f.round(t, 2, 1)
+	f := newHolderFixture(t)
 	own := f.logs[2]
 	e0 := own.heldEpoch
 	require.NotZero(t, e0)
-	for range 200 {
-		if f.j.epoch != e0 {
-			break
-		}
-		f.syncRound(t, []int{0, 1}, 2, 1)
-	}
-	require.NotEqual(t, e0, f.j.epoch)
+	f.moveOn(t, e0, []int{0, 1})
 	require.Equal(t, e0, own.heldEpoch, "log 2 holds records of the retired file")
 
 	f.models[2].appendN(t, own, f.models[2].last+1, 1, 2)
