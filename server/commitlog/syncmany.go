@@ -108,6 +108,9 @@ func SyncMany(logs []*Log, errs []error) []error {
 			}
 			k++
 		}
+		if len(idx) == 0 {
+			continue
+		}
 		syncfsCalls.Add(1)
 		if err := syncfs(logs[idx[0]].hs.f); err != nil {
 			logs[idx[0]].logger.Warn("syncfs failed; syncing each log", "err", err)
