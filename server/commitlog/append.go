@@ -256,7 +256,6 @@ func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, en
 	s.last = le.GetIndex()
 	l.terms = append(l.terms, runs...)
 	l.lastIndex = le.GetIndex()
-	l.last = ids[len(ids)-1]
 	for _, id := range ids[max(0, len(ids)-recentIDs):] {
 		l.recent[id.Index%recentIDs] = id
 	}
@@ -517,7 +516,9 @@ func (l *Log) truncateFrom(index uint64) error {
 	}
 	l.terms = l.terms[:k]
 	l.lastIndex = index - 1
-	l.last = newLast
+	if newLast.Next != 0 {
+		l.recent[newLast.Index%recentIDs] = newLast
+	}
 	l.nextID = nextID
 	l.cache.truncateFrom(index)
 	k = len(l.dups)

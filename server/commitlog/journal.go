@@ -281,30 +281,23 @@ func (j *Journal) commit(logs []*Log, idx []int, errs []error) error {
 	if err := j.ready(); err != nil {
 		return err
 	}
-	n := 0
-	for _, i := range idx {
-		n += journalHdrSize + 3 + len(logs[i].jpath) + len(logs[i].jbuf)
-	}
+	n := commitSize(logs, idx)
 	// Under mu, the epoch cannot move between this and the write, except
 	// while roomFor waits for a checkpoint, which may be waiting for these
 	// very logs: when the file may have to move on, every log of the
 	// commit writes what it holds, so that no checkpoint waits for them.
 	rotate := j.pos != 0 && j.pos+int64(n) > j.limit
-	ok := idx[:0:0]
+	failed := false
 	for _, i := range idx {
 		if l := logs[i]; l.heldEpoch != 0 && (rotate || l.heldEpoch < j.epoch) {
-			if err := l.writeHeld(l.segs[len(l.segs)-1]); err != nil {
-				errs[i] = err
-				continue
+			if errs[i] = l.writeHeld(l.segs[len(l.segs)-1]); errs[i] != nil {
+				failed = true
 			}
 		}
-		ok = append(ok, i)
 	}
-	if len(ok) < len(idx) {
-		idx, n = ok, 0
-		for _, i := range idx {
-			n += journalHdrSize + 3 + len(logs[i].jpath) + len(logs[i].jbuf)
-		}
+	if failed { // leave the fenced logs out (a fresh slice: idx is the caller's)
+		idx = slices.DeleteFunc(slices.Clone(idx), func(i int) bool { return errs[i] != nil })
+		n = commitSize(logs, idx)
 	}
 	if len(idx) == 0 {
 		return nil
@@ -348,6 +341,15 @@ func (j *Journal) OnWait(f func()) {
 // Waiting reports whether a checkpoint waits for logs to write the records
 // they hold in memory (Log.HeldWanted tells which).
 func (j *Journal) Waiting() bool { return j.waiting.Load() != 0 }
+
+// commitSize is the bytes of the entries commit writes for logs[i], i in idx.
+func commitSize(logs []*Log, idx []int) int {
+	n := 0
+	for _, i := range idx {
+		n += journalHdrSize + 3 + len(logs[i].jpath) + len(logs[i].jbuf)
+	}
+	return n
+}
 
 // hold counts a log holding records first journaled in epoch's file.
 func (j *Journal) hold(epoch uint64) {

@@ -105,11 +105,10 @@ type Log struct {
 	segs      []*segment
 	start     logStart // first retained index, term before it, first id
 	lastIndex uint64
-	last      EntryIDs // ids of lastIndex (valid when lastIndex >= start.firstIndex)
-	// recent holds the ids of recently appended entries, slot index %
-	// len(recent), valid where the slot's Index is the index asked for
-	// (and that index is in the log): IDs of an entry just behind the tail
-	// (the one a leader applies while later ones are in flight) without a
+	// recent holds the ids of the last entries, slot index % len(recent),
+	// valid where the slot's Index is the index asked for (and that index
+	// is in the log): the tail's ids, and those of an entry just behind it
+	// (the one a leader applies while later ones are in flight), without a
 	// pread. An entry appended again after a truncation overwrites its
 	// slot before the log reaches its index again.
 	recent [recentIDs]EntryIDs
@@ -289,7 +288,7 @@ func (l *Log) recover() error {
 		if err != nil {
 			return err
 		}
-		l.last = ids
+		l.recent[ids.Index%recentIDs] = ids
 	}
 	if l.dirDirty && !l.opts.NoSync {
 		if err := syncDir(l.dir); err != nil {
@@ -509,9 +508,6 @@ func (l *Log) idsLocked(index uint64) (EntryIDs, error) {
 	}
 	if index > l.lastIndex {
 		return EntryIDs{}, raft.ErrUnavailable
-	}
-	if index == l.last.Index && l.last.Next != 0 {
-		return l.last, nil
 	}
 	if r := l.recent[index%recentIDs]; r.Index == index && r.Next != 0 {
 		return r, nil

@@ -166,7 +166,6 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	l.start = st
 	l.cs = cs
 	l.lastIndex = idx
-	l.last = EntryIDs{}
 	l.nextID = nextID
 	l.baseTable = table
 	l.dups = nil

@@ -34,16 +34,20 @@ func SyncMany(logs []*Log, errs []error) []error {
 		ownSync  []int
 		journal  *Journal
 		journals []int
+		holders  []int // logs not journaled here that hold journaled records
 	)
 	for i, l := range logs {
 		switch {
 		case l == nil:
+			continue
 		case l.opts.NoSync || l.writable() != nil:
 			errs[i] = l.Sync() // bookkeeping only, or the fence's error
+			continue
 		case !l.needsSync():
 		case l.journalOnly() && (journal == nil || journal == l.opts.Journal):
 			journal = l.opts.Journal
 			journals = append(journals, i)
+			continue
 		case !syncfsWorks || l.dev == 0:
 			ownSync = append(ownSync, i)
 		default:
@@ -52,29 +56,24 @@ func SyncMany(logs []*Log, errs []error) []error {
 			}
 			shared[l.dev] = append(shared[l.dev], i)
 		}
+		if l.heldEpoch != 0 {
+			holders = append(holders, i)
+		}
 	}
 	if len(journals) == 1 && len(ownSync) == 0 && len(shared) == 0 {
 		// One log alone: its own fdatasync costs what the journal's would,
 		// without writing its records twice or a checkpoint later.
 		ownSync, journals = journals, nil
 	}
-	// The commit below may wait for a journal checkpoint that waits for
-	// records this batch's other logs hold: they write them first (their
-	// own sync or the syncfs needs them in the files anyway).
-	for i, l := range logs {
-		if l == nil || l.heldEpoch == 0 || errs[i] != nil || slices.Contains(journals, i) {
-			continue
-		}
-		l.hold = false
-		if err := l.FlushHeld(); err != nil {
-			errs[i] = err
-			ownSync = slices.DeleteFunc(ownSync, func(k int) bool { return k == i })
-			for dev, idx := range shared {
-				shared[dev] = slices.DeleteFunc(idx, func(k int) bool { return k == i })
-			}
-		}
-	}
 	if len(journals) > 0 {
+		// The commit may wait for a journal checkpoint that waits for
+		// records the batch's other logs hold: they write them first (their
+		// own sync or the syncfs needs them in the files anyway). One that
+		// fails is fenced (its sync below reports the fence too).
+		for _, i := range holders {
+			logs[i].hold = false
+			errs[i] = logs[i].FlushHeld()
+		}
 		// Runs before the other flushes: a syncfs below would cover the
 		// journaled logs' segments too, but not their bookkeeping.
 		err := journal.commit(logs, journals, errs)
