@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -64,7 +63,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{}), bg: make(chan struct{}), stopc: make(chan struct{})}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	if err := commitlog.MkdirAll(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
 	lis := cfg.Listener

@@ -75,6 +75,12 @@
 //	<dir>/meta                       log start + ConfState (atomic replace)
 //	<dir>/meta.tmp                   transient, removed by Open
 //
+// Open creates <dir> (and any missing parent) with MkdirAll, which fsyncs
+// the parent of each directory it creates: a file synced in a new directory
+// is reachable after a power loss. TestPowerLossKeepsSyncedEntries checks
+// every sync against a model of what a power loss leaves (files as of their
+// last flush, directories as of theirs).
+//
 // All integers are little endian. CRCs are CRC-32C (Castagnoli).
 //
 // # Segment files

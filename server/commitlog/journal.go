@@ -109,7 +109,7 @@ func OpenJournal(dir, base string, opts JournalOptions) (*Journal, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("commitlog: create journal dir: %w", err)
 	}
 	fs, err := os.Open(dir)

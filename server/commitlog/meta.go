@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -127,7 +128,9 @@ func writeFileSynced(dir, name string, data []byte) error {
 		return err
 	}
 	if _, err = f.Write(data); err == nil {
-		err = f.Sync()
+		if err = f.Sync(); err == nil && flushed != nil {
+			flushed(f, "")
+		}
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -141,12 +144,53 @@ func writeFileSynced(dir, name string, data []byte) error {
 	return syncDir(dir)
 }
 
+// MkdirAll is os.MkdirAll that makes what it creates durable: after
+// creating a directory it fsyncs the parent, so that a power loss cannot
+// drop the new name, and with it every file synced inside. Open and
+// OpenJournal create their directories with it; a node creates the
+// directories above them with it too.
+func MkdirAll(dir string) error {
+	dir = filepath.Clean(dir)
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("commitlog: %s is not a directory", d)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) || filepath.Dir(d) == d {
+			return err
+		}
+		missing = append(missing, d)
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		if err := syncDir(filepath.Dir(missing[i])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// flushed, when set (by tests), is told of every flush that succeeded: a
+// file's fdatasync or fsync (f), a directory's fsync (dir), or a syncfs of
+// the whole filesystem (neither). Tests model from it what a power loss
+// would leave on disk (powerloss_test.go).
+var flushed func(f *os.File, dir string)
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("commitlog: sync dir: %w", err)
 	}
 	err = d.Sync()
+	if err == nil && flushed != nil {
+		flushed(nil, dir)
+	}
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}

@@ -34,7 +34,11 @@ func fdCall(f *os.File, op string, call func(fd int) error) error {
 
 // fdatasync flushes f's data (and the metadata needed to read it back).
 func fdatasync(f *os.File) error {
-	return fdCall(f, "fdatasync", syscall.Fdatasync)
+	err := fdCall(f, "fdatasync", syscall.Fdatasync)
+	if err == nil && flushed != nil {
+		flushed(f, "")
+	}
+	return err
 }
 
 // allocate gives f blocks for [off, off+n), extending its size, without

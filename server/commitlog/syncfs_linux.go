@@ -35,7 +35,11 @@ func kernelAtLeast(major, minor int) bool {
 // syncfs flushes the whole filesystem holding f: data, metadata and the
 // journal of every file on it.
 func syncfs(f *os.File) error {
-	return fdCall(f, "syncfs", unix.Syncfs)
+	err := fdCall(f, "syncfs", unix.Syncfs)
+	if err == nil && flushed != nil {
+		flushed(nil, "")
+	}
+	return err
 }
 
 // deviceOf returns the ID of the filesystem holding path, 0 if unknown.

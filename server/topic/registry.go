@@ -156,7 +156,7 @@ func Open(cfg Config) (*Registry, error) {
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member)}
 	for _, d := range []string{"topics", "removed"} {
-		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o755); err != nil {
+		if err := commitlog.MkdirAll(filepath.Join(cfg.Dir, d)); err != nil {
 			return nil, err
 		}
 	}
