@@ -218,19 +218,21 @@ func (d *disk) lose(t *testing.T, dst string, rnd *rand.Rand) {
 // durableState is what a log must have after a power loss: its model and
 // hardstate as of its last successful sync.
 type durableState struct {
-	m    *model
-	term uint64
-	vote uint64
+	m      *model
+	term   uint64
+	vote   uint64
+	commit uint64 // not made durable by a sync: only bounds truncation
 }
 
 // TestPowerLossKeepsSyncedEntries drives logs that share a small journal
 // (so that it rotates, checkpoints and recycles its files, and the logs
 // hold records in memory) and small segments (so that they roll) through
-// random appends, truncations, term changes and syncs of random groups,
-// and at random points takes the tree a power loss could leave (disk). In
+// random appends, truncations, term changes, syncs of random groups and
+// retention (commit points and segment deletion), and at random points takes the tree a power loss could leave (disk). In
 // every such tree, recovery (journal replay, then each log's open) must
 // give each log at least every entry and hardstate of its last sync,
-// unchanged, and otherwise only entries it wrote since.
+// unchanged (less what retention deleted since), and otherwise only
+// entries it wrote since.
 func TestPowerLossKeepsSyncedEntries(t *testing.T) {
 	if !syncfsWorks {
 		t.Skip("the journal needs syncfs (Linux 5.8 or later)")
@@ -264,7 +266,7 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 	require.NoError(t, err)
 	logs := make([]*Log, n)
 	models := make([]*model, n)
-	hs := make([]durableState, n) // current term and vote (m unused)
+	hs := make([]durableState, n) // current term, vote and commit (m unused)
 	for i := range logs {
 		logs[i] = openT(t, logDir(root, i), segOpts(j))
 		models[i] = newModel()
@@ -314,7 +316,12 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 	}
 
 	term := func(i int) uint64 { return max(hs[i].term, 1) }
-	losses := 0
+	setHardState := func(i int) {
+		require.NoError(t, logs[i].SetHardState(&pb.HardState{
+			Term: proto.Uint64(hs[i].term), Vote: proto.Uint64(hs[i].vote), Commit: proto.Uint64(hs[i].commit),
+		}))
+	}
+	losses, deletes := 0, 0
 	for step := range steps {
 		i := rnd.IntN(n)
 		m, l := models[i], logs[i]
@@ -329,11 +336,12 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 		case op < 11: // a new term, and entries of it over a suffix: synced at once
 			hs[i].term = term(i) + 1
 			hs[i].vote = uint64(1 + rnd.IntN(3))
-			require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(hs[i].term), Vote: proto.Uint64(hs[i].vote)}))
+			setHardState(i)
 			start := m.last + 1
 			if m.last >= m.first {
 				start = m.last + 1 - uint64(rnd.IntN(int(min(m.last-m.first+1, 8))+1))
 			}
+			start = max(start, hs[i].commit+1) // raft never truncates committed entries
 			m.appendN(t, l, start, 1+rnd.IntN(4), hs[i].term)
 			syncGroup([]int{i})
 		case op < 17: // sync a random group of logs
@@ -344,16 +352,32 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 				}
 			}
 			syncGroup(idx)
-		case op < 18: // the engine writes an idle log's held records
+		case op == 17: // the engine writes an idle log's held records
 			require.NoError(t, l.FlushHeld())
+		case op == 18: // commit what is synced, and retention deletes segments below
+			if hs[i].term == 0 || durable[i].m.last <= hs[i].commit {
+				continue
+			}
+			hs[i].commit = durable[i].m.last
+			setHardState(i)
+			if rnd.IntN(2) == 0 {
+				require.NoError(t, l.FlushHardState())
+			}
+			require.NoError(t, l.DeleteBefore(m.first+uint64(rnd.IntN(int(hs[i].commit-m.first+2)))))
+			first, err := l.FirstIndex()
+			require.NoError(t, err)
+			if first > m.first {
+				deletes++
+			}
+			m.first = first
 		default: // power loss
 			losses++
 			checkPowerLoss(t, d, rnd, durable, models, logDir, opts, segOpts, step)
 		}
 	}
 	checkPowerLoss(t, d, rnd, durable, models, logDir, opts, segOpts, steps)
-	t.Logf("seed %d: %d steps, %d power losses, %d journal commits, %d checkpoints, %d held writes", seed, steps, losses+1,
-		journalCommits.Load()-commits, journalCheckpoints.Load()-checkpoints, heldWrites.Load()-heldW)
+	t.Logf("seed %d: %d steps, %d power losses, %d journal commits, %d checkpoints, %d held writes, %d retention deletions", seed, steps, losses+1,
+		journalCommits.Load()-commits, journalCheckpoints.Load()-checkpoints, heldWrites.Load()-heldW, deletes)
 }
 
 // checkPowerLoss recovers a tree a power loss could leave now and checks
@@ -376,11 +400,16 @@ func checkPowerLoss(t *testing.T, d *disk, rnd *rand.Rand, durable []durableStat
 		require.NoError(t, err)
 		require.GreaterOrEqual(t, last, want.last, "step %d: log %d lost synced entries", step, i)
 		require.LessOrEqual(t, last, cur.last, "step %d: log %d has entries it never wrote", step, i)
-		if last >= want.first {
-			got, err := l.Entries(want.first, last+1, 1<<62)
+		// Retention records the new start durably before it deletes.
+		first, err := l.FirstIndex()
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, first, want.first, "step %d: log %d starts below its synced start", step, i)
+		require.LessOrEqual(t, first, cur.first, "step %d: log %d lost its new start", step, i)
+		if last >= first {
+			got, err := l.Entries(first, last+1, 1<<62)
 			require.NoError(t, err, "step %d: log %d", step, i)
 			for k, e := range got {
-				idx := want.first + uint64(k)
+				idx := first + uint64(k)
 				require.True(t, proto.Equal(cur.ents[idx], e), "step %d: log %d entry %d: want %v got %v", step, i, idx, cur.ents[idx], e)
 				if idx <= want.last {
 					require.True(t, proto.Equal(want.ents[idx], e), "step %d: log %d synced entry %d changed", step, i, idx)
@@ -396,6 +425,7 @@ func checkPowerLoss(t *testing.T, d *disk, rnd *rand.Rand, durable []durableStat
 		if hs.GetTerm() == ds.term && ds.vote != 0 {
 			require.Equal(t, ds.vote, hs.GetVote(), "step %d: log %d lost its synced vote", step, i)
 		}
+		require.LessOrEqual(t, hs.GetCommit(), last, "step %d: log %d commits beyond its log", step, i)
 		require.NoError(t, l.Close())
 	}
 }
