@@ -11,6 +11,8 @@ import (
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/forestbus/forestbus/internal/flushhook"
 )
 
 const (
@@ -128,8 +130,8 @@ func writeFileSynced(dir, name string, data []byte) error {
 		return err
 	}
 	if _, err = f.Write(data); err == nil {
-		if err = f.Sync(); err == nil && flushed != nil {
-			flushed(f, "")
+		if err = f.Sync(); err == nil {
+			flushhook.Flushed(f, "")
 		}
 	}
 	if cerr := f.Close(); err == nil {
@@ -176,20 +178,14 @@ func MkdirAll(dir string) error {
 	return nil
 }
 
-// flushed, when set (by tests), is told of every flush that succeeded: a
-// file's fdatasync or fsync (f), a directory's fsync (dir), or a syncfs of
-// the whole filesystem (neither). Tests model from it what a power loss
-// would leave on disk (powerloss_test.go).
-var flushed func(f *os.File, dir string)
-
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("commitlog: sync dir: %w", err)
 	}
 	err = d.Sync()
-	if err == nil && flushed != nil {
-		flushed(nil, dir)
+	if err == nil {
+		flushhook.Flushed(nil, dir)
 	}
 	if cerr := d.Close(); err == nil {
 		err = cerr

@@ -3,217 +3,21 @@
 package commitlog
 
 import (
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	pb "go.etcd.io/raft/v3/raftpb"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/forestbus/forestbus/internal/flushhook"
+	"github.com/forestbus/forestbus/internal/powerloss"
 )
-
-// disk models what a power loss leaves of a directory tree: a file's
-// bytes as of its last flush, a directory's names as of its last flush.
-// It learns of the flushes through the flushed hook. Files are known by
-// inode and birth time (fileKey), so a rename that reached the disk keeps
-// the bytes flushed under the old name, and a name removed without a
-// directory flush comes back after the power loss.
-//
-// The model errs on the kind side in two ways, so it can miss a bug but
-// never report a false one: a flush records the file as the hook reads it,
-// a moment after the flush (with any write made meanwhile), and a file
-// survives whole or as flushed, never torn (torn tails are the recovery
-// tests' and FuzzOpen's subject).
-type disk struct {
-	root string
-
-	mu    sync.Mutex
-	bytes map[fileKey][]byte           // file -> contents at its last flush
-	names map[string]map[string]dirent // directory -> its names at its last flush
-}
-
-// fileKey names a file for its whole life: its inode number with its
-// birth time, since a removed file's number is soon reused.
-type fileKey struct {
-	ino  uint64
-	born int64
-}
-
-func keyOf(st *unix.Statx_t) fileKey {
-	return fileKey{ino: st.Ino, born: st.Btime.Sec*1e9 + int64(st.Btime.Nsec)}
-}
-
-// statx stats path relative to dirfd (the file dirfd itself when path is "").
-func statx(dirfd int, path string) (fileKey, error) {
-	flags := unix.AT_SYMLINK_NOFOLLOW
-	if path == "" {
-		flags = unix.AT_EMPTY_PATH
-	}
-	var st unix.Statx_t
-	if err := unix.Statx(dirfd, path, flags, unix.STATX_INO|unix.STATX_BTIME, &st); err != nil {
-		return fileKey{}, err
-	}
-	if st.Mask&unix.STATX_BTIME == 0 {
-		return fileKey{}, errors.New("no birth times on this filesystem")
-	}
-	return keyOf(&st), nil
-}
-
-type dirent struct {
-	key fileKey
-	dir bool
-}
-
-// watchDisk records every flush under root until the test ends, starting
-// from root's current state as flushed. Set before any goroutine of the
-// code under test runs, and cleared after the test's cleanups (which close
-// the logs and the journal), so the hook is never written while read.
-func watchDisk(t *testing.T, root string) *disk {
-	t.Helper()
-	if _, err := statx(unix.AT_FDCWD, root); err != nil {
-		t.Skipf("power loss model: %v", err)
-	}
-	d := &disk{root: root, bytes: map[fileKey][]byte{}, names: map[string]map[string]dirent{}}
-	d.flushAll()
-	flushed = func(f *os.File, dir string) {
-		switch {
-		case f != nil:
-			d.flushFile(t, f)
-		case dir != "":
-			d.flushDir(dir)
-		default:
-			d.flushAll()
-		}
-	}
-	t.Cleanup(func() { flushed = nil }) // registered first: runs last
-	return d
-}
-
-func (d *disk) flushFile(t *testing.T, f *os.File) {
-	// Read through the descriptor: the name may have changed. Under d.mu,
-	// so that what is recorded last was read last.
-	rc, err := f.SyscallConn()
-	if err != nil {
-		t.Errorf("flushed file: %v", err)
-		return
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	cerr := rc.Control(func(fd uintptr) {
-		link := fmt.Sprintf("/proc/self/fd/%d", fd)
-		if path, _ := os.Readlink(link); !inTree(d.root, path) {
-			return // another tree: a recovery's
-		}
-		var key fileKey
-		if key, err = statx(int(fd), ""); err != nil {
-			return
-		}
-		var b []byte
-		if b, err = os.ReadFile(link); err == nil {
-			d.bytes[key] = b
-		}
-	})
-	if err = errors.Join(err, cerr); err != nil {
-		t.Errorf("flushed file %s: %v", f.Name(), err)
-	}
-}
-
-// listDir returns dir's names; those removed while it reads are left out.
-func listDir(dir string) map[string]dirent {
-	des, _ := os.ReadDir(dir)
-	names := map[string]dirent{}
-	for _, de := range des {
-		if key, err := statx(unix.AT_FDCWD, filepath.Join(dir, de.Name())); err == nil {
-			names[de.Name()] = dirent{key: key, dir: de.IsDir()}
-		}
-	}
-	return names
-}
-
-func inTree(root, path string) bool {
-	rel, err := filepath.Rel(root, path)
-	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
-}
-
-func (d *disk) flushDir(dir string) {
-	if !inTree(d.root, dir) {
-		return
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.names[filepath.Clean(dir)] = listDir(dir)
-}
-
-// flushAll is a syncfs: everything under root.
-func (d *disk) flushAll() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	_ = filepath.WalkDir(d.root, func(p string, de fs.DirEntry, err error) error {
-		switch {
-		case err != nil: // removed meanwhile
-		case de.IsDir():
-			d.names[filepath.Clean(p)] = listDir(p)
-		default:
-			f, err := os.Open(p)
-			if err != nil {
-				return nil
-			}
-			defer f.Close()
-			key, err := statx(int(f.Fd()), "")
-			b, rerr := io.ReadAll(f)
-			if err == nil && rerr == nil {
-				d.bytes[key] = b
-			}
-		}
-		return nil
-	})
-}
-
-// lose writes to dst the tree a power loss could leave now. Each directory
-// has its flushed names, or (when rnd says so) its current ones; each file
-// has its flushed bytes, or (when rnd says so and the name still holds the
-// same file) everything written to it: the kernel may have written any
-// file back on its own, but nothing unflushed is ever assumed durable.
-func (d *disk) lose(t *testing.T, dst string, rnd *rand.Rand) {
-	t.Helper()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var walk func(src, out string)
-	walk = func(src, out string) {
-		require.NoError(t, os.MkdirAll(out, 0o755))
-		names := d.names[src] // none if never flushed: every dir here is new
-		current := listDir(src)
-		if rnd.IntN(4) == 0 {
-			names = current
-		}
-		for _, name := range slices.Sorted(maps.Keys(names)) {
-			e, p := names[name], filepath.Join(src, name)
-			if e.dir {
-				walk(p, filepath.Join(out, name))
-				continue
-			}
-			b := d.bytes[e.key] // nil: never flushed, so empty
-			if cur, ok := current[name]; ok && cur.key == e.key && rnd.IntN(3) == 0 {
-				if all, err := os.ReadFile(p); err == nil {
-					b = all
-				}
-			}
-			require.NoError(t, os.WriteFile(filepath.Join(out, name), b, 0o644))
-		}
-	}
-	walk(filepath.Clean(d.root), dst)
-}
 
 // durableState is what a log must have after a power loss: its model and
 // hardstate as of its last successful sync.
@@ -228,11 +32,11 @@ type durableState struct {
 // (so that it rotates, checkpoints and recycles its files, and the logs
 // hold records in memory) and small segments (so that they roll) through
 // random appends, truncations, term changes, syncs of random groups and
-// retention (commit points and segment deletion), and at random points takes the tree a power loss could leave (disk). In
-// every such tree, recovery (journal replay, then each log's open) must
-// give each log at least every entry and hardstate of its last sync,
-// unchanged (less what retention deleted since), and otherwise only
-// entries it wrote since.
+// retention (commit points and segment deletion), and at random points
+// takes the tree a power loss could leave (powerloss.Disk). In every such
+// tree, recovery (journal replay, then each log's open) must give each log
+// at least every entry and hardstate of its last sync, unchanged (less what
+// retention deleted since), and otherwise only entries it wrote since.
 func TestPowerLossKeepsSyncedEntries(t *testing.T) {
 	if !syncfsWorks {
 		t.Skip("the journal needs syncfs (Linux 5.8 or later)")
@@ -261,7 +65,7 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 	commits, checkpoints, heldW := journalCommits.Load(), journalCheckpoints.Load(), heldWrites.Load()
 	segOpts := func(j *Journal) Options { return Options{Journal: j, SegmentBytes: segment} }
 
-	d := watchDisk(t, root) // the empty root is on disk
+	d := powerloss.Watch(t, root) // the empty root is on disk
 	j, err := OpenJournal(jdir, root, opts)
 	require.NoError(t, err)
 	logs := make([]*Log, n)
@@ -383,11 +187,11 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 // checkPowerLoss recovers a tree a power loss could leave now and checks
 // every log in it against its durable state (at least that) and its model
 // (nothing else).
-func checkPowerLoss(t *testing.T, d *disk, rnd *rand.Rand, durable []durableState, models []*model,
+func checkPowerLoss(t *testing.T, d *powerloss.Disk, rnd *rand.Rand, durable []durableState, models []*model,
 	logDir func(string, int) string, opts JournalOptions, segOpts func(*Journal) Options, step int) {
 	t.Helper()
 	dst := t.TempDir()
-	d.lose(t, dst, rnd)
+	d.Lose(t, dst, rnd)
 
 	j, err := OpenJournal(filepath.Join(dst, "journal"), dst, opts)
 	require.NoError(t, err, "step %d: journal recovery", step)
@@ -435,8 +239,8 @@ func checkPowerLoss(t *testing.T, d *disk, rnd *rand.Rand, durable []durableStat
 func TestMkdirAllSyncsParents(t *testing.T) {
 	root := t.TempDir()
 	var dirs []string
-	flushed = func(_ *os.File, dir string) { dirs = append(dirs, dir) }
-	defer func() { flushed = nil }()
+	flushhook.Set(func(_ *os.File, dir string) { dirs = append(dirs, dir) })
+	defer flushhook.Set(nil)
 	leaf := filepath.Join(root, "a", "b", "c")
 	require.NoError(t, MkdirAll(leaf))
 	require.DirExists(t, leaf)

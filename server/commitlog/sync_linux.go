@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"syscall"
+
+	"github.com/forestbus/forestbus/internal/flushhook"
 )
 
 // fdCall runs call on f's descriptor, again while it fails with EINTR; a
@@ -35,8 +37,8 @@ func fdCall(f *os.File, op string, call func(fd int) error) error {
 // fdatasync flushes f's data (and the metadata needed to read it back).
 func fdatasync(f *os.File) error {
 	err := fdCall(f, "fdatasync", syscall.Fdatasync)
-	if err == nil && flushed != nil {
-		flushed(f, "")
+	if err == nil {
+		flushhook.Flushed(f, "")
 	}
 	return err
 }

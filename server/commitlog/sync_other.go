@@ -2,12 +2,16 @@
 
 package commitlog
 
-import "os"
+import (
+	"os"
+
+	"github.com/forestbus/forestbus/internal/flushhook"
+)
 
 func fdatasync(f *os.File) error {
 	err := f.Sync()
-	if err == nil && flushed != nil {
-		flushed(f, "")
+	if err == nil {
+		flushhook.Flushed(f, "")
 	}
 	return err
 }

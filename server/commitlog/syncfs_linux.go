@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/forestbus/forestbus/internal/flushhook"
 )
 
 // syncfsWorks: syncfs(2) reports writeback errors only since Linux 5.8;
@@ -36,8 +38,8 @@ func kernelAtLeast(major, minor int) bool {
 // journal of every file on it.
 func syncfs(f *os.File) error {
 	err := fdCall(f, "syncfs", unix.Syncfs)
-	if err == nil && flushed != nil {
-		flushed(nil, "")
+	if err == nil {
+		flushhook.Flushed(nil, "")
 	}
 	return err
 }
