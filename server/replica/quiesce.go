@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -105,11 +106,14 @@ func (e *Engine) leaderSilent(id uint64) bool {
 	return e.silentFor(id) > int64(e.cfg.ElectionTicks)
 }
 
-// SetPeers sets the nodes the engine pings for liveness.
+// SetPeers sets the nodes the engine pings for liveness. It installs a new
+// slice, never writing into the old one: the loop reads the slice it took
+// under e.mu after releasing the lock (refreshSilence, pingPeers).
 func (e *Engine) SetPeers(ids []uint64) {
+	peers := slices.Clone(ids)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.peers = append(e.peers[:0], ids...)
+	e.peers = peers
 }
 
 // pingPeers sends this tick's liveness pings.

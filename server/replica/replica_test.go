@@ -390,3 +390,18 @@ func TestFencedGroupWritesHeldRecords(t *testing.T) {
 	}))
 	assert.Zero(t, b.Log().Stats().HeldBytes, "the fenced group wrote what it held")
 }
+
+// TestSetPeersWhileRunning: the membership may change the pinged peers
+// while the loop reads them every tick (run with -race: SetPeers once
+// rewrote the slice the loop was reading).
+func TestSetPeersWhileRunning(t *testing.T) {
+	e, err := NewEngine(Config{NodeID: 1, TickInterval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	e.Start()
+	defer e.Stop()
+	openGroup(t, e, t.TempDir(), "t") // keeps the loop ticking
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for i := 0; time.Now().Before(deadline); i++ {
+		e.SetPeers([]uint64{1, 2, uint64(3 + i%2)})
+	}
+}
