@@ -106,23 +106,17 @@ func TestPowerLossKeepsAcknowledgedMessages(t *testing.T) {
 			}
 		})
 	}
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
-
-	for k := range thresholds {
-		require.Eventually(t, func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(images) > k
-		}, 30*time.Second, time.Millisecond, "acknowledged batches")
+	require.Eventually(t, func() bool {
 		mu.Lock()
-		im, acked := images[k], sets[k]
-		mu.Unlock()
+		defer mu.Unlock()
+		return len(images) == len(thresholds)
+	}, 30*time.Second, time.Millisecond, "acknowledged batches")
+	cancel()
+	wg.Wait()
+	for k, im := range images {
 		dst := t.TempDir()
-		im.Write(t, dst, nil) // flushed bytes only: the node runs on after the snapshot
-		checkRecovered(t, dst, topics, acked)
+		im.Write(t, dst, nil) // flushed bytes only: the node ran on after the snapshot
+		checkRecovered(t, dst, topics, sets[k])
 	}
 }
 
@@ -154,7 +148,7 @@ func checkAcked(t *testing.T, g *Group, i int, acked []plAck) {
 	}
 	// A restarted node may know an older commit point; leading again, it
 	// commits its whole log.
-	require.Eventually(t, func() bool { return g.CommitID() >= top }, 10*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return g.CommitID() >= top }, 30*time.Second, time.Millisecond,
 		"g%d commits up to the last acknowledged ID %d", i, top)
 	for id := uint64(1); id <= top; {
 		r, err := g.Read(ctx10(t), id, 1000, 1<<20, 0)
@@ -193,13 +187,14 @@ func (h *handlerRef) ReportSnapshot(group string, to uint64, failed bool) {
 // plCluster is three nodes on an in-memory network, each with its
 // directory root/n<id>, its journal, and groups g0..g(n-1) of all three.
 type plCluster struct {
+	hub   *transport.Hub
 	nodes [3]*plNode
 }
 
 func openPLCluster(t *testing.T, root string, n int) *plCluster {
 	t.Helper()
 	hub := transport.NewHub()
-	c := &plCluster{}
+	c := &plCluster{hub: hub}
 	ids := []uint64{1, 2, 3}
 	for k, id := range ids {
 		dir := filepath.Join(root, fmt.Sprintf("n%d", id))
@@ -210,7 +205,9 @@ func openPLCluster(t *testing.T, root string, n int) *plCluster {
 		for _, p := range ids {
 			tr.AddPeer(p, "")
 		}
-		e, err := NewEngine(Config{NodeID: id, TickInterval: 10 * time.Millisecond, Journal: j, Transport: tr,
+		// 50 ms ticks (elections after 0.5 s): under -race on a loaded
+		// machine, 10 ms ticks let CheckQuorum depose leaders over and over.
+		e, err := NewEngine(Config{NodeID: id, TickInterval: 50 * time.Millisecond, Journal: j, Transport: tr,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		require.NoError(t, err)
 		ref.e.Store(e)
@@ -250,7 +247,7 @@ func (c *plCluster) leader(i int) *Group {
 func (c *plCluster) waitLeader(t *testing.T, i int) *Group {
 	t.Helper()
 	var g *Group
-	require.Eventually(t, func() bool { g = c.leader(i); return g != nil }, 10*time.Second, time.Millisecond, "g%d has a leader", i)
+	require.Eventually(t, func() bool { g = c.leader(i); return g != nil }, 30*time.Second, time.Millisecond, "g%d has a leader", i)
 	return g
 }
 
@@ -263,7 +260,8 @@ func (c *plCluster) waitLeader(t *testing.T, i int) *Group {
 // batch is on a majority's disks: the leader's own copy may not be yet
 // (its MsgApps go out before its sync, and it answers once a majority has
 // the batch), so this checks that a recovered cluster elects a node that
-// has every acknowledged entry.
+// has every acknowledged entry, also when the frozen leader of a topic
+// stays cut off until the other two have elected one of themselves.
 func TestPowerLossClusterKeepsAcknowledgedMessages(t *testing.T) {
 	const topics, perTopic = 3, 3
 	root := t.TempDir()
@@ -276,6 +274,7 @@ func TestPowerLossClusterKeepsAcknowledgedMessages(t *testing.T) {
 		acks   []plAck
 		images []*powerloss.Image
 		sets   [][]plAck
+		leads  [][]uint64 // each topic's leader at each freeze
 	)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -304,30 +303,41 @@ func TestPowerLossClusterKeepsAcknowledgedMessages(t *testing.T) {
 				if k := len(images); k < len(thresholds) && len(acks) >= thresholds[k] {
 					images = append(images, d.Snapshot())
 					sets = append(sets, slices.Clone(acks))
+					var l []uint64
+					for i := range topics {
+						l = append(l, c.nodes[0].groups[i].Leader())
+					}
+					leads = append(leads, l)
 				}
 				mu.Unlock()
 			}
 		})
 	}
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
-
-	for k := range thresholds {
-		require.Eventually(t, func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(images) > k
-		}, 60*time.Second, time.Millisecond, "acknowledged batches")
+	// All three freezes first, then the producers stop: the recovered
+	// clusters do not compete with a loaded one for the CPU.
+	require.Eventually(t, func() bool {
 		mu.Lock()
-		im, acked := images[k], sets[k]
-		mu.Unlock()
+		defer mu.Unlock()
+		return len(images) == len(thresholds)
+	}, 60*time.Second, time.Millisecond, "acknowledged batches")
+	cancel()
+	wg.Wait()
+	for k, im := range images {
 		dst := t.TempDir()
-		im.Write(t, dst, nil) // flushed bytes only: the nodes run on after the snapshot
+		im.Write(t, dst, nil) // flushed bytes only: the nodes ran on after the snapshot
 		rc := openPLCluster(t, dst, topics)
+		// The frozen leader of one topic stays away until the others elect:
+		// an acknowledged batch must be on one of them too.
+		i := k % topics
+		if old := leads[k][i]; old != 0 {
+			rc.hub.Isolate(old)
+			g := rc.waitLeader(t, i)
+			require.NotEqual(t, old, g.e.NodeID())
+			checkAcked(t, g, i, sets[k])
+			rc.hub.Heal()
+		}
 		for i := range topics {
-			checkAcked(t, rc.waitLeader(t, i), i, acked)
+			checkAcked(t, rc.waitLeader(t, i), i, sets[k])
 		}
 		for _, nd := range rc.nodes {
 			nd.e.Stop()
