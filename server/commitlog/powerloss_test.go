@@ -31,8 +31,9 @@ type durableState struct {
 // TestPowerLossKeepsSyncedEntries drives logs that share a small journal
 // (so that it rotates, checkpoints and recycles its files, and the logs
 // hold records in memory) and small segments (so that they roll) through
-// random appends, truncations, term changes, syncs of random groups and
-// retention (commit points and segment deletion), and at random points
+// random appends, truncations, term changes, syncs of random groups,
+// retention (commit points and segment deletion) and snapshots replacing
+// a log, and at random points
 // takes the tree a power loss could leave (powerloss.Disk). In every such
 // tree, recovery (journal replay, then each log's open) must give each log
 // at least every entry and hardstate of its last sync, unchanged (less what
@@ -46,7 +47,7 @@ func TestPowerLossKeepsSyncedEntries(t *testing.T) {
 	runs := []struct {
 		seed    uint64
 		segment int64
-	}{{1, MinSegmentBytes}, {2, 64 << 10}, {3, 16 << 10}, {4, 64 << 10}}
+	}{{1, MinSegmentBytes}, {2, 64 << 10}, {3, 16 << 10}, {4, 64 << 10}, {5, MinSegmentBytes}}
 	if testing.Short() {
 		runs = runs[:2]
 	}
@@ -125,11 +126,11 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 			Term: proto.Uint64(hs[i].term), Vote: proto.Uint64(hs[i].vote), Commit: proto.Uint64(hs[i].commit),
 		}))
 	}
-	losses, deletes := 0, 0
+	losses, deletes, snaps := 0, 0, 0
 	for step := range steps {
 		i := rnd.IntN(n)
 		m, l := models[i], logs[i]
-		op := rnd.IntN(20)
+		op := rnd.IntN(21)
 		switch {
 		case op < 10: // appends to some logs, as producers to several topics
 			for k := range n {
@@ -174,14 +175,36 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 				deletes++
 			}
 			m.first = first
+		case op == 19 && rnd.IntN(3) > 0: // (rarer: a snapshot resets retention's segments)
+			m.appendN(t, l, m.last+1, 1+rnd.IntN(6), term(i))
+		case op == 19: // a leader's snapshot replaces the log (a follower behind retention)
+			idx := m.last + 1 + uint64(rnd.IntN(8))
+			next, snapTerm := m.next+uint64(rnd.IntN(50)), term(i)
+			if m.last > hs[i].commit && m.last >= m.first && rnd.IntN(2) == 0 {
+				// At an uncommitted entry of the log instead.
+				lo := max(hs[i].commit+1, m.first)
+				idx = lo + uint64(rnd.IntN(int(m.last-lo+1)))
+				next, snapTerm = m.ids[idx].Next, m.ents[idx].GetTerm()
+			}
+			require.NoError(t, l.ApplySnapshot(&pb.Snapshot{
+				Data: EncodeSnapshotData(nil, next),
+				Metadata: &pb.SnapshotMetadata{Index: proto.Uint64(idx), Term: proto.Uint64(snapTerm),
+					ConfState: &pb.ConfState{Voters: []uint64{1}}},
+			}))
+			fresh := newModel()
+			fresh.first, fresh.last, fresh.next, fresh.fid = idx+1, idx, next, next
+			models[i] = fresh
+			hs[i].commit = max(hs[i].commit, idx)
+			syncGroup([]int{i})
+			snaps++
 		default: // power loss
 			losses++
 			checkPowerLoss(t, d, rnd, durable, models, logDir, opts, segOpts, step)
 		}
 	}
 	checkPowerLoss(t, d, rnd, durable, models, logDir, opts, segOpts, steps)
-	t.Logf("seed %d: %d steps, %d power losses, %d journal commits, %d checkpoints, %d held writes, %d retention deletions", seed, steps, losses+1,
-		journalCommits.Load()-commits, journalCheckpoints.Load()-checkpoints, heldWrites.Load()-heldW, deletes)
+	t.Logf("seed %d: %d steps, %d power losses, %d journal commits, %d checkpoints, %d held writes, %d retention deletions, %d snapshots",
+		seed, steps, losses+1, journalCommits.Load()-commits, journalCheckpoints.Load()-checkpoints, heldWrites.Load()-heldW, deletes, snaps)
 }
 
 // checkPowerLoss recovers a tree a power loss could leave now and checks
