@@ -60,6 +60,43 @@ type plAck struct {
 	msgs  [][]byte
 }
 
+// freezer records acknowledged batches and freezes the disk (Snapshot)
+// the instant their number reaches each of thresholds: the acknowledgement
+// is not yet followed by any flush it did not wait for.
+type freezer struct {
+	d          *powerloss.Disk
+	thresholds []int
+	onFreeze   func() // notes more state at each freeze (called under mu)
+
+	mu     sync.Mutex
+	acks   []plAck
+	images []*powerloss.Image
+	sets   [][]plAck // the batches each image must hold
+}
+
+func (f *freezer) ack(a plAck) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acks = append(f.acks, a)
+	if k := len(f.images); k < len(f.thresholds) && len(f.acks) >= f.thresholds[k] {
+		f.images = append(f.images, f.d.Snapshot())
+		f.sets = append(f.sets, slices.Clone(f.acks))
+		if f.onFreeze != nil {
+			f.onFreeze()
+		}
+	}
+}
+
+// wait waits for every freeze.
+func (f *freezer) wait(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.images) == len(f.thresholds)
+	}, timeout, time.Millisecond, "acknowledged batches")
+}
+
 // TestPowerLossKeepsAcknowledgedMessages: producers send batches with
 // wait-for-commit to the topics of one node (so that its syncs go through
 // the journal, with write-behind, commit points every few ticks and the
@@ -73,15 +110,7 @@ func TestPowerLossKeepsAcknowledgedMessages(t *testing.T) {
 	d := powerloss.Watch(t, root)
 	nd := openPLNode(t, root, topics)
 
-	// The third ack after each threshold freezes the disk (the instant it
-	// is acknowledged: a sync still running then is not on it).
-	thresholds := []int{1500, 3000, 4500}
-	var (
-		mu     sync.Mutex
-		acks   []plAck
-		images []*powerloss.Image
-		sets   [][]plAck // the acks each image must hold
-	)
+	f := &freezer{d: d, thresholds: []int{1500, 3000, 4500}}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for p := range topics * perTopic {
@@ -96,27 +125,17 @@ func TestPowerLossKeepsAcknowledgedMessages(t *testing.T) {
 				if err != nil {
 					continue // only the test's cancel fails a proposal here
 				}
-				mu.Lock()
-				acks = append(acks, plAck{group: gi, first: r.FirstID, msgs: msgs})
-				if k := len(images); k < len(thresholds) && len(acks) >= thresholds[k] {
-					images = append(images, d.Snapshot())
-					sets = append(sets, slices.Clone(acks))
-				}
-				mu.Unlock()
+				f.ack(plAck{group: gi, first: r.FirstID, msgs: msgs})
 			}
 		})
 	}
-	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(images) == len(thresholds)
-	}, 30*time.Second, time.Millisecond, "acknowledged batches")
+	f.wait(t, 30*time.Second)
 	cancel()
 	wg.Wait()
-	for k, im := range images {
+	for k, im := range f.images {
 		dst := t.TempDir()
 		im.Write(t, dst, nil) // flushed bytes only: the node ran on after the snapshot
-		checkRecovered(t, dst, topics, sets[k])
+		checkRecovered(t, dst, topics, f.sets[k])
 	}
 }
 
@@ -268,14 +287,14 @@ func TestPowerLossClusterKeepsAcknowledgedMessages(t *testing.T) {
 	d := powerloss.Watch(t, root)
 	c := openPLCluster(t, root, topics)
 
-	thresholds := []int{800, 1600, 2400}
-	var (
-		mu     sync.Mutex
-		acks   []plAck
-		images []*powerloss.Image
-		sets   [][]plAck
-		leads  [][]uint64 // each topic's leader at each freeze
-	)
+	var leads [][]uint64 // each topic's leader at each freeze
+	f := &freezer{d: d, thresholds: []int{800, 1600, 2400}, onFreeze: func() {
+		var l []uint64
+		for i := range topics {
+			l = append(l, c.nodes[0].groups[i].Leader())
+		}
+		leads = append(leads, l)
+	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for p := range topics * perTopic {
@@ -298,31 +317,16 @@ func TestPowerLossClusterKeepsAcknowledgedMessages(t *testing.T) {
 					g = nil // leadership moved: the outcome is unknown, not acknowledged
 					continue
 				}
-				mu.Lock()
-				acks = append(acks, plAck{group: gi, first: r.FirstID, msgs: msgs})
-				if k := len(images); k < len(thresholds) && len(acks) >= thresholds[k] {
-					images = append(images, d.Snapshot())
-					sets = append(sets, slices.Clone(acks))
-					var l []uint64
-					for i := range topics {
-						l = append(l, c.nodes[0].groups[i].Leader())
-					}
-					leads = append(leads, l)
-				}
-				mu.Unlock()
+				f.ack(plAck{group: gi, first: r.FirstID, msgs: msgs})
 			}
 		})
 	}
 	// All three freezes first, then the producers stop: the recovered
 	// clusters do not compete with a loaded one for the CPU.
-	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(images) == len(thresholds)
-	}, 60*time.Second, time.Millisecond, "acknowledged batches")
+	f.wait(t, 60*time.Second)
 	cancel()
 	wg.Wait()
-	for k, im := range images {
+	for k, im := range f.images {
 		dst := t.TempDir()
 		im.Write(t, dst, nil) // flushed bytes only: the nodes ran on after the snapshot
 		rc := openPLCluster(t, dst, topics)
@@ -333,11 +337,11 @@ func TestPowerLossClusterKeepsAcknowledgedMessages(t *testing.T) {
 			rc.hub.Isolate(old)
 			g := rc.waitLeader(t, i)
 			require.NotEqual(t, old, g.e.NodeID())
-			checkAcked(t, g, i, sets[k])
+			checkAcked(t, g, i, f.sets[k])
 			rc.hub.Heal()
 		}
 		for i := range topics {
-			checkAcked(t, rc.waitLeader(t, i), i, sets[k])
+			checkAcked(t, rc.waitLeader(t, i), i, f.sets[k])
 		}
 		for _, nd := range rc.nodes {
 			nd.e.Stop()
