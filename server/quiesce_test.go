@@ -15,17 +15,25 @@ import (
 	"github.com/forestbus/forestbus/server/transport"
 )
 
+// clusterClient starts a 3-node cluster, waits for its default topic, and
+// returns it with a client of it and a context of 60 s.
+func clusterClient(t *testing.T, opts ...servertest.Option) (*servertest.Cluster, *client.Client, context.Context) {
+	t.Helper()
+	c := servertest.NewCluster(t, 3, opts...)
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs())
+	t.Cleanup(func() { cl.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return c, cl, ctx
+}
+
 // TestIdleTopicsGoQuiet: once 50 topics are idle, the cluster exchanges
 // only the per-node liveness pings (6 links, one ping every 4 ticks), not
 // heartbeats per topic, and the membership reconciler has nothing to do.
 func TestIdleTopicsGoQuiet(t *testing.T) {
 	hub := transport.NewHub(transport.WithSeed(3))
-	c := servertest.NewCluster(t, 3, servertest.WithHub(hub))
-	c.WaitTopic("default")
-	cl := client.New("test", c.Addrs())
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	c, cl, ctx := clusterClient(t, servertest.WithHub(hub))
 	const topics = 50
 	for i := 0; i < topics; i++ {
 		require.NoError(t, cl.CreateTopic(ctx, fmt.Sprintf("idle-%d", i), client.TopicSettings{}))
@@ -93,12 +101,7 @@ func TestReconcileReportsPendingWork(t *testing.T) {
 // (commitlog write-behind); once they go idle, every node writes them to
 // the segment files and keeps nothing held.
 func TestIdleTopicsWriteHeldRecords(t *testing.T) {
-	c := servertest.NewCluster(t, 3)
-	c.WaitTopic("default")
-	cl := client.New("test", c.Addrs())
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	c, cl, ctx := clusterClient(t)
 	const topics = 4
 	for i := range topics {
 		require.NoError(t, cl.CreateTopic(ctx, fmt.Sprintf("held-%d", i), client.TopicSettings{}))

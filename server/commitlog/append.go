@@ -358,17 +358,22 @@ func (l *Log) putHeld(s *segment) error {
 // calls it when the log goes idle and when HeldWanted reports that the
 // journal waits for it.
 func (l *Log) FlushHeld() error {
-	n := len(l.segs)
-	if n == 0 || l.segs[n-1].held == nil {
+	if !l.Holding() {
 		return nil
 	}
-	s := l.segs[n-1]
+	return l.flushHeld(l.segs[len(l.segs)-1])
+}
+
+// flushHeld writes the records s holds and lets its buffer go.
+func (l *Log) flushHeld(s *segment) error {
 	if err := l.writeHeld(s); err != nil {
 		return err
 	}
-	l.mu.Lock()
-	dropHeld(s)
-	l.mu.Unlock()
+	if s.held != nil {
+		l.mu.Lock()
+		dropHeld(s)
+		l.mu.Unlock()
+	}
 	return nil
 }
 
@@ -427,13 +432,8 @@ func (l *Log) voidJournal() error {
 // roll fsyncs the full segment s (so that only the last segment can ever
 // have a torn tail) and starts a new one at index first.
 func (l *Log) roll(s *segment, first uint64) (*segment, error) {
-	if err := l.writeHeld(s); err != nil {
+	if err := l.flushHeld(s); err != nil { // only the last segment holds records
 		return nil, err
-	}
-	if s.held != nil {
-		l.mu.Lock()
-		dropHeld(s) // only the last segment holds records
-		l.mu.Unlock()
 	}
 	if s.dirty && !l.opts.NoSync {
 		if err := fdatasync(s.f); err != nil {

@@ -381,6 +381,15 @@ func newHolderFixture(t *testing.T) *journalFixture {
 	return f
 }
 
+// holder is log 2 of a holder fixture and the epoch of the file whose
+// records it holds.
+func (f *journalFixture) holder(t *testing.T) (*Log, uint64) {
+	t.Helper()
+	l := f.logs[2]
+	require.NotZero(t, l.heldEpoch, "log 2 holds journaled records")
+	return l, l.heldEpoch
+}
+
 // waitCheckpoint waits for the retired file's checkpoint and returns its
 // result.
 func (f *journalFixture) waitCheckpoint() error {
@@ -460,9 +469,7 @@ func TestJournalHeldBound(t *testing.T) {
 // meanwhile replays them from that file.
 func TestJournalCheckpointWaitsForHolders(t *testing.T) {
 	f := newHolderFixture(t)
-	idle := f.logs[2]
-	e0 := idle.heldEpoch
-	require.NotZero(t, e0, "log 2 holds journaled records")
+	idle, e0 := f.holder(t)
 	f.moveOn(t, e0, []int{0, 1})
 	// The commit that moved on had logs 0 and 1 write what they held first;
 	// what they hold now is in the new file only.
@@ -493,9 +500,7 @@ func TestJournalCheckpointWaitsForHolders(t *testing.T) {
 // checkpoint fails, and with it the journal), and a restart replays it.
 func TestJournalPinnedWhenHeldWriteFails(t *testing.T) {
 	f := newHolderFixture(t)
-	broken := f.logs[2]
-	e0 := broken.heldEpoch
-	require.NotZero(t, e0)
+	broken, e0 := f.holder(t)
 	require.NoError(t, broken.segs[len(broken.segs)-1].f.Close()) // every write fails
 	require.Error(t, broken.FlushHeld())
 	require.Error(t, broken.writable(), "the log is fenced")
@@ -514,9 +519,7 @@ func TestJournalPinnedWhenHeldWriteFails(t *testing.T) {
 // they hold before the commit.
 func TestJournalCommitDoesNotWaitForItsOwnBatch(t *testing.T) {
 	f := newHolderFixture(t)
-	own := f.logs[2]
-	e0 := own.heldEpoch
-	require.NotZero(t, e0)
+	own, e0 := f.holder(t)
 	f.moveOn(t, e0, []int{0, 1})
 	require.Equal(t, e0, own.heldEpoch, "log 2 holds records of the retired file")
 

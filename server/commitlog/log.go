@@ -309,16 +309,14 @@ func (l *Log) Close() error {
 	if l.writeError == nil {
 		// A cleanly closed log's files hold its records and nothing else.
 		if n := len(l.segs); n > 0 {
-			err = l.writeHeld(l.segs[n-1])
-		}
-		if n := len(l.segs); n > 0 && err == nil {
 			s := l.segs[n-1]
-			trimmed, terr := trimTail(s)
-			if terr != nil {
-				err = terr
-			} else if trimmed && !s.dirty {
-				s.dirty = true
-				l.dirty = append(l.dirty, s)
+			err = l.writeHeld(s)
+			if err == nil {
+				var trimmed bool
+				if trimmed, err = trimTail(s); err == nil && trimmed && !s.dirty {
+					s.dirty = true
+					l.dirty = append(l.dirty, s)
+				}
 			}
 		}
 		if ferr := l.hs.flush(); err == nil {

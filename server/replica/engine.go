@@ -210,10 +210,7 @@ func (e *Engine) markBusy(g *Group) {
 	e.mu.Lock()
 	e.busy = append(e.busy, g)
 	e.mu.Unlock()
-	select {
-	case e.wake <- struct{}{}:
-	default:
-	}
+	e.kick()
 }
 
 // kick wakes the loop for a pass.
@@ -237,10 +234,7 @@ func (e *Engine) register(g *Group) error {
 	e.version++
 	g.queued.Store(true)
 	e.busy = append(e.busy, g)
-	select {
-	case e.wake <- struct{}{}:
-	default:
-	}
+	e.kick()
 	return nil
 }
 
@@ -257,10 +251,7 @@ func (e *Engine) RemoveGroup(name string) {
 		e.closing = append(e.closing, g)
 	}
 	e.mu.Unlock()
-	select {
-	case e.wake <- struct{}{}:
-	default:
-	}
+	e.kick()
 }
 
 // syncState says where a group's current Ready stands with its sync.

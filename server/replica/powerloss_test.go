@@ -87,9 +87,33 @@ func (f *freezer) ack(a plAck) {
 	}
 }
 
-// wait waits for every freeze.
-func (f *freezer) wait(t *testing.T, timeout time.Duration) {
+// run drives perTopic producers per topic, each sending batches of 1 to 8
+// messages with wait-for-commit through propose and handing the batches
+// acknowledged to ack, until every freeze is taken (within timeout); then
+// it stops them.
+func (f *freezer) run(t *testing.T, timeout time.Duration, topics, perTopic int,
+	propose func(ctx context.Context, topic int, msgs [][]byte) (Result, error)) {
 	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	for p := range topics * perTopic {
+		wg.Go(func() {
+			gi := p % topics
+			for b := 0; b < 100000 && ctx.Err() == nil; b++ {
+				msgs := make([][]byte, 1+b%8)
+				for k := range msgs {
+					msgs[k] = fmt.Appendf(nil, "g%d-p%d-b%d-m%d", gi, p, b, k)
+				}
+				if r, err := propose(ctx, gi, msgs); err == nil {
+					f.ack(plAck{group: gi, first: r.FirstID, msgs: msgs})
+				}
+			}
+		})
+	}
 	require.Eventually(t, func() bool {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -111,27 +135,9 @@ func TestPowerLossKeepsAcknowledgedMessages(t *testing.T) {
 	nd := openPLNode(t, root, topics)
 
 	f := &freezer{d: d, thresholds: []int{1500, 3000, 4500}}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for p := range topics * perTopic {
-		wg.Go(func() {
-			gi := p % topics
-			for b := 0; b < 100000 && ctx.Err() == nil; b++ {
-				msgs := make([][]byte, 1+b%8)
-				for k := range msgs {
-					msgs[k] = fmt.Appendf(nil, "g%d-p%d-b%d-m%d", gi, p, b, k)
-				}
-				r, err := nd.groups[gi].Propose(ctx, msgs, true)
-				if err != nil {
-					continue // only the test's cancel fails a proposal here
-				}
-				f.ack(plAck{group: gi, first: r.FirstID, msgs: msgs})
-			}
-		})
-	}
-	f.wait(t, 30*time.Second)
-	cancel()
-	wg.Wait()
+	f.run(t, 30*time.Second, topics, perTopic, func(ctx context.Context, gi int, msgs [][]byte) (Result, error) {
+		return nd.groups[gi].Propose(ctx, msgs, true) // only the test's cancel fails one here
+	})
 	for k, im := range f.images {
 		dst := t.TempDir()
 		im.Write(t, dst, nil) // flushed bytes only: the node ran on after the snapshot
@@ -295,37 +301,17 @@ func TestPowerLossClusterKeepsAcknowledgedMessages(t *testing.T) {
 		}
 		leads = append(leads, l)
 	}}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for p := range topics * perTopic {
-		wg.Go(func() {
-			gi := p % topics
-			var g *Group
-			for b := 0; b < 100000 && ctx.Err() == nil; b++ {
-				if g == nil {
-					if g = c.leader(gi); g == nil {
-						time.Sleep(time.Millisecond) // polls for an election's end, until ctx ends
-						continue
-					}
-				}
-				msgs := make([][]byte, 1+b%8)
-				for k := range msgs {
-					msgs[k] = fmt.Appendf(nil, "g%d-p%d-b%d-m%d", gi, p, b, k)
-				}
-				r, err := g.Propose(ctx, msgs, true)
-				if err != nil {
-					g = nil // leadership moved: the outcome is unknown, not acknowledged
-					continue
-				}
-				f.ack(plAck{group: gi, first: r.FirstID, msgs: msgs})
-			}
-		})
-	}
 	// All three freezes first, then the producers stop: the recovered
 	// clusters do not compete with a loaded one for the CPU.
-	f.wait(t, 60*time.Second)
-	cancel()
-	wg.Wait()
+	f.run(t, 60*time.Second, topics, perTopic, func(ctx context.Context, gi int, msgs [][]byte) (Result, error) {
+		g := c.leader(gi)
+		if g == nil {
+			time.Sleep(time.Millisecond) // polls for an election's end, until ctx ends
+			return Result{}, ErrNoLeader
+		}
+		// An error (leadership moved): the outcome is unknown, not acknowledged.
+		return g.Propose(ctx, msgs, true)
+	})
 	for k, im := range f.images {
 		dst := t.TempDir()
 		im.Write(t, dst, nil) // flushed bytes only: the nodes ran on after the snapshot
