@@ -297,8 +297,9 @@ func (l *Log) flush(s *segment, buf []byte, pts []indexPoint, runs []termRun, en
 // them): past it, no buffer grows (records that do not fit write through),
 // and a log that writes its records out lets its buffer go. 100 busy
 // topics use 3–6 MiB of buffers, under the budget; 1,000 would use 32–64
-// MiB without it (measured after W4 at 1,000 topics: the busiest node at
-// 295–309 MiB RSS with no budget, 270 with 16 MiB).
+// MiB without it (the busiest node after W4 at 1,000 topics, alternating
+// runs: 238 and 232 MiB RSS with this budget, 334 and 333 without; see
+// BENCHMARKS.md).
 const holdBytes = 32 << 10
 
 // heldBudget is a variable for tests.
