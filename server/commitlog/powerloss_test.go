@@ -20,12 +20,11 @@ import (
 )
 
 // durableState is what a log must have after a power loss: its model and
-// hardstate as of its last successful sync.
+// term and vote as of its last successful sync (the commit point is not
+// made durable by a sync).
 type durableState struct {
-	m      *model
-	term   uint64
-	vote   uint64
-	commit uint64 // not made durable by a sync: only bounds truncation
+	m  *model
+	hs hardState
 }
 
 // TestPowerLossKeepsSyncedEntries drives logs that share a small journal
@@ -71,7 +70,7 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 	require.NoError(t, err)
 	logs := make([]*Log, n)
 	models := make([]*model, n)
-	hs := make([]durableState, n) // current term, vote and commit (m unused)
+	hs := make([]hardState, n) // current term, vote and commit
 	for i := range logs {
 		logs[i] = openT(t, logDir(root, i), segOpts(j))
 		models[i] = newModel()
@@ -116,7 +115,7 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 		}
 		for k, i := range idx {
 			require.NoError(t, errs[k], "log %d", i)
-			durable[i] = durableState{m: models[i].clone(), term: hs[i].term, vote: hs[i].vote}
+			durable[i] = durableState{m: models[i].clone(), hs: hardState{term: hs[i].term, vote: hs[i].vote}}
 		}
 	}
 
@@ -248,9 +247,9 @@ func checkPowerLoss(t *testing.T, d *powerloss.Disk, rnd *rand.Rand, durable []d
 		}
 		hs, _, err := l.InitialState()
 		require.NoError(t, err)
-		require.GreaterOrEqual(t, hs.GetTerm(), ds.term, "step %d: log %d lost its synced term", step, i)
-		if hs.GetTerm() == ds.term && ds.vote != 0 {
-			require.Equal(t, ds.vote, hs.GetVote(), "step %d: log %d lost its synced vote", step, i)
+		require.GreaterOrEqual(t, hs.GetTerm(), ds.hs.term, "step %d: log %d lost its synced term", step, i)
+		if hs.GetTerm() == ds.hs.term && ds.hs.vote != 0 {
+			require.Equal(t, ds.hs.vote, hs.GetVote(), "step %d: log %d lost its synced vote", step, i)
 		}
 		require.LessOrEqual(t, hs.GetCommit(), last, "step %d: log %d commits beyond its log", step, i)
 		require.NoError(t, l.Close())
