@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
-	"github.com/forestbus/forestbus/internal/fastcodec"
 	"github.com/forestbus/forestbus/internal/grpcflow"
 	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/commitlog"
@@ -248,9 +247,6 @@ func (s *Server) open() error {
 		// Calls at once on one connection (HTTP/2 streams); more wait for
 		// a free stream on the client side.
 		grpc.MaxConcurrentStreams(1000),
-		// fastcodec: decode SendMessages batches without an allocation
-		// per message.
-		grpc.ForceServerCodecV2(fastcodec.Codec{}),
 	)
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)

@@ -49,8 +49,9 @@ type WireMarshaler interface {
 }
 
 // Marshal is the stock codec's, and encodes a WireMarshaler with its own
-// methods.
+// methods. It then releases v's buffers if v was lent (Lend).
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
+	defer repay(v)
 	w, ok := v.(WireMarshaler)
 	if !ok {
 		return stock.Marshal(v)

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/forestbus/forestbus/internal/fastcodec"
 )
 
 // ClusterIDKey is the request metadata key naming the cluster a client
@@ -22,9 +24,12 @@ const ClusterIDKey = "forestbus-cluster-id"
 // another node (leader forwarding).
 const LeaderKey = "forestbus-leader"
 
-// ServerOptions returns the interceptor chain for a grpc.Server serving s:
-// logging (outermost, sees final codes), error table, recovery, cluster-ID
-// check, leader forwarding (innermost: it sees the handler's Go errors).
+// ServerOptions returns the codec and the interceptor chain for a
+// grpc.Server serving s. The codec is fastcodec's: it decodes SendMessages
+// batches without an allocation per message, and it gives GetMessages
+// answers' read buffers back (fastcodec.Lend). The chain: logging
+// (outermost, sees final codes), error table, recovery, cluster-ID check,
+// leader forwarding (innermost: it sees the handler's Go errors).
 func (s *Service) ServerOptions() []grpc.ServerOption {
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -47,6 +52,7 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		return status.Errorf(codes.Internal, "internal error: %v", p)
 	})
 	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(fastcodec.Codec{}),
 		grpc.ChainUnaryInterceptor(
 			logging.UnaryServerInterceptor(logger, logOpts...),
 			s.unaryErrors,

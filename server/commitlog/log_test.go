@@ -397,7 +397,7 @@ func TestReadBeyondEstimate(t *testing.T) {
 	for i := uint64(2); i <= 10; i++ {
 		all = append(all, appendUniform(t, l, i, 100, 1000)...)
 	}
-	for _, tc := range []struct {
+	cases := []struct {
 		name                  string
 		id                    uint64
 		count, fill, maxBytes int
@@ -409,7 +409,8 @@ func TestReadBeyondEstimate(t *testing.T) {
 		{"fill target", 101, 1, 250_000, 1 << 30, true, 401},
 		{"maxBytes cap", 101, 1, 1 << 30, 150_000, true, 251},
 		{"everything", 1, 1 << 20, 0, 1 << 30, false, 1001},
-	} {
+	}
+	for _, tc := range cases {
 		var got [][]byte
 		var next uint64
 		var err error
@@ -422,6 +423,26 @@ func TestReadBeyondEstimate(t *testing.T) {
 		assert.Equal(t, tc.wantNext, next, tc.name)
 		assert.True(t, slices.EqualFunc(all[tc.id-1:next-1], got, bytes.Equal), tc.name)
 	}
+	// The same reads into one Scratch, twice over: a read that needs
+	// several buffers takes as many of sc's (reusing those large enough),
+	// and the messages in its earlier buffers stay intact.
+	var sc Scratch
+	for round := range 2 {
+		for _, tc := range cases {
+			var got [][]byte
+			var next uint64
+			var err error
+			if tc.whole {
+				got, next, err = l.ReadBatchesInto(&sc, tc.id, 1000, tc.count, tc.fill, tc.maxBytes)
+			} else {
+				got, next, err = l.ReadInto(&sc, tc.id, 1000, tc.count, tc.maxBytes)
+			}
+			require.NoError(t, err, tc.name)
+			assert.Equal(t, tc.wantNext, next, "%s, scratch round %d", tc.name, round)
+			assert.True(t, slices.EqualFunc(all[tc.id-1:next-1], got, bytes.Equal), "%s, scratch round %d", tc.name, round)
+		}
+	}
+	assert.Greater(t, len(sc.bufs), 1, "no read needed a second buffer: the test lost its point")
 }
 
 // TestReadBatches: count and fill (payload bytes) are targets that end on a
@@ -441,6 +462,7 @@ func TestReadBatches(t *testing.T) {
 	}
 	require.Equal(t, 65, payload(all[:5]))
 	require.Equal(t, 91, payload(all[5:10]))
+	var sc Scratch // one for every case: ReadBatchesInto answers alike
 	for _, tc := range []struct {
 		id                    uint64
 		count, fill, maxBytes int
@@ -465,6 +487,10 @@ func TestReadBatches(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, tc.wantNext, next, "id %d count %d fill %d", tc.id, tc.count, tc.fill)
 		assert.Equal(t, all[tc.id-1:next-1], got, "id %d count %d fill %d", tc.id, tc.count, tc.fill)
+		got, next, err = l.ReadBatchesInto(&sc, tc.id, 15, tc.count, tc.fill, tc.maxBytes)
+		require.NoError(t, err)
+		assert.Equal(t, tc.wantNext, next, "into a Scratch: id %d count %d fill %d", tc.id, tc.count, tc.fill)
+		assert.Equal(t, all[tc.id-1:next-1], got, "into a Scratch: id %d count %d fill %d", tc.id, tc.count, tc.fill)
 	}
 	// The commit cap still holds mid-batch, whatever fill asks for.
 	got, next, err := l.ReadBatches(nil, 1, 7, 1, 1<<20, 1<<20)

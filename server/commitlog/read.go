@@ -148,20 +148,50 @@ func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes in
 	return l.readMessages(dst, id, maxID, maxCount, 0, maxBytes, false, nil)
 }
 
-// Scratch holds a reader's buffers for ReadInto, reused from one read to
-// the next. Not safe for concurrent use.
+// Scratch holds a reader's buffers, reused from one read to the next. Not
+// safe for concurrent use.
 type Scratch struct {
-	buf  []byte
+	bufs [][]byte // the buffers of the last read, reused in order
+	used int      // how many of bufs the read in progress has taken
 	msgs [][]byte
 }
 
+// buffer returns n bytes for the read in progress: the next of sc's
+// buffers when it is large enough, else a new one that replaces it. The
+// buffers taken earlier in the read stay as they are (its messages point
+// into them).
+func (sc *Scratch) buffer(n int64) []byte {
+	i := sc.used
+	sc.used++
+	if i < len(sc.bufs) && int64(cap(sc.bufs[i])) >= n {
+		return sc.bufs[i][:n]
+	}
+	b := make([]byte, n)
+	if i < len(sc.bufs) {
+		sc.bufs[i] = b
+	} else {
+		sc.bufs = append(sc.bufs, b)
+	}
+	return b
+}
+
 // ReadInto is ReadMessages reading into sc's buffers instead of fresh ones:
-// a streaming reader that is done with one answer before it asks for the
-// next (Subscribe) allocates, zeroes and leaves for the collector nothing
-// per read. The messages returned are valid only until the next ReadInto
-// with the same sc.
+// a reader that is done with one answer before it asks for the next (a
+// Subscribe stream; a GetMessages answer once gRPC has encoded it)
+// allocates, zeroes and leaves for the collector nothing per read. The
+// messages returned are valid only until the next read with sc.
 func (l *Log) ReadInto(sc *Scratch, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
-	msgs, next, err := l.readMessages(sc.msgs[:0], id, maxID, maxCount, 0, maxBytes, false, sc)
+	return l.readScratch(sc, id, maxID, maxCount, 0, maxBytes, false)
+}
+
+// ReadBatchesInto is ReadBatches reading into sc's buffers, as ReadInto.
+func (l *Log) ReadBatchesInto(sc *Scratch, id, maxID uint64, count, fill, maxBytes int) ([][]byte, uint64, error) {
+	return l.readScratch(sc, id, maxID, count, fill, maxBytes, true)
+}
+
+func (l *Log) readScratch(sc *Scratch, id, maxID uint64, maxCount, fill, maxBytes int, whole bool) ([][]byte, uint64, error) {
+	sc.used = 0
+	msgs, next, err := l.readMessages(sc.msgs[:0], id, maxID, maxCount, fill, maxBytes, whole, sc)
 	sc.msgs = msgs[:0]
 	return msgs, next, err
 }
@@ -201,10 +231,9 @@ func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, fill, maxBy
 		var err error
 		dst, more, err = l.readChunk(dst, &r, sc)
 		// A chunk sized by an estimate can end before the targets are met
-		// (a record that did not fit): read on from there, into a fresh
-		// buffer (the messages so far point into the last one). A Scratch
-		// holds one buffer: its reader gets what fitted.
-		if err != nil || !more || sc != nil {
+		// (a record that did not fit): read on from there, into another
+		// buffer (the messages so far point into the last one).
+		if err != nil || !more {
 			return dst, r.next, err
 		}
 	}
@@ -254,14 +283,10 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 	}
 	want := min(max(h.size(), est+skip+recHeaderSize+minReadChunk/16), avail)
 	var buf []byte
-	switch {
-	case sc == nil:
+	if sc == nil {
 		buf = make([]byte, want)
-	case int64(cap(sc.buf)) >= want:
-		buf = sc.buf[:want]
-	default:
-		sc.buf = make([]byte, want)
-		buf = sc.buf
+	} else {
+		buf = sc.buffer(want)
 	}
 	// The answer's slice headers in one allocation, sized by the first
 	// record's messages per byte: appending them one by one regrew dst

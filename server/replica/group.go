@@ -687,6 +687,13 @@ func (g *Group) ReadBatches(ctx context.Context, id uint64, count, fill, maxByte
 	return g.read(ctx, id, count, fill, maxBytes, wait, true, nil)
 }
 
+// ReadBatchesInto is ReadBatches into sc's reusable buffers
+// (commitlog.Log.ReadBatchesInto): the messages are valid until the next
+// read with sc.
+func (g *Group) ReadBatchesInto(ctx context.Context, sc *commitlog.Scratch, id uint64, count, fill, maxBytes int, wait time.Duration) (ReadResult, error) {
+	return g.read(ctx, id, count, fill, maxBytes, wait, true, sc)
+}
+
 func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes int, wait time.Duration, whole bool, sc *commitlog.Scratch) (ReadResult, error) {
 	if id == 0 {
 		id = 1
@@ -710,6 +717,8 @@ func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes in
 				err  error
 			)
 			switch {
+			case sc != nil && whole:
+				msgs, next, err = g.log.ReadBatchesInto(sc, id, commit, maxCount, fill, maxBytes)
 			case sc != nil:
 				msgs, next, err = g.log.ReadInto(sc, id, commit, maxCount, maxBytes)
 			case whole:

@@ -1,0 +1,76 @@
+package api_test
+
+import (
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/forestbus/forestbus/client"
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/fastcodec"
+	"github.com/forestbus/forestbus/server/servertest"
+)
+
+// TestGetMessagesPooledReadBuffers: a GetMessages answer points into a
+// pooled read buffer until gRPC has encoded it. Readers at once, each from
+// its own IDs, must each get exactly their messages (a buffer given back
+// before its answer was encoded would be overwritten by another read), and
+// every buffer lent to the codec comes back: after answers with messages,
+// with none, from a long poll, and errors.
+func TestGetMessagesPooledReadBuffers(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	bus := dialBus(t, n.Addr())
+	const total = 3000
+	for i := 1; i <= total; i += 100 {
+		send(t, c, "default", payloads("m", i, 100))
+	}
+	all := payloads("m", 1, total)
+
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			rnd := rand.New(rand.NewPCG(uint64(g), 7))
+			for range 400 {
+				id := 1 + rnd.IntN(total)
+				resp, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: int64(id), Quantity: int32(1 + rnd.IntN(300))})
+				if !assert.NoError(t, err) {
+					return
+				}
+				next := resp.GetNextId()
+				if !assert.Greater(t, next, int64(id)) || !assert.LessOrEqual(t, next, int64(total+1)) {
+					return
+				}
+				if !assert.Equal(t, all[id-1:next-1], resp.GetMessages(), "reader %d from %d", g, id) {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	// No messages at the tail; an error; a long poll answered by a send.
+	resp, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: total + 1, Quantity: 10})
+	require.NoError(t, err)
+	assert.Empty(t, resp.GetMessages())
+	_, err = bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 0})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	polled := make(chan *forestbusv1.GetMessagesResponse, 1)
+	go func() {
+		resp, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: total + 1, Quantity: 10, Wait: true})
+		assert.NoError(t, err)
+		polled <- resp
+	}()
+	require.Eventually(t, func() bool { return n.LongPolls() == 1 }, 10*time.Second, time.Millisecond)
+	send(t, c, "default", payloads("m", total+1, 3))
+	assert.Equal(t, payloads("m", total+1, 3), (<-polled).GetMessages())
+
+	assert.Zero(t, fastcodec.Lent(), "answers lent to the codec and never given back")
+}
