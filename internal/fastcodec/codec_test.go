@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	peerv1 "github.com/forestbus/forestbus/gen/forestbus/peer/v1"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 )
 
@@ -22,6 +23,8 @@ func seeds() [][]byte {
 		&forestbusv1.ProduceRequest{RequestId: 1, Batch: &forestbusv1.SendMessagesRequest{}},
 		&forestbusv1.GetMessagesResponse{Messages: [][]byte{[]byte("x"), []byte("yy")}, NextId: 3, CommitId: -1},
 		&forestbusv1.SubscribeResponse{Messages: [][]byte{[]byte("z")}, FirstId: 1 << 40, CommitId: 5},
+		&peerv1.StreamRequest{ClusterId: "c", From: 1, To: 2, Messages: []*peerv1.RaftMessage{{Group: "g", Message: []byte{8, 3}}, {Message: []byte{}}, {Group: "h"}}},
+		&peerv1.StreamRequest{Messages: []*peerv1.RaftMessage{{Group: "only"}}},
 	} {
 		b, err := proto.Marshal(m)
 		if err != nil {
@@ -54,6 +57,7 @@ func check(t *testing.T, b []byte) {
 		func() proto.Message { return &forestbusv1.ProduceRequest{} },
 		func() proto.Message { return &forestbusv1.GetMessagesResponse{} },
 		func() proto.Message { return &forestbusv1.SubscribeResponse{} },
+		func() proto.Message { return &peerv1.StreamRequest{} },
 	} {
 		want, got := newMsg(), newMsg()
 		wantErr := proto.Unmarshal(b, want)

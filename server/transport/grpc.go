@@ -273,7 +273,7 @@ func (t *GRPC) deliver(from uint64, req *peerv1.StreamRequest) error {
 	msgs := make([]raftpb.Message, len(rms))
 	for i, rm := range rms {
 		m := &msgs[i]
-		if err := proto.Unmarshal(rm.GetMessage(), m); err != nil {
+		if err := decodeMessage(rm.GetMessage(), m); err != nil {
 			return status.Errorf(codes.InvalidArgument, "transport: message %d of group %q: %v", i, rm.GetGroup(), err)
 		}
 		if m.GetTo() != t.cfg.NodeID || m.GetFrom() != from {

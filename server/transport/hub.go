@@ -394,7 +394,8 @@ func (l *hubLink) deliver(m hubMsg) {
 		return
 	}
 	msg := new(raftpb.Message)
-	if err := proto.Unmarshal(m.data, msg); err != nil {
+	// As GRPC decodes (m.data is this message's alone).
+	if err := decodeMessage(m.data, msg); err != nil {
 		panic(fmt.Sprintf("transport: unmarshal: %v", err))
 	}
 	dst.h.Step(m.group, msg)
