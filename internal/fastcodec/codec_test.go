@@ -68,6 +68,14 @@ func check(t *testing.T, b []byte) {
 		}
 		require.NoError(t, gotErr, "%T", want)
 		assert.True(t, proto.Equal(want, got), "%T: want %v got %v", want, want, got)
+		// And back: Marshal writes what proto.Marshal does (unknown
+		// fields included).
+		wantBytes, err := proto.Marshal(want)
+		require.NoError(t, err, "%T", want)
+		gotBytes, err := Codec{}.Marshal(want)
+		require.NoError(t, err, "%T", want)
+		assert.Equal(t, string(wantBytes), string(gotBytes.Materialize()), "%T: Marshal", want)
+		gotBytes.Free()
 	}
 }
 
