@@ -227,7 +227,10 @@ func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessage
 	return &forestbusv1.SendMessagesResponse{FirstId: int64(res.FirstID), Count: int32(res.Count)}, nil
 }
 
-// GetMessages implements ForestBusService.GetMessages.
+// GetMessages implements ForestBusService.GetMessages. Its answer points
+// into a pooled read buffer that the codec of ServerOptions gives back once
+// it has encoded the answer: serve it only through a grpc.Server built with
+// those options (an answer never encoded keeps its buffer for good).
 func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
 	t, err := s.lookup(req.GetTopic())
 	if err != nil {
