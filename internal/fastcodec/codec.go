@@ -200,23 +200,29 @@ func decode(b []byte, msgNum protowire.Number, msgs *[][]byte, scalar func(field
 
 func decodeProduceRequest(b []byte, m *forestbusv1.ProduceRequest) bool {
 	m.Reset()
-	for len(b) > 0 {
-		f, rest, ok := next(b)
-		if !ok {
-			return false
-		}
-		b = rest
+	return eachField(b, func(f field) bool {
 		switch {
 		case f.num == 1 && f.typ == protowire.VarintType:
 			m.RequestId = f.varint
 		case f.num == 2 && f.typ == protowire.BytesType && m.Batch == nil:
 			m.Batch = new(forestbusv1.SendMessagesRequest)
-			if !decodeSendMessagesRequest(f.bytes, m.Batch) {
-				return false
-			}
+			return decodeSendMessagesRequest(f.bytes, m.Batch)
 		default:
 			return false // a repeated batch merges: the stock path
 		}
+		return true
+	})
+}
+
+// eachField calls fn with every field of b, in order; false when b is
+// malformed or fn returns false.
+func eachField(b []byte, fn func(field) bool) bool {
+	for len(b) > 0 {
+		f, rest, ok := next(b)
+		if !ok || !fn(f) {
+			return false
+		}
+		b = rest
 	}
 	return true
 }
@@ -304,12 +310,7 @@ func decodeStreamRequest(b []byte, m *peerv1.StreamRequest) bool {
 }
 
 func decodeRaftMessage(b []byte, m *peerv1.RaftMessage) bool {
-	for len(b) > 0 {
-		f, rest, ok := next(b)
-		if !ok {
-			return false
-		}
-		b = rest
+	return eachField(b, func(f field) bool {
 		switch {
 		case f.num == 1 && f.typ == protowire.BytesType && utf8.Valid(f.bytes):
 			m.Group = string(f.bytes)
@@ -318,6 +319,6 @@ func decodeRaftMessage(b []byte, m *peerv1.RaftMessage) bool {
 		default:
 			return false
 		}
-	}
-	return true
+		return true
+	})
 }
