@@ -12,6 +12,10 @@
 // stock path, so the result is always what proto.Unmarshal would give
 // (FuzzMatchesProto checks this).
 //
+// On the sending side it encodes WireMarshalers with their own methods, and
+// gives back the buffers a server handler lent with its answer once the
+// answer is encoded (Lend).
+//
 // Use it with grpc.ForceCodecV2 (client) or grpc.ForceServerCodecV2 (server);
 // the wire format and the content subtype ("proto") are unchanged.
 package fastcodec
