@@ -100,7 +100,9 @@ type Config struct {
 
 	// GRPCOptions are added first to the gRPC server's options (e.g. the
 	// Prometheus interceptors of server/httpapi), so their interceptors
-	// wrap the node's own and see final status codes.
+	// wrap the node's own and see final status codes. Not a stats handler
+	// that reads sent payloads, nor grpc.EnableTracing: GetMessages
+	// answers' buffers are reused once encoded (fastcodec.Lend).
 	GRPCOptions []grpc.ServerOption
 
 	// NewTransport, when set, replaces the gRPC peer transport (tests run

@@ -178,23 +178,22 @@ func countBytesFields(b []byte, num protowire.Number) int {
 	return c
 }
 
-// decode walks b once, aliasing the msgNum elements into *msgs and handing
-// every other field to scalar, which reports whether it knows the field.
-// *msgs is sized once, from the first element: room for the rest of b if
-// every element is that size (at least 16 bytes). The caller has reset the
-// message; false sends it down the stock path.
+// decode walks b once to count the msgNum elements (sizing *msgs exactly),
+// then again to alias them into *msgs, handing every other field to
+// scalar, which reports whether it knows the field. The caller has reset
+// the message; false sends it down the stock path.
 func decode(b []byte, msgNum protowire.Number, msgs *[][]byte, scalar func(field) bool) bool {
+	n := countBytesFields(b, msgNum)
+	if n < 0 {
+		return false
+	}
+	if n > 0 {
+		*msgs = make([][]byte, 0, n)
+	}
 	for len(b) > 0 {
-		f, rest, ok := next(b)
-		if !ok {
-			return false
-		}
+		f, rest, _ := next(b)
 		b = rest
 		if f.num == msgNum && f.typ == protowire.BytesType {
-			if *msgs == nil {
-				per := max(1+protowire.SizeBytes(len(f.bytes)), 16)
-				*msgs = make([][]byte, 0, 1+len(b)/per)
-			}
 			*msgs = append(*msgs, f.bytes)
 		} else if !scalar(f) {
 			return false

@@ -17,6 +17,13 @@ import (
 // handler lends only the answer it returns with a nil error, on a server
 // that uses this codec: a lent message never marshalled would keep its
 // entry, and its buffers, for the life of the process (Lent counts them).
+//
+// After Marshal, grpc-go hands the sent message to the server's stats
+// handler (OutPayload.Payload) and, with grpc.EnableTracing, to its trace
+// log, both of which may read it later. By then its buffers may serve
+// another read. So a server that lends must not set a stats handler that
+// reads payloads, nor enable tracing; this module's server sets neither
+// (its metrics are interceptors, which finish before the encoding).
 
 var (
 	loans sync.Map     // lent message -> release func()

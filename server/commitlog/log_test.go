@@ -445,6 +445,24 @@ func TestReadBeyondEstimate(t *testing.T) {
 	assert.Greater(t, len(sc.bufs), 1, "no read needed a second buffer: the test lost its point")
 }
 
+// TestReadSizesSliceSanely: the answer's slice is sized from the first
+// record's messages per byte, but not for a buffer full of them when the
+// first record holds empty messages and the rest are large (it once held
+// room for about a million messages here, 22 MiB, to return 1,011).
+func TestReadSizesSliceSanely(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	all := appendUniform(t, l, 1, 1000, 0)
+	for i := uint64(2); i <= 40; i++ {
+		all = append(all, appendUniform(t, l, i, 1, 100_000)...)
+	}
+	got, next, err := l.ReadBatches(nil, 1, uint64(len(all)), 100, 1<<20, 4<<20)
+	require.NoError(t, err)
+	assert.True(t, slices.EqualFunc(all[:next-1], got, bytes.Equal))
+	assert.Greater(t, len(got), 1000)
+	assert.Less(t, cap(got), 100_000, "slice sized for %d messages to return %d", cap(got), len(got))
+}
+
 // TestReadBatches: count and fill (payload bytes) are targets that end on a
 // stored batch boundary; maxBytes stays a hard cap; ReadMessages keeps the
 // count a cap.

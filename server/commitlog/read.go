@@ -291,9 +291,12 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 	// The answer's slice headers in one allocation, sized by the first
 	// record's messages per byte: appending them one by one regrew dst
 	// about 14 times for a 1 MiB answer (11 % of a follower's CPU under
-	// W3, in runtime.growslice).
+	// W3, in runtime.growslice). At most one header per 32 bytes of
+	// buffer: a first record of tiny messages followed by large ones must
+	// not size it for a buffer full of tiny ones (smaller messages grow
+	// it by append, as before).
 	if h.count > 0 {
-		n := int(want*int64(h.count)/h.size()) + 1
+		n := min(int(want*int64(h.count)/h.size()), int(want/32)) + 1
 		if !r.whole {
 			n = min(n, r.maxCount-r.got)
 		}
