@@ -290,9 +290,7 @@ func decodeStreamRequest(b []byte, m *peerv1.StreamRequest) bool {
 		rms = make([]peerv1.RaftMessage, n)
 		m.Messages = make([]*peerv1.RaftMessage, 0, n)
 	}
-	for len(b) > 0 {
-		f, rest, _ := next(b)
-		b = rest
+	return eachField(b, func(f field) bool {
 		switch {
 		case f.num == 1 && f.typ == protowire.BytesType && utf8.Valid(f.bytes):
 			m.ClusterId = string(f.bytes)
@@ -302,15 +300,13 @@ func decodeStreamRequest(b []byte, m *peerv1.StreamRequest) bool {
 			m.To = f.varint
 		case f.num == 4 && f.typ == protowire.BytesType:
 			rm := &rms[len(m.Messages)]
-			if !decodeRaftMessage(f.bytes, rm) {
-				return false
-			}
 			m.Messages = append(m.Messages, rm)
+			return decodeRaftMessage(f.bytes, rm)
 		default:
 			return false
 		}
-	}
-	return true
+		return true
+	})
 }
 
 func decodeRaftMessage(b []byte, m *peerv1.RaftMessage) bool {

@@ -74,3 +74,33 @@ func TestGetMessagesPooledReadBuffers(t *testing.T) {
 
 	assert.Zero(t, fastcodec.Lent(), "answers lent to the codec and never given back")
 }
+
+// TestGetMessagesLongPollEndsAtShutdown: shutdown ends a waiting
+// GetMessages with an empty answer at the asked ID, as the wait cap does,
+// and its read buffer goes back.
+func TestGetMessagesLongPollEndsAtShutdown(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	bus := dialBus(t, n.Addr())
+	send(t, c, "default", payloads("m", 1, 3))
+	type answer struct {
+		resp *forestbusv1.GetMessagesResponse
+		err  error
+	}
+	polled := make(chan answer, 1)
+	go func() {
+		resp, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 4, Quantity: 10, Wait: true})
+		polled <- answer{resp, err}
+	}()
+	require.Eventually(t, func() bool { return n.LongPolls() == 1 }, 10*time.Second, time.Millisecond)
+	stopped := make(chan struct{})
+	go func() { n.Stop(); close(stopped) }()
+	a := <-polled
+	require.NoError(t, a.err)
+	assert.Empty(t, a.resp.GetMessages())
+	assert.Equal(t, int64(4), a.resp.GetNextId())
+	assert.Equal(t, int64(3), a.resp.GetCommitId())
+	<-stopped
+	assert.Zero(t, fastcodec.Lent())
+}

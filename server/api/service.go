@@ -242,7 +242,9 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 	if req.GetQuantity() <= 0 {
 		return nil, fmt.Errorf("%w: quantity %d: must be positive", ErrInvalidArgument, req.GetQuantity())
 	}
+	id := uint64(req.GetId())
 	var wait time.Duration
+	rctx := ctx
 	if req.GetWait() {
 		if s.waiters.Add(1) > int64(s.cfg.MaxWaiters) {
 			s.waiters.Add(-1)
@@ -250,33 +252,27 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 		}
 		defer s.waiters.Add(-1)
 		wait = s.cfg.MaxWait
-		ctx2, cancel := s.untilShutdown(ctx)
+		var cancel context.CancelFunc
+		rctx, cancel = s.untilShutdown(ctx)
 		defer cancel()
-		// A call that will wait does not hold a pooled Scratch (and the
-		// buffers it kept from earlier reads) while it waits: it reads
-		// into a fresh one, which joins the pool once its answer is
-		// encoded. Only commit advances, so a call with a message at id
-		// now does not wait.
-		sc := new(commitlog.Scratch)
-		if max(uint64(req.GetId()), 1) <= t.Group.CommitID() {
-			sc = scratchPool.Get().(*commitlog.Scratch)
-		}
-		res, err := t.Group.ReadBatchesInto(ctx2, sc, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, wait)
-		if errors.Is(err, replica.ErrStopped) {
-			if _, gerr := s.registry.Get(t.Name); gerr != nil {
-				scratchPool.Put(sc)
-				return nil, gerr // removed while we waited
-			}
-		}
-		if err != nil && ctx.Err() == nil && ctx2.Err() != nil {
-			// Shutdown ended the wait: an empty answer, as at the wait cap.
-			scratchPool.Put(sc)
-			return &forestbusv1.GetMessagesResponse{NextId: req.GetId(), CommitId: int64(t.Group.CommitID())}, nil
-		}
-		return readResponse(sc, res, err)
 	}
-	sc := scratchPool.Get().(*commitlog.Scratch)
-	res, err := t.Group.ReadBatchesInto(ctx, sc, uint64(req.GetId()), int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, 0)
+	// A call that will wait does not hold a pooled Scratch (and the buffers
+	// it kept from earlier reads) while it waits: it reads into a fresh one,
+	// which joins the pool once its answer is encoded. Only commit
+	// advances, so a call with a message at id now does not wait.
+	sc := new(commitlog.Scratch)
+	if wait == 0 || max(id, 1) <= t.Group.CommitID() {
+		sc = scratchPool.Get().(*commitlog.Scratch)
+	}
+	res, err := t.Group.ReadBatchesInto(rctx, sc, id, int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, wait)
+	if wait > 0 && err != nil {
+		if _, gerr := s.registry.Get(t.Name); gerr != nil && errors.Is(err, replica.ErrStopped) {
+			err = gerr // removed while we waited
+		} else if ctx.Err() == nil && rctx.Err() != nil {
+			// Shutdown ended the wait: an empty answer, as at the wait cap.
+			res, err = replica.ReadResult{NextID: id, CommitID: t.Group.CommitID()}, nil
+		}
+	}
 	return readResponse(sc, res, err)
 }
 

@@ -159,8 +159,11 @@ type Scratch struct {
 // buffer returns n bytes for the read in progress: the next of sc's
 // buffers when it is large enough, else a new one that replaces it. The
 // buffers taken earlier in the read stay as they are (its messages point
-// into them).
+// into them). A nil sc (a read into fresh buffers) gets a new one.
 func (sc *Scratch) buffer(n int64) []byte {
+	if sc == nil {
+		return make([]byte, n)
+	}
 	i := sc.used
 	sc.used++
 	if i < len(sc.bufs) && int64(cap(sc.bufs[i])) >= n {
@@ -282,12 +285,7 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 		skip = (int64(h.dataLen()) * int64(id-h.firstID)) / int64(h.count)
 	}
 	want := min(max(h.size(), est+skip+recHeaderSize+minReadChunk/16), avail)
-	var buf []byte
-	if sc == nil {
-		buf = make([]byte, want)
-	} else {
-		buf = sc.buffer(want)
-	}
+	buf := sc.buffer(want)
 	// The answer's slice headers in one allocation, sized by the first
 	// record's messages per byte: appending them one by one regrew dst
 	// about 14 times for a 1 MiB answer (11 % of a follower's CPU under

@@ -678,18 +678,12 @@ func (g *Group) ReadInto(ctx context.Context, sc *commitlog.Scratch, id uint64, 
 	return g.read(ctx, id, maxCount, 0, maxBytes, wait, false, sc)
 }
 
-// ReadBatches is Read with count and fill (bytes of payload) as targets
-// instead of caps: the answer holds at least count messages and fill bytes
-// when that much is committed, and ends on a stored batch boundary
-// (commitlog.Log.ReadBatches), so it may hold more (never more than maxBytes
-// of payload).
-func (g *Group) ReadBatches(ctx context.Context, id uint64, count, fill, maxBytes int, wait time.Duration) (ReadResult, error) {
-	return g.read(ctx, id, count, fill, maxBytes, wait, true, nil)
-}
-
-// ReadBatchesInto is ReadBatches into sc's reusable buffers
-// (commitlog.Log.ReadBatchesInto): the messages are valid until the next
-// read with sc.
+// ReadBatchesInto is Read with count and fill (bytes of payload) as
+// targets instead of caps, into sc's reusable buffers: the answer holds at
+// least count messages and fill bytes when that much is committed, and ends
+// on a stored batch boundary (commitlog.Log.ReadBatchesInto), so it may
+// hold more (never more than maxBytes of payload). The messages are valid
+// until the next read with sc.
 func (g *Group) ReadBatchesInto(ctx context.Context, sc *commitlog.Scratch, id uint64, count, fill, maxBytes int, wait time.Duration) (ReadResult, error) {
 	return g.read(ctx, id, count, fill, maxBytes, wait, true, sc)
 }
@@ -717,12 +711,10 @@ func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes in
 				err  error
 			)
 			switch {
-			case sc != nil && whole:
+			case whole:
 				msgs, next, err = g.log.ReadBatchesInto(sc, id, commit, maxCount, fill, maxBytes)
 			case sc != nil:
 				msgs, next, err = g.log.ReadInto(sc, id, commit, maxCount, maxBytes)
-			case whole:
-				msgs, next, err = g.log.ReadBatches(nil, id, commit, maxCount, fill, maxBytes)
 			default:
 				msgs, next, err = g.log.ReadMessages(nil, id, commit, maxCount, maxBytes)
 			}
