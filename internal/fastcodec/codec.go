@@ -161,11 +161,51 @@ func next(b []byte) (f field, rest []byte, ok bool) {
 	return f, nil, false
 }
 
+// oneByteTag is the tag byte of length-delimited field num when it fits in
+// one byte (num < 16), else 0 (no fast path).
+func oneByteTag(num protowire.Number) byte {
+	if num < 1 || num > 15 {
+		return 0
+	}
+	return byte(protowire.EncodeTag(num, protowire.BytesType))
+}
+
+// bytesAt decodes the length-delimited field at the start of b when it
+// begins with tag (see oneByteTag; a length of one or two bytes inline):
+// the common element of a payload list, 10,000 of them in an answer, with
+// no call per element. ok is false when b does not start with tag; then,
+// and for anything unusual, the caller uses next.
+func bytesAt(b []byte, tag byte) (v, rest []byte, ok bool) {
+	if len(b) < 2 || b[0] != tag || tag == 0 {
+		return nil, nil, false
+	}
+	var l, n int
+	switch {
+	case b[1] < 0x80:
+		l, n = int(b[1]), 2
+	case len(b) > 2 && b[2] < 0x80:
+		l, n = int(b[1]&0x7f)|int(b[2])<<7, 3
+	default:
+		return nil, nil, false
+	}
+	if l > len(b)-n {
+		return nil, nil, false
+	}
+	e := n + l
+	return b[n:e:e], b[e:], true
+}
+
 // countBytesFields counts the length-delimited fields numbered num, to size
 // the slice once; -1 if b is malformed.
 func countBytesFields(b []byte, num protowire.Number) int {
+	tag := oneByteTag(num)
 	c := 0
 	for len(b) > 0 {
+		if _, rest, ok := bytesAt(b, tag); ok {
+			c++
+			b = rest
+			continue
+		}
 		f, rest, ok := next(b)
 		if !ok {
 			return -1
@@ -190,7 +230,13 @@ func decode(b []byte, msgNum protowire.Number, msgs *[][]byte, scalar func(field
 	if n > 0 {
 		*msgs = make([][]byte, 0, n)
 	}
+	tag := oneByteTag(msgNum)
 	for len(b) > 0 {
+		if v, rest, ok := bytesAt(b, tag); ok {
+			*msgs = append(*msgs, v)
+			b = rest
+			continue
+		}
 		f, rest, _ := next(b)
 		b = rest
 		if f.num == msgNum && f.typ == protowire.BytesType {

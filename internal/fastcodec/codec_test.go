@@ -46,6 +46,30 @@ func seeds() [][]byte {
 		panic(err)
 	}
 	out = append(out, append(one, two...))
+	// Payloads around the lengths bytesAt decodes inline (one and two
+	// length bytes) and beyond (three: the general path), a non-minimal
+	// two-byte length, and lengths running past the end.
+	var sizes [][]byte
+	for _, n := range []int{0, 1, 127, 128, 129, 16383, 16384, 70000} {
+		sizes = append(sizes, make([]byte, n))
+	}
+	for _, m := range []proto.Message{
+		&forestbusv1.GetMessagesResponse{Messages: sizes, NextId: 9, CommitId: 9},
+		&forestbusv1.SendMessagesRequest{Topic: "s", Messages: sizes},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, b, b[:len(b)-1])
+	}
+	out = append(out,
+		[]byte{0x0a, 0x81, 0x00, 'a'},       // length 1 in two bytes
+		[]byte{0x0a, 0x02, 'a'},             // one byte short
+		[]byte{0x0a, 0x80, 0x01},            // 128 bytes announced, none there
+		[]byte{0x0a, 0xff, 0xff, 0x7f, 'a'}, // a three-byte length, short
+		[]byte{0x0a},                        // a tag alone
+	)
 	return out
 }
 
@@ -104,6 +128,36 @@ func FuzzMatchesProto(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) { check(t, b) })
+}
+
+// TestBytesAtMatchesNext: wherever bytesAt decodes a field, next decodes
+// the same value and rest.
+func TestBytesAtMatchesNext(t *testing.T) {
+	inline := 0
+	for _, b := range seeds() {
+		for i := range b {
+			v, rest, ok := bytesAt(b[i:], 0x0a)
+			if !ok {
+				continue
+			}
+			inline++
+			f, frest, fok := next(b[i:])
+			require.True(t, fok, "seed %x at %d", b, i)
+			assert.Equal(t, protowire.Number(1), f.num)
+			assert.Equal(t, protowire.BytesType, f.typ)
+			assert.Equal(t, f.bytes, v)
+			assert.Equal(t, len(v), cap(v), "capacity-limited")
+			assert.Equal(t, len(frest), len(rest))
+		}
+	}
+	assert.Greater(t, inline, 10)
+	_, _, ok := bytesAt([]byte{0x12, 0x00}, 0x0a)
+	assert.False(t, ok, "another tag")
+	_, _, ok = bytesAt([]byte{0x0a, 0x00}, 0)
+	assert.False(t, ok, "no one-byte tag")
+	assert.Equal(t, byte(0x0a), oneByteTag(1))
+	assert.Equal(t, byte(0x7a), oneByteTag(15))
+	assert.Equal(t, byte(0), oneByteTag(16))
 }
 
 func BenchmarkUnmarshalGetMessagesResponse(b *testing.B) {
