@@ -10,9 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/fastcodec"
 )
 
 // Subscribe defaults.
@@ -189,7 +191,9 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 		idle = time.AfterFunc(staleAfter, func() { stale.Store(true); cancel() })
 		defer idle.Stop()
 	}
-	stream, err := forestbusv1.NewForestBusServiceClient(cc).Subscribe(sctx, req)
+	// The stream's responses are read as fastcodec.SubscribeBatch, which
+	// only that codec knows: set it per call, over any WithDialOptions.
+	stream, err := forestbusv1.NewForestBusServiceClient(cc).Subscribe(sctx, req, grpc.ForceCodecV2(fastcodec.Codec{}))
 	if err != nil {
 		if stale.Load() {
 			return false, errStale
@@ -201,7 +205,8 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 		if idle != nil {
 			idle.Reset(staleAfter)
 		}
-		resp, err := stream.Recv()
+		var resp fastcodec.SubscribeBatch
+		err := stream.RecvMsg(&resp)
 		if idle != nil {
 			idle.Stop() // fn's time does not count
 		}
@@ -215,21 +220,21 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 			got = true
 			c.remember(routeRead, topic, node, nil)
 		}
-		first := resp.GetFirstId()
+		first := resp.FirstID
 		if first > *next {
 			// Retention deleted the messages up to first before the
 			// stream reached them.
 			*next = first
 		}
-		for i, m := range resp.GetMessages() {
-			id := first + int64(i)
-			if id < *next {
-				continue // delivered already (a node never resends, but be safe)
+		id := first
+		for m := range resp.Messages() {
+			if id >= *next { // else delivered already (a node never resends, but be safe)
+				if err := fn(id, m); err != nil {
+					return got, &fnError{err}
+				}
+				*next = id + 1
 			}
-			if err := fn(id, m); err != nil {
-				return got, &fnError{err}
-			}
-			*next = id + 1
+			id++
 		}
 	}
 }

@@ -103,9 +103,66 @@ func check(t *testing.T, b []byte) {
 	}
 }
 
+// checkBatch decodes b into a SubscribeBatch and wants what proto.Unmarshal
+// into a SubscribeResponse gives.
+func checkBatch(t *testing.T, b []byte) {
+	var want forestbusv1.SubscribeResponse
+	wantErr := proto.Unmarshal(b, &want)
+	var got SubscribeBatch
+	gotErr := Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), b...))}, &got)
+	if wantErr != nil {
+		assert.Error(t, gotErr, "SubscribeBatch: proto.Unmarshal failed, the batch did not")
+		return
+	}
+	require.NoError(t, gotErr, "SubscribeBatch")
+	assert.Equal(t, want.GetFirstId(), got.FirstID)
+	assert.Equal(t, want.GetCommitId(), got.CommitID)
+	assert.Equal(t, len(want.GetMessages()), got.Len())
+	var msgs [][]byte
+	for m := range got.Messages() {
+		if got.raw != nil { // the stock path allocates each message
+			assert.Equal(t, len(m), cap(m), "capacity-limited")
+		}
+		msgs = append(msgs, m)
+	}
+	require.Len(t, msgs, len(want.GetMessages()))
+	for i, m := range want.GetMessages() {
+		assert.Equal(t, string(m), string(msgs[i]), "message %d", i)
+	}
+}
+
 func TestMatchesProto(t *testing.T) {
 	for _, b := range seeds() {
 		check(t, b)
+		checkBatch(t, b)
+	}
+}
+
+// TestSubscribeBatchStops: Messages stops when the loop breaks, on both
+// paths, and a batch reused for the next response forgets the last one.
+func TestSubscribeBatchStops(t *testing.T) {
+	fast, err := proto.Marshal(&forestbusv1.SubscribeResponse{Messages: [][]byte{[]byte("a"), []byte("b"), []byte("c")}, FirstId: 4, CommitId: 9})
+	require.NoError(t, err)
+	// An unknown field sends the response down the stock path.
+	slow := protowire.AppendVarint(protowire.AppendTag(append([]byte(nil), fast...), 7, protowire.VarintType), 1)
+	for _, raw := range [][]byte{fast, slow} {
+		var b SubscribeBatch
+		require.NoError(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &b))
+		var seen []string
+		for m := range b.Messages() {
+			seen = append(seen, string(m))
+			if len(seen) == 2 {
+				break
+			}
+		}
+		assert.Equal(t, []string{"a", "b"}, seen)
+		require.NoError(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer([]byte{0x10, 0x05})}, &b))
+		assert.Equal(t, 0, b.Len())
+		assert.Equal(t, int64(5), b.FirstID)
+		assert.Equal(t, int64(0), b.CommitID)
+		for range b.Messages() {
+			t.Fatal("a heartbeat has no messages")
+		}
 	}
 }
 
@@ -127,7 +184,10 @@ func FuzzMatchesProto(f *testing.F) {
 	for _, b := range seeds() {
 		f.Add(b)
 	}
-	f.Fuzz(func(t *testing.T, b []byte) { check(t, b) })
+	f.Fuzz(func(t *testing.T, b []byte) {
+		check(t, b)
+		checkBatch(t, b)
+	})
 }
 
 // TestBytesAtMatchesNext: wherever bytesAt decodes a field, next decodes
@@ -184,6 +244,54 @@ func BenchmarkUnmarshalGetMessagesResponse(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkUnmarshalSubscribe: a 4,096-message stream response (the
+// node's default batch) decoded into a SubscribeResponse and into a
+// SubscribeBatch, and its messages visited.
+func BenchmarkUnmarshalSubscribe(b *testing.B) {
+	msgs := make([][]byte, 4096)
+	for i := range msgs {
+		msgs[i] = make([]byte, 100)
+	}
+	raw, err := proto.Marshal(&forestbusv1.SubscribeResponse{Messages: msgs, FirstId: 1, CommitId: 5000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("response", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(raw)))
+		for b.Loop() {
+			var m forestbusv1.SubscribeResponse
+			if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &m); err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for _, msg := range m.GetMessages() {
+				n += len(msg)
+			}
+			if n != 4096*100 {
+				b.Fatal(n)
+			}
+		}
+	})
+	b.Run("batch", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(raw)))
+		for b.Loop() {
+			var m SubscribeBatch
+			if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &m); err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for msg := range m.Messages() {
+				n += len(msg)
+			}
+			if n != 4096*100 {
+				b.Fatal(n)
+			}
+		}
+	})
 }
 
 // wire is a WireMarshaler writing fixed bytes, announcing size.

@@ -1,0 +1,114 @@
+package fastcodec
+
+import (
+	"iter"
+
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+)
+
+// SubscribeBatch receives a SubscribeResponse (pass it to RecvMsg) without
+// building its slice of messages: the messages are read from the received
+// bytes as Messages yields them. A reader that takes the messages one by
+// one (client.Subscribe) saves the slice, a pointer per message for the
+// collector to scan, and a pass over the answer.
+//
+// The yielded messages alias one buffer per response, capacity-limited,
+// and stay valid after the next RecvMsg, as a decoded SubscribeResponse's
+// would. The result is always what proto.Unmarshal into a
+// SubscribeResponse would give (FuzzMatchesProto checks this).
+type SubscribeBatch struct {
+	// FirstID is the ID of the first message (field first_id).
+	FirstID int64
+	// CommitID is the node's commit point (field commit_id).
+	CommitID int64
+
+	n    int      // messages
+	raw  []byte   // the response's encoding, when scan accepted it
+	msgs [][]byte // the messages, when proto.Unmarshal decoded it instead
+}
+
+// Len is the number of messages.
+func (b *SubscribeBatch) Len() int { return b.n }
+
+// Messages yields the messages in order.
+func (b *SubscribeBatch) Messages() iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		if b.raw == nil {
+			for _, m := range b.msgs {
+				if !yield(m) {
+					return
+				}
+			}
+			return
+		}
+		tag := oneByteTag(1)
+		for rest := b.raw; len(rest) > 0; {
+			v, r, ok := bytesAt(rest, tag)
+			if !ok {
+				var f field
+				f, r, _ = next(rest) // scan checked every field
+				if f.num != 1 {
+					rest = r
+					continue
+				}
+				v = f.bytes
+			}
+			rest = r
+			if !yield(v) {
+				return
+			}
+		}
+	}
+}
+
+// unmarshal fills b from data: the fast path when it knows every field,
+// proto.Unmarshal otherwise.
+func (b *SubscribeBatch) unmarshal(data mem.BufferSlice) error {
+	buf := data.Materialize()
+	*b = SubscribeBatch{}
+	if b.scan(buf) {
+		b.raw = buf
+		return nil
+	}
+	*b = SubscribeBatch{}
+	var m forestbusv1.SubscribeResponse
+	if err := proto.Unmarshal(buf, &m); err != nil {
+		return err
+	}
+	b.FirstID, b.CommitID = m.GetFirstId(), m.GetCommitId()
+	b.msgs, b.n = m.GetMessages(), len(m.GetMessages())
+	return nil
+}
+
+// scan reads the scalar fields and counts the messages; false for anything
+// decodeSubscribeResponse would send down the stock path.
+func (b *SubscribeBatch) scan(buf []byte) bool {
+	tag := oneByteTag(1)
+	for rest := buf; len(rest) > 0; {
+		if _, r, ok := bytesAt(rest, tag); ok {
+			b.n++
+			rest = r
+			continue
+		}
+		f, r, ok := next(rest)
+		if !ok {
+			return false
+		}
+		rest = r
+		switch {
+		case f.num == 1 && f.typ == protowire.BytesType:
+			b.n++
+		case f.num == 2 && f.typ == protowire.VarintType:
+			b.FirstID = int64(f.varint)
+		case f.num == 3 && f.typ == protowire.VarintType:
+			b.CommitID = int64(f.varint)
+		default:
+			return false
+		}
+	}
+	return true
+}
