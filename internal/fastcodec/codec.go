@@ -55,13 +55,14 @@ type WireMarshaler interface {
 	AppendWire(b []byte) ([]byte, error)
 }
 
-// Marshal is the stock codec's, and encodes a WireMarshaler with its own
-// methods. It then releases v's buffers if v was lent (Lend).
+// Marshal is the stock codec's, with the module's buffer pool, and encodes
+// a WireMarshaler with its own methods. It then releases v's buffers if v
+// was lent (Lend).
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	defer repay(v)
 	w, ok := v.(WireMarshaler)
 	if !ok {
-		return stock.Marshal(v)
+		return marshalProto(v)
 	}
 	n := w.WireSize()
 	if mem.IsBelowBufferPoolingThreshold(n) {
@@ -79,6 +80,34 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 		return nil, err
 	}
 	*buf = b
+	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
+}
+
+// marshalProto is the stock codec's Marshal taking its buffer from
+// bufpool.Pool instead of grpc-go's default pool, which clears every
+// buffer it hands out (a GetMessages answer's 2 MiB, for one): MarshalAppend
+// writes every byte of it.
+func marshalProto(v any) (mem.BufferSlice, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return stock.Marshal(v) // and its error
+	}
+	size := proto.Size(m)
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	pool := bufpool.Pool
+	buf := pool.Get(size)
+	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		pool.Put(buf)
+		return nil, err
+	}
+	*buf = b // a tier's buffer unless MarshalAppend outgrew it; Put drops others
 	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 

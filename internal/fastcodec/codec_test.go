@@ -1,6 +1,7 @@
 package fastcodec
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -317,5 +318,27 @@ func TestWireMarshaler(t *testing.T) {
 		bs.Free()
 		_, err = Codec{}.Marshal(wire{data, n + 1})
 		assert.Error(t, err, "size %d announced one byte long", n)
+	}
+}
+
+// TestMarshalPooled: a proto message above the pooling threshold is encoded
+// into a buffer of the module's pool (a 2 MiB tier for a 1.5 MB answer;
+// grpc-go's pool would size it exactly, and clear it), byte for byte what
+// proto.Marshal writes.
+func TestMarshalPooled(t *testing.T) {
+	msgs := make([][]byte, 15000)
+	for i := range msgs {
+		msgs[i] = []byte(fmt.Sprintf("%0100d", i))
+	}
+	m := &forestbusv1.GetMessagesResponse{Messages: msgs, NextId: 15001, CommitId: 20000}
+	want, err := proto.Marshal(m)
+	require.NoError(t, err)
+	for range 3 { // the second and third reuse the pool's buffer
+		got, err := Codec{}.Marshal(m)
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		assert.Equal(t, 2<<20, cap(got[0].ReadOnlyData()))
+		assert.Equal(t, string(want), string(got.Materialize()))
+		got.Free()
 	}
 }
