@@ -52,6 +52,10 @@
 #                        end in "-base"); the summary then compares them as
 #                        ratios, which is how a change is judged on this
 #                        noisy shared machine
+#   BENCH_BASELINE_CLIENT 1: the baseline's runs use fbbench built at
+#                        BENCH_BASELINE too (its client library), so that a
+#                        change to the client shows in the ratios; by
+#                        default both clusters get the current fbbench (0)
 #   BENCH_ARGS           extra fbbench flags, e.g. "-size 1000 -shared-client"
 #   BENCH_OUT            output directory (bench-results); results go to
 #                        $BENCH_OUT/<UTC stamp>/
@@ -76,6 +80,7 @@ BENCH_SCALE_PRODUCERS=${BENCH_SCALE_PRODUCERS:-1 10 50 200}
 BENCH_SCALE_TOPICS=${BENCH_SCALE_TOPICS:-10 100 1000}
 BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_BASELINE=${BENCH_BASELINE:-}
+BENCH_BASELINE_CLIENT=${BENCH_BASELINE_CLIENT:-0}
 BENCH_OUT=${BENCH_OUT:-bench-results}
 
 log() { echo "bench.sh: $*" >&2; }
@@ -84,11 +89,18 @@ log "building bin/fbnode and bin/fbbench"
 go build -o bin/fbnode ./cmd/fbnode
 go build -o bin/fbbench ./cmd/fbbench
 builds=(bin/fbnode)
+clients=(bin/fbbench) # the fbbench that drives each build's cluster
 if [[ -n $BENCH_BASELINE ]]; then
 	log "building bin/fbnode-base at $BENCH_BASELINE"
 	wt=$(mktemp -d -t fbbench-base.XXXXXX)
 	git worktree add -q --detach "$wt" "$BENCH_BASELINE"
 	(cd "$wt" && go build -o "$OLDPWD/bin/fbnode-base" ./cmd/fbnode)
+	clients+=(bin/fbbench)
+	if [[ $BENCH_BASELINE_CLIENT == 1 ]]; then
+		log "building bin/fbbench-base at $BENCH_BASELINE"
+		(cd "$wt" && go build -o "$OLDPWD/bin/fbbench-base" ./cmd/fbbench)
+		clients[1]=bin/fbbench-base
+	fi
 	git worktree remove --force "$wt"
 	builds+=(bin/fbnode-base)
 fi
@@ -246,7 +258,7 @@ run_one() {
 	shift 2
 	# BENCH_ARGS is split into words on purpose.
 	# shellcheck disable=SC2206
-	local cmd=(bin/fbbench -forestbus "${conns[i]}" -label "${labels[i]}" -pids "${cpids[i]}" $BENCH_ARGS "$@")
+	local cmd=("${clients[i]}" -forestbus "${conns[i]}" -label "${labels[i]}" -pids "${cpids[i]}" $BENCH_ARGS "$@")
 	log "${cmd[*]} >> $out"
 	"${cmd[@]}" >>"$out"
 }
@@ -324,7 +336,7 @@ summary=$dir/summary.md
 {
 	echo "# fbbench results $stamp"
 	echo
-	echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (modified)')${BENCH_BASELINE:+, baseline (labels ending -base) $(git rev-parse --short "$BENCH_BASELINE")},"
+	echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (modified)')${BENCH_BASELINE:+, baseline (labels ending -base) $(git rev-parse --short "$BENCH_BASELINE")$([[ $BENCH_BASELINE_CLIENT == 1 ]] && echo ' with its own fbbench' || echo ', driven by the current fbbench')},"
 	echo "$(nproc) cores, $(uname -sr); topologies: $BENCH_TOPOLOGIES; modes: $BENCH_MODES;"
 	echo "$BENCH_RUNS runs of $BENCH_DURATION (W1, W4); the whole script took ${elapsed}s."
 	echo
