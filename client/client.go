@@ -117,6 +117,12 @@ func WithRetryWindow(d time.Duration) Option {
 // opens, after its own (insecure transport credentials, connection backoff
 // and message size limits), so they take precedence: e.g. TLS transport
 // credentials, a context dialer (bufconn) or interceptors.
+//
+// One exception: Subscribe sets its codec per call, since it reads each
+// stream response in place rather than as a decoded
+// forestbusv1.SubscribeResponse, so a codec given here does not apply to
+// its streams, and a stream interceptor or stats handler sees its
+// responses as a type of this module's (not a proto.Message).
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *Client) { c.dialOpts = append(c.dialOpts, opts...) }
 }

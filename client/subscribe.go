@@ -75,7 +75,9 @@ func (e *fnError) Error() string { return e.err.Error() }
 // Messages come in a stream from one node (see the Subscribe RPC), which
 // sends as fast as fn consumes them: a slow fn slows the node's stream by
 // gRPC flow control, nothing piles up in memory. fn runs on the calling
-// goroutine, one message at a time, and may keep msg.
+// goroutine, one message at a time, and may keep msg. (Responses are read
+// in place, without a decoded message per response: see WithDialOptions
+// for what that means to codecs and interceptors.)
 //
 // Any node can serve a subscription from its own log. Subscribe starts with
 // the last node that answered a read and puts the topic's leader, when the

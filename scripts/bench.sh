@@ -103,6 +103,19 @@ if [[ -n $BENCH_BASELINE ]]; then
 	fi
 	git worktree remove --force "$wt"
 	builds+=(bin/fbnode-base)
+	# An older fbbench may lack flags this script passes (set -e would stop
+	# the run after the first workload): find out before starting.
+	if [[ $BENCH_BASELINE_CLIENT == 1 ]]; then
+		help=$(bin/fbbench-base -h 2>&1 || true) # -h exits 2
+		for flag in -run-number -pids -idle-settle -label; do
+			if ! grep -q -- "^  $flag " <<<"$help"; then
+				log "bin/fbbench-base ($BENCH_BASELINE) has no $flag flag; use a newer baseline or BENCH_BASELINE_CLIENT=0"
+				exit 2
+			fi
+		done
+	fi
+elif [[ $BENCH_BASELINE_CLIENT != 0 ]]; then
+	log "BENCH_BASELINE_CLIENT=$BENCH_BASELINE_CLIENT has no effect without BENCH_BASELINE"
 fi
 
 # Nodes started and their temporary directories, cleaned up on exit.

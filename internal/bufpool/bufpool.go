@@ -1,7 +1,7 @@
 // Package bufpool is the gRPC buffer pool of every connection this module
 // dials or serves and of its codec (package fastcodec): grpc-go's tiers
-// (256 B, 4 KiB, 16 KiB, 32 KiB, 1 MiB) and 2, 4, 8 and 16 MiB, without
-// the clearing.
+// (256 B, 4 KiB, 16 KiB, 32 KiB, 1 MiB) and steps of at most 1.5× from
+// there to 16 MiB, without the clearing.
 //
 // grpc-go's default pool zeroes the whole capacity of every buffer it hands
 // out, so that a reader of uninitialised bytes cannot see another package's
@@ -17,10 +17,12 @@
 // alternating runs beside the build without it).
 //
 // The tiers above 1 MiB hold the encoded answers of GetMessages (about
-// 1.2 MB by default, up to 4 MiB) and Subscribe, and large batches. grpc-go
-// serves those from one fallback pool that also clears them, and the codec
-// used to take them from there: 4 % of the CPU of a follower serving W3 was
-// that clearing.
+// 1.2 MB by default; a full one is 4 MiB of payload plus a few bytes of
+// framing per message) and Subscribe, and large batches. grpc-go serves
+// those from one fallback pool that also clears them, and the codec used to
+// take them from there: 4 % of the CPU of a follower serving W3 was that
+// clearing. The steps keep a buffer within 1.5× of what it holds (a
+// default answer takes the 1.5 MiB tier, a full one the 6 MiB tier).
 //
 // Only buffers of a tier's exact capacity go back to it; larger requests
 // are allocated and left to the garbage collector.
@@ -32,7 +34,8 @@ import (
 	"google.golang.org/grpc/mem"
 )
 
-var tiers = [...]int{256, 4 << 10, 16 << 10, 32 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20}
+var tiers = [...]int{256, 4 << 10, 16 << 10, 32 << 10, 1 << 20,
+	3 << 19, 2 << 20, 3 << 20, 4 << 20, 6 << 20, 8 << 20, 12 << 20, 16 << 20}
 
 type pool struct {
 	pools [len(tiers)]sync.Pool

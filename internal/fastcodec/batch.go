@@ -51,7 +51,7 @@ func (b *SubscribeBatch) Messages() iter.Seq[[]byte] {
 			if !ok {
 				var f field
 				f, r, _ = next(rest) // scan checked every field
-				if f.num != 1 {
+				if f.num != 1 || f.typ != protowire.BytesType {
 					rest = r
 					continue
 				}
@@ -74,7 +74,7 @@ func (b *SubscribeBatch) unmarshal(data mem.BufferSlice) error {
 		b.raw = buf
 		return nil
 	}
-	*b = SubscribeBatch{}
+	*b = SubscribeBatch{} // scan may have set fields
 	var m forestbusv1.SubscribeResponse
 	if err := proto.Unmarshal(buf, &m); err != nil {
 		return err

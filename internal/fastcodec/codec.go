@@ -94,7 +94,7 @@ func marshalProto(v any) (mem.BufferSlice, error) {
 	}
 	size := proto.Size(m)
 	if mem.IsBelowBufferPoolingThreshold(size) {
-		b, err := proto.Marshal(m)
+		b, err := proto.MarshalOptions{UseCachedSize: true}.Marshal(m)
 		if err != nil {
 			return nil, err
 		}
