@@ -245,12 +245,17 @@ func TestBytesAtMatchesNext(t *testing.T) {
 	assert.Equal(t, byte(0), oneByteTag(16))
 }
 
-func BenchmarkUnmarshalGetMessagesResponse(b *testing.B) {
-	msgs := make([][]byte, 500)
+// zeros is n messages of size zero bytes each.
+func zeros(n, size int) [][]byte {
+	msgs := make([][]byte, n)
 	for i := range msgs {
-		msgs[i] = make([]byte, 100)
+		msgs[i] = make([]byte, size)
 	}
-	raw, err := proto.Marshal(&forestbusv1.GetMessagesResponse{Messages: msgs, NextId: 501, CommitId: 1000})
+	return msgs
+}
+
+func BenchmarkUnmarshalGetMessagesResponse(b *testing.B) {
+	raw, err := proto.Marshal(&forestbusv1.GetMessagesResponse{Messages: zeros(500, 100), NextId: 501, CommitId: 1000})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -275,11 +280,7 @@ func BenchmarkUnmarshalGetMessagesResponse(b *testing.B) {
 // node's default batch) decoded into a SubscribeResponse and into a
 // SubscribeBatch, and its messages visited.
 func BenchmarkUnmarshalSubscribe(b *testing.B) {
-	msgs := make([][]byte, 4096)
-	for i := range msgs {
-		msgs[i] = make([]byte, 100)
-	}
-	raw, err := proto.Marshal(&forestbusv1.SubscribeResponse{Messages: msgs, FirstId: 1, CommitId: 5000})
+	raw, err := proto.Marshal(&forestbusv1.SubscribeResponse{Messages: zeros(4096, 100), FirstId: 1, CommitId: 5000})
 	if err != nil {
 		b.Fatal(err)
 	}
