@@ -358,7 +358,7 @@ summary=$dir/summary.md
 	echo "Latency per batch for W1/W4, per send for W2, per GetMessages call for W3,"
 	echo "per 1000 delivered messages (a stream response) for W3S. W3 and W3S read from a follower."
 	echo
-	bin/fbbench -report "${files[@]}"
+	bin/fbbench -report "${files[@]}" || echo "(no workload runs: BENCH_WORKLOADS was empty)"
 	if [[ -n $BENCH_BASELINE ]]; then
 		echo
 		echo "## Against the baseline (same run; medians of the runs, current vs baseline, and their ratio)"
