@@ -4,7 +4,6 @@ import (
 	"iter"
 
 	"google.golang.org/grpc/mem"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -45,23 +44,7 @@ func (b *SubscribeBatch) Messages() iter.Seq[[]byte] {
 			}
 			return
 		}
-		tag := oneByteTag(1)
-		for rest := b.raw; len(rest) > 0; {
-			v, r, ok := bytesAt(rest, tag)
-			if !ok {
-				var f field
-				f, r, _ = next(rest) // scan checked every field
-				if f.num != 1 || f.typ != protowire.BytesType {
-					rest = r
-					continue
-				}
-				v = f.bytes
-			}
-			rest = r
-			if !yield(v) {
-				return
-			}
-		}
+		eachMessage(b.raw, 1, yield, anyField) // scan checked every field
 	}
 }
 
@@ -87,28 +70,5 @@ func (b *SubscribeBatch) unmarshal(data mem.BufferSlice) error {
 // scan reads the scalar fields and counts the messages; false for anything
 // decodeSubscribeResponse would send down the stock path.
 func (b *SubscribeBatch) scan(buf []byte) bool {
-	tag := oneByteTag(1)
-	for rest := buf; len(rest) > 0; {
-		if _, r, ok := bytesAt(rest, tag); ok {
-			b.n++
-			rest = r
-			continue
-		}
-		f, r, ok := next(rest)
-		if !ok {
-			return false
-		}
-		rest = r
-		switch {
-		case f.num == 1 && f.typ == protowire.BytesType:
-			b.n++
-		case f.num == 2 && f.typ == protowire.VarintType:
-			b.FirstID = int64(f.varint)
-		case f.num == 3 && f.typ == protowire.VarintType:
-			b.CommitID = int64(f.varint)
-		default:
-			return false
-		}
-	}
-	return true
+	return eachMessage(buf, 1, func([]byte) bool { b.n++; return true }, idFields(&b.FirstID, &b.CommitID))
 }

@@ -60,54 +60,40 @@ type WireMarshaler interface {
 // was lent (Lend).
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	defer repay(v)
-	w, ok := v.(WireMarshaler)
-	if !ok {
-		return marshalProto(v)
+	if w, ok := v.(WireMarshaler); ok {
+		n := w.WireSize()
+		return encode(n, func(b []byte) ([]byte, error) { return appendWire(w, b, n) })
 	}
-	n := w.WireSize()
-	if mem.IsBelowBufferPoolingThreshold(n) {
-		b, err := appendWire(w, make([]byte, 0, n), n)
-		if err != nil {
-			return nil, err
-		}
-		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
-	}
-	pool := bufpool.Pool // appendWire writes all n bytes
-	buf := pool.Get(n)
-	b, err := appendWire(w, (*buf)[:0], n)
-	if err != nil {
-		pool.Put(buf)
-		return nil, err
-	}
-	*buf = b
-	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
-}
-
-// marshalProto is the stock codec's Marshal taking its buffer from
-// bufpool.Pool instead of grpc-go's default pool, which clears every
-// buffer it hands out (a GetMessages answer's 2 MiB, for one): MarshalAppend
-// writes every byte of it.
-func marshalProto(v any) (mem.BufferSlice, error) {
 	m, ok := v.(proto.Message)
 	if !ok {
 		return stock.Marshal(v) // and its error
 	}
-	size := proto.Size(m)
-	if mem.IsBelowBufferPoolingThreshold(size) {
-		b, err := proto.MarshalOptions{UseCachedSize: true}.Marshal(m)
+	// The stock codec's encoding, into this module's pool rather than
+	// grpc-go's default one, which clears every buffer it hands out (a
+	// GetMessages answer's 1.5 MiB, for one).
+	opts := proto.MarshalOptions{UseCachedSize: true}
+	return encode(proto.Size(m), func(b []byte) ([]byte, error) { return opts.MarshalAppend(b, m) })
+}
+
+// encode appends the n-byte encoding fill writes to an empty buffer of
+// capacity n: from bufpool.Pool above gRPC's pooling threshold (fill writes
+// every byte, so the pool's buffers need no clearing), else a plain slice.
+func encode(n int, fill func([]byte) ([]byte, error)) (mem.BufferSlice, error) {
+	if mem.IsBelowBufferPoolingThreshold(n) {
+		b, err := fill(make([]byte, 0, n))
 		if err != nil {
 			return nil, err
 		}
 		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 	}
 	pool := bufpool.Pool
-	buf := pool.Get(size)
-	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend((*buf)[:0], m)
+	buf := pool.Get(n)
+	b, err := fill((*buf)[:0])
 	if err != nil {
 		pool.Put(buf)
 		return nil, err
 	}
-	*buf = b // a tier's buffer unless MarshalAppend outgrew it; Put drops others
+	*buf = b // a tier's buffer unless fill outgrew it; Put drops others
 	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 
@@ -157,37 +143,39 @@ func unmarshalWith[M proto.Message](data mem.BufferSlice, m M, decode func([]byt
 	return proto.Unmarshal(buf, m)
 }
 
-// field is one decoded field: num and either a varint or a bytes value.
-type field struct {
-	num    protowire.Number
-	typ    protowire.Type
-	varint uint64
-	bytes  []byte
+// Field is one decoded field: its number and either a varint or a bytes
+// value (capacity-limited, aliasing the input). Package transport decodes
+// raft messages with it too (EachField, CountBytesFields).
+type Field struct {
+	Num    protowire.Number
+	Type   protowire.Type
+	Varint uint64
+	Bytes  []byte
 }
 
 // next decodes the field at the start of b and returns the rest; ok is false
 // for anything but a well-formed varint or length-delimited field.
-func next(b []byte) (f field, rest []byte, ok bool) {
+func next(b []byte) (f Field, rest []byte, ok bool) {
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 {
 		return f, nil, false
 	}
 	b = b[n:]
-	f.num, f.typ = num, typ
+	f.Num, f.Type = num, typ
 	switch typ {
 	case protowire.VarintType:
 		v, n := protowire.ConsumeVarint(b)
 		if n < 0 {
 			return f, nil, false
 		}
-		f.varint = v
+		f.Varint = v
 		return f, b[n:], true
 	case protowire.BytesType:
 		v, n := protowire.ConsumeBytes(b)
 		if n < 0 {
 			return f, nil, false
 		}
-		f.bytes = v[:len(v):len(v)]
+		f.Bytes = v[:len(v):len(v)]
 		return f, b[n:], true
 	}
 	return f, nil, false
@@ -227,25 +215,45 @@ func bytesAt(b []byte, tag byte) (v, rest []byte, ok bool) {
 	return b[n:e:e], b[e:], true
 }
 
-// countBytesFields counts the length-delimited fields numbered num, to size
-// the slice once; -1 if b is malformed.
-func countBytesFields(b []byte, num protowire.Number) int {
+// eachMessage walks b's fields in order: fn gets the value of every
+// length-delimited field numbered num (a payload list's elements, decoded
+// in place by bytesAt when they can be), scalar every other field. False
+// when b is malformed or fn or scalar returns false.
+func eachMessage(b []byte, num protowire.Number, fn func([]byte) bool, scalar func(Field) bool) bool {
 	tag := oneByteTag(num)
-	c := 0
 	for len(b) > 0 {
-		if _, rest, ok := bytesAt(b, tag); ok {
-			c++
-			b = rest
-			continue
-		}
-		f, rest, ok := next(b)
+		v, rest, ok := bytesAt(b, tag)
 		if !ok {
-			return -1
+			var f Field
+			if f, rest, ok = next(b); !ok {
+				return false
+			}
+			if f.Num != num || f.Type != protowire.BytesType {
+				if !scalar(f) {
+					return false
+				}
+				b = rest
+				continue
+			}
+			v = f.Bytes
 		}
-		if f.num == num && f.typ == protowire.BytesType {
-			c++
+		if !fn(v) {
+			return false
 		}
 		b = rest
+	}
+	return true
+}
+
+// anyField accepts every field (a walk that only counts or yields messages).
+func anyField(Field) bool { return true }
+
+// CountBytesFields counts the length-delimited fields numbered num, to size
+// a slice once; -1 if b is malformed.
+func CountBytesFields(b []byte, num protowire.Number) int {
+	c := 0
+	if !eachMessage(b, num, func([]byte) bool { c++; return true }, anyField) {
+		return -1
 	}
 	return c
 }
@@ -254,41 +262,26 @@ func countBytesFields(b []byte, num protowire.Number) int {
 // then again to alias them into *msgs, handing every other field to
 // scalar, which reports whether it knows the field. The caller has reset
 // the message; false sends it down the stock path.
-func decode(b []byte, msgNum protowire.Number, msgs *[][]byte, scalar func(field) bool) bool {
-	n := countBytesFields(b, msgNum)
+func decode(b []byte, msgNum protowire.Number, msgs *[][]byte, scalar func(Field) bool) bool {
+	n := CountBytesFields(b, msgNum)
 	if n < 0 {
 		return false
 	}
 	if n > 0 {
 		*msgs = make([][]byte, 0, n)
 	}
-	tag := oneByteTag(msgNum)
-	for len(b) > 0 {
-		if v, rest, ok := bytesAt(b, tag); ok {
-			*msgs = append(*msgs, v)
-			b = rest
-			continue
-		}
-		f, rest, _ := next(b)
-		b = rest
-		if f.num == msgNum && f.typ == protowire.BytesType {
-			*msgs = append(*msgs, f.bytes)
-		} else if !scalar(f) {
-			return false
-		}
-	}
-	return true
+	return eachMessage(b, msgNum, func(v []byte) bool { *msgs = append(*msgs, v); return true }, scalar)
 }
 
 func decodeProduceRequest(b []byte, m *forestbusv1.ProduceRequest) bool {
 	m.Reset()
-	return eachField(b, func(f field) bool {
+	return EachField(b, func(f Field) bool {
 		switch {
-		case f.num == 1 && f.typ == protowire.VarintType:
-			m.RequestId = f.varint
-		case f.num == 2 && f.typ == protowire.BytesType && m.Batch == nil:
+		case f.Num == 1 && f.Type == protowire.VarintType:
+			m.RequestId = f.Varint
+		case f.Num == 2 && f.Type == protowire.BytesType && m.Batch == nil:
 			m.Batch = new(forestbusv1.SendMessagesRequest)
-			return decodeSendMessagesRequest(f.bytes, m.Batch)
+			return decodeSendMessagesRequest(f.Bytes, m.Batch)
 		default:
 			return false // a repeated batch merges: the stock path
 		}
@@ -296,9 +289,9 @@ func decodeProduceRequest(b []byte, m *forestbusv1.ProduceRequest) bool {
 	})
 }
 
-// eachField calls fn with every field of b, in order; false when b is
+// EachField calls fn with every field of b, in order; false when b is
 // malformed or fn returns false.
-func eachField(b []byte, fn func(field) bool) bool {
+func EachField(b []byte, fn func(Field) bool) bool {
 	for len(b) > 0 {
 		f, rest, ok := next(b)
 		if !ok || !fn(f) {
@@ -311,16 +304,16 @@ func eachField(b []byte, fn func(field) bool) bool {
 
 func decodeSendMessagesRequest(b []byte, m *forestbusv1.SendMessagesRequest) bool {
 	m.Reset()
-	return decode(b, 2, &m.Messages, func(f field) bool {
+	return decode(b, 2, &m.Messages, func(f Field) bool {
 		switch {
-		case f.num == 1 && f.typ == protowire.BytesType && utf8.Valid(f.bytes):
-			m.Topic = string(f.bytes)
-		case f.num == 3 && f.typ == protowire.VarintType:
-			m.WaitForCommit = protowire.DecodeBool(f.varint)
-		case f.num == 4 && f.typ == protowire.VarintType:
-			m.ProducerId = f.varint
-		case f.num == 5 && f.typ == protowire.VarintType:
-			m.Sequence = f.varint
+		case f.Num == 1 && f.Type == protowire.BytesType && utf8.Valid(f.Bytes):
+			m.Topic = string(f.Bytes)
+		case f.Num == 3 && f.Type == protowire.VarintType:
+			m.WaitForCommit = protowire.DecodeBool(f.Varint)
+		case f.Num == 4 && f.Type == protowire.VarintType:
+			m.ProducerId = f.Varint
+		case f.Num == 5 && f.Type == protowire.VarintType:
+			m.Sequence = f.Varint
 		default:
 			return false
 		}
@@ -331,17 +324,22 @@ func decodeSendMessagesRequest(b []byte, m *forestbusv1.SendMessagesRequest) boo
 // decodeIDs decodes the layout GetMessagesResponse and SubscribeResponse
 // share: messages = 1, an ID = 2 (next_id, first_id), commit_id = 3.
 func decodeIDs(b []byte, msgs *[][]byte, id, commitID *int64) bool {
-	return decode(b, 1, msgs, func(f field) bool {
+	return decode(b, 1, msgs, idFields(id, commitID))
+}
+
+// idFields reads the scalar fields of that layout, and refuses any other.
+func idFields(id, commitID *int64) func(Field) bool {
+	return func(f Field) bool {
 		switch {
-		case f.num == 2 && f.typ == protowire.VarintType:
-			*id = int64(f.varint)
-		case f.num == 3 && f.typ == protowire.VarintType:
-			*commitID = int64(f.varint)
+		case f.Num == 2 && f.Type == protowire.VarintType:
+			*id = int64(f.Varint)
+		case f.Num == 3 && f.Type == protowire.VarintType:
+			*commitID = int64(f.Varint)
 		default:
 			return false
 		}
 		return true
-	})
+	}
 }
 
 func decodeGetMessagesResponse(b []byte, m *forestbusv1.GetMessagesResponse) bool {
@@ -359,7 +357,7 @@ func decodeSubscribeResponse(b []byte, m *forestbusv1.SubscribeResponse) bool {
 // from there, again without a copy: package transport).
 func decodeStreamRequest(b []byte, m *peerv1.StreamRequest) bool {
 	m.Reset()
-	n := countBytesFields(b, 4)
+	n := CountBytesFields(b, 4)
 	if n < 0 {
 		return false
 	}
@@ -368,18 +366,18 @@ func decodeStreamRequest(b []byte, m *peerv1.StreamRequest) bool {
 		rms = make([]peerv1.RaftMessage, n)
 		m.Messages = make([]*peerv1.RaftMessage, 0, n)
 	}
-	return eachField(b, func(f field) bool {
+	return EachField(b, func(f Field) bool {
 		switch {
-		case f.num == 1 && f.typ == protowire.BytesType && utf8.Valid(f.bytes):
-			m.ClusterId = string(f.bytes)
-		case f.num == 2 && f.typ == protowire.VarintType:
-			m.From = f.varint
-		case f.num == 3 && f.typ == protowire.VarintType:
-			m.To = f.varint
-		case f.num == 4 && f.typ == protowire.BytesType:
+		case f.Num == 1 && f.Type == protowire.BytesType && utf8.Valid(f.Bytes):
+			m.ClusterId = string(f.Bytes)
+		case f.Num == 2 && f.Type == protowire.VarintType:
+			m.From = f.Varint
+		case f.Num == 3 && f.Type == protowire.VarintType:
+			m.To = f.Varint
+		case f.Num == 4 && f.Type == protowire.BytesType:
 			rm := &rms[len(m.Messages)]
 			m.Messages = append(m.Messages, rm)
-			return decodeRaftMessage(f.bytes, rm)
+			return decodeRaftMessage(f.Bytes, rm)
 		default:
 			return false
 		}
@@ -388,12 +386,12 @@ func decodeStreamRequest(b []byte, m *peerv1.StreamRequest) bool {
 }
 
 func decodeRaftMessage(b []byte, m *peerv1.RaftMessage) bool {
-	return eachField(b, func(f field) bool {
+	return EachField(b, func(f Field) bool {
 		switch {
-		case f.num == 1 && f.typ == protowire.BytesType && utf8.Valid(f.bytes):
-			m.Group = string(f.bytes)
-		case f.num == 2 && f.typ == protowire.BytesType:
-			m.Message = f.bytes
+		case f.Num == 1 && f.Type == protowire.BytesType && utf8.Valid(f.Bytes):
+			m.Group = string(f.Bytes)
+		case f.Num == 2 && f.Type == protowire.BytesType:
+			m.Message = f.Bytes
 		default:
 			return false
 		}

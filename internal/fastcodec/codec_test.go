@@ -228,9 +228,9 @@ func TestBytesAtMatchesNext(t *testing.T) {
 			inline++
 			f, frest, fok := next(b[i:])
 			require.True(t, fok, "seed %x at %d", b, i)
-			assert.Equal(t, protowire.Number(1), f.num)
-			assert.Equal(t, protowire.BytesType, f.typ)
-			assert.Equal(t, f.bytes, v)
+			assert.Equal(t, protowire.Number(1), f.Num)
+			assert.Equal(t, protowire.BytesType, f.Type)
+			assert.Equal(t, f.Bytes, v)
 			assert.Equal(t, len(v), cap(v), "capacity-limited")
 			assert.Equal(t, len(frest), len(rest))
 		}

@@ -260,9 +260,11 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 	// it kept from earlier reads) while it waits: it reads into a fresh one,
 	// which joins the pool once its answer is encoded. Only commit
 	// advances, so a call with a message at id now does not wait.
-	sc := new(commitlog.Scratch)
+	var sc *commitlog.Scratch
 	if wait == 0 || max(id, 1) <= t.Group.CommitID() {
 		sc = scratchPool.Get().(*commitlog.Scratch)
+	} else {
+		sc = new(commitlog.Scratch)
 	}
 	res, err := t.Group.ReadBatchesInto(rctx, sc, id, int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, wait)
 	if wait > 0 && err != nil {

@@ -410,36 +410,29 @@ func TestReadBeyondEstimate(t *testing.T) {
 		{"maxBytes cap", 101, 1, 1 << 30, 150_000, true, 251},
 		{"everything", 1, 1 << 20, 0, 1 << 30, false, 1001},
 	}
-	for _, tc := range cases {
-		var got [][]byte
-		var next uint64
-		var err error
-		if tc.whole {
-			got, next, err = l.ReadBatches(nil, tc.id, 1000, tc.count, tc.fill, tc.maxBytes)
-		} else {
-			got, next, err = l.ReadMessages(nil, tc.id, 1000, tc.count, tc.maxBytes)
-		}
-		require.NoError(t, err, tc.name)
-		assert.Equal(t, tc.wantNext, next, tc.name)
-		assert.True(t, slices.EqualFunc(all[tc.id-1:next-1], got, bytes.Equal), tc.name)
-	}
-	// The same reads into one Scratch, twice over: a read that needs
-	// several buffers takes as many of sc's (reusing those large enough),
-	// and the messages in its earlier buffers stay intact.
+	// Fresh buffers first; then the same reads into one Scratch, twice
+	// over: a read that needs several buffers takes as many of sc's
+	// (reusing those large enough), and the messages in its earlier
+	// buffers stay intact.
 	var sc Scratch
-	for round := range 2 {
+	for round, scratch := range []*Scratch{nil, &sc, &sc} {
 		for _, tc := range cases {
 			var got [][]byte
 			var next uint64
 			var err error
-			if tc.whole {
-				got, next, err = l.ReadBatchesInto(&sc, tc.id, 1000, tc.count, tc.fill, tc.maxBytes)
-			} else {
-				got, next, err = l.ReadInto(&sc, tc.id, 1000, tc.count, tc.maxBytes)
+			switch {
+			case tc.whole && scratch == nil:
+				got, next, err = l.ReadBatches(nil, tc.id, 1000, tc.count, tc.fill, tc.maxBytes)
+			case tc.whole:
+				got, next, err = l.ReadBatchesInto(scratch, tc.id, 1000, tc.count, tc.fill, tc.maxBytes)
+			case scratch == nil:
+				got, next, err = l.ReadMessages(nil, tc.id, 1000, tc.count, tc.maxBytes)
+			default:
+				got, next, err = l.ReadInto(scratch, tc.id, 1000, tc.count, tc.maxBytes)
 			}
 			require.NoError(t, err, tc.name)
-			assert.Equal(t, tc.wantNext, next, "%s, scratch round %d", tc.name, round)
-			assert.True(t, slices.EqualFunc(all[tc.id-1:next-1], got, bytes.Equal), "%s, scratch round %d", tc.name, round)
+			assert.Equal(t, tc.wantNext, next, "%s, round %d", tc.name, round)
+			assert.True(t, slices.EqualFunc(all[tc.id-1:next-1], got, bytes.Equal), "%s, round %d", tc.name, round)
 		}
 	}
 	assert.Greater(t, len(sc.bufs), 1, "no read needed a second buffer: the test lost its point")

@@ -6,6 +6,8 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/forestbus/forestbus/internal/fastcodec"
 )
 
 // decodeMessage decodes a raftpb.Message as proto.Unmarshal does, except
@@ -44,31 +46,13 @@ type entryBox struct {
 }
 
 // decodeFast decodes b into m (reset first) if it can; false leaves m to
-// proto.Unmarshal.
+// proto.Unmarshal. It walks the fields with fastcodec's decoder, as the
+// node's codec does the frames they come in.
 func decodeFast(b []byte, m *raftpb.Message) bool {
 	m.Reset()
-	n := 0 // entries, to size them once; and a first check of the framing
-	for p := b; len(p) > 0; {
-		num, typ, k := protowire.ConsumeTag(p)
-		if k < 0 {
-			return false
-		}
-		p = p[k:]
-		switch typ {
-		case protowire.VarintType:
-			_, k = protowire.ConsumeVarint(p)
-		case protowire.BytesType:
-			_, k = protowire.ConsumeBytes(p)
-			if num == 7 {
-				n++
-			}
-		default:
-			return false
-		}
-		if k < 0 {
-			return false
-		}
-		p = p[k:]
+	n := fastcodec.CountBytesFields(b, 7) // entries, to size them once
+	if n < 0 {
+		return false
 	}
 	f := new(msgFields)
 	var ents []entryBox
@@ -76,13 +60,10 @@ func decodeFast(b []byte, m *raftpb.Message) bool {
 		ents = make([]entryBox, n)
 		m.Entries = make([]*raftpb.Entry, 0, n)
 	}
-	for len(b) > 0 {
-		num, typ, k := protowire.ConsumeTag(b)
-		b = b[k:]
-		if typ == protowire.VarintType {
-			v, k := protowire.ConsumeVarint(b)
-			b = b[k:]
-			switch num {
+	return fastcodec.EachField(b, func(fd fastcodec.Field) bool {
+		if fd.Type == protowire.VarintType {
+			v := fd.Varint
+			switch fd.Num {
 			case 1:
 				if !known(raftpb.MessageType_name, v) {
 					return false
@@ -110,65 +91,43 @@ func decodeFast(b []byte, m *raftpb.Message) bool {
 			default:
 				return false
 			}
-			continue
+			return true
 		}
-		v, k := protowire.ConsumeBytes(b)
-		b = b[k:]
-		switch num {
+		switch fd.Num {
 		case 7:
 			e := &ents[len(m.Entries)]
-			if !decodeEntry(v, e) {
+			if !decodeEntry(fd.Bytes, e) {
 				return false
 			}
 			m.Entries = append(m.Entries, &e.e)
 		case 12:
-			m.Context = v[:len(v):len(v)]
+			m.Context = fd.Bytes
 		default: // 9 snapshot, 14 responses, unknown
 			return false
 		}
-	}
-	return true
+		return true
+	})
 }
 
 func decodeEntry(b []byte, e *entryBox) bool {
-	for len(b) > 0 {
-		num, typ, k := protowire.ConsumeTag(b)
-		if k < 0 {
-			return false
-		}
-		b = b[k:]
+	return fastcodec.EachField(b, func(fd fastcodec.Field) bool {
 		switch {
-		case typ == protowire.VarintType:
-			v, k := protowire.ConsumeVarint(b)
-			if k < 0 {
+		case fd.Type == protowire.VarintType && fd.Num == 1:
+			if !known(raftpb.EntryType_name, fd.Varint) {
 				return false
 			}
-			b = b[k:]
-			switch num {
-			case 1:
-				if !known(raftpb.EntryType_name, v) {
-					return false
-				}
-				e.typ, e.e.Type = raftpb.EntryType(v), &e.typ
-			case 2:
-				e.term, e.e.Term = v, &e.term
-			case 3:
-				e.index, e.e.Index = v, &e.index
-			default:
-				return false
-			}
-		case typ == protowire.BytesType && num == 4:
-			v, k := protowire.ConsumeBytes(b)
-			if k < 0 {
-				return false
-			}
-			b = b[k:]
-			e.e.Data = v[:len(v):len(v)]
+			e.typ, e.e.Type = raftpb.EntryType(fd.Varint), &e.typ
+		case fd.Type == protowire.VarintType && fd.Num == 2:
+			e.term, e.e.Term = fd.Varint, &e.term
+		case fd.Type == protowire.VarintType && fd.Num == 3:
+			e.index, e.e.Index = fd.Varint, &e.index
+		case fd.Type == protowire.BytesType && fd.Num == 4:
+			e.e.Data = fd.Bytes
 		default:
 			return false
 		}
-	}
-	return true
+		return true
+	})
 }
 
 // known reports whether v is a value of the (closed, proto2) enum whose
