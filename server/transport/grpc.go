@@ -284,10 +284,12 @@ func (t *GRPC) deliver(from uint64, req *peerv1.StreamRequest) error {
 		return status.Error(codes.Unavailable, "transport: node is stopping")
 	}
 	defer t.inbound.Done()
+	// Counted first, so whoever sees a message in the Handler also sees
+	// it in Stats.
+	t.framesRecv.Add(1)
+	t.msgsRecv.Add(uint64(len(rms)))
 	for i, rm := range rms {
 		t.cfg.Handler.Step(rm.GetGroup(), &msgs[i])
 	}
-	t.framesRecv.Add(1)
-	t.msgsRecv.Add(uint64(len(rms)))
 	return nil
 }

@@ -46,8 +46,9 @@ func TestGRPCOrderAndBatching(t *testing.T) {
 			}
 		}
 	}
+	// Counted after SendMsg returns, possibly after delivery.
+	require.Eventually(t, func() bool { return n1.tr.Stats().MessagesSent == 2*groups*perGroup }, waitFor, tick)
 	st := n1.tr.Stats()
-	assert.Equal(t, uint64(2*groups*perGroup), st.MessagesSent)
 	assert.Zero(t, st.MessagesDropped)
 	assert.Less(t, st.FramesSent, st.MessagesSent/4, "frames should carry many messages")
 	assert.Equal(t, uint64(2), st.Connects)
@@ -77,7 +78,11 @@ func TestGRPCBatchesQueuedMessages(t *testing.T) {
 		n1.tr.Send("g", batch[i:i+1])
 	}
 	close(gate)
-	require.Eventually(t, func() bool { return n2.h.count() == len(batch) }, waitFor, tick)
+	// The sender counts a frame after SendMsg returns, which can be after
+	// the receiver has stepped it: wait for both.
+	require.Eventually(t, func() bool {
+		return n2.h.count() == len(batch) && n1.tr.Stats().MessagesSent == uint64(len(batch))
+	}, waitFor, tick)
 	st := n1.tr.Stats()
 	assert.Equal(t, uint64(len(batch)), st.MessagesSent)
 	assert.Equal(t, uint64(1), st.FramesSent)

@@ -107,7 +107,7 @@ type Stats struct {
 	// peer, peer unreachable, or a stream that broke with them in flight.
 	MessagesDropped uint64
 	// FramesReceived and MessagesReceived count inbound traffic passed to
-	// the Handler.
+	// the Handler; a frame is counted before its messages are stepped.
 	FramesReceived, MessagesReceived uint64
 	// Connects counts streams established (handshake accepted).
 	Connects uint64
