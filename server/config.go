@@ -78,6 +78,11 @@ type Config struct {
 	MaxWaiters int
 	// SegmentBytes is the default segment size of a topic. Default 64 MiB.
 	SegmentBytes int64
+	// PageCacheBytes is how much of its newest durable records each topic
+	// leaves in the OS page cache; older records are dropped from it, so
+	// the cache does not grow with the logs (commitlog, "Page cache").
+	// Default 32 MiB; negative leaves the page cache to the kernel.
+	PageCacheBytes int64
 	// JournalBytes is the size of a journal file (fsync mode: the records
 	// of many topics synced at once go there first); a full file is
 	// checkpointed and recycled. Default 64 MiB.

@@ -215,7 +215,7 @@ func (s *Server) open() error {
 		NodeID:    id.RaftID,
 		Members:   initial,
 		OnMembers: s.setMembers,
-		Log:       commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS, Journal: s.journal},
+		Log:       commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS, PageCacheBytes: cfg.PageCacheBytes, Journal: s.journal},
 
 		DefaultRetention:      cfg.Retention,
 		DefaultRetentionBytes: cfg.RetentionBytes,

@@ -104,6 +104,7 @@ func run(args []string) error {
 		readAhead = fs.Int("read-ahead-bytes", 1<<20, "payload a GetMessages answer holds when that much is committed, even beyond the quantity asked (negative: off)")
 		maxWait   = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
 		segment   = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
+		pageCache = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
 		journalB  = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
 		retention = fs.Duration("retention", 0, "default retention age of a topic's messages (0: keep for ever)")
 		retBytes  = fs.Int64("retention-bytes", 0, "default retention size of a topic (0: no limit)")
@@ -188,6 +189,7 @@ func run(args []string) error {
 		ReadAheadBytes:  *readAhead,
 		MaxWait:         *maxWait,
 		SegmentBytes:    *segment,
+		PageCacheBytes:  *pageCache,
 		JournalBytes:    *journalB,
 		Retention:       *retention,
 		RetentionBytes:  *retBytes,

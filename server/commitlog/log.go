@@ -19,6 +19,9 @@ const (
 	DefaultSegmentBytes = 64 << 20
 	// MinSegmentBytes is the smallest segment roll size; smaller values are raised to it.
 	MinSegmentBytes = 4 << 10
+	// DefaultPageCacheBytes is the page cache a log keeps when
+	// Options.PageCacheBytes is 0 (see "Page cache" in the package doc).
+	DefaultPageCacheBytes = 32 << 20
 )
 
 var (
@@ -37,6 +40,11 @@ type Options struct {
 	SegmentBytes int64
 	// NoSync selects the "os" durability mode: Sync does not fsync.
 	NoSync bool
+	// PageCacheBytes is how much of its newest records a log leaves in the
+	// OS page cache once they are durable; older records are dropped from
+	// it (see "Page cache" in the package doc). Default
+	// DefaultPageCacheBytes; negative leaves the page cache to the kernel.
+	PageCacheBytes int64
 	// Logger receives recovery warnings; nil discards them.
 	Logger *slog.Logger
 	// Journal, if set, lets SyncMany make this log's writes durable through
@@ -158,6 +166,9 @@ func Open(dir string, opts Options) (*Log, error) {
 		opts.SegmentBytes = DefaultSegmentBytes
 	}
 	opts.SegmentBytes = max(opts.SegmentBytes, MinSegmentBytes)
+	if opts.PageCacheBytes == 0 {
+		opts.PageCacheBytes = DefaultPageCacheBytes
+	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -177,6 +188,7 @@ func Open(dir string, opts Options) (*Log, error) {
 		l.closeFiles()
 		return nil, err
 	}
+	l.dropCache() // the scan read every segment
 	if l.jpath != "" {
 		opts.Journal.attach()
 	}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/forestbus/forestbus/internal/flushhook"
 )
 
@@ -52,4 +54,10 @@ func allocate(f *os.File, off, n int64) (ok bool, err error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// dropPages asks the kernel to drop f's cached pages in [off, off+n)
+// (clean ones; dirty ones are queued for writeback instead).
+func dropPages(f *os.File, off, n int64) {
+	_ = fdCall(f, "fadvise", func(fd int) error { return unix.Fadvise(fd, off, n, unix.FADV_DONTNEED) })
 }
