@@ -503,7 +503,7 @@ func (l *Log) truncateFrom(index uint64) error {
 			return l.fence(fmt.Errorf("commitlog: truncate %s: %w", cut.path, err))
 		}
 		cut.size, cut.alloc = cutOff, cutOff
-		cut.dropped = min(cut.dropped, cutOff)
+		cut.dropped, cut.flushing = min(cut.dropped, cutOff), min(cut.flushing, cutOff)
 		cut.last = index - 1
 		k := len(cut.points)
 		for k > 0 && cut.points[k-1].index >= index {
@@ -655,9 +655,7 @@ func (l *Log) sync(flushed bool) error {
 	}
 	clear(l.dirty)
 	l.dirty = l.dirty[:0]
-	if !l.opts.NoSync {
-		l.dropCache() // everything written is durable now
-	}
+	l.dropCache() // everything written is durable now (or, NoSync, being written back)
 	if l.dirDirty {
 		if !noSync {
 			if err := syncDir(l.dir); err != nil {

@@ -215,9 +215,12 @@
 // kernel then reuses the same pages for what the log writes next. Readers
 // near the end (tailing consumers, raft catching up a follower) read from
 // the cache; a reader further back reads from disk, and the kernel caches
-// what it read as usual. Only logs that fsync drop anything: with NoSync
-// ("os" mode) the pages are dirty until the kernel writes them back.
-// Journaled writes (below) are dropped at the log's next ordinary sync.
+// what it read as usual. A dirty page cannot be dropped: with NoSync ("os"
+// mode) a log starts the writeback of records older than half the window
+// (sync_file_range, which promises nothing about durability) so that they
+// are clean when they leave it; a page still being written back then stays
+// cached. Journaled writes (below) are dropped at the log's next ordinary
+// sync.
 //
 // # Journal
 //

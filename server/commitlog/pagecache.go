@@ -1,5 +1,7 @@
 package commitlog
 
+import "os"
+
 // dropChunk is the least a log drops from the page cache in one call, and
 // the alignment of what it drops: a busy log makes one call per few syncs,
 // not one per sync, and never leaves a partly dropped page behind.
@@ -7,14 +9,27 @@ const dropChunk = 1 << 20
 
 // dropCache drops from the page cache the records of the log's segments
 // older than its newest opts.PageCacheBytes written bytes (see "Page cache"
-// in the package doc). Only what is durable may be dropped (a dirty page is
-// not dropped but queued for writeback), so callers call it after a sync,
-// or before any write (Open). The owner's; advisory: failures are ignored.
+// in the package doc). A dirty page is not dropped, so callers call it
+// when what it drops is durable: after a sync, or before any write (Open).
+// With NoSync nothing is durable: the writeback of records older than half
+// the window is started first, so that they are clean, mostly, by the time
+// they leave the window. The owner's; advisory: failures are ignored.
 func (l *Log) dropCache() {
 	keep := l.opts.PageCacheBytes
 	if keep < 0 {
 		return
 	}
+	if l.opts.NoSync {
+		l.behind(keep/2, func(s *segment) *int64 { return &s.flushing }, startWriteback)
+	}
+	l.behind(keep, func(s *segment) *int64 { return &s.dropped }, dropPages)
+}
+
+// behind applies do to the records written more than keep bytes before the
+// log's end that it has not been applied to yet: mark(s) is where it
+// reached in segment s. It steps at least dropChunk at a time in the last
+// segment, whose records grow, and goes to the end of older ones.
+func (l *Log) behind(keep int64, mark func(*segment) *int64, do func(f *os.File, off, n int64)) {
 	for i := len(l.segs) - 1; i >= 0; i-- {
 		s := l.segs[i]
 		end := s.size - int64(len(s.held)) // written to the file
@@ -27,12 +42,12 @@ func (l *Log) dropCache() {
 			upto = (end - keep) &^ (dropChunk - 1)
 			keep = 0
 		}
-		if d := s.dropped; upto-d >= dropChunk || upto == end && upto > d {
-			dropPages(s.f, d, upto-d)
-			s.dropped = upto
+		if m := mark(s); upto-*m >= dropChunk || upto == end && upto > *m {
+			do(s.f, *m, upto-*m)
+			*m = upto
 		}
-		if upto == end && i > 0 && l.segs[i-1].dropped >= l.segs[i-1].size {
-			return // the older ones were dropped before
+		if upto == end && i > 0 && *mark(l.segs[i-1]) >= l.segs[i-1].size {
+			return // the older ones were done before
 		}
 	}
 }

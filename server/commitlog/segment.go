@@ -43,9 +43,10 @@ type segment struct {
 	path   string
 	points []indexPoint // sparse index; points[0] is the first record
 	dirty  bool         // written since the last fsync
-	// dropped: the page cache of [0, dropped) was dropped (Log.dropCache).
-	// Owner-only.
-	dropped int64
+	// dropped: the page cache of [0, dropped) was dropped; flushing: the
+	// writeback of [0, flushing) was started (NoSync). Log.dropCache;
+	// owner-only.
+	dropped, flushing int64
 	// held is the end of the records, [size-len(held), size), kept in
 	// memory and not yet written to f (a journaled log's write-behind,
 	// see holdBytes). Only the last segment holds records.

@@ -61,3 +61,12 @@ func allocate(f *os.File, off, n int64) (ok bool, err error) {
 func dropPages(f *os.File, off, n int64) {
 	_ = fdCall(f, "fadvise", func(fd int) error { return unix.Fadvise(fd, off, n, unix.FADV_DONTNEED) })
 }
+
+// startWriteback starts writing f's dirty pages in [off, off+n) back to
+// disk, without waiting for it (sync_file_range: no metadata, no device
+// flush; not a durability point).
+func startWriteback(f *os.File, off, n int64) {
+	_ = fdCall(f, "sync_file_range", func(fd int) error {
+		return unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
+	})
+}
