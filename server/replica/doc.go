@@ -12,8 +12,10 @@
 //     fdatasync, or one syncfs when many topics are dirty — and goes on
 //     with the other groups while it runs. One sync is in flight at a time;
 //     the Readies persisted meanwhile share the next (group commit). A group
-//     whose Ready waits for a sync is left alone until the sync completes:
-//     its inbox queues and its tick is owed;
+//     whose Ready waits for a sync is left alone until the sync completes
+//     (its inbox queues and its tick is owed), except that a leader steps
+//     its followers' append acknowledgements and applies what they commit:
+//     two followers' durable copies are a majority without its own;
 //  4. when the sync completes, finishes each of its Readies: sends the
 //     messages that had to wait for durability, answers proposers whose
 //     batch is now in the log (wait_for_commit=false), applies what is left
@@ -22,8 +24,8 @@
 //     Advance.
 //
 // Per group this is the synchronous Ready contract: persist, then send,
-// then apply, then Advance; only the node's other groups run on while one
-// group's Ready is on disk. A storage error fences the group: it stops
+// then apply, then Advance; only the node's other groups, and a leader's
+// acknowledgements, run on while one group's Ready is on disk. A storage error fences the group: it stops
 // processing and fails its callers with ErrStorageFailed, and the log is
 // left as it was.
 //

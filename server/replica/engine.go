@@ -292,7 +292,8 @@ func syncer(in <-chan *syncBatch, out chan<- *syncBatch) {
 // persisted meanwhile share the next one (group commit). A group whose
 // Ready waits for a sync is left alone until it completes — its log is the
 // syncer's, its inbox queues and its tick is owed — and then finishes its
-// Ready, takes its inbox and runs again.
+// Ready, takes its inbox and runs again; only a leader's acknowledgements
+// are stepped meanwhile (Group.stepAcks), which writes nothing.
 func (e *Engine) run() {
 	defer close(e.donec)
 	syncIn := make(chan *syncBatch, 1)
@@ -375,6 +376,10 @@ func (e *Engine) run() {
 				if err := synced.errs[i]; err != nil {
 					g.fence(err)
 				}
+				if err := g.aheadErr; err != nil {
+					g.aheadErr = nil
+					g.fence(err)
+				}
 				if g.removing.Load() {
 					continue
 				}
@@ -415,9 +420,13 @@ func (e *Engine) run() {
 		}
 		for _, g := range busy {
 			g.queued.Store(false) // later arrivals queue g again
-			if !g.removing.Load() && g.syncState == syncNone {
+			switch {
+			case g.removing.Load():
+			case g.syncState == syncNone:
 				g.drainInbox()
 				awake = awake || !g.quiesced
+			case g.isLeader && g.fenced == nil:
+				g.stepAcks() // the rest waits for the sync
 			}
 		}
 		if awake && armed > 1 && !tick {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,7 +175,11 @@ type Group struct {
 	replies   []reply
 	props     []*raftpb.Entry   // scratch for batched proposals
 	early     []*raftpb.Message // scratch for sendAppendsEarly
-	sentEarly bool              // this Ready's MsgApps went out before the sync
+	acksIn    []*raftpb.Message // scratch for stepAcks
+	// aheadErr: applyAhead failed while the log was the syncer's; the
+	// group is fenced once the sync completes.
+	aheadErr  error
+	sentEarly bool // this Ready's MsgApps went out before the sync
 	// campaignAt > 0: campaign once the applied index reaches it.
 	campaignAt uint64
 	// syncState: whether the current Ready waits for a sync (see
@@ -1056,12 +1061,8 @@ func (g *Group) finish() {
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		g.afterSnapshot(rd.Snapshot)
 	}
-	// Skip what applyCommitted applied before the sync.
-	ents := rd.CommittedEntries
-	for applied := g.applied.Load(); len(ents) > 0 && ents[0].GetIndex() <= applied; {
-		ents = ents[1:]
-	}
-	if len(ents) > 0 {
+	// Skip what applyCommitted and applyAhead applied before.
+	if ents := unapplied(rd.CommittedEntries, g.applied.Load()); len(ents) > 0 {
 		if err := g.applyEntries(ents); err != nil {
 			g.fence(err)
 			return
@@ -1090,17 +1091,97 @@ func (g *Group) finish() {
 // keep the textbook order: apply after the sync.
 func (g *Group) applyCommitted() {
 	rd := &g.rd
-	if g.fenced != nil || g.apply != nil || len(rd.CommittedEntries) == 0 || !raft.IsEmptySnap(rd.Snapshot) {
+	if g.fenced != nil || g.apply != nil || !raft.IsEmptySnap(rd.Snapshot) {
 		return
 	}
-	for _, ent := range rd.CommittedEntries {
+	ents := unapplied(rd.CommittedEntries, g.applied.Load()) // applyAhead's
+	if len(ents) == 0 {
+		return
+	}
+	for _, ent := range ents {
 		switch ent.GetType() {
 		case raftpb.EntryType_EntryConfChange, raftpb.EntryType_EntryConfChangeV2:
 			return
 		}
 	}
-	if err := g.applyEntries(rd.CommittedEntries); err != nil {
+	if err := g.applyEntries(ents); err != nil {
 		g.fence(err)
+	}
+}
+
+// unapplied is the part of ents above index applied.
+func unapplied(ents []*raftpb.Entry, applied uint64) []*raftpb.Entry {
+	for len(ents) > 0 && ents[0].GetIndex() <= applied {
+		ents = ents[1:]
+	}
+	return ents
+}
+
+// stepAcks runs on a leader whose Ready waits for a sync: it steps the
+// followers' append acknowledgements queued meanwhile and applies what they
+// commit (applyAhead), instead of leaving both until after the sync and the
+// next Ready. Two followers' durable copies are a majority without the
+// leader's own, so their commit and its answers need not wait for the
+// leader's fsync (Raft thesis §10.2.1, as for sendAppendsEarly). raft
+// allows Step between Ready and Advance (raft.Node steps there too). The
+// log may be the syncer's, so nothing here writes it: every other message,
+// proposal, report and operation stays in the inbox for after the sync.
+func (g *Group) stepAcks() {
+	g.inboxMu.Lock()
+	acks, n := g.acksIn[:0], 0
+	for _, m := range g.inMsgs {
+		if m.GetType() == raftpb.MessageType_MsgAppResp {
+			acks = append(acks, m)
+		} else {
+			g.inMsgs[n] = m
+			n++
+		}
+	}
+	clear(g.inMsgs[n:])
+	g.inMsgs = g.inMsgs[:n]
+	g.inboxMu.Unlock()
+	if len(acks) == 0 {
+		return
+	}
+	g.quiesced = false
+	for i, m := range acks {
+		_ = g.rn.Step(m)
+		acks[i] = nil
+	}
+	g.acksIn = acks[:0]
+	g.applyAhead()
+}
+
+// applyAhead applies the entries raft has committed beyond the applied
+// index without waiting for the Ready that will carry them (whose
+// CommittedEntries then skip them), while this node has led since the
+// current Ready: a leader's log is raft's log, never cut, so the entries it
+// wrote up to the commit index are the committed ones. Only message batches
+// and empty entries, in groups without an Apply hook: applying them writes
+// nothing to the log (truncations and configuration changes do).
+func (g *Group) applyAhead() {
+	st := g.rn.BasicStatus()
+	if !g.isLeader || st.RaftState != raft.StateLeader || st.GetTerm() != g.term.Load() || g.apply != nil || g.fenced != nil || g.aheadErr != nil {
+		return
+	}
+	lo := g.applied.Load() + 1
+	last, err := g.log.LastIndex()
+	hi := min(st.GetCommit(), last)
+	if err != nil || hi < lo {
+		return
+	}
+	ents, err := g.log.Entries(lo, hi+1, math.MaxUint64)
+	if err != nil {
+		return // the Ready will carry them
+	}
+	for i, ent := range ents {
+		if ent.GetType() != raftpb.EntryType_EntryNormal || len(ent.Data) > 0 && ent.Data[0] != commitlog.KindMessages {
+			ents = ents[:i]
+			break
+		}
+	}
+	if len(ents) > 0 {
+		g.aheadErr = g.applyEntries(ents)
 	}
 }
 
