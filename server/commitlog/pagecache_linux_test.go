@@ -36,6 +36,18 @@ func resident(t *testing.T, path string) []bool {
 	return out
 }
 
+// cachedDir is a temporary directory whose files' pages can be dropped
+// from the page cache: not on tmpfs, where the cache is the storage.
+func cachedDir(t *testing.T) string {
+	dir := t.TempDir()
+	var fs unix.Statfs_t
+	require.NoError(t, unix.Statfs(dir, &fs))
+	if fs.Type == unix.TMPFS_MAGIC {
+		t.Skip("tmpfs: the page cache is the files' storage and cannot be dropped")
+	}
+	return dir
+}
+
 // cacheReach says how far back from the log's newest record its segments'
 // pages are cached without a gap, and how many pages before that are.
 func cacheReach(t *testing.T, l *Log) (reach int64, strays int) {
@@ -60,12 +72,7 @@ func cacheReach(t *testing.T, l *Log) (reach int64, strays int) {
 // synced records in the page cache, drops the older ones as it syncs and
 // after Open's scan, and still reads everything back.
 func TestPageCacheDropsBehind(t *testing.T) {
-	dir := t.TempDir()
-	var fs unix.Statfs_t
-	require.NoError(t, unix.Statfs(dir, &fs))
-	if fs.Type == unix.TMPFS_MAGIC {
-		t.Skip("tmpfs: the page cache is the file's storage and cannot be dropped")
-	}
+	dir := cachedDir(t)
 	const keep = 2 << 20
 	opts := Options{SegmentBytes: 3 << 20, PageCacheBytes: keep}
 	l := openT(t, dir, opts)
@@ -106,7 +113,7 @@ func TestPageCacheDropsBehind(t *testing.T) {
 // TestPageCacheNoSync: without fsync the log starts the writeback of what
 // leaves the window first, so that most of it can be dropped.
 func TestPageCacheNoSync(t *testing.T) {
-	dir := t.TempDir()
+	dir := cachedDir(t)
 	const keep = 2 << 20
 	l := openT(t, dir, Options{SegmentBytes: 3 << 20, PageCacheBytes: keep, NoSync: true})
 	defer l.Close()
