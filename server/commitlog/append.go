@@ -655,7 +655,6 @@ func (l *Log) sync(flushed bool) error {
 	}
 	clear(l.dirty)
 	l.dirty = l.dirty[:0]
-	l.dropCache() // everything written is durable now (or, NoSync, being written back)
 	if l.dirDirty {
 		if !noSync {
 			if err := syncDir(l.dir); err != nil {
@@ -668,5 +667,6 @@ func (l *Log) sync(flushed bool) error {
 		return l.fence(err)
 	}
 	l.dropJournalBuf()
+	l.dropCache() // last: everything written is durable now (NoSync: starts its writeback)
 	return nil
 }

@@ -100,8 +100,10 @@ type Stats struct {
 // Concurrency: the raft.Storage methods and all writes (Append, SetHardState,
 // SetConfState, Sync, ApplySnapshot, DeleteBefore, Close) must be called from
 // the single goroutine that owns the log. IDs, FirstID, NextID, ReadMessages,
-// Stats and the read-only Storage methods may be called from any goroutine
-// concurrently with the owner.
+// Stats, ReleaseCache and the read-only Storage methods (Entries, Term,
+// FirstIndex, LastIndex, Snapshot) take the lock and may be called from any
+// goroutine concurrently with the owner (the replica engine's loop calls
+// them while its syncer owns the log for a Sync).
 type Log struct {
 	dir    string
 	opts   Options

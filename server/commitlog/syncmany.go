@@ -24,7 +24,8 @@ var syncfsCalls atomic.Uint64
 // when more than one log needs flushing (a log alone is fdatasynced).
 //
 // Logs with nothing to flush (NoSync mode, clean, or fenced) are settled
-// inline, without I/O. A nil entry is skipped (its error is nil). The logs
+// inline, without waiting for I/O (in NoSync mode a log may start the
+// writeback of old records, see "Page cache"). A nil entry is skipped (its error is nil). The logs
 // must not be used concurrently with SyncMany: call it from the goroutine
 // that owns them.
 func SyncMany(logs []*Log, errs []error) []error {

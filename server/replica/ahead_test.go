@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -54,7 +55,9 @@ func TestLeaderAnswersBeforeItsOwnSync(t *testing.T) {
 		}
 	})
 	defer flushhook.Set(prev)
-	defer close(release)
+	var once sync.Once
+	unstall := func() { once.Do(func() { close(release) }) }
+	defer unstall()
 
 	// The next batch needs the next Ready, which waits for the sync: one
 	// batch, written before the stall.
@@ -63,4 +66,15 @@ func TestLeaderAnswersBeforeItsOwnSync(t *testing.T) {
 	assert.EqualValues(t, 2, res.FirstID)
 	// The leader did sync the batch, and is stuck there.
 	require.Eventually(t, func() bool { return stalled.Load() == 1 }, 10*time.Second, time.Millisecond)
+
+	// Once the sync completes, the Ready that carries the batch as
+	// committed does not apply it again (each batch counted once).
+	unstall()
+	_, err = g.Propose(ctx10(t), [][]byte{[]byte("c")}, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { // raft has handed out every commit
+		st, err := g.Status(ctx10(t))
+		return err == nil && st.Applied == st.GetCommit() && g.Applied() == st.Applied
+	}, 10*time.Second, time.Millisecond)
+	assert.Equal(t, g.metrics.appendedBytes.Load(), g.metrics.committedBytes.Load())
 }

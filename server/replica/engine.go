@@ -293,7 +293,8 @@ func syncer(in <-chan *syncBatch, out chan<- *syncBatch) {
 // Ready waits for a sync is left alone until it completes — its log is the
 // syncer's, its inbox queues and its tick is owed — and then finishes its
 // Ready, takes its inbox and runs again; only a leader's acknowledgements
-// are stepped meanwhile (Group.stepAcks), which writes nothing.
+// are stepped meanwhile (Group.stepAcks), which writes nothing to the log
+// and reads it only through its locked readers.
 func (e *Engine) run() {
 	defer close(e.donec)
 	syncIn := make(chan *syncBatch, 1)

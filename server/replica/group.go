@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,6 +175,10 @@ type Group struct {
 	props     []*raftpb.Entry   // scratch for batched proposals
 	early     []*raftpb.Message // scratch for sendAppendsEarly
 	acksIn    []*raftpb.Message // scratch for stepAcks
+	// handed: the last index raft has handed out as committed (a Ready's
+	// CommittedEntries or a snapshot); applyAhead may apply beyond it, but
+	// raft still reads the entries above it from the log.
+	handed uint64
 	// aheadErr: applyAhead failed while the log was the syncer's; the
 	// group is fenced once the sync completes.
 	aheadErr  error
@@ -289,6 +292,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		g.commitID.Store(gc.Log.FirstID() - 1)
 	}
 	g.applied.Store(commit)
+	g.handed = commit
 	if err := e.register(g); err != nil {
 		return nil, err
 	}
@@ -482,13 +486,12 @@ func (g *Group) Truncate(ctx context.Context, beforeIndex, beforeID uint64) erro
 }
 
 // Compact deletes the whole segments of the log below index (capped at the
-// applied index) on this node. A follower that later needs a deleted entry
-// is sent a snapshot. Retention calls it.
+// applied index, and at what raft has handed out as committed, which
+// applyAhead may be ahead of) on this node. A follower that later needs a
+// deleted entry is sent a snapshot.
 func (g *Group) Compact(ctx context.Context, index uint64) error {
 	return g.do(ctx, func() error {
-		if a := g.applied.Load(); index > a {
-			index = a
-		}
+		index = min(index, g.applied.Load(), g.handed)
 		if err := g.log.DeleteBefore(index); err != nil {
 			g.fence(err)
 			return err
@@ -1061,6 +1064,9 @@ func (g *Group) finish() {
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		g.afterSnapshot(rd.Snapshot)
 	}
+	if n := len(rd.CommittedEntries); n > 0 {
+		g.handed = rd.CommittedEntries[n-1].GetIndex()
+	}
 	// Skip what applyCommitted and applyAhead applied before.
 	if ents := unapplied(rd.CommittedEntries, g.applied.Load()); len(ents) > 0 {
 		if err := g.applyEntries(ents); err != nil {
@@ -1159,6 +1165,9 @@ func (g *Group) stepAcks() {
 // wrote up to the commit index are the committed ones. Only message batches
 // and empty entries, in groups without an Apply hook: applying them writes
 // nothing to the log (truncations and configuration changes do).
+// maxAheadBytes bounds the entries one applyAhead reads and applies.
+const maxAheadBytes = 4 << 20
+
 func (g *Group) applyAhead() {
 	st := g.rn.BasicStatus()
 	if !g.isLeader || st.RaftState != raft.StateLeader || st.GetTerm() != g.term.Load() || g.apply != nil || g.fenced != nil || g.aheadErr != nil {
@@ -1170,7 +1179,9 @@ func (g *Group) applyAhead() {
 	if err != nil || hi < lo {
 		return
 	}
-	ents, err := g.log.Entries(lo, hi+1, math.MaxUint64)
+	// At most a few MiB at a time (the next acknowledgement goes on): a
+	// leader elected with a long committed tail must not stall the loop.
+	ents, err := g.log.Entries(lo, hi+1, maxAheadBytes)
 	if err != nil {
 		return // the Ready will carry them
 	}
@@ -1217,6 +1228,7 @@ func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
 		g.conf.Store(cs)
 	}
 	g.applied.Store(idx)
+	g.handed = idx
 	g.commitID.Store(g.log.FirstID() - 1)
 	g.notifyCommit()
 }
