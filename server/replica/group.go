@@ -1158,6 +1158,9 @@ func (g *Group) stepAcks() {
 	g.applyAhead()
 }
 
+// maxAheadBytes bounds the entries one applyAhead reads and applies.
+const maxAheadBytes = 4 << 20
+
 // applyAhead applies the entries raft has committed beyond the applied
 // index without waiting for the Ready that will carry them (whose
 // CommittedEntries then skip them), while this node has led since the
@@ -1165,9 +1168,6 @@ func (g *Group) stepAcks() {
 // wrote up to the commit index are the committed ones. Only message batches
 // and empty entries, in groups without an Apply hook: applying them writes
 // nothing to the log (truncations and configuration changes do).
-// maxAheadBytes bounds the entries one applyAhead reads and applies.
-const maxAheadBytes = 4 << 20
-
 func (g *Group) applyAhead() {
 	st := g.rn.BasicStatus()
 	if !g.isLeader || st.RaftState != raft.StateLeader || st.GetTerm() != g.term.Load() || g.apply != nil || g.fenced != nil || g.aheadErr != nil {
