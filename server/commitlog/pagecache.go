@@ -27,8 +27,8 @@ func (l *Log) dropCache() {
 
 // behind applies do to the records written more than keep bytes before the
 // log's end that it has not been applied to yet: mark(s) is where it
-// reached in segment s. It steps at least dropChunk at a time in the last
-// segment, whose records grow, and goes to the end of older ones.
+// reached in segment s. In the segment the window starts in it steps at
+// least dropChunk at a time; older segments it takes to their end.
 func (l *Log) behind(keep int64, mark func(*segment) *int64, do func(f *os.File, off, n int64)) {
 	for i := len(l.segs) - 1; i >= 0; i-- {
 		s := l.segs[i]
@@ -46,7 +46,7 @@ func (l *Log) behind(keep int64, mark func(*segment) *int64, do func(f *os.File,
 			do(s.f, *m, upto-*m)
 			*m = upto
 		}
-		if upto == end && i > 0 && *mark(l.segs[i-1]) >= l.segs[i-1].size {
+		if i > 0 && *mark(l.segs[i-1]) >= l.segs[i-1].size {
 			return // the older ones were done before
 		}
 	}

@@ -175,10 +175,6 @@ type Group struct {
 	props     []*raftpb.Entry   // scratch for batched proposals
 	early     []*raftpb.Message // scratch for sendAppendsEarly
 	acksIn    []*raftpb.Message // scratch for stepAcks
-	// handed: the last index raft has handed out as committed (a Ready's
-	// CommittedEntries or a snapshot); applyAhead may apply beyond it, but
-	// raft still reads the entries above it from the log.
-	handed uint64
 	// aheadErr: applyAhead failed while the log was the syncer's; the
 	// group is fenced once the sync completes.
 	aheadErr  error
@@ -292,7 +288,6 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		g.commitID.Store(gc.Log.FirstID() - 1)
 	}
 	g.applied.Store(commit)
-	g.handed = commit
 	if err := e.register(g); err != nil {
 		return nil, err
 	}
@@ -486,12 +481,12 @@ func (g *Group) Truncate(ctx context.Context, beforeIndex, beforeID uint64) erro
 }
 
 // Compact deletes the whole segments of the log below index (capped at the
-// applied index, and at what raft has handed out as committed, which
-// applyAhead may be ahead of) on this node. A follower that later needs a
-// deleted entry is sent a snapshot.
+// applied index, and at raft's, which applyAhead may be ahead of: raft
+// still reads the entries above it from the log) on this node. A follower
+// that later needs a deleted entry is sent a snapshot.
 func (g *Group) Compact(ctx context.Context, index uint64) error {
 	return g.do(ctx, func() error {
-		index = min(index, g.applied.Load(), g.handed)
+		index = min(index, g.applied.Load(), g.rn.BasicStatus().Applied)
 		if err := g.log.DeleteBefore(index); err != nil {
 			g.fence(err)
 			return err
@@ -1064,9 +1059,6 @@ func (g *Group) finish() {
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		g.afterSnapshot(rd.Snapshot)
 	}
-	if n := len(rd.CommittedEntries); n > 0 {
-		g.handed = rd.CommittedEntries[n-1].GetIndex()
-	}
 	// Skip what applyCommitted and applyAhead applied before.
 	if ents := unapplied(rd.CommittedEntries, g.applied.Load()); len(ents) > 0 {
 		if err := g.applyEntries(ents); err != nil {
@@ -1228,7 +1220,6 @@ func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
 		g.conf.Store(cs)
 	}
 	g.applied.Store(idx)
-	g.handed = idx
 	g.commitID.Store(g.log.FirstID() - 1)
 	g.notifyCommit()
 }
