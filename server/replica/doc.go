@@ -29,6 +29,15 @@
 // processing and fails its callers with ErrStorageFailed, and the log is
 // left as it was.
 //
+// A leader holds back the appends that carry no entries, only a new commit
+// index (raft sends one to each follower whenever the commit advances):
+// under load the next append with entries follows within a moment and
+// carries the commit index too, so the held one is dropped, which halves
+// the messages and follower Readies per commit. One nothing replaces goes
+// out after Config.CommitNoticeDelay (20 ms), so an idle follower learns of
+// a commit, and serves it to readers, at most that much later (see
+// Group.holdNotice).
+//
 // The Raft log is the message store (package commitlog): an entry carries a
 // batch of messages, and message IDs are derived from the log.
 package replica

@@ -40,6 +40,14 @@ type Config struct {
 	Transport Transport
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// CommitNoticeDelay is how long a leader may hold back an append that
+	// carries no entries, only a new commit index, before sending it: an
+	// append with entries that follows within the delay carries the commit
+	// index anyway, and the held one is dropped (see holdNotice). Under load
+	// that halves the messages, and the follower work, of every commit; an
+	// idle follower learns of a commit at most this much later. Default
+	// 20 ms; negative: send at once.
+	CommitNoticeDelay time.Duration
 	// Journal is the node's commitlog journal, nil when there is none.
 	// While one of its checkpoints waits for logs to write the records
 	// they hold in memory (commitlog write-behind), the loop writes them.
@@ -61,6 +69,9 @@ func (c *Config) withDefaults() error {
 	}
 	if c.HeartbeatTicks >= c.ElectionTicks {
 		return fmt.Errorf("replica: HeartbeatTicks (%d) must be below ElectionTicks (%d)", c.HeartbeatTicks, c.ElectionTicks)
+	}
+	if c.CommitNoticeDelay == 0 {
+		c.CommitNoticeDelay = 20 * time.Millisecond
 	}
 	if c.MaxUncommittedBytes == 0 {
 		c.MaxUncommittedBytes = 64 << 20
@@ -92,6 +103,11 @@ type Engine struct {
 
 	// Loop-only: peers' silence as of the last tick (refreshSilence).
 	silence []peerSilence
+	// Loop-only: groups holding commit notices (Group.notices), sent when
+	// noticeTimer fires; noticeArmed: it is set.
+	holding     []*Group
+	noticeTimer *time.Timer
+	noticeArmed bool
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -310,6 +326,9 @@ func (e *Engine) run() {
 	var ticks int64 // ticks counted by the loop: the liveness ping cadence
 	timer := time.NewTimer(e.cfg.TickInterval)
 	defer timer.Stop()
+	e.noticeTimer = time.NewTimer(time.Hour)
+	e.noticeTimer.Stop()
+	defer e.noticeTimer.Stop()
 
 	var (
 		list, busy, closing []*Group
@@ -344,6 +363,9 @@ func (e *Engine) run() {
 			return
 		case <-timer.C:
 			tick = true
+		case <-e.noticeTimer.C:
+			e.noticeArmed = false
+			e.sendNotices()
 		case <-e.wake:
 		case synced = <-syncOut:
 		}

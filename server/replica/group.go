@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,7 +179,11 @@ type Group struct {
 	// aheadErr: applyAhead failed while the log was the syncer's; the
 	// group is fenced once the sync completes.
 	aheadErr  error
-	sentEarly bool // this Ready's MsgApps went out before the sync
+	sentEarly bool // this Ready's MsgApps went out (or were held) before the sync
+	// notices: commit notices held back, at most one per follower (see
+	// holdNotice); holding: the group is in the engine's holding list.
+	notices []*raftpb.Message
+	holding bool
 	// campaignAt > 0: campaign once the applied index reaches it.
 	campaignAt uint64
 	// syncState: whether the current Ready waits for a sync (see
@@ -1012,16 +1017,74 @@ func (g *Group) sendAppendsEarly() {
 	}
 	early := g.early[:0]
 	for _, m := range g.rd.Messages {
-		if m.GetType() == raftpb.MessageType_MsgApp {
-			early = append(early, m)
+		if m.GetType() != raftpb.MessageType_MsgApp {
+			continue
 		}
+		g.sentEarly = true
+		if len(m.GetEntries()) == 0 && g.e.cfg.CommitNoticeDelay > 0 {
+			g.holdNotice(m)
+			continue
+		}
+		g.dropNotice(m.GetTo())
+		early = append(early, m)
 	}
 	if len(early) > 0 {
 		g.e.cfg.Transport.Send(g.name, early)
-		g.sentEarly = true
 	}
 	clear(early)
 	g.early = early[:0]
+}
+
+// holdNotice holds back m, a leader's append without entries: it only
+// tells the follower of a new commit index (or probes one that is up to
+// date). A commit advances when the followers acknowledge an append, and
+// under load the leader sends them its next append a moment later, which
+// carries the commit index too: the held notice is then dropped
+// (dropNotice), saving a message and its acknowledgement per follower
+// and commit, and the follower a Ready. A notice nothing replaces goes out
+// when the engine's notice timer fires, Config.CommitNoticeDelay after the
+// first notice it waits for; a quiescing leader drops it, its quiesce
+// heartbeat carries the commit index. Holding a message back is safe: raft
+// tolerates delay and loss, and the commit index only tells a follower
+// which entries it may apply. The leader's commits, and the answers to its
+// producers, do not wait for it.
+func (g *Group) holdNotice(m *raftpb.Message) {
+	g.dropNotice(m.GetTo())
+	g.notices = append(g.notices, m)
+	if !g.holding {
+		g.holding = true
+		e := g.e
+		e.holding = append(e.holding, g)
+		if !e.noticeArmed {
+			e.noticeArmed = true
+			e.noticeTimer.Reset(e.cfg.CommitNoticeDelay)
+		}
+	}
+}
+
+// dropNotice drops the notice held for follower to, if any.
+func (g *Group) dropNotice(to uint64) {
+	for i, n := range g.notices {
+		if n.GetTo() == to {
+			g.notices = slices.Delete(g.notices, i, i+1)
+			return
+		}
+	}
+}
+
+// sendNotices sends the commit notices the groups hold (see holdNotice).
+// Engine goroutine only.
+func (e *Engine) sendNotices() {
+	for i, g := range e.holding {
+		if len(g.notices) > 0 && g.isLeader && g.fenced == nil && !g.removing.Load() && e.cfg.Transport != nil {
+			e.cfg.Transport.Send(g.name, g.notices)
+		}
+		clear(g.notices)
+		g.notices = g.notices[:0]
+		g.holding = false
+		e.holding[i] = nil
+	}
+	e.holding = e.holding[:0]
 }
 
 // laterMessages is the part of msgs not sent by sendAppendsEarly.

@@ -1,0 +1,133 @@
+package replica
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/forestbus/forestbus/server/commitlog"
+	"github.com/forestbus/forestbus/server/transport"
+)
+
+// countingTransport counts the appends without entries (commit notices) a
+// node sends, then passes every message on.
+type countingTransport struct {
+	Transport
+	notices atomic.Int64
+}
+
+func (c *countingTransport) Send(group string, msgs []*raftpb.Message) {
+	for _, m := range msgs {
+		if m.GetType() == raftpb.MessageType_MsgApp && len(m.GetEntries()) == 0 {
+			c.notices.Add(1)
+		}
+	}
+	c.Transport.Send(group, msgs)
+}
+
+// noticeCluster is three engines on a Hub with one group "g", led by node 1
+// (it campaigns at once), each engine's transport counted.
+type noticeCluster struct {
+	groups [3]*Group
+	trs    [3]*countingTransport
+}
+
+func openNoticeCluster(t *testing.T, tick, delay time.Duration) *noticeCluster {
+	t.Helper()
+	hub := transport.NewHub()
+	root := t.TempDir()
+	c := &noticeCluster{}
+	ids := []uint64{1, 2, 3}
+	for k, id := range ids {
+		ref := &handlerRef{}
+		tr := hub.Transport(id, ref)
+		for _, p := range ids {
+			tr.AddPeer(p, "")
+		}
+		c.trs[k] = &countingTransport{Transport: tr}
+		e, err := NewEngine(Config{NodeID: id, TickInterval: tick, CommitNoticeDelay: delay, Transport: c.trs[k],
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		require.NoError(t, err)
+		ref.e.Store(e)
+		e.SetPeers(ids)
+		e.Start()
+		t.Cleanup(func() {
+			tr.Stop()
+			e.Stop()
+		})
+		l, err := commitlog.Open(filepath.Join(root, fmt.Sprintf("n%d", id)), commitlog.Options{})
+		require.NoError(t, err)
+		g, err := e.AddGroup(GroupConfig{Name: "g", Log: l,
+			Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+		require.NoError(t, err)
+		c.groups[k] = g
+	}
+	require.Eventually(t, func() bool { return c.groups[0].Leader() == 1 }, 10*time.Second, time.Millisecond)
+	return c
+}
+
+// sendSequentially proposes n one-message batches on the leader, each once
+// the previous one is committed (as W2 does).
+func (c *noticeCluster) sendSequentially(t *testing.T, n int) uint64 {
+	t.Helper()
+	var last uint64
+	for i := range n {
+		res, err := c.groups[0].Propose(ctx10(t), [][]byte{fmt.Appendf(nil, "m%d", i)}, true)
+		require.NoError(t, err)
+		last = res.FirstID
+	}
+	return last
+}
+
+// TestCommitNoticesRideOnTheNextAppend: under a stream of proposals the
+// leader holds back the appends that only carry a new commit index, and the
+// next append with entries carries it instead; sent at once, every commit
+// costs one per follower.
+func TestCommitNoticesRideOnTheNextAppend(t *testing.T) {
+	const n = 40
+	for _, tc := range []struct {
+		name  string
+		delay time.Duration
+	}{{"held", time.Hour}, {"at once", -1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := openNoticeCluster(t, 20*time.Millisecond, tc.delay)
+			c.sendSequentially(t, 1) // the first commit of the term, settled
+			before := c.trs[0].notices.Load()
+			last := c.sendSequentially(t, n)
+			sent := c.trs[0].notices.Load() - before
+			if tc.delay > 0 {
+				// None is sent: the next proposal's append replaces each,
+				// and the hour never ends; the last one too is dropped.
+				assert.Zero(t, sent)
+			} else {
+				assert.GreaterOrEqual(t, sent, int64(n), "a notice per commit and follower")
+			}
+			// The followers learn the last commit all the same: from the
+			// heartbeats of the next ticks.
+			for _, g := range c.groups[1:] {
+				require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestHeldCommitNoticeReachesIdleFollowers: with no tick (so no heartbeat)
+// for an hour and nothing proposed after it, a held commit notice still
+// reaches the followers once the delay is over.
+func TestHeldCommitNoticeReachesIdleFollowers(t *testing.T) {
+	c := openNoticeCluster(t, time.Hour, 20*time.Millisecond)
+	last := c.sendSequentially(t, 3)
+	for _, g := range c.groups[1:] {
+		require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond)
+	}
+	assert.Positive(t, c.trs[0].notices.Load())
+}
