@@ -131,6 +131,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if cfg.Journal != nil {
 		cfg.Journal.OnWait(e.kick)
 	}
+	e.noticeTimer = time.NewTimer(time.Hour)
+	e.noticeTimer.Stop()
 	e.epoch = time.Now()
 	e.tagSeq.Store(rand.Uint64() & (1<<48 - 1))
 	e.electionTimeout = time.Duration(cfg.ElectionTicks) * cfg.TickInterval
@@ -326,8 +328,6 @@ func (e *Engine) run() {
 	var ticks int64 // ticks counted by the loop: the liveness ping cadence
 	timer := time.NewTimer(e.cfg.TickInterval)
 	defer timer.Stop()
-	e.noticeTimer = time.NewTimer(time.Hour)
-	e.noticeTimer.Stop()
 	defer e.noticeTimer.Stop()
 
 	var (

@@ -1072,11 +1072,14 @@ func (g *Group) dropNotice(to uint64) {
 	}
 }
 
-// sendNotices sends the commit notices the groups hold (see holdNotice).
+// sendNotices sends the commit notices the groups hold (see holdNotice),
+// those of a group that still leads in the term they were made in.
 // Engine goroutine only.
 func (e *Engine) sendNotices() {
 	for i, g := range e.holding {
 		if len(g.notices) > 0 && g.isLeader && g.fenced == nil && !g.removing.Load() && e.cfg.Transport != nil {
+			term := g.term.Load()
+			g.notices = slices.DeleteFunc(g.notices, func(m *raftpb.Message) bool { return m.GetTerm() != term })
 			e.cfg.Transport.Send(g.name, g.notices)
 		}
 		clear(g.notices)
