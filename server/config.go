@@ -100,6 +100,11 @@ type Config struct {
 	DefaultTopic string
 	// TickInterval is the raft tick. Default 100 ms.
 	TickInterval time.Duration
+	// CommitNoticeDelay is how long a topic's leader may hold back telling
+	// its followers of a new commit point when no append carries it
+	// (replica.Config.CommitNoticeDelay): a follower's reads trail the
+	// leader's by up to that much. Default 20 ms; negative: at once.
+	CommitNoticeDelay time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 

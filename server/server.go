@@ -184,7 +184,7 @@ func (s *Server) open() error {
 		s.transport = grpcTransport
 	}
 	s.engine, err = replica.NewEngine(replica.Config{
-		NodeID: id.RaftID, TickInterval: cfg.TickInterval, Transport: s.transport,
+		NodeID: id.RaftID, TickInterval: cfg.TickInterval, CommitNoticeDelay: cfg.CommitNoticeDelay, Transport: s.transport,
 		MaxUncommittedBytes: cfg.MaxUncommittedBytes, Logger: cfg.Logger,
 		Journal: s.journal,
 	})

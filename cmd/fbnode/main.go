@@ -106,6 +106,7 @@ func run(args []string) error {
 		segment   = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
 		pageCache = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
 		journalB  = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
+		notice    = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")
 		retention = fs.Duration("retention", 0, "default retention age of a topic's messages (0: keep for ever)")
 		retBytes  = fs.Int64("retention-bytes", 0, "default retention size of a topic (0: no limit)")
 		topic     = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
@@ -191,10 +192,16 @@ func run(args []string) error {
 		SegmentBytes:    *segment,
 		PageCacheBytes:  *pageCache,
 		JournalBytes:    *journalB,
-		Retention:       *retention,
-		RetentionBytes:  *retBytes,
-		DefaultTopic:    *topic,
-		Logger:          logger,
+		CommitNoticeDelay: func() time.Duration {
+			if *notice <= 0 {
+				return -1 // at once (0 would mean the default)
+			}
+			return *notice
+		}(),
+		Retention:      *retention,
+		RetentionBytes: *retBytes,
+		DefaultTopic:   *topic,
+		Logger:         logger,
 	})
 	if err != nil {
 		return err
