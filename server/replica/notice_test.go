@@ -2,8 +2,6 @@ package replica
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -48,21 +46,9 @@ func openNoticeCluster(t *testing.T, tick, delay time.Duration) *noticeCluster {
 	c := &noticeCluster{}
 	ids := []uint64{1, 2, 3}
 	for k, id := range ids {
-		ref := &handlerRef{}
-		tr := hub.Transport(id, ref)
-		for _, p := range ids {
-			tr.AddPeer(p, "")
-		}
-		c.trs[k] = &countingTransport{Transport: tr}
-		e, err := NewEngine(Config{NodeID: id, TickInterval: tick, CommitNoticeDelay: delay, Transport: c.trs[k],
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		require.NoError(t, err)
-		ref.e.Store(e)
-		e.SetPeers(ids)
-		e.Start()
-		t.Cleanup(func() {
-			tr.Stop()
-			e.Stop()
+		e := startHubEngine(t, hub, id, ids, Config{TickInterval: tick, CommitNoticeDelay: delay}, func(tr Transport) Transport {
+			c.trs[k] = &countingTransport{Transport: tr}
+			return c.trs[k]
 		})
 		l, err := commitlog.Open(filepath.Join(root, fmt.Sprintf("n%d", id)), commitlog.Options{})
 		require.NoError(t, err)

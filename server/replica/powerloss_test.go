@@ -209,6 +209,32 @@ func (h *handlerRef) ReportSnapshot(group string, to uint64, failed bool) {
 	}
 }
 
+// startHubEngine starts node id's engine on hub, a peer of every node in
+// ids, with cfg (its NodeID, Transport and Logger filled in); wrap, when
+// not nil, wraps the node's transport. It stops when the test ends.
+func startHubEngine(t *testing.T, hub *transport.Hub, id uint64, ids []uint64, cfg Config, wrap func(Transport) Transport) *Engine {
+	t.Helper()
+	ref := &handlerRef{}
+	tr := hub.Transport(id, ref)
+	for _, p := range ids {
+		tr.AddPeer(p, "")
+	}
+	cfg.NodeID, cfg.Transport, cfg.Logger = id, tr, slog.New(slog.NewTextHandler(io.Discard, nil))
+	if wrap != nil {
+		cfg.Transport = wrap(tr)
+	}
+	e, err := NewEngine(cfg)
+	require.NoError(t, err)
+	ref.e.Store(e)
+	e.SetPeers(ids)
+	e.Start()
+	t.Cleanup(func() {
+		tr.Stop()
+		e.Stop()
+	})
+	return e
+}
+
 // plCluster is three nodes on an in-memory network, each with its
 // directory root/n<id>, its journal, and groups g0..g(n-1) of all three.
 type plCluster struct {
@@ -225,24 +251,10 @@ func openPLCluster(t *testing.T, root string, n int) *plCluster {
 		dir := filepath.Join(root, fmt.Sprintf("n%d", id))
 		j, err := commitlog.OpenJournal(filepath.Join(dir, "journal"), dir, commitlog.JournalOptions{Bytes: 64 << 10})
 		require.NoError(t, err)
-		ref := &handlerRef{}
-		tr := hub.Transport(id, ref)
-		for _, p := range ids {
-			tr.AddPeer(p, "")
-		}
+		t.Cleanup(func() { require.NoError(t, j.Close()) }) // after the engine stops
 		// 50 ms ticks (elections after 0.5 s): under -race on a loaded
 		// machine, 10 ms ticks let CheckQuorum depose leaders over and over.
-		e, err := NewEngine(Config{NodeID: id, TickInterval: 50 * time.Millisecond, Journal: j, Transport: tr,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		require.NoError(t, err)
-		ref.e.Store(e)
-		e.SetPeers(ids)
-		e.Start()
-		t.Cleanup(func() {
-			tr.Stop()
-			e.Stop()
-			require.NoError(t, j.Close())
-		})
+		e := startHubEngine(t, hub, id, ids, Config{TickInterval: 50 * time.Millisecond, Journal: j}, nil)
 		nd := &plNode{e: e, j: j}
 		for i := range n {
 			l, err := commitlog.Open(filepath.Join(dir, fmt.Sprintf("g%d", i)), commitlog.Options{Journal: j, SegmentBytes: 16 << 10})
