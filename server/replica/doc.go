@@ -34,9 +34,10 @@
 // under load the next append with entries follows within a moment and
 // carries the commit index too, so the held one is dropped, which halves
 // the messages and follower Readies per commit. One nothing replaces goes
-// out after Config.CommitNoticeDelay (20 ms), so an idle follower learns of
-// a commit, and serves it to readers, at most that much later (see
-// Group.holdNotice).
+// out once it has waited Config.CommitNoticeDelay (20 ms), so an idle
+// follower learns of a commit, and serves it to readers, that much later
+// at most (or at the next heartbeat, a tick, if the append that replaced
+// the notice was lost; see Group.holdNotice).
 //
 // The Raft log is the message store (package commitlog): an entry carries a
 // batch of messages, and message IDs are derived from the log.

@@ -45,8 +45,9 @@ type Config struct {
 	// append with entries that follows within the delay carries the commit
 	// index anyway, and the held one is dropped (see holdNotice). Under load
 	// that halves the messages, and the follower work, of every commit; an
-	// idle follower learns of a commit at most this much later. Default
-	// 20 ms; negative: send at once.
+	// idle follower learns of a commit up to this much later (a tick later
+	// if the replacing append is lost). Default 20 ms; negative: send at
+	// once.
 	CommitNoticeDelay time.Duration
 	// Journal is the node's commitlog journal, nil when there is none.
 	// While one of its checkpoints waits for logs to write the records

@@ -181,8 +181,10 @@ type Group struct {
 	aheadErr  error
 	sentEarly bool // this Ready's MsgApps went out (or were held) before the sync
 	// notices: commit notices held back, at most one per follower (see
-	// holdNotice); holding: the group is in the engine's holding list.
+	// holdNotice), since heldAt; holding: the group is in the engine's
+	// holding list.
 	notices []*raftpb.Message
+	heldAt  time.Time
 	holding bool
 	// campaignAt > 0: campaign once the applied index reaches it.
 	campaignAt uint64
@@ -1041,15 +1043,18 @@ func (g *Group) sendAppendsEarly() {
 // under load the leader sends them its next append a moment later, which
 // carries the commit index too: the held notice is then dropped
 // (dropNotice), saving a message and its acknowledgement per follower
-// and commit, and the follower a Ready. A notice nothing replaces goes out
-// when the engine's notice timer fires, Config.CommitNoticeDelay after the
-// first notice it waits for; a quiescing leader drops it, its quiesce
-// heartbeat carries the commit index. Holding a message back is safe: raft
+// and commit, and the follower a Ready. The group's notices that nothing
+// replaces go out Config.CommitNoticeDelay after the first of them was
+// held (sendNotices); a quiescing leader drops them, its quiesce heartbeat
+// carries the commit index. Holding a message back is safe: raft
 // tolerates delay and loss, and the commit index only tells a follower
 // which entries it may apply. The leader's commits, and the answers to its
 // producers, do not wait for it.
 func (g *Group) holdNotice(m *raftpb.Message) {
 	g.dropNotice(m.GetTo())
+	if len(g.notices) == 0 {
+		g.heldAt = time.Now()
+	}
 	g.notices = append(g.notices, m)
 	if !g.holding {
 		g.holding = true
@@ -1072,12 +1077,25 @@ func (g *Group) dropNotice(to uint64) {
 	}
 }
 
-// sendNotices sends the commit notices the groups hold (see holdNotice),
-// those of a group that still leads in the term they were made in.
-// Engine goroutine only.
+// sendNotices runs when the notice timer fires. It sends the commit
+// notices a group has held for Config.CommitNoticeDelay (see holdNotice),
+// those of a group that still leads in the term they were made in, and
+// sets the timer for the groups whose notices are younger: a notice held
+// a moment ago is likely to be replaced by an append soon. Engine
+// goroutine only.
 func (e *Engine) sendNotices() {
-	for i, g := range e.holding {
+	now := time.Now()
+	var next time.Duration
+	keep := e.holding[:0]
+	for _, g := range e.holding {
 		if len(g.notices) > 0 && g.isLeader && g.fenced == nil && !g.removing.Load() && e.cfg.Transport != nil {
+			if wait := g.heldAt.Add(e.cfg.CommitNoticeDelay).Sub(now); wait > 0 {
+				keep = append(keep, g)
+				if next == 0 || wait < next {
+					next = wait
+				}
+				continue
+			}
 			term := g.term.Load()
 			g.notices = slices.DeleteFunc(g.notices, func(m *raftpb.Message) bool { return m.GetTerm() != term })
 			e.cfg.Transport.Send(g.name, g.notices)
@@ -1085,9 +1103,13 @@ func (e *Engine) sendNotices() {
 		clear(g.notices)
 		g.notices = g.notices[:0]
 		g.holding = false
-		e.holding[i] = nil
 	}
-	e.holding = e.holding[:0]
+	clear(e.holding[len(keep):])
+	e.holding = keep
+	if len(keep) > 0 {
+		e.noticeArmed = true
+		e.noticeTimer.Reset(next)
+	}
 }
 
 // laterMessages is the part of msgs not sent by sendAppendsEarly.

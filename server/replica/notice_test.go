@@ -16,17 +16,24 @@ import (
 	"github.com/forestbus/forestbus/server/transport"
 )
 
-// countingTransport counts the appends without entries (commit notices) a
-// node sends, then passes every message on.
+// countingTransport counts what a node sends of group "g" (the liveness
+// pings are not counted): all messages, the appends without entries
+// (commit notices) and the quiesce heartbeats. It passes every message on.
 type countingTransport struct {
 	Transport
-	notices atomic.Int64
+	all, notices, quiesce atomic.Int64
 }
 
 func (c *countingTransport) Send(group string, msgs []*raftpb.Message) {
-	for _, m := range msgs {
-		if m.GetType() == raftpb.MessageType_MsgApp && len(m.GetEntries()) == 0 {
-			c.notices.Add(1)
+	if group == "g" {
+		for _, m := range msgs {
+			c.all.Add(1)
+			switch {
+			case m.GetType() == raftpb.MessageType_MsgApp && len(m.GetEntries()) == 0:
+				c.notices.Add(1)
+			case isQuiesceMsg(m):
+				c.quiesce.Add(1)
+			}
 		}
 	}
 	c.Transport.Send(group, msgs)
@@ -108,12 +115,59 @@ func TestCommitNoticesRideOnTheNextAppend(t *testing.T) {
 
 // TestHeldCommitNoticeReachesIdleFollowers: with no tick (so no heartbeat)
 // for an hour and nothing proposed after it, a held commit notice still
-// reaches the followers once the delay is over.
+// reaches the followers once the delay is over, round after round (the
+// timer is armed again for each).
 func TestHeldCommitNoticeReachesIdleFollowers(t *testing.T) {
 	c := openNoticeCluster(t, time.Hour, 20*time.Millisecond)
-	last := c.sendSequentially(t, 3)
+	for round := range 3 {
+		last := c.sendSequentially(t, 1)
+		for _, g := range c.groups[1:] {
+			require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond, "round %d", round)
+		}
+		time.Sleep(50 * time.Millisecond) // past the delay: the next round is a new one
+	}
+	assert.Positive(t, c.trs[0].notices.Load())
+}
+
+// TestCommitNoticeDroppedByTheNextAppend: proposals 5 ms apart, a delay of
+// 100 ms: each notice is replaced by the next proposal's append before its
+// timer fires, so only the last commit's notices (one per follower) go out.
+func TestCommitNoticeDroppedByTheNextAppend(t *testing.T) {
+	c := openNoticeCluster(t, 50*time.Millisecond, 100*time.Millisecond)
+	last := c.sendSequentially(t, 1)
 	for _, g := range c.groups[1:] {
 		require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond)
 	}
-	assert.Positive(t, c.trs[0].notices.Load())
+	before := c.trs[0].notices.Load()
+	for range 60 {
+		last = c.sendSequentially(t, 1)
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, g := range c.groups[1:] {
+		require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond)
+	}
+	// 2 for the last commit; kept notices would go out at every firing of
+	// the timer during the ~0.4 s of proposals (8 or more).
+	assert.LessOrEqual(t, c.trs[0].notices.Load()-before, int64(4))
+}
+
+// TestQuiescedFollowersGetNoLateNotice: a leader that quiesces drops the
+// notices it holds (its quiesce heartbeat carries the commit index), so
+// none reaches a quiesced follower when the delay is over and wakes it.
+func TestQuiescedFollowersGetNoLateNotice(t *testing.T) {
+	c := openNoticeCluster(t, 50*time.Millisecond, time.Second)
+	last := c.sendSequentially(t, 1)
+	require.Eventually(t, func() bool { return c.trs[0].quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "the leader quiesces")
+	for _, g := range c.groups[1:] {
+		require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // answers to earlier heartbeats
+	var sent [2]int64
+	for i := range sent {
+		sent[i] = c.trs[i+1].all.Load()
+	}
+	time.Sleep(1200 * time.Millisecond) // past the delay
+	for i := range sent {
+		assert.Equal(t, sent[i], c.trs[i+1].all.Load(), "follower %d answered a message after quiescing", i+2)
+	}
 }
