@@ -30,7 +30,8 @@
 // left as it was.
 //
 // A leader holds back the appends that carry no entries, only a new commit
-// index (raft sends one to each follower whenever the commit advances):
+// index (raft sends one to each follower whenever the commit advances; a
+// group with an Apply hook, the metadata group, sends them at once):
 // under load the next append with entries follows within a moment and
 // carries the commit index too, so the held one is dropped, which halves
 // the messages and follower Readies per commit. One nothing replaces goes

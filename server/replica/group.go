@@ -1023,7 +1023,7 @@ func (g *Group) sendAppendsEarly() {
 			continue
 		}
 		g.sentEarly = true
-		if len(m.GetEntries()) == 0 && g.e.cfg.CommitNoticeDelay > 0 {
+		if len(m.GetEntries()) == 0 && g.e.cfg.CommitNoticeDelay > 0 && g.apply == nil {
 			g.holdNotice(m)
 			continue
 		}
@@ -1037,7 +1037,10 @@ func (g *Group) sendAppendsEarly() {
 	g.early = early[:0]
 }
 
-// holdNotice holds back m, a leader's append without entries: it only
+// holdNotice holds back m, a leader's append without entries (not in a
+// group with an Apply hook: the metadata group's commits, topics created
+// or removed, reach every node at once, so that a producer that created a
+// topic finds it on any node): it only
 // tells the follower of a new commit index (or probes one that is up to
 // date). A commit advances when the followers acknowledge an append, and
 // under load the leader sends them its next append a moment later, which

@@ -42,11 +42,19 @@ func (c *countingTransport) Send(group string, msgs []*raftpb.Message) {
 // noticeCluster is three engines on a Hub with one group "g", led by node 1
 // (it campaigns at once), each engine's transport counted.
 type noticeCluster struct {
-	groups [3]*Group
-	trs    [3]*countingTransport
+	groups  [3]*Group
+	trs     [3]*countingTransport
+	applied [3]atomic.Int64 // commands applied per node (command groups)
 }
 
 func openNoticeCluster(t *testing.T, tick, delay time.Duration) *noticeCluster {
+	t.Helper()
+	return openNoticeClusterApply(t, tick, delay, nil)
+}
+
+// openNoticeClusterApply is openNoticeCluster with apply as the group's
+// Apply hook on every node (a command group, like the metadata group).
+func openNoticeClusterApply(t *testing.T, tick, delay time.Duration, apply func(*atomic.Int64) func(uint64, []byte) error) *noticeCluster {
 	t.Helper()
 	hub := transport.NewHub()
 	root := t.TempDir()
@@ -59,8 +67,11 @@ func openNoticeCluster(t *testing.T, tick, delay time.Duration) *noticeCluster {
 		})
 		l, err := commitlog.Open(filepath.Join(root, fmt.Sprintf("n%d", id)), commitlog.Options{})
 		require.NoError(t, err)
-		g, err := e.AddGroup(GroupConfig{Name: "g", Log: l,
-			Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+		gc := GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1}
+		if apply != nil {
+			gc.Apply = apply(&c.applied[k])
+		}
+		g, err := e.AddGroup(gc)
 		require.NoError(t, err)
 		c.groups[k] = g
 	}
@@ -170,4 +181,21 @@ func TestQuiescedFollowersGetNoLateNotice(t *testing.T) {
 	for i := range sent {
 		assert.Equal(t, sent[i], c.trs[i+1].all.Load(), "follower %d answered a message after quiescing", i+2)
 	}
+}
+
+// TestCommandGroupSendsNoticesAtOnce: a group with an Apply hook (the
+// metadata group: topics created and removed) does not hold its commit
+// notices back, so a command applied on the leader reaches every node at
+// once, without waiting for the delay or a heartbeat.
+func TestCommandGroupSendsNoticesAtOnce(t *testing.T) {
+	c := openNoticeClusterApply(t, time.Hour, time.Hour, func(n *atomic.Int64) func(uint64, []byte) error {
+		return func(uint64, []byte) error { n.Add(1); return nil }
+	})
+	for i := range 3 {
+		require.NoError(t, c.groups[0].ProposeCommand(ctx10(t), fmt.Appendf(nil, "c%d", i)))
+		for k := range c.applied {
+			require.Eventually(t, func() bool { return c.applied[k].Load() == int64(i+1) }, 10*time.Second, time.Millisecond, "node %d, command %d", k+1, i)
+		}
+	}
+	assert.Positive(t, c.trs[0].notices.Load())
 }
