@@ -174,34 +174,32 @@ func run(args []string) error {
 	if *httpAddr != "" {
 		grpcOpts = httpapi.GRPCMetrics().ServerOptions() // gRPC metrics for /metrics
 	}
+	if *notice <= 0 {
+		*notice = -1 // at once; 0 would be server.Config's default
+	}
 	srv, err := server.Start(ctx, server.Config{
-		GRPCOptions:     grpcOpts,
-		Join:            joinInfo,
-		ListenAddr:      *listen,
-		AdvertiseAddr:   *advertise,
-		DataDir:         *dataDir,
-		ClusterID:       *clusterID,
-		NodeName:        *nodeName,
-		InitialCluster:  *initial,
-		Sync:            server.SyncMode(*syncMode),
-		MaxMessageBytes: *maxMsg,
-		MaxBatchBytes:   *maxBatch,
-		MaxReadBytes:    *maxRead,
-		ReadAheadBytes:  *readAhead,
-		MaxWait:         *maxWait,
-		SegmentBytes:    *segment,
-		PageCacheBytes:  *pageCache,
-		JournalBytes:    *journalB,
-		CommitNoticeDelay: func() time.Duration {
-			if *notice <= 0 {
-				return -1 // at once (0 would mean the default)
-			}
-			return *notice
-		}(),
-		Retention:      *retention,
-		RetentionBytes: *retBytes,
-		DefaultTopic:   *topic,
-		Logger:         logger,
+		GRPCOptions:       grpcOpts,
+		Join:              joinInfo,
+		ListenAddr:        *listen,
+		AdvertiseAddr:     *advertise,
+		DataDir:           *dataDir,
+		ClusterID:         *clusterID,
+		NodeName:          *nodeName,
+		InitialCluster:    *initial,
+		Sync:              server.SyncMode(*syncMode),
+		MaxMessageBytes:   *maxMsg,
+		MaxBatchBytes:     *maxBatch,
+		MaxReadBytes:      *maxRead,
+		ReadAheadBytes:    *readAhead,
+		MaxWait:           *maxWait,
+		SegmentBytes:      *segment,
+		PageCacheBytes:    *pageCache,
+		JournalBytes:      *journalB,
+		CommitNoticeDelay: *notice,
+		Retention:         *retention,
+		RetentionBytes:    *retBytes,
+		DefaultTopic:      *topic,
+		Logger:            logger,
 	})
 	if err != nil {
 		return err

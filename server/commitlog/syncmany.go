@@ -25,9 +25,9 @@ var syncfsCalls atomic.Uint64
 //
 // Logs with nothing to flush (NoSync mode, clean, or fenced) are settled
 // inline, without waiting for I/O (in NoSync mode a log may start the
-// writeback of old records, see "Page cache"). A nil entry is skipped (its error is nil). The logs
-// must not be used concurrently with SyncMany: call it from the goroutine
-// that owns them.
+// writeback of old records, see "Page cache"). A nil entry is skipped (its
+// error is nil). The logs must not be used concurrently with SyncMany: call
+// it from the goroutine that owns them.
 func SyncMany(logs []*Log, errs []error) []error {
 	errs = append(errs[:0], make([]error, len(logs))...)
 	var (

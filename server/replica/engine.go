@@ -104,11 +104,11 @@ type Engine struct {
 
 	// Loop-only: peers' silence as of the last tick (refreshSilence).
 	silence []peerSilence
-	// Loop-only: groups holding commit notices (Group.notices), sent when
-	// noticeTimer fires; noticeArmed: it is set.
+	// Loop-only: groups holding commit notices (Group.notices), looked at
+	// when noticeTimer fires; the timer is set whenever holding is not
+	// empty.
 	holding     []*Group
 	noticeTimer *time.Timer
-	noticeArmed bool
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -365,7 +365,6 @@ func (e *Engine) run() {
 		case <-timer.C:
 			tick = true
 		case <-e.noticeTimer.C:
-			e.noticeArmed = false
 			e.sendNotices()
 		case <-e.wake:
 		case synced = <-syncOut:

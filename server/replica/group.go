@@ -1037,22 +1037,21 @@ func (g *Group) sendAppendsEarly() {
 	g.early = early[:0]
 }
 
-// holdNotice holds back m, a leader's append without entries (not in a
-// group with an Apply hook: the metadata group's commits, topics created
-// or removed, reach every node at once, so that a producer that created a
-// topic finds it on any node): it only
+// holdNotice holds back m, a leader's append without entries: it only
 // tells the follower of a new commit index (or probes one that is up to
 // date). A commit advances when the followers acknowledge an append, and
 // under load the leader sends them its next append a moment later, which
 // carries the commit index too: the held notice is then dropped
-// (dropNotice), saving a message and its acknowledgement per follower
-// and commit, and the follower a Ready. The group's notices that nothing
+// (dropNotice), saving a message and its acknowledgement per follower and
+// commit, and the follower a Ready. The group's notices that nothing
 // replaces go out Config.CommitNoticeDelay after the first of them was
 // held (sendNotices); a quiescing leader drops them, its quiesce heartbeat
-// carries the commit index. Holding a message back is safe: raft
-// tolerates delay and loss, and the commit index only tells a follower
-// which entries it may apply. The leader's commits, and the answers to its
-// producers, do not wait for it.
+// carries the commit index. Holding a message back is safe: raft tolerates
+// delay and loss, and the commit index only tells a follower which entries
+// it may apply. The leader's commits, and the answers to its producers, do
+// not wait for it. A group with an Apply hook (the metadata group) does not
+// hold its notices: topics created or removed reach every node at once, so
+// that a producer that created a topic finds it on any node.
 func (g *Group) holdNotice(m *raftpb.Message) {
 	g.dropNotice(m.GetTo())
 	if len(g.notices) == 0 {
@@ -1062,11 +1061,10 @@ func (g *Group) holdNotice(m *raftpb.Message) {
 	if !g.holding {
 		g.holding = true
 		e := g.e
-		e.holding = append(e.holding, g)
-		if !e.noticeArmed {
-			e.noticeArmed = true
+		if len(e.holding) == 0 {
 			e.noticeTimer.Reset(e.cfg.CommitNoticeDelay)
 		}
+		e.holding = append(e.holding, g)
 	}
 }
 
@@ -1080,6 +1078,12 @@ func (g *Group) dropNotice(to uint64) {
 	}
 }
 
+// dropNotices drops every notice the group holds.
+func (g *Group) dropNotices() {
+	clear(g.notices)
+	g.notices = g.notices[:0]
+}
+
 // sendNotices runs when the notice timer fires. It sends the commit
 // notices a group has held for Config.CommitNoticeDelay (see holdNotice),
 // those of a group that still leads in the term they were made in, and
@@ -1091,7 +1095,7 @@ func (e *Engine) sendNotices() {
 	var next time.Duration
 	keep := e.holding[:0]
 	for _, g := range e.holding {
-		if len(g.notices) > 0 && g.isLeader && g.fenced == nil && !g.removing.Load() && e.cfg.Transport != nil {
+		if len(g.notices) > 0 && g.isLeader && g.fenced == nil && !g.removing.Load() {
 			if wait := g.heldAt.Add(e.cfg.CommitNoticeDelay).Sub(now); wait > 0 {
 				keep = append(keep, g)
 				if next == 0 || wait < next {
@@ -1101,16 +1105,14 @@ func (e *Engine) sendNotices() {
 			}
 			term := g.term.Load()
 			g.notices = slices.DeleteFunc(g.notices, func(m *raftpb.Message) bool { return m.GetTerm() != term })
-			e.cfg.Transport.Send(g.name, g.notices)
+			e.cfg.Transport.Send(g.name, g.notices) // notices exist only with a transport
 		}
-		clear(g.notices)
-		g.notices = g.notices[:0]
+		g.dropNotices()
 		g.holding = false
 	}
 	clear(e.holding[len(keep):])
 	e.holding = keep
 	if len(keep) > 0 {
-		e.noticeArmed = true
 		e.noticeTimer.Reset(next)
 	}
 }

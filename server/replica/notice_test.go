@@ -47,14 +47,10 @@ type noticeCluster struct {
 	applied [3]atomic.Int64 // commands applied per node (command groups)
 }
 
-func openNoticeCluster(t *testing.T, tick, delay time.Duration) *noticeCluster {
-	t.Helper()
-	return openNoticeClusterApply(t, tick, delay, nil)
-}
-
-// openNoticeClusterApply is openNoticeCluster with apply as the group's
-// Apply hook on every node (a command group, like the metadata group).
-func openNoticeClusterApply(t *testing.T, tick, delay time.Duration, apply func(*atomic.Int64) func(uint64, []byte) error) *noticeCluster {
+// openNoticeCluster starts the cluster; with commands, "g" is a command
+// group (an Apply hook, like the metadata group's) that counts the
+// commands each node applies in applied.
+func openNoticeCluster(t *testing.T, tick, delay time.Duration, commands bool) *noticeCluster {
 	t.Helper()
 	hub := transport.NewHub()
 	root := t.TempDir()
@@ -68,8 +64,8 @@ func openNoticeClusterApply(t *testing.T, tick, delay time.Duration, apply func(
 		l, err := commitlog.Open(filepath.Join(root, fmt.Sprintf("n%d", id)), commitlog.Options{})
 		require.NoError(t, err)
 		gc := GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1}
-		if apply != nil {
-			gc.Apply = apply(&c.applied[k])
+		if commands {
+			gc.Apply = func(uint64, []byte) error { c.applied[k].Add(1); return nil }
 		}
 		g, err := e.AddGroup(gc)
 		require.NoError(t, err)
@@ -103,7 +99,7 @@ func TestCommitNoticesRideOnTheNextAppend(t *testing.T) {
 		delay time.Duration
 	}{{"held", time.Hour}, {"at once", -1}} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := openNoticeCluster(t, 20*time.Millisecond, tc.delay)
+			c := openNoticeCluster(t, 20*time.Millisecond, tc.delay, false)
 			c.sendSequentially(t, 1) // the first commit of the term, settled
 			before := c.trs[0].notices.Load()
 			last := c.sendSequentially(t, n)
@@ -129,13 +125,12 @@ func TestCommitNoticesRideOnTheNextAppend(t *testing.T) {
 // reaches the followers once the delay is over, round after round (the
 // timer is armed again for each).
 func TestHeldCommitNoticeReachesIdleFollowers(t *testing.T) {
-	c := openNoticeCluster(t, time.Hour, 20*time.Millisecond)
+	c := openNoticeCluster(t, time.Hour, 20*time.Millisecond, false)
 	for round := range 3 {
 		last := c.sendSequentially(t, 1)
 		for _, g := range c.groups[1:] {
 			require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond, "round %d", round)
 		}
-		time.Sleep(50 * time.Millisecond) // past the delay: the next round is a new one
 	}
 	assert.Positive(t, c.trs[0].notices.Load())
 }
@@ -144,7 +139,7 @@ func TestHeldCommitNoticeReachesIdleFollowers(t *testing.T) {
 // 100 ms: each notice is replaced by the next proposal's append before its
 // timer fires, so only the last commit's notices (one per follower) go out.
 func TestCommitNoticeDroppedByTheNextAppend(t *testing.T) {
-	c := openNoticeCluster(t, 50*time.Millisecond, 100*time.Millisecond)
+	c := openNoticeCluster(t, 50*time.Millisecond, 100*time.Millisecond, false)
 	last := c.sendSequentially(t, 1)
 	for _, g := range c.groups[1:] {
 		require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond)
@@ -166,18 +161,22 @@ func TestCommitNoticeDroppedByTheNextAppend(t *testing.T) {
 // notices it holds (its quiesce heartbeat carries the commit index), so
 // none reaches a quiesced follower when the delay is over and wakes it.
 func TestQuiescedFollowersGetNoLateNotice(t *testing.T) {
-	c := openNoticeCluster(t, 50*time.Millisecond, time.Second)
+	c := openNoticeCluster(t, 50*time.Millisecond, time.Second, false)
 	last := c.sendSequentially(t, 1)
 	require.Eventually(t, func() bool { return c.trs[0].quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "the leader quiesces")
 	for _, g := range c.groups[1:] {
 		require.Eventually(t, func() bool { return g.CommitID() == last }, 10*time.Second, time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond) // answers to earlier heartbeats
+	// Each follower acknowledged the quiesce heartbeat: what it sent
+	// before is counted, and it sends nothing more.
+	for _, tr := range c.trs[1:] {
+		require.Eventually(t, func() bool { return tr.quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "a follower quiesces")
+	}
 	var sent [2]int64
 	for i := range sent {
 		sent[i] = c.trs[i+1].all.Load()
 	}
-	time.Sleep(1200 * time.Millisecond) // past the delay
+	time.Sleep(1200 * time.Millisecond) // a window past the delay, for a message that must not come
 	for i := range sent {
 		assert.Equal(t, sent[i], c.trs[i+1].all.Load(), "follower %d answered a message after quiescing", i+2)
 	}
@@ -188,9 +187,7 @@ func TestQuiescedFollowersGetNoLateNotice(t *testing.T) {
 // notices back, so a command applied on the leader reaches every node at
 // once, without waiting for the delay or a heartbeat.
 func TestCommandGroupSendsNoticesAtOnce(t *testing.T) {
-	c := openNoticeClusterApply(t, time.Hour, time.Hour, func(n *atomic.Int64) func(uint64, []byte) error {
-		return func(uint64, []byte) error { n.Add(1); return nil }
-	})
+	c := openNoticeCluster(t, time.Hour, time.Hour, true)
 	for i := range 3 {
 		require.NoError(t, c.groups[0].ProposeCommand(ctx10(t), fmt.Appendf(nil, "c%d", i)))
 		for k := range c.applied {

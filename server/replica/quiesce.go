@@ -199,8 +199,7 @@ func (g *Group) maybeQuiesce() bool {
 	}
 	g.idleTicks = 0
 	g.quiesced = true
-	clear(g.notices) // the quiesce heartbeats carry the commit index
-	g.notices = g.notices[:0]
+	g.dropNotices()          // the quiesce heartbeats carry the commit index
 	g.log.ReleaseCache(last) // every follower has it all
 	if g.e.cfg.Transport == nil {
 		return true
