@@ -293,33 +293,45 @@ func (s *Server) handOffLeadership(limit time.Duration) {
 }
 
 // reconcile brings the groups this node leads to the cluster's membership:
-// a round every reconcileEvery while there is work, else only when the
-// registry reports a change (a member added or removed, a topic opened) or
-// reconcileIdle has passed, so that an idle node with thousands of topics
-// does not walk them all twice a second.
+// a round every reconcileEvery while there is work; once a round finds none,
+// the next waits until the registry reports a change (a member added or
+// removed, a topic opened) or reconcileIdle has passed. An idle node thus
+// neither walks its topics nor even wakes twice a second for this (a
+// wakeup costs an idle node more than the walk).
 func (s *Server) reconcile() {
 	defer s.wg.Done()
-	t := time.NewTicker(reconcileEvery)
+	t := time.NewTimer(reconcileEvery)
 	defer t.Stop()
 	var (
-		settled   bool
-		seen      uint64
-		lastRound time.Time
+		settled bool
+		seen    = s.registry.ChangeCount()
 	)
 	for {
+		// Rounds are at least reconcileEvery apart, however often the
+		// registry changes.
 		select {
 		case <-s.stopc:
 			return
 		case <-t.C:
-			if n := s.registry.ChangeCount(); settled && n == seen && time.Since(lastRound) < reconcileIdle {
-				continue
-			}
-			seen = s.registry.ChangeCount()
-			lastRound = time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			settled = s.registry.Reconcile(ctx)
-			cancel()
 		}
+		if settled {
+			t.Reset(reconcileIdle - reconcileEvery)
+		wait:
+			for s.registry.ChangeCount() == seen {
+				select {
+				case <-s.stopc:
+					return
+				case <-t.C:
+					break wait
+				case <-s.registry.Changed():
+				}
+			}
+		}
+		seen = s.registry.ChangeCount()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		settled = s.registry.Reconcile(ctx)
+		cancel()
+		t.Reset(reconcileEvery) // no stale tick survives a Reset (Go ≥ 1.23)
 	}
 }
 

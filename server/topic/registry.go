@@ -131,13 +131,29 @@ type Registry struct {
 	maxID     uint64   // highest raft ID ever added: IDs are never reused
 	replaying bool
 	// changes counts membership changes and topic creations, so that the
-	// reconciler knows when a round may find work (ChangeCount).
+	// reconciler knows when a round may find work (ChangeCount); changed
+	// (capacity 1) is signalled with each (Changed).
 	changes atomic.Uint64
+	changed chan struct{}
 }
 
 // ChangeCount increases whenever the member set changes or a topic group
 // opens on this node.
 func (r *Registry) ChangeCount() uint64 { return r.changes.Load() }
+
+// Changed is signalled whenever ChangeCount increases: a receive returns at
+// once if it moved since the last receive (one signal stands for any number
+// of changes), so a reconciler can sleep until there is work.
+func (r *Registry) Changed() <-chan struct{} { return r.changed }
+
+// noteChange increases ChangeCount and signals Changed.
+func (r *Registry) noteChange() {
+	r.changes.Add(1)
+	select {
+	case r.changed <- struct{}{}:
+	default: // a signal is already pending
+	}
+}
 
 // metaGroup is the metadata group's name on the wire; no topic can have it.
 const metaGroup = ""
@@ -154,7 +170,7 @@ func Open(cfg Config) (*Registry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member)}
+	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member), changed: make(chan struct{}, 1)}
 	for _, d := range []string{"topics", "removed"} {
 		if err := commitlog.MkdirAll(filepath.Join(cfg.Dir, d)); err != nil {
 			return nil, err
@@ -390,7 +406,7 @@ func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raf
 				m = old
 			}
 			r.members[id] = m
-			r.changes.Add(1)
+			r.noteChange()
 			r.maxID = max(r.maxID, id)
 			if ch.GetType() == raftpb.ConfChangeType_ConfChangeAddNode && !slices.Contains(r.voters, id) {
 				r.voters = append(r.voters, id)
@@ -399,7 +415,7 @@ func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raf
 		case raftpb.ConfChangeType_ConfChangeRemoveNode:
 			r.maxID = max(r.maxID, id)
 			delete(r.members, id)
-			r.changes.Add(1)
+			r.noteChange()
 			r.voters = slices.DeleteFunc(r.voters, func(v uint64) bool { return v == id })
 		}
 	}
@@ -465,7 +481,7 @@ func (r *Registry) startLocked(t *Topic) error {
 		return fmt.Errorf("topic %q: %w", t.Name, err)
 	}
 	t.Group = g
-	r.changes.Add(1)
+	r.noteChange()
 	return nil
 }
 

@@ -216,46 +216,37 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 	if err := stream.SendHeader(metadata.Pairs(acceptedKey, "1")); err != nil {
 		return err
 	}
-	// Frames are received on their own goroutine, so that Stop can end the
-	// stream (the handler returns; Recv then fails and the goroutine exits)
-	// instead of waiting for the peer to close it.
-	type frame struct {
-		req *peerv1.StreamRequest
-		err error
-	}
-	frames := make(chan frame)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			req, err := stream.Recv()
-			select {
-			case frames <- frame{req, err}:
-			case <-done:
-				return
-			}
-			if err != nil {
-				return
-			}
+	// Frames are received, and stepped, on a goroutine of their own, so
+	// that Stop can end the stream: the handler returns, gRPC cancels the
+	// stream and the pending Recv fails, instead of waiting for the peer to
+	// close it. Stepping a frame where it was received, not on the
+	// handler's goroutine, saves a goroutine switch per frame on every
+	// replication round trip; deliver checks Stop itself.
+	errc := make(chan error, 1)
+	go func() { errc <- t.receive(stream, from, req) }()
+	select {
+	case err := <-errc:
+		if err == io.EOF {
+			return stream.SendAndClose(&peerv1.StreamResponse{})
 		}
-	}()
+		return err
+	case <-t.stopc:
+		return status.Error(codes.Unavailable, "transport: node is stopping")
+	}
+}
+
+// receive delivers first, then every frame the stream brings, until Recv
+// fails (io.EOF when the peer closed the stream) or a frame is refused.
+func (t *GRPC) receive(stream peerv1.PeerService_StreamServer, from uint64, first *peerv1.StreamRequest) error {
+	req := first
 	for {
 		if err := t.deliver(from, req); err != nil {
 			return err
 		}
-		var f frame
-		select {
-		case f = <-frames:
-		case <-t.stopc:
-			return status.Error(codes.Unavailable, "transport: node is stopping")
+		var err error
+		if req, err = stream.Recv(); err != nil {
+			return err
 		}
-		if f.err == io.EOF {
-			return stream.SendAndClose(&peerv1.StreamResponse{})
-		}
-		if f.err != nil {
-			return f.err
-		}
-		req = f.req
 		if (req.GetClusterId() != "" && req.GetClusterId() != t.cfg.ClusterID) ||
 			(req.GetTo() != 0 && req.GetTo() != t.cfg.NodeID) ||
 			(req.GetFrom() != 0 && req.GetFrom() != from) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -283,4 +284,53 @@ func TestGRPCStopLeavesNoGoroutines(t *testing.T) {
 	}()
 	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= base+2 }, waitFor, tick,
 		"goroutines: %d before", base)
+}
+
+// Stop ends the streams peers keep open to the node, so that its server can
+// stop gracefully while they stay connected.
+func TestGRPCStopEndsInboundStreams(t *testing.T) {
+	n1 := startNode(t, 1, "c")
+	n2 := startNode(t, 2, "c")
+	defer n2.stop()
+	n2.tr.AddPeer(1, n1.addr)
+	n2.tr.Send("g", []*raftpb.Message{msg(2, 1, 1)})
+	require.Eventually(t, func() bool { return n1.h.count() == 1 }, waitFor, tick)
+
+	n1.tr.Stop()
+	stopped := make(chan struct{})
+	go func() {
+		n1.srv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(waitFor):
+		t.Fatal("the server's GracefulStop still waits for a peer's stream after the transport's Stop")
+	}
+	<-n1.done
+	n1.srv = nil
+}
+
+// Nothing a peer sends after Stop is stepped, on the streams Stop ended or
+// on new ones the node's server (still up) accepts.
+func TestGRPCNoStepAfterStop(t *testing.T) {
+	n1 := startNode(t, 1, "c")
+	n2 := startNode(t, 2, "c")
+	defer n2.stop()
+	defer n1.stopServer()
+	n2.tr.AddPeer(1, n1.addr)
+	n2.tr.Send("g", []*raftpb.Message{msg(2, 1, 1)})
+	require.Eventually(t, func() bool { return n1.h.count() == 1 }, waitFor, tick)
+
+	n1.tr.Stop()
+	sent := n2.tr.Stats()
+	for i := uint64(2); i <= 4; i++ {
+		n2.tr.Send("g", []*raftpb.Message{msg(2, 1, i)})
+		require.Eventually(t, func() bool {
+			st := n2.tr.Stats()
+			return st.FramesSent+st.MessagesDropped > sent.FramesSent+sent.MessagesDropped
+		}, waitFor, tick)
+		sent = n2.tr.Stats()
+	}
+	require.Equal(t, 1, n1.h.count(), "a frame was stepped after Stop")
 }
