@@ -66,7 +66,7 @@ func (e *echo) ReportSnapshot(string, uint64, bool) {}
 // signal is a Handler that passes each message's index to a channel.
 type signal chan uint64
 
-func (s signal) Step(_ string, m *raftpb.Message)   { s <- m.GetIndex() }
+func (s signal) Step(_ string, m *raftpb.Message)    { s <- m.GetIndex() }
 func (s signal) ReportUnreachable(string, uint64)    {}
 func (s signal) ReportSnapshot(string, uint64, bool) {}
 
