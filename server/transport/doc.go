@@ -40,7 +40,10 @@
 // cluster and the sender and receiver node IDs; a stream from another
 // cluster, or addressed to another node, is refused with
 // FailedPrecondition before any Raft message is sent. Each received message
-// is unmarshalled and passed to Handler.Step in order.
+// is unmarshalled and passed to Handler.Step in order, on the goroutine that
+// received its frame (one per inbound stream): no hand-over to another
+// goroutine on the way from the socket to the engine's inbox. Stop ends the
+// inbound streams (their handlers return) and steps nothing after it.
 //
 // # Testing
 //
