@@ -292,46 +292,53 @@ func (s *Server) handOffLeadership(limit time.Duration) {
 	}
 }
 
-// reconcile brings the groups this node leads to the cluster's membership:
-// a round every reconcileEvery while there is work; once a round finds none,
-// the next waits until the registry reports a change (a member added or
-// removed, a topic opened) or reconcileIdle has passed. An idle node thus
-// neither walks its topics nor even wakes twice a second for this (a
-// wakeup costs an idle node more than the walk).
+// reconcile brings the groups this node leads to the cluster's membership
+// (reconcileLoop with the registry's rounds), until Stop.
 func (s *Server) reconcile() {
 	defer s.wg.Done()
-	t := time.NewTimer(reconcileEvery)
+	reconcileLoop(s.stopc, s.registry.Changed(), s.registry.ChangeCount, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return s.registry.Reconcile(ctx)
+	}, reconcileEvery, reconcileIdle)
+}
+
+// reconcileLoop runs round every `every` while it reports work left; once a
+// round finds none (settled), the next waits until changes() moves past
+// what it was before that round (changed is signalled when it does) or
+// idle has passed since the round, so that an idle node neither walks its
+// topics nor even wakes for this (a wakeup costs an idle node more than the
+// walk). Rounds are at least `every` apart, however often changes move. It
+// returns when stop is closed.
+func reconcileLoop(stop, changed <-chan struct{}, changes func() uint64, round func() (settled bool), every, idle time.Duration) {
+	t := time.NewTimer(every)
 	defer t.Stop()
 	var (
 		settled bool
-		seen    = s.registry.ChangeCount()
+		seen    = changes()
 	)
 	for {
-		// Rounds are at least reconcileEvery apart, however often the
-		// registry changes.
 		select {
-		case <-s.stopc:
+		case <-stop:
 			return
 		case <-t.C:
 		}
 		if settled {
-			t.Reset(reconcileIdle - reconcileEvery)
+			t.Reset(idle - every)
 		wait:
-			for s.registry.ChangeCount() == seen {
+			for changes() == seen {
 				select {
-				case <-s.stopc:
+				case <-stop:
 					return
 				case <-t.C:
 					break wait
-				case <-s.registry.Changed():
+				case <-changed:
 				}
 			}
 		}
-		seen = s.registry.ChangeCount()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		settled = s.registry.Reconcile(ctx)
-		cancel()
-		t.Reset(reconcileEvery) // no stale tick survives a Reset (Go ≥ 1.23)
+		seen = changes()
+		settled = round()
+		t.Reset(every) // no stale tick survives a Reset (Go ≥ 1.23)
 	}
 }
 

@@ -133,7 +133,9 @@ func (r *Registry) waitMembers(ctx context.Context, cond func() bool) error {
 // first, voter once caught up, removed when no longer a member). One change
 // per group per round; call it periodically. It reports whether the round
 // found nothing to do on this node (every group it leads is settled); then
-// the next round can wait until ChangeCount moves or leadership shifts.
+// the next round can wait until ChangeCount moves (Changed). Nothing
+// signals a leadership change: a group whose leadership moved to this node
+// with work pending waits for the caller's next periodic round.
 func (r *Registry) Reconcile(ctx context.Context) (settledAll bool) {
 	settledAll = true
 	r.mu.RLock()

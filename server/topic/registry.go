@@ -143,7 +143,8 @@ func (r *Registry) ChangeCount() uint64 { return r.changes.Load() }
 
 // Changed is signalled whenever ChangeCount increases: a receive returns at
 // once if it moved since the last receive (one signal stands for any number
-// of changes), so a reconciler can sleep until there is work.
+// of changes), so a reconciler can sleep until there is work. It has one
+// receiver (the server's reconciler): two would take each other's signals.
 func (r *Registry) Changed() <-chan struct{} { return r.changed }
 
 // noteChange increases ChangeCount and signals Changed.

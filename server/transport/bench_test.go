@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -81,10 +82,18 @@ func BenchmarkRoundTrip(b *testing.B) {
 	e.tr = n2.tr
 	n1.tr.AddPeer(2, n2.addr)
 	n2.tr.AddPeer(1, n1.addr)
+	timeout := time.NewTimer(waitFor)
+	defer timeout.Stop()
 	roundTrip := func(i uint64) {
 		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
-		if got := <-back; got != i {
-			b.Fatalf("answer %d to message %d", got, i)
+		timeout.Reset(waitFor)
+		select {
+		case got := <-back:
+			if got != i {
+				b.Fatalf("answer %d to message %d", got, i)
+			}
+		case <-timeout.C:
+			b.Fatalf("no answer to message %d", i)
 		}
 	}
 	roundTrip(0) // streams open both ways

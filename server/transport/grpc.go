@@ -1,8 +1,10 @@
 package transport
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 
@@ -213,6 +215,11 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 	if from == 0 {
 		return status.Error(codes.InvalidArgument, "transport: handshake without sender node ID")
 	}
+	select {
+	case <-t.stopc:
+		return status.Error(codes.Unavailable, "transport: node is stopping")
+	default:
+	}
 	if err := stream.SendHeader(metadata.Pairs(acceptedKey, "1")); err != nil {
 		return err
 	}
@@ -223,7 +230,18 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 	// handler's goroutine, saves a goroutine switch per frame on every
 	// replication round trip; deliver checks Stop itself.
 	errc := make(chan error, 1)
-	go func() { errc <- t.receive(stream, from, req) }()
+	go func() {
+		// The server's recovery interceptor does not see this goroutine:
+		// a panic decoding or stepping a frame fails the stream, not the
+		// node.
+		defer func() {
+			if r := recover(); r != nil {
+				t.log.Error("transport: panic receiving from a peer", "peer", from, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				errc <- status.Errorf(codes.Internal, "transport: internal error: %v", r)
+			}
+		}()
+		errc <- t.receive(stream, from, req)
+	}()
 	select {
 	case err := <-errc:
 		if err == io.EOF {

@@ -291,7 +291,6 @@ func TestGRPCStopLeavesNoGoroutines(t *testing.T) {
 func TestGRPCStopEndsInboundStreams(t *testing.T) {
 	n1 := startNode(t, 1, "c")
 	n2 := startNode(t, 2, "c")
-	defer n2.stop()
 	n2.tr.AddPeer(1, n1.addr)
 	n2.tr.Send("g", []*raftpb.Message{msg(2, 1, 1)})
 	require.Eventually(t, func() bool { return n1.h.count() == 1 }, waitFor, tick)
@@ -311,26 +310,61 @@ func TestGRPCStopEndsInboundStreams(t *testing.T) {
 	n1.srv = nil
 }
 
-// Nothing a peer sends after Stop is stepped, on the streams Stop ended or
-// on new ones the node's server (still up) accepts.
+// A frame that reaches deliver after Stop (received before it, stepped
+// after) is refused, not stepped.
 func TestGRPCNoStepAfterStop(t *testing.T) {
-	n1 := startNode(t, 1, "c")
+	h := newRecorder()
+	tr := New(Config{NodeID: 1, ClusterID: "c", Handler: h})
+	b, err := protoMarshal(msg(2, 1, 1))
+	require.NoError(t, err)
+	frame := &peerv1.StreamRequest{Messages: []*peerv1.RaftMessage{{Group: "g", Message: b}}}
+	require.NoError(t, tr.deliver(2, frame))
+	require.Equal(t, 1, h.count())
+
+	tr.Stop()
+	require.Equal(t, codes.Unavailable, status.Code(tr.deliver(2, frame)))
+	require.Equal(t, 1, h.count(), "a frame was stepped after Stop")
+}
+
+// Stop returns only once the Step in progress on an inbound stream has.
+func TestGRPCStopWaitsForStep(t *testing.T) {
+	gate := make(chan struct{})
+	n1 := startNode(t, 1, "c", func(c *Config) { c.Handler.(*recorder).gate = gate })
 	n2 := startNode(t, 2, "c")
-	defer n2.stop()
-	defer n1.stopServer()
 	n2.tr.AddPeer(1, n1.addr)
 	n2.tr.Send("g", []*raftpb.Message{msg(2, 1, 1)})
-	require.Eventually(t, func() bool { return n1.h.count() == 1 }, waitFor, tick)
+	require.Eventually(t, func() bool { return n1.tr.Stats().FramesReceived == 1 }, waitFor, tick)
 
-	n1.tr.Stop()
-	sent := n2.tr.Stats()
-	for i := uint64(2); i <= 4; i++ {
-		n2.tr.Send("g", []*raftpb.Message{msg(2, 1, i)})
-		require.Eventually(t, func() bool {
-			st := n2.tr.Stats()
-			return st.FramesSent+st.MessagesDropped > sent.FramesSent+sent.MessagesDropped
-		}, waitFor, tick)
-		sent = n2.tr.Stats()
+	stopped := make(chan struct{})
+	go func() {
+		n1.tr.Stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		close(gate)
+		t.Fatal("Stop returned while a Step was in progress")
+	case <-time.After(200 * time.Millisecond): // Stop must still be waiting
 	}
-	require.Equal(t, 1, n1.h.count(), "a frame was stepped after Stop")
+	close(gate)
+	<-stopped
+	require.Equal(t, 1, n1.h.count())
+}
+
+// boom is a Handler whose Step panics.
+type boom struct{ *recorder }
+
+func (boom) Step(string, *raftpb.Message) { panic("boom") }
+
+// A panic stepping an inbound frame fails that stream (the peer connects
+// again), not the node: the frame is received off the handler's goroutine,
+// where the server's recovery interceptor cannot catch it.
+func TestGRPCPanicInStepFailsTheStream(t *testing.T) {
+	n1 := startNode(t, 1, "c", func(c *Config) { c.Handler = boom{newRecorder()} })
+	n2 := startNode(t, 2, "c")
+	n2.tr.AddPeer(1, n1.addr)
+	require.Eventually(t, func() bool {
+		n2.tr.Send("g", []*raftpb.Message{msg(2, 1, 1)})
+		return n2.tr.Stats().Connects >= 2
+	}, waitFor, tick, "the stream did not fail and reconnect")
 }
