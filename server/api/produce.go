@@ -31,7 +31,18 @@ const MaxProduceInFlight = 256
 func (s *Service) Produce(stream forestbusv1.ForestBusService_ProduceServer) error {
 	p := &producer{svc: s, stream: stream, slots: make(chan struct{}, MaxProduceInFlight)}
 	read := make(chan error, 1)
-	go func() { read <- p.read() }()
+	go func() {
+		// The recovery interceptor does not see this goroutine, which
+		// decodes the client's requests: a panic fails the stream, not the
+		// node.
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("panic reading a Produce stream", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				read <- status.Errorf(codes.Internal, "internal error: %v", r)
+			}
+		}()
+		read <- p.read()
+	}()
 	var err error
 	select {
 	case err = <-read:
