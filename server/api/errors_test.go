@@ -46,6 +46,22 @@ func (f *failingService) SendMessages(context.Context, *forestbusv1.SendMessages
 	return nil, err
 }
 
+// serveBus serves impl as ForestBusService on a loopback port, with opts,
+// and returns a client of it.
+func serveBus(t *testing.T, impl forestbusv1.ForestBusServiceServer, opts ...grpc.ServerOption) forestbusv1.ForestBusServiceClient {
+	t.Helper()
+	srv := grpc.NewServer(opts...)
+	forestbusv1.RegisterForestBusServiceServer(srv, impl)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return forestbusv1.NewForestBusServiceClient(conn)
+}
+
 // TestErrorTableRoundTrip sends every row of the error table through a real
 // gRPC connection and the interceptor chain, and checks code and reason.
 func TestErrorTableRoundTrip(t *testing.T) {
@@ -55,16 +71,7 @@ func TestErrorTableRoundTrip(t *testing.T) {
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, nil)
 	fake := &failingService{}
-	srv := grpc.NewServer(svc.ServerOptions()...)
-	forestbusv1.RegisterForestBusServiceServer(srv, fake)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	client := forestbusv1.NewForestBusServiceClient(conn)
+	client := serveBus(t, fake, svc.ServerOptions()...)
 
 	call := func(err error) *status.Status {
 		fake.set(err, false)

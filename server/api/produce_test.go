@@ -4,13 +4,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
@@ -34,17 +32,9 @@ func (c produceBomb) Unmarshal(data mem.BufferSlice, v any) error {
 // recovery interceptor cannot catch it).
 func TestProducePanicFailsTheStream(t *testing.T) {
 	svc := New(Config{ClusterID: "c1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil)
-	srv := grpc.NewServer(append(svc.ServerOptions(), grpc.ForceServerCodecV2(produceBomb{}))...)
-	forestbusv1.RegisterForestBusServiceServer(srv, svc)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
+	bus := serveBus(t, svc, append(svc.ServerOptions(), grpc.ForceServerCodecV2(produceBomb{}))...)
 
-	stream, err := forestbusv1.NewForestBusServiceClient(conn).Produce(context.Background())
+	stream, err := bus.Produce(context.Background())
 	require.NoError(t, err)
 	require.NoError(t, stream.Send(&forestbusv1.ProduceRequest{RequestId: 1}))
 	_, err = stream.Recv()

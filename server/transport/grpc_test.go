@@ -296,11 +296,7 @@ func TestGRPCStopEndsInboundStreams(t *testing.T) {
 	require.Eventually(t, func() bool { return n1.h.count() == 1 }, waitFor, tick)
 
 	n1.tr.Stop()
-	stopped := make(chan struct{})
-	go func() {
-		n1.srv.GracefulStop()
-		close(stopped)
-	}()
+	stopped := async(n1.srv.GracefulStop)
 	select {
 	case <-stopped:
 	case <-time.After(waitFor):
@@ -335,11 +331,7 @@ func TestGRPCStopWaitsForStep(t *testing.T) {
 	n2.tr.Send("g", []*raftpb.Message{msg(2, 1, 1)})
 	require.Eventually(t, func() bool { return n1.tr.Stats().FramesReceived == 1 }, waitFor, tick)
 
-	stopped := make(chan struct{})
-	go func() {
-		n1.tr.Stop()
-		close(stopped)
-	}()
+	stopped := async(n1.tr.Stop)
 	select {
 	case <-stopped:
 		close(gate)

@@ -194,6 +194,17 @@ func connect(nodes ...*node) {
 	}
 }
 
+// async runs f on a goroutine of its own and returns a channel closed when
+// f has returned.
+func async(f func()) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	return done
+}
+
 func protoMarshal(m *raftpb.Message) ([]byte, error) { return protobuf.Marshal(m) }
 
 func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
