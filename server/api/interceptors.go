@@ -24,6 +24,15 @@ const ClusterIDKey = "forestbus-cluster-id"
 // another node (leader forwarding).
 const LeaderKey = "forestbus-leader"
 
+// panicked logs p, recovered from a panic, with msg and the stack, and
+// returns the Internal status the caller answers with: for the recovery
+// interceptors, and for the goroutines of a Produce stream, which they do
+// not cover.
+func (s *Service) panicked(ctx context.Context, msg string, p any) error {
+	s.log.ErrorContext(ctx, msg, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+	return status.Errorf(codes.Internal, "internal error: %v", p)
+}
+
 // ServerOptions returns the codec and the interceptor chain for a
 // grpc.Server serving s. The codec is fastcodec's: it decodes SendMessages
 // batches without an allocation per message, and it gives GetMessages
@@ -48,8 +57,7 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		}),
 	}
 	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
-		s.log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-		return status.Errorf(codes.Internal, "internal error: %v", p)
+		return s.panicked(ctx, "panic in handler", p)
 	})
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(fastcodec.Codec{}),

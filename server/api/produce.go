@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime/debug"
 	"sync"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -37,8 +35,7 @@ func (s *Service) Produce(stream forestbusv1.ForestBusService_ProduceServer) err
 		// node.
 		defer func() {
 			if r := recover(); r != nil {
-				s.log.Error("panic reading a Produce stream", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-				read <- status.Errorf(codes.Internal, "internal error: %v", r)
+				read <- s.panicked(stream.Context(), "panic reading a Produce stream", r)
 			}
 		}()
 		read <- p.read()
@@ -124,8 +121,7 @@ func (p *producer) serve(ctx context.Context, req *forestbusv1.ProduceRequest) {
 func (p *producer) sendBatch(ctx context.Context, batch *forestbusv1.SendMessagesRequest) (res *forestbusv1.SendMessagesResponse, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			p.svc.log.ErrorContext(ctx, "panic in Produce request", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			err = status.Errorf(codes.Internal, "internal error: %v", r)
+			err = p.svc.panicked(ctx, "panic in Produce request", r)
 		}
 	}()
 	if batch == nil {
