@@ -39,12 +39,14 @@ func (c *countingTransport) Send(group string, msgs []*raftpb.Message) {
 	c.Transport.Send(group, msgs)
 }
 
-// noticeCluster is three engines on a Hub with one group "g", led by node 1
-// (it campaigns at once), each engine's transport counted.
+// noticeCluster is three engines on a Hub with one group "g", each
+// engine's transport counted. Index 0 is the leader: node 1 campaigns at
+// once, but another node's election timer may fire first (a loaded CI
+// machine), so the arrays are ordered by whoever won.
 type noticeCluster struct {
 	groups  [3]*Group
 	trs     [3]*countingTransport
-	applied [3]atomic.Int64 // commands applied per node (command groups)
+	applied [3]*atomic.Int64 // commands applied per node (command groups)
 }
 
 // openNoticeCluster starts the cluster; with commands, "g" is a command
@@ -57,6 +59,7 @@ func openNoticeCluster(t *testing.T, tick, delay time.Duration, commands bool) *
 	c := &noticeCluster{}
 	ids := []uint64{1, 2, 3}
 	for k, id := range ids {
+		c.applied[k] = new(atomic.Int64)
 		e := startHubEngine(t, hub, id, ids, Config{TickInterval: tick, CommitNoticeDelay: delay}, func(tr Transport) Transport {
 			c.trs[k] = &countingTransport{Transport: tr}
 			return c.trs[k]
@@ -65,13 +68,22 @@ func openNoticeCluster(t *testing.T, tick, delay time.Duration, commands bool) *
 		require.NoError(t, err)
 		gc := GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1}
 		if commands {
-			gc.Apply = func(uint64, []byte) error { c.applied[k].Add(1); return nil }
+			n := c.applied[k] // not c.applied[k] at the call: the array is reordered
+			gc.Apply = func(uint64, []byte) error { n.Add(1); return nil }
 		}
 		g, err := e.AddGroup(gc)
 		require.NoError(t, err)
 		c.groups[k] = g
 	}
-	require.Eventually(t, func() bool { return c.groups[0].Leader() == 1 }, 10*time.Second, time.Millisecond)
+	var lead uint64
+	require.Eventually(t, func() bool {
+		lead = c.groups[0].Leader()
+		return lead != 0 && c.groups[1].Leader() == lead && c.groups[2].Leader() == lead
+	}, 10*time.Second, time.Millisecond, "the three nodes agree on a leader")
+	k := int(lead - 1)
+	c.groups[0], c.groups[k] = c.groups[k], c.groups[0]
+	c.trs[0], c.trs[k] = c.trs[k], c.trs[0]
+	c.applied[0], c.applied[k] = c.applied[k], c.applied[0]
 	return c
 }
 
@@ -191,7 +203,7 @@ func TestCommandGroupSendsNoticesAtOnce(t *testing.T) {
 	for i := range 3 {
 		require.NoError(t, c.groups[0].ProposeCommand(ctx10(t), fmt.Appendf(nil, "c%d", i)))
 		for k := range c.applied {
-			require.Eventually(t, func() bool { return c.applied[k].Load() == int64(i+1) }, 10*time.Second, time.Millisecond, "node %d, command %d", k+1, i)
+			require.Eventually(t, func() bool { return c.applied[k].Load() == int64(i+1) }, 10*time.Second, time.Millisecond, "node at index %d, command %d", k, i)
 		}
 	}
 	assert.Positive(t, c.trs[0].notices.Load())
