@@ -89,7 +89,8 @@ func (f *freezer) ack(a plAck) {
 
 // run drives perTopic producers per topic, each sending batches of 1 to 8
 // messages with wait-for-commit through propose and handing the batches
-// acknowledged to ack, until every freeze is taken (within timeout); then
+// acknowledged to ack, until every freeze is taken (within timeout, a
+// deadline for a loaded machine, not the expected time); then
 // it stops them.
 func (f *freezer) run(t *testing.T, timeout time.Duration, topics, perTopic int,
 	propose func(ctx context.Context, topic int, msgs [][]byte) (Result, error)) {
@@ -135,7 +136,7 @@ func TestPowerLossKeepsAcknowledgedMessages(t *testing.T) {
 	nd := openPLNode(t, root, topics)
 
 	f := &freezer{d: d, thresholds: []int{1500, 3000, 4500}}
-	f.run(t, 30*time.Second, topics, perTopic, func(ctx context.Context, gi int, msgs [][]byte) (Result, error) {
+	f.run(t, 2*time.Minute, topics, perTopic, func(ctx context.Context, gi int, msgs [][]byte) (Result, error) {
 		return nd.groups[gi].Propose(ctx, msgs, true) // only the test's cancel fails one here
 	})
 	for k, im := range f.images {
@@ -315,7 +316,7 @@ func TestPowerLossClusterKeepsAcknowledgedMessages(t *testing.T) {
 	}}
 	// All three freezes first, then the producers stop: the recovered
 	// clusters do not compete with a loaded one for the CPU.
-	f.run(t, 60*time.Second, topics, perTopic, func(ctx context.Context, gi int, msgs [][]byte) (Result, error) {
+	f.run(t, 3*time.Minute, topics, perTopic, func(ctx context.Context, gi int, msgs [][]byte) (Result, error) {
 		g := c.leader(gi)
 		if g == nil {
 			time.Sleep(time.Millisecond) // polls for an election's end, until ctx ends
