@@ -17,12 +17,13 @@
 # a follower (fbbench picks a node that does not lead the topic). The IDLE
 # workload creates topics bench-idle-<i> up to each count of BENCH_IDLE,
 # writes one message to each, waits BENCH_IDLE_SETTLE and measures the
-# nodes' CPU over BENCH_IDLE_WINDOW (the table names the cluster's topic count: the idle
-# ones and "default").
+# nodes' CPU over BENCH_IDLE_WINDOW, BENCH_RUNS times per count, the builds
+# alternating (the table gives each run and their median, and names the
+# cluster's topic count: the idle ones and "default").
 # bench-results/ is output: do not commit it.
 #
-# Environment (the defaults take about 5 minutes per topology and mode, so
-# about 10 minutes for make bench on 2 cores; BENCH_SCALING=1 adds about 2
+# Environment (the defaults take about 6 minutes per topology and mode, so
+# about 12 minutes for make bench on 2 cores; BENCH_SCALING=1 adds about 2
 # minutes per topology and mode):
 #   BENCH_DURATION       -duration of the timed workloads W1, W4 (15s, as the issue specifies)
 #   BENCH_RUNS           -runs of each workload (3)
@@ -332,9 +333,11 @@ for topo in $BENCH_TOPOLOGIES; do
 				start_build
 			done
 			for t in $BENCH_IDLE; do
-				for i in "${!labels[@]}"; do
-					run_one "$i" "${outs[i]}" -workload IDLE -idle-topics "$t" \
-						-idle-settle "$BENCH_IDLE_SETTLE" -idle-window "$BENCH_IDLE_WINDOW"
+				for ((r = 1; r <= BENCH_RUNS; r++)); do
+					for i in "${!labels[@]}"; do
+						run_one "$i" "${outs[i]}" -workload IDLE -idle-topics "$t" -runs 1 -run-number "$r" \
+							-idle-settle "$BENCH_IDLE_SETTLE" -idle-window "$BENCH_IDLE_WINDOW"
+					done
 				done
 			done
 			stop_nodes

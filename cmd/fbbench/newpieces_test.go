@@ -198,7 +198,11 @@ func TestReportTables(t *testing.T) {
 		{Type: "run", Workload: "W1", Label: "x", Params: map[string]any{"producers": 1.0}, MsgsPerS: 10, Latency: &Latency{P50Ms: 1}, Procs: procs(100, 300, 110)},
 		{Type: "run", Workload: "W4", Label: "x", Params: map[string]any{"topics": 1000.0}, MsgsPerS: 5},
 		{Type: "run", Workload: "IDLE", Label: "x", Params: map[string]any{"idle_topics": 100.0},
+			Idle: &Idle{Topics: 100, TopicsTotal: 201, WindowS: 20, TotalCorePct: 9, Procs: []Proc{{CorePct: 4, RSSMiB: 55}, {CorePct: 5, RSSMiB: 58}}}},
+		{Type: "run", Workload: "IDLE", Label: "x", Params: map[string]any{"idle_topics": 100.0},
 			Idle: &Idle{Topics: 100, TopicsTotal: 201, WindowS: 20, TotalCorePct: 3, Procs: []Proc{{CorePct: 1, RSSMiB: 50}, {CorePct: 2, RSSMiB: 60}}}},
+		{Type: "run", Workload: "IDLE", Label: "x", Params: map[string]any{"idle_topics": 100.0},
+			Idle: &Idle{Topics: 100, TopicsTotal: 201, WindowS: 20, TotalCorePct: 0.5, Procs: []Proc{{CorePct: 0.25, RSSMiB: 52}, {CorePct: 0.25, RSSMiB: 59}}}},
 	}
 	var b bytes.Buffer
 	require.NoError(t, scalingTable(&b, runs))
@@ -210,7 +214,9 @@ func TestReportTables(t *testing.T) {
 
 	b.Reset()
 	require.NoError(t, idleTable(&b, runs))
-	assert.Contains(t, b.String(), "| x | 100 | 201 | 20.0 | 1.00 / 2.00 | 3.00 | 50 / 60 |")
+	// Each run's total in run order; the median; the median run's nodes; the
+	// largest RSS of each node over the runs.
+	assert.Contains(t, b.String(), "| x | 100 | 201 | 3 × 20.0 | 9.00 / 3.00 / 0.50 | 3.00 | 1.00 / 2.00 | 55 / 60 |")
 
 	b.Reset()
 	require.NoError(t, rssTable(&b, runs))

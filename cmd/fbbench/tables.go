@@ -167,29 +167,50 @@ func rssCell(v float64) string {
 	return fmt.Sprintf("%.0f", v)
 }
 
-// idleTable prints the IDLE runs: CPU per node in % of one core.
+// idleTable prints the IDLE runs per label and topic count, in % of one
+// core: each run's total over the nodes, their median, and the nodes' shares
+// in the median run.
 func idleTable(w io.Writer, runs []*Result) error {
 	keys, groups := groupRuns(runs, func(r *Result) bool { return r.Workload == "IDLE" && r.Idle != nil })
 	if len(keys) == 0 {
 		return fmt.Errorf("no IDLE runs")
 	}
-	fmt.Fprintln(w, "| label | idle topics | topics in cluster | window s | CPU per node, % of a core | total % of a core | RSS per node MiB |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---|---:|---|")
+	fmt.Fprintln(w, "| label | idle topics | topics in cluster | runs × window s | total % of a core, each run | total, median | CPU per node, median run | RSS per node MiB (max) |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---|---:|---|---|")
 	for _, k := range keys {
-		for _, r := range groups[k] {
-			id := r.Idle
-			cpu := make([]string, len(id.Procs))
-			rss := make([]string, len(id.Procs))
-			for i, p := range id.Procs {
-				cpu[i] = fmt.Sprintf("%.2f", p.CorePct)
-				rss[i] = fmt.Sprintf("%.0f", p.RSSMiB)
-				if p.Error != "" {
-					cpu[i], rss[i] = "?", "?"
+		rs := groups[k]
+		totals := make([]string, len(rs))
+		for i, r := range rs {
+			totals[i] = fmt.Sprintf("%.2f", r.Idle.TotalCorePct)
+		}
+		// The median run: the middle one by total (the lower middle of an
+		// even count), whose nodes' shares are shown.
+		byTotal := slices.Clone(rs)
+		slices.SortStableFunc(byTotal, func(a, b *Result) int { return cmp.Compare(a.Idle.TotalCorePct, b.Idle.TotalCorePct) })
+		mid := byTotal[(len(byTotal)-1)/2].Idle
+		cpu := make([]string, len(mid.Procs))
+		for i, p := range mid.Procs {
+			cpu[i] = fmt.Sprintf("%.2f", p.CorePct)
+			if p.Error != "" {
+				cpu[i] = "?"
+			}
+		}
+		var rss []string
+		for i := range mid.Procs {
+			m, bad := 0.0, false
+			for _, r := range rs {
+				if i < len(r.Idle.Procs) {
+					m = max(m, r.Idle.Procs[i].RSSMiB)
+					bad = bad || r.Idle.Procs[i].Error != ""
 				}
 			}
-			fmt.Fprintf(w, "| %s | %d | %d | %.1f | %s | %.2f | %s |\n", k.label, id.Topics, id.TopicsTotal, id.WindowS,
-				strings.Join(cpu, " / "), id.TotalCorePct, strings.Join(rss, " / "))
+			rss = append(rss, fmt.Sprintf("%.0f", m))
+			if bad {
+				rss[i] = "?"
+			}
 		}
+		fmt.Fprintf(w, "| %s | %d | %d | %d × %.1f | %s | %.2f | %s | %s |\n", k.label, mid.Topics, mid.TopicsTotal, len(rs), mid.WindowS,
+			strings.Join(totals, " / "), med(rs, "idle_core_pct"), strings.Join(cpu, " / "), strings.Join(rss, " / "))
 	}
 	return nil
 }
