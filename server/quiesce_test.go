@@ -29,7 +29,7 @@ func clusterClient(t *testing.T, opts ...servertest.Option) (*servertest.Cluster
 }
 
 // TestIdleTopicsGoQuiet: once 50 topics are idle, the cluster exchanges
-// only the per-node liveness pings (6 links, one ping every 4 ticks), not
+// only the per-node liveness pings (6 links, one ping every 10 ticks), not
 // heartbeats per topic, and the membership reconciler has nothing to do.
 func TestIdleTopicsGoQuiet(t *testing.T) {
 	hub := transport.NewHub(transport.WithSeed(3))
@@ -40,7 +40,7 @@ func TestIdleTopicsGoQuiet(t *testing.T) {
 		_, err := cl.SendMessagesContext(ctx, fmt.Sprintf("idle-%d", i), [][]byte{[]byte("x")}, true)
 		require.NoError(t, err)
 	}
-	// The cluster's tick is 20 ms in servertest: 6 links × 12.5 pings/s = 75
+	// The cluster's tick is 20 ms in servertest: 6 links × 5 pings/s = 30
 	// messages/s when quiet; per-topic heartbeats would add 51 groups × 2
 	// followers × 50/s × 2 (with responses) ≈ 10,000/s.
 	// Measure the message rate over half-second windows until it is low.

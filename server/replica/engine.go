@@ -99,6 +99,8 @@ type Engine struct {
 	tagSeq          atomic.Uint64 // proposal tags: node ID in the top 16 bits
 	epoch           time.Time     // creation: the clock silentFor measures from
 	lastHeard       sync.Map      // node ID -> *atomic.Int64, tick it was last heard
+	silenceTicks    int64         // silenceTicks(cfg.ElectionTicks)
+	silenced        atomic.Bool   // unheard marked a peer silent since the loop last looked
 	peers           []uint64      // pinged for liveness; guarded by mu
 	electionTimeout time.Duration
 
@@ -137,6 +139,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	e.epoch = time.Now()
 	e.tagSeq.Store(rand.Uint64() & (1<<48 - 1))
 	e.electionTimeout = time.Duration(cfg.ElectionTicks) * cfg.TickInterval
+	e.silenceTicks = silenceTicks(cfg.ElectionTicks)
 	return e, nil
 }
 
@@ -195,8 +198,13 @@ func (e *Engine) Step(group string, m *raftpb.Message) {
 }
 
 // ReportUnreachable tells the named group that a message to peer `to` could
-// not be delivered, so its leader probes instead of streaming to it.
+// not be delivered, so its leader probes instead of streaming to it. For
+// the liveness pings it marks the peer silent (see unheard).
 func (e *Engine) ReportUnreachable(group string, to uint64) {
+	if group == livenessGroup {
+		e.unheard(to) // the loop wakes the quiesced groups it leads
+		return
+	}
 	e.report(group, peerReport{to: to, kind: reportUnreachable})
 }
 
@@ -450,6 +458,18 @@ func (e *Engine) run() {
 				awake = awake || !g.quiesced
 			case g.isLeader && g.fenced == nil:
 				g.stepAcks() // the rest waits for the sync
+			}
+		}
+		if e.silenced.Load() && e.silenced.Swap(false) {
+			// A peer was just marked silent (unheard): wake the quiesced
+			// groups it leads now, not at the next tick, a ping interval
+			// away.
+			e.refreshSilence()
+			for _, g := range list {
+				if g.quiesced && g.fenced == nil && !g.removing.Load() && g.leaderGone() {
+					g.quiesced = false
+					awake = true
+				}
 			}
 		}
 		if awake && armed > 1 && !tick {

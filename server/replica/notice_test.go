@@ -44,6 +44,7 @@ func (c *countingTransport) Send(group string, msgs []*raftpb.Message) {
 // once, but another node's election timer may fire first (a loaded CI
 // machine), so the arrays are ordered by whoever won.
 type noticeCluster struct {
+	hub     *transport.Hub
 	groups  [3]*Group
 	trs     [3]*countingTransport
 	applied [3]*atomic.Int64 // commands applied per node (command groups)
@@ -56,7 +57,7 @@ func openNoticeCluster(t *testing.T, tick, delay time.Duration, commands bool) *
 	t.Helper()
 	hub := transport.NewHub()
 	root := t.TempDir()
-	c := &noticeCluster{}
+	c := &noticeCluster{hub: hub}
 	ids := []uint64{1, 2, 3}
 	for k, id := range ids {
 		c.applied[k] = new(atomic.Int64)
