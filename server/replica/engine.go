@@ -460,17 +460,8 @@ func (e *Engine) run() {
 				g.stepAcks() // the rest waits for the sync
 			}
 		}
-		if e.silenced.Load() && e.silenced.Swap(false) {
-			// A peer was just marked silent (unheard): wake the quiesced
-			// groups it leads now, not at the next tick, a ping interval
-			// away.
-			e.refreshSilence()
-			for _, g := range list {
-				if g.quiesced && g.fenced == nil && !g.removing.Load() && g.leaderGone() {
-					g.quiesced = false
-					awake = true
-				}
-			}
+		if e.wakeSilentLeaders(list) {
+			awake = true
 		}
 		if awake && armed > 1 && !tick {
 			// A group woke up while the timer slept for a ping: tick

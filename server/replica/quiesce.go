@@ -22,10 +22,11 @@ import (
 // a liveness ping to each peer every pingEvery ticks (one message per node
 // pair, on the reserved group livenessGroup); a quiesced follower whose
 // leader's node has not been heard from for Engine.silenceTicks wakes up
-// and, ticking again, elects a new leader. A ping the transport could not
-// deliver (no stream to the peer: its process is gone, or it refuses
-// connections) marks the peer silent at once, so a crashed leader is noticed
-// at the next ping instead of after the whole silence.
+// and, ticking again, elects a new leader. When a node's process dies, its
+// peers' connections to it fail: a ping the transport reports undelivered,
+// to a peer whose own pings have stopped, marks it silent at once (unheard),
+// so a crashed leader is noticed within a ping interval or two instead of
+// after the whole silence.
 
 // livenessGroup carries the per-node liveness pings; no group has this name.
 const livenessGroup = "\x00live"
@@ -33,24 +34,25 @@ const livenessGroup = "\x00live"
 // pingEvery is how often, in ticks, a node pings each peer (1 s at the
 // default tick). Each ping costs both nodes about a dozen thread wakeups,
 // most of an idle node's CPU: 3 nodes with 100 idle topics, fresh clusters
-// alternating, used 0.65-0.85 % of a core and ~150 context switches a
-// second pinging every 5 ticks, 0.42-0.44 % and ~95 every 10 (perf stat,
+// alternating, used 0.67-0.85 % of a core and 167-176 context switches a
+// second pinging every 5 ticks, 0.35-0.46 % and 90-97 every 10 (perf stat,
 // 15 s windows; earlier: 0.95 % every 4 ticks, ~1.5 % every 3). The price is
 // in the silence a quiesced follower waits out (silenceTicks) when its
 // leader's node goes quiet without its connections failing (a partition, a
-// frozen host); a crashed process fails them, and the next ping notices:
-// after kill -9 of a node, 30 idle topics it led had new leaders on every
-// survivor in 1.95-2.26 s (against 2.98-3.30 s pinging every 5 ticks and
-// waiting out an election timeout of silence).
+// frozen or powered-off host, until TCP keepalive gives up); a crashed
+// process fails them, and unheard notices: after kill -9 of a node, the 30
+// idle topics it led had new leaders on a survivor in 2.79-3.37 s, against
+// 2.86-3.10 s pinging every 5 ticks (4 alternating pairs).
 const pingEvery = 10
 
 // silenceTicks is how long, in ticks, a quiesced follower waits to hear from
 // its leader's node before it wakes and ticks: an election timeout, but at
-// least two ping intervals, so that one ping lost or late does not wake
-// every group the node leads (which costs a round of heartbeats before they
-// quiesce again).
+// least two and a half ping intervals, so that one ping lost, or pings late
+// by up to half an interval (a busy sender's loop), do not wake every group
+// the node leads (which costs a round of heartbeats before they quiesce
+// again, or an election if the leader is cut off one way).
 func silenceTicks(electionTicks int) int64 {
-	return max(int64(electionTicks), 2*pingEvery+1)
+	return max(int64(electionTicks), 2*pingEvery+pingEvery/2)
 }
 
 // quiesceAfter is how many idle ticks a leader waits before quiescing.
@@ -67,15 +69,49 @@ func isQuiesceMsg(m *raftpb.Message) bool {
 // heard records that a message from node id arrived now.
 func (e *Engine) heard(id uint64) { e.setHeard(id, e.clockTicks()) }
 
-// unheard marks node id silent from now on, until it is heard from again: a
-// liveness ping to it could not be delivered. The loop wakes the quiesced
-// groups it leads at once.
+// unheard marks node id silent, until it is heard from again, when a
+// liveness ping to it could not be delivered and its own pings have stopped
+// too (nothing heard from it for more than a ping interval): its process is
+// likely gone. A ping dropped while the peer's pings still arrive (a full
+// send queue, a one-way fault, a stream being replaced) marks nothing. The
+// loop then wakes the quiesced groups it leads (wakeSilentLeaders) instead
+// of waiting out silenceTicks.
 func (e *Engine) unheard(id uint64) {
-	e.setHeard(id, e.clockTicks()-e.silenceTicks-1)
-	e.silenced.Store(true)
-	e.kick()
+	v, ok := e.lastHeard.Load(id)
+	if !ok {
+		return // never heard from: silent since the engine started anyway
+	}
+	h := v.(*atomic.Int64)
+	now, last := e.clockTicks(), h.Load()
+	if quiet := now - last; quiet <= pingEvery || quiet > e.silenceTicks {
+		return // heard from lately, or already silent
+	}
+	if h.CompareAndSwap(last, now-e.silenceTicks-1) { // not if heard meanwhile
+		e.silenced.Store(true)
+		e.kick()
+	}
 }
 
+// wakeSilentLeaders wakes the quiesced groups whose leader's node unheard
+// marked silent since the last call, now rather than at the next tick (a
+// ping interval away), and reports whether it woke any. Engine goroutine
+// only.
+func (e *Engine) wakeSilentLeaders(list []*Group) bool {
+	if !e.silenced.Load() || !e.silenced.Swap(false) {
+		return false
+	}
+	e.refreshSilence()
+	woke := false
+	for _, g := range list {
+		if g.quiesced && g.fenced == nil && !g.removing.Load() && g.leaderGone() {
+			g.quiesced = false
+			woke = true
+		}
+	}
+	return woke
+}
+
+// setHeard records tick as when node id was last heard from.
 func (e *Engine) setHeard(id uint64, tick int64) {
 	if v, ok := e.lastHeard.Load(id); ok {
 		v.(*atomic.Int64).Store(tick)

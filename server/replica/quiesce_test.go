@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -8,34 +9,49 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3"
 
+	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/transport"
 )
+
+// testEngine is node 1 of a Hub with peers 2 and 3, not started: the test
+// plays the loop.
+func testEngine(t *testing.T) (*Engine, *transport.Hub) {
+	t.Helper()
+	hub := transport.NewHub()
+	ref := &handlerRef{}
+	tr := hub.Transport(1, ref)
+	for _, id := range []uint64{2, 3} {
+		tr.AddPeer(id, "")
+		hub.Transport(id, &handlerRef{})
+	}
+	e, err := NewEngine(Config{NodeID: 1, Transport: tr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	ref.e.Store(e)
+	e.SetPeers([]uint64{1, 2, 3})
+	return e, hub
+}
 
 // TestUndeliveredPingMarksPeerSilent: a liveness ping the transport cannot
 // deliver (here a cut link, which the Hub reports as GRPC does a broken
 // stream) marks its peer silent at once, without waiting out silenceTicks,
-// and wakes the loop to act on it; the next message heard from the peer
-// ends that. (The engine is not started, so the wake-up stays queued.)
+// and wakes the loop, but only when the peer's own pings have stopped too:
+// a peer heard from within a ping interval (a one-way fault, a full queue)
+// is not marked. The next message heard from the peer ends the silence.
 func TestUndeliveredPingMarksPeerSilent(t *testing.T) {
-	hub := transport.NewHub()
-	ref := &handlerRef{}
-	tr := hub.Transport(1, ref)
-	tr.AddPeer(2, "")
-	hub.Transport(2, &handlerRef{})
-	e, err := NewEngine(Config{NodeID: 1, Transport: tr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	ref.e.Store(e)
-	e.SetPeers([]uint64{1, 2})
-
+	e, hub := testEngine(t)
 	e.heard(2)
-	e.pingPeers()
-	require.LessOrEqual(t, e.silentFor(2), e.silenceTicks)
-	require.False(t, e.silenced.Load())
-
+	e.heard(3)
 	hub.Isolate(2)
 	e.pingPeers() // the Hub reports the drop before Send returns
+	assert.LessOrEqual(t, e.silentFor(2), e.silenceTicks, "heard from just now")
+	assert.False(t, e.silenced.Load())
+
+	e.setHeard(2, e.clockTicks()-pingEvery-1) // its pings stopped a ping interval ago
+	e.pingPeers()
 	assert.Greater(t, e.silentFor(2), e.silenceTicks, "a ping that could not be sent")
+	assert.LessOrEqual(t, e.silentFor(3), e.silenceTicks, "the peer whose ping went out")
 	assert.True(t, e.silenced.Load(), "the loop is told")
 	assert.Len(t, e.wake, 1, "and woken")
 
@@ -44,11 +60,41 @@ func TestUndeliveredPingMarksPeerSilent(t *testing.T) {
 	assert.LessOrEqual(t, e.silentFor(2), e.silenceTicks, "heard from again")
 }
 
-// TestSilenceOutlastsTwoPings: a quiesced follower waits at least two ping
-// intervals (and an election timeout) before it takes its leader for dead,
-// so one late or lost ping does not wake every group.
+// TestWakeSilentLeaders: once unheard marked a peer silent, the loop wakes
+// the quiesced groups that peer leads, and only those, without waiting for
+// a tick; with nothing marked it wakes none.
+func TestWakeSilentLeaders(t *testing.T) {
+	e, hub := testEngine(t)
+	var groups []*Group
+	for i, lead := range []uint64{2, 3, 2} {
+		l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+		require.NoError(t, err)
+		g, err := e.AddGroup(GroupConfig{Name: fmt.Sprintf("g%d", i), Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = l.Close() })
+		g.lead.Store(lead)
+		g.quiesced = i < 2 // g2 is awake already
+		groups = append(groups, g)
+	}
+	e.heard(3)
+	e.setHeard(2, e.clockTicks()-pingEvery-1)
+	assert.False(t, e.wakeSilentLeaders(groups), "nothing marked")
+	assert.True(t, groups[0].quiesced)
+
+	hub.Isolate(2)
+	e.pingPeers()
+	assert.True(t, e.wakeSilentLeaders(groups))
+	assert.False(t, groups[0].quiesced, "led by the silent node")
+	assert.True(t, groups[1].quiesced, "led by a node heard from")
+	assert.False(t, e.silenced.Load(), "taken")
+	assert.False(t, e.wakeSilentLeaders(groups), "once")
+}
+
+// TestSilenceOutlastsTwoPings: a quiesced follower waits at least two and a
+// half ping intervals (and an election timeout) before it takes its leader
+// for dead, so one late or lost ping does not wake every group.
 func TestSilenceOutlastsTwoPings(t *testing.T) {
-	assert.Equal(t, int64(2*pingEvery+1), silenceTicks(10))
+	assert.Equal(t, int64(2*pingEvery+pingEvery/2), silenceTicks(10))
 	assert.Equal(t, int64(50), silenceTicks(50))
 }
 
