@@ -34,9 +34,10 @@ const livenessGroup = "\x00live"
 // pingEvery is how often, in ticks, a node pings each peer (1 s at the
 // default tick). Each ping costs both nodes about a dozen thread wakeups,
 // most of an idle node's CPU: 3 nodes with 100 idle topics, fresh clusters
-// alternating, used 0.67-0.85 % of a core and 167-176 context switches a
-// second pinging every 5 ticks, 0.35-0.46 % and 90-97 every 10 (perf stat,
-// 15 s windows; earlier: 0.95 % every 4 ticks, ~1.5 % every 3). The price is
+// alternating, used 0.63-1.09 % of a core (median 0.76) and 142-176
+// context switches a second pinging every 5 ticks, 0.32-0.65 % (median
+// 0.42) and 88-101 every 10 (perf stat, 15 s windows, 7 pairs; earlier:
+// 0.95 % every 4 ticks, ~1.5 % every 3). The price is
 // in the silence a quiesced follower waits out (silenceTicks) when its
 // leader's node goes quiet without its connections failing (a partition, a
 // frozen or powered-off host, until TCP keepalive gives up); a crashed
