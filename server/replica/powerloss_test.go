@@ -215,6 +215,20 @@ func (h *handlerRef) ReportSnapshot(group string, to uint64, failed bool) {
 // not nil, wraps the node's transport. It stops when the test ends.
 func startHubEngine(t *testing.T, hub *transport.Hub, id uint64, ids []uint64, cfg Config, wrap func(Transport) Transport) *Engine {
 	t.Helper()
+	e, tr := newHubEngine(t, hub, id, ids, cfg, wrap)
+	e.Start()
+	t.Cleanup(func() {
+		tr.Stop()
+		e.Stop()
+	})
+	return e
+}
+
+// newHubEngine is startHubEngine without the start: node id on hub, peers
+// ids (pinged), its transport wrapped by wrap when not nil. The caller
+// stops the transport it returns.
+func newHubEngine(t *testing.T, hub *transport.Hub, id uint64, ids []uint64, cfg Config, wrap func(Transport) Transport) (*Engine, *transport.HubTransport) {
+	t.Helper()
 	ref := &handlerRef{}
 	tr := hub.Transport(id, ref)
 	for _, p := range ids {
@@ -228,12 +242,7 @@ func startHubEngine(t *testing.T, hub *transport.Hub, id uint64, ids []uint64, c
 	require.NoError(t, err)
 	ref.e.Store(e)
 	e.SetPeers(ids)
-	e.Start()
-	t.Cleanup(func() {
-		tr.Stop()
-		e.Stop()
-	})
-	return e
+	return e, tr
 }
 
 // plCluster is three nodes on an in-memory network, each with its

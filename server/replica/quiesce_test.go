@@ -2,8 +2,6 @@ package replica
 
 import (
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -20,16 +18,12 @@ import (
 func testEngine(t *testing.T) (*Engine, *transport.Hub) {
 	t.Helper()
 	hub := transport.NewHub()
-	ref := &handlerRef{}
-	tr := hub.Transport(1, ref)
-	for _, id := range []uint64{2, 3} {
-		tr.AddPeer(id, "")
+	ids := []uint64{1, 2, 3}
+	e, tr := newHubEngine(t, hub, 1, ids, Config{}, nil)
+	t.Cleanup(tr.Stop)
+	for _, id := range ids[1:] {
 		hub.Transport(id, &handlerRef{})
 	}
-	e, err := NewEngine(Config{NodeID: 1, Transport: tr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	ref.e.Store(e)
-	e.SetPeers([]uint64{1, 2, 3})
 	return e, hub
 }
 
