@@ -411,6 +411,9 @@ func (s *Server) LongPolls() int { return s.svc.Waiters() }
 // Subscriptions is the number of Subscribe streams this node serves.
 func (s *Server) Subscriptions() int { return s.svc.Subscribers() }
 
+// EngineMetrics returns the node's sync counters (replica.EngineMetrics).
+func (s *Server) EngineMetrics() replica.EngineMetrics { return s.engine.Metrics() }
+
 // Registry is the node's topic registry (tests and tools).
 func (s *Server) Registry() *topic.Registry { return s.registry }
 

@@ -188,6 +188,11 @@ func TestHTTPAPI(t *testing.T) {
 			assert.True(t, ok)
 			_, ok = value(fams, "forestbus_subscribe_streams", nil)
 			assert.True(t, ok)
+			require.Contains(t, fams, "forestbus_node_sync_seconds")
+			syncs := fams["forestbus_node_sync_seconds"].GetMetric()[0].GetHistogram().GetSampleCount()
+			assert.NotZero(t, syncs, "node %d synced the messages it stored", i)
+			v, _ = value(fams, "forestbus_node_synced_writes_total", nil)
+			assert.GreaterOrEqual(t, v, float64(syncs), "a sync covers at least one write")
 			var latencies uint64
 			for _, m := range fams["forestbus_topic_commit_latency_seconds"].GetMetric() {
 				latencies += m.GetHistogram().GetSampleCount()

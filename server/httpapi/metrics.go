@@ -19,6 +19,7 @@ type collector struct {
 	lagEntries, lagMessages                       *prometheus.Desc
 	appendedMsgs, appendedBytes, committedBytes   *prometheus.Desc
 	commitLatency, waiters, subscribers           *prometheus.Desc
+	syncSeconds, syncedWrites                     *prometheus.Desc
 }
 
 func newCollector(h *handler) *collector {
@@ -51,13 +52,16 @@ func newCollector(h *handler) *collector {
 		commitLatency:  topicDesc("commit_latency_seconds", "Time from proposal to commit of the wait_for_commit batches proposed on this node."),
 		waiters:        prometheus.NewDesc("forestbus_long_poll_waiters", "GetMessages calls waiting for a commit on this node.", nil, nil),
 		subscribers:    prometheus.NewDesc("forestbus_subscribe_streams", "Subscribe streams served by this node.", nil, nil),
+		syncSeconds:    prometheus.NewDesc("forestbus_node_sync_seconds", "Duration of the node's syncs: each makes durable every topic log write since the previous one (an fdatasync in fsync mode; bookkeeping only in os mode).", nil, nil),
+		syncedWrites:   prometheus.NewDesc("forestbus_node_synced_writes_total", "Topic log writes made durable by the node's syncs; divided by forestbus_node_sync_seconds_count, how many writes share a sync.", nil, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.nodeInfo, c.members, c.topics, c.firstID, c.lastID, c.commitID, c.committed,
 		c.leaderID, c.term, c.isLeader, c.segments, c.diskBytes, c.lagEntries, c.lagMessages,
-		c.appendedMsgs, c.appendedBytes, c.committedBytes, c.commitLatency, c.waiters, c.subscribers} {
+		c.appendedMsgs, c.appendedBytes, c.committedBytes, c.commitLatency, c.waiters, c.subscribers,
+		c.syncSeconds, c.syncedWrites} {
 		ch <- d
 	}
 }
@@ -77,6 +81,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
+	em := c.h.srv.EngineMetrics()
+	syncBuckets := make(map[float64]uint64, len(replica.SyncBuckets))
+	for i, b := range replica.SyncBuckets {
+		syncBuckets[b] = em.SyncSeconds[i]
+	}
+	ch <- prometheus.MustNewConstHistogram(c.syncSeconds, em.Syncs, em.SyncSecondsSum, syncBuckets)
+	counter(c.syncedWrites, em.SyncedWrites)
 	for _, t := range c.h.srv.Registry().List() {
 		if t.Group == nil {
 			continue

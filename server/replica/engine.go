@@ -103,6 +103,7 @@ type Engine struct {
 	silenced        atomic.Bool   // unheard marked a peer silent since the loop last looked
 	peers           []uint64      // pinged for liveness; guarded by mu
 	electionTimeout time.Duration
+	metrics         engineMetrics // the syncer's (Metrics)
 
 	// Loop-only: peers' silence as of the last tick (refreshSilence).
 	silence []peerSilence
@@ -302,10 +303,12 @@ type syncBatch struct {
 
 // syncer runs the loop's syncs, one at a time, until in closes
 // (commitlog.SyncMany: the node's journal for the logs that use it, else an
-// fdatasync per log or a syncfs per filesystem).
-func syncer(in <-chan *syncBatch, out chan<- *syncBatch) {
+// fdatasync per log or a syncfs per filesystem), and times them.
+func syncer(in <-chan *syncBatch, out chan<- *syncBatch, m *engineMetrics) {
 	for b := range in {
+		t0 := time.Now()
 		b.errs = commitlog.SyncMany(b.logs, b.errs)
+		m.observeSync(time.Since(t0), len(b.groups))
 		out <- b
 	}
 }
@@ -326,7 +329,7 @@ func (e *Engine) run() {
 	defer close(e.donec)
 	syncIn := make(chan *syncBatch, 1)
 	syncOut := make(chan *syncBatch, 1)
-	go syncer(syncIn, syncOut)
+	go syncer(syncIn, syncOut, &e.metrics)
 	defer close(syncIn)
 
 	// The tick timer: every TickInterval while some group is awake; while

@@ -405,3 +405,28 @@ func TestSetPeersWhileRunning(t *testing.T) {
 		e.SetPeers([]uint64{1, 2, uint64(3 + i%2)})
 	}
 }
+
+// TestSyncMetrics: every acknowledged batch of a one-node group was made
+// durable by a sync the engine counted and timed, and the histogram's
+// buckets are cumulative up to the count.
+func TestSyncMetrics(t *testing.T) {
+	e := newEngine(t)
+	g := openGroup(t, e, t.TempDir(), "t")
+	before := e.Metrics()
+	const batches = 20
+	for range batches {
+		_, err := g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+		require.NoError(t, err)
+	}
+	m := e.Metrics()
+	syncs := m.Syncs - before.Syncs
+	// Each proposal waited for its commit, so no two shared a sync.
+	assert.GreaterOrEqual(t, syncs, uint64(batches))
+	assert.GreaterOrEqual(t, m.SyncedWrites-before.SyncedWrites, syncs, "a sync covers at least one write")
+	require.Len(t, m.SyncSeconds, len(SyncBuckets)+1)
+	for i := 1; i < len(m.SyncSeconds); i++ {
+		assert.LessOrEqual(t, m.SyncSeconds[i-1], m.SyncSeconds[i], "bucket %d", i)
+	}
+	assert.Equal(t, m.Syncs, m.SyncSeconds[len(SyncBuckets)], "the +Inf bucket counts every sync")
+	assert.Greater(t, m.SyncSecondsSum, before.SyncSecondsSum)
+}
