@@ -398,3 +398,20 @@ func TestConcurrentRemoveNodes(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond, "a removed node is still a member (RemoveNode answered OK for a dropped change)")
 	assert.ElementsMatch(t, []string{"n1", "n2", "n3"}, names)
 }
+
+// TestNewLeaderSignalsReconciler: a node that becomes a topic's leader
+// notes a registry change, so that its reconciler takes over at once any
+// membership change the previous leader left unfinished, instead of at its
+// idle backstop (reconcileIdle).
+func TestNewLeaderSignalsReconciler(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	l := leaderIndex(t, c, "default")
+	n := c.Nodes[(l+1)%len(c.Nodes)]
+	tp, err := n.Registry().Get("default")
+	require.NoError(t, err)
+	before := n.Registry().ChangeCount()
+	require.NoError(t, tp.Group.RequestLeadership(ctxT(t)))
+	require.Eventually(t, func() bool { return tp.Group.Leader() == nodeID(n) }, 20*time.Second, 5*time.Millisecond)
+	assert.Greater(t, n.Registry().ChangeCount(), before, "taking the lead noted no change")
+}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,7 +22,7 @@ func startLoop(t *testing.T, every, idle time.Duration, settle func(n int) bool)
 	n := 0
 	go func() {
 		defer close(done)
-		reconcileLoop(stop, h.changed, h.count.Load, func() bool {
+		reconcileLoop(stop, h.changed, h.count.Load, func(context.Context) bool {
 			n++
 			h.rounds <- n
 			return settle(n)
@@ -109,5 +110,31 @@ func TestReconcileLoopBackstop(t *testing.T) {
 	h := startLoop(t, time.Millisecond, 20*time.Millisecond, func(int) bool { return true })
 	for range 3 {
 		h.nextRound(t)
+	}
+}
+
+// Stopping the loop ends the context of the round in progress, so that a
+// round blocked in a proposal does not hold up the node's Stop.
+func TestReconcileLoopStopEndsRound(t *testing.T) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	started := make(chan struct{})
+	go func() {
+		defer close(done)
+		reconcileLoop(stop, make(chan struct{}), func() uint64 { return 0 }, func(ctx context.Context) bool {
+			close(started)
+			<-ctx.Done() // a proposal waiting for an answer that never comes
+			return false
+		}, time.Millisecond, time.Hour)
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no round")
+	}
+	close(stop)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop did not return: its round's context did not end at stop")
 	}
 }

@@ -296,8 +296,8 @@ func (s *Server) handOffLeadership(limit time.Duration) {
 // (reconcileLoop with the registry's rounds), until Stop.
 func (s *Server) reconcile() {
 	defer s.wg.Done()
-	reconcileLoop(s.stopc, s.registry.Changed(), s.registry.ChangeCount, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	reconcileLoop(s.stopc, s.registry.Changed(), s.registry.ChangeCount, func(ctx context.Context) bool {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		return s.registry.Reconcile(ctx)
 	}, reconcileEvery, reconcileIdle)
@@ -309,8 +309,18 @@ func (s *Server) reconcile() {
 // idle has passed since the round, so that an idle node neither walks its
 // topics nor even wakes for this (a wakeup costs an idle node more than the
 // walk). Rounds are at least `every` apart, however often changes move. It
-// returns when stop is closed.
-func reconcileLoop(stop, changed <-chan struct{}, changes func() uint64, round func() (settled bool), every, idle time.Duration) {
+// returns when stop is closed; the context a round is given ends then too,
+// so that Stop does not wait for a round's proposals to time out.
+func reconcileLoop(stop, changed <-chan struct{}, changes func() uint64, round func(ctx context.Context) (settled bool), every, idle time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	t := time.NewTimer(every)
 	defer t.Stop()
 	var (
@@ -337,7 +347,7 @@ func reconcileLoop(stop, changed <-chan struct{}, changes func() uint64, round f
 			}
 		}
 		seen = changes()
-		settled = round()
+		settled = round(ctx)
 		t.Reset(every) // no stale tick survives a Reset (Go ≥ 1.23)
 	}
 }

@@ -63,6 +63,9 @@ type GroupConfig struct {
 	// OnClose, when set, runs on the engine goroutine after the group's log
 	// is closed because of RemoveGroup or Stop.
 	OnClose func()
+	// OnLead, when set, runs on the engine goroutine whenever this node
+	// becomes the group's leader. It must not block.
+	OnLead func()
 }
 
 // Result is the outcome of a proposal.
@@ -147,6 +150,7 @@ type Group struct {
 	apply     func(uint64, []byte) error
 	applyConf func(uint64, *raftpb.ConfChangeV2, *raftpb.ConfState)
 	onClose   func()
+	onLead    func()
 
 	// Queued work, guarded by inboxMu.
 	inboxMu    sync.Mutex
@@ -242,6 +246,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		apply:     gc.Apply,
 		applyConf: gc.ApplyConfChange,
 		onClose:   gc.OnClose,
+		onLead:    gc.OnLead,
 		waiters:   make(map[uint64]*proposal),
 		stopped:   make(chan struct{}),
 	}
@@ -951,6 +956,9 @@ func (g *Group) persist() bool {
 		leader := rd.SoftState.RaftState == raft.StateLeader
 		if g.isLeader && !leader {
 			g.lost = true // waiters fail after this Ready's commits are answered
+		}
+		if leader && !g.isLeader && g.onLead != nil {
+			g.onLead()
 		}
 		g.isLeader = leader
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -429,4 +430,19 @@ func TestSyncMetrics(t *testing.T) {
 	}
 	assert.Equal(t, m.Syncs, m.SyncSeconds[len(SyncBuckets)], "the +Inf bucket counts every sync")
 	assert.Greater(t, m.SyncSecondsSum, before.SyncSecondsSum)
+}
+
+// TestOnLeadRunsWhenElected: a group's OnLead hook runs once when this node
+// wins its election.
+func TestOnLeadRunsWhenElected(t *testing.T) {
+	e := newEngine(t)
+	l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+	require.NoError(t, err)
+	var leads atomic.Int32
+	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}}, OnLead: func() { leads.Add(1) }})
+	require.NoError(t, err)
+	require.NoError(t, g.WaitLeader(ctx10(t)))
+	_, err = g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	assert.Equal(t, int32(1), leads.Load())
 }

@@ -130,15 +130,16 @@ type Registry struct {
 	voters    []uint64 // metadata group voters, sorted
 	maxID     uint64   // highest raft ID ever added: IDs are never reused
 	replaying bool
-	// changes counts membership changes and topic creations, so that the
-	// reconciler knows when a round may find work (ChangeCount); changed
+	// changes counts membership changes, topic creations and this node
+	// taking a group's lead, so that the reconciler knows when a round may
+	// find work (ChangeCount); changed
 	// (capacity 1) is signalled with each (Changed).
 	changes atomic.Uint64
 	changed chan struct{}
 }
 
-// ChangeCount increases whenever the member set changes or a topic group
-// opens on this node.
+// ChangeCount increases whenever the member set changes, a topic group
+// opens on this node or this node becomes a group's leader.
 func (r *Registry) ChangeCount() uint64 { return r.changes.Load() }
 
 // Changed is signalled whenever ChangeCount increases: a receive returns at
@@ -195,6 +196,7 @@ func Open(cfg Config) (*Registry, error) {
 	meta, err := cfg.Engine.AddGroup(replica.GroupConfig{
 		Name: metaGroup, Log: metaLog, Peers: peers, Apply: r.apply,
 		ApplyConfChange: r.applyConfChange,
+		OnLead:          r.noteChange, // promotions are the leader's to make
 		// Start the replayed topics before the metadata group runs, so no
 		// live command is applied while they start.
 		AfterReplay: func() error {
@@ -476,6 +478,9 @@ func (r *Registry) startLocked(t *Topic) error {
 		Peers:    peers,
 		Campaign: campaign,
 		OnClose:  func() { r.closed(t) },
+		// A new leader takes over the membership changes its predecessor
+		// may have left unfinished (Reconcile).
+		OnLead: r.noteChange,
 	})
 	if err != nil {
 		_ = l.Close()
