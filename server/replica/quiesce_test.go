@@ -84,6 +84,46 @@ func TestWakeSilentLeaders(t *testing.T) {
 	assert.False(t, e.wakeSilentLeaders(groups), "once")
 }
 
+// TestLoopWakesSilentLeadersAtOnce: the running loop itself, with no tick
+// due (the tick interval is an hour), wakes the quiesced group whose
+// leader's node a failed ping marked silent, and leaves alone the one led by
+// a node heard from.
+func TestLoopWakesSilentLeadersAtOnce(t *testing.T) {
+	hub := transport.NewHub()
+	ids := []uint64{1, 2, 3}
+	e, tr := newHubEngine(t, hub, 1, ids, Config{TickInterval: time.Hour}, nil)
+	t.Cleanup(tr.Stop)
+	for _, id := range ids[1:] {
+		hub.Transport(id, &handlerRef{})
+	}
+	var groups []*Group
+	for i, lead := range []uint64{2, 3} {
+		l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+		require.NoError(t, err)
+		g, err := e.AddGroup(GroupConfig{Name: fmt.Sprintf("g%d", i), Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}})
+		require.NoError(t, err)
+		g.lead.Store(lead)
+		g.quiesced = true
+		groups = append(groups, g)
+	}
+	e.heard(3)
+	e.setHeard(2, e.clockTicks()-pingEvery-1) // its pings stopped a ping interval ago
+	e.Start()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			e.Stop()
+		}
+	})
+	e.ReportUnreachable(livenessGroup, 2) // as the transport does for a ping it could not send
+	require.Eventually(t, func() bool { return !e.silenced.Load() }, 10*time.Second, time.Millisecond,
+		"the loop did not take the silence without a tick")
+	e.Stop() // the groups' state is the loop's until it returns
+	stopped = true
+	assert.False(t, groups[0].quiesced, "led by the silent node: woken")
+	assert.True(t, groups[1].quiesced, "led by a node heard from: left quiesced")
+}
+
 // TestSilenceOutlastsTwoPings: a quiesced follower waits at least two and a
 // half ping intervals (and an election timeout) before it takes its leader
 // for dead, so one late or lost ping does not wake every group.
