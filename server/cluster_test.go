@@ -413,5 +413,7 @@ func TestNewLeaderSignalsReconciler(t *testing.T) {
 	before := n.Registry().ChangeCount()
 	require.NoError(t, tp.Group.RequestLeadership(ctxT(t)))
 	require.Eventually(t, func() bool { return tp.Group.Leader() == nodeID(n) }, 20*time.Second, 5*time.Millisecond)
-	assert.Greater(t, n.Registry().ChangeCount(), before, "taking the lead noted no change")
+	// Noted once the new leader applied an entry of its term.
+	require.Eventually(t, func() bool { return n.Registry().ChangeCount() > before }, 20*time.Second, 5*time.Millisecond,
+		"taking the lead noted no change")
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -118,10 +119,11 @@ func TestReconcileLoopBackstop(t *testing.T) {
 func TestReconcileLoopStopEndsRound(t *testing.T) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	started := make(chan struct{})
+	var once sync.Once
 	go func() {
 		defer close(done)
 		reconcileLoop(stop, make(chan struct{}), func() uint64 { return 0 }, func(ctx context.Context) bool {
-			close(started)
+			once.Do(func() { close(started) })
 			<-ctx.Done() // a proposal waiting for an answer that never comes
 			return false
 		}, time.Millisecond, time.Hour)

@@ -346,6 +346,11 @@ func reconcileLoop(stop, changed <-chan struct{}, changes func() uint64, round f
 				}
 			}
 		}
+		select {
+		case <-stop:
+			return // no round starts after stop
+		default:
+		}
 		seen = changes()
 		settled = round(ctx)
 		t.Reset(every) // no stale tick survives a Reset (Go ≥ 1.23)

@@ -53,7 +53,7 @@ func newCollector(h *handler) *collector {
 		waiters:        prometheus.NewDesc("forestbus_long_poll_waiters", "GetMessages calls waiting for a commit on this node.", nil, nil),
 		subscribers:    prometheus.NewDesc("forestbus_subscribe_streams", "Subscribe streams served by this node.", nil, nil),
 		syncSeconds:    prometheus.NewDesc("forestbus_node_sync_seconds", "Duration of the node's syncs: each makes durable every topic log write since the previous one (an fdatasync in fsync mode; bookkeeping only in os mode).", nil, nil),
-		syncedWrites:   prometheus.NewDesc("forestbus_node_synced_writes_total", "Topic log writes made durable by the node's syncs; divided by forestbus_node_sync_seconds_count, how many writes share a sync.", nil, nil),
+		syncedWrites:   prometheus.NewDesc("forestbus_node_synced_writes_total", "Raft groups' writes (topics' and the metadata group's) made durable by the node's syncs; divided by forestbus_node_sync_seconds_count, how many groups share a sync.", nil, nil),
 	}
 }
 

@@ -64,7 +64,11 @@ type GroupConfig struct {
 	// is closed because of RemoveGroup or Stop.
 	OnClose func()
 	// OnLead, when set, runs on the engine goroutine whenever this node
-	// becomes the group's leader. It must not block.
+	// becomes the group's leader, once it has applied an entry of its own
+	// term: from then on raft takes its configuration changes (a new
+	// leader refuses them until it has applied its predecessor's entries).
+	// It must not block, nor call the Group's methods, which wait for the
+	// engine goroutine.
 	OnLead func()
 }
 
@@ -151,6 +155,9 @@ type Group struct {
 	applyConf func(uint64, *raftpb.ConfChangeV2, *raftpb.ConfState)
 	onClose   func()
 	onLead    func()
+	// leadPending: this node became the leader and has not yet applied an
+	// entry of its term (onLead is owed). Engine goroutine only.
+	leadPending bool
 
 	// Queued work, guarded by inboxMu.
 	inboxMu    sync.Mutex
@@ -957,8 +964,8 @@ func (g *Group) persist() bool {
 		if g.isLeader && !leader {
 			g.lost = true // waiters fail after this Ready's commits are answered
 		}
-		if leader && !g.isLeader && g.onLead != nil {
-			g.onLead()
+		if leader != g.isLeader {
+			g.leadPending = leader && g.onLead != nil
 		}
 		g.isLeader = leader
 	}
@@ -1382,6 +1389,10 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 	g.applied.Store(last)
 	g.releaseCache(last)
 	g.notifyCommit()
+	if g.leadPending && g.isLeader && ents[len(ents)-1].GetTerm() == g.term.Load() {
+		g.leadPending = false
+		g.onLead()
+	}
 	// Answer only now, so a proposer that reads right after its answer sees
 	// its own messages.
 	for i, r := range g.replies {

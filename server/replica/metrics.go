@@ -62,7 +62,7 @@ func (g *Group) Metrics() Metrics {
 
 // SyncBuckets are the upper bounds, in seconds, of the sync duration
 // histogram (EngineMetrics.SyncSeconds).
-var SyncBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
+var SyncBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10}
 
 // EngineMetrics are the engine's counters since it started: what its syncs
 // cost. One sync makes durable every log write the loop persisted since the
@@ -70,9 +70,10 @@ var SyncBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 
 // fdatasync (of the node journal, or of each log not journaled), in os mode
 // only bookkeeping.
 type EngineMetrics struct {
-	// Syncs counts the syncs; SyncedWrites the groups' Readies (log
-	// writes) they made durable, so SyncedWrites/Syncs is how many writes
-	// share a sync.
+	// Syncs counts the syncs; SyncedWrites the groups' Readies they made
+	// durable (log writes, or only a vote or term change; the metadata
+	// group's included), so SyncedWrites/Syncs is how many groups share a
+	// sync.
 	Syncs, SyncedWrites uint64
 	// SyncSeconds counts the syncs that took at most each SyncBuckets
 	// bound (cumulative, the last is +Inf); SyncSecondsSum is their total
@@ -82,9 +83,9 @@ type EngineMetrics struct {
 }
 
 type engineMetrics struct {
-	syncs, syncedWrites atomic.Uint64
-	syncBuckets         [13]atomic.Uint64 // len(SyncBuckets)+1
-	syncNanos           atomic.Uint64
+	syncedWrites atomic.Uint64
+	syncBuckets  [14]atomic.Uint64 // len(SyncBuckets)+1
+	syncNanos    atomic.Uint64
 }
 
 // observeSync records a sync of writes Readies that took d.
@@ -97,14 +98,14 @@ func (m *engineMetrics) observeSync(d time.Duration, writes int) {
 	m.syncBuckets[i].Add(1)
 	m.syncNanos.Add(uint64(d))
 	m.syncedWrites.Add(uint64(writes))
-	m.syncs.Add(1)
 }
 
-// Metrics returns a snapshot of the engine's counters.
+// Metrics returns a snapshot of the engine's counters. Syncs is the sum of
+// the buckets read, so that the histogram agrees with its count even while
+// syncs are recorded.
 func (e *Engine) Metrics() EngineMetrics {
 	m := &e.metrics
 	out := EngineMetrics{
-		Syncs:          m.syncs.Load(),
 		SyncedWrites:   m.syncedWrites.Load(),
 		SyncSeconds:    make([]uint64, len(SyncBuckets)+1),
 		SyncSecondsSum: time.Duration(m.syncNanos.Load()).Seconds(),
@@ -114,5 +115,6 @@ func (e *Engine) Metrics() EngineMetrics {
 		cum += m.syncBuckets[i].Load()
 		out.SyncSeconds[i] = cum
 	}
+	out.Syncs = cum
 	return out
 }

@@ -429,20 +429,32 @@ func TestSyncMetrics(t *testing.T) {
 		assert.LessOrEqual(t, m.SyncSeconds[i-1], m.SyncSeconds[i], "bucket %d", i)
 	}
 	assert.Equal(t, m.Syncs, m.SyncSeconds[len(SyncBuckets)], "the +Inf bucket counts every sync")
+	assert.Equal(t, len(SyncBuckets)+1, len(e.metrics.syncBuckets), "a bucket per bound, and +Inf")
 	assert.Greater(t, m.SyncSecondsSum, before.SyncSecondsSum)
 }
 
 // TestOnLeadRunsWhenElected: a group's OnLead hook runs once when this node
-// wins its election.
+// wins its election, and only once it has applied an entry of its term
+// (before that, raft would refuse the configuration changes the hook's
+// caller proposes).
 func TestOnLeadRunsWhenElected(t *testing.T) {
 	e := newEngine(t)
 	l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
 	require.NoError(t, err)
-	var leads atomic.Int32
-	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}}, OnLead: func() { leads.Add(1) }})
+	var (
+		leads   atomic.Int32
+		ownTerm atomic.Bool
+	)
+	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}}, OnLead: func() {
+		leads.Add(1)
+		g := e.Group("t")
+		term, err := g.log.Term(g.applied.Load())
+		ownTerm.Store(err == nil && term == g.term.Load())
+	}})
 	require.NoError(t, err)
 	require.NoError(t, g.WaitLeader(ctx10(t)))
 	_, err = g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
 	require.NoError(t, err)
 	assert.Equal(t, int32(1), leads.Load())
+	assert.True(t, ownTerm.Load(), "OnLead ran before an entry of the leader's term was applied")
 }
