@@ -32,13 +32,31 @@ type groupMetrics struct {
 }
 
 func (m *groupMetrics) observe(d time.Duration) {
+	m.latency[bucket(LatencyBuckets, d)].Add(1)
+	m.latencySumNanos.Add(uint64(d))
+}
+
+// bucket is the index of the first of bounds (seconds) that d does not
+// exceed, len(bounds) (+Inf) when it exceeds them all.
+func bucket(bounds []float64, d time.Duration) int {
 	s := d.Seconds()
 	i := 0
-	for i < len(LatencyBuckets) && s > LatencyBuckets[i] {
+	for i < len(bounds) && s > bounds[i] {
 		i++
 	}
-	m.latency[i].Add(1)
-	m.latencySumNanos.Add(uint64(d))
+	return i
+}
+
+// cumulative returns a histogram's cumulative buckets from the counts of
+// its buckets, and their total (the histogram's count, consistent with the
+// buckets however the counts move meanwhile).
+func cumulative(counts []atomic.Uint64) (cum []uint64, total uint64) {
+	cum = make([]uint64, len(counts))
+	for i := range counts {
+		total += counts[i].Load()
+		cum[i] = total
+	}
+	return cum, total
 }
 
 // Metrics returns a snapshot of the group's counters.
@@ -48,15 +66,9 @@ func (g *Group) Metrics() Metrics {
 		AppendedMessages: m.appendedMsgs.Load(),
 		AppendedBytes:    m.appendedBytes.Load(),
 		CommittedBytes:   m.committedBytes.Load(),
-		CommitLatency:    make([]uint64, len(LatencyBuckets)+1),
 		CommitLatencySum: time.Duration(m.latencySumNanos.Load()).Seconds(),
 	}
-	var cum uint64
-	for i := range out.CommitLatency {
-		cum += m.latency[i].Load()
-		out.CommitLatency[i] = cum
-	}
-	out.CommitLatencyCount = cum
+	out.CommitLatency, out.CommitLatencyCount = cumulative(m.latency[:])
 	return out
 }
 
@@ -90,31 +102,18 @@ type engineMetrics struct {
 
 // observeSync records a sync of writes Readies that took d.
 func (m *engineMetrics) observeSync(d time.Duration, writes int) {
-	s := d.Seconds()
-	i := 0
-	for i < len(SyncBuckets) && s > SyncBuckets[i] {
-		i++
-	}
-	m.syncBuckets[i].Add(1)
+	m.syncBuckets[bucket(SyncBuckets, d)].Add(1)
 	m.syncNanos.Add(uint64(d))
 	m.syncedWrites.Add(uint64(writes))
 }
 
-// Metrics returns a snapshot of the engine's counters. Syncs is the sum of
-// the buckets read, so that the histogram agrees with its count even while
-// syncs are recorded.
+// Metrics returns a snapshot of the engine's counters.
 func (e *Engine) Metrics() EngineMetrics {
 	m := &e.metrics
 	out := EngineMetrics{
 		SyncedWrites:   m.syncedWrites.Load(),
-		SyncSeconds:    make([]uint64, len(SyncBuckets)+1),
 		SyncSecondsSum: time.Duration(m.syncNanos.Load()).Seconds(),
 	}
-	var cum uint64
-	for i := range out.SyncSeconds {
-		cum += m.syncBuckets[i].Load()
-		out.SyncSeconds[i] = cum
-	}
-	out.Syncs = cum
+	out.SyncSeconds, out.Syncs = cumulative(m.syncBuckets[:])
 	return out
 }

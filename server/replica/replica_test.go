@@ -458,3 +458,20 @@ func TestOnLeadRunsWhenElected(t *testing.T) {
 	assert.Equal(t, int32(1), leads.Load())
 	assert.True(t, ownTerm.Load(), "OnLead ran before an entry of the leader's term was applied")
 }
+
+// TestHistogramBuckets: a duration lands in the first bucket whose bound it
+// does not exceed (Prometheus' le), past the last bound in +Inf; the
+// cumulative counts end at the total.
+func TestHistogramBuckets(t *testing.T) {
+	bounds := []float64{0.001, 0.01}
+	assert.Equal(t, 0, bucket(bounds, 0))
+	assert.Equal(t, 0, bucket(bounds, time.Millisecond), "on the bound: le")
+	assert.Equal(t, 1, bucket(bounds, time.Millisecond+1))
+	assert.Equal(t, 2, bucket(bounds, time.Second), "+Inf")
+	var counts [3]atomic.Uint64
+	counts[0].Add(2)
+	counts[2].Add(3)
+	cum, total := cumulative(counts[:])
+	assert.Equal(t, []uint64{2, 2, 5}, cum)
+	assert.Equal(t, uint64(5), total)
+}
