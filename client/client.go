@@ -68,8 +68,14 @@ type Client struct {
 	producerID uint64
 
 	unarySends bool // WithUnarySends: no Produce streams
+	private    bool // WithPrivateConnections: no connection shared (pool.go)
 
-	mu        sync.Mutex
+	mu sync.Mutex
+	// life ends at Close (endLife), and a new one begins: every call is
+	// bound to the life it started in (bind), since closing a connection
+	// shared with other Clients (pool.go) does not end it.
+	life      context.Context
+	endLife   context.CancelFunc
 	conns     map[string]*grpc.ClientConn // node address -> connection
 	streams   map[*grpc.ClientConn]*produceStream
 	noProduce map[*grpc.ClientConn]bool // nodes that answered Produce UNIMPLEMENTED
@@ -127,6 +133,13 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *Client) { c.dialOpts = append(c.dialOpts, opts...) }
 }
 
+// WithPrivateConnections gives the Client connections of its own instead
+// of the ones it would share with the other Clients of the process (see
+// Close). A Client with WithDialOptions has its own connections anyway.
+func WithPrivateConnections() Option {
+	return func(c *Client) { c.private = true }
+}
+
 // New returns a Client for the cluster clusterID made of nodes.
 //
 // Each nodes entry is an address "host:port", or several separated by
@@ -148,6 +161,7 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 		leaders:     make(map[string]string),
 		seqs:        make(map[string]uint64),
 	}
+	c.life, c.endLife = context.WithCancel(context.Background())
 	for c.producerID == 0 {
 		c.producerID = rand.Uint64() // ChaCha8, seeded from the OS
 	}
@@ -191,14 +205,25 @@ func (c *Client) Nodes() []string {
 
 // Close closes all connections that are open. Calls in progress on them
 // fail. Later calls reopen connections as needed.
+//
+// Clients of one process share their connection to each node, unless
+// they have WithDialOptions or WithPrivateConnections: a connection is
+// closed once every Client that used it has closed, and Close fails this
+// Client's calls in progress either way.
 func (c *Client) Close() {
 	c.closeStreams()
 	c.mu.Lock()
 	conns := c.conns
 	c.conns = make(map[string]*grpc.ClientConn)
+	c.endLife()
+	c.life, c.endLife = context.WithCancel(context.Background())
 	c.mu.Unlock()
 	for node, cc := range conns {
-		if err := cc.Close(); err != nil && c.debug {
+		pooled, err := release(dialTarget(node), cc)
+		if !pooled {
+			err = cc.Close()
+		}
+		if err != nil && c.debug {
 			c.logger.Debug("forestbus: closing connection", "node", node, "error", err)
 		}
 	}
@@ -212,12 +237,7 @@ func (c *Client) conn(node string) (*grpc.ClientConn, error) {
 	if cc, ok := c.conns[node]; ok {
 		return cc, nil
 	}
-	target := node
-	if !strings.Contains(target, "://") {
-		// Dial the address as given, as the original client's net.Dial
-		// did; this also lets custom dialers (bufconn) see the name.
-		target = "passthrough:///" + target
-	}
+	target := dialTarget(node)
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -233,13 +253,45 @@ func (c *Client) conn(node string) (*grpc.ClientConn, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize), grpc.ForceCodecV2(fastcodec.Codec{})),
 	}
 	opts = append(opts, grpcflow.DialOptions()...)
-	opts = append(opts, c.dialOpts...)
-	cc, err := grpc.NewClient(target, opts...)
+	dial := func() (*grpc.ClientConn, error) { return grpc.NewClient(target, append(opts, c.dialOpts...)...) }
+	var (
+		cc  *grpc.ClientConn
+		err error
+	)
+	if len(c.dialOpts) == 0 && !c.private {
+		cc, err = acquire(target, dial)
+	} else {
+		cc, err = dial()
+	}
 	if err != nil {
 		return nil, err
 	}
 	c.conns[node] = cc
 	return cc, nil
+}
+
+// bind returns a context that ends with ctx or at the Client's next Close.
+// The caller must call the returned function when the call is over.
+func (c *Client) bind(ctx context.Context) (context.Context, func()) {
+	c.mu.Lock()
+	life := c.life
+	c.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(life, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
+// dialTarget is the gRPC target for a node address.
+func dialTarget(node string) string {
+	if strings.Contains(node, "://") {
+		return node
+	}
+	// Dial the address as given, as the original client's net.Dial did;
+	// this also lets custom dialers (bufconn) see the name.
+	return "passthrough:///" + node
 }
 
 // outgoing adds the cluster ID to ctx's outgoing metadata.

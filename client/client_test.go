@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
@@ -810,4 +811,73 @@ func TestFailedLeaderIsForgotten(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []int64{1}, ids)
 	assert.Equal(t, a.addr, c.leader("t"))
+}
+
+// TestClientsShareConnections: Clients with the default dial options share
+// one connection per node; the connection stays open while any of them
+// uses it, and closes with the last Close. A Client with its own dial
+// options, or WithPrivateConnections, gets its own connection.
+func TestClientsShareConnections(t *testing.T) {
+	n := startNode(t)
+	n.send = okSend(1)
+	a, b := New("", []string{n.addr}), New("", []string{n.addr})
+	own := New("", []string{n.addr}, WithDialOptions(grpc.WithUserAgent("own")))
+	defer own.Close()
+	private := New("", []string{n.addr}, WithPrivateConnections())
+	defer private.Close()
+	cp, err := private.conn(n.addr)
+	require.NoError(t, err)
+	ca, err := a.conn(n.addr)
+	require.NoError(t, err)
+	cb, err := b.conn(n.addr)
+	require.NoError(t, err)
+	assert.Same(t, ca, cb, "one connection for both")
+	co, err := own.conn(n.addr)
+	require.NoError(t, err)
+	assert.NotSame(t, ca, co, "its own dial options, its own connection")
+	assert.NotSame(t, ca, cp, "WithPrivateConnections")
+
+	_, err = a.SendMessages("t", msgs, false)
+	require.NoError(t, err)
+	a.Close()
+	assert.NotEqual(t, connectivity.Shutdown, cb.GetState(), "b still holds it")
+	_, err = b.SendMessages("t", msgs, false)
+	require.NoError(t, err, "a's Close left b's connection open")
+	b.Close()
+	assert.Equal(t, connectivity.Shutdown, cb.GetState(), "the last Close closes it")
+
+	// Closed Clients reconnect as before.
+	_, err = a.SendMessages("t", msgs, false)
+	require.NoError(t, err)
+	a.Close()
+}
+
+// TestCloseUnblocksLongPollOnSharedConnection: Close fails the Client's own
+// calls in flight even when another Client keeps their connection open.
+func TestCloseUnblocksLongPollOnSharedConnection(t *testing.T) {
+	n := startNode(t)
+	n.send = okSend(1)
+	n.get = func(ctx context.Context, _ *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	c, other := New("", []string{n.addr}), New("", []string{n.addr})
+	defer other.Close()
+	_, err := other.SendMessages("t", msgs, false) // other holds the connection
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.GetMessages("t", 1, 10, true)
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return n.count("get") == 1 }, 5*time.Second, time.Millisecond)
+	c.Close()
+	select {
+	case err := <-done:
+		assert.Equal(t, ErrNoNodesAvailable, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the long poll on the shared connection")
+	}
+	_, err = other.SendMessages("t", msgs, false)
+	assert.NoError(t, err, "the other Client's connection is unharmed")
 }

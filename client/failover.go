@@ -40,6 +40,8 @@ type attempt func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOpt
 func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call attempt) error {
 	start := time.Now()
 	ctx = c.outgoing(ctx)
+	callCtx, unbind := c.bind(ctx) // also ended by Close
+	defer unbind()
 	deadline, ctxDeadline := ctx.Deadline()
 	if !ctxDeadline {
 		deadline = start.Add(c.retryWindow)
@@ -71,7 +73,7 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 				continue
 			}
 			var hdr metadata.MD
-			err = call(ctx, cc, grpc.Header(&hdr))
+			err = call(callCtx, cc, grpc.Header(&hdr))
 			if err == nil {
 				c.remember(rt, topic, node, hdr)
 				c.debugLog(op, topic, node, start, nil)
@@ -80,6 +82,11 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 			if cerr := expired(); cerr != nil {
 				c.debugLog(op, topic, node, start, err)
 				return c.ctxFail(op, cerr, lastErr)
+			}
+			if callCtx.Err() != nil {
+				// Close ended the call.
+				c.debugLog(op, topic, node, start, err)
+				return &noNodesError{op: op, last: fmt.Errorf("forestbus: node %s: %w", node, err)}
 			}
 			se := newStatusError(node, err)
 			if se == nil {

@@ -178,7 +178,7 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 	if err != nil {
 		return false, fmt.Errorf("forestbus: node %s: %w", node, err)
 	}
-	sctx, cancel := context.WithCancel(c.outgoing(ctx))
+	sctx, cancel := c.bind(c.outgoing(ctx)) // also ended by Close
 	defer cancel()
 	req := &forestbusv1.SubscribeRequest{
 		Topic:    topic,

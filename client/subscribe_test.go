@@ -307,3 +307,25 @@ func BenchmarkSubscribe(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)*total/time.Since(start).Seconds(), "msgs/s")
 }
+
+// TestCloseEndsSubscribeOnSharedConnection: Close ends the Client's
+// subscriptions with ErrNoNodesAvailable even when another Client keeps
+// their connection to the node open.
+func TestCloseEndsSubscribeOnSharedConnection(t *testing.T) {
+	n := servertest.StartNode(t)
+	c, other := client.New("test", []string{n.Addr()}), client.New("test", []string{n.Addr()})
+	t.Cleanup(other.Close)
+	_, err := other.SendMessagesContext(subCtx(t), "default", subMsgs("m", 1, 2), true)
+	require.NoError(t, err)
+	ch, done := subscribe(subCtx(t), c, "default", 1)
+	expect(t, ch, done, 1, subMsgs("m", 1, 2)) // streaming, now waiting at the tail
+	c.Close()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, client.ErrNoNodesAvailable)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the subscription on the shared connection")
+	}
+	_, err = other.SendMessagesContext(subCtx(t), "default", subMsgs("m", 3, 1), true)
+	assert.NoError(t, err, "the other Client's connection is unharmed")
+}

@@ -34,6 +34,7 @@ type config struct {
 	Duration      time.Duration
 	WaitForCommit bool
 	SharedClient  bool
+	PrivateConns  bool
 	UnarySends    bool
 	Warmup        int
 	Sends         int
@@ -96,9 +97,12 @@ carries each process's RSS (VmRSS of /proc/PID/status) and CPU seconds
 (utime+stime of /proc/PID/stat, in clock ticks taken as 100 per second, the
 Linux USER_HZ on every common architecture) used during the run.
 
-Clients: each producer goroutine of W1 and W4 has its own client.Client, so
-its own gRPC connection, as the original forest-test-send did; -shared-client
-makes all producers of a run share one Client (one connection per node).
+Clients: each producer goroutine of W1 and W4 has its own client.Client, as
+the original forest-test-send did. The Clients of one process share their
+connection to each node (a Produce stream each on it); -private-connections
+gives each Client its own, as forest-test-send's producers had;
+-shared-client makes all producers of a run share one Client (one Produce
+stream per node).
 Clients send batches over each node's Produce stream; -unary-sends makes
 each batch a SendMessages call, as before the stream existed.
 
@@ -138,6 +142,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.DurationVar(&c.Duration, "duration", 15*time.Second, "W1, W4: how long producers send")
 	fs.BoolVar(&c.WaitForCommit, "wait-for-commit", true, "W1, W4: send with wait-for-commit (W2 and the W3 fill always wait)")
 	fs.BoolVar(&c.SharedClient, "shared-client", false, "W1, W4: all producers share one client.Client instead of one each")
+	fs.BoolVar(&c.PrivateConns, "private-connections", false, "every client.Client has connections of its own (client.WithPrivateConnections), as every forest-test-send producer had")
 	fs.BoolVar(&c.UnarySends, "unary-sends", false, "send each batch as a SendMessages call (client.WithUnarySends), not over the Produce stream")
 	fs.IntVar(&c.Warmup, "warmup", 20, "W2: sends before measuring")
 	fs.IntVar(&c.Sends, "sends", 2000, "W2: measured sequential one-message sends")

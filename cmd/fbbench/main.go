@@ -11,9 +11,10 @@
 // runs every workload in both sync modes, prints tables (fbbench -report)
 // and draws charts (fbbench -chart).
 //
-// Each producer of W1 and W4 uses its own client.Client (its own gRPC
-// connection), as the original forest-test-send did; -shared-client makes
-// them share one.
+// Each producer of W1 and W4 uses its own client.Client, as the original
+// forest-test-send did; the Clients share their connections unless
+// -private-connections; -shared-client makes the producers share one
+// Client.
 package main
 
 import (
@@ -307,6 +308,9 @@ func (b *bench) newClient() *client.Client {
 	var opts []client.Option
 	if b.cfg.UnarySends {
 		opts = append(opts, client.WithUnarySends())
+	}
+	if b.cfg.PrivateConns {
+		opts = append(opts, client.WithPrivateConnections())
 	}
 	return client.New(b.cfg.ClusterID, b.cfg.Nodes, opts...)
 }

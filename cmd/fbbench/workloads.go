@@ -199,7 +199,7 @@ func (b *bench) w1(ctx context.Context) (*Result, error) {
 	r := b.newResult("W1", map[string]any{
 		"topic": cfg.Topic, "producers": cfg.Producers, "batch": cfg.Batch, "size": cfg.Size,
 		"duration_s": cfg.Duration.Seconds(), "wait_for_commit": cfg.WaitForCommit,
-		"shared_client": cfg.SharedClient, "max_batches": cfg.MaxBatches,
+		"shared_client": cfg.SharedClient, "private_connections": cfg.PrivateConns, "max_batches": cfg.MaxBatches,
 	})
 	topics := make([]string, cfg.Producers)
 	for i := range topics {
@@ -409,7 +409,7 @@ func (b *bench) w4(ctx context.Context) (*Result, error) {
 	r := b.newResult("W4", map[string]any{
 		"topics": cfg.Topics, "batch": cfg.W4Batch, "size": cfg.Size,
 		"duration_s": cfg.Duration.Seconds(), "wait_for_commit": cfg.WaitForCommit,
-		"shared_client": cfg.SharedClient, "max_batches": cfg.MaxBatches,
+		"shared_client": cfg.SharedClient, "private_connections": cfg.PrivateConns, "max_batches": cfg.MaxBatches,
 	})
 	topics := make([]string, cfg.Topics)
 	for i := range topics {
