@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
@@ -880,4 +881,70 @@ func TestCloseUnblocksLongPollOnSharedConnection(t *testing.T) {
 	}
 	_, err = other.SendMessages("t", msgs, false)
 	assert.NoError(t, err, "the other Client's connection is unharmed")
+}
+
+// TestPoolSpreadsClients: a shared connection serves at most clientsPerConn
+// Clients; the next one gets a connection of its own in the pool, and
+// releasing references closes only the connection whose last one went.
+func TestPoolSpreadsClients(t *testing.T) {
+	const target = "passthrough:///pool-test:1"
+	dials := 0
+	dial := func() (*grpc.ClientConn, error) {
+		dials++
+		return grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	var got []*grpc.ClientConn
+	for range clientsPerConn + 1 {
+		cc, err := acquire(target, dial)
+		require.NoError(t, err)
+		got = append(got, cc)
+	}
+	assert.Equal(t, 2, dials)
+	first, second := got[0], got[clientsPerConn]
+	assert.NotSame(t, first, second)
+	for _, cc := range got[1:clientsPerConn] {
+		assert.Same(t, first, cc)
+	}
+	pooled, err := release(target, second)
+	assert.True(t, pooled)
+	assert.NoError(t, err)
+	assert.Equal(t, connectivity.Shutdown, second.GetState(), "its last reference")
+	for _, cc := range got[:clientsPerConn] {
+		pooled, err := release(target, cc)
+		assert.True(t, pooled)
+		assert.NoError(t, err)
+	}
+	assert.Equal(t, connectivity.Shutdown, first.GetState())
+	pooled, _ = release(target, first)
+	assert.False(t, pooled, "not in the pool any more")
+	pool.mu.Lock()
+	assert.NotContains(t, pool.conns, target)
+	pool.mu.Unlock()
+}
+
+// TestCloseEndsRetries: a call waiting between two passes over failing
+// nodes ends at Close with ErrNoNodesAvailable, not at the end of its retry
+// window, and takes no connection after it.
+func TestCloseEndsRetries(t *testing.T) {
+	n := startNode(t)
+	n.get = func(context.Context, *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
+		return nil, status.Error(codes.Unavailable, "down")
+	}
+	c := New("", []string{n.addr}, WithRetryWindow(time.Minute))
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.GetMessages("t", 1, 10, false)
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return n.count("get") >= 2 }, 10*time.Second, time.Millisecond, "retrying")
+	c.Close()
+	select {
+	case err := <-done:
+		assert.Equal(t, ErrNoNodesAvailable, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the retries")
+	}
+	c.mu.Lock()
+	assert.Empty(t, c.conns, "no connection taken after Close")
+	c.mu.Unlock()
 }

@@ -1,12 +1,14 @@
 // Package client is the Go client of Forest Bus over gRPC.
 //
 // A Client talks to the nodes of one cluster. It keeps one gRPC connection
-// per node, opened on first use and shared with the other Clients of the
-// process that dial the node with the default options (each Client sends
-// over its own Produce stream on it; WithPrivateConnections opts out), as
-// grpc-go advises: many Clients in one process then cost a node one
-// connection's reads and writes, not one per Client. A Client remembers
-// each topic's leader (including
+// per node, opened on first use and shared with up to 31 other Clients of
+// the process that dial the node with the default options (each Client
+// sends over its own Produce stream on it; WithPrivateConnections opts
+// out), as grpc-go advises: many Clients in one process then cost a node a
+// few connections' reads and writes, not one per Client. Sharing Clients
+// share the connection's fate too: a broken connection fails the calls of
+// all of them, which then reconnect. A Client remembers each topic's
+// leader (including
 // the forestbus-leader header a forwarding node sends back, and the leader
 // named by a NOT_LEADER answer) and the last node that answered a read, and
 // fails over between nodes when one does not answer.

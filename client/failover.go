@@ -66,6 +66,9 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 			if err := ctx.Err(); err != nil {
 				return c.ctxFail(op, err, lastErr)
 			}
+			if callCtx.Err() != nil { // Close, between two attempts
+				return &noNodesError{op: op, last: lastErr}
+			}
 			cc, err := c.conn(node)
 			if err != nil {
 				lastErr = fmt.Errorf("forestbus: node %s: %w", node, err)
@@ -126,9 +129,12 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 		wait = min(2*wait, maxPassBackoff)
 		t := time.NewTimer(d)
 		select {
-		case <-ctx.Done():
+		case <-callCtx.Done():
 			t.Stop()
-			return c.ctxFail(op, ctx.Err(), lastErr)
+			if err := ctx.Err(); err != nil {
+				return c.ctxFail(op, err, lastErr)
+			}
+			return &noNodesError{op: op, last: lastErr} // Close
 		case <-t.C:
 		}
 	}

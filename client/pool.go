@@ -1,6 +1,7 @@
 package client
 
 import (
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -8,36 +9,45 @@ import (
 
 // Clients of one process share their connections to a node when they dial
 // it with the default options (no WithDialOptions, no
-// WithPrivateConnections): a grpc.ClientConn is
-// meant to be shared, and a node then serves one connection's reader and
-// writer for all of them instead of one pair per Client, which costs it a
-// socket read, a write and two wake-ups for every batch of every Client.
-// Each Client holds a reference; the last one released closes the
-// connection.
+// WithPrivateConnections): a grpc.ClientConn is meant to be shared, and a
+// node then serves one connection's reader and writer for many Clients
+// instead of one pair per Client, which costs it a socket read, a write and
+// two wake-ups for every batch of every Client. Each Client holds a
+// reference; the last one released closes the connection.
+//
+// A connection serves at most clientsPerConn Clients, and the pool opens
+// another one beyond: a node serves at most 1,000 calls at once on one
+// connection (MaxConcurrentStreams), and a call over the limit waits for a
+// free stream, while every Client keeps a Produce stream open on it.
+const clientsPerConn = 32
+
 var pool = struct {
 	mu    sync.Mutex
-	conns map[string]*pooledConn // dial target -> connection
-}{conns: make(map[string]*pooledConn)}
+	conns map[string][]*pooledConn // dial target -> its connections
+}{conns: make(map[string][]*pooledConn)}
 
 type pooledConn struct {
 	cc   *grpc.ClientConn
 	refs int
 }
 
-// acquire returns the shared connection to target, dialling it with dial
-// when there is none, and takes a reference to it.
+// acquire returns a shared connection to target with room for one more
+// Client, dialling one with dial when there is none, and takes a reference
+// to it.
 func acquire(target string, dial func() (*grpc.ClientConn, error)) (*grpc.ClientConn, error) {
 	pool.mu.Lock()
 	defer pool.mu.Unlock()
-	if p := pool.conns[target]; p != nil {
-		p.refs++
-		return p.cc, nil
+	for _, p := range pool.conns[target] {
+		if p.refs < clientsPerConn {
+			p.refs++
+			return p.cc, nil
+		}
 	}
 	cc, err := dial()
 	if err != nil {
 		return nil, err
 	}
-	pool.conns[target] = &pooledConn{cc: cc, refs: 1}
+	pool.conns[target] = append(pool.conns[target], &pooledConn{cc: cc, refs: 1})
 	return cc, nil
 }
 
@@ -45,17 +55,21 @@ func acquire(target string, dial func() (*grpc.ClientConn, error)) (*grpc.Client
 // when it was the last. It reports whether cc was pooled.
 func release(target string, cc *grpc.ClientConn) (pooled bool, err error) {
 	pool.mu.Lock()
-	p := pool.conns[target]
-	if p == nil || p.cc != cc {
+	list := pool.conns[target]
+	i := slices.IndexFunc(list, func(p *pooledConn) bool { return p.cc == cc })
+	if i < 0 {
 		pool.mu.Unlock()
 		return false, nil
 	}
-	p.refs--
-	if p.refs > 0 {
+	if list[i].refs--; list[i].refs > 0 {
 		pool.mu.Unlock()
 		return true, nil
 	}
-	delete(pool.conns, target)
+	if list = slices.Delete(list, i, i+1); len(list) == 0 {
+		delete(pool.conns, target)
+	} else {
+		pool.conns[target] = list
+	}
 	pool.mu.Unlock()
 	return true, cc.Close()
 }

@@ -121,7 +121,9 @@ func (c *Client) produceStream(cc *grpc.ClientConn) *produceStream {
 	if ps := c.streams[cc]; ps != nil {
 		return ps
 	}
-	ctx, cancel := context.WithCancel(c.outgoing(context.Background()))
+	// The stream ends with the Client's life (Close), also when Close
+	// came between the send's choice of cc and this.
+	ctx, cancel := context.WithCancel(c.outgoing(c.life))
 	ps := &produceStream{
 		cancel:  cancel,
 		ready:   make(chan struct{}),

@@ -110,19 +110,28 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn f
 	start := time.Now()
 	next := max(fromID, 1)
 	wait := minPassBackoff
+	bound, unbind := c.bind(ctx) // also ended by Close
+	defer unbind()
+	closed := func(last error) error { return &noNodesError{op: "subscribe", last: last} }
 	for {
 		progressed := false
 		for _, node := range c.subscribeOrder(topic) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			got, err := c.subscribeNode(ctx, node, topic, &next, cfg, fn)
+			if bound.Err() != nil {
+				return closed(nil)
+			}
+			got, err := c.subscribeNode(bound, node, topic, &next, cfg, fn)
 			progressed = progressed || got
 			if ferr, ok := errors.AsType[*fnError](err); ok {
 				return ferr.err
 			}
 			if cerr := ctx.Err(); cerr != nil {
 				return cerr
+			}
+			if bound.Err() != nil {
+				return closed(err)
 			}
 			c.debugLog("subscribe", topic, node, start, err)
 			c.forget(routeRead, topic, node)
@@ -148,9 +157,12 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn f
 		}
 		t := time.NewTimer(wait)
 		select {
-		case <-ctx.Done():
+		case <-bound.Done():
 			t.Stop()
-			return ctx.Err()
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return closed(nil)
 		case <-t.C:
 		}
 		wait = min(2*wait, maxPassBackoff)
@@ -178,7 +190,7 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 	if err != nil {
 		return false, fmt.Errorf("forestbus: node %s: %w", node, err)
 	}
-	sctx, cancel := c.bind(c.outgoing(ctx)) // also ended by Close
+	sctx, cancel := context.WithCancel(c.outgoing(ctx))
 	defer cancel()
 	req := &forestbusv1.SubscribeRequest{
 		Topic:    topic,
