@@ -211,13 +211,17 @@ func (c *Client) Nodes() []string {
 // closed once every Client that used it has closed, and Close fails this
 // Client's calls in progress either way.
 func (c *Client) Close() {
-	c.closeStreams()
+	// One step: every stream in c.streams then belongs to the current life.
 	c.mu.Lock()
+	streams := c.takeStreams()
 	conns := c.conns
 	c.conns = make(map[string]*grpc.ClientConn)
 	c.endLife()
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.mu.Unlock()
+	for _, ps := range streams {
+		ps.cancel()
+	}
 	for node, cc := range conns {
 		pooled, err := release(dialTarget(node), cc)
 		if !pooled {

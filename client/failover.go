@@ -67,6 +67,9 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 				return c.ctxFail(op, err, lastErr)
 			}
 			if callCtx.Err() != nil { // Close, between two attempts
+				if err := ctx.Err(); err != nil {
+					return c.ctxFail(op, err, lastErr)
+				}
 				return &noNodesError{op: op, last: lastErr}
 			}
 			cc, err := c.conn(node)
@@ -87,6 +90,9 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 				return c.ctxFail(op, cerr, lastErr)
 			}
 			if callCtx.Err() != nil {
+				if cerr := ctx.Err(); cerr != nil { // ended just now
+					return c.ctxFail(op, cerr, lastErr)
+				}
 				// Close ended the call.
 				c.debugLog(op, topic, node, start, err)
 				return &noNodesError{op: op, last: fmt.Errorf("forestbus: node %s: %w", node, err)}

@@ -200,17 +200,14 @@ func (c *Client) dropStream(cc *grpc.ClientConn, ps *produceStream, err error) {
 	}
 }
 
-// closeStreams ends every Produce stream and forgets which nodes had none
-// (Close).
-func (c *Client) closeStreams() {
-	c.mu.Lock()
+// takeStreams empties the Client's Produce streams, for the caller to end,
+// and forgets which nodes had none (its keys are the connections Close
+// gives up). c.mu must be held.
+func (c *Client) takeStreams() map[*grpc.ClientConn]*produceStream {
 	streams := c.streams
 	c.streams = make(map[*grpc.ClientConn]*produceStream)
-	clear(c.noProduce) // its keys are the connections Close closes
-	c.mu.Unlock()
-	for _, ps := range streams {
-		ps.cancel()
-	}
+	clear(c.noProduce)
+	return streams
 }
 
 // produceStatus is the status error SendMessages would have returned.

@@ -120,6 +120,9 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn f
 				return err
 			}
 			if bound.Err() != nil {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
 				return closed(nil)
 			}
 			got, err := c.subscribeNode(bound, node, topic, &next, cfg, fn)
@@ -131,6 +134,9 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn f
 				return cerr
 			}
 			if bound.Err() != nil {
+				if cerr := ctx.Err(); cerr != nil {
+					return cerr
+				}
 				return closed(err)
 			}
 			c.debugLog("subscribe", topic, node, start, err)
