@@ -768,21 +768,45 @@ func TestEachNodeAtMostOncePerPass(t *testing.T) {
 	assert.Equal(t, 1, b.count("send"))
 }
 
+// TestCloseUnblocksLongPoll: Close fails a long poll in flight, on a
+// connection of the Client's own and on one another Client keeps open
+// (which Close leaves unharmed).
 func TestCloseUnblocksLongPoll(t *testing.T) {
-	n := startNode(t)
-	n.get = func(ctx context.Context, _ *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
-		<-ctx.Done()
-		return nil, status.FromContextError(ctx.Err()).Err()
+	for _, shared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shared=%v", shared), func(t *testing.T) {
+			n := startNode(t)
+			n.send = okSend(1)
+			n.get = func(ctx context.Context, _ *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
+				<-ctx.Done()
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			c := New("", []string{n.addr})
+			var other *Client
+			if shared {
+				other = New("", []string{n.addr})
+				defer other.Close()
+				_, err := other.SendMessages("t", msgs, false) // other holds the connection
+				require.NoError(t, err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, _, err := c.GetMessages("t", 1, 10, true)
+				done <- err
+			}()
+			require.Eventually(t, func() bool { return n.count("get") == 1 }, 5*time.Second, time.Millisecond)
+			c.Close()
+			select {
+			case err := <-done:
+				assert.Equal(t, ErrNoNodesAvailable, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close did not end the long poll")
+			}
+			if other != nil {
+				_, err := other.SendMessages("t", msgs, false)
+				assert.NoError(t, err, "the other Client's connection is unharmed")
+			}
+		})
 	}
-	c := New("", []string{n.addr})
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := c.GetMessages("t", 1, 10, true)
-		done <- err
-	}()
-	require.Eventually(t, func() bool { return n.count("get") == 1 }, 5*time.Second, time.Millisecond)
-	c.Close()
-	assert.Equal(t, ErrNoNodesAvailable, <-done)
 }
 
 func TestFailedLeaderIsForgotten(t *testing.T) {
@@ -851,36 +875,6 @@ func TestClientsShareConnections(t *testing.T) {
 	_, err = a.SendMessages("t", msgs, false)
 	require.NoError(t, err)
 	a.Close()
-}
-
-// TestCloseUnblocksLongPollOnSharedConnection: Close fails the Client's own
-// calls in flight even when another Client keeps their connection open.
-func TestCloseUnblocksLongPollOnSharedConnection(t *testing.T) {
-	n := startNode(t)
-	n.send = okSend(1)
-	n.get = func(ctx context.Context, _ *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
-		<-ctx.Done()
-		return nil, status.FromContextError(ctx.Err()).Err()
-	}
-	c, other := New("", []string{n.addr}), New("", []string{n.addr})
-	defer other.Close()
-	_, err := other.SendMessages("t", msgs, false) // other holds the connection
-	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := c.GetMessages("t", 1, 10, true)
-		done <- err
-	}()
-	require.Eventually(t, func() bool { return n.count("get") == 1 }, 5*time.Second, time.Millisecond)
-	c.Close()
-	select {
-	case err := <-done:
-		assert.Equal(t, ErrNoNodesAvailable, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close did not end the long poll on the shared connection")
-	}
-	_, err = other.SendMessages("t", msgs, false)
-	assert.NoError(t, err, "the other Client's connection is unharmed")
 }
 
 // TestPoolSpreadsClients: a shared connection serves at most clientsPerConn
