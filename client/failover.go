@@ -58,19 +58,21 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 		return nil
 	}
 	var lastErr error
+	// ended is the error for a call whose callCtx ended: ctx's when the
+	// caller's context ended, else Close's.
+	ended := func(last error) error {
+		if err := ctx.Err(); err != nil {
+			return c.ctxFail(op, err, lastErr)
+		}
+		return &noNodesError{op: op, last: last}
+	}
 	wait := minPassBackoff
 	for {
 		order := c.order(rt, topic)
 		for i := 0; i < len(order); i++ {
 			node := order[i]
-			if err := ctx.Err(); err != nil {
-				return c.ctxFail(op, err, lastErr)
-			}
-			if callCtx.Err() != nil { // Close, between two attempts
-				if err := ctx.Err(); err != nil {
-					return c.ctxFail(op, err, lastErr)
-				}
-				return &noNodesError{op: op, last: lastErr}
+			if callCtx.Err() != nil { // ctx ended, or Close
+				return ended(lastErr)
 			}
 			cc, err := c.conn(node)
 			if err != nil {
@@ -89,13 +91,9 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 				c.debugLog(op, topic, node, start, err)
 				return c.ctxFail(op, cerr, lastErr)
 			}
-			if callCtx.Err() != nil {
-				if cerr := ctx.Err(); cerr != nil { // ended just now
-					return c.ctxFail(op, cerr, lastErr)
-				}
-				// Close ended the call.
+			if callCtx.Err() != nil { // Close, or ctx just now
 				c.debugLog(op, topic, node, start, err)
-				return &noNodesError{op: op, last: fmt.Errorf("forestbus: node %s: %w", node, err)}
+				return ended(fmt.Errorf("forestbus: node %s: %w", node, err))
 			}
 			se := newStatusError(node, err)
 			if se == nil {
@@ -106,7 +104,8 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 			}
 			c.debugLog(op, topic, node, start, se)
 			if se.Code == codes.Canceled {
-				// The connection was closed under the call by Close.
+				// Cancelled under the call (Close ends callCtx first, so
+				// this is the node's or the connection's doing).
 				return &noNodesError{op: op, last: se}
 			}
 			if classify(se) == fatal {
@@ -137,10 +136,7 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 		select {
 		case <-callCtx.Done():
 			t.Stop()
-			if err := ctx.Err(); err != nil {
-				return c.ctxFail(op, err, lastErr)
-			}
-			return &noNodesError{op: op, last: lastErr} // Close
+			return ended(lastErr)
 		case <-t.C:
 		}
 	}

@@ -112,32 +112,27 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn f
 	wait := minPassBackoff
 	bound, unbind := c.bind(ctx) // also ended by Close
 	defer unbind()
-	closed := func(last error) error { return &noNodesError{op: "subscribe", last: last} }
+	// ended is the error once bound ended: ctx's when the caller's
+	// context ended, else Close's.
+	ended := func(last error) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return &noNodesError{op: "subscribe", last: last}
+	}
 	for {
 		progressed := false
 		for _, node := range c.subscribeOrder(topic) {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
 			if bound.Err() != nil {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				return closed(nil)
+				return ended(nil)
 			}
 			got, err := c.subscribeNode(bound, node, topic, &next, cfg, fn)
 			progressed = progressed || got
 			if ferr, ok := errors.AsType[*fnError](err); ok {
 				return ferr.err
 			}
-			if cerr := ctx.Err(); cerr != nil {
-				return cerr
-			}
 			if bound.Err() != nil {
-				if cerr := ctx.Err(); cerr != nil {
-					return cerr
-				}
-				return closed(err)
+				return ended(err)
 			}
 			c.debugLog("subscribe", topic, node, start, err)
 			c.forget(routeRead, topic, node)
@@ -165,10 +160,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn f
 		select {
 		case <-bound.Done():
 			t.Stop()
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			return closed(nil)
+			return ended(nil)
 		case <-t.C:
 		}
 		wait = min(2*wait, maxPassBackoff)

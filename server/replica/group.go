@@ -1389,7 +1389,7 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 	g.applied.Store(last)
 	g.releaseCache(last)
 	g.notifyCommit()
-	if g.leadPending && g.isLeader && ents[len(ents)-1].GetTerm() == g.term.Load() {
+	if g.leadPending && ents[len(ents)-1].GetTerm() == g.term.Load() { // cleared when the lead is lost
 		g.leadPending = false
 		g.onLead()
 	}
