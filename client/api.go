@@ -142,10 +142,14 @@ func (c *Client) GetMessagesContext(ctx context.Context, topic string, index int
 	}
 	want := max(index, 1)
 	pause := minPassBackoff
+	// One binding to the Client's life for every re-issue of a long poll:
+	// a Close between two of them ends the poll too.
+	callCtx, unbind := c.bind(ctx)
+	defer unbind()
 	for {
 		var resp *forestbusv1.GetMessagesResponse
 		started := time.Now()
-		err := c.invoke(ctx, "get", topic, routeRead, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		err := c.invokeBound(ctx, callCtx, "get", topic, routeRead, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
 			r, err := forestbusv1.NewForestBusServiceClient(cc).GetMessages(ctx, req, opts...)
 			resp = r
 			return err
@@ -164,9 +168,9 @@ func (c *Client) GetMessagesContext(ctx context.Context, topic string, index int
 		if time.Since(started) < maxPassBackoff {
 			t := time.NewTimer(pause)
 			select {
-			case <-ctx.Done():
+			case <-callCtx.Done(): // ctx ended, or Close
 				t.Stop()
-				return nil, 0, ctxError("get", ctx.Err())
+				return nil, 0, c.ended(ctx, "get", nil, nil)
 			case <-t.C:
 			}
 			pause = min(2*pause, maxPassBackoff)

@@ -809,6 +809,32 @@ func TestCloseUnblocksLongPoll(t *testing.T) {
 	}
 }
 
+// TestCloseEndsLongPollBetweenReissues: a long poll whose node answers
+// each wait at once (empty) re-issues it after a pause; a Close during the
+// pause ends the poll, as one during a call does (the re-issue used to
+// bind to the Client's next life and poll on).
+func TestCloseEndsLongPollBetweenReissues(t *testing.T) {
+	n := startNode(t)
+	n.get = func(_ context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
+		return &forestbusv1.GetMessagesResponse{NextId: req.GetId()}, nil
+	}
+	c := New("", []string{n.addr})
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.GetMessages("t", 1, 10, true)
+		done <- err
+	}()
+	// Past the first answer the poll is in (or about to enter) a pause.
+	require.Eventually(t, func() bool { return n.count("get") >= 1 }, 5*time.Second, time.Millisecond)
+	c.Close()
+	select {
+	case err := <-done:
+		assert.Equal(t, ErrNoNodesAvailable, err)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Close did not end the long poll (%d re-issues)", n.count("get"))
+	}
+}
+
 func TestFailedLeaderIsForgotten(t *testing.T) {
 	a, b := startNode(t), startNode(t)
 	var mu sync.Mutex

@@ -38,10 +38,18 @@ type attempt func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOpt
 // passed since the call started. It then returns an error matching
 // ErrNoNodesAvailable that wraps the last node's error.
 func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call attempt) error {
-	start := time.Now()
-	ctx = c.outgoing(ctx)
 	callCtx, unbind := c.bind(ctx) // also ended by Close
 	defer unbind()
+	return c.invokeBound(ctx, callCtx, op, topic, rt, call)
+}
+
+// invokeBound is invoke for a caller that bound ctx to the Client's life
+// itself (callCtx, from bind): a call made of several invocations (a long
+// poll's re-issues) binds once, so that a Close between two of them ends
+// it too.
+func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt route, call attempt) error {
+	start := time.Now()
+	callCtx = c.outgoing(callCtx)
 	deadline, ctxDeadline := ctx.Deadline()
 	if !ctxDeadline {
 		deadline = start.Add(c.retryWindow)
@@ -58,14 +66,7 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 		return nil
 	}
 	var lastErr error
-	// ended is the error for a call whose callCtx ended: ctx's when the
-	// caller's context ended, else Close's.
-	ended := func(last error) error {
-		if err := ctx.Err(); err != nil {
-			return c.ctxFail(op, err, lastErr)
-		}
-		return &noNodesError{op: op, last: last}
-	}
+	ended := func(last error) error { return c.ended(ctx, op, last, lastErr) }
 	wait := minPassBackoff
 	for {
 		order := c.order(rt, topic)
@@ -140,6 +141,16 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 		case <-t.C:
 		}
 	}
+}
+
+// ended is the error for a call whose bound context ended: ctx's when the
+// caller's context ended (with lastErr, the last node's failure, if any),
+// else Close's (an ErrNoNodesAvailable error wrapping last).
+func (c *Client) ended(ctx context.Context, op string, last, lastErr error) error {
+	if err := ctx.Err(); err != nil {
+		return c.ctxFail(op, err, lastErr)
+	}
+	return &noNodesError{op: op, last: last}
 }
 
 // ctxFail builds the error for a call whose context ended: the context's
