@@ -16,9 +16,10 @@ import (
 // reference; the last one released closes the connection.
 //
 // A connection serves at most clientsPerConn Clients, and the pool opens
-// another one beyond: a node serves at most 1,000 calls at once on one
-// connection (MaxConcurrentStreams), and a call over the limit waits for a
-// free stream, while every Client keeps a Produce stream open on it.
+// another one beyond: a node serves at most 32,000 calls at once on one
+// connection (MaxConcurrentStreams; 1,000 for each of 32 Clients, what one
+// had on a connection of its own), and a call over the limit waits for a
+// free stream.
 const clientsPerConn = 32
 
 var pool = struct {

@@ -491,3 +491,34 @@ func TestLongPollsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionCarriesManyLongPolls: one connection carries more waiting
+// calls than 1,000 (what one Client had on a connection of its own; the
+// Clients of a process share one), and a send on it still goes through.
+func TestConnectionCarriesManyLongPolls(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := dial(t, n)
+	ctx := ctxT(t)
+	const polls = 1500
+	errs := make(chan error, polls)
+	for range polls {
+		go func() {
+			resp, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1, Wait: true})
+			if err == nil && len(resp.Messages) != 1 {
+				err = fmt.Errorf("woke with %d messages", len(resp.Messages))
+			}
+			errs <- err
+		}()
+	}
+	require.Eventually(t, func() bool { return n.LongPolls() == polls }, 15*time.Second, 5*time.Millisecond,
+		"long polls waiting on the node")
+	send(t, c, "default", [][]byte{[]byte("m")}, true)
+	for range polls {
+		select {
+		case err := <-errs:
+			require.NoError(t, err)
+		case <-ctx.Done():
+			t.Fatal("waiting reads did not wake")
+		}
+	}
+}
