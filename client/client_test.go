@@ -818,14 +818,22 @@ func TestCloseEndsLongPollBetweenReissues(t *testing.T) {
 	n.get = func(_ context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
 		return &forestbusv1.GetMessagesResponse{NextId: req.GetId()}, nil
 	}
-	c := New("", []string{n.addr})
+	// The debug log's record of a call that succeeded comes once its answer
+	// is in, so a Close after it lands between two calls, not in one.
+	answered := make(chan struct{}, 1)
+	c := New("", []string{n.addr}, WithDebug(), WithLogger(slog.New(signalHandler{"forestbus: call", answered})))
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := c.GetMessages("t", 1, 10, true)
 		done <- err
 	}()
-	// Past the first answer the poll is in (or about to enter) a pause.
-	require.Eventually(t, func() bool { return n.count("get") >= 1 }, 5*time.Second, time.Millisecond)
+	select {
+	case <-answered:
+	case err := <-done:
+		t.Fatalf("the long poll ended before Close: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer to the long poll")
+	}
 	c.Close()
 	select {
 	case err := <-done:
@@ -834,6 +842,28 @@ func TestCloseEndsLongPollBetweenReissues(t *testing.T) {
 		t.Fatalf("Close did not end the long poll (%d re-issues)", n.count("get"))
 	}
 }
+
+// signalHandler is a slog.Handler that sends on ch (without blocking) for
+// each record with message msg, and drops every record.
+type signalHandler struct {
+	msg string
+	ch  chan struct{}
+}
+
+func (h signalHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h signalHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+func (h signalHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h signalHandler) WithGroup(string) slog.Handler      { return h }
 
 func TestFailedLeaderIsForgotten(t *testing.T) {
 	a, b := startNode(t), startNode(t)

@@ -105,8 +105,10 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 			}
 			c.debugLog(op, topic, node, start, se)
 			if se.Code == codes.Canceled {
-				// Cancelled under the call (Close ends callCtx first, so
-				// this is the node's or the connection's doing).
+				// Cancelled under the call with callCtx still live: the
+				// node's or the connection's doing (a Close whose
+				// connection closed before its cancel of callCtx ran
+				// lands here too, with the same error).
 				return &noNodesError{op: op, last: se}
 			}
 			if classify(se) == fatal {

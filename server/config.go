@@ -76,6 +76,14 @@ type Config struct {
 	// MaxWaiters caps the long polls waiting at once; more get
 	// RESOURCE_EXHAUSTED. Default 10,000.
 	MaxWaiters int
+	// MaxStreamsPerConn caps the calls (HTTP/2 streams) one client
+	// connection carries at once; a call beyond it waits, in the client,
+	// for one to end. The Clients of a process share a connection, up to
+	// 32 on one, so the default, 32,000, leaves each the 1,000 it had on a
+	// connection of its own: a Client tailing many topics does not hold
+	// back the sends of the others. It also caps the handlers gRPC runs at
+	// once for one connection.
+	MaxStreamsPerConn uint32
 	// SegmentBytes is the default segment size of a topic. Default 64 MiB.
 	SegmentBytes int64
 	// PageCacheBytes is how much of its newest durable records each topic
@@ -208,6 +216,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxWait <= 0 {
 		c.MaxWait = 30 * time.Second
+	}
+	if c.MaxStreamsPerConn == 0 {
+		c.MaxStreamsPerConn = DefaultMaxStreamsPerConn
 	}
 	if c.SegmentBytes <= 0 {
 		c.SegmentBytes = 64 << 20

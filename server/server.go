@@ -246,7 +246,7 @@ func (s *Server) open() error {
 		grpc.MaxSendMsgSize(cfg.MaxReadBytes+cfg.MaxMessageBytes+(1<<20)),
 		// Calls at once on one connection (HTTP/2 streams); more wait for
 		// a free stream on the client side.
-		grpc.MaxConcurrentStreams(maxStreamsPerConn),
+		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
 	)
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)
@@ -362,14 +362,10 @@ const (
 	reconcileIdle  = 5 * time.Second
 )
 
-// maxStreamsPerConn caps the calls (HTTP/2 streams) one connection carries
-// at once. The Clients of a process share their connection to a node, up
-// to 32 on one (the client package's clientsPerConn), so a connection
-// allows each of them the 1,000 calls it had on a connection of its own: a
-// Client tailing many topics does not hold the others' sends back. The
-// calls that last are capped per node (Config.MaxWaiters for waiting
-// reads, 10,000 Subscribe streams), whatever the connections.
-const maxStreamsPerConn = 32 * 1000
+// DefaultMaxStreamsPerConn is Config.MaxStreamsPerConn's default: 1,000
+// calls for each of the 32 Clients the client package puts on one shared
+// connection (its clientsPerConn).
+const DefaultMaxStreamsPerConn = 32 * 1000
 
 // retention enforces the topics' retention settings on the topics this
 // node leads, every RetentionInterval, until Stop.

@@ -510,8 +510,16 @@ func TestConnectionCarriesManyLongPolls(t *testing.T) {
 			errs <- err
 		}()
 	}
-	require.Eventually(t, func() bool { return n.LongPolls() == polls }, 15*time.Second, 5*time.Millisecond,
-		"long polls waiting on the node")
+	var early error // a poll that ended before the send
+	require.Eventually(t, func() bool {
+		select {
+		case early = <-errs:
+			return true
+		default:
+			return n.LongPolls() == polls
+		}
+	}, 15*time.Second, 5*time.Millisecond, "long polls waiting on the node")
+	require.NoError(t, early, "a long poll ended before the send")
 	send(t, c, "default", [][]byte{[]byte("m")}, true)
 	for range polls {
 		select {
@@ -521,4 +529,31 @@ func TestConnectionCarriesManyLongPolls(t *testing.T) {
 			t.Fatal("waiting reads did not wake")
 		}
 	}
+}
+
+// TestMaxStreamsPerConn: a connection carries at most MaxStreamsPerConn
+// calls at once; a call beyond them waits for one to end, and another
+// connection is not held back.
+func TestMaxStreamsPerConn(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MaxStreamsPerConn = 2 }))
+	c := dial(t, n)
+	ctx := ctxT(t)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := c.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1, Wait: true})
+			errs <- err
+		}()
+	}
+	require.Eventually(t, func() bool { return n.LongPolls() == 2 }, 15*time.Second, 5*time.Millisecond)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err := c.bus.GetTopicDetails(short, &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "a third call on the connection got a stream: %v", err)
+	send(t, dial(t, n), "default", [][]byte{[]byte("m")}, true) // another connection
+	for range 2 {
+		require.NoError(t, <-errs)
+	}
+	_, err = c.bus.GetTopicDetails(ctx, &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+	require.NoError(t, err, "the streams are free again")
 }

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	_ "net/http/pprof"
@@ -90,32 +91,33 @@ const defaultGCPercent = 200
 func run(args []string) error {
 	fs := flag.NewFlagSet("fbnode", flag.ContinueOnError)
 	var (
-		listen    = fs.String("listen", "127.0.0.1:3000", "gRPC listen address (host:port; port 0 picks a free one)")
-		advertise = fs.String("advertise", "", "address clients dial (default: the listen address)")
-		dataDir   = fs.String("data", "./fbdata", "data directory")
-		clusterID = fs.String("cluster", "local", "cluster ID; the data directory remembers it")
-		nodeName  = fs.String("name", "node1", "this node's stable name")
-		join      = fs.String("join", "", "address of a member of a running cluster to join (first start only; the node asks it to add this node)")
-		initial   = fs.String("initial-cluster", "", "members of a new cluster: name=host:port,... in the same order on every member (default: a one-node cluster)")
-		syncMode  = fs.String("sync", "fsync", `durability: "fsync" (acknowledged means on disk) or "os" (the OS flushes)`)
-		maxMsg    = fs.Int("max-message-bytes", 1<<20, "largest message accepted")
-		maxBatch  = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch accepted (payload bytes)")
-		maxRead   = fs.Int("max-read-bytes", 4<<20, "payload cap of one GetMessages answer")
-		readAhead = fs.Int("read-ahead-bytes", 1<<20, "payload a GetMessages answer holds when that much is committed, even beyond the quantity asked (negative: off)")
-		maxWait   = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
-		segment   = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
-		pageCache = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
-		journalB  = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
-		notice    = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")
-		retention = fs.Duration("retention", 0, "default retention age of a topic's messages (0: keep for ever)")
-		retBytes  = fs.Int64("retention-bytes", 0, "default retention size of a topic (0: no limit)")
-		topic     = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
-		logLevel  = fs.String("log-level", "info", "log level: debug, info, warn, error")
-		logFormat = fs.String("log-format", "text", "log format: text or json")
-		pprofAddr = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
-		httpAddr  = fs.String("http", "", "serve /metrics, /status and /status.json on this address (e.g. 127.0.0.1:8080); off by default")
-		addrFile  = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
-		gcPercent = fs.Int("gc-percent", defaultGCPercent, "Go GC target (as GOGC): the heap grows to (1+N/100) x the live heap between collections; higher trades memory for CPU; negative turns the collector off. A GOGC environment variable wins")
+		listen     = fs.String("listen", "127.0.0.1:3000", "gRPC listen address (host:port; port 0 picks a free one)")
+		advertise  = fs.String("advertise", "", "address clients dial (default: the listen address)")
+		dataDir    = fs.String("data", "./fbdata", "data directory")
+		clusterID  = fs.String("cluster", "local", "cluster ID; the data directory remembers it")
+		nodeName   = fs.String("name", "node1", "this node's stable name")
+		join       = fs.String("join", "", "address of a member of a running cluster to join (first start only; the node asks it to add this node)")
+		initial    = fs.String("initial-cluster", "", "members of a new cluster: name=host:port,... in the same order on every member (default: a one-node cluster)")
+		syncMode   = fs.String("sync", "fsync", `durability: "fsync" (acknowledged means on disk) or "os" (the OS flushes)`)
+		maxMsg     = fs.Int("max-message-bytes", 1<<20, "largest message accepted")
+		maxBatch   = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch accepted (payload bytes)")
+		maxRead    = fs.Int("max-read-bytes", 4<<20, "payload cap of one GetMessages answer")
+		readAhead  = fs.Int("read-ahead-bytes", 1<<20, "payload a GetMessages answer holds when that much is committed, even beyond the quantity asked (negative: off)")
+		maxWait    = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
+		maxStreams = fs.Uint("max-streams-per-conn", server.DefaultMaxStreamsPerConn, "calls one client connection carries at once (the Clients of a process share one connection, up to 32 Clients each)")
+		segment    = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
+		pageCache  = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
+		journalB   = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
+		notice     = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")
+		retention  = fs.Duration("retention", 0, "default retention age of a topic's messages (0: keep for ever)")
+		retBytes   = fs.Int64("retention-bytes", 0, "default retention size of a topic (0: no limit)")
+		topic      = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
+		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		logFormat  = fs.String("log-format", "text", "log format: text or json")
+		pprofAddr  = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
+		httpAddr   = fs.String("http", "", "serve /metrics, /status and /status.json on this address (e.g. 127.0.0.1:8080); off by default")
+		addrFile   = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
+		gcPercent  = fs.Int("gc-percent", defaultGCPercent, "Go GC target (as GOGC): the heap grows to (1+N/100) x the live heap between collections; higher trades memory for CPU; negative turns the collector off. A GOGC environment variable wins")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -192,6 +194,7 @@ func run(args []string) error {
 		MaxReadBytes:      *maxRead,
 		ReadAheadBytes:    *readAhead,
 		MaxWait:           *maxWait,
+		MaxStreamsPerConn: uint32(min(*maxStreams, math.MaxUint32)),
 		SegmentBytes:      *segment,
 		PageCacheBytes:    *pageCache,
 		JournalBytes:      *journalB,
