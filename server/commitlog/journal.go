@@ -474,6 +474,12 @@ func (j *Journal) roomFor(n int64, mayWait bool) error {
 				err = os.Rename(oldPath, filepath.Join(j.dir, journalSpare))
 			}
 			if err == nil {
+				// The old file must not come back under its name after a
+				// power loss: Close voids the current file, and with it
+				// the barriers that cancel the old file's records.
+				err = syncDir(j.dir)
+			}
+			if err == nil {
 				journalCheckpoints.Add(1)
 			}
 			if cerr := old.Close(); err == nil {
