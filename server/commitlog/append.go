@@ -2,7 +2,6 @@ package commitlog
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"sync/atomic"
 
@@ -494,14 +493,11 @@ func (l *Log) truncateFrom(index uint64) error {
 	// The dedup table is owner-only: roll it back to index-1 with the undo
 	// records (every producer batch above the commit index has one).
 	l.dedup.rollback(index)
-	// Readers may be reading anywhere below cut.size: shrink the file only
-	// while holding the write lock.
+	// Readers may be reading anywhere below cut.size: shrink it only while
+	// holding the write lock. The file itself is cut last, below, once no
+	// reader can reach past cutOff.
 	l.mu.Lock()
 	if cut != nil {
-		if err := cut.f.Truncate(cutOff); err != nil {
-			l.mu.Unlock()
-			return l.fence(fmt.Errorf("commitlog: truncate %s: %w", cut.path, err))
-		}
 		cut.size, cut.alloc = cutOff, cutOff
 		cut.dropped, cut.flushing = min(cut.dropped, cutOff), min(cut.flushing, cutOff)
 		cut.last = index - 1
@@ -532,8 +528,14 @@ func (l *Log) truncateFrom(index uint64) error {
 		s.f.Close()
 	}
 	l.mu.Unlock()
-	for _, s := range removed {
-		if err := os.Remove(s.path); err != nil {
+	// The files change from the end of the log back: the later segments go
+	// newest first, durably, then the cut segment shrinks. A crash at any
+	// point leaves the segments contiguous, with some of the suffix still
+	// in them (raft truncates it again); removing them oldest first, or
+	// cutting the segment first, could leave a gap that Open refuses.
+	for i := len(removed) - 1; i >= 0; i-- {
+		s := removed[i]
+		if err := removeSegment(s.path); err != nil {
 			return l.fence(fmt.Errorf("commitlog: remove segment: %w", err))
 		}
 		s.dirty = false
@@ -541,19 +543,23 @@ func (l *Log) truncateFrom(index uint64) error {
 	if len(removed) > 0 {
 		l.dirDirty = true
 	}
-	if l.opts.NoSync {
-		return nil
-	}
-	if cut != nil {
-		if err := fdatasync(cut.f); err != nil {
-			return l.fence(fmt.Errorf("commitlog: sync %s: %w", cut.path, err))
-		}
-	}
-	if l.dirDirty {
+	if l.dirDirty && !l.opts.NoSync {
 		if err := syncDir(l.dir); err != nil {
 			return l.fence(err)
 		}
 		l.dirDirty = false
+	}
+	if cut == nil {
+		return nil
+	}
+	if err := cut.f.Truncate(cutOff); err != nil {
+		return l.fence(fmt.Errorf("commitlog: truncate %s: %w", cut.path, err))
+	}
+	if l.opts.NoSync {
+		return nil
+	}
+	if err := fdatasync(cut.f); err != nil {
+		return l.fence(fmt.Errorf("commitlog: sync %s: %w", cut.path, err))
 	}
 	return nil
 }

@@ -89,7 +89,7 @@ func (l *Log) DeleteBefore(index uint64) error {
 // recorded in meta and is removed by Open.
 func (l *Log) removeFiles(segs []*segment) error {
 	for _, s := range segs {
-		if err := os.Remove(s.path); err != nil && !os.IsNotExist(err) {
+		if err := removeSegment(s.path); err != nil && !os.IsNotExist(err) {
 			return l.fence(fmt.Errorf("commitlog: remove segment: %w", err))
 		}
 	}
@@ -98,6 +98,10 @@ func (l *Log) removeFiles(segs []*segment) error {
 	}
 	return nil
 }
+
+// removeSegment is os.Remove; tests make it fail to stop a removal part
+// way, as a crash would.
+var removeSegment = os.Remove
 
 // ApplySnapshot discards the whole log and restarts it after the snapshot:
 // FirstIndex becomes snap.Metadata.Index+1, Term(FirstIndex-1) the snapshot
@@ -146,6 +150,9 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 		s.dirty = false
 	}
 	l.mu.Unlock()
+	// Newest first: a crash part way leaves the remaining segments
+	// contiguous (oldest first could leave a gap that Open refuses).
+	slices.Reverse(tail)
 	if err := l.removeFiles(tail); err != nil {
 		return err
 	}

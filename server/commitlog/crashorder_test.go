@@ -1,0 +1,97 @@
+package commitlog
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// failRemovalAt makes the n-th segment removal from now (0: the next) and
+// every later one fail, as a crash there would stop them.
+func failRemovalAt(t *testing.T, n int) {
+	calls := 0
+	removeSegment = func(path string) error {
+		calls++
+		if calls > n {
+			return errors.New("injected: crashed before this removal")
+		}
+		return removeSegmentOS(path)
+	}
+	t.Cleanup(func() { removeSegment = removeSegmentOS })
+}
+
+var removeSegmentOS = removeSegment
+
+// segmentedLog is a log of at least four segments, closed, and its model.
+func segmentedLog(t *testing.T, dir string) *model {
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	for len(l.segs) < 4 {
+		m.appendN(t, l, m.last+1, 5, 1)
+	}
+	require.NoError(t, l.Close())
+	return m
+}
+
+// reopenContiguous opens dir as after a crash and checks that the log holds
+// the model's entries up to keep, and then a contiguous run of what was
+// there before (the suffix a truncation had not removed yet).
+func reopenContiguous(t *testing.T, dir string, m *model, keep uint64) {
+	l, err := Open(dir, Options{SegmentBytes: MinSegmentBytes})
+	require.NoError(t, err, "the log after a crash part way")
+	defer l.Close()
+	last, err := l.LastIndex()
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, last, keep)
+	got, err := l.Entries(1, last+1, 1<<62)
+	require.NoError(t, err)
+	for k, e := range got {
+		idx := uint64(k + 1)
+		require.True(t, proto.Equal(m.ents[idx], e), "entry %d", idx)
+	}
+}
+
+// TestTruncateCrashLeavesContiguousLog: a truncation that stops after any
+// of its segment removals (a crash) leaves segments Open accepts. It used
+// to cut the segment holding the truncation point first and remove the
+// later segments oldest first, so a crash in between left a gap (review).
+func TestTruncateCrashLeavesContiguousLog(t *testing.T) {
+	for n := 0; n < 2; n++ { // two segments or more follow the cut one
+		t.Run(fmt.Sprintf("after %d removals", n), func(t *testing.T) {
+			dir := t.TempDir()
+			m := segmentedLog(t, dir)
+			l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+			s := l.segs[1]
+			at := s.first + (s.last-s.first)/2 + 1
+			failRemovalAt(t, n)
+			_, err := l.Append([]*pb.Entry{ent(at, 2, pb.EntryType_EntryNormal, nil)}, nil)
+			require.ErrorContains(t, err, "injected", "the injected failure")
+			l.Close()
+			reopenContiguous(t, dir, m, at-1)
+		})
+	}
+}
+
+// TestSnapshotCrashLeavesContiguousLog: the same for the segments
+// ApplySnapshot removes above the snapshot before recording the new start.
+func TestSnapshotCrashLeavesContiguousLog(t *testing.T) {
+	for n := 0; n < 3; n++ { // three segments or more start above the snapshot
+		t.Run(fmt.Sprintf("after %d removals", n), func(t *testing.T) {
+			dir := t.TempDir()
+			m := segmentedLog(t, dir)
+			l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+			idx := l.segs[0].last // the segments after the first start above it
+			failRemovalAt(t, n)
+			err := l.ApplySnapshot(&pb.Snapshot{Data: EncodeSnapshotData(nil, 1000), Metadata: &pb.SnapshotMetadata{
+				Index: proto.Uint64(idx), Term: proto.Uint64(1), ConfState: &pb.ConfState{Voters: []uint64{1}},
+			}})
+			require.ErrorContains(t, err, "injected", "the injected failure")
+			l.Close()
+			reopenContiguous(t, dir, m, idx)
+		})
+	}
+}
