@@ -179,6 +179,9 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, fmt.Errorf("commitlog: create dir: %w", err)
 	}
 	l := &Log{dir: dir, opts: opts, logger: logger.With("dir", dir), dev: deviceOf(dir)}
+	if !opts.NoSync {
+		registerSyncDev(l.dev, dir) // before the log writes (syncdev.go)
+	}
 	if j := opts.Journal; j != nil && !opts.NoSync && syncfsWorks && l.dev != 0 && l.dev == j.dev {
 		rel, err := j.relPath(dir)
 		if err != nil {

@@ -6,6 +6,9 @@ import (
 	"sync/atomic"
 )
 
+// syncfsFunc is syncfs; tests make it fail.
+var syncfsFunc = syncfs
+
 // syncfsCalls counts the syncfs calls SyncMany made (for tests).
 var syncfsCalls atomic.Uint64
 
@@ -49,7 +52,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 			journal = l.opts.Journal
 			journals = append(journals, i)
 			continue
-		case !syncfsWorks || l.dev == 0:
+		case !syncfsWorks || syncDevFile(l.dev) == nil:
 			ownSync = append(ownSync, i)
 		default:
 			if shared == nil {
@@ -92,7 +95,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 			}
 		}
 	}
-	for _, idx := range shared {
+	for dev, idx := range shared {
 		if len(idx) < 2 {
 			ownSync = append(ownSync, idx...)
 			continue
@@ -111,9 +114,16 @@ func SyncMany(logs []*Log, errs []error) []error {
 		if len(idx) == 0 {
 			continue
 		}
+		f := syncDevFile(dev)
+		if f == nil { // another SyncMany's syncfs failed meanwhile
+			ownSync = append(ownSync, idx...)
+			continue
+		}
 		syncfsCalls.Add(1)
-		if err := syncfs(logs[idx[0]].hs.f); err != nil {
-			logs[idx[0]].logger.Warn("syncfs failed; syncing each log", "err", err)
+		if err := syncfsFunc(f); err != nil {
+			// Never again on this filesystem (syncdev.go).
+			failSyncDev(dev)
+			logs[idx[0]].logger.Warn("syncfs failed; every log on its filesystem syncs its own files from now on", "err", err)
 			ownSync = append(ownSync, idx...)
 			continue
 		}

@@ -2,7 +2,9 @@ package commitlog
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -99,4 +101,52 @@ func TestSyncManyNoSync(t *testing.T) {
 	assert.False(t, fast.needsSync())
 	assert.False(t, slow.needsSync())
 	assert.Equal(t, before, syncfsCalls.Load(), "one log to flush: its own fdatasync")
+}
+
+// TestSyncManyStopsSyncfsAfterFailure: once a syncfs on a filesystem
+// fails, SyncMany never trusts syncfs there again; the logs sync their own
+// files, whose fdatasync reports a failed writeback to each of them (a
+// later syncfs through a descriptor that already reported the error would
+// succeed and mark a log durable whose records the writeback lost).
+func TestSyncManyStopsSyncfsAfterFailure(t *testing.T) {
+	if !syncfsWorks {
+		t.Skip("syncfs is not used on this kernel")
+	}
+	root := t.TempDir()
+	a := openT(t, filepath.Join(root, "a"), Options{})
+	b := openT(t, filepath.Join(root, "b"), Options{})
+	dev := a.dev
+	require.NotNil(t, syncDevFile(dev))
+	saved := syncDevFile(dev)
+	t.Cleanup(func() {
+		syncfsFunc = syncfs
+		syncDevs.mu.Lock()
+		syncDevs.m[dev] = saved
+		syncDevs.mu.Unlock()
+	})
+	failed := 0
+	syncfsFunc = func(f *os.File) error {
+		failed++
+		return &os.PathError{Op: "syncfs", Path: f.Name(), Err: syscall.EIO}
+	}
+	round := func(index uint64) []error {
+		for _, l := range []*Log{a, b} {
+			_, err := l.Append([]*pb.Entry{ent(index, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, index, 0, 0, msgsFor(index, 2)))}, nil)
+			require.NoError(t, err)
+		}
+		return SyncMany([]*Log{a, b}, nil)
+	}
+	for _, err := range round(1) {
+		require.NoError(t, err, "the logs' own syncs stand in for the failed syncfs")
+	}
+	require.Equal(t, 1, failed)
+	require.Nil(t, syncDevFile(dev), "syncfs is off on the filesystem")
+	before := syncfsCalls.Load()
+	for _, err := range round(2) {
+		require.NoError(t, err)
+	}
+	assert.Equal(t, before, syncfsCalls.Load(), "no syncfs after a failure")
+	assert.Equal(t, 1, failed)
+	assert.False(t, a.needsSync())
+	assert.False(t, b.needsSync())
 }
