@@ -299,6 +299,18 @@ func (l *Log) recover() error {
 		l.nextID = nextID
 		l.lastIndex = s.last
 	}
+	if l.hs.cur.commit > l.lastIndex {
+		// A term change writes the hardstate at once, with a commit point
+		// that may cover entries this log had not synced: after a power
+		// loss the log can end below it. raft gets the commit cut to the
+		// log (InitialState); the log's own checks (ApplySnapshot's "out of
+		// date", truncateFrom's refusal) must use the same point, or a
+		// snapshot between the two fences the group at every start. The
+		// next hardstate write stores the lowered point.
+		l.logger.Warn("commitlog: stored commit point beyond the end of the log; lowering it",
+			"commit", l.hs.cur.commit, "last_index", l.lastIndex)
+		l.hs.cur.commit = l.lastIndex
+	}
 	l.dedup.trim(l.hs.cur.commit)
 	if l.lastIndex >= st.firstIndex {
 		ids, err := l.idsLocked(l.lastIndex)

@@ -702,3 +702,37 @@ func TestRecentIDsFromMemory(t *testing.T) {
 	_, err = l.IDs(n + 1)
 	require.ErrorIs(t, err, raft.ErrUnavailable)
 }
+
+// TestStoredCommitBeyondLostTail: a power loss can keep a hardstate whose
+// commit point covers entries the log lost (a term change writes it at
+// once, before the entries' sync). Open lowers the point to the log's end,
+// so a snapshot above the end and below the stored point is applied, not
+// refused as out of date at every start (review).
+func TestStoredCommitBeyondLostTail(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	m := newModel()
+	m.appendN(t, l, 1, 10, 1)
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(2), Vote: proto.Uint64(1), Commit: proto.Uint64(10)}))
+	require.NoError(t, l.Sync())
+	_, off, _, err := l.locate(6)
+	require.NoError(t, err)
+	seg := l.segs[0].path
+	require.NoError(t, l.Close())
+	require.NoError(t, os.Truncate(seg, off)) // entries 6.. lost
+
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	last, err := l.LastIndex()
+	require.NoError(t, err)
+	require.Equal(t, uint64(5), last)
+	hs, _, err := l.InitialState()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(5), hs.GetCommit())
+	require.NoError(t, l.ApplySnapshot(&pb.Snapshot{Data: EncodeSnapshotData(nil, 100), Metadata: &pb.SnapshotMetadata{
+		Index: proto.Uint64(8), Term: proto.Uint64(2), ConfState: &pb.ConfState{Voters: []uint64{1}},
+	}}), "a snapshot between the log's end and the stored commit point")
+	first, err := l.FirstIndex()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(9), first)
+}
