@@ -65,10 +65,13 @@ type GroupConfig struct {
 	OnClose func()
 	// OnLead, when set, runs on the engine goroutine whenever this node
 	// becomes the group's leader, once it has applied an entry of its own
-	// term: from then on raft takes its configuration changes (a new
-	// leader refuses them until it has applied its predecessor's entries).
-	// It must not block, nor call the Group's methods, which wait for the
-	// engine goroutine.
+	// term (a new leader refuses configuration changes until it has
+	// applied its predecessor's entries). It may run before raft itself
+	// counts that entry applied (an entry applied ahead of its Ready
+	// reaches raft with the next one), so a change proposed at once can
+	// still be turned into an empty entry: callers check the outcome and
+	// propose again, as the reconciler does. It must not block, nor call
+	// the Group's methods, which wait for the engine goroutine.
 	OnLead func()
 }
 
@@ -567,7 +570,11 @@ func (g *Group) Status(ctx context.Context) (raft.Status, error) {
 		st = g.rn.Status()
 		return nil
 	})
-	return st, err
+	if err != nil {
+		// The op may still run later: st is not ours to read.
+		return raft.Status{}, err
+	}
+	return st, nil
 }
 
 // ConfState is the group's configuration as last applied on this node.
@@ -941,6 +948,33 @@ func (g *Group) fence(err error) {
 	}
 	g.replies = g.replies[:0]
 	g.failWaiters(ErrStorageFailed)
+	g.releaseFollowers()
+}
+
+// releaseFollowers runs when a leader's group is fenced. It sends nothing
+// from now on, while its node goes on pinging, so a follower that
+// quiesced would wait for it for ever: the node is not silent. A last
+// heartbeat that is not a quiesce message wakes the followers; they then
+// hear nothing more, time out and elect a leader between them. (Commit 0:
+// a heartbeat never lowers a follower's commit index.)
+func (g *Group) releaseFollowers() {
+	if !g.isLeader || g.e.cfg.Transport == nil {
+		return
+	}
+	self, term := g.e.cfg.NodeID, g.term.Load()
+	var msgs []*raftpb.Message
+	for id := range g.rn.Status().Progress {
+		if id == self {
+			continue
+		}
+		msgs = append(msgs, &raftpb.Message{
+			Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(self), To: new(id),
+			Term: new(term), Commit: new(uint64(0)),
+		})
+	}
+	if len(msgs) > 0 {
+		g.e.cfg.Transport.Send(g.name, msgs)
+	}
 }
 
 func (g *Group) failWaiters(err error) {

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -168,4 +169,28 @@ func TestQuiescedGroupReplacesSilentLeader(t *testing.T) {
 			}, 20*time.Second, time.Millisecond, "a follower leads")
 		})
 	}
+}
+
+// TestFencedLeaderReleasesQuiescedFollowers: a leader whose group is fenced
+// (a storage error) sends nothing more while its node goes on pinging; its
+// quiesced followers must still wake and elect a leader between them
+// (review: they waited for it until its node restarted).
+func TestFencedLeaderReleasesQuiescedFollowers(t *testing.T) {
+	c := openNoticeCluster(t, 20*time.Millisecond, -1, false)
+	c.sendSequentially(t, 1)
+	for _, tr := range c.trs[1:] {
+		require.Eventually(t, func() bool { return tr.quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "a follower quiesces")
+	}
+	lead := c.groups[0]
+	require.True(t, lead.enqueue(func() {
+		lead.inOps = append(lead.inOps, func() { lead.fence(errors.New("injected storage failure")) })
+	}))
+	require.Eventually(t, func() bool {
+		for _, g := range c.groups[1:] {
+			if l := g.Leader(); l != 0 && l != lead.e.NodeID() {
+				return true
+			}
+		}
+		return false
+	}, 20*time.Second, time.Millisecond, "a follower leads")
 }
