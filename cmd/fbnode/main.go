@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/uring"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/httpapi"
 )
@@ -117,6 +118,7 @@ func run(args []string) error {
 		pprofAddr  = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 		httpAddr   = fs.String("http", "", "serve /metrics, /status and /status.json on this address (e.g. 127.0.0.1:8080); off by default")
 		addrFile   = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
+		ioURing    = fs.Bool("io-uring", true, "make fdatasync through io_uring where the kernel allows it, so that a sync holds no runtime thread (false: plain system calls)")
 		gcPercent  = fs.Int("gc-percent", defaultGCPercent, "Go GC target (as GOGC): the heap grows to (1+N/100) x the live heap between collections; higher trades memory for CPU; negative turns the collector off. A GOGC environment variable wins")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -145,6 +147,12 @@ func run(args []string) error {
 	logger := slog.New(h)
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
+	}
+	uring.SetEnabled(*ioURing)
+	if *ioURing && *syncMode == string(server.SyncFsync) {
+		if ok, err := uring.Available(); !ok {
+			logger.Info("io_uring not available: syncs are system calls", "err", err)
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/forestbus/forestbus/internal/flushhook"
+	"github.com/forestbus/forestbus/internal/uring"
 )
 
 // fdCall runs call on f's descriptor, again while it fails with EINTR; a
@@ -38,11 +39,20 @@ func fdCall(f *os.File, op string, call func(fd int) error) error {
 
 // fdatasync flushes f's data (and the metadata needed to read it back).
 func fdatasync(f *os.File) error {
-	err := fdCall(f, "fdatasync", syscall.Fdatasync)
+	err := fdCall(f, "fdatasync", datasync)
 	if err == nil {
 		flushhook.Flushed(f, "")
 	}
 	return err
+}
+
+// datasync is fdatasync(2) on fd, made through io_uring where it can be
+// (package uring says why).
+func datasync(fd int) error {
+	if ok, err := uring.Fdatasync(fd); ok {
+		return err
+	}
+	return syscall.Fdatasync(fd)
 }
 
 // allocate gives f blocks for [off, off+n), extending its size, without
