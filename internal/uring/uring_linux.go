@@ -17,15 +17,20 @@
 // Each ring carries one request at a time: a call takes a free ring from a
 // pool (making one when none is free), submits its request, waits for the
 // completion on the ring's eventfd, and gives the ring back. No completion
-// is ever routed between goroutines.
+// is ever routed between goroutines. A ring that misbehaves is closed and
+// the call makes the system call instead; one that cannot run the request
+// at all (the kernel refuses the operation or cannot start a worker) turns
+// io_uring off for the process.
 package uring
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -33,9 +38,17 @@ import (
 
 // The kernel's ABI (include/uapi/linux/io_uring.h).
 const (
-	sysSetup    = 425 // io_uring_setup
-	sysEnter    = 426 // io_uring_enter
-	sysRegister = 427 // io_uring_register
+	sysSetup    = unix.SYS_IO_URING_SETUP
+	sysEnter    = unix.SYS_IO_URING_ENTER
+	sysRegister = unix.SYS_IO_URING_REGISTER
+
+	// ringEntries sizes each ring. One request is in flight per ring, but
+	// the kernel also sizes from it the pool of workers that run the
+	// fsyncs a thread submits (min(entries, 4 × CPUs)): with 2, a thread
+	// submitting for several rings ran two fsyncs at a time.
+	ringEntries = 32
+	// maxFree caps the idle rings kept for reuse; more are closed.
+	maxFree = 16
 
 	opFsync          = 3 // IORING_OP_FSYNC
 	fsyncDatasync    = 1 // IORING_FSYNC_DATASYNC
@@ -71,8 +84,9 @@ type ring struct {
 var pool struct {
 	mu       sync.Mutex
 	free     []*ring
-	disabled bool // SetEnabled(false), or io_uring is not available
-	failed   error
+	made     bool  // a ring was set up once: a later failure is transient
+	disabled bool  // io_uring is not available, or refused a request
+	failed   error // why disabled
 }
 
 var enabled atomic.Bool
@@ -109,16 +123,46 @@ func Fdatasync(fd int) (ok bool, err error) {
 		return false, nil
 	}
 	submitted, err := r.fsync(fd, fsyncDatasync)
-	if !submitted {
+	switch {
+	case !submitted:
 		r.close()
+		if err != nil && !transient(err) {
+			disable(err)
+		}
 		return false, nil
-	}
-	if errors.Is(err, errLost) {
+	case errors.Is(err, errLost):
 		r.close() // its state is unknown: never reused
 		return true, err
+	case errors.Is(err, syscall.ECANCELED), errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.EOPNOTSUPP):
+		// The fsync did not run: no worker could be started for it, or
+		// the kernel (or a sandbox) refuses the operation. Nothing was
+		// flushed and no writeback error was consumed, so the system
+		// call, from now on, gives the true outcome.
+		r.close()
+		disable(err)
+		return false, nil
 	}
 	put(r)
 	return true, err
+}
+
+// transient reports whether a failed submission may succeed later.
+func transient(err error) bool {
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EBUSY) ||
+		errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.EINTR)
+}
+
+// disable turns io_uring off for the process.
+func disable(err error) {
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	if !pool.disabled {
+		pool.disabled, pool.failed = true, err
+	}
+	for _, r := range pool.free {
+		r.close()
+	}
+	pool.free = nil
 }
 
 // errLost: the request was submitted but its completion could not be read.
@@ -139,28 +183,34 @@ func get() (*ring, error) {
 	}
 	pool.mu.Unlock()
 	r, err := newRing()
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
 	if err != nil {
-		pool.mu.Lock()
-		if len(pool.free) == 0 {
+		if !pool.made {
 			// Not available here (an old kernel, a seccomp filter, the
-			// io_uring_disabled sysctl): not tried again.
+			// io_uring_disabled sysctl): not tried again. After a ring
+			// worked, a failure (out of descriptors, say) is this call's.
 			pool.disabled, pool.failed = true, err
 		}
-		pool.mu.Unlock()
 		return nil, err
 	}
+	pool.made = true
 	return r, nil
 }
 
 func put(r *ring) {
 	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	if pool.disabled || len(pool.free) >= maxFree {
+		r.close()
+		return
+	}
 	pool.free = append(pool.free, r)
-	pool.mu.Unlock()
 }
 
 func newRing() (r *ring, err error) {
 	var p params
-	fd, _, e := syscall.Syscall(sysSetup, 2, uintptr(unsafe.Pointer(&p)), 0)
+	fd, _, e := syscall.Syscall(sysSetup, ringEntries, uintptr(unsafe.Pointer(&p)), 0)
 	if e != 0 {
 		return nil, os.NewSyscallError("io_uring_setup", e)
 	}
@@ -215,6 +265,11 @@ func newRing() (r *ring, err error) {
 		return nil, os.NewSyscallError("eventfd", err)
 	}
 	r.efd = os.NewFile(uintptr(efd), "io_uring eventfd")
+	if err := r.efd.SetReadDeadline(time.Time{}); err != nil {
+		// Not in the network poller: a read would fail with EAGAIN
+		// instead of waiting.
+		return nil, fmt.Errorf("uring: eventfd not pollable: %w", err)
+	}
 	e32 := int32(efd)
 	if _, _, e := syscall.Syscall6(sysRegister, fd, registerEventfd, uintptr(unsafe.Pointer(&e32)), 1, 0, 0); e != 0 {
 		return nil, os.NewSyscallError("io_uring_register", e)
@@ -252,7 +307,12 @@ func (r *ring) fsync(fd int, flags uint32) (submitted bool, err error) {
 		if e == syscall.EINTR {
 			continue
 		}
-		if e != 0 && atomic.LoadUint32(r.sqHead) != tail+1 {
+		// Submitted when the kernel consumed the entry, whatever the call
+		// returned.
+		if atomic.LoadUint32(r.sqHead) != tail+1 {
+			if e == 0 {
+				return false, nil
+			}
 			return false, os.NewSyscallError("io_uring_enter", e)
 		}
 		break

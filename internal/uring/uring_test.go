@@ -51,10 +51,7 @@ func TestFdatasync(t *testing.T) {
 // its errno, as from the system call, and the ring stays usable.
 func TestFdatasyncReportsErrors(t *testing.T) {
 	needRing(t)
-	f := tempFile(t)
-	fd := int(f.Fd())
-	require.NoError(t, f.Close())
-	ok, err := Fdatasync(fd)
+	ok, err := Fdatasync(-1)
 	require.True(t, ok)
 	assert.ErrorIs(t, err, syscall.EBADF)
 
@@ -110,4 +107,28 @@ func TestDisabled(t *testing.T) {
 	ok, err := Fdatasync(int(f.Fd()))
 	assert.False(t, ok)
 	assert.NoError(t, err)
+}
+
+// TestDisableFallsBack: once a ring refused a request outright (the kernel
+// or a sandbox refuses the operation, or no worker could start), io_uring
+// is off for the process: Fdatasync says so and callers make the system
+// call.
+func TestDisableFallsBack(t *testing.T) {
+	needRing(t)
+	t.Cleanup(func() {
+		pool.mu.Lock()
+		pool.disabled, pool.failed = false, nil
+		pool.mu.Unlock()
+	})
+	disable(syscall.EOPNOTSUPP)
+	f := tempFile(t)
+	ok, err := Fdatasync(int(f.Fd()))
+	assert.False(t, ok)
+	assert.NoError(t, err)
+	avail, why := Available()
+	assert.False(t, avail)
+	assert.ErrorIs(t, why, syscall.EOPNOTSUPP)
+	pool.mu.Lock()
+	assert.Empty(t, pool.free, "the idle rings were closed")
+	pool.mu.Unlock()
 }
