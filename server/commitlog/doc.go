@@ -197,7 +197,13 @@
 // conflicting suffix). Sync fdatasyncs every segment written since the last
 // Sync, the hardstate file when term or vote changed, and the directory after
 // files were created or deleted. With Options.NoSync ("os" durability) Sync
-// does nothing but bookkeeping.
+// does nothing but bookkeeping. On Linux a file's fdatasync goes through
+// io_uring where the kernel allows it (internal/uring): the same flush,
+// without a runtime thread blocked in the system call.
+//
+// A truncation and ApplySnapshot change the files from the end of the log
+// back (the later segments newest first, the directory synced, the cut
+// segment last), so that a crash part way leaves contiguous segments.
 //
 // # Page cache
 //
