@@ -55,6 +55,20 @@ func reopenContiguous(t *testing.T, dir string, m *model, keep uint64) {
 	}
 }
 
+// crashPartWay runs op on a log of four segments or more with the n-th
+// segment removal failing (a crash there), then checks the files open as a
+// contiguous log holding the model's entries up to the index op keeps.
+func crashPartWay(t *testing.T, n int, op func(l *Log) (keep uint64, err error)) {
+	dir := t.TempDir()
+	m := segmentedLog(t, dir)
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	failRemovalAt(t, n)
+	keep, err := op(l)
+	require.ErrorContains(t, err, "injected", "the injected failure")
+	l.Close()
+	reopenContiguous(t, dir, m, keep)
+}
+
 // TestTruncateCrashLeavesContiguousLog: a truncation that stops after any
 // of its segment removals (a crash) leaves segments Open accepts. It used
 // to cut the segment holding the truncation point first and remove the
@@ -62,16 +76,12 @@ func reopenContiguous(t *testing.T, dir string, m *model, keep uint64) {
 func TestTruncateCrashLeavesContiguousLog(t *testing.T) {
 	for n := 0; n < 2; n++ { // two segments or more follow the cut one
 		t.Run(fmt.Sprintf("after %d removals", n), func(t *testing.T) {
-			dir := t.TempDir()
-			m := segmentedLog(t, dir)
-			l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
-			s := l.segs[1]
-			at := s.first + (s.last-s.first)/2 + 1
-			failRemovalAt(t, n)
-			_, err := l.Append([]*pb.Entry{ent(at, 2, pb.EntryType_EntryNormal, nil)}, nil)
-			require.ErrorContains(t, err, "injected", "the injected failure")
-			l.Close()
-			reopenContiguous(t, dir, m, at-1)
+			crashPartWay(t, n, func(l *Log) (uint64, error) {
+				s := l.segs[1]
+				at := s.first + (s.last-s.first)/2 + 1
+				_, err := l.Append([]*pb.Entry{ent(at, 2, pb.EntryType_EntryNormal, nil)}, nil)
+				return at - 1, err
+			})
 		})
 	}
 }
@@ -81,17 +91,12 @@ func TestTruncateCrashLeavesContiguousLog(t *testing.T) {
 func TestSnapshotCrashLeavesContiguousLog(t *testing.T) {
 	for n := 0; n < 3; n++ { // three segments or more start above the snapshot
 		t.Run(fmt.Sprintf("after %d removals", n), func(t *testing.T) {
-			dir := t.TempDir()
-			m := segmentedLog(t, dir)
-			l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
-			idx := l.segs[0].last // the segments after the first start above it
-			failRemovalAt(t, n)
-			err := l.ApplySnapshot(&pb.Snapshot{Data: EncodeSnapshotData(nil, 1000), Metadata: &pb.SnapshotMetadata{
-				Index: proto.Uint64(idx), Term: proto.Uint64(1), ConfState: &pb.ConfState{Voters: []uint64{1}},
-			}})
-			require.ErrorContains(t, err, "injected", "the injected failure")
-			l.Close()
-			reopenContiguous(t, dir, m, idx)
+			crashPartWay(t, n, func(l *Log) (uint64, error) {
+				idx := l.segs[0].last // the segments after the first start above it
+				return idx, l.ApplySnapshot(&pb.Snapshot{Data: EncodeSnapshotData(nil, 1000), Metadata: &pb.SnapshotMetadata{
+					Index: proto.Uint64(idx), Term: proto.Uint64(1), ConfState: &pb.ConfState{Voters: []uint64{1}},
+				}})
+			})
 		})
 	}
 }
