@@ -679,6 +679,7 @@ func (j *Journal) replayLog(rel string, payloads [][]byte) error {
 	if err == nil && applied > 0 {
 		j.logger.Info("commitlog: journal records replayed", "log", rel, "entries", applied, "last_index", l.lastIndex)
 	}
+	l.restoreCommit()
 	// Records the log already held may still be only in the page cache (the
 	// process died, the machine did not): Close must fdatasync them before
 	// the journal that holds them is dropped.

@@ -200,6 +200,16 @@ func Open(dir string, opts Options) (*Log, error) {
 	return l, nil
 }
 
+// restoreCommit raises the commit point Open lowered to the end of the
+// segments (recover) back toward the stored one, as far as the log now
+// reaches: after a journal replay restored entries, so that Close does not
+// store a lower point than the one it found. The caller owns the log.
+func (l *Log) restoreCommit() {
+	if c := min(l.hs.disk.commit, l.lastIndex); c > l.hs.cur.commit {
+		l.hs.cur.commit = c
+	}
+}
+
 func (l *Log) recover() error {
 	_ = os.Remove(filepath.Join(l.dir, metaTmpName))
 	st, cs, table, _, err := readMeta(l.dir)

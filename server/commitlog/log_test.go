@@ -736,3 +736,36 @@ func TestStoredCommitBeyondLostTail(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(9), first)
 }
+
+// TestReplayRestoresLoweredCommit: when a journal replay brings back the
+// entries whose loss made Open lower the stored commit point, the point
+// goes back up with them, and Close stores it, not the lowered one.
+func TestReplayRestoresLoweredCommit(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	m := newModel()
+	m.appendN(t, l, 1, 10, 1)
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(2), Vote: proto.Uint64(1), Commit: proto.Uint64(10)}))
+	require.NoError(t, l.Sync())
+	_, off, _, err := l.locate(6)
+	require.NoError(t, err)
+	seg := l.segs[0].path
+	require.NoError(t, l.Close())
+	require.NoError(t, os.Truncate(seg, off))
+
+	l = openT(t, dir, Options{})
+	require.Equal(t, uint64(5), l.hs.cur.commit, "lowered to the log's end")
+	var ents []*pb.Entry
+	for i := uint64(6); i <= 10; i++ {
+		ents = append(ents, m.ents[i])
+	}
+	_, err = l.replayEntries(ents) // what a journal replay does
+	require.NoError(t, err)
+	l.restoreCommit()
+	require.NoError(t, l.Close())
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	hs, _, err := l.InitialState()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(10), hs.GetCommit())
+}

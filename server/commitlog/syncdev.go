@@ -22,8 +22,18 @@ import (
 // error from its own fdatasync.
 var syncDevs = struct {
 	mu sync.Mutex
-	m  map[uint64]*os.File // nil once a syncfs on the filesystem failed
-}{m: make(map[uint64]*os.File)}
+	m  map[uint64]*syncDev
+}{m: make(map[uint64]*syncDev)}
+
+// syncDev is a filesystem's descriptor for SyncMany's syncfs. mu makes the
+// syncfs calls on it one at a time: the kernel reports an error to the
+// descriptor once, so of two calls at once (engines sharing a process) one
+// could take the error and the other report success for logs whose
+// writeback failed. A caller that waited finds f nil after a failure.
+type syncDev struct {
+	mu sync.Mutex
+	f  *os.File // nil once a syncfs on the filesystem failed
+}
 
 // registerSyncDev opens dev's descriptor through dir, a directory on it,
 // unless dev has one (or had and failed).
@@ -40,21 +50,39 @@ func registerSyncDev(dev uint64, dir string) {
 	if err != nil {
 		f = nil // the logs there sync on their own
 	}
-	syncDevs.m[dev] = f
+	syncDevs.m[dev] = &syncDev{f: f}
 }
 
-// syncDevFile is the descriptor SyncMany runs syncfs through for dev; nil
-// when it must not use syncfs there.
-func syncDevFile(dev uint64) *os.File {
+// syncDevOf is dev's entry; nil for a filesystem no log registered.
+func syncDevOf(dev uint64) *syncDev {
 	syncDevs.mu.Lock()
 	defer syncDevs.mu.Unlock()
 	return syncDevs.m[dev]
 }
 
-// failSyncDev stops SyncMany's use of syncfs on dev for good. The
-// descriptor stays open: another SyncMany may be using it.
-func failSyncDev(dev uint64) {
-	syncDevs.mu.Lock()
-	defer syncDevs.mu.Unlock()
-	syncDevs.m[dev] = nil
+// usable reports whether SyncMany may use syncfs on d's filesystem.
+func (d *syncDev) usable() bool {
+	if d == nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.f != nil
+}
+
+// syncfs runs syncfs through d's descriptor, alone. ok is false when syncfs
+// is off on the filesystem (the caller syncs each log's files), and after
+// a failure, which turns it off for good.
+func (d *syncDev) syncfs() (ok bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.f == nil {
+		return false, nil
+	}
+	syncfsCalls.Add(1)
+	if err := syncfsFunc(d.f); err != nil {
+		d.f = nil // the descriptor stays open: nothing else uses it
+		return false, err
+	}
+	return true, nil
 }

@@ -52,7 +52,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 			journal = l.opts.Journal
 			journals = append(journals, i)
 			continue
-		case !syncfsWorks || syncDevFile(l.dev) == nil:
+		case !syncfsWorks || !syncDevOf(l.dev).usable():
 			ownSync = append(ownSync, i)
 		default:
 			if shared == nil {
@@ -114,16 +114,10 @@ func SyncMany(logs []*Log, errs []error) []error {
 		if len(idx) == 0 {
 			continue
 		}
-		f := syncDevFile(dev)
-		if f == nil { // another SyncMany's syncfs failed meanwhile
-			ownSync = append(ownSync, idx...)
-			continue
-		}
-		syncfsCalls.Add(1)
-		if err := syncfsFunc(f); err != nil {
-			// Never again on this filesystem (syncdev.go).
-			failSyncDev(dev)
-			logs[idx[0]].logger.Warn("syncfs failed; every log on its filesystem syncs its own files from now on", "err", err)
+		if ok, err := syncDevOf(dev).syncfs(); !ok {
+			if err != nil {
+				logs[idx[0]].logger.Warn("syncfs failed; every log on its filesystem syncs its own files from now on", "err", err)
+			}
 			ownSync = append(ownSync, idx...)
 			continue
 		}

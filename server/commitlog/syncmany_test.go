@@ -115,14 +115,14 @@ func TestSyncManyStopsSyncfsAfterFailure(t *testing.T) {
 	root := t.TempDir()
 	a := openT(t, filepath.Join(root, "a"), Options{})
 	b := openT(t, filepath.Join(root, "b"), Options{})
-	dev := a.dev
-	require.NotNil(t, syncDevFile(dev))
-	saved := syncDevFile(dev)
+	d := syncDevOf(a.dev)
+	require.True(t, d.usable())
+	saved := d.f
 	t.Cleanup(func() {
 		syncfsFunc = syncfs
-		syncDevs.mu.Lock()
-		syncDevs.m[dev] = saved
-		syncDevs.mu.Unlock()
+		d.mu.Lock()
+		d.f = saved
+		d.mu.Unlock()
 	})
 	failed := 0
 	syncfsFunc = func(f *os.File) error {
@@ -140,7 +140,7 @@ func TestSyncManyStopsSyncfsAfterFailure(t *testing.T) {
 		require.NoError(t, err, "the logs' own syncs stand in for the failed syncfs")
 	}
 	require.Equal(t, 1, failed)
-	require.Nil(t, syncDevFile(dev), "syncfs is off on the filesystem")
+	require.False(t, d.usable(), "syncfs is off on the filesystem")
 	before := syncfsCalls.Load()
 	for _, err := range round(2) {
 		require.NoError(t, err)

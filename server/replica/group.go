@@ -956,26 +956,49 @@ func (g *Group) fence(err error) {
 // quiesced would wait for it for ever: the node is not silent. A last
 // heartbeat that is not a quiesce message wakes the followers; they then
 // hear nothing more, time out and elect a leader between them. (Commit 0:
-// a heartbeat never lowers a follower's commit index.)
+// a heartbeat never lowers a follower's commit index.) The transport may
+// drop a message, so the heartbeat goes again over the next ping
+// intervals; one that arrives after the election is ignored (its term is
+// old).
 func (g *Group) releaseFollowers() {
 	if !g.isLeader || g.e.cfg.Transport == nil {
 		return
 	}
-	self, term := g.e.cfg.NodeID, g.term.Load()
-	var msgs []*raftpb.Message
-	for id := range g.rn.Status().Progress {
-		if id == self {
-			continue
-		}
-		msgs = append(msgs, &raftpb.Message{
-			Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(self), To: new(id),
-			Term: new(term), Commit: new(uint64(0)),
-		})
+	st := g.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		return
 	}
-	if len(msgs) > 0 {
-		g.e.cfg.Transport.Send(g.name, msgs)
+	self := g.e.cfg.NodeID
+	var peers []uint64
+	for id := range st.Progress {
+		if id != self {
+			peers = append(peers, id)
+		}
+	}
+	if len(peers) == 0 {
+		return
+	}
+	tr, name, term := g.e.cfg.Transport, g.name, st.HardState.GetTerm()
+	send := func() {
+		msgs := make([]*raftpb.Message, 0, len(peers))
+		for _, id := range peers {
+			msgs = append(msgs, &raftpb.Message{
+				Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(self), To: new(id),
+				Term: new(term), Commit: new(uint64(0)),
+			})
+		}
+		tr.Send(name, msgs)
+	}
+	send()
+	every := time.Duration(pingEvery) * g.e.cfg.TickInterval
+	for i := range releaseResends {
+		time.AfterFunc(time.Duration(i+1)*every, send)
 	}
 }
+
+// releaseResends is how many times releaseFollowers sends its heartbeat
+// again, a ping interval apart.
+const releaseResends = 3
 
 func (g *Group) failWaiters(err error) {
 	for tag, p := range g.waiters {

@@ -174,23 +174,42 @@ func TestQuiescedGroupReplacesSilentLeader(t *testing.T) {
 // TestFencedLeaderReleasesQuiescedFollowers: a leader whose group is fenced
 // (a storage error) sends nothing more while its node goes on pinging; its
 // quiesced followers must still wake and elect a leader between them
-// (review: they waited for it until its node restarted).
+// (review: they waited for it until its node restarted), also when the
+// first heartbeat that wakes them is lost.
 func TestFencedLeaderReleasesQuiescedFollowers(t *testing.T) {
-	c := openNoticeCluster(t, 20*time.Millisecond, -1, false)
-	c.sendSequentially(t, 1)
-	for _, tr := range c.trs[1:] {
-		require.Eventually(t, func() bool { return tr.quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "a follower quiesces")
-	}
-	lead := c.groups[0]
-	require.True(t, lead.enqueue(func() {
-		lead.inOps = append(lead.inOps, func() { lead.fence(errors.New("injected storage failure")) })
-	}))
-	require.Eventually(t, func() bool {
-		for _, g := range c.groups[1:] {
-			if l := g.Leader(); l != 0 && l != lead.e.NodeID() {
-				return true
+	for _, loseFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("first heartbeat lost=%v", loseFirst), func(t *testing.T) {
+			c := openNoticeCluster(t, 20*time.Millisecond, -1, false)
+			c.sendSequentially(t, 1)
+			for _, tr := range c.trs[1:] {
+				require.Eventually(t, func() bool { return tr.quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "a follower quiesces")
 			}
-		}
-		return false
-	}, 20*time.Second, time.Millisecond, "a follower leads")
+			lead := c.groups[0]
+			others := []uint64{c.groups[1].e.NodeID(), c.groups[2].e.NodeID()}
+			if loseFirst {
+				for _, o := range others {
+					c.hub.SetDrop(lead.e.NodeID(), o, 1)
+				}
+			}
+			fenced := make(chan struct{})
+			require.True(t, lead.enqueue(func() {
+				lead.inOps = append(lead.inOps, func() {
+					lead.fence(errors.New("injected storage failure"))
+					close(fenced)
+				})
+			}))
+			<-fenced
+			for _, o := range others {
+				c.hub.SetDrop(lead.e.NodeID(), o, 0)
+			}
+			require.Eventually(t, func() bool {
+				for _, g := range c.groups[1:] {
+					if l := g.Leader(); l != 0 && l != lead.e.NodeID() {
+						return true
+					}
+				}
+				return false
+			}, 20*time.Second, time.Millisecond, "a follower leads")
+		})
+	}
 }
