@@ -788,19 +788,10 @@ func TestCloseUnblocksLongPoll(t *testing.T) {
 				_, err := other.SendMessages("t", msgs, false) // other holds the connection
 				require.NoError(t, err)
 			}
-			done := make(chan error, 1)
-			go func() {
-				_, _, err := c.GetMessages("t", 1, 10, true)
-				done <- err
-			}()
+			done := getAsync(c, true)
 			require.Eventually(t, func() bool { return n.count("get") == 1 }, 5*time.Second, time.Millisecond)
 			c.Close()
-			select {
-			case err := <-done:
-				assert.Equal(t, ErrNoNodesAvailable, err)
-			case <-time.After(10 * time.Second):
-				t.Fatal("Close did not end the long poll")
-			}
+			requireClosedErr(t, done, "the long poll")
 			if other != nil {
 				_, err := other.SendMessages("t", msgs, false)
 				assert.NoError(t, err, "the other Client's connection is unharmed")
@@ -822,11 +813,7 @@ func TestCloseEndsLongPollBetweenReissues(t *testing.T) {
 	// is in, so a Close after it lands between two calls, not in one.
 	answered := make(chan struct{}, 1)
 	c := New("", []string{n.addr}, WithDebug(), WithLogger(slog.New(signalHandler{"forestbus: call", answered})))
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := c.GetMessages("t", 1, 10, true)
-		done <- err
-	}()
+	done := getAsync(c, true)
 	select {
 	case <-answered:
 	case err := <-done:
@@ -835,11 +822,29 @@ func TestCloseEndsLongPollBetweenReissues(t *testing.T) {
 		t.Fatal("no answer to the long poll")
 	}
 	c.Close()
+	requireClosedErr(t, done, "the long poll between its re-issues")
+}
+
+// getAsync runs c.GetMessages on topic "t" from ID 1 on a goroutine; its
+// error comes on the channel.
+func getAsync(c *Client, wait bool) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.GetMessages("t", 1, 10, wait)
+		done <- err
+	}()
+	return done
+}
+
+// requireClosedErr waits for the call behind done, ended by Close, and
+// checks it failed as a Close makes it fail.
+func requireClosedErr(t *testing.T, done <-chan error, what string) {
+	t.Helper()
 	select {
 	case err := <-done:
 		assert.Equal(t, ErrNoNodesAvailable, err)
 	case <-time.After(10 * time.Second):
-		t.Fatalf("Close did not end the long poll (%d re-issues)", n.count("get"))
+		t.Fatalf("Close did not end %s", what)
 	}
 }
 
@@ -981,19 +986,10 @@ func TestCloseEndsRetries(t *testing.T) {
 		return nil, status.Error(codes.Unavailable, "down")
 	}
 	c := New("", []string{n.addr}, WithRetryWindow(time.Minute))
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := c.GetMessages("t", 1, 10, false)
-		done <- err
-	}()
+	done := getAsync(c, false)
 	require.Eventually(t, func() bool { return n.count("get") >= 2 }, 10*time.Second, time.Millisecond, "retrying")
 	c.Close()
-	select {
-	case err := <-done:
-		assert.Equal(t, ErrNoNodesAvailable, err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close did not end the retries")
-	}
+	requireClosedErr(t, done, "the retries")
 	c.mu.Lock()
 	assert.Empty(t, c.conns, "no connection taken after Close")
 	c.mu.Unlock()

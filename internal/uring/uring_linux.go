@@ -11,8 +11,9 @@
 // costs several times bare metal) sysmon alone used 9–11 % of the nodes'
 // CPU under W1. Through io_uring the sync runs on a kernel worker, and the
 // goroutine waits on an eventfd in the network poller like any socket
-// read. Measured (fresh 3-node clusters, fsync mode, 4 alternating pairs):
-// W1 ×1.056, W4 ×1.058, W2 p99 ×0.72 (see BENCHMARKS.md).
+// read. Measured (the same fbnode with -io-uring off and on, fresh 3-node
+// clusters, fsync mode, alternating pairs): W1 ×1.05–1.20 in 7 pairs, W4
+// ×0.92–1.11, W2's max 8.0–8.7 ms against 10.2–12.8 ms (see BENCHMARKS.md).
 //
 // Each ring carries one request at a time: a call takes a free ring from a
 // pool (making one when none is free), submits its request, waits for the

@@ -137,8 +137,9 @@ type Log struct {
 	writeError error // sticky: set when a write failed; the log is fenced
 
 	// Owner-only state.
-	noPrealloc bool   // the filesystem cannot allocate ahead (preallocate)
-	dev        uint64 // filesystem of dir (SyncMany), 0 if unknown
+	noPrealloc bool     // the filesystem cannot allocate ahead (preallocate)
+	dev        uint64   // filesystem of dir (SyncMany), 0 if unknown
+	syncDev    *syncDev // dev's syncfs descriptor (SyncMany); nil: none
 	hs         *hsFile
 	dirDirty   bool
 	dirty      []*segment
@@ -180,7 +181,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	}
 	l := &Log{dir: dir, opts: opts, logger: logger.With("dir", dir), dev: deviceOf(dir)}
 	if !opts.NoSync {
-		registerSyncDev(l.dev, dir) // before the log writes (syncdev.go)
+		l.syncDev = registerSyncDev(l.dev, dir) // before the log writes (syncdev.go)
 	}
 	if j := opts.Journal; j != nil && !opts.NoSync && syncfsWorks && l.dev != 0 && l.dev == j.dev {
 		rel, err := j.relPath(dir)

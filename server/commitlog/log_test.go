@@ -703,15 +703,12 @@ func TestRecentIDsFromMemory(t *testing.T) {
 	require.ErrorIs(t, err, raft.ErrUnavailable)
 }
 
-// TestStoredCommitBeyondLostTail: a power loss can keep a hardstate whose
-// commit point covers entries the log lost (a term change writes it at
-// once, before the entries' sync). Open lowers the point to the log's end,
-// so a snapshot above the end and below the stored point is applied, not
-// refused as out of date at every start (review).
-func TestStoredCommitBeyondLostTail(t *testing.T) {
-	dir := t.TempDir()
+// lostTailAfterCommit is a closed log of entries 1-10 whose hardstate
+// stores commit 10, after a power loss took entries 6-10 from its segment.
+func lostTailAfterCommit(t *testing.T) (dir string, m *model) {
+	dir = t.TempDir()
 	l := openT(t, dir, Options{})
-	m := newModel()
+	m = newModel()
 	m.appendN(t, l, 1, 10, 1)
 	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(2), Vote: proto.Uint64(1), Commit: proto.Uint64(10)}))
 	require.NoError(t, l.Sync())
@@ -719,9 +716,18 @@ func TestStoredCommitBeyondLostTail(t *testing.T) {
 	require.NoError(t, err)
 	seg := l.segs[0].path
 	require.NoError(t, l.Close())
-	require.NoError(t, os.Truncate(seg, off)) // entries 6.. lost
+	require.NoError(t, os.Truncate(seg, off))
+	return dir, m
+}
 
-	l = openT(t, dir, Options{})
+// TestStoredCommitBeyondLostTail: a power loss can keep a hardstate whose
+// commit point covers entries the log lost (a term change writes it at
+// once, before the entries' sync). Open lowers the point to the log's end,
+// so a snapshot above the end and below the stored point is applied, not
+// refused as out of date at every start (review).
+func TestStoredCommitBeyondLostTail(t *testing.T) {
+	dir, _ := lostTailAfterCommit(t)
+	l := openT(t, dir, Options{})
 	defer l.Close()
 	last, err := l.LastIndex()
 	require.NoError(t, err)
@@ -741,25 +747,14 @@ func TestStoredCommitBeyondLostTail(t *testing.T) {
 // entries whose loss made Open lower the stored commit point, the point
 // goes back up with them, and Close stores it, not the lowered one.
 func TestReplayRestoresLoweredCommit(t *testing.T) {
-	dir := t.TempDir()
+	dir, m := lostTailAfterCommit(t)
 	l := openT(t, dir, Options{})
-	m := newModel()
-	m.appendN(t, l, 1, 10, 1)
-	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(2), Vote: proto.Uint64(1), Commit: proto.Uint64(10)}))
-	require.NoError(t, l.Sync())
-	_, off, _, err := l.locate(6)
-	require.NoError(t, err)
-	seg := l.segs[0].path
-	require.NoError(t, l.Close())
-	require.NoError(t, os.Truncate(seg, off))
-
-	l = openT(t, dir, Options{})
 	require.Equal(t, uint64(5), l.hs.cur.commit, "lowered to the log's end")
 	var ents []*pb.Entry
 	for i := uint64(6); i <= 10; i++ {
 		ents = append(ents, m.ents[i])
 	}
-	_, err = l.replayEntries(ents) // what a journal replay does
+	_, err := l.replayEntries(ents) // what a journal replay does
 	require.NoError(t, err)
 	l.restoreCommit()
 	require.NoError(t, l.Close())

@@ -35,45 +35,35 @@ type syncDev struct {
 	f  *os.File // nil once a syncfs on the filesystem failed
 }
 
-// registerSyncDev opens dev's descriptor through dir, a directory on it,
-// unless dev has one (or had and failed).
-func registerSyncDev(dev uint64, dir string) {
+// registerSyncDev returns dev's entry, opening its descriptor through
+// dir, a directory on it, the first time; nil when SyncMany must not use
+// syncfs there (dev unknown, or a kernel whose syncfs reports no errors).
+func registerSyncDev(dev uint64, dir string) *syncDev {
 	if dev == 0 || !syncfsWorks {
-		return
+		return nil
 	}
 	syncDevs.mu.Lock()
 	defer syncDevs.mu.Unlock()
-	if _, ok := syncDevs.m[dev]; ok {
-		return
+	if d, ok := syncDevs.m[dev]; ok {
+		return d
 	}
 	f, err := os.Open(dir)
 	if err != nil {
 		f = nil // the logs there sync on their own
 	}
-	syncDevs.m[dev] = &syncDev{f: f}
-}
-
-// syncDevOf is dev's entry; nil for a filesystem no log registered.
-func syncDevOf(dev uint64) *syncDev {
-	syncDevs.mu.Lock()
-	defer syncDevs.mu.Unlock()
-	return syncDevs.m[dev]
-}
-
-// usable reports whether SyncMany may use syncfs on d's filesystem.
-func (d *syncDev) usable() bool {
-	if d == nil {
-		return false
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.f != nil
+	d := &syncDev{f: f}
+	syncDevs.m[dev] = d
+	return d
 }
 
 // syncfs runs syncfs through d's descriptor, alone. ok is false when syncfs
-// is off on the filesystem (the caller syncs each log's files), and after
-// a failure, which turns it off for good.
+// is not used on the filesystem (d nil, or its descriptor gone: the caller
+// syncs each log's files), and after a failure, which turns it off for
+// good.
 func (d *syncDev) syncfs() (ok bool, err error) {
+	if d == nil {
+		return false, nil
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.f == nil {

@@ -52,7 +52,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 			journal = l.opts.Journal
 			journals = append(journals, i)
 			continue
-		case !syncfsWorks || !syncDevOf(l.dev).usable():
+		case l.syncDev == nil:
 			ownSync = append(ownSync, i)
 		default:
 			if shared == nil {
@@ -95,7 +95,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 			}
 		}
 	}
-	for dev, idx := range shared {
+	for _, idx := range shared {
 		if len(idx) < 2 {
 			ownSync = append(ownSync, idx...)
 			continue
@@ -114,7 +114,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 		if len(idx) == 0 {
 			continue
 		}
-		if ok, err := syncDevOf(dev).syncfs(); !ok {
+		if ok, err := logs[idx[0]].syncDev.syncfs(); !ok {
 			if err != nil {
 				logs[idx[0]].logger.Warn("syncfs failed; every log on its filesystem syncs its own files from now on", "err", err)
 			}

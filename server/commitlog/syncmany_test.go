@@ -115,9 +115,11 @@ func TestSyncManyStopsSyncfsAfterFailure(t *testing.T) {
 	root := t.TempDir()
 	a := openT(t, filepath.Join(root, "a"), Options{})
 	b := openT(t, filepath.Join(root, "b"), Options{})
-	d := syncDevOf(a.dev)
-	require.True(t, d.usable())
+	d := a.syncDev
+	require.NotNil(t, d)
+	require.Same(t, d, b.syncDev, "one descriptor for the filesystem")
 	saved := d.f
+	require.NotNil(t, saved)
 	t.Cleanup(func() {
 		syncfsFunc = syncfs
 		d.mu.Lock()
@@ -140,7 +142,10 @@ func TestSyncManyStopsSyncfsAfterFailure(t *testing.T) {
 		require.NoError(t, err, "the logs' own syncs stand in for the failed syncfs")
 	}
 	require.Equal(t, 1, failed)
-	require.False(t, d.usable(), "syncfs is off on the filesystem")
+	d.mu.Lock()
+	off := d.f == nil
+	d.mu.Unlock()
+	require.True(t, off, "syncfs is off on the filesystem")
 	before := syncfsCalls.Load()
 	for _, err := range round(2) {
 		require.NoError(t, err)

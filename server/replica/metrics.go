@@ -7,7 +7,7 @@ import (
 
 // LatencyBuckets are the upper bounds, in seconds, of the commit latency
 // histogram.
-var LatencyBuckets = []float64{0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
+var LatencyBuckets = [...]float64{0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
 
 // Metrics are a group's counters since it opened on this node.
 type Metrics struct {
@@ -27,12 +27,12 @@ type Metrics struct {
 
 type groupMetrics struct {
 	appendedMsgs, appendedBytes, committedBytes atomic.Uint64
-	latency                                     [15]atomic.Uint64 // len(LatencyBuckets)+1
+	latency                                     [len(LatencyBuckets) + 1]atomic.Uint64 // the last: +Inf
 	latencySumNanos                             atomic.Uint64
 }
 
 func (m *groupMetrics) observe(d time.Duration) {
-	m.latency[bucket(LatencyBuckets, d)].Add(1)
+	m.latency[bucket(LatencyBuckets[:], d)].Add(1)
 	m.latencySumNanos.Add(uint64(d))
 }
 
@@ -74,7 +74,7 @@ func (g *Group) Metrics() Metrics {
 
 // SyncBuckets are the upper bounds, in seconds, of the sync duration
 // histogram (EngineMetrics.SyncSeconds).
-var SyncBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10}
+var SyncBuckets = [...]float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10}
 
 // EngineMetrics are the engine's counters since it started: what its syncs
 // cost. One sync makes durable every log write the loop persisted since the
@@ -96,13 +96,13 @@ type EngineMetrics struct {
 
 type engineMetrics struct {
 	syncedWrites atomic.Uint64
-	syncBuckets  [14]atomic.Uint64 // len(SyncBuckets)+1
+	syncBuckets  [len(SyncBuckets) + 1]atomic.Uint64 // the last: +Inf
 	syncNanos    atomic.Uint64
 }
 
 // observeSync records a sync of writes Readies that took d.
 func (m *engineMetrics) observeSync(d time.Duration, writes int) {
-	m.syncBuckets[bucket(SyncBuckets, d)].Add(1)
+	m.syncBuckets[bucket(SyncBuckets[:], d)].Add(1)
 	m.syncNanos.Add(uint64(d))
 	m.syncedWrites.Add(uint64(writes))
 }
