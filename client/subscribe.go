@@ -33,6 +33,18 @@ type SubscribeOption func(*subscribeConfig)
 type subscribeConfig struct {
 	batch     int           // max messages per response; 0 = the node's default (4096)
 	heartbeat time.Duration // <= 0: no stale-stream detection
+	borrow    bool          // fn's msg is valid only while fn runs
+}
+
+// WithBorrowedMessages lets Subscribe hand fn messages that are valid only
+// until fn returns: fn must copy what it keeps. Subscribe then reads each
+// response where gRPC received it and gives those buffers back for the
+// next responses, instead of copying every response into a new buffer that
+// fn's messages keep alive. A subscriber that counts, forwards or decodes
+// its messages into its own structures allocates almost nothing per
+// response, and its garbage collector runs rarely.
+func WithBorrowedMessages() SubscribeOption {
+	return func(c *subscribeConfig) { c.borrow = true }
 }
 
 // WithSubscribeBatch sets the most messages a node sends per response
@@ -75,7 +87,8 @@ func (e *fnError) Error() string { return e.err.Error() }
 // Messages come in a stream from one node (see the Subscribe RPC), which
 // sends as fast as fn consumes them: a slow fn slows the node's stream by
 // gRPC flow control, nothing piles up in memory. fn runs on the calling
-// goroutine, one message at a time, and may keep msg. (Responses are read
+// goroutine, one message at a time, and may keep msg (unless
+// WithBorrowedMessages). (Responses are read
 // in place, without a decoded message per response: see WithDialOptions
 // for what that means to codecs and interceptors.)
 //
@@ -213,11 +226,12 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 		return false, err
 	}
 	got := false
+	resp := fastcodec.SubscribeBatch{Borrow: cfg.borrow}
+	defer resp.Release()
 	for {
 		if idle != nil {
 			idle.Reset(staleAfter)
 		}
-		var resp fastcodec.SubscribeBatch
 		err := stream.RecvMsg(&resp)
 		if idle != nil {
 			idle.Stop() // fn's time does not count
@@ -248,5 +262,6 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 			}
 			id++
 		}
+		resp.Release() // a borrowed batch's messages are fn's no longer
 	}
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench.sh (make bench) builds fbnode and fbbench, starts a fresh
 # local cluster per topology and sync mode (nodes on 127.0.0.1, each node its
-# own process), runs the fbbench workloads W1 W2 W3 W3S W4 (BENCH_RUNS times
+# own process), runs the fbbench workloads W1 W2 W3 W3S W3SC W4 (BENCH_RUNS times
 # each; with BENCH_BASELINE, against a cluster of each build, alternating
 # run by run), then IDLE on another fresh cluster per build, and writes into
 # bench-results/<stamp>/:
@@ -13,7 +13,7 @@
 #   w2-latency.svg          W2 send latency CDF, log-scale x
 #
 # fbbench gets the node PIDs (-pids) so every run line carries each node's
-# RSS at the end of the run and its CPU during the run. W3 and W3S read from
+# RSS at the end of the run and its CPU during the run. W3, W3S and W3SC read from
 # a follower (fbbench picks a node that does not lead the topic). The IDLE
 # workload creates topics bench-idle-<i> up to each count of BENCH_IDLE,
 # writes one message to each, waits BENCH_IDLE_SETTLE and measures the
@@ -27,13 +27,14 @@
 # minutes per topology and mode):
 #   BENCH_DURATION       -duration of the timed workloads W1, W4 (15s, as the issue specifies)
 #   BENCH_RUNS           -runs of each workload (3)
-#   BENCH_WORKLOADS      -workload of the main run ("all": W1,W2,W3,W3S,W4)
+#   BENCH_WORKLOADS      -workload of the main run ("all": W1,W2,W3,W3S,W3SC,W4;
+#                        a baseline fbbench older than W3SC needs a list without it)
 #   BENCH_MODES          sync modes to measure ("fsync os")
 #   BENCH_TOPOLOGIES     cluster shapes to measure ("cluster3"; also
 #                        "single"); each needs a start_<topology> function
 #   BENCH_PRODUCERS      W1 -producers (50)
 #   BENCH_SENDS          W2 -sends (2000)
-#   BENCH_READ_MESSAGES  W3, W3S -read-messages (1000000)
+#   BENCH_READ_MESSAGES  W3, W3S, W3SC -read-messages (1000000)
 #   BENCH_TOPICS         W4 -topics (100)
 #   BENCH_IDLE          IDLE topic counts, measured on a fresh cluster of
 #                        their own after the workloads ("100 1000"; the
@@ -231,7 +232,7 @@ started=$(date +%s)
 # workload_list prints BENCH_WORKLOADS as words ("all": the five workloads).
 workload_list() {
 	if [[ $BENCH_WORKLOADS == all ]]; then
-		echo W1 W2 W3 W3S W4
+		echo W1 W2 W3 W3S W3SC W4
 	else
 		echo "${BENCH_WORKLOADS//,/ }"
 	fi
@@ -359,7 +360,9 @@ summary=$dir/summary.md
 	echo "## Medians of $BENCH_RUNS runs"
 	echo
 	echo "Latency per batch for W1/W4, per send for W2, per GetMessages call for W3,"
-	echo "per 1000 delivered messages (a stream response) for W3S. W3 and W3S read from a follower."
+	echo "per 1000 delivered messages (a stream response) for W3S and W3SC. W3, W3S and W3SC read from a"
+	echo "follower. W3S subscribes WithBorrowedMessages (its fn keeps nothing); W3SC does not (a new buffer"
+	echo "per response, which fn's messages could keep)."
 	echo
 	bin/fbbench -report "${files[@]}" || echo "(no workload runs: BENCH_WORKLOADS was empty)"
 	if [[ -n $BENCH_BASELINE ]]; then
@@ -406,7 +409,7 @@ PY
 	echo
 	bin/fbbench -report -report-kind rss "${files[@]}" "${scaling[@]}" || echo "(no runs with -pids)"
 	echo
-	echo "## Read node (W3, W3S)"
+	echo "## Read node (W3, W3S, W3SC)"
 	echo
 	for f in "${files[@]}"; do
 		grep -h '"workload":"W3' "$f" | grep '"type":"run"' | head -n1 |

@@ -71,7 +71,7 @@ func TestWorkloadsAgainstNode(t *testing.T) {
 			case "W2":
 				assert.EqualValues(t, 20, r.Messages)
 				assert.NotEmpty(t, r.Latency.Histogram)
-			case "W3", "W3S":
+			case "W3", "W3S", "W3SC":
 				assert.GreaterOrEqual(t, r.Messages, int64(2000))
 				assert.Positive(t, r.Calls)
 				require.NotNil(t, r.ReadNode)
@@ -87,19 +87,20 @@ func TestWorkloadsAgainstNode(t *testing.T) {
 			t.Fatalf("unknown line type: %s", sc.Text())
 		}
 	}
-	assert.Equal(t, map[string]int{"W1": 2, "W2": 2, "W3": 2, "W3S": 2, "W4": 2}, runs)
-	assert.Equal(t, map[string]int{"W1": 1, "W2": 1, "W3": 1, "W3S": 1, "W4": 1}, summaries)
+	assert.Equal(t, map[string]int{"W1": 2, "W2": 2, "W3": 2, "W3S": 2, "W3SC": 2, "W4": 2}, runs)
+	assert.Equal(t, map[string]int{"W1": 1, "W2": 1, "W3": 1, "W3S": 1, "W3SC": 1, "W4": 1}, summaries)
 
 	file := filepath.Join(t.TempDir(), "out.jsonl")
 	require.NoError(t, os.WriteFile(file, stdout.Bytes(), 0o644))
 	var table bytes.Buffer
 	require.NoError(t, run(ctx, []string{"-report", file}, &table, &stderr))
 	lines := strings.Split(strings.TrimSpace(table.String()), "\n")
-	require.Len(t, lines, 2+5, table.String())
+	require.Len(t, lines, 2+6, table.String())
 	assert.Contains(t, lines[2], "W1")
-	assert.Contains(t, lines[5], "W3S")
-	assert.Contains(t, lines[6], "W4")
-	assert.Contains(t, lines[6], "| test | 2 |")
+	assert.Contains(t, lines[5], "W3S subscribe")
+	assert.Contains(t, lines[6], "W3SC")
+	assert.Contains(t, lines[7], "W4")
+	assert.Contains(t, lines[7], "| test | 2 |")
 }
 
 // TestW3Fills checks W3 fills an empty topic first and reports the fill

@@ -16,7 +16,7 @@ import (
 // allWorkloads lists the workloads in the order "all" runs them.
 // IDLE is not part of "all": it measures the node processes (-pids) and
 // adds topics that stay.
-var allWorkloads = []string{"W1", "W2", "W3", "W3S", "W4"}
+var allWorkloads = []string{"W1", "W2", "W3", "W3S", "W3SC", "W4"}
 
 // config is everything the flags set.
 type config struct {
@@ -80,7 +80,10 @@ Workloads:
       -quantity per call; the topic is filled first if it holds too few (the
       fill is reported in the "fill" field, outside the timing)
   W3S subscribe read: the same -read-messages messages from -read-from
-      through client.Subscribe (one stream), from the same node as W3
+      through client.Subscribe (one stream), from the same node as W3; fn
+      keeps no message, so it subscribes WithBorrowedMessages
+  W3SC the same, without WithBorrowedMessages: a new buffer per response,
+      which fn's messages could keep
   W4  many topics: -topics topics bench-w4-<i> (created if absent), one
       producer each sending batches of -w4-batch for -duration
   IDLE idle cost (not in "all"): creates -idle-topics topics bench-idle-<i>,
@@ -135,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	c := &config{}
 	var workloads string
 	fs.StringVar(&c.ConnString, "forestbus", "test#default@127.0.0.1:3000", "connection string cluster#topic@host:port,host:port (no topic: \"default\")")
-	fs.StringVar(&workloads, "workload", "all", "workloads to run, comma separated: W1,W2,W3,W3S,W4,IDLE or all (W1,W2,W3,W3S,W4)")
+	fs.StringVar(&workloads, "workload", "all", "workloads to run, comma separated: W1,W2,W3,W3S,W3SC,W4,IDLE or all (W1,W2,W3,W3S,W3SC,W4)")
 	fs.IntVar(&c.Producers, "producers", 50, "W1: producer goroutines")
 	fs.IntVar(&c.Batch, "batch", 100, "W1: messages per batch")
 	fs.IntVar(&c.Size, "size", 100, "message payload size in bytes (all workloads)")
@@ -222,13 +225,13 @@ func parseWorkloads(s string) ([]string, error) {
 					out = append(out, a)
 				}
 			}
-		case "W1", "W2", "W3", "W3S", "W4", "IDLE":
+		case "W1", "W2", "W3", "W3S", "W3SC", "W4", "IDLE":
 			if !seen[w] {
 				seen[w] = true
 				out = append(out, w)
 			}
 		default:
-			return nil, fmt.Errorf("-workload: unknown workload %q (want W1, W2, W3, W3S, W4, IDLE or all)", w)
+			return nil, fmt.Errorf("-workload: unknown workload %q (want W1, W2, W3, W3S, W3SC, W4, IDLE or all)", w)
 		}
 	}
 	if len(out) == 0 {

@@ -46,7 +46,7 @@ func TestParseWorkloads(t *testing.T) {
 	assert.Equal(t, []string{"W3", "W1"}, ws)
 	ws, err = parseWorkloads("W2,all")
 	require.NoError(t, err)
-	assert.Equal(t, []string{"W2", "W1", "W3", "W3S", "W4"}, ws)
+	assert.Equal(t, []string{"W2", "W1", "W3", "W3S", "W3SC", "W4"}, ws)
 	_, err = parseWorkloads("W5")
 	assert.ErrorContains(t, err, "W5")
 	_, err = parseWorkloads(" , ")

@@ -226,7 +226,7 @@ func TestReportTables(t *testing.T) {
 	assert.Error(t, idleTable(&b, runs[:1]))
 }
 
-// TestSubscribeAndIdleAgainstNode runs W3S, W3 and IDLE briefly against a
+// TestSubscribeAndIdleAgainstNode runs W3S, W3, IDLE and W3SC briefly against a
 // real node, with this process standing in for the node process.
 func TestSubscribeAndIdleAgainstNode(t *testing.T) {
 	if testing.Short() {
@@ -237,14 +237,14 @@ func TestSubscribeAndIdleAgainstNode(t *testing.T) {
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	err := run(ctx, []string{
-		"-forestbus", "test#default@" + n.Addr(), "-workload", "W3S,W3,IDLE",
+		"-forestbus", "test#default@" + n.Addr(), "-workload", "W3S,W3,IDLE,W3SC",
 		"-read-messages", "3000", "-quantity", "100", "-fill-batch", "500", "-size", "64",
 		"-idle-topics", "5", "-idle-window", "300ms", "-idle-settle", "10ms",
 		"-pids", strconv.Itoa(os.Getpid()),
 	}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	require.Len(t, lines, 3, stdout.String())
+	require.Len(t, lines, 4, stdout.String())
 	var rs []Result
 	for _, l := range lines {
 		var r Result
@@ -257,6 +257,7 @@ func TestSubscribeAndIdleAgainstNode(t *testing.T) {
 	}
 	s := rs[0]
 	assert.Equal(t, "W3S", s.Workload)
+	assert.Equal(t, true, s.Params["borrowed"], "W3S borrows")
 	require.NotNil(t, s.Fill, "the empty topic is filled first")
 	assert.EqualValues(t, 3000, s.Messages, "Subscribe stops at the count")
 	assert.EqualValues(t, 3000*64, s.Bytes)
@@ -280,6 +281,12 @@ func TestSubscribeAndIdleAgainstNode(t *testing.T) {
 	assert.InDelta(t, 0.3, id.Idle.WindowS, 0.2)
 	require.Len(t, id.Idle.Procs, 1)
 	assert.GreaterOrEqual(t, id.Idle.TotalCorePct, 0.0)
+
+	sc := rs[3]
+	assert.Equal(t, "W3SC", sc.Workload)
+	assert.Equal(t, false, sc.Params["borrowed"], "W3SC keeps its messages")
+	assert.EqualValues(t, 3000, sc.Messages)
+	assert.EqualValues(t, 3000*64, sc.Bytes)
 }
 
 // TestReadNodePicksFollower checks W3 reads from a node that does not lead

@@ -141,11 +141,14 @@ var errEnough = errors.New("fbbench: read enough messages")
 // messages (-subscribe-batch, the node's 1000 when 0) took to reach fn:
 // messages of one response arrive together, so a finer sample would
 // mostly measure the loop calling fn.
-func (b *bench) w3s(ctx context.Context) (*Result, error) {
+//
+// borrow subscribes WithBorrowedMessages (W3S: fn keeps nothing); without
+// it (W3SC) every response comes in a new buffer fn's messages could keep.
+func (b *bench) w3s(ctx context.Context, name string, borrow bool) (*Result, error) {
 	cfg := b.cfg
-	r := b.newResult("W3S", map[string]any{
+	r := b.newResult(name, map[string]any{
 		"topic": cfg.Topic, "read_messages": cfg.ReadMessages, "read_from": cfg.ReadFrom,
-		"sample_every": cfg.subscribeEvery(), "subscribe_batch": cfg.SubscribeBatch, "size": cfg.Size,
+		"sample_every": cfg.subscribeEvery(), "subscribe_batch": cfg.SubscribeBatch, "borrowed": borrow, "size": cfg.Size,
 		"max_time_s": cfg.MaxTime.Seconds(),
 	})
 	c, err := b.prepareRead(ctx, r)
@@ -160,6 +163,9 @@ func (b *bench) w3s(ctx context.Context) (*Result, error) {
 	var opts []client.SubscribeOption
 	if cfg.SubscribeBatch > 0 {
 		opts = append(opts, client.WithSubscribeBatch(cfg.SubscribeBatch))
+	}
+	if borrow {
+		opts = append(opts, client.WithBorrowedMessages())
 	}
 	runCtx, cancel := context.WithTimeout(ctx, cfg.MaxTime)
 	defer cancel()

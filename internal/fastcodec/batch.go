@@ -17,7 +17,7 @@ import (
 //
 // The yielded messages alias one buffer per response, capacity-limited,
 // and stay valid after the next RecvMsg, as a decoded SubscribeResponse's
-// would. The result is always what proto.Unmarshal into a
+// would; or, with Borrow, gRPC's receive buffers until Release. The result is always what proto.Unmarshal into a
 // SubscribeResponse would give (FuzzMatchesProto checks this).
 type SubscribeBatch struct {
 	// FirstID is the ID of the first message (field first_id).
@@ -25,9 +25,30 @@ type SubscribeBatch struct {
 	// CommitID is the node's commit point (field commit_id).
 	CommitID int64
 
-	n    int      // messages
-	raw  []byte   // the response's encoding, when scan accepted it
-	msgs [][]byte // the messages, when proto.Unmarshal decoded it instead
+	// Borrow, set before RecvMsg, reads the response where gRPC received
+	// it (span.go) instead of copying it into a new buffer: the messages
+	// are then valid only until Release, which gives gRPC's buffers back
+	// for the next responses. Without it they stay valid for good.
+	Borrow bool
+
+	n      int             // messages
+	raw    []byte          // the response's encoding, when scan accepted it
+	pieces [][]byte        // the same, borrowed: in the pieces held
+	held   mem.BufferSlice // the pieces' buffers, referenced until Release
+	msgs   [][]byte        // the messages, when proto.Unmarshal decoded it instead
+}
+
+// Release gives back the buffers a borrowing batch holds: the messages it
+// yielded must no longer be used. It does nothing for a batch that does
+// not borrow, and may be called more than once.
+func (b *SubscribeBatch) Release() {
+	if len(b.held) == 0 {
+		return
+	}
+	b.held.Free()
+	clear(b.held)
+	b.held, b.pieces = b.held[:0], nil
+	b.n = 0
 }
 
 // Len is the number of messages.
@@ -36,6 +57,10 @@ func (b *SubscribeBatch) Len() int { return b.n }
 // Messages yields the messages in order.
 func (b *SubscribeBatch) Messages() iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
+		if b.pieces != nil {
+			eachSpan(newSpans(b.pieces), 1, true, yield, anyField) // scanned
+			return
+		}
 		if b.raw == nil {
 			for _, m := range b.msgs {
 				if !yield(m) {
@@ -51,13 +76,40 @@ func (b *SubscribeBatch) Messages() iter.Seq[[]byte] {
 // unmarshal fills b from data: the fast path when it knows every field,
 // proto.Unmarshal otherwise.
 func (b *SubscribeBatch) unmarshal(data mem.BufferSlice) error {
+	b.Release() // a batch reused without it
+	held := b.held
+	*b = SubscribeBatch{Borrow: b.Borrow}
+	if b.Borrow {
+		p := make([][]byte, 0, len(data))
+		for _, d := range data {
+			p = append(p, d.ReadOnlyData())
+		}
+		if eachSpan(newSpans(p), 1, false, b.count, idFields(&b.FirstID, &b.CommitID)) {
+			data.Ref() // gRPC frees its own reference when this returns
+			b.held, b.pieces = append(held, data...), p
+			return nil
+		}
+		*b = SubscribeBatch{Borrow: true} // the walk may have set fields
+		return b.unmarshalStock(data.Materialize())
+	}
 	buf := data.Materialize()
-	*b = SubscribeBatch{}
 	if b.scan(buf) {
 		b.raw = buf
 		return nil
 	}
 	*b = SubscribeBatch{} // scan may have set fields
+	return b.unmarshalStock(buf)
+}
+
+// count counts a message (a walk that only counts them).
+func (b *SubscribeBatch) count([]byte) bool {
+	b.n++
+	return true
+}
+
+// unmarshalStock decodes buf with proto.Unmarshal, for the responses the
+// fast paths refuse.
+func (b *SubscribeBatch) unmarshalStock(buf []byte) error {
 	var m forestbusv1.SubscribeResponse
 	if err := proto.Unmarshal(buf, &m); err != nil {
 		return err
@@ -70,5 +122,5 @@ func (b *SubscribeBatch) unmarshal(data mem.BufferSlice) error {
 // scan reads the scalar fields and counts the messages; false for anything
 // decodeSubscribeResponse would send down the stock path.
 func (b *SubscribeBatch) scan(buf []byte) bool {
-	return eachMessage(buf, 1, func([]byte) bool { b.n++; return true }, idFields(&b.FirstID, &b.CommitID))
+	return eachMessage(buf, 1, b.count, idFields(&b.FirstID, &b.CommitID))
 }

@@ -129,30 +129,109 @@ func check(t *testing.T, b []byte) {
 }
 
 // checkBatch decodes b into a SubscribeBatch and wants what proto.Unmarshal
-// into a SubscribeResponse gives.
+// into a SubscribeResponse gives; and again borrowing (SubscribeBatch.Borrow)
+// with b whole and cut into pieces of 1, 3 and 16 bytes, so that fields,
+// their tags, lengths and varints straddle pieces (gRPC hands over a
+// message received in several DATA frames in pieces).
 func checkBatch(t *testing.T, b []byte) {
 	var want forestbusv1.SubscribeResponse
 	wantErr := proto.Unmarshal(b, &want)
-	var got SubscribeBatch
-	gotErr := Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), b...))}, &got)
-	if wantErr != nil {
-		assert.Error(t, gotErr, "SubscribeBatch: proto.Unmarshal failed, the batch did not")
-		return
-	}
-	require.NoError(t, gotErr, "SubscribeBatch")
-	assert.Equal(t, want.GetFirstId(), got.FirstID)
-	assert.Equal(t, want.GetCommitId(), got.CommitID)
-	assert.Equal(t, len(want.GetMessages()), got.Len())
-	var msgs [][]byte
-	for m := range got.Messages() {
-		if got.raw != nil { // the stock path allocates each message
-			assert.Equal(t, len(m), cap(m), "capacity-limited")
+	for _, c := range []struct {
+		borrow bool
+		size   int
+	}{{false, 0}, {true, 0}, {true, 1}, {true, 3}, {true, 16}} {
+		got := SubscribeBatch{Borrow: c.borrow}
+		gotErr := Codec{}.Unmarshal(split(b, c.size), &got)
+		if wantErr != nil {
+			assert.Error(t, gotErr, "SubscribeBatch %+v: proto.Unmarshal failed, the batch did not", c)
+			continue
 		}
-		msgs = append(msgs, m)
+		require.NoError(t, gotErr, "SubscribeBatch %+v", c)
+		assert.Equal(t, want.GetFirstId(), got.FirstID)
+		assert.Equal(t, want.GetCommitId(), got.CommitID)
+		assert.Equal(t, len(want.GetMessages()), got.Len())
+		var msgs [][]byte
+		for m := range got.Messages() {
+			if got.raw != nil || got.pieces != nil { // the stock path allocates each message
+				assert.Equal(t, len(m), cap(m), "capacity-limited")
+			}
+			msgs = append(msgs, m)
+		}
+		require.Len(t, msgs, len(want.GetMessages()))
+		for i, m := range want.GetMessages() {
+			assert.Equal(t, string(m), string(msgs[i]), "message %d, %+v", i, c)
+		}
+		got.Release()
 	}
-	require.Len(t, msgs, len(want.GetMessages()))
-	for i, m := range want.GetMessages() {
-		assert.Equal(t, string(m), string(msgs[i]), "message %d", i)
+}
+
+// split cuts b into pieces of size bytes (one piece for 0), each a copy.
+func split(b []byte, size int) mem.BufferSlice {
+	if size == 0 || len(b) == 0 {
+		return mem.BufferSlice{mem.SliceBuffer(append([]byte(nil), b...))}
+	}
+	var s mem.BufferSlice
+	for len(b) > 0 {
+		k := min(size, len(b))
+		s = append(s, mem.SliceBuffer(append([]byte(nil), b[:k]...)))
+		b = b[k:]
+	}
+	return s
+}
+
+// countingPool is a mem.BufferPool that counts the buffers given back.
+type countingPool struct{ puts int }
+
+func (p *countingPool) Get(n int) *[]byte { b := make([]byte, n); return &b }
+func (p *countingPool) Put(*[]byte)       { p.puts++ }
+
+// TestBorrowHoldsPiecesUntilRelease: a borrowing batch keeps gRPC's
+// buffers from their pool after gRPC frees its reference, so nothing
+// overwrites the messages it yields, and gives them back at Release; a
+// batch that does not borrow gives them back at once (it copied them), and
+// so does a borrowing one whose response goes down the stock path.
+func TestBorrowHoldsPiecesUntilRelease(t *testing.T) {
+	msgs := zeros(300, 100)
+	for i, m := range msgs {
+		m[0], m[99] = byte(i), byte(i>>8)
+	}
+	fast, err := proto.Marshal(&forestbusv1.SubscribeResponse{Messages: msgs, FirstId: 7, CommitId: 400})
+	require.NoError(t, err)
+	slow := protowire.AppendVarint(protowire.AppendTag(append([]byte(nil), fast...), 9, protowire.VarintType), 1)
+	const piece = 4 << 10 // above gRPC's pooling threshold, so NewBuffer pools it
+	for _, c := range []struct {
+		name   string
+		raw    []byte
+		borrow bool
+		held   bool
+	}{{"borrowed", fast, true, true}, {"copied", fast, false, false}, {"borrowed, stock path", slow, true, false}} {
+		pool := &countingPool{}
+		var data mem.BufferSlice
+		for rest := c.raw; len(rest) > 0; {
+			k := min(piece, len(rest))
+			buf := pool.Get(k)
+			copy(*buf, rest)
+			data = append(data, mem.NewBuffer(buf, pool))
+			rest = rest[k:]
+		}
+		b := SubscribeBatch{Borrow: c.borrow}
+		require.NoError(t, Codec{}.Unmarshal(data, &b), c.name)
+		data.Free() // what gRPC does when Unmarshal returns
+		if c.held {
+			assert.Zero(t, pool.puts, "%s: a piece went back to its pool before Release", c.name)
+		} else {
+			assert.Equal(t, len(data), pool.puts, "%s: pieces kept", c.name)
+		}
+		i := 0
+		for m := range b.Messages() {
+			require.Less(t, i, len(msgs), c.name)
+			assert.Equal(t, string(msgs[i]), string(m), "%s: message %d", c.name, i)
+			i++
+		}
+		assert.Equal(t, len(msgs), i, c.name)
+		b.Release()
+		b.Release()
+		assert.Equal(t, len(data), pool.puts, "%s: every piece back after Release, once", c.name)
 	}
 }
 
@@ -299,6 +378,26 @@ func BenchmarkUnmarshalSubscribe(b *testing.B) {
 			if n != 4096*100 {
 				b.Fatal(n)
 			}
+		}
+	})
+	// Borrowed, in the 16 KiB pieces gRPC receives it in.
+	pieces := split(raw, 16<<10)
+	b.Run("borrowed", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(raw)))
+		m := SubscribeBatch{Borrow: true}
+		for b.Loop() {
+			if err := (Codec{}).Unmarshal(pieces, &m); err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			for msg := range m.Messages() {
+				n += len(msg)
+			}
+			if n != 4096*100 {
+				b.Fatal(n)
+			}
+			m.Release()
 		}
 	})
 	b.Run("batch", func(b *testing.B) {
