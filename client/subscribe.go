@@ -38,11 +38,17 @@ type subscribeConfig struct {
 
 // WithBorrowedMessages lets Subscribe hand fn messages that are valid only
 // until fn returns: fn must copy what it keeps. Subscribe then reads each
-// response where gRPC received it and gives those buffers back for the
-// next responses, instead of copying every response into a new buffer that
-// fn's messages keep alive. A subscriber that counts, forwards or decodes
-// its messages into its own structures allocates almost nothing per
-// response, and its garbage collector runs rarely.
+// response where gRPC received it (buffers of up to 16 KiB, one per HTTP/2
+// frame; a message that straddles two is copied) and gives those buffers
+// back to the process's buffer pool once fn has seen the response's
+// messages, instead of copying every response into a new buffer that fn's
+// messages keep alive. A kept msg would later show other data, any
+// connection's. For a subscriber that counts, forwards or decodes its
+// messages into its own structures this saves a copy and an allocation
+// the size of each response, most of its garbage collections, and, for
+// a fresh process, faulting in new memory: 1.6x the messages a second in
+// the W3S benchmark (BENCHMARKS.md). Messages of 16 KiB or more always
+// straddle and are copied one by one.
 func WithBorrowedMessages() SubscribeOption {
 	return func(c *subscribeConfig) { c.borrow = true }
 }
@@ -226,13 +232,18 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 		return false, err
 	}
 	got := false
-	resp := fastcodec.SubscribeBatch{Borrow: cfg.borrow}
-	defer resp.Release()
+	var resp *fastcodec.SubscribeBatch // a new one per response: gRPC's tracing may format the last one later
+	defer func() {
+		if resp != nil {
+			resp.Release() // fn failed or panicked on a borrowed batch
+		}
+	}()
 	for {
 		if idle != nil {
 			idle.Reset(staleAfter)
 		}
-		err := stream.RecvMsg(&resp)
+		resp = &fastcodec.SubscribeBatch{Borrow: cfg.borrow}
+		err := stream.RecvMsg(resp)
 		if idle != nil {
 			idle.Stop() // fn's time does not count
 		}

@@ -28,7 +28,7 @@
 #   BENCH_DURATION       -duration of the timed workloads W1, W4 (15s, as the issue specifies)
 #   BENCH_RUNS           -runs of each workload (3)
 #   BENCH_WORKLOADS      -workload of the main run ("all": W1,W2,W3,W3S,W3SC,W4;
-#                        a baseline fbbench older than W3SC needs a list without it)
+#                        a baseline's own fbbench skips those it does not know)
 #   BENCH_MODES          sync modes to measure ("fsync os")
 #   BENCH_TOPOLOGIES     cluster shapes to measure ("cluster3"; also
 #                        "single"); each needs a start_<topology> function
@@ -229,7 +229,7 @@ mkdir -p "$dir"
 files=()
 scaling=()
 started=$(date +%s)
-# workload_list prints BENCH_WORKLOADS as words ("all": the five workloads).
+# workload_list prints BENCH_WORKLOADS as words ("all": the six workloads).
 workload_list() {
 	if [[ $BENCH_WORKLOADS == all ]]; then
 		echo W1 W2 W3 W3S W3SC W4
@@ -264,6 +264,12 @@ start_build() {
 		IFS=,
 		echo "${NODE_PIDS[*]:n0}"
 	)")
+}
+
+# knows CLIENT WORKLOAD: whether that fbbench has the workload (a
+# baseline's own may be older than it).
+knows() {
+	! "$1" -workload "$2" -report /dev/null 2>&1 | grep -q 'unknown workload'
 }
 
 # run_one I OUT ARGS... runs fbbench against build I's cluster (conns,
@@ -302,6 +308,10 @@ for topo in $BENCH_TOPOLOGIES; do
 		for w in $(workload_list); do
 			for ((r = 1; r <= BENCH_RUNS; r++)); do
 				for i in "${!labels[@]}"; do
+					if ! knows "${clients[i]}" "$w"; then
+						log "${labels[i]}: ${clients[i]} does not know $w: skipped"
+						continue
+					fi
 					run_one "$i" "${outs[i]}" -workload "$w" -runs 1 -run-number "$r" \
 						-duration "$BENCH_DURATION" -producers "$BENCH_PRODUCERS" -sends "$BENCH_SENDS" \
 						-read-messages "$BENCH_READ_MESSAGES" -topics "$BENCH_TOPICS"

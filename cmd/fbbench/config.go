@@ -53,7 +53,7 @@ type config struct {
 	Report        bool
 	ReportKind    string
 
-	// ReadNode is the index into Nodes W3 and W3S read from; -1 picks a
+	// ReadNode is the index into Nodes W3, W3S and W3SC read from; -1 picks a
 	// node that does not lead the topic.
 	ReadNode       int
 	SubscribeBatch int
@@ -90,7 +90,7 @@ Workloads:
       sends one message to each, waits -idle-settle, then measures the CPU
       time of the node processes named by -pids over -idle-window
 
-W3 and W3S read from one node: -read-node N (index into the connection
+W3, W3S and W3SC read from one node: -read-node N (index into the connection
 string's nodes), or by default the first node that does not lead the topic
 (asked with TopicDetails on each node), so a cluster's reads hit a follower.
 The JSON names the node ("read_node").
@@ -165,8 +165,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.StringVar(&c.Label, "label", "", "free text copied into every JSON line, e.g. the node's sync mode \"fsync\" or \"os\"")
 	fs.BoolVar(&c.Report, "report", false, "print a markdown table of the JSON lines in the files named as arguments, and exit")
 	fs.StringVar(&c.ReportKind, "report-kind", "medians", "-report: table to print: medians, scaling, idle, rss or all")
-	fs.IntVar(&c.ReadNode, "read-node", -1, "W3, W3S: index (from 0) into the connection string's nodes to read from; -1: the first node that does not lead the topic")
-	fs.IntVar(&c.SubscribeBatch, "subscribe-batch", 0, "W3S: most messages per stream response (0: the node's default)")
+	fs.IntVar(&c.ReadNode, "read-node", -1, "W3, W3S, W3SC: index (from 0) into the connection string's nodes to read from; -1: the first node that does not lead the topic")
+	fs.IntVar(&c.SubscribeBatch, "subscribe-batch", 0, "W3S, W3SC: most messages per stream response (0: the node's default)")
 	var pids string
 	fs.StringVar(&pids, "pids", "", "comma-separated PIDs of the node processes (same machine): RSS and CPU per run, and the IDLE workload")
 	fs.IntVar(&c.IdleTopics, "idle-topics", 100, "IDLE: topics bench-idle-<i> to create and leave idle")

@@ -5,7 +5,8 @@
 //
 // Workloads: W1 throughput with commit (many producers, batches), W2
 // latency (one producer, one-message sends), W3 sequential read (from a
-// follower by default), W3S the same read through Subscribe, W4 many topics,
+// follower by default), W3S the same read through Subscribe (with borrowed
+// messages; W3SC without: a new buffer per response), W4 many topics,
 // IDLE the CPU cost of idle topics (of the node processes named by -pids).
 // Run fbbench -h for the flags. scripts/bench.sh builds a node and fbbench,
 // runs every workload in both sync modes, prints tables (fbbench -report)

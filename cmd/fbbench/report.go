@@ -102,7 +102,7 @@ var workloadNames = map[string]string{
 	"W2":   "W2 latency (1-message send)",
 	"W3":   "W3 read (per GetMessages call)",
 	"W3S":  "W3S subscribe (per 1000 msgs)",
-	"W3SC": "W3SC subscribe, messages kept (per 1000 msgs)",
+	"W3SC": "W3SC subscribe, copied (per 1000 msgs)",
 	"W4":   "W4 many topics (batch latency)",
 	"IDLE": "IDLE topics (first-send latency)",
 }

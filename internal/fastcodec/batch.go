@@ -15,9 +15,10 @@ import (
 // one (client.Subscribe) saves the slice, a pointer per message for the
 // collector to scan, and a pass over the answer.
 //
-// The yielded messages alias one buffer per response, capacity-limited,
-// and stay valid after the next RecvMsg, as a decoded SubscribeResponse's
-// would; or, with Borrow, gRPC's receive buffers until Release. The result is always what proto.Unmarshal into a
+// The yielded messages are capacity-limited. Without Borrow they alias one
+// buffer per response and stay valid after the next RecvMsg, as a decoded
+// SubscribeResponse's would; with it they alias gRPC's receive buffers (a
+// message that straddles two is copied) and are valid until Release. The result is always what proto.Unmarshal into a
 // SubscribeResponse would give (FuzzMatchesProto checks this).
 type SubscribeBatch struct {
 	// FirstID is the ID of the first message (field first_id).
@@ -38,9 +39,11 @@ type SubscribeBatch struct {
 	msgs   [][]byte        // the messages, when proto.Unmarshal decoded it instead
 }
 
-// Release gives back the buffers a borrowing batch holds: the messages it
-// yielded must no longer be used. It does nothing for a batch that does
-// not borrow, and may be called more than once.
+// Release gives back the buffers a borrowing batch holds, to the pool
+// gRPC took them from: the messages it yielded must no longer be used (the
+// buffers carry other data from then on). It does nothing for a batch that
+// holds none (one that does not borrow, or whose response went down the
+// stock path), and may be called more than once.
 func (b *SubscribeBatch) Release() {
 	if len(b.held) == 0 {
 		return

@@ -2,6 +2,7 @@ package fastcodec
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -70,6 +71,16 @@ func seeds() [][]byte {
 		[]byte{0x0a, 0x80, 0x01},            // 128 bytes announced, none there
 		[]byte{0x0a, 0xff, 0xff, 0x7f, 'a'}, // a three-byte length, short
 		[]byte{0x0a},                        // a tag alone
+		// Varints at 64 bits: the largest ten-byte one, a tenth byte over
+		// 1 (overflow), and eleven bytes.
+		[]byte{0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
+		[]byte{0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02},
+		[]byte{0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x80, 0x00},
+		// Huge lengths announced on a message and on another field, with
+		// nothing behind them.
+		[]byte{0x0a, 0xff, 0xff, 0xff, 0xff, 0x07},
+		[]byte{0x12, 0xff, 0xff, 0xff, 0xff, 0x07},
+		[]byte{0x4a, 0xff, 0xff, 0xff, 0xff, 0x0f},
 	)
 	return out
 }
@@ -185,6 +196,23 @@ type countingPool struct{ puts int }
 func (p *countingPool) Get(n int) *[]byte { b := make([]byte, n); return &b }
 func (p *countingPool) Put(*[]byte)       { p.puts++ }
 
+// TestHugeLengthAllocatesNothing: a length announced on the wire is
+// checked against the bytes there before anything is allocated for it.
+func TestHugeLengthAllocatesNothing(t *testing.T) {
+	for _, raw := range [][]byte{
+		{0x0a, 0xff, 0xff, 0xff, 0xff, 0x07, 'a', 'b'}, // a message of 2 GiB - 1
+		{0x12, 0xff, 0xff, 0xff, 0xff, 0x07, 'a', 'b'}, // field 2 as bytes
+		{0x4a, 0xff, 0xff, 0xff, 0x7f, 'a', 'b'},       // an unknown field
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		b := SubscribeBatch{Borrow: true}
+		assert.Error(t, Codec{}.Unmarshal(split(raw, 3), &b), "%x", raw)
+		runtime.ReadMemStats(&after)
+		assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20), "%x: bytes allocated", raw)
+	}
+}
+
 // TestBorrowHoldsPiecesUntilRelease: a borrowing batch keeps gRPC's
 // buffers from their pool after gRPC frees its reference, so nothing
 // overwrites the messages it yields, and gives them back at Release; a
@@ -204,15 +232,36 @@ func TestBorrowHoldsPiecesUntilRelease(t *testing.T) {
 		raw    []byte
 		borrow bool
 		held   bool
-	}{{"borrowed", fast, true, true}, {"copied", fast, false, false}, {"borrowed, stock path", slow, true, false}} {
+		shared bool // pieces split off one buffer, as gRPC's reader does
+	}{
+		{"borrowed", fast, true, true, false},
+		{"borrowed, pieces of one buffer", fast, true, true, true},
+		{"copied", fast, false, false, false},
+		{"borrowed, stock path", slow, true, false, false},
+	} {
 		pool := &countingPool{}
 		var data mem.BufferSlice
-		for rest := c.raw; len(rest) > 0; {
+		if c.shared {
+			buf := pool.Get(len(c.raw))
+			copy(*buf, c.raw)
+			rest := mem.NewBuffer(buf, pool)
+			for rest.Len() > piece {
+				var left mem.Buffer
+				left, rest = mem.SplitUnsafe(rest, piece)
+				data = append(data, left)
+			}
+			data = append(data, rest)
+		}
+		for rest := c.raw; !c.shared && len(rest) > 0; {
 			k := min(piece, len(rest))
 			buf := pool.Get(k)
 			copy(*buf, rest)
 			data = append(data, mem.NewBuffer(buf, pool))
 			rest = rest[k:]
+		}
+		wantPuts := len(data)
+		if c.shared {
+			wantPuts = 1
 		}
 		b := SubscribeBatch{Borrow: c.borrow}
 		require.NoError(t, Codec{}.Unmarshal(data, &b), c.name)
@@ -220,7 +269,7 @@ func TestBorrowHoldsPiecesUntilRelease(t *testing.T) {
 		if c.held {
 			assert.Zero(t, pool.puts, "%s: a piece went back to its pool before Release", c.name)
 		} else {
-			assert.Equal(t, len(data), pool.puts, "%s: pieces kept", c.name)
+			assert.Equal(t, wantPuts, pool.puts, "%s: pieces kept", c.name)
 		}
 		i := 0
 		for m := range b.Messages() {
@@ -231,7 +280,7 @@ func TestBorrowHoldsPiecesUntilRelease(t *testing.T) {
 		assert.Equal(t, len(msgs), i, c.name)
 		b.Release()
 		b.Release()
-		assert.Equal(t, len(data), pool.puts, "%s: every piece back after Release, once", c.name)
+		assert.Equal(t, wantPuts, pool.puts, "%s: every piece back after Release, once", c.name)
 	}
 }
 
@@ -249,9 +298,13 @@ func TestSubscribeBatchStops(t *testing.T) {
 	require.NoError(t, err)
 	// An unknown field sends the response down the stock path.
 	slow := protowire.AppendVarint(protowire.AppendTag(append([]byte(nil), fast...), 7, protowire.VarintType), 1)
-	for _, raw := range [][]byte{fast, slow} {
-		var b SubscribeBatch
-		require.NoError(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(raw)}, &b))
+	for _, c := range []struct {
+		raw    []byte
+		borrow bool
+	}{{fast, false}, {slow, false}, {fast, true}, {slow, true}} {
+		raw := c.raw
+		b := SubscribeBatch{Borrow: c.borrow}
+		require.NoError(t, Codec{}.Unmarshal(split(raw, 2), &b))
 		var seen []string
 		for m := range b.Messages() {
 			seen = append(seen, string(m))

@@ -10,7 +10,8 @@ import (
 //
 // gRPC hands the codec a received message in the pieces it read it in: one
 // pooled buffer per HTTP/2 DATA frame, up to 16 KiB each, so a 400 KiB
-// Subscribe response arrives in ~25 pieces. A SubscribeBatch that borrows
+// Subscribe response arrives in ~25 pieces (a compressed one in the
+// decompressor's pieces, or one). A SubscribeBatch that borrows
 // (SubscribeBatch.Borrow) walks the pieces where they lie instead of
 // gathering them into one new buffer: each message points into the piece
 // that holds it, and only the few that straddle two pieces are copied.
@@ -76,21 +77,26 @@ func (s *spans) varint() (uint64, bool) {
 
 // take reads n bytes: aliased, capacity-limited, when the current piece
 // holds them all; else copied into a new slice, or skipped (nil) when keep
-// is false. ok is false when fewer than n remain.
+// is false. ok is false when fewer than n remain (checked before anything
+// is allocated: n comes from the wire).
 func (s *spans) take(n int, keep bool) (v []byte, ok bool) {
 	s.fill()
 	if n <= len(s.cur) {
 		v, s.cur = s.cur[:n:n], s.cur[n:]
 		return v, true
 	}
+	left := len(s.cur)
+	for _, p := range s.rest {
+		left += len(p)
+	}
+	if n > left {
+		return nil, false
+	}
 	if keep {
 		v = make([]byte, 0, n)
 	}
 	for n > 0 {
 		s.fill()
-		if len(s.cur) == 0 {
-			return nil, false
-		}
 		k := min(n, len(s.cur))
 		if keep {
 			v = append(v, s.cur[:k]...)
