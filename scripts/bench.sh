@@ -269,7 +269,7 @@ start_build() {
 # knows CLIENT WORKLOAD: whether that fbbench has the workload (a
 # baseline's own may be older than it).
 knows() {
-	! "$1" -workload "$2" -report /dev/null 2>&1 | grep -q 'unknown workload'
+	! "$1" -workload "$2" -runs 0 2>&1 | grep -q 'unknown workload'
 }
 
 # run_one I OUT ARGS... runs fbbench against build I's cluster (conns,
