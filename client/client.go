@@ -128,7 +128,8 @@ func WithRetryWindow(d time.Duration) Option {
 // stream response in place rather than as a decoded
 // forestbusv1.SubscribeResponse, so a codec given here does not apply to
 // its streams, and a stream interceptor or stats handler sees its
-// responses as a type of this module's (not a proto.Message).
+// responses as a type of this module's (not a proto.Message), which, with
+// WithBorrowedMessages, it must not keep past the next response.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *Client) { c.dialOpts = append(c.dialOpts, opts...) }
 }

@@ -46,8 +46,8 @@ type subscribeConfig struct {
 // connection's. For a subscriber that counts, forwards or decodes its
 // messages into its own structures this saves a copy and an allocation
 // the size of each response, most of its garbage collections, and, for
-// a fresh process, faulting in new memory: 1.6x the messages a second in
-// the W3S benchmark (BENCHMARKS.md). Messages of 16 KiB or more always
+// a fresh process, faulting in new memory: about 1.6x the messages a
+// second in the W3S benchmark (BENCHMARKS.md). Messages of 16 KiB or more always
 // straddle and are copied one by one.
 func WithBorrowedMessages() SubscribeOption {
 	return func(c *subscribeConfig) { c.borrow = true }
@@ -94,9 +94,9 @@ func (e *fnError) Error() string { return e.err.Error() }
 // sends as fast as fn consumes them: a slow fn slows the node's stream by
 // gRPC flow control, nothing piles up in memory. fn runs on the calling
 // goroutine, one message at a time, and may keep msg (unless
-// WithBorrowedMessages). (Responses are read
-// in place, without a decoded message per response: see WithDialOptions
-// for what that means to codecs and interceptors.)
+// WithBorrowedMessages). (Responses are read in place, without a decoded
+// message per response: see WithDialOptions for what that means to codecs
+// and interceptors.)
 //
 // Any node can serve a subscription from its own log. Subscribe starts with
 // the last node that answered a read and puts the topic's leader, when the

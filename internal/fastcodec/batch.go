@@ -18,8 +18,9 @@ import (
 // The yielded messages are capacity-limited. Without Borrow they alias one
 // buffer per response and stay valid after the next RecvMsg, as a decoded
 // SubscribeResponse's would; with it they alias gRPC's receive buffers (a
-// message that straddles two is copied) and are valid until Release. The result is always what proto.Unmarshal into a
-// SubscribeResponse would give (FuzzMatchesProto checks this).
+// message that straddles two is copied) and are valid until Release. The
+// result is always what proto.Unmarshal into a SubscribeResponse would
+// give (FuzzMatchesProto checks this).
 type SubscribeBatch struct {
 	// FirstID is the ID of the first message (field first_id).
 	FirstID int64
