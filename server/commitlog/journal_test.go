@@ -171,6 +171,32 @@ func TestJournalReplaysLostRecords(t *testing.T) {
 	assert.Equal(t, []string{fmt.Sprintf("journal-%020d.wal", f.j.epoch+1)}, journalNames(t, filepath.Join(crashed, "journal")))
 }
 
+// TestJournalReplayRestoresLoweredCommit: a power loss keeps a log's
+// hardstate, whose commit point covers entries that only the journal kept
+// (the segment lost them). Open lowers the point to the segment's end; the
+// replay that brings the entries back raises it again, so the log opens
+// after recovery with the commit point it had stored, not the lowered one.
+func TestJournalReplayRestoresLoweredCommit(t *testing.T) {
+	f := newJournalFixture(t, 2, 0)
+	for range 2 {
+		f.round(t, 4, 1)
+	}
+	l := f.logs[0]
+	last := f.models[0].last
+	require.Greater(t, last, uint64(2))
+	// A term change: the hardstate is written at once.
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(2), Vote: proto.Uint64(1), Commit: proto.Uint64(last)}))
+
+	crashed := f.crash(t)
+	f.loseTail(t, crashed, 0, f.durable[0]) // the segment keeps entries 1..2
+	f.recover(t, crashed, f.models)
+	rl := openT(t, f.logDir(crashed, 0), Options{})
+	defer rl.Close()
+	hs, _, err := rl.InitialState()
+	require.NoError(t, err)
+	assert.Equal(t, last, hs.GetCommit(), "the stored commit point, restored by the replay")
+}
+
 // TestJournalLoneLogSyncsItself: a pass with one dirty log fdatasyncs it
 // rather than writing it twice.
 func TestJournalLoneLogSyncsItself(t *testing.T) {
