@@ -482,7 +482,14 @@ func TestLongPollsAreBounded(t *testing.T) {
 		}
 	}
 	send(t, c, "default", [][]byte{[]byte("m")}, true)
-	for i := 0; i < 2; i++ {
+	requireWoke(t, ctx, errs, 2)
+}
+
+// requireWoke waits for n waiting reads to end, each without error, until
+// ctx ends.
+func requireWoke(t *testing.T, ctx context.Context, errs <-chan error, n int) {
+	t.Helper()
+	for range n {
 		select {
 		case err := <-errs:
 			require.NoError(t, err)
@@ -521,14 +528,7 @@ func TestConnectionCarriesManyLongPolls(t *testing.T) {
 	}, 15*time.Second, 5*time.Millisecond, "long polls waiting on the node")
 	require.NoError(t, early, "a long poll ended before the send")
 	send(t, c, "default", [][]byte{[]byte("m")}, true)
-	for range polls {
-		select {
-		case err := <-errs:
-			require.NoError(t, err)
-		case <-ctx.Done():
-			t.Fatal("waiting reads did not wake")
-		}
-	}
+	requireWoke(t, ctx, errs, polls)
 }
 
 // TestMaxStreamsPerConn: a connection carries at most MaxStreamsPerConn
@@ -551,9 +551,7 @@ func TestMaxStreamsPerConn(t *testing.T) {
 	_, err := c.bus.GetTopicDetails(short, &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
 	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "a third call on the connection got a stream: %v", err)
 	send(t, dial(t, n), "default", [][]byte{[]byte("m")}, true) // another connection
-	for range 2 {
-		require.NoError(t, <-errs)
-	}
+	requireWoke(t, ctx, errs, 2)
 	_, err = c.bus.GetTopicDetails(ctx, &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
 	require.NoError(t, err, "the streams are free again")
 }

@@ -2,6 +2,7 @@ package fastcodec
 
 import (
 	"iter"
+	"slices"
 
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
@@ -50,9 +51,7 @@ func (b *SubscribeBatch) Release() {
 		return
 	}
 	b.held.Free()
-	clear(b.held)
-	b.held, b.pieces = b.held[:0], nil
-	b.n = 0
+	b.held, b.pieces, b.n = nil, nil, 0
 }
 
 // Len is the number of messages.
@@ -81,7 +80,6 @@ func (b *SubscribeBatch) Messages() iter.Seq[[]byte] {
 // proto.Unmarshal otherwise.
 func (b *SubscribeBatch) unmarshal(data mem.BufferSlice) error {
 	b.Release() // a batch reused without it
-	held := b.held
 	*b = SubscribeBatch{Borrow: b.Borrow}
 	if b.Borrow {
 		p := make([][]byte, 0, len(data))
@@ -89,8 +87,8 @@ func (b *SubscribeBatch) unmarshal(data mem.BufferSlice) error {
 			p = append(p, d.ReadOnlyData())
 		}
 		if eachSpan(newSpans(p), 1, false, b.count, idFields(&b.FirstID, &b.CommitID)) {
-			data.Ref() // gRPC frees its own reference when this returns
-			b.held, b.pieces = append(held, data...), p
+			data.Ref()                               // gRPC frees its own reference when this returns
+			b.held, b.pieces = slices.Clone(data), p // data's slice is gRPC's
 			return nil
 		}
 		*b = SubscribeBatch{Borrow: true} // the walk may have set fields

@@ -703,12 +703,13 @@ func TestRecentIDsFromMemory(t *testing.T) {
 	require.ErrorIs(t, err, raft.ErrUnavailable)
 }
 
-// lostTailAfterCommit is a closed log of entries 1-10 whose hardstate
-// stores commit 10, after a power loss took entries 6-10 from its segment.
-func lostTailAfterCommit(t *testing.T) (dir string, m *model) {
-	dir = t.TempDir()
+// lostTailAfterCommit is the directory of a closed log of entries 1-10
+// whose hardstate stores commit 10, after a power loss took entries 6-10
+// from its segment.
+func lostTailAfterCommit(t *testing.T) string {
+	dir := t.TempDir()
 	l := openT(t, dir, Options{})
-	m = newModel()
+	m := newModel()
 	m.appendN(t, l, 1, 10, 1)
 	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(2), Vote: proto.Uint64(1), Commit: proto.Uint64(10)}))
 	require.NoError(t, l.Sync())
@@ -717,7 +718,7 @@ func lostTailAfterCommit(t *testing.T) (dir string, m *model) {
 	seg := l.segs[0].path
 	require.NoError(t, l.Close())
 	require.NoError(t, os.Truncate(seg, off))
-	return dir, m
+	return dir
 }
 
 // TestStoredCommitBeyondLostTail: a power loss can keep a hardstate whose
@@ -726,7 +727,7 @@ func lostTailAfterCommit(t *testing.T) (dir string, m *model) {
 // so a snapshot above the end and below the stored point is applied, not
 // refused as out of date at every start (review).
 func TestStoredCommitBeyondLostTail(t *testing.T) {
-	dir, _ := lostTailAfterCommit(t)
+	dir := lostTailAfterCommit(t)
 	l := openT(t, dir, Options{})
 	defer l.Close()
 	last, err := l.LastIndex()
@@ -741,26 +742,4 @@ func TestStoredCommitBeyondLostTail(t *testing.T) {
 	first, err := l.FirstIndex()
 	require.NoError(t, err)
 	assert.Equal(t, uint64(9), first)
-}
-
-// TestReplayRestoresLoweredCommit: when a journal replay brings back the
-// entries whose loss made Open lower the stored commit point, the point
-// goes back up with them, and Close stores it, not the lowered one.
-func TestReplayRestoresLoweredCommit(t *testing.T) {
-	dir, m := lostTailAfterCommit(t)
-	l := openT(t, dir, Options{})
-	require.Equal(t, uint64(5), l.hs.cur.commit, "lowered to the log's end")
-	var ents []*pb.Entry
-	for i := uint64(6); i <= 10; i++ {
-		ents = append(ents, m.ents[i])
-	}
-	_, err := l.replayEntries(ents) // what a journal replay does
-	require.NoError(t, err)
-	l.restoreCommit()
-	require.NoError(t, l.Close())
-	l = openT(t, dir, Options{})
-	defer l.Close()
-	hs, _, err := l.InitialState()
-	require.NoError(t, err)
-	assert.Equal(t, uint64(10), hs.GetCommit())
 }
