@@ -78,11 +78,11 @@ type Client struct {
 	endLife   context.CancelFunc
 	conns     map[string]*grpc.ClientConn // node address -> connection
 	streams   map[*grpc.ClientConn]*produceStream
-	noProduce map[*grpc.ClientConn]bool // nodes that answered Produce UNIMPLEMENTED
-	leaders   map[string]string         // topic -> leader address
-	seqs      map[string]uint64         // topic -> last producer sequence used
-	lastGet   string                    // node of the last good read
-	admin     string                    // node of the last good admin call
+	noProduce map[*grpc.ClientConn]time.Time // nodes to send calls to, not a stream, until then (produce.go)
+	leaders   map[string]string              // topic -> leader address
+	seqs      map[string]uint64              // topic -> last producer sequence used
+	lastGet   string                         // node of the last good read
+	admin     string                         // node of the last good admin call
 }
 
 // Option configures a Client. Options are applied in order by New.
@@ -158,7 +158,7 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 		retryWindow: DefaultRetryWindow,
 		conns:       make(map[string]*grpc.ClientConn),
 		streams:     make(map[*grpc.ClientConn]*produceStream),
-		noProduce:   make(map[*grpc.ClientConn]bool),
+		noProduce:   make(map[*grpc.ClientConn]time.Time),
 		leaders:     make(map[string]string),
 		seqs:        make(map[string]uint64),
 	}

@@ -48,8 +48,10 @@
 // Sends go over one Produce stream per node, shared by every goroutine
 // using the Client: a batch costs a message each way, not a call, which is
 // about half the CPU. Failover, retries and errors are the same as for
-// SendMessages calls; a node without Produce gets calls, and
-// WithUnarySends makes every send a call.
+// SendMessages calls. A node without Produce gets calls; so, for a second,
+// does a node that refused the stream (it serves its cap of streams) or
+// ended it with RESOURCE_EXHAUSTED; and WithUnarySends makes every send a
+// call.
 //
 // Subscribe follows a topic over a server stream instead of polling, and
 // resumes on another node after a failure from the message after the last one

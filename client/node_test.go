@@ -133,3 +133,29 @@ func TestBatcherAcrossRestart(t *testing.T) {
 		assert.Equal(t, byID[int64(i+1)], string(m))
 	}
 }
+
+// A node serving its cap of Produce streams refuses a Client's stream; the
+// Client's sends go to it as SendMessages calls instead of failing, and
+// the batch refused with the stream is stored once.
+func TestSendsWhenNodeRefusesStream(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MaxProduceStreams = 1 }))
+	holder := client.New("test", []string{n.Addr()})
+	t.Cleanup(holder.Close)
+	ids, err := holder.SendMessages("default", [][]byte{[]byte("a")}, true)
+	require.NoError(t, err)
+	require.Equal(t, []int64{1}, ids)
+	require.Equal(t, 1, n.ProduceStreams(), "the holder's stream is served")
+
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	for i := range 3 {
+		ids, err := c.SendMessages("default", [][]byte{[]byte(fmt.Sprint(i))}, true)
+		require.NoError(t, err, "send %d", i)
+		assert.Equal(t, []int64{int64(2 + i)}, ids, "send %d", i)
+	}
+	assert.Equal(t, 1, n.ProduceStreams(), "the second Client's stream was refused")
+	msgs, next, err := c.GetMessages("default", 1, 10, false)
+	require.NoError(t, err)
+	assert.Equal(t, int64(5), next)
+	assert.Equal(t, [][]byte{[]byte("a"), []byte("0"), []byte("1"), []byte("2")}, msgs)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -18,9 +19,19 @@ import (
 // it waits for a slot, and gives up when its context ends.
 const maxStreamInFlight = 256
 
-// errNoProduce reports a node that does not serve Produce (an older node):
-// the send goes as a SendMessages call instead.
+// errNoProduce reports a node that does not serve Produce (an older node),
+// or that refused or ended the stream with RESOURCE_EXHAUSTED: the send
+// goes as a SendMessages call instead.
 var errNoProduce = errors.New("forestbus: node does not serve Produce")
+
+// streamPause is how long a Client sends a node calls instead of opening a
+// new Produce stream after the node ended one with RESOURCE_EXHAUSTED: it
+// serves its cap of streams (api.DefaultMaxProduceStreams), or a request
+// on the stream was larger than it accepts.
+const streamPause = time.Second
+
+// forever stands for "for the Client's life" in Client.noProduce.
+var forever = time.Unix(1<<62, 0)
 
 // WithUnarySends makes the Client send every batch as its own SendMessages
 // call instead of over the node's Produce stream. The stream is the
@@ -115,8 +126,11 @@ func (c *Client) sendBatch(ctx context.Context, cc *grpc.ClientConn, req *forest
 func (c *Client) produceStream(cc *grpc.ClientConn) *produceStream {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.noProduce[cc] {
-		return nil
+	if until, ok := c.noProduce[cc]; ok {
+		if time.Now().Before(until) {
+			return nil
+		}
+		delete(c.noProduce, cc)
 	}
 	if ps := c.streams[cc]; ps != nil {
 		return ps
@@ -136,9 +150,14 @@ func (c *Client) produceStream(cc *grpc.ClientConn) *produceStream {
 }
 
 // streamErr is the error of a send whose stream failed: errNoProduce when
-// the node does not serve Produce, so that the send goes as a call.
+// the node does not serve Produce or refused the stream or ended it with
+// RESOURCE_EXHAUSTED, so that the send goes as a call. The call carries the
+// request's producer pair, so a batch the node stored before the stream
+// ended is not stored twice; a batch too large for the node fails that
+// call alone, not the other sends of the stream.
 func streamErr(err error) error {
-	if status.Code(err) == codes.Unimplemented {
+	switch status.Code(err) {
+	case codes.Unimplemented, codes.ResourceExhausted:
 		return errNoProduce
 	}
 	return err
@@ -188,15 +207,19 @@ func (c *Client) runStream(ctx context.Context, cc *grpc.ClientConn, ps *produce
 }
 
 // dropStream forgets ps, so that the next send opens a new stream; a node
-// that answered UNIMPLEMENTED is sent SendMessages calls from now on.
+// that answered UNIMPLEMENTED is sent SendMessages calls from now on, and
+// one that answered RESOURCE_EXHAUSTED for streamPause.
 func (c *Client) dropStream(cc *grpc.ClientConn, ps *produceStream, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.streams[cc] == ps {
 		delete(c.streams, cc)
 	}
-	if status.Code(err) == codes.Unimplemented {
-		c.noProduce[cc] = true
+	switch status.Code(err) {
+	case codes.Unimplemented:
+		c.noProduce[cc] = forever
+	case codes.ResourceExhausted:
+		c.noProduce[cc] = time.Now().Add(streamPause)
 	}
 }
 

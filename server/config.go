@@ -76,6 +76,14 @@ type Config struct {
 	// MaxWaiters caps the long polls waiting at once; more get
 	// RESOURCE_EXHAUSTED. Default 10,000.
 	MaxWaiters int
+	// MaxSubscribers caps the Subscribe streams served at once; more get
+	// RESOURCE_EXHAUSTED. 0 means api.DefaultMaxSubscribers (10,000).
+	MaxSubscribers int
+	// MaxProduceStreams caps the Produce streams served at once (a Go
+	// Client opens one per node); more get RESOURCE_EXHAUSTED, and the Go
+	// client then sends its batches as SendMessages calls. 0 means
+	// api.DefaultMaxProduceStreams (10,000).
+	MaxProduceStreams int
 	// MaxStreamsPerConn caps the calls (HTTP/2 streams) one client
 	// connection carries at once; a call beyond it waits, in the client,
 	// for one to end. The Clients of a process share a connection, up to

@@ -195,15 +195,17 @@ func (s *Server) open() error {
 	s.engine.Start()
 
 	s.svc = api.New(api.Config{
-		ClusterID:       cfg.ClusterID,
-		NodeName:        cfg.NodeName,
-		MaxMessageBytes: cfg.MaxMessageBytes,
-		MaxBatchBytes:   cfg.MaxBatchBytes,
-		MaxReadBytes:    cfg.MaxReadBytes,
-		ReadAheadBytes:  cfg.ReadAheadBytes,
-		MaxWait:         cfg.MaxWait,
-		MaxWaiters:      cfg.MaxWaiters,
-		Logger:          cfg.Logger,
+		ClusterID:         cfg.ClusterID,
+		NodeName:          cfg.NodeName,
+		MaxMessageBytes:   cfg.MaxMessageBytes,
+		MaxBatchBytes:     cfg.MaxBatchBytes,
+		MaxReadBytes:      cfg.MaxReadBytes,
+		ReadAheadBytes:    cfg.ReadAheadBytes,
+		MaxWait:           cfg.MaxWait,
+		MaxWaiters:        cfg.MaxWaiters,
+		MaxSubscribers:    cfg.MaxSubscribers,
+		MaxProduceStreams: cfg.MaxProduceStreams,
+		Logger:            cfg.Logger,
 	}, nil)
 	var initial []topic.Member
 	for _, m := range bootstrap {
@@ -430,6 +432,9 @@ func (s *Server) LongPolls() int { return s.svc.Waiters() }
 
 // Subscriptions is the number of Subscribe streams this node serves.
 func (s *Server) Subscriptions() int { return s.svc.Subscribers() }
+
+// ProduceStreams is the number of Produce streams this node serves.
+func (s *Server) ProduceStreams() int { return s.svc.ProduceStreams() }
 
 // EngineMetrics returns the node's sync counters (replica.EngineMetrics).
 func (s *Server) EngineMetrics() replica.EngineMetrics { return s.engine.Metrics() }

@@ -32,6 +32,7 @@ import (
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/internal/uring"
 	"github.com/forestbus/forestbus/server"
+	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/httpapi"
 )
 
@@ -105,6 +106,8 @@ func run(args []string) error {
 		maxRead    = fs.Int("max-read-bytes", 4<<20, "payload cap of one GetMessages answer")
 		readAhead  = fs.Int("read-ahead-bytes", 1<<20, "payload a GetMessages answer holds when that much is committed, even beyond the quantity asked (negative: off)")
 		maxWait    = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
+		maxSubs    = fs.Int("max-subscribers", api.DefaultMaxSubscribers, "Subscribe streams served at once; more get RESOURCE_EXHAUSTED")
+		maxProduce = fs.Int("max-produce-streams", api.DefaultMaxProduceStreams, "Produce streams served at once (a Go client opens one per node); more get RESOURCE_EXHAUSTED and the client sends as calls")
 		maxStreams = fs.Uint("max-streams-per-conn", server.DefaultMaxStreamsPerConn, "calls one client connection carries at once (the Clients of a process share one connection, up to 32 Clients each)")
 		segment    = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
 		pageCache  = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
@@ -202,6 +205,8 @@ func run(args []string) error {
 		MaxReadBytes:      *maxRead,
 		ReadAheadBytes:    *readAhead,
 		MaxWait:           *maxWait,
+		MaxSubscribers:    *maxSubs,
+		MaxProduceStreams: *maxProduce,
 		MaxStreamsPerConn: uint32(min(*maxStreams, math.MaxUint32)),
 		SegmentBytes:      *segment,
 		PageCacheBytes:    *pageCache,

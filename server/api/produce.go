@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -18,6 +19,26 @@ import (
 // is answered, so HTTP/2 flow control holds the client.
 const MaxProduceInFlight = 256
 
+// DefaultMaxProduceStreams caps the Produce streams a node serves at once
+// (see SetMaxProduceStreams). Each holds up to MaxProduceInFlight requests.
+const DefaultMaxProduceStreams = 10000
+
+// SetMaxProduceStreams caps the number of Produce streams the service
+// serves at once; n <= 0 restores DefaultMaxProduceStreams. A stream
+// opened over the cap fails with RESOURCE_EXHAUSTED before the node reads
+// any of its requests (none is stored). Streams already open are not
+// affected by a lower cap.
+func (s *Service) SetMaxProduceStreams(n int) { s.producers.max.Store(int64(max(n, 0))) }
+
+// ProduceStreams reports the number of Produce streams being served.
+func (s *Service) ProduceStreams() int { return int(s.producers.active.Load()) }
+
+// errTooManyProduceStreams is answered over the stream cap: a plain
+// status, as for Subscribe streams.
+func errTooManyProduceStreams(limit int64) error {
+	return status.Errorf(codes.ResourceExhausted, "too many Produce streams on this node (limit %d): send as SendMessages calls, or retry later", limit)
+}
+
 // Produce implements ForestBusService.Produce: SendMessages over one
 // stream. Each request is served on its own goroutine, exactly as a
 // SendMessages call (without the leader forwarding), and answered on the
@@ -27,6 +48,11 @@ const MaxProduceInFlight = 256
 // BeginShutdown. A goroutine reads the stream; it is still blocked in Recv
 // when the handler returns on shutdown, and gRPC ends that Recv then.
 func (s *Service) Produce(stream forestbusv1.ForestBusService_ProduceServer) error {
+	ok, limit := s.producers.take(DefaultMaxProduceStreams)
+	if !ok {
+		return errTooManyProduceStreams(limit)
+	}
+	defer s.producers.done()
 	p := &producer{svc: s, stream: stream, slots: make(chan struct{}, MaxProduceInFlight)}
 	read := make(chan error, 1)
 	go func() {

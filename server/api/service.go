@@ -46,6 +46,13 @@ type Config struct {
 	// MaxWaiters caps the GetMessages calls waiting at once on this node;
 	// beyond it a waiting call gets RESOURCE_EXHAUSTED. Default 10,000.
 	MaxWaiters int
+	// MaxSubscribers caps the Subscribe streams served at once; more get
+	// RESOURCE_EXHAUSTED. 0 means DefaultMaxSubscribers (10,000).
+	MaxSubscribers int
+	// MaxProduceStreams caps the Produce streams served at once; more get
+	// RESOURCE_EXHAUSTED (the Go client then sends its batches to this node
+	// as SendMessages calls). 0 means DefaultMaxProduceStreams (10,000).
+	MaxProduceStreams int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -104,7 +111,8 @@ type Service struct {
 	inflight atomic.Int64 // unary calls being served
 	waiters  atomic.Int64 // GetMessages calls that may wait
 
-	subscribers subState // Subscribe streams (subscribe.go)
+	subscribers streamCap // Subscribe streams (subscribe.go)
+	producers   streamCap // Produce streams (produce.go)
 
 	nodesMu sync.RWMutex
 	nodes   []Node
@@ -118,6 +126,8 @@ func New(cfg Config, registry *topic.Registry) *Service {
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.stopping = s.stopCtx.Done()
 	s.SetNodes(cfg.Nodes)
+	s.SetMaxSubscribers(cfg.MaxSubscribers)
+	s.SetMaxProduceStreams(cfg.MaxProduceStreams)
 	return s
 }
 

@@ -31,22 +31,37 @@ const (
 	minHeartbeat = 100 * time.Millisecond
 )
 
-// subState is a Service's Subscribe bookkeeping.
-type subState struct {
+// streamCap counts the streams of one kind that a Service serves and caps
+// them.
+type streamCap struct {
 	active atomic.Int64 // streams being served
-	max    atomic.Int64 // cap; 0 = DefaultMaxSubscribers
+	max    atomic.Int64 // cap; 0 = the kind's default
 }
 
-func (s *Service) subs() *subState { return &s.subscribers }
+// take counts a new stream: false (and the cap in force) when it would
+// exceed the cap, and then it is not counted. done uncounts a stream taken.
+func (c *streamCap) take(def int64) (ok bool, limit int64) {
+	limit = c.max.Load()
+	if limit <= 0 {
+		limit = def
+	}
+	if c.active.Add(1) > limit {
+		c.active.Add(-1)
+		return false, limit
+	}
+	return true, limit
+}
+
+func (c *streamCap) done() { c.active.Add(-1) }
 
 // SetMaxSubscribers caps the number of Subscribe streams the service
 // serves at once; n <= 0 restores DefaultMaxSubscribers. A stream opened
 // over the cap fails with RESOURCE_EXHAUSTED. Streams already open are
 // not affected by a lower cap.
-func (s *Service) SetMaxSubscribers(n int) { s.subs().max.Store(int64(max(n, 0))) }
+func (s *Service) SetMaxSubscribers(n int) { s.subscribers.max.Store(int64(max(n, 0))) }
 
 // Subscribers reports the number of Subscribe streams being served.
-func (s *Service) Subscribers() int { return int(s.subs().active.Load()) }
+func (s *Service) Subscribers() int { return int(s.subscribers.active.Load()) }
 
 // errTooManySubscribers is answered over the stream cap. It is a plain
 // status (no ErrorInfo reason): RESOURCE_EXHAUSTED, try another node or
@@ -91,16 +106,11 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 		return ErrShuttingDown
 	default:
 	}
-	st := s.subs()
-	limit := st.max.Load()
-	if limit <= 0 {
-		limit = DefaultMaxSubscribers
-	}
-	if st.active.Add(1) > limit {
-		st.active.Add(-1)
+	ok, limit := s.subscribers.take(DefaultMaxSubscribers)
+	if !ok {
 		return errTooManySubscribers(limit)
 	}
-	defer st.active.Add(-1)
+	defer s.subscribers.done()
 
 	// Shutdown ends the stream's wait at once, as it ends long polls.
 	ctx, cancel := s.untilShutdown(stream.Context())

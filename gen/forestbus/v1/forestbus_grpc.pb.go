@@ -129,7 +129,10 @@ type ForestBusServiceClient interface {
 	// producer_id and sequence so that it is not stored twice.
 	//
 	// Stream errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH,
-	// UNAVAILABLE/SHUTTING_DOWN, and transport errors.
+	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED when the node already
+	// serves its cap of Produce streams (10,000 by default; it then read none
+	// of this stream's requests: send them as SendMessages calls), and
+	// transport errors.
 	Produce(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ProduceRequest, ProduceResponse], error)
 }
 
@@ -301,7 +304,10 @@ type ForestBusServiceServer interface {
 	// producer_id and sequence so that it is not stored twice.
 	//
 	// Stream errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH,
-	// UNAVAILABLE/SHUTTING_DOWN, and transport errors.
+	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED when the node already
+	// serves its cap of Produce streams (10,000 by default; it then read none
+	// of this stream's requests: send them as SendMessages calls), and
+	// transport errors.
 	Produce(grpc.BidiStreamingServer[ProduceRequest, ProduceResponse]) error
 	mustEmbedUnimplementedForestBusServiceServer()
 }
