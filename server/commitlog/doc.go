@@ -179,7 +179,12 @@
 // at a time), so a crash leaves an all-zero tail after the last record:
 // Open trims it, in any segment, and logs it at Info. A bad record in any
 // other segment, an empty segment that is not the last, or a gap between
-// segments is reported as ErrCorrupt.
+// segments is reported as ErrCorrupt. Unless NoSync, Open then fdatasyncs
+// every segment and the directory: a process that died (the machine did
+// not) leaves records and segment names it never synced in the page cache,
+// the scan reads them as part of the log, and raft takes what the log holds
+// for stored, so it must be durable before Open returns (a segment and a
+// directory without dirty pages sync in about 50 µs).
 //
 // # In-memory index
 //

@@ -276,3 +276,49 @@ func TestMkdirAllSyncsParents(t *testing.T) {
 	require.NoError(t, os.WriteFile(file, nil, 0o644))
 	require.Error(t, MkdirAll(filepath.Join(file, "d")))
 }
+
+// TestOpenSyncsWhatADeadProcessLeft: a process that dies (the machine does
+// not) leaves its unsynced appends in the page cache, and the next Open
+// reads them as part of the log. raft then takes them for stored: a
+// follower acknowledges them at once when the leader sends them again,
+// and a candidate's log counts them. So Open makes them durable before it
+// returns: a power loss after it keeps them.
+//
+// Run with preallocation and without: with it, the dead process's segment
+// ends in allocated zeros, which Open trims and syncs anyway.
+func TestOpenSyncsWhatADeadProcessLeft(t *testing.T) {
+	t.Run("preallocated", testOpenSyncsWhatADeadProcessLeft)
+	t.Run("not preallocated", func(t *testing.T) {
+		allocateFunc = func(*os.File, int64, int64) (bool, error) { return false, nil }
+		t.Cleanup(func() { allocateFunc = allocate })
+		testOpenSyncsWhatADeadProcessLeft(t)
+	})
+}
+
+func testOpenSyncsWhatADeadProcessLeft(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "log")
+	d := powerloss.Watch(t, root)
+	m := newModel()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m.appendN(t, l, 1, 4, 1)
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(1), Vote: proto.Uint64(1), Commit: proto.Uint64(2)}))
+	require.NoError(t, l.Sync())
+	// Never synced: appends up to and into a new segment, whose name is
+	// in no synced directory.
+	for segs := len(l.segs); len(l.segs) == segs; {
+		m.appendN(t, l, m.last+1, 4, 1)
+	}
+	m.appendN(t, l, m.last+1, 4, 1)
+	require.NoError(t, l.closeFiles()) // the process dies
+
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m.check(t, l)
+	lost := t.TempDir()
+	d.Lose(t, lost, nil) // what the disk holds now: flushed bytes only
+	require.NoError(t, l.Close())
+
+	after := openT(t, filepath.Join(lost, "log"), Options{SegmentBytes: MinSegmentBytes})
+	defer after.Close()
+	m.check(t, after)
+}
