@@ -17,6 +17,37 @@ type identity struct {
 	ClusterID string `json:"cluster_id"`
 	NodeName  string `json:"node_name"`
 	RaftID    uint64 `json:"raft_id"`
+	// Initial lists the members of the new cluster this node started as
+	// one of; empty for a node that joined a running cluster (and in files
+	// written before the field existed). A later start passes them to the
+	// metadata group, which bootstraps with them only if its log is empty:
+	// the first start died after writing this file and before the log held
+	// its first entries. Without them that node would wait for ever for a
+	// leader to tell it the members.
+	Initial []identityMember `json:"initial_cluster,omitempty"`
+}
+
+// identityMember is one member of identity.Initial.
+type identityMember struct {
+	RaftID  uint64 `json:"raft_id"`
+	Name    string `json:"name"`
+	Address string `json:"address"`
+}
+
+func identityMembers(ms []member) []identityMember {
+	out := make([]identityMember, len(ms))
+	for i, m := range ms {
+		out[i] = identityMember{RaftID: m.id, Name: m.name, Address: m.addr}
+	}
+	return out
+}
+
+func membersOf(ims []identityMember) []member {
+	var out []member
+	for _, m := range ims {
+		out = append(out, member{id: m.RaftID, name: m.Name, addr: m.Address})
+	}
+	return out
 }
 
 const identityFile = "identity.json"

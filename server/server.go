@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 func (s *Server) open() error {
 	cfg := s.cfg
 	// Who is this node, and with whom does a new cluster start?
-	var bootstrap []member // members of a new cluster; nil when joining or restarting
+	var bootstrap []member // members of a new cluster; nil when joining
 	want := identity{ClusterID: cfg.ClusterID, NodeName: cfg.NodeName}
 	switch {
 	case cfg.Join != nil:
@@ -156,14 +156,24 @@ func (s *Server) open() error {
 		}
 		s.members = bootstrap
 	}
+	if cfg.Join == nil {
+		want.Initial = identityMembers(bootstrap)
+	}
 	fresh := !identityExists(cfg.DataDir)
 	id, err := loadIdentity(cfg.DataDir, want)
 	if err != nil {
 		return err
 	}
 	s.id = id
-	if !fresh || cfg.Join != nil {
-		bootstrap = nil // the metadata log knows the members
+	if !fresh {
+		// The metadata log knows the members. An initial member passes
+		// the members of its first start (identity.Initial): the group
+		// bootstraps with them only if its log is empty, whatever the
+		// flags say now.
+		bootstrap = membersOf(id.Initial)
+		if len(bootstrap) > 0 {
+			s.members = bootstrap
+		}
 	}
 
 	// The journal first: it replays what a crash left in it into the logs

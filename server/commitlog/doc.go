@@ -76,8 +76,9 @@
 //	<dir>/meta.tmp                   transient, removed by Open
 //
 // Open creates <dir> (and any missing parent) with MkdirAll, which fsyncs
-// the parent of each directory it creates: a file synced in a new directory
-// is reachable after a power loss. TestPowerLossKeepsSyncedEntries checks
+// the parent of each directory on the path, created or found (once per
+// process): a file synced in the directory is reachable after a power loss,
+// also when a process that died, or an operator, made the directory. TestPowerLossKeepsSyncedEntries checks
 // every sync against a model of what a power loss leaves (files as of their
 // last flush, directories as of theirs).
 //

@@ -257,7 +257,7 @@ func checkPowerLoss(t *testing.T, d *powerloss.Disk, rnd *rand.Rand, durable []d
 }
 
 // TestMkdirAllSyncsParents: MkdirAll flushes the parent of every directory
-// it creates, and nothing for directories that exist.
+// on the path, created or found, up to the root, once per process.
 func TestMkdirAllSyncsParents(t *testing.T) {
 	root := t.TempDir()
 	var dirs []string
@@ -266,15 +266,63 @@ func TestMkdirAllSyncsParents(t *testing.T) {
 	leaf := filepath.Join(root, "a", "b", "c")
 	require.NoError(t, MkdirAll(leaf))
 	require.DirExists(t, leaf)
-	require.Equal(t, []string{root, filepath.Join(root, "a"), filepath.Join(root, "a", "b")}, dirs)
+	for _, d := range []string{root, filepath.Join(root, "a"), filepath.Join(root, "a", "b"), filepath.Dir(root)} {
+		require.Contains(t, dirs, d)
+	}
 
 	dirs = nil
 	require.NoError(t, MkdirAll(leaf))
-	require.Empty(t, dirs, "nothing created, nothing flushed")
+	require.Empty(t, dirs, "done once per process")
+
+	// Made by another process, which may have died before syncing the
+	// names: MkdirAll syncs them, up to a directory it did already.
+	other := filepath.Join(root, "x", "y")
+	require.NoError(t, os.MkdirAll(other, 0o755))
+	dirs = nil
+	require.NoError(t, MkdirAll(other))
+	// root changed since (x is new in it): its name is synced again, up
+	// to its unchanged parent.
+	require.Equal(t, []string{filepath.Join(root, "x"), root, filepath.Dir(root)}, dirs)
+
+	// Removed and made again under the same name: not the directory
+	// synced (x changed with it; root did not).
+	require.NoError(t, os.Remove(other))
+	require.NoError(t, os.Mkdir(other, 0o755))
+	dirs = nil
+	require.NoError(t, MkdirAll(other))
+	require.Equal(t, []string{filepath.Join(root, "x"), root}, dirs)
 
 	file := filepath.Join(root, "f")
 	require.NoError(t, os.WriteFile(file, nil, 0o644))
 	require.Error(t, MkdirAll(filepath.Join(file, "d")))
+}
+
+// TestOpenSyncsNamesADeadProcessLeft: a dead process (or an operator) made
+// a log's directory, and its name may be in no synced directory. Entries
+// synced in it must survive a power loss, and so must the journal's
+// directory.
+func TestOpenSyncsNamesADeadProcessLeft(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "topics", "t.5")
+	jdir := filepath.Join(root, "journal")
+	d := powerloss.Watch(t, root)
+	require.NoError(t, os.MkdirAll(dir, 0o755)) // the dead process
+	require.NoError(t, os.MkdirAll(jdir, 0o755))
+	j, err := OpenJournal(jdir, root, JournalOptions{})
+	require.NoError(t, err)
+	m := newModel()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes, Journal: j})
+	m.appendN(t, l, 1, 4, 1)
+	require.NoError(t, l.Sync()) // acknowledged
+	lost := t.TempDir()
+	d.Lose(t, lost, nil)
+	require.NoError(t, l.Close())
+	require.NoError(t, j.Close())
+
+	require.DirExists(t, filepath.Join(lost, "journal"))
+	after := openT(t, filepath.Join(lost, "topics", "t.5"), Options{SegmentBytes: MinSegmentBytes})
+	defer after.Close()
+	m.check(t, after)
 }
 
 // TestOpenSyncsWhatADeadProcessLeft: a process that dies (the machine does

@@ -1,0 +1,30 @@
+package server
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A first start of a one-node cluster that died after writing its identity
+// and before the metadata log held its first entries: the next start finds
+// the identity, so the node is not fresh, and the metadata log empty. It
+// must bootstrap the log with the members the identity recorded, or no
+// leader ever tells it who the members are and it never serves.
+func TestRestartAfterFirstStartDiedBeforeMetadataLog(t *testing.T) {
+	dir := t.TempDir()
+	_, err := loadIdentity(dir, identity{ClusterID: "test", NodeName: "node1", RaftID: 1,
+		Initial: []identityMember{{RaftID: 1, Name: "node1", Address: "127.0.0.1:1"}}})
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Start(ctx, Config{ListenAddr: "127.0.0.1:0", DataDir: dir, ClusterID: "test", NodeName: "node1", DefaultTopic: "default"})
+	require.NoError(t, err)
+	defer s.Stop()
+	_, err = s.Registry().Get("default")
+	require.NoError(t, err, "the default topic exists")
+	require.Len(t, s.Registry().Members(), 1)
+}
