@@ -192,3 +192,50 @@ func TestStreamSendHonoursContext(t *testing.T) {
 		return len(ps.pending) == 0 && len(ps.slots) == 0
 	}, 10*time.Second, time.Millisecond, "the late answer freed its slot")
 }
+
+// TestStreamResourceExhaustedSendsCalls: a node that ends the Produce
+// stream with RESOURCE_EXHAUSTED (it serves its cap of streams, or a
+// request was larger than it reads) gets the unanswered request again as a
+// SendMessages call with the same producer pair, so that a batch it stored
+// is not stored twice; the Client sends it calls, not new streams, for
+// streamPause, then opens a stream again.
+func TestStreamResourceExhaustedSendsCalls(t *testing.T) {
+	n := startNode(t)
+	n.streamErr = status.Error(codes.ResourceExhausted, "fake: too many Produce streams")
+	var got []*forestbusv1.SendMessagesRequest
+	var mu sync.Mutex
+	ok := okSend(7)
+	n.send = func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		mu.Lock()
+		got = append(got, req)
+		mu.Unlock()
+		return ok(ctx, req)
+	}
+	c := New("", []string{n.addr})
+	defer c.Close()
+	start := time.Now()
+	for i := range 3 {
+		_, err := c.SendMessages("t", msgs[:1], true)
+		require.NoError(t, err, "send %d", i)
+	}
+	if time.Since(start) < time.Second { // the pause documented
+		assert.Equal(t, 1, n.count("produce"), "no new stream within the pause")
+	}
+	mu.Lock()
+	require.Len(t, got, 3)
+	for i, req := range got {
+		assert.Equal(t, c.ProducerID(), req.GetProducerId(), "call %d", i)
+		assert.Equal(t, uint64(i+1), req.GetSequence(), "call %d", i)
+	}
+	mu.Unlock()
+
+	// After the pause, sends go over a stream again.
+	n.mu.Lock()
+	n.streamErr = nil
+	n.mu.Unlock()
+	require.Eventually(t, func() bool {
+		_, err := c.SendMessages("t", msgs[:1], true)
+		require.NoError(t, err)
+		return n.count("produce") == 2
+	}, 10*time.Second, 20*time.Millisecond)
+}

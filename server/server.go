@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -170,9 +171,15 @@ func (s *Server) open() error {
 		// the members of its first start (identity.Initial): the group
 		// bootstraps with them only if its log is empty, whatever the
 		// flags say now.
-		bootstrap = membersOf(id.Initial)
-		if len(bootstrap) > 0 {
-			s.members = bootstrap
+		stored := membersOf(id.Initial)
+		if cfg.Join == nil && len(stored) > 0 && cfg.InitialCluster != "" && !slices.Equal(stored, bootstrap) {
+			s.log.Warn("server: the initial cluster differs from the one this node first started with: the members come from the metadata log, and only the first start's list may bootstrap it",
+				"initial_cluster", cfg.InitialCluster)
+		}
+		bootstrap = nil
+		if cfg.Join == nil && len(stored) > 0 {
+			bootstrap = stored
+			s.members = stored
 		}
 	}
 

@@ -76,9 +76,10 @@
 //	<dir>/meta.tmp                   transient, removed by Open
 //
 // Open creates <dir> (and any missing parent) with MkdirAll, which fsyncs
-// the parent of each directory on the path, created or found (once per
-// process): a file synced in the directory is reachable after a power loss,
-// also when a process that died, or an operator, made the directory. TestPowerLossKeepsSyncedEntries checks
+// the parent of each directory it creates: a file synced in a new directory
+// is reachable after a power loss. A directory it finds is made durable by
+// the filesystem sync of the process's first MkdirAll there (below,
+// Recovery). TestPowerLossKeepsSyncedEntries checks
 // every sync against a model of what a power loss leaves (files as of their
 // last flush, directories as of theirs).
 //
@@ -180,12 +181,11 @@
 // at a time), so a crash leaves an all-zero tail after the last record:
 // Open trims it, in any segment, and logs it at Info. A bad record in any
 // other segment, an empty segment that is not the last, or a gap between
-// segments is reported as ErrCorrupt. Unless NoSync, Open then fdatasyncs
-// every segment and the directory: a process that died (the machine did
-// not) leaves records and segment names it never synced in the page cache,
-// the scan reads them as part of the log, and raft takes what the log holds
-// for stored, so it must be durable before Open returns (a segment and a
-// directory without dirty pages sync in about 50 µs).
+// segments is reported as ErrCorrupt. A process that died (the machine did
+// not) leaves records and names it never synced in the page cache, which
+// the scan reads as part of the log, and raft takes what the log holds for
+// stored: so before the first log of a process opens on a filesystem, the
+// filesystem is synced whole, once (MkdirAll, startsync.go).
 //
 // # In-memory index
 //

@@ -165,3 +165,12 @@ func appendUniform(t testing.TB, l *Log, index uint64, n, size int) [][]byte {
 	require.NoError(t, err)
 	return msgs
 }
+
+// newProcess forgets which filesystems this process synced at start
+// (startSync), as a new process would: for tests that play a process that
+// died and the one that follows it.
+func newProcess() {
+	startSynced.mu.Lock()
+	clear(startSynced.devs)
+	startSynced.mu.Unlock()
+}

@@ -295,21 +295,13 @@ func (l *Log) recover() error {
 			if err := f.Truncate(s.size); err != nil {
 				return fmt.Errorf("commitlog: truncate torn tail: %w", err)
 			}
+			if !l.opts.NoSync {
+				if err := fdatasync(f); err != nil {
+					return fmt.Errorf("commitlog: sync segment: %w", err)
+				}
+			}
 		} else if err != nil {
 			return err
-		}
-		if !l.opts.NoSync {
-			// A process that died (the machine did not) may have left
-			// records it never synced in the page cache, and the scan
-			// read them as part of the log. raft takes what the log
-			// holds for stored (a follower acknowledges it at once when
-			// the leader sends it again; a candidate's log counts it),
-			// so it must be on disk before Open returns. Also after a
-			// run in os mode. A segment without dirty pages syncs in
-			// ~50 µs on this project's machine.
-			if err := fdatasync(f); err != nil {
-				return fmt.Errorf("commitlog: sync segment: %w", err)
-			}
 		}
 		s.alloc = s.size
 		if s.empty() && !isLast {
@@ -338,9 +330,7 @@ func (l *Log) recover() error {
 		}
 		l.recent[ids.Index%recentIDs] = ids
 	}
-	if !l.opts.NoSync {
-		// Always: a dead process may have created a segment whose name
-		// it never synced, and the scan took it as part of the log.
+	if l.dirDirty && !l.opts.NoSync {
 		if err := syncDir(l.dir); err != nil {
 			return err
 		}

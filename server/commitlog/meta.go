@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sync"
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -149,13 +148,11 @@ func writeFileSynced(dir, name string, data []byte) error {
 
 // MkdirAll is os.MkdirAll that makes dir's path durable: after creating a
 // directory it fsyncs the parent, so that a power loss cannot drop the new
-// name, and with it every file synced inside. Directories that already
-// exist get the same, once per process: a process that died between its
-// mkdir and the parent's fsync, or an operator's mkdir just before the
-// first start, leaves a name no sync covered, and the node would then keep
-// its data, and acknowledge writes, under a name a power loss can take.
-// Open and OpenJournal create their directories with it; a node creates
-// the directories above them with it too.
+// name, and with it every file synced inside. The first MkdirAll of a
+// process on a filesystem syncs that filesystem first (startSync): a path
+// found rather than created may have names no sync covered. Open and
+// OpenJournal create their directories with it; a node creates the
+// directories above them with it too.
 func MkdirAll(dir string) error {
 	dir = filepath.Clean(dir)
 	var missing []string
@@ -164,6 +161,9 @@ func MkdirAll(dir string) error {
 		if err == nil {
 			if !fi.IsDir() {
 				return fmt.Errorf("commitlog: %s is not a directory", d)
+			}
+			if err := startSync(d); err != nil {
+				return err
 			}
 			break
 		}
@@ -179,49 +179,6 @@ func MkdirAll(dir string) error {
 		if err := syncDir(filepath.Dir(missing[i])); err != nil {
 			return err
 		}
-	}
-	return syncNames(dir)
-}
-
-// durableNames maps a directory's path to the directory (its os.FileInfo)
-// whose name, and its ancestors' names, syncNames made durable in this
-// process.
-var durableNames sync.Map
-
-// syncNames fsyncs the parent of dir and of each of its ancestors, up to
-// the root or to a directory this process has done so for already. An
-// ancestor the process may not open (a parent without read permission)
-// ends the walk: its names are the system's, not the node's.
-func syncNames(dir string) error {
-	type done struct {
-		path string
-		fi   os.FileInfo
-	}
-	var walked []done
-	for d := dir; filepath.Dir(d) != d; d = filepath.Dir(d) {
-		fi, err := os.Stat(d)
-		if err != nil {
-			return fmt.Errorf("commitlog: sync dir: %w", err)
-		}
-		// The same directory, unchanged since: a directory removed and
-		// made again may get the same inode number, never the same
-		// modification time (a change of its entries costs a sync more).
-		if v, ok := durableNames.Load(d); ok && os.SameFile(v.(os.FileInfo), fi) && v.(os.FileInfo).ModTime().Equal(fi.ModTime()) {
-			break
-		}
-		err = syncDir(filepath.Dir(d))
-		if errors.Is(err, fs.ErrPermission) && d != dir {
-			walked = append(walked, done{d, fi})
-			break
-		}
-		if err != nil {
-			return err
-		}
-		walked = append(walked, done{d, fi})
-	}
-	// Only now: a walk cut short by an error leaves nothing marked.
-	for _, w := range walked {
-		durableNames.Store(w.path, w.fi)
 	}
 	return nil
 }

@@ -257,40 +257,27 @@ func checkPowerLoss(t *testing.T, d *powerloss.Disk, rnd *rand.Rand, durable []d
 }
 
 // TestMkdirAllSyncsParents: MkdirAll flushes the parent of every directory
-// on the path, created or found, up to the root, once per process.
+// it creates, and the first MkdirAll of a process on a filesystem syncs
+// that filesystem (startSync) before it creates anything.
 func TestMkdirAllSyncsParents(t *testing.T) {
 	root := t.TempDir()
 	var dirs []string
 	flushhook.Set(func(_ *os.File, dir string) { dirs = append(dirs, dir) })
 	defer flushhook.Set(nil)
+	newProcess()
 	leaf := filepath.Join(root, "a", "b", "c")
 	require.NoError(t, MkdirAll(leaf))
 	require.DirExists(t, leaf)
-	for _, d := range []string{root, filepath.Join(root, "a"), filepath.Join(root, "a", "b"), filepath.Dir(root)} {
-		require.Contains(t, dirs, d)
-	}
+	require.Equal(t, []string{"", root, filepath.Join(root, "a"), filepath.Join(root, "a", "b")}, dirs, `"": the filesystem`)
 
 	dirs = nil
 	require.NoError(t, MkdirAll(leaf))
-	require.Empty(t, dirs, "done once per process")
+	require.Empty(t, dirs, "nothing created, the filesystem synced already")
 
-	// Made by another process, which may have died before syncing the
-	// names: MkdirAll syncs them, up to a directory it did already.
-	other := filepath.Join(root, "x", "y")
-	require.NoError(t, os.MkdirAll(other, 0o755))
+	newProcess()
 	dirs = nil
-	require.NoError(t, MkdirAll(other))
-	// root changed since (x is new in it): its name is synced again, up
-	// to its unchanged parent.
-	require.Equal(t, []string{filepath.Join(root, "x"), root, filepath.Dir(root)}, dirs)
-
-	// Removed and made again under the same name: not the directory
-	// synced (x changed with it; root did not).
-	require.NoError(t, os.Remove(other))
-	require.NoError(t, os.Mkdir(other, 0o755))
-	dirs = nil
-	require.NoError(t, MkdirAll(other))
-	require.Equal(t, []string{filepath.Join(root, "x"), root}, dirs)
+	require.NoError(t, MkdirAll(leaf))
+	require.Equal(t, []string{""}, dirs, "a new process syncs the filesystem once")
 
 	file := filepath.Join(root, "f")
 	require.NoError(t, os.WriteFile(file, nil, 0o644))
@@ -308,6 +295,7 @@ func TestOpenSyncsNamesADeadProcessLeft(t *testing.T) {
 	d := powerloss.Watch(t, root)
 	require.NoError(t, os.MkdirAll(dir, 0o755)) // the dead process
 	require.NoError(t, os.MkdirAll(jdir, 0o755))
+	newProcess()
 	j, err := OpenJournal(jdir, root, JournalOptions{})
 	require.NoError(t, err)
 	m := newModel()
@@ -360,6 +348,7 @@ func testOpenSyncsWhatADeadProcessLeft(t *testing.T) {
 	m.appendN(t, l, m.last+1, 4, 1)
 	require.NoError(t, l.closeFiles()) // the process dies
 
+	newProcess()
 	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
 	m.check(t, l)
 	lost := t.TempDir()

@@ -3,6 +3,7 @@
 package commitlog
 
 import (
+	"errors"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -51,4 +52,22 @@ func deviceOf(path string) uint64 {
 		return 0
 	}
 	return uint64(st.Dev)
+}
+
+// syncFilesystem syncs the filesystem holding dir (startSync): syncfs
+// through a descriptor of dir, or sync(2), every filesystem, where syncfs
+// is refused (seccomp).
+func syncFilesystem(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = syncfs(f)
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+		unix.Sync()
+		flushhook.Flushed(nil, "")
+		return nil
+	}
+	return err
 }

@@ -129,10 +129,12 @@ type ForestBusServiceClient interface {
 	// producer_id and sequence so that it is not stored twice.
 	//
 	// Stream errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH,
-	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED when the node already
-	// serves its cap of Produce streams (10,000 by default; it then read none
-	// of this stream's requests: send them as SendMessages calls), and
-	// transport errors.
+	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED, and transport errors.
+	// RESOURCE_EXHAUSTED at the start means the node already serves its cap
+	// of Produce streams (10,000 by default) and read none of this stream's
+	// requests; later it means a request was larger than the node reads
+	// (after the requests read before it were answered). Either way, send
+	// the unanswered requests as SendMessages calls, as the Go client does.
 	Produce(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ProduceRequest, ProduceResponse], error)
 }
 
@@ -304,10 +306,12 @@ type ForestBusServiceServer interface {
 	// producer_id and sequence so that it is not stored twice.
 	//
 	// Stream errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH,
-	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED when the node already
-	// serves its cap of Produce streams (10,000 by default; it then read none
-	// of this stream's requests: send them as SendMessages calls), and
-	// transport errors.
+	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED, and transport errors.
+	// RESOURCE_EXHAUSTED at the start means the node already serves its cap
+	// of Produce streams (10,000 by default) and read none of this stream's
+	// requests; later it means a request was larger than the node reads
+	// (after the requests read before it were answered). Either way, send
+	// the unanswered requests as SendMessages calls, as the Go client does.
 	Produce(grpc.BidiStreamingServer[ProduceRequest, ProduceResponse]) error
 	mustEmbedUnimplementedForestBusServiceServer()
 }
