@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -79,15 +80,7 @@ func TestSendFallsBackToCalls(t *testing.T) {
 func TestBrokenStreamFailsOver(t *testing.T) {
 	a, b := startNode(t), startNode(t)
 	a.streamErr = status.Error(codes.Unavailable, "fake: stream broken")
-	var got []*forestbusv1.SendMessagesRequest
-	var mu sync.Mutex
-	ok := okSend(1)
-	b.send = func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
-		mu.Lock()
-		got = append(got, req)
-		mu.Unlock()
-		return ok(ctx, req)
-	}
+	sends := recordSends(b, 1)
 	c := New("", []string{a.addr, b.addr})
 	defer c.Close()
 	ids, err := c.SendMessages("t", msgs, true)
@@ -95,6 +88,7 @@ func TestBrokenStreamFailsOver(t *testing.T) {
 	assert.Equal(t, []int64{1, 2, 3}, ids)
 	assert.Equal(t, 1, a.count("produce"))
 	assert.Equal(t, b.addr, c.leader("t"))
+	got := sends()
 	require.Len(t, got, 1)
 	assert.Equal(t, c.ProducerID(), got[0].GetProducerId())
 	assert.Equal(t, uint64(1), got[0].GetSequence())
@@ -202,15 +196,7 @@ func TestStreamSendHonoursContext(t *testing.T) {
 func TestStreamResourceExhaustedSendsCalls(t *testing.T) {
 	n := startNode(t)
 	n.streamErr = status.Error(codes.ResourceExhausted, "fake: too many Produce streams")
-	var got []*forestbusv1.SendMessagesRequest
-	var mu sync.Mutex
-	ok := okSend(7)
-	n.send = func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
-		mu.Lock()
-		got = append(got, req)
-		mu.Unlock()
-		return ok(ctx, req)
-	}
+	sends := recordSends(n, 7)
 	c := New("", []string{n.addr})
 	defer c.Close()
 	start := time.Now()
@@ -221,13 +207,12 @@ func TestStreamResourceExhaustedSendsCalls(t *testing.T) {
 	if time.Since(start) < time.Second { // the pause documented
 		assert.Equal(t, 1, n.count("produce"), "no new stream within the pause")
 	}
-	mu.Lock()
+	got := sends()
 	require.Len(t, got, 3)
 	for i, req := range got {
 		assert.Equal(t, c.ProducerID(), req.GetProducerId(), "call %d", i)
 		assert.Equal(t, uint64(i+1), req.GetSequence(), "call %d", i)
 	}
-	mu.Unlock()
 
 	// After the pause, sends go over a stream again.
 	n.mu.Lock()
@@ -238,4 +223,23 @@ func TestStreamResourceExhaustedSendsCalls(t *testing.T) {
 		require.NoError(t, err)
 		return n.count("produce") == 2
 	}, 10*time.Second, 20*time.Millisecond)
+}
+
+// recordSends makes n answer sends as okSend(first) does, and returns a
+// function that reports the requests it answered so far, in order.
+func recordSends(n *fakeNode, first int64) func() []*forestbusv1.SendMessagesRequest {
+	var mu sync.Mutex
+	var got []*forestbusv1.SendMessagesRequest
+	ok := okSend(first)
+	n.send = func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		mu.Lock()
+		got = append(got, req)
+		mu.Unlock()
+		return ok(ctx, req)
+	}
+	return func() []*forestbusv1.SendMessagesRequest {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
 }
