@@ -181,6 +181,7 @@ func TestErrorReasons(t *testing.T) {
 		{"NODE_NOT_FOUND", codes.NotFound, ErrNodeNotFound, false},
 		{"NODE_EXISTS", codes.AlreadyExists, ErrNodeExists, false},
 		{"DUPLICATE_BATCH", codes.AlreadyExists, ErrDuplicateBatch, false},
+		{"TOO_MANY_TOPICS", codes.ResourceExhausted, ErrTooManyTopics, false},
 	}
 	covered := make(map[string]bool)
 	for _, tt := range tests {

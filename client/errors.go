@@ -71,6 +71,9 @@ var (
 	// earlier, or was overtaken by too many later batches of the same
 	// Client; it is not stored again. Failover stops at once.
 	ErrDuplicateBatch = errors.New("forestbus: duplicate batch, original IDs unknown")
+	// ErrTooManyTopics is answered by CreateTopic when the cluster holds
+	// as many topics as its metadata leader allows (fbnode -max-topics).
+	ErrTooManyTopics = errors.New("forestbus: too many topics")
 )
 
 // reasonSentinels maps ErrorInfo reasons (ErrorReason names without the
@@ -90,6 +93,7 @@ var reasonSentinels = map[string]error{
 	reasonName(forestbusv1.ErrorReason_ERROR_REASON_NODE_NOT_FOUND):      ErrNodeNotFound,
 	reasonName(forestbusv1.ErrorReason_ERROR_REASON_NODE_EXISTS):         ErrNodeExists,
 	reasonName(forestbusv1.ErrorReason_ERROR_REASON_DUPLICATE_BATCH):     ErrDuplicateBatch,
+	reasonName(forestbusv1.ErrorReason_ERROR_REASON_TOO_MANY_TOPICS):     ErrTooManyTopics,
 }
 
 func reasonName(r forestbusv1.ErrorReason) string {

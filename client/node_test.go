@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
 
 	"github.com/forestbus/forestbus/batcher"
 	"github.com/forestbus/forestbus/client"
@@ -158,4 +159,26 @@ func TestSendsWhenNodeRefusesStream(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(5), next)
 	assert.Equal(t, [][]byte{[]byte("a"), []byte("0"), []byte("1"), []byte("2")}, msgs)
+}
+
+// A cluster holding its cap of topics refuses another with
+// ErrTooManyTopics (RESOURCE_EXHAUSTED, no failover); creating one that
+// exists still says so, and a removal makes room.
+func TestTopicCap(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MaxTopics = 2 }))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+
+	require.NoError(t, c.CreateTopic(ctx, "a", client.TopicSettings{})) // with "default": 2
+	err := c.CreateTopic(ctx, "b", client.TopicSettings{})
+	require.ErrorIs(t, err, client.ErrTooManyTopics)
+	var se *client.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, codes.ResourceExhausted, se.Code)
+	assert.ErrorIs(t, c.CreateTopic(ctx, "a", client.TopicSettings{}), client.ErrTopicExists)
+
+	require.NoError(t, c.RemoveTopic(ctx, "a"))
+	require.NoError(t, c.CreateTopic(ctx, "b", client.TopicSettings{}))
 }

@@ -84,6 +84,12 @@ type Config struct {
 	// client then sends its batches as SendMessages calls. 0 means
 	// api.DefaultMaxProduceStreams (10,000).
 	MaxProduceStreams int
+	// MaxTopics caps the topics of the cluster, as this node counts them
+	// when it creates one as metadata leader; a create over it gets
+	// RESOURCE_EXHAUSTED/TOO_MANY_TOPICS. Every topic is a raft group with
+	// its files on every node. 0 means topic.DefaultMaxTopics (10,000);
+	// negative, no cap.
+	MaxTopics int
 	// MaxStreamsPerConn caps the calls (HTTP/2 streams) one client
 	// connection carries at once; a call beyond it waits, in the client,
 	// for one to end. The Clients of a process share a connection, up to

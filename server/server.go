@@ -238,6 +238,7 @@ func (s *Server) open() error {
 
 		DefaultRetention:      cfg.Retention,
 		DefaultRetentionBytes: cfg.RetentionBytes,
+		MaxTopics:             cfg.MaxTopics,
 		Logger:                cfg.Logger,
 	})
 	if err != nil {
@@ -380,6 +381,9 @@ const (
 	reconcileEvery = 500 * time.Millisecond
 	reconcileIdle  = 5 * time.Second
 )
+
+// DefaultMaxTopics is Config.MaxTopics's default.
+const DefaultMaxTopics = topic.DefaultMaxTopics
 
 // DefaultMaxStreamsPerConn is Config.MaxStreamsPerConn's default: 1,000
 // calls for each of the 32 Clients the client package puts on one shared

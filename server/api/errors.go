@@ -43,6 +43,7 @@ var errorTable = []errorRow{
 	{topic.ErrNodeExists, codes.AlreadyExists, forestbusv1.ErrorReason_ERROR_REASON_NODE_EXISTS},
 	{topic.ErrInvalidName, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrInvalidSettings, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{topic.ErrTooManyTopics, codes.ResourceExhausted, forestbusv1.ErrorReason_ERROR_REASON_TOO_MANY_TOPICS},
 	{ErrInvalidArgument, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{ErrMessageTooLarge, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_MESSAGE_TOO_LARGE},
 	{ErrBatchTooLarge, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_BATCH_TOO_LARGE},

@@ -27,7 +27,11 @@ var (
 	ErrExists          = errors.New("topic: already exists")
 	ErrInvalidName     = errors.New("topic: invalid name")
 	ErrInvalidSettings = errors.New("topic: invalid settings")
+	ErrTooManyTopics   = errors.New("topic: too many topics")
 )
+
+// DefaultMaxTopics is Config.MaxTopics's default.
+const DefaultMaxTopics = 10000
 
 // MaxNameLen is the longest topic name.
 const MaxNameLen = 200
@@ -106,6 +110,12 @@ type Config struct {
 	// settings leave them 0; 0 here means keep for ever.
 	DefaultRetention      time.Duration
 	DefaultRetentionBytes int64
+	// MaxTopics caps the topics Create adds: a create proposed while the
+	// registry holds that many fails with ErrTooManyTopics. It is checked
+	// by the node that proposes (the metadata leader), against the topics
+	// it has applied, so creates racing each other may pass it by a few.
+	// 0 means DefaultMaxTopics; negative, no cap.
+	MaxTopics int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -268,12 +278,15 @@ func (r *Registry) List() []*Topic {
 
 // Create creates a topic through the metadata group and returns once this
 // node has applied it. Errors: ErrInvalidName, ErrInvalidSettings,
-// ErrExists, and the replica proposal errors.
+// ErrExists, ErrTooManyTopics, and the replica proposal errors.
 func (r *Registry) Create(ctx context.Context, name string, s Settings) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
 	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := r.roomForTopic(name); err != nil {
 		return err
 	}
 	if err := r.propose(ctx, command{Op: "create", Name: name, Settings: s}); err != nil {
@@ -285,6 +298,26 @@ func (r *Registry) Create(ctx context.Context, name string, s Settings) error {
 		return nil // removed again meanwhile
 	}
 	return t.Group.WaitLeader(ctx)
+}
+
+// roomForTopic fails with ErrTooManyTopics when the registry holds
+// MaxTopics topics and name is not one of them (creating an existing topic
+// fails with ErrExists, as before).
+func (r *Registry) roomForTopic(name string) error {
+	limit := r.cfg.MaxTopics
+	if limit == 0 {
+		limit = DefaultMaxTopics
+	}
+	if limit < 0 {
+		return nil
+	}
+	r.mu.RLock()
+	n, exists := len(r.topics), r.topics[name] != nil
+	r.mu.RUnlock()
+	if n >= limit && !exists {
+		return fmt.Errorf("%w: the cluster holds %d topics (limit %d)", ErrTooManyTopics, n, limit)
+	}
+	return nil
 }
 
 // Update replaces a topic's settings. Errors: ErrInvalidName,

@@ -63,6 +63,9 @@ const (
 	// ALREADY_EXISTS: the batch's (producer_id, sequence) is already stored,
 	// too long ago for its IDs to be reported. Nothing was stored again.
 	ErrorReason_ERROR_REASON_DUPLICATE_BATCH ErrorReason = 14
+	// RESOURCE_EXHAUSTED: the cluster holds as many topics as its metadata
+	// leader allows (its max topics); remove one, or raise the cap.
+	ErrorReason_ERROR_REASON_TOO_MANY_TOPICS ErrorReason = 15
 )
 
 // Enum value maps for ErrorReason.
@@ -83,6 +86,7 @@ var (
 		12: "ERROR_REASON_NODE_NOT_FOUND",
 		13: "ERROR_REASON_NODE_EXISTS",
 		14: "ERROR_REASON_DUPLICATE_BATCH",
+		15: "ERROR_REASON_TOO_MANY_TOPICS",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":         0,
@@ -100,6 +104,7 @@ var (
 		"ERROR_REASON_NODE_NOT_FOUND":      12,
 		"ERROR_REASON_NODE_EXISTS":         13,
 		"ERROR_REASON_DUPLICATE_BATCH":     14,
+		"ERROR_REASON_TOO_MANY_TOPICS":     15,
 	}
 )
 
@@ -134,7 +139,7 @@ var File_forestbus_v1_errors_proto protoreflect.FileDescriptor
 
 const file_forestbus_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x19forestbus/v1/errors.proto\x12\fforestbus.v1*\xf9\x03\n" +
+	"\x19forestbus/v1/errors.proto\x12\fforestbus.v1*\x9b\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cERROR_REASON_TOPIC_NOT_FOUND\x10\x01\x12\x1d\n" +
@@ -151,7 +156,8 @@ const file_forestbus_v1_errors_proto_rawDesc = "" +
 	"\x1bERROR_REASON_STORAGE_FAILED\x10\v\x12\x1f\n" +
 	"\x1bERROR_REASON_NODE_NOT_FOUND\x10\f\x12\x1c\n" +
 	"\x18ERROR_REASON_NODE_EXISTS\x10\r\x12 \n" +
-	"\x1cERROR_REASON_DUPLICATE_BATCH\x10\x0eB\xad\x01\n" +
+	"\x1cERROR_REASON_DUPLICATE_BATCH\x10\x0e\x12 \n" +
+	"\x1cERROR_REASON_TOO_MANY_TOPICS\x10\x0fB\xad\x01\n" +
 	"\x10com.forestbus.v1B\vErrorsProtoP\x01Z;github.com/forestbus/forestbus/gen/forestbus/v1;forestbusv1\xa2\x02\x03FXX\xaa\x02\fForestbus.V1\xca\x02\fForestbus\\V1\xe2\x02\x18Forestbus\\V1\\GPBMetadata\xea\x02\rForestbus::V1b\x06proto3"
 
 var (
