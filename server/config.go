@@ -90,6 +90,14 @@ type Config struct {
 	// its files on every node. 0 means topic.DefaultMaxTopics (10,000);
 	// negative, no cap.
 	MaxTopics int
+	// KeepaliveTime and KeepaliveTimeout: the node pings a client
+	// connection that has sent nothing for KeepaliveTime and closes it when
+	// no answer comes within KeepaliveTimeout, so connections whose client
+	// vanished (a host gone, a network cut) do not hold their calls,
+	// memory and descriptor for ever. Defaults 2 minutes and 20 seconds;
+	// grpc-go raises a time under 1 s to 1 s.
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
 	// MaxStreamsPerConn caps the calls (HTTP/2 streams) one client
 	// connection carries at once; a call beyond it waits, in the client,
 	// for one to end. The Clients of a process share a connection, up to
@@ -230,6 +238,12 @@ func (c *Config) validate() error {
 	}
 	if c.MaxWait <= 0 {
 		c.MaxWait = 30 * time.Second
+	}
+	if c.KeepaliveTime <= 0 {
+		c.KeepaliveTime = DefaultKeepaliveTime
+	}
+	if c.KeepaliveTimeout <= 0 {
+		c.KeepaliveTimeout = DefaultKeepaliveTimeout
 	}
 	if c.MaxStreamsPerConn == 0 {
 		c.MaxStreamsPerConn = DefaultMaxStreamsPerConn

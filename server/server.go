@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -267,6 +268,7 @@ func (s *Server) open() error {
 		// Calls at once on one connection (HTTP/2 streams); more wait for
 		// a free stream on the client side.
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
 	)
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)
@@ -380,6 +382,12 @@ func reconcileLoop(stop, changed <-chan struct{}, changes func() uint64, round f
 const (
 	reconcileEvery = 500 * time.Millisecond
 	reconcileIdle  = 5 * time.Second
+)
+
+// Config.KeepaliveTime's and KeepaliveTimeout's defaults.
+const (
+	DefaultKeepaliveTime    = 2 * time.Minute
+	DefaultKeepaliveTimeout = 20 * time.Second
 )
 
 // DefaultMaxTopics is Config.MaxTopics's default.
