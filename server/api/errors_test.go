@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -136,4 +137,43 @@ func TestEveryReasonHasARow(t *testing.T) {
 		}
 		assert.True(t, have[r], "no error table row produces %s", r)
 	}
+}
+
+// A refusal under load (RESOURCE_EXHAUSTED: backpressure, a cap reached)
+// is logged at debug, not per call at warn, where an overloaded node's log
+// would grow fastest exactly when it is overloaded (the status-code
+// metrics count them); internal errors stay at error.
+func TestOverloadIsNotLoggedPerCall(t *testing.T) {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	svc := New(Config{ClusterID: "c1", Logger: logger}, nil)
+	fake := &failingService{}
+	client := serveBus(t, fake, svc.ServerOptions()...)
+
+	fake.set(replica.ErrProposalDropped, false)
+	_, err := client.SendMessages(context.Background(), &forestbusv1.SendMessagesRequest{})
+	require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+	fake.set(errors.New("boom"), false)
+	_, err = client.SendMessages(context.Background(), &forestbusv1.SendMessagesRequest{})
+	require.Equal(t, codes.Internal, status.Code(err), "%v", err)
+
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	assert.NotContains(t, out, "ResourceExhausted")
+	assert.NotContains(t, out, "RESOURCE_EXHAUSTED")
+	assert.Contains(t, out, "level=ERROR")
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -48,7 +48,11 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		logging.WithLevels(func(c codes.Code) logging.Level {
 			switch c {
 			case codes.OK, codes.NotFound, codes.AlreadyExists, codes.InvalidArgument, codes.Canceled,
-				codes.FailedPrecondition, codes.Unavailable, codes.DeadlineExceeded:
+				codes.FailedPrecondition, codes.Unavailable, codes.DeadlineExceeded,
+				// Refusals under load (backpressure, a cap reached): a
+				// line per refused call would grow an overloaded node's
+				// log fastest; the status-code metrics count them.
+				codes.ResourceExhausted:
 				return logging.LevelDebug
 			case codes.Internal, codes.Unknown, codes.DataLoss:
 				return logging.LevelError
