@@ -269,6 +269,9 @@ func (s *Server) open() error {
 		// a free stream on the client side.
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
+		// A call's headers (its metadata): the node's own clients send a
+		// few hundred bytes; grpc-go would take 16 MiB per call.
+		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 	)
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)
@@ -389,6 +392,10 @@ const (
 	DefaultKeepaliveTime    = 2 * time.Minute
 	DefaultKeepaliveTimeout = 20 * time.Second
 )
+
+// MaxHeaderListBytes caps the headers (metadata) of one call; a call
+// with more fails.
+const MaxHeaderListBytes = 64 << 10
 
 // DefaultMaxTopics is Config.MaxTopics's default.
 const DefaultMaxTopics = topic.DefaultMaxTopics

@@ -4,12 +4,15 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
+	"google.golang.org/grpc/metadata"
 
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
 )
@@ -46,4 +49,17 @@ func TestSilentConnectionIsClosed(t *testing.T) {
 		}
 	}
 	require.True(t, pinged, "the node pinged before closing")
+}
+
+// A call's headers are capped (MaxHeaderListBytes): metadata of 256 KiB
+// fails the call instead of being read and held.
+func TestCallHeadersAreCapped(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := dial(t, n)
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), "x-big", strings.Repeat("a", 256<<10))
+	_, err := c.bus.GetClusterDetails(ctx, &forestbusv1.GetClusterDetailsRequest{})
+	require.Error(t, err)
+	small := metadata.AppendToOutgoingContext(ctxT(t), "x-small", strings.Repeat("a", 1<<10))
+	_, err = c.bus.GetClusterDetails(small, &forestbusv1.GetClusterDetailsRequest{})
+	require.NoError(t, err)
 }
