@@ -16,6 +16,7 @@ import (
 
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
 )
 
@@ -112,6 +113,38 @@ func TestFollowerForwardsSends(t *testing.T) {
 	_, err = cc.admin.CreateTopic(ctxT(t), &forestbusv1.CreateTopicRequest{Name: "viafollower"})
 	require.NoError(t, err)
 	c.WaitTopic("viafollower")
+}
+
+// A follower that may forward no more calls (here: none, MaxForwarding
+// negative) answers NOT_LEADER with the leader's address instead of
+// queueing the call; the Go client follows it to the leader.
+func TestFollowerAnswersNotLeaderWhenForwardingIsFull(t *testing.T) {
+	c := servertest.NewCluster(t, 3, servertest.WithConfig(func(cfg *server.Config) { cfg.MaxForwarding = -1 }))
+	c.WaitTopic("default")
+	var follower *servertest.Node
+	var leaderAddr string
+	for _, n := range c.Nodes {
+		tp, err := n.Registry().Get("default")
+		require.NoError(t, err)
+		switch lead := tp.Group.Leader(); {
+		case lead == 0:
+		case lead == nodeID(n):
+			leaderAddr = n.Addr()
+		case follower == nil:
+			follower = n
+		}
+	}
+	require.NotNil(t, follower)
+	require.NotEmpty(t, leaderAddr)
+	_, err := dial(t, follower).bus.SendMessages(ctxT(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: batch("f", 3), WaitForCommit: true})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	assert.Equal(t, "NOT_LEADER", reasonOf(err))
+
+	cl := client.New("test", []string{follower.Addr()}, client.WithUnarySends())
+	defer cl.Close()
+	ids, err := cl.SendMessages("default", batch("g", 2), true)
+	require.NoError(t, err, "the client follows the leader's address")
+	assert.Equal(t, []int64{1, 2}, ids)
 }
 
 func nodeID(n *servertest.Node) uint64 {

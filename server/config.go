@@ -90,6 +90,12 @@ type Config struct {
 	// its files on every node. 0 means topic.DefaultMaxTopics (10,000);
 	// negative, no cap.
 	MaxTopics int
+	// MaxForwarding caps the calls this node forwards to topic leaders at
+	// once (SendMessages and admin calls sent to a follower); over it, a
+	// call is answered FAILED_PRECONDITION/NOT_LEADER with the leader's
+	// address, which clients follow. 0 means api.DefaultMaxForwarding
+	// (1,000); negative turns forwarding off.
+	MaxForwarding int
 	// KeepaliveTime and KeepaliveTimeout: the node pings a client
 	// connection that has sent nothing for KeepaliveTime and closes it when
 	// no answer comes within KeepaliveTimeout, so connections whose client

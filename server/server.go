@@ -223,6 +223,7 @@ func (s *Server) open() error {
 		MaxWaiters:        cfg.MaxWaiters,
 		MaxSubscribers:    cfg.MaxSubscribers,
 		MaxProduceStreams: cfg.MaxProduceStreams,
+		MaxForwarding:     cfg.MaxForwarding,
 		Logger:            cfg.Logger,
 	}, nil)
 	var initial []topic.Member

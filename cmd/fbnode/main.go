@@ -108,6 +108,7 @@ func run(args []string) error {
 		maxWait    = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
 		maxSubs    = fs.Int("max-subscribers", api.DefaultMaxSubscribers, "Subscribe streams served at once; more get RESOURCE_EXHAUSTED")
 		maxTopics  = fs.Int("max-topics", server.DefaultMaxTopics, "topics the cluster may hold, counted by this node when it creates one as metadata leader (negative: no cap)")
+		maxForward = fs.Int("max-forwarding", api.DefaultMaxForwarding, "calls a follower forwards to topic leaders at once; over it they are answered NOT_LEADER with the leader's address (negative: never forward)")
 		maxProduce = fs.Int("max-produce-streams", api.DefaultMaxProduceStreams, "Produce streams served at once (a Go client opens one per node); more get RESOURCE_EXHAUSTED and the client sends as calls")
 		maxStreams = fs.Uint("max-streams-per-conn", server.DefaultMaxStreamsPerConn, "calls one client connection carries at once (the Clients of a process share one connection, up to 32 Clients each)")
 		segment    = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
@@ -209,6 +210,7 @@ func run(args []string) error {
 		MaxSubscribers:    *maxSubs,
 		MaxProduceStreams: *maxProduce,
 		MaxTopics:         *maxTopics,
+		MaxForwarding:     *maxForward,
 		MaxStreamsPerConn: uint32(min(*maxStreams, math.MaxUint32)),
 		SegmentBytes:      *segment,
 		PageCacheBytes:    *pageCache,

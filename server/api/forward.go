@@ -33,11 +33,27 @@ var forwardable = map[string]func() proto.Message{
 	forestbusv1.AdminService_RemoveNode_FullMethodName:       func() proto.Message { return new(forestbusv1.RemoveNodeResponse) },
 }
 
-// forwarder keeps one client connection per leader address.
+// forwarder keeps one client connection per leader address, and a slot
+// per call it forwards (Config.MaxForwarding).
 type forwarder struct {
+	slots chan struct{} // nil: forwarding off
+
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
+
+// take claims a slot for a forwarded call without waiting; false when all
+// are taken (or forwarding is off). done gives it back.
+func (f *forwarder) take() bool {
+	select {
+	case f.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (f *forwarder) done() { <-f.slots }
 
 func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 	f.mu.Lock()
@@ -87,9 +103,13 @@ func (s *Service) unaryForward(ctx context.Context, req any, info *grpc.UnarySer
 		return resp, err // one hop only
 	}
 	addr := s.leaderAddr(nl.Leader)
-	if addr == "" {
+	if addr == "" || !s.fwd.take() {
+		// No address, or as many calls forwarded as allowed: the
+		// client gets NOT_LEADER with the leader's address and goes
+		// there itself.
 		return resp, err
 	}
+	defer s.fwd.done()
 	conn, cerr := s.fwd.conn(addr)
 	if cerr != nil {
 		return resp, err

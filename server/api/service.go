@@ -53,9 +53,18 @@ type Config struct {
 	// RESOURCE_EXHAUSTED (the Go client then sends its batches to this node
 	// as SendMessages calls). 0 means DefaultMaxProduceStreams (10,000).
 	MaxProduceStreams int
+	// MaxForwarding caps the calls a follower forwards to leaders at once
+	// (SendMessages and admin calls); over it, a call is answered
+	// NOT_LEADER with the leader's address, for the client to go there
+	// itself. 0 means DefaultMaxForwarding (1,000); negative turns
+	// forwarding off.
+	MaxForwarding int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
+
+// DefaultMaxForwarding is Config.MaxForwarding's default.
+const DefaultMaxForwarding = 1000
 
 // DefaultReadAheadBytes is Config.ReadAheadBytes's default.
 const DefaultReadAheadBytes = 1 << 20
@@ -126,6 +135,12 @@ func New(cfg Config, registry *topic.Registry) *Service {
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.stopping = s.stopCtx.Done()
 	s.SetNodes(cfg.Nodes)
+	switch {
+	case cfg.MaxForwarding == 0:
+		s.fwd.slots = make(chan struct{}, DefaultMaxForwarding)
+	case cfg.MaxForwarding > 0:
+		s.fwd.slots = make(chan struct{}, cfg.MaxForwarding)
+	}
 	s.SetMaxSubscribers(cfg.MaxSubscribers)
 	s.SetMaxProduceStreams(cfg.MaxProduceStreams)
 	return s
