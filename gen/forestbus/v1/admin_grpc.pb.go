@@ -35,7 +35,11 @@ const (
 type AdminServiceClient interface {
 	// CreateTopic creates an empty topic.
 	//
-	// Errors: ALREADY_EXISTS/TOPIC_EXISTS, INVALID_ARGUMENT/INVALID_ARGUMENT.
+	// Errors: ALREADY_EXISTS/TOPIC_EXISTS, INVALID_ARGUMENT/INVALID_ARGUMENT,
+	// RESOURCE_EXHAUSTED/TOO_MANY_TOPICS (the cluster holds its cap of
+	// topics), FAILED_PRECONDITION/NOT_LEADER (a node that could not forward
+	// the call to the metadata leader; the leader's address is in the
+	// ErrorInfo metadata).
 	CreateTopic(ctx context.Context, in *CreateTopicRequest, opts ...grpc.CallOption) (*CreateTopicResponse, error)
 	// UpdateTopic replaces a topic's settings.
 	//
@@ -139,7 +143,11 @@ func (c *adminServiceClient) RemoveNode(ctx context.Context, in *RemoveNodeReque
 type AdminServiceServer interface {
 	// CreateTopic creates an empty topic.
 	//
-	// Errors: ALREADY_EXISTS/TOPIC_EXISTS, INVALID_ARGUMENT/INVALID_ARGUMENT.
+	// Errors: ALREADY_EXISTS/TOPIC_EXISTS, INVALID_ARGUMENT/INVALID_ARGUMENT,
+	// RESOURCE_EXHAUSTED/TOO_MANY_TOPICS (the cluster holds its cap of
+	// topics), FAILED_PRECONDITION/NOT_LEADER (a node that could not forward
+	// the call to the metadata leader; the leader's address is in the
+	// ErrorInfo metadata).
 	CreateTopic(context.Context, *CreateTopicRequest) (*CreateTopicResponse, error)
 	// UpdateTopic replaces a topic's settings.
 	//

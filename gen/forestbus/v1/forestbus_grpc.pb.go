@@ -48,12 +48,17 @@ const (
 // ForestBusService is the data API: produce, consume and inspect topics.
 type ForestBusServiceClient interface {
 	// SendMessages appends a batch of messages to a topic. The batch is
-	// stored as a unit: all of its messages get consecutive IDs.
+	// stored as a unit: all of its messages get consecutive IDs. A node that
+	// does not lead the topic forwards the call to the leader (one hop, up
+	// to its cap of calls forwarded at once), or answers
+	// FAILED_PRECONDITION/NOT_LEADER with the leader's address in the
+	// ErrorInfo metadata ("leader"), for the client to send there.
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name), INVALID_ARGUMENT/MESSAGE_TOO_LARGE,
-	// INVALID_ARGUMENT/BATCH_TOO_LARGE, UNAVAILABLE/NO_LEADER,
-	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED/PROPOSAL_DROPPED.
+	// INVALID_ARGUMENT/BATCH_TOO_LARGE, FAILED_PRECONDITION/NOT_LEADER,
+	// UNAVAILABLE/NO_LEADER, UNAVAILABLE/SHUTTING_DOWN,
+	// RESOURCE_EXHAUSTED/PROPOSAL_DROPPED.
 	SendMessages(ctx context.Context, in *SendMessagesRequest, opts ...grpc.CallOption) (*SendMessagesResponse, error)
 	// GetMessages reads committed messages starting at an ID. Any node can
 	// answer; it serves from its own log up to its own commit point, so a
@@ -225,12 +230,17 @@ type ForestBusService_ProduceClient = grpc.BidiStreamingClient[ProduceRequest, P
 // ForestBusService is the data API: produce, consume and inspect topics.
 type ForestBusServiceServer interface {
 	// SendMessages appends a batch of messages to a topic. The batch is
-	// stored as a unit: all of its messages get consecutive IDs.
+	// stored as a unit: all of its messages get consecutive IDs. A node that
+	// does not lead the topic forwards the call to the leader (one hop, up
+	// to its cap of calls forwarded at once), or answers
+	// FAILED_PRECONDITION/NOT_LEADER with the leader's address in the
+	// ErrorInfo metadata ("leader"), for the client to send there.
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name), INVALID_ARGUMENT/MESSAGE_TOO_LARGE,
-	// INVALID_ARGUMENT/BATCH_TOO_LARGE, UNAVAILABLE/NO_LEADER,
-	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED/PROPOSAL_DROPPED.
+	// INVALID_ARGUMENT/BATCH_TOO_LARGE, FAILED_PRECONDITION/NOT_LEADER,
+	// UNAVAILABLE/NO_LEADER, UNAVAILABLE/SHUTTING_DOWN,
+	// RESOURCE_EXHAUSTED/PROPOSAL_DROPPED.
 	SendMessages(context.Context, *SendMessagesRequest) (*SendMessagesResponse, error)
 	// GetMessages reads committed messages starting at an ID. Any node can
 	// answer; it serves from its own log up to its own commit point, so a
