@@ -147,6 +147,76 @@ func TestFollowerAnswersNotLeaderWhenForwardingIsFull(t *testing.T) {
 	assert.Equal(t, []int64{1, 2}, ids)
 }
 
+// The topic cap is the metadata leader's: a follower whose own cap is
+// lower forwards the create instead of refusing it.
+func TestTopicCapIsTheMetadataLeaders(t *testing.T) {
+	c := servertest.NewCluster(t, 3, servertest.WithConfig(func(cfg *server.Config) {
+		if cfg.NodeName == "n1" {
+			cfg.MaxTopics = 1 // "default" fills it
+		}
+	}))
+	c.WaitTopic("default")
+	n1 := c.Nodes[0]
+	require.Equal(t, "n1", n1.Cfg.NodeName)
+	meta := n1.Registry().Meta()
+	require.Eventually(t, func() bool {
+		if meta.Leader() == nodeID(n1) {
+			_ = meta.TransferLeadership(ctxT(t))
+		}
+		return meta.Leader() != 0 && meta.Leader() != nodeID(n1)
+	}, 20*time.Second, 10*time.Millisecond, "n1 hands the metadata lead on")
+
+	_, err := dial(t, n1).admin.CreateTopic(ctxT(t), &forestbusv1.CreateTopicRequest{Name: "beyond-n1s-cap"})
+	require.NoError(t, err)
+	c.WaitTopic("beyond-n1s-cap")
+}
+
+// Creates racing each other do not pass the cap: the leader counts those
+// it has proposed and not yet applied.
+func TestTopicCapHoldsUnderABurst(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(cfg *server.Config) { cfg.MaxTopics = 3 }))
+	cc := dial(t, n)
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 12)
+	for i := range 12 {
+		wg.Go(func() {
+			_, err := cc.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: fmt.Sprintf("burst-%d", i)})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	created := 0
+	for err := range errs {
+		if err == nil {
+			created++
+			continue
+		}
+		require.Equal(t, "TOO_MANY_TOPICS", reasonOf(err), "%v", err)
+	}
+	assert.Equal(t, 2, created, `"default" and two more`)
+	assert.Len(t, n.Registry().List(), 3)
+}
+
+// The node's own default topic is not capped: a node whose cluster is at
+// its cap of topics still starts, creating its default topic.
+func TestDefaultTopicIsNotCapped(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(cfg *server.Config) {
+		cfg.MaxTopics, cfg.DefaultTopic = 1, ""
+	}))
+	_, err := dial(t, n).admin.CreateTopic(ctxT(t), &forestbusv1.CreateTopicRequest{Name: "a"})
+	require.NoError(t, err)
+	n.Stop()
+	cfg := n.Cfg
+	cfg.DefaultTopic = "default"
+	s, err := server.Start(ctxT(t), cfg)
+	require.NoError(t, err)
+	defer s.Stop()
+	_, err = s.Registry().Get("default")
+	require.NoError(t, err)
+}
+
 func nodeID(n *servertest.Node) uint64 {
 	var id uint64
 	fmt.Sscanf(n.Cfg.NodeName, "n%d", &id)

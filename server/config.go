@@ -85,10 +85,11 @@ type Config struct {
 	// api.DefaultMaxProduceStreams (10,000).
 	MaxProduceStreams int
 	// MaxTopics caps the topics of the cluster, as this node counts them
-	// when it creates one as metadata leader; a create over it gets
-	// RESOURCE_EXHAUSTED/TOO_MANY_TOPICS. Every topic is a raft group with
-	// its files on every node. 0 means topic.DefaultMaxTopics (10,000);
-	// negative, no cap.
+	// when it creates one as metadata leader (a follower forwards the
+	// create); a create over it gets RESOURCE_EXHAUSTED/TOO_MANY_TOPICS.
+	// Every topic is a raft group with its files on every node. The
+	// default topic (DefaultTopic) is not capped. 0 means
+	// topic.DefaultMaxTopics (10,000); negative, no cap.
 	MaxTopics int
 	// MaxForwarding caps the calls this node forwards to topic leaders at
 	// once (SendMessages and admin calls sent to a follower); over it, a
@@ -144,9 +145,12 @@ type Config struct {
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 
-	// GRPCOptions are added first to the gRPC server's options (e.g. the
+	// GRPCOptions are added early to the gRPC server's options (e.g. the
 	// Prometheus interceptors of server/httpapi), so their interceptors
-	// wrap the node's own and see final status codes. Not a stats handler
+	// wrap the node's own and see final status codes, and they replace the
+	// node's flow-control windows, keepalive parameters (a whole
+	// keepalive.ServerParameters: set Time and Timeout there too) and
+	// header cap. Not a stats handler
 	// that reads sent payloads, nor grpc.EnableTracing: GetMessages
 	// answers' buffers are reused once encoded (fastcodec.Lend).
 	GRPCOptions []grpc.ServerOption

@@ -259,8 +259,15 @@ func (s *Server) open() error {
 		s.setMembers(ms)
 	}
 
-	// The windows first, so that cfg.GRPCOptions may replace them.
-	opts := append(append(append(grpcflow.ServerOptions(), cfg.GRPCOptions...), s.svc.ServerOptions()...), transport.ServerOptions()...)
+	// The windows, the keepalive and the header cap first, so that
+	// cfg.GRPCOptions may replace them.
+	opts := append(grpcflow.ServerOptions(),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
+		// A call's headers (its metadata): the node's own clients send a
+		// few hundred bytes; grpc-go would take 16 MiB per call.
+		grpc.MaxHeaderListSize(MaxHeaderListBytes),
+	)
+	opts = append(append(append(opts, cfg.GRPCOptions...), s.svc.ServerOptions()...), transport.ServerOptions()...)
 	opts = append(opts,
 		// Room for the framing of many small messages, so that an oversized
 		// batch reaches the handler and gets BATCH_TOO_LARGE.
@@ -269,10 +276,6 @@ func (s *Server) open() error {
 		// Calls at once on one connection (HTTP/2 streams); more wait for
 		// a free stream on the client side.
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
-		// A call's headers (its metadata): the node's own clients send a
-		// few hundred bytes; grpc-go would take 16 MiB per call.
-		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 	)
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)

@@ -110,11 +110,12 @@ type Config struct {
 	// settings leave them 0; 0 here means keep for ever.
 	DefaultRetention      time.Duration
 	DefaultRetentionBytes int64
-	// MaxTopics caps the topics Create adds: a create proposed while the
-	// registry holds that many fails with ErrTooManyTopics. It is checked
-	// by the node that proposes (the metadata leader), against the topics
-	// it has applied, so creates racing each other may pass it by a few.
-	// 0 means DefaultMaxTopics; negative, no cap.
+	// MaxTopics caps the topics Create adds: a create while the cluster
+	// holds that many fails with ErrTooManyTopics. The metadata leader
+	// checks it, counting the topics it has applied and the creates it has
+	// proposed since; a create that came through a leader change may pass
+	// it by the creates in flight then. Ensure (the node's default topic)
+	// is not capped. 0 means DefaultMaxTopics; negative, no cap.
 	MaxTopics int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
@@ -146,6 +147,9 @@ type Registry struct {
 	// (capacity 1) is signalled with each (Changed).
 	changes atomic.Uint64
 	changed chan struct{}
+	// creating counts the creates this node has proposed and not yet
+	// seen applied (under mu): the topic cap counts them too.
+	creating int
 }
 
 // ChangeCount increases whenever the member set changes, a topic group
@@ -280,14 +284,28 @@ func (r *Registry) List() []*Topic {
 // node has applied it. Errors: ErrInvalidName, ErrInvalidSettings,
 // ErrExists, ErrTooManyTopics, and the replica proposal errors.
 func (r *Registry) Create(ctx context.Context, name string, s Settings) error {
+	return r.create(ctx, name, s, true)
+}
+
+// create is Create; capped applies the topic cap (Ensure's creates, which
+// the node's configuration asks for, do not).
+func (r *Registry) create(ctx context.Context, name string, s Settings, capped bool) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if err := r.roomForTopic(name); err != nil {
-		return err
+	if capped {
+		// Who leads decides who counts: wait for a leader to be known.
+		if err := r.meta.WaitLeader(ctx); err != nil {
+			return err
+		}
+		release, err := r.roomForTopic(name)
+		if err != nil {
+			return err
+		}
+		defer release()
 	}
 	if err := r.propose(ctx, command{Op: "create", Name: name, Settings: s}); err != nil {
 		return err
@@ -300,24 +318,34 @@ func (r *Registry) Create(ctx context.Context, name string, s Settings) error {
 	return t.Group.WaitLeader(ctx)
 }
 
-// roomForTopic fails with ErrTooManyTopics when the registry holds
-// MaxTopics topics and name is not one of them (creating an existing topic
-// fails with ErrExists, as before).
-func (r *Registry) roomForTopic(name string) error {
+// roomForTopic fails with ErrTooManyTopics when the metadata leader, this
+// node, holds MaxTopics topics, counting the creates it has proposed and
+// not yet applied, and name is not one of them (creating an existing
+// topic fails with ErrExists, as before). Else it counts the create as
+// pending until release. A node that does not lead the metadata group
+// does not check: its proposal fails with NOT_LEADER and the call goes to
+// the leader, whose cap counts.
+func (r *Registry) roomForTopic(name string) (release func(), err error) {
 	limit := r.cfg.MaxTopics
 	if limit == 0 {
 		limit = DefaultMaxTopics
 	}
-	if limit < 0 {
-		return nil
+	if limit < 0 || r.meta.Leader() != r.cfg.NodeID {
+		return func() {}, nil
 	}
-	r.mu.RLock()
-	n, exists := len(r.topics), r.topics[name] != nil
-	r.mu.RUnlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, exists := len(r.topics)+r.creating, r.topics[name] != nil
 	if n >= limit && !exists {
-		return fmt.Errorf("%w: the cluster holds %d topics (limit %d)", ErrTooManyTopics, n, limit)
+		r.log.Warn("topic: create refused: the cluster holds its cap of topics", "topic", name, "topics", len(r.topics), "limit", limit)
+		return nil, fmt.Errorf("%w: the cluster holds %d topics (limit %d)", ErrTooManyTopics, len(r.topics), limit)
 	}
-	return nil
+	r.creating++
+	return func() {
+		r.mu.Lock()
+		r.creating--
+		r.mu.Unlock()
+	}, nil
 }
 
 // Update replaces a topic's settings. Errors: ErrInvalidName,
@@ -349,7 +377,7 @@ func (r *Registry) Ensure(ctx context.Context, name string, s Settings) error {
 		if t, err := r.Get(name); err == nil {
 			return t.Group.WaitLeader(ctx)
 		}
-		err := r.Create(ctx, name, s)
+		err := r.create(ctx, name, s, false)
 		if err == nil {
 			continue // applied here: Get decides
 		}
