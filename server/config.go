@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 
+	"github.com/forestbus/forestbus/server/topic"
 	"github.com/forestbus/forestbus/server/transport"
 )
 
@@ -188,6 +189,24 @@ type JoinMember struct {
 type member struct {
 	id         uint64
 	name, addr string
+}
+
+// topicMembers is ms as the registry records members.
+func topicMembers(ms []member) []topic.Member {
+	var out []topic.Member
+	for _, m := range ms {
+		out = append(out, topic.Member{ID: m.id, Name: m.name, Address: m.addr})
+	}
+	return out
+}
+
+// membersOf is topicMembers' inverse.
+func membersOf(ms []topic.Member) []member {
+	var out []member
+	for _, m := range ms {
+		out = append(out, member{id: m.ID, name: m.Name, addr: m.Address})
+	}
+	return out
 }
 
 // parseCluster parses InitialCluster.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/forestbus/forestbus/server/topic"
 )
 
 // ErrClusterMismatch: the data directory belongs to another cluster or node.
@@ -24,30 +26,7 @@ type identity struct {
 	// the first start died after writing this file and before the log held
 	// its first entries. Without them that node would wait for ever for a
 	// leader to tell it the members.
-	Initial []identityMember `json:"initial_cluster,omitempty"`
-}
-
-// identityMember is one member of identity.Initial.
-type identityMember struct {
-	RaftID  uint64 `json:"raft_id"`
-	Name    string `json:"name"`
-	Address string `json:"address"`
-}
-
-func identityMembers(ms []member) []identityMember {
-	out := make([]identityMember, len(ms))
-	for i, m := range ms {
-		out[i] = identityMember{RaftID: m.id, Name: m.name, Address: m.addr}
-	}
-	return out
-}
-
-func membersOf(ims []identityMember) []member {
-	var out []member
-	for _, m := range ims {
-		out = append(out, member{id: m.RaftID, name: m.Name, addr: m.Address})
-	}
-	return out
+	Initial []topic.Member `json:"initial_cluster,omitempty"`
 }
 
 const identityFile = "identity.json"

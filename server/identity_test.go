@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/forestbus/forestbus/server/topic"
 )
 
 // A first start of a one-node cluster that died after writing its identity
@@ -16,7 +18,7 @@ import (
 func TestRestartAfterFirstStartDiedBeforeMetadataLog(t *testing.T) {
 	dir := t.TempDir()
 	_, err := loadIdentity(dir, identity{ClusterID: "test", NodeName: "node1", RaftID: 1,
-		Initial: []identityMember{{RaftID: 1, Name: "node1", Address: "127.0.0.1:1"}}})
+		Initial: []topic.Member{{ID: 1, Name: "node1", Address: "127.0.0.1:1"}}})
 	require.NoError(t, err)
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -159,7 +159,7 @@ func (s *Server) open() error {
 		s.members = bootstrap
 	}
 	if cfg.Join == nil {
-		want.Initial = identityMembers(bootstrap)
+		want.Initial = topicMembers(bootstrap)
 	}
 	fresh := !identityExists(cfg.DataDir)
 	id, err := loadIdentity(cfg.DataDir, want)
@@ -226,15 +226,11 @@ func (s *Server) open() error {
 		MaxForwarding:     cfg.MaxForwarding,
 		Logger:            cfg.Logger,
 	}, nil)
-	var initial []topic.Member
-	for _, m := range bootstrap {
-		initial = append(initial, topic.Member{ID: m.id, Name: m.name, Address: m.addr})
-	}
 	s.registry, err = topic.Open(topic.Config{
 		Dir:       cfg.DataDir,
 		Engine:    s.engine,
 		NodeID:    id.RaftID,
-		Members:   initial,
+		Members:   topicMembers(bootstrap),
 		OnMembers: s.setMembers,
 		Log:       commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS, PageCacheBytes: cfg.PageCacheBytes, Journal: s.journal},
 
@@ -252,11 +248,7 @@ func (s *Server) open() error {
 	} else {
 		// A new cluster or a joining node: the configuration entries that
 		// name the members are not applied yet.
-		var ms []topic.Member
-		for _, m := range s.members {
-			ms = append(ms, topic.Member{ID: m.id, Name: m.name, Address: m.addr})
-		}
-		s.setMembers(ms)
+		s.setMembers(topicMembers(s.members))
 	}
 
 	// The windows, the keepalive and the header cap first, so that
