@@ -34,11 +34,10 @@ type SubscribeBatch struct {
 	// for the next responses. Without it they stay valid for good.
 	Borrow bool
 
-	n      int             // messages
-	raw    []byte          // the response's encoding, when scan accepted it
-	pieces [][]byte        // the same, borrowed: in the pieces held
-	held   mem.BufferSlice // the pieces' buffers, referenced until Release
-	msgs   [][]byte        // the messages, when proto.Unmarshal decoded it instead
+	n    int             // messages
+	raw  []byte          // the response's encoding, when scan accepted it
+	held mem.BufferSlice // the same, borrowed: gRPC's pieces, referenced until Release
+	msgs [][]byte        // the messages, when proto.Unmarshal decoded it instead
 }
 
 // Release gives back the buffers a borrowing batch holds, to the pool
@@ -51,7 +50,7 @@ func (b *SubscribeBatch) Release() {
 		return
 	}
 	b.held.Free()
-	b.held, b.pieces, b.n = nil, nil, 0
+	b.held, b.n = nil, 0
 }
 
 // Len is the number of messages.
@@ -60,8 +59,8 @@ func (b *SubscribeBatch) Len() int { return b.n }
 // Messages yields the messages in order.
 func (b *SubscribeBatch) Messages() iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
-		if b.pieces != nil {
-			eachSpan(newSpans(b.pieces), 1, true, yield, anyField) // scanned
+		if b.held != nil {
+			eachSpan(newSpans(b.held), 1, true, yield, anyField) // scanned
 			return
 		}
 		if b.raw == nil {
@@ -82,13 +81,9 @@ func (b *SubscribeBatch) unmarshal(data mem.BufferSlice) error {
 	b.Release() // a batch reused without it
 	*b = SubscribeBatch{Borrow: b.Borrow}
 	if b.Borrow {
-		p := make([][]byte, 0, len(data))
-		for _, d := range data {
-			p = append(p, d.ReadOnlyData())
-		}
-		if eachSpan(newSpans(p), 1, false, b.count, idFields(&b.FirstID, &b.CommitID)) {
-			data.Ref()                               // gRPC frees its own reference when this returns
-			b.held, b.pieces = slices.Clone(data), p // data's slice is gRPC's
+		if eachSpan(newSpans(data), 1, false, b.count, idFields(&b.FirstID, &b.CommitID)) {
+			data.Ref()                  // gRPC frees its own reference when this returns
+			b.held = slices.Clone(data) // data's slice is gRPC's
 			return nil
 		}
 		*b = SubscribeBatch{Borrow: true} // the walk may have set fields

@@ -163,7 +163,7 @@ func checkBatch(t *testing.T, b []byte) {
 		assert.Equal(t, len(want.GetMessages()), got.Len())
 		var msgs [][]byte
 		for m := range got.Messages() {
-			if got.raw != nil || got.pieces != nil { // the stock path allocates each message
+			if got.raw != nil || got.held != nil { // the stock path allocates each message
 				assert.Equal(t, len(m), cap(m), "capacity-limited")
 			}
 			msgs = append(msgs, m)

@@ -3,6 +3,7 @@ package fastcodec
 import (
 	"math"
 
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -16,15 +17,16 @@ import (
 // gathering them into one new buffer: each message points into the piece
 // that holds it, and only the few that straddle two pieces are copied.
 
-// spans reads a message laid out over several byte slices as one stream.
+// spans reads a message laid out over gRPC's pieces as one stream.
 type spans struct {
-	cur  []byte   // the unread rest of the current piece
-	rest [][]byte // the pieces after it
+	cur  []byte          // the unread rest of the current piece
+	rest mem.BufferSlice // the pieces after it
+	left int             // bytes unread in all, cur included
 }
 
 // newSpans reads pieces in order; they must stay valid while it is used.
-func newSpans(pieces [][]byte) spans {
-	s := spans{rest: pieces}
+func newSpans(pieces mem.BufferSlice) spans {
+	s := spans{rest: pieces, left: pieces.Len()}
 	s.fill()
 	return s
 }
@@ -32,47 +34,41 @@ func newSpans(pieces [][]byte) spans {
 // fill makes cur the next non-empty piece when cur is used up.
 func (s *spans) fill() {
 	for len(s.cur) == 0 && len(s.rest) > 0 {
-		s.cur, s.rest = s.rest[0], s.rest[1:]
+		s.cur, s.rest = s.rest[0].ReadOnlyData(), s.rest[1:]
 	}
+}
+
+// skip consumes n bytes of cur.
+func (s *spans) skip(n int) {
+	s.cur, s.left = s.cur[n:], s.left-n
 }
 
 // done reports whether every byte has been read.
-func (s *spans) done() bool {
-	s.fill()
-	return len(s.cur) == 0
-}
+func (s *spans) done() bool { return s.left == 0 }
 
-// maxVarintLen is the longest varint encoding.
-const maxVarintLen = 10
-
-// varint reads a varint, which may straddle pieces.
+// varint reads a varint, which may straddle pieces: the few bytes it may
+// take are gathered first when the current piece is shorter than the
+// longest varint.
 func (s *spans) varint() (uint64, bool) {
 	s.fill()
-	if len(s.cur) >= maxVarintLen {
-		v, n := protowire.ConsumeVarint(s.cur)
-		if n < 0 {
-			return 0, false
+	b := s.cur
+	if len(b) < protowire.SizeVarint(math.MaxUint64) && s.left > len(b) {
+		var buf [10]byte // protowire.SizeVarint(math.MaxUint64)
+		k := copy(buf[:], b)
+		for _, p := range s.rest {
+			k += copy(buf[k:], p.ReadOnlyData())
+			if k == len(buf) {
+				break
+			}
 		}
-		s.cur = s.cur[n:]
-		return v, true
+		b = buf[:k]
 	}
-	var v uint64
-	for shift := uint(0); shift < 64; shift += 7 {
-		s.fill()
-		if len(s.cur) == 0 {
-			return 0, false
-		}
-		c := s.cur[0]
-		s.cur = s.cur[1:]
-		if shift == 63 && c > 1 {
-			return 0, false // beyond 64 bits, which ConsumeVarint refuses too
-		}
-		v |= uint64(c&0x7f) << shift
-		if c < 0x80 {
-			return v, true
-		}
+	v, n := protowire.ConsumeVarint(b)
+	if n < 0 {
+		return 0, false
 	}
-	return 0, false
+	s.take(n, false)
+	return v, true
 }
 
 // take reads n bytes: aliased, capacity-limited, when the current piece
@@ -82,14 +78,11 @@ func (s *spans) varint() (uint64, bool) {
 func (s *spans) take(n int, keep bool) (v []byte, ok bool) {
 	s.fill()
 	if n <= len(s.cur) {
-		v, s.cur = s.cur[:n:n], s.cur[n:]
+		v = s.cur[:n:n]
+		s.skip(n)
 		return v, true
 	}
-	left := len(s.cur)
-	for _, p := range s.rest {
-		left += len(p)
-	}
-	if n > left {
+	if n > s.left {
 		return nil, false
 	}
 	if keep {
@@ -101,7 +94,8 @@ func (s *spans) take(n int, keep bool) (v []byte, ok bool) {
 		if keep {
 			v = append(v, s.cur[:k]...)
 		}
-		s.cur, n = s.cur[k:], n-k
+		s.skip(k)
+		n -= k
 	}
 	return v, true
 }
@@ -114,8 +108,9 @@ func eachSpan(s spans, num protowire.Number, keep bool, fn func([]byte) bool, sc
 	tag := oneByteTag(num)
 	for !s.done() {
 		// The common element, whole in the current piece.
+		s.fill()
 		if v, rest, ok := bytesAt(s.cur, tag); ok {
-			s.cur = rest
+			s.skip(len(s.cur) - len(rest))
 			if !fn(v) {
 				return false
 			}
