@@ -28,7 +28,7 @@ var errNoProduce = errors.New("forestbus: node does not serve Produce")
 // new Produce stream after the node ended one with RESOURCE_EXHAUSTED: it
 // serves its cap of streams (api.DefaultMaxProduceStreams), or a request
 // on the stream was larger than it accepts.
-const streamPause = time.Second
+var streamPause = time.Second // a variable for tests
 
 // forever stands for "for the Client's life" in Client.noProduce.
 var forever = time.Unix(1<<62, 0)

@@ -46,9 +46,9 @@ type subscribeConfig struct {
 // connection's. For a subscriber that counts, forwards or decodes its
 // messages into its own structures this saves a copy and an allocation
 // the size of each response, most of its garbage collections, and, for
-// a fresh process, faulting in new memory: about 1.6x the messages a
-// second in the W3S benchmark (BENCHMARKS.md). Messages of 16 KiB or more always
-// straddle and are copied one by one.
+// a fresh process, faulting in new memory: ×1.34–1.87 the messages a
+// second in the W3S benchmark runs of BENCHMARKS.md. Messages of 16 KiB
+// or more always straddle and are copied one by one.
 func WithBorrowedMessages() SubscribeOption {
 	return func(c *subscribeConfig) { c.borrow = true }
 }

@@ -266,10 +266,20 @@ start_build() {
 	)")
 }
 
-# knows CLIENT WORKLOAD: whether that fbbench has the workload (a
-# baseline's own may be older than it).
+# knows CLIENT WORKLOAD: whether that fbbench lists the workload in its
+# help (a baseline's own may be older than it). Asked once per client and
+# workload.
+declare -A known=()
 knows() {
-	! "$1" -workload "$2" -runs 0 2>&1 | grep -q 'unknown workload'
+	local key="$1|$2" help
+	if [[ -z ${known[$key]+x} ]]; then
+		help=$("$1" -h 2>&1 || true)
+		known[$key]=0
+		if grep -qE "^  $2 " <<<"$help"; then
+			known[$key]=1
+		fi
+	fi
+	[[ ${known[$key]} == 1 ]]
 }
 
 # run_one I OUT ARGS... runs fbbench against build I's cluster (conns,
@@ -370,7 +380,7 @@ summary=$dir/summary.md
 	echo "## Medians of $BENCH_RUNS runs"
 	echo
 	echo "Latency per batch for W1/W4, per send for W2, per GetMessages call for W3,"
-	echo "per 1000 delivered messages (a stream response) for W3S and W3SC. W3, W3S and W3SC read from a"
+	echo "per 1000 delivered messages for W3S and W3SC (fbbench samples every 1000; a stream response holds up to 4096). W3, W3S and W3SC read from a"
 	echo "follower. W3S subscribes WithBorrowedMessages (its fn keeps nothing); W3SC does not (a new buffer"
 	echo "per response, which fn's messages could keep)."
 	echo

@@ -361,9 +361,9 @@ func (b *bench) runOne(ctx context.Context, w string) (*Result, error) {
 	case "W3":
 		return b.w3(ctx)
 	case "W3S":
-		return b.w3s(ctx, "W3S", true)
+		return b.w3s(ctx, "W3S")
 	case "W3SC":
-		return b.w3s(ctx, "W3SC", false)
+		return b.w3s(ctx, "W3SC")
 	case "W4":
 		return b.w4(ctx)
 	case "IDLE":

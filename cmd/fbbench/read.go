@@ -137,14 +137,15 @@ func (b *bench) prepareRead(ctx context.Context, r *Result) (*client.Client, err
 var errEnough = errors.New("fbbench: read enough messages")
 
 // w3s is the read workload through Subscribe: one stream from the read
-// node. Its latency samples are the time each stream response's worth of
-// messages (-subscribe-batch, the node's 1000 when 0) took to reach fn:
-// messages of one response arrive together, so a finer sample would
-// mostly measure the loop calling fn.
+// node. Its latency samples are the time each -subscribe-batch worth of
+// messages (1000 when 0; a response holds up to the node's 4096) took to
+// reach fn: messages of one response arrive together, so a finer sample
+// would mostly measure the loop calling fn.
 //
-// borrow subscribes WithBorrowedMessages (W3S: fn keeps nothing); without
-// it (W3SC) every response comes in a new buffer fn's messages could keep.
-func (b *bench) w3s(ctx context.Context, name string, borrow bool) (*Result, error) {
+// W3S subscribes WithBorrowedMessages (fn keeps nothing); W3SC does not:
+// every response comes in a new buffer fn's messages could keep.
+func (b *bench) w3s(ctx context.Context, name string) (*Result, error) {
+	borrow := name == "W3S"
 	cfg := b.cfg
 	r := b.newResult(name, map[string]any{
 		"topic": cfg.Topic, "read_messages": cfg.ReadMessages, "read_from": cfg.ReadFrom,
