@@ -112,6 +112,9 @@ type Engine struct {
 	// empty.
 	holding     []*Group
 	noticeTimer *time.Timer
+	// Loop-only: fenced leaders still sending their followers the
+	// heartbeat that releases them (Group.releaseFollowers).
+	releasing []*Group
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -486,6 +489,7 @@ func (e *Engine) run() {
 			ticks += armed
 			if ticks/pingEvery != before/pingEvery {
 				e.pingPeers()
+				e.resendReleases()
 			}
 			e.refreshSilence()
 			quiet := true

@@ -180,6 +180,13 @@ type Group struct {
 	ids      []commitlog.EntryIDs
 	fenced   error
 	isLeader bool
+	// release: the heartbeat a fenced leader sends its followers
+	// (releaseFollowers), and how many more pings send it again.
+	release struct {
+		peers []uint64
+		term  uint64
+		left  int
+	}
 	// quiesced: idle, not ticking (see quiesce.go).
 	quiesced  bool
 	idleTicks int
@@ -957,9 +964,10 @@ func (g *Group) fence(err error) {
 // heartbeat that is not a quiesce message wakes the followers; they then
 // hear nothing more, time out and elect a leader between them. (Commit 0:
 // a heartbeat never lowers a follower's commit index.) The transport may
-// drop a message, so the heartbeat goes again over the next ping
-// intervals; one that arrives after the election is ignored (its term is
-// old).
+// drop a message, so the engine sends the heartbeat again at its next
+// releaseResends pings (resendReleases). One that arrives after the
+// election is refused by raft (its term is old), but it wakes the group
+// there if it had quiesced again: a round of heartbeats at most.
 func (g *Group) releaseFollowers() {
 	if !g.isLeader || g.e.cfg.Transport == nil {
 		return
@@ -968,32 +976,31 @@ func (g *Group) releaseFollowers() {
 	if st.RaftState != raft.StateLeader {
 		return
 	}
-	self := g.e.cfg.NodeID
-	var peers []uint64
 	for id := range st.Progress {
-		if id != self {
-			peers = append(peers, id)
+		if id != g.e.cfg.NodeID {
+			g.release.peers = append(g.release.peers, id)
 		}
 	}
-	if len(peers) == 0 {
+	if len(g.release.peers) == 0 {
 		return
 	}
-	tr, name, term := g.e.cfg.Transport, g.name, st.HardState.GetTerm()
-	send := func() {
-		msgs := make([]*raftpb.Message, 0, len(peers))
-		for _, id := range peers {
-			msgs = append(msgs, &raftpb.Message{
-				Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(self), To: new(id),
-				Term: new(term), Commit: new(uint64(0)),
-			})
-		}
-		tr.Send(name, msgs)
+	g.release.term = st.HardState.GetTerm()
+	g.sendRelease()
+	g.release.left = releaseResends
+	g.e.releasing = append(g.e.releasing, g)
+}
+
+// sendRelease sends releaseFollowers' heartbeat.
+func (g *Group) sendRelease() {
+	self := g.e.cfg.NodeID
+	msgs := make([]*raftpb.Message, 0, len(g.release.peers))
+	for _, id := range g.release.peers {
+		msgs = append(msgs, &raftpb.Message{
+			Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(self), To: new(id),
+			Term: new(g.release.term), Commit: new(uint64(0)),
+		})
 	}
-	send()
-	every := time.Duration(pingEvery) * g.e.cfg.TickInterval
-	for i := range releaseResends {
-		time.AfterFunc(time.Duration(i+1)*every, send)
-	}
+	g.e.cfg.Transport.Send(g.name, msgs)
 }
 
 // releaseResends is how many times releaseFollowers sends its heartbeat

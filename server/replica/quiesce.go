@@ -180,6 +180,23 @@ func (e *Engine) SetPeers(ids []uint64) {
 	e.peers = peers
 }
 
+// resendReleases sends, with a ping, the heartbeat of each fenced leader
+// that still has resends left (Group.releaseFollowers).
+func (e *Engine) resendReleases() {
+	keep := e.releasing[:0]
+	for _, g := range e.releasing {
+		if g.removing.Load() {
+			continue
+		}
+		g.sendRelease()
+		if g.release.left--; g.release.left > 0 {
+			keep = append(keep, g)
+		}
+	}
+	clear(e.releasing[len(keep):])
+	e.releasing = keep
+}
+
 // pingPeers sends this tick's liveness pings.
 func (e *Engine) pingPeers() {
 	if e.cfg.Transport == nil {

@@ -198,7 +198,11 @@ func TestFencedLeaderReleasesQuiescedFollowers(t *testing.T) {
 					close(fenced)
 				})
 			}))
-			<-fenced
+			select {
+			case <-fenced:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the leader's group did not run the fence")
+			}
 			for _, o := range others {
 				c.hub.SetDrop(lead.e.NodeID(), o, 0)
 			}
