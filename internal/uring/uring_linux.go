@@ -86,17 +86,14 @@ var pool struct {
 	mu       sync.Mutex
 	free     []*ring
 	made     bool  // a ring was set up once: a later failure is transient
-	disabled bool  // io_uring is not available, or refused a request
-	failed   error // why disabled
+	disabled error // why io_uring is off for the process (not available, or refused a request); nil: on
 }
 
-var enabled atomic.Bool
-
-func init() { enabled.Store(true) }
+var off atomic.Bool // SetEnabled(false)
 
 // SetEnabled turns the use of io_uring on (the default) or off; off,
 // Fdatasync reports ok false and callers make the system call.
-func SetEnabled(on bool) { enabled.Store(on) }
+func SetEnabled(on bool) { off.Store(!on) }
 
 // Available reports whether Fdatasync can use io_uring here (setting up a
 // ring if none was yet); when not, the error says why.
@@ -116,14 +113,14 @@ func Available() (bool, error) {
 // outcome (an errno as for fdatasync(2)), or, rarely, a failure to learn
 // the outcome, which the caller must treat as a failed sync.
 func Fdatasync(fd int) (ok bool, err error) {
-	if !enabled.Load() {
+	if off.Load() {
 		return false, nil
 	}
 	r, _ := get()
 	if r == nil {
 		return false, nil
 	}
-	submitted, err := r.fsync(fd, fsyncDatasync)
+	submitted, err := r.fdatasync(fd)
 	switch {
 	case !submitted:
 		r.close()
@@ -157,8 +154,8 @@ func transient(err error) bool {
 func disable(err error) {
 	pool.mu.Lock()
 	defer pool.mu.Unlock()
-	if !pool.disabled {
-		pool.disabled, pool.failed = true, err
+	if pool.disabled == nil {
+		pool.disabled = err
 	}
 	for _, r := range pool.free {
 		r.close()
@@ -171,8 +168,7 @@ var errLost = errors.New("uring: completion lost")
 
 func get() (*ring, error) {
 	pool.mu.Lock()
-	if pool.disabled {
-		err := pool.failed
+	if err := pool.disabled; err != nil {
 		pool.mu.Unlock()
 		return nil, err
 	}
@@ -191,7 +187,7 @@ func get() (*ring, error) {
 			// Not available here (an old kernel, a seccomp filter, the
 			// io_uring_disabled sysctl): not tried again. After a ring
 			// worked, a failure (out of descriptors, say) is this call's.
-			pool.disabled, pool.failed = true, err
+			pool.disabled = err
 		}
 		return nil, err
 	}
@@ -202,7 +198,7 @@ func get() (*ring, error) {
 func put(r *ring) {
 	pool.mu.Lock()
 	defer pool.mu.Unlock()
-	if pool.disabled || len(pool.free) >= maxFree {
+	if pool.disabled != nil || len(pool.free) >= maxFree {
 		r.close()
 		return
 	}
@@ -289,16 +285,17 @@ func (r *ring) close() {
 	syscall.Close(r.fd)
 }
 
-// fsync submits an IORING_OP_FSYNC of fd with flags and waits for its
-// completion. submitted is false when the kernel did not take the request.
-func (r *ring) fsync(fd int, flags uint32) (submitted bool, err error) {
+// fdatasync submits an IORING_OP_FSYNC of fd with IORING_FSYNC_DATASYNC
+// and waits for its completion. submitted is false when the kernel did not
+// take the request.
+func (r *ring) fdatasync(fd int) (submitted bool, err error) {
 	tail := atomic.LoadUint32(r.sqTail)
 	idx := tail & r.sqMask
 	sqe := (*[sqeSize]byte)(unsafe.Add(r.sqes, uintptr(idx)*sqeSize))
 	clear(sqe[:])
 	sqe[0] = opFsync
 	*(*int32)(unsafe.Pointer(&sqe[4])) = int32(fd)
-	*(*uint32)(unsafe.Pointer(&sqe[28])) = flags
+	*(*uint32)(unsafe.Pointer(&sqe[28])) = fsyncDatasync
 	*(*uint32)(unsafe.Add(r.sqArray, uintptr(idx)*4)) = idx
 	atomic.StoreUint32(r.sqTail, tail+1)
 	for {

@@ -117,7 +117,7 @@ func TestDisableFallsBack(t *testing.T) {
 	needRing(t)
 	t.Cleanup(func() {
 		pool.mu.Lock()
-		pool.disabled, pool.failed = false, nil
+		pool.disabled = nil
 		pool.mu.Unlock()
 	})
 	disable(syscall.EOPNOTSUPP)

@@ -207,9 +207,11 @@
 // io_uring where the kernel allows it (internal/uring): the same flush,
 // without a runtime thread blocked in the system call.
 //
-// A truncation and ApplySnapshot change the files from the end of the log
-// back (the later segments newest first, the directory synced, the cut
-// segment last), so that a crash part way leaves contiguous segments.
+// A truncation changes the files from the end of the log back (the later
+// segments newest first, the directory synced, the cut segment last), and
+// ApplySnapshot removes the segments above the snapshot newest first (the
+// directory synced) before it records the new start and removes the rest,
+// so that a crash part way leaves contiguous segments.
 //
 // # Page cache
 //

@@ -12,9 +12,10 @@ import (
 // TestReadDuringApplySnapshot reads the log the way replica.Group.read does
 // (ids capped at the commit point a reader loaded before the snapshot) in
 // every state ApplySnapshot leaves it in between taking its lock: the hook
-// on segment removal runs on the owner, outside l.mu, once after the
-// segments above the snapshot are cut (step 1: segs shortened, lastIndex
-// and nextID not yet) and once after the switch to the new start (step 3).
+// on segment removal runs on the owner, outside l.mu, at each removal
+// after the segments above the snapshot are cut (step 1: segs shortened,
+// lastIndex and nextID not yet) and at each after the switch to the new
+// start (step 3).
 // Each read must return the committed messages or ErrCompacted with the
 // new first id; never another error. Deterministic: no goroutines.
 func TestReadDuringApplySnapshot(t *testing.T) {

@@ -22,8 +22,8 @@ var startSynced = struct {
 }{devs: make(map[uint64]bool)}
 
 // startSync syncs the filesystem holding dir, an existing directory, if
-// this process has not yet. Callers on the same filesystem wait for the
-// first one's sync.
+// this process has not yet. One lock for every filesystem: a caller waits
+// for a sync in progress on any (at start-up, once per filesystem).
 func startSync(dir string) error {
 	dev := deviceOf(dir) // 0 when unknown: then sync(2), once
 	startSynced.mu.Lock()

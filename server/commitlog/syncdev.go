@@ -37,7 +37,8 @@ type syncDev struct {
 
 // registerSyncDev returns dev's entry, opening its descriptor through
 // dir, a directory on it, the first time; nil when SyncMany must not use
-// syncfs there (dev unknown, or a kernel whose syncfs reports no errors).
+// syncfs there (dev unknown, a kernel whose syncfs reports no errors, or a
+// directory it could not open).
 func registerSyncDev(dev uint64, dir string) *syncDev {
 	if dev == 0 || !syncfsWorks {
 		return nil
@@ -47,11 +48,10 @@ func registerSyncDev(dev uint64, dir string) *syncDev {
 	if d, ok := syncDevs.m[dev]; ok {
 		return d
 	}
-	f, err := os.Open(dir)
-	if err != nil {
-		f = nil // the logs there sync on their own
+	var d *syncDev // nil: the logs there sync on their own
+	if f, err := os.Open(dir); err == nil {
+		d = &syncDev{f: f}
 	}
-	d := &syncDev{f: f}
 	syncDevs.m[dev] = d
 	return d
 }
@@ -71,7 +71,8 @@ func (d *syncDev) syncfs() (ok bool, err error) {
 	}
 	syncfsCalls.Add(1)
 	if err := syncfsFunc(d.f); err != nil {
-		d.f = nil // the descriptor stays open: nothing else uses it
+		_ = d.f.Close() // d.mu held: no syncfs is using it
+		d.f = nil
 		return false, err
 	}
 	return true, nil

@@ -34,7 +34,7 @@ var syncfsCalls atomic.Uint64
 func SyncMany(logs []*Log, errs []error) []error {
 	errs = append(errs[:0], make([]error, len(logs))...)
 	var (
-		shared   map[uint64][]int // device -> indexes needing a flush
+		shared   map[*syncDev][]int // filesystem -> indexes needing a flush
 		ownSync  []int
 		journal  *Journal
 		journals []int
@@ -56,9 +56,9 @@ func SyncMany(logs []*Log, errs []error) []error {
 			ownSync = append(ownSync, i)
 		default:
 			if shared == nil {
-				shared = make(map[uint64][]int, 1)
+				shared = make(map[*syncDev][]int, 1)
 			}
-			shared[l.dev] = append(shared[l.dev], i)
+			shared[l.syncDev] = append(shared[l.syncDev], i)
 		}
 		if l.heldEpoch != 0 {
 			holders = append(holders, i)
@@ -95,7 +95,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 			}
 		}
 	}
-	for _, idx := range shared {
+	for dev, idx := range shared {
 		if len(idx) < 2 {
 			ownSync = append(ownSync, idx...)
 			continue
@@ -114,7 +114,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 		if len(idx) == 0 {
 			continue
 		}
-		if ok, err := logs[idx[0]].syncDev.syncfs(); !ok {
+		if ok, err := dev.syncfs(); !ok {
 			if err != nil {
 				logs[idx[0]].logger.Warn("syncfs failed; every log on its filesystem syncs its own files from now on", "err", err)
 			}
