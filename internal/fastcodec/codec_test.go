@@ -259,6 +259,9 @@ func TestBorrowHoldsPiecesUntilRelease(t *testing.T) {
 			data = append(data, mem.NewBuffer(buf, pool))
 			rest = rest[k:]
 		}
+		// Every piece goes back to the pool (counted) only if NewBuffer
+		// pooled it, which the last, shortest one must be long enough for.
+		require.False(t, mem.IsBelowBufferPoolingThreshold(data[len(data)-1].Len()), "%s: the last piece is pooled", c.name)
 		wantPuts := len(data)
 		if c.shared {
 			wantPuts = 1
