@@ -51,8 +51,10 @@ func TestSilentConnectionIsClosed(t *testing.T) {
 	require.True(t, pinged, "the node pinged before closing")
 }
 
-// A call's headers are capped (MaxHeaderListBytes): metadata of 256 KiB
-// fails the call instead of being read and held.
+// A call's headers are capped (MaxHeaderListBytes): the node announces
+// the cap in its HTTP/2 settings, so a grpc-go client refuses a call with
+// 256 KiB of metadata itself (the node resets one from a client that
+// ignores it); 1 KiB passes.
 func TestCallHeadersAreCapped(t *testing.T) {
 	n := servertest.StartNode(t)
 	c := dial(t, n)
