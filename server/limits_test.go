@@ -53,8 +53,8 @@ func TestSilentConnectionIsClosed(t *testing.T) {
 
 // A call's headers are capped (MaxHeaderListBytes): the node announces
 // the cap in its HTTP/2 settings, so a grpc-go client refuses a call with
-// 256 KiB of metadata itself (the node resets one from a client that
-// ignores it); 1 KiB passes.
+// 256 KiB of metadata itself (this test does not send one past a client
+// that ignores the setting); 1 KiB passes.
 func TestCallHeadersAreCapped(t *testing.T) {
 	n := servertest.StartNode(t)
 	c := dial(t, n)
