@@ -66,7 +66,7 @@ type Config struct {
 	MaxReadBytes int
 	// ReadAheadBytes: a GetMessages answer holds this much payload when
 	// that much is committed, even beyond the quantity asked (fewer calls
-	// for sequential readers). Default 1 MiB; negative turns it off.
+	// for sequential readers). Default 4 MiB; negative turns it off.
 	ReadAheadBytes int
 	// MaxWait caps a long poll. Default 30 s.
 	MaxWait time.Duration

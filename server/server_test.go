@@ -158,7 +158,7 @@ func TestGetMessagesReadAhead(t *testing.T) {
 	t.Run("capped by MaxReadBytes", func(t *testing.T) {
 		c := dial(t, servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MaxReadBytes = 150_000 })))
 		fill(t, c)
-		// The default read-ahead (1 MiB) asks for more than the cap allows.
+		// The default read-ahead (4 MiB) asks for more than the cap allows.
 		assert.Equal(t, 150, get(t, c, 1, 1))
 	})
 }

@@ -37,9 +37,9 @@ type Config struct {
 	// ReadAheadBytes is how much payload a GetMessages answer holds when
 	// that much is committed, even if the request asked for fewer messages:
 	// a sequential reader gets the topic in fewer, larger calls (the answer
-	// may exceed quantity; the API says so). Default 1 MiB; negative
-	// turns it off (answers end at the first stored batch boundary at or
-	// after quantity).
+	// may exceed quantity; the API says so). Default 4 MiB, the default
+	// MaxReadBytes; negative turns it off (answers end at the first stored
+	// batch boundary at or after quantity).
 	ReadAheadBytes int
 	// MaxWait caps a long-polling GetMessages. Default 30 s.
 	MaxWait time.Duration
@@ -66,8 +66,13 @@ type Config struct {
 // DefaultMaxForwarding is Config.MaxForwarding's default.
 const DefaultMaxForwarding = 1000
 
-// DefaultReadAheadBytes is Config.ReadAheadBytes's default.
-const DefaultReadAheadBytes = 1 << 20
+// DefaultReadAheadBytes is Config.ReadAheadBytes's default: a catching-up
+// reader gets answers as large as the default cap allows. A reader's cost
+// grows with its calls more than with its bytes (each answer is its own
+// allocation, and this host's fresh pages and collections are dear): W3
+// from a follower, 4 MiB against 1 MiB, 1.4x (BENCHMARKS.md, fifteenth
+// session).
+const DefaultReadAheadBytes = 4 << 20
 
 // Node is a cluster member.
 type Node struct {

@@ -421,7 +421,7 @@ type GetMessagesRequest struct {
 	Id int64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
 	// Target number of messages, > 0. The answer may hold more or fewer: the
 	// node ends answers on its stored batches, reads ahead (by default, when
-	// that much is committed, an answer holds about 1 MiB of payload however
+	// that much is committed, an answer holds about 4 MiB of payload however
 	// small the quantity: a sequential reader needs fewer calls), and caps an
 	// answer at 4 MiB of payload. When a committed message exists at `id`, at
 	// least one message is returned.
