@@ -12,7 +12,8 @@ import (
 // node's default.
 type TopicSettings struct {
 	// SegmentBytes is the size at which a segment file is closed and a new
-	// one started (default 64 MiB, minimum 4 KiB).
+	// one started (default 64 MiB; minimum 1 MiB, a node setting: every
+	// retained segment holds a file open on every node).
 	SegmentBytes int64
 	// RetentionSeconds: messages older than this may be removed, whole
 	// segments at a time. 0 keeps them for ever.

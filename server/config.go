@@ -116,6 +116,11 @@ type Config struct {
 	MaxStreamsPerConn uint32
 	// SegmentBytes is the default segment size of a topic. Default 64 MiB.
 	SegmentBytes int64
+	// MinTopicSegmentBytes is the smallest segment size a client may give
+	// a topic (CreateTopic, UpdateTopic): every retained segment holds a
+	// file open on every node. 0 means DefaultMinTopicSegmentBytes (1 MiB);
+	// never below 4 KiB. SegmentBytes, the operator's, is not bound by it.
+	MinTopicSegmentBytes int64
 	// PageCacheBytes is how much of its newest durable records each topic
 	// leaves in the OS page cache; older records are dropped from it, so
 	// the cache does not grow with the logs (commitlog, "Page cache").

@@ -237,6 +237,7 @@ func (s *Server) open() error {
 		DefaultRetention:      cfg.Retention,
 		DefaultRetentionBytes: cfg.RetentionBytes,
 		MaxTopics:             cfg.MaxTopics,
+		MinSegmentBytes:       cfg.MinTopicSegmentBytes,
 		Logger:                cfg.Logger,
 	})
 	if err != nil {
@@ -395,6 +396,9 @@ const MaxHeaderListBytes = 64 << 10
 
 // DefaultMaxTopics is Config.MaxTopics's default.
 const DefaultMaxTopics = topic.DefaultMaxTopics
+
+// DefaultMinTopicSegmentBytes is Config.MinTopicSegmentBytes's default.
+const DefaultMinTopicSegmentBytes = topic.DefaultMinSegmentBytes
 
 // DefaultMaxStreamsPerConn is Config.MaxStreamsPerConn's default: 1,000
 // calls for each of the 32 Clients the client package puts on one shared

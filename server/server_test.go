@@ -260,11 +260,34 @@ func TestRestartKeepsCommittedReadable(t *testing.T) {
 	assert.Equal(t, int64(len(want)+1), resp.FirstId)
 }
 
+// TestTopicSegmentFloor: a client may not give a topic segments smaller
+// than the node's MinTopicSegmentBytes (1 MiB by default), in a create or
+// an update; a node configured lower accepts them.
+func TestTopicSegmentFloor(t *testing.T) {
+	ctx := ctxT(t)
+	c := dial(t, servertest.StartNode(t))
+	for _, size := range []int64{4096, server.DefaultMinTopicSegmentBytes - 1} {
+		_, err := c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "small", Settings: &forestbusv1.TopicSettings{SegmentBytes: size}})
+		assert.Equal(t, codes.InvalidArgument, status.Code(err), "create with %d: %v", size, err)
+		assert.ErrorContains(t, err, "at least 1048576")
+	}
+	_, err := c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "small", Settings: &forestbusv1.TopicSettings{SegmentBytes: server.DefaultMinTopicSegmentBytes}})
+	require.NoError(t, err)
+	_, err = c.admin.UpdateTopic(ctx, &forestbusv1.UpdateTopicRequest{Name: "small", Settings: &forestbusv1.TopicSettings{SegmentBytes: 4096}})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err), "update: %v", err)
+
+	low := dial(t, servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MinTopicSegmentBytes = 4096 })))
+	_, err = low.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "small", Settings: &forestbusv1.TopicSettings{SegmentBytes: 4096}})
+	require.NoError(t, err)
+	_, err = low.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "smaller", Settings: &forestbusv1.TopicSettings{SegmentBytes: 4095}})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+}
+
 func TestAdminTopics(t *testing.T) {
 	n := servertest.StartNode(t)
 	c := dial(t, n)
 	ctx := ctxT(t)
-	_, err := c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "orders", Settings: &forestbusv1.TopicSettings{SegmentBytes: 8192}})
+	_, err := c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "orders", Settings: &forestbusv1.TopicSettings{SegmentBytes: 1 << 20}})
 	require.NoError(t, err)
 	list, err := c.admin.ListTopics(ctx, &forestbusv1.ListTopicsRequest{})
 	require.NoError(t, err)

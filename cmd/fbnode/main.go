@@ -112,6 +112,7 @@ func run(args []string) error {
 		maxProduce = fs.Int("max-produce-streams", api.DefaultMaxProduceStreams, "Produce streams served at once (a Go client opens one per node); more get RESOURCE_EXHAUSTED and the client sends as calls")
 		maxStreams = fs.Uint("max-streams-per-conn", server.DefaultMaxStreamsPerConn, "calls one client connection carries at once (the Clients of a process share one connection, up to 32 Clients each)")
 		segment    = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
+		minSegment = fs.Int64("min-topic-segment-bytes", server.DefaultMinTopicSegmentBytes, "smallest segment_bytes a client may give a topic (each retained segment holds a file open on every node)")
 		pageCache  = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
 		journalB   = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
 		notice     = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")
@@ -193,33 +194,34 @@ func run(args []string) error {
 		*notice = -1 // at once; 0 would be server.Config's default
 	}
 	srv, err := server.Start(ctx, server.Config{
-		GRPCOptions:       grpcOpts,
-		Join:              joinInfo,
-		ListenAddr:        *listen,
-		AdvertiseAddr:     *advertise,
-		DataDir:           *dataDir,
-		ClusterID:         *clusterID,
-		NodeName:          *nodeName,
-		InitialCluster:    *initial,
-		Sync:              server.SyncMode(*syncMode),
-		MaxMessageBytes:   *maxMsg,
-		MaxBatchBytes:     *maxBatch,
-		MaxReadBytes:      *maxRead,
-		ReadAheadBytes:    *readAhead,
-		MaxWait:           *maxWait,
-		MaxSubscribers:    *maxSubs,
-		MaxProduceStreams: *maxProduce,
-		MaxTopics:         *maxTopics,
-		MaxForwarding:     *maxForward,
-		MaxStreamsPerConn: uint32(min(*maxStreams, math.MaxUint32)),
-		SegmentBytes:      *segment,
-		PageCacheBytes:    *pageCache,
-		JournalBytes:      *journalB,
-		CommitNoticeDelay: *notice,
-		Retention:         *retention,
-		RetentionBytes:    *retBytes,
-		DefaultTopic:      *topic,
-		Logger:            logger,
+		GRPCOptions:          grpcOpts,
+		Join:                 joinInfo,
+		ListenAddr:           *listen,
+		AdvertiseAddr:        *advertise,
+		DataDir:              *dataDir,
+		ClusterID:            *clusterID,
+		NodeName:             *nodeName,
+		InitialCluster:       *initial,
+		Sync:                 server.SyncMode(*syncMode),
+		MaxMessageBytes:      *maxMsg,
+		MaxBatchBytes:        *maxBatch,
+		MaxReadBytes:         *maxRead,
+		ReadAheadBytes:       *readAhead,
+		MaxWait:              *maxWait,
+		MaxSubscribers:       *maxSubs,
+		MaxProduceStreams:    *maxProduce,
+		MaxTopics:            *maxTopics,
+		MaxForwarding:        *maxForward,
+		MaxStreamsPerConn:    uint32(min(*maxStreams, math.MaxUint32)),
+		SegmentBytes:         *segment,
+		MinTopicSegmentBytes: *minSegment,
+		PageCacheBytes:       *pageCache,
+		JournalBytes:         *journalB,
+		CommitNoticeDelay:    *notice,
+		Retention:            *retention,
+		RetentionBytes:       *retBytes,
+		DefaultTopic:         *topic,
+		Logger:               logger,
 	})
 	if err != nil {
 		return err

@@ -34,8 +34,11 @@ func WithSync(m server.SyncMode) Option { return func(c *server.Config) { c.Sync
 // WithMaxWait sets the long-poll cap.
 func WithMaxWait(d time.Duration) Option { return func(c *server.Config) { c.MaxWait = d } }
 
-// WithSegmentBytes sets the default segment size.
-func WithSegmentBytes(n int64) Option { return func(c *server.Config) { c.SegmentBytes = n } }
+// WithSegmentBytes sets the default segment size, and lets clients give
+// topics segments that small (Config.MinTopicSegmentBytes).
+func WithSegmentBytes(n int64) Option {
+	return func(c *server.Config) { c.SegmentBytes, c.MinTopicSegmentBytes = n, n }
+}
 
 // WithHub runs the cluster's peer traffic over an in-memory hub, whose
 // links tests cut, heal, slow and make lossy.

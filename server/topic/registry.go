@@ -54,8 +54,13 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// MinSegmentBytes is the smallest segment size a topic may set.
-const MinSegmentBytes = 4 << 10
+// DefaultMinSegmentBytes is Config.MinSegmentBytes's default: the smallest
+// segment size a topic's settings may ask for. Every retained segment
+// holds a file open on every node, and the client that creates a topic
+// picks its segment size: with 4 KiB segments, 80 MB written to one topic
+// would hold 20,000 files open, a common per-process limit. Kafka 4.0 set
+// the same floor on segment.bytes (KIP-1030).
+const DefaultMinSegmentBytes = 1 << 20
 
 // Settings are a topic's storage settings; zero means the node default.
 type Settings struct {
@@ -64,11 +69,12 @@ type Settings struct {
 	RetentionBytes   int64 `json:"retention_bytes,omitempty"`
 }
 
-// Validate checks the settings. It wraps ErrInvalidSettings.
-func (s Settings) Validate() error {
+// Validate checks the settings, with minSegment the smallest segment_bytes
+// allowed (Config.MinSegmentBytes). It wraps ErrInvalidSettings.
+func (s Settings) Validate(minSegment int64) error {
 	switch {
-	case s.SegmentBytes < 0 || (s.SegmentBytes > 0 && s.SegmentBytes < MinSegmentBytes):
-		return fmt.Errorf("%w: segment_bytes %d: must be 0 (default) or at least %d", ErrInvalidSettings, s.SegmentBytes, MinSegmentBytes)
+	case s.SegmentBytes < 0 || (s.SegmentBytes > 0 && s.SegmentBytes < minSegment):
+		return fmt.Errorf("%w: segment_bytes %d: must be 0 (the node's default) or at least %d", ErrInvalidSettings, s.SegmentBytes, minSegment)
 	case s.RetentionSeconds < 0:
 		return fmt.Errorf("%w: retention_seconds %d is negative", ErrInvalidSettings, s.RetentionSeconds)
 	case s.RetentionBytes < 0:
@@ -117,6 +123,11 @@ type Config struct {
 	// it by the creates in flight then. Ensure (the node's default topic)
 	// is not capped. 0 means DefaultMaxTopics; negative, no cap.
 	MaxTopics int
+	// MinSegmentBytes is the smallest segment_bytes a topic's settings may
+	// give in Create and Update (topics already created keep theirs). 0
+	// means DefaultMinSegmentBytes; it is never below
+	// commitlog.MinSegmentBytes.
+	MinSegmentBytes int64
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -186,6 +197,10 @@ func Open(cfg Config) (*Registry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.MinSegmentBytes == 0 {
+		cfg.MinSegmentBytes = DefaultMinSegmentBytes
+	}
+	cfg.MinSegmentBytes = max(cfg.MinSegmentBytes, commitlog.MinSegmentBytes)
 	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member), changed: make(chan struct{}, 1)}
 	for _, d := range []string{"topics", "removed"} {
 		if err := commitlog.MkdirAll(filepath.Join(cfg.Dir, d)); err != nil {
@@ -293,7 +308,7 @@ func (r *Registry) create(ctx context.Context, name string, s Settings, capped b
 	if err := ValidateName(name); err != nil {
 		return err
 	}
-	if err := s.Validate(); err != nil {
+	if err := s.Validate(r.cfg.MinSegmentBytes); err != nil {
 		return err
 	}
 	if capped {
@@ -354,7 +369,7 @@ func (r *Registry) Update(ctx context.Context, name string, s Settings) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
-	if err := s.Validate(); err != nil {
+	if err := s.Validate(r.cfg.MinSegmentBytes); err != nil {
 		return err
 	}
 	return r.propose(ctx, command{Op: "update", Name: name, Settings: s})

@@ -17,14 +17,17 @@ func TestValidateName(t *testing.T) {
 }
 
 func TestSettingsValidate(t *testing.T) {
-	assert.NoError(t, Settings{}.Validate())
-	assert.NoError(t, Settings{SegmentBytes: MinSegmentBytes, RetentionSeconds: 60, RetentionBytes: 1}.Validate())
+	const minSegment = DefaultMinSegmentBytes
+	assert.NoError(t, Settings{}.Validate(minSegment))
+	assert.NoError(t, Settings{SegmentBytes: minSegment, RetentionSeconds: 60, RetentionBytes: 1}.Validate(minSegment))
 	for _, bad := range []Settings{
 		{SegmentBytes: -1},
-		{SegmentBytes: MinSegmentBytes - 1},
+		{SegmentBytes: minSegment - 1},
+		{SegmentBytes: 4096},
 		{RetentionSeconds: -1},
 		{RetentionBytes: -1},
 	} {
-		assert.ErrorIs(t, bad.Validate(), ErrInvalidSettings, "%+v", bad)
+		assert.ErrorIs(t, bad.Validate(minSegment), ErrInvalidSettings, "%+v", bad)
 	}
+	assert.NoError(t, Settings{SegmentBytes: 4096}.Validate(4096))
 }
