@@ -98,6 +98,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		close(s.served)
 	}()
 	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync))
+	s.checkFileLimit()
 
 	s.wg.Add(2)
 	go s.reconcile()

@@ -1,0 +1,30 @@
+package server
+
+import (
+	"bytes"
+	"log/slog"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// TestFileLimitWarning: a node whose open-file limit is below what its
+// topic cap needs says so at start; one with room, or no cap, does not.
+func TestFileLimitWarning(t *testing.T) {
+	saved := openFileLimit
+	t.Cleanup(func() { openFileLimit = saved })
+	check := func(limit uint64, maxTopics int) string {
+		openFileLimit = func() (uint64, bool) { return limit, true }
+		var buf bytes.Buffer
+		s := &Server{cfg: Config{MaxTopics: maxTopics}, log: slog.New(slog.NewTextHandler(&buf, nil))}
+		s.checkFileLimit()
+		return buf.String()
+	}
+	out := check(20_000, 0) // this project's CI machine's limit, the default cap
+	assert.Contains(t, out, "open-file limit is below")
+	assert.Contains(t, out, "open_file_limit=20000 max_topics=10000 files_needed=21024")
+	assert.Contains(t, check(1000, 100), "files_needed=1224")
+	assert.Empty(t, check(1<<20, 0))
+	assert.Empty(t, check(1224, 100))
+	assert.Empty(t, check(1000, -1)) // no cap
+}
