@@ -118,8 +118,10 @@ type Config struct {
 	SegmentBytes int64
 	// MinTopicSegmentBytes is the smallest segment size a client may give
 	// a topic (CreateTopic, UpdateTopic): every retained segment holds a
-	// file open on every node. 0 means DefaultMinTopicSegmentBytes (1 MiB);
-	// never below 4 KiB. SegmentBytes, the operator's, is not bound by it.
+	// file open on every node. The node that takes the call checks it:
+	// give every node the same. 0 or less means DefaultMinTopicSegmentBytes
+	// (1 MiB); never below 4 KiB. SegmentBytes, the operator's, is not
+	// bound by it, and topics created with smaller segments keep them.
 	MinTopicSegmentBytes int64
 	// PageCacheBytes is how much of its newest durable records each topic
 	// leaves in the OS page cache; older records are dropped from it, so

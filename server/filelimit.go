@@ -1,6 +1,10 @@
 package server
 
-import "github.com/forestbus/forestbus/server/topic"
+import (
+	"math"
+
+	"github.com/forestbus/forestbus/server/topic"
+)
 
 // filesPerTopic is what one topic holds open on every node, whatever it
 // stores: its active segment and its raft hardstate. Each older segment
@@ -24,8 +28,15 @@ func (s *Server) checkFileLimit() {
 	if !ok || maxTopics < 0 {
 		return
 	}
-	if need := uint64(maxTopics)*filesPerTopic + fileReserve; limit < need {
-		s.log.Warn("server: the open-file limit is below what -max-topics needs (two files per topic, one per older segment): a node at the limit can start no segment, nor reopen its topics after a restart; raise it (ulimit -n, systemd LimitNOFILE) or lower -max-topics",
-			"open_file_limit", limit, "max_topics", maxTopics, "files_needed", need)
+	// At least: one more per older segment a topic retains.
+	need := uint64(fileReserve)
+	if maxTopics <= (math.MaxInt64-fileReserve)/filesPerTopic {
+		need += uint64(maxTopics) * filesPerTopic
+	} else {
+		need = math.MaxUint64
+	}
+	if limit < need {
+		s.log.Warn("server: the open-file limit is below what -max-topics needs (two files per topic, one per older segment): a node at the limit can start no segment, nor reopen its topics after a restart; raise it (ulimit -Hn, systemd LimitNOFILE) or lower -max-topics",
+			"open_file_limit", limit, "max_topics", maxTopics, "files_needed_at_least", need)
 	}
 }

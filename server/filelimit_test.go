@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"log/slog"
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -22,9 +23,10 @@ func TestFileLimitWarning(t *testing.T) {
 	}
 	out := check(20_000, 0) // this project's CI machine's limit, the default cap
 	assert.Contains(t, out, "open-file limit is below")
-	assert.Contains(t, out, "open_file_limit=20000 max_topics=10000 files_needed=21024")
-	assert.Contains(t, check(1000, 100), "files_needed=1224")
+	assert.Contains(t, out, "open_file_limit=20000 max_topics=10000 files_needed_at_least=21024")
+	assert.Contains(t, check(1000, 100), "files_needed_at_least=1224")
 	assert.Empty(t, check(1<<20, 0))
 	assert.Empty(t, check(1224, 100))
 	assert.Empty(t, check(1000, -1)) // no cap
+	assert.Contains(t, check(1<<40, math.MaxInt), "files_needed_at_least=18446744073709551615")
 }

@@ -64,6 +64,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{}), bg: make(chan struct{}), stopc: make(chan struct{})}
+	// Before the topics open: a restart at the limit fails in open.
+	s.checkFileLimit()
 	if err := commitlog.MkdirAll(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
@@ -98,7 +100,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		close(s.served)
 	}()
 	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync))
-	s.checkFileLimit()
 
 	s.wg.Add(2)
 	go s.reconcile()

@@ -262,7 +262,10 @@ func TestRestartKeepsCommittedReadable(t *testing.T) {
 
 // TestTopicSegmentFloor: a client may not give a topic segments smaller
 // than the node's MinTopicSegmentBytes (1 MiB by default), in a create or
-// an update; a node configured lower accepts them.
+// an update; a node configured lower accepts them. A topic created with
+// smaller segments before the floor rose keeps them, and its other
+// settings can still be updated with its segment size resent unchanged
+// (as fbctl does).
 func TestTopicSegmentFloor(t *testing.T) {
 	ctx := ctxT(t)
 	c := dial(t, servertest.StartNode(t))
@@ -276,11 +279,24 @@ func TestTopicSegmentFloor(t *testing.T) {
 	_, err = c.admin.UpdateTopic(ctx, &forestbusv1.UpdateTopicRequest{Name: "small", Settings: &forestbusv1.TopicSettings{SegmentBytes: 4096}})
 	assert.Equal(t, codes.InvalidArgument, status.Code(err), "update: %v", err)
 
-	low := dial(t, servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MinTopicSegmentBytes = 4096 })))
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MinTopicSegmentBytes = 4096 }))
+	low := dial(t, n)
 	_, err = low.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "small", Settings: &forestbusv1.TopicSettings{SegmentBytes: 4096}})
 	require.NoError(t, err)
 	_, err = low.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "smaller", Settings: &forestbusv1.TopicSettings{SegmentBytes: 4095}})
 	assert.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	send(t, low, "small", batch("s", 3), true)
+
+	// The floor rises to its default: "small" opens with its 4 KiB segments.
+	n.Stop()
+	n.Cfg.MinTopicSegmentBytes = 0
+	n.Start()
+	low = dial(t, n)
+	_, err = low.admin.UpdateTopic(ctx, &forestbusv1.UpdateTopicRequest{Name: "small", Settings: &forestbusv1.TopicSettings{SegmentBytes: 4096, RetentionSeconds: 3600}})
+	require.NoError(t, err)
+	_, err = low.admin.UpdateTopic(ctx, &forestbusv1.UpdateTopicRequest{Name: "small", Settings: &forestbusv1.TopicSettings{SegmentBytes: 8192}})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err), "a change below the floor: %v", err)
+	assert.Len(t, readAll(t, low, "small", 1, 3, 10), 3)
 }
 
 func TestAdminTopics(t *testing.T) {

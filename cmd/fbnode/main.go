@@ -112,7 +112,7 @@ func run(args []string) error {
 		maxProduce = fs.Int("max-produce-streams", api.DefaultMaxProduceStreams, "Produce streams served at once (a Go client opens one per node); more get RESOURCE_EXHAUSTED and the client sends as calls")
 		maxStreams = fs.Uint("max-streams-per-conn", server.DefaultMaxStreamsPerConn, "calls one client connection carries at once (the Clients of a process share one connection, up to 32 Clients each)")
 		segment    = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
-		minSegment = fs.Int64("min-topic-segment-bytes", server.DefaultMinTopicSegmentBytes, "smallest segment_bytes a client may give a topic (each retained segment holds a file open on every node)")
+		minSegment = fs.Int64("min-topic-segment-bytes", server.DefaultMinTopicSegmentBytes, "smallest segment_bytes a client may give a topic (each retained segment holds a file open on every node; give every node the same)")
 		pageCache  = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
 		journalB   = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
 		notice     = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")

@@ -35,9 +35,12 @@ func WithSync(m server.SyncMode) Option { return func(c *server.Config) { c.Sync
 func WithMaxWait(d time.Duration) Option { return func(c *server.Config) { c.MaxWait = d } }
 
 // WithSegmentBytes sets the default segment size, and lets clients give
-// topics segments that small (Config.MinTopicSegmentBytes).
+// topics segments that small (Config.MinTopicSegmentBytes, when n is below
+// its default).
 func WithSegmentBytes(n int64) Option {
-	return func(c *server.Config) { c.SegmentBytes, c.MinTopicSegmentBytes = n, n }
+	return func(c *server.Config) {
+		c.SegmentBytes, c.MinTopicSegmentBytes = n, min(n, server.DefaultMinTopicSegmentBytes)
+	}
 }
 
 // WithHub runs the cluster's peer traffic over an in-memory hub, whose

@@ -124,8 +124,9 @@ type Config struct {
 	// is not capped. 0 means DefaultMaxTopics; negative, no cap.
 	MaxTopics int
 	// MinSegmentBytes is the smallest segment_bytes a topic's settings may
-	// give in Create and Update (topics already created keep theirs). 0
-	// means DefaultMinSegmentBytes; it is never below
+	// give in Create and Update (topics already created keep theirs). The
+	// node that takes the call checks it: give every node the same. 0 or
+	// less means DefaultMinSegmentBytes; it is never below
 	// commitlog.MinSegmentBytes.
 	MinSegmentBytes int64
 	// Logger; default slog.Default().
@@ -197,7 +198,7 @@ func Open(cfg Config) (*Registry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.MinSegmentBytes == 0 {
+	if cfg.MinSegmentBytes <= 0 {
 		cfg.MinSegmentBytes = DefaultMinSegmentBytes
 	}
 	cfg.MinSegmentBytes = max(cfg.MinSegmentBytes, commitlog.MinSegmentBytes)
@@ -363,13 +364,20 @@ func (r *Registry) roomForTopic(name string) (release func(), err error) {
 	}, nil
 }
 
-// Update replaces a topic's settings. Errors: ErrInvalidName,
-// ErrInvalidSettings, ErrNotFound, and the replica proposal errors.
+// Update replaces a topic's settings. A segment size below
+// Config.MinSegmentBytes passes only when it is the topic's current one (a
+// topic created before the floor was raised keeps its size through updates
+// of its other settings). Errors: ErrInvalidName, ErrInvalidSettings,
+// ErrNotFound, and the replica proposal errors.
 func (r *Registry) Update(ctx context.Context, name string, s Settings) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
-	if err := s.Validate(r.cfg.MinSegmentBytes); err != nil {
+	minSegment := r.cfg.MinSegmentBytes
+	if t, err := r.Get(name); err == nil && s.SegmentBytes > 0 && s.SegmentBytes == t.Settings.SegmentBytes {
+		minSegment = min(minSegment, s.SegmentBytes)
+	}
+	if err := s.Validate(minSegment); err != nil {
 		return err
 	}
 	return r.propose(ctx, command{Op: "update", Name: name, Settings: s})
