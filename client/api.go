@@ -119,7 +119,7 @@ func (c *Client) GetMessages(topic string, index int64, quantity int, wait bool)
 //
 // The answer usually holds more or fewer messages than quantity: nodes end
 // answers on their stored batches, read ahead (by default an answer holds
-// about 4 MiB when that much is committed, however small quantity is) and
+// about 3 MiB when that much is committed, however small quantity is) and
 // cap an answer's size. If a message
 // exists at index, at least one message is returned. msgs[0] has ID index
 // and the last message has ID nextID-1.

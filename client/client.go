@@ -40,9 +40,9 @@ const (
 	maxPassBackoff = time.Second
 )
 
-// maxRecvMsgSize bounds the size of an answer. A node caps GetMessages
-// answers at 4 MiB of payload, which with framing overhead is over gRPC's
-// default of 4 MiB.
+// maxRecvMsgSize bounds the size of an answer. A node's default cap keeps
+// answers under gRPC's default of 4 MiB; this accepts the answers of nodes
+// configured with a larger -max-read-bytes.
 const maxRecvMsgSize = 64 << 20
 
 // Client is a multi-goroutine safe object for communicating with the nodes

@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 
+	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/topic"
 	"github.com/forestbus/forestbus/server/transport"
 )
@@ -62,11 +63,15 @@ type Config struct {
 	MaxMessageBytes int
 	// MaxBatchBytes caps one SendMessages batch. Default 16 MiB.
 	MaxBatchBytes int
-	// MaxReadBytes caps one GetMessages answer. Default 4 MiB.
+	// MaxReadBytes caps the messages of one GetMessages answer or Subscribe
+	// response, each counted with its framing. Default
+	// api.DefaultMaxReadBytes (4 MiB less 1 KiB: an answer fits any gRPC
+	// client's default receive limit).
 	MaxReadBytes int
 	// ReadAheadBytes: a GetMessages answer holds this much payload when
 	// that much is committed, even beyond the quantity asked (fewer calls
-	// for sequential readers). Default 4 MiB; negative turns it off.
+	// for sequential readers). Default api.DefaultReadAheadBytes (3 MiB);
+	// negative turns it off.
 	ReadAheadBytes int
 	// MaxWait caps a long poll. Default 30 s.
 	MaxWait time.Duration
@@ -270,7 +275,7 @@ func (c *Config) validate() error {
 		return errors.New("server: max batch size above 256 MiB")
 	}
 	if c.MaxReadBytes <= 0 {
-		c.MaxReadBytes = 4 << 20
+		c.MaxReadBytes = api.DefaultMaxReadBytes
 	}
 	if c.MaxWait <= 0 {
 		c.MaxWait = 30 * time.Second

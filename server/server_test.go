@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
@@ -158,9 +160,49 @@ func TestGetMessagesReadAhead(t *testing.T) {
 	t.Run("capped by MaxReadBytes", func(t *testing.T) {
 		c := dial(t, servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MaxReadBytes = 150_000 })))
 		fill(t, c)
-		// The default read-ahead (4 MiB) asks for more than the cap allows.
-		assert.Equal(t, 150, get(t, c, 1, 1))
+		// The default read-ahead (3 MiB) asks for more than the cap allows;
+		// each 1,000-byte message counts 1,003 with its framing.
+		assert.Equal(t, 149, get(t, c, 1, 1))
 	})
+}
+
+// TestAnswersFitDefaultReceiveLimit: a client with gRPC's default 4 MiB
+// receive limit (grpcurl, grpc-js, Python, Java) reads a topic of any
+// message size from a node with the default limits, however many messages
+// it asks for: the cap counts each message's framing, so even an answer
+// of 1-byte messages, three bytes each on the wire, stays under 4 MiB.
+func TestAnswersFitDefaultReceiveLimit(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := dial(t, n) // sends
+	cc, err := grpc.NewClient(n.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { cc.Close() })
+	plain := forestbusv1.NewForestBusServiceClient(cc)
+	ctx := ctxT(t)
+	for _, tc := range []struct {
+		topic   string
+		size    int // bytes per message
+		batches int // of 100,000 bytes of payload
+	}{{"kb", 1000, 50}, {"tiny", 1, 20}} {
+		_, err := c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: tc.topic})
+		require.NoError(t, err)
+		var sent int64
+		for range tc.batches {
+			msgs := make([][]byte, 100_000/tc.size)
+			for i := range msgs {
+				msgs[i] = bytes.Repeat([]byte{'m'}, tc.size)
+			}
+			send(t, c, tc.topic, msgs, true)
+			sent += int64(len(msgs))
+		}
+		for _, q := range []int32{1, 500, math.MaxInt32} {
+			resp, err := plain.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: tc.topic, Id: 1, Quantity: q})
+			require.NoError(t, err, "%s, quantity %d", tc.topic, q)
+			require.NotEmpty(t, resp.Messages)
+			assert.Less(t, proto.Size(resp), 4<<20, "%s, quantity %d", tc.topic, q)
+			assert.Less(t, int64(len(resp.Messages)), sent, "%s, quantity %d: capped", tc.topic, q)
+		}
+	}
 }
 
 func TestGetMessagesSemantics(t *testing.T) {

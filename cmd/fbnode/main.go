@@ -103,7 +103,7 @@ func run(args []string) error {
 		syncMode   = fs.String("sync", "fsync", `durability: "fsync" (acknowledged means on disk) or "os" (the OS flushes)`)
 		maxMsg     = fs.Int("max-message-bytes", 1<<20, "largest message accepted")
 		maxBatch   = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch accepted (payload bytes)")
-		maxRead    = fs.Int("max-read-bytes", 4<<20, "payload cap of one GetMessages answer")
+		maxRead    = fs.Int("max-read-bytes", api.DefaultMaxReadBytes, "cap of one GetMessages answer or Subscribe response: its messages, each counted with its framing (payload + 2 or more bytes); the default fits gRPC clients' default 4 MiB receive limit")
 		readAhead  = fs.Int("read-ahead-bytes", api.DefaultReadAheadBytes, "payload a GetMessages answer holds when that much is committed, even beyond the quantity asked (negative: off)")
 		maxWait    = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
 		maxSubs    = fs.Int("max-subscribers", api.DefaultMaxSubscribers, "Subscribe streams served at once; more get RESOURCE_EXHAUSTED")

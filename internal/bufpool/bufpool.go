@@ -17,12 +17,12 @@
 // alternating runs beside the build without it).
 //
 // The tiers above 1 MiB hold the encoded answers of GetMessages (about
-// 1.2 MB by default; a full one is 4 MiB of payload plus a few bytes of
-// framing per message) and Subscribe, and large batches. grpc-go serves
+// 3.2 MB by default, a full one just under 4 MiB) and Subscribe, and large
+// batches. grpc-go serves
 // those from one fallback pool that also clears them, and the codec used to
 // take them from there: 4 % of the CPU of a follower serving W3 was that
 // clearing. The steps keep a buffer within 1.5× of what it holds (a
-// default answer takes the 1.5 MiB tier, a full one the 6 MiB tier).
+// default answer and a full one take the 4 MiB tier).
 //
 // Only buffers of a tier's exact capacity go back to it; larger requests
 // are allocated and left to the garbage collector.

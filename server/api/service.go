@@ -31,15 +31,17 @@ type Config struct {
 	MaxMessageBytes int
 	// MaxBatchBytes caps the payload of one SendMessages call. Default 16 MiB.
 	MaxBatchBytes int
-	// MaxReadBytes caps the payload of one GetMessages answer (at least one
-	// message is always returned when one exists). Default 4 MiB.
+	// MaxReadBytes caps the messages of one GetMessages answer or Subscribe
+	// response as encoded: each message counts its payload and two or more
+	// bytes of framing (commitlog.MessageCost). At least one message is
+	// always returned when one exists. Default DefaultMaxReadBytes.
 	MaxReadBytes int
 	// ReadAheadBytes is how much payload a GetMessages answer holds when
 	// that much is committed, even if the request asked for fewer messages:
 	// a sequential reader gets the topic in fewer, larger calls (the answer
-	// may exceed quantity; the API says so). Default 4 MiB, the default
-	// MaxReadBytes; negative turns it off (answers end at the first stored
-	// batch boundary at or after quantity).
+	// may exceed quantity; the API says so). It counts as MaxReadBytes
+	// does. Default DefaultReadAheadBytes; negative turns it off (answers
+	// end at the first stored batch boundary at or after quantity).
 	ReadAheadBytes int
 	// MaxWait caps a long-polling GetMessages. Default 30 s.
 	MaxWait time.Duration
@@ -66,13 +68,18 @@ type Config struct {
 // DefaultMaxForwarding is Config.MaxForwarding's default.
 const DefaultMaxForwarding = 1000
 
-// DefaultReadAheadBytes is Config.ReadAheadBytes's default: a catching-up
-// reader gets answers as large as the default cap allows. A reader's cost
-// grows with its calls more than with its bytes (each answer is its own
-// allocation, and this host's fresh pages and collections are dear): W3
-// from a follower, 4 MiB against 1 MiB, 1.4x (BENCHMARKS.md, fifteenth
-// session).
-const DefaultReadAheadBytes = 4 << 20
+// DefaultMaxReadBytes is Config.MaxReadBytes's default: 4 MiB less 1 KiB,
+// so that any answer (its other fields are a few bytes) fits in the 4 MiB
+// a gRPC client accepts in one message by default (grpc-js, grpcurl,
+// Python, Java; the Go client here accepts more).
+const DefaultMaxReadBytes = 4<<20 - 1<<10
+
+// DefaultReadAheadBytes is Config.ReadAheadBytes's default. A sequential
+// reader's cost grows with its calls more than with its bytes (each answer
+// is its own allocation and collection work; BENCHMARKS.md, fifteenth
+// session), so answers are large; below the cap, so that they end on a
+// stored batch and the next one starts on the next.
+const DefaultReadAheadBytes = 3 << 20
 
 // Node is a cluster member.
 type Node struct {
@@ -89,7 +96,7 @@ func (c *Config) withDefaults() {
 		c.MaxBatchBytes = 16 << 20
 	}
 	if c.MaxReadBytes <= 0 {
-		c.MaxReadBytes = 4 << 20
+		c.MaxReadBytes = DefaultMaxReadBytes
 	}
 	switch {
 	case c.ReadAheadBytes == 0:

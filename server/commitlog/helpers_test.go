@@ -153,6 +153,15 @@ func payload(msgs [][]byte) int {
 	return n
 }
 
+// cost is msgs' MessageCost, what the read limits count.
+func cost(msgs [][]byte) int {
+	n := 0
+	for _, m := range msgs {
+		n += MessageCost(len(m))
+	}
+	return n
+}
+
 // appendUniform appends entry index (term 1): one batch of n messages of
 // size bytes, each filled with byte(index). It returns the messages.
 func appendUniform(t testing.TB, l *Log, index uint64, n, size int) [][]byte {

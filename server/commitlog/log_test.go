@@ -180,7 +180,8 @@ func TestReadMessages(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, msgs, 1)
 	assert.Equal(t, uint64(6), next)
-	limit := len(m.msgs[5]) + len(m.msgs[6]) + len(m.msgs[7])
+	// maxBytes counts each message with its framing (MessageCost).
+	limit := MessageCost(len(m.msgs[5])) + MessageCost(len(m.msgs[6])) + MessageCost(len(m.msgs[7]))
 	msgs, _, err = l.ReadMessages(nil, 5, last, 0, limit)
 	require.NoError(t, err)
 	assert.Len(t, msgs, 3)
@@ -407,7 +408,7 @@ func TestReadBeyondEstimate(t *testing.T) {
 		{"count cap past the first record", 1, 250, 0, 1 << 30, false, 251},
 		{"count target", 1, 250, 0, 1 << 30, true, 301},
 		{"fill target", 101, 1, 250_000, 1 << 30, true, 401},
-		{"maxBytes cap", 101, 1, 1 << 30, 150_000, true, 251},
+		{"maxBytes cap", 101, 1, 1 << 30, 150_000, true, 250}, // 1,003 bytes a message, with framing
 		{"everything", 1, 1 << 20, 0, 1 << 30, false, 1001},
 	}
 	// Fresh buffers first; then the same reads into one Scratch, twice
@@ -462,8 +463,9 @@ func TestReadSizesSliceSanely(t *testing.T) {
 func TestReadBatches(t *testing.T) {
 	l := openT(t, t.TempDir(), Options{})
 	defer l.Close()
-	// Three batches of five messages: IDs 1-5 (65 bytes of payload), 6-10
-	// (91 bytes), 11-15.
+	// Three batches of five messages: IDs 1-5 (65 bytes of payload, 75 as
+	// the byte limits count them, with a tag and a length byte each), 6-10
+	// (91 bytes, 101 counted), 11-15.
 	var all [][]byte
 	for i := uint64(1); i <= 3; i++ {
 		msgs := msgsFor(5*(i-1)+1, 5)
@@ -473,6 +475,8 @@ func TestReadBatches(t *testing.T) {
 	}
 	require.Equal(t, 65, payload(all[:5]))
 	require.Equal(t, 91, payload(all[5:10]))
+	require.Equal(t, 75, cost(all[:5]))
+	require.Equal(t, 101, cost(all[5:10]))
 	var sc Scratch // one for every case: ReadBatchesInto answers alike
 	for _, tc := range []struct {
 		id                    uint64
@@ -484,14 +488,14 @@ func TestReadBatches(t *testing.T) {
 		{1, 6, 0, 1 << 20, 11},       // into the second batch: finishes it
 		{3, 1, 0, 1 << 20, 6},        // from the middle of a batch to its end
 		{1, 100, 0, 1 << 20, 16},     // everything
-		{1, 3, 0, 30, 3},             // maxBytes cuts inside a batch (messages are 11-15 bytes)
+		{1, 3, 0, 30, 3},             // maxBytes cuts inside a batch (messages cost 13-17 bytes)
 		{14, 1, 0, 1 << 20, 16},      // the last batch's tail
 		{1, 1, 1, 1 << 20, 6},        // fill met by the first message: its batch
-		{1, 1, 65, 1 << 20, 6},       // fill met exactly at the first boundary
-		{1, 1, 66, 1 << 20, 11},      // one byte more: the second batch too
-		{3, 1, 50, 1 << 20, 11},      // from mid-batch, 42 bytes to its end: on into the next
+		{1, 1, 75, 1 << 20, 6},       // fill met exactly at the first boundary
+		{1, 1, 76, 1 << 20, 11},      // one byte more: the second batch too
+		{3, 1, 50, 1 << 20, 11},      // from mid-batch, 48 bytes to its end: on into the next
 		{1, 1, 1 << 20, 1 << 20, 16}, // fill beyond the log: everything
-		{1, 1, 1 << 20, 100, 8},      // maxBytes still cuts inside a batch
+		{1, 1, 1 << 20, 100, 7},      // maxBytes still cuts inside a batch (75 + 18)
 		{1, 6, 1, 1 << 20, 11},       // count and fill are both targets
 	} {
 		got, next, err := l.ReadBatches(nil, tc.id, 15, tc.count, tc.fill, tc.maxBytes)
@@ -580,9 +584,10 @@ func TestReadEndingAtRecordBoundary(t *testing.T) {
 	assert.Less(t, allocs, 4.0, "one read buffer, not two")
 }
 
-// TestReadAheadOneBuffer: a fill target in payload bytes is sized into the
-// buffer with the records' framing, so a read-ahead over uniform batches
-// reads one buffer, not one and then a few more to make up the framing.
+// TestReadAheadOneBuffer: a fill target or a maxBytes cap (counted by
+// MessageCost) is sized into the buffer with the records' framing, so a
+// read-ahead over uniform batches reads one buffer, not one and then a few
+// more to make up the framing.
 func TestReadAheadOneBuffer(t *testing.T) {
 	l := openT(t, t.TempDir(), Options{NoSync: true})
 	defer l.Close()
@@ -598,6 +603,15 @@ func TestReadAheadOneBuffer(t *testing.T) {
 	})
 	// As in TestReadEndingAtRecordBoundary: one buffer and one index lookup
 	// (plus a span buffer the race detector's pool may drop).
+	assert.Less(t, allocs, 4.0, "one read buffer")
+
+	// The cap ends it (300,000 bytes: 2,941 messages of 102).
+	allocs = testing.AllocsPerRun(20, func() {
+		got, next, err := l.ReadBatches(dst[:0], 1, 10000, 1, 1<<30, 300_000)
+		if err != nil || next != 2942 || len(got) != 2941 {
+			t.Fatalf("read: %v, next %d, %d messages", err, next, len(got))
+		}
+	})
 	assert.Less(t, allocs, 4.0, "one read buffer")
 }
 
@@ -742,4 +756,46 @@ func TestStoredCommitBeyondLostTail(t *testing.T) {
 	first, err := l.FirstIndex()
 	require.NoError(t, err)
 	assert.Equal(t, uint64(9), first)
+}
+
+// TestReadLimitsCountFraming: the byte limits count each message with its
+// framing (MessageCost), so they bound an answer's encoded size however
+// small the messages, and empty messages meet a fill target.
+func TestReadLimitsCountFraming(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	tiny := make([][]byte, 5000)
+	for i := range tiny {
+		tiny[i] = []byte{byte(i)}
+	}
+	empty := make([][]byte, 1000)
+	for i := range empty {
+		empty[i] = []byte{}
+	}
+	_, err := l.Append([]*pb.Entry{
+		ent(1, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, 1, 0, 0, tiny)),
+		ent(2, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, 5001, 0, 0, empty)),
+		ent(3, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, 6001, 0, 0, empty)),
+	}, nil)
+	require.NoError(t, err)
+
+	// 3,000 bytes hold 1,000 one-byte messages as an answer carries them
+	// (tag, length, byte), not 3,000.
+	msgs, next, err := l.ReadMessages(nil, 1, 7000, 0, 3000)
+	require.NoError(t, err)
+	assert.Len(t, msgs, 1000)
+	assert.Equal(t, uint64(1001), next)
+	var sc Scratch
+	msgs, next, err = l.ReadBatchesInto(&sc, 1, 7000, 1, 1<<20, 3000)
+	require.NoError(t, err)
+	assert.Len(t, msgs, 1000)
+	assert.Equal(t, uint64(1001), next)
+
+	// Empty messages cost two bytes each: a fill of 10 is met within the
+	// first empty batch, which the answer finishes, instead of running on
+	// to the end of the log.
+	msgs, next, err = l.ReadBatches(nil, 5001, 7000, 1, 10, 1<<20)
+	require.NoError(t, err)
+	assert.Len(t, msgs, 1000)
+	assert.Equal(t, uint64(6001), next)
 }

@@ -130,9 +130,17 @@ func entrySize(h recHeader, dataLen int) uint64 {
 	return uint64(n)
 }
 
+// MessageCost is what a message of n bytes counts against a read's byte
+// limits (maxBytes, fill): its payload and the framing an answer carries
+// it in, a tag byte and its length as a varint (protobuf's repeated bytes
+// field). The limits thus bound an answer's encoded size, however small
+// its messages: counted by payload alone, 4 MiB of 1-byte messages is a
+// 12 MiB answer.
+func MessageCost(n int) int { return n + 1 + protowire.SizeVarint(uint64(n)) }
+
 // ReadMessages appends to dst the messages with ids in [id, maxID] (maxID is
-// the caller's commit cap), stopping once maxCount messages or maxBytes of
-// payload are collected, but always returning at least one message when id
+// the caller's commit cap), stopping once maxCount messages or maxBytes
+// (counted by MessageCost) are collected, but always returning at least one message when id
 // <= maxID and it exists. maxCount or maxBytes <= 0 mean no limit: the read
 // then returns everything up to maxID, read in chunks of up to 16 MiB. It
 // returns the messages and the next id to read (id + number returned).
@@ -200,7 +208,7 @@ func (l *Log) readScratch(sc *Scratch, id, maxID uint64, maxCount, fill, maxByte
 }
 
 // ReadBatches is ReadMessages with targets rather than caps: it reads on
-// until it has count messages and fill bytes of payload (or reaches maxID),
+// until it has count messages and fill bytes (MessageCost) (or reaches maxID),
 // then finishes the stored batch (record) it is in. A sequential reader thus
 // gets whole batches, and as much per call as fill asks for, whatever count
 // it names: fewer calls for the same messages. maxBytes stays a hard cap.
@@ -248,7 +256,7 @@ type readState struct {
 	maxCount, fill, maxBytes int
 	whole                    bool
 	next                     uint64 // next ID to return
-	got, bytes               int    // messages and payload returned so far
+	got, bytes               int    // messages and their MessageCost returned so far
 }
 
 // readChunk reads the records from r.next into one buffer, sized to what
@@ -268,15 +276,20 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 	for _, s := range l.segs[si+1:] {
 		avail += s.size
 	}
-	est := int64(min(maxReadChunk, r.maxBytes-r.bytes))
+	// The byte limits count MessageCost; the buffer holds records: scale
+	// by the first record's ratio (whose messages cost their payload and
+	// length, as stored, and a tag byte each), plus a record to finish the
+	// one a target ends in.
+	toRecords := func(b int64) int64 { return b }
+	if cost := int64(h.dataLen()) - BatchHeaderSize + int64(h.count); h.count > 0 && cost > 0 {
+		toRecords = func(b int64) int64 { return b*h.size()/cost + h.size() }
+	}
+	est := min(maxReadChunk, toRecords(int64(min(maxReadChunk, r.maxBytes-r.bytes))))
 	if h.count > 0 && r.maxCount < math.MaxInt {
 		per := int64(h.dataLen())/int64(h.count) + 1
-		// fill counts payload; the buffer holds records: scale by the
-		// first record's ratio (taking one byte of length per message),
-		// plus a record to finish the one the target ends in.
 		fill := int64(r.fill - r.bytes)
-		if payload := int64(h.dataLen()) - BatchHeaderSize - int64(h.count); fill > 0 && payload > 0 {
-			fill = fill*h.size()/payload + h.size()
+		if fill > 0 {
+			fill = toRecords(fill)
 		}
 		est = min(est, max(int64(r.maxCount-r.got)*per, fill))
 	}
@@ -345,12 +358,13 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 					return dst, false, nil
 				}
 				// whole: the targets are met only at a record boundary.
-				if r.got > 0 && (r.got >= r.maxCount && (!r.whole || i == 0 && r.bytes >= r.fill) || r.bytes+len(m) > r.maxBytes) {
+				c := MessageCost(len(m))
+				if r.got > 0 && (r.got >= r.maxCount && (!r.whole || i == 0 && r.bytes >= r.fill) || r.bytes+c > r.maxBytes) {
 					return dst, false, nil
 				}
 				dst = append(dst, m)
 				r.got++
-				r.bytes += len(m)
+				r.bytes += c
 				r.next++
 			}
 		}
