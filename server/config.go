@@ -68,7 +68,8 @@ type Config struct {
 	// api.DefaultMaxReadBytes (4 MiB less 1 KiB: an answer fits any gRPC
 	// client's default receive limit).
 	MaxReadBytes int
-	// ReadAheadBytes: a GetMessages answer holds this much payload when
+	// ReadAheadBytes: a GetMessages answer holds this much (counted as
+	// MaxReadBytes counts) when
 	// that much is committed, even beyond the quantity asked (fewer calls
 	// for sequential readers). Default api.DefaultReadAheadBytes (3 MiB);
 	// negative turns it off.
@@ -270,6 +271,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxMessageBytes > c.MaxBatchBytes {
 		return fmt.Errorf("server: max message size %d exceeds max batch size %d", c.MaxMessageBytes, c.MaxBatchBytes)
+	}
+	if c.MaxReadBytes > 256<<20 {
+		return errors.New("server: max read size above 256 MiB")
 	}
 	if c.MaxBatchBytes > 256<<20 {
 		return errors.New("server: max batch size above 256 MiB")

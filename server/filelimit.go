@@ -30,7 +30,7 @@ func (s *Server) checkFileLimit() {
 	}
 	// At least: one more per older segment a topic retains.
 	need := uint64(fileReserve)
-	if maxTopics <= (math.MaxInt64-fileReserve)/filesPerTopic {
+	if uint64(maxTopics) <= (math.MaxUint64-fileReserve)/filesPerTopic {
 		need += uint64(maxTopics) * filesPerTopic
 	} else {
 		need = math.MaxUint64

@@ -27,6 +27,21 @@ func TestFileLimitWarning(t *testing.T) {
 	assert.Contains(t, check(1000, 100), "files_needed_at_least=1224")
 	assert.Empty(t, check(1<<20, 0))
 	assert.Empty(t, check(1224, 100))
-	assert.Empty(t, check(1000, -1)) // no cap
-	assert.Contains(t, check(1<<40, math.MaxInt), "files_needed_at_least=18446744073709551615")
+	assert.Empty(t, check(1000, -1))  // no cap
+	if math.MaxInt == math.MaxInt64 { // a sum past uint64 saturates
+		assert.Contains(t, check(1<<40, math.MaxInt), "files_needed_at_least=18446744073709551615")
+	}
+}
+
+// TestReadLimitIsBounded: a read cap above 256 MiB is refused (the node's
+// send limit adds it to the message cap, and no client accepts such an
+// answer), as a batch cap above 256 MiB is.
+func TestReadLimitIsBounded(t *testing.T) {
+	base := Config{DataDir: t.TempDir(), ClusterID: "c", NodeName: "n1", ListenAddr: "127.0.0.1:0"}
+	c := base
+	c.MaxReadBytes = 256<<20 + 1
+	assert.ErrorContains(t, c.validate(), "max read size above 256 MiB")
+	c = base
+	c.MaxReadBytes = 256 << 20
+	assert.NoError(t, c.validate())
 }

@@ -119,7 +119,7 @@ func TestSendAndGet(t *testing.T) {
 	}
 }
 
-// TestGetMessagesReadAhead: an answer holds ReadAheadBytes of payload when
+// TestGetMessagesReadAhead: an answer holds ReadAheadBytes (framing counted) when
 // that much is committed, whatever quantity asked for, ending on a stored
 // batch; with read-ahead off it ends at the first batch boundary at or after
 // quantity; MaxReadBytes caps both.

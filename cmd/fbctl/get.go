@@ -14,7 +14,7 @@ import (
 )
 
 // getBatch is how many messages one GetMessages call asks for (nodes also
-// cap an answer at 4 MiB).
+// keep an answer under 4 MiB by default).
 const getBatch = 1000
 
 // followRetryPause is the pause before get -follow asks again after no

@@ -104,7 +104,7 @@ func run(args []string) error {
 		maxMsg     = fs.Int("max-message-bytes", 1<<20, "largest message accepted")
 		maxBatch   = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch accepted (payload bytes)")
 		maxRead    = fs.Int("max-read-bytes", api.DefaultMaxReadBytes, "cap of one GetMessages answer or Subscribe response: its messages, each counted with its framing (payload + 2 or more bytes); the default fits gRPC clients' default 4 MiB receive limit")
-		readAhead  = fs.Int("read-ahead-bytes", api.DefaultReadAheadBytes, "payload a GetMessages answer holds when that much is committed, even beyond the quantity asked (negative: off)")
+		readAhead  = fs.Int("read-ahead-bytes", api.DefaultReadAheadBytes, "what a GetMessages answer holds (counted as -max-read-bytes counts) when that much is committed, even beyond the quantity asked (negative: off)")
 		maxWait    = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
 		maxSubs    = fs.Int("max-subscribers", api.DefaultMaxSubscribers, "Subscribe streams served at once; more get RESOURCE_EXHAUSTED")
 		maxTopics  = fs.Int("max-topics", server.DefaultMaxTopics, "topics the cluster may hold, counted by this node when it creates one as metadata leader (negative: no cap)")

@@ -70,7 +70,7 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	}
 	// The stock codec's encoding, into this module's pool rather than
 	// grpc-go's default one, which clears every buffer it hands out (a
-	// GetMessages answer's 1.5 MiB, for one).
+	// GetMessages answer's ~3 MiB, for one).
 	opts := proto.MarshalOptions{UseCachedSize: true}
 	return encode(proto.Size(m), func(b []byte) ([]byte, error) { return opts.MarshalAppend(b, m) })
 }

@@ -36,7 +36,7 @@ type Config struct {
 	// bytes of framing (commitlog.MessageCost). At least one message is
 	// always returned when one exists. Default DefaultMaxReadBytes.
 	MaxReadBytes int
-	// ReadAheadBytes is how much payload a GetMessages answer holds when
+	// ReadAheadBytes is how much a GetMessages answer holds when
 	// that much is committed, even if the request asked for fewer messages:
 	// a sequential reader gets the topic in fewer, larger calls (the answer
 	// may exceed quantity; the API says so). It counts as MaxReadBytes

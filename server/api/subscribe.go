@@ -22,7 +22,8 @@ const (
 	// response when the request's max_batch is 0, and its cap. Larger
 	// responses cost less per message (W3S, alternating fresh clusters:
 	// 8.5 M msg/s at 4,000 against 6.6 M at 1,000); the node's read limit
-	// (4 MiB of payload) bounds a response's size as well.
+	// (MaxReadBytes, 4 MiB less 1 KiB by default, framing counted) bounds
+	// a response's size as well.
 	DefaultSubscribeBatch = 4096
 	// DefaultMaxSubscribers caps the Subscribe streams a node serves at
 	// once (see SetMaxSubscribers).

@@ -457,7 +457,7 @@ func TestReadSizesSliceSanely(t *testing.T) {
 	assert.Less(t, cap(got), 100_000, "slice sized for %d messages to return %d", cap(got), len(got))
 }
 
-// TestReadBatches: count and fill (payload bytes) are targets that end on a
+// TestReadBatches: count and fill (MessageCost bytes) are targets that end on a
 // stored batch boundary; maxBytes stays a hard cap; ReadMessages keeps the
 // count a cap.
 func TestReadBatches(t *testing.T) {

@@ -278,26 +278,27 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 	}
 	// The byte limits count MessageCost; the buffer holds records: scale
 	// by the first record's ratio (whose messages cost their payload and
-	// length, as stored, and a tag byte each), plus a record to finish the
-	// one a target ends in.
+	// length, as stored, and a tag byte each). Every term is clamped to a
+	// chunk before it is multiplied.
 	toRecords := func(b int64) int64 { return b }
 	if cost := int64(h.dataLen()) - BatchHeaderSize + int64(h.count); h.count > 0 && cost > 0 {
-		toRecords = func(b int64) int64 { return b*h.size()/cost + h.size() }
+		toRecords = func(b int64) int64 { return b * h.size() / cost }
 	}
 	est := min(maxReadChunk, toRecords(int64(min(maxReadChunk, r.maxBytes-r.bytes))))
 	if h.count > 0 && r.maxCount < math.MaxInt {
 		per := int64(h.dataLen())/int64(h.count) + 1
-		fill := int64(r.fill - r.bytes)
-		if fill > 0 {
-			fill = toRecords(fill)
-		}
-		est = min(est, max(int64(r.maxCount-r.got)*per, fill))
+		fill := toRecords(int64(max(0, min(r.fill-r.bytes, maxReadChunk))))
+		est = min(est, max(int64(min(r.maxCount-r.got, maxReadChunk))*per, fill))
 	}
 	skip := int64(0)
 	if h.count > 0 && id > h.firstID {
 		skip = (int64(h.dataLen()) * int64(id-h.firstID)) / int64(h.count)
 	}
-	want := min(max(h.size(), est+skip+recHeaderSize+minReadChunk/16), avail)
+	// The messages wanted end inside a record, which is read whole: up to
+	// the record boundary after them, counted in records like the first
+	// (exact for uniform batches; a short estimate reads on).
+	span := (skip + est + h.size() - 1) / h.size() * h.size()
+	want := min(max(h.size(), span+recHeaderSize+minReadChunk/16), avail)
 	buf := sc.buffer(want)
 	// The answer's slice headers in one allocation, sized by the first
 	// record's messages per byte: appending them one by one regrew dst

@@ -699,8 +699,8 @@ type ReadResult struct {
 }
 
 // Read returns committed messages from id (0 reads as 1): at least one when
-// one is committed at id, up to maxCount messages and about maxBytes of
-// payload. Below the first retained ID it returns no messages and NextID =
+// one is committed at id, up to maxCount messages and maxBytes (each
+// message counted by commitlog.MessageCost). Below the first retained ID it returns no messages and NextID =
 // first retained ID. When nothing is committed at id and wait > 0, it waits
 // up to wait for a commit, then returns an empty result. Errors: ErrStopped
 // (group removed while waiting), ctx errors.
@@ -714,11 +714,11 @@ func (g *Group) ReadInto(ctx context.Context, sc *commitlog.Scratch, id uint64, 
 	return g.read(ctx, id, maxCount, 0, maxBytes, wait, false, sc)
 }
 
-// ReadBatchesInto is Read with count and fill (bytes of payload) as
+// ReadBatchesInto is Read with count and fill (bytes, as maxBytes) as
 // targets instead of caps, into sc's reusable buffers: the answer holds at
 // least count messages and fill bytes when that much is committed, and ends
 // on a stored batch boundary (commitlog.Log.ReadBatchesInto), so it may
-// hold more (never more than maxBytes of payload). The messages are valid
+// hold more (never more than maxBytes). The messages are valid
 // until the next read with sc.
 func (g *Group) ReadBatchesInto(ctx context.Context, sc *commitlog.Scratch, id uint64, count, fill, maxBytes int, wait time.Duration) (ReadResult, error) {
 	return g.read(ctx, id, count, fill, maxBytes, wait, true, sc)

@@ -423,8 +423,8 @@ type GetMessagesRequest struct {
 	// node ends answers on its stored batches, reads ahead (by default, when
 	// that much is committed, an answer holds about 3 MiB however small the
 	// quantity: a sequential reader needs fewer calls), and caps an answer
-	// so that it stays under 4 MiB encoded, the receive limit gRPC clients
-	// have by default. When a committed message exists at `id`, at least one
+	// (with its default limits, under 4 MiB encoded, the receive limit gRPC
+	// clients have by default). When a committed message exists at `id`, at least one
 	// message is returned.
 	Quantity int32 `protobuf:"varint,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// When true and no committed message exists at `id` yet, wait until one
@@ -568,8 +568,8 @@ type SubscribeRequest struct {
 	// the first retained ID the stream starts at the first retained ID.
 	FromId int64 `protobuf:"varint,2,opt,name=from_id,json=fromId,proto3" json:"from_id,omitempty"`
 	// Most messages per response, >= 0; 0 and values over 4096 mean 4096.
-	// A response also stays under 4 MiB encoded (the node's read limit)
-	// and holds at least one message.
+	// A response also stays under the node's read limit (by default 4 MiB
+	// less 1 KiB encoded) and holds at least one message.
 	MaxBatch int32 `protobuf:"varint,3,opt,name=max_batch,json=maxBatch,proto3" json:"max_batch,omitempty"`
 	// Interval of the heartbeats sent while no message commits, in
 	// milliseconds, >= 0. 0 means the node's long-poll limit (default 30 s),
