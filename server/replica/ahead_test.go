@@ -1,3 +1,7 @@
+//go:build linux
+
+// (openPLCluster, the in-process cluster of powerloss_test.go, is Linux-only.)
+
 package replica
 
 import (
