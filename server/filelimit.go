@@ -1,10 +1,6 @@
 package server
 
-import (
-	"math"
-
-	"github.com/forestbus/forestbus/server/topic"
-)
+import "github.com/forestbus/forestbus/server/topic"
 
 // filesPerTopic is what one topic holds open on every node, whatever it
 // stores: its active segment and its raft hardstate. Each older segment
@@ -28,15 +24,10 @@ func (s *Server) checkFileLimit() {
 	if !ok || maxTopics < 0 {
 		return
 	}
-	// At least: one more per older segment a topic retains.
-	need := uint64(fileReserve)
-	if uint64(maxTopics) <= (math.MaxUint64-fileReserve)/filesPerTopic {
-		need += uint64(maxTopics) * filesPerTopic
-	} else {
-		need = math.MaxUint64
-	}
-	if limit < need {
+	// At most: each older segment a topic retains takes one more.
+	holds := (limit - min(limit, fileReserve)) / filesPerTopic
+	if uint64(maxTopics) > holds {
 		s.log.Warn("server: the open-file limit is below what -max-topics needs (two files per topic, one per older segment): a node at the limit can start no segment, nor reopen its topics after a restart; raise it (ulimit -Hn, systemd LimitNOFILE) or lower -max-topics",
-			"open_file_limit", limit, "max_topics", maxTopics, "files_needed_at_least", need)
+			"open_file_limit", limit, "max_topics", maxTopics, "topics_it_holds_at_most", holds)
 	}
 }

@@ -136,7 +136,7 @@ func entrySize(h recHeader, dataLen int) uint64 {
 // field). The limits thus bound an answer's encoded size, however small
 // its messages: counted by payload alone, 4 MiB of 1-byte messages is a
 // 12 MiB answer.
-func MessageCost(n int) int { return n + 1 + protowire.SizeVarint(uint64(n)) }
+func MessageCost(n int) int { return protowire.SizeTag(1) + protowire.SizeBytes(n) }
 
 // ReadMessages appends to dst the messages with ids in [id, maxID] (maxID is
 // the caller's commit cap), stopping once maxCount messages or maxBytes
