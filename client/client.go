@@ -41,9 +41,12 @@ const (
 )
 
 // maxRecvMsgSize bounds the size of an answer. A node's default cap keeps
-// answers under gRPC's default of 4 MiB; this accepts the answers of nodes
-// configured with a larger -max-read-bytes.
-const maxRecvMsgSize = 64 << 20
+// answers under gRPC's default of 4 MiB; this accepts any answer a node
+// sends: one under its largest -max-read-bytes (256 MiB), or a single
+// message over it, at most the largest message a node accepts (256 MiB),
+// with their framing. gRPC allocates by the size a message has, not by
+// this bound.
+const maxRecvMsgSize = 257 << 20
 
 // Client is a multi-goroutine safe object for communicating with the nodes
 // of a Forest Bus cluster.

@@ -29,6 +29,14 @@ const (
 	SyncOS SyncMode = "os"
 )
 
+// Ceilings of the size limits, whatever a node is configured with. No
+// message stored by any node is larger than MaxBatchBytesLimit, so a node
+// can always send one back (an answer holds at least one message).
+const (
+	MaxBatchBytesLimit = 256 << 20
+	MaxReadBytesLimit  = 256 << 20
+)
+
 // Config configures a node. The zero value of each field means its default.
 type Config struct {
 	// ListenAddr is the gRPC listen address. Default "127.0.0.1:3000";
@@ -59,9 +67,11 @@ type Config struct {
 	Join *Join
 	// Sync is the durability mode. Default SyncFsync.
 	Sync SyncMode
-	// MaxMessageBytes caps one message. Default 1 MiB.
+	// MaxMessageBytes caps one message a node accepts. Default 1 MiB.
+	// Lowering it later leaves the messages stored meanwhile readable.
 	MaxMessageBytes int
-	// MaxBatchBytes caps one SendMessages batch. Default 16 MiB.
+	// MaxBatchBytes caps one SendMessages batch. Default 16 MiB, at most
+	// MaxBatchBytesLimit.
 	MaxBatchBytes int
 	// MaxReadBytes caps the messages of one GetMessages answer or Subscribe
 	// response, each counted with its framing. Default
@@ -272,10 +282,10 @@ func (c *Config) validate() error {
 	if c.MaxMessageBytes > c.MaxBatchBytes {
 		return fmt.Errorf("server: max message size %d exceeds max batch size %d", c.MaxMessageBytes, c.MaxBatchBytes)
 	}
-	if c.MaxReadBytes > 256<<20 {
+	if c.MaxReadBytes > MaxReadBytesLimit {
 		return errors.New("server: max read size above 256 MiB")
 	}
-	if c.MaxBatchBytes > 256<<20 {
+	if c.MaxBatchBytes > MaxBatchBytesLimit {
 		return errors.New("server: max batch size above 256 MiB")
 	}
 	if c.MaxReadBytes <= 0 {

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
@@ -64,4 +66,56 @@ func TestCallHeadersAreCapped(t *testing.T) {
 	small := metadata.AppendToOutgoingContext(ctxT(t), "x-small", strings.Repeat("a", 1<<10))
 	_, err = c.bus.GetClusterDetails(small, &forestbusv1.GetClusterDetailsRequest{})
 	require.NoError(t, err)
+}
+
+// TestLargeStoredMessageStaysReadable: a message stored while the node
+// took larger messages stays readable after its limits are lowered
+// (Kafka's fetch returns a record batch over the fetch cap rather than
+// stall the reader, and so does a node: an answer holds at least one
+// message), through the Client's GetMessages and Subscribe, even over the
+// 64 MiB a Client used to accept.
+func TestLargeStoredMessageStaysReadable(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) {
+		c.MaxMessageBytes, c.MaxBatchBytes = 80<<20, 80<<20
+	}))
+	big := bytes.Repeat([]byte("0123456789abcdef"), (65<<20)/16)
+	big = append(big, "end"...)
+	cl := client.New("test", []string{n.Addr()})
+	defer cl.Close()
+	_, err := cl.SendMessages("default", [][]byte{big, []byte("after")}, true)
+	require.NoError(t, err)
+
+	n.Stop()
+	n.Cfg.MaxMessageBytes, n.Cfg.MaxBatchBytes = 0, 0 // the defaults: 1 MiB and 16 MiB
+	n.Start()
+
+	cl2 := client.New("test", []string{n.Addr()})
+	defer cl2.Close()
+	ctx := ctxT(t)
+	msgs, next, err := cl2.GetMessagesContext(ctx, "default", 1, 1, false)
+	require.NoError(t, err)
+	require.NotEmpty(t, msgs)
+	require.True(t, bytes.Equal(big, msgs[0]), "message 1 read back as sent")
+	if next == 2 { // the answer ended after the large message
+		msgs, _, err = cl2.GetMessagesContext(ctx, "default", 2, 1, false)
+		require.NoError(t, err)
+		require.NotEmpty(t, msgs)
+	} else {
+		msgs = msgs[1:]
+	}
+	require.Equal(t, []byte("after"), msgs[0])
+
+	errStop := errors.New("stop")
+	var got [][]byte
+	err = cl2.Subscribe(ctx, "default", 1, func(id int64, msg []byte) error {
+		got = append(got, msg)
+		if id == 2 {
+			return errStop
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, errStop)
+	require.Len(t, got, 2)
+	require.True(t, bytes.Equal(big, got[0]), "message 1 subscribed as sent")
+	require.Equal(t, []byte("after"), got[1])
 }

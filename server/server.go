@@ -267,7 +267,10 @@ func (s *Server) open() error {
 		// Room for the framing of many small messages, so that an oversized
 		// batch reaches the handler and gets BATCH_TOO_LARGE.
 		grpc.MaxRecvMsgSize(4*cfg.MaxBatchBytes+(1<<20)),
-		grpc.MaxSendMsgSize(cfg.MaxReadBytes+cfg.MaxMessageBytes+(1<<20)),
+		// An answer stays under MaxReadBytes except for its first message,
+		// which may have been stored under larger limits than the node
+		// has now: room for the largest any node accepts.
+		grpc.MaxSendMsgSize(cfg.MaxReadBytes+MaxBatchBytesLimit+(1<<20)),
 		// Calls at once on one connection (HTTP/2 streams); more wait for
 		// a free stream on the client side.
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
