@@ -19,6 +19,10 @@ const UnlimitedRetries = -1
 // DefaultBufferSize is the default queue capacity and largest batch.
 const DefaultBufferSize = 200
 
+// DefaultMaxBatchBytes is the default cap of a batch's message bytes: a
+// node's default -max-batch-bytes.
+const DefaultMaxBatchBytes = 16 << 20
+
 const (
 	// retryBackoffStep: the wait before retry n is min(n*step, limit).
 	retryBackoffStep  = 500 * time.Millisecond
@@ -48,8 +52,10 @@ type Sender interface {
 //
 // There is no linger timer: when no send is in progress a message goes out
 // at once, alone; messages queued while a send is in progress go out
-// together, up to the buffer size, as soon as it completes. Results come
-// back in send order.
+// together, up to the buffer size and WithMaxBatchBytes, as soon as it
+// completes. Results come back in send order. A batch the node refuses
+// for the size of some of its messages is sent again in halves, so that
+// only those messages fail.
 //
 // All methods are safe for concurrent use. A Batcher owns one goroutine,
 // which Close stops.
@@ -58,6 +64,7 @@ type Batcher struct {
 	topic         string
 	waitForCommit bool
 	bufferSize    int
+	maxBatchBytes int
 	maxRetries    int
 	debug         bool
 	logger        *slog.Logger
@@ -69,6 +76,7 @@ type Batcher struct {
 	retryable    func(error) bool
 
 	queue chan *SendResult
+	msgs  [][]byte // the messages of the batch being sent (run's goroutine)
 
 	// mu guards closed: senders hold it shared while they queue, Close
 	// holds it exclusively to set closed, after which the queue receives
@@ -105,6 +113,18 @@ func WithBufferSize(n int) Option {
 	}
 }
 
+// WithMaxBatchBytes caps the message bytes of one batch (default
+// DefaultMaxBatchBytes, a node's default limit): a message that would take
+// a batch over it waits for the next one. A message larger than the cap
+// goes alone. Sizes below 1 are ignored.
+func WithMaxBatchBytes(n int) Option {
+	return func(b *Batcher) {
+		if n > 0 {
+			b.maxBatchBytes = n
+		}
+	}
+}
+
 // WithDebug logs every batch sent at debug level, to standard error or the
 // logger of WithLogger.
 func WithDebug() Option {
@@ -133,6 +153,7 @@ func New(s Sender, topic string, opts ...Option) *Batcher {
 		topic:         topic,
 		waitForCommit: true,
 		bufferSize:    DefaultBufferSize,
+		maxBatchBytes: DefaultMaxBatchBytes,
 		backoffStep:   retryBackoffStep,
 		backoffLimit:  retryBackoffLimit,
 		closeWait:     closeWait,
@@ -149,6 +170,7 @@ func New(s Sender, topic string, opts ...Option) *Batcher {
 		b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	b.queue = make(chan *SendResult, b.bufferSize)
+	b.msgs = make([][]byte, 0, b.bufferSize)
 	b.pool.New = func() any { return &SendResult{own: make(chan *SendResult, 1)} }
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
@@ -320,26 +342,37 @@ func (b *Batcher) run(ctx context.Context) {
 	defer close(b.done)
 	defer b.cancel()
 	batch := make([]*SendResult, 0, b.bufferSize)
-	msgs := make([][]byte, 0, b.bufferSize)
 	retries := b.maxRetries
+	// carry is a message taken from the queue that did not fit the last
+	// batch's bytes: it heads the next one.
+	var carry *SendResult
 	for {
-		select {
-		case r := <-b.queue:
-			batch = append(batch, r)
-		case <-b.sealed:
-			// Nothing can be queued any more: send what is left.
+		size := 0
+		if carry != nil {
+			batch, size, carry = append(batch, carry), len(carry.message), nil
+		} else {
 			select {
 			case r := <-b.queue:
-				batch = append(batch, r)
-			default:
-				return
+				batch, size = append(batch, r), len(r.message)
+			case <-b.sealed:
+				// Nothing can be queued any more: send what is left.
+				select {
+				case r := <-b.queue:
+					batch, size = append(batch, r), len(r.message)
+				default:
+					return
+				}
 			}
 		}
 	fill:
 		for len(batch) < b.bufferSize {
 			select {
 			case r := <-b.queue:
-				batch = append(batch, r)
+				if size+len(r.message) > b.maxBatchBytes {
+					carry = r
+					break fill
+				}
+				batch, size = append(batch, r), size+len(r.message)
 			default:
 				break fill
 			}
@@ -347,24 +380,45 @@ func (b *Batcher) run(ctx context.Context) {
 		select {
 		case <-b.abandon:
 			b.fail(batch, ErrClosed)
+			if carry != nil {
+				b.deliver(carry, 0, ErrClosed)
+			}
 			b.failQueued()
 			return
 		default:
 		}
-		for _, r := range batch {
-			msgs = append(msgs, r.message)
-		}
-		ids, err := b.send(ctx, msgs, &retries)
-		for i, r := range batch {
-			if err != nil {
-				b.deliver(r, 0, err)
-			} else {
-				b.deliver(r, ids[i], nil)
-			}
-		}
+		b.sendBatch(ctx, batch, &retries)
 		clear(batch)
-		clear(msgs)
-		batch, msgs = batch[:0], msgs[:0]
+		batch = batch[:0]
+	}
+}
+
+// sendBatch sends batch and delivers each message's outcome. When the
+// node refuses the whole batch for the size of some of its messages
+// (ErrMessageTooLarge), or for its own (ErrBatchTooLarge: the node's limit
+// is below WithMaxBatchBytes), it sends the two halves apart, and so on,
+// so that only the messages at fault fail and the others are stored, in
+// order. A node refuses such a batch before storing any of it, so no
+// message is stored twice.
+func (b *Batcher) sendBatch(ctx context.Context, batch []*SendResult, retries *int) {
+	msgs := b.msgs[:0]
+	for _, r := range batch {
+		msgs = append(msgs, r.message)
+	}
+	ids, err := b.send(ctx, msgs, retries)
+	clear(msgs)
+	if len(batch) > 1 && (errors.Is(err, client.ErrMessageTooLarge) || errors.Is(err, client.ErrBatchTooLarge)) {
+		half := len(batch) / 2
+		b.sendBatch(ctx, batch[:half], retries)
+		b.sendBatch(ctx, batch[half:], retries)
+		return
+	}
+	for i, r := range batch {
+		if err != nil {
+			b.deliver(r, 0, err)
+		} else {
+			b.deliver(r, ids[i], nil)
+		}
 	}
 }
 

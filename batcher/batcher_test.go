@@ -29,6 +29,9 @@ type fakeSender struct {
 	gate    chan struct{}
 	entered chan int // receives the batch size of each call, if set
 	wrongN  bool     // answer with one ID too few
+	// A node's limits, when set: a batch holding a message over maxMsg
+	// bytes, or over maxBatch bytes in all, is refused whole.
+	maxMsg, maxBatch int
 }
 
 func newFakeSender() *fakeSender { return &fakeSender{next: 1} }
@@ -59,6 +62,16 @@ func (f *fakeSender) SendMessagesContext(ctx context.Context, topic string, mess
 	defer f.mu.Unlock()
 	if f.always != nil {
 		return nil, f.always
+	}
+	total := 0
+	for i, m := range messages {
+		if f.maxMsg > 0 && len(m) > f.maxMsg {
+			return nil, fmt.Errorf("node: message %d has %d bytes: %w", i, len(m), client.ErrMessageTooLarge)
+		}
+		total += len(m)
+	}
+	if f.maxBatch > 0 && total > f.maxBatch {
+		return nil, fmt.Errorf("node: the batch has %d bytes: %w", total, client.ErrBatchTooLarge)
 	}
 	if len(f.errs) > 0 {
 		err := f.errs[0]
@@ -206,6 +219,79 @@ func TestBatchesAreCappedAtBufferSize(t *testing.T) {
 	assert.Empty(t, replies, "the rejected messages produced no result")
 	for _, s := range f.batchSizes() {
 		assert.LessOrEqual(t, s, 3)
+	}
+}
+
+// queueBehind holds the Batcher in a send of one message while msgs
+// queue, then lets the sends go, and returns the results in order (the
+// held message's first).
+func queueBehind(t *testing.T, f *fakeSender, b *Batcher, msgs ...string) []*SendResult {
+	t.Helper()
+	f.gate = make(chan struct{})
+	f.entered = make(chan int, 4*len(msgs)+4)
+	replies := make(chan *SendResult, len(msgs)+1)
+	require.NoError(t, b.AsyncSendMessage([]byte("a"), nil, replies, false))
+	<-f.entered
+	for _, m := range msgs {
+		require.NoError(t, b.AsyncSendMessage([]byte(m), m, replies, false))
+	}
+	close(f.gate)
+	out := make([]*SendResult, 0, len(msgs)+1)
+	for range len(msgs) + 1 {
+		out = append(out, <-replies)
+	}
+	return out
+}
+
+// TestBatchesAreCappedAtBytes: a batch stops short of WithMaxBatchBytes;
+// the message that would cross it heads the next batch, and one larger
+// than the cap goes alone.
+func TestBatchesAreCappedAtBytes(t *testing.T) {
+	f := newFakeSender()
+	b := New(f, "topic", WithMaxBatchBytes(10))
+	defer b.Close()
+	rs := queueBehind(t, f, b, "1111", "2222", "3333", "4444", "large-55555", "6")
+	for i, r := range rs {
+		require.NoError(t, r.GetError())
+		assert.EqualValues(t, i+1, r.GetIndex())
+	}
+	assert.Equal(t, [][]string{{"a"}, {"1111", "2222"}, {"3333", "4444"}, {"large-55555"}, {"6"}}, f.batches)
+}
+
+// TestOversizedMessageFailsAlone: a node refusing a batch for one message
+// too large fails that message only; the others of its batch are stored,
+// in order.
+func TestOversizedMessageFailsAlone(t *testing.T) {
+	f := newFakeSender()
+	f.maxMsg = 5
+	b := New(f, "topic")
+	defer b.Close()
+	rs := queueBehind(t, f, b, "m1", "m2", "m3", "too-large", "m4", "m5", "m6", "m7")
+	next := int64(1)
+	for _, r := range rs {
+		if r.GetReference() == "too-large" {
+			require.ErrorIs(t, r.GetError(), client.ErrMessageTooLarge)
+			assert.Zero(t, r.GetIndex())
+			continue
+		}
+		require.NoError(t, r.GetError(), "message %v", r.GetReference())
+		assert.Equal(t, next, r.GetIndex(), "message %v", r.GetReference())
+		next++
+	}
+	assert.EqualValues(t, 8, next-1, "every other message stored")
+}
+
+// TestBatchTooLargeIsSplit: a node whose batch limit is below the
+// Batcher's gets the batch in halves small enough, in order.
+func TestBatchTooLargeIsSplit(t *testing.T) {
+	f := newFakeSender()
+	f.maxBatch = 6
+	b := New(f, "topic")
+	defer b.Close()
+	rs := queueBehind(t, f, b, "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
+	for i, r := range rs {
+		require.NoError(t, r.GetError())
+		assert.EqualValues(t, i+1, r.GetIndex())
 	}
 }
 

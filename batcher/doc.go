@@ -13,7 +13,8 @@
 // There is no linger timer: a message goes out at once when no send is in
 // progress, and the messages that queue up during a send go out together
 // next. The queue holds up to the buffer size (200 by default) messages,
-// which is also the largest batch.
+// which is also the largest batch; a batch also stops short of 16 MiB of
+// messages (WithMaxBatchBytes), a node's default limit.
 //
 // The Batcher retries only errors matching client.ErrNoNodesAvailable, and
 // only when WithRetries allows it. It imports the client package for that
@@ -32,6 +33,10 @@
 //     starts.
 //   - A batch whose retries Close interrupts fails with ErrClosed, as the
 //     original did (its documentation said ErrNoNodesAvailable).
+//   - A batch is capped in bytes as well as in messages, and a batch the
+//     node refuses for the size of some of its messages (the original
+//     server had no limits) is sent again in halves until only those
+//     messages fail, instead of failing every message batched with them.
 //   - Results carry the original package's bare sentinels (ErrClosed,
 //     client.ErrNoNodesAvailable, ErrTopicNotFound, ErrClusterIdMismatch),
 //     so programs comparing with == keep working; other errors are passed
