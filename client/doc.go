@@ -37,6 +37,11 @@
 // client waits, 50 ms doubling up to 1 s, and makes another pass, until the
 // context ends or, for a context without a deadline and the calls without a
 // context, the retry window (10 s by default, WithRetryWindow) has passed.
+// A node that stops answering without closing its connection (a frozen
+// host, a black-holed network) is found by a keepalive ping: 10 s without
+// a frame from it while calls are in progress, then 5 s for the answer,
+// and its calls move on. A read refused by a node at its cap of waiting
+// reads (RESOURCE_EXHAUSTED) moves on too.
 //
 // Sends are idempotent within a call: each batch carries the Client's
 // random producer ID and a per-topic sequence number, the same for every
@@ -48,7 +53,9 @@
 // Sends go over one Produce stream per node, shared by every goroutine
 // using the Client: a batch costs a message each way, not a call, which is
 // about half the CPU. Failover, retries and errors are the same as for
-// SendMessages calls. A node without Produce gets calls; so, for a second,
+// SendMessages calls. A send whose context ends while the node holds its
+// request back (flow control: the node reads nothing) ends the stream,
+// and the stream's other sends move on as after any broken stream. A node without Produce gets calls; so, for a second,
 // does a node that refused the stream (it serves its cap of streams) or
 // ended it with RESOURCE_EXHAUSTED; and WithUnarySends makes every send a
 // call.

@@ -5,11 +5,13 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -34,6 +36,9 @@ type fakeNode struct {
 	// streamErr, when set, ends a Produce stream with it at its first
 	// request, unanswered.
 	streamErr error
+	// stallProduce makes Produce read nothing of its streams (a stuck
+	// node: flow control soon holds the client's requests).
+	stallProduce bool
 
 	send    func(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error)
 	get     func(ctx context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error)
@@ -43,12 +48,16 @@ type fakeNode struct {
 }
 
 // startNode serves a fake node on a free loopback port until the test ends.
-func startNode(t *testing.T) *fakeNode {
+// It accepts keepalive pings as nodes do (transport.ServerOptions).
+func startNode(t *testing.T, opts ...grpc.ServerOption) *fakeNode {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	n := &fakeNode{addr: lis.Addr().String(), calls: make(map[string]int)}
-	srv := grpc.NewServer()
+	opts = append([]grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+		MinTime: 5 * time.Second, PermitWithoutStream: true,
+	})}, opts...)
+	srv := grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(srv, n)
 	forestbusv1.RegisterAdminServiceServer(srv, n)
 	go func() { _ = srv.Serve(lis) }()
@@ -98,12 +107,16 @@ func (n *fakeNode) SendMessages(ctx context.Context, req *forestbusv1.SendMessag
 // stream itself counts as a "produce".
 func (n *fakeNode) Produce(st forestbusv1.ForestBusService_ProduceServer) error {
 	n.mu.Lock()
-	unaryOnly, streamErr := n.unaryOnly, n.streamErr
+	unaryOnly, streamErr, stall := n.unaryOnly, n.streamErr, n.stallProduce
 	n.mu.Unlock()
 	if unaryOnly {
 		return status.Error(codes.Unimplemented, "no produce")
 	}
 	n.record(st.Context(), "produce")
+	if stall {
+		<-st.Context().Done()
+		return nil
+	}
 	var sendMu sync.Mutex
 	var wg sync.WaitGroup
 	defer wg.Wait()

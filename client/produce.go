@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,6 +35,13 @@ var streamPause = time.Second // a variable for tests
 // forever stands for "for the Client's life" in Client.noProduce.
 var forever = time.Unix(1<<62, 0)
 
+// errSendStuck ends a Produce stream whose Send was still blocked (the
+// node reads nothing of it: HTTP/2 flow control holds the request) when
+// its sender's context ended. The stream's other sends fail with it and,
+// UNAVAILABLE, over to the next node or a new stream: their requests carry
+// their producer pairs, so sending them again stores nothing twice.
+var errSendStuck = status.Error(codes.Unavailable, "forestbus: Produce stream blocked past a send's deadline")
+
 // WithUnarySends makes the Client send every batch as its own SendMessages
 // call instead of over the node's Produce stream. The stream is the
 // default: it costs about half the CPU per batch, on the client and on the
@@ -52,12 +61,36 @@ type produceStream struct {
 	err    error              // opening failed (before ready), or the stream ended (under mu)
 	cancel context.CancelFunc // ends the stream
 
-	slots  chan struct{} // one per request sent and not answered
-	sendMu sync.Mutex    // serializes Send
+	slots chan struct{} // one per request sent and not answered
+	// sendTurn holds one token: Sends go one at a time, and a send waiting
+	// for its turn gives up when its context ends.
+	sendTurn chan struct{}
 
-	mu      sync.Mutex
-	next    uint64                                       // last request_id used
-	pending map[uint64]chan *forestbusv1.ProduceResponse // nil: the sender gave up
+	mu       sync.Mutex
+	next     uint64                                       // last request_id used
+	pending  map[uint64]chan *forestbusv1.ProduceResponse // nil: the sender gave up
+	abortErr error                                        // why a sender ended the stream (abort)
+}
+
+// abort ends the stream; its sends fail with err.
+func (ps *produceStream) abort(err error) {
+	ps.mu.Lock()
+	if ps.abortErr == nil {
+		ps.abortErr = err
+	}
+	ps.mu.Unlock()
+	ps.cancel()
+}
+
+// unregister forgets request id, whose sender gives up before sending it,
+// and frees its slot, unless the stream's end did both already.
+func (ps *produceStream) unregister(id uint64) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if _, ok := ps.pending[id]; ok {
+		delete(ps.pending, id)
+		<-ps.slots
+	}
 }
 
 // sendBatch sends req on cc's Produce stream and waits for the answer.
@@ -91,9 +124,18 @@ func (c *Client) sendBatch(ctx context.Context, cc *grpc.ClientConn, req *forest
 	ps.pending[id] = ch
 	ps.mu.Unlock()
 
-	ps.sendMu.Lock()
+	select {
+	case ps.sendTurn <- struct{}{}:
+	case <-ctx.Done():
+		ps.unregister(id)
+		return nil, ctx.Err()
+	}
+	// Send waits for flow control on the stream's context, not ctx: if ctx
+	// ends first, the stream is stuck, and ends.
+	stuck := context.AfterFunc(ctx, func() { ps.abort(errSendStuck) })
 	err := ps.st.Send(&forestbusv1.ProduceRequest{RequestId: id, Batch: req})
-	ps.sendMu.Unlock()
+	stuck()
+	<-ps.sendTurn
 	if err != nil {
 		// The stream broke (Send returns io.EOF then): the reader ends it
 		// and answers ch with nil; its error is the stream's status.
@@ -122,7 +164,9 @@ func (c *Client) sendBatch(ctx context.Context, cc *grpc.ClientConn, req *forest
 }
 
 // produceStream returns cc's stream, opening one if there is none; nil
-// when the node does not serve Produce.
+// when the node does not serve Produce, or when the Client no longer holds
+// cc (a Close came between the send's choice of cc and this: the send's
+// call then ends too).
 func (c *Client) produceStream(cc *grpc.ClientConn) *produceStream {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -135,14 +179,17 @@ func (c *Client) produceStream(cc *grpc.ClientConn) *produceStream {
 	if ps := c.streams[cc]; ps != nil {
 		return ps
 	}
-	// The stream ends with the Client's life (Close), also when Close
-	// came between the send's choice of cc and this.
+	if !slices.Contains(slices.Collect(maps.Values(c.conns)), cc) {
+		return nil
+	}
+	// The stream ends with the Client's life (Close).
 	ctx, cancel := context.WithCancel(c.outgoing(c.life))
 	ps := &produceStream{
-		cancel:  cancel,
-		ready:   make(chan struct{}),
-		slots:   make(chan struct{}, maxStreamInFlight),
-		pending: make(map[uint64]chan *forestbusv1.ProduceResponse),
+		cancel:   cancel,
+		ready:    make(chan struct{}),
+		slots:    make(chan struct{}, maxStreamInFlight),
+		sendTurn: make(chan struct{}, 1),
+		pending:  make(map[uint64]chan *forestbusv1.ProduceResponse),
 	}
 	c.streams[cc] = ps
 	go c.runStream(ctx, cc, ps)
@@ -180,6 +227,11 @@ func (c *Client) runStream(ctx context.Context, cc *grpc.ClientConn, ps *produce
 	for {
 		r, err := st.Recv()
 		if err != nil {
+			ps.mu.Lock()
+			if ps.abortErr != nil {
+				err = ps.abortErr
+			}
+			ps.mu.Unlock()
 			c.dropStream(cc, ps, err)
 			ps.mu.Lock()
 			ps.err = err

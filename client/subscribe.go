@@ -77,6 +77,16 @@ func WithSubscribeHeartbeat(d time.Duration) SubscribeOption {
 	return func(c *subscribeConfig) { c.heartbeat = d }
 }
 
+// staleAfter is how long a stream with heartbeat interval hb may stay
+// silent: subscribeStaleBeats intervals, or for ever when that many would
+// overflow (a caller's "never").
+func staleAfter(hb time.Duration) time.Duration {
+	if hb > math.MaxInt64/subscribeStaleBeats {
+		return math.MaxInt64
+	}
+	return subscribeStaleBeats * hb
+}
+
 // errStale marks a stream that stayed silent past its heartbeats.
 var errStale = errors.New("forestbus: subscribe stream silent past its heartbeats")
 
@@ -216,10 +226,10 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 	}
 	var stale atomic.Bool
 	var idle *time.Timer
-	staleAfter := subscribeStaleBeats * cfg.heartbeat
+	silence := staleAfter(cfg.heartbeat)
 	if cfg.heartbeat > 0 {
 		req.HeartbeatMs = int32(min(cfg.heartbeat.Milliseconds(), math.MaxInt32))
-		idle = time.AfterFunc(staleAfter, func() { stale.Store(true); cancel() })
+		idle = time.AfterFunc(silence, func() { stale.Store(true); cancel() })
 		defer idle.Stop()
 	}
 	// The stream's responses are read as fastcodec.SubscribeBatch, which
@@ -240,7 +250,7 @@ func (c *Client) subscribeNode(ctx context.Context, node, topic string, next *in
 	}()
 	for {
 		if idle != nil {
-			idle.Reset(staleAfter)
+			idle.Reset(silence)
 		}
 		resp = &fastcodec.SubscribeBatch{Borrow: cfg.borrow}
 		err := stream.RecvMsg(resp)

@@ -373,3 +373,25 @@ func TestCloseEndsSubscribeOnSharedConnection(t *testing.T) {
 	_, err = other.SendMessagesContext(subCtx(t), "default", subMsgs("m", 3, 1), true)
 	assert.NoError(t, err, "the other Client's connection is unharmed")
 }
+
+// TestSubscribeHugeHeartbeat: a heartbeat too long to count three of (a
+// caller's "never") turns the silence detection off rather than
+// overflowing into a stream taken for dead at once.
+func TestSubscribeHugeHeartbeat(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	_, err := c.SendMessagesContext(subCtx(t), "default", subMsgs("m", 1, 10), true)
+	require.NoError(t, err)
+	errDone := errors.New("done")
+	got := 0
+	err = c.Subscribe(subCtx(t), "default", 1, func(id int64, _ []byte) error {
+		got++
+		if id == 10 {
+			return errDone
+		}
+		return nil
+	}, client.WithSubscribeHeartbeat(time.Duration(1<<62)))
+	require.ErrorIs(t, err, errDone)
+	require.Equal(t, 10, got)
+}
