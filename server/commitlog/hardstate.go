@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 )
 
 // HardState file: two fixed slots, each
@@ -14,7 +16,13 @@ import (
 //	u64 seq | u64 term | u64 vote | u64 commit | u32 crc32c(previous 32 bytes)
 //
 // at offsets 0 and hsSlotStride (separate pages, so one torn write cannot
-// damage both).
+// damage both). The file is created whole (both slots, term 0, written to
+// a temporary name, synced and renamed), so an existing file always holds
+// a valid slot: one with none is damaged (ErrCorrupt), not a crash's, and
+// a node must not take it for term 0 with no vote (it could vote twice in
+// a term). Files of older versions were created empty and written slot 0
+// first; one of under two slots without a valid one reads as term 0, as
+// it did.
 const (
 	hsSlotSize    = 36
 	hsSlotStride  = 4096
@@ -44,8 +52,20 @@ type hsFile struct {
 	buf      [hsSlotSize]byte
 }
 
-func openHardState(path string) (*hsFile, bool, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+func openHardState(dir string) (*hsFile, bool, error) {
+	path := filepath.Join(dir, hardStateName)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	created := false
+	if errors.Is(err, fs.ErrNotExist) {
+		var initial [hsSlotStride + hsSlotSize]byte
+		encodeHSSlot(initial[:hsSlotSize], 1, hardState{})
+		encodeHSSlot(initial[hsSlotStride:], 2, hardState{})
+		if err := writeFileSynced(dir, hardStateName, initial[:]); err != nil {
+			return nil, false, fmt.Errorf("commitlog: create hardstate: %w", err)
+		}
+		created = true
+		f, err = os.OpenFile(path, os.O_RDWR, 0)
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("commitlog: open hardstate: %w", err)
 	}
@@ -56,7 +76,6 @@ func openHardState(path string) (*hsFile, bool, error) {
 		f.Close()
 		return nil, false, fmt.Errorf("commitlog: read hardstate: %w", err)
 	}
-	created := n == 0
 	for slot := 0; slot < 2; slot++ {
 		off := slot * hsSlotStride
 		if n < off+hsSlotSize {
@@ -67,8 +86,21 @@ func openHardState(path string) (*hsFile, bool, error) {
 			h.anchor, h.seq, h.cur = slot, seq, st
 		}
 	}
+	if h.anchor < 0 && n == len(raw) {
+		f.Close()
+		return nil, false, fmt.Errorf("%w: hardstate %s has no valid slot", ErrCorrupt, path)
+	}
 	h.synced, h.disk = h.cur, h.cur
 	return h, created, nil
+}
+
+// encodeHSSlot writes slot seq holding s into b.
+func encodeHSSlot(b []byte, seq uint64, s hardState) {
+	binary.LittleEndian.PutUint64(b[0:8], seq)
+	binary.LittleEndian.PutUint64(b[8:16], s.term)
+	binary.LittleEndian.PutUint64(b[16:24], s.vote)
+	binary.LittleEndian.PutUint64(b[24:32], s.commit)
+	binary.LittleEndian.PutUint32(b[32:36], crc32.Checksum(b[:32], castagnoli))
 }
 
 func decodeHSSlot(b []byte) (uint64, hardState, bool) {
@@ -118,11 +150,7 @@ func (h *hsFile) flush() error {
 func (h *hsFile) write(s hardState) error {
 	h.seq++
 	b := h.buf[:]
-	binary.LittleEndian.PutUint64(b[0:8], h.seq)
-	binary.LittleEndian.PutUint64(b[8:16], s.term)
-	binary.LittleEndian.PutUint64(b[16:24], s.vote)
-	binary.LittleEndian.PutUint64(b[24:32], s.commit)
-	binary.LittleEndian.PutUint32(b[32:36], crc32.Checksum(b[:32], castagnoli))
+	encodeHSSlot(b, h.seq, s)
 	if _, err := h.f.WriteAt(b, int64(h.writeSlot()*hsSlotStride)); err != nil {
 		return fmt.Errorf("commitlog: write hardstate: %w", err)
 	}

@@ -225,7 +225,7 @@ func (l *Log) recover() error {
 		return fmt.Errorf("%w: meta: %w", ErrCorrupt, err)
 	}
 	l.baseTable = table
-	hs, created, err := openHardState(filepath.Join(l.dir, hardStateName))
+	hs, created, err := openHardState(l.dir)
 	if err != nil {
 		return err
 	}

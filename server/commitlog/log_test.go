@@ -376,6 +376,44 @@ func TestHardStateSlots(t *testing.T) {
 	assert.Equal(t, uint64(4), got.GetTerm())
 }
 
+// TestHardStateWithoutValidSlotIsCorrupt: a new log's hardstate file is
+// created whole, so a file with both slots damaged is corruption, not a
+// node that never voted: Open refuses it rather than restart the node at
+// term 0 with no vote (it could vote twice in a term). A file an older
+// version left shorter than two slots reads as before.
+func TestHardStateWithoutValidSlotIsCorrupt(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	path := filepath.Join(dir, hardStateName)
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Len(t, raw, hsSlotStride+hsSlotSize, "created whole")
+	for slot := range 2 {
+		_, st, ok := decodeHSSlot(raw[slot*hsSlotStride:])
+		require.True(t, ok, "slot %d", slot)
+		assert.Equal(t, hardState{}, st)
+	}
+	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(7), Vote: proto.Uint64(2), Commit: proto.Uint64(0)}))
+	require.NoError(t, l.Sync())
+	require.NoError(t, l.Close())
+
+	raw, err = os.ReadFile(path)
+	require.NoError(t, err)
+	raw[33] ^= 0xff
+	raw[hsSlotStride+33] ^= 0xff
+	require.NoError(t, os.WriteFile(path, raw, 0o644))
+	_, err = Open(dir, Options{})
+	require.ErrorIs(t, err, ErrCorrupt)
+
+	// An older version's file: one slot, never synced whole.
+	require.NoError(t, os.WriteFile(path, raw[:hsSlotSize], 0o644))
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	got, _, err := l.InitialState()
+	require.NoError(t, err)
+	assert.Zero(t, got.GetTerm())
+}
+
 func TestClosed(t *testing.T) {
 	l := openT(t, t.TempDir(), Options{})
 	require.NoError(t, l.Close())
