@@ -268,7 +268,9 @@
 // the journal moves to the next epoch and checkpoints the full one in the
 // background: one syncfs makes every segment write that preceded its entries
 // durable, and the file becomes the spare. Only a log on the journal's
-// filesystem, with syncfs available, uses the journal.
+// filesystem, with syncfs available (Linux 5.8 on, where it reports
+// writeback errors, and not refused at start, as a seccomp filter can),
+// uses the journal.
 //
 // Write-behind: a log whose last sync went through the journal holds what
 // it appends next in memory (its last segment's held bytes; readers read

@@ -183,7 +183,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if !opts.NoSync {
 		l.syncDev = registerSyncDev(l.dev, dir) // before the log writes (syncdev.go)
 	}
-	if j := opts.Journal; j != nil && !opts.NoSync && syncfsWorks && l.dev != 0 && l.dev == j.dev {
+	if j := opts.Journal; j != nil && !opts.NoSync && l.dev != 0 && l.dev == j.dev && syncfsUsable(l.dev) {
 		rel, err := j.relPath(dir)
 		if err != nil {
 			return nil, err

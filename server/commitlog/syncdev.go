@@ -40,7 +40,7 @@ type syncDev struct {
 // syncfs there (dev unknown, a kernel whose syncfs reports no errors, or a
 // directory it could not open).
 func registerSyncDev(dev uint64, dir string) *syncDev {
-	if dev == 0 || !syncfsWorks {
+	if dev == 0 || !syncfsUsable(dev) {
 		return nil
 	}
 	syncDevs.mu.Lock()

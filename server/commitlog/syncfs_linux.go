@@ -5,6 +5,7 @@ package commitlog
 import (
 	"errors"
 	"os"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -35,6 +36,18 @@ func kernelAtLeast(major, minor int) bool {
 	return maj > major || maj == major && min >= minor
 }
 
+// syncfsRefused holds the filesystems (device IDs) whose syncfs startSync
+// found refused (seccomp): logs there do not use the node journal, whose
+// checkpoint needs it.
+var syncfsRefused sync.Map
+
+// syncfsUsable reports whether syncfs flushes the filesystem dev, and
+// reports its errors: a kernel from 5.8 on, not refused at start.
+func syncfsUsable(dev uint64) bool {
+	_, refused := syncfsRefused.Load(dev)
+	return syncfsWorks && !refused
+}
+
 // syncfs flushes the whole filesystem holding f: data, metadata and the
 // journal of every file on it.
 func syncfs(f *os.File) error {
@@ -63,8 +76,9 @@ func syncFilesystem(dir string) error {
 		return err
 	}
 	defer f.Close()
-	err = syncfs(f)
+	err = syncfsFunc(f)
 	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+		syncfsRefused.Store(deviceOf(dir), true)
 		unix.Sync()
 		flushhook.Flushed(nil, "")
 		return nil

@@ -9,6 +9,8 @@ import (
 
 const syncfsWorks = false
 
+func syncfsUsable(uint64) bool { return false }
+
 func syncfs(*os.File) error { return errors.New("commitlog: syncfs not supported") }
 
 func deviceOf(string) uint64 { return 0 }
