@@ -100,3 +100,56 @@ func TestSnapshotCrashLeavesContiguousLog(t *testing.T) {
 		})
 	}
 }
+
+// TestSuffixRemovalsAreDurableInOrder: between two segment removals of a
+// truncation or of ApplySnapshot's suffix, the directory is synced, so a
+// filesystem that persists unlinks out of order cannot leave a gap after
+// a power loss (removing newest first only orders them in the page cache).
+func TestSuffixRemovalsAreDurableInOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		op   func(l *Log) error
+	}{
+		{"truncation", func(l *Log) error {
+			s := l.segs[1]
+			_, err := l.Append([]*pb.Entry{ent(s.first+1, 2, pb.EntryType_EntryNormal, nil)}, nil)
+			return err
+		}},
+		{"snapshot", func(l *Log) error {
+			return l.ApplySnapshot(&pb.Snapshot{Data: EncodeSnapshotData(nil, 1000), Metadata: &pb.SnapshotMetadata{
+				Index: proto.Uint64(l.segs[0].last), Term: proto.Uint64(1), ConfState: &pb.ConfState{Voters: []uint64{1}},
+			}})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			segmentedLog(t, dir)
+			l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+			defer l.Close()
+			var events []string
+			removeSegment = func(path string) error {
+				events = append(events, "remove")
+				return removeSegmentOS(path)
+			}
+			syncDir = func(d string) error {
+				if d == dir {
+					events = append(events, "sync")
+				}
+				return syncDirOS(d)
+			}
+			t.Cleanup(func() { removeSegment, syncDir = removeSegmentOS, syncDirOS })
+			require.NoError(t, tc.op(l))
+			removals := 0
+			for i, e := range events {
+				if e != "remove" {
+					continue
+				}
+				removals++
+				if removals > 1 {
+					require.Equal(t, "sync", events[i-1], "a removal follows another unsynced: %v", events)
+				}
+			}
+			require.GreaterOrEqual(t, removals, 2, "events %v", events)
+		})
+	}
+}

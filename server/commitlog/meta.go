@@ -183,7 +183,10 @@ func MkdirAll(dir string) error {
 	return nil
 }
 
-func syncDir(dir string) error {
+// syncDir makes dir's entries durable; tests watch it.
+var syncDir = syncDirOS
+
+func syncDirOS(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("commitlog: sync dir: %w", err)

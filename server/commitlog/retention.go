@@ -150,11 +150,20 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 		s.dirty = false
 	}
 	l.mu.Unlock()
-	// Newest first: a crash part way leaves the remaining segments
-	// contiguous (oldest first could leave a gap that Open refuses).
+	// Newest first, each removal durable before the next: a crash part way
+	// leaves the remaining segments contiguous (oldest first, or a
+	// filesystem persisting the removals in another order, could leave a
+	// gap that Open refuses).
 	slices.Reverse(tail)
-	if err := l.removeFiles(tail); err != nil {
-		return err
+	for i, s := range tail {
+		if err := l.removeFiles([]*segment{s}); err != nil {
+			return err
+		}
+		if i < len(tail)-1 && !l.opts.NoSync {
+			if err := syncDir(l.dir); err != nil {
+				return l.fence(err)
+			}
+		}
 	}
 	if len(tail) > 0 {
 		if err := syncDir(l.dir); err != nil {
