@@ -651,6 +651,13 @@ func parseJournalEntry(b []byte, epoch uint64) (kind byte, path string, payload 
 // too, and the rest are appended, which also replaces a conflicting suffix
 // (raft's rule). The log is then closed, which syncs it.
 func (j *Journal) replayLog(rel string, payloads [][]byte) error {
+	if !filepath.IsLocal(filepath.FromSlash(rel)) {
+		// Not a path the journal writes (a log's directory under base):
+		// entries whose checksum matched by chance, or forged in message
+		// bytes of a recycled file. Never a directory outside base.
+		j.logger.Warn("commitlog: journal records of a path outside the data directory ignored", "log", rel)
+		return nil
+	}
 	dir := filepath.Join(j.base, filepath.FromSlash(rel))
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		j.logger.Info("commitlog: journal records of a log that no longer exists", "log", rel)

@@ -3,6 +3,7 @@
 package commitlog
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -88,4 +89,31 @@ func TestPowerLossAfterJournalClose(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestJournalReplayStaysUnderBase: an entry naming a path outside the
+// journal's base (one the journal never writes: damage, or an entry forged
+// in message bytes that a recycled file still holds) is ignored by replay,
+// which must not open a log, nor create its files, anywhere else.
+func TestJournalReplayStaysUnderBase(t *testing.T) {
+	root := t.TempDir()
+	base := filepath.Join(root, "data")
+	outside := filepath.Join(root, "outside")
+	require.NoError(t, os.MkdirAll(outside, 0o755))
+	jdir := filepath.Join(base, "journal")
+	j, err := OpenJournal(jdir, base, JournalOptions{})
+	require.NoError(t, err)
+	entry := j.appendEntry(nil, kindRecords, "../outside", []byte("records"))
+	_, err = j.f.WriteAt(entry, 0)
+	require.NoError(t, err)
+	// A crash: the files stay as they are.
+	require.NoError(t, j.f.Close())
+	require.NoError(t, j.fs.Close())
+
+	j, err = OpenJournal(jdir, base, JournalOptions{})
+	require.NoError(t, err)
+	defer j.Close()
+	left, err := os.ReadDir(outside)
+	require.NoError(t, err)
+	require.Empty(t, left, "replay wrote outside its base")
 }
