@@ -47,6 +47,14 @@ type Sender interface {
 	SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error)
 }
 
+// sequencedSender is a Sender that can send a batch again as itself: its
+// retries carry the producer sequence its first send took, so a batch that
+// was stored before an error is not stored twice (*client.Client).
+type sequencedSender interface {
+	NextSequence(topic string) uint64
+	SendMessagesSequence(ctx context.Context, topic string, messages [][]byte, waitForCommit bool, sequence uint64) ([]int64, error)
+}
+
 // Batcher batches messages sent to one topic by many goroutines into few
 // SendMessagesContext calls.
 //
@@ -140,7 +148,10 @@ func WithLogger(l *slog.Logger) Option {
 // matches client.ErrNoNodesAvailable (default 0: no retries;
 // UnlimitedRetries: no limit). Other errors are not retried. The wait
 // before retry n is min(n × 500 ms, 5 s). Close ends the retries: the
-// batch then fails with ErrClosed.
+// batch then fails with ErrClosed. With a *client.Client, a retry resends
+// the batch as itself (client.Client.SendMessagesSequence): a batch the
+// cluster stored before the error is not stored again, and its messages
+// get the IDs of that copy.
 func WithRetries(n int) Option {
 	return func(b *Batcher) { b.maxRetries = n }
 }
@@ -425,9 +436,20 @@ func (b *Batcher) sendBatch(ctx context.Context, batch []*SendResult, retries *i
 // send sends one batch, retrying as configured. Once Close has started,
 // retries stop for this and every later batch.
 func (b *Batcher) send(ctx context.Context, msgs [][]byte, retries *int) ([]int64, error) {
+	seqSender, _ := b.sender.(sequencedSender)
+	var seq uint64
+	if seqSender != nil {
+		seq = seqSender.NextSequence(b.topic)
+	}
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		ids, err := b.sender.SendMessagesContext(ctx, b.topic, msgs, b.waitForCommit)
+		var ids []int64
+		var err error
+		if seqSender != nil {
+			ids, err = seqSender.SendMessagesSequence(ctx, b.topic, msgs, b.waitForCommit, seq)
+		} else {
+			ids, err = b.sender.SendMessagesContext(ctx, b.topic, msgs, b.waitForCommit)
+		}
 		if err == nil && len(ids) != len(msgs) {
 			err = fmt.Errorf("forestbus: message batcher: %d IDs for %d messages", len(ids), len(msgs))
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -292,6 +293,61 @@ func TestBatchTooLargeIsSplit(t *testing.T) {
 	for i, r := range rs {
 		require.NoError(t, r.GetError())
 		assert.EqualValues(t, i+1, r.GetIndex())
+	}
+}
+
+// seqSender is a fakeSender that takes producer sequences, as a
+// *client.Client does, and records the sequence of every call.
+type seqSender struct {
+	*fakeSender
+	next uint64
+	seqs []uint64
+}
+
+func (s *seqSender) NextSequence(string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next++
+	return s.next
+}
+
+func (s *seqSender) SendMessagesSequence(ctx context.Context, topic string, messages [][]byte, wait bool, seq uint64) ([]int64, error) {
+	s.mu.Lock()
+	s.seqs = append(s.seqs, seq)
+	s.mu.Unlock()
+	return s.SendMessagesContext(ctx, topic, messages, wait)
+}
+
+var _ sequencedSender = (*client.Client)(nil)
+
+// TestRetriesKeepTheBatchSequence: a retried batch carries the sequence of
+// its first send, so the topic stores it once; every other batch, the
+// halves of a split one included, takes its own.
+func TestRetriesKeepTheBatchSequence(t *testing.T) {
+	f := &seqSender{fakeSender: newFakeSender()}
+	f.errs = []error{noNodes(), noNodes()}
+	b := New(f, "topic", fast, WithRetries(3))
+	defer b.Close()
+	id, err := b.SendMessage([]byte("m"), true)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, id)
+	id, err = b.SendMessage([]byte("n"), true)
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, id)
+	assert.Equal(t, []uint64{1, 1, 1, 2}, f.seqs, "three sends of the first batch, then the second")
+
+	f.maxMsg = 5
+	queueBehind(t, f.fakeSender, b, "m1", "m2", "too-large", "m3")
+	bySeq := map[uint64]string{}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.Len(t, f.seqs, len(f.batches))
+	for i, seq := range f.seqs {
+		content := strings.Join(f.batches[i], ",")
+		if prev, ok := bySeq[seq]; ok {
+			assert.Equal(t, prev, content, "sequence %d sent with two batches", seq)
+		}
+		bySeq[seq] = content
 	}
 }
 

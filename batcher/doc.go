@@ -37,6 +37,9 @@
 //     node refuses for the size of some of its messages (the original
 //     server had no limits) is sent again in halves until only those
 //     messages fail, instead of failing every message batched with them.
+//   - A retry (WithRetries) resends the batch under the producer sequence
+//     of its first send, so a batch the cluster stored before the error is
+//     not stored twice (the original stored it again).
 //   - Results carry the original package's bare sentinels (ErrClosed,
 //     client.ErrNoNodesAvailable, ErrTopicNotFound, ErrClusterIdMismatch),
 //     so programs comparing with == keep working; other errors are passed

@@ -57,12 +57,44 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 // the leader had stored it (a timeout, a leader change). A new call is a
 // new batch: sending the same messages again after this call returned an
 // error may store them twice (delivery across calls is at least once, as
-// in the original). The topic remembers the stored sequences of the last
-// 64 sequence numbers of a producer and the IDs of its last 8 batches; a
-// batch overtaken by 64 or more later batches of the same Client and topic
-// (many concurrent sends) is taken for a duplicate, and a duplicate whose
-// first copy is no longer remembered gets no IDs: the call fails.
+// in the original; SendMessagesSequence resends a batch as itself). The
+// topic remembers which of a producer's last 64 sequence numbers it stored
+// and the IDs of its last 8 batches: a retry overtaken by 64 or more later
+// batches of the same Client and topic (many concurrent sends) cannot be
+// told from a new batch and is stored again, and a duplicate whose first
+// copy's IDs are no longer remembered gets none: the call fails with
+// ErrDuplicateBatch (its messages are stored).
 func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error) {
+	return c.sendMessages(ctx, topic, messages, waitForCommit, c.nextSequence(topic))
+}
+
+// NextSequence takes the next producer sequence number of topic for this
+// Client (see SendMessagesContext), for SendMessagesSequence.
+func (c *Client) NextSequence(topic string) uint64 { return c.nextSequence(topic) }
+
+// SendMessagesSequence is SendMessagesContext for a batch whose sequence
+// number the caller took with NextSequence(topic), once per batch: a
+// batch sent again with its sequence (a retry after an error that left
+// its outcome unknown, such as ErrNoNodesAvailable when a majority was
+// down) is stored once, and a retry of a stored batch answers with its
+// IDs, as retries within one call do (within the limits given there). A
+// different batch must not reuse a sequence: the topic would take it for
+// the first one's duplicate and not store it. The batcher package's
+// retries use it.
+//
+// A sequence NextSequence has not handed out for topic yet fails with
+// ErrInvalidArgument: the Client's own later batches would take it.
+func (c *Client) SendMessagesSequence(ctx context.Context, topic string, messages [][]byte, waitForCommit bool, sequence uint64) ([]int64, error) {
+	c.mu.Lock()
+	issued := c.seqs[topic]
+	c.mu.Unlock()
+	if sequence == 0 || sequence > issued {
+		return nil, fmt.Errorf("forestbus: send to %q: sequence %d was not taken with NextSequence: %w", topic, sequence, ErrInvalidArgument)
+	}
+	return c.sendMessages(ctx, topic, messages, waitForCommit, sequence)
+}
+
+func (c *Client) sendMessages(ctx context.Context, topic string, messages [][]byte, waitForCommit bool, sequence uint64) ([]int64, error) {
 	if len(messages) == 0 {
 		return nil, fmt.Errorf("forestbus: send to %q: no messages: %w", topic, ErrInvalidArgument)
 	}
@@ -74,7 +106,7 @@ func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages
 		Messages:      messages,
 		WaitForCommit: waitForCommit,
 		ProducerId:    c.producerID,
-		Sequence:      c.nextSequence(topic),
+		Sequence:      sequence,
 	}
 	var resp *forestbusv1.SendMessagesResponse
 	err := c.invoke(ctx, "send", topic, routeLeader, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {

@@ -395,3 +395,27 @@ func TestSubscribeHugeHeartbeat(t *testing.T) {
 	require.ErrorIs(t, err, errDone)
 	require.Equal(t, 10, got)
 }
+
+// TestSendMessagesSequence: a batch sent again under its sequence is
+// stored once and answered with the first copy's IDs; a sequence the
+// Client did not hand out is refused.
+func TestSendMessagesSequence(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	ctx := subCtx(t)
+	seq := c.NextSequence("default")
+	first, err := c.SendMessagesSequence(ctx, "default", subMsgs("a", 1, 3), true, seq)
+	require.NoError(t, err)
+	again, err := c.SendMessagesSequence(ctx, "default", subMsgs("a", 1, 3), true, seq)
+	require.NoError(t, err)
+	require.Equal(t, first, again)
+	ids, err := c.SendMessagesContext(ctx, "default", subMsgs("b", 1, 1), true)
+	require.NoError(t, err)
+	require.Equal(t, first[len(first)-1]+1, ids[0], "the second send stored nothing")
+
+	_, err = c.SendMessagesSequence(ctx, "default", subMsgs("c", 1, 1), true, c.NextSequence("default")+1)
+	require.ErrorIs(t, err, client.ErrInvalidArgument)
+	_, err = c.SendMessagesSequence(ctx, "default", subMsgs("c", 1, 1), true, 0)
+	require.ErrorIs(t, err, client.ErrInvalidArgument)
+}
