@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -62,6 +63,10 @@ func ValidateName(name string) error {
 // the same floor on segment.bytes (KIP-1030).
 const DefaultMinSegmentBytes = 1 << 20
 
+// MaxRetentionSeconds is the longest retention_seconds a topic may have:
+// the longest time.Duration.
+const MaxRetentionSeconds = math.MaxInt64 / int64(time.Second)
+
 // Settings are a topic's storage settings; zero means the node default.
 type Settings struct {
 	SegmentBytes     int64 `json:"segment_bytes,omitempty"`
@@ -77,6 +82,8 @@ func (s Settings) Validate(minSegment int64) error {
 		return fmt.Errorf("%w: segment_bytes %d: must be 0 (the node's default) or at least %d", ErrInvalidSettings, s.SegmentBytes, minSegment)
 	case s.RetentionSeconds < 0:
 		return fmt.Errorf("%w: retention_seconds %d is negative", ErrInvalidSettings, s.RetentionSeconds)
+	case s.RetentionSeconds > MaxRetentionSeconds:
+		return fmt.Errorf("%w: retention_seconds %d: at most %d (292 years)", ErrInvalidSettings, s.RetentionSeconds, int64(MaxRetentionSeconds))
 	case s.RetentionBytes < 0:
 		return fmt.Errorf("%w: retention_bytes %d is negative", ErrInvalidSettings, s.RetentionBytes)
 	}

@@ -1,8 +1,10 @@
 package topic
 
 import (
+	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 )
@@ -25,9 +27,23 @@ func TestSettingsValidate(t *testing.T) {
 		{SegmentBytes: minSegment - 1},
 		{SegmentBytes: 4096},
 		{RetentionSeconds: -1},
+		{RetentionSeconds: MaxRetentionSeconds + 1},
+		{RetentionSeconds: 18446744074}, // 584 years: as a Duration, 290 ms
 		{RetentionBytes: -1},
 	} {
 		assert.ErrorIs(t, bad.Validate(minSegment), ErrInvalidSettings, "%+v", bad)
 	}
 	assert.NoError(t, Settings{SegmentBytes: 4096}.Validate(4096))
+	assert.NoError(t, Settings{RetentionSeconds: MaxRetentionSeconds}.Validate(minSegment))
+}
+
+// TestRetentionAgeSaturates: a retention stored before Validate refused
+// values past a Duration keeps messages for ever; converted as it was, 584
+// years became 290 ms and deleted every message.
+func TestRetentionAgeSaturates(t *testing.T) {
+	assert.Equal(t, time.Minute, retentionAge(60))
+	assert.Equal(t, time.Duration(MaxRetentionSeconds)*time.Second, retentionAge(MaxRetentionSeconds))
+	for _, sec := range []int64{MaxRetentionSeconds + 1, 18446744074, math.MaxInt64} {
+		assert.Equal(t, time.Duration(math.MaxInt64), retentionAge(sec), "%d s", sec)
+	}
 }

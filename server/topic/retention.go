@@ -2,6 +2,7 @@ package topic
 
 import (
 	"context"
+	"math"
 	"time"
 )
 
@@ -18,7 +19,7 @@ func (r *Registry) EnforceRetention(ctx context.Context, now time.Time) {
 		if g == nil || g.Leader() != r.cfg.NodeID {
 			continue
 		}
-		age := time.Duration(t.Settings.RetentionSeconds) * time.Second
+		age := retentionAge(t.Settings.RetentionSeconds)
 		if age == 0 {
 			age = r.cfg.DefaultRetention
 		}
@@ -62,4 +63,14 @@ func (r *Registry) EnforceRetention(ctx context.Context, now time.Time) {
 		}
 		r.log.Info("retention", "topic", t.Name, "first_id", keep.FirstID)
 	}
+}
+
+// retentionAge is a retention of sec seconds as a duration; one too long
+// for a duration (stored before Validate refused it) keeps messages for
+// ever instead of wrapping around to a short or negative age.
+func retentionAge(sec int64) time.Duration {
+	if sec > MaxRetentionSeconds {
+		return math.MaxInt64
+	}
+	return time.Duration(sec) * time.Second
 }

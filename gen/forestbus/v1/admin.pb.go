@@ -223,7 +223,7 @@ type TopicSettings struct {
 	// every retained segment holds a file open on every node).
 	SegmentBytes int64 `protobuf:"varint,1,opt,name=segment_bytes,json=segmentBytes,proto3" json:"segment_bytes,omitempty"`
 	// Messages older than this many seconds may be removed (whole segments at
-	// a time). 0: kept for ever.
+	// a time). 0: kept for ever. At most 9223372036 (292 years).
 	RetentionSeconds int64 `protobuf:"varint,2,opt,name=retention_seconds,json=retentionSeconds,proto3" json:"retention_seconds,omitempty"`
 	// The topic's oldest segments are removed while it holds more than this
 	// many bytes. 0: no limit.
