@@ -520,3 +520,51 @@ func TestNewLeaderSignalsReconciler(t *testing.T) {
 	require.Eventually(t, func() bool { return n.Registry().ChangeCount() > before }, 20*time.Second, 5*time.Millisecond,
 		"taking the lead noted no change")
 }
+
+// TestRemoveLastVoterRefused: removing the only voter is refused (raft
+// panics on a configuration without voters, and the committed change made
+// the node panic again at every start).
+func TestRemoveLastVoterRefused(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := dial(t, n)
+	_, err := c.admin.RemoveNode(ctxT(t), &forestbusv1.RemoveNodeRequest{Name: "n1"})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	send(t, c, "default", batch("m", 1), true)
+	n.Restart()
+	send(t, dial(t, n), "default", batch("m", 1), true)
+}
+
+// TestConcurrentAddNodesGetTheirOwnIDs: AddNode calls at once each get an
+// ID of their own: one proposed on a view another add had outdated is
+// refused at apply and proposed again (it used to take over the other
+// node's ID, two nodes voting as one).
+func TestConcurrentAddNodesGetTheirOwnIDs(t *testing.T) {
+	n := servertest.StartNode(t)
+	reg := n.Server.Registry()
+	const k = 24
+	res := make([]error, k)
+	ids := make([]uint64, k)
+	var wg sync.WaitGroup
+	for i := range k {
+		wg.Go(func() {
+			m, err := reg.AddNode(ctxT(t), fmt.Sprintf("x%d", i), fmt.Sprintf("127.0.0.1:%d", 1+i))
+			ids[i], res[i] = m.ID, err
+		})
+	}
+	wg.Wait()
+	owner := map[uint64]int{}
+	for i := range k {
+		require.NoError(t, res[i], "x%d", i)
+		if j, ok := owner[ids[i]]; ok {
+			t.Fatalf("raft ID %d handed to x%d and x%d", ids[i], j, i)
+		}
+		owner[ids[i]] = i
+	}
+	byID := map[uint64]string{}
+	for _, m := range reg.Members() {
+		byID[m.ID] = m.Name
+	}
+	for i := range k {
+		assert.Equal(t, fmt.Sprintf("x%d", i), byID[ids[i]], "member %d", ids[i])
+	}
+}

@@ -57,6 +57,14 @@ type GroupConfig struct {
 	// log order as it is applied (and during the replay of a command group),
 	// with the configuration that results. Used to track membership.
 	ApplyConfChange func(index uint64, cc *raftpb.ConfChangeV2, cs *raftpb.ConfState)
+	// CheckConfChange, when set, decides before each configuration change
+	// entry is applied (and replayed) whether it takes effect: false makes
+	// raft apply it as no change (the node IDs set to 0, as etcd does with
+	// a change it refuses) and ApplyConfChange does not see it. It must be
+	// deterministic, a function of the entries applied before: a stale or
+	// conflicting change (proposed on an outdated view) is refused alike
+	// by every node.
+	CheckConfChange func(cc *raftpb.ConfChangeV2) bool
 	// AfterReplay, when set, runs once Apply has replayed the log and before
 	// the group starts: nothing else is applied concurrently with it.
 	AfterReplay func() error
@@ -156,6 +164,7 @@ type Group struct {
 	rn        *raft.RawNode
 	apply     func(uint64, []byte) error
 	applyConf func(uint64, *raftpb.ConfChangeV2, *raftpb.ConfState)
+	checkConf func(*raftpb.ConfChangeV2) bool
 	onClose   func()
 	onLead    func()
 	// leadPending: this node became the leader and has not yet applied an
@@ -262,6 +271,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		log:       gc.Log,
 		apply:     gc.Apply,
 		applyConf: gc.ApplyConfChange,
+		checkConf: gc.CheckConfChange,
 		onClose:   gc.OnClose,
 		onLead:    gc.OnLead,
 		waiters:   make(map[uint64]*proposal),
@@ -338,7 +348,7 @@ func (g *Group) replay(lo, hi uint64) error {
 			if g.applyConf != nil {
 				if cc, err := confChange(ent); err != nil {
 					return fmt.Errorf("replica: group %q: replay: %w", g.name, err)
-				} else if cc != nil {
+				} else if cc != nil && (g.checkConf == nil || g.checkConf(cc)) {
 					g.applyConf(ent.GetIndex(), cc, nil)
 				}
 			}
@@ -1404,12 +1414,17 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 			if err != nil {
 				return fmt.Errorf("replica: group %q: %w", g.name, err)
 			}
+			refused := g.checkConf != nil && !g.checkConf(cc)
+			if refused {
+				g.e.log.Warn("replica: configuration change refused", "group", g.name, "index", ent.GetIndex(), "change", cc.String())
+				cc = voidConfChange(cc)
+			}
 			cs := g.rn.ApplyConfChange(cc)
 			if err := g.log.SetConfState(cs); err != nil {
 				return err
 			}
 			g.conf.Store(cs)
-			if g.applyConf != nil {
+			if g.applyConf != nil && !refused {
 				g.applyConf(ent.GetIndex(), cc, cs)
 			}
 		default:
@@ -1491,4 +1506,11 @@ func (g *Group) close(err error) {
 	if g.onClose != nil {
 		g.onClose()
 	}
+}
+
+// voidConfChange is a change refused: one simple change of node 0, which
+// raft skips (etcd's way to refuse a change), leaving the configuration
+// as it is.
+func voidConfChange(*raftpb.ConfChangeV2) *raftpb.ConfChangeV2 {
+	return &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeAddNode.Enum(), NodeId: new(uint64)}}}
 }

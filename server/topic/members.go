@@ -18,6 +18,8 @@ import (
 var (
 	ErrNodeNotFound = errors.New("topic: no such node")
 	ErrNodeExists   = errors.New("topic: node name taken")
+	// ErrLastVoter: the removal would leave the cluster without a voter.
+	ErrLastVoter = errors.New("topic: the last voting member cannot be removed")
 )
 
 // AddNode adds a member: a learner of the metadata group first, promoted by
@@ -70,7 +72,8 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 
 // RemoveNode removes the named member from the metadata group; Reconcile
 // removes it from the topic groups. It waits until the change is applied
-// here. Errors: ErrNodeNotFound and the replica proposal errors.
+// here. Errors: ErrNodeNotFound, ErrLastVoter and the replica proposal
+// errors.
 func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 	r.mu.RLock()
 	var id uint64
@@ -85,6 +88,15 @@ func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 	}
 	removed := func() bool { _, ok := r.members[id]; return !ok }
 	for {
+		// Checked on every round: a removal applied meanwhile may have
+		// left this node the last voter, and the apply refuses the change
+		// then (checkConfChange).
+		r.mu.RLock()
+		last := slices.Equal(r.voters, []uint64{id})
+		r.mu.RUnlock()
+		if last {
+			return fmt.Errorf("%w: %q", ErrLastVoter, name)
+		}
 		cc := &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: new(id)}}}
 		if err := r.meta.ProposeConfChange(ctx, cc); err != nil {
 			return err

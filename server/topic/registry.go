@@ -233,6 +233,7 @@ func Open(cfg Config) (*Registry, error) {
 	meta, err := cfg.Engine.AddGroup(replica.GroupConfig{
 		Name: metaGroup, Log: metaLog, Peers: peers, Apply: r.apply,
 		ApplyConfChange: r.applyConfChange,
+		CheckConfChange: r.checkConfChange,
 		OnLead:          r.noteChange, // promotions are the leader's to make
 		// Start the replayed topics before the metadata group runs, so no
 		// live command is applied while they start.
@@ -479,6 +480,49 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 		return fmt.Errorf("topic: unknown command %q at %d", c.Op, index)
 	}
 	return nil
+}
+
+// checkConfChange refuses, at apply, a membership change proposed on an
+// outdated view (deterministic: a function of the members applied so
+// far): adding a node under an ID another node holds, or a name another ID
+// holds (two AddNode calls at once, each taking the next free ID), adding
+// a voter as a learner again (a stale add, which would demote it), and
+// removing the last voter (raft panics on it, at every start). Raft then
+// applies the entry as no change; AddNode sees its member missing and
+// proposes again.
+func (r *Registry) checkConfChange(cc *raftpb.ConfChangeV2) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	voters := slices.Clone(r.voters)
+	for _, ch := range cc.GetChanges() {
+		id := ch.GetNodeId()
+		switch ch.GetType() {
+		case raftpb.ConfChangeType_ConfChangeAddNode, raftpb.ConfChangeType_ConfChangeAddLearnerNode:
+			if ch.GetType() == raftpb.ConfChangeType_ConfChangeAddLearnerNode && slices.Contains(voters, id) {
+				return false
+			}
+			var m Member
+			if len(cc.GetContext()) > 0 && json.Unmarshal(cc.GetContext(), &m) == nil && m.Name != "" {
+				if old, ok := r.members[id]; ok && old.Name != m.Name {
+					return false
+				}
+				for _, o := range r.members {
+					if o.Name == m.Name && o.ID != id {
+						return false
+					}
+				}
+			}
+			if ch.GetType() == raftpb.ConfChangeType_ConfChangeAddNode && !slices.Contains(voters, id) {
+				voters = append(voters, id)
+			}
+		case raftpb.ConfChangeType_ConfChangeRemoveNode:
+			voters = slices.DeleteFunc(voters, func(v uint64) bool { return v == id })
+			if len(voters) == 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // applyConfChange tracks the cluster's members from the metadata group's

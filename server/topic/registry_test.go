@@ -1,12 +1,14 @@
 package topic
 
 import (
+	"encoding/json"
 	"math"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 func TestValidateName(t *testing.T) {
@@ -46,4 +48,44 @@ func TestRetentionAgeSaturates(t *testing.T) {
 	for _, sec := range []int64{MaxRetentionSeconds + 1, 18446744074, math.MaxInt64} {
 		assert.Equal(t, time.Duration(math.MaxInt64), retentionAge(sec), "%d s", sec)
 	}
+}
+
+// TestCheckConfChange: membership changes proposed on an outdated view are
+// refused at apply, by every node alike.
+func TestCheckConfChange(t *testing.T) {
+	r := &Registry{
+		members: map[uint64]Member{
+			1: {ID: 1, Name: "n1", Address: "127.0.0.1:1"},
+			2: {ID: 2, Name: "n2", Address: "127.0.0.1:2"},
+			3: {ID: 3, Name: "n3", Address: "127.0.0.1:3"}, // a learner
+		},
+		voters: []uint64{1, 2},
+	}
+	change := func(typ raftpb.ConfChangeType, id uint64, m *Member) *raftpb.ConfChangeV2 {
+		cc := &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: typ.Enum(), NodeId: new(id)}}}
+		if m != nil {
+			cc.Context, _ = json.Marshal(m)
+		}
+		return cc
+	}
+	learner, voter, remove := raftpb.ConfChangeType_ConfChangeAddLearnerNode, raftpb.ConfChangeType_ConfChangeAddNode, raftpb.ConfChangeType_ConfChangeRemoveNode
+	for _, tc := range []struct {
+		name string
+		cc   *raftpb.ConfChangeV2
+		ok   bool
+	}{
+		{"a new node", change(learner, 4, &Member{ID: 4, Name: "n4", Address: "127.0.0.1:4"}), true},
+		{"the same add again (a retry)", change(learner, 3, &Member{ID: 3, Name: "n3", Address: "127.0.0.1:3"}), true},
+		{"an ID another node holds", change(learner, 3, &Member{ID: 3, Name: "n5", Address: "127.0.0.1:5"}), false},
+		{"a name another ID holds", change(learner, 4, &Member{ID: 4, Name: "n3", Address: "127.0.0.1:3"}), false},
+		{"a voter as a learner again", change(learner, 2, &Member{ID: 2, Name: "n2", Address: "127.0.0.1:2"}), false},
+		{"a learner's promotion", change(voter, 3, nil), true},
+		{"a voter's removal", change(remove, 2, nil), true},
+		{"a learner's removal", change(remove, 3, nil), true},
+	} {
+		assert.Equal(t, tc.ok, r.checkConfChange(tc.cc), tc.name)
+	}
+	r.voters = []uint64{1}
+	assert.False(t, r.checkConfChange(change(remove, 1, nil)), "the last voter's removal")
+	assert.True(t, r.checkConfChange(change(remove, 3, nil)), "a learner's removal beside the last voter")
 }
