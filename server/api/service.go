@@ -225,6 +225,25 @@ func (s *Service) leaderAddr(id uint64) string {
 	return s.addrs[id]
 }
 
+// gone is, for err from t's group, topic.ErrNotFound when err is the
+// group's stop and the group is no longer the one registered under t's
+// name: the topic was removed, and may have been created again meanwhile,
+// a new group with IDs from 1 (a reader resuming its old position on it
+// would skip messages). nil otherwise.
+func (s *Service) gone(t *topic.Topic, err error) error {
+	if !errors.Is(err, replica.ErrStopped) {
+		return nil
+	}
+	cur, gerr := s.registry.Get(t.Name)
+	if gerr != nil {
+		return gerr
+	}
+	if cur.Group != t.Group {
+		return fmt.Errorf("%w: %q was removed", topic.ErrNotFound, t.Name)
+	}
+	return nil
+}
+
 func (s *Service) lookup(name string) (*topic.Topic, error) {
 	if err := topic.ValidateName(name); err != nil {
 		return nil, err
@@ -259,6 +278,9 @@ func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessage
 	}
 	res, err := t.Group.ProposeFrom(ctx, req.GetProducerId(), req.GetSequence(), msgs, req.GetWaitForCommit())
 	if err != nil {
+		if gerr := s.gone(t, err); gerr != nil {
+			return nil, gerr
+		}
 		return nil, err
 	}
 	return &forestbusv1.SendMessagesResponse{FirstId: int64(res.FirstID), Count: int32(res.Count)}, nil
@@ -304,13 +326,11 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 		sc = new(commitlog.Scratch)
 	}
 	res, err := t.Group.ReadBatchesInto(rctx, sc, id, int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, wait)
-	if wait > 0 && err != nil {
-		if _, gerr := s.registry.Get(t.Name); gerr != nil && errors.Is(err, replica.ErrStopped) {
-			err = gerr // removed while we waited
-		} else if ctx.Err() == nil && rctx.Err() != nil {
-			// Shutdown ended the wait: an empty answer, as at the wait cap.
-			res, err = replica.ReadResult{NextID: id, CommitID: t.Group.CommitID()}, nil
-		}
+	if gerr := s.gone(t, err); gerr != nil {
+		err = gerr // removed (while we waited)
+	} else if wait > 0 && err != nil && ctx.Err() == nil && rctx.Err() != nil {
+		// Shutdown ended the wait: an empty answer, as at the wait cap.
+		res, err = replica.ReadResult{NextID: id, CommitID: t.Group.CommitID()}, nil
 	}
 	return readResponse(sc, res, err)
 }

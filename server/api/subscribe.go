@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -13,7 +12,7 @@ import (
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server/commitlog"
-	"github.com/forestbus/forestbus/server/replica"
+	"github.com/forestbus/forestbus/server/topic"
 )
 
 // Subscribe limits.
@@ -126,7 +125,7 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 	for {
 		res, err := t.Group.ReadInto(ctx, &scratch, id, batch, s.cfg.MaxReadBytes, wait)
 		if err != nil {
-			return s.subscribeError(stream.Context(), t.Name, err)
+			return s.subscribeError(stream.Context(), t, err)
 		}
 		if len(res.Messages) == 0 && res.NextID > id {
 			// Below the first retained ID: jump there. The next
@@ -162,11 +161,9 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 
 // subscribeError maps a Read error of a Subscribe stream whose client
 // context is sctx.
-func (s *Service) subscribeError(sctx context.Context, name string, err error) error {
-	if errors.Is(err, replica.ErrStopped) {
-		if _, gerr := s.registry.Get(name); gerr != nil {
-			return gerr // the topic was removed
-		}
+func (s *Service) subscribeError(sctx context.Context, t *topic.Topic, err error) error {
+	if gerr := s.gone(t, err); gerr != nil {
+		return gerr // the topic was removed
 	}
 	if sctx.Err() != nil {
 		return sctx.Err() // the client cancelled

@@ -20,6 +20,7 @@ import (
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/servertest"
+	"github.com/forestbus/forestbus/server/transport"
 )
 
 // These tests run Subscribe through real gRPC against in-process nodes.
@@ -336,4 +337,69 @@ func BenchmarkSubscribe(b *testing.B) {
 		cancel()
 	}
 	b.ReportMetric(float64(b.N)*total/time.Since(start).Seconds(), "msgs/s")
+}
+
+// TestRemovedAndRecreatedTopic: a node that applies a topic's removal and
+// its re-creation together (cut off while both happened) ends a Subscribe,
+// and answers a long poll, of the old topic with TOPIC_NOT_FOUND: the new
+// topic of the same name numbers from 1 again, and a reader resuming its
+// position on it would skip messages. The check looked the name up and
+// found the new topic, and the answer was SHUTTING_DOWN, which the Go
+// client resumes after (a review found it splicing the new topic's IDs 6
+// on onto the old 1–5).
+func TestRemovedAndRecreatedTopic(t *testing.T) {
+	hub := transport.NewHub()
+	cl := servertest.NewCluster(t, 3, servertest.WithHub(hub))
+	cl.WaitTopic("default")
+	x := cl.Nodes[2]
+	var xid uint64
+	for _, m := range x.Registry().Members() {
+		if m.Name == "n3" {
+			xid = m.ID
+		}
+	}
+	require.NotZero(t, xid)
+	others := client.New("test", []string{cl.Nodes[0].Addr(), cl.Nodes[1].Addr()})
+	t.Cleanup(others.Close)
+	require.NoError(t, others.CreateTopic(testCtx(t), "t", client.TopicSettings{}))
+	cl.WaitTopic("t")
+	send(t, others, "t", payloads("old", 1, 5))
+	require.Eventually(t, func() bool {
+		tp, err := x.Registry().Get("t")
+		return err == nil && tp.Group.CommitID() == 5
+	}, 20*time.Second, 5*time.Millisecond)
+
+	bus := dialBus(t, x.Addr())
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "t", FromId: 1, HeartbeatMs: 100})
+	require.NoError(t, err)
+	recvN(t, s, 1, 5)
+	poll := make(chan error, 1)
+	go func() {
+		_, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "t", Id: 6, Quantity: 1, Wait: true})
+		poll <- err
+	}()
+
+	hub.Isolate(xid)
+	require.NoError(t, others.RemoveTopic(testCtx(t), "t"))
+	require.NoError(t, others.CreateTopic(testCtx(t), "t", client.TopicSettings{}))
+	send(t, others, "t", payloads("new", 1, 8))
+	hub.Heal()
+
+	var last error
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			last = err
+			break
+		}
+		require.Empty(t, resp.GetMessages(), "the old topic's stream got messages")
+	}
+	assert.Equal(t, codes.NotFound, status.Code(last), "%v", last)
+	assert.Equal(t, "TOPIC_NOT_FOUND", reason(t, last))
+	select {
+	case err := <-poll:
+		assert.Equal(t, codes.NotFound, status.Code(err), "the long poll: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the long poll of the removed topic still waits")
+	}
 }
