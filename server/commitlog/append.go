@@ -578,10 +578,15 @@ func (l *Log) truncateFrom(index uint64) error {
 // durable commit point, and a node that restarts behind learns it from the
 // leader. The log reports the recorded commit point at once.
 func (l *Log) SetHardState(hs *pb.HardState) error {
+	return l.SetHardStateParts(hs.GetTerm(), hs.GetVote(), hs.GetCommit())
+}
+
+// SetHardStateParts is SetHardState of a HardState with these fields.
+func (l *Log) SetHardStateParts(term, vote, commit uint64) error {
 	if err := l.writable(); err != nil {
 		return err
 	}
-	st := hardState{term: hs.GetTerm(), vote: hs.GetVote(), commit: hs.GetCommit()}
+	st := hardState{term: term, vote: vote, commit: commit}
 	if st == l.hs.cur {
 		return nil
 	}

@@ -165,8 +165,12 @@ type Group struct {
 	apply     func(uint64, []byte) error
 	applyConf func(uint64, *raftpb.ConfChangeV2, *raftpb.ConfState)
 	checkConf func(*raftpb.ConfChangeV2) bool
-	onClose   func()
-	onLead    func()
+	// raftHS is raft's latest HardState (engine goroutine only); the log
+	// records it with the commit point cut to the applied index
+	// (recordHardState).
+	raftHS  struct{ term, vote, commit uint64 }
+	onClose func()
+	onLead  func()
 	// leadPending: this node became the leader and has not yet applied an
 	// entry of its term (onLead is owed). Engine goroutine only.
 	leadPending bool
@@ -277,6 +281,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		waiters:   make(map[uint64]*proposal),
 		stopped:   make(chan struct{}),
 	}
+	g.raftHS.term, g.raftHS.vote, g.raftHS.commit = hs.GetTerm(), hs.GetVote(), commit
 	if g.apply != nil && commit >= first {
 		if err := g.replay(first, commit); err != nil {
 			return nil, err
@@ -1086,7 +1091,8 @@ func (g *Group) persist() bool {
 		}
 	}
 	if !raft.IsEmptyHardState(rd.HardState) {
-		if err := g.log.SetHardState(rd.HardState); err != nil {
+		g.raftHS.term, g.raftHS.vote, g.raftHS.commit = rd.HardState.GetTerm(), rd.HardState.GetVote(), rd.HardState.GetCommit()
+		if err := g.recordHardState(); err != nil {
 			g.fence(err)
 			return false
 		}
@@ -1406,6 +1412,21 @@ func (g *Group) afterSnapshot(snap *raftpb.Snapshot) {
 	g.notifyCommit()
 }
 
+// recordHardState records raft's hard state in the log, with the commit
+// point cut to the index this group has applied. A group restarts with
+// raft taking everything up to the stored commit point as applied
+// (Config.Applied): a point above the applied index, recorded when a Ready
+// arrived and stored by a stop or a flush before its entries were applied
+// (those with a configuration change wait for the sync), would skip that
+// change for good, and the node would run on an old configuration (a
+// review found it). Raft needs no stored commit point; a restarted node
+// learns the rest from the leader. Term and vote are recorded as raft
+// gave them (written at once, synced before any message that depends on
+// them); a commit-only change is kept in memory until the next flush.
+func (g *Group) recordHardState() error {
+	return g.log.SetHardStateParts(g.raftHS.term, g.raftHS.vote, min(g.raftHS.commit, g.applied.Load()))
+}
+
 func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 	for _, ent := range ents {
 		switch ent.GetType() {
@@ -1466,6 +1487,9 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 	}
 	g.commitID.Store(ids.Next - 1)
 	g.applied.Store(last)
+	if err := g.recordHardState(); err != nil {
+		return err
+	}
 	g.releaseCache(last)
 	g.notifyCommit()
 	if g.leadPending && ents[len(ents)-1].GetTerm() == g.term.Load() { // cleared when the lead is lost
