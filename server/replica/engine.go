@@ -150,11 +150,12 @@ func NewEngine(cfg Config) (*Engine, error) {
 // NodeID is this node's raft ID.
 func (e *Engine) NodeID() uint64 { return e.cfg.NodeID }
 
-// Start starts the loop goroutine.
+// Start starts the loop goroutine. It does nothing on an engine started or
+// stopped already.
 func (e *Engine) Start() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.started {
+	if e.started || e.stopped {
 		return
 	}
 	e.started = true

@@ -115,3 +115,16 @@ func TestStopKeepsUnappliedConfChange(t *testing.T) {
 		return slices.Contains(g2.ConfState().GetLearners(), 2)
 	}, 10*time.Second, time.Millisecond, "the committed AddLearner(2) at %d is lost on this node", ccIndex)
 }
+
+// TestStartAfterStop: Start on a stopped engine does nothing (it ran a
+// loop that closed the stopped engine's done channel again: a panic).
+func TestStartAfterStop(t *testing.T) {
+	e, err := NewEngine(Config{NodeID: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	e.Stop()
+	e.Start()
+	e.Stop()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	require.False(t, e.started, "no loop started after Stop")
+}
