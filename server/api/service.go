@@ -331,6 +331,11 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 	} else if wait > 0 && err != nil && ctx.Err() == nil && rctx.Err() != nil {
 		// Shutdown ended the wait: an empty answer, as at the wait cap.
 		res, err = replica.ReadResult{NextID: id, CommitID: t.Group.CommitID()}, nil
+	} else if wait > 0 && err == nil && len(res.Messages) == 0 && res.NextID <= max(id, 1) && t.Group.CutOff() {
+		// The wait expired on a node without a leader for a while:
+		// newer commits may be elsewhere; an empty answer would have the
+		// client ask here again.
+		err = replica.ErrNoLeader
 	}
 	return readResponse(sc, res, err)
 }

@@ -12,6 +12,7 @@ import (
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server/commitlog"
+	"github.com/forestbus/forestbus/server/replica"
 	"github.com/forestbus/forestbus/server/topic"
 )
 
@@ -132,6 +133,12 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 			// response's first_id tells the client.
 			id = res.NextID
 			continue
+		}
+		if len(res.Messages) == 0 && t.Group.CutOff() {
+			// A heartbeat from a node without a leader for a while: the
+			// cluster may have commits it cannot have, and a heartbeat
+			// would keep the client here. Send it elsewhere.
+			return replica.ErrNoLeader
 		}
 		// Messages, or a heartbeat (the wait cap passed at the tail).
 		if err := stream.Send(&forestbusv1.SubscribeResponse{

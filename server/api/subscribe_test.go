@@ -403,3 +403,65 @@ func TestRemovedAndRecreatedTopic(t *testing.T) {
 		t.Fatal("the long poll of the removed topic still waits")
 	}
 }
+
+// TestCutOffFollowerSendsReadersElsewhere: a follower cut off from the
+// others ends a Subscribe at the tail, and answers an expired long poll,
+// with NO_LEADER once it has known no leader for two election timeouts,
+// instead of heartbeats and empty answers that keep the reader there while
+// the cluster commits on (a review counted 20 heartbeats in 4 s, the
+// stream never failing over).
+func TestCutOffFollowerSendsReadersElsewhere(t *testing.T) {
+	hub := transport.NewHub()
+	cl := servertest.NewCluster(t, 3, servertest.WithHub(hub), servertest.WithMaxWait(300*time.Millisecond))
+	cl.WaitTopic("default")
+	var x *servertest.Node
+	var xid uint64
+	for _, nd := range cl.Nodes {
+		tp, err := nd.Registry().Get("default")
+		require.NoError(t, err)
+		for _, m := range nd.Registry().Members() {
+			if m.Name == nd.Cfg.NodeName && tp.Group.Leader() != m.ID {
+				x, xid = nd, m.ID
+			}
+		}
+	}
+	require.NotNil(t, x)
+	var addrs []string
+	for _, nd := range cl.Nodes {
+		if nd != x {
+			addrs = append(addrs, nd.Addr())
+		}
+	}
+	others := client.New("test", addrs)
+	t.Cleanup(others.Close)
+	send(t, others, "default", payloads("a", 1, 2))
+	xt, err := x.Registry().Get("default")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return xt.Group.CommitID() == 2 }, 20*time.Second, 5*time.Millisecond)
+
+	bus := dialBus(t, x.Addr())
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1, HeartbeatMs: 100})
+	require.NoError(t, err)
+	recvN(t, s, 1, 2)
+	hub.Isolate(xid)
+	send(t, others, "default", payloads("a", 3, 3))
+
+	var last error
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			last = err
+			break
+		}
+		require.Empty(t, resp.GetMessages())
+	}
+	assert.Equal(t, codes.Unavailable, status.Code(last), "%v", last)
+	assert.Equal(t, "NO_LEADER", reason(t, last))
+	_, err = bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 3, Quantity: 1, Wait: true})
+	assert.Equal(t, "NO_LEADER", reason(t, err), "%v", err)
+
+	// Committed messages are still served there.
+	resp, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 2, Wait: true})
+	require.NoError(t, err)
+	assert.Len(t, resp.GetMessages(), 2)
+}

@@ -229,15 +229,18 @@ type Group struct {
 	owedTick  bool
 
 	// Readable by anyone.
-	lead     atomic.Uint64
-	term     atomic.Uint64
-	commitID atomic.Uint64 // last committed message ID
-	applied  atomic.Uint64 // last applied raft index
-	failed   atomic.Bool
-	removing atomic.Bool // set by RemoveGroup
-	queued   atomic.Bool // in the engine's busy list
-	metrics  groupMetrics
-	conf     atomic.Pointer[raftpb.ConfState]
+	lead atomic.Uint64
+	// leaderless is when the group last lost its leader (unix ns), 0
+	// while it has one.
+	leaderless atomic.Int64
+	term       atomic.Uint64
+	commitID   atomic.Uint64 // last committed message ID
+	applied    atomic.Uint64 // last applied raft index
+	failed     atomic.Bool
+	removing   atomic.Bool // set by RemoveGroup
+	queued     atomic.Bool // in the engine's busy list
+	metrics    groupMetrics
+	conf       atomic.Pointer[raftpb.ConfState]
 
 	notifyMu sync.Mutex
 	notifyCh chan struct{} // closed when commit advances; nil when nobody waits
@@ -282,6 +285,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		stopped:   make(chan struct{}),
 	}
 	g.raftHS.term, g.raftHS.vote, g.raftHS.commit = hs.GetTerm(), hs.GetVote(), commit
+	g.leaderless.Store(time.Now().UnixNano()) // no leader known at start
 	if g.apply != nil && commit >= first {
 		if err := g.replay(first, commit); err != nil {
 			return nil, err
@@ -407,6 +411,24 @@ func (g *Group) Log() *commitlog.Log { return g.log }
 
 // Leader is the raft ID of the group's leader, 0 when unknown.
 func (g *Group) Leader() uint64 { return g.lead.Load() }
+
+// CutOff reports whether the group has known no leader for two election
+// timeouts: a node cut off from its peers, or a group without a quorum.
+// Readers waiting at its tail are sent elsewhere (api: NO_LEADER), where
+// newer commits may be.
+func (g *Group) CutOff() bool { return g.LeaderlessFor() > 2*g.e.ElectionTimeout() }
+
+// LeaderlessFor is how long the group has known no leader, 0 while it
+// knows one. A node cut off from the others loses its leader after an
+// election timeout (also when the group was quiesced: see quiesce.go), so
+// a long leaderless spell says its commit point may lag the cluster's.
+func (g *Group) LeaderlessFor() time.Duration {
+	since := g.leaderless.Load()
+	if since == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, since))
+}
 
 // Term is the group's current raft term as last seen by the engine.
 func (g *Group) Term() uint64 { return g.term.Load() }
@@ -1038,6 +1060,11 @@ func (g *Group) persist() bool {
 	if rd.SoftState != nil {
 		if g.lead.Swap(rd.SoftState.Lead) != rd.SoftState.Lead {
 			defer g.notifyCommit() // wakes WaitLeader
+			if rd.SoftState.Lead == raft.None {
+				g.leaderless.Store(time.Now().UnixNano())
+			} else {
+				g.leaderless.Store(0)
+			}
 		}
 		leader := rd.SoftState.RaftState == raft.StateLeader
 		if g.isLeader && !leader {

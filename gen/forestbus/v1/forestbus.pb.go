@@ -429,7 +429,10 @@ type GetMessagesRequest struct {
 	Quantity int32 `protobuf:"varint,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// When true and no committed message exists at `id` yet, wait until one
 	// is committed. The node caps the wait (default 30 s); when it expires
-	// the answer is empty, not an error.
+	// the answer is empty, not an error, unless the node has known no leader
+	// of the topic for two election timeouts (cut off from the others, or no
+	// quorum): then UNAVAILABLE/NO_LEADER, since the cluster may have newer
+	// commits elsewhere (ask another node).
 	Wait          bool `protobuf:"varint,4,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

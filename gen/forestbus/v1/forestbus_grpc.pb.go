@@ -87,7 +87,10 @@ type ForestBusServiceClient interface {
 	// and cap: the node's long-poll limit, 30 s by default): a response with
 	// no messages whose first_id is the ID the stream sends next. Clients may
 	// treat a stream that stays silent for several heartbeat intervals while
-	// they wait for it as dead.
+	// they wait for it as dead. A node that has known no leader of the topic
+	// for two election timeouts (cut off from the others, or no quorum) ends
+	// the stream at the tail with UNAVAILABLE/NO_LEADER instead of a
+	// heartbeat: newer commits may be elsewhere (resume on another node).
 	//
 	// Flow control is gRPC's (HTTP/2 stream and connection windows): the node
 	// sends as fast as the client reads and waits when the client's window is
@@ -100,7 +103,8 @@ type ForestBusServiceClient interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND (also when the topic is removed while
 	// streaming), INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
 	// from_id, max_batch or heartbeat_ms), UNAVAILABLE/SHUTTING_DOWN (the node
-	// is stopping: resume on another node), RESOURCE_EXHAUSTED without a
+	// is stopping: resume on another node), UNAVAILABLE/NO_LEADER (see Tail),
+	// RESOURCE_EXHAUSTED without a
 	// reason (the node serves too many streams, 10,000 by default: resume on
 	// another node or later), and transport errors (UNAVAILABLE without a
 	// reason).
@@ -269,7 +273,10 @@ type ForestBusServiceServer interface {
 	// and cap: the node's long-poll limit, 30 s by default): a response with
 	// no messages whose first_id is the ID the stream sends next. Clients may
 	// treat a stream that stays silent for several heartbeat intervals while
-	// they wait for it as dead.
+	// they wait for it as dead. A node that has known no leader of the topic
+	// for two election timeouts (cut off from the others, or no quorum) ends
+	// the stream at the tail with UNAVAILABLE/NO_LEADER instead of a
+	// heartbeat: newer commits may be elsewhere (resume on another node).
 	//
 	// Flow control is gRPC's (HTTP/2 stream and connection windows): the node
 	// sends as fast as the client reads and waits when the client's window is
@@ -282,7 +289,8 @@ type ForestBusServiceServer interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND (also when the topic is removed while
 	// streaming), INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
 	// from_id, max_batch or heartbeat_ms), UNAVAILABLE/SHUTTING_DOWN (the node
-	// is stopping: resume on another node), RESOURCE_EXHAUSTED without a
+	// is stopping: resume on another node), UNAVAILABLE/NO_LEADER (see Tail),
+	// RESOURCE_EXHAUSTED without a
 	// reason (the node serves too many streams, 10,000 by default: resume on
 	// another node or later), and transport errors (UNAVAILABLE without a
 	// reason).
