@@ -33,6 +33,7 @@ import (
 	"github.com/forestbus/forestbus/internal/uring"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/api"
+	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/httpapi"
 )
 
@@ -90,11 +91,26 @@ func askToJoin(ctx context.Context, member, clusterID, name, addr string) (*serv
 // 57-60 MiB against 44-46 MiB.
 const defaultGCPercent = 200
 
+// minJournalBytes is the smallest -journal-bytes: a journal file holds
+// many passes' records between checkpoints (each a syncfs).
+const minJournalBytes = 1 << 20
+
+// unspecifiedHost reports whether addr (host:port) listens on every
+// interface: an empty host, 0.0.0.0 or ::.
+func unspecifiedHost(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false // the listen fails with its own error
+	}
+	ip := net.ParseIP(host)
+	return host == "" || ip != nil && ip.IsUnspecified()
+}
+
 func run(args []string) error {
 	fs := flag.NewFlagSet("fbnode", flag.ContinueOnError)
 	var (
 		listen     = fs.String("listen", "127.0.0.1:3000", "gRPC listen address (host:port; port 0 picks a free one)")
-		advertise  = fs.String("advertise", "", "address clients dial (default: the listen address)")
+		advertise  = fs.String("advertise", "", "address clients and other nodes dial, recorded as this node's member address (default: the listen address; required on a first start when -listen binds every interface)")
 		dataDir    = fs.String("data", "./fbdata", "data directory")
 		clusterID  = fs.String("cluster", "local", "cluster ID; the data directory remembers it")
 		nodeName   = fs.String("name", "node1", "this node's stable name")
@@ -135,6 +151,32 @@ func run(args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	// Values the node would otherwise replace quietly with a default or a
+	// floor are refused, naming the flag.
+	for _, c := range []struct {
+		flag string
+		bad  bool
+		want string
+	}{
+		{"max-message-bytes", *maxMsg < 1, "at least 1"},
+		{"max-batch-bytes", *maxBatch < 1, "at least 1"},
+		{"max-read-bytes", *maxRead < 1, "at least 1"},
+		{"max-wait", *maxWait <= 0, "above 0"},
+		{"segment-bytes", *segment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
+		{"min-topic-segment-bytes", *minSegment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
+		{"journal-bytes", *journalB < minJournalBytes, fmt.Sprintf("at least %d", minJournalBytes)},
+		{"retention", *retention < 0, "0 (keep for ever) or more"},
+		{"retention-bytes", *retBytes < 0, "0 (no limit) or more"},
+	} {
+		if c.bad {
+			return fmt.Errorf("-%s %s: want %s", c.flag, fs.Lookup(c.flag).Value, c.want)
+		}
+	}
+	if *advertise == "" && !fileExists(filepath.Join(*dataDir, "identity.json")) && unspecifiedHost(*listen) {
+		// The node records the address it advertises as its member
+		// address, for peers and clients, and no call changes it later.
+		return fmt.Errorf("-listen %s listens on every interface: give -advertise, the host:port clients and other nodes dial", *listen)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

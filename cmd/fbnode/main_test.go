@@ -1,0 +1,46 @@
+package main
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestNonsenseFlagsRefused: values the node used to replace quietly with a
+// default or a floor (a review started nodes with each of these) are
+// refused, naming the flag, before anything starts.
+func TestNonsenseFlagsRefused(t *testing.T) {
+	for _, tc := range [][]string{
+		{"-segment-bytes", "1"},
+		{"-segment-bytes", "-5"},
+		{"-journal-bytes", "-1"},
+		{"-journal-bytes", "1"},
+		{"-max-wait", "-1s"},
+		{"-max-message-bytes", "-1"},
+		{"-max-batch-bytes", "0"},
+		{"-max-read-bytes", "0"},
+		{"-min-topic-segment-bytes", "-1"},
+		{"-retention", "-1h"},
+	} {
+		args := append([]string{"-listen", "127.0.0.1:0", "-data", filepath.Join(t.TempDir(), "d")}, tc...)
+		err := run(args)
+		require.Error(t, err, "%v", tc)
+		assert.Contains(t, err.Error(), tc[0], "%v", tc)
+	}
+}
+
+// TestWildcardListenNeedsAdvertise: a node listening on every interface
+// must be told the address others dial: it records it as its member
+// address, and a wildcard one ([::]:3000) sends a joining node to itself.
+func TestWildcardListenNeedsAdvertise(t *testing.T) {
+	for _, listen := range []string{":0", "0.0.0.0:0", "[::]:0"} {
+		err := run([]string{"-listen", listen, "-data", filepath.Join(t.TempDir(), "d")})
+		require.Error(t, err, listen)
+		assert.Contains(t, err.Error(), "-advertise", listen)
+	}
+	assert.False(t, unspecifiedHost("127.0.0.1:3000"))
+	assert.False(t, unspecifiedHost("localhost:3000"))
+	assert.True(t, unspecifiedHost(":3000"))
+}
