@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -29,4 +31,31 @@ func TestRestartAfterFirstStartDiedBeforeMetadataLog(t *testing.T) {
 	_, err = s.Registry().Get("default")
 	require.NoError(t, err, "the default topic exists")
 	require.Len(t, s.Registry().Members(), 1)
+}
+
+// TestJoinedNodeRestartsWithInitialCluster: a node that joined a running
+// cluster restarts with the -initial-cluster its fellow members share,
+// which does not name it (the flag only matters on a first start, as the
+// README says); it was refused with "the initial cluster does not name
+// this node".
+func TestJoinedNodeRestartsWithInitialCluster(t *testing.T) {
+	dir := t.TempDir()
+	_, err := loadIdentity(dir, identity{ClusterID: "test", NodeName: "n4", RaftID: 4})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := Start(ctx, Config{
+		ListenAddr: "127.0.0.1:0", DataDir: dir, ClusterID: "test", NodeName: "n4",
+		InitialCluster: "n1=127.0.0.1:1,n2=127.0.0.1:2,n3=127.0.0.1:3",
+		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	require.NoError(t, err)
+	require.NoError(t, s.Stop())
+
+	_, err = Start(ctx, Config{
+		ListenAddr: "127.0.0.1:0", DataDir: t.TempDir(), ClusterID: "test", NodeName: "n4",
+		InitialCluster: "n1=127.0.0.1:1",
+		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	require.ErrorContains(t, err, "does not name this node", "a first start still needs its place")
 }

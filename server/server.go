@@ -155,7 +155,10 @@ func (s *Server) open() error {
 				}
 			}
 		}
-		if want.RaftID == 0 {
+		if want.RaftID == 0 && !identityExists(cfg.DataDir) {
+			// Only a first start needs its place in the list: a node
+			// that joined later is in no -initial-cluster, and its data
+			// directory knows its ID.
 			return fmt.Errorf("server: the initial cluster does not name this node %q", cfg.NodeName)
 		}
 		s.members = bootstrap
