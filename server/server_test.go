@@ -309,6 +309,28 @@ func TestRestartKeepsCommittedReadable(t *testing.T) {
 // smaller segments before the floor rose keeps them, and its other
 // settings can still be updated with its segment size resent unchanged
 // (as fbctl does).
+// TestUpdateSegmentBytesReachesRunningLog: a topic's new segment size
+// applies to its running log at once, not from the node's next restart
+// (nodes rolled at different sizes until each restarted).
+func TestUpdateSegmentBytesReachesRunningLog(t *testing.T) {
+	ctx := ctxT(t)
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.MinTopicSegmentBytes = 4096 }))
+	c := dial(t, n)
+	_, err := c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "t", Settings: &forestbusv1.TopicSettings{SegmentBytes: 1 << 20}})
+	require.NoError(t, err)
+	tp, err := n.Registry().Get("t")
+	require.NoError(t, err)
+	msg := bytes.Repeat([]byte("x"), 1000)
+	send(t, c, "t", [][]byte{msg, msg}, true)
+	require.Len(t, tp.Group.Log().Segments(), 1)
+	_, err = c.admin.UpdateTopic(ctx, &forestbusv1.UpdateTopicRequest{Name: "t", Settings: &forestbusv1.TopicSettings{SegmentBytes: 4096}})
+	require.NoError(t, err)
+	for range 20 {
+		send(t, c, "t", [][]byte{msg, msg}, true)
+	}
+	assert.Greater(t, len(tp.Group.Log().Segments()), 5, "rolled at 4 KiB without a restart")
+}
+
 func TestTopicSegmentFloor(t *testing.T) {
 	ctx := ctxT(t)
 	c := dial(t, servertest.StartNode(t))

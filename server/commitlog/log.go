@@ -589,3 +589,14 @@ func (l *Log) locateID(id uint64) (int, int64, recHeader, error) {
 	off, h, err := scanSpan(s, s.points[pk], func(h *recHeader) bool { return id < h.firstID+uint64(h.count) })
 	return si, off, h, err
 }
+
+// SetSegmentBytes changes the size at which the active segment rolls (as
+// Options.SegmentBytes: 0 means DefaultSegmentBytes, values below
+// MinSegmentBytes are raised), from the next append on. The owner
+// goroutine only.
+func (l *Log) SetSegmentBytes(n int64) {
+	if n == 0 {
+		n = DefaultSegmentBytes
+	}
+	l.opts.SegmentBytes = max(n, MinSegmentBytes)
+}

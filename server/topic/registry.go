@@ -464,6 +464,15 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 		nt := *t
 		nt.Settings = c.Settings
 		r.topics[c.Name] = &nt
+		if !r.replaying && nt.Group != nil && c.Settings.SegmentBytes != t.Settings.SegmentBytes {
+			// The running log rolls at the new size from now on (apply
+			// runs on the engine goroutine, which owns every log).
+			size := c.Settings.SegmentBytes
+			if size == 0 {
+				size = r.cfg.Log.SegmentBytes
+			}
+			nt.Group.Log().SetSegmentBytes(size)
+		}
 	case "remove":
 		if t == nil {
 			return fmt.Errorf("%w: %q", ErrNotFound, c.Name)
