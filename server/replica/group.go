@@ -869,7 +869,12 @@ func (g *Group) drainInbox() {
 	g.inBytes = 0
 	g.inboxMu.Unlock()
 
-	if len(ops) > 0 || len(reports) > 0 || len(props) > 0 {
+	if g.isLeader && (len(ops) > 0 || len(reports) > 0 || len(props) > 0) {
+		// A leader's work may need raft ticking. A quiesced follower's
+		// does not (raft drops its proposals; the operations that need it
+		// ticking, RequestLeadership, wake it themselves): woken, it would
+		// hear nothing from its quiesced leader, campaign after an
+		// election timeout, and lose its leader meanwhile.
 		g.quiesced = false
 	}
 	for _, op := range ops {

@@ -217,3 +217,25 @@ func TestFencedLeaderReleasesQuiescedFollowers(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalCallKeepsFollowerQuiesced: a call on a quiesced follower (a
+// Status, a proposal it drops) leaves it quiesced: woken, it heard nothing
+// from its quiesced leader, campaigned after an election timeout, and read
+// no leader meanwhile (a review found it).
+func TestLocalCallKeepsFollowerQuiesced(t *testing.T) {
+	c := openNoticeCluster(t, 20*time.Millisecond, 20*time.Millisecond, false)
+	c.sendSequentially(t, 1)
+	for _, tr := range c.trs {
+		require.Eventually(t, func() bool { return tr.quiesce.Load() > 0 }, 10*time.Second, time.Millisecond)
+	}
+	f := c.groups[1]
+	quiesced := func() bool {
+		var q bool
+		require.NoError(t, f.do(ctx10(t), func() error { q = f.quiesced; return nil }))
+		return q
+	}
+	require.Eventually(t, quiesced, 10*time.Second, time.Millisecond, "the follower quiesces")
+	_, err := f.Status(ctx10(t))
+	require.NoError(t, err)
+	assert.True(t, quiesced(), "a Status call woke the quiesced follower")
+}
