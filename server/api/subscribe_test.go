@@ -370,7 +370,11 @@ func TestRemovedAndRecreatedTopic(t *testing.T) {
 	}, 20*time.Second, 5*time.Millisecond)
 
 	bus := dialBus(t, x.Addr())
-	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "t", FromId: 1, HeartbeatMs: 100})
+	// No heartbeat within the test (the node's 30 s cap), nor an expired
+	// poll: a cut-off node ends those with NO_LEADER
+	// (TestCutOffFollowerSendsReadersElsewhere); here the stream and the
+	// poll must end at the removal.
+	s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "t", FromId: 1})
 	require.NoError(t, err)
 	recvN(t, s, 1, 5)
 	poll := make(chan error, 1)
