@@ -389,15 +389,7 @@ func TestRemovedAndRecreatedTopic(t *testing.T) {
 	send(t, others, "t", payloads("new", 1, 8))
 	hub.Heal()
 
-	var last error
-	for {
-		resp, err := s.Recv()
-		if err != nil {
-			last = err
-			break
-		}
-		require.Empty(t, resp.GetMessages(), "the old topic's stream got messages")
-	}
+	last := recvEmptyUntilError(t, s)
 	assert.Equal(t, codes.NotFound, status.Code(last), "%v", last)
 	assert.Equal(t, "TOPIC_NOT_FOUND", reason(t, last))
 	select {
@@ -450,15 +442,7 @@ func TestCutOffFollowerSendsReadersElsewhere(t *testing.T) {
 	hub.Isolate(xid)
 	send(t, others, "default", payloads("a", 3, 3))
 
-	var last error
-	for {
-		resp, err := s.Recv()
-		if err != nil {
-			last = err
-			break
-		}
-		require.Empty(t, resp.GetMessages())
-	}
+	last := recvEmptyUntilError(t, s)
 	assert.Equal(t, codes.Unavailable, status.Code(last), "%v", last)
 	assert.Equal(t, "NO_LEADER", reason(t, last))
 	_, err = bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 3, Quantity: 1, Wait: true})
@@ -468,4 +452,17 @@ func TestCutOffFollowerSendsReadersElsewhere(t *testing.T) {
 	resp, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 2, Wait: true})
 	require.NoError(t, err)
 	assert.Len(t, resp.GetMessages(), 2)
+}
+
+// recvEmptyUntilError reads s until it fails, requiring every response
+// before that to hold no message, and returns the error.
+func recvEmptyUntilError(t *testing.T, s subStream) error {
+	t.Helper()
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		require.Empty(t, resp.GetMessages(), "a message after the point the stream should end")
+	}
 }
