@@ -568,3 +568,27 @@ func TestConcurrentAddNodesGetTheirOwnIDs(t *testing.T) {
 		assert.Equal(t, fmt.Sprintf("x%d", i), byID[ids[i]], "member %d", ids[i])
 	}
 }
+
+// TestRemoveNodeKeepsLiveQuorum: with one of three nodes down, removing a
+// live one is refused (the two left, one of them down, would commit
+// nothing until it returned); removing the down one is how it is replaced.
+func TestRemoveNodeKeepsLiveQuorum(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	c.Nodes[2].Stop()
+	reg := c.Nodes[0].Registry()
+	require.Eventually(t, func() bool { return !reg.MemberLive("n3") }, 20*time.Second, 10*time.Millisecond)
+	require.True(t, reg.MemberLive("n2"))
+	admin := dial(t, c.Nodes[0]).admin
+	_, err := admin.RemoveNode(ctxT(t), &forestbusv1.RemoveNodeRequest{Name: "n2"})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "2 voters, 1 of them live")
+	for {
+		_, err = admin.RemoveNode(ctxT(t), &forestbusv1.RemoveNodeRequest{Name: "n3"})
+		if status.Code(err) != codes.Unavailable { // NO_LEADER while the metadata group elects
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // backoff between attempts, not a wait for a condition
+	}
+	require.NoError(t, err)
+}

@@ -42,6 +42,7 @@ var errorTable = []errorRow{
 	{topic.ErrNodeNotFound, codes.NotFound, forestbusv1.ErrorReason_ERROR_REASON_NODE_NOT_FOUND},
 	{topic.ErrNodeExists, codes.AlreadyExists, forestbusv1.ErrorReason_ERROR_REASON_NODE_EXISTS},
 	{topic.ErrLastVoter, codes.FailedPrecondition, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{topic.ErrQuorumLoss, codes.FailedPrecondition, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrInvalidName, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrInvalidSettings, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrTooManyTopics, codes.ResourceExhausted, forestbusv1.ErrorReason_ERROR_REASON_TOO_MANY_TOPICS},

@@ -141,6 +141,14 @@ func (e *Engine) silentFor(id uint64) int64 {
 	return e.clockTicks() - v.(*atomic.Int64).Load()
 }
 
+// PeerLive reports whether node id was heard from (a raft message or a
+// liveness ping, sent every pingEvery ticks) within the silence a quiesced
+// follower waits out before it takes its leader for gone; this node is
+// always live. Safe for concurrent use.
+func (e *Engine) PeerLive(id uint64) bool {
+	return id == e.cfg.NodeID || e.silentFor(id) <= e.silenceTicks
+}
+
 // refreshSilence notes, once per tick, which peers have been silent for
 // longer than silenceTicks, so that checking thousands of quiesced
 // groups costs a few comparisons each. Engine goroutine only.

@@ -20,6 +20,9 @@ var (
 	ErrNodeExists   = errors.New("topic: node name taken")
 	// ErrLastVoter: the removal would leave the cluster without a voter.
 	ErrLastVoter = errors.New("topic: the last voting member cannot be removed")
+	// ErrQuorumLoss: the removal would leave fewer live voters than a
+	// majority of those left (etcd's strict reconfiguration check).
+	ErrQuorumLoss = errors.New("topic: the removal would leave too few live voting members for a majority")
 )
 
 // AddNode adds a member: a learner of the metadata group first, promoted by
@@ -72,8 +75,9 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 
 // RemoveNode removes the named member from the metadata group; Reconcile
 // removes it from the topic groups. It waits until the change is applied
-// here. Errors: ErrNodeNotFound, ErrLastVoter and the replica proposal
-// errors.
+// here. Errors: ErrNodeNotFound, ErrLastVoter, ErrQuorumLoss (the voters
+// left, as this node hears them, would not have a live majority) and the
+// replica proposal errors.
 func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 	r.mu.RLock()
 	var id uint64
@@ -92,10 +96,23 @@ func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 		// left this node the last voter, and the apply refuses the change
 		// then (checkConfChange).
 		r.mu.RLock()
-		last := slices.Equal(r.voters, []uint64{id})
+		left := slices.DeleteFunc(slices.Clone(r.voters), func(v uint64) bool { return v == id })
+		last := len(left) == 0 && len(r.voters) > 0
 		r.mu.RUnlock()
 		if last {
 			return fmt.Errorf("%w: %q", ErrLastVoter, name)
+		}
+		// Removing a live voter while others are down can leave a
+		// configuration that commits nothing until they return: refuse
+		// it, as etcd does. Removing a dead one is how it is replaced.
+		live := 0
+		for _, v := range left {
+			if r.cfg.Engine.PeerLive(v) {
+				live++
+			}
+		}
+		if len(left) > 0 && live < len(left)/2+1 {
+			return fmt.Errorf("%w: removing %q leaves %d voters, %d of them live", ErrQuorumLoss, name, len(left), live)
 		}
 		cc := &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: new(id)}}}
 		if err := r.meta.ProposeConfChange(ctx, cc); err != nil {
@@ -269,4 +286,17 @@ func mapKeys(m map[uint64]bool) func(func(uint64) bool) {
 			}
 		}
 	}
+}
+
+// MemberLive reports whether this node hears from the named member (see
+// replica.Engine.PeerLive); false for a name that is not a member.
+func (r *Registry) MemberLive(name string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, m := range r.members {
+		if m.Name == name {
+			return r.cfg.Engine.PeerLive(m.ID)
+		}
+	}
+	return false
 }

@@ -63,7 +63,10 @@ type AdminServiceClient interface {
 	// RemoveNode removes a node from the cluster and from every topic group.
 	// Its raft ID is never reused.
 	//
-	// Errors: NOT_FOUND/NODE_NOT_FOUND.
+	// Errors: NOT_FOUND/NODE_NOT_FOUND, FAILED_PRECONDITION/INVALID_ARGUMENT
+	// when the node is the last voter, or when the voters left would not have
+	// a live majority as the answering node hears them (remove the nodes that
+	// are down first, or bring them back).
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 }
 
@@ -171,7 +174,10 @@ type AdminServiceServer interface {
 	// RemoveNode removes a node from the cluster and from every topic group.
 	// Its raft ID is never reused.
 	//
-	// Errors: NOT_FOUND/NODE_NOT_FOUND.
+	// Errors: NOT_FOUND/NODE_NOT_FOUND, FAILED_PRECONDITION/INVALID_ARGUMENT
+	// when the node is the last voter, or when the voters left would not have
+	// a live majority as the answering node hears them (remove the nodes that
+	// are down first, or bring them back).
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
