@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/forestbus/forestbus/server/topic"
+	"github.com/forestbus/forestbus/server/transport"
 )
 
 // A first start of a one-node cluster that died after writing its identity
@@ -58,4 +59,13 @@ func TestJoinedNodeRestartsWithInitialCluster(t *testing.T) {
 		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	require.ErrorContains(t, err, "does not name this node", "a first start still needs its place")
+}
+
+// TestRecvLimitHoldsPeerFrames: the receive limit never falls below a
+// peer frame, however small the batch limit.
+func TestRecvLimitHoldsPeerFrames(t *testing.T) {
+	for _, b := range []int{1, 64 << 10, 740 << 10, 16 << 20} {
+		require.GreaterOrEqual(t, recvMsgLimit(b), transport.MinRecvMsgSize, "batch limit %d", b)
+		require.GreaterOrEqual(t, recvMsgLimit(b), 4*b+(1<<20), "batch limit %d", b)
+	}
 }

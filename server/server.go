@@ -267,9 +267,7 @@ func (s *Server) open() error {
 	)
 	opts = append(append(append(opts, cfg.GRPCOptions...), s.svc.ServerOptions()...), transport.ServerOptions()...)
 	opts = append(opts,
-		// Room for the framing of many small messages, so that an oversized
-		// batch reaches the handler and gets BATCH_TOO_LARGE.
-		grpc.MaxRecvMsgSize(4*cfg.MaxBatchBytes+(1<<20)),
+		grpc.MaxRecvMsgSize(recvMsgLimit(cfg.MaxBatchBytes)),
 		// An answer stays under MaxReadBytes except for its first message,
 		// which may have been stored under larger limits than the node
 		// has now: room for the largest any node accepts.
@@ -545,4 +543,14 @@ func (s *Server) Stop() error {
 		s.log.Info("node stopped", "node", s.cfg.NodeName)
 	})
 	return s.stopErr
+}
+
+// recvMsgLimit is the node's gRPC receive limit: room for the framing of
+// a batch of many small messages, so that an oversized batch reaches the
+// handler and gets BATCH_TOO_LARGE, and at least what a peer's frame of
+// raft messages may hold (transport.MinRecvMsgSize): with a small batch
+// limit, 4×batch + 1 MiB was below a 4 MiB frame of several raft
+// messages, and the peer stream refused it whole.
+func recvMsgLimit(maxBatchBytes int) int {
+	return max(4*maxBatchBytes+(1<<20), transport.MinRecvMsgSize)
 }

@@ -360,3 +360,29 @@ func TestGRPCPanicInStepFailsTheStream(t *testing.T) {
 		return n2.tr.Stats().Connects >= 2
 	}, waitFor, tick, "the stream did not fail and reconnect")
 }
+
+// TestFrameFitsMinRecvMsgSize: a receiver whose gRPC receive limit is
+// MinRecvMsgSize takes a frame of several raft messages up to the frame
+// cap. A node with a small batch limit used to set its limit below it
+// (4×batch + 1 MiB), and refused such frames whole: the messages were lost
+// as sent (a review lost 7 of 9).
+func TestFrameFitsMinRecvMsgSize(t *testing.T) {
+	n1 := startNode(t, 1, "c")
+	h := newRecorder()
+	n2 := &node{id: 2, tr: New(Config{NodeID: 2, ClusterID: "c", Handler: h}), h: h}
+	n2.opts = []grpc.ServerOption{grpc.MaxRecvMsgSize(MinRecvMsgSize)}
+	n2.serve(t, "127.0.0.1:0")
+	t.Cleanup(n2.stop)
+	connect(n1, n2)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
+
+	var batch []*raftpb.Message // 3.75 MiB in all, under maxFrameBytes: one frame
+	for i := uint64(2); i < 10; i++ {
+		m := msg(1, 2, i)
+		m.Entries = []*raftpb.Entry{{Data: make([]byte, 480<<10)}}
+		batch = append(batch, m)
+	}
+	n1.tr.Send("g", batch)
+	require.Eventually(t, func() bool { return n2.h.count() == 9 }, waitFor, tick, "messages of a frame lost")
+}

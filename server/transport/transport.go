@@ -35,8 +35,15 @@ const DefaultQueueSize = 4096
 // maxFrameBytes caps the payload of one StreamRequest frame. It stays
 // below gRPC's default 4 MiB receive limit; a single larger message is
 // sent alone, so the receiving server must accept the largest Raft message
-// (the node sets grpc.MaxRecvMsgSize above its batch limit).
+// (the node sets grpc.MaxRecvMsgSize above its batch limit, and at least
+// MinRecvMsgSize).
 const maxFrameBytes = 4<<20 - 64<<10
+
+// MinRecvMsgSize is the least grpc.MaxRecvMsgSize a node serving
+// PeerService may have: a frame of several raft messages, each within
+// its limit, is up to maxFrameBytes plus framing. Below it, a frame is
+// refused whole, and its messages are lost as sent.
+const MinRecvMsgSize = 4 << 20
 
 // Keepalive timing. Client streams of PeerService carry no server
 // messages, so the client pings every clientKeepaliveTime; a peer that
