@@ -66,7 +66,7 @@ func (t *GRPC) Register(s grpc.ServiceRegistrar) {
 
 // AddPeer adds peer id at addr (host:port) and starts its sender. It is
 // idempotent; a different addr replaces the peer's connection (messages
-// queued for the old address are dropped).
+// queued for the old address are reported, as after a broken stream).
 func (t *GRPC) AddPeer(id uint64, addr string) {
 	if id == 0 || id == t.cfg.NodeID {
 		return
@@ -92,7 +92,12 @@ func (t *GRPC) AddPeer(id uint64, addr string) {
 	}
 	t.mu.Unlock()
 	if old != nil {
+		// What the old peer had not sent is reported, not dropped
+		// silently: raft waits for a snapshot's report, and a leader
+		// whose follower waits for one replicates nothing more to it.
+		old.replaced.Store(true)
 		old.stop()
+		old.fail(old.take(nil))
 	}
 }
 

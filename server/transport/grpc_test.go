@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"fmt"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -385,4 +386,45 @@ func TestFrameFitsMinRecvMsgSize(t *testing.T) {
 	}
 	n1.tr.Send("g", batch)
 	require.Eventually(t, func() bool { return n2.h.count() == 9 }, waitFor, tick, "messages of a frame lost")
+}
+
+// TestAddPeerNewAddressReportsUnsent: what a peer had not sent when its
+// address changes is reported (a snapshot as failed, the rest
+// unreachable), as after a broken stream: it was dropped silently, and a
+// leader waiting for a snapshot's report replicated nothing more to that
+// follower (a review found it).
+func TestAddPeerNewAddressReportsUnsent(t *testing.T) {
+	// A socket that accepts and never speaks HTTP/2: the stream to it is
+	// still being set up when the address changes.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer lis.Close()
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	n1 := startNode(t, 1, "c")
+	n2 := startNode(t, 2, "c")
+	n1.tr.AddPeer(2, lis.Addr().String())
+	n1.tr.Send("g", []*raftpb.Message{snapMsg(1, 2), msg(1, 2, 7)})
+	n1.tr.AddPeer(2, n2.addr) // the member's address changed
+	require.Eventually(t, func() bool {
+		return len(n1.h.snapReports()) == 1 && n1.h.unreachableCount("g", 2) > 0
+	}, waitFor, tick, "snapshot reports %v, unreachable %d", n1.h.snapReports(), n1.h.unreachableCount("g", 2))
+	assert.True(t, n1.h.snapReports()[0].failed)
+
+	// The new address works.
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 8)})
+	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -34,6 +35,9 @@ type peer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+	// replaced: stopped for a peer of the same ID at a new address (AddPeer),
+	// not removed; what it had not sent is reported, as after a failure.
+	replaced atomic.Bool
 
 	mu      sync.Mutex
 	pending []outMsg
@@ -244,7 +248,7 @@ func (p *peer) pump(stream peerv1.PeerService_StreamClient, buf []outMsg) ([]out
 		for i := 0; i < len(batch); {
 			j, frame := buildFrame(batch, i)
 			if err := stream.SendMsg(frame); err != nil {
-				if p.ctx.Err() == nil {
+				if p.ctx.Err() == nil || p.replaced.Load() {
 					p.fail(batch[i:])
 				}
 				return batch, fmt.Errorf("transport: send: %w", streamError(stream, err))
