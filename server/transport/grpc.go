@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
@@ -206,9 +207,30 @@ type peerServer struct {
 // Stream implements PeerService.Stream.
 func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 	t := s.t
-	req, err := stream.Recv()
-	if err != nil {
-		return err
+	// The handshake must come within handshakeTimeout, as the caller
+	// expects the answer: a stream that sends nothing would hold its
+	// goroutine and HTTP/2 stream for the connection's life. Returning
+	// ends the stream, and the pending Recv with it.
+	type first struct {
+		req *peerv1.StreamRequest
+		err error
+	}
+	got := make(chan first, 1)
+	go func() {
+		req, err := stream.Recv()
+		got <- first{req, err}
+	}()
+	var req *peerv1.StreamRequest
+	timer := time.NewTimer(handshakeTimeout)
+	select {
+	case f := <-got:
+		timer.Stop()
+		if f.err != nil {
+			return f.err
+		}
+		req = f.req
+	case <-timer.C:
+		return status.Error(codes.DeadlineExceeded, "transport: no handshake")
 	}
 	if req.GetClusterId() != t.cfg.ClusterID {
 		return status.Errorf(codes.FailedPrecondition, "transport: node %d belongs to cluster %q, the stream names %q", t.cfg.NodeID, t.cfg.ClusterID, req.GetClusterId())

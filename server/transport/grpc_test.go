@@ -428,3 +428,22 @@ func TestAddPeerNewAddressReportsUnsent(t *testing.T) {
 	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 8)})
 	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
 }
+
+// TestSilentStreamEndsAtHandshakeTimeout: a PeerService stream that never
+// sends its handshake is ended by the node after handshakeTimeout, instead
+// of holding a goroutine and an HTTP/2 stream for the connection's life.
+func TestSilentStreamEndsAtHandshakeTimeout(t *testing.T) {
+	defer func(d time.Duration) { handshakeTimeout = d }(handshakeTimeout)
+	handshakeTimeout = 200 * time.Millisecond
+	n := startNode(t, 1, "c")
+	cc, err := grpc.NewClient(n.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := peerv1.NewPeerServiceClient(cc).Stream(ctx)
+	require.NoError(t, err)
+	err = st.RecvMsg(new(peerv1.StreamResponse)) // sends nothing, waits for the node
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+	require.NoError(t, ctx.Err(), "ended by the node, not by the test's deadline")
+}

@@ -54,8 +54,11 @@ const (
 	clientKeepaliveTime    = 10 * time.Second
 	clientKeepaliveTimeout = 5 * time.Second
 	serverKeepaliveMinTime = 5 * time.Second
-	handshakeTimeout       = 5 * time.Second
 )
+
+// handshakeTimeout bounds a stream's handshake, on both sides (a variable
+// for tests).
+var handshakeTimeout = 5 * time.Second
 
 // Reconnect backoff: backoffMin doubling to backoffMax, jittered.
 const (
