@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -520,4 +521,40 @@ func TestMetaVersion1(t *testing.T) {
 	v2[len(v2)-5] ^= 1
 	_, _, _, err = decodeMeta(v2)
 	assert.Error(t, err)
+}
+
+// TestDuplicatesDoNotStretchARead: a read of tiny messages between large
+// duplicates (a client picks its producer pair, so it can store 4 MiB of
+// duplicate after each 1-byte message; duplicates are stored whole and take
+// no IDs) stops within its scan budget, not at the commit point: the read
+// holds the log's read lock, and the engine that appends to every topic
+// waits for it (a review read 208 MiB, 13 buffers, for 64 bytes).
+func TestDuplicatesDoNotStretchARead(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{NoSync: true})
+	defer l.Close()
+	big := bytes.Repeat([]byte{'x'}, 4<<20)
+	idx := uint64(0)
+	const pairs = 64
+	for s := uint64(1); s <= pairs; s++ {
+		idx++
+		appendOne(t, l, ent(idx, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, idx, 9, s, [][]byte{{byte(s)}})))
+		idx++
+		ids := appendOne(t, l, ent(idx, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, idx, 9, s, [][]byte{big})))
+		require.True(t, ids.Dup)
+	}
+	sc := new(Scratch)
+	const fill, maxBytes = 3 << 20, 4<<20 - 1<<10
+	msgs, next, err := l.ReadBatchesInto(sc, 1, l.NextID()-1, 100, fill, maxBytes)
+	require.NoError(t, err)
+	require.NotEmpty(t, msgs)
+	assert.Equal(t, uint64(len(msgs))+1, next)
+	read := 0
+	for _, b := range sc.bufs {
+		read += len(b)
+	}
+	r := readState{fill: fill, maxBytes: maxBytes}
+	assert.LessOrEqual(t, int64(read), r.scanBudget()+int64(len(big))+(1<<20), "bytes read for %d messages", len(msgs))
+	for i, m := range msgs {
+		assert.Equal(t, []byte{byte(i + 1)}, m)
+	}
 }

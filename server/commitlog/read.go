@@ -257,6 +257,19 @@ type readState struct {
 	whole                    bool
 	next                     uint64 // next ID to return
 	got, bytes               int    // messages and their MessageCost returned so far
+	scanned                  int64  // record bytes read so far
+}
+
+// scanBudget is how many record bytes a call reads on for its targets
+// once it has a message: twice what it may return, and at least a chunk.
+// Records that return nothing (duplicates, stored whole but holding no
+// IDs; a client picks its producer pair, so it can store 16 MiB of
+// duplicate after a 1-byte message) count too: without the budget, a read
+// of tiny messages between large duplicates read on to the commit point,
+// under the log's read lock, stalling the engine that appends to every
+// topic (a review read 208 MiB for 64 bytes of answer).
+func (r *readState) scanBudget() int64 {
+	return 2 * max(int64(min(r.fill, maxReadChunk)), int64(min(r.maxBytes, maxReadChunk)), maxReadChunk/2)
 }
 
 // readChunk reads the records from r.next into one buffer, sized to what
@@ -372,8 +385,9 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 		p = end
 	}
 	// p is at a record boundary: read on only if that is not where the
-	// targets end.
-	met := r.got >= r.maxCount && r.bytes >= r.fill || r.bytes >= r.maxBytes
+	// targets end, nor past the scan budget.
+	r.scanned += p
+	met := r.got >= r.maxCount && r.bytes >= r.fill || r.bytes >= r.maxBytes || r.scanned >= r.scanBudget()
 	return dst, r.next > id && p < avail && r.next <= r.limit && !met, nil
 }
 
