@@ -592,3 +592,34 @@ func TestRemoveNodeKeepsLiveQuorum(t *testing.T) {
 	}
 	require.NoError(t, err)
 }
+
+// TestRemovedNodeStopsServing: a node the cluster removed answers topic
+// calls UNAVAILABLE (clients move on) instead of serving its logs, which
+// no longer follow the topics: a review read stale data from one, with
+// exit status 0.
+func TestRemovedNodeStopsServing(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	gone := c.Nodes[2]
+	admin := dial(t, c.Nodes[0]).admin
+	for {
+		_, err := admin.RemoveNode(ctxT(t), &forestbusv1.RemoveNodeRequest{Name: "n3"})
+		if status.Code(err) != codes.Unavailable { // NO_LEADER while the metadata group elects
+			require.NoError(t, err)
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // backoff between attempts, not a wait for a condition
+	}
+	require.Eventually(t, gone.Registry().RemovedSelf, 20*time.Second, 5*time.Millisecond)
+	_, err := dial(t, gone).bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1})
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	assert.False(t, c.Nodes[0].Registry().RemovedSelf())
+
+	cl := client.New("test", c.Addrs())
+	defer cl.Close()
+	ids, err := cl.SendMessages("default", [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	msgs, _, err := cl.GetMessages("default", ids[0], 1, false)
+	require.NoError(t, err)
+	assert.Equal(t, [][]byte{[]byte("m")}, msgs)
+}

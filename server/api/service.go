@@ -248,8 +248,16 @@ func (s *Service) lookup(name string) (*topic.Topic, error) {
 	if err := topic.ValidateName(name); err != nil {
 		return nil, err
 	}
+	if s.registry.RemovedSelf() {
+		return nil, errRemoved
+	}
 	return s.registry.Get(name)
 }
+
+// errRemoved answers topic calls on a node the cluster removed: its logs
+// no longer follow the topics, and it would serve stale reads. A plain
+// UNAVAILABLE: clients move on to another node.
+var errRemoved = status.Error(codes.Unavailable, "this node was removed from the cluster: ask another node")
 
 // SendMessages implements ForestBusService.SendMessages.
 func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {

@@ -154,12 +154,14 @@ type Registry struct {
 	log  *slog.Logger
 	meta *replica.Group
 
-	mu        sync.RWMutex
-	topics    map[string]*Topic
-	members   map[uint64]Member
-	voters    []uint64 // metadata group voters, sorted
-	maxID     uint64   // highest raft ID ever added: IDs are never reused
-	replaying bool
+	mu      sync.RWMutex
+	topics  map[string]*Topic
+	members map[uint64]Member
+	voters  []uint64 // metadata group voters, sorted
+	maxID   uint64   // highest raft ID ever added: IDs are never reused
+	// removedSelf: the metadata log removed this node from the cluster.
+	removedSelf atomic.Bool
+	replaying   bool
 	// changes counts membership changes, topic creations and this node
 	// taking a group's lead, so that the reconciler knows when a round may
 	// find work (ChangeCount); changed
@@ -272,6 +274,11 @@ func (r *Registry) Groups() []*replica.Group {
 
 // Meta is the metadata group.
 func (r *Registry) Meta() *replica.Group { return r.meta }
+
+// RemovedSelf reports whether the cluster removed this node (its
+// metadata log applied the node's removal): its logs then fall behind,
+// and its reads are stale.
+func (r *Registry) RemovedSelf() bool { return r.removedSelf.Load() }
 
 // Get returns the named topic. Errors: ErrNotFound.
 func (r *Registry) Get(name string) (*Topic, error) {
@@ -561,6 +568,9 @@ func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raf
 			}
 		case raftpb.ConfChangeType_ConfChangeRemoveNode:
 			r.maxID = max(r.maxID, id)
+			if id == r.cfg.NodeID && !r.removedSelf.Swap(true) {
+				r.log.Error("this node was removed from the cluster: it answers clients UNAVAILABLE from now on; stop it, and start it again only with a new data directory and -join")
+			}
 			delete(r.members, id)
 			r.noteChange()
 			r.voters = slices.DeleteFunc(r.voters, func(v uint64) bool { return v == id })
