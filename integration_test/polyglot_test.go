@@ -141,3 +141,22 @@ func TestPolyglotNodeClient(t *testing.T) {
 	require.Contains(t, stderr, "FAILED: unexpected gRPC error: FAILED_PRECONDITION CLUSTER_ID_MISMATCH")
 	checkProcs(t)
 }
+
+// TestPolyglotNodeClientOnEveryNode: the Node.js example passes against
+// every node of a 3-node cluster, followers included, whose reads trail
+// the leader's commit by up to the commit notice delay (a review found
+// its read-back failing on every follower).
+func TestPolyglotNodeClientOnEveryNode(t *testing.T) {
+	nodeBin, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node (Node.js) is not on PATH: the Node.js client example is not tested")
+	}
+	c := startCluster(t, 3)
+	installNodeExample(t)
+	for _, p := range c.procs {
+		code, stdout, stderr := runNodeClient(t, nodeBin, p.addr, "it")
+		require.Equal(t, 0, code, "node client.js against %s failed\nstdout:\n%s\nstderr:\n%s", p.name, stdout, stderr)
+		require.Contains(t, stdout, "all checks passed", p.name)
+	}
+	checkProcs(t)
+}

@@ -155,11 +155,14 @@ async function main(argv) {
     console.log(`sent: ids ${ids.join(' ')}`);
 
     // 3. Read them back from the first ID. An answer may hold fewer messages
-    // than asked for, so read until there are 3.
+    // than asked for, so read until there are 3. A follower learns of a
+    // commit a moment after the leader (up to the leader's commit notice
+    // delay, 20 ms by default): wait for the messages, as a reader at the
+    // tail would, rather than expect them at once.
     const got = [];
     let next = firstID;
     while (got.length < sent.length) {
-      const r = await call('getMessages', { topic, id: next.toString(), quantity: sent.length - got.length });
+      const r = await call('getMessages', { topic, id: next.toString(), quantity: sent.length - got.length, wait: true }, LONG_POLL_TIMEOUT_MS);
       check(r.messages.length > 0, `GetMessages at id ${next} returned no message (next_id=${r.nextId})`);
       check(BigInt(r.nextId) === next + BigInt(r.messages.length), `GetMessages at id ${next}: next_id=${r.nextId} with ${r.messages.length} messages`);
       got.push(...r.messages);
