@@ -40,7 +40,7 @@
 // The registry also holds the Go runtime and process collectors and, unless
 // WithGRPCMetrics(nil) is given, the gRPC server metrics of GRPCMetrics
 // (grpc_server_started_total, grpc_server_handled_total,
-// grpc_server_msg_received_total, grpc_server_msg_sent_total). Those stay
-// empty until the interceptors are in the gRPC server's chain; see
-// GRPCMetrics.
+// grpc_server_handling_seconds, grpc_server_msg_received_total,
+// grpc_server_msg_sent_total). Those stay empty until the interceptors are
+// in the gRPC server's chain (fbnode puts them there); see GRPCMetrics.
 package httpapi

@@ -43,17 +43,9 @@ var (
 //
 // They stay empty until the interceptors are in the gRPC server's chain.
 // Package server cannot import this package (this package imports server),
-// so the options have to be handed to it, for example through a new
-// server.Config field the server puts first in its option list:
-//
-//	// server.Config
-//	GRPCOptions []grpc.ServerOption // prepended to the gRPC server's options
-//
-//	// server.(*Server).open
-//	opts := append(append(slices.Clone(cfg.GRPCOptions), s.svc.ServerOptions()...), transport.ServerOptions()...)
-//
-//	// cmd/fbnode
-//	cfg.GRPCOptions = httpapi.GRPCMetrics().ServerOptions()
+// so the options are handed to it: fbnode sets
+// server.Config.GRPCOptions = httpapi.GRPCMetrics().ServerOptions() when it
+// serves -http.
 //
 // The stream interceptor also sees the peer streams of the raft transport
 // (forestbus.peer.*), which then show up as long-lived streams.
@@ -65,6 +57,8 @@ func GRPCMetrics() *GRPC {
 // NewGRPCMetrics returns new gRPC server metrics, for a process that runs
 // several servers (tests) and wants them apart; see WithGRPCMetrics.
 func NewGRPCMetrics() *GRPC {
-	m := grpcprom.NewServerMetrics()
+	// The handling-time histogram too (grpc_server_handling_seconds), which
+	// the README lists: the provider leaves it off by default.
+	m := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	return &GRPC{Metrics: m, Unary: m.UnaryServerInterceptor(), Stream: m.StreamServerInterceptor()}
 }

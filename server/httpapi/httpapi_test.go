@@ -228,6 +228,7 @@ func TestHTTPAPI(t *testing.T) {
 		v, ok := value(fams, "grpc_server_handled_total", map[string]string{"grpc_method": "SendMessages", "grpc_code": "OK"})
 		require.True(t, ok)
 		assert.Equal(t, 1.0, v)
+		assert.Contains(t, fams, "grpc_server_handling_seconds", "the handling-time histogram the README lists")
 	})
 
 	t.Run("status.json", func(t *testing.T) {
