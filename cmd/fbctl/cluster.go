@@ -19,7 +19,9 @@ cluster status: the cluster's members (as a node of the connection string
 reports them), each asked directly whether it is up and how fast it answers;
 then, for every topic, the leader and the first, last and commit IDs as each
 node reports them, with each node's lag: the leader's commit ID minus the
-node's. A node that does not answer within -node-timeout is down.`
+node's. A node that does not answer within -node-timeout is down. With
+-check, the exit status is 3 when a member is down or a topic has no
+leader (for health probes and cron jobs).`
 
 func (a *app) cluster(args []string) error {
 	return a.group("cluster", "status", clusterAbout, map[string]func(*app, []string) error{
@@ -61,6 +63,7 @@ type (
 func (a *app) clusterStatus(args []string) error {
 	f := a.flags("cluster status", "[flags]", clusterAbout, true, true)
 	nodeTimeout := f.Duration("node-timeout", defaultNodeTimeout, "how long each node has to answer each question")
+	check := f.Bool("check", false, "exit with status 3 when a member is down or a topic has no leader")
 	if _, err := f.parse(args, 0, 0); err != nil {
 		return err
 	}
@@ -99,7 +102,33 @@ func (a *app) clusterStatus(args []string) error {
 		computeLag(&out.Topics[i])
 	}
 
-	if f.json() {
+	if err := a.printClusterStatus(f.json(), out); err != nil {
+		return err
+	}
+	if *check && !out.healthy() {
+		return errUnhealthy
+	}
+	return nil
+}
+
+// healthy reports whether every member is up and every topic has a leader.
+func (out *clusterStatusJSON) healthy() bool {
+	for _, n := range out.Nodes {
+		if !n.Up {
+			return false
+		}
+	}
+	for _, t := range out.Topics {
+		if t.Leader == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// printClusterStatus writes out, as JSON or as tables.
+func (a *app) printClusterStatus(asJSON bool, out clusterStatusJSON) error {
+	if asJSON {
 		return writeJSONDoc(a.stdout, out)
 	}
 	up := 0

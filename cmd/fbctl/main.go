@@ -38,8 +38,13 @@ const (
 	exitOK          = 0
 	exitError       = 1
 	exitUsage       = 2
+	exitUnhealthy   = 3 // cluster status -check
 	exitInterrupted = 130
 )
+
+// errUnhealthy: cluster status -check found a member down or a topic
+// without a leader (the status is printed): exit status 3.
+var errUnhealthy = errors.New("the cluster is not healthy")
 
 // envConn is the environment variable holding the connection string.
 const envConn = "FORESTBUS"
@@ -82,8 +87,8 @@ Common flags:
                     cluster and node commands
   -timeout D        deadline of topic, cluster and node commands (default 15s)
 
-Exit status: 0 success, 1 error, 2 usage error, 130 interrupted (Ctrl-C
-ends get -follow with 0).
+Exit status: 0 success, 1 error, 2 usage error, 3 unhealthy (cluster
+status -check), 130 interrupted (Ctrl-C ends get -follow with 0).
 Run 'fbctl COMMAND -h' for a command's flags.
 `
 
@@ -137,6 +142,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "fbctl: %s\n", oneLine(ue.msg))
 		return exitUsage
+	case errors.Is(err, errUnhealthy):
+		fmt.Fprintf(stderr, "fbctl: %s\n", err)
+		return exitUnhealthy
 	case errors.Is(err, errInterrupted), ctx.Err() != nil && errors.Is(err, context.Canceled):
 		fmt.Fprintln(stderr, "fbctl: interrupted")
 		return exitInterrupted

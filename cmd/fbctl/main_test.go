@@ -278,6 +278,7 @@ func TestClusterStatusAndNodeRemove(t *testing.T) {
 	conn := "test#default@" + strings.Join(addrs, ",")
 	fbctl(t, conn, "a\nb\nc\n", "send").ok(t)
 
+	fbctl(t, conn, "", "cluster", "status", "-check").ok(t) // all up, every topic led
 	r := fbctl(t, conn, "", "cluster", "status", "-o", "json").ok(t)
 	var st clusterStatusJSON
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st), r.stdout)
@@ -351,6 +352,11 @@ func TestNodeAddShowsDownNode(t *testing.T) {
 
 	r = fbctl(t, conn, "", "cluster", "status", "-node-timeout", "300ms").ok(t)
 	assert.Contains(t, r.stdout, "cluster test: 1 of 2 nodes up")
+	// -check: the same report, and exit status 3 for a member down.
+	checked := fbctl(t, conn, "", "cluster", "status", "-node-timeout", "300ms", "-check")
+	assert.Equal(t, exitUnhealthy, checked.code, "stderr: %s", checked.stderr)
+	assert.Contains(t, checked.stdout, "cluster test: 1 of 2 nodes up")
+	assert.Equal(t, "fbctl: the cluster is not healthy\n", checked.stderr)
 	assert.Regexp(t, `(?m)^n9\s+`+dead+`\s+down\s+-\s+\S`, r.stdout)
 	assert.Regexp(t, `(?m)^default\s+n1\s+n9\s+-\s+-\s+-\s+-\s+node down$`, r.stdout)
 
