@@ -21,6 +21,7 @@ help: ## list targets
 build: ## build every package and the binaries into ./bin
 	$(GO) build ./...
 	$(GO) build -o $(BIN)/fbnode ./cmd/fbnode
+	$(GO) build -o $(BIN)/fbctl ./cmd/fbctl
 	$(GO) build -o $(BIN)/fbbench ./cmd/fbbench
 
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install pinned generators into ./bin
@@ -66,11 +67,13 @@ clean: ## remove ./bin and ./fbdata
 	rm -rf $(BIN) ./fbdata $(CLUSTER_DIR)
 
 CLUSTER_DIR ?= ./fbcluster
-cluster: build ## start a local 3-node cluster (127.0.0.1:3001-3003, data in ./fbcluster) in the foreground; Ctrl-C stops it
+CLUSTER_PORT ?= 3000
+CLUSTER_HTTP_PORT ?= 8080
+cluster: build ## start a local 3-node cluster (127.0.0.1:3001-3003, /metrics and /status on :8081-8083; CLUSTER_PORT, CLUSTER_HTTP_PORT move them; data in ./fbcluster) in the foreground; Ctrl-C stops it
 	@mkdir -p $(CLUSTER_DIR); \
-	IC=n1=127.0.0.1:3001,n2=127.0.0.1:3002,n3=127.0.0.1:3003; \
+	IC=n1=127.0.0.1:$$(($(CLUSTER_PORT)+1)),n2=127.0.0.1:$$(($(CLUSTER_PORT)+2)),n3=127.0.0.1:$$(($(CLUSTER_PORT)+3)); \
 	trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
 	for i in 1 2 3; do \
-	  $(BIN)/fbnode -name n$$i -listen 127.0.0.1:300$$i -data $(CLUSTER_DIR)/n$$i -initial-cluster $$IC & \
+	  $(BIN)/fbnode -name n$$i -listen 127.0.0.1:$$(($(CLUSTER_PORT)+i)) -http 127.0.0.1:$$(($(CLUSTER_HTTP_PORT)+i)) -data $(CLUSTER_DIR)/n$$i -initial-cluster $$IC & \
 	done; \
 	wait
