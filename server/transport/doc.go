@@ -22,9 +22,13 @@
 // The transport therefore tells the Handler
 //
 //   - ReportUnreachable(group, to) when a message to a peer was dropped: its
-//     queue was full, the peer is unknown, the stream broke with the message
-//     in flight, or the peer could not be reached (while reconnecting,
-//     queued messages are dropped rather than delivered late);
+//     queue was full, the peer is unknown, the stream broke while the
+//     message's frame was being handed to it, its peer was replaced at a
+//     new address, or the peer could not be reached (while reconnecting,
+//     queued messages are dropped rather than delivered late). Frames gRPC
+//     had already taken when the stream broke are lost unreported: raft
+//     finds the gap at the next heartbeat response or rejection, later
+//     rather than never;
 //   - ReportSnapshot(group, to, failed) for every MsgSnap: failed=false once
 //     the frame holding it was handed to the stream, failed=true when it was
 //     dropped. Without it the leader keeps the follower in StateSnapshot
