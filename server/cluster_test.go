@@ -623,3 +623,18 @@ func TestRemovedNodeStopsServing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, [][]byte{[]byte("m")}, msgs)
 }
+
+// TestConnectionStringListsMembers: the connection string a node prints
+// at start names every member it knows of, its own address first (it named
+// the node alone, and clients should list every node to fail over).
+func TestConnectionStringListsMembers(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	addrs := c.Addrs()
+	cluster, topicName, nodes := client.ParseConnectionString(c.Nodes[1].Server.ConnectionString())
+	assert.Equal(t, "test", cluster)
+	assert.Equal(t, "default", topicName)
+	require.NotEmpty(t, nodes)
+	assert.Equal(t, addrs[1], nodes[0], "its own address first")
+	assert.ElementsMatch(t, addrs, nodes)
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -463,10 +464,20 @@ func (h *engineHandler) ReportSnapshot(group string, to uint64, failed bool) {
 // Addr is the address the node listens on.
 func (s *Server) Addr() string { return s.addr }
 
-// ConnectionString is the client connection string for this node and its
-// default topic: cluster#topic@address.
+// ConnectionString is the client connection string for the node's
+// cluster and default topic: cluster#topic@address,address,... with this
+// node's address first, then the other members' it knows of (a client
+// should list every node, to fail over).
 func (s *Server) ConnectionString() string {
-	return fmt.Sprintf("%s#%s@%s", s.cfg.ClusterID, s.cfg.DefaultTopic, s.advertise)
+	addrs := []string{s.advertise}
+	if s.registry != nil {
+		for _, m := range s.registry.Members() {
+			if m.Address != "" && !slices.Contains(addrs, m.Address) {
+				addrs = append(addrs, m.Address)
+			}
+		}
+	}
+	return fmt.Sprintf("%s#%s@%s", s.cfg.ClusterID, s.cfg.DefaultTopic, strings.Join(addrs, ","))
 }
 
 // LongPolls is the number of GetMessages calls waiting on this node.
