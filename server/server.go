@@ -470,11 +470,21 @@ func (s *Server) Addr() string { return s.addr }
 // should list every node, to fail over).
 func (s *Server) ConnectionString() string {
 	addrs := []string{s.advertise}
+	add := func(addr string) {
+		if addr != "" && !slices.Contains(addrs, addr) {
+			addrs = append(addrs, addr)
+		}
+	}
 	if s.registry != nil {
 		for _, m := range s.registry.Members() {
-			if m.Address != "" && !slices.Contains(addrs, m.Address) {
-				addrs = append(addrs, m.Address)
-			}
+			add(m.Address)
+		}
+	}
+	if len(addrs) == 1 {
+		// A new cluster's members are in the metadata log only once
+		// its first leader commits them: the start's list until then.
+		for _, m := range s.members {
+			add(m.addr)
 		}
 	}
 	return fmt.Sprintf("%s#%s@%s", s.cfg.ClusterID, s.cfg.DefaultTopic, strings.Join(addrs, ","))
