@@ -176,8 +176,11 @@ const (
 	fatal
 )
 
-// classify decides whether a node's answer is worth trying elsewhere.
-func classify(se *StatusError) verdict {
+// classify decides whether a node's answer is worth trying elsewhere. A
+// read (read set) refused with a plain RESOURCE_EXHAUSTED is: the node
+// serves its cap of waiting reads or of streams; for a send the code means
+// a request too large for the node.
+func classify(se *StatusError, read bool) verdict {
 	switch se.sentinel {
 	case ErrNotLeader, ErrNoLeader, ErrShuttingDown, ErrStorageFailed, ErrProposalDropped:
 		return nextNode
@@ -192,6 +195,10 @@ func classify(se *StatusError) verdict {
 		// Transport failures, and failures the original client also
 		// retried on another node (RI_INTERNAL_ERROR).
 		return nextNode
+	case codes.ResourceExhausted:
+		if read {
+			return nextNode
+		}
 	}
 	return fatal
 }

@@ -111,11 +111,7 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 				// lands here too, with the same error).
 				return &noNodesError{op: op, last: se}
 			}
-			if classify(se) == fatal && (rt != routeRead || se.sentinel != nil || se.Code != codes.ResourceExhausted) {
-				// A read that a node refuses with a plain
-				// RESOURCE_EXHAUSTED (its cap of waiting reads) goes to
-				// the next node, as Subscribe's streams do; for a send the
-				// code means a request too large for the node.
+			if classify(se, rt == routeRead) == fatal {
 				return se
 			}
 			lastErr = se

@@ -3,8 +3,6 @@ package client
 import (
 	"context"
 	"errors"
-	"maps"
-	"slices"
 	"sync"
 	"time"
 
@@ -179,7 +177,11 @@ func (c *Client) produceStream(cc *grpc.ClientConn) *produceStream {
 	if ps := c.streams[cc]; ps != nil {
 		return ps
 	}
-	if !slices.Contains(slices.Collect(maps.Values(c.conns)), cc) {
+	held := false
+	for _, h := range c.conns {
+		held = held || h == cc
+	}
+	if !held {
 		return nil
 	}
 	// The stream ends with the Client's life (Close).

@@ -176,9 +176,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn f
 			case se.Code == codes.Canceled:
 				// Close closed the connection under the stream.
 				return &noNodesError{op: "subscribe", last: se}
-			case se.Code == codes.ResourceExhausted:
-				// The node serves too many streams: try another.
-			case classify(se) == fatal:
+			case classify(se, true) == fatal: // a node at its cap of streams: try another
 				return se
 			}
 		}

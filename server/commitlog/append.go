@@ -526,29 +526,16 @@ func (l *Log) truncateFrom(index uint64) error {
 	l.dups = l.dups[:k]
 	for _, s := range removed {
 		s.f.Close()
+		s.dirty = false
 	}
 	l.mu.Unlock()
 	// The files change from the end of the log back: the later segments go
-	// newest first, durably, then the cut segment shrinks. A crash at any
-	// point leaves the segments contiguous, with some of the suffix still
-	// in them (raft truncates it again); removing them oldest first, or
-	// cutting the segment first, could leave a gap that Open refuses. Each
-	// removal is durable before the next: a filesystem may persist them in
-	// another order.
-	for i := len(removed) - 1; i >= 0; i-- {
-		s := removed[i]
-		if err := removeSegment(s.path); err != nil {
-			return l.fence(fmt.Errorf("commitlog: remove segment: %w", err))
-		}
-		s.dirty = false
-		if i > 0 && !l.opts.NoSync {
-			if err := syncDir(l.dir); err != nil {
-				return l.fence(err)
-			}
-		}
-	}
-	if len(removed) > 0 {
-		l.dirDirty = true
+	// (removeSuffix), then the cut segment shrinks. A crash at any point
+	// leaves the segments contiguous, with some of the suffix still in them
+	// (raft truncates it again); cutting the segment first could leave a
+	// gap that Open refuses.
+	if err := l.removeSuffix(removed); err != nil {
+		return err
 	}
 	if l.dirDirty && !l.opts.NoSync {
 		if err := syncDir(l.dir); err != nil {

@@ -99,6 +99,26 @@ func (l *Log) removeFiles(segs []*segment) error {
 	return nil
 }
 
+// removeSuffix deletes closed segment files that end the log, given
+// oldest first: newest first, each removal durable before the next, so
+// that a crash part way leaves the remaining segments contiguous (oldest
+// first, or a filesystem persisting the removals in another order, could
+// leave a gap that Open refuses). The caller syncs the directory after
+// the last.
+func (l *Log) removeSuffix(segs []*segment) error {
+	for i := len(segs) - 1; i >= 0; i-- {
+		if err := l.removeFiles(segs[i : i+1]); err != nil {
+			return err
+		}
+		if i > 0 && !l.opts.NoSync {
+			if err := syncDir(l.dir); err != nil {
+				return l.fence(err)
+			}
+		}
+	}
+	return nil
+}
+
 // removeSegment is os.Remove; tests make it fail to stop a removal part
 // way, as a crash would.
 var removeSegment = os.Remove
@@ -150,20 +170,8 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 		s.dirty = false
 	}
 	l.mu.Unlock()
-	// Newest first, each removal durable before the next: a crash part way
-	// leaves the remaining segments contiguous (oldest first, or a
-	// filesystem persisting the removals in another order, could leave a
-	// gap that Open refuses).
-	slices.Reverse(tail)
-	for i, s := range tail {
-		if err := l.removeFiles([]*segment{s}); err != nil {
-			return err
-		}
-		if i < len(tail)-1 && !l.opts.NoSync {
-			if err := syncDir(l.dir); err != nil {
-				return l.fence(err)
-			}
-		}
+	if err := l.removeSuffix(tail); err != nil {
+		return err
 	}
 	if len(tail) > 0 {
 		if err := syncDir(l.dir); err != nil {

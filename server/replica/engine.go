@@ -150,11 +150,6 @@ func NewEngine(cfg Config) (*Engine, error) {
 // NodeID is this node's raft ID.
 func (e *Engine) NodeID() uint64 { return e.cfg.NodeID }
 
-// ElectionTimeout is the groups' election timeout: ElectionTicks ticks.
-func (e *Engine) ElectionTimeout() time.Duration {
-	return time.Duration(e.cfg.ElectionTicks) * e.cfg.TickInterval
-}
-
 // Start starts the loop goroutine. It does nothing on an engine started or
 // stopped already.
 func (e *Engine) Start() {

@@ -413,21 +413,13 @@ func (g *Group) Log() *commitlog.Log { return g.log }
 func (g *Group) Leader() uint64 { return g.lead.Load() }
 
 // CutOff reports whether the group has known no leader for two election
-// timeouts: a node cut off from its peers, or a group without a quorum.
-// Readers waiting at its tail are sent elsewhere (api: NO_LEADER), where
-// newer commits may be.
-func (g *Group) CutOff() bool { return g.LeaderlessFor() > 2*g.e.ElectionTimeout() }
-
-// LeaderlessFor is how long the group has known no leader, 0 while it
-// knows one. A node cut off from the others loses its leader after an
-// election timeout (also when the group was quiesced: see quiesce.go), so
-// a long leaderless spell says its commit point may lag the cluster's.
-func (g *Group) LeaderlessFor() time.Duration {
+// timeouts: a node cut off from its peers (it loses its leader after an
+// election timeout, also when the group was quiesced: see quiesce.go), or
+// a group without a quorum. Its commit point may lag the cluster's, so
+// readers waiting at its tail are sent elsewhere (api: NO_LEADER).
+func (g *Group) CutOff() bool {
 	since := g.leaderless.Load()
-	if since == 0 {
-		return 0
-	}
-	return time.Since(time.Unix(0, since))
+	return since != 0 && time.Since(time.Unix(0, since)) > 2*g.e.electionTimeout
 }
 
 // Term is the group's current raft term as last seen by the engine.
@@ -1470,7 +1462,7 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 			refused := g.checkConf != nil && !g.checkConf(cc)
 			if refused {
 				g.e.log.Warn("replica: configuration change refused", "group", g.name, "index", ent.GetIndex(), "change", cc.String())
-				cc = voidConfChange(cc)
+				cc = voidConfChange()
 			}
 			cs := g.rn.ApplyConfChange(cc)
 			if err := g.log.SetConfState(cs); err != nil {
@@ -1567,6 +1559,6 @@ func (g *Group) close(err error) {
 // voidConfChange is a change refused: one simple change of node 0, which
 // raft skips (etcd's way to refuse a change), leaving the configuration
 // as it is.
-func voidConfChange(*raftpb.ConfChangeV2) *raftpb.ConfChangeV2 {
+func voidConfChange() *raftpb.ConfChangeV2 {
 	return &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeAddNode.Enum(), NodeId: new(uint64)}}}
 }
