@@ -76,8 +76,8 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 // RemoveNode removes the named member from the metadata group; Reconcile
 // removes it from the topic groups. It waits until the change is applied
 // here. Errors: ErrNodeNotFound, ErrLastVoter, ErrQuorumLoss (the voters
-// left, as this node hears them, would not have a live majority) and the
-// replica proposal errors.
+// left, as the metadata leader hears them, would not have a live majority)
+// and the replica proposal errors.
 func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 	r.mu.RLock()
 	var id uint64
@@ -105,14 +105,19 @@ func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 		// Removing a live voter while others are down can leave a
 		// configuration that commits nothing until they return: refuse
 		// it, as etcd does. Removing a dead one is how it is replaced.
-		live := 0
-		for _, v := range left {
-			if r.cfg.Engine.PeerLive(v) {
-				live++
+		// Only the metadata leader judges: it hears from every live
+		// voter. A follower, cut off or removed itself, may hear none;
+		// it passes the call on (NOT_LEADER), and the leader checks.
+		if r.meta.Leader() == r.cfg.NodeID && !r.removedSelf.Load() {
+			live := 0
+			for _, v := range left {
+				if r.cfg.Engine.PeerLive(v) {
+					live++
+				}
 			}
-		}
-		if len(left) > 0 && live < len(left)/2+1 {
-			return fmt.Errorf("%w: removing %q leaves %d voters, %d of them live", ErrQuorumLoss, name, len(left), live)
+			if len(left) > 0 && live < len(left)/2+1 {
+				return fmt.Errorf("%w: removing %q leaves %d voters, %d of them live", ErrQuorumLoss, name, len(left), live)
+			}
 		}
 		cc := &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: new(id)}}}
 		if err := r.meta.ProposeConfChange(ctx, cc); err != nil {
