@@ -151,7 +151,10 @@ func MessageCost(n int) int { return protowire.SizeTag(1) + protowire.SizeBytes(
 // The messages are capacity-limited sub-slices of buffers freshly allocated
 // per call (one, unless the first estimate of the size fell short); they
 // stay valid after later appends or truncations.
-// Safe for concurrent use with the writer.
+// Safe for concurrent use with the writer, which it does not hold up while
+// it reads the files (see readChunk); maxID must then be at or below the
+// commit point, as the replica's reads are: records above it may be
+// truncated meanwhile.
 func (l *Log) ReadMessages(dst [][]byte, id, maxID uint64, maxCount, maxBytes int) ([][]byte, uint64, error) {
 	return l.readMessages(dst, id, maxID, maxCount, 0, maxBytes, false, nil)
 }
@@ -220,15 +223,18 @@ func (l *Log) ReadBatches(dst [][]byte, id, maxID uint64, count, fill, maxBytes 
 // least maxCount messages and fill bytes, ending on a record boundary.
 func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, fill, maxBytes int, whole bool, sc *Scratch) ([][]byte, uint64, error) {
 	l.mu.RLock()
-	defer l.mu.RUnlock()
 	if l.closed {
+		l.mu.RUnlock()
 		return dst, id, ErrClosed
 	}
 	if first := l.firstIDLocked(); id < first {
+		l.mu.RUnlock()
 		return dst, first, ErrCompacted
 	}
 	r := readState{limit: min(maxID, l.nextID-1), maxCount: maxCount, fill: fill, maxBytes: maxBytes, whole: whole, next: id}
-	if id > r.limit || l.nextID == 0 {
+	empty := id > r.limit || l.nextID == 0
+	l.mu.RUnlock()
+	if empty {
 		return dst, id, nil
 	}
 	if r.maxCount <= 0 {
@@ -237,17 +243,14 @@ func (l *Log) readMessages(dst [][]byte, id, maxID uint64, maxCount, fill, maxBy
 	if r.maxBytes <= 0 {
 		r.maxBytes = math.MaxInt
 	}
-	for {
-		var more bool
-		var err error
-		dst, more, err = l.readChunk(dst, &r, sc)
+	var err error
+	for more := true; more && err == nil; {
 		// A chunk sized by an estimate can end before the targets are met
 		// (a record that did not fit): read on from there, into another
 		// buffer (the messages so far point into the last one).
-		if err != nil || !more {
-			return dst, r.next, err
-		}
+		dst, more, err = l.readChunk(dst, &r, sc)
 	}
+	return dst, r.next, err
 }
 
 // readState is one readMessages call's limits and progress.
@@ -258,6 +261,10 @@ type readState struct {
 	next                     uint64 // next ID to return
 	got, bytes               int    // messages and their MessageCost returned so far
 	scanned                  int64  // record bytes read so far
+	// The current chunk's file reads made without the lock (see
+	// readChunk); a chunk over more segments reads the others under it.
+	pieces  [8]filePiece
+	npieces int
 }
 
 // scanBudget is how many record bytes a call reads on for its targets
@@ -266,26 +273,99 @@ type readState struct {
 // IDs; a client picks its producer pair, so it can store 16 MiB of
 // duplicate after a 1-byte message) count too: without the budget, a read
 // of tiny messages between large duplicates read on to the commit point,
-// under the log's read lock, stalling the engine that appends to every
-// topic (a review read 208 MiB for 64 bytes of answer).
+// stalling the reader for nothing (a review read 208 MiB for 64 bytes of
+// answer).
 func (r *readState) scanBudget() int64 {
 	return 2 * max(int64(min(r.fill, maxReadChunk)), int64(min(r.maxBytes, maxReadChunk)), maxReadChunk/2)
 }
+
+// filePiece is a part of a chunk read from a segment file: n bytes at file
+// offset off into the chunk's buffer at at.
+type filePiece struct {
+	s       *segment
+	off, at int64
+	n       int64
+}
+
+// unlockedReadHook, when set (tests), runs before a chunk's file reads
+// that are made without the log's lock.
+var unlockedReadHook func()
 
 // readChunk reads the records from r.next into one buffer, sized to what
 // r's limits still allow, and appends their messages to dst. more reports
 // that it stopped only because the buffer ended, with limits unmet and more
 // of the log to read.
+//
+// The log's read lock is held while the chunk is planned (the record
+// located, the buffer sized, the records a journaled log still holds in
+// memory copied), not while its files are read. A read from disk (a
+// consumer far behind, whose records left the page cache long ago) can
+// take milliseconds, and the engine appending to this log — and with it
+// every topic of the node — would wait for the lock that long. Without the
+// lock the read is safe because a record at or below the commit point
+// never changes in an open segment file (only uncommitted records are
+// truncated), the parse stops at r.limit before looking at anything later,
+// and Go keeps a file's descriptor alive during a read even when the file
+// is closed meanwhile. A segment closed (retention, a snapshot, Close) or
+// cut (a truncation) during the read shows as a short read, and the chunk
+// is then read again under the lock, as it is now.
 func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, more bool, err error) {
+	id := r.next
+	for locked := false; ; locked = true {
+		l.mu.RLock()
+		buf, avail, err := l.planChunk(r, sc) // buf is nil on error
+		if !locked {
+			l.mu.RUnlock()
+		}
+		if buf != nil {
+			if !locked && unlockedReadHook != nil {
+				unlockedReadHook()
+			}
+			err = r.readPieces(buf)
+		}
+		if locked {
+			l.mu.RUnlock()
+		}
+		if buf != nil && err != nil && !locked {
+			if sc != nil {
+				sc.used-- // the retry takes the same buffer
+			}
+			continue
+		}
+		if buf == nil || err != nil {
+			return dst, false, err
+		}
+		return r.parseChunk(dst, id, buf, avail)
+	}
+}
+
+// planChunk locates r.next, sizes the chunk's buffer and returns it with
+// the records of the log's memory copied in and the file reads that fill
+// the rest in r.pieces (the first of them: the others are read now); avail is what the log holds from r.next. A nil
+// buffer means nothing to read: the log closed (ErrClosed) or r.next was
+// deleted since the read began (ErrCompacted for a read that has no
+// message yet, with r.next moved to the first ID; else no error, and the
+// read ends with what it has). Caller holds l.mu.
+func (l *Log) planChunk(r *readState, sc *Scratch) (buf []byte, avail int64, err error) {
+	if l.closed {
+		return nil, 0, ErrClosed
+	}
+	if first := l.firstIDLocked(); r.next < first {
+		if r.got > 0 {
+			return nil, 0, nil
+		}
+		r.next = first
+		return nil, 0, ErrCompacted
+	}
 	id := r.next
 	si, off, h, err := l.locateID(id)
 	if err != nil {
-		return dst, false, err
+		return nil, 0, err
 	}
 
 	// Size the buffer: the first record entirely, then an estimate of what the
 	// limits allow, bounded by what the log holds.
-	avail := l.segs[si].size - off
+	avail = l.segs[si].size - off
 	for _, s := range l.segs[si+1:] {
 		avail += s.size
 	}
@@ -312,7 +392,49 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 	// (exact for uniform batches; a short estimate reads on).
 	span := (skip + est + h.size() - 1) / h.size() * h.size()
 	want := min(max(h.size(), span+recHeaderSize+minReadChunk/16), avail)
-	buf := sc.buffer(want)
+	buf = sc.buffer(want)
+
+	// The file reads, and the records held in memory (the end of the last
+	// segment) copied now: they are written out and their buffer reused
+	// once the lock is released.
+	r.npieces = 0
+	filled := int64(0)
+	for filled < want && si < len(l.segs) {
+		s := l.segs[si]
+		n := min(want-filled, s.size-off)
+		if w := s.size - int64(len(s.held)); off < w && n > 0 && r.npieces < len(r.pieces) {
+			k := min(n, w-off)
+			r.pieces[r.npieces] = filePiece{s: s, off: off, at: filled, n: k}
+			r.npieces++
+			if k < n {
+				if err := s.readAt(buf[filled+k:filled+n], off+k); err != nil {
+					return nil, 0, err
+				}
+			}
+		} else if n > 0 {
+			if err := s.readAt(buf[filled:filled+n], off); err != nil {
+				return nil, 0, err
+			}
+		}
+		filled += n
+		si, off = si+1, 0
+	}
+	return buf, avail, nil
+}
+
+// readPieces reads r.pieces into buf.
+func (r *readState) readPieces(buf []byte) error {
+	for _, p := range r.pieces[:r.npieces] {
+		if m, err := p.s.f.ReadAt(buf[p.at:p.at+p.n], p.off); int64(m) < p.n {
+			return fmt.Errorf("commitlog: read %s at %d: %w", p.s.path, p.off, err)
+		}
+	}
+	return nil
+}
+
+// parseChunk appends the messages of the records in buf (read from id, the
+// log holding avail bytes from there) to dst; see readChunk.
+func (r *readState) parseChunk(dst [][]byte, id uint64, buf []byte, avail int64) (_ [][]byte, more bool, err error) {
 	// The answer's slice headers in one allocation, sized by the first
 	// record's messages per byte: appending them one by one regrew dst
 	// about 14 times for a 1 MiB answer (11 % of a follower's CPU under
@@ -320,28 +442,19 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 	// buffer: a first record of tiny messages followed by large ones must
 	// not size it for a buffer full of tiny ones (smaller messages grow
 	// it by append, as before).
-	if h.count > 0 {
-		n := min(int(want*int64(h.count)/h.size()), int(want/32)) + 1
+	filled := int64(len(buf))
+	if h := parseHeader(buf); h.count > 0 {
+		n := min(int(filled*int64(h.count)/h.size()), int(filled/32)) + 1
 		if !r.whole {
 			n = min(n, r.maxCount-r.got)
 		}
 		dst = slices.Grow(dst, n)
 	}
-	filled := int64(0)
-	for filled < want && si < len(l.segs) {
-		s := l.segs[si]
-		n := min(want-filled, s.size-off)
-		if n > 0 {
-			if err := s.readAt(buf[filled:filled+n], off); err != nil {
-				return dst, false, err
-			}
-		}
-		filled += n
-		si, off = si+1, 0
-	}
 
 	p := int64(0)
-	for p+recHeaderSize <= filled {
+	// Past r.limit the records may be uncommitted, and read without the
+	// lock, torn by a truncation: the parse stops before them.
+	for p+recHeaderSize <= filled && r.next <= r.limit {
 		h := parseHeader(buf[p:])
 		if h.length < recRestSize {
 			return dst, false, fmt.Errorf("%w: bad record header", ErrCorrupt)
