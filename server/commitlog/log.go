@@ -577,18 +577,32 @@ func (l *Log) locate(index uint64) (int, int64, recHeader, error) {
 
 // locateID finds the record holding message id (which must exist, id < nextID).
 func (l *Log) locateID(id uint64) (int, int64, recHeader, error) {
+	si, p, err := l.idPoint(id)
+	if err != nil {
+		return 0, 0, recHeader{}, err
+	}
+	off, h, err := scanSpan(l.segs[si], p, func(h *recHeader) bool { return holdsID(h, id) })
+	return si, off, h, err
+}
+
+// idPoint finds the segment holding message id and the index point its
+// record is found from (scanSpan). Caller holds mu or is the owner.
+func (l *Log) idPoint(id uint64) (int, indexPoint, error) {
 	si := sort.Search(len(l.segs), func(k int) bool {
 		s := l.segs[k]
 		return s.empty() || s.points[0].firstID > id
 	}) - 1
 	if si < 0 {
-		return 0, 0, recHeader{}, fmt.Errorf("commitlog: message id %d not found", id)
+		return 0, indexPoint{}, fmt.Errorf("commitlog: message id %d not found", id)
 	}
 	s := l.segs[si]
 	pk := sort.Search(len(s.points), func(k int) bool { return s.points[k].firstID > id }) - 1
-	off, h, err := scanSpan(s, s.points[pk], func(h *recHeader) bool { return id < h.firstID+uint64(h.count) })
-	return si, off, h, err
+	return si, s.points[pk], nil
 }
+
+// holdsID tells whether h is the record holding message id, scanning from
+// its segment's index point (the records before it end below id).
+func holdsID(h *recHeader, id uint64) bool { return id < h.firstID+uint64(h.count) }
 
 // SetSegmentBytes changes the size at which the active segment rolls (as
 // Options.SegmentBytes: 0 means DefaultSegmentBytes, values below

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sort"
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -261,8 +262,8 @@ type readState struct {
 	next                     uint64 // next ID to return
 	got, bytes               int    // messages and their MessageCost returned so far
 	scanned                  int64  // record bytes read so far
-	// The current chunk's file reads made without the lock (see
-	// readChunk); a chunk over more segments reads the others under it.
+	// The current chunk's file reads, made without the lock (see
+	// readChunk); a chunk ends where they run out.
 	pieces  [8]filePiece
 	npieces int
 }
@@ -287,18 +288,20 @@ type filePiece struct {
 	n       int64
 }
 
-// unlockedReadHook, when set (tests), runs before a chunk's file reads
-// that are made without the log's lock.
-var unlockedReadHook func()
+// unlockedReadHook, when set (tests), runs before each file read made
+// without the log's lock: findStart's ("locate"), then the chunk's
+// ("chunk").
+var unlockedReadHook func(site string)
 
 // readChunk reads the records from r.next into one buffer, sized to what
 // r's limits still allow, and appends their messages to dst. more reports
 // that it stopped only because the buffer ended, with limits unmet and more
 // of the log to read.
 //
-// The log's read lock is held while the chunk is planned (the record
-// located, the buffer sized, the records a journaled log still holds in
-// memory copied), not while its files are read. A read from disk (a
+// The log's read lock is held while the chunk is planned (the buffer
+// sized, the records a journaled log still holds in memory copied), not
+// while its files are read: neither the span of headers that locates the
+// chunk's first record (findStart) nor the chunk itself. A read from disk (a
 // consumer far behind, whose records left the page cache long ago) can
 // take milliseconds, and the engine appending to this log — and with it
 // every topic of the node — would wait for the lock that long. Without the
@@ -312,14 +315,18 @@ var unlockedReadHook func()
 func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, more bool, err error) {
 	id := r.next
 	for locked := false; ; locked = true {
+		var start chunkStart
+		if !locked {
+			start = l.findStart(id)
+		}
 		l.mu.RLock()
-		buf, avail, err := l.planChunk(r, sc) // buf is nil on error
+		buf, avail, err := l.planChunk(r, sc, start) // buf is nil on error
 		if !locked {
 			l.mu.RUnlock()
 		}
 		if buf != nil {
 			if !locked && unlockedReadHook != nil {
-				unlockedReadHook()
+				unlockedReadHook("chunk")
 			}
 			err = r.readPieces(buf)
 		}
@@ -339,14 +346,63 @@ func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, mo
 	}
 }
 
+// chunkStart is where the record holding a chunk's first message lies,
+// found by findStart; a nil s: not found, planChunk finds it.
+type chunkStart struct {
+	s   *segment
+	off int64
+	h   recHeader
+}
+
+// findStart finds the record holding message id, which must be committed,
+// reading the headers from its index point without the log's lock (see
+// readChunk). It gives up (a zero chunkStart) when any of that span is
+// still in memory only, or the read comes up short.
+func (l *Log) findStart(id uint64) chunkStart {
+	l.mu.RLock()
+	if l.closed || id < l.firstIDLocked() {
+		l.mu.RUnlock()
+		return chunkStart{}
+	}
+	si, p, err := l.idPoint(id)
+	var s *segment
+	var end int64
+	if err == nil {
+		s = l.segs[si]
+		end = min(p.off+spanSize, s.size)
+		if end > s.size-int64(len(s.held)) {
+			s = nil
+		}
+	}
+	l.mu.RUnlock()
+	if s == nil {
+		return chunkStart{}
+	}
+	if unlockedReadHook != nil {
+		unlockedReadHook("locate")
+	}
+	bp := spanPool.Get().(*[]byte)
+	defer spanPool.Put(bp)
+	buf := (*bp)[:end-p.off]
+	if m, _ := s.f.ReadAt(buf, p.off); m < len(buf) {
+		return chunkStart{}
+	}
+	off, h, ok := matchHeader(buf, p.off, func(h *recHeader) bool { return holdsID(h, id) })
+	if !ok {
+		return chunkStart{}
+	}
+	return chunkStart{s: s, off: off, h: h}
+}
+
 // planChunk locates r.next, sizes the chunk's buffer and returns it with
 // the records of the log's memory copied in and the file reads that fill
-// the rest in r.pieces (the first of them: the others are read now); avail is what the log holds from r.next. A nil
+// the rest in r.pieces; avail is what the log holds from r.next. A nil
 // buffer means nothing to read: the log closed (ErrClosed) or r.next was
 // deleted since the read began (ErrCompacted for a read that has no
 // message yet, with r.next moved to the first ID; else no error, and the
-// read ends with what it has). Caller holds l.mu.
-func (l *Log) planChunk(r *readState, sc *Scratch) (buf []byte, avail int64, err error) {
+// read ends with what it has). start is where findStart found r.next's
+// record, if it did. Caller holds l.mu.
+func (l *Log) planChunk(r *readState, sc *Scratch, start chunkStart) (buf []byte, avail int64, err error) {
 	if l.closed {
 		return nil, 0, ErrClosed
 	}
@@ -358,9 +414,18 @@ func (l *Log) planChunk(r *readState, sc *Scratch) (buf []byte, avail int64, err
 		return nil, 0, ErrCompacted
 	}
 	id := r.next
-	si, off, h, err := l.locateID(id)
-	if err != nil {
-		return nil, 0, err
+	si, off, h := -1, start.off, start.h
+	if s := start.s; s != nil {
+		// Still the log's, unless deleted since.
+		k := sort.Search(len(l.segs), func(k int) bool { return l.segs[k].first >= s.first })
+		if k < len(l.segs) && l.segs[k] == s {
+			si = k
+		}
+	}
+	if si < 0 {
+		if si, off, h, err = l.locateID(id); err != nil {
+			return nil, 0, err
+		}
 	}
 
 	// Size the buffer: the first record entirely, then an estimate of what the
@@ -402,7 +467,14 @@ func (l *Log) planChunk(r *readState, sc *Scratch) (buf []byte, avail int64, err
 	for filled < want && si < len(l.segs) {
 		s := l.segs[si]
 		n := min(want-filled, s.size-off)
-		if w := s.size - int64(len(s.held)); off < w && n > 0 && r.npieces < len(r.pieces) {
+		w := s.size - int64(len(s.held))
+		if off < w && n > 0 && r.npieces == len(r.pieces) {
+			// Out of pieces (segments far smaller than a chunk): the
+			// chunk ends here, and the read goes on with the next one.
+			buf = buf[:filled]
+			break
+		}
+		if off < w && n > 0 {
 			k := min(n, w-off)
 			r.pieces[r.npieces] = filePiece{s: s, off: off, at: filled, n: k}
 			r.npieces++

@@ -11,15 +11,16 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 )
 
-// pauseFileReads makes the next read that goes to the segment files without
-// the log's lock wait until the returned release is called; entered is
-// closed once it waits. Later reads pass.
-func pauseFileReads(t *testing.T) (entered <-chan struct{}, release func()) {
+// pauseFileReads makes the first file read made without the log's lock at
+// site ("locate": the span that locates the chunk's first record; "chunk":
+// the chunk) wait until the returned release is called; entered is closed
+// once it waits. The others pass.
+func pauseFileReads(t *testing.T, site string) (entered <-chan struct{}, release func()) {
 	in, gate := make(chan struct{}), make(chan struct{})
-	first := true
-	unlockedReadHook = func() {
-		if first {
-			first = false
+	paused := false
+	unlockedReadHook = func(at string) {
+		if at == site && !paused {
+			paused = true
 			close(in)
 			<-gate
 		}
@@ -66,28 +67,34 @@ func waitClosed(t *testing.T, c <-chan struct{}, what string) {
 // disk read of milliseconds) must not hold up the appends, whose lock the
 // engine takes for every topic of the node in turn.
 func TestAppendDoesNotWaitForAFileRead(t *testing.T) {
-	l := openT(t, t.TempDir(), Options{NoSync: true})
-	t.Cleanup(func() { l.Close() })
-	var want [][]byte
-	for i := uint64(1); i <= 20; i++ {
-		want = append(want, appendUniform(t, l, i, 10, 100)...)
-	}
-	commitTo(t, l, 20)
-	entered, release := pauseFileReads(t)
-	res := readAsync(l, 1, 200)
-	waitClosed(t, entered, "the read to reach the files")
+	for _, site := range []string{"locate", "chunk"} {
+		t.Run(site, func(t *testing.T) {
+			l := openT(t, t.TempDir(), Options{NoSync: true})
+			t.Cleanup(func() { l.Close() })
+			var want [][]byte
+			for i := uint64(1); i <= 20; i++ {
+				want = append(want, appendUniform(t, l, i, 10, 100)...)
+			}
+			commitTo(t, l, 20)
+			entered, release := pauseFileReads(t, site)
+			res := readAsync(l, 1, 200)
+			waitClosed(t, entered, "the read to reach the files")
 
-	appended := make(chan struct{})
-	go func() {
-		defer close(appended)
-		appendUniform(t, l, 21, 10, 100)
-	}()
-	waitClosed(t, appended, "an append while a read is at the files")
-	release()
-	r := <-res
-	require.NoError(t, r.err)
-	assert.Equal(t, want, r.msgs)
-	assert.Equal(t, uint64(201), r.next)
+			appended := make(chan struct{})
+			go func() {
+				defer close(appended)
+				msgs := [][]byte{[]byte("new")}
+				_, err := l.Append([]*pb.Entry{ent(21, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, 21, 0, 0, msgs))}, nil)
+				assert.NoError(t, err)
+			}()
+			waitClosed(t, appended, "an append while a read is at the files")
+			release()
+			r := <-res
+			require.NoError(t, r.err)
+			assert.Equal(t, want, r.msgs)
+			assert.Equal(t, uint64(201), r.next)
+		})
+	}
 }
 
 // Uncommitted records truncated and rewritten while a reader reads the
@@ -104,7 +111,7 @@ func TestReadOfCommittedRecordsWhileTheTailIsRewritten(t *testing.T) {
 		appendUniform(t, l, i, 10, 100)
 	}
 	commitTo(t, l, 10)
-	entered, release := pauseFileReads(t)
+	entered, release := pauseFileReads(t, "chunk")
 	res := readAsync(l, 1, 100)
 	waitClosed(t, entered, "the read to reach the files")
 
@@ -140,7 +147,7 @@ func TestReadOfASegmentDeletedMeanwhile(t *testing.T) {
 	}
 	commitTo(t, l, 40)
 	require.Greater(t, len(l.segs), 4)
-	entered, release := pauseFileReads(t)
+	entered, release := pauseFileReads(t, "chunk")
 	res := readAsync(l, 1, 400)
 	waitClosed(t, entered, "the read to reach the files")
 	deleted := make(chan struct{})
@@ -181,4 +188,34 @@ func TestParseStopsAtTheLimit(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, more)
 	assert.Equal(t, want, msgs)
+}
+
+// A chunk over more segments than it has file pieces ends where they run
+// out, instead of reading the rest under the lock; the read goes on with
+// the next chunk.
+func TestChunkOverManySegments(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{SegmentBytes: MinSegmentBytes, NoSync: true})
+	t.Cleanup(func() { l.Close() })
+	var want [][]byte
+	for i := uint64(1); i <= 100; i++ {
+		want = append(want, appendUniform(t, l, i, 10, 100)...) // ~1 KiB a record: 4 a segment
+	}
+	commitTo(t, l, 100)
+	require.Greater(t, len(l.segs), 2*len(readState{}.pieces))
+
+	r := readState{limit: 1000, maxCount: math.MaxInt, maxBytes: math.MaxInt, next: 1}
+	l.mu.RLock()
+	buf, _, err := l.planChunk(&r, nil, chunkStart{})
+	l.mu.RUnlock()
+	require.NoError(t, err)
+	unlocked := int64(0)
+	for _, p := range r.pieces[:r.npieces] {
+		unlocked += p.n
+	}
+	assert.Equal(t, int64(len(buf)), unlocked, "every byte of the chunk read from a piece")
+
+	msgs, next, err := l.ReadMessages(nil, 1, 1000, 0, 0)
+	require.NoError(t, err)
+	assert.Equal(t, want, msgs)
+	assert.Equal(t, uint64(1001), next)
 }

@@ -228,16 +228,24 @@ func scanSpan(s *segment, p indexPoint, match func(*recHeader) bool) (int64, rec
 	if err := s.readAt(buf[:want], p.off); err != nil {
 		return 0, recHeader{}, err
 	}
-	buf = buf[:want]
+	if off, h, ok := matchHeader(buf[:want], p.off, match); ok {
+		return off, h, nil
+	}
+	return 0, recHeader{}, fmt.Errorf("commitlog: index inconsistent with %s near offset %d", s.path, p.off)
+}
+
+// matchHeader walks the record headers in buf, read from file offset base,
+// until match returns true, and returns that record's offset and header.
+func matchHeader(buf []byte, base int64, match func(*recHeader) bool) (int64, recHeader, bool) {
 	for pos := 0; pos+recHeaderSize <= len(buf); {
 		h := parseHeader(buf[pos:])
 		if h.length < recRestSize {
 			break
 		}
 		if match(&h) {
-			return p.off + int64(pos), h, nil
+			return base + int64(pos), h, true
 		}
 		pos += int(h.size())
 	}
-	return 0, recHeader{}, fmt.Errorf("commitlog: index inconsistent with %s near offset %d", s.path, p.off)
+	return 0, recHeader{}, false
 }
