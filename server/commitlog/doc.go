@@ -64,8 +64,13 @@
 // (Append, SetHardState, SetConfState, Sync, ApplySnapshot, DeleteBefore,
 // Close). Any goroutine may call IDs, FirstID, NextID, ReadMessages and Stats
 // concurrently. A sync.RWMutex guards the in-memory index; the owner updates it
-// under the write lock after its write syscall, readers hold the read lock
-// while they pread, so a segment file is never closed under a reader.
+// under the write lock after its write syscall. A message reader holds the
+// read lock only to plan a read (which segments, which offsets, a copy of
+// records still held in memory), not while it preads: the owner's next
+// append would wait for a disk read (readChunk). That is safe because the
+// reader's limit is the commit point, and committed records never change
+// in an open segment file; a segment closed or cut meanwhile shows as a
+// short read, and the read is made again under the lock.
 //
 // # Directory layout
 //

@@ -585,6 +585,17 @@ func (e *Engine) closeAll() {
 	}
 }
 
+// maxInflightBytes bounds the entries a leader has sent a follower and not
+// yet heard back about (raft's MaxInflightBytes). Without it only the
+// message count bounds them (MaxInflightMsgs × MaxSizePerMsg = 256 MiB): a
+// follower catching up after a restart made one acknowledgement send it
+// 256 MiB at once, each message's entries read from the leader's log
+// inside the engine's pass (older than the tail cache: from disk), and a
+// 1-message send to another topic waited 1.8–3.8 s for that pass.
+// At W1's 66 MB/s a follower's acknowledgement, a few ms away, stands for
+// well under 1 MiB, so 4 MiB does not hold a follower back that keeps up.
+const maxInflightBytes = 4 << 20
+
 func (e *Engine) raftConfig(id uint64, log *commitlog.Log, applied uint64) *raft.Config {
 	return &raft.Config{
 		ID:                        id,
@@ -594,6 +605,7 @@ func (e *Engine) raftConfig(id uint64, log *commitlog.Log, applied uint64) *raft
 		Applied:                   applied,
 		MaxSizePerMsg:             1 << 20,
 		MaxInflightMsgs:           256,
+		MaxInflightBytes:          maxInflightBytes,
 		MaxCommittedSizePerReady:  64 << 20,
 		MaxUncommittedEntriesSize: e.cfg.MaxUncommittedBytes,
 		CheckQuorum:               true,
