@@ -47,7 +47,7 @@ func (c *cutTransport) Send(group string, msgs []*raftpb.Message) {
 	c.Transport.Send(group, keep)
 }
 
-// TestCatchUpIsPaced: a follower back after missing 24 MiB of entries is
+// TestCatchUpIsPaced: a follower back after missing 40 MiB of entries is
 // sent them a few MiB at a time, not all at once. raft bounded them only by
 // message count (256 messages of up to 1 MiB), so a follower back from a
 // restart made one acknowledgement send it everything it missed, up to
@@ -86,7 +86,7 @@ func TestCatchUpIsPaced(t *testing.T) {
 		msgs[i] = make([]byte, 4<<10)
 	}
 	var last uint64
-	for range 24 { // 24 MiB, committed by nodes 1 and 2
+	for range 40 { // 40 MiB, committed by nodes 1 and 2
 		res, err := leader.Propose(ctx10(t), msgs, true)
 		require.NoError(t, err)
 		last = res.FirstID + uint64(res.Count) - 1
@@ -100,7 +100,7 @@ func TestCatchUpIsPaced(t *testing.T) {
 	cut.mu.Lock()
 	defer cut.mu.Unlock()
 	// The cap, plus the message that crossed it and what acknowledgements
-	// stepped in the same pass freed: well under the 24 MiB it missed.
+	// stepped in the same pass freed: well under the 40 MiB it missed.
 	assert.LessOrEqual(t, cut.maxSend, 2*maxInflightBytes, "entry bytes sent to node 3 in one pass")
 	assert.Greater(t, cut.maxSend, 0)
 }
