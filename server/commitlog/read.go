@@ -311,7 +311,7 @@ var unlockedReadHook func(site string)
 // and Go keeps a file's descriptor alive during a read even when the file
 // is closed meanwhile. A segment closed (retention, a snapshot, Close) or
 // cut (a truncation) during the read shows as a short read, and the chunk
-// is then read again under the lock, as it is now.
+// is then read again, all of it under the lock.
 func (l *Log) readChunk(dst [][]byte, r *readState, sc *Scratch) (_ [][]byte, more bool, err error) {
 	id := r.next
 	for locked := false; ; locked = true {
