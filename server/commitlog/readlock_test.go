@@ -63,6 +63,19 @@ func waitClosed(t *testing.T, c <-chan struct{}, what string) {
 	}
 }
 
+// finishes runs fn in a goroutine and fails the test unless it returns
+// while the paused read waits (a writer that waits for the read never
+// does; the read is released at the test's end).
+func finishes(t *testing.T, what string, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	waitClosed(t, done, what)
+}
+
 // A reader in the middle of reading the files (a consumer far behind: a
 // disk read of milliseconds) must not hold up the appends, whose lock the
 // engine takes for every topic of the node in turn.
@@ -80,14 +93,11 @@ func TestAppendDoesNotWaitForAFileRead(t *testing.T) {
 			res := readAsync(l, 1, 200)
 			waitClosed(t, entered, "the read to reach the files")
 
-			appended := make(chan struct{})
-			go func() {
-				defer close(appended)
+			finishes(t, "an append while a read is at the files", func() {
 				msgs := [][]byte{[]byte("new")}
 				_, err := l.Append([]*pb.Entry{ent(21, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, 21, 0, 0, msgs))}, nil)
 				assert.NoError(t, err)
-			}()
-			waitClosed(t, appended, "an append while a read is at the files")
+			})
 			release()
 			r := <-res
 			require.NoError(t, r.err)
@@ -122,13 +132,10 @@ func TestReadOfCommittedRecordsWhileTheTailIsRewritten(t *testing.T) {
 		msgs := [][]byte{make([]byte, 37*int(i))}
 		ents = append(ents, ent(i, 2, pb.EntryType_EntryNormal, EncodeBatch(nil, i, 0, 0, msgs)))
 	}
-	rewritten := make(chan struct{})
-	go func() {
-		defer close(rewritten)
+	finishes(t, "a truncation while a read is at the files", func() {
 		_, err := l.Append(ents, nil)
 		assert.NoError(t, err)
-	}()
-	waitClosed(t, rewritten, "a truncation while a read is at the files")
+	})
 	release()
 	r := <-res
 	require.NoError(t, r.err)
@@ -150,12 +157,9 @@ func TestReadOfASegmentDeletedMeanwhile(t *testing.T) {
 	entered, release := pauseFileReads(t, "chunk")
 	res := readAsync(l, 1, 400)
 	waitClosed(t, entered, "the read to reach the files")
-	deleted := make(chan struct{})
-	go func() {
-		defer close(deleted)
+	finishes(t, "a deletion while a read is at the files", func() {
 		assert.NoError(t, l.DeleteBefore(30))
-	}()
-	waitClosed(t, deleted, "a deletion while a read is at the files")
+	})
 	first := l.FirstID()
 	require.Greater(t, first, uint64(1))
 	release()
