@@ -150,6 +150,7 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 		if err != nil {
 			return ids, err
 		}
+		s.startTable = tableAt(l.dedup)
 		l.mu.Lock()
 		l.segs = append(l.segs, s)
 		l.mu.Unlock()
@@ -445,6 +446,7 @@ func (l *Log) roll(s *segment, first uint64) (*segment, error) {
 	if err != nil {
 		return nil, l.fence(err)
 	}
+	ns.startTable = tableAt(l.dedup) // the entries before first are applied to it
 	l.mu.Lock()
 	l.segs = append(l.segs, ns)
 	l.mu.Unlock()

@@ -558,3 +558,46 @@ func TestDuplicatesDoNotStretchARead(t *testing.T) {
 		assert.Equal(t, []byte{byte(i + 1)}, m)
 	}
 }
+
+// TestDeleteBeforeReadsNoDeletedSegment: retention finds the dedup table as
+// of the new log start in memory (the table each segment started with),
+// not by replaying the segments it deletes: that read them whole, from
+// disk, inside the engine's pass, 64 MiB a segment, on every node and at
+// every cut. The table is the one the replay gives, in a log that kept
+// its segments' tables while appending and in one that rebuilt them when
+// opened.
+func TestDeleteBeforeReadsNoDeletedSegment(t *testing.T) {
+	for _, reopen := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reopened=%v", reopen), func(t *testing.T) {
+			dir := t.TempDir()
+			opts := Options{SegmentBytes: MinSegmentBytes, NoSync: true}
+			l := openT(t, dir, opts)
+			for s := uint64(1); s <= 200; s++ {
+				appendOne(t, l, pbatch(s, 1, 1+s%7, 1+s/7, 5))
+			}
+			commitTo(t, l, 200)
+			if reopen {
+				require.NoError(t, l.Close())
+				l = openT(t, dir, opts)
+			}
+			t.Cleanup(func() { l.Close() })
+			n := len(l.segs) / 2
+			require.Greater(t, n, 2)
+			// What replaying the deleted segments gives.
+			want, err := decodeDedupTable(l.baseTable)
+			require.NoError(t, err)
+			next := l.start.firstID
+			for _, s := range l.segs[:n] {
+				next, err = replayDedup(s, want, next)
+				require.NoError(t, err)
+			}
+			// A read of a deleted segment now fails.
+			for _, s := range l.segs[:n] {
+				require.NoError(t, s.f.Close())
+			}
+			require.NoError(t, l.DeleteBefore(l.segs[n].first))
+			assert.Equal(t, want.encode(nil), l.baseTable)
+			assert.Equal(t, next, l.FirstID())
+		})
+	}
+}

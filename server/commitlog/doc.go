@@ -56,7 +56,10 @@
 // that IDs can answer them later.
 //
 // The table is not pruned: it holds every producer seen in the log prefix
-// (45 to 185 bytes encoded each, in meta and in snapshot data).
+// (45 to 185 bytes encoded each, in meta and in snapshot data). Each
+// segment keeps in memory the table as it was at its first record, when
+// that is at most 1 MiB, so that DeleteBefore finds the table at the new
+// start without reading the segments it deletes.
 //
 // # Concurrency
 //

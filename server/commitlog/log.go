@@ -266,7 +266,7 @@ func (l *Log) recover() error {
 		if err != nil {
 			return fmt.Errorf("commitlog: open segment: %w", err)
 		}
-		s := &segment{first: first, last: first - 1, f: f, path: path}
+		s := &segment{first: first, last: first - 1, f: f, path: path, startTable: tableAt(l.dedup)}
 		l.segs = append(l.segs, s)
 		nextID, err := l.scanSegment(s, l.nextID)
 		isLast := first == firsts[len(firsts)-1]

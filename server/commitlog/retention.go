@@ -41,22 +41,28 @@ func (l *Log) DeleteBefore(index uint64) error {
 	if st.prevTerm, err = l.termLocked(keep.first - 1); err != nil {
 		return fmt.Errorf("commitlog: delete before %d: %w", index, err)
 	}
-	// The dedup table as of the new start: replay the segments to delete
-	// onto the table as of the old start (reads their headers once).
-	t, err := decodeDedupTable(l.baseTable)
-	if err != nil {
-		return fmt.Errorf("%w: dedup table: %w", ErrCorrupt, err)
-	}
-	nextID := l.start.firstID
-	for _, s := range l.segs[:n] {
-		if nextID, err = replayDedup(s, t, nextID); err != nil {
-			return err
+	// The dedup table as of the new start: the one the first kept segment
+	// started with. Without it (too large to keep), replay the segments to
+	// delete onto the table as of the old start: that reads them whole,
+	// inside the engine's pass, from disk (their pages were dropped long
+	// ago): 64 MiB a segment.
+	table := keep.startTable
+	if table == nil {
+		t, err := decodeDedupTable(l.baseTable)
+		if err != nil {
+			return fmt.Errorf("%w: dedup table: %w", ErrCorrupt, err)
 		}
+		nextID := l.start.firstID
+		for _, s := range l.segs[:n] {
+			if nextID, err = replayDedup(s, t, nextID); err != nil {
+				return err
+			}
+		}
+		if nextID != st.firstID {
+			return fmt.Errorf("%w: delete before %d: replay ends at id %d, not %d", ErrCorrupt, index, nextID, st.firstID)
+		}
+		table = t.encode(nil)
 	}
-	if nextID != st.firstID {
-		return fmt.Errorf("%w: delete before %d: replay ends at id %d, not %d", ErrCorrupt, index, nextID, st.firstID)
-	}
-	table := t.encode(nil)
 	if err := writeMeta(l.dir, st, l.cs, table); err != nil {
 		return l.fence(err)
 	}

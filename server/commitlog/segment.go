@@ -51,6 +51,28 @@ type segment struct {
 	// memory and not yet written to f (a journaled log's write-behind,
 	// see holdBytes). Only the last segment holds records.
 	held []byte
+	// startTable is the encoded dedup table as of the segment's first
+	// record (as meta's baseTable is of the log's), so that DeleteBefore
+	// need not read the segments it deletes to find the table at the new
+	// start; nil when too large to keep (segmentTableMax). Owner-only.
+	startTable []byte
+}
+
+// segmentTableMax is the largest dedup table a segment keeps in memory
+// (startTable): about 5,000 producers. A larger one is found again by
+// replaying the deleted segments' headers.
+const segmentTableMax = 1 << 20
+
+// tableAt returns the encoding of t to keep as a segment's startTable, or
+// nil when it is larger than segmentTableMax.
+func tableAt(t *dedupTable) []byte {
+	if len(t.producers)*dedupProducerFixed > segmentTableMax {
+		return nil
+	}
+	if b := t.encode(nil); len(b) <= segmentTableMax {
+		return b
+	}
+	return nil
 }
 
 func (s *segment) empty() bool { return s.last < s.first }
