@@ -527,7 +527,7 @@ func (l *Log) truncateFrom(index uint64) error {
 	}
 	l.dups = l.dups[:k]
 	for _, s := range removed {
-		s.f.Close()
+		s.close()
 		s.dirty = false
 	}
 	l.mu.Unlock()

@@ -601,3 +601,40 @@ func TestDeleteBeforeReadsNoDeletedSegment(t *testing.T) {
 		})
 	}
 }
+
+// TestSegmentTablesWithinBudget: past the process's budget a segment keeps
+// no table, DeleteBefore then replays as before, and closing a log gives
+// its tables back.
+func TestSegmentTablesWithinBudget(t *testing.T) {
+	before := tableBytes.Load()
+	defer func(b int64) { tableBudget = b }(tableBudget)
+	tableBudget = before + 300
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes, NoSync: true})
+	for s := uint64(1); s <= 200; s++ {
+		appendOne(t, l, pbatch(s, 1, 1+s%7, 1+s/7, 5))
+	}
+	commitTo(t, l, 200)
+	kept := 0
+	for _, s := range l.segs {
+		if s.startTable != nil {
+			kept++
+		}
+	}
+	assert.Positive(t, kept)
+	assert.Less(t, kept, len(l.segs)/2)
+	n := len(l.segs) / 2
+	require.Nil(t, l.segs[n].startTable)
+	want, err := decodeDedupTable(l.baseTable)
+	require.NoError(t, err)
+	next := l.start.firstID
+	for _, s := range l.segs[:n] {
+		next, err = replayDedup(s, want, next)
+		require.NoError(t, err)
+	}
+	require.NoError(t, l.DeleteBefore(l.segs[n].first))
+	assert.Equal(t, want.encode(nil), l.baseTable)
+	assert.Equal(t, next, l.FirstID())
+	require.NoError(t, l.Close())
+	assert.Equal(t, before, tableBytes.Load())
+}

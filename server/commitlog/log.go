@@ -388,7 +388,7 @@ func (l *Log) Close() error {
 func (l *Log) closeFiles() error {
 	var err error
 	for _, s := range l.segs {
-		if cerr := s.f.Close(); cerr != nil && err == nil {
+		if cerr := s.close(); cerr != nil && err == nil {
 			err = fmt.Errorf("commitlog: close segment: %w", cerr)
 		}
 	}

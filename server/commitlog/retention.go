@@ -83,7 +83,7 @@ func (l *Log) DeleteBefore(index uint64) error {
 	l.terms = slices.Delete(l.terms, 0, k)
 	l.terms[0].start = st.firstIndex - 1
 	for _, s := range removed {
-		s.f.Close()
+		s.close()
 		s.dirty = false
 	}
 	l.mu.Unlock()
@@ -172,7 +172,7 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	l.mu.Lock()
 	l.segs = l.segs[:k]
 	for _, s := range tail {
-		s.f.Close()
+		s.close()
 		s.dirty = false
 	}
 	l.mu.Unlock()
@@ -202,7 +202,7 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	l.dedup = dedup
 	l.terms = append(l.terms[:0], termRun{start: idx, term: term})
 	for _, s := range rest {
-		s.f.Close()
+		s.close()
 		s.dirty = false
 	}
 	l.mu.Unlock()

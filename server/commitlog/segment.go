@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 const (
@@ -59,20 +60,37 @@ type segment struct {
 }
 
 // segmentTableMax is the largest dedup table a segment keeps in memory
-// (startTable): about 5,000 producers. A larger one is found again by
-// replaying the deleted segments' headers.
+// (startTable): about 5,000 producers. tableBytes counts the tables the
+// process's segments keep, and no new one is kept while it is past
+// tableBudget (a variable for tests): a node of many topics, of many
+// segments each, keeps them for the first segments it made and replays
+// the headers for the rest, as DeleteBefore did for all.
 const segmentTableMax = 1 << 20
+
+var (
+	tableBytes  atomic.Int64
+	tableBudget int64 = 64 << 20
+)
 
 // tableAt returns the encoding of t to keep as a segment's startTable, or
 // nil when it is larger than segmentTableMax.
 func tableAt(t *dedupTable) []byte {
-	if len(t.producers)*dedupProducerFixed > segmentTableMax {
+	if len(t.producers)*dedupProducerFixed > segmentTableMax || tableBytes.Load() >= tableBudget {
 		return nil
 	}
-	if b := t.encode(nil); len(b) <= segmentTableMax {
-		return b
+	b := t.encode(nil)
+	if len(b) > segmentTableMax {
+		return nil
 	}
-	return nil
+	tableBytes.Add(int64(len(b)))
+	return b
+}
+
+// close closes s's file and lets its startTable go.
+func (s *segment) close() error {
+	tableBytes.Add(-int64(len(s.startTable)))
+	s.startTable = nil
+	return s.f.Close()
 }
 
 func (s *segment) empty() bool { return s.last < s.first }
