@@ -281,3 +281,49 @@ func BenchmarkAppendBesideColdReader(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDeleteBefore times one retention cut of a 16 MiB segment whose
+// pages are dropped (as a node's are long before retention reaches them):
+// with the table the kept segment started with ("table"), and without it
+// ("replay": the deleted segment's records read again, as before 97bfbe7).
+func BenchmarkDeleteBefore(b *testing.B) {
+	for _, keep := range []bool{true, false} {
+		name := "table"
+		if !keep {
+			name = "replay"
+		}
+		b.Run(name, func(b *testing.B) {
+			if !keep {
+				defer func(v int64) { tableBudget = v }(tableBudget)
+				tableBudget = 0
+			}
+			data := benchBatch(100, 100)
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				l := openT(b, b.TempDir(), Options{SegmentBytes: 16 << 20, PageCacheBytes: -1})
+				var ents []*pb.Entry
+				for idx := uint64(1); idx <= 1700; idx++ { // ~17 MB: a full segment and the next
+					ents = append(ents, ent(idx, 1, pb.EntryType_EntryNormal, data))
+				}
+				if _, err := l.Append(ents, nil); err != nil {
+					b.Fatal(err)
+				}
+				if err := l.Sync(); err != nil {
+					b.Fatal(err)
+				}
+				if err := l.SetHardStateParts(1, 0, 1700); err != nil {
+					b.Fatal(err)
+				}
+				dropPages(l.segs[0].f, 0, 0)
+				cut := l.segs[1].first
+				b.StartTimer()
+				if err := l.DeleteBefore(cut); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				l.Close()
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/cut")
+		})
+	}
+}
