@@ -17,18 +17,6 @@ import (
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 )
 
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // TestStuckProduceStreamHonoursDeadlines: a node that reads nothing of its
 // Produce stream (flow control holds the requests) does not hold a send
 // past its context, nor the sends queued behind it: the stream ends, and
@@ -69,20 +57,20 @@ func TestStuckProduceStreamHonoursDeadlines(t *testing.T) {
 	// returns, its answer never comes.
 	primer := make(chan error, 1)
 	go func() { _, err := c.SendMessagesContext(long(), "t", big, true); primer <- err }()
-	waitFor(t, "the first request sent", state(1, 0))
+	require.Eventually(t, state(1, 0), 10*time.Second, time.Millisecond, "the first request sent")
 	// The next Send blocks: the node reads nothing.
 	heldCtx, cancelHeld := context.WithCancel(context.Background())
 	defer cancelHeld()
 	held := make(chan error, 1)
 	go func() { _, err := c.SendMessagesContext(heldCtx, "t", big, true); held <- err }()
-	waitFor(t, "a send to hold the stream", state(2, 1))
+	require.Eventually(t, state(2, 1), 10*time.Second, time.Millisecond, "a send to hold the stream")
 	// One more queues behind it.
 	queued := make(chan error, 1)
 	go func() {
 		_, err := c.SendMessagesContext(long(), "t", [][]byte{[]byte("small")}, true)
 		queued <- err
 	}()
-	waitFor(t, "a send queued behind it", state(3, 1))
+	require.Eventually(t, state(3, 1), 10*time.Second, time.Millisecond, "a send queued behind it")
 	select {
 	case err := <-held:
 		t.Fatalf("the held send returned before its context ended: %v", err)
@@ -111,9 +99,9 @@ func TestStuckProduceStreamHonoursDeadlines(t *testing.T) {
 	defer c2.Close()
 	c = c2
 	go func() { _, _ = c2.SendMessagesContext(long(), "t", big, true) }()
-	waitFor(t, "the second client's first request sent", state(1, 0))
+	require.Eventually(t, state(1, 0), 10*time.Second, time.Millisecond, "the second client's first request sent")
 	go func() { _, _ = c2.SendMessagesContext(long(), "t", big, true) }()
-	waitFor(t, "a send to hold the second client's stream", state(2, 1))
+	require.Eventually(t, state(2, 1), 10*time.Second, time.Millisecond, "a send to hold the second client's stream")
 	short, cancelShort := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancelShort()
 	shortErr := make(chan error, 1)

@@ -31,7 +31,10 @@ type identity struct {
 
 const identityFile = "identity.json"
 
-func identityExists(dir string) bool {
+// HasIdentity reports whether dir, a node's data directory, holds its
+// identity: the node has started there before (and knows its place in the
+// cluster).
+func HasIdentity(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, identityFile))
 	return err == nil
 }

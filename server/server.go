@@ -156,7 +156,7 @@ func (s *Server) open() error {
 				}
 			}
 		}
-		if want.RaftID == 0 && !identityExists(cfg.DataDir) {
+		if want.RaftID == 0 && !HasIdentity(cfg.DataDir) {
 			// Only a first start needs its place in the list: a node
 			// that joined later is in no -initial-cluster, and its data
 			// directory knows its ID.
@@ -167,7 +167,7 @@ func (s *Server) open() error {
 	if cfg.Join == nil {
 		want.Initial = topicMembers(bootstrap)
 	}
-	fresh := !identityExists(cfg.DataDir)
+	fresh := !HasIdentity(cfg.DataDir)
 	id, err := loadIdentity(cfg.DataDir, want)
 	if err != nil {
 		return err

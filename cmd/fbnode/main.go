@@ -17,7 +17,6 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -42,11 +41,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "fbnode:", err)
 		os.Exit(1)
 	}
-}
-
-func fileExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }
 
 // askToJoin calls AdminService.AddNode on a member, retrying while the
@@ -173,7 +167,7 @@ func run(args []string) error {
 			return fmt.Errorf("-%s %s: want %s", c.flag, fs.Lookup(c.flag).Value, c.want)
 		}
 	}
-	if *advertise == "" && !fileExists(filepath.Join(*dataDir, "identity.json")) && unspecifiedHost(*listen) {
+	if *advertise == "" && !server.HasIdentity(*dataDir) && unspecifiedHost(*listen) {
 		// The node records the address it advertises as its member
 		// address, for peers and clients, and no call changes it later.
 		return fmt.Errorf("-listen %s listens on every interface: give -advertise, the host:port clients and other nodes dial", *listen)
@@ -214,7 +208,7 @@ func run(args []string) error {
 		logger.Info("pprof listening", "addr", lis.Addr().String())
 	}
 	var joinInfo *server.Join
-	if *join != "" && !fileExists(filepath.Join(*dataDir, "identity.json")) {
+	if *join != "" && !server.HasIdentity(*dataDir) {
 		if *advertise == "" && strings.HasSuffix(*listen, ":0") {
 			return errors.New("-join needs a fixed -listen port or an -advertise address")
 		}

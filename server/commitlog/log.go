@@ -165,10 +165,7 @@ type Log struct {
 // or a gap between segments, makes Open fail with an error wrapping
 // ErrCorrupt.
 func Open(dir string, opts Options) (*Log, error) {
-	if opts.SegmentBytes == 0 {
-		opts.SegmentBytes = DefaultSegmentBytes
-	}
-	opts.SegmentBytes = max(opts.SegmentBytes, MinSegmentBytes)
+	opts.SegmentBytes = segmentBytes(opts.SegmentBytes)
 	if opts.PageCacheBytes == 0 {
 		opts.PageCacheBytes = DefaultPageCacheBytes
 	}
@@ -609,8 +606,13 @@ func holdsID(h *recHeader, id uint64) bool { return id < h.firstID+uint64(h.coun
 // MinSegmentBytes are raised), from the next append on. The owner
 // goroutine only.
 func (l *Log) SetSegmentBytes(n int64) {
+	l.opts.SegmentBytes = segmentBytes(n)
+}
+
+// segmentBytes is the roll size Options.SegmentBytes = n stands for.
+func segmentBytes(n int64) int64 {
 	if n == 0 {
-		n = DefaultSegmentBytes
+		return DefaultSegmentBytes
 	}
-	l.opts.SegmentBytes = max(n, MinSegmentBytes)
+	return max(n, MinSegmentBytes)
 }

@@ -359,11 +359,9 @@ type chunkStart struct {
 // readChunk). It gives up (a zero chunkStart) when any of that span is
 // still in memory only, or the read comes up short.
 func (l *Log) findStart(id uint64) chunkStart {
+	// A log closed or an id deleted meanwhile: planChunk, which checks
+	// both under the lock, reports it.
 	l.mu.RLock()
-	if l.closed || id < l.firstIDLocked() {
-		l.mu.RUnlock()
-		return chunkStart{}
-	}
 	si, p, err := l.idPoint(id)
 	var s *segment
 	var end int64

@@ -591,10 +591,11 @@ func (e *Engine) closeAll() {
 // follower catching up after a restart made one acknowledgement send it
 // 256 MiB at once, each message's entries read from the leader's log
 // inside the engine's pass (older than the tail cache: from disk), and a
-// 1-message send to another topic waited 1.8–3.8 s for that pass.
-// A follower that keeps up is not held back: at W1's ~62 MB/s per
-// follower, 8 MiB is 130 ms of acknowledgements outstanding, and W1's
-// slowest batch takes 40 ms (1 MiB did hold W1 back: ×0.80–1.00).
+// 1-message send to another topic waited 2.6 s (a follower ~700 MB
+// behind, by hand). A follower that keeps up is not held back: at W1's
+// ~62 MB/s per follower, 8 MiB is 130 ms of acknowledgements outstanding,
+// and W1's slowest batches take 40–65 ms (a 1 MiB cap did hold W1 back:
+// ×0.80 / 1.00 / 0.85).
 const maxInflightBytes = 8 << 20
 
 func (e *Engine) raftConfig(id uint64, log *commitlog.Log, applied uint64) *raft.Config {

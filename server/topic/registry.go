@@ -474,11 +474,7 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 		if !r.replaying && nt.Group != nil && c.Settings.SegmentBytes != t.Settings.SegmentBytes {
 			// The running log rolls at the new size from now on (apply
 			// runs on the engine goroutine, which owns every log).
-			size := c.Settings.SegmentBytes
-			if size == 0 {
-				size = r.cfg.Log.SegmentBytes
-			}
-			nt.Group.Log().SetSegmentBytes(size)
+			nt.Group.Log().SetSegmentBytes(r.segmentBytes(c.Settings))
 		}
 	case "remove":
 		if t == nil {
@@ -599,6 +595,15 @@ func (r *Registry) Members() []Member {
 	return r.membersLocked()
 }
 
+// segmentBytes is the segment size of a topic with settings s: its own,
+// or the node's default (0: commitlog's).
+func (r *Registry) segmentBytes(s Settings) int64 {
+	if s.SegmentBytes > 0 {
+		return s.SegmentBytes
+	}
+	return r.cfg.Log.SegmentBytes
+}
+
 func (r *Registry) startLocked(t *Topic) error {
 	if _, err := os.Stat(filepath.Join(r.cfg.Dir, "removed", t.dir)); err == nil {
 		// Its removal was applied before a crash lost the commit index that
@@ -608,9 +613,7 @@ func (r *Registry) startLocked(t *Topic) error {
 		return nil
 	}
 	opts := r.cfg.Log
-	if t.Settings.SegmentBytes > 0 {
-		opts.SegmentBytes = t.Settings.SegmentBytes
-	}
+	opts.SegmentBytes = r.segmentBytes(t.Settings)
 	opts.Logger = r.log.With("topic", t.Name)
 	l, err := commitlog.Open(filepath.Join(r.cfg.Dir, "topics", t.dir), opts)
 	if err != nil {
