@@ -63,7 +63,9 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 // batches of the same Client and topic (many concurrent sends) cannot be
 // told from a new batch and is stored again, and a duplicate whose first
 // copy's IDs are no longer remembered gets none: the call fails with
-// ErrDuplicateBatch (its messages are stored).
+// ErrDuplicateBatch (its messages are stored). A topic forgets a Client
+// once 8,192 other producers have stored a batch there after the Client's
+// last one; a retry after that is stored again too.
 func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error) {
 	return c.sendMessages(ctx, topic, messages, waitForCommit, c.nextSequence(topic))
 }

@@ -2,6 +2,7 @@ package commitlog
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -29,6 +30,22 @@ const (
 	// producer whose ids are remembered, so that a duplicate of one of them
 	// is answered with its original ids.
 	DedupIDWindow = 8
+)
+
+// The table's bound. A table that reaches dedupMaxProducers+dedupEvictSlack
+// producers when a new one stores its first batch forgets all but the
+// dedupMaxProducers that stored a batch most recently (by the first id of
+// their newest stored batch), then adds the new one. So a producer is
+// remembered at least until dedupMaxProducers other producers have stored a
+// batch after its newest one; a forgotten producer that sends again is
+// treated as new, like a sequence older than DedupSeqWindow: its batch is
+// stored (at least once). Like every verdict this is a pure function of the
+// log prefix, so the bound is part of the replicated format: every replica
+// of a topic must apply the same one. Variables only so that tests can make
+// them small.
+var (
+	dedupMaxProducers = 8192
+	dedupEvictSlack   = 1024
 )
 
 // dedupRec is one remembered batch: sequence and ids.
@@ -99,7 +116,15 @@ func (p *producerState) ordered(dst []dedupRec) []dedupRec {
 	return dst
 }
 
-// dedupUndo restores a producer's state when the entry at index is truncated.
+// newest is the first id of the producer's most recently stored batch: its
+// rank for eviction (no two stored batches share a first id).
+func (p *producerState) newest() uint64 {
+	return p.recs[(int(p.head)+DedupIDWindow-1)%DedupIDWindow].firstID
+}
+
+// dedupUndo restores a producer's state when the entry at index is
+// truncated: the state before it when existed (also a producer the entry
+// evicted), else no state.
 type dedupUndo struct {
 	index   uint64
 	pid     uint64
@@ -151,11 +176,32 @@ func (t *dedupTable) apply(index uint64, data []byte, n uint32, nextID uint64, t
 		t.undo = append(t.undo, u)
 	}
 	if p == nil {
+		if len(t.producers) >= dedupMaxProducers+dedupEvictSlack {
+			t.evict(index, track)
+		}
 		p = &producerState{}
 		t.producers[pid] = p
 	}
 	p.record(dedupRec{seq: seq, firstID: nextID, count: n})
 	return ids
+}
+
+// evict forgets all but the dedupMaxProducers producers whose newest stored
+// batch is the most recent, as part of applying entry index (with undo
+// records when track is set, pushed before the entry's own).
+func (t *dedupTable) evict(index uint64, track bool) {
+	type ranked struct{ newest, pid uint64 }
+	all := make([]ranked, 0, len(t.producers))
+	for pid, p := range t.producers {
+		all = append(all, ranked{p.newest(), pid})
+	}
+	slices.SortFunc(all, func(a, b ranked) int { return cmp.Compare(a.newest, b.newest) })
+	for _, r := range all[:len(all)-dedupMaxProducers] {
+		if track {
+			t.undo = append(t.undo, dedupUndo{index: index, pid: r.pid, existed: true, prev: *t.producers[r.pid]})
+		}
+		delete(t.producers, r.pid)
+	}
 }
 
 // trim drops the undo records of entries at or below commit.
@@ -179,7 +225,12 @@ func (t *dedupTable) rollback(index uint64) {
 			break
 		}
 		if u.existed {
-			*t.producers[u.pid] = u.prev
+			if p := t.producers[u.pid]; p != nil {
+				*p = u.prev
+			} else {
+				prev := u.prev // evicted by the entry
+				t.producers[u.pid] = &prev
+			}
 		} else {
 			delete(t.producers, u.pid)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
+	"sort"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -297,12 +298,26 @@ type refEnt struct {
 // definition: a batch of a non-zero producer with messages is a duplicate if
 // its sequence is stored already and lies less than DedupSeqWindow below the
 // highest stored one (an older one is stored again); its original ids are known if it is among the last
-// DedupIDWindow stored batches of the producer.
+// DedupIDWindow stored batches of the producer. A new producer's first
+// stored batch, when dedupMaxProducers+dedupEvictSlack producers are
+// known, first forgets all but the dedupMaxProducers whose newest stored
+// batch is the most recent.
 func refIDs(ents []refEnt, firstID uint64) []EntryIDs {
 	type prod struct {
 		stored map[uint64]bool
 		max    uint64
 		recent []dedupRec
+	}
+	forget := func(ps map[uint64]*prod) {
+		var pids []uint64
+		for pid := range ps {
+			pids = append(pids, pid)
+		}
+		newest := func(pid uint64) uint64 { r := ps[pid].recent; return r[len(r)-1].firstID }
+		sort.Slice(pids, func(a, b int) bool { return newest(pids[a]) > newest(pids[b]) })
+		for _, pid := range pids[dedupMaxProducers:] {
+			delete(ps, pid)
+		}
 	}
 	ps := map[uint64]*prod{}
 	next := firstID
@@ -323,6 +338,9 @@ func refIDs(ents []refEnt, firstID uint64) []EntryIDs {
 				}
 			} else {
 				if p == nil {
+					if len(ps) >= dedupMaxProducers+dedupEvictSlack {
+						forget(ps)
+					}
 					p = &prod{stored: map[uint64]bool{}}
 					ps[e.pid] = p
 				}
@@ -355,11 +373,33 @@ func TestDedupProperty(t *testing.T) {
 		seeds = 5
 	}
 	for seed := range seeds {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) { dedupProperty(t, uint64(seed)) })
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { dedupProperty(t, uint64(seed), 4) })
 	}
 }
 
-func dedupProperty(t *testing.T, seed uint64) {
+// TestDedupPropertyEviction is TestDedupProperty with a table bound of 3
+// (+2) producers and 12 producers sending: forgetting, and truncations that
+// bring forgotten producers back.
+func TestDedupPropertyEviction(t *testing.T) {
+	smallDedupBound(t, 3, 2)
+	seeds := 30
+	if testing.Short() {
+		seeds = 5
+	}
+	for seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { dedupProperty(t, uint64(seed), 12) })
+	}
+}
+
+// smallDedupBound sets the dedup table's bound for the test.
+func smallDedupBound(t *testing.T, keep, slack int) {
+	oldKeep, oldSlack := dedupMaxProducers, dedupEvictSlack
+	dedupMaxProducers, dedupEvictSlack = keep, slack
+	t.Cleanup(func() { dedupMaxProducers, dedupEvictSlack = oldKeep, oldSlack })
+}
+
+// dedupProperty runs one random history of producers 1..pids-1 (and 0).
+func dedupProperty(t *testing.T, seed, pids uint64) {
 	rng := rand.New(rand.NewPCG(seed, 42))
 	dir := t.TempDir()
 	opts := Options{SegmentBytes: MinSegmentBytes, NoSync: true}
@@ -407,7 +447,7 @@ func dedupProperty(t *testing.T, seed uint64) {
 			for k := rng.IntN(6) + 1; k > 0; k-- {
 				e := refEnt{term: term, batch: rng.IntN(8) != 0}
 				if e.batch {
-					e.pid = rng.Uint64N(4)
+					e.pid = rng.Uint64N(pids)
 					e.n = rng.IntN(4)
 					if e.n == 0 && rng.IntN(2) == 0 {
 						e.n = 1
@@ -467,7 +507,14 @@ func dedupProperty(t *testing.T, seed uint64) {
 
 // BenchmarkAppendProducer is BenchmarkAppend/nosync with a producer id and
 // increasing sequences: one dedup table lookup and undo record per entry.
-func BenchmarkAppendProducer(b *testing.B) {
+func BenchmarkAppendProducer(b *testing.B) { benchAppendProducers(b, false) }
+
+// BenchmarkAppendNewProducers is BenchmarkAppendProducer with a new
+// producer for every batch: the table at its bound forgets 1,024 producers
+// every 1,024 batches (one sort of the table).
+func BenchmarkAppendNewProducers(b *testing.B) { benchAppendProducers(b, true) }
+
+func benchAppendProducers(b *testing.B, fresh bool) {
 	l := openT(b, b.TempDir(), Options{})
 	defer l.Close()
 	msgs := make([][]byte, 100)
@@ -484,7 +531,11 @@ func BenchmarkAppendProducer(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		idx := uint64(i) + 1
 		*e.Index = idx
-		EncodeBatch(data[:0], 1, 77, idx, msgs) // sequence = index
+		if fresh {
+			EncodeBatch(data[:0], 1, idx, 1, msgs) // producer = index
+		} else {
+			EncodeBatch(data[:0], 1, 77, idx, msgs) // sequence = index
+		}
 		var err error
 		if ids, err = l.Append(ents, ids[:0]); err != nil || ids[0].Dup {
 			b.Fatal(err)
@@ -496,6 +547,7 @@ func BenchmarkAppendProducer(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)*100/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(len(l.dedup.producers)), "producers")
 }
 
 func TestMetaVersion1(t *testing.T) {
@@ -637,4 +689,47 @@ func TestSegmentTablesWithinBudget(t *testing.T) {
 	assert.Equal(t, next, l.FirstID())
 	require.NoError(t, l.Close())
 	assert.Equal(t, before, tableBytes.Load())
+}
+
+// TestDedupForgetsLeastRecentProducers: a table at its bound forgets the
+// producers whose newest batch is the oldest; a forgotten producer's retry
+// is stored again; truncating the entry that forgot them brings them back;
+// and the table stays within its bound however many producers send.
+func TestDedupForgetsLeastRecentProducers(t *testing.T) {
+	smallDedupBound(t, 4, 2)
+	dir := t.TempDir()
+	l := openT(t, dir, Options{})
+	defer func() { l.Close() }()
+	for pid := uint64(1); pid <= 6; pid++ { // entries 1..6, ids 1..6
+		appendOne(t, l, pbatch(pid, 1, pid, 1, 1))
+	}
+	appendOne(t, l, pbatch(7, 1, 1, 2, 1)) // producer 1 again: id 7, its newest
+	commitTo(t, l, 7)
+	// Producer 7 is the 7th: the table keeps 1, 6, 5, 4 and adds 7.
+	assert.Equal(t, at(8, stored(8, 1)), appendOne(t, l, pbatch(8, 1, 7, 1, 1)))
+	assert.Len(t, l.dedup.producers, 5)
+	for _, pid := range []uint64{4, 5, 6} {
+		assert.True(t, appendOne(t, l, pbatch(9, 1, pid, 1, 1)).Dup, "producer %d kept", pid)
+	}
+	assert.True(t, appendOne(t, l, pbatch(9, 1, 1, 2, 1)).Dup, "producer 1 kept")
+	// Producers 2 and 3 are forgotten: a retry of theirs is stored again.
+	assert.Equal(t, at(9, stored(9, 1)), appendOne(t, l, pbatch(9, 1, 2, 1, 1)))
+
+	// Truncating entry 8 brings back the producers its eviction forgot.
+	appendOne(t, l, ent(8, 2, pb.EntryType_EntryNormal, nil))
+	assert.Len(t, l.dedup.producers, 6)
+	assert.Equal(t, at(9, dupOf(2, 1, 8)), appendOne(t, l, pbatch(9, 2, 2, 1, 1)))
+	assert.Equal(t, at(10, dupOf(3, 1, 8)), appendOne(t, l, pbatch(10, 2, 3, 1, 1)))
+
+	// Reopened, the scan forgets the same producers at the same entry.
+	appendOne(t, l, pbatch(11, 2, 7, 1, 1)) // id 8: forgets 2 and 3
+	require.NoError(t, l.Close())
+	l = openT(t, dir, Options{})
+	assert.Equal(t, at(12, stored(9, 1)), appendOne(t, l, pbatch(12, 2, 3, 1, 1)))
+
+	// Many producers, one batch each: the table never passes its bound.
+	for i := uint64(13); i < 1013; i++ {
+		appendOne(t, l, pbatch(i, 2, 1000+i, 1, 1))
+		require.LessOrEqual(t, len(l.dedup.producers), 6)
+	}
 }

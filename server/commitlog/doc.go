@@ -55,8 +55,18 @@
 // duplicates in the retained log are kept in memory (a few bytes each) so
 // that IDs can answer them later.
 //
-// The table is not pruned: it holds every producer seen in the log prefix
-// (45 to 185 bytes encoded each, in meta and in snapshot data). Each
+// The table is bounded (dedupMaxProducers, 8,192): when a producer not in
+// the table stores its first batch while the table holds 8,192 + 1,024
+// producers, the table first forgets all but the 8,192 whose newest
+// stored batch has the highest first id. A producer is so remembered at
+// least until 8,192 other producers have stored a batch after its newest,
+// as Kafka forgets idle producer ids after a time; one forgotten that
+// sends again is new, and a very late retry of its is stored again (at
+// least once, like a sequence older than the window). Forgetting is part
+// of the pure function (undo records bring forgotten producers back on
+// truncation), so every replica of a topic must run with the same bound:
+// it is part of the replicated format. The table holds 45 to 185 bytes
+// per producer encoded (in meta and in snapshot data). Each
 // segment keeps in memory the table as it was at its first record, when
 // that is at most 1 MiB, so that DeleteBefore finds the table at the new
 // start without reading the segments it deletes.
