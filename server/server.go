@@ -215,7 +215,7 @@ func (s *Server) open() error {
 	if err != nil {
 		return err
 	}
-	handler.e = s.engine
+	handler.e.Store(s.engine)
 	s.engine.Start()
 
 	s.svc = api.New(api.Config{
@@ -451,14 +451,29 @@ func (s *Server) setMembers(ms []topic.Member) {
 }
 
 // engineHandler hands what the transport receives to the engine.
-type engineHandler struct{ e *replica.Engine }
-
-func (h *engineHandler) Step(group string, m *raftpb.Message) { h.e.Step(group, m) }
-func (h *engineHandler) ReportUnreachable(group string, to uint64) {
-	h.e.ReportUnreachable(group, to)
+// engineHandler passes the transport's deliveries to the engine. The
+// transport exists before the engine, and a peer's message can arrive in
+// between (a ping): it is dropped, as for a node not up yet.
+type engineHandler struct {
+	e atomic.Pointer[replica.Engine]
 }
+
+func (h *engineHandler) Step(group string, m *raftpb.Message) {
+	if e := h.e.Load(); e != nil {
+		e.Step(group, m)
+	}
+}
+
+func (h *engineHandler) ReportUnreachable(group string, to uint64) {
+	if e := h.e.Load(); e != nil {
+		e.ReportUnreachable(group, to)
+	}
+}
+
 func (h *engineHandler) ReportSnapshot(group string, to uint64, failed bool) {
-	h.e.ReportSnapshot(group, to, failed)
+	if e := h.e.Load(); e != nil {
+		e.ReportSnapshot(group, to, failed)
+	}
 }
 
 // Addr is the address the node listens on.

@@ -96,12 +96,17 @@ type Engine struct {
 	busy    []*Group // groups with queued work (Group.queued set)
 	closing []*Group // removed groups the loop has not closed yet
 
-	tagSeq          atomic.Uint64 // proposal tags: node ID in the top 16 bits
-	epoch           time.Time     // creation: the clock silentFor measures from
-	lastHeard       sync.Map      // node ID -> *atomic.Int64, tick it was last heard
-	silenceTicks    int64         // silenceTicks(cfg.ElectionTicks)
-	silenced        atomic.Bool   // unheard marked a peer silent since the loop last looked
-	peers           []uint64      // pinged for liveness; guarded by mu
+	tagSeq          atomic.Uint64     // proposal tags: node ID in the top 16 bits
+	epoch           time.Time         // creation: the clock silentFor measures from
+	lastHeard       sync.Map          // node ID -> *atomic.Int64, tick it was last heard
+	silenceTicks    int64             // silenceTicks(cfg.ElectionTicks)
+	silenced        atomic.Bool       // unheard marked a peer silent since the loop last looked
+	pingSoon        atomic.Bool       // ping now, not at the next interval (see pingAsks)
+	leadersAsked    atomic.Bool       // a peer's ping asked for this node's leaders (see pingAsks)
+	incarnation     uint64            // this engine's, in its pings (see noteIncarnation)
+	incarnations    map[uint64]uint64 // peers' as last pinged; guarded by mu
+	restarted       []uint64          // peers whose incarnation changed since the loop looked; guarded by mu
+	peers           []uint64          // pinged for liveness; guarded by mu
 	electionTimeout time.Duration
 	metrics         engineMetrics // the syncer's (Metrics)
 
@@ -141,6 +146,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 	e.noticeTimer = time.NewTimer(time.Hour)
 	e.noticeTimer.Stop()
 	e.epoch = time.Now()
+	e.incarnation = uint64(e.epoch.UnixNano())
+	e.incarnations = make(map[uint64]uint64)
 	e.tagSeq.Store(rand.Uint64() & (1<<48 - 1))
 	e.electionTimeout = time.Duration(cfg.ElectionTicks) * cfg.TickInterval
 	e.silenceTicks = silenceTicks(cfg.ElectionTicks)
@@ -195,6 +202,11 @@ func (e *Engine) Group(name string) *Group {
 func (e *Engine) Step(group string, m *raftpb.Message) {
 	e.heard(m.GetFrom())
 	if group == livenessGroup {
+		e.noteIncarnation(m.GetFrom(), m.GetIndex())
+		if m.GetCommit() == pingAsks {
+			e.leadersAsked.Store(true)
+			e.kick()
+		}
 		return
 	}
 	if g := e.Group(group); g != nil {
@@ -467,7 +479,10 @@ func (e *Engine) run() {
 				g.stepAcks() // the rest waits for the sync
 			}
 		}
-		if e.wakeSilentLeaders(list) {
+		if e.pingSoon.Load() && e.pingSoon.Swap(false) {
+			e.pingPeers(list)
+		}
+		if e.wakeSilentLeaders(list) || e.wakeAskedLeaders(list) || e.wakeFollowersOfRestarted(list) {
 			awake = true
 		}
 		if awake && armed > 1 && !tick {
@@ -489,7 +504,7 @@ func (e *Engine) run() {
 			before := ticks
 			ticks += armed
 			if ticks/pingEvery != before/pingEvery {
-				e.pingPeers()
+				e.pingPeers(list)
 				e.resendReleases()
 			}
 			e.refreshSilence()

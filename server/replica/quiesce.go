@@ -178,14 +178,58 @@ func (e *Engine) leaderSilent(id uint64) bool {
 	return e.silentFor(id) > e.silenceTicks
 }
 
-// SetPeers sets the nodes the engine pings for liveness. It installs a new
-// slice, never writing into the old one: the loop reads the slice it took
-// under e.mu after releasing the lock (refreshSilence, pingPeers).
+// SetPeers sets the nodes the engine pings for liveness, and pings them
+// at once (see pingAsks). It installs a new slice, never writing into
+// the old one: the loop reads the slice it took under e.mu after releasing
+// the lock (refreshSilence, pingPeers).
 func (e *Engine) SetPeers(ids []uint64) {
 	peers := slices.Clone(ids)
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	e.peers = peers
+	e.mu.Unlock()
+	e.pingSoon.Store(true)
+	e.kick()
+}
+
+// pingAsks, in a ping's Commit, asks the peer for its leaders. A node that
+// restarts knows no leader for its groups, and a quiesced leader sends
+// nothing that would tell it: its groups would wait out an election
+// timeout (1-2 s) and start an election, whose messages wake the leaders;
+// meanwhile every call to the node waits for a leader. Instead a node's
+// pings ask while some group of its knows no leader, and a node that gets
+// such a ping wakes the quiesced groups it leads (wakeAskedLeaders): they
+// heartbeat once and quiesce again, and the asking groups learn their
+// leaders. A restarted group (one with a term) and new peers (SetPeers)
+// make the node ping at once instead of at the next interval. Builds
+// without this ignore the field.
+const pingAsks = 1
+
+// asking reports whether some group in list, not fenced nor being
+// removed, knows no leader. Engine goroutine only.
+func asking(list []*Group) bool {
+	for _, g := range list {
+		if g.fenced == nil && !g.removing.Load() && g.lead.Load() == raft.None {
+			return true
+		}
+	}
+	return false
+}
+
+// wakeAskedLeaders wakes the quiesced groups this node leads when a peer
+// asked for its leaders since the last call, and reports whether it woke
+// any. Engine goroutine only.
+func (e *Engine) wakeAskedLeaders(list []*Group) bool {
+	if !e.leadersAsked.Load() || !e.leadersAsked.Swap(false) {
+		return false
+	}
+	woke := false
+	for _, g := range list {
+		if g.quiesced && g.isLeader && g.fenced == nil && !g.removing.Load() {
+			g.quiesced = false
+			woke = true
+		}
+	}
+	return woke
 }
 
 // resendReleases sends, with a ping, the heartbeat of each fenced leader
@@ -205,20 +249,72 @@ func (e *Engine) resendReleases() {
 	e.releasing = keep
 }
 
-// pingPeers sends this tick's liveness pings.
-func (e *Engine) pingPeers() {
+// noteIncarnation records the incarnation a ping from node id carries, in
+// its Index: the start time of its engine (0 from builds without it). A
+// new one means the node restarted, so it leads no group any more, though
+// its quiesced followers still take it for their leader: they would learn
+// otherwise only from its election, after its election timeout, and then
+// wait out theirs before granting a vote (still in their leader's lease).
+// The loop wakes them (wakeFollowersOfRestarted): they tick, and the group
+// elects a leader an election timeout after the restart.
+func (e *Engine) noteIncarnation(id, inc uint64) {
+	if inc == 0 {
+		return
+	}
+	e.mu.Lock()
+	old := e.incarnations[id]
+	e.incarnations[id] = inc
+	changed := old != 0 && old != inc
+	if changed {
+		e.restarted = append(e.restarted, id)
+	}
+	e.mu.Unlock()
+	if changed {
+		e.kick()
+	}
+}
+
+// wakeFollowersOfRestarted wakes the quiesced groups whose leader is a node
+// that restarted since the last call (noteIncarnation), and reports whether
+// it woke any. Engine goroutine only.
+func (e *Engine) wakeFollowersOfRestarted(list []*Group) bool {
+	e.mu.Lock()
+	ids := e.restarted
+	e.restarted = nil
+	e.mu.Unlock()
+	if len(ids) == 0 {
+		return false
+	}
+	woke := false
+	for _, g := range list {
+		if g.quiesced && !g.isLeader && g.fenced == nil && !g.removing.Load() && slices.Contains(ids, g.lead.Load()) {
+			g.quiesced = false
+			woke = true
+		}
+	}
+	return woke
+}
+
+// pingPeers sends the liveness pings, asking for leaders when a group in
+// list knows none (see pingAsks). Engine goroutine only.
+func (e *Engine) pingPeers(list []*Group) {
 	if e.cfg.Transport == nil {
 		return
 	}
 	e.mu.Lock()
 	peers := e.peers
 	e.mu.Unlock()
+	var ask uint64
+	if asking(list) {
+		ask = pingAsks
+	}
 	for _, id := range peers {
 		if id == e.cfg.NodeID {
 			continue
 		}
 		e.cfg.Transport.Send(livenessGroup, []*raftpb.Message{{
 			Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(e.cfg.NodeID), To: new(id),
+			Commit: new(ask), Index: new(e.incarnation),
 		}})
 	}
 }

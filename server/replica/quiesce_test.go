@@ -3,6 +3,7 @@ package replica
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -39,12 +40,12 @@ func TestUndeliveredPingMarksPeerSilent(t *testing.T) {
 	e.heard(2)
 	e.heard(3)
 	hub.Isolate(2)
-	e.pingPeers() // the Hub reports the drop before Send returns
+	e.pingPeers(nil) // the Hub reports the drop before Send returns
 	assert.LessOrEqual(t, e.silentFor(2), e.silenceTicks, "heard from just now")
 	assert.False(t, e.silenced.Load())
 
 	e.setHeard(2, e.clockTicks()-pingEvery-1) // its pings stopped a ping interval ago
-	e.pingPeers()
+	e.pingPeers(nil)
 	assert.Greater(t, e.silentFor(2), e.silenceTicks, "a ping that could not be sent")
 	assert.LessOrEqual(t, e.silentFor(3), e.silenceTicks, "the peer whose ping went out")
 	assert.True(t, e.silenced.Load(), "the loop is told")
@@ -77,7 +78,7 @@ func TestWakeSilentLeaders(t *testing.T) {
 	assert.True(t, groups[0].quiesced)
 
 	hub.Isolate(2)
-	e.pingPeers()
+	e.pingPeers(nil)
 	assert.True(t, e.wakeSilentLeaders(groups))
 	assert.False(t, groups[0].quiesced, "led by the silent node")
 	assert.True(t, groups[1].quiesced, "led by a node heard from")
@@ -238,4 +239,104 @@ func TestLocalCallKeepsFollowerQuiesced(t *testing.T) {
 	_, err := f.Status(ctx10(t))
 	require.NoError(t, err)
 	assert.True(t, quiesced(), "a Status call woke the quiesced follower")
+}
+
+// restartCluster is three engines on a Hub (10 ms ticks) with one group
+// "g" on disk, whose nodes the test restarts. Index by node ID.
+type restartCluster struct {
+	hub     *transport.Hub
+	root    string
+	engines [4]*Engine
+	hubs    [4]*transport.HubTransport
+	groups  [4]*Group
+	trs     [4]*countingTransport
+}
+
+var restartIDs = []uint64{1, 2, 3}
+
+// openRestartCluster starts the cluster, makes it commit a message and
+// waits for the leader to quiesce; it returns the leader's ID.
+func openRestartCluster(t *testing.T) (*restartCluster, uint64) {
+	c := &restartCluster{hub: transport.NewHub(), root: t.TempDir()}
+	for _, id := range restartIDs {
+		c.start(t, id, Config{})
+	}
+	t.Cleanup(func() {
+		for _, id := range restartIDs {
+			c.hubs[id].Stop()
+			c.engines[id].Stop()
+		}
+	})
+	var lead uint64
+	require.Eventually(t, func() bool {
+		lead = c.groups[1].Leader()
+		return lead != 0 && c.groups[2].Leader() == lead && c.groups[3].Leader() == lead
+	}, 10*time.Second, time.Millisecond, "the three nodes agree on a leader")
+	_, err := c.groups[lead].Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return c.trs[lead].quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "the leader quiesces")
+	require.Eventually(t, func() bool {
+		for _, id := range restartIDs {
+			e := c.engines[id]
+			e.mu.Lock()
+			n := len(e.incarnations)
+			e.mu.Unlock()
+			if n < len(restartIDs)-1 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, time.Millisecond, "each node has had a ping from each other")
+	return c, lead
+}
+
+// start starts node id (again) on its directory.
+func (c *restartCluster) start(t *testing.T, id uint64, cfg Config) {
+	cfg.TickInterval = 10 * time.Millisecond
+	e, tr := newHubEngine(t, c.hub, id, restartIDs, cfg, func(tr Transport) Transport {
+		c.trs[id] = &countingTransport{Transport: tr}
+		return c.trs[id]
+	})
+	e.Start()
+	l, err := commitlog.Open(filepath.Join(c.root, fmt.Sprint(id)), commitlog.Options{})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+	require.NoError(t, err)
+	c.engines[id], c.hubs[id], c.groups[id] = e, tr, g
+}
+
+// restart stops node id and starts it again with cfg.
+func (c *restartCluster) restart(t *testing.T, id uint64, cfg Config) {
+	c.hubs[id].Stop()
+	c.engines[id].Stop()
+	c.start(t, id, cfg)
+}
+
+// TestRestartedFollowerLearnsQuiescedLeader: a follower that restarts while
+// its group's leader is quiesced learns the leader from the leader's
+// heartbeat, which its first ping asks for (pingAsks), not by starting an
+// election: here its election timeout is ten minutes. The leader quiesces
+// again afterwards.
+func TestRestartedFollowerLearnsQuiescedLeader(t *testing.T) {
+	c, lead := openRestartCluster(t)
+	f := lead%3 + 1 // a follower
+	quiesced := c.trs[lead].quiesce.Load()
+	c.restart(t, f, Config{ElectionTicks: 60_000})
+	require.Eventually(t, func() bool { return c.groups[f].Leader() == lead }, 10*time.Second, time.Millisecond,
+		"the restarted follower learns the leader")
+	require.Eventually(t, func() bool { return c.trs[lead].quiesce.Load() > quiesced }, 10*time.Second, time.Millisecond,
+		"the leader quiesces again")
+}
+
+// TestRestartedLeadersFollowersElect: when a quiesced leader's node
+// restarts, its followers learn it from its pings' new incarnation and wake
+// to elect a leader, without waiting for the restarted node to campaign
+// (here it would wait ten minutes) or for silence (its pings go on).
+func TestRestartedLeadersFollowersElect(t *testing.T) {
+	c, lead := openRestartCluster(t)
+	c.restart(t, lead, Config{ElectionTicks: 60_000})
+	require.Eventually(t, func() bool {
+		l := c.groups[lead%3+1].Leader()
+		return l != 0 && l != lead && c.groups[lead].Leader() == l
+	}, 10*time.Second, time.Millisecond, "a follower leads, and the restarted node knows it")
 }
