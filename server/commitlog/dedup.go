@@ -188,14 +188,19 @@ func (t *dedupTable) apply(index uint64, data []byte, n uint32, nextID uint64, t
 
 // evict forgets all but the dedupMaxProducers producers whose newest stored
 // batch is the most recent, as part of applying entry index (with undo
-// records when track is set, pushed before the entry's own).
+// records when track is set; the entry's own, for the producer it adds,
+// follows them). Ranks are distinct (no two stored batches share a first
+// id); ties, which a valid table cannot have, fall to the producer id, so
+// that map order never decides.
 func (t *dedupTable) evict(index uint64, track bool) {
 	type ranked struct{ newest, pid uint64 }
 	all := make([]ranked, 0, len(t.producers))
 	for pid, p := range t.producers {
 		all = append(all, ranked{p.newest(), pid})
 	}
-	slices.SortFunc(all, func(a, b ranked) int { return cmp.Compare(a.newest, b.newest) })
+	slices.SortFunc(all, func(a, b ranked) int {
+		return cmp.Or(cmp.Compare(a.newest, b.newest), cmp.Compare(a.pid, b.pid))
+	})
 	for _, r := range all[:len(all)-dedupMaxProducers] {
 		if track {
 			t.undo = append(t.undo, dedupUndo{index: index, pid: r.pid, existed: true, prev: *t.producers[r.pid]})
@@ -301,7 +306,9 @@ func decodeDedupTable(b []byte) (*dedupTable, error) {
 			n:       b[24],
 		}
 		b = b[dedupProducerFixed:]
-		if pid <= prev || p.bits&1 == 0 || p.n > DedupIDWindow || len(b) < int(p.n)*dedupRecSize {
+		// A producer is in the table only once it stored a batch: n >= 1
+		// (newest, the eviction rank, reads the last one).
+		if pid <= prev || p.bits&1 == 0 || p.n == 0 || p.n > DedupIDWindow || len(b) < int(p.n)*dedupRecSize {
 			return nil, errBadDedupTable
 		}
 		prev = pid

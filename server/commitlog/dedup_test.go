@@ -284,6 +284,14 @@ func TestDedupTableEncoding(t *testing.T) {
 		_, err := decodeDedupTable(enc[:k])
 		assert.Error(t, err, "prefix %d", k)
 	}
+	// A producer without a remembered batch has no eviction rank: the
+	// table never holds one.
+	noBatch := binary.LittleEndian.AppendUint32(nil, 1)
+	for _, v := range []uint64{5, 1, 1} { // producer, highest sequence, bitmap
+		noBatch = binary.LittleEndian.AppendUint64(noBatch, v)
+	}
+	_, err = decodeDedupTable(append(noBatch, 0))
+	assert.Error(t, err, "a producer with n = 0")
 }
 
 // refEnt is an entry of the reference model.

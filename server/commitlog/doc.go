@@ -65,7 +65,11 @@
 // least once, like a sequence older than the window). Forgetting is part
 // of the pure function (undo records bring forgotten producers back on
 // truncation), so every replica of a topic must run with the same bound:
-// it is part of the replicated format. The table holds 45 to 185 bytes
+// it is part of the replicated format. It carries no version of its own:
+// the development builds before it (none released) kept every producer,
+// so a cluster must not mix them with later ones, and a log they wrote
+// with more than 9,216 producers and a late retry of a forgotten one fails
+// Open's verdict check (ErrCorrupt). The table holds 45 to 185 bytes
 // per producer encoded (in meta and in snapshot data). Each
 // segment keeps in memory the table as it was at its first record, when
 // that is at most 1 MiB, so that DeleteBefore finds the table at the new
