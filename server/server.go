@@ -437,13 +437,13 @@ func (s *Server) setMembers(ms []topic.Member) {
 	for i, m := range ms {
 		ids[i] = m.ID
 	}
-	s.engine.SetPeers(ids)
 	for i, m := range ms {
 		nodes[i] = api.Node{Name: m.Name, Address: m.Address, RaftID: m.ID}
 		if m.ID != s.id.RaftID && m.Address != "" {
 			s.transport.AddPeer(m.ID, m.Address)
 		}
 	}
+	s.engine.SetPeers(ids) // after AddPeer: it pings them at once
 	// Removed nodes are not removed from the transport: one may still lead a
 	// topic group until it hands the leadership over, and followers forward
 	// to it meanwhile.
