@@ -250,6 +250,11 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 	if err := stream.SendHeader(metadata.Pairs(acceptedKey, "1")); err != nil {
 		return err
 	}
+	t.mu.RLock()
+	if p := t.peers[from]; p != nil {
+		p.peerUp()
+	}
+	t.mu.RUnlock()
 	// Frames are received, and stepped, on a goroutine of their own, so
 	// that Stop can end the stream: the handler returns, gRPC cancels the
 	// stream and the pending Recv fails, instead of waiting for the peer to

@@ -447,3 +447,42 @@ func TestSilentStreamEndsAtHandshakeTimeout(t *testing.T) {
 	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
 	require.NoError(t, ctx.Err(), "ended by the node, not by the test's deadline")
 }
+
+// TestGRPCRestartedPeerEndsBackoff: a sender waiting out its reconnect
+// backoff (here 30-60 s) towards a peer that went down reconnects as soon
+// as the restarted peer opens a stream to this node, so that what this
+// node sends it next (a leader's heartbeat, which a restarted node asks
+// for) is not dropped for the rest of the backoff.
+func TestGRPCRestartedPeerEndsBackoff(t *testing.T) {
+	oldMin, oldMax := backoffMin, backoffMax
+	backoffMin, backoffMax = 30*time.Second, time.Minute
+	t.Cleanup(func() { backoffMin, backoffMax = oldMin, oldMax })
+	n1 := startNode(t, 1, "c")
+	n2 := startNode(t, 2, "c")
+	connect(n1, n2)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
+
+	addr2 := n2.addr
+	n2.stop()
+	i := uint64(1)
+	require.Eventually(t, func() bool { // n1's sender fails and backs off
+		i++
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
+		return n1.h.unreachableCount("g", 2) > 0
+	}, waitFor, tick)
+
+	// Node 2 restarts at the same address and sends to node 1.
+	h := newRecorder()
+	n2 = &node{id: 2, tr: New(Config{NodeID: 2, ClusterID: "c", Handler: h}), h: h}
+	n2.serve(t, addr2)
+	t.Cleanup(n2.stop)
+	n2.tr.AddPeer(1, n1.addr)
+	n2.tr.Send("g", []*raftpb.Message{msg(2, 1, 1)})
+	require.Eventually(t, func() bool { return len(n1.h.group("g")) > 0 }, waitFor, tick)
+	require.Eventually(t, func() bool {
+		i++
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
+		return n2.h.count() > 0
+	}, waitFor, tick, "node 1 reaches the restarted node before its backoff ends")
+}

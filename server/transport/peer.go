@@ -42,6 +42,7 @@ type peer struct {
 	mu      sync.Mutex
 	pending []outMsg
 	signal  chan struct{} // capacity 1: pending may be non-empty
+	up      chan struct{} // capacity 1: the peer opened a stream to this node (peerUp)
 }
 
 func newPeer(t *GRPC, id uint64, addr string) (*peer, error) {
@@ -84,7 +85,20 @@ func newPeer(t *GRPC, id uint64, addr string) (*peer, error) {
 		cancel: cancel,
 		done:   make(chan struct{}),
 		signal: make(chan struct{}, 1),
+		up:     make(chan struct{}, 1),
 	}, nil
+}
+
+// peerUp tells the sender that the peer opened a stream to this node: a
+// sender waiting out its backoff reconnects at once. A peer that restarted
+// is otherwise found only at the next attempt, up to backoffMax later, and
+// what is sent to it meanwhile is dropped (a restarted node's first
+// heartbeats).
+func (p *peer) peerUp() {
+	select {
+	case p.up <- struct{}{}:
+	default:
+	}
 }
 
 // enqueue appends m to the queue; false when the queue is full.
@@ -130,9 +144,11 @@ func (p *peer) run() {
 		buf     []outMsg
 		delay   = backoffMin
 		healthy = true // log the first failure after a success at Warn
+		back    bool   // the peer opened a stream to this node (peerUp)
 	)
 	for {
-		stream, cancel, err := p.connect()
+		stream, cancel, err := p.connect(back)
+		back = false
 		if err == nil {
 			p.t.connects.Add(1)
 			if !healthy {
@@ -142,6 +158,14 @@ func (p *peer) run() {
 			delay = backoffMin
 			buf, err = p.pump(stream, buf)
 			cancel()
+			// A stream the peer opened while this one was up says
+			// nothing about the failure: waiting for the connection on
+			// its word could hold messages to a dead peer for the whole
+			// handshakeTimeout. The first retry comes at backoffMin anyway.
+			select {
+			case <-p.up:
+			default:
+			}
 		}
 		if p.ctx.Err() != nil {
 			return
@@ -166,6 +190,11 @@ func (p *peer) run() {
 				return
 			case <-p.signal:
 				buf = p.dropPending(buf)
+			case <-p.up:
+				timer.Stop()
+				delay, back = backoffMin, true
+				p.conn.ResetConnectBackoff()
+				break backoff
 			case <-timer.C:
 				break backoff
 			}
@@ -189,22 +218,27 @@ func (p *peer) fail(msgs []outMsg) {
 	reportBatch(p.t.cfg.Handler, p.id, msgs)
 }
 
-// connect opens a stream and completes the handshake. On success the
-// caller must call the returned cancel when done with the stream.
-func (p *peer) connect() (peerv1.PeerService_StreamClient, context.CancelFunc, error) {
+// connect opens a stream and completes the handshake, within
+// handshakeTimeout. With waitReady it waits for the connection to become
+// ready (the peer is known to be up) instead of failing at once while the
+// connection is down. On success the caller must call the returned cancel
+// when done with the stream.
+func (p *peer) connect(waitReady bool) (peerv1.PeerService_StreamClient, context.CancelFunc, error) {
 	ctx, cancel := context.WithCancel(p.ctx)
-	stream, err := p.client.Stream(ctx)
+	timer := time.AfterFunc(handshakeTimeout, cancel)
+	stream, err := p.client.Stream(ctx, grpc.WaitForReady(waitReady))
 	if err != nil {
+		timer.Stop()
 		cancel()
 		return nil, nil, err
 	}
 	hello := &peerv1.StreamRequest{ClusterId: p.t.cfg.ClusterID, From: p.t.cfg.NodeID, To: p.id}
 	if err := stream.Send(hello); err != nil {
+		timer.Stop()
 		err = streamError(stream, err)
 		cancel()
 		return nil, nil, err
 	}
-	timer := time.AfterFunc(handshakeTimeout, cancel)
 	md, _ := stream.Header() // on failure md is nil and RecvMsg has the status
 	expired := !timer.Stop()
 	if md == nil || len(md.Get(acceptedKey)) == 0 {

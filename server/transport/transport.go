@@ -60,8 +60,10 @@ const (
 // for tests).
 var handshakeTimeout = 5 * time.Second
 
-// Reconnect backoff: backoffMin doubling to backoffMax, jittered.
-const (
+// Reconnect backoff: backoffMin doubling to backoffMax, jittered
+// (variables for tests). A stream the peer opens to this node ends the
+// wait at once (peerUp): the peer is back.
+var (
 	backoffMin = 50 * time.Millisecond
 	backoffMax = 2 * time.Second
 )
