@@ -59,14 +59,17 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 // error may store them twice (delivery across calls is at least once, as
 // in the original; SendMessagesSequence resends a batch as itself). The
 // topic remembers which of a producer's last 64 sequence numbers it stored
-// and the IDs of its last 8 batches: a retry overtaken by 64 or more later
-// batches of the same Client and topic (many concurrent sends) cannot be
-// told from a new batch and is stored again, and a duplicate whose first
-// copy's IDs are no longer remembered gets none: the call fails with
-// ErrDuplicateBatch (its messages are stored). A topic forgets a Client
-// once 8,192 other producers have stored a batch there after the Client's
-// last one; a retry after that is stored again too.
+// and the IDs of its last 64 batches, and a Client has at most 32 sends in
+// flight to one topic (more wait for a slot, or for ctx to end), so every
+// retry within a call is recognized and answered. A topic forgets a
+// Client once 8,192 other producers have stored a batch there after the
+// Client's last one; a retry after that is stored again.
 func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error) {
+	release, err := c.topicSlot(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	return c.sendMessages(ctx, topic, messages, waitForCommit, c.nextSequence(topic))
 }
 
@@ -93,6 +96,11 @@ func (c *Client) SendMessagesSequence(ctx context.Context, topic string, message
 	if sequence == 0 || sequence > issued {
 		return nil, fmt.Errorf("forestbus: send to %q: sequence %d was not taken with NextSequence: %w", topic, sequence, ErrInvalidArgument)
 	}
+	release, err := c.topicSlot(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	return c.sendMessages(ctx, topic, messages, waitForCommit, sequence)
 }
 

@@ -94,6 +94,7 @@ type Client struct {
 	noProduce map[*grpc.ClientConn]time.Time // nodes to send calls to, not a stream, until then (produce.go)
 	leaders   map[string]string              // topic -> leader address
 	seqs      map[string]uint64              // topic -> last producer sequence used
+	sending   map[string]chan struct{}       // topic -> a slot per send in flight (topicSlot)
 	lastGet   string                         // node of the last good read
 	admin     string                         // node of the last good admin call
 }
@@ -174,6 +175,7 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 		noProduce:   make(map[*grpc.ClientConn]time.Time),
 		leaders:     make(map[string]string),
 		seqs:        make(map[string]uint64),
+		sending:     make(map[string]chan struct{}),
 	}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	for c.producerID == 0 {
@@ -205,6 +207,32 @@ func (c *Client) ProducerID() uint64 { return c.producerID }
 
 // nextSequence returns the producer sequence of a new batch for topic:
 // 1, 2, 3, ... per topic.
+// maxTopicInFlight caps the sends a Client has in flight to one topic.
+// With at most 32 in flight, a retry of sequence s finds at most 31
+// sequences above s taken and at most 62 batches stored after it, inside
+// the windows a topic keeps per producer (64 sequences, the IDs of the
+// last 64 batches: see SendMessagesRequest.producer_id), so every retry
+// within a call is recognized and answered with the IDs of its first copy.
+const maxTopicInFlight = 32
+
+// topicSlot waits for one of topic's maxTopicInFlight slots, or for ctx to
+// end; the caller calls release once its send has returned.
+func (c *Client) topicSlot(ctx context.Context, topic string) (release func(), err error) {
+	c.mu.Lock()
+	slots := c.sending[topic]
+	if slots == nil {
+		slots = make(chan struct{}, maxTopicInFlight)
+		c.sending[topic] = slots
+	}
+	c.mu.Unlock()
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 func (c *Client) nextSequence(topic string) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -116,4 +117,69 @@ func TestProducerSequencesConcurrent(t *testing.T) {
 	}
 	c2 := New("", []string{n.addr})
 	assert.NotEqual(t, c.ProducerID(), c2.ProducerID(), "producer ids are random per Client")
+}
+
+// TestTopicInFlightCap: a Client has at most maxTopicInFlight sends in
+// flight to one topic, and their sequences span less than that, so a
+// retry stays inside the windows the topic keeps; other topics are not
+// held up; a send whose context ends while it waits for a slot takes no
+// sequence.
+func TestTopicInFlightCap(t *testing.T) {
+	n := startNode(t)
+	var mu sync.Mutex
+	inFlight := map[string]map[uint64]bool{"t": {}, "u": {}}
+	maxSpan, maxT := uint64(0), 0
+	release := make(chan struct{})
+	n.send = func(_ context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		mu.Lock()
+		f := inFlight[req.GetTopic()]
+		f[req.GetSequence()] = true
+		if req.GetTopic() == "t" {
+			maxT = max(maxT, len(f))
+			lo, hi := uint64(1<<63), uint64(0)
+			for s := range f {
+				lo, hi = min(lo, s), max(hi, s)
+			}
+			maxSpan = max(maxSpan, hi-lo)
+		}
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		delete(f, req.GetSequence())
+		mu.Unlock()
+		return &forestbusv1.SendMessagesResponse{FirstId: 1, Count: int32(len(req.GetMessages()))}, nil
+	}
+	c := New("", []string{n.addr})
+	defer c.Close()
+	inFlightOf := func(topic string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(inFlight[topic])
+	}
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			_, err := c.SendMessages("t", msgs, true)
+			assert.NoError(t, err)
+		})
+	}
+	for range 5 {
+		wg.Go(func() {
+			_, err := c.SendMessages("u", msgs, true)
+			assert.NoError(t, err)
+		})
+	}
+	require.Eventually(t, func() bool { return inFlightOf("t") == maxTopicInFlight && inFlightOf("u") == 5 },
+		10*time.Second, time.Millisecond, "32 sends to t and the 5 to u reach the node")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	_, err := c.SendMessagesContext(ctx, "t", msgs, true)
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded, "waiting for a slot ends with the context")
+
+	close(release)
+	wg.Wait()
+	assert.Equal(t, maxTopicInFlight, maxT)
+	assert.Less(t, maxSpan, uint64(maxTopicInFlight), "sequences in flight span less than the cap")
+	assert.Equal(t, uint64(51), c.NextSequence("t"), "the send that gave up took no sequence")
 }

@@ -28,8 +28,10 @@ const (
 	DedupSeqWindow = 64
 	// DedupIDWindow is the number of most recent stored batches per
 	// producer whose ids are remembered, so that a duplicate of one of them
-	// is answered with its original ids.
-	DedupIDWindow = 8
+	// is answered with its original ids. As large as the sequence window:
+	// a client with at most 32 sends in flight to a topic (the Go
+	// client's cap) has every retry answered.
+	DedupIDWindow = 64
 )
 
 // The table's bound. A table that reaches dedupMaxProducers+dedupEvictSlack
@@ -60,9 +62,12 @@ type producerState struct {
 	lastSeq uint64 // highest stored sequence
 	// bits: bit d set means sequence lastSeq-d is stored (d < DedupSeqWindow).
 	bits uint64
-	n    uint8 // valid entries in recs
-	head uint8 // slot of the next record to write
-	recs [DedupIDWindow]dedupRec
+	// recs: the last stored batches, oldest first until there are
+	// DedupIDWindow of them, then a ring whose oldest is at head. It grows
+	// as the producer stores batches: a short-lived producer (a client per
+	// request) keeps one or two, not 64.
+	recs []dedupRec
+	head uint8
 }
 
 // verdict of a batch with sequence seq: dup tells whether it is stored
@@ -78,8 +83,8 @@ func (p *producerState) verdict(seq uint64) (dup bool, rec dedupRec, known bool)
 	if p.bits&(1<<d) == 0 {
 		return false, dedupRec{}, false // a gap: never stored
 	}
-	for i := 0; i < int(p.n); i++ {
-		if r := p.recs[i]; r.seq == seq {
+	for _, r := range p.recs {
+		if r.seq == seq {
 			return true, r, true
 		}
 	}
@@ -100,37 +105,47 @@ func (p *producerState) record(r dedupRec) {
 	} else {
 		p.bits |= 1 << (p.lastSeq - r.seq)
 	}
+	if len(p.recs) < DedupIDWindow {
+		p.recs = append(p.recs, r)
+		return
+	}
 	p.recs[p.head] = r
 	p.head = (p.head + 1) % DedupIDWindow
-	if p.n < DedupIDWindow {
-		p.n++
-	}
 }
 
 // ordered returns the remembered records, oldest first.
 func (p *producerState) ordered(dst []dedupRec) []dedupRec {
-	start := (int(p.head) - int(p.n) + DedupIDWindow) % DedupIDWindow
-	for i := 0; i < int(p.n); i++ {
-		dst = append(dst, p.recs[(start+i)%DedupIDWindow])
-	}
-	return dst
+	dst = append(dst, p.recs[p.head:]...)
+	return append(dst, p.recs[:p.head]...)
 }
 
 // newest is the first id of the producer's most recently stored batch: its
 // rank for eviction (no two stored batches share a first id).
 func (p *producerState) newest() uint64 {
-	return p.recs[(int(p.head)+DedupIDWindow-1)%DedupIDWindow].firstID
+	return p.recs[(int(p.head)+len(p.recs)-1)%len(p.recs)].firstID
 }
 
 // dedupUndo restores a producer's state when the entry at index is
-// truncated: the state before it when existed (also a producer the entry
-// evicted), else no state.
+// truncated: for a producer the entry added, none; for one it recorded a
+// batch of, the fields record changed and the slot it overwrote (not the
+// whole state: up to 64 slots, copied for every batch); for one it
+// evicted, the state itself, out of the table since.
 type dedupUndo struct {
 	index   uint64
 	pid     uint64
-	existed bool
-	prev    producerState
+	kind    uint8 // undoAdded, undoRecorded, undoEvicted
+	n, head uint8 // len(recs) and head before the record
+	lastSeq uint64
+	bits    uint64
+	slot    dedupRec       // recs[head] before the record, when recs was full
+	evicted *producerState // undoEvicted
 }
+
+const (
+	undoAdded = iota
+	undoRecorded
+	undoEvicted
+)
 
 // dedupTable is the owner-only dedup state of a Log.
 type dedupTable struct {
@@ -168,19 +183,22 @@ func (t *dedupTable) apply(index uint64, data []byte, n uint32, nextID uint64, t
 			return ids
 		}
 	}
-	if track {
-		u := dedupUndo{index: index, pid: pid, existed: p != nil}
-		if p != nil {
-			u.prev = *p
-		}
-		t.undo = append(t.undo, u)
-	}
 	if p == nil {
 		if len(t.producers) >= dedupMaxProducers+dedupEvictSlack {
 			t.evict(index, track)
 		}
 		p = &producerState{}
 		t.producers[pid] = p
+		if track {
+			t.undo = append(t.undo, dedupUndo{index: index, pid: pid, kind: undoAdded})
+		}
+	} else if track {
+		u := dedupUndo{index: index, pid: pid, kind: undoRecorded,
+			n: uint8(len(p.recs)), head: p.head, lastSeq: p.lastSeq, bits: p.bits}
+		if len(p.recs) == DedupIDWindow {
+			u.slot = p.recs[p.head]
+		}
+		t.undo = append(t.undo, u)
 	}
 	p.record(dedupRec{seq: seq, firstID: nextID, count: n})
 	return ids
@@ -203,7 +221,7 @@ func (t *dedupTable) evict(index uint64, track bool) {
 	})
 	for _, r := range all[:len(all)-dedupMaxProducers] {
 		if track {
-			t.undo = append(t.undo, dedupUndo{index: index, pid: r.pid, existed: true, prev: *t.producers[r.pid]})
+			t.undo = append(t.undo, dedupUndo{index: index, pid: r.pid, kind: undoEvicted, evicted: t.producers[r.pid]})
 		}
 		delete(t.producers, r.pid)
 	}
@@ -229,16 +247,21 @@ func (t *dedupTable) rollback(index uint64) {
 		if u.index < index {
 			break
 		}
-		if u.existed {
-			if p := t.producers[u.pid]; p != nil {
-				*p = u.prev
-			} else {
-				prev := u.prev // evicted by the entry
-				t.producers[u.pid] = &prev
-			}
-		} else {
+		switch u.kind {
+		case undoAdded:
 			delete(t.producers, u.pid)
+		case undoRecorded:
+			p := t.producers[u.pid]
+			if int(u.n) < len(p.recs) {
+				p.recs = p.recs[:u.n] // the record appended
+			} else {
+				p.recs[u.head] = u.slot // the record overwrote it
+			}
+			p.head, p.lastSeq, p.bits = u.head, u.lastSeq, u.bits
+		case undoEvicted:
+			t.producers[u.pid] = u.evicted
 		}
+		*u = dedupUndo{} // let the evicted state go
 		t.undo = t.undo[:len(t.undo)-1]
 	}
 }
@@ -270,7 +293,7 @@ func (t *dedupTable) encode(dst []byte) []byte {
 		dst = binary.LittleEndian.AppendUint64(dst, pid)
 		dst = binary.LittleEndian.AppendUint64(dst, p.lastSeq)
 		dst = binary.LittleEndian.AppendUint64(dst, p.bits)
-		dst = append(dst, p.n)
+		dst = append(dst, uint8(len(p.recs)))
 		recs = p.ordered(recs[:0])
 		for _, r := range recs {
 			dst = binary.LittleEndian.AppendUint64(dst, r.seq)
@@ -303,16 +326,17 @@ func decodeDedupTable(b []byte) (*dedupTable, error) {
 		p := &producerState{
 			lastSeq: binary.LittleEndian.Uint64(b[8:]),
 			bits:    binary.LittleEndian.Uint64(b[16:]),
-			n:       b[24],
 		}
+		n := int(b[24])
 		b = b[dedupProducerFixed:]
 		// A producer is in the table only once it stored a batch: n >= 1
 		// (newest, the eviction rank, reads the last one).
-		if pid <= prev || p.bits&1 == 0 || p.n == 0 || p.n > DedupIDWindow || len(b) < int(p.n)*dedupRecSize {
+		if pid <= prev || p.bits&1 == 0 || n == 0 || n > DedupIDWindow || len(b) < n*dedupRecSize {
 			return nil, errBadDedupTable
 		}
 		prev = pid
-		for i := 0; i < int(p.n); i++ {
+		p.recs = make([]dedupRec, n) // oldest first: head 0
+		for i := range p.recs {
 			p.recs[i] = dedupRec{
 				seq:     binary.LittleEndian.Uint64(b),
 				firstID: binary.LittleEndian.Uint64(b[8:]),
@@ -323,7 +347,6 @@ func decodeDedupTable(b []byte) (*dedupTable, error) {
 			}
 			b = b[dedupRecSize:]
 		}
-		p.head = p.n % DedupIDWindow
 		t.producers[pid] = p
 	}
 	if len(b) != 0 {

@@ -24,8 +24,9 @@
 //
 //   - the highest stored sequence H and a 64-bit map of which of the
 //     sequences H-63 .. H are stored (DedupSeqWindow), and
-//   - the sequence, first id and count of its last 8 stored batches
-//     (DedupIDWindow), for answering retries with the original ids.
+//   - the sequence, first id and count of its last 64 stored batches
+//     (DedupIDWindow), for answering retries with the original ids (a
+//     producer keeps as many as it has stored, up to 64).
 //
 // A batch with messages, producer p and sequence s is a duplicate if p is in
 // the table and s is within the window and marked stored. A sequence at or
@@ -37,7 +38,7 @@
 //
 // A duplicate gets count 0: it consumes no ids and leaves no hole. Its
 // EntryIDs has Dup set and FirstID/Count of the original batch when that is
-// among the producer's last 8 stored batches, else FirstID 0 and Count 0;
+// among the producer's last 64 stored batches, else FirstID 0 and Count 0;
 // Next is its position (the next id). Its record still holds the whole
 // payload (raft needs the entry; Entries returns it) but its stored count is
 // 0, so ReadMessages never yields its messages.
@@ -69,8 +70,9 @@
 // the development builds before it (none released) kept every producer,
 // so a cluster must not mix them with later ones, and a log they wrote
 // with more than 9,216 producers and a late retry of a forgotten one fails
-// Open's verdict check (ErrCorrupt). The table holds 45 to 185 bytes
-// per producer encoded (in meta and in snapshot data). Each
+// Open's verdict check (ErrCorrupt); nor can they read tables that
+// remember more than 8 batches per producer. The table holds 45 to 1,305
+// bytes per producer encoded (in meta and in snapshot data). Each
 // segment keeps in memory the table as it was at its first record, when
 // that is at most 1 MiB, so that DeleteBefore finds the table at the new
 // start without reading the segments it deletes.

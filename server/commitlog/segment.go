@@ -60,11 +60,11 @@ type segment struct {
 }
 
 // segmentTableMax is the largest dedup table a segment keeps in memory
-// (startTable): about 5,000 producers. tableBytes counts the tables the
-// process's segments keep, and no new one is kept while it is past
-// tableBudget (a variable for tests): a node of many topics, of many
-// segments each, keeps them for the first segments it made and replays
-// the headers for the rest, as DeleteBefore did for all.
+// (startTable): about 5,000 producers of one batch, 800 of 64 or more.
+// tableBytes counts the tables the process's segments keep, and no new one
+// is kept while it is past tableBudget (a variable for tests): a node of
+// many topics, of many segments each, keeps them for the first segments it
+// made and replays the headers for the rest, as DeleteBefore did for all.
 const segmentTableMax = 1 << 20
 
 var (
