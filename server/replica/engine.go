@@ -102,7 +102,7 @@ type Engine struct {
 	silenceTicks    int64             // silenceTicks(cfg.ElectionTicks)
 	silenced        atomic.Bool       // unheard marked a peer silent since the loop last looked
 	pingSoon        atomic.Bool       // ping now, not at the next interval (see pingAsks)
-	leadersAsked    atomic.Bool       // a peer's ping asked for this node's leaders (see pingAsks)
+	asked           []uint64          // peers whose pings asked for leaders since the loop looked (see pingAsks); guarded by mu
 	incarnation     uint64            // this engine's, in its pings (see noteIncarnation)
 	incarnations    map[uint64]uint64 // peers' as last pinged; guarded by mu
 	restarted       []uint64          // peers whose incarnation changed since the loop looked; guarded by mu
@@ -204,8 +204,7 @@ func (e *Engine) Step(group string, m *raftpb.Message) {
 	if group == livenessGroup {
 		e.noteIncarnation(m.GetFrom(), m.GetIndex())
 		if m.GetCommit() == pingAsks {
-			e.leadersAsked.Store(true)
-			e.kick()
+			e.noteAsk(m.GetFrom())
 		}
 		return
 	}

@@ -112,6 +112,32 @@ func (e *Engine) wakeSilentLeaders(list []*Group) bool {
 	return woke
 }
 
+// campaignFirst starts an election at once, instead of after an election
+// timeout, when this node is the first of the group's voters, in ID order,
+// other than gone (the leader whose node restarted) and silent peers: one
+// voter campaigns, not all at once (a split vote would cost a timeout).
+// The restarted node, which follows no leader, grants its vote; the other
+// followers, still in their leader's lease, refuse theirs, so this wins in
+// a group of three and otherwise waits out the timeout as before (after a
+// leader's node went silent none would grant it: no use there). A leader
+// that is in fact alive loses nothing: its followers refuse the pre-vote.
+// Engine goroutine only.
+func (g *Group) campaignFirst(gone uint64) {
+	cs := g.conf.Load()
+	if cs == nil {
+		return
+	}
+	first := raft.None
+	for _, id := range cs.GetVoters() {
+		if id != gone && g.e.PeerLive(id) && (first == raft.None || id < first) {
+			first = id
+		}
+	}
+	if first == g.e.cfg.NodeID {
+		_ = g.rn.Campaign()
+	}
+}
+
 // setHeard records tick as when node id was last heard from.
 func (e *Engine) setHeard(id uint64, tick int64) {
 	if v, ok := e.lastHeard.Load(id); ok {
@@ -196,40 +222,76 @@ func (e *Engine) SetPeers(ids []uint64) {
 // nothing that would tell it: its groups would wait out an election
 // timeout (1-2 s) and start an election, whose messages wake the leaders;
 // meanwhile every call to the node waits for a leader. Instead a node's
-// pings ask while some group of its knows no leader, and a node that gets
-// such a ping wakes the quiesced groups it leads (wakeAskedLeaders): they
-// heartbeat once and quiesce again, and the asking groups learn their
-// leaders. A restarted group (one with a term) and new peers (SetPeers)
+// pings ask while some group of its has known no leader for a short while
+// (askFor), and a node that gets such a ping wakes the quiesced groups it
+// leads that have the asker as a member (wakeAskedLeaders): they heartbeat
+// once and quiesce again, and the asking groups learn their leaders. A restarted group (one with a term) and new peers (SetPeers)
 // make the node ping at once instead of at the next interval. Builds
 // without this ignore the field.
 const pingAsks = 1
 
+// askFor is how long a group without a leader makes its node's pings ask
+// (pingAsks), in election timeouts: long enough for a restarted node's
+// first pings, bounded so that a group that cannot get a leader (a node
+// removed from the cluster but still running, a group fenced on a
+// majority) does not wake its peers' leaders every second for ever.
+const askFor = 3
+
 // asking reports whether some group in list, not fenced nor being
-// removed, knows no leader. Engine goroutine only.
-func asking(list []*Group) bool {
+// removed, has known no leader for less than askFor election timeouts.
+// Engine goroutine only.
+func (e *Engine) asking(list []*Group) bool {
+	now := time.Now().UnixNano()
 	for _, g := range list {
-		if g.fenced == nil && !g.removing.Load() && g.lead.Load() == raft.None {
+		if since := g.leaderless.Load(); since != 0 && now-since < askFor*int64(e.electionTimeout) &&
+			g.fenced == nil && !g.removing.Load() && g.lead.Load() == raft.None {
 			return true
 		}
 	}
 	return false
 }
 
-// wakeAskedLeaders wakes the quiesced groups this node leads when a peer
-// asked for its leaders since the last call, and reports whether it woke
-// any. Engine goroutine only.
+// noteAsk records that node id's ping asked for leaders (pingAsks).
+func (e *Engine) noteAsk(id uint64) {
+	e.mu.Lock()
+	if !slices.Contains(e.asked, id) {
+		e.asked = append(e.asked, id)
+	}
+	e.mu.Unlock()
+	e.kick()
+}
+
+// wakeAskedLeaders wakes the quiesced groups this node leads that have a
+// peer among their members that asked for leaders since the last call,
+// and reports whether it woke any. Engine goroutine only.
 func (e *Engine) wakeAskedLeaders(list []*Group) bool {
-	if !e.leadersAsked.Load() || !e.leadersAsked.Swap(false) {
+	e.mu.Lock()
+	ids := e.asked
+	e.asked = nil
+	e.mu.Unlock()
+	if len(ids) == 0 {
 		return false
 	}
 	woke := false
 	for _, g := range list {
-		if g.quiesced && g.isLeader && g.fenced == nil && !g.removing.Load() {
+		if g.quiesced && g.isLeader && g.fenced == nil && !g.removing.Load() && g.hasMember(ids) {
 			g.quiesced = false
 			woke = true
 		}
 	}
 	return woke
+}
+
+// hasMember reports whether one of ids is a voter or learner of g as last
+// applied here.
+func (g *Group) hasMember(ids []uint64) bool {
+	cs := g.conf.Load()
+	for _, id := range ids {
+		if slices.Contains(cs.GetVoters(), id) || slices.Contains(cs.GetLearners(), id) {
+			return true
+		}
+	}
+	return false
 }
 
 // resendReleases sends, with a ping, the heartbeat of each fenced leader
@@ -255,8 +317,8 @@ func (e *Engine) resendReleases() {
 // its quiesced followers still take it for their leader: they would learn
 // otherwise only from its election, after its election timeout, and then
 // wait out theirs before granting a vote (still in their leader's lease).
-// The loop wakes them (wakeFollowersOfRestarted): they tick, and the group
-// elects a leader an election timeout after the restart.
+// The loop wakes them (wakeFollowersOfRestarted), and the first of them
+// campaigns at once (campaignFirst).
 func (e *Engine) noteIncarnation(id, inc uint64) {
 	if inc == 0 {
 		return
@@ -289,6 +351,7 @@ func (e *Engine) wakeFollowersOfRestarted(list []*Group) bool {
 	for _, g := range list {
 		if g.quiesced && !g.isLeader && g.fenced == nil && !g.removing.Load() && slices.Contains(ids, g.lead.Load()) {
 			g.quiesced = false
+			g.campaignFirst(g.lead.Load())
 			woke = true
 		}
 	}
@@ -305,7 +368,7 @@ func (e *Engine) pingPeers(list []*Group) {
 	peers := e.peers
 	e.mu.Unlock()
 	var ask uint64
-	if asking(list) {
+	if e.asking(list) {
 		ask = pingAsks
 	}
 	for _, id := range peers {

@@ -86,6 +86,35 @@ func TestWakeSilentLeaders(t *testing.T) {
 	assert.False(t, e.wakeSilentLeaders(groups), "once")
 }
 
+// TestAskWakesTheAskersLeaders: a ping asking for leaders wakes the
+// quiesced groups this node leads that have the asker as a member, not
+// others (a node removed from the cluster, asking for its old groups,
+// must not keep every leader awake), and a node asks only while a group
+// has been without a leader for less than askFor election timeouts.
+func TestAskWakesTheAskersLeaders(t *testing.T) {
+	e, _ := testEngine(t)
+	l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}})
+	require.NoError(t, err)
+	list := []*Group{g}
+	assert.True(t, e.asking(list), "no leader since it opened")
+	g.leaderless.Store(time.Now().Add(-askFor * e.electionTimeout).UnixNano())
+	assert.False(t, e.asking(list), "no leader for askFor election timeouts: no more asking")
+
+	g.lead.Store(1)
+	g.isLeader, g.quiesced = true, true
+	e.noteAsk(4)
+	assert.False(t, e.wakeAskedLeaders(list), "node 4 is no member")
+	assert.True(t, g.quiesced)
+	e.noteAsk(2)
+	assert.True(t, e.wakeAskedLeaders(list))
+	assert.False(t, g.quiesced, "node 2 is a member")
+	g.quiesced = true
+	assert.False(t, e.wakeAskedLeaders(list), "asks are taken once")
+}
+
 // TestLoopWakesSilentLeadersAtOnce: the running loop itself, with no tick
 // due (the tick interval is an hour), wakes the quiesced group whose
 // leader's node a failed ping marked silent, and leaves alone the one led by
@@ -254,12 +283,12 @@ type restartCluster struct {
 
 var restartIDs = []uint64{1, 2, 3}
 
-// openRestartCluster starts the cluster, makes it commit a message and
-// waits for the leader to quiesce; it returns the leader's ID.
-func openRestartCluster(t *testing.T) (*restartCluster, uint64) {
+// openRestartCluster starts the cluster with cfg, makes it commit a
+// message and waits for the leader to quiesce; it returns the leader's ID.
+func openRestartCluster(t *testing.T, cfg Config) (*restartCluster, uint64) {
 	c := &restartCluster{hub: transport.NewHub(), root: t.TempDir()}
 	for _, id := range restartIDs {
-		c.start(t, id, Config{})
+		c.start(t, id, cfg)
 	}
 	t.Cleanup(func() {
 		for _, id := range restartIDs {
@@ -297,11 +326,11 @@ func (c *restartCluster) start(t *testing.T, id uint64, cfg Config) {
 		c.trs[id] = &countingTransport{Transport: tr}
 		return c.trs[id]
 	})
-	e.Start()
 	l, err := commitlog.Open(filepath.Join(c.root, fmt.Sprint(id)), commitlog.Options{})
 	require.NoError(t, err)
 	g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
 	require.NoError(t, err)
+	e.Start() // its first ping, at once, finds the group (as a node's does: its groups open first)
 	c.engines[id], c.hubs[id], c.groups[id] = e, tr, g
 }
 
@@ -318,7 +347,7 @@ func (c *restartCluster) restart(t *testing.T, id uint64, cfg Config) {
 // election: here its election timeout is ten minutes. The leader quiesces
 // again afterwards.
 func TestRestartedFollowerLearnsQuiescedLeader(t *testing.T) {
-	c, lead := openRestartCluster(t)
+	c, lead := openRestartCluster(t, Config{})
 	f := lead%3 + 1 // a follower
 	quiesced := c.trs[lead].quiesce.Load()
 	c.restart(t, f, Config{ElectionTicks: 60_000})
@@ -329,12 +358,13 @@ func TestRestartedFollowerLearnsQuiescedLeader(t *testing.T) {
 }
 
 // TestRestartedLeadersFollowersElect: when a quiesced leader's node
-// restarts, its followers learn it from its pings' new incarnation and wake
-// to elect a leader, without waiting for the restarted node to campaign
-// (here it would wait ten minutes) or for silence (its pings go on).
+// restarts, its followers learn it from its pings' new incarnation, and the
+// first of them campaigns at once, without waiting for an election timeout
+// (here every node's is ten minutes) or for silence (its pings go on).
 func TestRestartedLeadersFollowersElect(t *testing.T) {
-	c, lead := openRestartCluster(t)
-	c.restart(t, lead, Config{ElectionTicks: 60_000})
+	slow := Config{ElectionTicks: 60_000}
+	c, lead := openRestartCluster(t, slow)
+	c.restart(t, lead, slow)
 	require.Eventually(t, func() bool {
 		l := c.groups[lead%3+1].Leader()
 		return l != 0 && l != lead && c.groups[lead].Leader() == l

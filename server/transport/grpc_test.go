@@ -486,3 +486,39 @@ func TestGRPCRestartedPeerEndsBackoff(t *testing.T) {
 		return n2.h.count() > 0
 	}, waitFor, tick, "node 1 reaches the restarted node before its backoff ends")
 }
+
+// TestGRPCPeerUpFromUnreachablePeer: a stream from a peer that this node
+// cannot reach (one-way, or gone again) ends the sender's backoff, but its
+// wait for the connection is bounded by peerUpWait: what is queued for the
+// peer is reported unreachable then, not after the handshake timeout (here
+// a minute). Found by a review (4.9 s at the 5 s default).
+func TestGRPCPeerUpFromUnreachablePeer(t *testing.T) {
+	old := handshakeTimeout
+	handshakeTimeout = time.Minute
+	t.Cleanup(func() { handshakeTimeout = old })
+	n1 := startNode(t, 1, "c")
+	n2 := startNode(t, 2, "c")
+	connect(n1, n2)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
+	n2.stop()
+	i := uint64(1)
+	require.Eventually(t, func() bool {
+		i++
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
+		return n1.h.unreachableCount("g", 2) > 0
+	}, waitFor, tick)
+
+	// Node 2 opens a stream to node 1 from elsewhere; nothing listens at
+	// its address.
+	ghost := New(Config{NodeID: 2, ClusterID: "c", Handler: newRecorder()})
+	t.Cleanup(ghost.Stop)
+	ghost.AddPeer(1, n1.addr)
+	ghost.Send("g", []*raftpb.Message{msg(2, 1, 1)})
+	require.Eventually(t, func() bool { return len(n1.h.group("g")) > 0 }, waitFor, tick)
+
+	before := n1.h.unreachableCount("g", 2)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 100)})
+	require.Eventually(t, func() bool { return n1.h.unreachableCount("g", 2) > before }, waitFor, tick,
+		"the message is reported within peerUpWait")
+}

@@ -220,12 +220,16 @@ func (p *peer) fail(msgs []outMsg) {
 
 // connect opens a stream and completes the handshake, within
 // handshakeTimeout. With waitReady it waits for the connection to become
-// ready (the peer is known to be up) instead of failing at once while the
-// connection is down. On success the caller must call the returned cancel
-// when done with the stream.
+// ready (the peer said it is up), within peerUpWait, instead of failing at
+// once while the connection is down. On success the caller must call the
+// returned cancel when done with the stream.
 func (p *peer) connect(waitReady bool) (peerv1.PeerService_StreamClient, context.CancelFunc, error) {
 	ctx, cancel := context.WithCancel(p.ctx)
-	timer := time.AfterFunc(handshakeTimeout, cancel)
+	limit := handshakeTimeout
+	if waitReady {
+		limit = min(limit, peerUpWait)
+	}
+	timer := time.AfterFunc(limit, cancel)
 	stream, err := p.client.Stream(ctx, grpc.WaitForReady(waitReady))
 	if err != nil {
 		timer.Stop()

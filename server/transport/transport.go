@@ -62,10 +62,14 @@ var handshakeTimeout = 5 * time.Second
 
 // Reconnect backoff: backoffMin doubling to backoffMax, jittered
 // (variables for tests). A stream the peer opens to this node ends the
-// wait at once (peerUp): the peer is back.
+// wait at once (peerUp): the peer is back, and the next attempt waits up
+// to peerUpWait for the connection, instead of failing at once while it
+// is still down. Only that long: the peer may be reachable one way only,
+// or gone again, and messages queued for it wait for the attempt.
 var (
 	backoffMin = 50 * time.Millisecond
 	backoffMax = 2 * time.Second
+	peerUpWait = 500 * time.Millisecond
 )
 
 // ServerOptions returns the options the node's grpc.Server needs to serve
