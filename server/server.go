@@ -210,7 +210,7 @@ func (s *Server) open() error {
 	s.engine, err = replica.NewEngine(replica.Config{
 		NodeID: id.RaftID, TickInterval: cfg.TickInterval, CommitNoticeDelay: cfg.CommitNoticeDelay, Transport: s.transport,
 		MaxUncommittedBytes: cfg.MaxUncommittedBytes, Logger: cfg.Logger,
-		Journal: s.journal,
+		Journal: s.journal, AnnounceLater: true,
 	})
 	if err != nil {
 		return err
@@ -257,6 +257,7 @@ func (s *Server) open() error {
 		// name the members are not applied yet.
 		s.setMembers(topicMembers(s.members))
 	}
+	s.engine.Announce() // every group the node had is open
 
 	// The windows, the keepalive and the header cap first, so that
 	// cfg.GRPCOptions may replace them.

@@ -53,6 +53,12 @@ type Config struct {
 	// While one of its checkpoints waits for logs to write the records
 	// they hold in memory (commitlog write-behind), the loop writes them.
 	Journal *commitlog.Journal
+	// AnnounceLater: the engine's pings carry no incarnation and ask for
+	// no leaders (pingAsks) until Announce, which the node calls once it
+	// has opened its groups. Peers react to a restart at once (they
+	// campaign, they heartbeat): messages for groups not open yet would be
+	// dropped. Off: the engine announces itself when it starts.
+	AnnounceLater bool
 }
 
 func (c *Config) withDefaults() error {
@@ -104,6 +110,7 @@ type Engine struct {
 	pingSoon        atomic.Bool       // ping now, not at the next interval (see pingAsks)
 	asked           []uint64          // peers whose pings asked for leaders since the loop looked (see pingAsks); guarded by mu
 	incarnation     uint64            // this engine's, in its pings (see noteIncarnation)
+	announced       atomic.Bool       // pings carry incarnation and asks (Announce)
 	incarnations    map[uint64]uint64 // peers' as last pinged; guarded by mu
 	restarted       []uint64          // peers whose incarnation changed since the loop looked; guarded by mu
 	peers           []uint64          // pinged for liveness; guarded by mu
@@ -166,7 +173,18 @@ func (e *Engine) Start() {
 		return
 	}
 	e.started = true
+	if !e.cfg.AnnounceLater {
+		e.announced.Store(true)
+	}
 	go e.run()
+}
+
+// Announce makes the engine's pings carry its incarnation and ask for
+// leaders, from a ping sent at once (see Config.AnnounceLater).
+func (e *Engine) Announce() {
+	e.announced.Store(true)
+	e.pingSoon.Store(true)
+	e.kick()
 }
 
 // Stop stops the loop, fails pending callers with ErrStopped and closes every

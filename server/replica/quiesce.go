@@ -367,9 +367,12 @@ func (e *Engine) pingPeers(list []*Group) {
 	e.mu.Lock()
 	peers := e.peers
 	e.mu.Unlock()
-	var ask uint64
-	if e.asking(list) {
-		ask = pingAsks
+	var ask, inc uint64
+	if e.announced.Load() {
+		inc = e.incarnation
+		if e.asking(list) {
+			ask = pingAsks
+		}
 	}
 	for _, id := range peers {
 		if id == e.cfg.NodeID {
@@ -377,7 +380,7 @@ func (e *Engine) pingPeers(list []*Group) {
 		}
 		e.cfg.Transport.Send(livenessGroup, []*raftpb.Message{{
 			Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(e.cfg.NodeID), To: new(id),
-			Commit: new(ask), Index: new(e.incarnation),
+			Commit: new(ask), Index: new(inc),
 		}})
 	}
 }

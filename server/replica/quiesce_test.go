@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/transport"
@@ -113,6 +115,55 @@ func TestAskWakesTheAskersLeaders(t *testing.T) {
 	assert.False(t, g.quiesced, "node 2 is a member")
 	g.quiesced = true
 	assert.False(t, e.wakeAskedLeaders(list), "asks are taken once")
+}
+
+// pingCapture records the liveness pings an engine sends.
+type pingCapture struct {
+	Transport
+	mu    sync.Mutex
+	pings []*raftpb.Message
+}
+
+func (c *pingCapture) Send(group string, msgs []*raftpb.Message) {
+	if group == livenessGroup {
+		c.mu.Lock()
+		c.pings = append(c.pings, msgs...)
+		c.mu.Unlock()
+	}
+	c.Transport.Send(group, msgs)
+}
+
+func (c *pingCapture) last() *raftpb.Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pings[len(c.pings)-1]
+}
+
+// TestAnnounceLater: with AnnounceLater the pings carry no incarnation and
+// ask for no leaders until Announce (a node's groups are not all open
+// yet: peers reacting to its restart would send them messages it drops).
+func TestAnnounceLater(t *testing.T) {
+	hub := transport.NewHub()
+	var pc *pingCapture
+	e, tr := newHubEngine(t, hub, 1, []uint64{1, 2}, Config{AnnounceLater: true}, func(tr Transport) Transport {
+		pc = &pingCapture{Transport: tr}
+		return pc
+	})
+	t.Cleanup(tr.Stop)
+	l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}}})
+	require.NoError(t, err)
+	list := []*Group{g}
+	e.pingPeers(list)
+	assert.Zero(t, pc.last().GetIndex(), "no incarnation before Announce")
+	assert.Zero(t, pc.last().GetCommit(), "no ask before Announce")
+	e.Announce()
+	assert.True(t, e.pingSoon.Load(), "Announce pings at once")
+	e.pingPeers(list)
+	assert.Equal(t, e.incarnation, pc.last().GetIndex())
+	assert.Equal(t, uint64(pingAsks), pc.last().GetCommit(), "g knows no leader")
 }
 
 // TestLoopWakesSilentLeadersAtOnce: the running loop itself, with no tick
