@@ -59,18 +59,19 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 // error may store them twice (delivery across calls is at least once, as
 // in the original; SendMessagesSequence resends a batch as itself). The
 // topic remembers which of a producer's last 64 sequence numbers it stored
-// and the IDs of its last 64 batches, and a Client has at most 32 sends in
-// flight to one topic (more wait for a slot, or for ctx to end), so every
-// retry within a call is recognized and answered. A topic forgets a
+// and the IDs of its last 64 batches, and a Client's sends to one topic
+// never run more than 32 sequences ahead of its oldest send in flight
+// (later ones wait, or fail when ctx ends), so every retry within a call
+// is recognized and answered. A topic forgets a
 // Client once 8,192 other producers have stored a batch there after the
 // Client's last one; a retry after that is stored again.
 func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error) {
-	release, err := c.topicSlot(ctx, topic)
+	seq, end, err := c.beginSend(ctx, topic, 0)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
-	return c.sendMessages(ctx, topic, messages, waitForCommit, c.nextSequence(topic))
+	defer end()
+	return c.sendMessages(ctx, topic, messages, waitForCommit, seq)
 }
 
 // NextSequence takes the next producer sequence number of topic for this
@@ -91,16 +92,16 @@ func (c *Client) NextSequence(topic string) uint64 { return c.nextSequence(topic
 // ErrInvalidArgument: the Client's own later batches would take it.
 func (c *Client) SendMessagesSequence(ctx context.Context, topic string, messages [][]byte, waitForCommit bool, sequence uint64) ([]int64, error) {
 	c.mu.Lock()
-	issued := c.seqs[topic]
+	issued := c.topicSeqsLocked(topic).last
 	c.mu.Unlock()
 	if sequence == 0 || sequence > issued {
 		return nil, fmt.Errorf("forestbus: send to %q: sequence %d was not taken with NextSequence: %w", topic, sequence, ErrInvalidArgument)
 	}
-	release, err := c.topicSlot(ctx, topic)
+	_, end, err := c.beginSend(ctx, topic, sequence)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	defer end()
 	return c.sendMessages(ctx, topic, messages, waitForCommit, sequence)
 }
 

@@ -93,8 +93,7 @@ type Client struct {
 	streams   map[*grpc.ClientConn]*produceStream
 	noProduce map[*grpc.ClientConn]time.Time // nodes to send calls to, not a stream, until then (produce.go)
 	leaders   map[string]string              // topic -> leader address
-	seqs      map[string]uint64              // topic -> last producer sequence used
-	sending   map[string]chan struct{}       // topic -> a slot per send in flight (topicSlot)
+	seqs      map[string]*topicSeqs          // topic -> its producer sequences (beginSend)
 	lastGet   string                         // node of the last good read
 	admin     string                         // node of the last good admin call
 }
@@ -174,8 +173,7 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 		streams:     make(map[*grpc.ClientConn]*produceStream),
 		noProduce:   make(map[*grpc.ClientConn]time.Time),
 		leaders:     make(map[string]string),
-		seqs:        make(map[string]uint64),
-		sending:     make(map[string]chan struct{}),
+		seqs:        make(map[string]*topicSeqs),
 	}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	for c.producerID == 0 {
@@ -205,39 +203,96 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 // with every batch (see SendMessagesContext).
 func (c *Client) ProducerID() uint64 { return c.producerID }
 
-// nextSequence returns the producer sequence of a new batch for topic:
-// 1, 2, 3, ... per topic.
-// maxTopicInFlight caps the sends a Client has in flight to one topic.
-// With at most 32 in flight, a retry of sequence s finds at most 31
-// sequences above s taken and at most 62 batches stored after it, inside
-// the windows a topic keeps per producer (64 sequences, the IDs of the
-// last 64 batches: see SendMessagesRequest.producer_id), so every retry
-// within a call is recognized and answered with the IDs of its first copy.
-const maxTopicInFlight = 32
+// maxSeqSpan bounds how far a Client's sends to one topic run ahead of
+// its oldest send still in flight: a send takes sequence q only once every
+// send in flight has a sequence above q-32, and waits (for a send to end,
+// or for its ctx) until then. So while a call with sequence s retries, no
+// sequence above s+31 is taken, and at most 62 batches are stored after
+// s: inside the windows a topic keeps per producer (64 sequences, the IDs
+// of the last 64 batches: see SendMessagesRequest.producer_id), and every
+// retry within a call is recognized and answered. It also caps the sends
+// in flight to a topic at 32. (Counting sends in flight is not enough: a
+// call backing off between attempts would see later calls finish and new
+// sequences run past the window.)
+const maxSeqSpan = 32
 
-// topicSlot waits for one of topic's maxTopicInFlight slots, or for ctx to
-// end; the caller calls release once its send has returned.
-func (c *Client) topicSlot(ctx context.Context, topic string) (release func(), err error) {
-	c.mu.Lock()
-	slots := c.sending[topic]
-	if slots == nil {
-		slots = make(chan struct{}, maxTopicInFlight)
-		c.sending[topic] = slots
+// topicSeqs is a topic's producer sequences: the last one taken, and those
+// of the sends in flight. Guarded by Client.mu.
+type topicSeqs struct {
+	last     uint64
+	inFlight []uint64
+	ended    chan struct{} // closed and replaced when a send ends
+}
+
+// fits reports whether a send with sequence q may start: every send in
+// flight has a sequence above q-maxSeqSpan.
+func (ts *topicSeqs) fits(q uint64) bool {
+	for _, f := range ts.inFlight {
+		if q >= f+maxSeqSpan {
+			return false
+		}
 	}
-	c.mu.Unlock()
-	select {
-	case slots <- struct{}{}:
-		return func() { <-slots }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	return true
+}
+
+// topicSeqsLocked returns topic's sequences, created on first use. The
+// caller holds c.mu.
+func (c *Client) topicSeqsLocked(topic string) *topicSeqs {
+	ts := c.seqs[topic]
+	if ts == nil {
+		ts = &topicSeqs{ended: make(chan struct{})}
+		c.seqs[topic] = ts
+	}
+	return ts
+}
+
+// beginSend waits until a send to topic may start (maxSeqSpan), or for
+// ctx to end, and registers it: with sequence seq, or with the next one
+// when seq is 0. The caller calls end once the send has returned.
+func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (q uint64, end func(), err error) {
+	for {
+		c.mu.Lock()
+		ts := c.topicSeqsLocked(topic)
+		q = seq
+		if q == 0 {
+			q = ts.last + 1
+		}
+		if ts.fits(q) {
+			ts.last = max(ts.last, q)
+			ts.inFlight = append(ts.inFlight, q)
+			c.mu.Unlock()
+			return q, func() { c.endSend(ts, q) }, nil
+		}
+		ended := ts.ended
+		c.mu.Unlock()
+		select {
+		case <-ended:
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
 	}
 }
 
+// endSend removes sequence q from ts's sends in flight and wakes the
+// sends waiting to start.
+func (c *Client) endSend(ts *topicSeqs, q uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if k := slices.Index(ts.inFlight, q); k >= 0 {
+		ts.inFlight = slices.Delete(ts.inFlight, k, k+1)
+	}
+	close(ts.ended)
+	ts.ended = make(chan struct{})
+}
+
+// nextSequence takes the producer sequence of a new batch for topic (1, 2,
+// 3, ... per topic) without a send (NextSequence).
 func (c *Client) nextSequence(topic string) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.seqs[topic]++
-	return c.seqs[topic]
+	ts := c.topicSeqsLocked(topic)
+	ts.last++
+	return ts.last
 }
 
 // Nodes returns the node addresses the Client tries, in order.

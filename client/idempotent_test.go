@@ -119,11 +119,10 @@ func TestProducerSequencesConcurrent(t *testing.T) {
 	assert.NotEqual(t, c.ProducerID(), c2.ProducerID(), "producer ids are random per Client")
 }
 
-// TestTopicInFlightCap: a Client has at most maxTopicInFlight sends in
+// TestTopicInFlightCap: a Client has at most maxSeqSpan sends in
 // flight to one topic, and their sequences span less than that, so a
 // retry stays inside the windows the topic keeps; other topics are not
-// held up; a send whose context ends while it waits for a slot takes no
-// sequence.
+// held up; a send whose context ends while it waits takes no sequence.
 func TestTopicInFlightCap(t *testing.T) {
 	n := startNode(t)
 	var mu sync.Mutex
@@ -169,7 +168,7 @@ func TestTopicInFlightCap(t *testing.T) {
 			assert.NoError(t, err)
 		})
 	}
-	require.Eventually(t, func() bool { return inFlightOf("t") == maxTopicInFlight && inFlightOf("u") == 5 },
+	require.Eventually(t, func() bool { return inFlightOf("t") == maxSeqSpan && inFlightOf("u") == 5 },
 		10*time.Second, time.Millisecond, "32 sends to t and the 5 to u reach the node")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
@@ -179,7 +178,72 @@ func TestTopicInFlightCap(t *testing.T) {
 
 	close(release)
 	wg.Wait()
-	assert.Equal(t, maxTopicInFlight, maxT)
-	assert.Less(t, maxSpan, uint64(maxTopicInFlight), "sequences in flight span less than the cap")
+	assert.Equal(t, maxSeqSpan, maxT)
+	assert.Less(t, maxSpan, uint64(maxSeqSpan), "sequences in flight span less than the cap")
 	assert.Equal(t, uint64(51), c.NextSequence("t"), "the send that gave up took no sequence")
+}
+
+// TestSequencesWaitForARetryingSend: while a call retries (here its batch
+// was stored, the answer lost, and the next attempts meet no leader),
+// later calls may finish, but no sequence runs maxSeqSpan or more ahead
+// of it: its retry is still a known duplicate when it lands, not stored a
+// second time. Counting the sends in flight did not ensure this (a
+// review's test: 70 later sends went through, and the retry was stored
+// again).
+func TestSequencesWaitForARetryingSend(t *testing.T) {
+	const others = 70
+	var mu sync.Mutex
+	stored := map[uint64]int{} // sequence -> times stored
+	var highest, highestBeforeRetry uint64
+	othersDone, firstAttempts := 0, 0
+	firstSent := make(chan struct{})
+	n := startNode(t)
+	n.send = func(_ context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		s := req.GetSequence()
+		ok := &forestbusv1.SendMessagesResponse{FirstId: 1, Count: int32(len(req.GetMessages()))}
+		if s == 1 {
+			firstAttempts++
+			switch {
+			case firstAttempts == 1:
+				stored[1]++
+				highest = max(highest, 1)
+				close(firstSent)
+				return nil, status.Error(codes.Unavailable, "fake: stored, then lost the answer")
+			case othersDone < maxSeqSpan-1 && othersDone < others:
+				return nil, status.Error(codes.Unavailable, "fake: no leader yet")
+			}
+			highestBeforeRetry = highest
+			if highest-1 < 64 { // the topic's rule: a duplicate within the window
+				return ok, nil
+			}
+			stored[1]++
+			return ok, nil
+		}
+		stored[s]++
+		highest = max(highest, s)
+		othersDone++
+		return ok, nil
+	}
+	c := New("", []string{n.addr}, WithUnarySends())
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.SendMessages("t", msgs, true)
+		done <- err
+	}()
+	<-firstSent
+	for range others {
+		_, err := c.SendMessages("t", msgs, true)
+		require.NoError(t, err)
+	}
+	require.NoError(t, <-done)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, 1, stored[1], "sequence 1 stored once")
+	assert.Less(t, highestBeforeRetry, uint64(1+maxSeqSpan), "no sequence ran maxSeqSpan ahead of the retrying send")
+	for s := uint64(2); s <= others+1; s++ {
+		assert.Equal(t, 1, stored[s], "sequence %d", s)
+	}
 }

@@ -29,8 +29,8 @@ const (
 	// DedupIDWindow is the number of most recent stored batches per
 	// producer whose ids are remembered, so that a duplicate of one of them
 	// is answered with its original ids. As large as the sequence window:
-	// a client with at most 32 sends in flight to a topic (the Go
-	// client's cap) has every retry answered.
+	// a client whose sequences in flight to a topic span less than 32
+	// (the Go client's bound) has every retry answered.
 	DedupIDWindow = 64
 )
 

@@ -287,8 +287,9 @@ type SendMessagesRequest struct {
 	// again; the first IDs are given for the producer's last 64 stored
 	// batches (an older duplicate is answered with ALREADY_EXISTS); a topic
 	// remembers a producer until 8,192 other producers have stored a batch
-	// after its newest one. A producer with at most 32 batches in flight to
-	// a topic (as the Go client) has every retry recognized and answered.
+	// after its newest one. A producer that takes no sequence 32 or more
+	// above one still unanswered (as the Go client) has every retry
+	// recognized and answered.
 	ProducerId uint64 `protobuf:"varint,4,opt,name=producer_id,json=producerId,proto3" json:"producer_id,omitempty"`
 	// Sequence number of this batch for producer_id; see producer_id.
 	Sequence      uint64 `protobuf:"varint,5,opt,name=sequence,proto3" json:"sequence,omitempty"`
