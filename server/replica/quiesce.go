@@ -265,10 +265,7 @@ func (e *Engine) noteAsk(id uint64) {
 // peer among their members that asked for leaders since the last call,
 // and reports whether it woke any. Engine goroutine only.
 func (e *Engine) wakeAskedLeaders(list []*Group) bool {
-	e.mu.Lock()
-	ids := e.asked
-	e.asked = nil
-	e.mu.Unlock()
+	ids := e.take(&e.asked)
 	if len(ids) == 0 {
 		return false
 	}
@@ -280,6 +277,16 @@ func (e *Engine) wakeAskedLeaders(list []*Group) bool {
 		}
 	}
 	return woke
+}
+
+// take empties the node list *ids, guarded by e.mu, and returns what it
+// held.
+func (e *Engine) take(ids *[]uint64) []uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := *ids
+	*ids = nil
+	return out
 }
 
 // hasMember reports whether one of ids is a voter or learner of g as last
@@ -340,10 +347,7 @@ func (e *Engine) noteIncarnation(id, inc uint64) {
 // that restarted since the last call (noteIncarnation), and reports whether
 // it woke any. Engine goroutine only.
 func (e *Engine) wakeFollowersOfRestarted(list []*Group) bool {
-	e.mu.Lock()
-	ids := e.restarted
-	e.restarted = nil
-	e.mu.Unlock()
+	ids := e.take(&e.restarted)
 	if len(ids) == 0 {
 		return false
 	}

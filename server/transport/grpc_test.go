@@ -166,20 +166,28 @@ func TestGRPCUnknownPeerAndOverflow(t *testing.T) {
 	assert.GreaterOrEqual(t, n1.tr.Stats().MessagesDropped, uint64(90))
 }
 
-func TestGRPCPeerDownAndBack(t *testing.T) {
-	n1 := startNode(t, 1, "c")
-	n2 := startNode(t, 2, "c")
+// oneOfTwoDown starts nodes 1 and 2, has 1 reach 2, takes 2 down with
+// down, and sends from 1 until its sender reports 2 unreachable (and backs
+// off). It returns the nodes and the index of the last message sent.
+func oneOfTwoDown(t *testing.T, down func(*node)) (n1, n2 *node, last uint64) {
+	t.Helper()
+	n1 = startNode(t, 1, "c")
+	n2 = startNode(t, 2, "c")
 	connect(n1, n2)
 	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
 	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
-
-	n2.stopServer()
-	i := uint64(1)
+	down(n2)
+	last = 1
 	require.Eventually(t, func() bool {
-		i++
-		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
+		last++
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, last)})
 		return n1.h.unreachableCount("g", 2) > 0
 	}, waitFor, tick)
+	return n1, n2, last
+}
+
+func TestGRPCPeerDownAndBack(t *testing.T) {
+	n1, n2, i := oneOfTwoDown(t, (*node).stopServer)
 
 	// Same address, new server: delivery resumes on a new stream.
 	n2.serve(t, n2.addr)
@@ -457,20 +465,8 @@ func TestGRPCRestartedPeerEndsBackoff(t *testing.T) {
 	oldMin, oldMax := backoffMin, backoffMax
 	backoffMin, backoffMax = 30*time.Second, time.Minute
 	t.Cleanup(func() { backoffMin, backoffMax = oldMin, oldMax })
-	n1 := startNode(t, 1, "c")
-	n2 := startNode(t, 2, "c")
-	connect(n1, n2)
-	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
-	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
-
+	n1, n2, i := oneOfTwoDown(t, (*node).stop)
 	addr2 := n2.addr
-	n2.stop()
-	i := uint64(1)
-	require.Eventually(t, func() bool { // n1's sender fails and backs off
-		i++
-		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
-		return n1.h.unreachableCount("g", 2) > 0
-	}, waitFor, tick)
 
 	// Node 2 restarts at the same address and sends to node 1.
 	h := newRecorder()
@@ -496,18 +492,7 @@ func TestGRPCPeerUpFromUnreachablePeer(t *testing.T) {
 	old := handshakeTimeout
 	handshakeTimeout = time.Minute
 	t.Cleanup(func() { handshakeTimeout = old })
-	n1 := startNode(t, 1, "c")
-	n2 := startNode(t, 2, "c")
-	connect(n1, n2)
-	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
-	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
-	n2.stop()
-	i := uint64(1)
-	require.Eventually(t, func() bool {
-		i++
-		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, i)})
-		return n1.h.unreachableCount("g", 2) > 0
-	}, waitFor, tick)
+	n1, _, _ := oneOfTwoDown(t, (*node).stop)
 
 	// Node 2 opens a stream to node 1 from elsewhere; nothing listens at
 	// its address.
