@@ -62,9 +62,9 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 // and the IDs of its last 64 batches, and a Client's sends to one topic
 // never run more than 32 sequences ahead of its oldest send in flight
 // (later ones wait, or fail when ctx ends), so every retry within a call
-// is recognized and answered. A topic forgets a
-// Client once 8,192 other producers have stored a batch there after the
-// Client's last one; a retry after that is stored again.
+// is recognized and answered. A topic forgets a Client once 8,192 other
+// producers have stored a batch there after the Client's last one; a
+// retry after that is stored again.
 func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error) {
 	seq, end, err := c.beginSend(ctx, topic, 0)
 	if err != nil {

@@ -225,9 +225,11 @@ func (e *Engine) SetPeers(ids []uint64) {
 // pings ask while some group of its has known no leader for a short while
 // (askFor), and a node that gets such a ping wakes the quiesced groups it
 // leads that have the asker as a member (wakeAskedLeaders): they heartbeat
-// once and quiesce again, and the asking groups learn their leaders. A restarted group (one with a term) and new peers (SetPeers)
-// make the node ping at once instead of at the next interval. Builds
-// without this ignore the field.
+// once and quiesce again, and the asking groups learn their leaders. A
+// node asks only once it has announced itself (Engine.Announce, when its
+// groups are open), which pings at once, as do a restarted group (one
+// with a term) and new peers (SetPeers). Builds without this ignore the
+// field.
 const pingAsks = 1
 
 // askFor is how long a group without a leader makes its node's pings ask
