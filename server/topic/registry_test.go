@@ -1,6 +1,7 @@
 package topic
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"strings"
@@ -8,7 +9,11 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/forestbus/forestbus/server/commitlog"
+	"github.com/forestbus/forestbus/server/replica"
 )
 
 func TestValidateName(t *testing.T) {
@@ -88,4 +93,33 @@ func TestCheckConfChange(t *testing.T) {
 	r.voters = []uint64{1}
 	assert.False(t, r.checkConfChange(change(remove, 1, nil)), "the last voter's removal")
 	assert.True(t, r.checkConfChange(change(remove, 3, nil)), "a learner's removal beside the last voter")
+}
+
+// TestCapCountsAnAppliedCreateOnce: a create this node proposed, applied
+// but not yet answered (its caller still waits for the topic's leader),
+// counts once towards the topic cap, as a topic, not a second time as
+// pending: counting it twice refused creates under a burst while there
+// was room.
+func TestCapCountsAnAppliedCreateOnce(t *testing.T) {
+	e, err := replica.NewEngine(replica.Config{NodeID: 1})
+	require.NoError(t, err)
+	e.Start()
+	t.Cleanup(e.Stop)
+	r, err := Open(Config{Dir: t.TempDir(), Engine: e, NodeID: 1, Members: []Member{{ID: 1, Name: "n1"}},
+		Log: commitlog.Options{NoSync: true}, MaxTopics: 2})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, r.Create(ctx, "a", Settings{}))
+
+	r.mu.Lock()
+	r.creating = map[string]int{"a": 1} // applied, its caller not answered yet
+	r.mu.Unlock()
+	release, err := r.roomForTopic("b")
+	require.NoError(t, err, `"a" and "b" fit a cap of 2`)
+	release()
+	_, err = r.roomForTopic("c")
+	require.NoError(t, err)
+	_, err = r.roomForTopic("d")
+	require.ErrorIs(t, err, ErrTooManyTopics, `"a", "c" and "d" do not`)
 }
