@@ -45,12 +45,14 @@
 //
 // The table is kept in memory as of the last entry. Suffix truncation rolls
 // it back with undo records: one per stored producer batch above the commit
-// index (the previous state of that producer), dropped once the commit index
-// passes the entry (truncation at or below it is refused). The table as of
-// the log start is kept encoded (meta, snapshot data). Retention
-// (DeleteBefore) derives the table at the new start by replaying the headers
-// of the segments it deletes onto it (one sequential read of them) and
-// records it in meta before deleting them. ApplySnapshot takes the table
+// index (what the batch changed in its producer's state: the fields, the
+// slot it overwrote), and one per producer forgotten by such an entry (its
+// state), dropped once the commit index passes the entry (truncation at or
+// below it is refused). The table as of the log start is kept encoded
+// (meta, snapshot data). Retention (DeleteBefore) finds the table at the
+// new start kept by the first segment it keeps, else by replaying the
+// headers of the segments it deletes onto it (one sequential read of
+// them), and records it in meta before deleting them. ApplySnapshot takes the table
 // carried by the snapshot. Open decodes the table in meta and derives the
 // verdict of every record again during its scan. The verdicts of the
 // duplicates in the retained log are kept in memory (a few bytes each) so
