@@ -221,7 +221,8 @@ const maxSeqSpan = 32
 type topicSeqs struct {
 	last     uint64
 	inFlight []uint64
-	ended    chan struct{} // closed and replaced when a send ends
+	waiting  int           // sends waiting to start
+	ended    chan struct{} // closed and replaced when a send ends while some wait
 }
 
 // fits reports whether a send with sequence q may start: every send in
@@ -264,11 +265,19 @@ func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (q uin
 			return q, func() { c.endSend(ts, q) }, nil
 		}
 		ended := ts.ended
+		ts.waiting++
 		c.mu.Unlock()
 		select {
 		case <-ended:
+			err = nil
 		case <-ctx.Done():
-			return 0, nil, ctx.Err()
+			err = ctx.Err()
+		}
+		c.mu.Lock()
+		ts.waiting--
+		c.mu.Unlock()
+		if err != nil {
+			return 0, nil, err
 		}
 	}
 }
@@ -281,8 +290,10 @@ func (c *Client) endSend(ts *topicSeqs, q uint64) {
 	if k := slices.Index(ts.inFlight, q); k >= 0 {
 		ts.inFlight = slices.Delete(ts.inFlight, k, k+1)
 	}
-	close(ts.ended)
-	ts.ended = make(chan struct{})
+	if ts.waiting > 0 { // else no channel to replace: a send allocates none
+		close(ts.ended)
+		ts.ended = make(chan struct{})
+	}
 }
 
 // nextSequence takes the producer sequence of a new batch for topic (1, 2,

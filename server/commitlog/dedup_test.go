@@ -662,14 +662,7 @@ func TestDeleteBeforeReadsNoDeletedSegment(t *testing.T) {
 			t.Cleanup(func() { l.Close() })
 			n := len(l.segs) / 2
 			require.Greater(t, n, 2)
-			// What replaying the deleted segments gives.
-			want, err := decodeDedupTable(l.baseTable)
-			require.NoError(t, err)
-			next := l.start.firstID
-			for _, s := range l.segs[:n] {
-				next, err = replayDedup(s, want, next)
-				require.NoError(t, err)
-			}
+			want, next := replayedTable(t, l, n)
 			// A read of a deleted segment now fails.
 			for _, s := range l.segs[:n] {
 				require.NoError(t, s.f.Close())
@@ -679,6 +672,20 @@ func TestDeleteBeforeReadsNoDeletedSegment(t *testing.T) {
 			assert.Equal(t, next, l.FirstID())
 		})
 	}
+}
+
+// replayedTable is what replaying l's first n segments onto its base table
+// gives: the table, and the next id, at the start of segment n.
+func replayedTable(t *testing.T, l *Log, n int) (*dedupTable, uint64) {
+	t.Helper()
+	tb, err := decodeDedupTable(l.baseTable)
+	require.NoError(t, err)
+	next := l.start.firstID
+	for _, s := range l.segs[:n] {
+		next, err = replayDedup(s, tb, next)
+		require.NoError(t, err)
+	}
+	return tb, next
 }
 
 // TestSegmentTablesWithinBudget: past the process's budget a segment keeps
@@ -704,13 +711,7 @@ func TestSegmentTablesWithinBudget(t *testing.T) {
 	assert.Less(t, kept, len(l.segs)/2)
 	n := len(l.segs) / 2
 	require.Nil(t, l.segs[n].startTable)
-	want, err := decodeDedupTable(l.baseTable)
-	require.NoError(t, err)
-	next := l.start.firstID
-	for _, s := range l.segs[:n] {
-		next, err = replayDedup(s, want, next)
-		require.NoError(t, err)
-	}
+	want, next := replayedTable(t, l, n)
 	require.NoError(t, l.DeleteBefore(l.segs[n].first))
 	assert.Equal(t, want.encode(nil), l.baseTable)
 	assert.Equal(t, next, l.FirstID())

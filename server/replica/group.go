@@ -339,13 +339,6 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 	if err := e.register(g); err != nil {
 		return nil, err
 	}
-	if hs.GetTerm() > 0 {
-		// A group of a restarted node: ask the peers for its leader now
-		// (pingAsks) rather than wait an election timeout. A new group
-		// elects one.
-		e.pingSoon.Store(true)
-		e.kick()
-	}
 	return g, nil
 }
 

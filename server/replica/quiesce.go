@@ -102,9 +102,16 @@ func (e *Engine) wakeSilentLeaders(list []*Group) bool {
 		return false
 	}
 	e.refreshSilence()
+	return wakeWhere(list, (*Group).leaderGone)
+}
+
+// wakeWhere wakes the quiesced groups of list, neither fenced nor being
+// removed, for which pick reports true, and reports whether it woke any.
+// Engine goroutine only.
+func wakeWhere(list []*Group, pick func(*Group) bool) bool {
 	woke := false
 	for _, g := range list {
-		if g.quiesced && g.fenced == nil && !g.removing.Load() && g.leaderGone() {
+		if g.quiesced && g.fenced == nil && !g.removing.Load() && pick(g) {
 			g.quiesced = false
 			woke = true
 		}
@@ -227,9 +234,8 @@ func (e *Engine) SetPeers(ids []uint64) {
 // leads that have the asker as a member (wakeAskedLeaders): they heartbeat
 // once and quiesce again, and the asking groups learn their leaders. A
 // node asks only once it has announced itself (Engine.Announce, when its
-// groups are open), which pings at once, as do a restarted group (one
-// with a term) and new peers (SetPeers). Builds without this ignore the
-// field.
+// groups are open), which pings at once, as do new peers (SetPeers).
+// Builds without this ignore the field.
 const pingAsks = 1
 
 // askFor is how long a group without a leader makes its node's pings ask
@@ -271,14 +277,7 @@ func (e *Engine) wakeAskedLeaders(list []*Group) bool {
 	if len(ids) == 0 {
 		return false
 	}
-	woke := false
-	for _, g := range list {
-		if g.quiesced && g.isLeader && g.fenced == nil && !g.removing.Load() && g.hasMember(ids) {
-			g.quiesced = false
-			woke = true
-		}
-	}
-	return woke
+	return wakeWhere(list, func(g *Group) bool { return g.isLeader && g.hasMember(ids) })
 }
 
 // take empties the node list *ids, guarded by e.mu, and returns what it
@@ -353,15 +352,13 @@ func (e *Engine) wakeFollowersOfRestarted(list []*Group) bool {
 	if len(ids) == 0 {
 		return false
 	}
-	woke := false
-	for _, g := range list {
-		if g.quiesced && !g.isLeader && g.fenced == nil && !g.removing.Load() && slices.Contains(ids, g.lead.Load()) {
-			g.quiesced = false
-			g.campaignFirst(g.lead.Load())
-			woke = true
+	return wakeWhere(list, func(g *Group) bool {
+		if lead := g.lead.Load(); !g.isLeader && slices.Contains(ids, lead) {
+			g.campaignFirst(lead) // woken as well: it ticks, whoever campaigns
+			return true
 		}
-	}
-	return woke
+		return false
+	})
 }
 
 // pingPeers sends the liveness pings, asking for leaders when a group in
