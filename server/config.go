@@ -153,9 +153,13 @@ type Config struct {
 	// RetentionBytes, are removed whole segments at a time. 0: keep.
 	Retention      time.Duration
 	RetentionBytes int64
-	// RetentionInterval is how often a leader checks its topics' retention.
-	// Default 30 s.
+	// RetentionInterval is how often a leader checks its topics' retention
+	// (and every node its removed topics' files). Default 30 s.
 	RetentionInterval time.Duration
+	// RemovedRetention is how long a removed topic's files stay in the
+	// data directory's removed/ (for the operator to recover them) before
+	// they are deleted. 0: kept for ever. fbnode's default is 24 h.
+	RemovedRetention time.Duration
 	// DefaultTopic is created at start when absent; "" disables. fbnode
 	// sets "default".
 	DefaultTopic string
@@ -309,7 +313,7 @@ func (c *Config) validate() error {
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = 30 * time.Second
 	}
-	if c.Retention < 0 || c.RetentionBytes < 0 {
+	if c.Retention < 0 || c.RetentionBytes < 0 || c.RemovedRetention < 0 {
 		return errors.New("server: negative retention")
 	}
 	if c.Logger == nil {

@@ -414,7 +414,8 @@ const DefaultMinTopicSegmentBytes = topic.DefaultMinSegmentBytes
 const DefaultMaxStreamsPerConn = 32 * 1000
 
 // retention enforces the topics' retention settings on the topics this
-// node leads, every RetentionInterval, until Stop.
+// node leads, and deletes the files of topics removed more than
+// RemovedRetention ago, every RetentionInterval, until Stop.
 func (s *Server) retention() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.RetentionInterval)
@@ -427,6 +428,7 @@ func (s *Server) retention() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			s.registry.EnforceRetention(ctx, now)
 			cancel()
+			s.registry.PurgeRemoved(now, s.cfg.RemovedRetention)
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -409,6 +411,42 @@ func TestAdminTopics(t *testing.T) {
 	assert.Equal(t, int64(3), send(t, c, "orders", batch("y", 1), true).FirstId)
 	got := readAll(t, c, "orders", 1, 3, 10)
 	assert.Equal(t, [][]byte{[]byte("x-0"), []byte("x-1"), []byte("y-0")}, got)
+}
+
+// TestRemovedTopicFilesPurged: a removed topic's files leave the data
+// directory once RemovedRetention has passed; a topic created again under
+// the name keeps its own.
+func TestRemovedTopicFilesPurged(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) {
+		c.RemovedRetention = 200 * time.Millisecond
+		c.RetentionInterval = 20 * time.Millisecond
+	}))
+	c := dial(t, n)
+	ctx := ctxT(t)
+	_, err := c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "orders"})
+	require.NoError(t, err)
+	send(t, c, "orders", batch("o", 3), true)
+	_, err = c.admin.RemoveTopic(ctx, &forestbusv1.RemoveTopicRequest{Name: "orders"})
+	require.NoError(t, err)
+	_, err = c.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "orders"})
+	require.NoError(t, err)
+	send(t, c, "orders", batch("n", 2), true)
+
+	names := func(sub string) []string {
+		des, err := os.ReadDir(filepath.Join(n.Cfg.DataDir, sub))
+		require.NoError(t, err)
+		var out []string
+		for _, de := range des {
+			if strings.HasPrefix(de.Name(), "orders.") {
+				out = append(out, de.Name())
+			}
+		}
+		return out
+	}
+	require.Eventually(t, func() bool { return len(names("removed")) == 0 }, 15*time.Second, 10*time.Millisecond,
+		"removed/ still holds %v", names("removed"))
+	assert.Len(t, names("topics"), 1, "the new incarnation's files")
+	assert.Equal(t, [][]byte{[]byte("n-0"), []byte("n-1")}, readAll(t, c, "orders", 1, 2, 10))
 }
 
 func reasonOf(err error) string {

@@ -21,7 +21,8 @@ Manage topics:
   topic create NAME [flags]   create a topic (unset settings: node defaults)
   topic update NAME [flags]   change the settings given, keep the others
   topic remove NAME           stop serving a topic (nodes keep its files,
-                              moved aside under DATA/removed/)
+                              moved aside under DATA/removed/, for
+                              fbnode -removed-retention: 24h by default)
 
 Names are 1 to 200 characters from [A-Za-z0-9._-]. Sizes take a unit
 (4096, 64KiB, 64MiB, 1GiB, also KB/MB/GB as powers of 1000); -retention is
@@ -181,7 +182,7 @@ func (a *app) topicSet(verb string, args []string) error {
 
 func (a *app) topicRemove(args []string) error {
 	f := a.flags("topic remove", "NAME [flags]",
-		"Stop serving a topic. The nodes keep its files, moved aside under DATA/removed/.", true, true)
+		"Stop serving a topic. The nodes keep its files, moved aside under DATA/removed/, for fbnode -removed-retention (24h by default).", true, true)
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
 		return err

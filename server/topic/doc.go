@@ -12,5 +12,6 @@
 //	topics/NAME.INDEX/    a topic's log; INDEX is the metadata log index of
 //	                      the command that created it, so a topic removed and
 //	                      created again never reuses a directory
-//	removed/NAME.INDEX/   a removed topic's log, kept for the operator
+//	removed/NAME.INDEX/   a removed topic's log, kept for the operator until
+//	                      PurgeRemoved deletes it (fbnode -removed-retention)
 package topic

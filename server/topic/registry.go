@@ -682,7 +682,42 @@ func (r *Registry) moveAside(t *Topic) {
 		return
 	}
 	to := filepath.Join(r.cfg.Dir, "removed", t.dir)
+	// The directory's modification time says when the topic was removed
+	// (PurgeRemoved): set before the move, so that a purge never sees it
+	// in removed/ with the time of its last segment, and again after it.
+	now := time.Now()
+	_ = os.Chtimes(from, now, now)
 	if err := os.Rename(from, to); err != nil {
 		r.log.Error("moving removed topic aside", "topic", t.Name, "err", err)
+		return
+	}
+	_ = os.Chtimes(to, now, now)
+}
+
+// PurgeRemoved deletes the files of the topics moved to removed/ more than
+// age before now (their directory's modification time; a directory moved
+// there by a build before PurgeRemoved has the time of its last change
+// instead). age 0 or less keeps them for ever. A purge that fails is
+// logged and tried again at the next call.
+func (r *Registry) PurgeRemoved(now time.Time, age time.Duration) {
+	if age <= 0 {
+		return
+	}
+	dir := filepath.Join(r.cfg.Dir, "removed")
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		r.log.Warn("listing removed topics", "err", err)
+		return
+	}
+	for _, de := range des {
+		fi, err := de.Info()
+		if err != nil || now.Sub(fi.ModTime()) <= age {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, de.Name())); err != nil {
+			r.log.Warn("purging a removed topic's files", "dir", de.Name(), "err", err)
+			continue
+		}
+		r.log.Info("purged a removed topic's files", "dir", de.Name(), "removed", fi.ModTime())
 	}
 }

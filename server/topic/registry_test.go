@@ -3,7 +3,11 @@ package topic
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -122,4 +126,44 @@ func TestCapCountsAnAppliedCreateOnce(t *testing.T) {
 	require.NoError(t, err)
 	_, err = r.roomForTopic("d")
 	require.ErrorIs(t, err, ErrTooManyTopics, `"a", "c" and "d" do not`)
+}
+
+// TestPurgeRemoved: a removed topic's files are deleted once they have been
+// in removed/ longer than the age given, counted from the removal (not from
+// the files' last write), and kept for ever with age 0.
+func TestPurgeRemoved(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"topics", "removed"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
+	}
+	r := &Registry{cfg: Config{Dir: dir}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	now := time.Now()
+	mkdir := func(path string, mtime time.Time) {
+		t.Helper()
+		require.NoError(t, os.MkdirAll(path, 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(path, "00000000000000000001.log"), []byte("x"), 0o644))
+		require.NoError(t, os.Chtimes(path, mtime, mtime))
+	}
+	exists := func(name string) bool {
+		_, err := os.Stat(filepath.Join(dir, "removed", name))
+		return err == nil
+	}
+	mkdir(filepath.Join(dir, "removed", "old.5"), now.Add(-2*time.Hour))
+	mkdir(filepath.Join(dir, "removed", "new.7"), now)
+	// Last written two hours ago, removed now.
+	mkdir(filepath.Join(dir, "topics", "idle.9"), now.Add(-2*time.Hour))
+	r.moveAside(&Topic{Name: "idle", dir: "idle.9"})
+	require.True(t, exists("idle.9"))
+
+	r.PurgeRemoved(now.Add(time.Minute), 0)
+	assert.True(t, exists("old.5"), "age 0 keeps removed topics")
+
+	r.PurgeRemoved(now.Add(time.Minute), time.Hour)
+	assert.False(t, exists("old.5"), "removed two hours ago")
+	assert.True(t, exists("new.7"))
+	assert.True(t, exists("idle.9"), "removed now, though last written two hours ago")
+
+	r.PurgeRemoved(now.Add(2*time.Hour), time.Hour)
+	assert.False(t, exists("new.7"))
+	assert.False(t, exists("idle.9"))
 }

@@ -46,7 +46,9 @@ type AdminServiceClient interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT.
 	UpdateTopic(ctx context.Context, in *UpdateTopicRequest, opts ...grpc.CallOption) (*UpdateTopicResponse, error)
 	// RemoveTopic stops serving a topic. Its files stay on disk, moved aside
-	// under the node's data directory, so an operator can still recover them.
+	// under the node's data directory, so an operator can still recover them,
+	// until the node deletes them (fbnode -removed-retention, 24 hours by
+	// default).
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND.
 	RemoveTopic(ctx context.Context, in *RemoveTopicRequest, opts ...grpc.CallOption) (*RemoveTopicResponse, error)
@@ -157,7 +159,9 @@ type AdminServiceServer interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT.
 	UpdateTopic(context.Context, *UpdateTopicRequest) (*UpdateTopicResponse, error)
 	// RemoveTopic stops serving a topic. Its files stay on disk, moved aside
-	// under the node's data directory, so an operator can still recover them.
+	// under the node's data directory, so an operator can still recover them,
+	// until the node deletes them (fbnode -removed-retention, 24 hours by
+	// default).
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND.
 	RemoveTopic(context.Context, *RemoveTopicRequest) (*RemoveTopicResponse, error)
