@@ -49,9 +49,12 @@ type Sender interface {
 
 // sequencedSender is a Sender that can send a batch again as itself: its
 // retries carry the producer sequence its first send took, so a batch that
-// was stored before an error is not stored twice (*client.Client).
+// was stored before an error is not stored twice (*client.Client). The
+// sequence stays reserved through the retries and the waits between them,
+// so that the sender's other sends to the topic cannot run so far ahead
+// that the topic no longer recognizes the batch.
 type sequencedSender interface {
-	NextSequence(topic string) uint64
+	ReserveSequence(ctx context.Context, topic string) (seq uint64, release func(), err error)
 	SendMessagesSequence(ctx context.Context, topic string, messages [][]byte, waitForCommit bool, sequence uint64) ([]int64, error)
 }
 
@@ -439,7 +442,15 @@ func (b *Batcher) send(ctx context.Context, msgs [][]byte, retries *int) ([]int6
 	seqSender, _ := b.sender.(sequencedSender)
 	var seq uint64
 	if seqSender != nil {
-		seq = seqSender.NextSequence(b.topic)
+		s, release, err := seqSender.ReserveSequence(ctx, b.topic)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ErrClosed // Close gave up waiting
+			}
+			return nil, client.LegacyError(err)
+		}
+		defer release()
+		seq = s
 	}
 	for attempt := 1; ; attempt++ {
 		start := time.Now()

@@ -297,23 +297,40 @@ func TestBatchTooLargeIsSplit(t *testing.T) {
 }
 
 // seqSender is a fakeSender that takes producer sequences, as a
-// *client.Client does, and records the sequence of every call.
+// *client.Client does, and records the sequence of every call, whether it
+// was reserved then, and the releases.
 type seqSender struct {
 	*fakeSender
-	next uint64
-	seqs []uint64
+	next     uint64
+	seqs     []uint64
+	held     map[uint64]bool
+	unheld   []uint64 // sends of a sequence not reserved at the time
+	released []uint64
 }
 
-func (s *seqSender) NextSequence(string) uint64 {
+func (s *seqSender) ReserveSequence(context.Context, string) (uint64, func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.next++
-	return s.next
+	seq := s.next
+	if s.held == nil {
+		s.held = map[uint64]bool{}
+	}
+	s.held[seq] = true
+	return seq, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.held, seq)
+		s.released = append(s.released, seq)
+	}, nil
 }
 
 func (s *seqSender) SendMessagesSequence(ctx context.Context, topic string, messages [][]byte, wait bool, seq uint64) ([]int64, error) {
 	s.mu.Lock()
 	s.seqs = append(s.seqs, seq)
+	if !s.held[seq] {
+		s.unheld = append(s.unheld, seq)
+	}
 	s.mu.Unlock()
 	return s.SendMessagesContext(ctx, topic, messages, wait)
 }
@@ -335,6 +352,13 @@ func TestRetriesKeepTheBatchSequence(t *testing.T) {
 	require.NoError(t, err)
 	assert.EqualValues(t, 2, id)
 	assert.Equal(t, []uint64{1, 1, 1, 2}, f.seqs, "three sends of the first batch, then the second")
+	// The first batch's sequence stayed reserved through its retries and
+	// the waits between them: a Client's other sends to the topic could
+	// not run so far ahead that the topic forgot it.
+	f.mu.Lock()
+	assert.Empty(t, f.unheld, "sequences sent while not reserved")
+	assert.Equal(t, []uint64{1, 2}, f.released, "each batch's sequence released once, after its last send")
+	f.mu.Unlock()
 
 	f.maxMsg = 5
 	queueBehind(t, f.fakeSender, b, "m1", "m2", "too-large", "m3")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -75,27 +76,48 @@ func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages
 }
 
 // NextSequence takes the next producer sequence number of topic for this
-// Client (see SendMessagesContext), for SendMessagesSequence.
+// Client (see SendMessagesContext), for SendMessagesSequence. The Client's
+// later sends do not wait for it: while the caller holds it between
+// sends, they may run more than 32 sequences ahead, and then a resend
+// under it may fail with ErrDuplicateBatch or be stored again (see
+// SendMessagesContext). ReserveSequence holds them back.
 func (c *Client) NextSequence(topic string) uint64 { return c.nextSequence(topic) }
 
+// ReserveSequence is NextSequence for a caller that sends the batch, and
+// sends it again after an error, until it calls release: meanwhile the
+// sequence counts as a send in flight, so the Client's later sends to
+// topic do not run 32 or more sequences ahead of it (they wait, see
+// SendMessagesContext) and every resend is recognized. It waits, like a
+// send, while that bound holds the new sequence back, and fails with
+// ctx's error if ctx ends first. Call release once, when the batch is
+// stored or given up.
+func (c *Client) ReserveSequence(ctx context.Context, topic string) (seq uint64, release func(), err error) {
+	seq, end, err := c.beginSend(ctx, topic, 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	var once sync.Once
+	return seq, func() { once.Do(end) }, nil
+}
+
 // SendMessagesSequence is SendMessagesContext for a batch whose sequence
-// number the caller took with NextSequence(topic), once per batch: a
-// batch sent again with its sequence (a retry after an error that left
-// its outcome unknown, such as ErrNoNodesAvailable when a majority was
-// down) is stored once, and a retry of a stored batch answers with its
-// IDs, as retries within one call do (within the limits given there). A
-// different batch must not reuse a sequence: the topic would take it for
-// the first one's duplicate and not store it. The batcher package's
-// retries use it.
+// number the caller took with ReserveSequence (or NextSequence), once per
+// batch: a batch sent again with its sequence (a retry after an error that
+// left its outcome unknown, such as ErrNoNodesAvailable when a majority
+// was down) is stored once, and a retry of a stored batch answers with its
+// IDs, as retries within one call do (within the limits given there, which
+// hold across calls for a reserved sequence). A different batch must not
+// reuse a sequence: the topic would take it for the first one's duplicate
+// and not store it. The batcher package's retries use it.
 //
-// A sequence NextSequence has not handed out for topic yet fails with
+// A sequence not handed out for topic yet fails with
 // ErrInvalidArgument: the Client's own later batches would take it.
 func (c *Client) SendMessagesSequence(ctx context.Context, topic string, messages [][]byte, waitForCommit bool, sequence uint64) ([]int64, error) {
 	c.mu.Lock()
 	issued := c.topicSeqsLocked(topic).last
 	c.mu.Unlock()
 	if sequence == 0 || sequence > issued {
-		return nil, fmt.Errorf("forestbus: send to %q: sequence %d was not taken with NextSequence: %w", topic, sequence, ErrInvalidArgument)
+		return nil, fmt.Errorf("forestbus: send to %q: sequence %d was not taken with NextSequence or ReserveSequence: %w", topic, sequence, ErrInvalidArgument)
 	}
 	_, end, err := c.beginSend(ctx, topic, sequence)
 	if err != nil {

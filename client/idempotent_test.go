@@ -183,6 +183,63 @@ func TestTopicInFlightCap(t *testing.T) {
 	assert.Equal(t, uint64(51), c.NextSequence("t"), "the send that gave up took no sequence")
 }
 
+// TestReservedSequenceHoldsTheSpan: a sequence taken with ReserveSequence
+// counts as a send in flight until released, also while no send of it is
+// in flight (a Batcher backing off between retries), so later sends stay
+// within 32 sequences of it; NextSequence holds nothing back.
+func TestReservedSequenceHoldsTheSpan(t *testing.T) {
+	n := startNode(t)
+	var mu sync.Mutex
+	var seen []uint64
+	n.send = func(_ context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+		mu.Lock()
+		seen = append(seen, req.GetSequence())
+		mu.Unlock()
+		return &forestbusv1.SendMessagesResponse{FirstId: 1, Count: int32(len(req.GetMessages()))}, nil
+	}
+	c := New("", []string{n.addr})
+	defer c.Close()
+	ctx := context.Background()
+
+	seq, release, err := c.ReserveSequence(ctx, "t")
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), seq)
+	_, err = c.SendMessagesSequence(ctx, "t", msgs, true, seq) // an attempt that fails leaves it reserved
+	require.NoError(t, err)
+	for range maxSeqSpan - 1 { // sequences 2 to 32
+		_, err := c.SendMessagesContext(ctx, "t", msgs, true)
+		require.NoError(t, err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	_, err = c.SendMessagesContext(short, "t", msgs, true)
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded, "sequence 33 waits for the reserved 1")
+	short, cancel = context.WithTimeout(ctx, 20*time.Millisecond)
+	_, _, err = c.ReserveSequence(short, "t")
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded, "so does a reservation")
+	_, err = c.SendMessagesContext(ctx, "u", msgs, true)
+	require.NoError(t, err, "other topics do not wait")
+
+	_, err = c.SendMessagesSequence(ctx, "t", msgs, true, seq) // the resend is still recognized
+	require.NoError(t, err)
+	release()
+	release() // a second call does nothing
+	_, err = c.SendMessagesContext(ctx, "t", msgs, true)
+	require.NoError(t, err)
+	mu.Lock()
+	assert.Equal(t, uint64(33), seen[len(seen)-1], "the waiting sends took no sequence")
+	mu.Unlock()
+
+	// NextSequence reserves nothing.
+	next := c.NextSequence("t")
+	for range maxSeqSpan + 1 {
+		_, err := c.SendMessagesContext(ctx, "t", msgs, true)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, uint64(34), next)
+}
+
 // TestSequencesWaitForARetryingSend: while a call retries (here its batch
 // was stored, the answer lost, and the next attempts meet no leader),
 // later calls may finish, but no sequence runs maxSeqSpan or more ahead
