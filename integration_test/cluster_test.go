@@ -333,6 +333,11 @@ type load struct {
 
 // Payloads are "TAG-pP-bB-mM" followed by pad bytes of filler.
 func startLoad(t *testing.T, tag string, addrs []string, producers, maxBatches, pad int, deadline time.Duration) *load {
+	return startTopicLoad(t, tag, "default", addrs, producers, maxBatches, pad, deadline)
+}
+
+// startTopicLoad is startLoad for another topic than "default".
+func startTopicLoad(t *testing.T, tag, topic string, addrs []string, producers, maxBatches, pad int, deadline time.Duration) *load {
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	l := &load{t: t, cancel: cancel, sent: map[string]bool{}, acked: map[int64]string{}}
 	for p := range producers {
@@ -352,7 +357,7 @@ func startLoad(t *testing.T, tag string, addrs []string, producers, maxBatches, 
 				}
 				l.mu.Unlock()
 				cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
-				ids, err := c.SendMessagesContext(cctx, "default", msgs, true)
+				ids, err := c.SendMessagesContext(cctx, topic, msgs, true)
 				ccancel()
 				l.mu.Lock()
 				if err != nil {
