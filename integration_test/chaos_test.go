@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -18,11 +19,13 @@ import (
 // a 3-node cluster while random faults hit the nodes, one after another:
 // SIGKILL and restart (of any node, or of a topic's leader), SIGSTOP for
 // up to 2.5 s (longer than an election timeout), SIGTERM and restart, and
-// both of two nodes killed at once (no quorum until they return). After
-// each fault the cluster must make progress again on every topic. At the
-// end every node holds the same contiguous log of every topic, every
-// acknowledged ID holds its bytes, nothing stored was never sent, and no
-// payload is stored twice.
+// both of two nodes killed at once (no quorum until they return). One
+// topic keeps only its newest MiB (retention every 500 ms), so nodes that
+// were down catch up past removed segments. After each fault the cluster
+// must make progress again on every topic. At the end every node reports
+// the same first ID of every topic and holds the same contiguous log from
+// it, every acknowledged ID from it holds its bytes, nothing stored was
+// never sent, and no payload is stored twice.
 //
 // FB_CHAOS_DURATION sets how long faults are injected (default 20s; a
 // soak: FB_CHAOS_DURATION=10m go test -run TestClusterChaos
@@ -43,14 +46,14 @@ func TestClusterChaos(t *testing.T) {
 	t.Logf("FB_CHAOS_SEED=%d FB_CHAOS_DURATION=%v", seed, duration)
 	rng := rand.New(rand.NewPCG(seed, seed))
 
-	c := startCluster(t, 3, "-segment-bytes", "262144", "-journal-bytes", "1048576")
-	topics := []string{"default", "c1", "c2"}
+	c := startCluster(t, 3, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms")
+	topics := []string{"default", "c1", "r1"}
+	const retained = "r1"
 	{
 		admin := client.New("it", c.addrs())
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		for _, tp := range topics[1:] {
-			require.NoError(t, admin.CreateTopic(ctx, tp, client.TopicSettings{}))
-		}
+		require.NoError(t, admin.CreateTopic(ctx, "c1", client.TopicSettings{}))
+		require.NoError(t, admin.CreateTopic(ctx, retained, client.TopicSettings{RetentionBytes: 1 << 20}))
 		cancel()
 		admin.Close()
 	}
@@ -63,7 +66,11 @@ func TestClusterChaos(t *testing.T) {
 	// up after its 10 s retry window (two nodes down).
 	loads := make([]*load, len(topics))
 	for i, tp := range topics {
-		loads[i] = startTopicLoad(t, "x"+tp, tp, c.addrs(), 3, 1<<30, 0, duration+5*time.Minute)
+		pad := 0
+		if tp == retained {
+			pad = 200
+		}
+		loads[i] = startTopicLoad(t, "x"+tp, tp, c.addrs(), 3, 1<<30, pad, duration+5*time.Minute)
 	}
 	progress := func(why string) {
 		t.Helper()
@@ -120,7 +127,44 @@ func TestClusterChaos(t *testing.T) {
 		t.Logf("%s: %d batches acknowledged, %s", topics[i], l.count(), l.errString())
 	}
 	for i, tp := range topics {
-		c.verify(tp, c.procs, loads[i])
+		first := c.settledFirstID(tp)
+		if tp == retained {
+			require.Greater(t, first, int64(1), "%s: retention removed nothing", tp)
+		} else {
+			require.Equal(t, int64(1), first, tp)
+		}
+		c.verifyFrom(tp, c.procs, loads[i], first)
 	}
 	t.Logf("faults: %v", counts)
+}
+
+// settledFirstID waits until every node reports the same first ID of topic
+// in three polls a second apart (retention, which runs every 500 ms, has
+// removed what it will once the load stopped), and returns it.
+func (c *cluster) settledFirstID(topic string) int64 {
+	c.t.Helper()
+	var first int64
+	var seen []string
+	same := 0
+	waitFor(c.t, 60*time.Second, time.Second, func() bool {
+		seen = seen[:0]
+		var ids []int64
+		for _, p := range c.procs {
+			d, err := c.details(p, topic)
+			if err != nil {
+				seen = append(seen, fmt.Sprintf("%s: %v", p.name, err))
+				same = 0
+				return false
+			}
+			seen = append(seen, fmt.Sprintf("%s: first %d", p.name, d.FirstID))
+			ids = append(ids, d.FirstID)
+		}
+		if slices.Min(ids) != slices.Max(ids) || ids[0] != first {
+			first, same = ids[0], 0
+			return false
+		}
+		same++
+		return same >= 2
+	}, func() string { return fmt.Sprintf("%s: first IDs do not settle: %v", topic, seen) })
+	return first
 }

@@ -128,6 +128,7 @@ func run(args []string) error {
 		notice     = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")
 		retention  = fs.Duration("retention", 0, "default retention age of a topic's messages (0: keep for ever)")
 		retBytes   = fs.Int64("retention-bytes", 0, "default retention size of a topic (0: no limit)")
+		retEvery   = fs.Duration("retention-interval", 30*time.Second, "how often a topic's leader checks its retention (and every node its removed topics' files)")
 		removedRet = fs.Duration("removed-retention", 24*time.Hour, "how long a removed topic's files stay in the data directory's removed/ before they are deleted (0: keep for ever)")
 		topic      = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
 		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -164,6 +165,7 @@ func run(args []string) error {
 		{"retention", *retention < 0, "0 (keep for ever) or more"},
 		{"retention-bytes", *retBytes < 0, "0 (no limit) or more"},
 		{"removed-retention", *removedRet < 0, "0 (keep for ever) or more"},
+		{"retention-interval", *retEvery <= 0, "above 0"},
 	} {
 		if c.bad {
 			return fmt.Errorf("-%s %s: want %s", c.flag, fs.Lookup(c.flag).Value, c.want)
@@ -259,6 +261,7 @@ func run(args []string) error {
 		Retention:            *retention,
 		RetentionBytes:       *retBytes,
 		RemovedRetention:     *removedRet,
+		RetentionInterval:    *retEvery,
 		DefaultTopic:         *topic,
 		Logger:               logger,
 	})

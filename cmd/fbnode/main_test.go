@@ -23,6 +23,8 @@ func TestNonsenseFlagsRefused(t *testing.T) {
 		{"-max-read-bytes", "0"},
 		{"-min-topic-segment-bytes", "-1"},
 		{"-retention", "-1h"},
+		{"-removed-retention", "-1h"},
+		{"-retention-interval", "0s"},
 	} {
 		args := append([]string{"-listen", "127.0.0.1:0", "-data", filepath.Join(t.TempDir(), "d")}, tc...)
 		err := run(args)
