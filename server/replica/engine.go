@@ -453,7 +453,7 @@ func (e *Engine) run() {
 				g.finish()
 				g.drainInbox()
 				if g.owedTick && g.fenced == nil {
-					g.tick()
+					g.tick(1)
 				}
 				g.owedTick = false
 				awake = awake || !g.quiesced
@@ -536,7 +536,7 @@ func (e *Engine) run() {
 					continue
 				}
 				g.flushHeld(false)
-				if g.tick() && g.pass != pass {
+				if g.tick(int(armed)) && g.pass != pass {
 					g.pass = pass
 					candidates = append(candidates, g)
 				}

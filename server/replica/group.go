@@ -1277,6 +1277,18 @@ func (g *Group) finish() {
 			g.fence(err)
 			return
 		}
+		if g.apply != nil {
+			// A state machine's commands (the metadata group's topics
+			// and members) are rare: their commit point goes to the
+			// file at once, so that a node killed and restarted replays
+			// every command it had applied. Otherwise it would serve
+			// without them (a topic it had created, "not found") until
+			// it heard from the group's leader.
+			if err := g.log.FlushHardState(); err != nil {
+				g.fence(err)
+				return
+			}
+		}
 	}
 	if g.lost {
 		g.lost = false

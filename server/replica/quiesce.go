@@ -396,14 +396,16 @@ func (e *Engine) pingPeers(list []*Group) {
 const hardStateTicks = 10
 
 // tick advances a group's clock, or, when it is quiesced, checks that its
-// leader is alive. It reports whether the group may have a Ready. Engine
-// goroutine only.
-func (g *Group) tick() bool {
+// leader is alive; elapsed is the number of ticks since the engine last
+// ticked (more than 1 while every group is quiesced). It reports whether
+// the group may have a Ready. Engine goroutine only.
+func (g *Group) tick(elapsed int) bool {
 	// A commit point the log kept in memory reaches its file within
 	// hardStateTicks (see commitlog.Log.SetHardState), so a node killed
 	// then restarts from at most that far behind, also on a topic that
-	// went idle.
-	if g.hsTicks++; g.hsTicks >= hardStateTicks {
+	// went idle. (Counted in ticks, not calls: while every group is
+	// quiesced the engine ticks once a ping interval.)
+	if g.hsTicks += elapsed; g.hsTicks >= hardStateTicks {
 		g.hsTicks = 0
 		if err := g.log.FlushHardState(); err != nil {
 			g.fence(err)

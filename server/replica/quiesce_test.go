@@ -3,6 +3,9 @@ package replica
 import (
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -420,4 +423,77 @@ func TestRestartedLeadersFollowersElect(t *testing.T) {
 		l := c.groups[lead%3+1].Leader()
 		return l != 0 && l != lead && c.groups[lead].Leader() == l
 	}, 10*time.Second, time.Millisecond, "a follower leads, and the restarted node knows it")
+}
+
+// storedCommit is the commit point a log in dir would open with if its
+// process were killed now: a copy of its files, opened.
+func storedCommit(t *testing.T, dir string) uint64 {
+	t.Helper()
+	cp := t.TempDir()
+	des, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	for _, de := range des {
+		if !de.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, de.Name()))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(cp, de.Name()), b, 0o644))
+	}
+	l, err := commitlog.Open(cp, commitlog.Options{NoSync: true})
+	require.NoError(t, err)
+	defer l.Close()
+	hs, _, err := l.InitialState()
+	require.NoError(t, err)
+	return hs.GetCommit()
+}
+
+// TestCommandCommitOnFileAtOnce: a group with an Apply hook (the metadata
+// group) writes its commit point as soon as it applies commands, so that a
+// node killed right after creating a topic replays the create on restart;
+// kept in memory until the periodic write (an hour of ticks here), the
+// restarted node served without the topic until it heard from the leader.
+func TestCommandCommitOnFileAtOnce(t *testing.T) {
+	e, err := NewEngine(Config{NodeID: 1, TickInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	e.Start()
+	t.Cleanup(e.Stop)
+	dir := t.TempDir()
+	l, err := commitlog.Open(dir, commitlog.Options{NoSync: true})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: "", Log: l, Peers: []raft.Peer{{ID: 1}}, Apply: func(uint64, []byte) error { return nil }})
+	require.NoError(t, err)
+	require.NoError(t, g.WaitLeader(ctx10(t)))
+	for i := range 3 {
+		require.NoError(t, g.ProposeCommand(ctx10(t), fmt.Appendf(nil, "c%d", i)))
+	}
+	want := g.Applied()
+	require.Eventually(t, func() bool { return storedCommit(t, dir) >= want }, 5*time.Second, 5*time.Millisecond,
+		"stored commit %d, applied %d", storedCommit(t, dir), want)
+}
+
+// TestIdleCommitOnFileWithinTicks: with every group quiesced the engine
+// ticks once a ping interval, and a commit point kept in memory still
+// reaches the file within hardStateTicks ticks (plus a ping interval), not
+// within hardStateTicks ping intervals.
+func TestIdleCommitOnFileWithinTicks(t *testing.T) {
+	const tick = 20 * time.Millisecond
+	e, err := NewEngine(Config{NodeID: 1, TickInterval: tick, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	e.Start()
+	t.Cleanup(e.Stop)
+	dir := t.TempDir()
+	l, err := commitlog.Open(dir, commitlog.Options{NoSync: true})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}}})
+	require.NoError(t, err)
+	require.NoError(t, g.WaitLeader(ctx10(t)))
+	_, err = g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	want := g.Applied()
+	// hardStateTicks + pingEvery ticks is 400 ms; hardStateTicks ping
+	// intervals would be 2 s.
+	require.Eventually(t, func() bool { return storedCommit(t, dir) >= want },
+		time.Duration(hardStateTicks+2*pingEvery)*tick+500*time.Millisecond, 10*time.Millisecond,
+		"stored commit %d, applied %d", storedCommit(t, dir), want)
 }
