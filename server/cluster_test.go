@@ -641,3 +641,34 @@ func TestConnectionStringListsMembers(t *testing.T) {
 	assert.Equal(t, addrs[1], nodes[0], "its own address first")
 	assert.ElementsMatch(t, addrs, nodes)
 }
+
+// TestRestartedNodeKnowsTopicsCreatedMeanwhile: a node that was down while
+// a topic was created does not answer TOPIC_NOT_FOUND for it once it is
+// back: it confirms with the metadata leader (a read barrier) before it
+// calls a topic missing, and a topic that does not exist is still
+// TOPIC_NOT_FOUND.
+func TestRestartedNodeKnowsTopicsCreatedMeanwhile(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	down := c.Nodes[2]
+	down.Stop()
+	cl := client.New("test", c.Addrs()[:2])
+	defer cl.Close()
+	ctx := ctxT(t)
+	for i := range 3 {
+		require.NoError(t, cl.CreateTopic(ctx, fmt.Sprint("late", i), client.TopicSettings{}))
+	}
+	_, err := cl.SendMessagesContext(ctx, "late2", batch("l", 2), true)
+	require.NoError(t, err)
+
+	down.Start()
+	cc := dial(t, down)
+	// At once: before the barrier, the first answer was TOPIC_NOT_FOUND.
+	for i := range 3 {
+		d, err := cc.bus.GetTopicDetails(ctx, &forestbusv1.GetTopicDetailsRequest{Topic: fmt.Sprint("late", i)})
+		require.NoError(t, err, "late%d", i)
+		assert.Equal(t, fmt.Sprint("late", i), d.Topic)
+	}
+	_, err = cc.bus.GetTopicDetails(ctx, &forestbusv1.GetTopicDetailsRequest{Topic: "never"})
+	assert.Equal(t, codes.NotFound, status.Code(err), "%v", err)
+}

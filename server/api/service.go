@@ -244,14 +244,26 @@ func (s *Service) gone(t *topic.Topic, err error) error {
 	return nil
 }
 
-func (s *Service) lookup(name string) (*topic.Topic, error) {
+// lookupBarrier bounds how long a call waits for the metadata group to
+// confirm that a topic this node does not know is missing (see
+// topic.Registry.Lookup); a node that cannot tell answers UNAVAILABLE, and
+// clients ask another node.
+const lookupBarrier = 2 * time.Second
+
+func (s *Service) lookup(ctx context.Context, name string) (*topic.Topic, error) {
 	if err := topic.ValidateName(name); err != nil {
 		return nil, err
 	}
 	if s.registry.RemovedSelf() {
 		return nil, errRemoved
 	}
-	return s.registry.Get(name)
+	lctx, cancel := context.WithTimeout(ctx, lookupBarrier)
+	defer cancel()
+	t, err := s.registry.Lookup(lctx, name)
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err() // the caller gave up first
+	}
+	return t, err
 }
 
 // errRemoved answers topic calls on a node the cluster removed: its logs
@@ -261,7 +273,7 @@ var errRemoved = status.Error(codes.Unavailable, "this node was removed from the
 
 // SendMessages implements ForestBusService.SendMessages.
 func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
-	t, err := s.lookup(req.GetTopic())
+	t, err := s.lookup(ctx, req.GetTopic())
 	if err != nil {
 		return nil, err
 	}
@@ -299,7 +311,7 @@ func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessage
 // it has encoded the answer: serve it only through a grpc.Server built with
 // those options (an answer never encoded keeps its buffer for good).
 func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesRequest) (*forestbusv1.GetMessagesResponse, error) {
-	t, err := s.lookup(req.GetTopic())
+	t, err := s.lookup(ctx, req.GetTopic())
 	if err != nil {
 		return nil, err
 	}
@@ -378,7 +390,7 @@ func readResponse(sc *commitlog.Scratch, res replica.ReadResult, err error) (*fo
 
 // GetTopicDetails implements ForestBusService.GetTopicDetails.
 func (s *Service) GetTopicDetails(ctx context.Context, req *forestbusv1.GetTopicDetailsRequest) (*forestbusv1.GetTopicDetailsResponse, error) {
-	t, err := s.lookup(req.GetTopic())
+	t, err := s.lookup(ctx, req.GetTopic())
 	if err != nil {
 		return nil, err
 	}

@@ -80,7 +80,7 @@ func errTooManySubscribers(limit int64) error {
 // window is full, and the loop reads the next batch only after Send
 // returned, so a stream holds at most one response beyond the windows.
 func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.ServerStreamingServer[forestbusv1.SubscribeResponse]) error {
-	t, err := s.lookup(req.GetTopic())
+	t, err := s.lookup(stream.Context(), req.GetTopic())
 	if err != nil {
 		return err
 	}

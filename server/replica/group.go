@@ -227,6 +227,7 @@ type Group struct {
 	// inbox queues, its ticks are owed (owedTick).
 	syncState syncState
 	owedTick  bool
+	reads     reads // read barriers (readindex.go)
 
 	// Readable by anyone.
 	lead atomic.Uint64
@@ -989,6 +990,7 @@ func (g *Group) fence(err error) {
 	}
 	g.replies = g.replies[:0]
 	g.failWaiters(ErrStorageFailed)
+	g.failReads(ErrStorageFailed)
 	g.releaseFollowers()
 }
 
@@ -1295,6 +1297,7 @@ func (g *Group) finish() {
 		g.failWaiters(ErrLeadershipLost)
 	}
 	g.rn.Advance(rd)
+	g.readStates(rd.ReadStates)
 	if g.campaignAt > 0 && g.applied.Load() >= g.campaignAt {
 		g.campaignAt = 0
 		_ = g.rn.Campaign()

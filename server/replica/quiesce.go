@@ -412,11 +412,12 @@ func (g *Group) tick(elapsed int) bool {
 			return false
 		}
 	}
+	asked := g.tickReads(elapsed)
 	if g.quiesced {
 		if g.leaderGone() {
 			g.quiesced = false // the leader went quiet: tick, and elect
 		}
-		return false
+		return asked
 	}
 	// Judge idleness before ticking: a leader's tick queues heartbeats.
 	if g.maybeQuiesce() {

@@ -292,6 +292,26 @@ func (r *Registry) Get(name string) (*Topic, error) {
 	return t, nil
 }
 
+// Lookup is Get for a caller that must not take a topic for missing
+// because this node is behind: it creates topics only as it applies the
+// metadata log, and a node that restarted, or was cut off, may not have
+// applied a create that the cluster committed. A name this node does not
+// know is looked up again after the metadata group's read barrier
+// (replica.Group.ReadIndex), once this node has applied every command
+// committed when it asked. Errors: ErrNotFound; replica.ErrNoLeader
+// (wrapping why) when the barrier could not complete before ctx ended.
+func (r *Registry) Lookup(ctx context.Context, name string) (*Topic, error) {
+	t, err := r.Get(name)
+	if !errors.Is(err, ErrNotFound) {
+		return t, err
+	}
+	if berr := r.meta.ReadIndex(ctx); berr != nil {
+		return nil, fmt.Errorf("%w: topic %q is not known on this node, and the metadata group did not confirm the topic list: %v",
+			replica.ErrNoLeader, name, berr)
+	}
+	return r.Get(name)
+}
+
 // List returns every topic, sorted by name.
 func (r *Registry) List() []*Topic {
 	r.mu.RLock()

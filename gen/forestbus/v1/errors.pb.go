@@ -29,7 +29,10 @@ type ErrorReason int32
 const (
 	// Not used.
 	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
-	// NOT_FOUND: the topic does not exist on the node.
+	// NOT_FOUND: the topic does not exist. A node that does not know a topic
+	// confirms with the cluster's metadata leader before it answers this (it
+	// may have been down while the topic was created); when it cannot, it
+	// answers UNAVAILABLE/NO_LEADER instead: ask another node.
 	ErrorReason_ERROR_REASON_TOPIC_NOT_FOUND ErrorReason = 1
 	// ALREADY_EXISTS: a topic of that name exists.
 	ErrorReason_ERROR_REASON_TOPIC_EXISTS ErrorReason = 2
@@ -46,8 +49,9 @@ const (
 	// FAILED_PRECONDITION: the node does not lead the topic. ErrorInfo
 	// metadata "leader" holds the leader's address when known.
 	ErrorReason_ERROR_REASON_NOT_LEADER ErrorReason = 7
-	// UNAVAILABLE: the topic has no leader at the moment (election under way).
-	// Retry.
+	// UNAVAILABLE: the topic has no leader at the moment (election under way),
+	// or the node does not know the topic and could not confirm with the
+	// metadata leader that it does not exist. Retry, or ask another node.
 	ErrorReason_ERROR_REASON_NO_LEADER ErrorReason = 8
 	// UNAVAILABLE: the node is shutting down. Retry on another node.
 	ErrorReason_ERROR_REASON_SHUTTING_DOWN ErrorReason = 9

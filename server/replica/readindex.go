@@ -1,0 +1,161 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+
+	"go.etcd.io/raft/v3"
+)
+
+// Read barriers (ReadIndex). A caller asks; the engine gathers the callers
+// that asked while no round was in flight into one round, one raft
+// ReadIndex request: the leader answers with its commit index once a
+// quorum confirmed it still leads (ReadOnlySafe), and the round's callers
+// return once this node has applied that index. Rounds are one at a time,
+// so any number of callers costs the leader one heartbeat round per round
+// trip. raft drops a request when the node knows no leader, and the
+// transport may lose one: a round unanswered for readRoundTicks is asked
+// again.
+
+// readRoundTicks is how long (in ticks) a read round waits for its answer
+// before it is asked again: an election timeout.
+const readRoundTicks = 10
+
+// readPrefix starts a read round's raft request context.
+var readPrefix = []byte("fb-read:")
+
+// readRound is one ReadIndex request and the callers it answers.
+type readRound struct {
+	id      uint64
+	waiters []chan error // buffered, capacity 1
+	index   uint64       // the leader's answer: wait until applied
+	ticks   int          // ticks since it was asked (in flight)
+}
+
+// reads is a group's read barrier state. Engine goroutine only.
+type reads struct {
+	waiting   []chan error // asked since the round in flight started
+	inFlight  *readRound
+	confirmed []*readRound // answered, index not applied yet
+	seq       uint64
+}
+
+// ReadIndex returns once this node has applied every entry the group had
+// committed when it was called, as the group's leader confirms: state read
+// after it reflects every command committed before the call, wherever it
+// was proposed. It needs the leader and a quorum; errors: ctx's error when
+// they do not answer in time, ErrStopped, ErrStorageFailed.
+func (g *Group) ReadIndex(ctx context.Context) error {
+	done := make(chan error, 1)
+	op := func() {
+		if g.fenced != nil {
+			done <- ErrStorageFailed
+			return
+		}
+		g.reads.waiting = append(g.reads.waiting, done)
+		g.startRead()
+	}
+	if !g.enqueue(func() { g.inOps = append(g.inOps, op) }) {
+		return ErrStopped
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-g.stopped:
+		return ErrStopped
+	}
+}
+
+// startRead asks raft for a read index for the callers waiting, unless a
+// round is in flight. A leader woken from quiescence ticks again (raft's
+// reply takes a heartbeat round).
+func (g *Group) startRead() {
+	r := &g.reads
+	if r.inFlight != nil || len(r.waiting) == 0 || g.fenced != nil {
+		return
+	}
+	r.seq++
+	r.inFlight = &readRound{id: r.seq, waiters: r.waiting}
+	r.waiting = nil
+	if g.isLeader {
+		g.quiesced = false
+	}
+	g.rn.ReadIndex(binary.BigEndian.AppendUint64(bytes.Clone(readPrefix), r.seq))
+}
+
+// readStates takes the answers of a Ready's read states and answers the
+// rounds whose index is applied. After the Ready's entries are applied.
+func (g *Group) readStates(states []raft.ReadState) {
+	r := &g.reads
+	for _, rs := range states {
+		ctx := rs.RequestCtx
+		if r.inFlight == nil || !bytes.HasPrefix(ctx, readPrefix) || len(ctx) != len(readPrefix)+8 ||
+			binary.BigEndian.Uint64(ctx[len(readPrefix):]) != r.inFlight.id {
+			continue // a round asked again since
+		}
+		r.inFlight.index = rs.Index
+		r.confirmed = append(r.confirmed, r.inFlight)
+		r.inFlight = nil
+	}
+	g.answerReads()
+	g.startRead()
+}
+
+// answerReads answers the confirmed rounds whose index is applied.
+func (g *Group) answerReads() {
+	r := &g.reads
+	if len(r.confirmed) == 0 {
+		return
+	}
+	applied := g.applied.Load()
+	k := 0
+	for _, rd := range r.confirmed {
+		if rd.index > applied {
+			r.confirmed[k] = rd
+			k++
+			continue
+		}
+		for _, w := range rd.waiters {
+			w <- nil
+		}
+	}
+	clear(r.confirmed[k:])
+	r.confirmed = r.confirmed[:k]
+}
+
+// tickReads asks a round again that went unanswered for readRoundTicks,
+// and reports whether it did.
+func (g *Group) tickReads(elapsed int) bool {
+	rd := g.reads.inFlight
+	if rd == nil {
+		return false
+	}
+	if rd.ticks += elapsed; rd.ticks < readRoundTicks {
+		return false
+	}
+	g.reads.inFlight = nil
+	g.reads.waiting = append(rd.waiters, g.reads.waiting...)
+	g.startRead()
+	return true
+}
+
+// failReads answers every read caller with err (a fenced group).
+func (g *Group) failReads(err error) {
+	r := &g.reads
+	answer := func(ws []chan error) {
+		for _, w := range ws {
+			w <- err
+		}
+	}
+	answer(r.waiting)
+	if r.inFlight != nil {
+		answer(r.inFlight.waiters)
+	}
+	for _, rd := range r.confirmed {
+		answer(rd.waiters)
+	}
+	*r = reads{seq: r.seq}
+}

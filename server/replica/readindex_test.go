@@ -1,0 +1,70 @@
+package replica
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestReadIndexSingleNode: a group of one answers at once.
+func TestReadIndexSingleNode(t *testing.T) {
+	e := newEngine(t)
+	g := openGroup(t, e, t.TempDir(), "t")
+	_, err := g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	want := g.Applied()
+	require.NoError(t, g.ReadIndex(ctx10(t)))
+	assert.GreaterOrEqual(t, g.Applied(), want)
+}
+
+// TestReadIndexFollowerSeesCommitted: after ReadIndex on a follower, the
+// follower has applied what the leader committed before the call, though
+// the leader holds back telling it (a minute of commit-notice delay); the
+// quiesced group is woken for it without an election, and quiesces again.
+func TestReadIndexFollowerSeesCommitted(t *testing.T) {
+	c, lead := openRestartCluster(t, Config{CommitNoticeDelay: time.Minute})
+	f := lead%3 + 1
+	term := c.groups[lead].Term()
+	for i := range 5 {
+		quiesced := c.trs[lead].quiesce.Load()
+		_, err := c.groups[lead].Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+		require.NoError(t, err)
+		want := c.groups[lead].Applied()
+		require.NoError(t, c.groups[f].ReadIndex(ctx10(t)), "round %d", i)
+		require.GreaterOrEqual(t, c.groups[f].Applied(), want, "round %d: the follower applied what was committed before its read", i)
+		require.Eventually(t, func() bool { return c.trs[lead].quiesce.Load() > quiesced }, 10*time.Second, time.Millisecond,
+			"round %d: the leader quiesces again", i)
+	}
+	assert.Equal(t, term, c.groups[lead].Term(), "no election")
+	assert.Equal(t, lead, c.groups[f].Leader())
+}
+
+// TestReadIndexAfterRestart: a follower restarted while its group is
+// quiesced knows no leader at first, and raft drops a read request then;
+// the round is asked again until the leader answers.
+func TestReadIndexAfterRestart(t *testing.T) {
+	c, lead := openRestartCluster(t, Config{})
+	f := lead%3 + 1
+	c.restart(t, f, Config{ElectionTicks: 60_000})
+	want := c.groups[lead].Applied()
+	require.NoError(t, c.groups[f].ReadIndex(ctx10(t)))
+	assert.GreaterOrEqual(t, c.groups[f].Applied(), want)
+}
+
+// TestReadIndexWithoutQuorum: with both other nodes gone, a read cannot
+// be confirmed: it ends with its context.
+func TestReadIndexWithoutQuorum(t *testing.T) {
+	c, lead := openRestartCluster(t, Config{})
+	for _, id := range restartIDs {
+		if id != lead {
+			c.hubs[id].Stop()
+			c.engines[id].Stop()
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	assert.ErrorIs(t, c.groups[lead].ReadIndex(ctx), context.DeadlineExceeded)
+}
