@@ -2,11 +2,14 @@ package integration_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"slices"
+	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +28,9 @@ import (
 // must make progress again on every topic. At the end every node reports
 // the same first ID of every topic and holds the same contiguous log from
 // it, every acknowledged ID from it holds its bytes, nothing stored was
-// never sent, and no payload is stored twice.
+// never sent, and no payload is stored twice. Meanwhile topics are
+// created, written and removed over and over (churn), and at the end every
+// node lists the same topics and has purged the removed ones' files.
 //
 // FB_CHAOS_DURATION sets how long faults are injected (default 20s; a
 // soak: FB_CHAOS_DURATION=10m go test -run TestClusterChaos
@@ -46,7 +51,7 @@ func TestClusterChaos(t *testing.T) {
 	t.Logf("FB_CHAOS_SEED=%d FB_CHAOS_DURATION=%v", seed, duration)
 	rng := rand.New(rand.NewPCG(seed, seed))
 
-	c := startCluster(t, 3, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms")
+	c := startCluster(t, 3, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms", "-removed-retention", "1s")
 	topics := []string{"default", "c1", "r1"}
 	const retained = "r1"
 	{
@@ -72,11 +77,13 @@ func TestClusterChaos(t *testing.T) {
 		}
 		loads[i] = startTopicLoad(t, "x"+tp, tp, c.addrs(), 3, 1<<30, pad, duration+5*time.Minute)
 	}
+	ch := startChurn(t, c.addrs())
 	progress := func(why string) {
 		t.Helper()
 		for i, l := range loads {
 			l.waitMore(5, 60*time.Second, fmt.Sprintf("%s: topic %s", why, topics[i]))
 		}
+		ch.check()
 	}
 	progress("before the first fault")
 
@@ -126,6 +133,33 @@ func TestClusterChaos(t *testing.T) {
 		l.stop()
 		t.Logf("%s: %d batches acknowledged, %s", topics[i], l.count(), l.errString())
 	}
+	ch.stop()
+	ch.check()
+	require.Positive(t, ch.cycles.Load(), "topic churn completed no cycle")
+	t.Logf("topic churn: %d cycles of create, send, read, remove", ch.cycles.Load())
+	// Every node lists the same topics, and has purged what was removed
+	// (-removed-retention 1s).
+	want := append([]string(nil), topics...)
+	slices.Sort(want)
+	for _, p := range c.procs {
+		var got []string
+		var removed []os.DirEntry
+		waitFor(t, 60*time.Second, 50*time.Millisecond, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ts, err := c.node(p).ListTopics(ctx)
+			if err != nil {
+				return false
+			}
+			got = got[:0]
+			for _, tp := range ts {
+				got = append(got, tp.Name)
+			}
+			slices.Sort(got)
+			removed, err = os.ReadDir(filepath.Join(p.data, "removed"))
+			return err == nil && slices.Equal(got, want) && len(removed) == 0
+		}, func() string { return fmt.Sprintf("%s lists %v (want %v); removed/ holds %d entries", p.name, got, want, len(removed)) })
+	}
 	for i, tp := range topics {
 		first := c.settledFirstID(tp)
 		if tp == retained {
@@ -167,4 +201,97 @@ func (c *cluster) settledFirstID(topic string) int64 {
 		return same >= 2
 	}, func() string { return fmt.Sprintf("%s: first IDs do not settle: %v", topic, seen) })
 	return first
+}
+
+// churn creates a topic, sends a batch to it and removes it, over and over
+// under the faults: each step is retried until it succeeds (a retried
+// create or remove may find its first attempt applied) or a minute passes.
+// The batch must be the topic's only content, at ID 1: a topic created
+// again never shows an earlier incarnation's messages.
+type churn struct {
+	t      *testing.T
+	cancel context.CancelFunc
+	done   chan struct{}
+	cycles atomic.Int64
+	err    atomic.Pointer[error]
+}
+
+func startChurn(t *testing.T, addrs []string) *churn {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := &churn{t: t, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(ch.done)
+		c := client.New("it", addrs, client.WithRetryWindow(10*time.Second))
+		defer c.Close()
+		fail := func(err error) { ch.err.CompareAndSwap(nil, &err) }
+		retry := func(what string, op func(context.Context) error) bool {
+			deadline := time.Now().Add(time.Minute)
+			var last error
+			for time.Now().Before(deadline) {
+				cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+				last = op(cctx)
+				ccancel()
+				if last == nil {
+					return true
+				}
+				time.Sleep(20 * time.Millisecond) // a node restarting: try again
+			}
+			fail(fmt.Errorf("%s: no success within a minute, last error: %w", what, last))
+			return false
+		}
+		// Topics are created again under a few names, so that removed
+		// incarnations exist for the names that are created.
+		for i := 0; ctx.Err() == nil; i++ {
+			name := fmt.Sprintf("churn-%d", i%3)
+			msg := fmt.Sprintf("%s-cycle-%d", name, i)
+			ok := retry("create "+name, func(ctx context.Context) error {
+				err := c.CreateTopic(ctx, name, client.TopicSettings{})
+				if errors.Is(err, client.ErrTopicExists) {
+					return nil // an earlier attempt was applied
+				}
+				return err
+			}) && retry("send to "+name, func(ctx context.Context) error {
+				ids, err := c.SendMessagesContext(ctx, name, [][]byte{[]byte(msg)}, true)
+				if err == nil && ids[0] != 1 {
+					fail(fmt.Errorf("%s: the first batch of a new topic got ID %d", name, ids[0]))
+				}
+				return err
+			}) && retry("read "+name, func(ctx context.Context) error {
+				msgs, _, err := c.GetMessagesContext(ctx, name, 1, 10, false)
+				if err == nil && len(msgs) == 0 {
+					// A follower's reads trail the leader's commit.
+					return errors.New("the message is not readable yet")
+				}
+				if err == nil && (len(msgs) != 1 || string(msgs[0]) != msg) {
+					fail(fmt.Errorf("%s: holds %q, want only %q", name, msgs, msg))
+				}
+				return err
+			}) && retry("remove "+name, func(ctx context.Context) error {
+				err := c.RemoveTopic(ctx, name)
+				if errors.Is(err, client.ErrTopicNotFound) {
+					return nil // an earlier attempt was applied
+				}
+				return err
+			})
+			if !ok {
+				return
+			}
+			ch.cycles.Add(1)
+		}
+	}()
+	t.Cleanup(ch.stop)
+	return ch
+}
+
+// stop ends the churn after its current cycle.
+func (ch *churn) stop() {
+	ch.cancel()
+	<-ch.done
+}
+
+func (ch *churn) check() {
+	ch.t.Helper()
+	if p := ch.err.Load(); p != nil {
+		ch.t.Fatalf("topic churn: %v", *p)
+	}
 }
