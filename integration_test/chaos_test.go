@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"slices"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -158,7 +158,9 @@ func TestClusterChaos(t *testing.T) {
 			slices.Sort(got)
 			removed, err = os.ReadDir(filepath.Join(p.data, "removed"))
 			return err == nil && slices.Equal(got, want) && len(removed) == 0
-		}, func() string { return fmt.Sprintf("%s lists %v (want %v); removed/ holds %d entries", p.name, got, want, len(removed)) })
+		}, func() string {
+			return fmt.Sprintf("%s lists %v (want %v); removed/ holds %d entries", p.name, got, want, len(removed))
+		})
 	}
 	for i, tp := range topics {
 		first := c.settledFirstID(tp)
