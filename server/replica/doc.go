@@ -40,6 +40,11 @@
 // at most (or at the next heartbeat, a tick, if the append that replaced
 // the notice was lost; see Group.holdNotice).
 //
+// Group.ReadIndex is raft's read barrier (ReadOnlySafe): it returns once
+// this node has applied what the group had committed when it was called.
+// The registry uses it on the metadata group before it calls a topic
+// missing (readindex.go).
+//
 // The Raft log is the message store (package commitlog): an entry carries a
 // batch of messages, and message IDs are derived from the log.
 package replica
