@@ -130,6 +130,11 @@ func newProc(t *testing.T, name string, args ...string) *proc {
 				_ = os.WriteFile(filepath.Join(d, name+".log"), []byte(out), 0o644)
 			}
 		}
+		if i := strings.Index(out, "WARNING: DATA RACE"); i >= 0 {
+			// An fbnode built with FBNODE_RACE=1 reports a race on its
+			// standard error and goes on; killed, it exits with no sign.
+			t.Errorf("%s: the race detector reported a data race:\n%s", name, out[i:min(len(out), i+6000)])
+		}
 		if t.Failed() {
 			t.Logf("%s stderr (tail):\n%s", name, tail(out, 40))
 		}
