@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"slices"
 
 	"go.etcd.io/raft/v3"
 )
@@ -25,17 +26,24 @@ const readRoundTicks = 10
 // readPrefix starts a read round's raft request context.
 var readPrefix = []byte("fb-read:")
 
+// readWaiter is a ReadIndex caller: done is buffered (capacity 1), gone
+// is its ctx's Done.
+type readWaiter struct {
+	done chan error
+	gone <-chan struct{}
+}
+
 // readRound is one ReadIndex request and the callers it answers.
 type readRound struct {
 	id      uint64
-	waiters []chan error // buffered, capacity 1
-	index   uint64       // the leader's answer: wait until applied
-	ticks   int          // ticks since it was asked (in flight)
+	waiters []readWaiter
+	index   uint64 // the leader's answer: wait until applied
+	ticks   int    // ticks since it was asked (in flight)
 }
 
 // reads is a group's read barrier state. Engine goroutine only.
 type reads struct {
-	waiting   []chan error // asked since the round in flight started
+	waiting   []readWaiter // asked since the round in flight started
 	inFlight  *readRound
 	confirmed []*readRound // answered, index not applied yet
 	seq       uint64
@@ -53,7 +61,7 @@ func (g *Group) ReadIndex(ctx context.Context) error {
 			done <- ErrStorageFailed
 			return
 		}
-		g.reads.waiting = append(g.reads.waiting, done)
+		g.reads.waiting = append(g.reads.waiting, readWaiter{done, ctx.Done()})
 		g.startRead()
 	}
 	if !g.enqueue(func() { g.inOps = append(g.inOps, op) }) {
@@ -76,6 +84,21 @@ func (g *Group) startRead() {
 	r := &g.reads
 	if r.inFlight != nil || len(r.waiting) == 0 || g.fenced != nil {
 		return
+	}
+	if st := g.rn.BasicStatus(); st.RaftState == raft.StateLeader {
+		// raft answers the only voter of a group at once with its commit
+		// index, even before it has committed an entry of its term (a
+		// larger group's leader holds the request until then): after a
+		// restart that index can be below entries committed before it.
+		// The finish that commits the entry asks (readStates).
+		if term, err := g.log.Term(st.GetCommit()); err != nil || term != st.GetTerm() {
+			return
+		}
+	}
+	if r.seq == 0 {
+		// Distinct from the rounds of this node's earlier processes,
+		// whose late answers would otherwise match this one's first.
+		r.seq = g.e.incarnation
 	}
 	r.seq++
 	r.inFlight = &readRound{id: r.seq, waiters: r.waiting}
@@ -119,7 +142,7 @@ func (g *Group) answerReads() {
 			continue
 		}
 		for _, w := range rd.waiters {
-			w <- nil
+			w.done <- nil
 		}
 	}
 	clear(r.confirmed[k:])
@@ -133,21 +156,40 @@ func (g *Group) tickReads(elapsed int) bool {
 	if rd == nil {
 		return false
 	}
+	// The first tick of a round counts one: the engine's timer may have
+	// covered many ticks, most of them before the round was asked.
+	if rd.ticks == 0 {
+		elapsed = 1
+	}
 	if rd.ticks += elapsed; rd.ticks < readRoundTicks {
 		return false
 	}
 	g.reads.inFlight = nil
-	g.reads.waiting = append(rd.waiters, g.reads.waiting...)
+	// Callers that gave up go: without a leader or a quorum, rounds are
+	// asked again for as long as that lasts.
+	g.reads.waiting = append(live(rd.waiters), live(g.reads.waiting)...)
 	g.startRead()
 	return true
+}
+
+// live drops the callers whose context ended from ws.
+func live(ws []readWaiter) []readWaiter {
+	return slices.DeleteFunc(ws, func(w readWaiter) bool {
+		select {
+		case <-w.gone:
+			return true
+		default:
+			return false
+		}
+	})
 }
 
 // failReads answers every read caller with err (a fenced group).
 func (g *Group) failReads(err error) {
 	r := &g.reads
-	answer := func(ws []chan error) {
+	answer := func(ws []readWaiter) {
 		for _, w := range ws {
-			w <- err
+			w.done <- err
 		}
 	}
 	answer(r.waiting)
