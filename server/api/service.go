@@ -257,6 +257,9 @@ func (s *Service) lookup(ctx context.Context, name string) (*topic.Topic, error)
 	if s.registry.RemovedSelf() {
 		return nil, errRemoved
 	}
+	if t, err := s.registry.Get(name); err == nil {
+		return t, nil // the send path: no timer, no context
+	}
 	lctx, cancel := context.WithTimeout(ctx, lookupBarrier)
 	defer cancel()
 	t, err := s.registry.Lookup(lctx, name)
