@@ -83,7 +83,8 @@ type Batcher struct {
 	// Injectable for tests.
 	backoffStep  time.Duration
 	backoffLimit time.Duration
-	closeWait    time.Duration
+	closeWait    time.Duration // how long Close lets queued messages drain
+	stopWait     time.Duration // then how long it waits for the cancelled send to return
 	retryable    func(error) bool
 
 	queue chan *SendResult
@@ -171,6 +172,7 @@ func New(s Sender, topic string, opts ...Option) *Batcher {
 		backoffStep:   retryBackoffStep,
 		backoffLimit:  retryBackoffLimit,
 		closeWait:     closeWait,
+		stopWait:      closeWait,
 		retryable:     isNoNodesAvailable,
 		closing:       make(chan struct{}),
 		sealed:        make(chan struct{}),
@@ -341,7 +343,7 @@ func (b *Batcher) Close() {
 		}
 		close(b.abandon)
 		b.cancel()
-		t.Reset(b.closeWait)
+		t.Reset(b.stopWait)
 		select {
 		case <-b.done:
 		case <-t.C:

@@ -112,6 +112,12 @@ func fast(b *Batcher) {
 	b.backoffLimit = 5 * time.Millisecond
 }
 
+// withCloseWait shortens the time Close lets queued messages drain. The
+// wait that follows, for the cancelled send to return, keeps its 2 s:
+// assertStopped checks right after Close that the goroutine ended, and a
+// goroutine under -race on a loaded machine can take longer than a few
+// milliseconds to return from a cancelled send (TestNoGoroutineLeak, with
+// 1 ms for both waits, failed so).
 func withCloseWait(d time.Duration) Option {
 	return func(b *Batcher) { b.closeWait = d }
 }

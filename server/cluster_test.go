@@ -18,6 +18,7 @@ import (
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
+	"github.com/forestbus/forestbus/server/transport"
 )
 
 // verifyLogs reads the whole topic from every running node and checks they
@@ -622,7 +623,11 @@ func TestRemovedNodeStopsServing(t *testing.T) {
 	defer cl.Close()
 	ids, err := cl.SendMessages("default", [][]byte{[]byte("m")}, true)
 	require.NoError(t, err)
-	msgs, _, err := cl.GetMessages("default", ids[0], 1, false)
+	// wait: the read goes to n1 first, which need not lead "default" (n3
+	// may have, or n2 won the election): a follower learns of the commit
+	// a moment later (a held commit notice, CommitNoticeDelay), and a read
+	// that does not wait found nothing there.
+	msgs, _, err := cl.GetMessages("default", ids[0], 1, true)
 	require.NoError(t, err)
 	assert.Equal(t, [][]byte{[]byte("m")}, msgs)
 }
@@ -671,4 +676,31 @@ func TestRestartedNodeKnowsTopicsCreatedMeanwhile(t *testing.T) {
 	}
 	_, err = cc.bus.GetTopicDetails(ctx, &forestbusv1.GetTopicDetailsRequest{Topic: "never"})
 	assert.Equal(t, codes.NotFound, status.Code(err), "%v", err)
+}
+
+// TestSendRightAfterCreateOnALaggingNode: a node applies a topic's creation
+// after the node that answered CreateTopic; a send made right after the
+// create that reaches it first still lands (the node confirms with the
+// metadata leader before it answers TOPIC_NOT_FOUND, Registry.Lookup).
+// Node 3 here hears everything 100 ms late; under load,
+// TestIdleTopicsGoQuiet failed now and then without the confirmation
+// (TOPIC_NOT_FOUND on the send after CreateTopic; a helper's flake hunt).
+func TestSendRightAfterCreateOnALaggingNode(t *testing.T) {
+	hub := transport.NewHub()
+	c := servertest.NewCluster(t, 3, servertest.WithHub(hub))
+	c.WaitTopic("default")
+	hub.SetDelay(1, 3, 100*time.Millisecond)
+	hub.SetDelay(2, 3, 100*time.Millisecond)
+	addrs := c.Addrs()
+	admin := client.New("test", addrs)
+	defer admin.Close()
+	cl := client.New("test", []string{addrs[2], addrs[0], addrs[1]}) // the lagging node first
+	defer cl.Close()
+	ctx := ctxT(t)
+	for i := range 10 {
+		name := fmt.Sprintf("fresh-%d", i)
+		require.NoError(t, admin.CreateTopic(ctx, name, client.TopicSettings{}))
+		_, err := cl.SendMessagesContext(ctx, name, [][]byte{[]byte("x")}, true)
+		require.NoError(t, err, "topic %s", name)
+	}
 }

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -91,7 +92,11 @@ func TestLargeStoredMessageStaysReadable(t *testing.T) {
 
 	cl2 := client.New("test", []string{n.Addr()})
 	defer cl2.Close()
-	ctx := ctxT(t)
+	// 60 s, not ctxT's 20: reading the 65 MiB message twice (a read, a
+	// subscription) took 9-11 s under -race with other packages' tests
+	// running beside it, and ran out of 20 s once.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	msgs, next, err := cl2.GetMessagesContext(ctx, "default", 1, 1, false)
 	require.NoError(t, err)
 	require.NotEmpty(t, msgs)
@@ -113,7 +118,7 @@ func TestLargeStoredMessageStaysReadable(t *testing.T) {
 			return errStop
 		}
 		return nil
-	})
+	}, client.WithSubscribeHeartbeat(20*time.Second)) // stale after 60 s, not 15: the 65 MiB response is one
 	require.ErrorIs(t, err, errStop)
 	require.Len(t, got, 2)
 	require.True(t, bytes.Equal(big, got[0]), "message 1 subscribed as sent")

@@ -61,8 +61,16 @@ func TestCatchUpIsPaced(t *testing.T) {
 	ids := []uint64{1, 2, 3}
 	var groups [3]*Group
 	var cut *cutTransport
-	for k, id := range ids {
-		e := startHubEngine(t, hub, id, ids, Config{TickInterval: 10 * time.Millisecond}, func(tr Transport) Transport {
+	// Node 1, which campaigns at once, starts last: its pre-votes to a
+	// node not yet on the hub, or without the group yet, are dropped, and
+	// node 2 or 3 could win the election that follows (node 1 leads: never).
+	for k := len(ids) - 1; k >= 0; k-- {
+		id := ids[k]
+		// 50 ms ticks (elections after 0.5 s): with 10 ms ticks, under
+		// -race on a loaded machine, node 2's acknowledgements of the 4 MiB
+		// appends came late enough for CheckQuorum to depose node 1 while
+		// it was being written to (Propose: leadership lost).
+		e := startHubEngine(t, hub, id, ids, Config{TickInterval: 50 * time.Millisecond}, func(tr Transport) Transport {
 			if id != 1 {
 				return tr
 			}

@@ -59,7 +59,14 @@ func openNoticeCluster(t *testing.T, tick, delay time.Duration, commands bool) *
 	root := t.TempDir()
 	c := &noticeCluster{hub: hub}
 	ids := []uint64{1, 2, 3}
-	for k, id := range ids {
+	// Node 1, which campaigns at once, starts last: a message to a node
+	// not on the hub yet, or to an engine without the group yet, is
+	// dropped, and with the hour-long ticks of some tests nothing sends it
+	// again (no election timeout, no heartbeat). Started first, node 1's
+	// pre-votes sometimes beat nodes 2 and 3 to it under load, and the
+	// group never elected a leader.
+	for k := len(ids) - 1; k >= 0; k-- {
+		id := ids[k]
 		c.applied[k] = new(atomic.Int64)
 		e := startHubEngine(t, hub, id, ids, Config{TickInterval: tick, CommitNoticeDelay: delay}, func(tr Transport) Transport {
 			c.trs[k] = &countingTransport{Transport: tr}
