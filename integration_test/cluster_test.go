@@ -345,6 +345,9 @@ type load struct {
 	batches int              // acknowledged batches
 	errs    int
 	lastErr error
+	// notFound counts TOPIC_NOT_FOUND answers: the topic exists for the
+	// whole load, so each is a node answering wrongly.
+	notFound int
 }
 
 // Payloads are "TAG-pP-bB-mM" followed by pad bytes of filler.
@@ -380,6 +383,9 @@ func startTopicLoad(t *testing.T, tag, topic string, addrs []string, producers, 
 					if ctx.Err() == nil {
 						l.errs++
 						l.lastErr = err
+					}
+					if errors.Is(err, client.ErrTopicNotFound) {
+						l.notFound++
 					}
 				} else {
 					l.batches++
@@ -431,7 +437,7 @@ func (l *load) waitMore(n int, timeout time.Duration, why string) {
 func (l *load) errString() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return fmt.Sprintf("%d send errors, last: %v", l.errs, l.lastErr)
+	return fmt.Sprintf("%d send errors (%d TOPIC_NOT_FOUND), last: %v", l.errs, l.notFound, l.lastErr)
 }
 
 func (l *load) snapshot() (acked map[int64]string, sent map[string]bool) {
