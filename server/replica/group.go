@@ -481,6 +481,12 @@ func (g *Group) do(ctx context.Context, fn func() error) error {
 		}
 		done <- fn()
 	}
+	return g.await(ctx, op, done)
+}
+
+// await queues op for the engine goroutine and waits for its answer on
+// done (buffered), for ctx to end, or for the group to stop.
+func (g *Group) await(ctx context.Context, op func(), done <-chan error) error {
 	if !g.enqueue(func() { g.inOps = append(g.inOps, op) }) {
 		return ErrStopped
 	}

@@ -448,22 +448,31 @@ func storedCommit(t *testing.T, dir string) uint64 {
 	return hs.GetCommit()
 }
 
+// soleVoter starts an engine ticking every tick with one group of one
+// voter on a log in dir (NoSync), with apply as its Apply hook, and waits
+// until it leads.
+func soleVoter(t *testing.T, tick time.Duration, dir string, apply func(uint64, []byte) error) *Group {
+	t.Helper()
+	e, err := NewEngine(Config{NodeID: 1, TickInterval: tick, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	e.Start()
+	t.Cleanup(e.Stop)
+	l, err := commitlog.Open(dir, commitlog.Options{NoSync: true})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}}, Apply: apply})
+	require.NoError(t, err)
+	require.NoError(t, g.WaitLeader(ctx10(t)))
+	return g
+}
+
 // TestCommandCommitOnFileAtOnce: a group with an Apply hook (the metadata
 // group) writes its commit point as soon as it applies commands, so that a
 // node killed right after creating a topic replays the create on restart;
 // kept in memory until the periodic write (an hour of ticks here), the
 // restarted node served without the topic until it heard from the leader.
 func TestCommandCommitOnFileAtOnce(t *testing.T) {
-	e, err := NewEngine(Config{NodeID: 1, TickInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	e.Start()
-	t.Cleanup(e.Stop)
 	dir := t.TempDir()
-	l, err := commitlog.Open(dir, commitlog.Options{NoSync: true})
-	require.NoError(t, err)
-	g, err := e.AddGroup(GroupConfig{Name: "", Log: l, Peers: []raft.Peer{{ID: 1}}, Apply: func(uint64, []byte) error { return nil }})
-	require.NoError(t, err)
-	require.NoError(t, g.WaitLeader(ctx10(t)))
+	g := soleVoter(t, time.Hour, dir, func(uint64, []byte) error { return nil })
 	for i := range 3 {
 		require.NoError(t, g.ProposeCommand(ctx10(t), fmt.Appendf(nil, "c%d", i)))
 	}
@@ -478,17 +487,9 @@ func TestCommandCommitOnFileAtOnce(t *testing.T) {
 // within hardStateTicks ping intervals.
 func TestIdleCommitOnFileWithinTicks(t *testing.T) {
 	const tick = 20 * time.Millisecond
-	e, err := NewEngine(Config{NodeID: 1, TickInterval: tick, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(t, err)
-	e.Start()
-	t.Cleanup(e.Stop)
 	dir := t.TempDir()
-	l, err := commitlog.Open(dir, commitlog.Options{NoSync: true})
-	require.NoError(t, err)
-	g, err := e.AddGroup(GroupConfig{Name: "t", Log: l, Peers: []raft.Peer{{ID: 1}}})
-	require.NoError(t, err)
-	require.NoError(t, g.WaitLeader(ctx10(t)))
-	_, err = g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+	g := soleVoter(t, tick, dir, nil)
+	_, err := g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
 	require.NoError(t, err)
 	want := g.Applied()
 	// hardStateTicks + pingEvery ticks is 400 ms; hardStateTicks ping

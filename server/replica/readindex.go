@@ -64,17 +64,7 @@ func (g *Group) ReadIndex(ctx context.Context) error {
 		g.reads.waiting = append(g.reads.waiting, readWaiter{done, ctx.Done()})
 		g.startRead()
 	}
-	if !g.enqueue(func() { g.inOps = append(g.inOps, op) }) {
-		return ErrStopped
-	}
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-g.stopped:
-		return ErrStopped
-	}
+	return g.await(ctx, op, done)
 }
 
 // startRead asks raft for a read index for the callers waiting, unless a
