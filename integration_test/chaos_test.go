@@ -34,7 +34,8 @@ import (
 //
 // FB_CHAOS_DURATION sets how long faults are injected (default 20s; a
 // soak: FB_CHAOS_DURATION=10m go test -run TestClusterChaos
-// -timeout 30m ./integration_test/). FB_CHAOS_SEED replays a run's faults.
+// -timeout 30m ./integration_test/). FB_CHAOS_SEED replays a run's faults;
+// FB_CHAOS_SYNC=os runs the nodes with -sync os.
 func TestClusterChaos(t *testing.T) {
 	duration := 20 * time.Second
 	if v := os.Getenv("FB_CHAOS_DURATION"); v != "" {
@@ -48,10 +49,14 @@ func TestClusterChaos(t *testing.T) {
 		require.NoError(t, err, "FB_CHAOS_SEED")
 		seed = s
 	}
-	t.Logf("FB_CHAOS_SEED=%d FB_CHAOS_DURATION=%v", seed, duration)
+	t.Logf("FB_CHAOS_SEED=%d FB_CHAOS_DURATION=%v FB_CHAOS_SYNC=%q", seed, duration, os.Getenv("FB_CHAOS_SYNC"))
 	rng := rand.New(rand.NewPCG(seed, seed))
 
-	c := startCluster(t, 3, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms", "-removed-retention", "1s")
+	sync := "fsync"
+	if v := os.Getenv("FB_CHAOS_SYNC"); v != "" {
+		sync = v // os: kill -9 keeps the page cache, so the checks hold too
+	}
+	c := startCluster(t, 3, "-sync", sync, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms", "-removed-retention", "1s")
 	topics := []string{"default", "c1", "r1"}
 	const retained = "r1"
 	{
