@@ -52,11 +52,11 @@ func TestClusterChaos(t *testing.T) {
 	t.Logf("FB_CHAOS_SEED=%d FB_CHAOS_DURATION=%v FB_CHAOS_SYNC=%q", seed, duration, os.Getenv("FB_CHAOS_SYNC"))
 	rng := rand.New(rand.NewPCG(seed, seed))
 
-	sync := "fsync"
+	mode := "fsync"
 	if v := os.Getenv("FB_CHAOS_SYNC"); v != "" {
-		sync = v // os: kill -9 keeps the page cache, so the checks hold too
+		mode = v // os: kill -9 keeps the page cache, so the checks hold too
 	}
-	c := startCluster(t, 3, "-sync", sync, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms", "-removed-retention", "1s")
+	c := startCluster(t, 3, "-sync", mode, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms", "-removed-retention", "1s")
 	topics := []string{"default", "c1", "r1"}
 	const retained = "r1"
 	{
