@@ -67,11 +67,11 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 // producers have stored a batch there after the Client's last one; a
 // retry after that is stored again.
 func (c *Client) SendMessagesContext(ctx context.Context, topic string, messages [][]byte, waitForCommit bool) ([]int64, error) {
-	seq, end, err := c.beginSend(ctx, topic, 0)
+	ts, seq, err := c.beginSend(ctx, topic, 0)
 	if err != nil {
 		return nil, err
 	}
-	defer end()
+	defer c.endSend(ts, seq)
 	return c.sendMessages(ctx, topic, messages, waitForCommit, seq)
 }
 
@@ -92,12 +92,12 @@ func (c *Client) NextSequence(topic string) uint64 { return c.nextSequence(topic
 // ctx's error if ctx ends first. Call release once, when the batch is
 // stored or given up.
 func (c *Client) ReserveSequence(ctx context.Context, topic string) (seq uint64, release func(), err error) {
-	seq, end, err := c.beginSend(ctx, topic, 0)
+	ts, seq, err := c.beginSend(ctx, topic, 0)
 	if err != nil {
 		return 0, nil, err
 	}
 	var once sync.Once
-	return seq, func() { once.Do(end) }, nil
+	return seq, func() { once.Do(func() { c.endSend(ts, seq) }) }, nil
 }
 
 // SendMessagesSequence is SendMessagesContext for a batch whose sequence
@@ -119,11 +119,11 @@ func (c *Client) SendMessagesSequence(ctx context.Context, topic string, message
 	if sequence == 0 || sequence > issued {
 		return nil, fmt.Errorf("forestbus: send to %q: sequence %d was not taken with NextSequence or ReserveSequence: %w", topic, sequence, ErrInvalidArgument)
 	}
-	_, end, err := c.beginSend(ctx, topic, sequence)
+	ts, _, err := c.beginSend(ctx, topic, sequence)
 	if err != nil {
 		return nil, err
 	}
-	defer end()
+	defer c.endSend(ts, sequence)
 	return c.sendMessages(ctx, topic, messages, waitForCommit, sequence)
 }
 

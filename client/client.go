@@ -249,11 +249,12 @@ func (c *Client) topicSeqsLocked(topic string) *topicSeqs {
 
 // beginSend waits until a send to topic may start (maxSeqSpan), or for
 // ctx to end, and registers it: with sequence seq, or with the next one
-// when seq is 0. The caller calls end once the send has returned.
-func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (q uint64, end func(), err error) {
+// when seq is 0. The caller calls c.endSend(ts, q) once the send has
+// returned (a method, not a closure, which every send would allocate).
+func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (ts *topicSeqs, q uint64, err error) {
 	for {
 		c.mu.Lock()
-		ts := c.topicSeqsLocked(topic)
+		ts = c.topicSeqsLocked(topic)
 		q = seq
 		if q == 0 {
 			q = ts.last + 1
@@ -262,7 +263,7 @@ func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (q uin
 			ts.last = max(ts.last, q)
 			ts.inFlight = append(ts.inFlight, q)
 			c.mu.Unlock()
-			return q, func() { c.endSend(ts, q) }, nil
+			return ts, q, nil
 		}
 		ended := ts.ended
 		ts.waiting++
@@ -277,7 +278,7 @@ func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (q uin
 		ts.waiting--
 		c.mu.Unlock()
 		if err != nil {
-			return 0, nil, err
+			return nil, 0, err
 		}
 	}
 }

@@ -453,7 +453,6 @@ func (s *Server) setMembers(ms []topic.Member) {
 	s.svc.SetNodes(nodes)
 }
 
-// engineHandler hands what the transport receives to the engine.
 // engineHandler passes the transport's deliveries to the engine. The
 // transport exists before the engine, and a peer's message can arrive in
 // between (a ping): it is dropped, as for a node not up yet.

@@ -376,9 +376,10 @@ func (r *Registry) create(ctx context.Context, name string, s Settings, capped b
 // topic fails with ErrExists, as before). Else it counts the create as
 // pending until release. A create applied but not yet released counts
 // once, as a topic: counting it as pending too refused creates under a
-// burst while there was room (TestTopicCapHoldsUnderABurst, now and then). A node that does not lead the metadata group
-// does not check: its proposal fails with NOT_LEADER and the call goes to
-// the leader, whose cap counts.
+// burst while there was room (TestTopicCapHoldsUnderABurst, now and
+// then). A node that does not lead the metadata group does not check: its
+// proposal fails with NOT_LEADER and the call goes to the leader, whose
+// cap counts.
 func (r *Registry) roomForTopic(name string) (release func(), err error) {
 	limit := r.cfg.MaxTopics
 	if limit == 0 {
