@@ -91,6 +91,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		if s.engine != nil {
 			s.engine.Stop()
 		}
+		if s.registry != nil {
+			s.registry.Close()
+		}
 		if s.journal != nil {
 			_ = s.journal.Close()
 		}
@@ -572,6 +575,7 @@ func (s *Server) Stop() error {
 			<-done
 		}
 		s.engine.Stop()
+		s.registry.Close() // topic starts in progress: they close their logs
 		if err := s.journal.Close(); err != nil {
 			s.log.Warn("closing the journal", "err", err)
 		}

@@ -101,6 +101,9 @@ type Engine struct {
 	version uint64   // bumped when groups changes; the loop rebuilds its list
 	busy    []*Group // groups with queued work (Group.queued set)
 	closing []*Group // removed groups the loop has not closed yet
+	// expected holds, by name, the messages that arrived for the groups
+	// being opened (Expect), for AddGroup to deliver.
+	expected map[string][]*raftpb.Message
 
 	tagSeq          atomic.Uint64     // proposal tags: node ID in the top 16 bits
 	epoch           time.Time         // creation: the clock silentFor measures from
@@ -197,6 +200,7 @@ func (e *Engine) Stop() {
 		return
 	}
 	e.stopped = true
+	e.expected = nil
 	started := e.started
 	e.mu.Unlock()
 	close(e.stopc)
@@ -216,7 +220,7 @@ func (e *Engine) Group(name string) *Group {
 }
 
 // Step delivers a raft message from a peer to the named group. Unknown groups
-// drop the message.
+// drop the message, unless they are expected (Expect).
 func (e *Engine) Step(group string, m *raftpb.Message) {
 	e.heard(m.GetFrom())
 	if group == livenessGroup {
@@ -226,9 +230,46 @@ func (e *Engine) Step(group string, m *raftpb.Message) {
 		}
 		return
 	}
-	if g := e.Group(group); g != nil {
-		g.enqueue(func() { g.inMsgs = append(g.inMsgs, m) })
+	e.mu.Lock()
+	g := e.groups[group]
+	if g == nil {
+		if buf, ok := e.expected[group]; ok && len(buf) < maxExpectedMsgs {
+			e.expected[group] = append(buf, m)
+		}
+		e.mu.Unlock()
+		return
 	}
+	e.mu.Unlock()
+	g.enqueue(func() { g.inMsgs = append(g.inMsgs, m) })
+}
+
+// maxExpectedMsgs bounds the messages kept for one expected group.
+const maxExpectedMsgs = 256
+
+// Expect announces a group that AddGroup will open shortly, while its log
+// is being created: the messages its peers send it meanwhile (a new group's
+// first votes: dropped, they cost the group an election timeout) are kept,
+// up to maxExpectedMsgs, and delivered when it opens. Forget drops them if
+// it does not.
+func (e *Engine) Expect(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped || e.groups[name] != nil {
+		return
+	}
+	if e.expected == nil {
+		e.expected = make(map[string][]*raftpb.Message)
+	}
+	if _, ok := e.expected[name]; !ok {
+		e.expected[name] = nil
+	}
+}
+
+// Forget withdraws Expect(name) for a group that will not open.
+func (e *Engine) Forget(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.expected, name)
 }
 
 // ReportUnreachable tells the named group that a message to peer `to` could
@@ -290,6 +331,10 @@ func (e *Engine) register(g *Group) error {
 	}
 	if _, ok := e.groups[g.name]; ok {
 		return fmt.Errorf("replica: group %q already running", g.name)
+	}
+	if buf, ok := e.expected[g.name]; ok {
+		delete(e.expected, g.name)
+		g.inMsgs = append(g.inMsgs, buf...) // g is not running yet
 	}
 	e.groups[g.name] = g
 	e.version++

@@ -90,7 +90,8 @@ func (s Settings) Validate(minSegment int64) error {
 	return nil
 }
 
-// Topic is a registered topic. Group is nil while the registry replays.
+// Topic is a registered topic. Group is nil while the registry replays,
+// and while a topic just created starts (see start).
 type Topic struct {
 	Name     string
 	Settings Settings
@@ -99,6 +100,11 @@ type Topic struct {
 	dir     string   // directory and raft group name: NAME.INDEX
 	voters  []uint64 // metadata voters when it was created: its initial peers
 	created uint64   // metadata index of its create command
+	// starting, for a topic created while the node runs, is closed once
+	// its start ended (a Topic with the Group then replaces this one, unless
+	// the start failed or the topic was removed meanwhile); nil for the
+	// topics started when the registry opened.
+	starting chan struct{}
 }
 
 // Config configures a Registry.
@@ -172,6 +178,8 @@ type Registry struct {
 	// the metadata leader, for the topic cap) and not yet answered; a
 	// name already in topics no longer counts towards the cap.
 	creating map[string]int
+	// starts counts the topic starts running (start); Close waits for them.
+	starts sync.WaitGroup
 }
 
 // ChangeCount increases whenever the member set changes, a topic group
@@ -298,10 +306,11 @@ func (r *Registry) Get(name string) (*Topic, error) {
 // applied a create that the cluster committed. A name this node does not
 // know is looked up again after the metadata group's read barrier
 // (replica.Group.ReadIndex), once this node has applied every command
-// committed when it asked. Errors: ErrNotFound; replica.ErrNoLeader
-// (wrapping why) when the barrier could not complete before ctx ended.
+// committed when it asked. A topic this node is starting is waited for.
+// Errors: ErrNotFound; replica.ErrNoLeader (wrapping why) when the barrier
+// or the start could not complete before ctx ended.
 func (r *Registry) Lookup(ctx context.Context, name string) (*Topic, error) {
-	t, err := r.Get(name)
+	t, err := r.started(ctx, name)
 	if !errors.Is(err, ErrNotFound) {
 		return t, err
 	}
@@ -309,7 +318,31 @@ func (r *Registry) Lookup(ctx context.Context, name string) (*Topic, error) {
 		return nil, fmt.Errorf("%w: topic %q is not known on this node, and the metadata group did not confirm the topic list: %v",
 			replica.ErrNoLeader, name, berr)
 	}
+	return r.started(ctx, name)
+}
+
+// started is Get, after waiting for the start of the topic if this node is
+// starting it. Errors: ErrNotFound; replica.ErrNoLeader when ctx ended
+// first.
+func (r *Registry) started(ctx context.Context, name string) (*Topic, error) {
+	r.mu.RLock()
+	t := r.topics[name]
+	r.mu.RUnlock()
+	if t != nil && t.Group == nil && t.starting != nil {
+		select {
+		case <-t.starting:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: topic %q is starting on this node: %v", replica.ErrNoLeader, name, ctx.Err())
+		}
+	}
 	return r.Get(name)
+}
+
+// Close waits for the topic starts in progress. Call it after stopping
+// the engine (a start then fails and closes its log), before closing the
+// journal the logs use.
+func (r *Registry) Close() {
+	r.starts.Wait()
 }
 
 // List returns every topic, sorted by name.
@@ -363,9 +396,12 @@ func (r *Registry) create(ctx context.Context, name string, s Settings, capped b
 		return err
 	}
 	// Answer once the topic can take messages: its group knows a leader.
-	t, err := r.Get(name)
-	if err != nil {
+	t, err := r.started(ctx, name)
+	if errors.Is(err, ErrNotFound) {
 		return nil // removed again meanwhile
+	}
+	if err != nil {
+		return err
 	}
 	return t.Group.WaitLeader(ctx)
 }
@@ -449,7 +485,7 @@ func (r *Registry) Remove(ctx context.Context, name string) error {
 // others wait to apply the creation.
 func (r *Registry) Ensure(ctx context.Context, name string, s Settings) error {
 	for {
-		if t, err := r.Get(name); err == nil {
+		if t, err := r.started(ctx, name); err == nil {
 			return t.Group.WaitLeader(ctx)
 		}
 		err := r.create(ctx, name, s, false)
@@ -493,14 +529,13 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 			return fmt.Errorf("%w: %q", ErrExists, c.Name)
 		}
 		t = &Topic{Name: c.Name, Settings: c.Settings, dir: fmt.Sprintf("%s.%d", c.Name, index), voters: slices.Clone(r.voters), created: index}
-		r.topics[c.Name] = t
 		if !r.replaying {
-			if err := r.startLocked(t); err != nil {
-				r.log.Error("starting topic", "topic", c.Name, "err", err)
-				return err
-			}
-			r.log.Info("topic created", "topic", c.Name)
+			t.starting = make(chan struct{})
+			r.cfg.Engine.Expect(t.dir)
+			r.starts.Add(1)
+			go r.start(t)
 		}
+		r.topics[c.Name] = t
 	case "update":
 		if t == nil {
 			return fmt.Errorf("%w: %q", ErrNotFound, c.Name)
@@ -641,21 +676,98 @@ func (r *Registry) segmentBytes(s Settings) int64 {
 	return r.cfg.Log.SegmentBytes
 }
 
+// startLocked starts a topic of the metadata log replayed at Open.
 func (r *Registry) startLocked(t *Topic) error {
+	l, err := r.openLog(t)
+	if err != nil || l == nil {
+		return err
+	}
+	g, err := r.startGroup(t, l)
+	if err != nil {
+		return err
+	}
+	t.Group = g
+	r.noteChange()
+	return nil
+}
+
+// start starts a topic whose create command this node applied while
+// running, off the engine goroutine: opening a new log creates its
+// directory and files with five fsyncs, which apply, on the engine
+// goroutine, would make every group of the node wait for. Lookup waits
+// for t.starting meanwhile, and the engine keeps the messages its peers
+// send the group (Engine.Expect). A topic removed (or replaced) before its
+// group runs has its log closed and moved aside.
+func (r *Registry) start(t *Topic) {
+	defer r.starts.Done()
+	defer close(t.starting)
+	started := false
+	defer func() {
+		if !started {
+			r.cfg.Engine.Forget(t.dir)
+		}
+	}()
+	l, err := r.openLog(t)
+	if err != nil {
+		r.log.Error("starting topic", "topic", t.Name, "err", err)
+		return
+	}
+	if l == nil {
+		return
+	}
+	r.mu.Lock()
+	cur := r.topics[t.Name]
+	if cur == nil || cur.dir != t.dir {
+		r.mu.Unlock()
+		if err := l.Close(); err != nil {
+			r.log.Warn("closing the log of a topic removed while it started", "topic", t.Name, "err", err)
+		}
+		r.moveAside(t)
+		return
+	}
+	// An update applied meanwhile may have changed the segment size; the
+	// log is not the engine's yet.
+	l.SetSegmentBytes(r.segmentBytes(cur.Settings))
+	g, err := r.startGroup(t, l)
+	if err != nil {
+		r.mu.Unlock()
+		if errors.Is(err, replica.ErrStopped) {
+			return // the node is stopping
+		}
+		r.log.Error("starting topic", "topic", t.Name, "err", err)
+		return
+	}
+	started = true
+	nt := *cur
+	nt.Group = g
+	r.topics[t.Name] = &nt
+	r.noteChange()
+	r.mu.Unlock()
+	r.log.Info("topic created", "topic", t.Name)
+}
+
+// openLog opens t's log; nil (and no error) when its files were already
+// moved aside.
+func (r *Registry) openLog(t *Topic) (*commitlog.Log, error) {
 	if _, err := os.Stat(filepath.Join(r.cfg.Dir, "removed", t.dir)); err == nil {
 		// Its removal was applied before a crash lost the commit index that
 		// covers it; the remove command is applied again shortly. Do not
 		// recreate an empty log in its place.
 		r.log.Warn("topic already moved aside; waiting for its removal to be re-applied", "topic", t.Name)
-		return nil
+		return nil, nil
 	}
 	opts := r.cfg.Log
 	opts.SegmentBytes = r.segmentBytes(t.Settings)
 	opts.Logger = r.log.With("topic", t.Name)
 	l, err := commitlog.Open(filepath.Join(r.cfg.Dir, "topics", t.dir), opts)
 	if err != nil {
-		return fmt.Errorf("topic %q: %w", t.Name, err)
+		return nil, fmt.Errorf("topic %q: %w", t.Name, err)
 	}
+	return l, nil
+}
+
+// startGroup starts t's group on its log l (closed if it fails).
+func (r *Registry) startGroup(t *Topic, l *commitlog.Log) (*replica.Group, error) {
 	// Nodes that were voters when the topic was created bootstrap its group
 	// alike; a node that joined later starts it empty and is sent the log.
 	var peers []raft.Peer
@@ -678,11 +790,9 @@ func (r *Registry) startLocked(t *Topic) error {
 	})
 	if err != nil {
 		_ = l.Close()
-		return fmt.Errorf("topic %q: %w", t.Name, err)
+		return nil, fmt.Errorf("topic %q: %w", t.Name, err)
 	}
-	t.Group = g
-	r.noteChange()
-	return nil
+	return g, nil
 }
 
 // closed runs when a topic's group has stopped. A removed topic's files
