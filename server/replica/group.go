@@ -1185,10 +1185,14 @@ func (g *Group) sendAppendsEarly() {
 // hold its notices: topics created or removed reach every node at once, so
 // that a producer that created a topic finds it on any node.
 func (g *Group) holdNotice(m *raftpb.Message) {
-	g.dropNotice(m.GetTo())
+	// The time counts from the first notice held: a notice that replaces
+	// an older one for the same follower keeps its time, or notices made
+	// more often than CommitNoticeDelay (a probe's empty append answers
+	// every heartbeat response) would never go out.
 	if len(g.notices) == 0 {
 		g.heldAt = time.Now()
 	}
+	g.dropNotice(m.GetTo())
 	g.notices = append(g.notices, m)
 	if !g.holding {
 		g.holding = true

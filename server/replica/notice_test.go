@@ -216,3 +216,31 @@ func TestCommandGroupSendsNoticesAtOnce(t *testing.T) {
 	}
 	assert.Positive(t, c.trs[0].notices.Load())
 }
+
+// TestReplacedNoticeKeepsItsTime: a held notice that replaces an older one
+// for the same follower goes out when the older would have. Each notice
+// restarted the wait, so a leader that made one more often than
+// CommitNoticeDelay never sent any: a follower in StateProbe, whose empty
+// append answers every heartbeat response, stayed there, and its leader
+// never quiesced again (TestRestartedFollowerLearnsQuiescedLeader, 7 runs
+// in 40 with 10 ms heartbeats and the default 20 ms delay).
+func TestReplacedNoticeKeepsItsTime(t *testing.T) {
+	hub := transport.NewHub()
+	e := startHubEngine(t, hub, 1, []uint64{1, 2}, Config{TickInterval: 10 * time.Millisecond, CommitNoticeDelay: time.Hour}, nil)
+	l, err := commitlog.Open(t.TempDir(), commitlog.Options{NoSync: true})
+	require.NoError(t, err)
+	g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}}})
+	require.NoError(t, err)
+	ctx := ctx10(t)
+	require.NoError(t, g.WaitLeader(ctx))
+	notice := func() *raftpb.Message {
+		return &raftpb.Message{Type: raftpb.MessageType_MsgApp.Enum(), From: new(uint64(1)), To: new(uint64(2)), Term: new(g.term.Load())}
+	}
+	var first, second time.Time
+	var held int
+	require.NoError(t, g.do(ctx, func() error { g.holdNotice(notice()); first = g.heldAt; return nil }))
+	require.Eventually(t, func() bool { return time.Now().After(first) }, time.Second, time.Microsecond)
+	require.NoError(t, g.do(ctx, func() error { g.holdNotice(notice()); second, held = g.heldAt, len(g.notices); return nil }))
+	require.Equal(t, 1, held, "the second notice replaces the first")
+	require.Equal(t, first, second, "and keeps its time")
+}
