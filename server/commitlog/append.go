@@ -602,10 +602,25 @@ func (l *Log) FlushHardState() error {
 	return nil
 }
 
-// SetConfState durably replaces the stored ConfState before returning.
+// sameConf reports whether a and b are the same configuration (field by
+// field: proto.Equal also tells an unset auto_leave from a false one).
+func sameConf(a, b *pb.ConfState) bool {
+	return slices.Equal(a.GetVoters(), b.GetVoters()) && slices.Equal(a.GetLearners(), b.GetLearners()) &&
+		slices.Equal(a.GetVotersOutgoing(), b.GetVotersOutgoing()) && slices.Equal(a.GetLearnersNext(), b.GetLearnersNext()) &&
+		a.GetAutoLeave() == b.GetAutoLeave()
+}
+
+// SetConfState durably replaces the stored ConfState before returning. A
+// ConfState equal to the stored one is not written again.
 func (l *Log) SetConfState(cs *pb.ConfState) error {
 	if err := l.writable(); err != nil {
 		return err
+	}
+	l.mu.Lock()
+	same := l.cs != nil && sameConf(l.cs, cs)
+	l.mu.Unlock()
+	if same {
+		return nil
 	}
 	c := proto.Clone(cs).(*pb.ConfState)
 	if err := writeMeta(l.dir, l.start, c, l.baseTable); err != nil {

@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/forestbus/forestbus/internal/flushhook"
 )
 
 // The log must satisfy raft's Storage interface.
@@ -836,4 +838,31 @@ func TestReadLimitsCountFraming(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, msgs, 1000)
 	assert.Equal(t, uint64(6001), next)
+}
+
+// TestSetConfStateSkipsAnEqualOne: storing the configuration already
+// stored writes nothing (a new group stores its bootstrap configuration
+// before raft applies the same one); a different one is written, and an
+// unset auto_leave equals a false one.
+func TestSetConfStateSkipsAnEqualOne(t *testing.T) {
+	dir := t.TempDir()
+	metaPath := filepath.Join(dir, metaTmpName)
+	writes := 0
+	prev := flushhook.Set(func(f *os.File, _ string) {
+		if f != nil && f.Name() == metaPath {
+			writes++
+		}
+	})
+	defer flushhook.Set(prev)
+	l := openT(t, dir, Options{})
+	defer l.Close()
+	require.NoError(t, l.SetConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}}))
+	require.Equal(t, 1, writes)
+	require.NoError(t, l.SetConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}, AutoLeave: proto.Bool(false)}))
+	require.Equal(t, 1, writes, "the same configuration")
+	require.NoError(t, l.SetConfState(&pb.ConfState{Voters: []uint64{1, 2, 3}, Learners: []uint64{4}}))
+	require.Equal(t, 2, writes, "a learner more")
+	_, cs, err := l.InitialState()
+	require.NoError(t, err)
+	require.Equal(t, []uint64{4}, cs.GetLearners())
 }

@@ -297,6 +297,20 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 			return nil, err
 		}
 	}
+	if last == 0 && len(gc.Peers) > 0 {
+		// The configuration the bootstrap entries will make, stored now on
+		// the caller's goroutine: storing it when they are applied, on
+		// the engine goroutine, made every group of the node wait for its
+		// two fsyncs (the log skips storing an equal one).
+		ids := make([]uint64, 0, len(gc.Peers))
+		for _, p := range gc.Peers {
+			ids = append(ids, p.ID)
+		}
+		slices.Sort(ids)
+		if err := gc.Log.SetConfState(&raftpb.ConfState{Voters: slices.Compact(ids)}); err != nil {
+			return nil, err
+		}
+	}
 	rn, err := raft.NewRawNode(e.raftConfig(e.cfg.NodeID, gc.Log, commit))
 	if err != nil {
 		return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)

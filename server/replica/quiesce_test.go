@@ -341,8 +341,14 @@ var restartIDs = []uint64{1, 2, 3}
 // message and waits for the leader to quiesce; it returns the leader's ID.
 func openRestartCluster(t *testing.T, cfg Config) (*restartCluster, uint64) {
 	c := &restartCluster{hub: transport.NewHub(), root: t.TempDir()}
+	// Every node's group opens before any engine runs: with an election
+	// timeout of ten minutes, node 1's first votes must not reach a node
+	// whose group is not open yet (dropped, they are not sent again).
 	for _, id := range restartIDs {
-		c.start(t, id, cfg)
+		c.open(t, id, cfg)
+	}
+	for _, id := range restartIDs {
+		c.engines[id].Start()
 	}
 	t.Cleanup(func() {
 		for _, id := range restartIDs {
@@ -375,6 +381,12 @@ func openRestartCluster(t *testing.T, cfg Config) (*restartCluster, uint64) {
 
 // start starts node id (again) on its directory.
 func (c *restartCluster) start(t *testing.T, id uint64, cfg Config) {
+	c.open(t, id, cfg)
+	c.engines[id].Start() // its first ping, at once, finds the group (as a node's does: its groups open first)
+}
+
+// open opens node id's engine and group without starting the engine.
+func (c *restartCluster) open(t *testing.T, id uint64, cfg Config) {
 	cfg.TickInterval = 10 * time.Millisecond
 	e, tr := newHubEngine(t, c.hub, id, restartIDs, cfg, func(tr Transport) Transport {
 		c.trs[id] = &countingTransport{Transport: tr}
@@ -384,7 +396,6 @@ func (c *restartCluster) start(t *testing.T, id uint64, cfg Config) {
 	require.NoError(t, err)
 	g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
 	require.NoError(t, err)
-	e.Start() // its first ping, at once, finds the group (as a node's does: its groups open first)
 	c.engines[id], c.hubs[id], c.groups[id] = e, tr, g
 }
 
