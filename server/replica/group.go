@@ -297,19 +297,8 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 			return nil, err
 		}
 	}
-	if last == 0 && len(gc.Peers) > 0 {
-		// The configuration the bootstrap entries will make, stored now on
-		// the caller's goroutine: storing it when they are applied, on
-		// the engine goroutine, made every group of the node wait for its
-		// two fsyncs (the log skips storing an equal one).
-		ids := make([]uint64, 0, len(gc.Peers))
-		for _, p := range gc.Peers {
-			ids = append(ids, p.ID)
-		}
-		slices.Sort(ids)
-		if err := gc.Log.SetConfState(&raftpb.ConfState{Voters: slices.Compact(ids)}); err != nil {
-			return nil, err
-		}
+	if err := StoreBootstrapConf(gc.Log, gc.Peers); err != nil {
+		return nil, err
 	}
 	rn, err := raft.NewRawNode(e.raftConfig(e.cfg.NodeID, gc.Log, commit))
 	if err != nil {
@@ -355,6 +344,27 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		return nil, err
 	}
 	return g, nil
+}
+
+// StoreBootstrapConf stores in l, when it is empty and peers are given,
+// the configuration that bootstrapping a group with peers makes. AddGroup
+// does it on its caller's goroutine: storing it as the bootstrap entries
+// are applied, on the engine goroutine, made every group of the node wait
+// for its two fsyncs (the log skips storing an equal configuration again).
+// A caller that must call AddGroup under a lock calls it first.
+func StoreBootstrapConf(l *commitlog.Log, peers []raft.Peer) error {
+	if len(peers) == 0 {
+		return nil
+	}
+	if last, err := l.LastIndex(); err != nil || last != 0 {
+		return err
+	}
+	ids := make([]uint64, 0, len(peers))
+	for _, p := range peers {
+		ids = append(ids, p.ID)
+	}
+	slices.Sort(ids)
+	return l.SetConfState(&raftpb.ConfState{Voters: slices.Compact(ids)})
 }
 
 // replay feeds committed command entries of the log through Apply.

@@ -692,9 +692,10 @@ func (r *Registry) startLocked(t *Topic) error {
 }
 
 // start starts a topic whose create command this node applied while
-// running, off the engine goroutine: opening a new log creates its
-// directory and files with five fsyncs, which apply, on the engine
-// goroutine, would make every group of the node wait for. Lookup waits
+// running, off the engine goroutine and outside the registry's lock:
+// creating a new log's directory and files and storing its configuration
+// take several fsyncs, which apply, on the engine goroutine, made every
+// group of the node wait for (and, under the lock, every lookup). Lookup waits
 // for t.starting meanwhile, and the engine keeps the messages its peers
 // send the group (Engine.Expect). A topic removed (or replaced) before its
 // group runs has its log closed and moved aside.
@@ -713,6 +714,12 @@ func (r *Registry) start(t *Topic) {
 		return
 	}
 	if l == nil {
+		return
+	}
+	// Its configuration's fsyncs, before the lock that AddGroup runs under.
+	if err := replica.StoreBootstrapConf(l, r.bootstrapPeers(t)); err != nil {
+		_ = l.Close()
+		r.log.Error("starting topic", "topic", t.Name, "err", err)
 		return
 	}
 	r.mu.Lock()
@@ -768,14 +775,7 @@ func (r *Registry) openLog(t *Topic) (*commitlog.Log, error) {
 
 // startGroup starts t's group on its log l (closed if it fails).
 func (r *Registry) startGroup(t *Topic, l *commitlog.Log) (*replica.Group, error) {
-	// Nodes that were voters when the topic was created bootstrap its group
-	// alike; a node that joined later starts it empty and is sent the log.
-	var peers []raft.Peer
-	if slices.Contains(t.voters, r.cfg.NodeID) {
-		for _, id := range t.voters {
-			peers = append(peers, raft.Peer{ID: id})
-		}
-	}
+	peers := r.bootstrapPeers(t)
 	// Spread leaders: the voter chosen by the create index campaigns first.
 	campaign := len(t.voters) > 0 && t.voters[t.created%uint64(len(t.voters))] == r.cfg.NodeID
 	g, err := r.cfg.Engine.AddGroup(replica.GroupConfig{
@@ -793,6 +793,20 @@ func (r *Registry) startGroup(t *Topic, l *commitlog.Log) (*replica.Group, error
 		return nil, fmt.Errorf("topic %q: %w", t.Name, err)
 	}
 	return g, nil
+}
+
+// bootstrapPeers are the peers t's group bootstraps with on this node:
+// nodes that were voters when the topic was created bootstrap its group
+// alike; a node that joined later starts it empty and is sent the log.
+func (r *Registry) bootstrapPeers(t *Topic) []raft.Peer {
+	if !slices.Contains(t.voters, r.cfg.NodeID) {
+		return nil
+	}
+	peers := make([]raft.Peer, 0, len(t.voters))
+	for _, id := range t.voters {
+		peers = append(peers, raft.Peer{ID: id})
+	}
+	return peers
 }
 
 // closed runs when a topic's group has stopped. A removed topic's files

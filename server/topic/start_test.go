@@ -1,6 +1,7 @@
 package topic
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"log/slog"
@@ -17,9 +18,10 @@ import (
 	"github.com/forestbus/forestbus/server/replica"
 )
 
-// stallStarts makes the first flush under DIR/topics/NAME.* wait until
-// the returned release is called; stalled is closed when it waits.
-func stallStarts(t *testing.T, dir, name string) (stalled <-chan struct{}, release func()) {
+// stallStarts makes the first flush under DIR/topics/NAME.* (of a file
+// named file, when not empty) wait until the returned release is called;
+// stalled is closed when it waits.
+func stallStarts(t *testing.T, dir, name, file string) (stalled <-chan struct{}, release func()) {
 	t.Helper()
 	prefix := filepath.Join(dir, "topics", name+".")
 	st, rel := make(chan struct{}), make(chan struct{})
@@ -29,7 +31,7 @@ func stallStarts(t *testing.T, dir, name string) (stalled <-chan struct{}, relea
 		if f != nil {
 			path = f.Name()
 		}
-		if !strings.HasPrefix(path, prefix) {
+		if !strings.HasPrefix(path, prefix) || (file != "" && filepath.Base(path) != file) {
 			return
 		}
 		waited := false
@@ -65,11 +67,18 @@ func waitStalled(t *testing.T, stalled <-chan struct{}) {
 }
 
 // TestCreateDoesNotStallOtherTopics: a topic's start (its directory and
-// files, created with several fsyncs) runs off the engine goroutine, so the
-// node's other topics commit meanwhile; it ran in the metadata group's
-// apply and every group of the node waited for its fsyncs. Lookups of the
-// topic wait for its start.
+// files, and its configuration, stored with several fsyncs) runs off the
+// engine goroutine and outside the registry's lock, so the node's other
+// topics are looked up and commit meanwhile; it ran in the metadata
+// group's apply and every group of the node waited for its fsyncs. Lookups
+// of the topic wait for its start.
 func TestCreateDoesNotStallOtherTopics(t *testing.T) {
+	for _, file := range []string{"", "meta.tmp"} {
+		t.Run("stalled at "+cmp.Or(file, "its first flush"), func(t *testing.T) { testCreateDoesNotStall(t, file) })
+	}
+}
+
+func testCreateDoesNotStall(t *testing.T, file string) {
 	dir := t.TempDir()
 	_, r := openSingle(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -78,11 +87,19 @@ func TestCreateDoesNotStallOtherTopics(t *testing.T) {
 	a, err := r.Lookup(ctx, "a")
 	require.NoError(t, err)
 
-	stalled, release := stallStarts(t, dir, "b")
+	stalled, release := stallStarts(t, dir, "b", file)
 	created := make(chan error, 1)
 	go func() { created <- r.Create(ctx, "b", Settings{}) }()
 	waitStalled(t, stalled)
 
+	got := make(chan error, 1)
+	go func() { _, err := r.Get("a"); got <- err }()
+	select {
+	case err := <-got:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a lookup of another topic waits for b's start")
+	}
 	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
 	res, err := a.Group.Propose(pctx, [][]byte{[]byte("x")}, true)
 	pcancel()
@@ -118,7 +135,7 @@ func TestRemoveWhileStarting(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	stalled, release := stallStarts(t, dir, "c")
+	stalled, release := stallStarts(t, dir, "c", "")
 	created := make(chan error, 1)
 	go func() { created <- r.Create(ctx, "c", Settings{}) }()
 	waitStalled(t, stalled)
@@ -150,7 +167,7 @@ func TestStopWhileStarting(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	stalled, release := stallStarts(t, dir, "d")
+	stalled, release := stallStarts(t, dir, "d", "")
 	go func() { _ = r.Create(ctx, "d", Settings{}) }()
 	waitStalled(t, stalled)
 	e.Stop()
