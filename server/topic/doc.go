@@ -4,7 +4,10 @@
 // updating and removing a topic are commands proposed to that group, and
 // every node applies them in log order, opening or stopping the topic's own
 // raft group (package replica) as it goes. The registry is therefore a pure
-// function of the metadata log, and is rebuilt from it on start.
+// function of the metadata log, and is rebuilt from it on start. A topic
+// created while the node runs is started off the engine goroutine (its
+// directory and files take several fsyncs, which every group of the node
+// would otherwise wait for); lookups of it wait for its start.
 //
 // On disk, under the node's data directory:
 //
