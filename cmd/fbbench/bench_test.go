@@ -165,3 +165,27 @@ func TestInterrupt(t *testing.T) {
 	assert.True(t, r.Interrupted)
 	assert.Positive(t, r.Messages)
 }
+
+// TestW2Churn: W2 with -churn creates and removes topics while it measures,
+// reports the cycles, and leaves no topic behind.
+func TestW2Churn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a node")
+	}
+	n := servertest.StartNode(t)
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{
+		"-forestbus", "test#default@" + n.Addr(),
+		"-workload", "W2", "-warmup", "1", "-sends", "300", "-churn", "100",
+	}, &stdout, &stderr)
+	require.NoError(t, err, stderr.String())
+	var r Result
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &r))
+	require.NotNil(t, r.Churn)
+	assert.Positive(t, r.Churn.Cycles)
+	assert.Zero(t, r.Churn.Errors, r.Churn.FirstError)
+	assert.EqualValues(t, 100, r.Params["churn_per_s"])
+	for _, tp := range n.Registry().List() {
+		assert.NotContains(t, tp.Name, "bench-churn", "a churn topic left behind")
+	}
+}

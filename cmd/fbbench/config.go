@@ -38,6 +38,7 @@ type config struct {
 	UnarySends    bool
 	Warmup        int
 	Sends         int
+	Churn         int
 	ReadMessages  int
 	ReadFrom      int64
 	Quantity      int
@@ -75,7 +76,10 @@ Workloads:
   W1  throughput: -producers goroutines each send batches of -batch messages
       of -size bytes (with -wait-for-commit) for -duration
   W2  latency: 1 producer, -warmup sends, then -sends sequential sends of one
-      message with wait-for-commit
+      message with wait-for-commit; with -churn N, another client meanwhile
+      creates and removes a topic bench-churn-<pid>-<i> N times a second
+      (what topic operations cost other topics' sends; the JSON's "churn"
+      counts the cycles)
   W3  read: one reader gets -read-messages committed messages from -read-from,
       -quantity per call; the topic is filled first if it holds too few (the
       fill is reported in the "fill" field, outside the timing)
@@ -149,6 +153,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.BoolVar(&c.UnarySends, "unary-sends", false, "send each batch as a SendMessages call (client.WithUnarySends), not over the Produce stream")
 	fs.IntVar(&c.Warmup, "warmup", 20, "W2: sends before measuring")
 	fs.IntVar(&c.Sends, "sends", 2000, "W2: measured sequential one-message sends")
+	fs.IntVar(&c.Churn, "churn", 0, "W2: create and remove this many topics a second while measuring (0: none)")
 	fs.IntVar(&c.ReadMessages, "read-messages", 1_000_000, "W3: messages to read")
 	fs.Int64Var(&c.ReadFrom, "read-from", 1, "W3: first message ID to read")
 	fs.IntVar(&c.Quantity, "quantity", 500, "W3: quantity asked per GetMessages call")
@@ -292,6 +297,9 @@ func (c *config) validate() error {
 	}
 	if c.Warmup < 0 {
 		return fmt.Errorf("-warmup must be >= 0, got %d", c.Warmup)
+	}
+	if c.Churn < 0 || c.Churn > 1000 {
+		return fmt.Errorf("-churn must be 0..1000 cycles a second, got %d", c.Churn)
 	}
 	if c.ReadFrom < 1 {
 		return fmt.Errorf("-read-from must be >= 1, got %d", c.ReadFrom)

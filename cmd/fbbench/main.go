@@ -99,7 +99,9 @@ type Result struct {
 	PerSecond []int64 `json:"per_second,omitempty"`
 	Fill      *Fill   `json:"fill,omitempty"`
 	// SetupS is the time W4 took to create its topics, outside the timing.
-	SetupS      float64  `json:"setup_s,omitempty"`
+	SetupS float64 `json:"setup_s,omitempty"`
+	// Churn counts W2's topic create and remove cycles (-churn).
+	Churn       *Churn   `json:"churn,omitempty"`
 	Interrupted bool     `json:"interrupted,omitempty"`
 	Cluster     *Cluster `json:"cluster,omitempty"`
 	// ReadNode is the node W3 and W3S read from.
@@ -112,6 +114,14 @@ type Result struct {
 	// CPU used during it.
 	Procs []Proc `json:"procs,omitempty"`
 	Env   Env    `json:"env"`
+}
+
+// Churn is what W2's -churn did while the sends were measured: whole
+// create-and-remove cycles, the failed calls, and the first failure.
+type Churn struct {
+	Cycles     int64  `json:"cycles"`
+	Errors     int64  `json:"errors"`
+	FirstError string `json:"first_error,omitempty"`
 }
 
 // ReadNode names the node a read workload used.

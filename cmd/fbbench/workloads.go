@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,7 +215,7 @@ func (b *bench) w2(ctx context.Context) (*Result, error) {
 	cfg := b.cfg
 	r := b.newResult("W2", map[string]any{
 		"topic": cfg.Topic, "warmup": cfg.Warmup, "sends": cfg.Sends, "size": cfg.Size,
-		"wait_for_commit": true, "max_time_s": cfg.MaxTime.Seconds(),
+		"wait_for_commit": true, "max_time_s": cfg.MaxTime.Seconds(), "churn_per_s": cfg.Churn,
 	})
 	c := b.newClient()
 	defer c.Close()
@@ -232,6 +233,16 @@ func (b *bench) w2(ctx context.Context) (*Result, error) {
 				return r, errs.fill(r)
 			}
 		}
+	}
+	var churned <-chan *Churn
+	if cfg.Churn > 0 {
+		churnCtx, stopChurn := context.WithCancel(runCtx)
+		defer stopChurn()
+		churned = b.churn(churnCtx)
+		defer func() {
+			stopChurn()
+			r.Churn = <-churned
+		}()
 	}
 	start := time.Now()
 	deadline := start.Add(cfg.MaxTime)
@@ -266,6 +277,54 @@ func (b *bench) w2(ctx context.Context) (*Result, error) {
 	r.Interrupted = ctx.Err() != nil
 	r.finish(elapsed)
 	return r, errs.fill(r)
+}
+
+// churn creates and removes a topic cfg.Churn times a second, on a client
+// of its own, until ctx ends; then it sends what it did.
+func (b *bench) churn(ctx context.Context) <-chan *Churn {
+	out := make(chan *Churn, 1)
+	c := b.newClient()
+	go func() {
+		defer c.Close()
+		ch := &Churn{}
+		fail := func(err error) {
+			if ctx.Err() != nil {
+				return // the run ended
+			}
+			ch.Errors++
+			if ch.FirstError == "" {
+				ch.FirstError = err.Error()
+			}
+		}
+		tick := time.NewTicker(time.Second / time.Duration(b.cfg.Churn))
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				out <- ch
+				return
+			case <-tick.C:
+			}
+			name := fmt.Sprintf("bench-churn-%d-%d", os.Getpid(), i)
+			cctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+			err := c.CreateTopic(cctx, name, client.TopicSettings{})
+			cancel()
+			if err != nil {
+				fail(err)
+				continue
+			}
+			// Removed also when the run ended meanwhile: no topic is left.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.Timeout)
+			err = c.RemoveTopic(rctx, name)
+			cancel()
+			if err != nil {
+				fail(err)
+				continue
+			}
+			ch.Cycles++
+		}
+	}()
+	return out
 }
 
 // w3 is the read workload.

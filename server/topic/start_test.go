@@ -57,13 +57,20 @@ func openSingle(t *testing.T, dir string) (*replica.Engine, *Registry) {
 	return e, r
 }
 
-func waitStalled(t *testing.T, stalled <-chan struct{}) {
+// createStalled creates topic name on r (data directory dir) in the
+// background and returns once its start waits at its first flush (of
+// file, when not empty; see stallStarts): created gets Create's result.
+func createStalled(ctx context.Context, t *testing.T, r *Registry, dir, name, file string) (created <-chan error, release func()) {
 	t.Helper()
+	stalled, release := stallStarts(t, dir, name, file)
+	done := make(chan error, 1)
+	go func() { done <- r.Create(ctx, name, Settings{}) }()
 	select {
 	case <-stalled:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the topic's start never reached its first flush")
 	}
+	return done, release
 }
 
 // TestCreateDoesNotStallOtherTopics: a topic's start (its directory and
@@ -87,10 +94,7 @@ func testCreateDoesNotStall(t *testing.T, file string) {
 	a, err := r.Lookup(ctx, "a")
 	require.NoError(t, err)
 
-	stalled, release := stallStarts(t, dir, "b", file)
-	created := make(chan error, 1)
-	go func() { created <- r.Create(ctx, "b", Settings{}) }()
-	waitStalled(t, stalled)
+	created, release := createStalled(ctx, t, r, dir, "b", file)
 
 	got := make(chan error, 1)
 	go func() { _, err := r.Get("a"); got <- err }()
@@ -120,9 +124,15 @@ func testCreateDoesNotStall(t *testing.T, file string) {
 
 	release()
 	require.NoError(t, <-created)
-	b, err := r.Lookup(ctx, "b")
+	requireFirstSend(ctx, t, r, "b")
+}
+
+// requireFirstSend sends a first message to topic name on r: its ID is 1.
+func requireFirstSend(ctx context.Context, t *testing.T, r *Registry, name string) {
+	t.Helper()
+	tp, err := r.Lookup(ctx, name)
 	require.NoError(t, err)
-	res, err = b.Group.Propose(ctx, [][]byte{[]byte("y")}, true)
+	res, err := tp.Group.Propose(ctx, [][]byte{[]byte("m")}, true)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, res.FirstID)
 }
@@ -135,10 +145,7 @@ func TestRemoveWhileStarting(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	stalled, release := stallStarts(t, dir, "c", "")
-	created := make(chan error, 1)
-	go func() { created <- r.Create(ctx, "c", Settings{}) }()
-	waitStalled(t, stalled)
+	created, release := createStalled(ctx, t, r, dir, "c", "")
 	require.NoError(t, r.Remove(ctx, "c"))
 	release()
 	require.NoError(t, <-created, "a create whose topic was removed meanwhile")
@@ -152,11 +159,7 @@ func TestRemoveWhileStarting(t *testing.T) {
 	require.Empty(t, left)
 
 	require.NoError(t, r.Create(ctx, "c", Settings{}))
-	c, err := r.Lookup(ctx, "c")
-	require.NoError(t, err)
-	res, err := c.Group.Propose(ctx, [][]byte{[]byte("z")}, true)
-	require.NoError(t, err)
-	require.EqualValues(t, 1, res.FirstID)
+	requireFirstSend(ctx, t, r, "c")
 }
 
 // TestStopWhileStarting: a start that ends after the engine stopped closes
@@ -167,9 +170,7 @@ func TestStopWhileStarting(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	stalled, release := stallStarts(t, dir, "d", "")
-	go func() { _ = r.Create(ctx, "d", Settings{}) }()
-	waitStalled(t, stalled)
+	_, release := createStalled(ctx, t, r, dir, "d", "")
 	e.Stop()
 	closed := make(chan struct{})
 	go func() { r.Close(); close(closed) }()
