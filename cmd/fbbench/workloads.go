@@ -309,19 +309,22 @@ func (b *bench) churn(ctx context.Context) <-chan *Churn {
 			cctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 			err := c.CreateTopic(cctx, name, client.TopicSettings{})
 			cancel()
-			if err != nil {
+			if err != nil && ctx.Err() == nil {
 				fail(err)
 				continue
 			}
-			// Removed also when the run ended meanwhile: no topic is left.
+			// Removed also when the run ended meanwhile, even during the
+			// create (which may have been applied): no topic is left.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.Timeout)
-			err = c.RemoveTopic(rctx, name)
+			rerr := c.RemoveTopic(rctx, name)
 			cancel()
-			if err != nil {
-				fail(err)
-				continue
+			switch {
+			case err != nil: // the run ended during the create
+			case rerr != nil:
+				fail(rerr)
+			default:
+				ch.Cycles++
 			}
-			ch.Cycles++
 		}
 	}()
 	return out

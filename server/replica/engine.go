@@ -233,7 +233,10 @@ func (e *Engine) Step(group string, m *raftpb.Message) {
 	e.mu.Lock()
 	g := e.groups[group]
 	if g == nil {
-		if buf, ok := e.expected[group]; ok && len(buf) < maxExpectedMsgs {
+		if buf, ok := e.expected[group]; ok {
+			if len(buf) == maxExpectedMsgs {
+				buf = append(buf[:0], buf[1:]...) // keep the newest
+			}
 			e.expected[group] = append(buf, m)
 		}
 		e.mu.Unlock()
@@ -249,8 +252,8 @@ const maxExpectedMsgs = 256
 // Expect announces a group that AddGroup will open shortly, while its log
 // is being created: the messages its peers send it meanwhile (a new group's
 // first votes: dropped, they cost the group an election timeout) are kept,
-// up to maxExpectedMsgs, and delivered when it opens. Forget drops them if
-// it does not.
+// the newest maxExpectedMsgs, and delivered when it opens. Forget drops
+// them if it does not.
 func (e *Engine) Expect(name string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()

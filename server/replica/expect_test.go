@@ -52,7 +52,7 @@ func TestExpectedGroupGetsEarlyVotes(t *testing.T) {
 }
 
 // TestExpectKeepsOnlyWhatIsAnnounced: messages for unknown groups are
-// dropped unless the group is expected; an expected group keeps at most
+// dropped unless the group is expected; an expected group keeps the newest
 // maxExpectedMsgs, Forget drops them, and a stopped engine expects
 // nothing.
 func TestExpectKeepsOnlyWhatIsAnnounced(t *testing.T) {
@@ -69,12 +69,17 @@ func TestExpectKeepsOnlyWhatIsAnnounced(t *testing.T) {
 	require.False(t, ok)
 
 	e.Expect("x")
-	for range maxExpectedMsgs + 10 {
-		e.Step("x", m)
+	for i := range maxExpectedMsgs + 10 {
+		e.Step("x", &raftpb.Message{Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(uint64(2)), To: new(uint64(1)), Index: new(uint64(i))})
 	}
 	n, ok := kept("x")
 	require.True(t, ok)
 	require.Equal(t, maxExpectedMsgs, n)
+	e.mu.Lock()
+	first, last := e.expected["x"][0].GetIndex(), e.expected["x"][n-1].GetIndex()
+	e.mu.Unlock()
+	require.EqualValues(t, 10, first, "the oldest are dropped")
+	require.EqualValues(t, maxExpectedMsgs+9, last)
 	e.Forget("x")
 	_, ok = kept("x")
 	require.False(t, ok)

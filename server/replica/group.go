@@ -392,11 +392,6 @@ func (g *Group) replay(lo, hi uint64) error {
 	return nil
 }
 
-func isConfChange(ent *raftpb.Entry) bool {
-	t := ent.GetType()
-	return t == raftpb.EntryType_EntryConfChange || t == raftpb.EntryType_EntryConfChangeV2
-}
-
 // confChange decodes a configuration change entry (nil for other entries).
 func confChange(ent *raftpb.Entry) (*raftpb.ConfChangeV2, error) {
 	switch ent.GetType() {
@@ -1506,7 +1501,7 @@ func (g *Group) recordHardState() error {
 }
 
 func (g *Group) applyEntries(ents []*raftpb.Entry) error {
-	for i, ent := range ents {
+	for _, ent := range ents {
 		switch ent.GetType() {
 		case raftpb.EntryType_EntryConfChange, raftpb.EntryType_EntryConfChangeV2:
 			cc, err := confChange(ent)
@@ -1519,15 +1514,11 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 				cc = voidConfChange()
 			}
 			cs := g.rn.ApplyConfChange(cc)
-			// A run of changes (a new group's bootstrap: one per peer) is
-			// stored once, at its last: storing the configuration costs two
-			// fsyncs on the engine goroutine, and the applied index that
-			// covers the run is recorded only after this loop, so a crash
-			// before the store replays the whole run.
-			if i+1 == len(ents) || !isConfChange(ents[i+1]) {
-				if err := g.log.SetConfState(cs); err != nil {
-					return err
-				}
+			// Stored unless equal to the stored one: a new group's
+			// bootstrap entries (raft applied them at Bootstrap, and
+			// AddGroup stored the result) store nothing.
+			if err := g.log.SetConfState(cs); err != nil {
+				return err
 			}
 			g.conf.Store(cs)
 			if g.applyConf != nil && !refused {

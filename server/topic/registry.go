@@ -100,11 +100,18 @@ type Topic struct {
 	dir     string   // directory and raft group name: NAME.INDEX
 	voters  []uint64 // metadata voters when it was created: its initial peers
 	created uint64   // metadata index of its create command
-	// starting, for a topic created while the node runs, is closed once
-	// its start ended (a Topic with the Group then replaces this one, unless
-	// the start failed or the topic was removed meanwhile); nil for the
-	// topics started when the registry opened.
-	starting chan struct{}
+	// start, for a topic created while the node runs, is its start (a
+	// Topic with the Group replaces this one once it succeeds); nil for
+	// the topics started when the registry opened. Copies share it.
+	start *startState
+}
+
+// startState is the start of a topic created while the node runs (see
+// Registry.start).
+type startState struct {
+	done  chan struct{} // closed when the start ended
+	err   error         // why it failed; set before done closes
+	ended bool          // the start ended; guarded by Registry.mu
 }
 
 // Config configures a Registry.
@@ -178,7 +185,8 @@ type Registry struct {
 	// the metadata leader, for the topic cap) and not yet answered; a
 	// name already in topics no longer counts towards the cap.
 	creating map[string]int
-	// starts counts the topic starts running (start); Close waits for them.
+	// starts counts the topic starts running (start); Close waits for
+	// them.
 	starts sync.WaitGroup
 }
 
@@ -308,7 +316,9 @@ func (r *Registry) Get(name string) (*Topic, error) {
 // (replica.Group.ReadIndex), once this node has applied every command
 // committed when it asked. A topic this node is starting is waited for.
 // Errors: ErrNotFound; replica.ErrNoLeader (wrapping why) when the barrier
-// or the start could not complete before ctx ended.
+// or the start could not complete before ctx ended; replica.ErrStorageFailed
+// (wrapping why) when the topic failed to start on this node, and
+// replica.ErrStopped when the node stopped first.
 func (r *Registry) Lookup(ctx context.Context, name string) (*Topic, error) {
 	t, err := r.started(ctx, name)
 	if !errors.Is(err, ErrNotFound) {
@@ -322,17 +332,24 @@ func (r *Registry) Lookup(ctx context.Context, name string) (*Topic, error) {
 }
 
 // started is Get, after waiting for the start of the topic if this node is
-// starting it. Errors: ErrNotFound; replica.ErrNoLeader when ctx ended
-// first.
+// starting it. Errors: as Lookup's, but for the barrier.
 func (r *Registry) started(ctx context.Context, name string) (*Topic, error) {
 	r.mu.RLock()
 	t := r.topics[name]
 	r.mu.RUnlock()
-	if t != nil && t.Group == nil && t.starting != nil {
+	if t != nil && t.Group == nil && t.start != nil {
 		select {
-		case <-t.starting:
+		case <-t.start.done:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: topic %q is starting on this node: %v", replica.ErrNoLeader, name, ctx.Err())
+		}
+		if err := t.start.err; err != nil {
+			if !errors.Is(err, replica.ErrStopped) {
+				// This node cannot serve it; the others may: clients
+				// are told UNAVAILABLE (STORAGE_FAILED) and move on.
+				err = fmt.Errorf("%w: %w", replica.ErrStorageFailed, err)
+			}
+			return nil, fmt.Errorf("topic %q did not start on this node: %w", name, err)
 		}
 	}
 	return r.Get(name)
@@ -462,7 +479,10 @@ func (r *Registry) Update(ctx context.Context, name string, s Settings) error {
 		return err
 	}
 	minSegment := r.cfg.MinSegmentBytes
-	if t, err := r.Get(name); err == nil && s.SegmentBytes > 0 && s.SegmentBytes == t.Settings.SegmentBytes {
+	r.mu.RLock()
+	t := r.topics[name] // also a topic still starting
+	r.mu.RUnlock()
+	if t != nil && s.SegmentBytes > 0 && s.SegmentBytes == t.Settings.SegmentBytes {
 		minSegment = min(minSegment, s.SegmentBytes)
 	}
 	if err := s.Validate(minSegment); err != nil {
@@ -485,10 +505,14 @@ func (r *Registry) Remove(ctx context.Context, name string) error {
 // others wait to apply the creation.
 func (r *Registry) Ensure(ctx context.Context, name string, s Settings) error {
 	for {
-		if t, err := r.started(ctx, name); err == nil {
+		t, err := r.started(ctx, name)
+		if err == nil {
 			return t.Group.WaitLeader(ctx)
 		}
-		err := r.create(ctx, name, s, false)
+		if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		err = r.create(ctx, name, s, false)
 		if err == nil {
 			continue // applied here: Get decides
 		}
@@ -530,7 +554,7 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 		}
 		t = &Topic{Name: c.Name, Settings: c.Settings, dir: fmt.Sprintf("%s.%d", c.Name, index), voters: slices.Clone(r.voters), created: index}
 		if !r.replaying {
-			t.starting = make(chan struct{})
+			t.start = &startState{done: make(chan struct{})}
 			r.cfg.Engine.Expect(t.dir)
 			r.starts.Add(1)
 			go r.start(t)
@@ -553,8 +577,9 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 			return fmt.Errorf("%w: %q", ErrNotFound, c.Name)
 		}
 		delete(r.topics, c.Name)
-		if r.replaying {
-			// Its group was never started; make sure its files are aside.
+		if r.replaying || (t.Group == nil && t.start != nil && t.start.ended) {
+			// Its group was never started (or its start failed, and no
+			// group will close): make sure its files are aside.
 			r.moveAside(t)
 			return nil
 		}
@@ -696,36 +721,30 @@ func (r *Registry) startLocked(t *Topic) error {
 // creating a new log's directory and files and storing its configuration
 // take several fsyncs, which apply, on the engine goroutine, made every
 // group of the node wait for (and, under the lock, every lookup). Lookup waits
-// for t.starting meanwhile, and the engine keeps the messages its peers
+// for t.start meanwhile, and the engine keeps the messages its peers
 // send the group (Engine.Expect). A topic removed (or replaced) before its
 // group runs has its log closed and moved aside.
 func (r *Registry) start(t *Topic) {
 	defer r.starts.Done()
-	defer close(t.starting)
-	started := false
-	defer func() {
-		if !started {
-			r.cfg.Engine.Forget(t.dir)
-		}
-	}()
+	defer close(t.start.done)
 	l, err := r.openLog(t)
-	if err != nil {
-		r.log.Error("starting topic", "topic", t.Name, "err", err)
-		return
+	if err == nil && l != nil {
+		// Its configuration's fsyncs, before the lock that AddGroup runs
+		// under.
+		if err = replica.StoreBootstrapConf(l, r.bootstrapPeers(t)); err != nil {
+			_ = l.Close()
+		}
 	}
-	if l == nil {
-		return
-	}
-	// Its configuration's fsyncs, before the lock that AddGroup runs under.
-	if err := replica.StoreBootstrapConf(l, r.bootstrapPeers(t)); err != nil {
-		_ = l.Close()
-		r.log.Error("starting topic", "topic", t.Name, "err", err)
+	if err != nil || l == nil {
+		r.endStart(t, err)
 		return
 	}
 	r.mu.Lock()
 	cur := r.topics[t.Name]
 	if cur == nil || cur.dir != t.dir {
+		t.start.ended = true
 		r.mu.Unlock()
+		r.cfg.Engine.Forget(t.dir)
 		if err := l.Close(); err != nil {
 			r.log.Warn("closing the log of a topic removed while it started", "topic", t.Name, "err", err)
 		}
@@ -735,22 +754,37 @@ func (r *Registry) start(t *Topic) {
 	// An update applied meanwhile may have changed the segment size; the
 	// log is not the engine's yet.
 	l.SetSegmentBytes(r.segmentBytes(cur.Settings))
-	g, err := r.startGroup(t, l)
+	g, err := r.startGroup(t, l) // closes l if it fails
 	if err != nil {
 		r.mu.Unlock()
-		if errors.Is(err, replica.ErrStopped) {
-			return // the node is stopping
-		}
-		r.log.Error("starting topic", "topic", t.Name, "err", err)
+		r.endStart(t, err)
 		return
 	}
-	started = true
+	t.start.ended = true
 	nt := *cur
 	nt.Group = g
 	r.topics[t.Name] = &nt
 	r.noteChange()
 	r.mu.Unlock()
 	r.log.Info("topic created", "topic", t.Name)
+}
+
+// endStart ends t's start without a group: err says why (nil when its
+// files were already moved aside). A topic removed meanwhile has its files
+// moved aside here; one removed later, by the remove's apply.
+func (r *Registry) endStart(t *Topic, err error) {
+	r.cfg.Engine.Forget(t.dir)
+	if err != nil && !errors.Is(err, replica.ErrStopped) { // a node that stops fails its starts
+		r.log.Error("starting topic", "topic", t.Name, "err", err)
+	}
+	r.mu.Lock()
+	t.start.err = err
+	t.start.ended = true
+	cur := r.topics[t.Name]
+	r.mu.Unlock()
+	if cur == nil || cur.dir != t.dir {
+		r.moveAside(t)
+	}
 }
 
 // openLog opens t's log; nil (and no error) when its files were already

@@ -3,6 +3,7 @@ package topic
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -162,15 +163,46 @@ func TestRemoveWhileStarting(t *testing.T) {
 	requireFirstSend(ctx, t, r, "c")
 }
 
+// TestCreateReportsAFailedStart: a topic whose start fails on this node
+// (here a file stands where its directory goes) is not reported created,
+// lookups say why, and its removal moves its files aside. Create answered
+// nil: it took the failed start for a removal (a review found it).
+func TestCreateReportsAFailedStart(t *testing.T) {
+	dir := t.TempDir()
+	_, r := openSingle(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, r.Create(ctx, "a", Settings{}))
+	last, err := r.Meta().Log().LastIndex()
+	require.NoError(t, err)
+	for i := last + 1; i <= last+20; i++ { // wherever the create lands
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "topics", fmt.Sprintf("e.%d", i)), nil, 0o644))
+	}
+	err = r.Create(ctx, "e", Settings{})
+	require.ErrorContains(t, err, "did not start on this node")
+	_, err = r.Lookup(ctx, "e")
+	require.ErrorContains(t, err, "did not start on this node")
+	require.ErrorIs(t, err, replica.ErrStorageFailed, "answered UNAVAILABLE: clients try another node")
+	require.Error(t, r.Ensure(ctx, "e", Settings{}), "Ensure gives up at once")
+
+	require.NoError(t, r.Remove(ctx, "e"))
+	_, err = r.Lookup(ctx, "e")
+	require.ErrorIs(t, err, ErrNotFound)
+	aside, err := filepath.Glob(filepath.Join(dir, "removed", "e.*"))
+	require.NoError(t, err)
+	require.Len(t, aside, 1, "the failed topic's path moved aside at its removal")
+}
+
 // TestStopWhileStarting: a start that ends after the engine stopped closes
-// its log; Close waits for it.
+// its log and leaves its files in place (the node stops, the topic stays);
+// Close waits for it, and Create reports the stop.
 func TestStopWhileStarting(t *testing.T) {
 	dir := t.TempDir()
 	e, r := openSingle(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	_, release := createStalled(ctx, t, r, dir, "d", "")
+	created, release := createStalled(ctx, t, r, dir, "d", "")
 	e.Stop()
 	closed := make(chan struct{})
 	go func() { r.Close(); close(closed) }()
@@ -185,6 +217,13 @@ func TestStopWhileStarting(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close still waits after the start ended")
 	}
+	require.ErrorIs(t, <-created, replica.ErrStopped)
 	_, err := r.Get("d")
 	require.ErrorIs(t, err, ErrNotFound)
+	kept, err := filepath.Glob(filepath.Join(dir, "topics", "d.*"))
+	require.NoError(t, err)
+	require.Len(t, kept, 1, "a stopping node keeps the topic's files in place")
+	aside, err := filepath.Glob(filepath.Join(dir, "removed", "d.*"))
+	require.NoError(t, err)
+	require.Empty(t, aside)
 }
