@@ -720,10 +720,10 @@ func (r *Registry) startLocked(t *Topic) error {
 // running, off the engine goroutine and outside the registry's lock:
 // creating a new log's directory and files and storing its configuration
 // take several fsyncs, which apply, on the engine goroutine, made every
-// group of the node wait for (and, under the lock, every lookup). Lookup waits
-// for t.start meanwhile, and the engine keeps the messages its peers
-// send the group (Engine.Expect). A topic removed (or replaced) before its
-// group runs has its log closed and moved aside.
+// group of the node wait for (and, under the lock, every lookup). Lookup
+// waits for t.start meanwhile, and the engine keeps the messages its
+// peers send the group (Engine.Expect). A topic removed (or replaced)
+// before its group runs has its log closed and moved aside.
 func (r *Registry) start(t *Topic) {
 	defer r.starts.Done()
 	defer close(t.start.done)
