@@ -46,8 +46,12 @@ func stallStarts(t *testing.T, dir, name, file string) (stalled <-chan struct{},
 	return st, release
 }
 
-func openSingle(t *testing.T, dir string) (*replica.Engine, *Registry) {
+// openSingle opens a one-node registry on dir, and a context for the
+// test's calls (20 s).
+func openSingle(t *testing.T, dir string) (*replica.Engine, *Registry, context.Context) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	e, err := replica.NewEngine(replica.Config{NodeID: 1, TickInterval: 10 * time.Millisecond, Logger: logger})
 	require.NoError(t, err)
@@ -55,7 +59,15 @@ func openSingle(t *testing.T, dir string) (*replica.Engine, *Registry) {
 	r, err := Open(Config{Dir: dir, Engine: e, NodeID: 1, Members: []Member{{ID: 1, Name: "n1"}}, Logger: logger})
 	require.NoError(t, err)
 	t.Cleanup(func() { e.Stop(); r.Close() })
-	return e, r
+	return e, r, ctx
+}
+
+// dirsIn lists the topic directories DIR/sub/NAME.*.
+func dirsIn(t *testing.T, dir, sub, name string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, sub, name+".*"))
+	require.NoError(t, err)
+	return m
 }
 
 // createStalled creates topic name on r (data directory dir) in the
@@ -88,9 +100,7 @@ func TestCreateDoesNotStallOtherTopics(t *testing.T) {
 
 func testCreateDoesNotStall(t *testing.T, file string) {
 	dir := t.TempDir()
-	_, r := openSingle(t, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	_, r, ctx := openSingle(t, dir)
 	require.NoError(t, r.Create(ctx, "a", Settings{}))
 	a, err := r.Lookup(ctx, "a")
 	require.NoError(t, err)
@@ -142,9 +152,7 @@ func requireFirstSend(ctx context.Context, t *testing.T, r *Registry, name strin
 // runs, and its files are moved aside; created again, it starts afresh.
 func TestRemoveWhileStarting(t *testing.T) {
 	dir := t.TempDir()
-	_, r := openSingle(t, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	_, r, ctx := openSingle(t, dir)
 
 	created, release := createStalled(ctx, t, r, dir, "c", "")
 	require.NoError(t, r.Remove(ctx, "c"))
@@ -152,12 +160,8 @@ func TestRemoveWhileStarting(t *testing.T) {
 	require.NoError(t, <-created, "a create whose topic was removed meanwhile")
 	_, err := r.Lookup(ctx, "c")
 	require.ErrorIs(t, err, ErrNotFound)
-	removed, err := filepath.Glob(filepath.Join(dir, "removed", "c.*"))
-	require.NoError(t, err)
-	require.Len(t, removed, 1, "the first c's files moved aside")
-	left, err := filepath.Glob(filepath.Join(dir, "topics", "c.*"))
-	require.NoError(t, err)
-	require.Empty(t, left)
+	require.Len(t, dirsIn(t, dir, "removed", "c"), 1, "the first c's files moved aside")
+	require.Empty(t, dirsIn(t, dir, "topics", "c"))
 
 	require.NoError(t, r.Create(ctx, "c", Settings{}))
 	requireFirstSend(ctx, t, r, "c")
@@ -169,9 +173,7 @@ func TestRemoveWhileStarting(t *testing.T) {
 // nil: it took the failed start for a removal (a review found it).
 func TestCreateReportsAFailedStart(t *testing.T) {
 	dir := t.TempDir()
-	_, r := openSingle(t, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	_, r, ctx := openSingle(t, dir)
 	require.NoError(t, r.Create(ctx, "a", Settings{}))
 	last, err := r.Meta().Log().LastIndex()
 	require.NoError(t, err)
@@ -188,9 +190,7 @@ func TestCreateReportsAFailedStart(t *testing.T) {
 	require.NoError(t, r.Remove(ctx, "e"))
 	_, err = r.Lookup(ctx, "e")
 	require.ErrorIs(t, err, ErrNotFound)
-	aside, err := filepath.Glob(filepath.Join(dir, "removed", "e.*"))
-	require.NoError(t, err)
-	require.Len(t, aside, 1, "the failed topic's path moved aside at its removal")
+	require.Len(t, dirsIn(t, dir, "removed", "e"), 1, "the failed topic's path moved aside at its removal")
 }
 
 // TestStopWhileStarting: a start that ends after the engine stopped closes
@@ -198,9 +198,7 @@ func TestCreateReportsAFailedStart(t *testing.T) {
 // Close waits for it, and Create reports the stop.
 func TestStopWhileStarting(t *testing.T) {
 	dir := t.TempDir()
-	e, r := openSingle(t, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	e, r, ctx := openSingle(t, dir)
 
 	created, release := createStalled(ctx, t, r, dir, "d", "")
 	e.Stop()
@@ -220,10 +218,6 @@ func TestStopWhileStarting(t *testing.T) {
 	require.ErrorIs(t, <-created, replica.ErrStopped)
 	_, err := r.Get("d")
 	require.ErrorIs(t, err, ErrNotFound)
-	kept, err := filepath.Glob(filepath.Join(dir, "topics", "d.*"))
-	require.NoError(t, err)
-	require.Len(t, kept, 1, "a stopping node keeps the topic's files in place")
-	aside, err := filepath.Glob(filepath.Join(dir, "removed", "d.*"))
-	require.NoError(t, err)
-	require.Empty(t, aside)
+	require.Len(t, dirsIn(t, dir, "topics", "d"), 1, "a stopping node keeps the topic's files in place")
+	require.Empty(t, dirsIn(t, dir, "removed", "d"))
 }
