@@ -110,14 +110,9 @@ func TestW3Fills(t *testing.T) {
 		t.Skip("starts a node")
 	}
 	n := servertest.StartNode(t)
-	var stdout, stderr bytes.Buffer
-	err := run(context.Background(), []string{
-		"-forestbus", "test#default@" + n.Addr(), "-workload", "W3",
-		"-read-messages", "2500", "-quantity", "100", "-fill-batch", "300", "-fill-producers", "3",
-	}, &stdout, &stderr)
-	require.NoError(t, err, stderr.String())
-	var r Result
-	require.NoError(t, json.Unmarshal(stdout.Bytes(), &r))
+	r := runResult(context.Background(), t,
+		"-forestbus", "test#default@"+n.Addr(), "-workload", "W3",
+		"-read-messages", "2500", "-quantity", "100", "-fill-batch", "300", "-fill-producers", "3")
 	require.NotNil(t, r.Fill)
 	assert.GreaterOrEqual(t, r.Fill.Messages, int64(2500))
 	assert.Positive(t, r.Fill.MsgsPerS)
@@ -173,14 +168,9 @@ func TestW2Churn(t *testing.T) {
 		t.Skip("starts a node")
 	}
 	n := servertest.StartNode(t)
-	var stdout, stderr bytes.Buffer
-	err := run(context.Background(), []string{
-		"-forestbus", "test#default@" + n.Addr(),
-		"-workload", "W2", "-warmup", "1", "-sends", "300", "-churn", "100",
-	}, &stdout, &stderr)
-	require.NoError(t, err, stderr.String())
-	var r Result
-	require.NoError(t, json.Unmarshal(stdout.Bytes(), &r))
+	r := runResult(context.Background(), t,
+		"-forestbus", "test#default@"+n.Addr(),
+		"-workload", "W2", "-warmup", "1", "-sends", "300", "-churn", "100")
 	require.NotNil(t, r.Churn)
 	assert.Positive(t, r.Churn.Cycles)
 	assert.Zero(t, r.Churn.Errors, r.Churn.FirstError)
@@ -188,4 +178,15 @@ func TestW2Churn(t *testing.T) {
 	for _, tp := range n.Registry().List() {
 		assert.NotContains(t, tp.Name, "bench-churn", "a churn topic left behind")
 	}
+}
+
+// runResult runs fbbench with args, which must succeed and print one run
+// line, and returns it.
+func runResult(ctx context.Context, t *testing.T, args ...string) Result {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	require.NoError(t, run(ctx, args, &stdout, &stderr), stderr.String())
+	var r Result
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &r))
+	return r
 }

@@ -299,14 +299,9 @@ func TestReadNodePicksFollower(t *testing.T) {
 	c.WaitTopic("default")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var stdout, stderr bytes.Buffer
-	err := run(ctx, []string{
-		"-forestbus", "test#default@" + strings.Join(c.Addrs(), ","), "-workload", "W3S",
-		"-read-messages", "1000", "-quantity", "100", "-fill-batch", "500", "-size", "64",
-	}, &stdout, &stderr)
-	require.NoError(t, err, stderr.String())
-	var r Result
-	require.NoError(t, json.Unmarshal(stdout.Bytes(), &r))
+	r := runResult(ctx, t,
+		"-forestbus", "test#default@"+strings.Join(c.Addrs(), ","), "-workload", "W3S",
+		"-read-messages", "1000", "-quantity", "100", "-fill-batch", "500", "-size", "64")
 	require.NotNil(t, r.ReadNode)
 	assert.True(t, r.ReadNode.Auto)
 	assert.False(t, r.ReadNode.IsLeader)

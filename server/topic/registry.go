@@ -742,13 +742,11 @@ func (r *Registry) start(t *Topic) {
 	r.mu.Lock()
 	cur := r.topics[t.Name]
 	if cur == nil || cur.dir != t.dir {
-		t.start.ended = true
 		r.mu.Unlock()
-		r.cfg.Engine.Forget(t.dir)
 		if err := l.Close(); err != nil {
 			r.log.Warn("closing the log of a topic removed while it started", "topic", t.Name, "err", err)
 		}
-		r.moveAside(t)
+		r.endStart(t, nil) // removed meanwhile: its files go aside
 		return
 	}
 	// An update applied meanwhile may have changed the segment size; the
@@ -770,8 +768,9 @@ func (r *Registry) start(t *Topic) {
 }
 
 // endStart ends t's start without a group: err says why (nil when its
-// files were already moved aside). A topic removed meanwhile has its files
-// moved aside here; one removed later, by the remove's apply.
+// files were already moved aside, or it was removed). A topic removed
+// meanwhile has its files moved aside here; one removed later, by the
+// remove's apply.
 func (r *Registry) endStart(t *Topic, err error) {
 	r.cfg.Engine.Forget(t.dir)
 	if err != nil && !errors.Is(err, replica.ErrStopped) { // a node that stops fails its starts
