@@ -246,6 +246,79 @@ func zeroTail(s *segment) (bool, error) {
 	}
 }
 
+// sectorSize is the unit a disk writes whole: a write that a crash
+// interrupts leaves each sector of it either written or as it was.
+const sectorSize = 512
+
+// tornRecord reports whether the bad record at s.size is what an
+// interrupted write leaves rather than damage to written data. A segment
+// is allocated ahead of its records (zeros) and never rewritten in place
+// (a truncation is synced before the log writes past it), so a write cut
+// short by a crash ends the file inside the record or leaves some sector
+// of it as zeros. A record that lies whole in the file, fails its checks
+// and has no zero sector was written and then changed: it and the records
+// after it may have been acknowledged, and are not to be cut. (Like etcd's
+// WAL: a record is torn if a sector-aligned piece of it is all zeros.)
+func tornRecord(s *segment) (bool, error) {
+	fi, err := s.f.Stat()
+	if err != nil {
+		return false, fmt.Errorf("commitlog: stat segment: %w", err)
+	}
+	off, fileSize := s.size, fi.Size()
+	if fileSize-off < recHeaderSize {
+		return true, nil
+	}
+	var hdr [recHeaderSize]byte
+	if _, err := s.f.ReadAt(hdr[:], off); err != nil {
+		return false, fmt.Errorf("commitlog: read segment: %w", err)
+	}
+	h := parseHeader(hdr[:])
+	end := off + recHeaderSize // a header too short to say: judge it alone
+	if h.length >= recRestSize {
+		if h.size() > fileSize-off {
+			return true, nil
+		}
+		end = off + h.size()
+	}
+	buf := make([]byte, 64<<10)
+	crc := crc32.New(castagnoli)
+	zero := false
+	for p := off; p < end; {
+		n := min(int64(len(buf)), end-p)
+		if p+n < end {
+			n -= (p + n) % sectorSize // no sector split between reads
+		}
+		b := buf[:n]
+		if _, err := s.f.ReadAt(b, p); err != nil {
+			return false, fmt.Errorf("commitlog: read segment: %w", err)
+		}
+		// Pieces split at sector boundaries of the file.
+		for q := p; q < p+n && !zero; {
+			next := min((q/sectorSize+1)*sectorSize, p+n, end)
+			zero = allZero(b[q-p : next-p])
+			q = next
+		}
+		if p == off {
+			b = b[min(recPrefixSize, n):]
+		}
+		crc.Write(b)
+		p += n
+	}
+	if h.length >= recRestSize && crc.Sum32() == h.crc {
+		return false, nil // whole and intact: it failed a check of its content
+	}
+	return zero, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // termRun says entries from start on have term (until the next run).
 type termRun struct{ start, term uint64 }
 
