@@ -23,7 +23,6 @@ import (
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
-	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/servertest"
 )
 
@@ -560,32 +559,6 @@ func TestRefusesOtherClustersDataDir(t *testing.T) {
 	_, err := server.Start(context.Background(), cfg)
 	require.ErrorIs(t, err, server.ErrClusterMismatch)
 	assert.Contains(t, err.Error(), `cluster "test"`)
-}
-
-// TestRefusesDamagedTopicLog: a node whose topic log holds a record that
-// was damaged after it was written (not a torn write) refuses to start,
-// naming the file, instead of cutting what may have been acknowledged.
-func TestRefusesDamagedTopicLog(t *testing.T) {
-	n := servertest.StartNode(t)
-	c := dial(t, n)
-	for i := 0; i < 5; i++ {
-		send(t, c, "default", batch(fmt.Sprint("d", i), 20), true)
-	}
-	n.Stop()
-	segs, err := filepath.Glob(filepath.Join(n.Cfg.DataDir, "topics", "default.*", "*.log"))
-	require.NoError(t, err)
-	require.NotEmpty(t, segs)
-	last := segs[len(segs)-1]
-	b, err := os.ReadFile(last)
-	require.NoError(t, err)
-	end := len(bytes.TrimRight(b, "\x00")) // the records, without the preallocated zeros
-	b[end-1] ^= 0x01                       // the last message's last byte
-	require.NoError(t, os.WriteFile(last, b, 0o644))
-
-	_, err = server.Start(ctxT(t), n.Cfg)
-	require.ErrorIs(t, err, commitlog.ErrCorrupt)
-	assert.Contains(t, err.Error(), last)
-	assert.Contains(t, err.Error(), `topic "default"`)
 }
 
 func TestClusterDetails(t *testing.T) {

@@ -201,20 +201,13 @@
 // Open scans every record of every segment, verifying length, CRC, index and
 // id contiguity and the message count, and rebuilds the in-memory index. This
 // full scan is a known cost: opening reads the whole log once (a per-segment
-// index file would avoid it). The active segment is allocated ahead of its
-// records (fallocate, up to 1 MiB at a time), so a crash leaves an
-// all-zero tail after the last record: Open trims it, in any segment, and
-// logs it at Info. In the last segment a torn record (one that the end of
-// the file cuts, or that has a sector-aligned piece of zeros and fails its
-// CRC: what a write interrupted by a crash leaves, since a disk writes a
-// sector whole and segments are never rewritten in place) and everything
-// after it are cut off (the file is truncated). Any other bad record there
-// was damaged after it was written, and it or the records after it may
-// have been acknowledged: Open reports it as ErrCorrupt rather than lose
-// them, as it does a bad record in any other segment, an empty segment
-// that is not the last, or a gap between segments. With NoSync, which
-// promises nothing after a power loss, the first bad record of the last
-// segment is cut whatever it holds. A process that died (the machine did
+// index file would avoid it). In the last segment the first bad or torn
+// record and everything after it are cut off (the file is truncated). The
+// active segment is allocated ahead of its records (fallocate, up to 1 MiB
+// at a time), so a crash leaves an all-zero tail after the last record:
+// Open trims it, in any segment, and logs it at Info. A bad record in any
+// other segment, an empty segment that is not the last, or a gap between
+// segments is reported as ErrCorrupt. A process that died (the machine did
 // not) leaves records and names it never synced in the page cache, which
 // the scan reads as part of the log, and raft takes what the log holds for
 // stored: so before the first log of a process opens on a filesystem, the

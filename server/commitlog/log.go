@@ -160,11 +160,10 @@ type Log struct {
 }
 
 // Open opens (creating if needed) the log in dir and recovers it: every
-// segment is scanned and verified; a torn tail of the last segment (what a
-// crash leaves of an interrupted write; any bad record with NoSync) is cut
-// off (the file is truncated). A record damaged after it was written, or a
-// gap between segments, makes Open fail with an error wrapping ErrCorrupt
-// (see "Recovery" in the package documentation).
+// segment is scanned and verified; a torn or corrupt tail of the last segment
+// is cut off (the file is truncated). A damaged record in any other segment,
+// or a gap between segments, makes Open fail with an error wrapping
+// ErrCorrupt.
 func Open(dir string, opts Options) (*Log, error) {
 	opts.SegmentBytes = segmentBytes(opts.SegmentBytes)
 	if opts.PageCacheBytes == 0 {
@@ -281,18 +280,6 @@ func (l *Log) recover() error {
 				// must still start right after its last record.)
 				l.logger.Info("commitlog: trimming preallocated tail", "segment", segmentName(first), "offset", s.size)
 			case isLast:
-				if !l.opts.NoSync {
-					// Without syncs a power loss may leave anything:
-					// "os" mode cuts at the first bad record.
-					torn, terr := tornRecord(s)
-					if terr != nil {
-						return terr
-					}
-					if !torn {
-						return fmt.Errorf("%w: damaged record in %s at offset %d (index %d): not a torn write; "+
-							"what follows it may have been acknowledged", ErrCorrupt, path, s.size, s.last+1)
-					}
-				}
 				fi, serr := f.Stat()
 				if serr != nil {
 					return fmt.Errorf("commitlog: stat segment: %w", serr)

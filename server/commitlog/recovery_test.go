@@ -1,10 +1,6 @@
 package commitlog
 
 import (
-	"bytes"
-	"encoding/binary"
-	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"sync"
@@ -97,135 +93,27 @@ func TestTornTailEveryOffset(t *testing.T) {
 	}
 }
 
-// lastSegment writes n entries of size bytes (spanning sectors) to a log in
-// dir (one segment) and returns its segment's path, contents and record ends.
-func lastSegment(t *testing.T, dir string, n, size int, fill func(i int) byte) (string, []byte, []int) {
-	t.Helper()
-	l := openT(t, dir, Options{SegmentBytes: 1 << 30})
-	ents := make([]*pb.Entry, n)
-	for i := range ents {
-		big := bytes.Repeat([]byte{fill(i)}, size)
-		ents[i] = ent(uint64(i+1), 1, pb.EntryType_EntryNormal, EncodeBatch(nil, 0, 0, 0, [][]byte{big}))
-	}
-	_, err := l.Append(ents, nil)
-	require.NoError(t, err)
+func TestCorruptLastRecordDropped(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	m := newModel()
+	m.appendN(t, l, 1, 40, 1)
 	require.NoError(t, l.Close())
 	paths := segPaths(t, dir)
 	last := paths[len(paths)-1]
 	b, err := os.ReadFile(last)
 	require.NoError(t, err)
 	ends := recordEnds(b)
-	require.Greater(t, len(ends), 3)
-	return last, b, ends
-}
-
-func letters(i int) byte { return byte('a' + i%26) }
-
-// A record damaged after it was written is not cut as a torn write: it and
-// what follows it may have been acknowledged. Only "os" mode, which
-// promises nothing after a power loss, cuts it.
-func TestDamagedLastSegmentIsCorrupt(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		record func(ends []int) int // which record of the last segment
-	}{
-		{"last record", func(ends []int) int { return len(ends) - 1 }},
-		{"a record before others", func(ends []int) int { return len(ends) - 3 }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			last, b, ends := lastSegment(t, dir, 8, 3000, letters)
-			i := tc.record(ends)
-			b[ends[i]-1] ^= 0x40 // a bit of the record's data
-			require.NoError(t, os.WriteFile(last, b, 0o644))
-
-			_, err := Open(dir, Options{SegmentBytes: 1 << 30})
-			require.ErrorIs(t, err, ErrCorrupt)
-			require.ErrorContains(t, err, "damaged record")
-			fi, err := os.Stat(last)
-			require.NoError(t, err)
-			require.Equal(t, int64(len(b)), fi.Size(), "nothing cut")
-
-			l := openT(t, dir, Options{SegmentBytes: 1 << 30, NoSync: true})
-			defer l.Close()
-			li, _ := l.LastIndex()
-			first, _ := parseSegmentName(filepath.Base(last))
-			require.Equal(t, first-1+uint64(i), li, "os mode cuts at the damaged record")
-		})
-	}
-}
-
-// A record with any sector-aligned piece of zeros is what a crash leaves of
-// an interrupted write: it and everything after it are cut.
-func TestTornRecordWithZeroSectorIsCut(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		zero func(start, end int) (int, int) // the zeroed range of the record [start, end)
-	}{
-		{"its header", func(start, _ int) (int, int) { return start, start + recHeaderSize }},
-		{"a whole sector of its data", func(start, _ int) (int, int) {
-			s := (start/sectorSize + 2) * sectorSize
-			return s, s + sectorSize
-		}},
-		{"its last piece", func(_, end int) (int, int) { return end / sectorSize * sectorSize, end }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			last, b, ends := lastSegment(t, dir, 8, 3000, letters)
-			i := len(ends) - 3 // records follow it
-			lo, hi := tc.zero(ends[i-1], ends[i])
-			require.GreaterOrEqual(t, lo, ends[i-1])
-			require.LessOrEqual(t, hi, ends[i])
-			clear(b[lo:hi])
-			require.NoError(t, os.WriteFile(last, b, 0o644))
-
-			l := openT(t, dir, Options{SegmentBytes: 1 << 30})
-			defer l.Close()
-			li, _ := l.LastIndex()
-			first, _ := parseSegmentName(filepath.Base(last))
-			require.Equal(t, first-1+uint64(i), li)
-			fi, err := os.Stat(last)
-			require.NoError(t, err)
-			require.Equal(t, int64(ends[i-1]), fi.Size(), "cut at the torn record")
-		})
-	}
-}
-
-// A zero piece that only part of a sector of the record holds (the rest of
-// the sector is the record's too) is not a torn write's; nor is one where
-// tornRecord's reads of a long record meet.
-func TestPartSectorOfZerosIsDamage(t *testing.T) {
-	for _, size := range []int{3000, 100 << 10} {
-		t.Run(fmt.Sprint(size), func(t *testing.T) {
-			dir := t.TempDir()
-			last, b, ends := lastSegment(t, dir, 8, size, letters)
-			start := ends[len(ends)-4]
-			lo := (start/sectorSize + 2) * sectorSize
-			hi := lo + sectorSize - 1
-			if size > 64<<10 {
-				lo = start + 64<<10 // past the first read
-				hi = (lo/sectorSize + 1) * sectorSize
-			}
-			clear(b[lo:hi])
-			require.NoError(t, os.WriteFile(last, b, 0o644))
-			_, err := Open(dir, Options{SegmentBytes: 1 << 30})
-			require.ErrorIs(t, err, ErrCorrupt)
-		})
-	}
-}
-
-// A record whose CRC holds but whose content fails a check (here: its
-// index) was written whole: zeros in its data are its messages', not a
-// torn write's.
-func TestIntactRecordFailingItsChecksIsDamage(t *testing.T) {
-	dir := t.TempDir()
-	last, b, ends := lastSegment(t, dir, 8, 3000, func(int) byte { return 0 })
-	rec := b[ends[len(ends)-4]:ends[len(ends)-3]]
-	binary.LittleEndian.PutUint64(rec[8:], 1000) // its raft index
-	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(rec[recPrefixSize:], castagnoli))
+	require.Greater(t, len(ends), 1)
+	b[len(b)-1] ^= 0x40 // flip a byte in the last record's data
 	require.NoError(t, os.WriteFile(last, b, 0o644))
-	_, err := Open(dir, Options{SegmentBytes: 1 << 30})
-	require.ErrorIs(t, err, ErrCorrupt)
+
+	l = openT(t, dir, Options{SegmentBytes: MinSegmentBytes})
+	defer l.Close()
+	li, _ := l.LastIndex()
+	assert.Equal(t, uint64(39), li)
+	m.appendN(t, l, 40, 5, 2)
+	m.check(t, l)
 }
 
 func TestCorruptMiddleSegment(t *testing.T) {
