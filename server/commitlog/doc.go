@@ -202,7 +202,8 @@
 // id contiguity and the message count, and rebuilds the in-memory index. This
 // full scan is a known cost: opening reads the whole log once (a per-segment
 // index file would avoid it). In the last segment the first bad or torn
-// record and everything after it are cut off (the file is truncated). The
+// record and everything after it are cut off (the file is truncated; in a
+// journal's replay only where a crash may have torn it: see Journal). The
 // active segment is allocated ahead of its records (fallocate, up to 1 MiB
 // at a time), so a crash leaves an all-zero tail after the last record:
 // Open trims it, in any segment, and logs it at Info. A bad record in any
@@ -318,14 +319,26 @@
 //
 // OpenJournal recovers before any log is opened: it reads every journal
 // file in epoch order, keeps per log the records after its last barrier,
-// opens each log (which cuts a torn tail as usual), appends the records it
-// lacks (an index it already holds with the same term is skipped; one below
-// its first index too), fdatasyncs every segment from the first journaled
-// index on, and closes it. Then the files are redundant: the newest is
-// renamed to the next epoch and becomes the current file, the others are
-// removed. Epochs only grow, and a journal file of the highest epoch so far
-// always exists, so a recycled file's stale entries never carry its epoch.
-// Close voids the current file (zeroes its first header) when every log
-// that used the journal closed cleanly, which synced them: a clean restart
-// replays nothing.
+// opens each log, appends the records it lacks (an index it already holds
+// with the same term is skipped; one below its first index too),
+// fdatasyncs every segment from the first journaled index on, and closes
+// it. Then the files are redundant: the newest is renamed to the next
+// epoch and becomes the current file, the others are removed. Epochs only
+// grow, and a journal file of the highest epoch so far always exists, so a
+// recycled file's stale entries never carry its epoch. Close voids the
+// current file (zeroes its first header) when every log that used the
+// journal closed cleanly, which synced them: a clean restart replays
+// nothing.
+//
+// Replay's Open cuts a bad record of a log's last segment (and what
+// follows) only where a crash may have torn it: at a record the journal
+// holds (replay writes it again) or past the journal's last record of the
+// log. A record below a journaled one that the journal lacks was synced
+// before it (a sync covers everything the log appended before it), on its
+// own or by a checkpoint, and no crash tears what is durable: Open reports
+// it as ErrCorrupt and leaves the file as it is, where cutting would drop
+// it and every record after it. Outside replay nothing says which records
+// of the last segment were synced (a page written back while a record was
+// being copied into it can leave an unsynced record torn at any byte,
+// zeros or not), so Open cuts at any bad record there.
 package commitlog

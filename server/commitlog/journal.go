@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -663,19 +664,17 @@ func (j *Journal) replayLog(rel string, payloads [][]byte) error {
 		j.logger.Info("commitlog: journal records of a log that no longer exists", "log", rel)
 		return nil
 	}
-	l, err := Open(dir, Options{Logger: j.logger})
+	spans := spansOf(payloads)
+	from := spans.first() // lowest index the journal holds for the log
+	l, err := Open(dir, Options{Logger: j.logger, replay: spans})
 	if err != nil {
 		return fmt.Errorf("commitlog: journal replay of %s: %w", rel, err)
 	}
 	var ents []*pb.Entry
 	applied := 0
-	from := uint64(0) // lowest index the journal holds for the log
 	for _, p := range payloads {
 		if ents, err = decodeRecords(ents[:0], p); err != nil {
 			break
-		}
-		if len(ents) > 0 && (from == 0 || ents[0].GetIndex() < from) {
-			from = ents[0].GetIndex()
 		}
 		var n int
 		if n, err = l.replayEntries(ents); err != nil {
@@ -698,6 +697,63 @@ func (j *Journal) replayLog(rel string, payloads [][]byte) error {
 		return fmt.Errorf("commitlog: journal replay of %s: %w", rel, err)
 	}
 	return nil
+}
+
+// journalSpans are the index ranges [first, last] that a log's journaled
+// records hold, sorted and merged.
+type journalSpans [][2]uint64
+
+// spansOf returns the spans of the records in payloads (their headers; a
+// malformed payload counts up to its first bad record, as replay applies
+// it).
+func spansOf(payloads [][]byte) journalSpans {
+	var out journalSpans
+	for _, p := range payloads {
+		for len(p) >= recHeaderSize {
+			h := parseHeader(p)
+			if h.length < recRestSize || int64(len(p)) < h.size() {
+				break
+			}
+			out = append(out, [2]uint64{h.index, h.index})
+			p = p[h.size():]
+		}
+	}
+	slices.SortFunc(out, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
+	merged := out[:0]
+	for _, s := range out {
+		if n := len(merged); n > 0 && s[0] <= merged[n-1][1]+1 {
+			merged[n-1][1] = max(merged[n-1][1], s[1])
+			continue
+		}
+		merged = append(merged, s)
+	}
+	return merged
+}
+
+// first returns the lowest index the spans hold (0: none).
+func (s journalSpans) first() uint64 {
+	if len(s) == 0 {
+		return 0
+	}
+	return s[0][0]
+}
+
+// restorable reports whether a record at index that Open finds bad may be
+// cut: replay restores it (the journal holds it), or it follows every
+// journaled record (appended after the journal's last sync of the log: it
+// may never have been synced). Any other record was synced before a later
+// journaled one (every sync covers all that the log appended before it),
+// on its own or by a checkpoint: durable, and not a crash's to tear.
+func (s journalSpans) restorable(index uint64) bool {
+	if len(s) == 0 || index > s[len(s)-1][1] {
+		return true
+	}
+	for _, sp := range s {
+		if index >= sp[0] && index <= sp[1] {
+			return true
+		}
+	}
+	return false
 }
 
 // decodeRecords parses the segment records in b (written by Append).

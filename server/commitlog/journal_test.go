@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"bytes"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -255,6 +256,83 @@ func TestJournalTornEntry(t *testing.T) {
 	b[torn+journalHdrSize+1] ^= 0xff
 	require.NoError(t, os.WriteFile(jf, b, 0o644))
 	f.recover(t, crashed, want)
+}
+
+// damageRecord flips a bit in the data of the record of index in log i's
+// last segment of the copy root, and returns the segment's path and bytes.
+func (f *journalFixture) damageRecord(t *testing.T, root string, i int, index uint64) (string, []byte) {
+	t.Helper()
+	paths := segPaths(t, f.logDir(root, i))
+	p := paths[len(paths)-1]
+	first, _ := parseSegmentName(filepath.Base(p))
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	ends := recordEnds(bytes.TrimRight(b, "\x00"))
+	require.Greater(t, uint64(len(ends)), index-first, "the segment holds index %d", index)
+	b[ends[index-first]-1] ^= 0x10
+	require.NoError(t, os.WriteFile(p, b, 0o644))
+	return p, b
+}
+
+// TestJournalReplayRefusesDurableDamage: a bad record that the journal does
+// not hold, below records it does, was durable (synced on its own before
+// them): replay reports it as ErrCorrupt and leaves the segment as it is,
+// rather than cut it and what follows as a crash's torn tail.
+func TestJournalReplayRefusesDurableDamage(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		index uint64 // of the damaged record
+	}{
+		{"below the journal's records", 1},
+		{"between them", 9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newJournalFixture(t, 2, 0)
+			f.round(t, 3, 1) // 3..5 through the journal
+			// 6..9 synced by log 0 alone, then 10..12 through the journal.
+			f.models[0].appendN(t, f.logs[0], 6, 4, 1)
+			require.NoError(t, f.logs[0].Sync())
+			f.round(t, 3, 1)
+
+			crashed := f.crash(t)
+			p, b := f.damageRecord(t, crashed, 0, tc.index)
+			_, err := OpenJournal(filepath.Join(crashed, "journal"), crashed, JournalOptions{})
+			require.ErrorIs(t, err, ErrCorrupt)
+			require.ErrorContains(t, err, fmt.Sprintf("(index %d), which was durable", tc.index))
+			after, rerr := os.ReadFile(p)
+			require.NoError(t, rerr)
+			require.Equal(t, b, after, "the segment is left as it was")
+		})
+	}
+}
+
+// TestJournalReplayRestoresDamageItHolds: a bad record that the journal
+// holds, or one past its last record of the log, may be a crash's torn
+// write (a page written back while the record was being copied into it
+// can hold any part of it): cut, and the journal's records restored (the
+// unsynced 6..7 are gone either way).
+func TestJournalReplayRestoresDamageItHolds(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		index uint64
+	}{
+		{"held by the journal", 4},
+		{"past its records", 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newJournalFixture(t, 2, 0)
+			f.round(t, 3, 1) // 3..5 through the journal
+			want := []*model{f.models[0].clone(), f.models[1]}
+			// 6..7 written, never synced (the last sync went through the
+			// journal: they are held until the held bytes are written).
+			f.models[0].appendN(t, f.logs[0], 6, 2, 1)
+			require.NoError(t, f.logs[0].FlushHeld())
+
+			crashed := f.crash(t)
+			f.damageRecord(t, crashed, 0, tc.index)
+			f.recover(t, crashed, want)
+		})
+	}
 }
 
 // TestJournalRotates: a small journal moves to new files, checkpoints the

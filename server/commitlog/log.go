@@ -51,6 +51,11 @@ type Options struct {
 	// the node's journal (see "Journal" in the package doc). The log's
 	// directory must lie under the journal's base. Ignored with NoSync.
 	Journal *Journal
+
+	// replay, set by the journal's replay, says which records the journal
+	// holds for this log: Open cuts a bad record of the last segment only
+	// if the journal can restore it or it may never have been synced.
+	replay journalSpans
 }
 
 // EntryIDs are the message ids derived for the raft entry Index.
@@ -271,6 +276,13 @@ func (l *Log) recover() error {
 			zero, zerr := zeroTail(s)
 			if zerr != nil {
 				return zerr
+			}
+			if isLast && l.opts.replay != nil && !l.opts.replay.restorable(s.last+1) {
+				// Not a crash's: a record synced before the journal's
+				// records of the log. Cutting would drop it and what
+				// follows; leave the file as it is.
+				return fmt.Errorf("%w: %s: bad record at offset %d (index %d), which was durable (the journal holds later records of the log)",
+					ErrCorrupt, path, s.size, s.last+1)
 			}
 			switch {
 			case zero:
