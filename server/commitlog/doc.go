@@ -331,14 +331,15 @@
 // nothing.
 //
 // Replay's Open cuts a bad record of a log's last segment (and what
-// follows) only where a crash may have torn it: at a record the journal
-// holds (replay writes it again) or past the journal's last record of the
-// log. A record below a journaled one that the journal lacks was synced
-// before it (a sync covers everything the log appended before it), on its
-// own or by a checkpoint, and no crash tears what is durable: Open reports
-// it as ErrCorrupt and leaves the file as it is, where cutting would drop
-// it and every record after it. Outside replay nothing says which records
-// of the last segment were synced (a page written back while a record was
-// being copied into it can leave an unsynced record torn at any byte,
-// zeros or not), so Open cuts at any bad record there.
+// follows) only where a crash may have torn it: from the start of the
+// journal's last span of records of the log on (replay writes the span
+// again; a record past it may never have been synced). Any record below
+// was synced before a later record or span (a sync covers everything the
+// log appended before it), on its own or by a checkpoint, and no crash
+// tears what is durable: Open reports it as ErrCorrupt and leaves the file
+// as it is, where cutting would drop it and the durable records after it
+// that the journal lacks. Outside replay, and past the last span, nothing
+// says which records of the last segment were synced (a page written back
+// while a record was being copied into it can leave an unsynced record
+// torn at any byte, zeros or not), so Open cuts at any bad record there.
 package commitlog

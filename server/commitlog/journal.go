@@ -703,19 +703,19 @@ func (j *Journal) replayLog(rel string, payloads [][]byte) error {
 // records hold, sorted and merged.
 type journalSpans [][2]uint64
 
-// spansOf returns the spans of the records in payloads (their headers; a
-// malformed payload counts up to its first bad record, as replay applies
-// it).
+// spansOf returns the spans of the records in payloads that replay would
+// apply: it stops at the first payload that does not decode, as replayLog
+// does.
 func spansOf(payloads [][]byte) journalSpans {
 	var out journalSpans
+	var ents []*pb.Entry
 	for _, p := range payloads {
-		for len(p) >= recHeaderSize {
-			h := parseHeader(p)
-			if h.length < recRestSize || int64(len(p)) < h.size() {
-				break
-			}
-			out = append(out, [2]uint64{h.index, h.index})
-			p = p[h.size():]
+		var err error
+		if ents, err = decodeRecords(ents[:0], p); err != nil {
+			break
+		}
+		for _, e := range ents {
+			out = append(out, [2]uint64{e.GetIndex(), e.GetIndex()})
 		}
 	}
 	slices.SortFunc(out, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
@@ -738,22 +738,19 @@ func (s journalSpans) first() uint64 {
 	return s[0][0]
 }
 
-// restorable reports whether a record at index that Open finds bad may be
-// cut: replay restores it (the journal holds it), or it follows every
-// journaled record (appended after the journal's last sync of the log: it
-// may never have been synced). Any other record was synced before a later
-// journaled one (every sync covers all that the log appended before it),
-// on its own or by a checkpoint: durable, and not a crash's to tear.
+// restorable reports whether Open may cut a log's last segment at a bad
+// record of this index, as a crash's torn tail: only from the start of the
+// journal's last span of the log on. Replay writes that span again, and a
+// record past it was appended after the journal's last sync of the log:
+// it may never have been synced (or the log synced it on its own: the
+// journal cannot tell, and outside replay Open cuts there too). A record
+// below that span's start was synced before a record the journal lacks or
+// before the span itself (a sync covers everything the log appended
+// before it), on its own or by a checkpoint: durable, not a crash's to
+// tear, and cutting it would also drop the durable records the journal
+// does not hold.
 func (s journalSpans) restorable(index uint64) bool {
-	if len(s) == 0 || index > s[len(s)-1][1] {
-		return true
-	}
-	for _, sp := range s {
-		if index >= sp[0] && index <= sp[1] {
-			return true
-		}
-	}
-	return false
+	return len(s) == 0 || index >= s[len(s)-1][0]
 }
 
 // decodeRecords parses the segment records in b (written by Append).

@@ -259,8 +259,9 @@ func TestJournalTornEntry(t *testing.T) {
 }
 
 // damageRecord flips a bit in the data of the record of index in log i's
-// last segment of the copy root, and returns the segment's path and bytes.
-func (f *journalFixture) damageRecord(t *testing.T, root string, i int, index uint64) (string, []byte) {
+// last segment of the copy root (or, with zero, zeroes the segment from
+// that record on), and returns the segment's path and bytes.
+func (f *journalFixture) damageRecord(t *testing.T, root string, i int, index uint64, zero bool) (string, []byte) {
 	t.Helper()
 	paths := segPaths(t, f.logDir(root, i))
 	p := paths[len(paths)-1]
@@ -269,22 +270,35 @@ func (f *journalFixture) damageRecord(t *testing.T, root string, i int, index ui
 	require.NoError(t, err)
 	ends := recordEnds(bytes.TrimRight(b, "\x00"))
 	require.Greater(t, uint64(len(ends)), index-first, "the segment holds index %d", index)
-	b[ends[index-first]-1] ^= 0x10
+	k := index - first
+	if zero {
+		start := 0
+		if k > 0 {
+			start = ends[k-1]
+		}
+		clear(b[start:])
+	} else {
+		b[ends[k]-1] ^= 0x10
+	}
 	require.NoError(t, os.WriteFile(p, b, 0o644))
 	return p, b
 }
 
-// TestJournalReplayRefusesDurableDamage: a bad record that the journal does
-// not hold, below records it does, was durable (synced on its own before
-// them): replay reports it as ErrCorrupt and leaves the segment as it is,
-// rather than cut it and what follows as a crash's torn tail.
+// TestJournalReplayRefusesDurableDamage: a bad record below the start of
+// the journal's last span of the log was durable (synced before a later
+// record): replay reports it as ErrCorrupt, again at the next start, and
+// leaves the segment as it is, rather than cut it and the durable records
+// after it that the journal lacks.
 func TestJournalReplayRefusesDurableDamage(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		index uint64 // of the damaged record
+		zero  bool   // zeroed from it on, rather than a bit flipped
 	}{
-		{"below the journal's records", 1},
-		{"between them", 9},
+		{"below the journal's records", 1, false},
+		{"in an earlier span of them", 4, false},
+		{"between them", 9, false},
+		{"read as zeros", 7, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newJournalFixture(t, 2, 0)
@@ -295,15 +309,39 @@ func TestJournalReplayRefusesDurableDamage(t *testing.T) {
 			f.round(t, 3, 1)
 
 			crashed := f.crash(t)
-			p, b := f.damageRecord(t, crashed, 0, tc.index)
-			_, err := OpenJournal(filepath.Join(crashed, "journal"), crashed, JournalOptions{})
-			require.ErrorIs(t, err, ErrCorrupt)
-			require.ErrorContains(t, err, fmt.Sprintf("(index %d), which was durable", tc.index))
-			after, rerr := os.ReadFile(p)
-			require.NoError(t, rerr)
-			require.Equal(t, b, after, "the segment is left as it was")
+			p, b := f.damageRecord(t, crashed, 0, tc.index, tc.zero)
+			for range 2 {
+				_, err := OpenJournal(filepath.Join(crashed, "journal"), crashed, JournalOptions{})
+				require.ErrorIs(t, err, ErrCorrupt)
+				require.ErrorContains(t, err, fmt.Sprintf("(index %d), which was durable", tc.index))
+				after, rerr := os.ReadFile(p)
+				require.NoError(t, rerr)
+				require.Equal(t, b, after, "the segment is left as it was")
+			}
 		})
 	}
+}
+
+// TestJournalSpans: the spans are what replay applies, merged: it stops at
+// the first payload that does not decode. Only from the last span's start
+// on may a bad record be cut.
+func TestJournalSpans(t *testing.T) {
+	payload := func(from, to uint64) []byte {
+		var b []byte
+		for i := from; i <= to; i++ {
+			b = appendRecord(b, ent(i, 1, pb.EntryType_EntryNormal, nil), 1, 0)
+		}
+		return b
+	}
+	bad := payload(20, 21)
+	bad[len(bad)-1] ^= 1 // its last record's crc fails
+	spans := spansOf([][]byte{payload(7, 9), payload(3, 5), payload(6, 6), payload(12, 13), bad, payload(30, 31)})
+	assert.Equal(t, journalSpans{{3, 9}, {12, 13}}, spans)
+	assert.Equal(t, uint64(3), spans.first())
+	for i, want := range map[uint64]bool{2: false, 3: false, 9: false, 10: false, 11: false, 12: true, 13: true, 14: true, 40: true} {
+		assert.Equal(t, want, spans.restorable(i), "index %d", i)
+	}
+	assert.True(t, spansOf(nil).restorable(1), "no spans: cut as outside replay")
 }
 
 // TestJournalReplayRestoresDamageItHolds: a bad record that the journal
@@ -329,7 +367,7 @@ func TestJournalReplayRestoresDamageItHolds(t *testing.T) {
 			require.NoError(t, f.logs[0].FlushHeld())
 
 			crashed := f.crash(t)
-			f.damageRecord(t, crashed, 0, tc.index)
+			f.damageRecord(t, crashed, 0, tc.index, false)
 			f.recover(t, crashed, want)
 		})
 	}

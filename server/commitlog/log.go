@@ -54,7 +54,7 @@ type Options struct {
 
 	// replay, set by the journal's replay, says which records the journal
 	// holds for this log: Open cuts a bad record of the last segment only
-	// if the journal can restore it or it may never have been synced.
+	// where a crash may have torn it (journalSpans.restorable).
 	replay journalSpans
 }
 
