@@ -98,9 +98,10 @@ type Engine struct {
 
 	mu      sync.Mutex
 	groups  map[string]*Group
-	version uint64   // bumped when groups changes; the loop rebuilds its list
-	busy    []*Group // groups with queued work (Group.queued set)
-	closing []*Group // removed groups the loop has not closed yet
+	version uint64         // bumped when groups changes; the loop rebuilds its list
+	busy    []*Group       // groups with queued work (Group.queued set)
+	closing []*Group       // removed groups the loop has not closed yet
+	closers sync.WaitGroup // removed groups' logs closing (closeInBackground)
 	// expected holds, by name, the messages that arrived for the groups
 	// being opened (Expect), for AddGroup to deliver.
 	expected map[string][]*raftpb.Message
@@ -348,8 +349,9 @@ func (e *Engine) register(g *Group) error {
 }
 
 // RemoveGroup stops the named group at the loop's next pass: pending callers
-// get ErrStopped, its log is closed, then its OnClose hook runs (on the loop
-// goroutine). Safe to call from an Apply hook.
+// get ErrStopped, then its log is closed and its OnClose hook runs, on a
+// goroutine of their own (Stop waits for them). Safe to call from an Apply
+// hook.
 func (e *Engine) RemoveGroup(name string) {
 	e.mu.Lock()
 	g := e.groups[name]
@@ -453,6 +455,7 @@ func (e *Engine) run() {
 				g.close(ErrStopped)
 			}
 			e.closeAll()
+			e.closers.Wait() // removed groups' logs
 			return
 		case <-timer.C:
 			tick = true
@@ -531,7 +534,7 @@ func (e *Engine) run() {
 				continue
 			}
 			g.syncState = syncNone // a pending Ready is dropped with the group
-			g.close(ErrStopped)
+			g.closeInBackground(ErrStopped)
 		}
 		for _, g := range busy {
 			g.queued.Store(false) // later arrivals queue g again

@@ -68,8 +68,9 @@ type GroupConfig struct {
 	// AfterReplay, when set, runs once Apply has replayed the log and before
 	// the group starts: nothing else is applied concurrently with it.
 	AfterReplay func() error
-	// OnClose, when set, runs on the engine goroutine after the group's log
-	// is closed because of RemoveGroup or Stop.
+	// OnClose, when set, runs after the group's log is closed because of
+	// RemoveGroup (on a goroutine of its own) or Stop (on the engine
+	// goroutine, before Stop returns).
 	OnClose func()
 	// OnLead, when set, runs on the engine goroutine whenever this node
 	// becomes the group's leader, once it has applied an entry of its own
@@ -1584,10 +1585,34 @@ func (g *Group) applyEntries(ents []*raftpb.Entry) error {
 
 // close stops the group: callers get err, the log is closed.
 func (g *Group) close(err error) {
+	if g.stop(err) {
+		g.closeLog()
+	}
+}
+
+// closeInBackground is close with the log's close, and what waits for it,
+// on a goroutine of its own: closing a log syncs it (its held records, the
+// hardstate, the directory: a few ms), which the loop's other groups need
+// not wait for when a topic is removed. The group is out of the loop's
+// hands by then (removing). Engine.Stop waits for these closes.
+func (g *Group) closeInBackground(err error) {
+	if !g.stop(err) {
+		return
+	}
+	g.e.closers.Add(1)
+	go func() {
+		defer g.e.closers.Done()
+		g.closeLog()
+	}()
+}
+
+// stop fails the group's callers with err; it reports false if the group
+// was already stopped.
+func (g *Group) stop(err error) bool {
 	g.inboxMu.Lock()
 	if g.closed {
 		g.inboxMu.Unlock()
-		return
+		return false
 	}
 	g.closed = true
 	props := g.inProps
@@ -1598,6 +1623,12 @@ func (g *Group) close(err error) {
 		p.reply(Result{Err: err})
 	}
 	g.failWaiters(err)
+	return true
+}
+
+// closeLog closes the stopped group's log, then ends its Stopped channel
+// and runs OnClose.
+func (g *Group) closeLog() {
 	if cerr := g.log.Close(); cerr != nil {
 		g.e.log.Warn("closing group log", "group", g.name, "err", cerr)
 	}

@@ -19,10 +19,11 @@ import (
 	"github.com/forestbus/forestbus/server/replica"
 )
 
-// stallStarts makes the first flush under DIR/topics/NAME.* (of a file
+// stallFlush makes the first flush under DIR/topics/NAME.* (of a file
 // named file, when not empty) wait until the returned release is called;
-// stalled is closed when it waits.
-func stallStarts(t *testing.T, dir, name, file string) (stalled <-chan struct{}, release func()) {
+// stalled is closed when it waits. It stalls a topic's start, or its log's
+// close.
+func stallFlush(t *testing.T, dir, name, file string) (stalled <-chan struct{}, release func()) {
 	t.Helper()
 	prefix := filepath.Join(dir, "topics", name+".")
 	st, rel := make(chan struct{}), make(chan struct{})
@@ -72,10 +73,10 @@ func dirsIn(t *testing.T, dir, sub, name string) []string {
 
 // createStalled creates topic name on r (data directory dir) in the
 // background and returns once its start waits at its first flush (of
-// file, when not empty; see stallStarts): created gets Create's result.
+// file, when not empty; see stallFlush): created gets Create's result.
 func createStalled(ctx context.Context, t *testing.T, r *Registry, dir, name, file string) (created <-chan error, release func()) {
 	t.Helper()
-	stalled, release := stallStarts(t, dir, name, file)
+	stalled, release := stallFlush(t, dir, name, file)
 	done := make(chan error, 1)
 	go func() { done <- r.Create(ctx, name, Settings{}) }()
 	select {
