@@ -96,12 +96,13 @@ type Engine struct {
 	log  *slog.Logger
 	wake chan struct{}
 
-	mu      sync.Mutex
-	groups  map[string]*Group
-	version uint64         // bumped when groups changes; the loop rebuilds its list
-	busy    []*Group       // groups with queued work (Group.queued set)
-	closing []*Group       // removed groups the loop has not closed yet
-	closers sync.WaitGroup // removed groups' logs closing (closeInBackground)
+	mu         sync.Mutex
+	groups     map[string]*Group
+	version    uint64         // bumped when groups changes; the loop rebuilds its list
+	busy       []*Group       // groups with queued work (Group.queued set)
+	closing    []*Group       // removed groups the loop has not closed yet
+	closers    sync.WaitGroup // removed groups' logs closing (closeInBackground)
+	closingNow chan struct{}  // a slot per such close running (maxClosing)
 	// expected holds, by name, the messages that arrived for the groups
 	// being opened (Expect), for AddGroup to deliver.
 	expected map[string][]*raftpb.Message
@@ -144,12 +145,13 @@ func NewEngine(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		wake:   make(chan struct{}, 1),
-		groups: make(map[string]*Group),
-		stopc:  make(chan struct{}),
-		donec:  make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		wake:       make(chan struct{}, 1),
+		groups:     make(map[string]*Group),
+		closingNow: make(chan struct{}, maxClosing),
+		stopc:      make(chan struct{}),
+		donec:      make(chan struct{}),
 	}
 	if cfg.Journal != nil {
 		cfg.Journal.OnWait(e.kick)

@@ -10,13 +10,13 @@ import (
 	"github.com/forestbus/forestbus/server/replica"
 )
 
-// firstSegment is the name of a new topic's first segment file.
-const firstSegment = "00000000000000000001.log"
+// hardStateFile is the name of a log's hardstate file: a log's close syncs
+// the commit point it holds, which nothing else of an idle log syncs.
+const hardStateFile = "hardstate"
 
 // removeStalled creates topics a and b on a one-node registry, sends b a
-// message, and removes b with its log's close stalled at its final sync
-// (of its segment, which the close trims): it returns once the close
-// waits there.
+// message, and removes b with its log's close stalled at its hardstate's
+// sync: it returns once the close waits there.
 func removeStalled(t *testing.T) (e *replica.Engine, r *Registry, ctx context.Context, dir string, release func()) {
 	t.Helper()
 	dir = t.TempDir()
@@ -25,7 +25,7 @@ func removeStalled(t *testing.T) (e *replica.Engine, r *Registry, ctx context.Co
 	require.NoError(t, r.Create(ctx, "b", Settings{}))
 	requireFirstSend(ctx, t, r, "b")
 
-	stalled, release := stallFlush(t, dir, "b", firstSegment)
+	stalled, release := stallFlush(t, dir, "b", hardStateFile)
 	require.NoError(t, r.Remove(ctx, "b"))
 	select {
 	case <-stalled:
