@@ -279,8 +279,8 @@ func (l *Log) recover() error {
 			}
 			if isLast && l.opts.replay != nil && !l.opts.replay.restorable(s.last+1) {
 				// Not a crash's: a record synced before the journal's
-				// records of the log. Cutting would drop it and what
-				// follows; leave the file as it is.
+				// last span of the log. Cutting would drop it and the
+				// durable records after it; leave the file as it is.
 				return fmt.Errorf("%w: %s: bad record at offset %d (index %d), which was durable (the journal holds later records of the log)",
 					ErrCorrupt, path, s.size, s.last+1)
 			}
