@@ -260,10 +260,8 @@
 // mode) a log starts the writeback of records older than half the window
 // (sync_file_range, which promises nothing about durability) so that they
 // are clean when they leave it; a page still being written back then stays
-// cached. A log synced through the journal (below) does the same after
-// each journal commit: its segments stay dirty until a checkpoint, a roll
-// or its own sync, which would otherwise write them in one burst (a roll
-// and a close on the replica engine's goroutine).
+// cached. Journaled writes (below) are dropped at the log's next ordinary
+// sync.
 //
 // # Journal
 //

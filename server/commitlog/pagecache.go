@@ -11,18 +11,15 @@ const dropChunk = 1 << 20
 // older than its newest opts.PageCacheBytes written bytes (see "Page cache"
 // in the package doc). A dirty page is not dropped, so callers call it
 // when what it drops is durable: after a sync, or before any write (Open).
-// With NoSync nothing is durable, and a journaled log's segments are
-// flushed only at a checkpoint, a roll or its own sync: the writeback of
-// records older than half the window is started first, so that they are
-// clean, mostly, by the time they leave the window (and a journaled log's
-// roll or checkpoint finds little left to write). The owner's; advisory:
-// failures are ignored.
+// With NoSync nothing is durable: the writeback of records older than half
+// the window is started first, so that they are clean, mostly, by the time
+// they leave the window. The owner's; advisory: failures are ignored.
 func (l *Log) dropCache() {
 	keep := l.opts.PageCacheBytes
 	if keep < 0 {
 		return
 	}
-	if l.opts.NoSync || l.jpath != "" {
+	if l.opts.NoSync {
 		l.behind(keep/2, func(s *segment) *int64 { return &s.flushing }, startWriteback)
 	}
 	l.behind(keep, func(s *segment) *int64 { return &s.dropped }, dropPages)

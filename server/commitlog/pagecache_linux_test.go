@@ -1,9 +1,7 @@
 package commitlog
 
 import (
-	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"unsafe"
 
@@ -132,47 +130,4 @@ func TestPageCacheNoSync(t *testing.T) {
 	// cached: allow some, not most (all of them stay without the early
 	// writeback).
 	assert.Less(t, strays, old/2, "pages cached before the window, of %d", old)
-}
-
-// TestPageCacheJournaled: a log synced through the journal, whose segments
-// stay dirty until a checkpoint, a roll or its own sync, starts the
-// writeback of what leaves the window too, so that most of it is dropped
-// (and the roll or checkpoint finds little left to write). It kept
-// everything cached until then.
-func TestPageCacheJournaled(t *testing.T) {
-	if !syncfsWorks {
-		t.Skip("the journal needs syncfs (Linux 5.8 or later)")
-	}
-	dir := cachedDir(t)
-	// No checkpoint and no roll within the test: only the early
-	// writeback can clean the pages.
-	j, err := OpenJournal(filepath.Join(dir, "journal"), dir, JournalOptions{Bytes: 256 << 20})
-	require.NoError(t, err)
-	defer j.Close()
-	const keep = 8 << 20
-	var logs []*Log
-	for i := range 2 {
-		l := openT(t, filepath.Join(dir, "topics", fmt.Sprint(i)), Options{Journal: j, SegmentBytes: 64 << 20, PageCacheBytes: keep})
-		defer l.Close()
-		appendUniform(t, l, 1, 1, 100)
-		require.NoError(t, l.Sync()) // the new segment's own sync
-		logs = append(logs, l)
-	}
-	journaled := journalCommits.Load()
-	for i := uint64(2); i <= 480; i++ { // ~30 MiB each
-		for _, l := range logs {
-			appendUniform(t, l, i, 16, 4096)
-		}
-		for _, err := range SyncMany(logs, nil) {
-			require.NoError(t, err)
-		}
-	}
-	require.Greater(t, journalCommits.Load(), journaled+400, "synced through the journal")
-	for _, l := range logs {
-		require.Equal(t, 1, l.Stats().Segments)
-		reach, strays := cacheReach(t, l)
-		assert.LessOrEqual(t, reach, int64(keep+2*dropChunk))
-		old := max(int(l.Stats().Bytes-reach)/4096, 0)
-		assert.Less(t, strays, old/2, "pages cached before the window, of %d", old)
-	}
 }

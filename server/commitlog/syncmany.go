@@ -90,10 +90,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 			default:
 				// The segments stay dirty: their own flush is owed at a
 				// roll, a direct Sync, Close or the journal's checkpoint.
-				// Their older records' writeback starts now, so that
-				// little is left for it.
 				logs[i].dropJournalBuf()
-				logs[i].dropCache()
 				logs[i].hold = true
 			}
 		}
