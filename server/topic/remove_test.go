@@ -63,18 +63,6 @@ func TestRemoveDoesNotStallOtherTopics(t *testing.T) {
 func TestStopWaitsForRemovedTopicsClose(t *testing.T) {
 	e, _, _, dir, release := removeStalled(t)
 
-	stopped := make(chan struct{})
-	go func() { e.Stop(); close(stopped) }()
-	select {
-	case <-stopped:
-		t.Fatal("Stop returned while a removed topic's log closed")
-	case <-time.After(20 * time.Millisecond):
-	}
-	release()
-	select {
-	case <-stopped:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Stop still waits after the log closed")
-	}
+	requireWaitsFor(t, "Stop", e.Stop, "a removed topic's log's close", release)
 	require.Len(t, dirsIn(t, dir, "removed", "b"), 1, "b's files moved aside before Stop returned")
 }

@@ -47,6 +47,28 @@ func stallFlush(t *testing.T, dir, name, file string) (stalled <-chan struct{}, 
 	return st, release
 }
 
+// requireWaitsFor runs call (named name) and requires that it does not
+// return while what (released by release) holds it up, and that it
+// returns once released. A 20 ms look: a call that does not wait is
+// caught most of the time, never a call that does reported as one that
+// does not.
+func requireWaitsFor(t *testing.T, name string, call func(), what string, release func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { call(); close(done) }()
+	select {
+	case <-done:
+		t.Fatalf("%s returned while %s held it up", name, what)
+	case <-time.After(20 * time.Millisecond):
+	}
+	release()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s still waits after %s ended", name, what)
+	}
+}
+
 // openSingle opens a one-node registry on dir, and a context for the
 // test's calls (20 s).
 func openSingle(t *testing.T, dir string) (*replica.Engine, *Registry, context.Context) {
@@ -203,19 +225,7 @@ func TestStopWhileStarting(t *testing.T) {
 
 	created, release := createStalled(ctx, t, r, dir, "d", "")
 	e.Stop()
-	closed := make(chan struct{})
-	go func() { r.Close(); close(closed) }()
-	select {
-	case <-closed:
-		t.Fatal("Close returned while a start ran")
-	case <-time.After(20 * time.Millisecond):
-	}
-	release()
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close still waits after the start ended")
-	}
+	requireWaitsFor(t, "Close", r.Close, "a start", release)
 	require.ErrorIs(t, <-created, replica.ErrStopped)
 	_, err := r.Get("d")
 	require.ErrorIs(t, err, ErrNotFound)
