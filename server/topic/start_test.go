@@ -49,9 +49,8 @@ func stallFlush(t *testing.T, dir, name, file string) (stalled <-chan struct{}, 
 
 // requireWaitsFor runs call (named name) and requires that it does not
 // return while what (released by release) holds it up, and that it
-// returns once released. A 20 ms look: a call that does not wait is
-// caught most of the time, never a call that does reported as one that
-// does not.
+// returns once released. It looks for 20 ms: a call that does not wait
+// fails the test most of the time; one that waits never does.
 func requireWaitsFor(t *testing.T, name string, call func(), what string, release func()) {
 	t.Helper()
 	done := make(chan struct{})
