@@ -237,7 +237,6 @@ func (b *bench) w2(ctx context.Context) (*Result, error) {
 	var churned <-chan *Churn
 	if cfg.Churn > 0 {
 		churnCtx, stopChurn := context.WithCancel(runCtx)
-		defer stopChurn()
 		churned = b.churn(churnCtx)
 		defer func() {
 			stopChurn()

@@ -602,14 +602,6 @@ func (l *Log) FlushHardState() error {
 	return nil
 }
 
-// sameConf reports whether a and b are the same configuration (field by
-// field: proto.Equal also tells an unset auto_leave from a false one).
-func sameConf(a, b *pb.ConfState) bool {
-	return slices.Equal(a.GetVoters(), b.GetVoters()) && slices.Equal(a.GetLearners(), b.GetLearners()) &&
-		slices.Equal(a.GetVotersOutgoing(), b.GetVotersOutgoing()) && slices.Equal(a.GetLearnersNext(), b.GetLearnersNext()) &&
-		a.GetAutoLeave() == b.GetAutoLeave()
-}
-
 // SetConfState durably replaces the stored ConfState before returning. A
 // ConfState equal to the stored one is not written again.
 func (l *Log) SetConfState(cs *pb.ConfState) error {
@@ -617,7 +609,7 @@ func (l *Log) SetConfState(cs *pb.ConfState) error {
 		return err
 	}
 	l.mu.Lock()
-	same := l.cs != nil && sameConf(l.cs, cs)
+	same := l.cs != nil && l.cs.Equivalent(cs) == nil // raft's own comparison
 	l.mu.Unlock()
 	if same {
 		return nil
