@@ -391,6 +391,39 @@ func (l *Log) HeldWanted() bool {
 	return l.heldEpoch != 0 && l.heldEpoch <= l.opts.Journal.waiting.Load()
 }
 
+// synced notes that every record the log holds is durable (a sync of its
+// own files, a syncfs or a journal commit has just completed): the durable
+// watermark reaches its last index. The hardstate file gets it with the
+// next write of a slot (FlushHardState every tick, a term or vote change,
+// Close), without an fsync of its own: a slot that does not reach the disk
+// leaves an older, lower watermark, still true. With NoSync nothing is
+// synced and the watermark stays where it was.
+func (l *Log) synced() {
+	if !l.opts.NoSync {
+		l.syncedTo.Store(l.lastIndex)
+	}
+}
+
+// foldDurable moves the watermark of the hardstate the log records up to
+// what its syncs reached. The owner calls it before a slot is written.
+func (l *Log) foldDurable() {
+	if d := l.syncedTo.Load(); d > l.hs.cur.durable {
+		l.hs.cur.durable = d
+	}
+}
+
+// lowerDurable lowers the durable watermark to at most index, durably,
+// before records above it change (hsFile.lowerDurable).
+func (l *Log) lowerDurable(index uint64) error {
+	if l.syncedTo.Load() > index {
+		l.syncedTo.Store(index)
+	}
+	if err := l.hs.lowerDurable(index); err != nil {
+		return l.fence(err)
+	}
+	return nil
+}
+
 func (l *Log) dropJournalBuf() {
 	if cap(l.jbuf) <= maxRetainedWriteBuffer {
 		l.jbuf = l.jbuf[:0]
@@ -491,6 +524,12 @@ func (l *Log) truncateFrom(index uint64) error {
 	if err := l.voidJournal(); err != nil {
 		return err
 	}
+	// Records from index on change next: the durable watermark must not
+	// cover them (durably) first. (After voidJournal, whose sync moves it
+	// up to the log's end.)
+	if err := l.lowerDurable(index - 1); err != nil {
+		return err
+	}
 	removed := slices.Clone(l.segs[keep:])
 	// The dedup table is owner-only: roll it back to index-1 with the undo
 	// records (every producer batch above the commit index has one).
@@ -575,7 +614,8 @@ func (l *Log) SetHardStateParts(term, vote, commit uint64) error {
 	if err := l.writable(); err != nil {
 		return err
 	}
-	st := hardState{term: term, vote: vote, commit: commit}
+	l.foldDurable()
+	st := hardState{term: term, vote: vote, commit: commit, durable: l.hs.cur.durable}
 	if st == l.hs.cur {
 		return nil
 	}
@@ -585,11 +625,13 @@ func (l *Log) SetHardStateParts(term, vote, commit uint64) error {
 	return nil
 }
 
-// FlushHardState writes a commit point that SetHardState kept in memory
+// FlushHardState writes a commit point that SetHardState kept in memory,
+// and the durable watermark the log's syncs reached since the last write
 // (pwrite, no fsync), so that a process that dies after it restarts from
 // there. The replica engine calls it every tick; it costs nothing when
 // there is nothing to write.
 func (l *Log) FlushHardState() error {
+	l.foldDurable()
 	if !l.hs.pending() {
 		return nil
 	}
@@ -680,6 +722,7 @@ func (l *Log) sync(flushed bool) error {
 	if err := l.hs.sync(noSync, false); err != nil {
 		return l.fence(err)
 	}
+	l.synced()
 	l.dropJournalBuf()
 	l.dropCache() // last: everything written is durable now (NoSync: starts its writeback)
 	return nil

@@ -330,16 +330,31 @@
 // journal closed cleanly, which synced them: a clean restart replays
 // nothing.
 //
-// Replay's Open cuts a bad record of a log's last segment (and what
-// follows) only where a crash may have torn it: from the start of the
-// journal's last span of records of the log on (replay writes the span
-// again; a record past it may never have been synced). Any record below
-// was synced before a later record or span (a sync covers everything the
-// log appended before it), on its own or by a checkpoint, and no crash
-// tears what is durable: Open reports it as ErrCorrupt and leaves the file
-// as it is, where cutting would drop it and the durable records after it
-// that the journal lacks. Outside replay, and past the last span, nothing
-// says which records of the last segment were synced (a page written back
-// while a record was being copied into it can leave an unsynced record
-// torn at any byte, zeros or not), so Open cuts at any bad record there.
+// # Torn or damaged
+//
+// A crash can tear only what was not yet durable, and a bad record there
+// may be torn at any byte (a page written back while a record was being
+// copied into it), zeros or not: Open cuts the last segment at it. A bad
+// record that was durable is damage: cutting it would drop it and every
+// durable record after it, the node would forget entries it acknowledged,
+// and raft's safety rests on that never happening. What was durable is
+// known from two things:
+//
+//   - the durable watermark in the hardstate slot: every record up to it
+//     was synced (in its segment or the journal) when the slot was
+//     written. A sync moves it to the log's end in memory, and the next
+//     slot write (FlushHardState, every tick) carries it, without an fsync
+//     of its own, so it trails the syncs by a tick; Close writes it after
+//     its final sync, so a cleanly closed log has it at its end. A
+//     truncation or snapshot lowers it, with an fsync, before it changes
+//     records below it. NoSync never moves it.
+//   - during a journal replay, the journal's spans of the log's records:
+//     a record below the start of its last span was synced before a later
+//     record or before that span (a sync covers everything the log
+//     appended before it).
+//
+// Open reports a bad record, or a log that ends early, below either as
+// ErrCorrupt and leaves the file as it is, except where the journal's
+// last span holds every durable record from it on (replay writes them
+// again). Above both, it cuts as a crash's torn tail (journalSpans.mayCut).
 package commitlog

@@ -14,22 +14,36 @@ import (
 // HardState file: two fixed slots, each
 //
 //	u64 seq | u64 term | u64 vote | u64 commit | u32 crc32c(previous 32 bytes)
+//	| u64 durable | u32 crc32c(the 32 bytes before the first crc, durable)
 //
 // at offsets 0 and hsSlotStride (separate pages, so one torn write cannot
-// damage both). The file is created whole (both slots, term 0, written to
-// a temporary name, synced and renamed), so an existing file always holds
-// a valid slot: one with none is damaged (ErrCorrupt), not a crash's, and
-// a node must not take it for term 0 with no vote (it could vote twice in
-// a term). Files of older versions were created empty and written slot 0
-// first; one of under two slots without a valid one reads as term 0, as
-// it did.
+// damage both). The first 36 bytes are the slot as earlier versions wrote
+// it, so they still read the file; the durable watermark after it counts
+// only where its own checksum holds (a slot an earlier version wrote, or
+// one torn between the two parts, reads as durable 0). The file is created
+// whole (both slots, term 0, written to a temporary name, synced and
+// renamed), so an existing file always holds a valid slot: one with none
+// is damaged (ErrCorrupt), not a crash's, and a node must not take it for
+// term 0 with no vote (it could vote twice in a term). Files of older
+// versions were created empty and written slot 0 first; one of under two
+// slots without a valid one reads as term 0, as it did.
+//
+// durable is the log's durable watermark: every record of the log up to
+// that index was durable (synced in its segment, or in the journal) when
+// the slot was written. It is written only after the sync that made it
+// true, and lowered (and the slot fsynced) before a truncation or a
+// snapshot rewrites records below it, so whatever slot survives a crash
+// holds a true lower bound. Open uses it to tell a crash's torn tail, which
+// it cuts, from damage to records that were durable, which it refuses
+// (ErrCorrupt) instead of cutting them and every durable record after them.
 const (
-	hsSlotSize    = 36
+	hsBaseSize    = 36 // the slot of earlier versions: up to the first CRC
+	hsSlotSize    = 48
 	hsSlotStride  = 4096
 	hardStateName = "hardstate"
 )
 
-type hardState struct{ term, vote, commit uint64 }
+type hardState struct{ term, vote, commit, durable uint64 }
 
 // hsFile writes the HardState alternately into two slots. The "anchor" slot
 // holds the last term/vote that was made durable and is never overwritten
@@ -78,15 +92,15 @@ func openHardState(dir string) (*hsFile, bool, error) {
 	}
 	for slot := 0; slot < 2; slot++ {
 		off := slot * hsSlotStride
-		if n < off+hsSlotSize {
+		if n < off+hsBaseSize {
 			continue
 		}
-		seq, st, ok := decodeHSSlot(raw[off : off+hsSlotSize])
+		seq, st, ok := decodeHSSlot(raw[off:min(n, off+hsSlotSize)])
 		if ok && (h.anchor < 0 || seq > h.seq) {
 			h.anchor, h.seq, h.cur = slot, seq, st
 		}
 	}
-	if h.anchor < 0 && n == len(raw) {
+	if h.anchor < 0 && n >= hsSlotStride+hsBaseSize {
 		f.Close()
 		return nil, false, fmt.Errorf("%w: hardstate %s has no valid slot", ErrCorrupt, path)
 	}
@@ -94,28 +108,44 @@ func openHardState(dir string) (*hsFile, bool, error) {
 	return h, created, nil
 }
 
-// encodeHSSlot writes slot seq holding s into b.
+// encodeHSSlot writes slot seq holding s into b (hsSlotSize bytes).
 func encodeHSSlot(b []byte, seq uint64, s hardState) {
 	binary.LittleEndian.PutUint64(b[0:8], seq)
 	binary.LittleEndian.PutUint64(b[8:16], s.term)
 	binary.LittleEndian.PutUint64(b[16:24], s.vote)
 	binary.LittleEndian.PutUint64(b[24:32], s.commit)
 	binary.LittleEndian.PutUint32(b[32:36], crc32.Checksum(b[:32], castagnoli))
+	binary.LittleEndian.PutUint64(b[36:44], s.durable)
+	binary.LittleEndian.PutUint32(b[44:48], durableCRC(b))
 }
 
+// durableCRC is the second checksum of slot b: of its fields and the
+// watermark, without the first checksum between them. (A CRC over data
+// followed by its own CRC is the same for all data, so a checksum of the
+// first 44 bytes would not tie the watermark to the fields before it.)
+func durableCRC(b []byte) uint32 {
+	return crc32.Update(crc32.Checksum(b[:32], castagnoli), castagnoli, b[36:44])
+}
+
+// decodeHSSlot reads a slot from b: hsSlotSize bytes, or hsBaseSize for the
+// end of a file an earlier version wrote (durable 0).
 func decodeHSSlot(b []byte) (uint64, hardState, bool) {
-	if crc32.Checksum(b[:32], castagnoli) != binary.LittleEndian.Uint32(b[32:36]) {
+	if len(b) < hsBaseSize || crc32.Checksum(b[:32], castagnoli) != binary.LittleEndian.Uint32(b[32:36]) {
 		return 0, hardState{}, false
 	}
 	seq := binary.LittleEndian.Uint64(b[0:8])
 	if seq == 0 {
 		return 0, hardState{}, false
 	}
-	return seq, hardState{
+	st := hardState{
 		term:   binary.LittleEndian.Uint64(b[8:16]),
 		vote:   binary.LittleEndian.Uint64(b[16:24]),
 		commit: binary.LittleEndian.Uint64(b[24:32]),
-	}, true
+	}
+	if len(b) >= hsSlotSize && durableCRC(b) == binary.LittleEndian.Uint32(b[44:48]) {
+		st.durable = binary.LittleEndian.Uint64(b[36:44])
+	}
+	return seq, st, true
 }
 
 func (h *hsFile) writeSlot() int {
@@ -160,6 +190,22 @@ func (h *hsFile) write(s hardState) error {
 		h.needSync = true
 	}
 	return nil
+}
+
+// lowerDurable lowers the durable watermark to at most index, written and
+// fsynced (also with NoSync) before the caller rewrites records above it:
+// a crash must not leave a watermark over records that are no longer the
+// durable ones.
+func (h *hsFile) lowerDurable(index uint64) error {
+	if h.cur.durable <= index {
+		return nil
+	}
+	s := h.cur
+	s.durable = index
+	if err := h.write(s); err != nil {
+		return err
+	}
+	return h.sync(false, true)
 }
 
 // sync makes the written slot durable when term/vote changed (or always when

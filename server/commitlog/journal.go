@@ -738,19 +738,47 @@ func (s journalSpans) first() uint64 {
 	return s[0][0]
 }
 
-// restorable reports whether Open may cut a log's last segment at a bad
-// record of this index, as a crash's torn tail: only from the start of the
-// journal's last span of the log on. Replay writes that span again, and a
-// record past it was appended after the journal's last sync of the log:
-// it may never have been synced (or the log synced it on its own: the
-// journal cannot tell, and outside replay Open cuts there too). A record
-// below that span's start was synced before a record the journal lacks or
-// before the span itself (a sync covers everything the log appended
-// before it), on its own or by a checkpoint: durable, not a crash's to
-// tear, and cutting it would also drop the durable records the journal
-// does not hold.
-func (s journalSpans) restorable(index uint64) bool {
-	return len(s) == 0 || index >= s[len(s)-1][0]
+// mayCut reports whether Open may cut a log's last segment at a bad record
+// of this index, or find the log ending before it, as a crash may have
+// left it. durable is the log's durable watermark (every record up to it
+// was synced, in its segment or the journal: see the hardstate file); s
+// are the journal's spans of the log's records during a replay, nil
+// outside one.
+//
+//   - A record below the start of the journal's last span of the log was
+//     synced before a later record or before the span itself (a sync
+//     covers everything the log appended before it), on its own or by a
+//     checkpoint: durable, whatever the watermark says (it may be older).
+//   - A record above the watermark may never have been synced: a crash
+//     may have torn it (a page written back while a record was being
+//     copied into it can tear an unsynced record at any byte).
+//   - Otherwise the records from index to the watermark were durable, and
+//     only a replay that writes them all again (the journal's last span
+//     holds them) may cut them.
+//
+// No crash tears what is durable: what mayCut refuses is damage, and
+// cutting it would drop the durable records after it too.
+func (s journalSpans) mayCut(index, durable uint64) bool {
+	if len(s) > 0 && index < s[len(s)-1][0] {
+		return false
+	}
+	if index > durable {
+		return true
+	}
+	return len(s) > 0 && durable <= s[len(s)-1][1]
+}
+
+// why says, for Open's errors, what showed the records durable: the
+// watermark and, in a replay, the journal's last span of the log.
+func (s journalSpans) why(durable uint64) string {
+	var parts []string
+	if durable > 0 {
+		parts = append(parts, fmt.Sprintf("the log was synced through index %d", durable))
+	}
+	if len(s) > 0 {
+		parts = append(parts, fmt.Sprintf("the journal holds its records from index %d to %d", s[len(s)-1][0], s[len(s)-1][1]))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // decodeRecords parses the segment records in b (written by Append).

@@ -1,7 +1,6 @@
 package commitlog
 
 import (
-	"bytes"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -263,25 +262,7 @@ func TestJournalTornEntry(t *testing.T) {
 // that record on), and returns the segment's path and bytes.
 func (f *journalFixture) damageRecord(t *testing.T, root string, i int, index uint64, zero bool) (string, []byte) {
 	t.Helper()
-	paths := segPaths(t, f.logDir(root, i))
-	p := paths[len(paths)-1]
-	first, _ := parseSegmentName(filepath.Base(p))
-	b, err := os.ReadFile(p)
-	require.NoError(t, err)
-	ends := recordEnds(bytes.TrimRight(b, "\x00"))
-	require.Greater(t, uint64(len(ends)), index-first, "the segment holds index %d", index)
-	k := index - first
-	if zero {
-		start := 0
-		if k > 0 {
-			start = ends[k-1]
-		}
-		clear(b[start:])
-	} else {
-		b[ends[k]-1] ^= 0x10
-	}
-	require.NoError(t, os.WriteFile(p, b, 0o644))
-	return p, b
+	return damageRecord(t, f.logDir(root, i), index, zero)
 }
 
 // TestJournalReplayRefusesDurableDamage: a bad record below the start of
@@ -324,7 +305,8 @@ func TestJournalReplayRefusesDurableDamage(t *testing.T) {
 
 // TestJournalSpans: the spans are what replay applies, merged: it stops at
 // the first payload that does not decode. Only from the last span's start
-// on may a bad record be cut.
+// on may a bad record be cut, and only above the durable watermark unless
+// the last span holds every record up to it.
 func TestJournalSpans(t *testing.T) {
 	payload := func(from, to uint64) []byte {
 		var b []byte
@@ -338,10 +320,25 @@ func TestJournalSpans(t *testing.T) {
 	spans := spansOf([][]byte{payload(7, 9), payload(3, 5), payload(6, 6), payload(12, 13), bad, payload(30, 31)})
 	assert.Equal(t, journalSpans{{3, 9}, {12, 13}}, spans)
 	assert.Equal(t, uint64(3), spans.first())
+	// Without a watermark (0: an earlier version's hardstate, or a log
+	// never synced).
 	for i, want := range map[uint64]bool{2: false, 3: false, 9: false, 10: false, 11: false, 12: true, 13: true, 14: true, 40: true} {
-		assert.Equal(t, want, spans.restorable(i), "index %d", i)
+		assert.Equal(t, want, spans.mayCut(i, 0), "index %d", i)
 	}
-	assert.True(t, spansOf(nil).restorable(1), "no spans: cut as outside replay")
+	// Synced through 13, all in the last span: replay restores them.
+	for i, want := range map[uint64]bool{11: false, 12: true, 13: true, 14: true} {
+		assert.Equal(t, want, spans.mayCut(i, 13), "index %d, durable 13", i)
+	}
+	// Synced through 16, past the last span (the log synced 14 to 16 on
+	// its own): only above 16 may a crash have torn a record.
+	for i, want := range map[uint64]bool{12: false, 13: false, 16: false, 17: true, 40: true} {
+		assert.Equal(t, want, spans.mayCut(i, 16), "index %d, durable 16", i)
+	}
+	var none journalSpans // outside replay
+	for i, want := range map[uint64]bool{1: false, 16: false, 17: true} {
+		assert.Equal(t, want, none.mayCut(i, 16), "no spans, index %d, durable 16", i)
+	}
+	assert.True(t, spansOf(nil).mayCut(1, 0), "no spans, no watermark: cut as before")
 }
 
 // TestJournalReplayRestoresDamageItHolds: a bad record that the journal

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
@@ -54,7 +55,7 @@ type Options struct {
 
 	// replay, set by the journal's replay, says which records the journal
 	// holds for this log: Open cuts a bad record of the last segment only
-	// where a crash may have torn it (journalSpans.restorable).
+	// where a crash may have torn it (journalSpans.mayCut).
 	replay journalSpans
 }
 
@@ -153,6 +154,14 @@ type Log struct {
 	pts        []indexPoint
 	runs       []termRun
 	dedup      *dedupTable // as of lastIndex
+	// syncedTo is the log's last index as of its last completed sync:
+	// the durable watermark the syncs have reached. A sync may run on
+	// another goroutine while the owner records commit points (a leader
+	// applying what its followers acknowledged), so it is not written
+	// into hs there; the owner folds it in (foldDurable) before it writes
+	// a hardstate slot.
+	syncedTo atomic.Uint64
+
 	// jpath is the log's name in the journal ("" when it does not use
 	// one); jbuf holds the records written since the last sync.
 	jpath string
@@ -277,12 +286,12 @@ func (l *Log) recover() error {
 			if zerr != nil {
 				return zerr
 			}
-			if isLast && l.opts.replay != nil && !l.opts.replay.restorable(s.last+1) {
-				// Not a crash's: a record synced before the journal's
-				// last span of the log. Cutting would drop it and the
-				// durable records after it; leave the file as it is.
-				return fmt.Errorf("%w: %s: bad record at offset %d (index %d), which was durable (the journal holds later records of the log)",
-					ErrCorrupt, path, s.size, s.last+1)
+			if isLast && !l.opts.replay.mayCut(s.last+1, l.hs.cur.durable) {
+				// Not a crash's: a record that was durable. Cutting
+				// would drop it and the durable records after it;
+				// leave the file as it is.
+				return fmt.Errorf("%w: %s: bad record at offset %d (index %d), which was durable (%s)",
+					ErrCorrupt, path, s.size, s.last+1, l.opts.replay.why(l.hs.cur.durable))
 			}
 			switch {
 			case zero:
@@ -318,6 +327,13 @@ func (l *Log) recover() error {
 		}
 		l.nextID = nextID
 		l.lastIndex = s.last
+	}
+	if l.lastIndex < l.hs.cur.durable && !l.opts.replay.mayCut(l.lastIndex+1, l.hs.cur.durable) {
+		// Records the log had synced are gone (a segment's end lost, or
+		// the journal that held them): a node must not forget what it
+		// acknowledged.
+		return fmt.Errorf("%w: %s: the log ends at index %d, but records after it were durable (%s)",
+			ErrCorrupt, l.dir, l.lastIndex, l.opts.replay.why(l.hs.cur.durable))
 	}
 	if l.hs.cur.commit > l.lastIndex {
 		// A term change writes the hardstate at once, with a commit point
@@ -368,11 +384,13 @@ func (l *Log) Close() error {
 				}
 			}
 		}
-		if ferr := l.hs.flush(); err == nil {
-			err = ferr
-		}
 		if serr := l.Sync(); err == nil {
 			err = serr
+		}
+		// After the Sync, so that the slot carries its durable watermark.
+		l.foldDurable()
+		if ferr := l.hs.flush(); err == nil {
+			err = ferr
 		}
 		if serr := l.hs.sync(false, true); err == nil {
 			err = serr

@@ -694,25 +694,26 @@ func TestCommitPointKeptUntilFlush(t *testing.T) {
 
 	require.NoError(t, l.SetHardState(hs(1, 1, 2)))
 	require.NoError(t, l.Sync())
-	assert.Equal(t, hardState{1, 1, 2}, onFile(), "a term/vote change is written at once")
+	assert.Equal(t, hardState{1, 1, 2, 0}, onFile(), "a term/vote change is written at once")
 
 	require.NoError(t, l.SetHardState(hs(1, 1, 5)))
 	assert.Equal(t, uint64(5), reported())
-	assert.Equal(t, hardState{1, 1, 2}, onFile(), "a commit-only change waits")
+	assert.Equal(t, hardState{1, 1, 2, 0}, onFile(), "a commit-only change waits, and so does the watermark of the Sync")
 	require.NoError(t, l.FlushHardState())
-	assert.Equal(t, hardState{1, 1, 5}, onFile())
+	assert.Equal(t, hardState{1, 1, 5, 10}, onFile())
 	require.NoError(t, l.FlushHardState()) // nothing to write
-	assert.Equal(t, hardState{1, 1, 5}, onFile())
+	assert.Equal(t, hardState{1, 1, 5, 10}, onFile())
 
 	require.NoError(t, l.SetHardState(hs(1, 1, 6)))
 	require.NoError(t, l.SetHardState(hs(2, 3, 7)))
-	assert.Equal(t, hardState{2, 3, 7}, onFile(), "a vote carries the newest commit")
+	assert.Equal(t, hardState{2, 3, 7, 10}, onFile(), "a vote carries the newest commit")
 	require.NoError(t, l.Sync())
 
 	require.NoError(t, l.SetHardState(hs(2, 3, 9)))
-	assert.Equal(t, hardState{2, 3, 7}, onFile())
+	appendUniform(t, l, 11, 1, 100)
+	assert.Equal(t, hardState{2, 3, 7, 10}, onFile())
 	require.NoError(t, l.Close())
-	assert.Equal(t, hardState{2, 3, 9}, onFile(), "Close writes what waits")
+	assert.Equal(t, hardState{2, 3, 9, 11}, onFile(), "Close writes what waits, and the watermark of its sync")
 	l = openT(t, dir, Options{})
 	defer l.Close()
 	assert.Equal(t, uint64(9), reported())
@@ -757,21 +758,20 @@ func TestRecentIDsFromMemory(t *testing.T) {
 	require.ErrorIs(t, err, raft.ErrUnavailable)
 }
 
-// lostTailAfterCommit is the directory of a closed log of entries 1-10
-// whose hardstate stores commit 10, after a power loss took entries 6-10
-// from its segment.
+// lostTailAfterCommit is the directory of a log of entries 1-10 whose
+// hardstate stores commit 10 (a term change writes it at once), after a
+// power loss before the entries' sync took entries 6-10 from its segment.
 func lostTailAfterCommit(t *testing.T) string {
-	dir := t.TempDir()
-	l := openT(t, dir, Options{})
+	l := openT(t, t.TempDir(), Options{})
 	m := newModel()
 	m.appendN(t, l, 1, 10, 1)
 	require.NoError(t, l.SetHardState(&pb.HardState{Term: proto.Uint64(2), Vote: proto.Uint64(1), Commit: proto.Uint64(10)}))
-	require.NoError(t, l.Sync())
 	_, off, _, err := l.locate(6)
 	require.NoError(t, err)
-	seg := l.segs[0].path
+	seg := filepath.Base(l.segs[0].path)
+	dir := crashImage(t, l)
 	require.NoError(t, l.Close())
-	require.NoError(t, os.Truncate(seg, off))
+	require.NoError(t, os.Truncate(filepath.Join(dir, seg), off))
 	return dir
 }
 

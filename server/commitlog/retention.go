@@ -158,8 +158,13 @@ func (l *Log) ApplySnapshot(snap *pb.Snapshot) error {
 	cs := proto.Clone(pb.EnsureConfState(md.GetConfState())).(*pb.ConfState)
 
 	// 0. The journal's records of the old log must not be replayed onto
-	// the new start.
+	// the new start. The log's records above idx go, and new ones take
+	// their indexes: the durable watermark must not cover them (durably)
+	// first (after voidJournal, whose sync moves it up to the log's end).
 	if err := l.voidJournal(); err != nil {
+		return err
+	}
+	if err := l.lowerDurable(idx); err != nil {
 		return err
 	}
 	// 1. Remove segments that start above the snapshot (all uncommitted) so

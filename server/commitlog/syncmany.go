@@ -90,6 +90,7 @@ func SyncMany(logs []*Log, errs []error) []error {
 			default:
 				// The segments stay dirty: their own flush is owed at a
 				// roll, a direct Sync, Close or the journal's checkpoint.
+				logs[i].synced()
 				logs[i].dropJournalBuf()
 				logs[i].hold = true
 			}

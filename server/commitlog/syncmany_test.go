@@ -43,7 +43,7 @@ func TestSyncMany(t *testing.T) {
 		for i, l := range logs[:n] {
 			require.NoError(t, errs[i], "log %d", i)
 			assert.False(t, l.needsSync(), "log %d still dirty", i)
-			assert.Equal(t, l.hs.cur, l.hs.synced, "log %d: term/vote not promoted", i)
+			assert.Equal(t, [2]uint64{l.hs.cur.term, l.hs.cur.vote}, [2]uint64{l.hs.synced.term, l.hs.synced.vote}, "log %d: term/vote not promoted", i)
 		}
 		assert.ErrorIs(t, errs[n], ErrClosed)
 		assert.NoError(t, errs[n+1])
