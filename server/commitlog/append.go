@@ -394,10 +394,11 @@ func (l *Log) HeldWanted() bool {
 // synced notes that every record the log holds is durable (a sync of its
 // own files, a syncfs or a journal commit has just completed): the durable
 // watermark reaches its last index. The hardstate file gets it with the
-// next write of a slot (FlushHardState every tick, a term or vote change,
-// Close), without an fsync of its own: a slot that does not reach the disk
-// leaves an older, lower watermark, still true. With NoSync nothing is
-// synced and the watermark stays where it was.
+// next write of a slot (FlushHardState, which the replica engine calls
+// about once a second; a term or vote change; Close), without an fsync of
+// its own: a slot that does not reach the disk leaves an older, lower
+// watermark, still true. With NoSync nothing is synced and the watermark
+// stays where it was.
 func (l *Log) synced() {
 	if !l.opts.NoSync {
 		l.syncedTo.Store(l.lastIndex)
@@ -628,7 +629,8 @@ func (l *Log) SetHardStateParts(term, vote, commit uint64) error {
 // FlushHardState writes a commit point that SetHardState kept in memory,
 // and the durable watermark the log's syncs reached since the last write
 // (pwrite, no fsync), so that a process that dies after it restarts from
-// there. The replica engine calls it every tick; it costs nothing when
+// there. The replica engine calls it about once a second (every
+// hardStateTicks ticks); it costs nothing when
 // there is nothing to write.
 func (l *Log) FlushHardState() error {
 	l.foldDurable()

@@ -343,11 +343,11 @@
 //   - the durable watermark in the hardstate slot: every record up to it
 //     was synced (in its segment or the journal) when the slot was
 //     written. A sync moves it to the log's end in memory, and the next
-//     slot write (FlushHardState, every tick) carries it, without an fsync
-//     of its own, so it trails the syncs by a tick; Close writes it after
-//     its final sync, so a cleanly closed log has it at its end. A
-//     truncation or snapshot lowers it, with an fsync, before it changes
-//     records below it. NoSync never moves it.
+//     slot write (FlushHardState, about once a second) carries it, without
+//     an fsync of its own, so it trails the syncs by that much; Close
+//     writes it after its final sync, so a cleanly closed log has it at
+//     its end. A truncation or snapshot lowers it, with an fsync, before
+//     it changes records below it. NoSync never moves it.
 //   - during a journal replay, the journal's spans of the log's records:
 //     a record below the start of its last span was synced before a later
 //     record or before that span (a sync covers everything the log

@@ -133,7 +133,7 @@ func TestOpenRefusesDamageBelowTheWatermark(t *testing.T) {
 			m := newModel()
 			m.appendN(t, l, 1, 30, 1)
 			require.NoError(t, l.Sync())
-			require.NoError(t, l.FlushHardState()) // the engine's tick writes the watermark
+			require.NoError(t, l.FlushHardState()) // as the engine does about once a second
 			m.appendN(t, l, 31, 5, 1)              // never synced
 			dir := crashImage(t, l)
 			require.NoError(t, l.Close())

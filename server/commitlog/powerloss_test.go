@@ -117,7 +117,8 @@ func powerLossRun(t *testing.T, seed uint64, segment int64, steps int) {
 			require.NoError(t, errs[k], "log %d", i)
 			durable[i] = durableState{m: models[i].clone(), hs: hardState{term: hs[i].term, vote: hs[i].vote}}
 			if rnd.IntN(2) == 0 {
-				// The engine's tick: the slot gets the durable watermark.
+				// As the engine does about once a second: the slot gets
+				// the durable watermark.
 				require.NoError(t, logs[i].FlushHardState())
 			}
 		}
