@@ -338,3 +338,134 @@ func TestJournalReplayRefusesDamageBelowTheWatermark(t *testing.T) {
 		})
 	}
 }
+
+// slotsOnDisk decodes both hardstate slots of the log in dir as the file
+// holds them (ok false for an invalid one).
+func slotsOnDisk(t *testing.T, dir string) (st [2]hardState, ok [2]bool) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, hardStateName))
+	require.NoError(t, err)
+	for k := range 2 {
+		off := k * hsSlotStride
+		if len(raw) >= off+hsBaseSize {
+			_, st[k], ok[k] = decodeHSSlot(raw[off:min(len(raw), off+hsSlotSize)])
+		}
+	}
+	return st, ok
+}
+
+// newestOnDisk is the slot Open would take.
+func newestOnDisk(t *testing.T, dir string) hardState {
+	t.Helper()
+	h, _, err := openHardState(dir)
+	require.NoError(t, err)
+	require.NoError(t, h.f.Close())
+	return h.cur
+}
+
+// TestSyncsMoveTheWatermark: each way a log's records become durable moves
+// the watermark to its end, and the next FlushHardState writes it: its own
+// fdatasync (Sync, SyncMany of one log), a journal commit, and a syncfs
+// shared by logs without a journal.
+func TestSyncsMoveTheWatermark(t *testing.T) {
+	t.Run("own sync", func(t *testing.T) {
+		l := openT(t, t.TempDir(), Options{})
+		m := newModel()
+		m.appendN(t, l, 1, 4, 1)
+		for _, err := range SyncMany([]*Log{l}, nil) {
+			require.NoError(t, err)
+		}
+		require.NoError(t, l.FlushHardState())
+		assert.Equal(t, uint64(4), newestOnDisk(t, l.dir).durable)
+		require.NoError(t, l.Close())
+	})
+	t.Run("journal commit", func(t *testing.T) {
+		f := newJournalFixture(t, 2, 0)
+		f.round(t, 5, 1) // 3..7, one journal commit (round checks it)
+		for i, l := range f.logs {
+			require.NoError(t, l.FlushHardState())
+			assert.Equal(t, uint64(7), newestOnDisk(t, l.dir).durable, "log %d", i)
+		}
+	})
+	t.Run("syncfs", func(t *testing.T) {
+		if !syncfsWorks {
+			t.Skip("syncfs unavailable (Linux 5.8 or later)")
+		}
+		root := t.TempDir()
+		var logs []*Log
+		for _, name := range []string{"a", "b"} {
+			l := openT(t, filepath.Join(root, name), Options{})
+			m := newModel()
+			m.appendN(t, l, 1, 3, 1)
+			require.NoError(t, l.Sync()) // its new segment and directory
+			m.appendN(t, l, 4, 3, 1)
+			logs = append(logs, l)
+		}
+		calls := syncfsCalls.Load()
+		for _, err := range SyncMany(logs, nil) {
+			require.NoError(t, err)
+		}
+		require.Equal(t, calls+1, syncfsCalls.Load(), "one syncfs for both")
+		for i, l := range logs {
+			require.NoError(t, l.FlushHardState())
+			assert.Equal(t, uint64(6), newestOnDisk(t, l.dir).durable, "log %d", i)
+			require.NoError(t, l.Close())
+		}
+	})
+}
+
+// TestLoweringWritesBothSlots: a truncation leaves no slot on disk with the
+// old watermark, in either durability mode: with NoSync the anchor moves
+// without an fsync, so a slot written after the lowering may be lost and
+// the other slot come back as it was before it.
+func TestLoweringWritesBothSlots(t *testing.T) {
+	for _, noSync := range []bool{false, true} {
+		t.Run(fmt.Sprint("NoSync=", noSync), func(t *testing.T) {
+			dir := t.TempDir()
+			l := openT(t, dir, Options{})
+			m := newModel()
+			m.appendN(t, l, 1, 12, 1)
+			require.NoError(t, l.Sync())
+			require.NoError(t, l.SetHardStateParts(1, 1, 2)) // both slots get the watermark
+			require.NoError(t, l.Sync())
+			require.NoError(t, l.SetHardStateParts(2, 1, 2))
+			require.NoError(t, l.Close())
+			st, ok := slotsOnDisk(t, dir)
+			require.Equal(t, [2]bool{true, true}, ok)
+			require.Equal(t, [2]uint64{12, 12}, [2]uint64{st[0].durable, st[1].durable})
+
+			l = openT(t, dir, Options{NoSync: noSync})
+			m.appendN(t, l, 8, 2, 3) // truncates at 8
+			st, ok = slotsOnDisk(t, dir)
+			require.Equal(t, [2]bool{true, true}, ok)
+			assert.Equal(t, [2]uint64{7, 7}, [2]uint64{st[0].durable, st[1].durable})
+			require.NoError(t, l.Close())
+		})
+	}
+}
+
+// TestCommitRecordedDuringSync: a leader records commit points (applying
+// what its followers acknowledged) while the syncer goroutine syncs its
+// log, also a Ready that changed term and vote. Run with -race: record
+// and the hardstate's sync must not share fields.
+func TestCommitRecordedDuringSync(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	m := newModel()
+	m.appendN(t, l, 1, 2, 1)
+	require.NoError(t, l.Sync())
+	for term := uint64(2); term < 12; term++ {
+		m.appendN(t, l, m.last+1, 2, term)
+		require.NoError(t, l.SetHardStateParts(term, 1, m.last-2)) // the Ready: a new term
+		done := make(chan []error, 1)
+		go func() { done <- SyncMany([]*Log{l}, nil) }()
+		for c := m.last - 2; c <= m.last; c++ {
+			require.NoError(t, l.SetHardStateParts(term, 1, c))
+		}
+		for _, err := range <-done {
+			require.NoError(t, err)
+		}
+	}
+	require.NoError(t, l.Close())
+	hs := newestOnDisk(t, l.dir)
+	assert.Equal(t, hardState{term: 11, vote: 1, commit: m.last, durable: m.last}, hs)
+}

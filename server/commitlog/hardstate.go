@@ -36,6 +36,14 @@ import (
 // holds a true lower bound. Open uses it to tell a crash's torn tail, which
 // it cuts, from damage to records that were durable, which it refuses
 // (ErrCorrupt) instead of cutting them and every durable record after them.
+//
+// An earlier version keeps the watermark it finds (it does not know it)
+// and never lowers it: if it truncates the log and dies before it writes a
+// slot (its slots carry no watermark, so its first write voids the one
+// found), this version can refuse the log at the next start, though
+// nothing durable was lost. Downgrading is therefore one way: a node run
+// by an earlier version after this one should start again from an empty
+// data directory (-join) before it runs this version again.
 const (
 	hsBaseSize    = 36 // the slot of earlier versions: up to the first CRC
 	hsSlotSize    = 48
@@ -64,6 +72,11 @@ type hsFile struct {
 	needSync bool      // term or vote written but not yet fsynced
 	unsynced bool      // something written since the last fsync
 	buf      [hsSlotSize]byte
+
+	// maxDurable is the highest watermark either slot may hold on disk:
+	// of both slots read at open and every slot written since the last
+	// lowering.
+	maxDurable uint64
 }
 
 func openHardState(dir string) (*hsFile, bool, error) {
@@ -96,6 +109,9 @@ func openHardState(dir string) (*hsFile, bool, error) {
 			continue
 		}
 		seq, st, ok := decodeHSSlot(raw[off:min(n, off+hsSlotSize)])
+		if ok {
+			h.maxDurable = max(h.maxDurable, st.durable)
+		}
 		if ok && (h.anchor < 0 || seq > h.seq) {
 			h.anchor, h.seq, h.cur = slot, seq, st
 		}
@@ -157,8 +173,12 @@ func (h *hsFile) writeSlot() int {
 
 // record notes s as the latest state: written at once when term or vote
 // changed (or nothing was ever written), else kept for flush.
+//
+// A leader records commit-only changes while the syncer goroutine syncs
+// its log (sync): record then reads and writes only what sync leaves
+// alone (cur, disk, seq), and sync reads disk, which only write changes.
 func (h *hsFile) record(s hardState) error {
-	if h.anchor >= 0 && s.term == h.disk.term && s.vote == h.disk.vote {
+	if h.seq > 0 && s.term == h.disk.term && s.vote == h.disk.vote {
 		h.cur = s
 		return nil
 	}
@@ -185,6 +205,7 @@ func (h *hsFile) write(s hardState) error {
 		return fmt.Errorf("commitlog: write hardstate: %w", err)
 	}
 	h.cur, h.disk = s, s
+	h.maxDurable = max(h.maxDurable, s.durable)
 	h.unsynced = true
 	if s.term != h.synced.term || s.vote != h.synced.vote || h.anchor < 0 {
 		h.needSync = true
@@ -192,20 +213,28 @@ func (h *hsFile) write(s hardState) error {
 	return nil
 }
 
-// lowerDurable lowers the durable watermark to at most index, written and
-// fsynced (also with NoSync) before the caller rewrites records above it:
-// a crash must not leave a watermark over records that are no longer the
-// durable ones.
+// lowerDurable lowers the durable watermark to at most index in both
+// slots, each written and fsynced (also with NoSync), before the caller
+// rewrites records above it: no slot a crash can leave may hold a
+// watermark over records that are no longer the durable ones. (One slot
+// would do while the anchor only moves after an fsync; with NoSync it
+// moves without one, and the other slot could come back as it was.)
 func (h *hsFile) lowerDurable(index uint64) error {
-	if h.cur.durable <= index {
+	if h.maxDurable <= index {
 		return nil
 	}
 	s := h.cur
-	s.durable = index
-	if err := h.write(s); err != nil {
-		return err
+	s.durable = min(s.durable, index)
+	for range 2 {
+		if err := h.write(s); err != nil {
+			return err
+		}
+		if err := h.sync(false, true); err != nil {
+			return err
+		}
 	}
-	return h.sync(false, true)
+	h.maxDurable = s.durable
+	return nil
 }
 
 // sync makes the written slot durable when term/vote changed (or always when
@@ -221,7 +250,7 @@ func (h *hsFile) sync(noSync, force bool) error {
 		}
 	}
 	h.anchor = h.writeSlot()
-	h.synced = h.cur
+	h.synced = h.disk
 	h.needSync, h.unsynced = false, false
 	return nil
 }

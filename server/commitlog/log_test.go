@@ -406,9 +406,13 @@ func TestHardStateWithoutValidSlotIsCorrupt(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, raw, 0o644))
 	_, err = Open(dir, Options{})
 	require.ErrorIs(t, err, ErrCorrupt)
+	// The same in the size of an earlier version's file (two 36-byte slots).
+	require.NoError(t, os.WriteFile(path, raw[:hsSlotStride+hsBaseSize], 0o644))
+	_, err = Open(dir, Options{})
+	require.ErrorIs(t, err, ErrCorrupt)
 
 	// An older version's file: one slot, never synced whole.
-	require.NoError(t, os.WriteFile(path, raw[:hsSlotSize], 0o644))
+	require.NoError(t, os.WriteFile(path, raw[:hsBaseSize], 0o644))
 	l = openT(t, dir, Options{})
 	defer l.Close()
 	got, _, err := l.InitialState()
