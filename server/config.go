@@ -139,6 +139,14 @@ type Config struct {
 	// (1 MiB); never below 4 KiB. SegmentBytes, the operator's, is not
 	// bound by it, and topics created with smaller segments keep them.
 	MinTopicSegmentBytes int64
+
+	// MetaCheckpointEvery is how many metadata commands (topic creates,
+	// updates and removals) apart the node checkpoints its topic registry
+	// and compacts the metadata log; 0 means topic.DefaultMetaCheckpointEvery.
+	MetaCheckpointEvery uint64
+	// MetaSegmentBytes is the metadata log's segment size (its compaction
+	// deletes whole segments); 0 means 16 MiB. Tests make it small.
+	MetaSegmentBytes int64
 	// PageCacheBytes is how much of its newest durable records each topic
 	// leaves in the OS page cache; older records are dropped from it, so
 	// the cache does not grow with the logs (commitlog, "Page cache").

@@ -247,6 +247,8 @@ func (s *Server) open() error {
 		DefaultRetentionBytes: cfg.RetentionBytes,
 		MaxTopics:             cfg.MaxTopics,
 		MinSegmentBytes:       cfg.MinTopicSegmentBytes,
+		MetaCheckpointEvery:   cfg.MetaCheckpointEvery,
+		MetaSegmentBytes:      cfg.MetaSegmentBytes,
 		Logger:                cfg.Logger,
 	})
 	if err != nil {

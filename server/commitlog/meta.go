@@ -123,6 +123,11 @@ func writeMeta(dir string, st logStart, cs *pb.ConfState, table []byte) error {
 
 // writeFileSynced replaces dir/name atomically and durably: it writes
 // name.tmp, fsyncs it, renames it over name and fsyncs the directory.
+// WriteFileSynced replaces dir/name with data durably: written to a
+// temporary name and fsynced, renamed, and dir fsynced; a crash leaves the
+// old file or the new one, whole.
+func WriteFileSynced(dir, name string, data []byte) error { return writeFileSynced(dir, name, data) }
+
 func writeFileSynced(dir, name string, data []byte) error {
 	tmp := filepath.Join(dir, name+".tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)

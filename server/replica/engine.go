@@ -683,7 +683,7 @@ func (e *Engine) closeAll() {
 // ×0.80 / 1.00 / 0.85).
 const maxInflightBytes = 8 << 20
 
-func (e *Engine) raftConfig(id uint64, log *commitlog.Log, applied uint64) *raft.Config {
+func (e *Engine) raftConfig(id uint64, log raft.Storage, applied uint64) *raft.Config {
 	return &raft.Config{
 		ID:                        id,
 		ElectionTick:              e.cfg.ElectionTicks,

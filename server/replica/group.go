@@ -68,6 +68,18 @@ type GroupConfig struct {
 	// AfterReplay, when set, runs once Apply has replayed the log and before
 	// the group starts: nothing else is applied concurrently with it.
 	AfterReplay func() error
+	// Snapshot, when set, is what raft sends a follower that needs entries
+	// the log no longer holds, in place of the log's own snapshot: a
+	// command group's state as of an applied index (its checkpoint, below
+	// which it compacts its log). Called on the engine goroutine.
+	Snapshot func() (*raftpb.Snapshot, error)
+	// RestoreSnapshot, when set, receives a snapshot (from the leader's
+	// Snapshot) that raft installs on this node, on the engine goroutine,
+	// before the log is reset to start after it: it must make the state
+	// durable, since the log no longer holds the entries that built it.
+	// The log then gets the snapshot's metadata with empty data. An error
+	// fences the group.
+	RestoreSnapshot func(snap *raftpb.Snapshot) error
 	// OnClose, when set, runs after the group's log is closed because of
 	// RemoveGroup (on a goroutine of its own, unless the engine was
 	// stopping) or Stop; either way before Stop returns.
@@ -172,6 +184,8 @@ type Group struct {
 	raftHS  struct{ term, vote, commit uint64 }
 	onClose func()
 	onLead  func()
+	// restoreSnap is GroupConfig.RestoreSnapshot.
+	restoreSnap func(*raftpb.Snapshot) error
 	// leadPending: this node became the leader and has not yet applied an
 	// entry of its term (onLead is owed). Engine goroutine only.
 	leadPending bool
@@ -285,6 +299,8 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		onLead:    gc.OnLead,
 		waiters:   make(map[uint64]*proposal),
 		stopped:   make(chan struct{}),
+
+		restoreSnap: gc.RestoreSnapshot,
 	}
 	g.raftHS.term, g.raftHS.vote, g.raftHS.commit = hs.GetTerm(), hs.GetVote(), commit
 	g.leaderless.Store(time.Now().UnixNano()) // no leader known at start
@@ -301,7 +317,11 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 	if err := StoreBootstrapConf(gc.Log, gc.Peers); err != nil {
 		return nil, err
 	}
-	rn, err := raft.NewRawNode(e.raftConfig(e.cfg.NodeID, gc.Log, commit))
+	var storage raft.Storage = gc.Log
+	if gc.Snapshot != nil {
+		storage = snapshotStorage{gc.Log, gc.Snapshot}
+	}
+	rn, err := raft.NewRawNode(e.raftConfig(e.cfg.NodeID, storage, commit))
 	if err != nil {
 		return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)
 	}
@@ -392,6 +412,15 @@ func (g *Group) replay(lo, hi uint64) error {
 	}
 	return nil
 }
+
+// snapshotStorage is a log whose snapshot comes from a command group's
+// state (GroupConfig.Snapshot) rather than from the log.
+type snapshotStorage struct {
+	*commitlog.Log
+	snap func() (*raftpb.Snapshot, error)
+}
+
+func (s snapshotStorage) Snapshot() (*raftpb.Snapshot, error) { return s.snap() }
 
 // confChange decodes a configuration change entry (nil for other entries).
 func confChange(ent *raftpb.Entry) (*raftpb.ConfChangeV2, error) {
@@ -1109,7 +1138,16 @@ func (g *Group) persist() bool {
 		g.term.Store(rd.HardState.GetTerm())
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		if err := g.log.ApplySnapshot(rd.Snapshot); err != nil {
+		snap := rd.Snapshot
+		if g.restoreSnap != nil {
+			if err := g.restoreSnap(snap); err != nil {
+				g.fence(err)
+				return false
+			}
+			// The state is the hook's; the log keeps the position.
+			snap = &raftpb.Snapshot{Metadata: rd.Snapshot.Metadata, Data: commitlog.EncodeSnapshotData(nil, 1)}
+		}
+		if err := g.log.ApplySnapshot(snap); err != nil {
 			g.fence(err)
 			return false
 		}

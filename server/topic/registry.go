@@ -149,6 +149,13 @@ type Config struct {
 	// less means DefaultMinSegmentBytes; it is never below
 	// commitlog.MinSegmentBytes.
 	MinSegmentBytes int64
+	// MetaCheckpointEvery is how many applied metadata commands apart the
+	// node checkpoints the registry and compacts the metadata log (see
+	// "Metadata checkpoints" in checkpoint.go); 0 means
+	// DefaultMetaCheckpointEvery.
+	MetaCheckpointEvery uint64
+	// MetaSegmentBytes is the metadata log's segment size; 0 means 16 MiB.
+	MetaSegmentBytes int64
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -185,9 +192,13 @@ type Registry struct {
 	// the metadata leader, for the topic cap) and not yet answered; a
 	// name already in topics no longer counts towards the cap.
 	creating map[string]int
-	// starts counts the topic starts running (start); Close waits for
-	// them.
+	// starts counts the topic starts running (start), and the metadata
+	// log's compactions; Close waits for them.
 	starts sync.WaitGroup
+	// cp is the latest metadata checkpoint (raft's snapshot of the
+	// registry at cpIndex); nil before the first. Guarded by mu.
+	cp      *raftpb.Snapshot
+	cpIndex uint64
 }
 
 // ChangeCount increases whenever the member set changes, a topic group
@@ -228,19 +239,33 @@ func Open(cfg Config) (*Registry, error) {
 		cfg.MinSegmentBytes = DefaultMinSegmentBytes
 	}
 	cfg.MinSegmentBytes = max(cfg.MinSegmentBytes, commitlog.MinSegmentBytes)
+	if cfg.MetaCheckpointEvery == 0 {
+		cfg.MetaCheckpointEvery = DefaultMetaCheckpointEvery
+	}
+	if cfg.MetaSegmentBytes <= 0 {
+		cfg.MetaSegmentBytes = metaSegmentBytes
+	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member), changed: make(chan struct{}, 1)}
 	for _, d := range []string{"topics", "removed"} {
 		if err := commitlog.MkdirAll(filepath.Join(cfg.Dir, d)); err != nil {
 			return nil, err
 		}
 	}
+	cp, st, err := readCheckpoint(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	r.replaying = true
+	if cp != nil {
+		r.setStateLocked(st)
+		r.cp, r.cpIndex = cp, cp.GetMetadata().GetIndex()
+	}
 	metaLog, err := commitlog.Open(filepath.Join(cfg.Dir, "meta"), commitlog.Options{
-		SegmentBytes: 16 << 20, NoSync: cfg.Log.NoSync, Logger: cfg.Logger,
+		SegmentBytes: cfg.MetaSegmentBytes, NoSync: cfg.Log.NoSync, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("topic: opening metadata log: %w", err)
 	}
-	r.replaying = true
 	var peers []raft.Peer
 	for _, m := range cfg.Members {
 		ctx, err := json.Marshal(m)
@@ -253,6 +278,8 @@ func Open(cfg Config) (*Registry, error) {
 		Name: metaGroup, Log: metaLog, Peers: peers, Apply: r.apply,
 		ApplyConfChange: r.applyConfChange,
 		CheckConfChange: r.checkConfChange,
+		Snapshot:        r.snapshot,
+		RestoreSnapshot: r.restoreSnapshot,
 		OnLead:          r.noteChange, // promotions are the leader's to make
 		// Start the replayed topics before the metadata group runs, so no
 		// live command is applied while they start.
@@ -546,49 +573,69 @@ func (r *Registry) apply(index uint64, payload []byte) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if index <= r.cpIndex {
+		return nil // in the checkpoint the registry opened with
+	}
 	t := r.topics[c.Name]
+	defer r.maybeCheckpointLocked(index)
 	switch c.Op {
 	case "create":
 		if t != nil {
 			return fmt.Errorf("%w: %q", ErrExists, c.Name)
 		}
-		t = &Topic{Name: c.Name, Settings: c.Settings, dir: fmt.Sprintf("%s.%d", c.Name, index), voters: slices.Clone(r.voters), created: index}
-		if !r.replaying {
-			t.start = &startState{done: make(chan struct{})}
-			r.cfg.Engine.Expect(t.dir)
-			r.starts.Add(1)
-			go r.start(t)
-		}
-		r.topics[c.Name] = t
+		r.addTopicLocked(&Topic{Name: c.Name, Settings: c.Settings, dir: fmt.Sprintf("%s.%d", c.Name, index), voters: slices.Clone(r.voters), created: index})
 	case "update":
 		if t == nil {
 			return fmt.Errorf("%w: %q", ErrNotFound, c.Name)
 		}
-		nt := *t
-		nt.Settings = c.Settings
-		r.topics[c.Name] = &nt
-		if !r.replaying && nt.Group != nil && c.Settings.SegmentBytes != t.Settings.SegmentBytes {
-			// The running log rolls at the new size from now on (apply
-			// runs on the engine goroutine, which owns every log).
-			nt.Group.Log().SetSegmentBytes(r.segmentBytes(c.Settings))
-		}
+		r.updateTopicLocked(t, c.Settings)
 	case "remove":
 		if t == nil {
 			return fmt.Errorf("%w: %q", ErrNotFound, c.Name)
 		}
-		delete(r.topics, c.Name)
-		if r.replaying || (t.Group == nil && t.start != nil && t.start.ended) {
-			// Its group was never started (or its start failed, and no
-			// group will close): make sure its files are aside.
-			r.moveAside(t)
-			return nil
-		}
-		r.cfg.Engine.RemoveGroup(t.dir)
-		r.log.Info("topic removed", "topic", c.Name)
+		r.removeTopicLocked(t)
 	default:
 		return fmt.Errorf("topic: unknown command %q at %d", c.Op, index)
 	}
 	return nil
+}
+
+// addTopicLocked adds a created topic and, on a running node, starts its
+// group (start).
+func (r *Registry) addTopicLocked(t *Topic) {
+	if !r.replaying {
+		t.start = &startState{done: make(chan struct{})}
+		r.cfg.Engine.Expect(t.dir)
+		r.starts.Add(1)
+		go r.start(t)
+	}
+	r.topics[t.Name] = t
+}
+
+// updateTopicLocked gives topic t new settings.
+func (r *Registry) updateTopicLocked(t *Topic, s Settings) {
+	nt := *t
+	nt.Settings = s
+	r.topics[t.Name] = &nt
+	if !r.replaying && nt.Group != nil && s.SegmentBytes != t.Settings.SegmentBytes {
+		// The running log rolls at the new size from now on (apply runs
+		// on the engine goroutine, which owns every log).
+		nt.Group.Log().SetSegmentBytes(r.segmentBytes(s))
+	}
+}
+
+// removeTopicLocked removes topic t: its group stops, and its files are
+// moved aside.
+func (r *Registry) removeTopicLocked(t *Topic) {
+	delete(r.topics, t.Name)
+	if r.replaying || (t.Group == nil && t.start != nil && t.start.ended) {
+		// Its group was never started (or its start failed, and no group
+		// will close): make sure its files are aside.
+		r.moveAside(t)
+		return
+	}
+	r.cfg.Engine.RemoveGroup(t.dir)
+	r.log.Info("topic removed", "topic", t.Name)
 }
 
 // checkConfChange refuses, at apply, a membership change proposed on an
@@ -638,6 +685,10 @@ func (r *Registry) checkConfChange(cc *raftpb.ConfChangeV2) bool {
 // configuration changes, whose context holds the Member.
 func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raftpb.ConfState) {
 	r.mu.Lock()
+	if index <= r.cpIndex {
+		r.mu.Unlock()
+		return // in the checkpoint the registry opened with
+	}
 	for _, ch := range cc.GetChanges() {
 		id := ch.GetNodeId()
 		switch ch.GetType() {
