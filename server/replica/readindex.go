@@ -17,8 +17,9 @@ import (
 // so any number of callers costs the leader one heartbeat round per round
 // trip. raft drops a request when the node knows no leader, and the
 // transport may lose one: a round unanswered for readRoundTicks is asked
-// again.
-
+// again, under a new request ID, and an answer to any of the round's
+// requests answers it (every caller of the round asked before the first),
+// so a round trip slower than readRoundTicks still completes.
 // readRoundTicks is how long (in ticks) a read round waits for its answer
 // before it is asked again: an election timeout.
 const readRoundTicks = 10
@@ -33,12 +34,13 @@ type readWaiter struct {
 	gone <-chan struct{}
 }
 
-// readRound is one ReadIndex request and the callers it answers.
+// readRound is one read round, asked as raft ReadIndex requests first..last
+// (asked again when unanswered), and the callers it answers.
 type readRound struct {
-	id      uint64
-	waiters []readWaiter
-	index   uint64 // the leader's answer: wait until applied
-	ticks   int    // ticks since it was asked (in flight)
+	first, last uint64
+	waiters     []readWaiter
+	index       uint64 // the leader's answer: wait until applied
+	ticks       int    // ticks since it was last asked (in flight)
 }
 
 // reads is a group's read barrier state. Engine goroutine only.
@@ -72,27 +74,42 @@ func (g *Group) ReadIndex(ctx context.Context) error {
 // reply takes a heartbeat round).
 func (g *Group) startRead() {
 	r := &g.reads
-	if r.inFlight != nil || len(r.waiting) == 0 || g.fenced != nil {
+	if r.inFlight != nil || len(r.waiting) == 0 || g.fenced != nil || !g.mayAskRead() {
 		return
 	}
+	r.inFlight = &readRound{waiters: r.waiting}
+	r.waiting = nil
+	g.askRead(r.inFlight)
+}
+
+// mayAskRead reports whether raft's answer to a ReadIndex request now
+// would be right. raft answers the only voter of a group at once with its
+// commit index, even before it has committed an entry of its term (a
+// larger group's leader holds the request until then): after a restart
+// that index can be below entries committed before it. The finish that
+// commits the entry asks (readStates).
+func (g *Group) mayAskRead() bool {
 	if st := g.rn.BasicStatus(); st.RaftState == raft.StateLeader {
-		// raft answers the only voter of a group at once with its commit
-		// index, even before it has committed an entry of its term (a
-		// larger group's leader holds the request until then): after a
-		// restart that index can be below entries committed before it.
-		// The finish that commits the entry asks (readStates).
 		if term, err := g.log.Term(st.GetCommit()); err != nil || term != st.GetTerm() {
-			return
+			return false
 		}
 	}
+	return true
+}
+
+// askRead sends raft a ReadIndex request for round rd, under a new ID.
+func (g *Group) askRead(rd *readRound) {
+	r := &g.reads
 	if r.seq == 0 {
 		// Distinct from the rounds of this node's earlier processes,
 		// whose late answers would otherwise match this one's first.
 		r.seq = g.e.incarnation
 	}
 	r.seq++
-	r.inFlight = &readRound{id: r.seq, waiters: r.waiting}
-	r.waiting = nil
+	if rd.first == 0 {
+		rd.first = r.seq
+	}
+	rd.last, rd.ticks = r.seq, 0
 	if g.isLeader {
 		g.quiesced = false
 	}
@@ -105,9 +122,11 @@ func (g *Group) readStates(states []raft.ReadState) {
 	r := &g.reads
 	for _, rs := range states {
 		ctx := rs.RequestCtx
-		if r.inFlight == nil || !bytes.HasPrefix(ctx, readPrefix) || len(ctx) != len(readPrefix)+8 ||
-			binary.BigEndian.Uint64(ctx[len(readPrefix):]) != r.inFlight.id {
-			continue // a round asked again since
+		if r.inFlight == nil || !bytes.HasPrefix(ctx, readPrefix) || len(ctx) != len(readPrefix)+8 {
+			continue
+		}
+		if id := binary.BigEndian.Uint64(ctx[len(readPrefix):]); id < r.inFlight.first || id > r.inFlight.last {
+			continue // an answered round's
 		}
 		r.inFlight.index = rs.Index
 		r.confirmed = append(r.confirmed, r.inFlight)
@@ -154,11 +173,21 @@ func (g *Group) tickReads(elapsed int) bool {
 	if rd.ticks += elapsed; rd.ticks < readRoundTicks {
 		return false
 	}
-	g.reads.inFlight = nil
-	// Callers that gave up go: without a leader or a quorum, rounds are
-	// asked again for as long as that lasts.
-	g.reads.waiting = append(live(rd.waiters), live(g.reads.waiting)...)
-	g.startRead()
+	// Callers that gave up go: without a leader or a quorum, the round is
+	// asked again for as long as that lasts, and the earlier requests'
+	// answers still count.
+	rd.waiters = live(rd.waiters)
+	g.reads.waiting = live(g.reads.waiting)
+	if len(rd.waiters) == 0 {
+		g.reads.inFlight = nil
+		g.startRead()
+		return true
+	}
+	if !g.mayAskRead() {
+		rd.ticks = 0
+		return false
+	}
+	g.askRead(rd)
 	return true
 }
 

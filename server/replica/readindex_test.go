@@ -68,3 +68,19 @@ func TestReadIndexWithoutQuorum(t *testing.T) {
 	defer cancel()
 	assert.ErrorIs(t, c.groups[lead].ReadIndex(ctx), context.DeadlineExceeded)
 }
+
+// TestReadIndexSlowerThanItsReask: a round whose answer takes longer than
+// readRoundTicks to come back (a slow link from the leader) still
+// completes. Each re-ask used to replace the request, so every answer
+// arrived for a request already replaced, and the read never returned.
+// (The delay is several rounds: a quiesced engine ticks only every ping
+// interval, so a round is asked again later than readRoundTicks.)
+func TestReadIndexSlowerThanItsReask(t *testing.T) {
+	c, lead := openRestartCluster(t, Config{})
+	f := lead%3 + 1
+	tick := c.engines[f].cfg.TickInterval
+	c.hub.SetDelay(lead, f, time.Duration(4*readRoundTicks)*tick)
+	want := c.groups[lead].Applied()
+	require.NoError(t, c.groups[f].ReadIndex(ctx10(t)))
+	assert.GreaterOrEqual(t, c.groups[f].Applied(), want)
+}
