@@ -284,6 +284,11 @@ func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessage
 	if len(msgs) == 0 {
 		return nil, fmt.Errorf("%w: messages: the batch is empty", ErrInvalidArgument)
 	}
+	if req.GetProducerId() != 0 && req.GetSequence() == 0 {
+		// Sequences start at 1: with 0 every batch after the first would
+		// be taken for a retry of it, answered and not stored.
+		return nil, fmt.Errorf("%w: sequence: 0 with a producer_id (a producer numbers its batches from 1)", ErrInvalidArgument)
+	}
 	total := 0
 	for i, m := range msgs {
 		if len(m) > s.cfg.MaxMessageBytes {

@@ -140,6 +140,11 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 			// would keep the client here. Send it elsewhere.
 			return replica.ErrNoLeader
 		}
+		if s.registry.RemovedSelf() {
+			// The cluster removed this node: its groups hear of no more
+			// commits (and still know a leader, so CutOff never says so).
+			return errRemoved
+		}
 		// Messages, or a heartbeat (the wait cap passed at the tail).
 		if err := stream.Send(&forestbusv1.SubscribeResponse{
 			Messages: res.Messages,

@@ -12,6 +12,8 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
+
+	"github.com/forestbus/forestbus/server/replica"
 )
 
 // Membership errors.
@@ -36,6 +38,9 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return Member{}, fmt.Errorf("%w: node address %q: %v", ErrInvalidName, addr, err)
+	}
+	if err := r.confirmMembers(ctx); err != nil {
+		return Member{}, err
 	}
 	for {
 		r.mu.RLock()
@@ -73,12 +78,27 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 	}
 }
 
+// confirmMembers waits until this node has applied every membership
+// change the metadata group had committed when it was called (its read
+// barrier), so that AddNode and RemoveNode judge by the cluster's member
+// list, not by a list this node, lagging, has not caught up on (a node
+// added a moment ago through the leader, "not found" here).
+func (r *Registry) confirmMembers(ctx context.Context) error {
+	if err := r.meta.ReadIndex(ctx); err != nil {
+		return fmt.Errorf("%w: the metadata group did not confirm the member list: %v", replica.ErrNoLeader, err)
+	}
+	return nil
+}
+
 // RemoveNode removes the named member from the metadata group; Reconcile
 // removes it from the topic groups. It waits until the change is applied
 // here. Errors: ErrNodeNotFound, ErrLastVoter, ErrQuorumLoss (the voters
 // left, as the metadata leader hears them, would not have a live majority)
 // and the replica proposal errors.
 func (r *Registry) RemoveNode(ctx context.Context, name string) error {
+	if err := r.confirmMembers(ctx); err != nil {
+		return err
+	}
 	r.mu.RLock()
 	var id uint64
 	for _, m := range r.members {

@@ -1,0 +1,129 @@
+package api_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/forestbus/forestbus/client"
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server/servertest"
+	"github.com/forestbus/forestbus/server/transport"
+)
+
+// TestSequenceZeroWithAProducerIsRefused: sequences start at 1. A client
+// that sets producer_id and leaves sequence at proto3's 0 would have every
+// batch after its first taken for a retry of it: answered, not stored.
+func TestSequenceZeroWithAProducerIsRefused(t *testing.T) {
+	n := servertest.StartNode(t)
+	bus := dialBus(t, n.Addr())
+	_, err := bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{
+		Topic: "default", Messages: [][]byte{[]byte("a")}, ProducerId: 42, WaitForCommit: true})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	assert.ErrorContains(t, err, "sequence")
+	r, err := bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{
+		Topic: "default", Messages: [][]byte{[]byte("b"), []byte("c")}, ProducerId: 42, Sequence: 1, WaitForCommit: true})
+	require.NoError(t, err)
+	assert.Equal(t, int32(2), r.GetCount())
+}
+
+// nodeID is the node's raft ID, from its member list.
+func nodeID(n *servertest.Node) uint64 {
+	for _, m := range n.Registry().Members() {
+		if m.Name == n.Cfg.NodeName {
+			return m.ID
+		}
+	}
+	return 0
+}
+
+func adminOf(t *testing.T, addr string) forestbusv1.AdminServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cc.Close() })
+	return forestbusv1.NewAdminServiceClient(cc)
+}
+
+// TestSubscribeEndsOnARemovedNode: a Subscribe stream on a node the
+// cluster then removes ends (UNAVAILABLE, so the client goes elsewhere).
+// The node still knows its groups' leader, so its heartbeats went on with
+// a frozen commit point, and the reader missed every later message.
+func TestSubscribeEndsOnARemovedNode(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	// A node that leads neither the metadata group nor the topic (a
+	// leader steps down when removed, and its stream ends anyway).
+	var gone *servertest.Node
+	for _, n := range c.Nodes {
+		tp, err := n.Registry().Get("default")
+		require.NoError(t, err)
+		if id := nodeID(n); tp.Group.Leader() != id && n.Registry().Meta().Leader() != id {
+			gone = n
+			break
+		}
+	}
+	if gone == nil {
+		t.Skip("every node leads a group")
+	}
+	var addrs []string
+	for _, n := range c.Nodes {
+		if n != gone {
+			addrs = append(addrs, n.Addr())
+		}
+	}
+	others := client.New("test", addrs)
+	defer others.Close()
+	send(t, others, "default", payloads("a", 1, 2))
+	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
+	defer cancel()
+	s, err := dialBus(t, gone.Addr()).Subscribe(ctx, &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1, HeartbeatMs: 100})
+	require.NoError(t, err)
+	recvN(t, s, 1, 2)
+
+	admin := adminOf(t, addrs[0])
+	require.Eventually(t, func() bool {
+		_, err := admin.RemoveNode(ctx, &forestbusv1.RemoveNodeRequest{Name: gone.Cfg.NodeName})
+		return err == nil
+	}, 20*time.Second, 20*time.Millisecond)
+	for {
+		_, err := s.Recv()
+		if err != nil {
+			require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+			return
+		}
+		require.NoError(t, ctx.Err(), "the stream on the removed node runs on")
+	}
+}
+
+// TestMembershipCallsOnALaggingFollower: a follower that has not yet
+// applied a node's addition confirms the member list with the metadata
+// leader before it judges a RemoveNode (it answered NOT_FOUND from its
+// own list).
+func TestMembershipCallsOnALaggingFollower(t *testing.T) {
+	hub := transport.NewHub()
+	c := servertest.NewCluster(t, 3, servertest.WithHub(hub))
+	c.WaitTopic("default")
+	var leader, lag *servertest.Node
+	for _, n := range c.Nodes {
+		if n.Registry().Meta().Leader() == nodeID(n) {
+			leader = n
+		} else {
+			lag = n
+		}
+	}
+	require.NotNil(t, leader)
+	require.NotNil(t, lag)
+	hub.SetDelay(nodeID(leader), nodeID(lag), 300*time.Millisecond)
+	_, err := adminOf(t, leader.Addr()).AddNode(testCtx(t), &forestbusv1.AddNodeRequest{Name: "n9", Address: "127.0.0.1:1"})
+	require.NoError(t, err)
+	_, err = adminOf(t, lag.Addr()).RemoveNode(testCtx(t), &forestbusv1.RemoveNodeRequest{Name: "n9"})
+	assert.NoError(t, err)
+}
