@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 )
@@ -62,7 +63,9 @@ func (c *Client) SendMessages(topic string, messages [][]byte, waitForCommit boo
 // topic remembers which of a producer's last 64 sequence numbers it stored
 // and the IDs of its last 64 batches, and a Client's sends to one topic
 // never run more than 32 sequences ahead of its oldest send in flight
-// (later ones wait, or fail when ctx ends), so every retry within a call
+// (later ones wait; they fail when ctx ends, when Close ends the Client's
+// calls, and, when ctx has no deadline, with ErrNoNodesAvailable after the
+// retry window), so every retry within a call
 // is recognized and answered. A topic forgets a Client once 8,192 other
 // producers have stored a batch there after the Client's last one; a
 // retry after that is stored again.
@@ -155,6 +158,13 @@ func (c *Client) sendMessages(ctx context.Context, topic string, messages [][]by
 		return err
 	})
 	if err != nil {
+		var se *StatusError
+		if errors.As(err, &se) && se.Code == codes.ResourceExhausted && se.Reason == "" && se.sentinel == nil {
+			// The request was larger than the node's gRPC receive limit
+			// (which it sets above its batch limit): too large a batch,
+			// for callers (the batcher splits it) as for BATCH_TOO_LARGE.
+			se.sentinel = ErrBatchTooLarge
+		}
 		return nil, err
 	}
 	if int(resp.GetCount()) != len(messages) {

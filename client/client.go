@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -247,11 +248,25 @@ func (c *Client) topicSeqsLocked(topic string) *topicSeqs {
 	return ts
 }
 
-// beginSend waits until a send to topic may start (maxSeqSpan), or for
-// ctx to end, and registers it: with sequence seq, or with the next one
-// when seq is 0. The caller calls c.endSend(ts, q) once the send has
-// returned (a method, not a closure, which every send would allocate).
+// beginSend waits until a send to topic may start (maxSeqSpan) and
+// registers it: with sequence seq, or with the next one when seq is 0. The
+// caller calls c.endSend(ts, q) once the send has returned (a method, not
+// a closure, which every send would allocate). The wait ends, with an
+// error, when ctx ends, when Close ends the Client's calls in progress
+// (ErrNoNodesAvailable, as for a call Close ends), and, for a ctx without
+// a deadline (the original API's calls), after the retry window
+// (ErrNoNodesAvailable: the earlier sends it waits for are as stuck).
 func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (ts *topicSeqs, q uint64, err error) {
+	var (
+		bound   context.Context // ctx, also ended by Close: made at the first wait
+		unbind  func()
+		timeout <-chan time.Time
+	)
+	defer func() {
+		if unbind != nil {
+			unbind()
+		}
+	}()
 	for {
 		c.mu.Lock()
 		ts = c.topicSeqsLocked(topic)
@@ -268,11 +283,23 @@ func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (ts *t
 		ended := ts.ended
 		ts.waiting++
 		c.mu.Unlock()
+		if bound == nil {
+			bound, unbind = c.bind(ctx)
+			if _, ok := ctx.Deadline(); !ok {
+				t := time.NewTimer(c.retryWindow)
+				defer t.Stop()
+				timeout = t.C
+			}
+		}
 		select {
 		case <-ended:
 			err = nil
-		case <-ctx.Done():
-			err = ctx.Err()
+		case <-bound.Done():
+			if err = ctx.Err(); err == nil {
+				err = &noNodesError{op: "SendMessages", last: fmt.Errorf("the Client was closed while the send to %q waited for earlier sends", topic)}
+			}
+		case <-timeout:
+			err = &noNodesError{op: "SendMessages", last: fmt.Errorf("sends to %q more than %d sequences earlier still in flight after the retry window (%v)", topic, maxSeqSpan, c.retryWindow)}
 		}
 		c.mu.Lock()
 		ts.waiting--

@@ -73,9 +73,21 @@ func WithSubscribeBatch(n int) SubscribeOption {
 //
 // Set a longer interval on links so slow that a 4 MiB response takes more
 // than three intervals to arrive.
+//
+// Nodes send heartbeats no more often than every 100 ms
+// (MinSubscribeHeartbeat): a shorter d counts as that, or streams would be
+// taken for dead while healthy and idle.
 func WithSubscribeHeartbeat(d time.Duration) SubscribeOption {
-	return func(c *subscribeConfig) { c.heartbeat = d }
+	return func(c *subscribeConfig) {
+		if d > 0 {
+			d = max(d, MinSubscribeHeartbeat)
+		}
+		c.heartbeat = d
+	}
 }
+
+// MinSubscribeHeartbeat is the shortest heartbeat interval nodes keep.
+const MinSubscribeHeartbeat = 100 * time.Millisecond
 
 // staleAfter is how long a stream with heartbeat interval hb may stay
 // silent: subscribeStaleBeats intervals, or for ever when that many would
