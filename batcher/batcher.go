@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/forestbus/forestbus/client"
 )
 
@@ -18,6 +20,10 @@ const UnlimitedRetries = -1
 
 // DefaultBufferSize is the default queue capacity and largest batch.
 const DefaultBufferSize = 200
+
+// messageCost is what a message counts towards a batch's size, as nodes
+// count it: its bytes with their framing in the request.
+func messageCost(m []byte) int { return protowire.SizeTag(2) + protowire.SizeBytes(len(m)) }
 
 // DefaultMaxBatchBytes is the default cap of a batch's message bytes: a
 // node's default -max-batch-bytes.
@@ -374,7 +380,7 @@ func (b *Batcher) run(ctx context.Context) {
 				// Nothing can be queued any more: send what is left.
 				select {
 				case r := <-b.queue:
-					batch, size = append(batch, r), len(r.message)
+					batch, size = append(batch, r), messageCost(r.message)
 				default:
 					return
 				}
@@ -384,11 +390,11 @@ func (b *Batcher) run(ctx context.Context) {
 		for len(batch) < b.bufferSize {
 			select {
 			case r := <-b.queue:
-				if size+len(r.message) > b.maxBatchBytes {
+				if size+messageCost(r.message) > b.maxBatchBytes {
 					carry = r
 					break fill
 				}
-				batch, size = append(batch, r), size+len(r.message)
+				batch, size = append(batch, r), size+messageCost(r.message)
 			default:
 				break fill
 			}

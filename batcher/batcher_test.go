@@ -250,12 +250,13 @@ func queueBehind(t *testing.T, f *fakeSender, b *Batcher, msgs ...string) []*Sen
 	return out
 }
 
-// TestBatchesAreCappedAtBytes: a batch stops short of WithMaxBatchBytes;
-// the message that would cross it heads the next batch, and one larger
-// than the cap goes alone.
+// TestBatchesAreCappedAtBytes: a batch stops short of WithMaxBatchBytes,
+// each message counted with its framing as nodes count it (a 4-byte
+// message, 6); the message that would cross it heads the next batch, and
+// one larger than the cap goes alone.
 func TestBatchesAreCappedAtBytes(t *testing.T) {
 	f := newFakeSender()
-	b := New(f, "topic", WithMaxBatchBytes(10))
+	b := New(f, "topic", WithMaxBatchBytes(12))
 	defer b.Close()
 	rs := queueBehind(t, f, b, "1111", "2222", "3333", "4444", "large-55555", "6")
 	for i, r := range rs {

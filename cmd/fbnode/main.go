@@ -112,7 +112,7 @@ func run(args []string) error {
 		initial    = fs.String("initial-cluster", "", "members of a new cluster: name=host:port,... in the same order on every member (default: a one-node cluster)")
 		syncMode   = fs.String("sync", "fsync", `durability: "fsync" (acknowledged means on disk) or "os" (the OS flushes)`)
 		maxMsg     = fs.Int("max-message-bytes", 1<<20, "largest message accepted; messages stored while it was larger stay readable")
-		maxBatch   = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch accepted (payload bytes, at most 256 MiB)")
+		maxBatch   = fs.Int("max-batch-bytes", 16<<20, "largest SendMessages batch of several messages accepted (their bytes, each counted with its framing: 2 or more bytes; at most 256 MiB)")
 		maxRead    = fs.Int("max-read-bytes", api.DefaultMaxReadBytes, "cap of one GetMessages answer or Subscribe response: its messages, each counted with its framing (payload + 2 or more bytes); the default fits gRPC clients' default 4 MiB receive limit")
 		readAhead  = fs.Int("read-ahead-bytes", api.DefaultReadAheadBytes, "what a GetMessages answer holds (counted as -max-read-bytes counts) when that much is committed, even beyond the quantity asked (negative: off)")
 		maxWait    = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
 	"github.com/forestbus/forestbus/server/transport"
 )
@@ -126,4 +127,24 @@ func TestMembershipCallsOnALaggingFollower(t *testing.T) {
 	require.NoError(t, err)
 	_, err = adminOf(t, lag.Addr()).RemoveNode(testCtx(t), &forestbusv1.RemoveNodeRequest{Name: "n9"})
 	assert.NoError(t, err)
+}
+
+// TestBatchLimitCountsFraming: a batch's messages count towards the max
+// batch size with their framing, so a batch of empty messages is not free
+// of it (millions of them decoded and stored as one entry); a message
+// alone is bounded by the message limit only.
+func TestBatchLimitCountsFraming(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) {
+		c.MaxBatchBytes, c.MaxMessageBytes = 64<<10, 64<<10
+	}))
+	bus := dialBus(t, n.Addr())
+	_, err := bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: make([][]byte, 40_000)})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
+	assert.ErrorContains(t, err, "40000 messages")
+	r, err := bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: make([][]byte, 20_000), WaitForCommit: true})
+	require.NoError(t, err, "20,000 empty messages: 40,000 bytes")
+	assert.Equal(t, int32(20_000), r.GetCount())
+	r, err = bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: [][]byte{make([]byte, 64<<10)}, WaitForCommit: true})
+	require.NoError(t, err, "one message of the message limit, the batch limit too")
+	assert.Equal(t, int32(1), r.GetCount())
 }

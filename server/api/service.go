@@ -294,10 +294,13 @@ func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessage
 		if len(m) > s.cfg.MaxMessageBytes {
 			return nil, fmt.Errorf("%w: message %d has %d bytes, the limit is %d", ErrMessageTooLarge, i, len(m), s.cfg.MaxMessageBytes)
 		}
-		total += len(m)
+		total += commitlog.MessageCost(len(m))
 	}
-	if total > s.cfg.MaxBatchBytes {
-		return nil, fmt.Errorf("%w: the batch has %d bytes, the limit is %d", ErrBatchTooLarge, total, s.cfg.MaxBatchBytes)
+	// Each message counts with its framing (as the read limits count
+	// them): a batch of many empty messages is no longer free of the
+	// limit. One message alone is bounded by the message limit.
+	if total > s.cfg.MaxBatchBytes && len(msgs) > 1 {
+		return nil, fmt.Errorf("%w: the batch has %d bytes (%d messages, each counted with its framing), the limit is %d", ErrBatchTooLarge, total, len(msgs), s.cfg.MaxBatchBytes)
 	}
 	select {
 	case <-s.stopping:

@@ -269,8 +269,9 @@ type SendMessagesRequest struct {
 	// Topic name: 1 to 200 characters from [A-Za-z0-9._-].
 	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
 	// The messages, in order. At least one. Each message is at most the
-	// node's max message size (default 1 MiB); the batch's total payload is
-	// at most the node's max batch size (default 16 MiB).
+	// node's max message size (default 1 MiB); a batch of more than one is at
+	// most the node's max batch size (default 16 MiB), each message counted
+	// with its framing here (its bytes plus 2 or more).
 	Messages [][]byte `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
 	// false: answer once the topic leader has the batch in its log (synced,
 	// in fsync mode). The IDs are then tentative: should the leader lose its
