@@ -676,6 +676,16 @@ func (l *Log) Sync() error {
 	return l.sync(false)
 }
 
+// SyncNow is Sync that flushes also with NoSync: for a caller about to
+// store, durably, something that depends on what the log holds (the
+// metadata registry's checkpoint, in "os" mode).
+func (l *Log) SyncNow() error {
+	noSync := l.opts.NoSync
+	l.opts.NoSync = false
+	defer func() { l.opts.NoSync = noSync }()
+	return l.sync(false)
+}
+
 // needsSync reports whether Sync would have to flush anything.
 func (l *Log) needsSync() bool {
 	if l.jpath != "" {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,15 +35,24 @@ import (
 //
 //   - Open restores the registry from the checkpoint and skips the log's
 //     entries up to its index (the log keeps some: it is cut at segment
-//     boundaries).
-//   - A follower that needs entries the leader no longer holds is sent the
-//     leader's checkpoint as raft's snapshot (GroupConfig.Snapshot). It
+//     boundaries). It first makes the log agree with the checkpoint
+//     (alignWithCheckpoint), moves aside the files of topics whose removal
+//     was still under way when the checkpoint was taken (Removing), and
+//     knows the node was removed from the cluster when the checkpoint's
+//     members lack an ID it gave out.
+//   - A follower that needs entries the leader no longer holds is sent a
+//     snapshot of the leader's registry taken when raft asks
+//     (GroupConfig.Snapshot), at the applied index, with the configuration
+//     as of it (a node added since the last checkpoint is in it). It
 //     writes it as its own checkpoint before its log is reset to start
 //     after it (GroupConfig.RestoreSnapshot), then makes the registry the
 //     checkpoint's: topics it lacks are started, topics the checkpoint
 //     lacks (removed meanwhile, or removed and created again under a new
 //     directory) are removed and their files moved aside, settings are
 //     updated and the members replaced.
+//   - With -sync os the metadata log is fsynced before a checkpoint is
+//     written (Log.SyncNow), so that a crash does not leave the log ending
+//     below it.
 //
 // File: "FBCP" | u32 version 1 | u32 crc32c(snapshot) | raftpb.Snapshot,
 // whose data is the JSON of checkpointState.
@@ -71,6 +81,10 @@ type checkpointState struct {
 	Members []Member          `json:"members"`
 	Voters  []uint64          `json:"voters"`
 	MaxID   uint64            `json:"max_id"`
+	// Removing are the directories of removed topics whose files were not
+	// yet moved aside (their groups close in the background): Open moves
+	// them aside, since it no longer replays their removal.
+	Removing []string `json:"removing,omitempty"`
 }
 
 type checkpointTopic struct {
@@ -83,7 +97,8 @@ type checkpointTopic struct {
 
 // stateLocked encodes the registry's state. The caller holds r.mu.
 func (r *Registry) stateLocked() ([]byte, error) {
-	st := checkpointState{Members: r.membersLocked(), Voters: slices.Clone(r.voters), MaxID: r.maxID}
+	st := checkpointState{Members: r.membersLocked(), Voters: slices.Clone(r.voters), MaxID: r.maxID,
+		Removing: slices.Sorted(maps.Keys(r.removing))}
 	for _, t := range r.topics {
 		st.Topics = append(st.Topics, checkpointTopic{Name: t.Name, Settings: t.Settings, Dir: t.dir, Voters: t.voters, Created: t.created})
 	}
@@ -119,6 +134,16 @@ func (r *Registry) setStateLocked(st checkpointState) {
 	}
 	r.voters = slices.Sorted(slices.Values(st.Voters))
 	r.maxID = st.MaxID
+	if _, member := r.members[r.cfg.NodeID]; !member && r.cfg.NodeID != 0 && r.cfg.NodeID <= st.MaxID && !r.removedSelf.Swap(true) {
+		// IDs are never reused: an ID the cluster gave out and no longer
+		// has was removed (a node joining later has a higher one).
+		r.log.Error("this node was removed from the cluster (metadata checkpoint): it answers clients UNAVAILABLE; stop it, and start it again only with a new data directory and -join")
+	}
+	if r.replaying {
+		for _, dir := range st.Removing {
+			r.moveAside(&Topic{Name: dir, dir: dir})
+		}
+	}
 	r.noteChange()
 }
 
@@ -132,6 +157,13 @@ func (r *Registry) maybeCheckpointLocked(index uint64) {
 		return
 	}
 	snap, err := r.checkpointLocked(index)
+	if err == nil && r.cfg.Log.NoSync {
+		// The checkpoint is fsynced, and the log below it is deleted: the
+		// log must not end below it after a crash ("os" mode syncs
+		// nothing of its own), or new commands would take indexes the
+		// checkpoint covers, and be skipped.
+		err = r.meta.Log().SyncNow()
+	}
 	if err == nil {
 		err = writeCheckpoint(r.cfg.Dir, snap)
 	}
@@ -139,7 +171,7 @@ func (r *Registry) maybeCheckpointLocked(index uint64) {
 		r.log.Error("metadata checkpoint", "index", index, "err", err)
 		return
 	}
-	r.cp, r.cpIndex = snap, index
+	r.cpIndex = index
 	meta := r.meta
 	r.starts.Add(1)
 	go func() {
@@ -153,7 +185,7 @@ func (r *Registry) maybeCheckpointLocked(index uint64) {
 }
 
 // checkpointLocked builds raft's snapshot of the registry as of index, the
-// command apply has just applied.
+// last entry applied. The caller holds r.mu (read or write).
 func (r *Registry) checkpointLocked(index uint64) (*raftpb.Snapshot, error) {
 	term, err := r.meta.Log().Term(index)
 	if err != nil {
@@ -177,16 +209,21 @@ func (r *Registry) checkpointLocked(index uint64) (*raftpb.Snapshot, error) {
 	}, nil
 }
 
-// snapshot is the metadata group's raft snapshot (GroupConfig.Snapshot):
-// the latest checkpoint. Raft asks for one only for entries below the
-// log's start, which only a checkpoint's compaction moves.
+// snapshot is the metadata group's raft snapshot (GroupConfig.Snapshot),
+// taken when raft asks (on the engine goroutine, between applies): the
+// registry as of the group's applied index, with the configuration as of
+// it, as etcd takes its snapshots. Not the last checkpoint: a node added
+// since is not in that one's configuration, and raft refuses a snapshot
+// that does not name it. Raft asks only for entries below the log's start,
+// which only a checkpoint's compaction moves, so the applied index is
+// never below it.
 func (r *Registry) snapshot() (*raftpb.Snapshot, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if r.cp == nil {
+	if r.meta == nil {
 		return nil, raft.ErrSnapshotTemporarilyUnavailable
 	}
-	return r.cp, nil
+	return r.checkpointLocked(r.meta.Applied())
 }
 
 // restoreSnapshot installs the leader's checkpoint on this node
@@ -202,7 +239,7 @@ func (r *Registry) restoreSnapshot(snap *raftpb.Snapshot) error {
 	}
 	r.mu.Lock()
 	r.setStateLocked(st)
-	r.cp, r.cpIndex = snap, snap.GetMetadata().GetIndex()
+	r.cpIndex = snap.GetMetadata().GetIndex()
 	members := r.membersLocked()
 	r.mu.Unlock()
 	r.log.Info("metadata: installed the leader's checkpoint", "index", snap.GetMetadata().GetIndex(), "topics", len(st.Topics))
@@ -210,6 +247,41 @@ func (r *Registry) restoreSnapshot(snap *raftpb.Snapshot) error {
 		r.cfg.OnMembers(members)
 	}
 	return nil
+}
+
+// alignWithCheckpoint makes the metadata log agree with the checkpoint
+// the registry opens with, so that raft never applies an entry the
+// checkpoint covers again (its configuration changes would be judged by
+// CheckConfChange against the registry as of the checkpoint, not as of
+// them):
+//
+//   - a log that ends below the checkpoint is a snapshot install that a
+//     crash cut short (the checkpoint is written first): the log is reset
+//     to start after it, as the install would have;
+//   - a commit point below it (written without an fsync, so a power loss
+//     can take it back) is raised to it: everything up to it was
+//     committed and applied, and the log holds it (a metadata entry is
+//     applied only once it is synced).
+func alignWithCheckpoint(l *commitlog.Log, cp *raftpb.Snapshot) error {
+	idx := cp.GetMetadata().GetIndex()
+	last, err := l.LastIndex()
+	if err != nil {
+		return err
+	}
+	if last < idx {
+		return l.ApplySnapshot(&raftpb.Snapshot{Metadata: cp.GetMetadata(), Data: commitlog.EncodeSnapshotData(nil, 1)})
+	}
+	hs, _, err := l.InitialState()
+	if err != nil {
+		return err
+	}
+	if hs.GetCommit() >= idx {
+		return nil
+	}
+	if err := l.SetHardStateParts(hs.GetTerm(), hs.GetVote(), idx); err != nil {
+		return err
+	}
+	return l.FlushHardState()
 }
 
 func decodeCheckpointState(snap *raftpb.Snapshot) (checkpointState, error) {

@@ -195,10 +195,12 @@ type Registry struct {
 	// starts counts the topic starts running (start), and the metadata
 	// log's compactions; Close waits for them.
 	starts sync.WaitGroup
-	// cp is the latest metadata checkpoint (raft's snapshot of the
-	// registry at cpIndex); nil before the first. Guarded by mu.
-	cp      *raftpb.Snapshot
+	// cpIndex is the index of the latest metadata checkpoint; 0 before
+	// the first. Guarded by mu.
 	cpIndex uint64
+	// removing holds the directories of removed topics whose files are
+	// not moved aside yet (checkpointState.Removing). Guarded by mu.
+	removing map[string]struct{}
 }
 
 // ChangeCount increases whenever the member set changes, a topic group
@@ -245,7 +247,8 @@ func Open(cfg Config) (*Registry, error) {
 	if cfg.MetaSegmentBytes <= 0 {
 		cfg.MetaSegmentBytes = metaSegmentBytes
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member), changed: make(chan struct{}, 1)}
+	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member), changed: make(chan struct{}, 1),
+		removing: make(map[string]struct{})}
 	for _, d := range []string{"topics", "removed"} {
 		if err := commitlog.MkdirAll(filepath.Join(cfg.Dir, d)); err != nil {
 			return nil, err
@@ -258,13 +261,19 @@ func Open(cfg Config) (*Registry, error) {
 	r.replaying = true
 	if cp != nil {
 		r.setStateLocked(st)
-		r.cp, r.cpIndex = cp, cp.GetMetadata().GetIndex()
+		r.cpIndex = cp.GetMetadata().GetIndex()
 	}
 	metaLog, err := commitlog.Open(filepath.Join(cfg.Dir, "meta"), commitlog.Options{
 		SegmentBytes: cfg.MetaSegmentBytes, NoSync: cfg.Log.NoSync, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("topic: opening metadata log: %w", err)
+	}
+	if cp != nil {
+		if err := alignWithCheckpoint(metaLog, cp); err != nil {
+			_ = metaLog.Close()
+			return nil, fmt.Errorf("topic: metadata log: %w", err)
+		}
 	}
 	var peers []raft.Peer
 	for _, m := range cfg.Members {
@@ -299,7 +308,9 @@ func Open(cfg Config) (*Registry, error) {
 		_ = metaLog.Close()
 		return nil, err
 	}
+	r.mu.Lock()
 	r.meta = meta
+	r.mu.Unlock()
 	return r, nil
 }
 
@@ -634,6 +645,7 @@ func (r *Registry) removeTopicLocked(t *Topic) {
 		r.moveAside(t)
 		return
 	}
+	r.removing[t.dir] = struct{}{} // until closed moves its files aside
 	r.cfg.Engine.RemoveGroup(t.dir)
 	r.log.Info("topic removed", "topic", t.Name)
 }
@@ -834,6 +846,7 @@ func (r *Registry) endStart(t *Topic, err error) {
 	r.mu.Unlock()
 	if cur == nil || cur.dir != t.dir {
 		r.moveAside(t)
+		r.removed(t)
 	}
 }
 
@@ -903,6 +916,14 @@ func (r *Registry) closed(t *Topic) {
 		return // node shutdown, not a removal
 	}
 	r.moveAside(t)
+	r.removed(t)
+}
+
+// removed notes that a removed topic's files are aside (or never were).
+func (r *Registry) removed(t *Topic) {
+	r.mu.Lock()
+	delete(r.removing, t.dir)
+	r.mu.Unlock()
 }
 
 func (r *Registry) moveAside(t *Topic) {
