@@ -56,7 +56,11 @@ func TestClusterChaos(t *testing.T) {
 	if v := os.Getenv("FB_CHAOS_SYNC"); v != "" {
 		mode = v // os: kill -9 keeps the page cache, so the checks hold too
 	}
-	c := startCluster(t, 3, "-sync", mode, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms", "-removed-retention", "1s")
+	// Small metadata checkpoints: the topic churn below checkpoints and
+	// compacts the metadata log every few seconds, and a node killed for
+	// long enough is sent the registry as a snapshot.
+	c := startCluster(t, 3, "-sync", mode, "-segment-bytes", "262144", "-journal-bytes", "1048576", "-retention-interval", "500ms", "-removed-retention", "1s",
+		"-meta-checkpoint-every", "64", "-meta-segment-bytes", "16384")
 	topics := []string{"default", "c1", "r1"}
 	const retained = "r1"
 	{

@@ -34,6 +34,7 @@ import (
 	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/httpapi"
+	"github.com/forestbus/forestbus/server/topic"
 )
 
 func main() {
@@ -123,6 +124,8 @@ func run(args []string) error {
 		maxStreams = fs.Uint("max-streams-per-conn", server.DefaultMaxStreamsPerConn, "calls one client connection carries at once (the Clients of a process share one connection, up to 32 Clients each)")
 		segment    = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
 		minSegment = fs.Int64("min-topic-segment-bytes", server.DefaultMinTopicSegmentBytes, "smallest segment_bytes a client may give a topic (each retained segment holds a file open on every node; give every node the same)")
+		metaEvery  = fs.Uint64("meta-checkpoint-every", topic.DefaultMetaCheckpointEvery, "metadata commands (topic creates, updates, removals) between checkpoints of the topic registry, below which the metadata log is deleted")
+		metaSeg    = fs.Int64("meta-segment-bytes", 16<<20, "segment file size of the metadata log (its compaction deletes whole segments)")
 		pageCache  = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
 		journalB   = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
 		notice     = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")
@@ -161,6 +164,8 @@ func run(args []string) error {
 		{"max-wait", *maxWait <= 0, "above 0"},
 		{"segment-bytes", *segment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
 		{"min-topic-segment-bytes", *minSegment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
+		{"meta-checkpoint-every", *metaEvery < 1, "at least 1"},
+		{"meta-segment-bytes", *metaSeg < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
 		{"journal-bytes", *journalB < minJournalBytes, fmt.Sprintf("at least %d", minJournalBytes)},
 		{"retention", *retention < 0, "0 (keep for ever) or more"},
 		{"retention-bytes", *retBytes < 0, "0 (no limit) or more"},
@@ -255,6 +260,8 @@ func run(args []string) error {
 		MaxStreamsPerConn:    uint32(min(*maxStreams, math.MaxUint32)),
 		SegmentBytes:         *segment,
 		MinTopicSegmentBytes: *minSegment,
+		MetaCheckpointEvery:  *metaEvery,
+		MetaSegmentBytes:     *metaSeg,
 		PageCacheBytes:       *pageCache,
 		JournalBytes:         *journalB,
 		CommitNoticeDelay:    *notice,
