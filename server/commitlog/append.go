@@ -676,14 +676,33 @@ func (l *Log) Sync() error {
 	return l.sync(false)
 }
 
-// SyncNow is Sync that flushes also with NoSync: for a caller about to
-// store, durably, something that depends on what the log holds (the
-// metadata registry's checkpoint, in "os" mode).
+// SyncNow makes everything the log holds durable, also with NoSync: for
+// a caller about to store, durably, something that depends on it (the
+// metadata registry's checkpoint, in "os" mode). It fdatasyncs every
+// segment, the hardstate and the directory: with NoSync, Sync marks
+// nothing dirty, so it cannot tell what was written since.
 func (l *Log) SyncNow() error {
-	noSync := l.opts.NoSync
-	l.opts.NoSync = false
-	defer func() { l.opts.NoSync = noSync }()
-	return l.sync(false)
+	if err := l.writable(); err != nil {
+		return err
+	}
+	if n := len(l.segs); n > 0 {
+		if err := l.writeHeld(l.segs[n-1]); err != nil {
+			return err
+		}
+	}
+	for _, s := range l.segs {
+		if err := fdatasync(s.f); err != nil {
+			return l.fence(fmt.Errorf("commitlog: sync %s: %w", s.path, err))
+		}
+		segmentSyncs.Add(1)
+	}
+	if err := fdatasync(l.hs.f); err != nil {
+		return l.fence(fmt.Errorf("commitlog: sync hardstate: %w", err))
+	}
+	if err := syncDir(l.dir); err != nil {
+		return l.fence(err)
+	}
+	return nil
 }
 
 // needsSync reports whether Sync would have to flush anything.

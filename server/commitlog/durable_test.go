@@ -469,3 +469,17 @@ func TestCommitRecordedDuringSync(t *testing.T) {
 	hs := newestOnDisk(t, l.dir)
 	assert.Equal(t, hardState{term: 11, vote: 1, commit: m.last, durable: m.last}, hs)
 }
+
+// TestSyncNowWithNoSync: SyncNow fdatasyncs also after NoSync's Syncs,
+// which mark nothing dirty (each only does the bookkeeping): the caller is
+// about to store something durable that depends on what the log holds.
+func TestSyncNowWithNoSync(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{NoSync: true})
+	defer l.Close()
+	m := newModel()
+	m.appendN(t, l, 1, 5, 1)
+	require.NoError(t, l.Sync()) // the engine's, every pass
+	before := segmentSyncs.Load()
+	require.NoError(t, l.SyncNow())
+	assert.Greater(t, segmentSyncs.Load(), before)
+}

@@ -186,6 +186,8 @@ type Group struct {
 	onLead  func()
 	// restoreSnap is GroupConfig.RestoreSnapshot.
 	restoreSnap func(*raftpb.Snapshot) error
+	// applying: applyEntries is running. Engine goroutine only.
+	applying bool
 	// leadPending: this node became the leader and has not yet applied an
 	// entry of its term (onLead is owed). Engine goroutine only.
 	leadPending bool
@@ -319,7 +321,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 	}
 	var storage raft.Storage = gc.Log
 	if gc.Snapshot != nil {
-		storage = snapshotStorage{gc.Log, gc.Snapshot}
+		storage = snapshotStorage{gc.Log, g, gc.Snapshot}
 	}
 	rn, err := raft.NewRawNode(e.raftConfig(e.cfg.NodeID, storage, commit))
 	if err != nil {
@@ -414,13 +416,22 @@ func (g *Group) replay(lo, hi uint64) error {
 }
 
 // snapshotStorage is a log whose snapshot comes from a command group's
-// state (GroupConfig.Snapshot) rather than from the log.
+// state (GroupConfig.Snapshot) rather than from the log. Raft asks for one
+// on the engine goroutine, also while the group applies a batch of entries
+// (a configuration change makes the leader send to its peers): the state
+// is then ahead of the applied index, and raft is told to ask again later.
 type snapshotStorage struct {
 	*commitlog.Log
+	g    *Group
 	snap func() (*raftpb.Snapshot, error)
 }
 
-func (s snapshotStorage) Snapshot() (*raftpb.Snapshot, error) { return s.snap() }
+func (s snapshotStorage) Snapshot() (*raftpb.Snapshot, error) {
+	if s.g.applying {
+		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return s.snap()
+}
 
 // confChange decodes a configuration change entry (nil for other entries).
 func confChange(ent *raftpb.Entry) (*raftpb.ConfChangeV2, error) {
@@ -1540,6 +1551,11 @@ func (g *Group) recordHardState() error {
 }
 
 func (g *Group) applyEntries(ents []*raftpb.Entry) error {
+	// Raft may ask for a snapshot in the middle (applying a configuration
+	// change sends to the peers): a command group's state is then newer
+	// than its applied index (snapshotStorage).
+	g.applying = true
+	defer func() { g.applying = false }()
 	for _, ent := range ents {
 		switch ent.GetType() {
 		case raftpb.EntryType_EntryConfChange, raftpb.EntryType_EntryConfChangeV2:

@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // TestReadIndexSingleNode: a group of one answers at once.
@@ -83,4 +85,22 @@ func TestReadIndexSlowerThanItsReask(t *testing.T) {
 	want := c.groups[lead].Applied()
 	require.NoError(t, c.groups[f].ReadIndex(ctx10(t)))
 	assert.GreaterOrEqual(t, c.groups[f].Applied(), want)
+}
+
+// TestNoSnapshotWhileApplying: raft may ask a command group for its
+// snapshot while the group applies a batch (a configuration change makes
+// the leader send to its peers). The group's state is then ahead of its
+// applied index, so raft is told to ask again later.
+func TestNoSnapshotWhileApplying(t *testing.T) {
+	g := &Group{}
+	calls := 0
+	s := snapshotStorage{g: g, snap: func() (*raftpb.Snapshot, error) { calls++; return &raftpb.Snapshot{}, nil }}
+	g.applying = true
+	_, err := s.Snapshot()
+	require.ErrorIs(t, err, raft.ErrSnapshotTemporarilyUnavailable)
+	assert.Zero(t, calls)
+	g.applying = false
+	_, err = s.Snapshot()
+	require.NoError(t, err)
+	assert.Equal(t, 1, calls)
 }

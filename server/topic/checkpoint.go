@@ -172,6 +172,7 @@ func (r *Registry) maybeCheckpointLocked(index uint64) {
 		return
 	}
 	r.cpIndex = index
+	r.log.Info("metadata checkpoint", "index", index, "topics", len(r.topics))
 	meta := r.meta
 	r.starts.Add(1)
 	go func() {
@@ -234,7 +235,32 @@ func (r *Registry) restoreSnapshot(snap *raftpb.Snapshot) error {
 	if err != nil {
 		return err
 	}
-	if err := writeCheckpoint(r.cfg.Dir, snap); err != nil {
+	// This node's checkpoint lists its own removals in progress, and those
+	// the reconcile below starts, so that a crash before their files move
+	// aside leaves none in topics/ (directories are named alike on every
+	// node, so the leader's list is kept too).
+	r.mu.RLock()
+	removing := maps.Clone(r.removing)
+	next := make(map[string]string, len(st.Topics))
+	for _, ct := range st.Topics {
+		next[ct.Name] = ct.Dir
+	}
+	for name, t := range r.topics {
+		if dir, ok := next[name]; !ok || dir != t.dir {
+			removing[t.dir] = struct{}{}
+		}
+	}
+	r.mu.RUnlock()
+	for _, dir := range st.Removing {
+		removing[dir] = struct{}{}
+	}
+	own := st
+	own.Removing = slices.Sorted(maps.Keys(removing))
+	data, err := json.Marshal(own)
+	if err != nil {
+		return err
+	}
+	if err := writeCheckpoint(r.cfg.Dir, &raftpb.Snapshot{Metadata: snap.GetMetadata(), Data: data}); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -255,9 +281,10 @@ func (r *Registry) restoreSnapshot(snap *raftpb.Snapshot) error {
 // CheckConfChange against the registry as of the checkpoint, not as of
 // them):
 //
-//   - a log that ends below the checkpoint is a snapshot install that a
-//     crash cut short (the checkpoint is written first): the log is reset
-//     to start after it, as the install would have;
+//   - a log that ends below the checkpoint, or holds another term at its
+//     index, is a snapshot install that a crash cut short (the checkpoint
+//     is written first): the log is reset to start after it, as the
+//     install would have;
 //   - a commit point below it (written without an fsync, so a power loss
 //     can take it back) is raised to it: everything up to it was
 //     committed and applied, and the log holds it (a metadata entry is
@@ -268,7 +295,17 @@ func alignWithCheckpoint(l *commitlog.Log, cp *raftpb.Snapshot) error {
 	if err != nil {
 		return err
 	}
-	if last < idx {
+	reset := last < idx
+	if !reset {
+		// The log holds idx; of the checkpoint's history only if its term
+		// is the checkpoint's (an install cut short can leave a tail of
+		// another term there).
+		term, err := l.Term(idx)
+		if err == nil && term != cp.GetMetadata().GetTerm() {
+			reset = true
+		}
+	}
+	if reset {
 		return l.ApplySnapshot(&raftpb.Snapshot{Metadata: cp.GetMetadata(), Data: commitlog.EncodeSnapshotData(nil, 1)})
 	}
 	hs, _, err := l.InitialState()
