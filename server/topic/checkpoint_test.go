@@ -62,7 +62,7 @@ func TestInstalledSnapshotKeepsOwnRemovals(t *testing.T) {
 	require.NoError(t, err)
 	snap := &raftpb.Snapshot{Data: data, Metadata: &raftpb.SnapshotMetadata{
 		Index: proto.Uint64(100), Term: proto.Uint64(2), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}}
-	f := newRegistry(map[string]struct{}{"x.5": {}}) // x.5's group is closing
+	f := newRegistry(map[string]struct{}{"x.5": {}})                                                          // x.5's group is closing
 	f.topics["y"] = &Topic{Name: "y", dir: "y.6", start: &startState{done: make(chan struct{}), ended: true}} // removed by the install
 	require.NoError(t, f.restoreSnapshot(snap))
 	require.NoError(t, os.Rename(filepath.Join(dir, "removed", "y.6"), filepath.Join(dir, "topics", "y.6"))) // a crash before the move
