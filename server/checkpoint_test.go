@@ -64,6 +64,17 @@ func requireSameTopics(t *testing.T, c *servertest.Cluster) map[string]string {
 	return want
 }
 
+// metaCluster starts a 3-node cluster with small metadata checkpoints and
+// a Client of all its nodes.
+func metaCluster(t *testing.T) (*servertest.Cluster, *client.Client, context.Context) {
+	t.Helper()
+	c := servertest.NewCluster(t, 3, servertest.WithConfig(smallMetaLog))
+	c.WaitTopic("default")
+	cl := client.New("test", c.Addrs())
+	t.Cleanup(cl.Close)
+	return c, cl, ctxT(t)
+}
+
 // metaFirstIndex is the first index the node's metadata log holds.
 func metaFirstIndex(t *testing.T, n *servertest.Node) uint64 {
 	first, err := n.Registry().Meta().Log().FirstIndex()
@@ -76,11 +87,7 @@ func metaFirstIndex(t *testing.T, n *servertest.Node) uint64 {
 // no longer grows with every topic operation; a restarted node rebuilds
 // its topics from the checkpoint and what the log holds after it.
 func TestMetadataCheckpointsCompactTheLog(t *testing.T) {
-	c := servertest.NewCluster(t, 3, servertest.WithConfig(smallMetaLog))
-	c.WaitTopic("default")
-	cl := client.New("test", c.Addrs())
-	defer cl.Close()
-	ctx := ctxT(t)
+	c, cl, ctx := metaCluster(t)
 	for i := range 30 {
 		require.NoError(t, cl.CreateTopic(ctx, fmt.Sprint("t", i), client.TopicSettings{}))
 	}
@@ -193,11 +200,7 @@ func compactPast(t *testing.T, cl *client.Client, n *servertest.Node, topic stri
 // names it (raft refuses one that does not: the last checkpoint's, from
 // before the node was added, was refused again and again).
 func TestMetadataJoinAfterCompaction(t *testing.T) {
-	c := servertest.NewCluster(t, 3, servertest.WithConfig(smallMetaLog))
-	c.WaitTopic("default")
-	cl := client.New("test", c.Addrs())
-	defer cl.Close()
-	ctx := ctxT(t)
+	c, cl, ctx := metaCluster(t)
 	for i := range 5 {
 		require.NoError(t, cl.CreateTopic(ctx, fmt.Sprint("t", i), client.TopicSettings{}))
 	}
@@ -239,11 +242,7 @@ func TestMetadataJoinAfterCompaction(t *testing.T) {
 // not apply them again. A topic removed and created again there would be
 // removed again, and its files moved aside.
 func TestMetadataRestartSkipsWhatTheCheckpointHolds(t *testing.T) {
-	c := servertest.NewCluster(t, 3, servertest.WithConfig(smallMetaLog))
-	c.WaitTopic("default")
-	cl := client.New("test", c.Addrs())
-	defer cl.Close()
-	ctx := ctxT(t)
+	c, cl, ctx := metaCluster(t)
 	require.NoError(t, cl.CreateTopic(ctx, "x", client.TopicSettings{}))
 	require.NoError(t, cl.RemoveTopic(ctx, "x"))
 	require.NoError(t, cl.CreateTopic(ctx, "x", client.TopicSettings{}))

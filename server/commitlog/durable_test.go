@@ -28,17 +28,24 @@ func writtenEnds(b []byte) []int {
 	return ends
 }
 
+// lastSegment reads the last segment of the log in dir: its path, first
+// index, bytes and the end offsets of its whole records.
+func lastSegment(t *testing.T, dir string) (path string, first uint64, b []byte, ends []int) {
+	t.Helper()
+	paths := segPaths(t, dir)
+	path = paths[len(paths)-1]
+	first, _ = parseSegmentName(filepath.Base(path))
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return path, first, b, writtenEnds(b)
+}
+
 // damageRecord flips a bit in the data of the record of index in the last
 // segment of the log in dir (or, with zero, zeroes the segment from that
 // record on), and returns the segment's path and bytes.
 func damageRecord(t *testing.T, dir string, index uint64, zero bool) (string, []byte) {
 	t.Helper()
-	paths := segPaths(t, dir)
-	p := paths[len(paths)-1]
-	first, _ := parseSegmentName(filepath.Base(p))
-	b, err := os.ReadFile(p)
-	require.NoError(t, err)
-	ends := writtenEnds(b)
+	p, first, b, ends := lastSegment(t, dir)
 	require.Greater(t, uint64(len(ends)), index-first, "the segment holds index %d", index)
 	k := index - first
 	if zero {
@@ -58,12 +65,7 @@ func damageRecord(t *testing.T, dir string, index uint64, zero bool) (string, []
 // of index starts, as if the disk had lost it and what follows.
 func cutBefore(t *testing.T, dir string, index uint64) {
 	t.Helper()
-	paths := segPaths(t, dir)
-	p := paths[len(paths)-1]
-	first, _ := parseSegmentName(filepath.Base(p))
-	b, err := os.ReadFile(p)
-	require.NoError(t, err)
-	ends := writtenEnds(b)
+	p, first, _, ends := lastSegment(t, dir)
 	off := 0
 	if k := index - first; k > 0 {
 		off = ends[k-1]
