@@ -110,3 +110,19 @@ func TestAlignResetsADivergentTail(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(8), hs.GetCommit())
 }
+
+// TestRemovingATopicThatNeverStarted: a topic whose files were aside
+// already when the node opened (its group never started) is removed at
+// once; it is not listed as a removal in progress, which no group's close
+// would ever end.
+func TestRemovingATopicThatNeverStarted(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "removed", "x.5"), 0o755))
+	r := &Registry{cfg: Config{Dir: dir}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), topics: map[string]*Topic{},
+		members: map[uint64]Member{}, removing: map[string]struct{}{}, changed: make(chan struct{}, 1)}
+	x := &Topic{Name: "x", dir: "x.5"}
+	r.topics["x"] = x
+	r.removeTopicLocked(x)
+	assert.Empty(t, r.removing)
+	assert.NotContains(t, r.topics, "x")
+}

@@ -639,9 +639,10 @@ func (r *Registry) updateTopicLocked(t *Topic, s Settings) {
 // moved aside.
 func (r *Registry) removeTopicLocked(t *Topic) {
 	delete(r.topics, t.Name)
-	if r.replaying || (t.Group == nil && t.start != nil && t.start.ended) {
-		// Its group was never started (or its start failed, and no group
-		// will close): make sure its files are aside.
+	if r.replaying || (t.Group == nil && (t.start == nil || t.start.ended)) {
+		// Its group was never started (its files were aside already at
+		// Open, or its start failed) and no group will close: make sure
+		// its files are aside.
 		r.moveAside(t)
 		return
 	}
