@@ -257,16 +257,7 @@ func (c *Client) topicSeqsLocked(topic string) *topicSeqs {
 // a deadline (the original API's calls), after the retry window
 // (ErrNoNodesAvailable: the earlier sends it waits for are as stuck).
 func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (ts *topicSeqs, q uint64, err error) {
-	var (
-		bound   context.Context // ctx, also ended by Close: made at the first wait
-		unbind  func()
-		timeout <-chan time.Time
-	)
-	defer func() {
-		if unbind != nil {
-			unbind()
-		}
-	}()
+	var w *seqWait // made at the first wait: the send that does not wait allocates nothing
 	for {
 		c.mu.Lock()
 		ts = c.topicSeqsLocked(topic)
@@ -278,35 +269,72 @@ func (c *Client) beginSend(ctx context.Context, topic string, seq uint64) (ts *t
 			ts.last = max(ts.last, q)
 			ts.inFlight = append(ts.inFlight, q)
 			c.mu.Unlock()
+			w.end()
 			return ts, q, nil
 		}
 		ended := ts.ended
 		ts.waiting++
 		c.mu.Unlock()
-		if bound == nil {
-			bound, unbind = c.bind(ctx)
-			if _, ok := ctx.Deadline(); !ok {
-				t := time.NewTimer(c.retryWindow)
-				defer t.Stop()
-				timeout = t.C
-			}
+		if w == nil {
+			w = c.newSeqWait(ctx)
 		}
-		select {
-		case <-ended:
-			err = nil
-		case <-bound.Done():
-			if err = ctx.Err(); err == nil {
-				err = &noNodesError{op: "SendMessages", last: fmt.Errorf("the Client was closed while the send to %q waited for earlier sends", topic)}
-			}
-		case <-timeout:
-			err = &noNodesError{op: "SendMessages", last: fmt.Errorf("sends to %q more than %d sequences earlier still in flight after the retry window (%v)", topic, maxSeqSpan, c.retryWindow)}
-		}
+		err = w.wait(ctx, ended, topic)
 		c.mu.Lock()
 		ts.waiting--
 		c.mu.Unlock()
 		if err != nil {
+			w.end()
 			return nil, 0, err
 		}
+	}
+}
+
+// seqWait is a send's wait for its sequence (beginSend): ctx bound to the
+// Client's life, and the retry window for a ctx without a deadline.
+type seqWait struct {
+	c      *Client
+	bound  context.Context
+	unbind func()
+	window *time.Timer // nil: ctx has a deadline
+}
+
+func (c *Client) newSeqWait(ctx context.Context) *seqWait {
+	w := &seqWait{c: c}
+	w.bound, w.unbind = c.bind(ctx)
+	if _, ok := ctx.Deadline(); !ok {
+		w.window = time.NewTimer(c.retryWindow)
+	}
+	return w
+}
+
+// wait waits for ended (an earlier send ended), the end of ctx, Close, or
+// the retry window.
+func (w *seqWait) wait(ctx context.Context, ended <-chan struct{}, topic string) error {
+	var window <-chan time.Time
+	if w.window != nil {
+		window = w.window.C
+	}
+	select {
+	case <-ended:
+		return nil
+	case <-w.bound.Done():
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return &noNodesError{op: "SendMessages", last: fmt.Errorf("the Client was closed while the send to %q waited for earlier sends", topic)}
+	case <-window:
+		return &noNodesError{op: "SendMessages", last: fmt.Errorf("sends to %q more than %d sequences earlier still in flight after the retry window (%v)", topic, maxSeqSpan, w.c.retryWindow)}
+	}
+}
+
+// end releases the wait's bindings (nil: none made).
+func (w *seqWait) end() {
+	if w == nil {
+		return
+	}
+	w.unbind()
+	if w.window != nil {
+		w.window.Stop()
 	}
 }
 
