@@ -78,12 +78,18 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 	}
 }
 
-// confirmMembers waits until this node has applied every membership
-// change the metadata group had committed when it was called (its read
-// barrier), so that AddNode and RemoveNode judge by the cluster's member
-// list, not by a list this node, lagging, has not caught up on (a node
-// added a moment ago through the leader, "not found" here).
+// confirmMembers makes AddNode and RemoveNode judge by the cluster's
+// member list, not by one this node has not caught up on (a node added a
+// moment ago through the leader, "not found" on a lagging follower): a
+// node that knows another metadata leader passes the call on to it
+// (NotLeaderError; the API forwards it, as it did every such call's
+// proposal), and the leader, or a node that knows none, first waits for
+// the metadata group's read barrier (a new leader may not have applied
+// its predecessor's entries yet).
 func (r *Registry) confirmMembers(ctx context.Context) error {
+	if lead := r.meta.Leader(); lead != 0 && lead != r.cfg.NodeID {
+		return &replica.NotLeaderError{Leader: lead}
+	}
 	if err := r.meta.ReadIndex(ctx); err != nil {
 		return fmt.Errorf("%w: the metadata group did not confirm the member list: %v", replica.ErrNoLeader, err)
 	}
