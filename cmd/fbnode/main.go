@@ -125,7 +125,7 @@ func run(args []string) error {
 		segment    = fs.Int64("segment-bytes", 64<<20, "default segment file size of a topic")
 		minSegment = fs.Int64("min-topic-segment-bytes", server.DefaultMinTopicSegmentBytes, "smallest segment_bytes a client may give a topic (each retained segment holds a file open on every node; give every node the same)")
 		metaEvery  = fs.Uint64("meta-checkpoint-every", topic.DefaultMetaCheckpointEvery, "metadata commands (topic creates, updates, removals) between checkpoints of the topic registry, below which the metadata log is deleted")
-		metaSeg    = fs.Int64("meta-segment-bytes", 16<<20, "segment file size of the metadata log (its compaction deletes whole segments)")
+		metaSeg    = fs.Int64("meta-segment-bytes", topic.DefaultMetaSegmentBytes, "segment file size of the metadata log (its compaction deletes whole segments)")
 		pageCache  = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
 		journalB   = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
 		notice     = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")

@@ -35,16 +35,6 @@ func TestSequenceZeroWithAProducerIsRefused(t *testing.T) {
 	assert.Equal(t, int32(2), r.GetCount())
 }
 
-// nodeID is the node's raft ID, from its member list.
-func nodeID(n *servertest.Node) uint64 {
-	for _, m := range n.Registry().Members() {
-		if m.Name == n.Cfg.NodeName {
-			return m.ID
-		}
-	}
-	return 0
-}
-
 func adminOf(t *testing.T, addr string) forestbusv1.AdminServiceClient {
 	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -66,7 +56,7 @@ func TestSubscribeEndsOnARemovedNode(t *testing.T) {
 	for _, n := range c.Nodes {
 		tp, err := n.Registry().Get("default")
 		require.NoError(t, err)
-		if id := nodeID(n); tp.Group.Leader() != id && n.Registry().Meta().Leader() != id {
+		if id := n.RaftID(); tp.Group.Leader() != id && n.Registry().Meta().Leader() != id {
 			gone = n
 			break
 		}
@@ -114,7 +104,7 @@ func TestMembershipCallsOnALaggingFollower(t *testing.T) {
 	c.WaitTopic("default")
 	var leader, lag *servertest.Node
 	for _, n := range c.Nodes {
-		if n.Registry().Meta().Leader() == nodeID(n) {
+		if n.Registry().Meta().Leader() == n.RaftID() {
 			leader = n
 		} else {
 			lag = n
@@ -122,7 +112,7 @@ func TestMembershipCallsOnALaggingFollower(t *testing.T) {
 	}
 	require.NotNil(t, leader)
 	require.NotNil(t, lag)
-	hub.SetDelay(nodeID(leader), nodeID(lag), 300*time.Millisecond)
+	hub.SetDelay(leader.RaftID(), lag.RaftID(), 300*time.Millisecond)
 	_, err := adminOf(t, leader.Addr()).AddNode(testCtx(t), &forestbusv1.AddNodeRequest{Name: "n9", Address: "127.0.0.1:1"})
 	require.NoError(t, err)
 	_, err = adminOf(t, lag.Addr()).RemoveNode(testCtx(t), &forestbusv1.RemoveNodeRequest{Name: "n9"})

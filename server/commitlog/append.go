@@ -678,31 +678,16 @@ func (l *Log) Sync() error {
 
 // SyncNow makes everything the log holds durable, also with NoSync: for
 // a caller about to store, durably, something that depends on it (the
-// metadata registry's checkpoint, in "os" mode). It fdatasyncs every
-// segment, the hardstate and the directory: with NoSync, Sync marks
-// nothing dirty, so it cannot tell what was written since.
+// metadata registry's checkpoint, in "os" mode). With NoSync, Sync marks
+// nothing dirty, so SyncNow marks every segment (and the directory) and
+// syncs them as Sync would without NoSync.
 func (l *Log) SyncNow() error {
 	if err := l.writable(); err != nil {
 		return err
 	}
-	if n := len(l.segs); n > 0 {
-		if err := l.writeHeld(l.segs[n-1]); err != nil {
-			return err
-		}
-	}
-	for _, s := range l.segs {
-		if err := fdatasync(s.f); err != nil {
-			return l.fence(fmt.Errorf("commitlog: sync %s: %w", s.path, err))
-		}
-		segmentSyncs.Add(1)
-	}
-	if err := fdatasync(l.hs.f); err != nil {
-		return l.fence(fmt.Errorf("commitlog: sync hardstate: %w", err))
-	}
-	if err := syncDir(l.dir); err != nil {
-		return l.fence(err)
-	}
-	return nil
+	l.markDirtyFrom(0)
+	l.dirDirty = true
+	return l.syncFiles(false, true)
 }
 
 // needsSync reports whether Sync would have to flush anything.
@@ -719,6 +704,11 @@ func (l *Log) needsSync() bool {
 // this log durable (syncfs of its filesystem, see SyncMany), so only the
 // bookkeeping is left.
 func (l *Log) sync(flushed bool) error {
+	return l.syncFiles(flushed, false)
+}
+
+// syncFiles is sync; force flushes also with NoSync (SyncNow).
+func (l *Log) syncFiles(flushed, force bool) error {
 	if err := l.writable(); err != nil {
 		return err
 	}
@@ -727,7 +717,7 @@ func (l *Log) sync(flushed bool) error {
 			return err
 		}
 	}
-	noSync := l.opts.NoSync || flushed
+	noSync := (l.opts.NoSync && !force) || flushed
 	for _, s := range l.dirty {
 		if !s.dirty {
 			continue // synced at roll, or removed

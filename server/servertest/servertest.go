@@ -108,6 +108,16 @@ func (n *Node) Start() {
 	n.start()
 }
 
+// RaftID is the node's raft ID, from its member list (0 before it knows).
+func (n *Node) RaftID() uint64 {
+	for _, m := range n.Registry().Members() {
+		if m.Name == n.Cfg.NodeName {
+			return m.ID
+		}
+	}
+	return 0
+}
+
 // Restart stops the node cleanly and starts it again on the same data
 // directory and address.
 func (n *Node) Restart() {

@@ -61,9 +61,10 @@ const checkpointName = "meta-checkpoint"
 // DefaultMetaCheckpointEvery is Config.MetaCheckpointEvery's default.
 const DefaultMetaCheckpointEvery = 10000
 
-// metaSegmentBytes is the metadata log's default segment size: compaction
-// deletes whole segments, so the log keeps about one to two of them.
-const metaSegmentBytes = 16 << 20
+// DefaultMetaSegmentBytes is the metadata log's default segment size:
+// compaction deletes whole segments, so the log keeps about one to two of
+// them.
+const DefaultMetaSegmentBytes = 16 << 20
 
 const (
 	checkpointMagic   = "FBCP"
@@ -115,10 +116,8 @@ func (r *Registry) setStateLocked(st checkpointState) {
 	for _, ct := range st.Topics {
 		next[ct.Name] = &Topic{Name: ct.Name, Settings: ct.Settings, dir: ct.Dir, voters: ct.Voters, created: ct.Created}
 	}
-	for name, t := range r.topics {
-		if nt := next[name]; nt == nil || nt.dir != t.dir {
-			r.removeTopicLocked(t)
-		}
+	for _, t := range r.replacedByLocked(st) {
+		r.removeTopicLocked(t)
 	}
 	for name, nt := range next {
 		switch t := r.topics[name]; {
@@ -145,6 +144,23 @@ func (r *Registry) setStateLocked(st checkpointState) {
 		}
 	}
 	r.noteChange()
+}
+
+// replacedByLocked returns the registry's topics that state st lacks, or
+// holds under another directory (removed, or removed and created again):
+// those setStateLocked removes. The caller holds r.mu.
+func (r *Registry) replacedByLocked(st checkpointState) []*Topic {
+	dirs := make(map[string]string, len(st.Topics))
+	for _, ct := range st.Topics {
+		dirs[ct.Name] = ct.Dir
+	}
+	var out []*Topic
+	for name, t := range r.topics {
+		if dir, ok := dirs[name]; !ok || dir != t.dir {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // maybeCheckpointLocked takes a checkpoint at index, the command apply
@@ -241,14 +257,8 @@ func (r *Registry) restoreSnapshot(snap *raftpb.Snapshot) error {
 	// node, so the leader's list is kept too).
 	r.mu.RLock()
 	removing := maps.Clone(r.removing)
-	next := make(map[string]string, len(st.Topics))
-	for _, ct := range st.Topics {
-		next[ct.Name] = ct.Dir
-	}
-	for name, t := range r.topics {
-		if dir, ok := next[name]; !ok || dir != t.dir {
-			removing[t.dir] = struct{}{}
-		}
+	for _, t := range r.replacedByLocked(st) {
+		removing[t.dir] = struct{}{}
 	}
 	r.mu.RUnlock()
 	for _, dir := range st.Removing {

@@ -154,7 +154,8 @@ type Config struct {
 	// "Metadata checkpoints" in checkpoint.go); 0 means
 	// DefaultMetaCheckpointEvery.
 	MetaCheckpointEvery uint64
-	// MetaSegmentBytes is the metadata log's segment size; 0 means 16 MiB.
+	// MetaSegmentBytes is the metadata log's segment size; 0 means
+	// DefaultMetaSegmentBytes.
 	MetaSegmentBytes int64
 	// Logger; default slog.Default().
 	Logger *slog.Logger
@@ -245,7 +246,7 @@ func Open(cfg Config) (*Registry, error) {
 		cfg.MetaCheckpointEvery = DefaultMetaCheckpointEvery
 	}
 	if cfg.MetaSegmentBytes <= 0 {
-		cfg.MetaSegmentBytes = metaSegmentBytes
+		cfg.MetaSegmentBytes = DefaultMetaSegmentBytes
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member), changed: make(chan struct{}, 1),
 		removing: make(map[string]struct{})}
