@@ -81,14 +81,19 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 // confirmMembers makes AddNode and RemoveNode judge by the cluster's
 // member list, not by one this node has not caught up on (a node added a
 // moment ago through the leader, "not found" on a lagging follower): a
-// node that knows another metadata leader passes the call on to it
-// (NotLeaderError; the API forwards it, as it did every such call's
-// proposal), and the leader, or a node that knows none, first waits for
-// the metadata group's read barrier (a new leader may not have applied
-// its predecessor's entries yet).
+// node that knows another metadata leader, still a member, passes the call
+// on to it (NotLeaderError; the API forwards it, as it did every such
+// call's proposal), and the leader, or a node that knows none (or only one
+// the cluster has just removed), first waits for the metadata group's read
+// barrier (a new leader may not have applied its predecessor's entries).
 func (r *Registry) confirmMembers(ctx context.Context) error {
 	if lead := r.meta.Leader(); lead != 0 && lead != r.cfg.NodeID {
-		return &replica.NotLeaderError{Leader: lead}
+		r.mu.RLock()
+		_, member := r.members[lead]
+		r.mu.RUnlock()
+		if member { // not a leader the cluster has just removed
+			return &replica.NotLeaderError{Leader: lead}
+		}
 	}
 	if err := r.meta.ReadIndex(ctx); err != nil {
 		return fmt.Errorf("%w: the metadata group did not confirm the member list: %v", replica.ErrNoLeader, err)
