@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/forestbus/forestbus/client"
+	"github.com/forestbus/forestbus/internal/stdlog"
 )
 
 // UnlimitedRetries passed to WithRetries retries transient errors without
@@ -77,6 +77,14 @@ type sequencedSender interface {
 // All methods are safe for concurrent use. A Batcher owns one goroutine,
 // which Close stops.
 type Batcher struct {
+	// The state behind a pointer: a Batcher value is comparable (by
+	// identity), as the original's MessageBatcher was, so code comparing
+	// two or keying a map with one compiles.
+	*state
+}
+
+// state is a Batcher's; its fields are the Batcher's by promotion.
+type state struct {
 	sender        Sender
 	topic         string
 	waitForCommit bool
@@ -143,8 +151,9 @@ func WithMaxBatchBytes(n int) Option {
 	}
 }
 
-// WithDebug logs every batch sent at debug level, to standard error or the
-// logger of WithLogger.
+// WithDebug logs every batch sent at debug level, through the standard log
+// package (as the original did; standard error unless log.SetOutput moved
+// it) or to the logger of WithLogger.
 func WithDebug() Option {
 	return func(b *Batcher) { b.debug = true }
 }
@@ -169,7 +178,7 @@ func WithRetries(n int) Option {
 // New returns a Batcher sending to topic through s. It starts the
 // Batcher's goroutine; call Close to stop it.
 func New(s Sender, topic string, opts ...Option) *Batcher {
-	b := &Batcher{
+	b := &Batcher{&state{
 		sender:        s,
 		topic:         topic,
 		waitForCommit: true,
@@ -184,12 +193,12 @@ func New(s Sender, topic string, opts ...Option) *Batcher {
 		sealed:        make(chan struct{}),
 		abandon:       make(chan struct{}),
 		done:          make(chan struct{}),
-	}
+	}}
 	for _, o := range opts {
 		o(b)
 	}
 	if b.logger == nil {
-		b.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		b.logger = stdlog.Debug() // through the log package, as the original's debug output
 	}
 	b.queue = make(chan *SendResult, b.bufferSize)
 	b.msgs = make([][]byte, 0, b.bufferSize)
@@ -371,11 +380,11 @@ func (b *Batcher) run(ctx context.Context) {
 	for {
 		size := 0
 		if carry != nil {
-			batch, size, carry = append(batch, carry), len(carry.message), nil
+			batch, size, carry = append(batch, carry), messageCost(carry.message), nil
 		} else {
 			select {
 			case r := <-b.queue:
-				batch, size = append(batch, r), len(r.message)
+				batch, size = append(batch, r), messageCost(r.message)
 			case <-b.sealed:
 				// Nothing can be queued any more: send what is left.
 				select {

@@ -662,3 +662,31 @@ type errSender struct{ err error }
 func (e *errSender) SendMessagesContext(context.Context, string, [][]byte, bool) ([]int64, error) {
 	return nil, e.err
 }
+
+// TestBatchHeadCountsItsFraming: the message heading a batch counts with
+// its framing too, so no batch goes over WithMaxBatchBytes (it counted
+// its bytes alone: two 10-byte messages, 24 with framing, went together
+// under a cap of 23).
+func TestBatchHeadCountsItsFraming(t *testing.T) {
+	m := "0123456789" // 12 with its framing
+	f := newFakeSender()
+	b := New(f, "topic", WithMaxBatchBytes(2*12-1))
+	defer b.Close()
+	rs := queueBehind(t, f, b, m, m, m)
+	for _, r := range rs {
+		require.NoError(t, r.GetError())
+	}
+	assert.Equal(t, [][]string{{"a"}, {m}, {m}, {m}}, f.batches)
+}
+
+// TestBatcherIsComparable: as the original's MessageBatcher, a Batcher
+// value compares (by identity) and keys a map.
+func TestBatcherIsComparable(t *testing.T) {
+	b1, b2 := New(newFakeSender(), "topic"), New(newFakeSender(), "topic")
+	defer b1.Close()
+	defer b2.Close()
+	seen := map[Batcher]bool{*b1: true}
+	assert.True(t, seen[*b1])
+	assert.False(t, seen[*b2])
+	assert.True(t, *b1 != *b2)
+}

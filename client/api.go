@@ -200,7 +200,10 @@ func (c *Client) GetMessages(topic string, index int64, quantity int, wait bool)
 // and the last message has ID nextID-1.
 //
 // If index is no longer retained, no messages are returned and nextID is
-// the first retained ID. At the end of the topic, nextID is the ID the next
+// the first retained ID. The same holds for an index below 1, which no
+// message has: nextID is then 1 unless retention deleted the first
+// messages (the original client's answer; a reader starting at 0 reads on
+// from nextID). At the end of the topic, nextID is the ID the next
 // message will get. With wait set and no message at index yet, the call
 // blocks until one is committed or ctx ends (nodes cap each wait, and the
 // Client asks again).
@@ -209,6 +212,13 @@ func (c *Client) GetMessages(topic string, index int64, quantity int, wait bool)
 // ErrClusterIdMismatch, ErrNoNodesAvailable (see SendMessagesContext), and
 // ctx's error when ctx ends.
 func (c *Client) GetMessagesContext(ctx context.Context, topic string, index int64, quantity int, wait bool) ([][]byte, int64, error) {
+	below := index < 1
+	if below {
+		// Only the first retained ID is wanted: read one message from 1,
+		// without waiting. (A node would read an ID of 0 as 1 and refuse a
+		// negative one.)
+		index, quantity, wait = 1, 1, false
+	}
 	req := &forestbusv1.GetMessagesRequest{
 		Topic:    topic,
 		Id:       index,
@@ -231,6 +241,9 @@ func (c *Client) GetMessagesContext(ctx context.Context, topic string, index int
 		})
 		if err != nil {
 			return nil, 0, err
+		}
+		if below { // msgs[0], if any, has the first retained ID
+			return nil, resp.GetNextId() - int64(len(resp.GetMessages())), nil
 		}
 		// A node ends a long wait with an empty answer; the original call
 		// blocked until a message arrived, so ask again. An empty answer

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/forestbus/forestbus/internal/fastcodec"
 	"github.com/forestbus/forestbus/internal/grpcflow"
+	"github.com/forestbus/forestbus/internal/stdlog"
 )
 
 // Metadata keys of the Forest Bus gRPC API.
@@ -103,7 +103,9 @@ type Client struct {
 type Option func(*Client)
 
 // WithDebug logs every call (operation, topic, node, duration, outcome) at
-// debug level to the logger (see WithLogger; standard error by default).
+// debug level to the logger (see WithLogger; by default through the
+// standard log package, as the original's debug output: standard error
+// unless log.SetOutput moved it).
 func WithDebug() Option {
 	return func(c *Client) { c.debug = true }
 }
@@ -115,7 +117,7 @@ func WithShuffledNodes() Option {
 }
 
 // WithLogger sets the logger used for debug logging. A nil logger restores
-// the default, a text logger on standard error.
+// the default, a text logger writing through the standard log package.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *Client) { c.logger = l }
 }
@@ -192,7 +194,7 @@ func New(clusterID string, nodes []string, opts ...Option) *Client {
 		o(c)
 	}
 	if c.logger == nil {
-		c.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.logger = stdlog.Debug() // through the log package, as the original's debug output
 	}
 	if c.shuffle {
 		rand.Shuffle(len(c.nodes), func(i, j int) { c.nodes[i], c.nodes[j] = c.nodes[j], c.nodes[i] })
@@ -243,6 +245,9 @@ func (c *Client) topicSeqsLocked(topic string) *topicSeqs {
 	ts := c.seqs[topic]
 	if ts == nil {
 		ts = &topicSeqs{ended: make(chan struct{})}
+		if c.seqs == nil { // a zero Client
+			c.seqs = make(map[string]*topicSeqs)
+		}
 		c.seqs[topic] = ts
 	}
 	return ts
@@ -380,7 +385,9 @@ func (c *Client) Close() {
 	streams := c.takeStreams()
 	conns := c.conns
 	c.conns = make(map[string]*grpc.ClientConn)
-	c.endLife()
+	if c.endLife != nil { // nil in a zero Client that never made a call
+		c.endLife()
+	}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.mu.Unlock()
 	for _, ps := range streams {
@@ -447,6 +454,9 @@ func (c *Client) conn(node string) (*grpc.ClientConn, error) {
 // The caller must call the returned function when the call is over.
 func (c *Client) bind(ctx context.Context) (context.Context, func()) {
 	c.mu.Lock()
+	if c.life == nil { // a zero Client: its first life starts here
+		c.life, c.endLife = context.WithCancel(context.Background())
+	}
 	life := c.life
 	c.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)

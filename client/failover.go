@@ -48,6 +48,11 @@ func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call at
 // poll's re-issues) binds once, so that a Close between two of them ends
 // it too.
 func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt route, call attempt) error {
+	if len(c.nodes) == 0 {
+		// An empty node list (or a zero Client): nothing to try, nothing
+		// to wait for. The original answered at once too.
+		return c.ended(ctx, op, nil, nil)
+	}
 	start := time.Now()
 	callCtx = c.outgoing(callCtx)
 	deadline, ctxDeadline := ctx.Deadline()

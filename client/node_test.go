@@ -74,8 +74,13 @@ func TestRealNodeErrors(t *testing.T) {
 
 	_, err = c.SendMessagesContext(ctx, "default", [][]byte{make([]byte, 11)}, true)
 	assert.True(t, errors.Is(err, client.ErrMessageTooLarge), "%v", err)
-	_, _, err = c.GetMessagesContext(ctx, "default", -1, 1, false)
+	_, _, err = c.GetMessagesContext(ctx, "default", 1, 0, false)
 	assert.True(t, errors.Is(err, client.ErrInvalidArgument), "%v", err)
+	// An index below 1 is none a message has (the original's answer).
+	msgs, next, err := c.GetMessagesContext(ctx, "default", -1, 1, true)
+	assert.NoError(t, err)
+	assert.Empty(t, msgs)
+	assert.EqualValues(t, 1, next)
 	err = c.CreateTopic(ctx, "default", client.TopicSettings{})
 	assert.True(t, errors.Is(err, client.ErrTopicExists), "%v", err)
 	err = c.CreateTopic(ctx, "bad/name", client.TopicSettings{})

@@ -139,7 +139,7 @@ func (e *fnError) Error() string { return e.err.Error() }
 // from its ID), and otherwise an error matching ErrTopicNotFound (also when
 // the topic is removed while subscribed), ErrInvalidArgument,
 // ErrClusterIdMismatch, or ErrNoNodesAvailable when Close closed the
-// connection under it.
+// connection under it or the Client has no nodes.
 func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn func(id int64, msg []byte) error, opts ...SubscribeOption) error {
 	if fromID < 0 {
 		return fmt.Errorf("forestbus: subscribe to %q: from ID %d is negative: %w", topic, fromID, ErrInvalidArgument)
@@ -147,6 +147,9 @@ func (c *Client) Subscribe(ctx context.Context, topic string, fromID int64, fn f
 	cfg := subscribeConfig{heartbeat: DefaultSubscribeHeartbeat}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if len(c.nodes) == 0 {
+		return &noNodesError{op: "subscribe"} // nothing to try (as invokeBound)
 	}
 	start := time.Now()
 	next := max(fromID, 1)
