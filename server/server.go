@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -54,6 +55,15 @@ type Server struct {
 	stopErr   error
 	addr      string
 	advertise string
+	lock      *os.File // the data directory's lock (lockDataDir)
+}
+
+// unlock releases the data directory's lock.
+func (s *Server) unlock() {
+	if s.lock != nil {
+		_ = s.lock.Close()
+		s.lock = nil
+	}
 }
 
 // Start opens the data directory, starts the node and serves gRPC on
@@ -70,10 +80,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := commitlog.MkdirAll(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
 	lis := cfg.Listener
 	if lis == nil {
-		var err error
 		if lis, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
+			s.unlock()
 			return nil, fmt.Errorf("server: listen: %w", err)
 		}
 	}
@@ -97,6 +112,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		if s.journal != nil {
 			_ = s.journal.Close()
 		}
+		s.unlock()
 		return nil, err
 	}
 	go func() {
@@ -584,6 +600,7 @@ func (s *Server) Stop() error {
 		s.svc.Close()
 		<-s.served
 		s.stopErr = s.Err()
+		s.unlock() // last: every file of the directory is closed
 		s.log.Info("node stopped", "node", s.cfg.NodeName)
 	})
 	return s.stopErr
