@@ -405,6 +405,11 @@ func (s *Service) GetTopicDetails(ctx context.Context, req *forestbusv1.GetTopic
 	if err != nil {
 		return nil, err
 	}
+	if t.Group.Failed() {
+		// Its commit point is frozen: a client asking for the commit
+		// point (GetTopicMaxAvailableIndex) should ask another node.
+		return nil, replica.ErrStorageFailed
+	}
 	d := t.Group.Details()
 	return &forestbusv1.GetTopicDetailsResponse{
 		Topic:    t.Name,

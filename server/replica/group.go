@@ -481,12 +481,20 @@ func (g *Group) Leader() uint64 { return g.lead.Load() }
 // CutOff reports whether the group has known no leader for two election
 // timeouts: a node cut off from its peers (it loses its leader after an
 // election timeout, also when the group was quiesced: see quiesce.go), or
-// a group without a quorum. Its commit point may lag the cluster's, so
-// readers waiting at its tail are sent elsewhere (api: NO_LEADER).
+// a group without a quorum; or a fenced group (Failed). Its commit point
+// may lag the cluster's, so readers waiting at its tail are sent elsewhere
+// (api: NO_LEADER).
 func (g *Group) CutOff() bool {
+	if g.failed.Load() {
+		return true // fenced: it follows no leader any more (see fence)
+	}
 	since := g.leaderless.Load()
 	return since != 0 && time.Since(time.Unix(0, since)) > 2*g.e.electionTimeout
 }
+
+// Failed reports whether the group is fenced after a storage error: it
+// takes no writes and its commit point no longer moves.
+func (g *Group) Failed() bool { return g.failed.Load() }
 
 // Term is the group's current raft term as last seen by the engine.
 func (g *Group) Term() uint64 { return g.term.Load() }
@@ -804,7 +812,9 @@ type ReadResult struct {
 // message counted by commitlog.MessageCost). Below the first retained ID it returns no messages and NextID =
 // first retained ID. When nothing is committed at id and wait > 0, it waits
 // up to wait for a commit, then returns an empty result. Errors: ErrStopped
-// (group removed while waiting), ctx errors.
+// (group removed while waiting), ErrStorageFailed (nothing committed at id
+// and the group is fenced: its commit point no longer moves; a read
+// waiting when the group is fenced gets it at once), ctx errors.
 func (g *Group) Read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration) (ReadResult, error) {
 	return g.read(ctx, id, maxCount, 0, maxBytes, wait, false, nil)
 }
@@ -865,6 +875,12 @@ func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes in
 				return ReadResult{}, err
 			}
 			return ReadResult{Messages: msgs, NextID: next, CommitID: commit}, nil
+		}
+		if g.failed.Load() {
+			// Fenced: this node's commit point moves no more, while the
+			// cluster's may. An empty answer at its tail would keep the
+			// reader here for ever: send it to another node.
+			return ReadResult{NextID: id, CommitID: commit}, ErrStorageFailed
 		}
 		if wait <= 0 {
 			return ReadResult{NextID: id, CommitID: commit}, nil
@@ -1062,6 +1078,7 @@ func (g *Group) fence(err error) {
 	g.replies = g.replies[:0]
 	g.failWaiters(ErrStorageFailed)
 	g.failReads(ErrStorageFailed)
+	g.notifyCommit() // reads waiting at the tail: see read
 	g.releaseFollowers()
 }
 
