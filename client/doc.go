@@ -36,7 +36,8 @@
 // argument, cluster ID mismatch) end the call. After a failed pass the
 // client waits, 50 ms doubling up to 1 s, and makes another pass, until the
 // context ends or, for a context without a deadline and the calls without a
-// context, the retry window (10 s by default, WithRetryWindow) has passed.
+// context, the retry window (10 s by default, WithRetryWindow) has passed
+// since the call's first failure.
 // A node that stops answering without closing its connection (a frozen
 // host, a black-holed network) is found by a keepalive ping: 10 s without
 // a frame from it while calls are in progress, then 5 s for the answer,

@@ -55,10 +55,11 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 	}
 	start := time.Now()
 	callCtx = c.outgoing(callCtx)
+	// Without a context deadline the retry window counts from the call's
+	// first failure (set at the end of the first pass), not from its
+	// start: an attempt that ran long before it failed (a long poll a
+	// node held for its wait cap) does not use the window up.
 	deadline, ctxDeadline := ctx.Deadline()
-	if !ctxDeadline {
-		deadline = start.Add(c.retryWindow)
-	}
 	// expired reports the end of ctx, also when gRPC noticed its deadline
 	// before ctx's own timer fired.
 	expired := func() error {
@@ -70,7 +71,16 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 		}
 		return nil
 	}
-	var lastErr error
+	var (
+		lastErr   error
+		firstFail time.Time
+	)
+	failed := func(err error) {
+		lastErr = err
+		if firstFail.IsZero() {
+			firstFail = time.Now()
+		}
+	}
 	ended := func(last error) error { return c.ended(ctx, op, last, lastErr) }
 	wait := minPassBackoff
 	for {
@@ -82,7 +92,7 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 			}
 			cc, err := c.conn(node)
 			if err != nil {
-				lastErr = fmt.Errorf("forestbus: node %s: %w", node, err)
+				failed(fmt.Errorf("forestbus: node %s: %w", node, err))
 				c.debugLog(op, topic, node, start, lastErr)
 				continue
 			}
@@ -104,7 +114,7 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 			se := newStatusError(node, err)
 			if se == nil {
 				// Not a gRPC status: treat as a transport failure.
-				lastErr = fmt.Errorf("forestbus: node %s: %w", node, err)
+				failed(fmt.Errorf("forestbus: node %s: %w", node, err))
 				c.debugLog(op, topic, node, start, lastErr)
 				continue
 			}
@@ -119,7 +129,7 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 			if classify(se, rt == routeRead) == fatal {
 				return se
 			}
-			lastErr = se
+			failed(se)
 			c.forget(rt, topic, node)
 			if errors.Is(se, ErrNotLeader) && se.Leader != "" {
 				if rt == routeLeader {
@@ -132,6 +142,9 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 			}
 		}
 		now := time.Now()
+		if !ctxDeadline {
+			deadline = firstFail.Add(c.retryWindow) // a pass that ends has failed
+		}
 		if !now.Before(deadline) {
 			if ctxDeadline {
 				return c.ctxFail(op, context.DeadlineExceeded, lastErr)
