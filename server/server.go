@@ -310,6 +310,13 @@ func (s *Server) open() error {
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	// A node the cluster removed answers every topic call UNAVAILABLE:
+	// health probes (a load balancer, Kubernetes, systemd) must not take
+	// it for a serving node, also when it restarts removed.
+	context.AfterFunc(s.registry.Removal(), func() {
+		s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+		s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	})
 	return nil
 }
 

@@ -213,8 +213,12 @@ func (s *Service) BeginShutdown() { s.stop() }
 func (s *Service) untilShutdown(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
 	unhook := context.AfterFunc(s.stopCtx, cancel)
+	// The cluster removing this node ends waits too: its logs hear of no
+	// more commits (the callers answer errRemoved).
+	unhookRemoval := context.AfterFunc(s.registry.Removal(), cancel)
 	return ctx, func() {
 		unhook()
+		unhookRemoval()
 		cancel()
 	}
 }
@@ -359,9 +363,13 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 	res, err := t.Group.ReadBatchesInto(rctx, sc, id, int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, wait)
 	if gerr := s.gone(t, err); gerr != nil {
 		err = gerr // removed (while we waited)
+	} else if wait > 0 && len(res.Messages) == 0 && s.registry.RemovedSelf() {
+		// The cluster removed this node while the call waited: newer
+		// commits are elsewhere.
+		res, err = replica.ReadResult{}, errRemoved
 	} else if wait > 0 && err != nil && ctx.Err() == nil && rctx.Err() != nil {
 		// Shutdown ended the wait: an empty answer, as at the wait cap.
-		res, err = replica.ReadResult{NextID: id, CommitID: t.Group.CommitID()}, nil
+		res, err = replica.ReadResult{NextID: max(id, 1), CommitID: t.Group.CommitID()}, nil
 	} else if wait > 0 && err == nil && len(res.Messages) == 0 && res.NextID <= max(id, 1) && t.Group.CutOff() {
 		// The wait expired on a node without a leader for a while:
 		// newer commits may be elsewhere; an empty answer would have the

@@ -113,7 +113,8 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 	}
 	defer s.subscribers.done()
 
-	// Shutdown ends the stream's wait at once, as it ends long polls.
+	// Shutdown ends the stream's wait at once, as it ends long polls, and
+	// so does this node's removal.
 	ctx, cancel := s.untilShutdown(stream.Context())
 	defer cancel()
 
@@ -184,6 +185,9 @@ func (s *Service) subscribeError(sctx context.Context, t *topic.Topic, err error
 	case <-s.stopping:
 		return ErrShuttingDown
 	default:
+	}
+	if s.registry.RemovedSelf() {
+		return errRemoved // the removal ended the wait (untilShutdown)
 	}
 	return err
 }

@@ -133,7 +133,7 @@ func (r *Registry) setStateLocked(st checkpointState) {
 	}
 	r.voters = slices.Sorted(slices.Values(st.Voters))
 	r.maxID = st.MaxID
-	if _, member := r.members[r.cfg.NodeID]; !member && r.cfg.NodeID != 0 && r.cfg.NodeID <= st.MaxID && !r.removedSelf.Swap(true) {
+	if _, member := r.members[r.cfg.NodeID]; !member && r.cfg.NodeID != 0 && r.cfg.NodeID <= st.MaxID && r.markRemovedSelf() {
 		// IDs are never reused: an ID the cluster gave out and no longer
 		// has was removed (a node joining later has a higher one).
 		r.log.Error("this node was removed from the cluster (metadata checkpoint): it answers clients UNAVAILABLE; stop it, and start it again only with a new data directory and -join")

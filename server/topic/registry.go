@@ -180,8 +180,11 @@ type Registry struct {
 	members map[uint64]Member
 	voters  []uint64 // metadata group voters, sorted
 	maxID   uint64   // highest raft ID ever added: IDs are never reused
-	// removedSelf: the metadata log removed this node from the cluster.
+	// removedSelf: the metadata log removed this node from the cluster
+	// (set by markRemovedSelf, which also ends removal).
 	removedSelf atomic.Bool
+	removal     context.Context // done once removedSelf is set
+	removedNow  context.CancelFunc
 	replaying   bool
 	// changes counts membership changes, topic creations and this node
 	// taking a group's lead, so that the reconciler knows when a round may
@@ -250,6 +253,7 @@ func Open(cfg Config) (*Registry, error) {
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, topics: make(map[string]*Topic), members: make(map[uint64]Member), changed: make(chan struct{}, 1),
 		removing: make(map[string]struct{})}
+	r.removal, r.removedNow = context.WithCancel(context.Background())
 	for _, d := range []string{"topics", "removed"} {
 		if err := commitlog.MkdirAll(filepath.Join(cfg.Dir, d)); err != nil {
 			return nil, err
@@ -335,6 +339,20 @@ func (r *Registry) Meta() *replica.Group { return r.meta }
 // metadata log applied the node's removal): its logs then fall behind,
 // and its reads are stale.
 func (r *Registry) RemovedSelf() bool { return r.removedSelf.Load() }
+
+// Removal is done once the cluster removed this node (RemovedSelf): waits
+// that would answer from its logs, which follow the topics no more, end
+// on it.
+func (r *Registry) Removal() context.Context { return r.removal }
+
+// markRemovedSelf records this node's removal; true the first time.
+func (r *Registry) markRemovedSelf() bool {
+	if r.removedSelf.Swap(true) {
+		return false
+	}
+	r.removedNow()
+	return true
+}
 
 // Get returns the named topic. Errors: ErrNotFound.
 func (r *Registry) Get(name string) (*Topic, error) {
@@ -726,7 +744,7 @@ func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raf
 			}
 		case raftpb.ConfChangeType_ConfChangeRemoveNode:
 			r.maxID = max(r.maxID, id)
-			if id == r.cfg.NodeID && !r.removedSelf.Swap(true) {
+			if id == r.cfg.NodeID && r.markRemovedSelf() {
 				r.log.Error("this node was removed from the cluster: it answers clients UNAVAILABLE from now on; stop it, and start it again only with a new data directory and -join")
 			}
 			delete(r.members, id)
