@@ -248,6 +248,7 @@ func membersOf(ms []topic.Member) []member {
 func parseCluster(s string) ([]member, error) {
 	var out []member
 	seen := map[string]bool{}
+	addrs := map[string]string{}
 	for i, part := range strings.Split(s, ",") {
 		name, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if !ok || name == "" || addr == "" {
@@ -259,7 +260,11 @@ func parseCluster(s string) ([]member, error) {
 		if seen[name] {
 			return nil, fmt.Errorf("server: initial cluster names %q twice", name)
 		}
+		if other, ok := addrs[addr]; ok {
+			return nil, fmt.Errorf("server: initial cluster gives %q and %q the same address %s", other, name, addr)
+		}
 		seen[name] = true
+		addrs[addr] = name
 		out = append(out, member{id: uint64(i + 1), name: name, addr: addr})
 	}
 	return out, nil

@@ -69,3 +69,14 @@ func TestRecvLimitHoldsPeerFrames(t *testing.T) {
 		require.GreaterOrEqual(t, recvMsgLimit(b), 4*b+(1<<20), "batch limit %d", b)
 	}
 }
+
+// TestInitialClusterRefusesSharedAddress: two members of -initial-cluster
+// at one address are refused (the node started, in a group of two voters
+// that could never reach a quorum).
+func TestInitialClusterRefusesSharedAddress(t *testing.T) {
+	_, err := parseCluster("a=127.0.0.1:3021,b=127.0.0.1:3021")
+	require.ErrorContains(t, err, `gives "a" and "b" the same address 127.0.0.1:3021`)
+	ms, err := parseCluster("a=127.0.0.1:3021,b=127.0.0.1:3022")
+	require.NoError(t, err)
+	require.Len(t, ms, 2)
+}

@@ -188,10 +188,25 @@ func probeNode(ctx context.Context, clusterID string, n client.Node, timeout tim
 		err := f(cctx)
 		return time.Since(start), err
 	}
-	details := func(ctx context.Context) error { _, err := nc.ClusterDetails(ctx); return err }
+	var answered string // the name of the node that answers at n's address
+	details := func(ctx context.Context) error {
+		d, err := nc.ClusterDetails(ctx)
+		if err == nil {
+			answered = d.NodeName
+		}
+		return err
+	}
 	// The first call also connects; the second measures a call's latency.
 	if _, err := ask(details); err != nil {
 		ns.Error = shortError(err)
+		for ti := range out {
+			out[ti].Replicas[i].Error = "node down"
+		}
+		return ns
+	}
+	if answered != n.Name {
+		// Another node listens at n's address: n is not up there.
+		ns.Error = fmt.Sprintf("node %q answers at this address", answered)
 		for ti := range out {
 			out[ti].Replicas[i].Error = "node down"
 		}

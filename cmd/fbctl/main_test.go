@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -369,6 +370,20 @@ func TestNodeAddShowsDownNode(t *testing.T) {
 	r = fbctl(t, conn, "", "node", "add", "n9", closedAddr(t))
 	assert.Equal(t, result{code: 1, stderr: "fbctl: node \"n9\" already exists with another address\n"}, r)
 
+	fbctl(t, conn, "", "node", "remove", "n9").ok(t)
+}
+
+// TestStatusShowsAnotherNodeAtAMembersAddress: a member whose address
+// another node answers at (here a node of another cluster with the same
+// ID) is down, not up: status compares the answering node's name.
+func TestStatusShowsAnotherNodeAtAMembersAddress(t *testing.T) {
+	n := servertest.StartNode(t)
+	other := servertest.StartNode(t)
+	conn := nodeConn(n)
+	fbctl(t, conn, "", "node", "add", "n9", other.Addr()).ok(t)
+	r := fbctl(t, conn, "", "cluster", "status", "-node-timeout", "2s").ok(t)
+	assert.Contains(t, r.stdout, "cluster test: 1 of 2 nodes up")
+	assert.Contains(t, r.stdout, fmt.Sprintf("node %q answers at this address", other.Cfg.NodeName))
 	fbctl(t, conn, "", "node", "remove", "n9").ok(t)
 }
 

@@ -44,6 +44,7 @@ var errorTable = []errorRow{
 	{topic.ErrLastVoter, codes.FailedPrecondition, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrQuorumLoss, codes.FailedPrecondition, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrInvalidName, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
+	{topic.ErrInvalidMember, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrInvalidSettings, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},
 	{topic.ErrTooManyTopics, codes.ResourceExhausted, forestbusv1.ErrorReason_ERROR_REASON_TOO_MANY_TOPICS},
 	{ErrInvalidArgument, codes.InvalidArgument, forestbusv1.ErrorReason_ERROR_REASON_INVALID_ARGUMENT},

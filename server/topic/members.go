@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -27,32 +28,50 @@ var (
 	ErrQuorumLoss = errors.New("topic: the removal would leave too few live voting members for a majority")
 )
 
+// validateMember checks a new member's name (the rules of topic names,
+// ValidateName) and address (host:port).
+func validateMember(name, addr string) error {
+	if err := ValidateName(name); err != nil {
+		return fmt.Errorf("%w: node name: %s", ErrInvalidMember, strings.TrimPrefix(err.Error(), ErrInvalidName.Error()+": "))
+	}
+	if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" {
+		return fmt.Errorf("%w: node address %q: want host:port", ErrInvalidMember, addr)
+	}
+	return nil
+}
+
 // AddNode adds a member: a learner of the metadata group first, promoted by
 // Reconcile once it has caught up. Adding a name again with the same
 // address returns the existing member (a retried call). It waits until the
-// change is applied here. Errors: ErrNodeExists, ErrInvalidName (bad
-// address), and the replica proposal errors.
+// change is applied here. Errors: ErrNodeExists (the name at another
+// address, or the address another member's), ErrInvalidMember (a name
+// outside the topic name rules, an address not host:port), and the
+// replica proposal errors.
 func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, error) {
-	if name == "" {
-		return Member{}, fmt.Errorf("%w: empty node name", ErrInvalidName)
-	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return Member{}, fmt.Errorf("%w: node address %q: %v", ErrInvalidName, addr, err)
+	if err := validateMember(name, addr); err != nil {
+		return Member{}, err
 	}
 	if err := r.confirmMembers(ctx); err != nil {
 		return Member{}, err
 	}
 	for {
 		r.mu.RLock()
-		var found *Member
+		var found, sameAddr *Member
 		for _, m := range r.members {
 			if m.Name == name {
 				found = &m
-				break
+			} else if m.Address == addr {
+				sameAddr = &m
 			}
 		}
 		id := r.maxID + 1
 		r.mu.RUnlock()
+		if found == nil && sameAddr != nil {
+			// Peers and clients would reach that member there: the new
+			// one could never be reached, and the old one would be
+			// asked for another's streams.
+			return Member{}, fmt.Errorf("%w: %s is the address of node %q (%d)", ErrNodeExists, addr, sameAddr.Name, sameAddr.ID)
+		}
 		if found != nil {
 			if found.Address != addr {
 				return Member{}, fmt.Errorf("%w: %q is node %d at %s", ErrNodeExists, name, found.ID, found.Address)

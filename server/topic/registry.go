@@ -27,6 +27,7 @@ var (
 	ErrNotFound        = errors.New("topic: not found")
 	ErrExists          = errors.New("topic: already exists")
 	ErrInvalidName     = errors.New("topic: invalid name")
+	ErrInvalidMember   = errors.New("topic: invalid member")
 	ErrInvalidSettings = errors.New("topic: invalid settings")
 	ErrTooManyTopics   = errors.New("topic: too many topics")
 )
