@@ -11,7 +11,7 @@ import (
 )
 
 // ErrClusterMismatch: the data directory belongs to another cluster or node.
-var ErrClusterMismatch = errors.New("server: data directory belongs to another cluster")
+var ErrClusterMismatch = errors.New("server: data directory belongs to another cluster or node")
 
 // identity is the node's identity, stored in DataDir/identity.json on first
 // start and checked on every later start.
@@ -62,7 +62,8 @@ func loadIdentity(dir string, want identity) (identity, error) {
 			ErrClusterMismatch, dir, got.ClusterID, want.ClusterID, got.ClusterID)
 	}
 	if got.NodeName != want.NodeName {
-		return identity{}, fmt.Errorf("%w: %s holds node %q, this node was started as %q", ErrClusterMismatch, dir, got.NodeName, want.NodeName)
+		return identity{}, fmt.Errorf("%w: %s holds node %q, this node was started as %q (use another -data directory, or -name %s)",
+			ErrClusterMismatch, dir, got.NodeName, want.NodeName, got.NodeName)
 	}
 	return got, nil
 }

@@ -1,7 +1,11 @@
 package server_test
 
 import (
+	"bytes"
+	"log/slog"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -9,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
 )
 
@@ -39,4 +44,40 @@ func TestAddNodeChecksNameAndAddress(t *testing.T) {
 	d, err := dial(t, n).bus.GetClusterDetails(ctxT(t), &forestbusv1.GetClusterDetailsRequest{})
 	require.NoError(t, err)
 	assert.Len(t, d.GetNodes(), 1, "no member was added")
+}
+
+// lockedBuffer is a log sink safe for the node's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestWarnsOfAMovedAddress: a node restarted on another address than the
+// one the cluster knows it at says so (it started in silence, and peers
+// and clients looked for it at the old address).
+func TestWarnsOfAMovedAddress(t *testing.T) {
+	var logs lockedBuffer
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}))
+	require.Eventually(t, func() bool { return len(n.Registry().Members()) == 1 }, 10*time.Second, 5*time.Millisecond)
+	n.Stop()
+	assert.NotContains(t, logs.String(), "another address")
+	old := n.Cfg.ListenAddr
+	n.Cfg.ListenAddr = "127.0.0.1:0"
+	n.Start()
+	assert.Contains(t, logs.String(), "the cluster knows this node at another address than it now advertises")
+	assert.Contains(t, logs.String(), "member_address="+old)
 }

@@ -120,6 +120,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		close(s.served)
 	}()
 	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync))
+	s.checkAddress()
 
 	s.wg.Add(2)
 	go s.reconcile()
@@ -503,6 +504,30 @@ func (h *engineHandler) ReportUnreachable(group string, to uint64) {
 func (h *engineHandler) ReportSnapshot(group string, to uint64, failed bool) {
 	if e := h.e.Load(); e != nil {
 		e.ReportSnapshot(group, to, failed)
+	}
+}
+
+// checkAddress warns when peers and clients will not find this node where
+// it listens: the cluster knows it at another address than it advertises
+// (restarted with another -listen: the member list keeps the address the
+// node joined with, and a member's address does not change; remove the
+// member and join again with a new data directory), or it advertises
+// another port than it listens on (a first start whose -initial-cluster
+// names it at another port than -listen).
+func (s *Server) checkAddress() {
+	known := ""
+	for _, m := range s.registry.Members() {
+		if m.ID == s.id.RaftID {
+			known = m.Address
+		}
+	}
+	if known != "" && known != s.advertise {
+		s.log.Warn("the cluster knows this node at another address than it now advertises: peers and clients will look for it there", "member_address", known, "advertised", s.advertise, "listen", s.addr)
+	}
+	_, lport, lerr := net.SplitHostPort(s.addr)
+	_, aport, aerr := net.SplitHostPort(s.advertise)
+	if lerr == nil && aerr == nil && lport != aport {
+		s.log.Warn("this node advertises another port than it listens on: unless a proxy forwards it, peers and clients will not reach it", "advertised", s.advertise, "listen", s.addr)
 	}
 }
 

@@ -559,6 +559,14 @@ func TestRefusesOtherClustersDataDir(t *testing.T) {
 	_, err := server.Start(context.Background(), cfg)
 	require.ErrorIs(t, err, server.ErrClusterMismatch)
 	assert.Contains(t, err.Error(), `cluster "test"`)
+
+	// Another node's directory: the message names the node and the fix.
+	cfg = n.Cfg
+	cfg.NodeName = "nX"
+	_, err = server.Start(context.Background(), cfg)
+	require.ErrorIs(t, err, server.ErrClusterMismatch)
+	assert.Contains(t, err.Error(), `another cluster or node: `)
+	assert.Contains(t, err.Error(), `holds node "n1", this node was started as "nX" (use another -data directory, or -name n1)`)
 }
 
 func TestClusterDetails(t *testing.T) {

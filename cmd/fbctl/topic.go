@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/forestbus/forestbus/client"
+	"github.com/forestbus/forestbus/internal/flagval"
 )
 
 const topicAbout = `
@@ -249,28 +250,16 @@ func (b *byteSize) Set(s string) error {
 	return nil
 }
 
-// retentionFlag is a flag holding a duration in whole seconds, with a "d"
-// (24h) unit besides time.ParseDuration's.
+// retentionFlag is a flag holding a duration in whole seconds, in
+// flagval.ParseDuration's forms (a "d" unit besides time.ParseDuration's).
 type retentionFlag time.Duration
 
 func (r *retentionFlag) String() string { return time.Duration(*r).String() }
 
 func (r *retentionFlag) Set(s string) error {
-	s = strings.TrimSpace(s)
-	var d time.Duration
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		days, err := strconv.ParseFloat(n, 64)
-		if err != nil || days < 0 {
-			return fmt.Errorf("want a duration such as 90m, 24h or 7d")
-		}
-		d = time.Duration(days * float64(24*time.Hour))
-	} else if s == "0" {
-		d = 0
-	} else {
-		var err error
-		if d, err = time.ParseDuration(s); err != nil || d < 0 {
-			return fmt.Errorf("want a duration such as 90m, 24h or 7d")
-		}
+	d, err := flagval.ParseDuration(s)
+	if err != nil {
+		return err
 	}
 	if d%time.Second != 0 {
 		return fmt.Errorf("want whole seconds")

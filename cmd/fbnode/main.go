@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -29,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/flagval"
 	"github.com/forestbus/forestbus/internal/uring"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/api"
@@ -44,9 +46,12 @@ func main() {
 	}
 }
 
-// askToJoin calls AdminService.AddNode on a member, retrying while the
-// cluster elects a leader, and returns what the node needs to join.
-func askToJoin(ctx context.Context, member, clusterID, name, addr string) (*server.Join, error) {
+// askToJoin calls AdminService.AddNode on a member, retrying for up to a
+// minute while the member is unreachable or the cluster elects a leader
+// (saying so on log, every few seconds), and returns what the node needs
+// to join. An answer no retry changes (another cluster, a name or address
+// refused) ends it at once.
+func askToJoin(ctx context.Context, log *slog.Logger, member, clusterID, name, addr string) (*server.Join, error) {
 	conn, err := grpc.NewClient("passthrough:///"+member, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
@@ -54,7 +59,9 @@ func askToJoin(ctx context.Context, member, clusterID, name, addr string) (*serv
 	defer conn.Close()
 	admin := forestbusv1.NewAdminServiceClient(conn)
 	ctx = metadata.AppendToOutgoingContext(ctx, "forestbus-cluster-id", clusterID)
-	deadline := time.Now().Add(60 * time.Second)
+	start := time.Now()
+	deadline := start.Add(60 * time.Second)
+	var logged time.Time
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		resp, err := admin.AddNode(cctx, &forestbusv1.AddNodeRequest{Name: name, Address: addr})
@@ -67,15 +74,41 @@ func askToJoin(ctx context.Context, member, clusterID, name, addr string) (*serv
 			return j, nil
 		}
 		switch status.Code(err) {
-		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.FailedPrecondition:
+		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
+		case codes.FailedPrecondition:
+			if errorReason(err) != "NOT_LEADER" { // e.g. CLUSTER_ID_MISMATCH
+				return nil, err
+			}
 		default:
 			return nil, err
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, err
 		}
+		if time.Since(logged) >= 5*time.Second {
+			logged = time.Now()
+			log.Warn("joining: the member did not add this node yet; retrying", "member", member, "for", time.Since(start).Round(time.Second).String(), "gives up after", "60s", "err", err)
+		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// durationFlag defines a duration flag that also takes days ("7d"), as
+// fbctl's retention flags do (flagval.ParseDuration).
+func durationFlag(fs *flag.FlagSet, name string, value time.Duration, usage string) *time.Duration {
+	d := flagval.Duration(value)
+	fs.Var(&d, name, usage)
+	return (*time.Duration)(&d)
+}
+
+// errorReason is the ErrorInfo reason of a gRPC error ("" without one).
+func errorReason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
 }
 
 // defaultGCPercent is -gc-percent's default. Go's own (100) spends a fifth
@@ -129,10 +162,10 @@ func run(args []string) error {
 		pageCache  = fs.Int64("page-cache-bytes", 32<<20, "page cache each topic keeps of its newest durable records; older records are dropped from it so it does not grow with the logs (negative: leave it to the kernel)")
 		journalB   = fs.Int64("journal-bytes", 64<<20, "size of a journal file (fsync mode), checkpointed and recycled when full")
 		notice     = fs.Duration("commit-notice-delay", 20*time.Millisecond, "longest a topic's leader holds back telling its followers of a new commit point when no append carries it; followers' reads trail by up to that much (0 or negative: at once)")
-		retention  = fs.Duration("retention", 0, "default retention age of a topic's messages (0: keep for ever)")
+		retention  = durationFlag(fs, "retention", 0, "default retention age of a topic's messages, such as 90m, 24h or 7d (0: keep for ever)")
 		retBytes   = fs.Int64("retention-bytes", 0, "default retention size of a topic (0: no limit)")
 		retEvery   = fs.Duration("retention-interval", 30*time.Second, "how often a topic's leader checks its retention (and every node its removed topics' files)")
-		removedRet = fs.Duration("removed-retention", 24*time.Hour, "how long a removed topic's files stay in the data directory's removed/ before they are deleted (0: keep for ever)")
+		removedRet = durationFlag(fs, "removed-retention", 24*time.Hour, "how long a removed topic's files stay in the data directory's removed/ before they are deleted, such as 24h or 7d (0: keep for ever)")
 		topic      = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
 		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn, error")
 		logFormat  = fs.String("log-format", "text", "log format: text or json")
@@ -226,7 +259,7 @@ func run(args []string) error {
 			addr = *listen
 		}
 		var err error
-		if joinInfo, err = askToJoin(ctx, *join, *clusterID, *nodeName, addr); err != nil {
+		if joinInfo, err = askToJoin(ctx, logger, *join, *clusterID, *nodeName, addr); err != nil {
 			return fmt.Errorf("joining through %s: %w", *join, err)
 		}
 		logger.Info("added to the cluster", "id", joinInfo.ID, "members", len(joinInfo.Members))

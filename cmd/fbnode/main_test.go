@@ -1,8 +1,11 @@
 package main
 
 import (
+	"flag"
+	"io"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -45,4 +48,19 @@ func TestWildcardListenNeedsAdvertise(t *testing.T) {
 	assert.False(t, unspecifiedHost("127.0.0.1:3000"))
 	assert.False(t, unspecifiedHost("localhost:3000"))
 	assert.True(t, unspecifiedHost(":3000"))
+}
+
+// TestRetentionFlagsTakeDays: -retention and -removed-retention take days
+// ("7d"), as fbctl's retention flags and the README do (fbnode refused
+// them: "parse error").
+func TestRetentionFlagsTakeDays(t *testing.T) {
+	fs := flag.NewFlagSet("fbnode", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	d := durationFlag(fs, "retention", time.Hour, "")
+	assert.Equal(t, time.Hour, *d, "the default")
+	require.NoError(t, fs.Parse([]string{"-retention", "7d"}))
+	assert.Equal(t, 7*24*time.Hour, *d)
+	require.NoError(t, fs.Parse([]string{"-retention", "90m"}))
+	assert.Equal(t, 90*time.Minute, *d)
+	assert.Error(t, fs.Parse([]string{"-retention", "-1d"}))
 }
