@@ -92,6 +92,7 @@ type state struct {
 	maxBatchBytes int
 	maxRetries    int
 	debug         bool
+	fullErrors    bool // WithFullErrors
 	logger        *slog.Logger
 
 	// Injectable for tests.
@@ -156,6 +157,14 @@ func WithMaxBatchBytes(n int) Option {
 // it) or to the logger of WithLogger.
 func WithDebug() Option {
 	return func(b *Batcher) { b.debug = true }
+}
+
+// WithFullErrors makes results carry a failed send's error as the client
+// returned it, with the node's answer and the last node's error (the
+// sentinels still match with errors.Is), instead of the original
+// package's bare sentinels. For tools that show the cause.
+func WithFullErrors() Option {
+	return func(b *Batcher) { b.fullErrors = true }
 }
 
 // WithLogger sets the logger used for debug logging.
@@ -453,6 +462,15 @@ func (b *Batcher) sendBatch(ctx context.Context, batch []*SendResult, retries *i
 	}
 }
 
+// resultError is err as results carry it: the original package's bare
+// sentinel, unless WithFullErrors.
+func (b *Batcher) resultError(err error) error {
+	if b.fullErrors {
+		return err
+	}
+	return client.LegacyError(err)
+}
+
 // send sends one batch, retrying as configured. Once Close has started,
 // retries stop for this and every later batch.
 func (b *Batcher) send(ctx context.Context, msgs [][]byte, retries *int) ([]int64, error) {
@@ -464,7 +482,7 @@ func (b *Batcher) send(ctx context.Context, msgs [][]byte, retries *int) ([]int6
 			if ctx.Err() != nil {
 				return nil, ErrClosed // Close gave up waiting
 			}
-			return nil, client.LegacyError(err)
+			return nil, b.resultError(err)
 		}
 		defer release()
 		seq = s
@@ -489,13 +507,13 @@ func (b *Batcher) send(ctx context.Context, msgs [][]byte, retries *int) ([]int6
 		}
 		// Results carry the original package's bare sentinels, so that
 		// programs comparing with == keep working (the cause is logged
-		// with WithDebug).
+		// with WithDebug; WithFullErrors keeps it).
 		if ctx.Err() != nil {
 			// Close gave up waiting and cancelled the send.
 			return nil, ErrClosed
 		}
 		if !b.retryable(err) || (*retries != UnlimitedRetries && attempt > *retries) {
-			return nil, client.LegacyError(err)
+			return nil, b.resultError(err)
 		}
 		select {
 		case <-b.closing:

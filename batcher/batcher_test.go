@@ -690,3 +690,24 @@ func TestBatcherIsComparable(t *testing.T) {
 	assert.False(t, seen[*b2])
 	assert.True(t, *b1 != *b2)
 }
+
+// TestFullErrors: results carry the bare sentinel by default (the
+// original's), the client's whole error with WithFullErrors.
+func TestFullErrors(t *testing.T) {
+	cause := fmt.Errorf("%w; last error: node x: connection refused", client.ErrNoNodesAvailable)
+	for _, full := range []bool{false, true} {
+		opts := []Option{}
+		if full {
+			opts = append(opts, WithFullErrors())
+		}
+		b := New(&errSender{err: cause}, "topic", opts...)
+		_, err := b.SendMessage([]byte("m"), true)
+		b.Close()
+		require.ErrorIs(t, err, client.ErrNoNodesAvailable)
+		if full {
+			assert.Equal(t, cause, err)
+		} else {
+			assert.Equal(t, client.ErrNoNodesAvailable, err)
+		}
+	}
+}

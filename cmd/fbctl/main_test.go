@@ -395,7 +395,7 @@ func TestErrors(t *testing.T) {
 	r := fbctl(t, conn, "", "get", "-topic", "nope")
 	assert.Equal(t, result{code: 1, stderr: "fbctl: topic \"nope\" not found\n"}, r)
 	r = fbctl(t, conn, "x\n", "send", "-topic", "nope")
-	assert.Equal(t, result{code: 1, stderr: "sent 0 messages; 1 failed\nfbctl: topic \"nope\" not found\n"}, r)
+	assert.Equal(t, result{code: 1, stderr: "sent 0 messages; 1 failed, the first at message 1 of the input\nfbctl: topic \"nope\" not found\n"}, r)
 
 	// No connection string: usage error.
 	r = fbctl(t, "", "", "get")
@@ -514,5 +514,25 @@ func TestSendLargeLines(t *testing.T) {
 	// A message over the node's 1 MiB limit fails with one clear line.
 	r = fbctl(t, conn, strings.Repeat("x", 2<<20)+"\n", "send")
 	assert.Equal(t, 1, r.code)
-	assert.Equal(t, "sent 0 messages; 1 failed\nfbctl: message too large: message 0 has 2097152 bytes, the limit is 1048576\n", r.stderr)
+	assert.Equal(t, "sent 0 messages; 1 failed, the first at message 1 of the input\nfbctl: message too large: message 0 has 2097152 bytes, the limit is 1048576\n", r.stderr)
+
+	// Between others, the summary says which message of the input failed
+	// (the node's index is within the batch it got), and the messages
+	// after it are stored too, as the help says.
+	r = fbctl(t, conn, "a\nb\nc\n"+strings.Repeat("x", 2<<20)+"\nd\n", "send")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "sent 4 messages (first ID 25, last ID 28); 1 failed, the first at message 4 of the input\n")
+	r = fbctl(t, conn, "", "get", "-from", "25").ok(t)
+	assert.Equal(t, "a\nb\nc\nd\n", r.stdout)
+}
+
+// TestSendToNoNodeSaysWhy: a send that no node answers ends with the last
+// node's error (it printed "no node of the cluster answered in time"
+// alone, the batcher's bare sentinel dropping the cause).
+func TestSendToNoNodeSaysWhy(t *testing.T) {
+	r := fbctl(t, "test#default@"+closedAddr(t), "a\n", "send", "-retries", "0")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "sent 0 messages; 1 failed, the first at message 1 of the input\n")
+	assert.Contains(t, r.stderr, "fbctl: no node of the cluster answered in time; last error: ")
+	assert.Contains(t, r.stderr, "connection refused")
 }

@@ -15,8 +15,10 @@ import (
 const (
 	// defaultSendRetries is how many times a batch is retried when no node
 	// answers (each attempt itself fails over across the nodes for the
-	// client's 10 s retry window).
-	defaultSendRetries = 10
+	// client's 10 s retry window): with the backoff between them, a send
+	// to a cluster that is down fails in about 30 s (it took over two
+	// minutes with 10).
+	defaultSendRetries = 2
 	// maxInflightBytes bounds the payload queued in the batcher and not yet
 	// acknowledged, and so the size of a batch: the batcher's batches are
 	// bounded by count only, and a node refuses batches over its maximum
@@ -39,12 +41,17 @@ MessageBatcher and sent in order; they get consecutive IDs unless other
 producers send to the topic at the same time.
 
 Progress is shown on standard error when it is a terminal. At the end
-"sent N messages (first ID a, last ID b)" is printed on standard error.
-Sending stops at the first message that fails (after -retries retries when
-no node answers, each attempt trying every node for up to 10 s); the exit
-status is then 1. Messages in batches already
-sent may have been stored. With -no-wait, the IDs are those the leader gave
-before the batch was committed: tentative, should the leader change.`
+"sent N messages (first ID a, last ID b)" is printed on standard error,
+with the number of messages that failed and which message of the input
+failed first, and the exit status is then 1.
+
+A message fails when the node refuses it (too large, say) or when no node
+answers (after -retries retries, each attempt trying every node for up to
+10 s). Reading stops at the first failure, but messages read before it
+was known are sent on: those after the failed one may be stored too (a
+batch the node refuses for one message's size is sent again without it).
+With -no-wait, the IDs are those the leader gave before the batch was
+committed: tentative, should the leader change.`
 
 // line is one line read, or the error that ended the input.
 type line struct {
@@ -95,7 +102,7 @@ func (a *app) send(args []string) error {
 		inputs = []io.Reader{a.stdin}
 	}
 
-	opts := []batcher.Option{batcher.WithRetries(*retries)}
+	opts := []batcher.Option{batcher.WithRetries(*retries), batcher.WithFullErrors()}
 	if *noWait {
 		opts = append(opts, batcher.WithoutCommitWait())
 	}
@@ -121,6 +128,7 @@ func (a *app) send(args []string) error {
 	inputDone, interrupted := false, false
 	ctxDone := a.ctx.Done()
 	var inflight, inflightBytes int
+	var read int64 // messages read: the reference of each is its number
 	for {
 		var in <-chan line
 		if !inputDone && !interrupted && st.err == nil &&
@@ -138,7 +146,8 @@ func (a *app) send(args []string) error {
 			case l.err != nil:
 				st.err = fmt.Errorf("reading input: %w", l.err)
 			default:
-				if err := b.AsyncSendMessage(l.msg, nil, replies, true); err != nil {
+				read++
+				if err := b.AsyncSendMessage(l.msg, read, replies, true); err != nil {
 					st.err = err
 					break
 				}
@@ -190,11 +199,15 @@ type sendState struct {
 	failed      int64
 	first, last int64
 	err         error // the first error
+	errAt       int64 // the number in the input of the first message that failed
 }
 
 func (s *sendState) add(r *batcher.SendResult) {
 	if err := r.GetError(); err != nil {
 		s.failed++
+		if n, ok := r.GetReference().(int64); ok && (s.errAt == 0 || n < s.errAt) {
+			s.errAt, s.err = n, err
+		}
 		if s.err == nil {
 			s.err = err
 		}
@@ -217,6 +230,9 @@ func (s *sendState) summary() string {
 	}
 	if s.failed > 0 {
 		msg += fmt.Sprintf("; %d failed", s.failed)
+		if s.errAt > 0 {
+			msg += fmt.Sprintf(", the first at message %d of the input", s.errAt)
+		}
 	}
 	return msg
 }
