@@ -63,13 +63,13 @@ bench: build ## run the fbbench workloads against a fresh local 3-node cluster (
 run: ## start a one-node cluster with topic "default" on $(RUN_ADDR)
 	$(GO) run ./cmd/fbnode -listen $(RUN_ADDR) -data $(RUN_DATA)
 
-clean: ## remove ./bin and ./fbdata
-	rm -rf $(BIN) ./fbdata $(CLUSTER_DIR)
+clean: ## remove ./bin, make run's data ($(RUN_DATA)) and make cluster's ($(CLUSTER_DIR))
+	rm -rf $(BIN) $(RUN_DATA) $(CLUSTER_DIR)
 
 CLUSTER_DIR ?= ./fbcluster
 CLUSTER_PORT ?= 3000
 CLUSTER_HTTP_PORT ?= 8080
-cluster: build ## start a local 3-node cluster (127.0.0.1:3001-3003, /metrics and /status on :8081-8083; CLUSTER_PORT, CLUSTER_HTTP_PORT move them; data in ./fbcluster) in the foreground; Ctrl-C stops it
+cluster: build ## start a local 3-node cluster (127.0.0.1:3001-3003, /metrics and /status on :8081-8083; node i listens on CLUSTER_PORT+i and CLUSTER_HTTP_PORT+i; data in ./fbcluster) in the foreground; Ctrl-C stops it
 	@mkdir -p $(CLUSTER_DIR); \
 	IC=n1=127.0.0.1:$$(($(CLUSTER_PORT)+1)),n2=127.0.0.1:$$(($(CLUSTER_PORT)+2)),n3=127.0.0.1:$$(($(CLUSTER_PORT)+3)); \
 	trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \

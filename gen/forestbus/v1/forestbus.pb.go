@@ -440,7 +440,10 @@ type GetMessagesRequest struct {
 	// the answer is empty, not an error, unless the node has known no leader
 	// of the topic for two election timeouts (cut off from the others, or no
 	// quorum): then UNAVAILABLE/NO_LEADER, since the cluster may have newer
-	// commits elsewhere (ask another node).
+	// commits elsewhere (ask another node). A node whose copy of the topic
+	// stopped after a storage error answers UNAVAILABLE/STORAGE_FAILED, and
+	// a node the cluster removed a plain UNAVAILABLE, at once, also to a
+	// read that is waiting then.
 	Wait          bool `protobuf:"varint,4,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -510,8 +513,10 @@ type GetMessagesResponse struct {
 	// Messages with IDs id, id+1, ..., next_id-1 of the request.
 	Messages [][]byte `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	// ID to ask for next. When the requested ID is below the first retained
-	// ID, messages is empty and next_id is the first retained ID. At the end
-	// of the log, next_id is the ID the next message will get.
+	// ID, messages is empty and next_id is the first retained ID. When no
+	// message is committed at the requested ID yet (at the end of the log,
+	// or past it), messages is empty and next_id is the requested ID (1 for
+	// 0): compare it with commit_id to tell a position past the end.
 	NextId int64 `protobuf:"varint,2,opt,name=next_id,json=nextId,proto3" json:"next_id,omitempty"`
 	// The answering node's commit point: the ID of the last committed message.
 	CommitId      int64 `protobuf:"varint,3,opt,name=commit_id,json=commitId,proto3" json:"commit_id,omitempty"`
