@@ -249,6 +249,16 @@ func run(args []string) error {
 		go func() { _ = http.Serve(lis, nil) }() // net/http/pprof registers on the default mux
 		logger.Info("pprof listening", "addr", lis.Addr().String())
 	}
+	// The HTTP port is taken before the node starts (or joins): one in
+	// use fails here, not after the node has bootstrapped.
+	var httpLis net.Listener
+	if *httpAddr != "" {
+		var err error
+		if httpLis, err = net.Listen("tcp", *httpAddr); err != nil {
+			return fmt.Errorf("-http: %w", err)
+		}
+		defer httpLis.Close() // Serve closes it too; this covers a failed start
+	}
 	var joinInfo *server.Join
 	if *join != "" && !server.HasIdentity(*dataDir) {
 		if *advertise == "" && strings.HasSuffix(*listen, ":0") {
@@ -320,16 +330,11 @@ func run(args []string) error {
 			return err
 		}
 	}
-	if *httpAddr != "" {
-		lis, err := net.Listen("tcp", *httpAddr)
-		if err != nil {
-			srv.Stop()
-			return fmt.Errorf("-http: %w", err)
-		}
+	if httpLis != nil {
 		hs := &http.Server{Handler: httpapi.New(srv, httpapi.WithGRPCMetrics(httpapi.GRPCMetrics())), ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = hs.Serve(lis) }()
+		go func() { _ = hs.Serve(httpLis) }()
 		defer hs.Close() // after srv.Stop: /status shows the node stopping meanwhile
-		logger.Info("http listening", "addr", lis.Addr().String())
+		logger.Info("http listening", "addr", httpLis.Addr().String())
 	}
 	if *topic != "" {
 		fmt.Printf("Forest Bus node %q ready. Connection string: %s\n", *nodeName, srv.ConnectionString())

@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"io"
+	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -63,4 +65,18 @@ func TestRetentionFlagsTakeDays(t *testing.T) {
 	require.NoError(t, fs.Parse([]string{"-retention", "90m"}))
 	assert.Equal(t, 90*time.Minute, *d)
 	assert.Error(t, fs.Parse([]string{"-retention", "-1d"}))
+}
+
+// TestHTTPPortInUseFailsFirst: a -http port in use fails the start before
+// the node creates its data directory (it bootstrapped a cluster and its
+// default topic, then exited).
+func TestHTTPPortInUseFailsFirst(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	data := filepath.Join(t.TempDir(), "d")
+	err = run([]string{"-listen", "127.0.0.1:0", "-data", data, "-http", busy.Addr().String()})
+	require.ErrorContains(t, err, "-http")
+	_, statErr := os.Stat(data)
+	assert.True(t, os.IsNotExist(statErr), "the data directory was made: %v", statErr)
 }
