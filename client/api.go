@@ -234,7 +234,7 @@ func (c *Client) GetMessagesContext(ctx context.Context, topic string, index int
 	for {
 		var resp *forestbusv1.GetMessagesResponse
 		started := time.Now()
-		err := c.invokeBound(ctx, callCtx, "get", topic, routeRead, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		err := c.invokeBound(ctx, callCtx, "get", topic, routeRead, wait, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
 			r, err := forestbusv1.NewForestBusServiceClient(cc).GetMessages(ctx, req, opts...)
 			resp = r
 			return err

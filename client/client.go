@@ -124,8 +124,9 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithRetryWindow sets how long a call without a context deadline keeps
 // retrying passes over the node list, counted from its first failure
-// (default DefaultRetryWindow): a long poll a node held for its wait cap
-// before it failed gets the whole window too. Zero makes a single pass. Calls whose context has a deadline retry until the
+// (default DefaultRetryWindow); for a waiting GetMessages, also from the
+// failure of an attempt a node held for a while (its wait), so that a long
+// poll cut by a node's restart is retried. Zero makes a single pass. Calls whose context has a deadline retry until the
 // deadline instead.
 func WithRetryWindow(d time.Duration) Option {
 	return func(c *Client) {

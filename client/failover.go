@@ -40,14 +40,20 @@ type attempt func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOpt
 func (c *Client) invoke(ctx context.Context, op, topic string, rt route, call attempt) error {
 	callCtx, unbind := c.bind(ctx) // also ended by Close
 	defer unbind()
-	return c.invokeBound(ctx, callCtx, op, topic, rt, call)
+	return c.invokeBound(ctx, callCtx, op, topic, rt, false, call)
 }
 
 // invokeBound is invoke for a caller that bound ctx to the Client's life
 // itself (callCtx, from bind): a call made of several invocations (a long
 // poll's re-issues) binds once, so that a Close between two of them ends
 // it too.
-func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt route, call attempt) error {
+//
+// longPoll marks a waiting read: its window starts again at the failure of
+// an attempt a node held for a while (it served until then), so that a
+// poll held past the window and then cut (a node restarting, a connection
+// reset) is retried however its earlier attempts went. Such a call waits
+// without bound by design anyway; a send's window is not reset.
+func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt route, longPoll bool, call attempt) error {
 	if len(c.nodes) == 0 {
 		// An empty node list (or a zero Client): nothing to try, nothing
 		// to wait for. The original answered at once too.
@@ -74,11 +80,13 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 	var (
 		lastErr   error
 		firstFail time.Time
+		attempted time.Time // when the attempt in progress began
 	)
 	failed := func(err error) {
 		lastErr = err
-		if firstFail.IsZero() {
-			firstFail = time.Now()
+		now := time.Now()
+		if firstFail.IsZero() || longPoll && now.Sub(attempted) >= min(c.retryWindow, maxPassBackoff) {
+			firstFail = now
 		}
 	}
 	ended := func(last error) error { return c.ended(ctx, op, last, lastErr) }
@@ -90,6 +98,7 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 			if callCtx.Err() != nil { // ctx ended, or Close
 				return ended(lastErr)
 			}
+			attempted = time.Now()
 			cc, err := c.conn(node)
 			if err != nil {
 				failed(fmt.Errorf("forestbus: node %s: %w", node, err))
