@@ -13,6 +13,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// flock is unix.Flock (a variable for tests).
+var flock = unix.Flock
+
+// errNoLocks: the data directory's filesystem does not support flock.
+var errNoLocks = errors.New("server: no file locks on this filesystem")
+
 // dataLockFile is the file in the data directory that a running node
 // holds an exclusive flock on, and whose content is that node's PID.
 const dataLockFile = "LOCK"
@@ -36,7 +42,7 @@ func lockDataDir(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("server: data directory lock: %w", err)
 	}
 	var lockErr error
-	if err := rc.Control(func(fd uintptr) { lockErr = unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { lockErr = flock(int(fd), unix.LOCK_EX|unix.LOCK_NB) }); err != nil {
 		lockErr = err
 	}
 	if lockErr != nil {
@@ -47,8 +53,12 @@ func lockDataDir(dir string) (*os.File, error) {
 			}
 		}
 		f.Close()
-		if errors.Is(lockErr, unix.EWOULDBLOCK) {
+		switch {
+		case errors.Is(lockErr, unix.EWOULDBLOCK):
 			return nil, fmt.Errorf("server: data directory %s is in use by another node process%s: stop it first, or give this node a directory of its own", dir, holder)
+		case errors.Is(lockErr, unix.ENOLCK), errors.Is(lockErr, unix.ENOTSUP), errors.Is(lockErr, unix.ENOSYS), errors.Is(lockErr, unix.EOPNOTSUPP):
+			// Some network and FUSE filesystems: the node runs unlocked.
+			return nil, fmt.Errorf("%w: %s: %v", errNoLocks, path, lockErr)
 		}
 		return nil, fmt.Errorf("server: locking data directory %s: %w", dir, lockErr)
 	}

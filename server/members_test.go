@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"log/slog"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -80,4 +81,47 @@ func TestWarnsOfAMovedAddress(t *testing.T) {
 	n.Start()
 	assert.Contains(t, logs.String(), "the cluster knows this node at another address than it now advertises")
 	assert.Contains(t, logs.String(), "member_address="+old)
+}
+
+// TestNoMovedAddressWarningForAHostName: a node that joined at a host name
+// (fbnode sends its -listen, localhost:P) and listens at its IP has not
+// moved: no warning at a restart, and it advertises the name the cluster
+// knows it by.
+func TestNoMovedAddressWarningForAHostName(t *testing.T) {
+	n1 := servertest.StartNode(t)
+	lis, err := net.Listen("tcp", "localhost:0")
+	require.NoError(t, err)
+	_, port, _ := net.SplitHostPort(lis.Addr().String())
+	listen := "localhost:" + port
+	resp, err := dial(t, n1).admin.AddNode(ctxT(t), &forestbusv1.AddNodeRequest{Name: "n2", Address: listen})
+	require.NoError(t, err)
+	j := &server.Join{ID: resp.GetNode().GetId()}
+	for _, m := range resp.GetNodes() {
+		j.Members = append(j.Members, server.JoinMember{ID: m.GetId(), Name: m.GetName(), Address: m.GetAddress()})
+	}
+	var logs lockedBuffer
+	cfg := server.Config{
+		Listener: lis, ListenAddr: listen, DataDir: t.TempDir(), ClusterID: "test", NodeName: "n2",
+		TickInterval: 20 * time.Millisecond, Join: j, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	}
+	s, err := server.Start(ctxT(t), cfg)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(s.Registry().Members()) == 2 }, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, s.Stop())
+	cfg.Listener, cfg.Join = nil, nil // fbnode restarted with the same flags
+	s, err = server.Start(ctxT(t), cfg)
+	require.NoError(t, err)
+	defer s.Stop()
+	assert.NotContains(t, logs.String(), "another address")
+	assert.Contains(t, s.ConnectionString(), "@"+listen)
+}
+
+// TestAddNodeRetryOfAFreeFormName: a member named before the name rule
+// (-name takes any name) still gets the answer of a retried AddNode.
+func TestAddNodeRetryOfAFreeFormName(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) { c.NodeName = "db 1" }))
+	require.Eventually(t, func() bool { return len(n.Registry().Members()) == 1 }, 10*time.Second, 5*time.Millisecond)
+	resp, err := dial(t, n).admin.AddNode(ctxT(t), &forestbusv1.AddNodeRequest{Name: "db 1", Address: n.Addr()})
+	require.NoError(t, err, "the existing member")
+	assert.Equal(t, "db 1", resp.GetNode().GetName())
 }

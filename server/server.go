@@ -81,7 +81,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: data directory: %w", err)
 	}
 	lock, err := lockDataDir(cfg.DataDir)
-	if err != nil {
+	if errors.Is(err, errNoLocks) {
+		s.log.Warn("the data directory's filesystem takes no locks: make sure no other node process uses it", "dir", cfg.DataDir, "err", err)
+	} else if err != nil {
 		return nil, err
 	}
 	s.lock = lock
@@ -309,15 +311,20 @@ func (s *Server) open() error {
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	// A node the cluster removed answers every topic call UNAVAILABLE:
 	// health probes (a load balancer, Kubernetes, systemd) must not take
-	// it for a serving node, also when it restarts removed.
-	context.AfterFunc(s.registry.Removal(), func() {
-		s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-		s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-	})
+	// it for a serving node, also when it restarts removed (then from
+	// the start: no probe sees SERVING).
+	serving := func(st healthpb.HealthCheckResponse_ServingStatus) {
+		s.health.SetServingStatus("", st)
+		s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, st)
+	}
+	if s.registry.RemovedSelf() {
+		serving(healthpb.HealthCheckResponse_NOT_SERVING)
+	} else {
+		serving(healthpb.HealthCheckResponse_SERVING)
+		context.AfterFunc(s.registry.Removal(), func() { serving(healthpb.HealthCheckResponse_NOT_SERVING) })
+	}
 	return nil
 }
 
@@ -514,6 +521,11 @@ func (h *engineHandler) ReportSnapshot(group string, to uint64, failed bool) {
 // member and join again with a new data directory), or it advertises
 // another port than it listens on (a first start whose -initial-cluster
 // names it at another port than -listen).
+//
+// Without -advertise, a member address that names this listener in other
+// words (a host name for its IP, or any address at its port when it
+// listens on every interface) is no move: the node advertises that
+// address, as the cluster records it.
 func (s *Server) checkAddress() {
 	known := ""
 	for _, m := range s.registry.Members() {
@@ -522,13 +534,52 @@ func (s *Server) checkAddress() {
 		}
 	}
 	if known != "" && known != s.advertise {
-		s.log.Warn("the cluster knows this node at another address than it now advertises: peers and clients will look for it there", "member_address", known, "advertised", s.advertise, "listen", s.addr)
+		if s.cfg.AdvertiseAddr == "" && sameListener(known, s.addr) {
+			s.advertise = known
+		} else {
+			s.log.Warn("the cluster knows this node at another address than it now advertises: peers and clients will look for it there", "member_address", known, "advertised", s.advertise, "listen", s.addr)
+		}
 	}
 	_, lport, lerr := net.SplitHostPort(s.addr)
 	_, aport, aerr := net.SplitHostPort(s.advertise)
 	if lerr == nil && aerr == nil && lport != aport {
 		s.log.Warn("this node advertises another port than it listens on: unless a proxy forwards it, peers and clients will not reach it", "advertised", s.advertise, "listen", s.addr)
 	}
+}
+
+// sameListener reports whether member (host:port) reaches a listener at
+// listen (its bound address): the same port, and a listen on every
+// interface or a member host that is, or resolves to, the listen IP.
+func sameListener(member, listen string) bool {
+	mh, mp, err := net.SplitHostPort(member)
+	if err != nil {
+		return false
+	}
+	lh, lp, err := net.SplitHostPort(listen)
+	if err != nil || mp != lp {
+		return false
+	}
+	lip := net.ParseIP(lh)
+	switch {
+	case lh == "" || lip != nil && lip.IsUnspecified():
+		return true
+	case mh == lh:
+		return true
+	case lip == nil:
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupIPAddr(ctx, mh)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if a.IP.Equal(lip) {
+			return true
+		}
+	}
+	return false
 }
 
 // Addr is the address the node listens on.

@@ -28,14 +28,20 @@ var (
 	ErrQuorumLoss = errors.New("topic: the removal would leave too few live voting members for a majority")
 )
 
-// validateMember checks a new member's name (the rules of topic names,
-// ValidateName) and address (host:port).
-func validateMember(name, addr string) error {
-	if err := ValidateName(name); err != nil {
-		return fmt.Errorf("%w: node name: %s", ErrInvalidMember, strings.TrimPrefix(err.Error(), ErrInvalidName.Error()+": "))
-	}
+// validateAddress checks a member's address: host:port.
+func validateAddress(addr string) error {
 	if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" {
 		return fmt.Errorf("%w: node address %q: want host:port", ErrInvalidMember, addr)
+	}
+	return nil
+}
+
+// validateMemberName checks a new member's name: the rules of topic names
+// (ValidateName). Members named before the rule (-name and -initial-cluster
+// take any name) keep their names: a retried AddNode of one still answers.
+func validateMemberName(name string) error {
+	if err := ValidateName(name); err != nil {
+		return fmt.Errorf("%w: node name: %s", ErrInvalidMember, strings.TrimPrefix(err.Error(), ErrInvalidName.Error()+": "))
 	}
 	return nil
 }
@@ -48,7 +54,7 @@ func validateMember(name, addr string) error {
 // outside the topic name rules, an address not host:port), and the
 // replica proposal errors.
 func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, error) {
-	if err := validateMember(name, addr); err != nil {
+	if err := validateAddress(addr); err != nil {
 		return Member{}, err
 	}
 	if err := r.confirmMembers(ctx); err != nil {
@@ -66,6 +72,11 @@ func (r *Registry) AddNode(ctx context.Context, name, addr string) (Member, erro
 		}
 		id := r.maxID + 1
 		r.mu.RUnlock()
+		if found == nil {
+			if err := validateMemberName(name); err != nil {
+				return Member{}, err
+			}
+		}
 		if found == nil && sameAddr != nil {
 			// Peers and clients would reach that member there: the new
 			// one could never be reached, and the old one would be
