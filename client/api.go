@@ -356,6 +356,9 @@ type Node struct {
 	Name string
 	// Address is the address clients dial, host:port.
 	Address string
+	// Learner: the node joined and is still catching up; it becomes a
+	// voter once it has (nodes before this field always report false).
+	Learner bool
 }
 
 // ClusterDetails asks a node for the cluster's ID and members.
@@ -378,7 +381,7 @@ func (c *Client) ClusterDetails(ctx context.Context) (*ClusterDetails, error) {
 	}
 	d := &ClusterDetails{ClusterID: resp.GetClusterId(), NodeName: resp.GetNodeName()}
 	for _, n := range resp.GetNodes() {
-		d.Nodes = append(d.Nodes, Node{Name: n.GetName(), Address: n.GetAddress()})
+		d.Nodes = append(d.Nodes, Node{Name: n.GetName(), Address: n.GetAddress(), Learner: n.GetLearner()})
 	}
 	return d, nil
 }

@@ -508,14 +508,14 @@ func TestClusterDetails(t *testing.T) {
 		return &forestbusv1.GetClusterDetailsResponse{
 			ClusterId: "c1",
 			NodeName:  "n1",
-			Nodes:     []*forestbusv1.Node{{Name: "n1", Address: n.addr}, {Name: "n2", Address: "x:1"}},
+			Nodes:     []*forestbusv1.Node{{Name: "n1", Address: n.addr}, {Name: "n2", Address: "x:1", Learner: true}},
 		}, nil
 	}
 	c := New("c1", []string{n.addr})
 	defer c.Close()
 	d, err := c.ClusterDetails(t.Context())
 	require.NoError(t, err)
-	assert.Equal(t, &ClusterDetails{ClusterID: "c1", NodeName: "n1", Nodes: []Node{{"n1", n.addr}, {"n2", "x:1"}}}, d)
+	assert.Equal(t, &ClusterDetails{ClusterID: "c1", NodeName: "n1", Nodes: []Node{{Name: "n1", Address: n.addr}, {Name: "n2", Address: "x:1", Learner: true}}}, d)
 }
 
 func TestAdmin(t *testing.T) {

@@ -125,3 +125,20 @@ func TestAddNodeRetryOfAFreeFormName(t *testing.T) {
 	require.NoError(t, err, "the existing member")
 	assert.Equal(t, "db 1", resp.GetNode().GetName())
 }
+
+// TestClusterDetailsNameLearners: a member added and not yet caught up
+// (here never started) is a learner in GetClusterDetails; the voters are
+// not.
+func TestClusterDetailsNameLearners(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := dial(t, n)
+	_, err := c.admin.AddNode(ctxT(t), &forestbusv1.AddNodeRequest{Name: "n9", Address: "127.0.0.1:1"})
+	require.NoError(t, err)
+	d, err := c.bus.GetClusterDetails(ctxT(t), &forestbusv1.GetClusterDetailsRequest{})
+	require.NoError(t, err)
+	learner := map[string]bool{}
+	for _, nd := range d.GetNodes() {
+		learner[nd.GetName()] = nd.GetLearner()
+	}
+	assert.Equal(t, map[string]bool{"n1": false, "n9": true}, learner)
+}

@@ -477,7 +477,7 @@ func (s *Server) setMembers(ms []topic.Member) {
 		ids[i] = m.ID
 	}
 	for i, m := range ms {
-		nodes[i] = api.Node{Name: m.Name, Address: m.Address, RaftID: m.ID}
+		nodes[i] = api.Node{Name: m.Name, Address: m.Address, RaftID: m.ID, Learner: m.Learner}
 		if m.ID != s.id.RaftID && m.Address != "" {
 			s.transport.AddPeer(m.ID, m.Address)
 		}

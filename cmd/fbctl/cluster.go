@@ -41,6 +41,7 @@ type (
 		Name      string   `json:"name"`
 		Address   string   `json:"address"`
 		Up        bool     `json:"up"`
+		Learner   bool     `json:"learner,omitempty"` // joined, still catching up: not yet a voter
 		LatencyMS *float64 `json:"latency_ms,omitempty"`
 		Error     string   `json:"error,omitempty"`
 	}
@@ -139,13 +140,17 @@ func (a *app) printClusterStatus(asJSON bool, out clusterStatusJSON) error {
 	}
 	fmt.Fprintf(a.stdout, "cluster %s: %d of %d nodes up (members as reported by %s)\n\n", out.ClusterID, up, len(out.Nodes), out.AnsweredBy)
 	tw := newTable(a.stdout)
-	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tLATENCY\tERROR")
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tLATENCY\tROLE\tERROR")
 	for _, n := range out.Nodes {
 		status, lat := "down", "-"
 		if n.Up {
 			status, lat = "up", fmt.Sprintf("%.2fms", *n.LatencyMS)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Address, status, lat, n.Error)
+		role := "voter"
+		if n.Learner {
+			role = "learner"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Address, status, lat, role, n.Error)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -173,7 +178,7 @@ func (a *app) printClusterStatus(asJSON bool, out clusterStatusJSON) error {
 // probeNode asks node n, alone, for the cluster's details (up, latency)
 // and for the details of every topic, which it stores in topics[*].Replicas[i].
 func probeNode(ctx context.Context, clusterID string, n client.Node, timeout time.Duration, topics []client.Topic, out []topicStatusJSON, i int) nodeStatusJSON {
-	ns := nodeStatusJSON{Name: n.Name, Address: n.Address}
+	ns := nodeStatusJSON{Name: n.Name, Address: n.Address, Learner: n.Learner}
 	for ti := range out {
 		out[ti].Replicas[i] = replicaStatusJSON{Node: n.Name}
 	}

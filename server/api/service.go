@@ -86,6 +86,7 @@ type Node struct {
 	Name    string
 	Address string
 	RaftID  uint64
+	Learner bool // still catching up: not yet a voter
 }
 
 func (c *Config) withDefaults() {
@@ -441,7 +442,7 @@ func (s *Service) nodeName(id uint64) string {
 func (s *Service) GetClusterDetails(ctx context.Context, _ *forestbusv1.GetClusterDetailsRequest) (*forestbusv1.GetClusterDetailsResponse, error) {
 	resp := &forestbusv1.GetClusterDetailsResponse{ClusterId: s.cfg.ClusterID, NodeName: s.cfg.NodeName}
 	for _, n := range s.Nodes() {
-		resp.Nodes = append(resp.Nodes, &forestbusv1.Node{Name: n.Name, Address: n.Address, Id: n.RaftID})
+		resp.Nodes = append(resp.Nodes, &forestbusv1.Node{Name: n.Name, Address: n.Address, Id: n.RaftID, Learner: n.Learner})
 	}
 	return resp, nil
 }

@@ -168,6 +168,9 @@ type Member struct {
 	ID      uint64 `json:"id"`
 	Name    string `json:"name"`
 	Address string `json:"address"`
+	// Learner: not (yet) a voter of the metadata group (Members sets it;
+	// never stored).
+	Learner bool `json:"-"`
 }
 
 // Registry maps topic names to their groups. Safe for concurrent use.
@@ -763,6 +766,7 @@ func (r *Registry) applyConfChange(index uint64, cc *raftpb.ConfChangeV2, _ *raf
 func (r *Registry) membersLocked() []Member {
 	out := make([]Member, 0, len(r.members))
 	for _, m := range r.members {
+		m.Learner = !slices.Contains(r.voters, m.ID)
 		out = append(out, m)
 	}
 	slices.SortFunc(out, func(a, b Member) int { return int(a.ID) - int(b.ID) })

@@ -963,7 +963,10 @@ type Node struct {
 	// Address clients dial: host:port.
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	// The node's raft ID: stable, never reused.
-	Id            uint64 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
+	Id uint64 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
+	// A member that joined and is still catching up: not yet a voter of the
+	// cluster's metadata group, it is promoted once it has caught up.
+	Learner       bool `protobuf:"varint,4,opt,name=learner,proto3" json:"learner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1017,6 +1020,13 @@ func (x *Node) GetId() uint64 {
 		return x.Id
 	}
 	return 0
+}
+
+func (x *Node) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
 }
 
 var File_forestbus_v1_forestbus_proto protoreflect.FileDescriptor
@@ -1083,11 +1093,12 @@ const file_forestbus_v1_forestbus_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12(\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x12.forestbus.v1.NodeR\x05nodes\"D\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x12.forestbus.v1.NodeR\x05nodes\"^\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x0e\n" +
-	"\x02id\x18\x03 \x01(\x04R\x02id2\x9f\x04\n" +
+	"\x02id\x18\x03 \x01(\x04R\x02id\x12\x18\n" +
+	"\alearner\x18\x04 \x01(\bR\alearner2\x9f\x04\n" +
 	"\x10ForestBusService\x12U\n" +
 	"\fSendMessages\x12!.forestbus.v1.SendMessagesRequest\x1a\".forestbus.v1.SendMessagesResponse\x12R\n" +
 	"\vGetMessages\x12 .forestbus.v1.GetMessagesRequest\x1a!.forestbus.v1.GetMessagesResponse\x12^\n" +
