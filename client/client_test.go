@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/syncbuf"
 )
 
 var msgs = [][]byte{[]byte("one"), []byte("two"), []byte("three")}
@@ -699,7 +699,7 @@ func TestParseConnectionString(t *testing.T) {
 func TestDebugLogging(t *testing.T) {
 	n := startNode(t)
 	n.send = okSend(1)
-	var buf safeBuffer
+	var buf syncbuf.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c := New("", []string{n.addr}, WithDebug(), WithLogger(logger))
 	defer c.Close()
@@ -708,7 +708,7 @@ func TestDebugLogging(t *testing.T) {
 	assert.Contains(t, buf.String(), "topic-x")
 	assert.Contains(t, buf.String(), n.addr)
 
-	var quiet safeBuffer
+	var quiet syncbuf.Buffer
 	c2 := New("", []string{n.addr}, WithLogger(slog.New(slog.NewTextHandler(&quiet, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	defer c2.Close()
 	_, err = c2.SendMessages("topic-x", msgs, false)
@@ -732,23 +732,6 @@ func TestBufconnDialOption(t *testing.T) {
 	ids, err := c.SendMessages("t", msgs, false)
 	require.NoError(t, err)
 	assert.Equal(t, []int64{1, 2, 3}, ids)
-}
-
-type safeBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *safeBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *safeBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestEachNodeAtMostOncePerPass(t *testing.T) {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/syncbuf"
 	"github.com/forestbus/forestbus/server/servertest"
 )
 
@@ -195,7 +195,7 @@ func TestSubscribeResumesAfterNodeStop(t *testing.T) {
 	t.Cleanup(prod.Close)
 	// The subscriber knows no leader and no read node: it starts with
 	// Nodes[0].
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	sub := client.New("test", cl.Addrs(), client.WithDebug(),
 		client.WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	t.Cleanup(sub.Close)
@@ -252,23 +252,6 @@ func TestSubscribeResumesAfterNodeStop(t *testing.T) {
 	}
 	cancel()
 	assert.ErrorIs(t, <-done, context.Canceled)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // silentNode accepts Subscribe streams and never answers them, like a node

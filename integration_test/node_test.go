@@ -1,7 +1,6 @@
 package integration_test
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/forestbus/forestbus/internal/syncbuf"
 )
 
 var fbnodeBin string
@@ -50,7 +51,7 @@ type proc struct {
 	data   string
 	addr   string
 	cmd    *exec.Cmd
-	stderr *lockedBuffer // every run's standard error, appended
+	stderr *syncbuf.Buffer // every run's standard error, appended
 	runs   int
 	exited chan struct{}
 	// expectExit is set when the test kills or stops the process: any
@@ -89,32 +90,13 @@ func checkProcs(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer that the process's output copier and the
-// test may use at the same time.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // newProc returns a process that is not started yet; its data dir is new.
 // When the test fails, the cleanup logs the tail of the process's standard
 // error; with FBNODE_LOGDIR set, the whole of it is written to
 // FBNODE_LOGDIR/<test>/<name>.log in any case.
 func newProc(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, args: args, data: filepath.Join(t.TempDir(), name), stderr: &lockedBuffer{}}
+	p := &proc{t: t, name: name, args: args, data: filepath.Join(t.TempDir(), name), stderr: &syncbuf.Buffer{}}
 	procs.Lock()
 	procs.m[t] = append(procs.m[t], p)
 	procs.Unlock()

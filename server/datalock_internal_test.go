@@ -3,34 +3,17 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/forestbus/forestbus/internal/syncbuf"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestDataDirWithoutLocks: on a filesystem without flock (some network
 // and FUSE filesystems) the node starts, unlocked, and says so; it does
@@ -45,7 +28,7 @@ func TestDataDirWithoutLocks(t *testing.T) {
 	require.ErrorIs(t, err, errNoLocks)
 	require.Nil(t, f)
 
-	var logs syncBuf
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := Start(ctx, Config{

@@ -1,10 +1,8 @@
 package server_test
 
 import (
-	"bytes"
 	"log/slog"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/syncbuf"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
 )
@@ -47,29 +46,11 @@ func TestAddNodeChecksNameAndAddress(t *testing.T) {
 	assert.Len(t, d.GetNodes(), 1, "no member was added")
 }
 
-// lockedBuffer is a log sink safe for the node's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestWarnsOfAMovedAddress: a node restarted on another address than the
 // one the cluster knows it at says so (it started in silence, and peers
 // and clients looked for it at the old address).
 func TestWarnsOfAMovedAddress(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	n := servertest.StartNode(t, servertest.WithConfig(func(c *server.Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	}))
@@ -99,7 +80,7 @@ func TestNoMovedAddressWarningForAHostName(t *testing.T) {
 	for _, m := range resp.GetNodes() {
 		j.Members = append(j.Members, server.JoinMember{ID: m.GetId(), Name: m.GetName(), Address: m.GetAddress()})
 	}
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	cfg := server.Config{
 		Listener: lis, ListenAddr: listen, DataDir: t.TempDir(), ClusterID: "test", NodeName: "n2",
 		TickInterval: 20 * time.Millisecond, Join: j, Logger: slog.New(slog.NewTextHandler(&logs, nil)),

@@ -1,36 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forestbus/forestbus/internal/syncbuf"
 	"github.com/forestbus/forestbus/server/servertest"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestJoinAnOtherClusterEndsAtOnce: -join through a member of another
 // cluster fails at its first answer (it was retried for a minute, in
@@ -52,7 +34,7 @@ func TestJoinSaysWhyItWaits(t *testing.T) {
 	require.NoError(t, err)
 	dead := lis.Addr().String()
 	require.NoError(t, lis.Close())
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_, err = askToJoin(ctx, slog.New(slog.NewTextHandler(&buf, nil)), dead, "test", "n2", "127.0.0.1:4002")
