@@ -163,12 +163,12 @@ func TestTopicRoundTrip(t *testing.T) {
 	conn := nodeConn(n)
 
 	r := fbctl(t, conn, "", "topic", "create", "orders", "-retention", "7d", "-segment-bytes", "1MiB").ok(t)
-	assert.Equal(t, "created topic orders: segment-bytes 1MiB, retention 7d, retention-bytes unlimited\n", r.stdout)
+	assert.Equal(t, "created topic orders: segment-bytes 1MiB, retention 7d, retention-bytes default\n", r.stdout)
 
 	r = fbctl(t, conn, "", "topic", "list").ok(t)
 	assert.Equal(t, "NAME     SEGMENT-BYTES  RETENTION  RETENTION-BYTES\n"+
-		"default  default        forever    unlimited\n"+
-		"orders   1MiB           7d         unlimited\n", r.stdout)
+		"default  default        default    default\n"+
+		"orders   1MiB           7d         default\n", r.stdout)
 
 	// update changes only what is given; -o json before the command.
 	r = fbctl(t, conn, "", "-o", "json", "topic", "update", "orders", "-retention-bytes", "1GiB").ok(t)
@@ -472,7 +472,7 @@ func TestFlagValues(t *testing.T) {
 	for _, in := range []string{"x", "-1h", "1500ms", "d"} {
 		assert.Error(t, r.Set(in), in)
 	}
-	assert.Equal(t, "forever", formatRetention(0))
+	assert.Equal(t, "default", formatRetention(0))
 	assert.Equal(t, "1h0m30s", formatRetention(3630))
 	assert.Equal(t, "unlimited", formatBytes(0, "unlimited"))
 	assert.Equal(t, "4097", formatBytes(4097, ""))

@@ -27,8 +27,9 @@ Manage topics:
 
 Names are 1 to 200 characters from [A-Za-z0-9._-]. Sizes take a unit
 (4096, 64KiB, 64MiB, 1GiB, also KB/MB/GB as powers of 1000); -retention is
-a duration (90m, 24h, 7d); 0 means the node's default segment size, and no
-limit for the retention settings.`
+a duration (90m, 24h, 7d); 0 means the cluster's default, shown as
+"default": fbnode -segment-bytes, -retention and -retention-bytes (the
+retention defaults keep everything unless the nodes set them).`
 
 func (a *app) topic(args []string) error {
 	verbs := map[string]func(*app, []string) error{
@@ -100,7 +101,7 @@ func (a *app) topicList(args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Name,
 			formatBytes(t.Settings.SegmentBytes, "default"),
 			formatRetention(t.Settings.RetentionSeconds),
-			formatBytes(t.Settings.RetentionBytes, "unlimited"))
+			formatBytes(t.Settings.RetentionBytes, "default"))
 	}
 	return tw.Flush()
 }
@@ -116,8 +117,8 @@ func (a *app) topicSet(verb string, args []string) error {
 	var segment, retBytes byteSize
 	var retention retentionFlag
 	f.Var(&segment, "segment-bytes", "segment file `size` (0: the node's default, 64MiB)")
-	f.Var(&retention, "retention", "keep messages at least this `duration` (0: for ever)")
-	f.Var(&retBytes, "retention-bytes", "remove the oldest segments above this `size` (0: no limit)")
+	f.Var(&retention, "retention", "keep messages at least this `duration` (0: the nodes' -retention, for ever unless set)")
+	f.Var(&retBytes, "retention-bytes", "remove the oldest segments above this `size` (0: the nodes' -retention-bytes, no limit unless set)")
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
 		return err
@@ -177,7 +178,7 @@ func (a *app) topicSet(verb string, args []string) error {
 		}{toTopicJSON(t)})
 	}
 	fmt.Fprintf(a.stdout, "%sd topic %s: segment-bytes %s, retention %s, retention-bytes %s\n", verb, name,
-		formatBytes(st.SegmentBytes, "default"), formatRetention(st.RetentionSeconds), formatBytes(st.RetentionBytes, "unlimited"))
+		formatBytes(st.SegmentBytes, "default"), formatRetention(st.RetentionSeconds), formatBytes(st.RetentionBytes, "default"))
 	return nil
 }
 
@@ -288,7 +289,7 @@ func formatBytes(n int64, zero string) string {
 func formatRetention(secs int64) string {
 	switch {
 	case secs == 0:
-		return "forever"
+		return "default" // the nodes' -retention
 	case secs%86400 == 0:
 		return fmt.Sprintf("%dd", secs/86400)
 	case secs%3600 == 0:

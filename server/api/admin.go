@@ -51,8 +51,16 @@ func (s *Service) RemoveTopic(ctx context.Context, req *forestbusv1.RemoveTopicR
 
 // ListTopics implements AdminService.ListTopics.
 func (s *Service) ListTopics(ctx context.Context, _ *forestbusv1.ListTopicsRequest) (*forestbusv1.ListTopicsResponse, error) {
+	// After the metadata read barrier: a node that has not yet applied an
+	// update acknowledged through another node (or its forward to the
+	// leader) answered the old settings, and fbctl topic update, which
+	// sends every setting back, undid the update.
+	topics, err := s.registry.ListConfirmed(ctx)
+	if err != nil {
+		return nil, err
+	}
 	resp := &forestbusv1.ListTopicsResponse{}
-	for _, t := range s.registry.List() {
+	for _, t := range topics {
 		resp.Topics = append(resp.Topics, topicProto(t.Name, t.Settings))
 	}
 	return resp, nil

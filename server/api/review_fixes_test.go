@@ -138,3 +138,36 @@ func TestBatchLimitCountsFraming(t *testing.T) {
 	require.NoError(t, err, "one message of the message limit, the batch limit too")
 	assert.Equal(t, int32(1), r.GetCount())
 }
+
+// TestListTopicsShowsAcknowledgedUpdates: ListTopics on a node that has
+// not yet applied an update acknowledged through the metadata leader
+// answered the old settings (fbctl topic update, which reads them and
+// sends every one back, then undid the update). It now confirms with the
+// leader first.
+func TestListTopicsShowsAcknowledgedUpdates(t *testing.T) {
+	hub := transport.NewHub()
+	c := servertest.NewCluster(t, 3, servertest.WithHub(hub))
+	c.WaitTopic("default")
+	var leader, lag *servertest.Node
+	for _, n := range c.Nodes {
+		if n.Registry().Meta().Leader() == n.RaftID() {
+			leader = n
+		} else {
+			lag = n
+		}
+	}
+	require.NotNil(t, leader)
+	require.NotNil(t, lag)
+	hub.SetDelay(leader.RaftID(), lag.RaftID(), 300*time.Millisecond)
+	_, err := adminOf(t, leader.Addr()).UpdateTopic(testCtx(t), &forestbusv1.UpdateTopicRequest{Name: "default", Settings: &forestbusv1.TopicSettings{RetentionSeconds: 7200}})
+	require.NoError(t, err)
+	_, err = adminOf(t, leader.Addr()).CreateTopic(testCtx(t), &forestbusv1.CreateTopicRequest{Name: "fresh"})
+	require.NoError(t, err)
+	list, err := adminOf(t, lag.Addr()).ListTopics(testCtx(t), &forestbusv1.ListTopicsRequest{})
+	require.NoError(t, err)
+	got := map[string]int64{}
+	for _, tp := range list.GetTopics() {
+		got[tp.GetName()] = tp.GetSettings().GetRetentionSeconds()
+	}
+	assert.Equal(t, map[string]int64{"default": 7200, "fresh": 0}, got)
+}

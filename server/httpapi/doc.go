@@ -27,15 +27,24 @@
 //	forestbus_topic_segments{topic}                       segment files on disk
 //	forestbus_topic_disk_bytes{topic}                     bytes of the segment files
 //	forestbus_topic_follower_lag_entries{topic,follower}  leader only: raft entries the follower lacks
+//	                                                      (absent while the leader has not heard its position)
 //	forestbus_topic_follower_lag_messages{topic,follower} leader only: messages the follower lacks
-//	                                                      (absent when its match point was compacted away)
+//	                                                      (absent as lag_entries, or when its match point was compacted away)
+//	forestbus_topic_appended_messages_total{topic}        counter: messages written to this node's log since it started
+//	forestbus_topic_appended_bytes_total{topic}           counter: bytes of batches written to this node's log since it started
+//	forestbus_topic_committed_bytes_total{topic}          counter: bytes of batches applied as committed since it started
+//	forestbus_topic_commit_latency_seconds{topic}         histogram: proposal to commit of the wait_for_commit batches proposed here
+//	forestbus_long_poll_waiters                           GetMessages calls waiting for a commit
+//	forestbus_subscribe_streams                           Subscribe streams served
+//	forestbus_node_sync_seconds                           histogram: the node's syncs
+//	forestbus_node_synced_writes_total                    counter: groups' writes made durable by those syncs
 //
-// The engine has no append or commit hooks, so there are no event counters:
 // forestbus_topic_committed_messages_total is derived from the commit ID
 // (IDs start at 1 and are contiguous, so the last committed ID is the number
 // of messages ever committed to the topic). It is exported as a counter,
 // so rate() gives the message rate; it resets when a topic is removed and
-// created again, which Prometheus treats as a counter reset.
+// created again, which Prometheus treats as a counter reset. The other
+// counters count from the node's start.
 //
 // The registry also holds the Go runtime and process collectors and, unless
 // WithGRPCMetrics(nil) is given, the gRPC server metrics of GRPCMetrics

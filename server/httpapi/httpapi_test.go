@@ -356,3 +356,54 @@ func TestStatusPageInBrowser(t *testing.T) {
 	assert.Regexp(t, `<td>n1 \(this node\)</td><td>[^<]+</td><td><span class="up">up</span>`, dom)
 	assert.Contains(t, dom, `<span id="cluster">test</span>`)
 }
+
+// TestLagOfAFollowerTheLeaderHasNotHeard: a leader elected while a
+// follower is down knows nothing of its position (raft's Match is 0): it
+// reported the whole log as that follower's lag (millions of entries on a
+// large topic for a follower perhaps current). It now reports no lag for
+// it, and the lag of the follower it hears.
+func TestLagOfAFollowerTheLeaderHasNotHeard(t *testing.T) {
+	c, cl, last := cluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for range 20 {
+		ids, err := cl.SendMessagesContext(ctx, "default", [][]byte{[]byte("x"), []byte("y")}, true)
+		require.NoError(t, err)
+		last = ids[1]
+	}
+	for i := range c.Nodes {
+		waitCommit(t, c.Addrs()[i], "default", last)
+	}
+	leader := -1
+	for i, n := range c.Nodes {
+		if d := nodeDetails(t, n.Addr(), "default"); d.Leader == n.Cfg.NodeName {
+			leader = i
+		}
+	}
+	require.NotEqual(t, -1, leader)
+	down, live := (leader+1)%3, (leader+2)%3
+	c.Nodes[down].Stop()
+	c.Nodes[leader].Restart() // a new election, without the stopped node
+	c.WaitTopic("default")
+	follower := func(name string) map[string]string {
+		return map[string]string{"topic": "default", "follower": name}
+	}
+	require.Eventually(t, func() bool {
+		for i, n := range c.Nodes {
+			if i == down {
+				continue
+			}
+			ts := httptest.NewServer(httpapi.New(n.Server, httpapi.WithGRPCMetrics(nil)))
+			fams := scrape(t, ts.URL)
+			ts.Close()
+			other := c.Nodes[live+leader-i].Cfg.NodeName // the other live node
+			if _, ok := value(fams, "forestbus_topic_follower_lag_entries", follower(other)); !ok {
+				continue // not the leader, or it has not heard the other yet
+			}
+			_, ok := value(fams, "forestbus_topic_follower_lag_entries", follower(c.Nodes[down].Cfg.NodeName))
+			assert.False(t, ok, "%s reports a lag for %s, which it has not heard", n.Cfg.NodeName, c.Nodes[down].Cfg.NodeName)
+			return true
+		}
+		return false
+	}, 20*time.Second, 50*time.Millisecond)
+}

@@ -43,7 +43,7 @@ func newCollector(h *handler) *collector {
 		isLeader:    topicDesc("is_leader", "1 when this node leads the topic, else 0."),
 		segments:    topicDesc("segments", "Segment files of the topic's log on this node."),
 		diskBytes:   topicDesc("disk_bytes", "Bytes of the topic's segment files on this node."),
-		lagEntries:  followerDesc("follower_lag_entries", "On the leader: raft entries the follower's log lacks (leader's last index - follower's match index)."),
+		lagEntries:  followerDesc("follower_lag_entries", "On the leader: raft entries the follower's log lacks (leader's last index - follower's match index); absent while the leader has not heard the follower's position."),
 		lagMessages: followerDesc("follower_lag_messages", "On the leader: messages the follower's log lacks; absent when its match point is below the leader's retained log."),
 
 		appendedMsgs:   topicDesc("appended_messages_total", "Messages written to this node's log since the node started."),
@@ -117,7 +117,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.segments, float64(t.Segments), t.Name)
 		gauge(c.diskBytes, float64(t.Bytes), t.Name)
 		for _, f := range t.Followers {
-			gauge(c.lagEntries, float64(f.LagEntries), t.Name, f.Name)
+			if f.LagEntries != nil {
+				gauge(c.lagEntries, float64(*f.LagEntries), t.Name, f.Name)
+			}
 			if f.LagMessages != nil {
 				gauge(c.lagMessages, float64(*f.LagMessages), t.Name, f.Name)
 			}

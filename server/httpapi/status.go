@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -83,10 +84,13 @@ type FollowerStatus struct {
 	Name string `json:"name"`
 	// Match is the highest raft index known to be in the follower's log.
 	Match uint64 `json:"match"`
-	// LagEntries is how many raft entries the leader's log has past Match.
-	LagEntries uint64 `json:"lag_entries"`
+	// LagEntries is how many raft entries the leader's log has past Match;
+	// null when unknown: the leader has not heard the follower's position
+	// (a leader elected since, a follower that has not answered it: raft
+	// then knows no Match, and the whole log would show as missing).
+	LagEntries *uint64 `json:"lag_entries"`
 	// LagMessages is how many messages those entries hold; null when
-	// unknown (Match is below the leader's retained log).
+	// unknown (as LagEntries, or Match is below the leader's retained log).
 	LagMessages *uint64 `json:"lag_messages"`
 	// State is raft's replication state: StateProbe, StateReplicate or
 	// StateSnapshot.
@@ -201,16 +205,22 @@ func followers(ctx context.Context, g *replica.Group, d replica.Details, self ui
 			continue
 		}
 		f := FollowerStatus{ID: id, Name: nameOf(members, id), Match: pr.Match, State: pr.State.String(), Learner: pr.IsLearner}
-		if last > pr.Match {
-			f.LagEntries = last - pr.Match
+		if pr.Match == 0 && pr.State == tracker.StateProbe {
+			out = append(out, f) // position unknown: no lag
+			continue
 		}
+		var lagEntries uint64
+		if last > pr.Match {
+			lagEntries = last - pr.Match
+		}
+		f.LagEntries = &lagEntries
 		if ids, err := log.IDs(pr.Match); err == nil {
 			var lag uint64
 			if have := ids.Next - 1; d.LastID > have {
 				lag = d.LastID - have
 			}
 			f.LagMessages = &lag
-		} else if f.LagEntries == 0 {
+		} else if lagEntries == 0 {
 			var zero uint64
 			f.LagMessages = &zero
 		}

@@ -423,7 +423,19 @@ func (r *Registry) Close() {
 	r.starts.Wait()
 }
 
-// List returns every topic, sorted by name.
+// ListConfirmed is List once this node has applied every metadata command
+// the cluster had committed when it was called (a metadata read barrier):
+// a listing taken right after a create or update acknowledged through any
+// node shows it. Errors: replica.ErrNoLeader when the metadata group does
+// not confirm in time.
+func (r *Registry) ListConfirmed(ctx context.Context) ([]*Topic, error) {
+	if err := r.meta.ReadIndex(ctx); err != nil {
+		return nil, fmt.Errorf("%w: the metadata group did not confirm the topic list: %v", replica.ErrNoLeader, err)
+	}
+	return r.List(), nil
+}
+
+// List returns every topic, sorted by name, as this node has applied them.
 func (r *Registry) List() []*Topic {
 	r.mu.RLock()
 	out := make([]*Topic, 0, len(r.topics))

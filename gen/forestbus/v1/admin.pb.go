@@ -223,10 +223,15 @@ type TopicSettings struct {
 	// every retained segment holds a file open on every node).
 	SegmentBytes int64 `protobuf:"varint,1,opt,name=segment_bytes,json=segmentBytes,proto3" json:"segment_bytes,omitempty"`
 	// Messages older than this many seconds may be removed (whole segments at
-	// a time). 0: kept for ever. At most 9223372036 (292 years).
+	// a time). 0: the cluster's default, fbnode -retention (which keeps
+	// messages for ever unless set; give every node the same: the topic's
+	// leader applies its own). At most 9223372036 (292 years).
 	RetentionSeconds int64 `protobuf:"varint,2,opt,name=retention_seconds,json=retentionSeconds,proto3" json:"retention_seconds,omitempty"`
 	// The topic's oldest segments are removed while it holds more than this
-	// many bytes. 0: no limit.
+	// many bytes, so it then holds at most this many and the active segment
+	// (Kafka's retention.bytes keeps at least that many instead). 0: the
+	// cluster's default, fbnode -retention-bytes (no limit unless set; give
+	// every node the same).
 	RetentionBytes int64 `protobuf:"varint,3,opt,name=retention_bytes,json=retentionBytes,proto3" json:"retention_bytes,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

@@ -41,18 +41,30 @@ type AdminServiceClient interface {
 	// the call to the metadata leader; the leader's address is in the
 	// ErrorInfo metadata).
 	CreateTopic(ctx context.Context, in *CreateTopicRequest, opts ...grpc.CallOption) (*CreateTopicResponse, error)
-	// UpdateTopic replaces a topic's settings.
+	// UpdateTopic replaces a topic's settings (all of them: read them with
+	// ListTopics, which shows every acknowledged update, to change one).
 	//
-	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT.
+	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT,
+	// FAILED_PRECONDITION/NOT_LEADER and UNAVAILABLE/NO_LEADER as for
+	// CreateTopic.
 	UpdateTopic(ctx context.Context, in *UpdateTopicRequest, opts ...grpc.CallOption) (*UpdateTopicResponse, error)
 	// RemoveTopic stops serving a topic. Its files stay on disk, moved aside
 	// under the node's data directory, so an operator can still recover them,
 	// until the node deletes them (fbnode -removed-retention, 24 hours by
 	// default).
 	//
-	// Errors: NOT_FOUND/TOPIC_NOT_FOUND.
+	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT (a
+	// bad name), FAILED_PRECONDITION/NOT_LEADER and UNAVAILABLE/NO_LEADER as
+	// for CreateTopic.
 	RemoveTopic(ctx context.Context, in *RemoveTopicRequest, opts ...grpc.CallOption) (*RemoveTopicResponse, error)
-	// ListTopics lists every topic with its settings.
+	// ListTopics lists every topic with its settings, as the cluster has
+	// committed them: the node first confirms with the metadata leader that
+	// it has applied every topic change committed before the call, so a
+	// listing shows every create, update and removal acknowledged before it,
+	// through any node.
+	//
+	// Errors: UNAVAILABLE/NO_LEADER (the metadata group has no leader or
+	// quorum to confirm with).
 	ListTopics(ctx context.Context, in *ListTopicsRequest, opts ...grpc.CallOption) (*ListTopicsResponse, error)
 	// AddNode adds a node to the cluster. It joins as a non-voting learner in
 	// the metadata group and in every topic group, and is promoted to voter
@@ -154,18 +166,30 @@ type AdminServiceServer interface {
 	// the call to the metadata leader; the leader's address is in the
 	// ErrorInfo metadata).
 	CreateTopic(context.Context, *CreateTopicRequest) (*CreateTopicResponse, error)
-	// UpdateTopic replaces a topic's settings.
+	// UpdateTopic replaces a topic's settings (all of them: read them with
+	// ListTopics, which shows every acknowledged update, to change one).
 	//
-	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT.
+	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT,
+	// FAILED_PRECONDITION/NOT_LEADER and UNAVAILABLE/NO_LEADER as for
+	// CreateTopic.
 	UpdateTopic(context.Context, *UpdateTopicRequest) (*UpdateTopicResponse, error)
 	// RemoveTopic stops serving a topic. Its files stay on disk, moved aside
 	// under the node's data directory, so an operator can still recover them,
 	// until the node deletes them (fbnode -removed-retention, 24 hours by
 	// default).
 	//
-	// Errors: NOT_FOUND/TOPIC_NOT_FOUND.
+	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT (a
+	// bad name), FAILED_PRECONDITION/NOT_LEADER and UNAVAILABLE/NO_LEADER as
+	// for CreateTopic.
 	RemoveTopic(context.Context, *RemoveTopicRequest) (*RemoveTopicResponse, error)
-	// ListTopics lists every topic with its settings.
+	// ListTopics lists every topic with its settings, as the cluster has
+	// committed them: the node first confirms with the metadata leader that
+	// it has applied every topic change committed before the call, so a
+	// listing shows every create, update and removal acknowledged before it,
+	// through any node.
+	//
+	// Errors: UNAVAILABLE/NO_LEADER (the metadata group has no leader or
+	// quorum to confirm with).
 	ListTopics(context.Context, *ListTopicsRequest) (*ListTopicsResponse, error)
 	// AddNode adds a node to the cluster. It joins as a non-voting learner in
 	// the metadata group and in every topic group, and is promoted to voter
