@@ -26,6 +26,9 @@ var (
 	ErrBatchTooLarge     = errors.New("batch too large")
 	ErrClusterIDMismatch = errors.New("cluster ID mismatch")
 	ErrShuttingDown      = errors.New("node shutting down")
+	// ErrSequenceReused: a producer sequence already holds another batch
+	// (of another size); nothing was stored (DUPLICATE_BATCH).
+	ErrSequenceReused = errors.New("producer sequence reused")
 )
 
 type errorRow struct {
@@ -58,6 +61,7 @@ var errorTable = []errorRow{
 	{ErrShuttingDown, codes.Unavailable, forestbusv1.ErrorReason_ERROR_REASON_SHUTTING_DOWN},
 	{replica.ErrProposalDropped, codes.ResourceExhausted, forestbusv1.ErrorReason_ERROR_REASON_PROPOSAL_DROPPED},
 	{replica.ErrDuplicate, codes.AlreadyExists, forestbusv1.ErrorReason_ERROR_REASON_DUPLICATE_BATCH},
+	{ErrSequenceReused, codes.AlreadyExists, forestbusv1.ErrorReason_ERROR_REASON_DUPLICATE_BATCH},
 	{replica.ErrStorageFailed, codes.Unavailable, forestbusv1.ErrorReason_ERROR_REASON_STORAGE_FAILED},
 }
 

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -117,11 +118,17 @@ func (s *Service) unaryForward(ctx context.Context, req any, info *grpc.UnarySer
 	out := metadata.Pairs(ForwardedKey, "1", ClusterIDKey, s.cfg.ClusterID)
 	fctx := metadata.NewOutgoingContext(ctx, out)
 	fresp := newResp()
-	if ferr := conn.Invoke(fctx, info.FullMethod, req, fresp); ferr != nil {
+	var sent peer.Peer
+	if ferr := conn.Invoke(fctx, info.FullMethod, req, fresp, grpc.Peer(&sent)); ferr != nil {
 		if st, ok := status.FromError(ferr); ok && len(st.Details()) == 0 && st.Code() == codes.Unavailable {
-			// The leader could not be reached: answer NOT_LEADER with its
-			// address, and let the client try.
-			return resp, err
+			if sent.Addr == nil {
+				// The call never left: answer NOT_LEADER with the
+				// leader's address, and let the client try.
+				return resp, err
+			}
+			// The leader may have the batch: the outcome is unknown,
+			// which NOT_LEADER ("send it there") would hide.
+			return nil, status.Errorf(codes.Unavailable, "forwarding to the leader at %s failed after the request was sent (outcome unknown): %v", addr, st.Message())
 		}
 		return nil, ferr // the leader's answer, passed through as is
 	}

@@ -319,6 +319,12 @@ func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessage
 		}
 		return nil, err
 	}
+	if int(res.Count) != len(msgs) {
+		// The pair was stored before with another batch: answering its
+		// IDs would tell the caller that this one's messages have them.
+		return nil, fmt.Errorf("%w: producer %d's sequence %d holds a batch of %d messages (IDs %d to %d); this one has %d and was not stored",
+			ErrSequenceReused, req.GetProducerId(), req.GetSequence(), res.Count, res.FirstID, res.FirstID+uint64(res.Count)-1, len(msgs))
+	}
 	return &forestbusv1.SendMessagesResponse{FirstId: int64(res.FirstID), Count: int32(res.Count)}, nil
 }
 

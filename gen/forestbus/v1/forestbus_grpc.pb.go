@@ -55,10 +55,19 @@ type ForestBusServiceClient interface {
 	// ErrorInfo metadata ("leader"), for the client to send there.
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
-	// (empty batch, bad topic name), INVALID_ARGUMENT/MESSAGE_TOO_LARGE,
-	// INVALID_ARGUMENT/BATCH_TOO_LARGE, FAILED_PRECONDITION/NOT_LEADER,
-	// UNAVAILABLE/NO_LEADER, UNAVAILABLE/SHUTTING_DOWN,
-	// RESOURCE_EXHAUSTED/PROPOSAL_DROPPED.
+	// (empty batch, bad topic name, sequence 0 with a producer_id),
+	// INVALID_ARGUMENT/MESSAGE_TOO_LARGE, INVALID_ARGUMENT/BATCH_TOO_LARGE,
+	// RESOURCE_EXHAUSTED without a reason (a request over the node's gRPC
+	// receive limit: split the batch), FAILED_PRECONDITION/NOT_LEADER
+	// (nothing stored: send it to the leader), UNAVAILABLE/NO_LEADER,
+	// UNAVAILABLE/SHUTTING_DOWN, UNAVAILABLE/STORAGE_FAILED, UNAVAILABLE
+	// without a reason (a removed node; or a forward to the leader that
+	// broke after it was sent), RESOURCE_EXHAUSTED/PROPOSAL_DROPPED,
+	// ALREADY_EXISTS/DUPLICATE_BATCH (the producer_id and sequence hold
+	// another batch, or one too old for its IDs to be known: nothing was
+	// stored). After the UNAVAILABLE answers, and a deadline, the batch may
+	// or may not be stored: resend it with the same producer_id and
+	// sequence, which stores it at most once.
 	SendMessages(ctx context.Context, in *SendMessagesRequest, opts ...grpc.CallOption) (*SendMessagesResponse, error)
 	// GetMessages reads committed messages starting at an ID. Any node can
 	// answer; it serves from its own log up to its own commit point, so a
@@ -141,9 +150,11 @@ type ForestBusServiceClient interface {
 	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED, and transport errors.
 	// RESOURCE_EXHAUSTED at the start means the node already serves its cap
 	// of Produce streams (10,000 by default) and read none of this stream's
-	// requests; later it means a request was larger than the node reads
-	// (after the requests read before it were answered). Either way, send
-	// the unanswered requests as SendMessages calls, as the Go client does.
+	// requests; later it means a request was larger than the node reads:
+	// gRPC ends the stream at once, and the requests in flight get no answer
+	// (they may be stored). Either way, send the unanswered requests as
+	// SendMessages calls with their producer_id and sequence, as the Go
+	// client does.
 	Produce(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ProduceRequest, ProduceResponse], error)
 }
 
@@ -241,10 +252,19 @@ type ForestBusServiceServer interface {
 	// ErrorInfo metadata ("leader"), for the client to send there.
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
-	// (empty batch, bad topic name), INVALID_ARGUMENT/MESSAGE_TOO_LARGE,
-	// INVALID_ARGUMENT/BATCH_TOO_LARGE, FAILED_PRECONDITION/NOT_LEADER,
-	// UNAVAILABLE/NO_LEADER, UNAVAILABLE/SHUTTING_DOWN,
-	// RESOURCE_EXHAUSTED/PROPOSAL_DROPPED.
+	// (empty batch, bad topic name, sequence 0 with a producer_id),
+	// INVALID_ARGUMENT/MESSAGE_TOO_LARGE, INVALID_ARGUMENT/BATCH_TOO_LARGE,
+	// RESOURCE_EXHAUSTED without a reason (a request over the node's gRPC
+	// receive limit: split the batch), FAILED_PRECONDITION/NOT_LEADER
+	// (nothing stored: send it to the leader), UNAVAILABLE/NO_LEADER,
+	// UNAVAILABLE/SHUTTING_DOWN, UNAVAILABLE/STORAGE_FAILED, UNAVAILABLE
+	// without a reason (a removed node; or a forward to the leader that
+	// broke after it was sent), RESOURCE_EXHAUSTED/PROPOSAL_DROPPED,
+	// ALREADY_EXISTS/DUPLICATE_BATCH (the producer_id and sequence hold
+	// another batch, or one too old for its IDs to be known: nothing was
+	// stored). After the UNAVAILABLE answers, and a deadline, the batch may
+	// or may not be stored: resend it with the same producer_id and
+	// sequence, which stores it at most once.
 	SendMessages(context.Context, *SendMessagesRequest) (*SendMessagesResponse, error)
 	// GetMessages reads committed messages starting at an ID. Any node can
 	// answer; it serves from its own log up to its own commit point, so a
@@ -327,9 +347,11 @@ type ForestBusServiceServer interface {
 	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED, and transport errors.
 	// RESOURCE_EXHAUSTED at the start means the node already serves its cap
 	// of Produce streams (10,000 by default) and read none of this stream's
-	// requests; later it means a request was larger than the node reads
-	// (after the requests read before it were answered). Either way, send
-	// the unanswered requests as SendMessages calls, as the Go client does.
+	// requests; later it means a request was larger than the node reads:
+	// gRPC ends the stream at once, and the requests in flight get no answer
+	// (they may be stored). Either way, send the unanswered requests as
+	// SendMessages calls with their producer_id and sequence, as the Go
+	// client does.
 	Produce(grpc.BidiStreamingServer[ProduceRequest, ProduceResponse]) error
 	mustEmbedUnimplementedForestBusServiceServer()
 }
