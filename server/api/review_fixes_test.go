@@ -94,15 +94,13 @@ func TestSubscribeEndsOnARemovedNode(t *testing.T) {
 	}
 }
 
-// TestMembershipCallsOnALaggingFollower: a follower that has not yet
-// applied a node's addition confirms the member list with the metadata
-// leader before it judges a RemoveNode (it answered NOT_FOUND from its
-// own list).
-func TestMembershipCallsOnALaggingFollower(t *testing.T) {
+// laggingFollower starts a 3-node cluster and returns its metadata leader
+// and a follower that hears from it 300 ms late.
+func laggingFollower(t *testing.T) (leader, lag *servertest.Node) {
+	t.Helper()
 	hub := transport.NewHub()
 	c := servertest.NewCluster(t, 3, servertest.WithHub(hub))
 	c.WaitTopic("default")
-	var leader, lag *servertest.Node
 	for _, n := range c.Nodes {
 		if n.Registry().Meta().Leader() == n.RaftID() {
 			leader = n
@@ -113,6 +111,15 @@ func TestMembershipCallsOnALaggingFollower(t *testing.T) {
 	require.NotNil(t, leader)
 	require.NotNil(t, lag)
 	hub.SetDelay(leader.RaftID(), lag.RaftID(), 300*time.Millisecond)
+	return leader, lag
+}
+
+// TestMembershipCallsOnALaggingFollower: a follower that has not yet
+// applied a node's addition confirms the member list with the metadata
+// leader before it judges a RemoveNode (it answered NOT_FOUND from its
+// own list).
+func TestMembershipCallsOnALaggingFollower(t *testing.T) {
+	leader, lag := laggingFollower(t)
 	_, err := adminOf(t, leader.Addr()).AddNode(testCtx(t), &forestbusv1.AddNodeRequest{Name: "n9", Address: "127.0.0.1:1"})
 	require.NoError(t, err)
 	_, err = adminOf(t, lag.Addr()).RemoveNode(testCtx(t), &forestbusv1.RemoveNodeRequest{Name: "n9"})
@@ -145,20 +152,7 @@ func TestBatchLimitCountsFraming(t *testing.T) {
 // sends every one back, then undid the update). It now confirms with the
 // leader first.
 func TestListTopicsShowsAcknowledgedUpdates(t *testing.T) {
-	hub := transport.NewHub()
-	c := servertest.NewCluster(t, 3, servertest.WithHub(hub))
-	c.WaitTopic("default")
-	var leader, lag *servertest.Node
-	for _, n := range c.Nodes {
-		if n.Registry().Meta().Leader() == n.RaftID() {
-			leader = n
-		} else {
-			lag = n
-		}
-	}
-	require.NotNil(t, leader)
-	require.NotNil(t, lag)
-	hub.SetDelay(leader.RaftID(), lag.RaftID(), 300*time.Millisecond)
+	leader, lag := laggingFollower(t)
 	_, err := adminOf(t, leader.Addr()).UpdateTopic(testCtx(t), &forestbusv1.UpdateTopicRequest{Name: "default", Settings: &forestbusv1.TopicSettings{RetentionSeconds: 7200}})
 	require.NoError(t, err)
 	_, err = adminOf(t, leader.Addr()).CreateTopic(testCtx(t), &forestbusv1.CreateTopicRequest{Name: "fresh"})
