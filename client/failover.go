@@ -98,7 +98,9 @@ func (c *Client) invokeBound(ctx, callCtx context.Context, op, topic string, rt 
 			if callCtx.Err() != nil { // ctx ended, or Close
 				return ended(lastErr)
 			}
-			attempted = time.Now()
+			if longPoll {
+				attempted = time.Now() // only a long poll's window looks at it
+			}
 			cc, err := c.conn(node)
 			if err != nil {
 				failed(fmt.Errorf("forestbus: node %s: %w", node, err))

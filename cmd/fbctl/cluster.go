@@ -201,21 +201,20 @@ func probeNode(ctx context.Context, clusterID string, n client.Node, timeout tim
 		}
 		return err
 	}
-	// The first call also connects; the second measures a call's latency.
-	if _, err := ask(details); err != nil {
-		ns.Error = shortError(err)
+	down := func(why string) nodeStatusJSON {
+		ns.Error = why
 		for ti := range out {
 			out[ti].Replicas[i].Error = "node down"
 		}
 		return ns
 	}
+	// The first call also connects; the second measures a call's latency.
+	if _, err := ask(details); err != nil {
+		return down(shortError(err))
+	}
 	if answered != n.Name {
 		// Another node listens at n's address: n is not up there.
-		ns.Error = fmt.Sprintf("node %q answers at this address", answered)
-		for ti := range out {
-			out[ti].Replicas[i].Error = "node down"
-		}
-		return ns
+		return down(fmt.Sprintf("node %q answers at this address", answered))
 	}
 	lat, err := ask(details)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server/servertest"
+	"github.com/forestbus/forestbus/server/topic"
 )
 
 // TestFencedFollowerSendsReadersElsewhere: a follower whose topic group is
@@ -30,20 +31,8 @@ import (
 func TestFencedFollowerSendsReadersElsewhere(t *testing.T) {
 	cl := servertest.NewCluster(t, 3, servertest.WithSegmentBytes(4096), servertest.WithMaxWait(time.Minute))
 	cl.WaitTopic("default")
-	var x *servertest.Node
-	var others []string
-	for _, n := range cl.Nodes {
-		tp, err := n.Registry().Get("default")
-		require.NoError(t, err)
-		if x == nil && tp.Group.Leader() != n.RaftID() {
-			x = n
-		} else {
-			others = append(others, n.Addr())
-		}
-	}
+	x, xt, others := pickNode(t, cl, func(n *servertest.Node, tp *topic.Topic) bool { return tp.Group.Leader() != n.RaftID() })
 	require.NotNil(t, x)
-	xt, err := x.Registry().Get("default")
-	require.NoError(t, err)
 	prod := client.New("test", others)
 	t.Cleanup(prod.Close)
 	send(t, prod, "default", payloads("a", 1, 2))
@@ -85,7 +74,7 @@ func TestFencedFollowerSendsReadersElsewhere(t *testing.T) {
 		_, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: frozen + 1, Quantity: 1, Wait: wait})
 		assert.True(t, isStorageFailed(err), "a read at the tail, wait %v: %v", wait, err)
 	}
-	_, err = bus.GetTopicDetails(testCtx(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
+	_, err := bus.GetTopicDetails(testCtx(t), &forestbusv1.GetTopicDetailsRequest{Topic: "default"})
 	assert.True(t, isStorageFailed(err), "details: %v", err)
 	// What x committed stays readable.
 	resp, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1})

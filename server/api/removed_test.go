@@ -26,25 +26,13 @@ import (
 func TestWaitsEndOnARemovedNode(t *testing.T) {
 	c := servertest.NewCluster(t, 3, servertest.WithMaxWait(time.Minute))
 	c.WaitTopic("default")
-	var gone *servertest.Node
-	var addrs []string
-	for _, n := range c.Nodes {
-		tp, err := n.Registry().Get("default")
-		require.NoError(t, err)
-		if id := n.RaftID(); gone == nil && tp.Group.Leader() != id && n.Registry().Meta().Leader() != id {
-			gone = n
-		} else {
-			addrs = append(addrs, n.Addr())
-		}
-	}
+	gone, gt, addrs := pickNode(t, c, bystander)
 	if gone == nil {
 		t.Skip("every node leads a group")
 	}
 	others := client.New("test", addrs)
 	defer others.Close()
 	send(t, others, "default", payloads("a", 1, 2))
-	gt, err := gone.Registry().Get("default")
-	require.NoError(t, err)
 	require.Eventually(t, func() bool { return gt.Group.CommitID() == 2 }, 20*time.Second, 5*time.Millisecond)
 
 	cc, err := grpc.NewClient("passthrough:///"+gone.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -16,6 +16,7 @@ import (
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
+	"github.com/forestbus/forestbus/server/topic"
 	"github.com/forestbus/forestbus/server/transport"
 )
 
@@ -43,6 +44,35 @@ func adminOf(t *testing.T, addr string) forestbusv1.AdminServiceClient {
 	return forestbusv1.NewAdminServiceClient(cc)
 }
 
+// pickNode returns the first node of c that pick accepts (given its copy
+// of topic "default"), that copy, and the other nodes' addresses; a nil
+// node when pick accepts none.
+func pickNode(t *testing.T, c *servertest.Cluster, pick func(*servertest.Node, *topic.Topic) bool) (*servertest.Node, *topic.Topic, []string) {
+	t.Helper()
+	var (
+		picked *servertest.Node
+		tp     *topic.Topic
+		others []string
+	)
+	for _, n := range c.Nodes {
+		nt, err := n.Registry().Get("default")
+		require.NoError(t, err)
+		if picked == nil && pick(n, nt) {
+			picked, tp = n, nt
+		} else {
+			others = append(others, n.Addr())
+		}
+	}
+	return picked, tp, others
+}
+
+// bystander accepts a node that leads neither the topic nor the metadata
+// group.
+func bystander(n *servertest.Node, tp *topic.Topic) bool {
+	id := n.RaftID()
+	return tp.Group.Leader() != id && n.Registry().Meta().Leader() != id
+}
+
 // TestSubscribeEndsOnARemovedNode: a Subscribe stream on a node the
 // cluster then removes ends (UNAVAILABLE, so the client goes elsewhere).
 // The node still knows its groups' leader, so its heartbeats went on with
@@ -52,23 +82,9 @@ func TestSubscribeEndsOnARemovedNode(t *testing.T) {
 	c.WaitTopic("default")
 	// A node that leads neither the metadata group nor the topic (a
 	// leader steps down when removed, and its stream ends anyway).
-	var gone *servertest.Node
-	for _, n := range c.Nodes {
-		tp, err := n.Registry().Get("default")
-		require.NoError(t, err)
-		if id := n.RaftID(); tp.Group.Leader() != id && n.Registry().Meta().Leader() != id {
-			gone = n
-			break
-		}
-	}
+	gone, _, addrs := pickNode(t, c, bystander)
 	if gone == nil {
 		t.Skip("every node leads a group")
-	}
-	var addrs []string
-	for _, n := range c.Nodes {
-		if n != gone {
-			addrs = append(addrs, n.Addr())
-		}
 	}
 	others := client.New("test", addrs)
 	defer others.Close()

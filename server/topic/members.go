@@ -125,8 +125,17 @@ func (r *Registry) confirmMembers(ctx context.Context) error {
 			return &replica.NotLeaderError{Leader: lead}
 		}
 	}
+	return r.barrier(ctx, "the member list")
+}
+
+// barrier waits until this node has applied every metadata command the
+// cluster had committed when it was called (the metadata group's read
+// index), so that the state read next (of, for the error) is the
+// cluster's. Errors:
+// replica.ErrNoLeader when the group does not confirm in time.
+func (r *Registry) barrier(ctx context.Context, of string) error {
 	if err := r.meta.ReadIndex(ctx); err != nil {
-		return fmt.Errorf("%w: the metadata group did not confirm the member list: %v", replica.ErrNoLeader, err)
+		return fmt.Errorf("%w: the metadata group did not confirm %s: %v", replica.ErrNoLeader, of, err)
 	}
 	return nil
 }

@@ -429,8 +429,8 @@ func (r *Registry) Close() {
 // node shows it. Errors: replica.ErrNoLeader when the metadata group does
 // not confirm in time.
 func (r *Registry) ListConfirmed(ctx context.Context) ([]*Topic, error) {
-	if err := r.meta.ReadIndex(ctx); err != nil {
-		return nil, fmt.Errorf("%w: the metadata group did not confirm the topic list: %v", replica.ErrNoLeader, err)
+	if err := r.barrier(ctx, "the topic list"); err != nil {
+		return nil, err
 	}
 	return r.List(), nil
 }
