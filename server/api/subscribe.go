@@ -118,16 +118,23 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 	ctx, cancel := s.untilShutdown(stream.Context())
 	defer cancel()
 
-	// One read buffer for the stream's life: Send has encoded a response
-	// into gRPC's own buffers by the time it returns, and no interceptor or
-	// stats handler of this server keeps the message, so the next read may
-	// overwrite it.
-	var scratch commitlog.Scratch
+	// The response headers go now, not with the first response: a stream
+	// started at the tail may wait a heartbeat interval (up to the
+	// long-poll cap) for it, and a client (grpcurl) would show nothing
+	// meanwhile, as if the call had not started.
+	if err := stream.SendHeader(nil); err != nil {
+		return s.subscribeError(stream.Context(), t, err)
+	}
+
 	id := max(uint64(req.GetFromId()), 1)
 	for {
-		res, err := t.Group.ReadInto(ctx, &scratch, id, batch, s.cfg.MaxReadBytes, wait)
+		res, sc, err := s.subscribeRead(ctx, t, id, batch, wait)
 		if err != nil {
 			return s.subscribeError(stream.Context(), t, err)
+		}
+		if len(res.Messages) == 0 {
+			scratchPool.Put(sc) // nothing points into it
+			sc = nil
 		}
 		if len(res.Messages) == 0 && res.NextID > id {
 			// Below the first retained ID: jump there. The next
@@ -147,11 +154,18 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 			return errRemoved
 		}
 		// Messages, or a heartbeat (the wait cap passed at the tail).
-		if err := stream.Send(&forestbusv1.SubscribeResponse{
+		err = stream.Send(&forestbusv1.SubscribeResponse{
 			Messages: res.Messages,
 			FirstId:  int64(id),
 			CommitId: int64(res.CommitID),
-		}); err != nil {
+		})
+		// Send has encoded the response into gRPC's own buffers by the
+		// time it returns, and no interceptor or stats handler of this
+		// server keeps the message: its read buffers may go.
+		if sc != nil {
+			scratchPool.Put(sc)
+		}
+		if err != nil {
 			// The stream is broken: the client went away.
 			if cerr := stream.Context().Err(); cerr != nil {
 				return cerr
@@ -170,6 +184,28 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 		default:
 		}
 	}
+}
+
+// subscribeRead reads a stream's next response from id. Its messages are
+// in the returned Scratch, which goes back to scratchPool once the response
+// is sent. A stream holds read buffers only while it reads and sends: a
+// read that will wait at the tail (every caught-up stream, most of the
+// time) reads into a fresh Scratch, as GetMessages's long polls do, so an
+// idle stream holds none (a Scratch keeps buffers the size of the largest
+// stored batches it read). On error the Scratch is back in the pool.
+func (s *Service) subscribeRead(ctx context.Context, t *topic.Topic, id uint64, batch int, wait time.Duration) (replica.ReadResult, *commitlog.Scratch, error) {
+	var sc *commitlog.Scratch
+	if id <= t.Group.CommitID() {
+		sc = scratchPool.Get().(*commitlog.Scratch)
+	} else {
+		sc = new(commitlog.Scratch)
+	}
+	res, err := t.Group.ReadInto(ctx, sc, id, batch, s.cfg.MaxReadBytes, wait)
+	if err != nil {
+		scratchPool.Put(sc)
+		return res, nil, err
+	}
+	return res, sc, nil
 }
 
 // subscribeError maps a Read error of a Subscribe stream whose client

@@ -1,9 +1,11 @@
 package api_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -465,4 +467,59 @@ func recvEmptyUntilError(t *testing.T, s subStream) error {
 		}
 		require.Empty(t, resp.GetMessages(), "a message after the point the stream should end")
 	}
+}
+
+// TestIdleSubscribersHoldNoReadBuffers: a stream caught up at the tail
+// waits without read buffers. They used to stay with the stream for its
+// life, as large as the largest stored batch it had read: an idle
+// subscriber of a topic with 4 MiB batches held 4 MiB.
+func TestIdleSubscribersHoldNoReadBuffers(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	bus := dialBus(t, n.Addr())
+	big := make([][]byte, 8)
+	for i := range big {
+		big[i] = bytes.Repeat([]byte{byte('a' + i)}, 512<<10)
+	}
+	send(t, c, "default", big) // one stored batch of 4 MiB
+
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC() // sync.Pool keeps what it held for one collection
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	const streams = 10
+	for range streams {
+		s, err := bus.Subscribe(testCtx(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1, HeartbeatMs: 100})
+		require.NoError(t, err)
+		for got := 0; got < len(big); {
+			resp, err := s.Recv()
+			require.NoError(t, err)
+			got += len(resp.GetMessages())
+		}
+		resp, err := s.Recv() // a heartbeat: the stream waits at the tail
+		require.NoError(t, err)
+		require.Empty(t, resp.GetMessages())
+	}
+	grown := int64(heap()) - int64(before)
+	assert.Less(t, grown, int64(streams*(4<<20)/4), "%d idle streams hold %d bytes", streams, grown)
+}
+
+// TestSubscribeHeadersAtOnce: a stream started at the tail has its
+// response headers before any response (the first heartbeat is the
+// long-poll cap away), so a client can tell that the call started.
+func TestSubscribeHeadersAtOnce(t *testing.T) {
+	n := servertest.StartNode(t)
+	bus := dialBus(t, n.Addr())
+	ctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
+	defer cancel()
+	s, err := bus.Subscribe(ctx, &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1})
+	require.NoError(t, err)
+	_, err = s.Header()
+	require.NoError(t, err)
+	require.NoError(t, ctx.Err(), "the headers came only as the call ended")
 }
