@@ -425,6 +425,11 @@ func (s *Service) GetTopicDetails(ctx context.Context, req *forestbusv1.GetTopic
 		// point (GetTopicMaxAvailableIndex) should ask another node.
 		return nil, replica.ErrStorageFailed
 	}
+	if t.Group.Joining() {
+		// Its IDs are not the topic's yet (see Joining): a client asking
+		// where the topic starts should ask another node.
+		return nil, fmt.Errorf("%w: this node has not yet received topic %q's log from its leader", replica.ErrNoLeader, t.Name)
+	}
 	d := t.Group.Details()
 	return &forestbusv1.GetTopicDetailsResponse{
 		Topic:    t.Name,

@@ -492,6 +492,20 @@ func (g *Group) CutOff() bool {
 	return since != 0 && time.Since(time.Unix(0, since)) > 2*g.e.electionTimeout
 }
 
+// Joining reports whether the group has no configuration yet: this node
+// joined the group after it was created (it was not among the voters that
+// bootstrapped it), and the leader has not yet sent it the log's start, a
+// snapshot or the first entries. Until then its log says nothing of the
+// topic (first ID 1, commit 0, where the cluster may have trimmed IDs
+// 1-940 long ago): Read answers ErrNoLeader, so readers go to another node.
+func (g *Group) Joining() bool {
+	cs := g.conf.Load()
+	return cs == nil || (len(cs.GetVoters()) == 0 && len(cs.GetLearners()) == 0)
+}
+
+// errJoining answers reads on a Joining group.
+var errJoining = fmt.Errorf("%w: this node joined the topic's group and has not yet received its log from the leader", ErrNoLeader)
+
 // Failed reports whether the group is fenced after a storage error: it
 // takes no writes and its commit point no longer moves.
 func (g *Group) Failed() bool { return g.failed.Load() }
@@ -814,7 +828,8 @@ type ReadResult struct {
 // up to wait for a commit, then returns an empty result. Errors: ErrStopped
 // (group removed while waiting), ErrStorageFailed (nothing committed at id
 // and the group is fenced: its commit point no longer moves; a read
-// waiting when the group is fenced gets it at once), ctx errors.
+// waiting when the group is fenced gets it at once), ErrNoLeader (the
+// group is Joining), ctx errors.
 func (g *Group) Read(ctx context.Context, id uint64, maxCount, maxBytes int, wait time.Duration) (ReadResult, error) {
 	return g.read(ctx, id, maxCount, 0, maxBytes, wait, false, nil)
 }
@@ -838,6 +853,9 @@ func (g *Group) ReadBatchesInto(ctx context.Context, sc *commitlog.Scratch, id u
 func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes int, wait time.Duration, whole bool, sc *commitlog.Scratch) (ReadResult, error) {
 	if id == 0 {
 		id = 1
+	}
+	if g.Joining() {
+		return ReadResult{}, errJoining
 	}
 	var timer *time.Timer
 	defer func() {
