@@ -475,6 +475,9 @@ func (g *Group) Name() string { return g.name }
 // Log is the group's storage (read-only use: reads and stats).
 func (g *Group) Log() *commitlog.Log { return g.log }
 
+// ElectionTimeout is the engine's election timeout (ElectionTicks ticks).
+func (g *Group) ElectionTimeout() time.Duration { return g.e.electionTimeout }
+
 // Leader is the raft ID of the group's leader, 0 when unknown.
 func (g *Group) Leader() uint64 { return g.lead.Load() }
 

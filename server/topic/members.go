@@ -134,10 +134,28 @@ func (r *Registry) confirmMembers(ctx context.Context) error {
 // cluster's. Errors:
 // replica.ErrNoLeader when the group does not confirm in time.
 func (r *Registry) barrier(ctx context.Context, of string) error {
-	if err := r.meta.ReadIndex(ctx); err != nil {
+	wctx, cancel := r.metaWait(ctx)
+	defer cancel()
+	if err := r.meta.ReadIndex(wctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err() // the caller gave up first
+		}
+		if wctx.Err() != nil {
+			err = errors.New("no leader with a quorum answered in time")
+		}
 		return fmt.Errorf("%w: the metadata group did not confirm %s: %v", replica.ErrNoLeader, of, err)
 	}
 	return nil
+}
+
+// metaWait bounds how long a call waits for the metadata group to know a
+// leader or to confirm a read barrier: two election timeouts (2 s by
+// default), as a proposal waits for a leader. A cluster that lost its
+// metadata quorum then answers replica.ErrNoLeader, and the client can
+// ask elsewhere or retry; it does not wait for the caller's deadline,
+// which grpcurl does not set.
+func (r *Registry) metaWait(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 2*r.meta.ElectionTimeout())
 }
 
 // RemoveNode removes the named member from the metadata group; Reconcile

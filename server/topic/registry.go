@@ -473,7 +473,13 @@ func (r *Registry) create(ctx context.Context, name string, s Settings, capped b
 	}
 	if capped {
 		// Who leads decides who counts: wait for a leader to be known.
-		if err := r.meta.WaitLeader(ctx); err != nil {
+		wctx, cancel := r.metaWait(ctx)
+		err := r.meta.WaitLeader(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w: the metadata group knows no leader", replica.ErrNoLeader)
+		}
+		if err != nil {
 			return err
 		}
 		release, err := r.roomForTopic(name)
