@@ -427,13 +427,14 @@ type GetMessagesRequest struct {
 	// ID of the first message wanted; 1 is the first message of a topic.
 	// Must be >= 0 (0 reads as 1).
 	Id int64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
-	// Target number of messages, > 0. The answer may hold more or fewer: the
-	// node ends answers on its stored batches, reads ahead (by default, when
-	// that much is committed, an answer holds about 3 MiB however small the
-	// quantity: a sequential reader needs fewer calls), and caps an answer
-	// (with its default limits, under 4 MiB encoded, the receive limit gRPC
-	// clients have by default). When a committed message exists at `id`, at least one
-	// message is returned.
+	// Target number of messages, > 0 (0, proto3's default when the field is
+	// unset, is refused). The answer may hold more or fewer: the node ends
+	// answers on its stored batches, reads ahead (by default, when that much
+	// is committed, an answer holds about 3 MiB however small the quantity:
+	// a sequential reader needs fewer calls), and caps an answer (with its
+	// default limits, under 4 MiB encoded, the receive limit gRPC clients
+	// have by default). When a committed message exists at `id`, at least
+	// one message is returned.
 	Quantity int32 `protobuf:"varint,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// When true and no committed message exists at `id` yet, wait until one
 	// is committed. The node caps the wait (default 30 s); when it expires

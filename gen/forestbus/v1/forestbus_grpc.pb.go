@@ -72,12 +72,37 @@ type ForestBusServiceClient interface {
 	// GetMessages reads committed messages starting at an ID. Any node can
 	// answer; it serves from its own log up to its own commit point, so a
 	// message that is not yet committed is never returned.
+	//
+	// Errors: INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
+	// id, quantity 0 or less: proto3 sends an unset quantity as 0, so a
+	// request that leaves it out, easy to do from grpcurl, is refused),
+	// NOT_FOUND/TOPIC_NOT_FOUND, UNAVAILABLE/NO_LEADER (a long poll at the
+	// tail of a node cut off from the others, see wait; or a node that
+	// joined the cluster and has not yet received the topic's log from its
+	// leader: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
+	// node), UNAVAILABLE without a reason (a removed node),
+	// RESOURCE_EXHAUSTED without a reason (the node holds its cap of waiting
+	// long polls, fbnode -max-waiters, 10,000 by default; only calls that
+	// will wait count: retry later, on another node, or without wait), and
+	// FAILED_PRECONDITION/CLUSTER_ID_MISMATCH, as every call.
 	GetMessages(ctx context.Context, in *GetMessagesRequest, opts ...grpc.CallOption) (*GetMessagesResponse, error)
 	// GetTopicDetails reports a topic's retained ID range and commit point as
 	// seen by the node that answers.
+	//
+	// Errors: INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name),
+	// NOT_FOUND/TOPIC_NOT_FOUND, UNAVAILABLE/STORAGE_FAILED (the node's copy
+	// of the topic stopped after a storage error and its commit point no
+	// longer moves: ask another node), UNAVAILABLE/NO_LEADER (a node that
+	// joined the cluster and has not yet received the topic's log from its
+	// leader: ask another node), UNAVAILABLE without a reason (a removed
+	// node).
 	GetTopicDetails(ctx context.Context, in *GetTopicDetailsRequest, opts ...grpc.CallOption) (*GetTopicDetailsResponse, error)
 	// GetClusterDetails identifies the cluster and its nodes. Clients call it
 	// to check that they talk to the cluster they expect.
+	//
+	// Errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH (the
+	// forestbus-cluster-id metadata names another cluster); no other of its
+	// own.
 	GetClusterDetails(ctx context.Context, in *GetClusterDetailsRequest, opts ...grpc.CallOption) (*GetClusterDetailsResponse, error)
 	// Subscribe streams a topic's committed messages from an ID, in ID order
 	// and without gaps, and then every message committed later: a consumer
@@ -89,7 +114,9 @@ type ForestBusServiceClient interface {
 	// Start: from_id (0 reads as 1). When from_id is below the topic's first
 	// retained ID, the stream starts at the first retained ID; the client
 	// learns it from first_id of the first response. A from_id past the end
-	// of the log waits for that ID.
+	// of the log waits for that ID. The node sends the response headers as
+	// soon as the stream starts, so a client (grpcurl too) sees the stream
+	// open before its first message or heartbeat.
 	//
 	// Tail: once the stream has caught up it waits for new commits. While
 	// nothing commits, the node sends a heartbeat every heartbeat_ms (default
@@ -112,11 +139,12 @@ type ForestBusServiceClient interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND (also when the topic is removed while
 	// streaming), INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
 	// from_id, max_batch or heartbeat_ms), UNAVAILABLE/SHUTTING_DOWN (the node
-	// is stopping: resume on another node), UNAVAILABLE/NO_LEADER (see Tail),
-	// RESOURCE_EXHAUSTED without a
-	// reason (the node serves too many streams, 10,000 by default: resume on
-	// another node or later), and transport errors (UNAVAILABLE without a
-	// reason).
+	// is stopping: resume on another node), UNAVAILABLE/NO_LEADER (see Tail;
+	// also at the start, from a node that joined the cluster and has not yet
+	// received the topic's log from its leader: subscribe on another node),
+	// RESOURCE_EXHAUSTED without a reason (the node serves too many streams,
+	// 10,000 by default: resume on another node or later), and transport
+	// errors (UNAVAILABLE without a reason).
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
 	// Produce is SendMessages over one long-lived stream, for producers that
 	// send many batches: a batch costs one message each way instead of a call
@@ -269,12 +297,37 @@ type ForestBusServiceServer interface {
 	// GetMessages reads committed messages starting at an ID. Any node can
 	// answer; it serves from its own log up to its own commit point, so a
 	// message that is not yet committed is never returned.
+	//
+	// Errors: INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
+	// id, quantity 0 or less: proto3 sends an unset quantity as 0, so a
+	// request that leaves it out, easy to do from grpcurl, is refused),
+	// NOT_FOUND/TOPIC_NOT_FOUND, UNAVAILABLE/NO_LEADER (a long poll at the
+	// tail of a node cut off from the others, see wait; or a node that
+	// joined the cluster and has not yet received the topic's log from its
+	// leader: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
+	// node), UNAVAILABLE without a reason (a removed node),
+	// RESOURCE_EXHAUSTED without a reason (the node holds its cap of waiting
+	// long polls, fbnode -max-waiters, 10,000 by default; only calls that
+	// will wait count: retry later, on another node, or without wait), and
+	// FAILED_PRECONDITION/CLUSTER_ID_MISMATCH, as every call.
 	GetMessages(context.Context, *GetMessagesRequest) (*GetMessagesResponse, error)
 	// GetTopicDetails reports a topic's retained ID range and commit point as
 	// seen by the node that answers.
+	//
+	// Errors: INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name),
+	// NOT_FOUND/TOPIC_NOT_FOUND, UNAVAILABLE/STORAGE_FAILED (the node's copy
+	// of the topic stopped after a storage error and its commit point no
+	// longer moves: ask another node), UNAVAILABLE/NO_LEADER (a node that
+	// joined the cluster and has not yet received the topic's log from its
+	// leader: ask another node), UNAVAILABLE without a reason (a removed
+	// node).
 	GetTopicDetails(context.Context, *GetTopicDetailsRequest) (*GetTopicDetailsResponse, error)
 	// GetClusterDetails identifies the cluster and its nodes. Clients call it
 	// to check that they talk to the cluster they expect.
+	//
+	// Errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH (the
+	// forestbus-cluster-id metadata names another cluster); no other of its
+	// own.
 	GetClusterDetails(context.Context, *GetClusterDetailsRequest) (*GetClusterDetailsResponse, error)
 	// Subscribe streams a topic's committed messages from an ID, in ID order
 	// and without gaps, and then every message committed later: a consumer
@@ -286,7 +339,9 @@ type ForestBusServiceServer interface {
 	// Start: from_id (0 reads as 1). When from_id is below the topic's first
 	// retained ID, the stream starts at the first retained ID; the client
 	// learns it from first_id of the first response. A from_id past the end
-	// of the log waits for that ID.
+	// of the log waits for that ID. The node sends the response headers as
+	// soon as the stream starts, so a client (grpcurl too) sees the stream
+	// open before its first message or heartbeat.
 	//
 	// Tail: once the stream has caught up it waits for new commits. While
 	// nothing commits, the node sends a heartbeat every heartbeat_ms (default
@@ -309,11 +364,12 @@ type ForestBusServiceServer interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND (also when the topic is removed while
 	// streaming), INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
 	// from_id, max_batch or heartbeat_ms), UNAVAILABLE/SHUTTING_DOWN (the node
-	// is stopping: resume on another node), UNAVAILABLE/NO_LEADER (see Tail),
-	// RESOURCE_EXHAUSTED without a
-	// reason (the node serves too many streams, 10,000 by default: resume on
-	// another node or later), and transport errors (UNAVAILABLE without a
-	// reason).
+	// is stopping: resume on another node), UNAVAILABLE/NO_LEADER (see Tail;
+	// also at the start, from a node that joined the cluster and has not yet
+	// received the topic's log from its leader: subscribe on another node),
+	// RESOURCE_EXHAUSTED without a reason (the node serves too many streams,
+	// 10,000 by default: resume on another node or later), and transport
+	// errors (UNAVAILABLE without a reason).
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
 	// Produce is SendMessages over one long-lived stream, for producers that
 	// send many batches: a batch costs one message each way instead of a call
