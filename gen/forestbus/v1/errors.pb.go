@@ -41,7 +41,8 @@ const (
 	ErrorReason_ERROR_REASON_INVALID_ARGUMENT ErrorReason = 3
 	// INVALID_ARGUMENT: a message is larger than the node's max message size.
 	ErrorReason_ERROR_REASON_MESSAGE_TOO_LARGE ErrorReason = 4
-	// INVALID_ARGUMENT: a batch is larger than the node's max batch size.
+	// INVALID_ARGUMENT: a batch is larger than the node's max batch size, or
+	// holds more than 1,048,576 messages.
 	ErrorReason_ERROR_REASON_BATCH_TOO_LARGE ErrorReason = 5
 	// FAILED_PRECONDITION: the forestbus-cluster-id metadata names another
 	// cluster.

@@ -268,10 +268,11 @@ type SendMessagesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Topic name: 1 to 200 characters from [A-Za-z0-9._-].
 	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
-	// The messages, in order. At least one. Each message is at most the
-	// node's max message size (default 1 MiB); a batch of more than one is at
-	// most the node's max batch size (default 16 MiB), each message counted
-	// with its framing here (its bytes plus 2 or more).
+	// The messages, in order. At least one, at most 1,048,576. Each message
+	// is at most the node's max message size (default 1 MiB); a batch of
+	// more than one is at most the node's max batch size (default 16 MiB),
+	// each message counted with its framing here (its bytes plus 2 or more).
+	// A batch over either limit is refused with BATCH_TOO_LARGE.
 	Messages [][]byte `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
 	// false: answer once the topic leader has the batch in its log (synced,
 	// in fsync mode). The IDs are then tentative: should the leader lose its
@@ -431,10 +432,10 @@ type GetMessagesRequest struct {
 	// unset, is refused). The answer may hold more or fewer: the node ends
 	// answers on its stored batches, reads ahead (by default, when that much
 	// is committed, an answer holds about 3 MiB however small the quantity:
-	// a sequential reader needs fewer calls), and caps an answer (with its
-	// default limits, under 4 MiB encoded, the receive limit gRPC clients
-	// have by default). When a committed message exists at `id`, at least
-	// one message is returned.
+	// a sequential reader needs fewer calls), and caps an answer: at 65,536
+	// messages and, with its default limits, under 4 MiB encoded, the
+	// receive limit gRPC clients have by default. When a committed message
+	// exists at `id`, at least one message is returned.
 	Quantity int32 `protobuf:"varint,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// When true and no committed message exists at `id` yet, wait until one
 	// is committed. The node caps the wait (default 30 s); when it expires

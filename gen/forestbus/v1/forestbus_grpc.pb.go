@@ -56,7 +56,8 @@ type ForestBusServiceClient interface {
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name, sequence 0 with a producer_id),
-	// INVALID_ARGUMENT/MESSAGE_TOO_LARGE, INVALID_ARGUMENT/BATCH_TOO_LARGE,
+	// INVALID_ARGUMENT/MESSAGE_TOO_LARGE, INVALID_ARGUMENT/BATCH_TOO_LARGE
+	// (over the max batch size, or more than 1,048,576 messages),
 	// RESOURCE_EXHAUSTED without a reason (a request over the node's gRPC
 	// receive limit: split the batch), FAILED_PRECONDITION/NOT_LEADER
 	// (nothing stored: send it to the leader), UNAVAILABLE/NO_LEADER,
@@ -281,7 +282,8 @@ type ForestBusServiceServer interface {
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name, sequence 0 with a producer_id),
-	// INVALID_ARGUMENT/MESSAGE_TOO_LARGE, INVALID_ARGUMENT/BATCH_TOO_LARGE,
+	// INVALID_ARGUMENT/MESSAGE_TOO_LARGE, INVALID_ARGUMENT/BATCH_TOO_LARGE
+	// (over the max batch size, or more than 1,048,576 messages),
 	// RESOURCE_EXHAUSTED without a reason (a request over the node's gRPC
 	// receive limit: split the batch), FAILED_PRECONDITION/NOT_LEADER
 	// (nothing stored: send it to the leader), UNAVAILABLE/NO_LEADER,
