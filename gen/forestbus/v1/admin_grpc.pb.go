@@ -31,7 +31,12 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService manages topics.
+// AdminService manages topics and the cluster's members.
+//
+// Every call needs the cluster's metadata group. When the group has no
+// leader, or its leader no quorum, a call answers UNAVAILABLE/NO_LEADER
+// after two election timeouts (2 s by default) instead of waiting for the
+// caller's deadline: retry later, or through another node.
 type AdminServiceClient interface {
 	// CreateTopic creates an empty topic.
 	//
@@ -39,7 +44,8 @@ type AdminServiceClient interface {
 	// RESOURCE_EXHAUSTED/TOO_MANY_TOPICS (the cluster holds its cap of
 	// topics), FAILED_PRECONDITION/NOT_LEADER (a node that could not forward
 	// the call to the metadata leader; the leader's address is in the
-	// ErrorInfo metadata).
+	// ErrorInfo metadata), UNAVAILABLE/NO_LEADER (the metadata group has no
+	// leader or no quorum; see AdminService).
 	CreateTopic(ctx context.Context, in *CreateTopicRequest, opts ...grpc.CallOption) (*CreateTopicResponse, error)
 	// UpdateTopic replaces a topic's settings (all of them: read them with
 	// ListTopics, which shows every acknowledged update, to change one).
@@ -64,7 +70,7 @@ type AdminServiceClient interface {
 	// through any node.
 	//
 	// Errors: UNAVAILABLE/NO_LEADER (the metadata group has no leader or
-	// quorum to confirm with).
+	// quorum to confirm with; see AdminService).
 	ListTopics(ctx context.Context, in *ListTopicsRequest, opts ...grpc.CallOption) (*ListTopicsResponse, error)
 	// AddNode adds a node to the cluster. It joins as a non-voting learner in
 	// the metadata group and in every topic group, and is promoted to voter
@@ -72,7 +78,8 @@ type AdminServiceClient interface {
 	// `fbnode -join ADDRESS_OF_A_MEMBER -name NAME`: it calls AddNode itself.
 	//
 	// Errors: ALREADY_EXISTS/NODE_EXISTS (name taken by another address),
-	// INVALID_ARGUMENT/INVALID_ARGUMENT.
+	// INVALID_ARGUMENT/INVALID_ARGUMENT, FAILED_PRECONDITION/NOT_LEADER and
+	// UNAVAILABLE/NO_LEADER as for CreateTopic.
 	AddNode(ctx context.Context, in *AddNodeRequest, opts ...grpc.CallOption) (*AddNodeResponse, error)
 	// RemoveNode removes a node from the cluster and from every topic group.
 	// Its raft ID is never reused.
@@ -80,7 +87,10 @@ type AdminServiceClient interface {
 	// Errors: NOT_FOUND/NODE_NOT_FOUND, FAILED_PRECONDITION/INVALID_ARGUMENT
 	// when the node is the last voter, or when the voters left would not have
 	// a live majority as the answering node hears them (remove the nodes that
-	// are down first, or bring them back).
+	// are down first, or bring them back; the code is FAILED_PRECONDITION,
+	// not INVALID_ARGUMENT as elsewhere with this reason: the request is
+	// valid, the cluster's state refuses it), FAILED_PRECONDITION/NOT_LEADER
+	// and UNAVAILABLE/NO_LEADER as for CreateTopic.
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 }
 
@@ -156,7 +166,12 @@ func (c *adminServiceClient) RemoveNode(ctx context.Context, in *RemoveNodeReque
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService manages topics.
+// AdminService manages topics and the cluster's members.
+//
+// Every call needs the cluster's metadata group. When the group has no
+// leader, or its leader no quorum, a call answers UNAVAILABLE/NO_LEADER
+// after two election timeouts (2 s by default) instead of waiting for the
+// caller's deadline: retry later, or through another node.
 type AdminServiceServer interface {
 	// CreateTopic creates an empty topic.
 	//
@@ -164,7 +179,8 @@ type AdminServiceServer interface {
 	// RESOURCE_EXHAUSTED/TOO_MANY_TOPICS (the cluster holds its cap of
 	// topics), FAILED_PRECONDITION/NOT_LEADER (a node that could not forward
 	// the call to the metadata leader; the leader's address is in the
-	// ErrorInfo metadata).
+	// ErrorInfo metadata), UNAVAILABLE/NO_LEADER (the metadata group has no
+	// leader or no quorum; see AdminService).
 	CreateTopic(context.Context, *CreateTopicRequest) (*CreateTopicResponse, error)
 	// UpdateTopic replaces a topic's settings (all of them: read them with
 	// ListTopics, which shows every acknowledged update, to change one).
@@ -189,7 +205,7 @@ type AdminServiceServer interface {
 	// through any node.
 	//
 	// Errors: UNAVAILABLE/NO_LEADER (the metadata group has no leader or
-	// quorum to confirm with).
+	// quorum to confirm with; see AdminService).
 	ListTopics(context.Context, *ListTopicsRequest) (*ListTopicsResponse, error)
 	// AddNode adds a node to the cluster. It joins as a non-voting learner in
 	// the metadata group and in every topic group, and is promoted to voter
@@ -197,7 +213,8 @@ type AdminServiceServer interface {
 	// `fbnode -join ADDRESS_OF_A_MEMBER -name NAME`: it calls AddNode itself.
 	//
 	// Errors: ALREADY_EXISTS/NODE_EXISTS (name taken by another address),
-	// INVALID_ARGUMENT/INVALID_ARGUMENT.
+	// INVALID_ARGUMENT/INVALID_ARGUMENT, FAILED_PRECONDITION/NOT_LEADER and
+	// UNAVAILABLE/NO_LEADER as for CreateTopic.
 	AddNode(context.Context, *AddNodeRequest) (*AddNodeResponse, error)
 	// RemoveNode removes a node from the cluster and from every topic group.
 	// Its raft ID is never reused.
@@ -205,7 +222,10 @@ type AdminServiceServer interface {
 	// Errors: NOT_FOUND/NODE_NOT_FOUND, FAILED_PRECONDITION/INVALID_ARGUMENT
 	// when the node is the last voter, or when the voters left would not have
 	// a live majority as the answering node hears them (remove the nodes that
-	// are down first, or bring them back).
+	// are down first, or bring them back; the code is FAILED_PRECONDITION,
+	// not INVALID_ARGUMENT as elsewhere with this reason: the request is
+	// valid, the cluster's state refuses it), FAILED_PRECONDITION/NOT_LEADER
+	// and UNAVAILABLE/NO_LEADER as for CreateTopic.
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }

@@ -37,7 +37,9 @@ const (
 	// ALREADY_EXISTS: a topic of that name exists.
 	ErrorReason_ERROR_REASON_TOPIC_EXISTS ErrorReason = 2
 	// INVALID_ARGUMENT: a field is out of range or malformed; the message says
-	// which.
+	// which. One exception: RemoveNode answers FAILED_PRECONDITION with this
+	// reason when the removal would leave no voter, or no live majority of
+	// voters.
 	ErrorReason_ERROR_REASON_INVALID_ARGUMENT ErrorReason = 3
 	// INVALID_ARGUMENT: a message is larger than the node's max message size.
 	ErrorReason_ERROR_REASON_MESSAGE_TOO_LARGE ErrorReason = 4
@@ -52,7 +54,8 @@ const (
 	ErrorReason_ERROR_REASON_NOT_LEADER ErrorReason = 7
 	// UNAVAILABLE: the topic has no leader at the moment (election under way),
 	// or the node does not know the topic and could not confirm with the
-	// metadata leader that it does not exist. Retry, or ask another node.
+	// metadata leader that it does not exist, or (AdminService) the metadata
+	// group has no leader or no quorum. Retry, or ask another node.
 	ErrorReason_ERROR_REASON_NO_LEADER ErrorReason = 8
 	// UNAVAILABLE: the node is shutting down. Retry on another node.
 	ErrorReason_ERROR_REASON_SHUTTING_DOWN ErrorReason = 9
