@@ -37,6 +37,10 @@ const (
 // leader, or its leader no quorum, a call answers UNAVAILABLE/NO_LEADER
 // after two election timeouts (2 s by default) instead of waiting for the
 // caller's deadline: retry later, or through another node.
+//
+// A node that does not lead the metadata group forwards CreateTopic,
+// UpdateTopic, RemoveTopic, AddNode and RemoveNode to its leader, as
+// SendMessages is forwarded (forestbus-leader header included).
 type AdminServiceClient interface {
 	// CreateTopic creates an empty topic.
 	//
@@ -172,6 +176,10 @@ func (c *adminServiceClient) RemoveNode(ctx context.Context, in *RemoveNodeReque
 // leader, or its leader no quorum, a call answers UNAVAILABLE/NO_LEADER
 // after two election timeouts (2 s by default) instead of waiting for the
 // caller's deadline: retry later, or through another node.
+//
+// A node that does not lead the metadata group forwards CreateTopic,
+// UpdateTopic, RemoveTopic, AddNode and RemoveNode to its leader, as
+// SendMessages is forwarded (forestbus-leader header included).
 type AdminServiceServer interface {
 	// CreateTopic creates an empty topic.
 	//

@@ -52,7 +52,11 @@ type ForestBusServiceClient interface {
 	// does not lead the topic forwards the call to the leader (one hop, up
 	// to its cap of calls forwarded at once), or answers
 	// FAILED_PRECONDITION/NOT_LEADER with the leader's address in the
-	// ErrorInfo metadata ("leader"), for the client to send there.
+	// ErrorInfo metadata ("leader"), for the client to send there. Every
+	// answer of the leader to a forwarded call, errors included, carries the
+	// response header `forestbus-leader` with the leader's address, for the
+	// client to go direct next time; except NOT_LEADER (the leader lost its
+	// leadership meanwhile), whose ErrorInfo names the new leader.
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name, sequence 0 with a producer_id),
@@ -278,7 +282,11 @@ type ForestBusServiceServer interface {
 	// does not lead the topic forwards the call to the leader (one hop, up
 	// to its cap of calls forwarded at once), or answers
 	// FAILED_PRECONDITION/NOT_LEADER with the leader's address in the
-	// ErrorInfo metadata ("leader"), for the client to send there.
+	// ErrorInfo metadata ("leader"), for the client to send there. Every
+	// answer of the leader to a forwarded call, errors included, carries the
+	// response header `forestbus-leader` with the leader's address, for the
+	// client to go direct next time; except NOT_LEADER (the leader lost its
+	// leadership meanwhile), whose ErrorInfo names the new leader.
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name, sequence 0 with a producer_id),
