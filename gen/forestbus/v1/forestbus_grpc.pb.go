@@ -161,9 +161,11 @@ type ForestBusServiceClient interface {
 	// The node answers every request exactly once, with a ProduceResponse of
 	// the same request_id that holds either the batch's IDs or the error
 	// SendMessages would have returned (same code, message and ErrorInfo
-	// reason). Requests are independent, like concurrent SendMessages calls:
-	// answers come in any order, and a producer that needs its batches stored
-	// in order waits for a batch's answer before sending the next.
+	// reason); a bad topic name, also one that is not valid UTF-8, is
+	// answered INVALID_ARGUMENT/INVALID_ARGUMENT and the stream goes on.
+	// Requests are independent, like concurrent SendMessages calls: answers
+	// come in any order, and a producer that needs its batches stored in
+	// order waits for a batch's answer before sending the next.
 	//
 	// The node works on at most 256 requests of a stream at once; beyond
 	// that it stops reading the stream until one is answered (HTTP/2 flow
@@ -180,14 +182,15 @@ type ForestBusServiceClient interface {
 	// producer_id and sequence so that it is not stored twice.
 	//
 	// Stream errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH,
-	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED, and transport errors.
-	// RESOURCE_EXHAUSTED at the start means the node already serves its cap
-	// of Produce streams (10,000 by default) and read none of this stream's
-	// requests; later it means a request was larger than the node reads:
-	// gRPC ends the stream at once, and the requests in flight get no answer
-	// (they may be stored). Either way, send the unanswered requests as
-	// SendMessages calls with their producer_id and sequence, as the Go
-	// client does.
+	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED, INTERNAL, and transport
+	// errors. RESOURCE_EXHAUSTED at the start means the node already serves
+	// its cap of Produce streams (10,000 by default) and read none of this
+	// stream's requests; later it means a request was larger than the node
+	// reads. INTERNAL means a request could not be decoded (malformed
+	// protobuf). In these two cases gRPC ends the stream at once, and the
+	// requests in flight get no answer (they may be stored). In every case,
+	// send the unanswered requests as SendMessages calls with their
+	// producer_id and sequence, as the Go client does.
 	Produce(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ProduceRequest, ProduceResponse], error)
 }
 
@@ -391,9 +394,11 @@ type ForestBusServiceServer interface {
 	// The node answers every request exactly once, with a ProduceResponse of
 	// the same request_id that holds either the batch's IDs or the error
 	// SendMessages would have returned (same code, message and ErrorInfo
-	// reason). Requests are independent, like concurrent SendMessages calls:
-	// answers come in any order, and a producer that needs its batches stored
-	// in order waits for a batch's answer before sending the next.
+	// reason); a bad topic name, also one that is not valid UTF-8, is
+	// answered INVALID_ARGUMENT/INVALID_ARGUMENT and the stream goes on.
+	// Requests are independent, like concurrent SendMessages calls: answers
+	// come in any order, and a producer that needs its batches stored in
+	// order waits for a batch's answer before sending the next.
 	//
 	// The node works on at most 256 requests of a stream at once; beyond
 	// that it stops reading the stream until one is answered (HTTP/2 flow
@@ -410,14 +415,15 @@ type ForestBusServiceServer interface {
 	// producer_id and sequence so that it is not stored twice.
 	//
 	// Stream errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH,
-	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED, and transport errors.
-	// RESOURCE_EXHAUSTED at the start means the node already serves its cap
-	// of Produce streams (10,000 by default) and read none of this stream's
-	// requests; later it means a request was larger than the node reads:
-	// gRPC ends the stream at once, and the requests in flight get no answer
-	// (they may be stored). Either way, send the unanswered requests as
-	// SendMessages calls with their producer_id and sequence, as the Go
-	// client does.
+	// UNAVAILABLE/SHUTTING_DOWN, RESOURCE_EXHAUSTED, INTERNAL, and transport
+	// errors. RESOURCE_EXHAUSTED at the start means the node already serves
+	// its cap of Produce streams (10,000 by default) and read none of this
+	// stream's requests; later it means a request was larger than the node
+	// reads. INTERNAL means a request could not be decoded (malformed
+	// protobuf). In these two cases gRPC ends the stream at once, and the
+	// requests in flight get no answer (they may be stored). In every case,
+	// send the unanswered requests as SendMessages calls with their
+	// producer_id and sequence, as the Go client does.
 	Produce(grpc.BidiStreamingServer[ProduceRequest, ProduceResponse]) error
 	mustEmbedUnimplementedForestBusServiceServer()
 }
