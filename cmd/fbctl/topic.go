@@ -118,7 +118,7 @@ func (a *app) topicSet(verb string, args []string) error {
 	var retention retentionFlag
 	f.Var(&segment, "segment-bytes", "segment file `size` (0: the node's default, 64MiB)")
 	f.Var(&retention, "retention", "keep messages at least this `duration` (0: the nodes' -retention, for ever unless set)")
-	f.Var(&retBytes, "retention-bytes", "remove the oldest segments above this `size` (0: the nodes' -retention-bytes, no limit unless set)")
+	f.Var(&retBytes, "retention-bytes", "remove the oldest segments above this `size` (0: the nodes' -retention-bytes, no limit unless set); segments go whole and a batch is never split, so a size under one batch or segment can leave no message")
 	pos, err := f.parse(args, 1, 1)
 	if err != nil {
 		return err

@@ -229,7 +229,10 @@ type TopicSettings struct {
 	RetentionSeconds int64 `protobuf:"varint,2,opt,name=retention_seconds,json=retentionSeconds,proto3" json:"retention_seconds,omitempty"`
 	// The topic's oldest segments are removed while it holds more than this
 	// many bytes, so it then holds at most this many and the active segment
-	// (Kafka's retention.bytes keeps at least that many instead). 0: the
+	// (Kafka's retention.bytes keeps at least that many instead). Segments
+	// go whole, and a batch is never split across segments (a segment grows
+	// past segment_bytes to hold one), so a budget smaller than one batch or
+	// one segment can leave the topic with no message retained. 0: the
 	// cluster's default, fbnode -retention-bytes (no limit unless set; give
 	// every node the same).
 	RetentionBytes int64 `protobuf:"varint,3,opt,name=retention_bytes,json=retentionBytes,proto3" json:"retention_bytes,omitempty"`
