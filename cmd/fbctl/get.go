@@ -24,9 +24,10 @@ const followRetryPause = time.Second
 const getAbout = `
 Print the messages of a topic from ID -from on, oldest first, until the end
 of the topic (or -count messages). Messages below the first retained ID are
-skipped. With -follow, wait at the end for new messages, like tail -f
-(long polls: no busy loop), until Ctrl-C, which ends it with status 0; when
-no node answers, it warns on standard error and keeps trying.
+skipped, with a note on standard error. With -follow, wait at the end for
+new messages, like tail -f (long polls: no busy loop), until Ctrl-C, which
+ends it with status 0; when no node answers, it warns on standard error
+and keeps trying.
 
 Formats: raw prints each message followed by a newline; json prints one
 object per line, {"id":N,"message":"text"}, or, for a message that is not
@@ -115,7 +116,10 @@ func (a *app) get(args []string) error {
 		}
 		if len(msgs) == 0 {
 			if nextID > next {
-				next = nextID // below the first retained ID: skip ahead
+				// Below the first retained ID: retention deleted the
+				// messages from next on. Say so, and skip ahead.
+				fmt.Fprintf(a.stderr, "fbctl: %s no longer retained; reading from %d\n", notRetained(next, nextID-1), nextID)
+				next = nextID
 				continue
 			}
 			if !*follow {
@@ -144,6 +148,15 @@ func (a *app) get(args []string) error {
 		}
 	}
 	return w.Flush()
+}
+
+// notRetained names the IDs from to last for get's note on skipped
+// messages.
+func notRetained(from, last int64) string {
+	if from == last {
+		return fmt.Sprintf("message %d is", from)
+	}
+	return fmt.Sprintf("messages %d-%d are", from, last)
 }
 
 func writeRaw(w io.Writer, _ int64, msg []byte) error {

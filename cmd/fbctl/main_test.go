@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/forestbus/forestbus/internal/syncbuf"
+	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
 )
 
@@ -258,6 +259,48 @@ func TestGetFollow(t *testing.T) {
 	// -follow with -count ends by itself.
 	r := fbctl(t, conn, "", "get", "-follow", "-from", "2", "-count", "2").ok(t)
 	assert.Equal(t, "two\nthree\n", r.stdout)
+}
+
+// TestGetNotesRetention: get says on standard error which messages
+// retention deleted from -from on, and nothing when it deleted none.
+func TestGetNotesRetention(t *testing.T) {
+	n := servertest.StartNode(t, servertest.WithSegmentBytes(4096),
+		servertest.WithConfig(func(c *server.Config) { c.RetentionInterval = 20 * time.Millisecond }))
+	conn := nodeConn(n)
+	fbctl(t, conn, "", "topic", "create", "logs", "-segment-bytes", "4096", "-retention-bytes", "8KiB").ok(t)
+	// 24 sends of 4 messages of 300 bytes: about 29 KiB, 8 segments.
+	line := strings.Repeat("x", 300) + "\n"
+	for range 24 {
+		fbctl(t, conn, strings.Repeat(line, 4), "send", "-topic", "logs").ok(t)
+	}
+	const last = 96
+	// Wait until retention has cut and then stays put for 10 rounds.
+	tp, err := n.Registry().Get("logs")
+	require.NoError(t, err)
+	var first int64
+	stable := 0
+	require.Eventually(t, func() bool {
+		f := int64(tp.Group.Log().FirstID())
+		if f > 2 && f == first {
+			stable++
+		} else {
+			first, stable = f, 0
+		}
+		return stable >= 10
+	}, 20*time.Second, 20*time.Millisecond, "retention did not cut the topic, or kept cutting")
+
+	r := fbctl(t, conn, "", "get", "-topic", "logs").ok(t)
+	assert.Equal(t, fmt.Sprintf("fbctl: messages 1-%d are no longer retained; reading from %d\n", first-1, first), r.stderr)
+	assert.Equal(t, strings.Repeat(line, int(last-first+1)), r.stdout)
+
+	r = fbctl(t, conn, "", "get", "-topic", "logs", "-from", fmt.Sprint(first-1), "-count", "1", "-format", "json").ok(t)
+	assert.Equal(t, fmt.Sprintf("fbctl: message %d is no longer retained; reading from %d\n", first-1, first), r.stderr)
+	assert.Equal(t, fmt.Sprintf(`{"id":%d,"message":%q}`+"\n", first, strings.TrimSuffix(line, "\n")), r.stdout)
+
+	// Nothing skipped: no note.
+	r = fbctl(t, conn, "", "get", "-topic", "logs", "-from", fmt.Sprint(first), "-count", "1").ok(t)
+	assert.Empty(t, r.stderr)
+	assert.Equal(t, line, r.stdout)
 }
 
 func TestClusterStatusAndNodeRemove(t *testing.T) {
