@@ -108,13 +108,20 @@ func TestAddNodeRetryOfAFreeFormName(t *testing.T) {
 }
 
 // TestClusterDetailsNameLearners: a member added and not yet caught up
-// (here never started) is a learner in GetClusterDetails; the voters are
-// not.
+// (here never started) is a learner in AddNode's answer and in
+// GetClusterDetails; the voters are not.
 func TestClusterDetailsNameLearners(t *testing.T) {
 	n := servertest.StartNode(t)
 	c := dial(t, n)
-	_, err := c.admin.AddNode(ctxT(t), &forestbusv1.AddNodeRequest{Name: "n9", Address: "127.0.0.1:1"})
+	added, err := c.admin.AddNode(ctxT(t), &forestbusv1.AddNodeRequest{Name: "n9", Address: "127.0.0.1:1"})
 	require.NoError(t, err)
+	// AddNode's answer says so too (it never set learner).
+	assert.True(t, added.GetNode().GetLearner(), "the added node")
+	inAnswer := map[string]bool{}
+	for _, nd := range added.GetNodes() {
+		inAnswer[nd.GetName()] = nd.GetLearner()
+	}
+	assert.Equal(t, map[string]bool{"n1": false, "n9": true}, inAnswer, "AddNode's member list")
 	d, err := c.bus.GetClusterDetails(ctxT(t), &forestbusv1.GetClusterDetailsRequest{})
 	require.NoError(t, err)
 	learner := map[string]bool{}

@@ -318,6 +318,7 @@ func (s *Server) open() error {
 	serving := func(st healthpb.HealthCheckResponse_ServingStatus) {
 		s.health.SetServingStatus("", st)
 		s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, st)
+		s.health.SetServingStatus(forestbusv1.AdminService_ServiceDesc.ServiceName, st)
 	}
 	if s.registry.RemovedSelf() {
 		serving(healthpb.HealthCheckResponse_NOT_SERVING)

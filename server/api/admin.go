@@ -67,7 +67,7 @@ func (s *Service) ListTopics(ctx context.Context, _ *forestbusv1.ListTopicsReque
 }
 
 func nodeProto(m topic.Member) *forestbusv1.Node {
-	return &forestbusv1.Node{Name: m.Name, Address: m.Address, Id: m.ID}
+	return &forestbusv1.Node{Name: m.Name, Address: m.Address, Id: m.ID, Learner: m.Learner}
 }
 
 // AddNode implements AdminService.AddNode.
@@ -76,9 +76,15 @@ func (s *Service) AddNode(ctx context.Context, req *forestbusv1.AddNodeRequest) 
 	if err != nil {
 		return nil, err
 	}
-	resp := &forestbusv1.AddNodeResponse{Node: nodeProto(m)}
-	for _, mm := range s.registry.Members() {
+	resp := &forestbusv1.AddNodeResponse{}
+	for _, mm := range s.registry.Members() { // Members tells learners
 		resp.Nodes = append(resp.Nodes, nodeProto(mm))
+		if mm.ID == m.ID {
+			resp.Node = resp.Nodes[len(resp.Nodes)-1]
+		}
+	}
+	if resp.Node == nil {
+		resp.Node = nodeProto(m) // removed again meanwhile
 	}
 	return resp, nil
 }

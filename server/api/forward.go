@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -130,8 +131,24 @@ func (s *Service) unaryForward(ctx context.Context, req any, info *grpc.UnarySer
 			// which NOT_LEADER ("send it there") would hide.
 			return nil, status.Errorf(codes.Unavailable, "forwarding to the leader at %s failed after the request was sent (outcome unknown): %v", addr, st.Message())
 		}
+		if leaderAnswered(ferr) {
+			// The client goes there next time, errors or not.
+			_ = grpc.SetHeader(ctx, metadata.Pairs(LeaderKey, addr))
+		}
 		return nil, ferr // the leader's answer, passed through as is
 	}
 	_ = grpc.SetHeader(ctx, metadata.Pairs(LeaderKey, addr))
 	return fresp, nil
+}
+
+// leaderAnswered reports whether a forwarded call's error is the leader's
+// own answer (a Forest Bus error) from a node that still leads: all but
+// NOT_LEADER, whose ErrorInfo names the new leader instead.
+func leaderAnswered(err error) bool {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == Domain {
+			return info.GetReason() != Reason(forestbusv1.ErrorReason_ERROR_REASON_NOT_LEADER)
+		}
+	}
+	return false
 }

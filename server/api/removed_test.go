@@ -39,9 +39,16 @@ func TestWaitsEndOnARemovedNode(t *testing.T) {
 	require.NoError(t, err)
 	defer cc.Close()
 	health := healthpb.NewHealthClient(cc)
+	// The node and each of its public services report alike (AdminService
+	// was unknown to health).
 	serving := func() healthpb.HealthCheckResponse_ServingStatus {
 		r, err := health.Check(testCtx(t), &healthpb.HealthCheckRequest{})
 		require.NoError(t, err)
+		for _, svc := range []string{forestbusv1.ForestBusService_ServiceDesc.ServiceName, forestbusv1.AdminService_ServiceDesc.ServiceName} {
+			rs, err := health.Check(testCtx(t), &healthpb.HealthCheckRequest{Service: svc})
+			require.NoError(t, err, svc)
+			require.Equal(t, r.GetStatus(), rs.GetStatus(), svc)
+		}
 		return r.GetStatus()
 	}
 	require.Equal(t, healthpb.HealthCheckResponse_SERVING, serving())

@@ -10,11 +10,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
+	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/servertest"
 	"github.com/forestbus/forestbus/server/topic"
 	"github.com/forestbus/forestbus/server/transport"
@@ -180,4 +182,25 @@ func TestListTopicsShowsAcknowledgedUpdates(t *testing.T) {
 		got[tp.GetName()] = tp.GetSettings().GetRetentionSeconds()
 	}
 	assert.Equal(t, map[string]int64{"default": 7200, "fresh": 0}, got)
+}
+
+// TestForwardedErrorNamesTheLeader: a follower that forwards a send sets
+// forestbus-leader on the leader's error answers too (here
+// DUPLICATE_BATCH), not only on its successes, so a client goes to the
+// leader next time either way.
+func TestForwardedErrorNamesTheLeader(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	f, _, _ := pickNode(t, c, func(n *servertest.Node, tp *topic.Topic) bool { return tp.Group.Leader() != n.RaftID() })
+	require.NotNil(t, f)
+	bus := dialBus(t, f.Addr())
+	var hdr metadata.MD
+	_, err := bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: payloads("a", 1, 2), WaitForCommit: true, ProducerId: 7, Sequence: 1}, grpc.Header(&hdr))
+	require.NoError(t, err)
+	leader := hdr.Get(api.LeaderKey)
+	require.Len(t, leader, 1, "forwarded")
+	hdr = nil
+	_, err = bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: payloads("b", 1, 3), WaitForCommit: true, ProducerId: 7, Sequence: 1}, grpc.Header(&hdr))
+	require.Equal(t, "DUPLICATE_BATCH", reason(t, err), "%v", err)
+	assert.Equal(t, leader, hdr.Get(api.LeaderKey), "the leader's error answer")
 }
