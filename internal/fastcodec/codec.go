@@ -11,7 +11,12 @@
 // (capacity-limited, so appending to one cannot overwrite the next). Any
 // field it does not know, or a malformed one, sends the message down the
 // stock path, so the result is always what proto.Unmarshal would give
-// (FuzzMatchesProto checks this).
+// (FuzzMatchesProto checks this), with one exception: a SendMessagesRequest
+// topic (also in a ProduceRequest) that is not valid UTF-8 is decoded as
+// it is, where proto.Unmarshal fails. The service refuses such a name
+// (INVALID_ARGUMENT, topic names are ASCII) and answers that request; a
+// decoding error would end a Produce stream with INTERNAL instead, and
+// leave its other requests in flight unanswered.
 //
 // On the sending side it encodes WireMarshalers with their own methods, and
 // gives back the buffers a server handler lent with its answer once the
@@ -306,8 +311,8 @@ func decodeSendMessagesRequest(b []byte, m *forestbusv1.SendMessagesRequest) boo
 	m.Reset()
 	return decode(b, 2, &m.Messages, func(f Field) bool {
 		switch {
-		case f.Num == 1 && f.Type == protowire.BytesType && utf8.Valid(f.Bytes):
-			m.Topic = string(f.Bytes)
+		case f.Num == 1 && f.Type == protowire.BytesType:
+			m.Topic = string(f.Bytes) // UTF-8 or not: see the package doc
 		case f.Num == 3 && f.Type == protowire.VarintType:
 			m.WaitForCommit = protowire.DecodeBool(f.Varint)
 		case f.Num == 4 && f.Type == protowire.VarintType:

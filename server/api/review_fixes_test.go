@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"io"
 	"testing"
 	"time"
 
@@ -10,8 +11,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -203,4 +207,59 @@ func TestForwardedErrorNamesTheLeader(t *testing.T) {
 	_, err = bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: payloads("b", 1, 3), WaitForCommit: true, ProducerId: 7, Sequence: 1}, grpc.Header(&hdr))
 	require.Equal(t, "DUPLICATE_BATCH", reason(t, err), "%v", err)
 	assert.Equal(t, leader, hdr.Get(api.LeaderKey), "the leader's error answer")
+}
+
+// rawCodec sends []byte messages as they are, to put on the wire what no
+// protobuf library would write; the rest is protobuf.
+type rawCodec struct{}
+
+func (rawCodec) Name() string { return "proto" }
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.([]byte); ok {
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	b, err := proto.Marshal(v.(proto.Message))
+	return mem.BufferSlice{mem.SliceBuffer(b)}, err
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	return proto.Unmarshal(data.Materialize(), v.(proto.Message))
+}
+
+// TestProduceAnswersANonUTF8Topic: a Produce request whose topic is not
+// valid UTF-8 gets its own INVALID_ARGUMENT answer, and the stream goes on.
+// Decoding failed on it, which ended the stream with INTERNAL: the
+// requests before it, already stored, went unanswered (proto review).
+func TestProduceAnswersANonUTF8Topic(t *testing.T) {
+	n := servertest.StartNode(t)
+	cc, err := grpc.NewClient("passthrough:///"+n.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cc.Close() })
+	st, err := cc.NewStream(testCtx(t), &grpc.StreamDesc{ClientStreams: true, ServerStreams: true},
+		"/forestbus.v1.ForestBusService/Produce", grpc.ForceCodecV2(rawCodec{}))
+	require.NoError(t, err)
+	request := func(id uint64, topic string) []byte {
+		batch := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte(topic))
+		batch = protowire.AppendBytes(protowire.AppendTag(batch, 2, protowire.BytesType), []byte("m"))
+		batch = protowire.AppendVarint(protowire.AppendTag(batch, 3, protowire.VarintType), 1)
+		req := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), id)
+		return protowire.AppendBytes(protowire.AppendTag(req, 2, protowire.BytesType), batch)
+	}
+	require.NoError(t, st.SendMsg(request(1, "default")))
+	require.NoError(t, st.SendMsg(request(2, "bad\xff")))
+	require.NoError(t, st.SendMsg(request(3, "default")))
+	require.NoError(t, st.CloseSend())
+	answers := map[uint64]*forestbusv1.ProduceResponse{}
+	for range 3 {
+		var resp forestbusv1.ProduceResponse
+		require.NoError(t, st.RecvMsg(&resp))
+		answers[resp.GetRequestId()] = &resp
+	}
+	assert.NotNil(t, answers[1].GetResult(), "request 1: %v", answers[1])
+	assert.Equal(t, int32(codes.InvalidArgument), answers[2].GetError().GetCode(), "request 2: %v", answers[2])
+	assert.Equal(t, "INVALID_ARGUMENT", answers[2].GetError().GetReason())
+	assert.NotNil(t, answers[3].GetResult(), "request 3: %v", answers[3])
+	var end forestbusv1.ProduceResponse
+	assert.ErrorIs(t, st.RecvMsg(&end), io.EOF, "the stream ends OK")
 }
