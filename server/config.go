@@ -90,8 +90,9 @@ type Config struct {
 	// bytes; a send beyond it gets RESOURCE_EXHAUSTED/PROPOSAL_DROPPED
 	// (backpressure). Default 64 MiB.
 	MaxUncommittedBytes uint64
-	// MaxWaiters caps the long polls waiting at once; more get
-	// RESOURCE_EXHAUSTED. Default 10,000.
+	// MaxWaiters caps the long polls waiting at once (GetMessages calls
+	// with wait at the tail); more get RESOURCE_EXHAUSTED. 0 means
+	// api.DefaultMaxWaiters (10,000).
 	MaxWaiters int
 	// MaxSubscribers caps the Subscribe streams served at once; more get
 	// RESOURCE_EXHAUSTED. 0 means api.DefaultMaxSubscribers (10,000).

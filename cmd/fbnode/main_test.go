@@ -30,6 +30,9 @@ func TestNonsenseFlagsRefused(t *testing.T) {
 		{"-retention", "-1h"},
 		{"-removed-retention", "-1h"},
 		{"-retention-interval", "0s"},
+		{"-max-subscribers", "0"},
+		{"-max-waiters", "-1"},
+		{"-max-produce-streams", "0"},
 	} {
 		args := append([]string{"-listen", "127.0.0.1:0", "-data", filepath.Join(t.TempDir(), "d")}, tc...)
 		err := run(args)

@@ -1,19 +1,23 @@
 package api_test
 
 import (
+	"context"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/internal/fastcodec"
+	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/servertest"
 )
 
@@ -103,4 +107,42 @@ func TestGetMessagesLongPollEndsAtShutdown(t *testing.T) {
 	assert.Equal(t, int64(3), a.resp.GetCommitId())
 	<-stopped
 	assert.Zero(t, fastcodec.Lent())
+}
+
+// TestWaiterCapCountsOnlyWaits: the long-poll cap counts calls waiting at
+// the tail. A call with wait set and a message at its id answers at once,
+// also when the cap is full (it was counted, and refused, before reading).
+func TestWaiterCapCountsOnlyWaits(t *testing.T) {
+	n := servertest.StartNode(t)
+	c := client.New("test", []string{n.Addr()})
+	t.Cleanup(c.Close)
+	send(t, c, "default", payloads("m", 1, 3))
+	svc := api.New(api.Config{ClusterID: "test", NodeName: "own", MaxWaiters: 1}, n.Registry())
+	srv := grpc.NewServer(svc.ServerOptions()...)
+	forestbusv1.RegisterForestBusServiceServer(srv, svc)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() {
+		svc.BeginShutdown()
+		srv.Stop()
+	})
+	bus := dialBus(t, lis.Addr().String())
+
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	polled := make(chan error, 1)
+	go func() {
+		_, err := bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 4, Quantity: 1, Wait: true})
+		polled <- err
+	}()
+	require.Eventually(t, func() bool { return svc.Waiters() == 1 }, 10*time.Second, time.Millisecond)
+
+	resp, err := bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 3, Wait: true})
+	require.NoError(t, err, "a message at id: no wait")
+	assert.Equal(t, payloads("m", 1, 3), resp.GetMessages())
+	_, err = bus.GetMessages(testCtx(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 4, Quantity: 1, Wait: true})
+	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "a second wait at the tail: %v", err)
+	cancel()
+	<-polled
 }

@@ -45,8 +45,10 @@ type Config struct {
 	ReadAheadBytes int
 	// MaxWait caps a long-polling GetMessages. Default 30 s.
 	MaxWait time.Duration
-	// MaxWaiters caps the GetMessages calls waiting at once on this node;
-	// beyond it a waiting call gets RESOURCE_EXHAUSTED. Default 10,000.
+	// MaxWaiters caps the GetMessages calls waiting at once on this node
+	// (long polls at the tail: a call with wait set and a message at its id
+	// answers at once and does not count); beyond it a call that would
+	// wait gets RESOURCE_EXHAUSTED. Default DefaultMaxWaiters.
 	MaxWaiters int
 	// MaxSubscribers caps the Subscribe streams served at once; more get
 	// RESOURCE_EXHAUSTED. 0 means DefaultMaxSubscribers (10,000).
@@ -109,7 +111,7 @@ func (c *Config) withDefaults() {
 		c.MaxWait = 30 * time.Second
 	}
 	if c.MaxWaiters <= 0 {
-		c.MaxWaiters = 10_000
+		c.MaxWaiters = DefaultMaxWaiters
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -249,6 +251,9 @@ func (s *Service) gone(t *topic.Topic, err error) error {
 	return nil
 }
 
+// DefaultMaxWaiters is Config.MaxWaiters's default.
+const DefaultMaxWaiters = 10_000
+
 // lookupBarrier bounds how long a call waits for the metadata group to
 // confirm that a topic this node does not know is missing (see
 // topic.Registry.Lookup); a node that cannot tell answers UNAVAILABLE, and
@@ -347,11 +352,15 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 	var wait time.Duration
 	rctx := ctx
 	if req.GetWait() {
-		if s.waiters.Add(1) > int64(s.cfg.MaxWaiters) {
-			s.waiters.Add(-1)
-			return nil, status.Errorf(codes.ResourceExhausted, "too many waiting reads on this node (limit %d): retry, or read without wait", s.cfg.MaxWaiters)
+		// Only a call at the tail waits, and counts: the commit point only
+		// advances, so one with a message at id now answers at once.
+		if max(id, 1) > t.Group.CommitID() {
+			if s.waiters.Add(1) > int64(s.cfg.MaxWaiters) {
+				s.waiters.Add(-1)
+				return nil, status.Errorf(codes.ResourceExhausted, "too many waiting reads on this node (limit %d, fbnode -max-waiters): retry, or read without wait", s.cfg.MaxWaiters)
+			}
+			defer s.waiters.Add(-1)
 		}
-		defer s.waiters.Add(-1)
 		wait = s.cfg.MaxWait
 		var cancel context.CancelFunc
 		rctx, cancel = s.untilShutdown(ctx)
