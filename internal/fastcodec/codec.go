@@ -11,12 +11,15 @@
 // (capacity-limited, so appending to one cannot overwrite the next). Any
 // field it does not know, or a malformed one, sends the message down the
 // stock path, so the result is always what proto.Unmarshal would give
-// (FuzzMatchesProto checks this), with one exception: a SendMessagesRequest
-// topic (also in a ProduceRequest) that is not valid UTF-8 is decoded as
-// it is, where proto.Unmarshal fails. The service refuses such a name
-// (INVALID_ARGUMENT, topic names are ASCII) and answers that request; a
-// decoding error would end a Produce stream with INTERNAL instead, and
-// leave its other requests in flight unanswered.
+// (FuzzMatchesProto checks this), with two exceptions in a
+// SendMessagesRequest (also in a ProduceRequest), which the service then
+// refuses in the answer to that request (a decoding error would end a
+// Produce stream with INTERNAL instead, and leave its other requests in
+// flight unanswered):
+//   - a topic that is not valid UTF-8 is decoded as it is, where
+//     proto.Unmarshal fails (INVALID_ARGUMENT: topic names are ASCII);
+//   - of more than MaxSendMessages messages, only the first
+//     MaxSendMessages+1 are kept (BATCH_TOO_LARGE).
 //
 // On the sending side it encodes WireMarshalers with their own methods, and
 // gives back the buffers a server handler lent with its answer once the
@@ -28,6 +31,7 @@ package fastcodec
 
 import (
 	"fmt"
+	"math"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/encoding"
@@ -42,6 +46,16 @@ import (
 	// Registers the stock "proto" codec this one delegates to.
 	_ "google.golang.org/grpc/encoding/proto"
 )
+
+// MaxSendMessages is the most messages a SendMessagesRequest (also in a
+// ProduceRequest) may hold; the service refuses a batch of more
+// (BATCH_TOO_LARGE). Decoding keeps the first MaxSendMessages+1 of a
+// larger one and drops the rest: a request of tiny messages costs ~24
+// bytes of memory per message decoded (a slice header) for the 2 or more
+// bytes it takes on the wire, so a 64 MiB request of empty messages held
+// 800 MB before any limit was checked. Decoded as far as that, the batch
+// is refused as too large all the same.
+const MaxSendMessages = 1 << 20
 
 // Codec implements encoding.CodecV2.
 type Codec struct{}
@@ -145,7 +159,31 @@ func unmarshalWith[M proto.Message](data mem.BufferSlice, m M, decode func([]byt
 	if decode(buf, m) {
 		return nil
 	}
+	if n := sendMessages(buf, m); n > MaxSendMessages {
+		// The stock path would decode them all (see MaxSendMessages).
+		return fmt.Errorf("fastcodec: a batch of %d messages, more than %d", n, MaxSendMessages)
+	}
 	return proto.Unmarshal(buf, m)
+}
+
+// sendMessages counts the messages of the SendMessagesRequest b encodes
+// (m's type tells), or of the batches of the ProduceRequest; 0 for other
+// types and malformed messages.
+func sendMessages(b []byte, m proto.Message) int {
+	switch m.(type) {
+	case *forestbusv1.SendMessagesRequest:
+		return max(CountBytesFields(b, 2), 0)
+	case *forestbusv1.ProduceRequest:
+		n := 0
+		EachField(b, func(f Field) bool {
+			if f.Num == 2 && f.Type == protowire.BytesType {
+				n += max(CountBytesFields(f.Bytes, 2), 0) // repeated batches merge
+			}
+			return true
+		})
+		return n
+	}
+	return 0
 }
 
 // Field is one decoded field: its number and either a varint or a bytes
@@ -268,14 +306,25 @@ func CountBytesFields(b []byte, num protowire.Number) int {
 // scalar, which reports whether it knows the field. The caller has reset
 // the message; false sends it down the stock path.
 func decode(b []byte, msgNum protowire.Number, msgs *[][]byte, scalar func(Field) bool) bool {
+	return decodeUpTo(b, msgNum, msgs, scalar, math.MaxInt)
+}
+
+// decodeUpTo is decode keeping at most limit elements: the rest are walked
+// over (and checked) but not kept.
+func decodeUpTo(b []byte, msgNum protowire.Number, msgs *[][]byte, scalar func(Field) bool, limit int) bool {
 	n := CountBytesFields(b, msgNum)
 	if n < 0 {
 		return false
 	}
-	if n > 0 {
+	if n = min(n, limit); n > 0 {
 		*msgs = make([][]byte, 0, n)
 	}
-	return eachMessage(b, msgNum, func(v []byte) bool { *msgs = append(*msgs, v); return true }, scalar)
+	return eachMessage(b, msgNum, func(v []byte) bool {
+		if len(*msgs) < limit {
+			*msgs = append(*msgs, v)
+		}
+		return true
+	}, scalar)
 }
 
 func decodeProduceRequest(b []byte, m *forestbusv1.ProduceRequest) bool {
@@ -309,7 +358,7 @@ func EachField(b []byte, fn func(Field) bool) bool {
 
 func decodeSendMessagesRequest(b []byte, m *forestbusv1.SendMessagesRequest) bool {
 	m.Reset()
-	return decode(b, 2, &m.Messages, func(f Field) bool {
+	return decodeUpTo(b, 2, &m.Messages, func(f Field) bool {
 		switch {
 		case f.Num == 1 && f.Type == protowire.BytesType:
 			m.Topic = string(f.Bytes) // UTF-8 or not: see the package doc
@@ -323,7 +372,7 @@ func decodeSendMessagesRequest(b []byte, m *forestbusv1.SendMessagesRequest) boo
 			return false
 		}
 		return true
-	})
+	}, MaxSendMessages+1)
 }
 
 // decodeIDs decodes the layout GetMessagesResponse and SubscribeResponse

@@ -546,3 +546,29 @@ func TestMarshalPooled(t *testing.T) {
 		got.Free()
 	}
 }
+
+// TestSendMessagesCap: of a batch of more than MaxSendMessages messages,
+// decoding keeps MaxSendMessages+1 (the service refuses it as too large),
+// not the millions a request of tiny messages can carry at ~24 bytes of
+// memory each; the stock path, which would keep them all, refuses it.
+func TestSendMessagesCap(t *testing.T) {
+	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte("t"))
+	for range MaxSendMessages + 5 {
+		req = protowire.AppendBytes(protowire.AppendTag(req, 2, protowire.BytesType), nil)
+	}
+	var m forestbusv1.SendMessagesRequest
+	require.NoError(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(req)}, &m))
+	assert.Equal(t, MaxSendMessages+1, len(m.GetMessages()))
+	assert.Equal(t, "t", m.GetTopic())
+
+	prod := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), req)
+	var p forestbusv1.ProduceRequest
+	require.NoError(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(prod)}, &p))
+	assert.Equal(t, MaxSendMessages+1, len(p.GetBatch().GetMessages()))
+
+	// An unknown field sends a message down the stock path.
+	odd := protowire.AppendVarint(protowire.AppendTag(append([]byte(nil), req...), 9, protowire.VarintType), 1)
+	require.Error(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(odd)}, &m))
+	odd = protowire.AppendVarint(protowire.AppendTag(append([]byte(nil), prod...), 9, protowire.VarintType), 1)
+	require.Error(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(odd)}, &p))
+}

@@ -299,6 +299,11 @@ func (s *Service) SendMessages(ctx context.Context, req *forestbusv1.SendMessage
 		// be taken for a retry of it, answered and not stored.
 		return nil, fmt.Errorf("%w: sequence: 0 with a producer_id (a producer numbers its batches from 1)", ErrInvalidArgument)
 	}
+	if len(msgs) > fastcodec.MaxSendMessages {
+		// The codec kept MaxSendMessages+1 of them: a count past the
+		// limit, not the batch's.
+		return nil, fmt.Errorf("%w: the batch has more than %d messages, the limit", ErrBatchTooLarge, fastcodec.MaxSendMessages)
+	}
 	total := 0
 	for i, m := range msgs {
 		if len(m) > s.cfg.MaxMessageBytes {

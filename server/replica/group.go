@@ -817,6 +817,14 @@ func (g *Group) propose(ctx context.Context, tag uint64, data []byte, pooled, wa
 	}
 }
 
+// MaxReadMessages caps the messages of one read, whatever its count and
+// byte limits allow: a message costs a reader ~24 bytes of memory (a slice
+// header) besides its payload, so an answer of 4 MiB of empty messages
+// (2 bytes each on the wire) held 2 million of them, ~50 MB, on the node
+// and on the client. The cap costs a reader of 100-byte messages nothing
+// (4 MiB holds ~41,000 of them).
+const MaxReadMessages = 1 << 16
+
 // ReadResult is the answer to Read.
 type ReadResult struct {
 	Messages [][]byte
@@ -825,8 +833,8 @@ type ReadResult struct {
 }
 
 // Read returns committed messages from id (0 reads as 1): at least one when
-// one is committed at id, up to maxCount messages and maxBytes (each
-// message counted by commitlog.MessageCost). Below the first retained ID it returns no messages and NextID =
+// one is committed at id, up to maxCount messages (and MaxReadMessages) and
+// maxBytes (each message counted by commitlog.MessageCost). Below the first retained ID it returns no messages and NextID =
 // first retained ID. When nothing is committed at id and wait > 0, it waits
 // up to wait for a commit, then returns an empty result. Errors: ErrStopped
 // (group removed while waiting), ErrStorageFailed (nothing committed at id
@@ -878,13 +886,14 @@ func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes in
 				next uint64
 				err  error
 			)
+			hi := min(commit, id+MaxReadMessages-1) // the message cap
 			switch {
 			case whole:
-				msgs, next, err = g.log.ReadBatchesInto(sc, id, commit, maxCount, fill, maxBytes)
+				msgs, next, err = g.log.ReadBatchesInto(sc, id, hi, maxCount, fill, maxBytes)
 			case sc != nil:
-				msgs, next, err = g.log.ReadInto(sc, id, commit, maxCount, maxBytes)
+				msgs, next, err = g.log.ReadInto(sc, id, hi, maxCount, maxBytes)
 			default:
-				msgs, next, err = g.log.ReadMessages(nil, id, commit, maxCount, maxBytes)
+				msgs, next, err = g.log.ReadMessages(nil, id, hi, maxCount, maxBytes)
 			}
 			if errors.Is(err, commitlog.ErrCompacted) {
 				return ReadResult{NextID: g.log.FirstID(), CommitID: commit}, nil
