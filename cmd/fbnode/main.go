@@ -119,6 +119,10 @@ func errorReason(err error) string {
 // 57-60 MiB against 44-46 MiB.
 const defaultGCPercent = 200
 
+// maxSegmentBytes is -segment-bytes's cap: a topic's own segment_bytes
+// stops there too.
+const maxSegmentBytes = topic.MaxSegmentBytes
+
 // minJournalBytes is the smallest -journal-bytes: a journal file holds
 // many passes' records between checkpoints (each a syncfs).
 const minJournalBytes = 1 << 20
@@ -199,7 +203,7 @@ func run(args []string) error {
 		{"max-subscribers", *maxSubs < 1, "at least 1"},
 		{"max-waiters", *maxWaiters < 1, "at least 1"},
 		{"max-produce-streams", *maxProduce < 1, "at least 1"},
-		{"segment-bytes", *segment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
+		{"segment-bytes", *segment < commitlog.MinSegmentBytes || *segment > maxSegmentBytes, fmt.Sprintf("at least %d and at most %d", commitlog.MinSegmentBytes, maxSegmentBytes)},
 		{"min-topic-segment-bytes", *minSegment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
 		{"meta-checkpoint-every", *metaEvery < 1, "at least 1"},
 		{"meta-segment-bytes", *metaSeg < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},

@@ -20,6 +20,7 @@ func TestNonsenseFlagsRefused(t *testing.T) {
 	for _, tc := range [][]string{
 		{"-segment-bytes", "1"},
 		{"-segment-bytes", "-5"},
+		{"-segment-bytes", "2147483648"},
 		{"-journal-bytes", "-1"},
 		{"-journal-bytes", "1"},
 		{"-max-wait", "-1s"},

@@ -64,6 +64,12 @@ func ValidateName(name string) error {
 // the same floor on segment.bytes (KIP-1030).
 const DefaultMinSegmentBytes = 1 << 20
 
+// MaxSegmentBytes is the largest segment_bytes a topic's settings may ask
+// for (Kafka's default segment size; its segment.bytes stops at 2 GiB).
+// Retention deletes whole segments: a topic whose segments never fill
+// never has anything deleted.
+const MaxSegmentBytes = 1 << 30
+
 // MaxRetentionSeconds is the longest retention_seconds a topic may have:
 // the longest time.Duration.
 const MaxRetentionSeconds = math.MaxInt64 / int64(time.Second)
@@ -81,6 +87,8 @@ func (s Settings) Validate(minSegment int64) error {
 	switch {
 	case s.SegmentBytes < 0 || (s.SegmentBytes > 0 && s.SegmentBytes < minSegment):
 		return fmt.Errorf("%w: segment_bytes %d: must be 0 (the node's default) or at least %d", ErrInvalidSettings, s.SegmentBytes, minSegment)
+	case s.SegmentBytes > MaxSegmentBytes:
+		return fmt.Errorf("%w: segment_bytes %d: at most %d (1 GiB)", ErrInvalidSettings, s.SegmentBytes, int64(MaxSegmentBytes))
 	case s.RetentionSeconds < 0:
 		return fmt.Errorf("%w: retention_seconds %d is negative", ErrInvalidSettings, s.RetentionSeconds)
 	case s.RetentionSeconds > MaxRetentionSeconds:

@@ -37,6 +37,8 @@ func TestSettingsValidate(t *testing.T) {
 		{SegmentBytes: -1},
 		{SegmentBytes: minSegment - 1},
 		{SegmentBytes: 4096},
+		{SegmentBytes: MaxSegmentBytes + 1}, // never rolls: retention never deletes
+		{SegmentBytes: math.MaxInt64},
 		{RetentionSeconds: -1},
 		{RetentionSeconds: MaxRetentionSeconds + 1},
 		{RetentionSeconds: 18446744074}, // 584 years: as a Duration, 290 ms
@@ -46,6 +48,7 @@ func TestSettingsValidate(t *testing.T) {
 	}
 	assert.NoError(t, Settings{SegmentBytes: 4096}.Validate(4096))
 	assert.NoError(t, Settings{RetentionSeconds: MaxRetentionSeconds}.Validate(minSegment))
+	assert.NoError(t, Settings{SegmentBytes: MaxSegmentBytes}.Validate(minSegment))
 }
 
 // TestRetentionAgeSaturates: a retention stored before Validate refused

@@ -220,7 +220,8 @@ type TopicSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Size at which a segment file is closed and a new one started, in bytes.
 	// Default 64 MiB; minimum 1 MiB (the node's -min-topic-segment-bytes:
-	// every retained segment holds a file open on every node).
+	// every retained segment holds a file open on every node); maximum 1 GiB
+	// (retention deletes whole segments).
 	SegmentBytes int64 `protobuf:"varint,1,opt,name=segment_bytes,json=segmentBytes,proto3" json:"segment_bytes,omitempty"`
 	// Messages older than this many seconds may be removed (whole segments at
 	// a time). 0: the cluster's default, fbnode -retention (which keeps
