@@ -135,7 +135,11 @@ type ForestBusServiceClient interface {
 	//
 	// Flow control is gRPC's (HTTP/2 stream and connection windows): the node
 	// sends as fast as the client reads and waits when the client's window is
-	// full; beyond those windows it holds at most one response per stream.
+	// full; beyond those windows it holds at most one response per stream,
+	// and the stored batches that response was read from while it is being
+	// sent (a client that stops reading keeps that much: up to the read
+	// limit plus the largest batch). A stream waiting at the tail holds no
+	// read buffers.
 	//
 	// The stream ends only with an error or when the client cancels it; it
 	// never completes with OK. To resume after an error, subscribe again (to
@@ -368,7 +372,11 @@ type ForestBusServiceServer interface {
 	//
 	// Flow control is gRPC's (HTTP/2 stream and connection windows): the node
 	// sends as fast as the client reads and waits when the client's window is
-	// full; beyond those windows it holds at most one response per stream.
+	// full; beyond those windows it holds at most one response per stream,
+	// and the stored batches that response was read from while it is being
+	// sent (a client that stops reading keeps that much: up to the read
+	// limit plus the largest batch). A stream waiting at the tail holds no
+	// read buffers.
 	//
 	// The stream ends only with an error or when the client cancels it; it
 	// never completes with OK. To resume after an error, subscribe again (to
