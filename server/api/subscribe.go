@@ -78,7 +78,8 @@ func errTooManySubscribers(limit int64) error {
 //
 // Backpressure is the stream's: Send blocks while the client's HTTP/2
 // window is full, and the loop reads the next batch only after Send
-// returned, so a stream holds at most one response beyond the windows.
+// returned, so a stream holds at most one response beyond the windows
+// (and, while it sends it, the read buffers it was read from).
 func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.ServerStreamingServer[forestbusv1.SubscribeResponse]) error {
 	t, err := s.lookup(stream.Context(), req.GetTopic())
 	if err != nil {
