@@ -305,12 +305,6 @@ func TestRestartKeepsCommittedReadable(t *testing.T) {
 	assert.Equal(t, int64(len(want)+1), resp.FirstId)
 }
 
-// TestTopicSegmentFloor: a client may not give a topic segments smaller
-// than the node's MinTopicSegmentBytes (1 MiB by default), in a create or
-// an update; a node configured lower accepts them. A topic created with
-// smaller segments before the floor rose keeps them, and its other
-// settings can still be updated with its segment size resent unchanged
-// (as fbctl does).
 // TestUpdateSegmentBytesReachesRunningLog: a topic's new segment size
 // applies to its running log at once, not from the node's next restart
 // (nodes rolled at different sizes until each restarted).
@@ -333,6 +327,12 @@ func TestUpdateSegmentBytesReachesRunningLog(t *testing.T) {
 	assert.Greater(t, len(tp.Group.Log().Segments()), 5, "rolled at 4 KiB without a restart")
 }
 
+// TestTopicSegmentFloor: a client may not give a topic segments smaller
+// than the node's MinTopicSegmentBytes (1 MiB by default), in a create or
+// an update; a node configured lower accepts them. A topic created with
+// smaller segments before the floor rose keeps them, and its other
+// settings can still be updated with its segment size resent unchanged
+// (as fbctl does).
 func TestTopicSegmentFloor(t *testing.T) {
 	ctx := ctxT(t)
 	c := dial(t, servertest.StartNode(t))

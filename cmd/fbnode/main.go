@@ -119,10 +119,6 @@ func errorReason(err error) string {
 // 57-60 MiB against 44-46 MiB.
 const defaultGCPercent = 200
 
-// maxSegmentBytes is -segment-bytes's cap: a topic's own segment_bytes
-// stops there too.
-const maxSegmentBytes = topic.MaxSegmentBytes
-
 // minJournalBytes is the smallest -journal-bytes: a journal file holds
 // many passes' records between checkpoints (each a syncfs).
 const minJournalBytes = 1 << 20
@@ -155,7 +151,7 @@ func run(args []string) error {
 		readAhead  = fs.Int("read-ahead-bytes", api.DefaultReadAheadBytes, "what a GetMessages answer holds (counted as -max-read-bytes counts) when that much is committed, even beyond the quantity asked (negative: off)")
 		maxWait    = fs.Duration("max-wait", 30*time.Second, "longest a GetMessages long poll waits")
 		maxSubs    = fs.Int("max-subscribers", api.DefaultMaxSubscribers, "Subscribe streams served at once; more get RESOURCE_EXHAUSTED")
-		maxWaiters = fs.Int("max-waiters", api.DefaultMaxWaiters, "GetMessages long polls waiting at the tail at once; more get RESOURCE_EXHAUSTED")
+		maxWaiters = fs.Int("max-waiters", api.DefaultMaxWaiters, "GetMessages long polls waiting at the tail at once (0 or less: the default); more get RESOURCE_EXHAUSTED")
 		maxTopics  = fs.Int("max-topics", server.DefaultMaxTopics, "topics the cluster may hold, counted by this node when it creates one as metadata leader (negative: no cap)")
 		maxForward = fs.Int("max-forwarding", api.DefaultMaxForwarding, "calls a follower forwards to topic leaders at once; over it they are answered NOT_LEADER with the leader's address (negative: never forward)")
 		maxProduce = fs.Int("max-produce-streams", api.DefaultMaxProduceStreams, "Produce streams served at once (a Go client opens one per node); more get RESOURCE_EXHAUSTED and the client sends as calls")
@@ -200,10 +196,7 @@ func run(args []string) error {
 		{"max-batch-bytes", *maxBatch < 1, "at least 1"},
 		{"max-read-bytes", *maxRead < 1, "at least 1"},
 		{"max-wait", *maxWait <= 0, "above 0"},
-		{"max-subscribers", *maxSubs < 1, "at least 1"},
-		{"max-waiters", *maxWaiters < 1, "at least 1"},
-		{"max-produce-streams", *maxProduce < 1, "at least 1"},
-		{"segment-bytes", *segment < commitlog.MinSegmentBytes || *segment > maxSegmentBytes, fmt.Sprintf("at least %d and at most %d", commitlog.MinSegmentBytes, maxSegmentBytes)},
+		{"segment-bytes", *segment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
 		{"min-topic-segment-bytes", *minSegment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
 		{"meta-checkpoint-every", *metaEvery < 1, "at least 1"},
 		{"meta-segment-bytes", *metaSeg < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},

@@ -565,14 +565,17 @@ func (r *Registry) Update(ctx context.Context, name string, s Settings) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
-	minSegment := r.cfg.MinSegmentBytes
 	r.mu.RLock()
 	t := r.topics[name] // also a topic still starting
 	r.mu.RUnlock()
+	v := s
 	if t != nil && s.SegmentBytes > 0 && s.SegmentBytes == t.Settings.SegmentBytes {
-		minSegment = min(minSegment, s.SegmentBytes)
+		// Its own size, resent unchanged (fbctl sends every setting): a
+		// topic created before the floor rose (or before the cap) keeps
+		// it, and its other settings can still change.
+		v.SegmentBytes = 0
 	}
-	if err := s.Validate(minSegment); err != nil {
+	if err := v.Validate(r.cfg.MinSegmentBytes); err != nil {
 		return err
 	}
 	return r.propose(ctx, command{Op: "update", Name: name, Settings: s})

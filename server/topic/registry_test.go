@@ -170,3 +170,24 @@ func TestPurgeRemoved(t *testing.T) {
 	assert.False(t, exists("new.7"))
 	assert.False(t, exists("idle.9"))
 }
+
+// TestUpdateKeepsASegmentSizeOutsideTheLimits: a topic whose segment size
+// the limits now refuse (created before the floor rose, or before the 1 GiB
+// cap) keeps it, and its other settings can still change with its size
+// resent unchanged, as fbctl sends it. A new size must be within them.
+func TestUpdateKeepsASegmentSizeOutsideTheLimits(t *testing.T) {
+	_, r, ctx := openSingle(t, t.TempDir())
+	require.NoError(t, r.meta.WaitLeader(ctx))
+	old := Settings{SegmentBytes: MaxSegmentBytes + 1} // as an earlier version took it
+	require.ErrorIs(t, r.Create(ctx, "big", old), ErrInvalidSettings)
+	require.NoError(t, r.propose(ctx, command{Op: "create", Name: "big", Settings: old}))
+
+	old.RetentionSeconds = 3600
+	require.NoError(t, r.Update(ctx, "big", old))
+	tp, err := r.Lookup(ctx, "big")
+	require.NoError(t, err)
+	assert.Equal(t, old, tp.Settings)
+
+	old.SegmentBytes++
+	assert.ErrorIs(t, r.Update(ctx, "big", old), ErrInvalidSettings, "a new size over the cap")
+}
