@@ -371,17 +371,18 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 		rctx, cancel = s.untilShutdown(ctx)
 		defer cancel()
 	}
-	// A call that will wait does not hold a pooled Scratch (and the buffers
-	// it kept from earlier reads) while it waits: it reads into a fresh one,
-	// which joins the pool once its answer is encoded. Only commit
-	// advances, so a call with a message at id now does not wait.
-	var sc *commitlog.Scratch
-	if wait == 0 || max(id, 1) <= t.Group.CommitID() {
-		sc = scratchPool.Get().(*commitlog.Scratch)
-	} else {
-		sc = new(commitlog.Scratch)
+	// A call at the tail waits for a commit before it takes a pooled
+	// Scratch (and the buffers it kept from earlier reads), then reads
+	// without waiting. Only commit advances, so a call with a message at id
+	// now does not wait.
+	var res replica.ReadResult
+	if wait > 0 && max(id, 1) > t.Group.CommitID() {
+		err = t.Group.AwaitCommit(rctx, max(id, 1), wait)
 	}
-	res, err := t.Group.ReadBatchesInto(rctx, sc, id, int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, wait)
+	sc := scratchPool.Get().(*commitlog.Scratch)
+	if err == nil {
+		res, err = t.Group.ReadBatchesInto(rctx, sc, id, int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, 0)
+	}
 	if gerr := s.gone(t, err); gerr != nil {
 		err = gerr // removed (while we waited)
 	} else if wait > 0 && len(res.Messages) == 0 && s.registry.RemovedSelf() {

@@ -189,19 +189,19 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 
 // subscribeRead reads a stream's next response from id. Its messages are
 // in the returned Scratch, which goes back to scratchPool once the response
-// is sent. A stream holds read buffers only while it reads and sends: a
-// read that will wait at the tail (every caught-up stream, most of the
-// time) reads into a fresh Scratch, as GetMessages's long polls do, so an
-// idle stream holds none (a Scratch keeps buffers the size of the largest
-// stored batches it read). On error the Scratch is back in the pool.
+// is sent. A stream holds read buffers only while it reads and sends: at
+// the tail (every caught-up stream, most of the time) it waits for a
+// commit first, without any (a Scratch keeps buffers the size of the
+// largest stored batches it read). On error the Scratch is back in the
+// pool.
 func (s *Service) subscribeRead(ctx context.Context, t *topic.Topic, id uint64, batch int, wait time.Duration) (replica.ReadResult, *commitlog.Scratch, error) {
-	var sc *commitlog.Scratch
-	if id <= t.Group.CommitID() {
-		sc = scratchPool.Get().(*commitlog.Scratch)
-	} else {
-		sc = new(commitlog.Scratch)
+	if id > t.Group.CommitID() {
+		if err := t.Group.AwaitCommit(ctx, id, wait); err != nil {
+			return replica.ReadResult{}, nil, err
+		}
 	}
-	res, err := t.Group.ReadInto(ctx, sc, id, batch, s.cfg.MaxReadBytes, wait)
+	sc := scratchPool.Get().(*commitlog.Scratch)
+	res, err := t.Group.ReadInto(ctx, sc, id, batch, s.cfg.MaxReadBytes, 0)
 	if err != nil {
 		scratchPool.Put(sc)
 		return res, nil, err

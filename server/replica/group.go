@@ -930,6 +930,39 @@ func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes in
 	}
 }
 
+// AwaitCommit waits until id is committed, up to wait, so that a reader
+// at the tail can wait without holding read buffers and then read (with no
+// wait) into pooled ones. It returns nil when id is committed, when the
+// wait ends, and when a read would answer at once anyway (the group is
+// fenced or Joining); errors: ErrStopped (the group was removed), ctx
+// errors.
+func (g *Group) AwaitCommit(ctx context.Context, id uint64, wait time.Duration) error {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		ch := g.commitWait(true)
+		if g.commitID.Load() >= id || g.failed.Load() || g.Joining() {
+			return nil
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-g.stopped:
+			return ErrStopped
+		}
+	}
+}
+
 // commitWait returns a channel closed at the next commit advance (nil when
 // want is false).
 func (g *Group) commitWait(want bool) <-chan struct{} {
