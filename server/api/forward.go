@@ -142,12 +142,22 @@ func (s *Service) unaryForward(ctx context.Context, req any, info *grpc.UnarySer
 }
 
 // leaderAnswered reports whether a forwarded call's error is the leader's
-// own answer (a Forest Bus error) from a node that still leads: all but
-// NOT_LEADER, whose ErrorInfo names the new leader instead.
+// answer to the request itself (a Forest Bus error: TOPIC_NOT_FOUND,
+// DUPLICATE_BATCH, ...) from a node that still leads, so that the client
+// may go there next time. Not for the answers that say the node is no
+// usable leader: NOT_LEADER (its ErrorInfo names the new one), NO_LEADER
+// (also leadership lost), SHUTTING_DOWN and STORAGE_FAILED.
 func leaderAnswered(err error) bool {
 	for _, d := range status.Convert(err).Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == Domain {
-			return info.GetReason() != Reason(forestbusv1.ErrorReason_ERROR_REASON_NOT_LEADER)
+			switch info.GetReason() {
+			case Reason(forestbusv1.ErrorReason_ERROR_REASON_NOT_LEADER),
+				Reason(forestbusv1.ErrorReason_ERROR_REASON_NO_LEADER),
+				Reason(forestbusv1.ErrorReason_ERROR_REASON_SHUTTING_DOWN),
+				Reason(forestbusv1.ErrorReason_ERROR_REASON_STORAGE_FAILED):
+				return false
+			}
+			return true
 		}
 	}
 	return false

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,10 +13,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server/replica"
+	"github.com/forestbus/forestbus/server/topic"
 )
 
 // heldLeader answers SendMessages once release is closed, telling got of
@@ -84,4 +87,59 @@ func TestForwardingCap(t *testing.T) {
 	resp, err := bus.SendMessages(ctx, req) // the slot came back
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), resp.GetFirstId())
+}
+
+// answeringLeader answers every SendMessages with err.
+type answeringLeader struct {
+	forestbusv1.UnimplementedForestBusServiceServer
+	err error
+}
+
+func (l *answeringLeader) SendMessages(context.Context, *forestbusv1.SendMessagesRequest) (*forestbusv1.SendMessagesResponse, error) {
+	return nil, l.err
+}
+
+// TestForwardedErrorHeader: the leader's errors about the request itself
+// carry forestbus-leader; those saying it is no usable leader do not (the
+// header sent clients to a node that had just said it could not lead).
+func TestForwardedErrorHeader(t *testing.T) {
+	leader := &answeringLeader{}
+	srv := grpc.NewServer(New(Config{ClusterID: "c1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil).ServerOptions()...)
+	forestbusv1.RegisterForestBusServiceServer(srv, leader)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+
+	svc := New(Config{
+		ClusterID: "c1",
+		Nodes:     []Node{{Name: "n2", Address: lis.Addr().String(), RaftID: 2}},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, nil)
+	t.Cleanup(svc.fwd.close)
+	follower := &failingService{}
+	follower.set(&replica.NotLeaderError{Leader: 2}, false)
+	bus := serveBus(t, follower, svc.ServerOptions()...)
+	req := &forestbusv1.SendMessagesRequest{Topic: "t", Messages: [][]byte{[]byte("m")}}
+	for _, tc := range []struct {
+		err    error
+		header bool
+	}{
+		{fmt.Errorf("%w: t", topic.ErrNotFound), true},
+		{ErrSequenceReused, true},
+		{replica.ErrNoLeader, false},
+		{replica.ErrLeadershipLost, false},
+		{ErrShuttingDown, false},
+		{replica.ErrStorageFailed, false},
+	} {
+		leader.err = tc.err
+		var hdr metadata.MD
+		_, err := bus.SendMessages(context.Background(), req, grpc.Header(&hdr))
+		require.Error(t, err)
+		if tc.header {
+			assert.Equal(t, []string{lis.Addr().String()}, hdr.Get(LeaderKey), "%v", tc.err)
+		} else {
+			assert.Empty(t, hdr.Get(LeaderKey), "%v", tc.err)
+		}
+	}
 }

@@ -52,11 +52,13 @@ type ForestBusServiceClient interface {
 	// does not lead the topic forwards the call to the leader (one hop, up
 	// to its cap of calls forwarded at once), or answers
 	// FAILED_PRECONDITION/NOT_LEADER with the leader's address in the
-	// ErrorInfo metadata ("leader"), for the client to send there. Every
-	// answer of the leader to a forwarded call, errors included, carries the
-	// response header `forestbus-leader` with the leader's address, for the
-	// client to go direct next time; except NOT_LEADER (the leader lost its
-	// leadership meanwhile), whose ErrorInfo names the new leader.
+	// ErrorInfo metadata ("leader"), for the client to send there. The
+	// leader's answers to a forwarded call carry the response header
+	// `forestbus-leader` with its address, for the client to go direct next
+	// time: its results and its errors about the request itself
+	// (TOPIC_NOT_FOUND, DUPLICATE_BATCH, ...); not NOT_LEADER (it lost its
+	// leadership meanwhile; the ErrorInfo names the new leader), NO_LEADER,
+	// SHUTTING_DOWN, STORAGE_FAILED or transport errors.
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name, sequence 0 with a producer_id),
@@ -289,11 +291,13 @@ type ForestBusServiceServer interface {
 	// does not lead the topic forwards the call to the leader (one hop, up
 	// to its cap of calls forwarded at once), or answers
 	// FAILED_PRECONDITION/NOT_LEADER with the leader's address in the
-	// ErrorInfo metadata ("leader"), for the client to send there. Every
-	// answer of the leader to a forwarded call, errors included, carries the
-	// response header `forestbus-leader` with the leader's address, for the
-	// client to go direct next time; except NOT_LEADER (the leader lost its
-	// leadership meanwhile), whose ErrorInfo names the new leader.
+	// ErrorInfo metadata ("leader"), for the client to send there. The
+	// leader's answers to a forwarded call carry the response header
+	// `forestbus-leader` with its address, for the client to go direct next
+	// time: its results and its errors about the request itself
+	// (TOPIC_NOT_FOUND, DUPLICATE_BATCH, ...); not NOT_LEADER (it lost its
+	// leadership meanwhile; the ErrorInfo names the new leader), NO_LEADER,
+	// SHUTTING_DOWN, STORAGE_FAILED or transport errors.
 	//
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name, sequence 0 with a producer_id),
