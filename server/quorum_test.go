@@ -2,8 +2,10 @@ package server_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -21,36 +23,42 @@ func TestAdminWithoutQuorumAnswers(t *testing.T) {
 	c.WaitTopic("default")
 	c.Nodes[1].Stop()
 	c.Nodes[2].Stop()
-	admin := dial(t, c.Nodes[0]).admin
-	calls := map[string]func() error{
-		"CreateTopic": func() error {
+	survivor := c.Nodes[0]
+	// Once it knows no leader (a leader steps down, a follower campaigns),
+	// nothing answers it.
+	require.Eventually(t, func() bool { return survivor.Registry().Meta().Leader() == 0 }, 10*time.Second, 5*time.Millisecond)
+	admin := dial(t, survivor).admin
+	for _, call := range []struct {
+		name string
+		do   func() error
+	}{
+		{"CreateTopic", func() error {
 			_, err := admin.CreateTopic(ctxT(t), &forestbusv1.CreateTopicRequest{Name: "x"})
 			return err
-		},
-		"UpdateTopic": func() error {
-			_, err := admin.UpdateTopic(ctxT(t), &forestbusv1.UpdateTopicRequest{Name: "default"})
-			return err
-		},
-		"RemoveTopic": func() error {
-			_, err := admin.RemoveTopic(ctxT(t), &forestbusv1.RemoveTopicRequest{Name: "default"})
-			return err
-		},
-		"ListTopics": func() error {
+		}},
+		{"ListTopics", func() error {
 			_, err := admin.ListTopics(ctxT(t), &forestbusv1.ListTopicsRequest{})
 			return err
-		},
-		"AddNode": func() error {
+		}},
+		{"AddNode", func() error {
 			_, err := admin.AddNode(ctxT(t), &forestbusv1.AddNodeRequest{Name: "n9", Address: "127.0.0.1:1"})
 			return err
-		},
-		"RemoveNode": func() error {
+		}},
+		{"RemoveNode", func() error {
 			_, err := admin.RemoveNode(ctxT(t), &forestbusv1.RemoveNodeRequest{Name: "n2"})
 			return err
-		},
-	}
-	for name, call := range calls {
-		err := call()
-		assert.Equal(t, codes.Unavailable, status.Code(err), "%s: %v", name, err)
-		t.Logf("%s: %v", name, err)
+		}},
+		{"UpdateTopic", func() error {
+			_, err := admin.UpdateTopic(ctxT(t), &forestbusv1.UpdateTopicRequest{Name: "default"})
+			return err
+		}},
+		{"RemoveTopic", func() error {
+			_, err := admin.RemoveTopic(ctxT(t), &forestbusv1.RemoveTopicRequest{Name: "default"})
+			return err
+		}},
+	} {
+		err := call.do()
+		assert.Equal(t, codes.Unavailable, status.Code(err), "%s: %v", call.name, err)
+		assert.Contains(t, status.Convert(err).Message(), "no leader", call.name)
 	}
 }

@@ -33,7 +33,13 @@ type conn struct {
 
 func dial(t *testing.T, n *servertest.Node) conn {
 	t.Helper()
-	cc, err := grpc.NewClient(n.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+	return dialAddr(t, n.Addr())
+}
+
+// dialAddr is dial for the node at addr.
+func dialAddr(t *testing.T, addr string) conn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	require.NoError(t, err)
 	t.Cleanup(func() { cc.Close() })

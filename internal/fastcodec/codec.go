@@ -21,6 +21,11 @@
 //   - of more than MaxSendMessages messages, only the first
 //     MaxSendMessages+1 are kept (BATCH_TOO_LARGE).
 //
+// Both hold on the fast path only: a request the fast path does not take
+// (an unknown field, a repeated batch) is decoded by proto.Unmarshal,
+// which fails on such a topic, and refused before it for more than
+// MaxSendMessages messages.
+//
 // On the sending side it encodes WireMarshalers with their own methods, and
 // gives back the buffers a server handler lent with its answer once the
 // answer is encoded (Lend).

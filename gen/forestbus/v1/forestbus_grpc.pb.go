@@ -168,7 +168,9 @@ type ForestBusServiceClient interface {
 	// the same request_id that holds either the batch's IDs or the error
 	// SendMessages would have returned (same code, message and ErrorInfo
 	// reason); a bad topic name, also one that is not valid UTF-8, is
-	// answered INVALID_ARGUMENT/INVALID_ARGUMENT and the stream goes on.
+	// answered INVALID_ARGUMENT/INVALID_ARGUMENT and the stream goes on
+	// (unless the request also carries fields this node does not know: it
+	// then decodes it as protobuf does, and fails as malformed, below).
 	// Requests are independent, like concurrent SendMessages calls: answers
 	// come in any order, and a producer that needs its batches stored in
 	// order waits for a batch's answer before sending the next.
@@ -407,7 +409,9 @@ type ForestBusServiceServer interface {
 	// the same request_id that holds either the batch's IDs or the error
 	// SendMessages would have returned (same code, message and ErrorInfo
 	// reason); a bad topic name, also one that is not valid UTF-8, is
-	// answered INVALID_ARGUMENT/INVALID_ARGUMENT and the stream goes on.
+	// answered INVALID_ARGUMENT/INVALID_ARGUMENT and the stream goes on
+	// (unless the request also carries fields this node does not know: it
+	// then decodes it as protobuf does, and fails as malformed, below).
 	// Requests are independent, like concurrent SendMessages calls: answers
 	// come in any order, and a producer that needs its batches stored in
 	// order waits for a batch's answer before sending the next.
