@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 
@@ -27,6 +28,12 @@ type identity struct {
 	// its first entries. Without them that node would wait for ever for a
 	// leader to tell it the members.
 	Initial []topic.Member `json:"initial_cluster,omitempty"`
+	// Incarnation is a random number chosen when the directory was first
+	// used (or when a version that had none first started on it). It goes
+	// with the node's peer streams: a node whose directory was wiped and
+	// that started again under its old raft ID comes with another one,
+	// and its peers refuse it (peerBook).
+	Incarnation uint64 `json:"incarnation,omitempty"`
 }
 
 const identityFile = "identity.json"
@@ -46,6 +53,7 @@ func loadIdentity(dir string, want identity) (identity, error) {
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		want.Incarnation = newIncarnation()
 		if err := writeFileAtomic(path, want); err != nil {
 			return identity{}, err
 		}
@@ -65,7 +73,22 @@ func loadIdentity(dir string, want identity) (identity, error) {
 		return identity{}, fmt.Errorf("%w: %s holds node %q, this node was started as %q (use another -data directory, or -name %s)",
 			ErrClusterMismatch, dir, got.NodeName, want.NodeName, got.NodeName)
 	}
+	if got.Incarnation == 0 { // written by a version without it
+		got.Incarnation = newIncarnation()
+		if err := writeFileAtomic(path, got); err != nil {
+			return identity{}, err
+		}
+	}
 	return got, nil
+}
+
+// newIncarnation returns a random non-zero incarnation.
+func newIncarnation() uint64 {
+	for {
+		if n := rand.Uint64(); n != 0 {
+			return n
+		}
+	}
 }
 
 func writeFileAtomic(path string, v any) error {

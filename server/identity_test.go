@@ -4,9 +4,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/forestbus/forestbus/server/topic"
@@ -79,4 +81,28 @@ func TestInitialClusterRefusesSharedAddress(t *testing.T) {
 	ms, err := parseCluster("a=127.0.0.1:3021,b=127.0.0.1:3022")
 	require.NoError(t, err)
 	require.Len(t, ms, 2)
+}
+
+// TestIdentityIncarnation: a new data directory gets a random incarnation,
+// kept across starts; one written without it (an earlier version) gets
+// one at its next start, kept from then on.
+func TestIdentityIncarnation(t *testing.T) {
+	dir := t.TempDir()
+	want := identity{ClusterID: "c", NodeName: "n1", RaftID: 1}
+	a, err := loadIdentity(dir, want)
+	require.NoError(t, err)
+	require.NotZero(t, a.Incarnation)
+	b, err := loadIdentity(dir, want)
+	require.NoError(t, err)
+	assert.Equal(t, a.Incarnation, b.Incarnation)
+
+	old := t.TempDir()
+	require.NoError(t, writeFileAtomic(filepath.Join(old, identityFile), want))
+	c, err := loadIdentity(old, want)
+	require.NoError(t, err)
+	require.NotZero(t, c.Incarnation)
+	d, err := loadIdentity(old, want)
+	require.NoError(t, err)
+	assert.Equal(t, c.Incarnation, d.Incarnation)
+	assert.NotEqual(t, a.Incarnation, c.Incarnation)
 }

@@ -226,7 +226,14 @@ func (s *Server) open() error {
 	if cfg.NewTransport != nil {
 		s.transport = cfg.NewTransport(id.RaftID, handler)
 	} else {
-		grpcTransport = transport.New(transport.Config{NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger})
+		book, err := openPeerBook(cfg.DataDir, s.log)
+		if err != nil {
+			return err
+		}
+		grpcTransport = transport.New(transport.Config{
+			NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger,
+			Incarnation: id.Incarnation, CheckPeer: book.check,
+		})
 		s.transport = grpcTransport
 	}
 	s.engine, err = replica.NewEngine(replica.Config{

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,7 @@ type GRPC struct {
 
 	framesSent, msgsSent, msgsDropped atomic.Uint64
 	framesRecv, msgsRecv, connects    atomic.Uint64
+	refused                           atomic.Uint64
 }
 
 // New returns a transport with no peers. It panics if cfg.Handler is nil
@@ -184,6 +186,7 @@ func (t *GRPC) Stats() Stats {
 		FramesReceived:   t.framesRecv.Load(),
 		MessagesReceived: t.msgsRecv.Load(),
 		Connects:         t.connects.Load(),
+		Refused:          t.refused.Load(),
 	}
 }
 
@@ -241,6 +244,16 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 	from := req.GetFrom()
 	if from == 0 {
 		return status.Error(codes.InvalidArgument, "transport: handshake without sender node ID")
+	}
+	if check := t.cfg.CheckPeer; check != nil {
+		var inc uint64
+		if md, _ := metadata.FromIncomingContext(stream.Context()); len(md.Get(incarnationKey)) > 0 {
+			inc, _ = strconv.ParseUint(md.Get(incarnationKey)[0], 16, 64)
+		}
+		if err := check(from, inc); err != nil {
+			t.refused.Add(1)
+			return status.Errorf(codes.FailedPrecondition, "transport: node %d refuses the stream: %v", t.cfg.NodeID, err)
+		}
 	}
 	select {
 	case <-t.stopc:

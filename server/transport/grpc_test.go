@@ -2,9 +2,11 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -506,4 +508,35 @@ func TestGRPCPeerUpFromUnreachablePeer(t *testing.T) {
 	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 100)})
 	require.Eventually(t, func() bool { return n1.h.unreachableCount("g", 2) > before }, waitFor, tick,
 		"the message is reported within peerUpWait")
+}
+
+// TestGRPCCheckPeer: a node sends its incarnation with every handshake,
+// and a peer's CheckPeer can refuse it: nothing it sends is delivered
+// (a wiped node's votes must not count), and the refusal is counted.
+func TestGRPCCheckPeer(t *testing.T) {
+	var seen atomic.Uint64
+	refuse := atomic.Bool{}
+	n2 := startNode(t, 2, "c", func(c *Config) {
+		c.CheckPeer = func(from, inc uint64) error {
+			seen.Store(inc)
+			if refuse.Load() {
+				return errors.New("not you")
+			}
+			return nil
+		}
+	})
+	n1 := startNode(t, 1, "c", func(c *Config) { c.Incarnation = 0xabc })
+	n1.tr.AddPeer(2, n2.addr)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
+	assert.Equal(t, uint64(0xabc), seen.Load(), "the handshake carries the incarnation")
+
+	refuse.Store(true)
+	n1.tr.RemovePeer(2) // a new stream
+	n1.tr.AddPeer(2, n2.addr)
+	require.Eventually(t, func() bool {
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 2)})
+		return n1.h.unreachableCount("g", 2) > 0 && n2.tr.Stats().Refused > 0
+	}, waitFor, tick)
+	assert.Equal(t, 1, n2.h.count(), "nothing delivered from a refused node")
 }

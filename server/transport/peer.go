@@ -7,14 +7,18 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -145,6 +149,8 @@ func (p *peer) run() {
 		delay   = backoffMin
 		healthy = true // log the first failure after a success at Warn
 		back    bool   // the peer opened a stream to this node (peerUp)
+
+		refusedLogged time.Time // when a refusal was last logged
 	)
 	for {
 		stream, cancel, err := p.connect(back)
@@ -170,10 +176,17 @@ func (p *peer) run() {
 		if p.ctx.Err() != nil {
 			return
 		}
-		if healthy {
+		switch {
+		case status.Code(err) == codes.FailedPrecondition && time.Since(refusedLogged) >= refusedLogEvery:
+			// The peer answered and refused this node (another cluster,
+			// another node at its address, a data directory it does not
+			// know): nothing heals that but the operator.
+			log.Error("transport: peer refuses this node", "err", err)
+			refusedLogged, healthy = time.Now(), false
+		case healthy:
 			log.Warn("transport: peer unreachable", "err", err)
 			healthy = false
-		} else {
+		default:
 			log.Debug("transport: peer still unreachable", "err", err)
 		}
 		// Messages queued while the peer is unreachable would arrive late
@@ -201,6 +214,10 @@ func (p *peer) run() {
 		}
 	}
 }
+
+// refusedLogEvery spaces the errors a peer that keeps refusing this
+// node's streams gets logged with.
+const refusedLogEvery = time.Minute
 
 // dropPending drops and reports everything queued.
 func (p *peer) dropPending(buf []outMsg) []outMsg {
@@ -230,6 +247,9 @@ func (p *peer) connect(waitReady bool) (peerv1.PeerService_StreamClient, context
 		limit = min(limit, peerUpWait)
 	}
 	timer := time.AfterFunc(limit, cancel)
+	if inc := p.t.cfg.Incarnation; inc != 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, incarnationKey, strconv.FormatUint(inc, 16))
+	}
 	stream, err := p.client.Stream(ctx, grpc.WaitForReady(waitReady))
 	if err != nil {
 		timer.Stop()

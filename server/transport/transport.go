@@ -104,7 +104,21 @@ type Config struct {
 	// QueueSize bounds each peer's send queue, in messages. Default
 	// DefaultQueueSize.
 	QueueSize int
+	// Incarnation identifies this node's data directory: a random number
+	// chosen when the directory was first used, sent with every stream
+	// handshake. A node whose directory was wiped, started again under its
+	// old raft ID, comes with another one, and its peers can refuse it
+	// (CheckPeer): its empty log must not vote. 0 sends none.
+	Incarnation uint64
+	// CheckPeer, when set, judges a stream handshake from node from with
+	// its incarnation (0 when it sent none: an earlier version); an error
+	// refuses the stream (FAILED_PRECONDITION, with the error's text).
+	CheckPeer func(from, incarnation uint64) error
 }
+
+// incarnationKey is the stream request header carrying the sender's
+// Config.Incarnation (hexadecimal).
+const incarnationKey = "forestbus-peer-incarnation"
 
 func (c *Config) withDefaults() {
 	if c.Logger == nil {
@@ -127,6 +141,8 @@ type Stats struct {
 	FramesReceived, MessagesReceived uint64
 	// Connects counts streams established (handshake accepted).
 	Connects uint64
+	// Refused counts inbound streams that CheckPeer refused.
+	Refused uint64
 }
 
 // outMsg is one message in a peer queue: marshalled only when its frame is

@@ -1,0 +1,53 @@
+package server_test
+
+import (
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/syncbuf"
+	"github.com/forestbus/forestbus/server"
+	"github.com/forestbus/forestbus/server/servertest"
+)
+
+// TestWipedNodeIsRefused: a node whose data directory was wiped, started
+// again with its old name and -initial-cluster, takes up its old raft ID
+// with an empty log. A review saw such a node vote a candidate that lacked
+// acknowledged entries into leadership, and their IDs given to new
+// messages. Its peers now refuse its streams (its identity's incarnation
+// is not the one they recorded), and say why; the cluster goes on.
+func TestWipedNodeIsRefused(t *testing.T) {
+	var logs syncbuf.Buffer
+	c := servertest.NewCluster(t, 3, servertest.WithConfig(func(cfg *server.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}))
+	c.WaitTopic("default")
+	ctx := ctxT(t)
+	_, err := dial(t, c.Nodes[0]).bus.SendMessages(ctx, &forestbusv1.SendMessagesRequest{Topic: "default", Messages: [][]byte{[]byte("a")}, WaitForCommit: true})
+	require.NoError(t, err)
+
+	wiped := c.Nodes[1]
+	wiped.Stop()
+	require.NoError(t, os.RemoveAll(wiped.Cfg.DataDir))
+	wiped.Start()
+	require.Eventually(t, func() bool {
+		return strings.Contains(logs.String(), "came back with another data directory")
+	}, 20*time.Second, 10*time.Millisecond, "the peers refuse it")
+
+	// The others serve on.
+	_, err = dial(t, c.Nodes[2]).bus.SendMessages(ctx, &forestbusv1.SendMessagesRequest{Topic: "default", Messages: [][]byte{[]byte("b")}, WaitForCommit: true})
+	require.NoError(t, err)
+	assert.Contains(t, logs.String(), "peer refuses this node", "the wiped node says so too")
+
+	// A peer remembers across its restarts (DataDir/peers.json).
+	refusals := func() int { return strings.Count(logs.String(), "came back with another data directory") }
+	before := refusals()
+	c.Nodes[0].Restart()
+	require.Eventually(t, func() bool { return refusals() > before }, 20*time.Second, 10*time.Millisecond, "refused after a restart")
+}
