@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/internal/syncbuf"
@@ -50,4 +52,31 @@ func TestWipedNodeIsRefused(t *testing.T) {
 	before := refusals()
 	c.Nodes[0].Restart()
 	require.Eventually(t, func() bool { return refusals() > before }, 20*time.Second, 10*time.Millisecond, "refused after a restart")
+}
+
+// TestRemovedNodeLearnsFromPeers: a node stopped, then removed, then
+// started again on its old data directory never applies its own removal
+// (the leader sends it nothing more): it served its stale logs as a
+// member, its long polls came back empty while the topic moved on, and
+// cluster status through it listed the old members (review). Its peers
+// refuse its streams saying so, and it takes itself out: UNAVAILABLE to
+// clients, GetClusterDetails included.
+func TestRemovedNodeLearnsFromPeers(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	ctx := ctxT(t)
+	gone := c.Nodes[2]
+	gone.Stop()
+	require.Eventually(t, func() bool {
+		_, err := dial(t, c.Nodes[0]).admin.RemoveNode(ctx, &forestbusv1.RemoveNodeRequest{Name: gone.Cfg.NodeName})
+		return err == nil
+	}, 20*time.Second, 50*time.Millisecond)
+
+	gone.Start()
+	require.Eventually(t, func() bool { return gone.Registry().RemovedSelf() }, 20*time.Second, 10*time.Millisecond, "told by a peer")
+	cc := dial(t, gone)
+	_, err := cc.bus.GetClusterDetails(ctx, &forestbusv1.GetClusterDetailsRequest{})
+	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	_, err = cc.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1})
+	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
 }

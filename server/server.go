@@ -223,6 +223,7 @@ func (s *Server) open() error {
 
 	handler := &engineHandler{}
 	var grpcTransport *transport.GRPC
+	var registry atomic.Pointer[topic.Registry] // for the transport's hooks, once opened
 	if cfg.NewTransport != nil {
 		s.transport = cfg.NewTransport(id.RaftID, handler)
 	} else {
@@ -232,7 +233,20 @@ func (s *Server) open() error {
 		}
 		grpcTransport = transport.New(transport.Config{
 			NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger,
-			Incarnation: id.Incarnation, CheckPeer: book.check,
+			Incarnation: id.Incarnation,
+			CheckPeer: func(from, inc uint64) error {
+				// A node the cluster removed, started again on its old
+				// directory before it applied its removal: tell it.
+				if r := registry.Load(); r != nil && r.Removed(from) {
+					return fmt.Errorf("%w: node %d is no member of cluster %q any more", transport.ErrPeerRemoved, from, cfg.ClusterID)
+				}
+				return book.check(from, inc)
+			},
+			OnRemoved: func(peer uint64, _ error) {
+				if r := registry.Load(); r != nil {
+					r.PeerSaysRemoved(peer)
+				}
+			},
 		})
 		s.transport = grpcTransport
 	}
@@ -280,6 +294,7 @@ func (s *Server) open() error {
 	if err != nil {
 		return err
 	}
+	registry.Store(s.registry)
 	s.svc.SetRegistry(s.registry)
 	if ms := s.registry.Members(); len(ms) > 0 {
 		s.setMembers(ms)

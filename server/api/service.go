@@ -466,6 +466,11 @@ func (s *Service) nodeName(id uint64) string {
 
 // GetClusterDetails implements ForestBusService.GetClusterDetails.
 func (s *Service) GetClusterDetails(ctx context.Context, _ *forestbusv1.GetClusterDetailsRequest) (*forestbusv1.GetClusterDetailsResponse, error) {
+	if s.registry != nil && s.registry.RemovedSelf() {
+		// Its member list stopped at its removal: a client or fbctl
+		// taking it for the cluster's would miss the nodes added since.
+		return nil, errRemoved
+	}
 	resp := &forestbusv1.GetClusterDetailsResponse{ClusterId: s.cfg.ClusterID, NodeName: s.cfg.NodeName}
 	for _, n := range s.Nodes() {
 		resp.Nodes = append(resp.Nodes, &forestbusv1.Node{Name: n.Name, Address: n.Address, Id: n.RaftID, Learner: n.Learner})

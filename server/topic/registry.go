@@ -357,6 +357,28 @@ func (r *Registry) RemovedSelf() bool { return r.removedSelf.Load() }
 // on it.
 func (r *Registry) Removal() context.Context { return r.removal }
 
+// Removed reports whether the cluster removed node id, as this node has
+// applied the metadata log: raft IDs are given in order and never reused,
+// so an ID up to the highest given that is no member any more was
+// removed. (A node added after this node's last applied entry has a
+// higher ID: not removed.)
+func (r *Registry) Removed(id uint64) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	_, member := r.members[id]
+	return id != 0 && id <= r.maxID && !member
+}
+
+// PeerSaysRemoved records this node's removal as a peer told it (the
+// peer's Removed): a node stopped before it applied its own removal, and
+// started again on its old data directory, would otherwise serve its
+// stale logs for ever.
+func (r *Registry) PeerSaysRemoved(peer uint64) {
+	if r.markRemovedSelf() {
+		r.log.Error("a peer says the cluster removed this node: it answers clients UNAVAILABLE from now on; stop it, and start it again only with a new data directory and -join", "peer", peer)
+	}
+}
+
 // markRemovedSelf records this node's removal; true the first time.
 func (r *Registry) markRemovedSelf() bool {
 	if r.removedSelf.Swap(true) {

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -252,7 +253,11 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 		}
 		if err := check(from, inc); err != nil {
 			t.refused.Add(1)
-			return status.Errorf(codes.FailedPrecondition, "transport: node %d refuses the stream: %v", t.cfg.NodeID, err)
+			code := codes.FailedPrecondition
+			if errors.Is(err, ErrPeerRemoved) {
+				code = codes.PermissionDenied
+			}
+			return status.Errorf(code, "transport: node %d refuses the stream: %v", t.cfg.NodeID, err)
 		}
 	}
 	select {

@@ -176,8 +176,12 @@ func (p *peer) run() {
 		if p.ctx.Err() != nil {
 			return
 		}
+		if status.Code(err) == codes.PermissionDenied && p.t.cfg.OnRemoved != nil {
+			p.t.cfg.OnRemoved(p.id, err)
+		}
 		switch {
-		case status.Code(err) == codes.FailedPrecondition && time.Since(refusedLogged) >= refusedLogEvery:
+		case (status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.PermissionDenied) &&
+			time.Since(refusedLogged) >= refusedLogEvery:
 			// The peer answered and refused this node (another cluster,
 			// another node at its address, a data directory it does not
 			// know): nothing heals that but the operator.

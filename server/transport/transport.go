@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"errors"
 	"log/slog"
 	"time"
 
@@ -112,9 +113,19 @@ type Config struct {
 	Incarnation uint64
 	// CheckPeer, when set, judges a stream handshake from node from with
 	// its incarnation (0 when it sent none: an earlier version); an error
-	// refuses the stream (FAILED_PRECONDITION, with the error's text).
+	// refuses the stream (FAILED_PRECONDITION, with the error's text; for
+	// an error wrapping ErrPeerRemoved, PERMISSION_DENIED).
 	CheckPeer func(from, incarnation uint64) error
+	// OnRemoved, when set, is called when a peer refuses this node's
+	// stream because the cluster removed this node (its CheckPeer said
+	// ErrPeerRemoved): a node stopped before it applied its own removal
+	// learns it from any peer that did. It must not block.
+	OnRemoved func(peer uint64, err error)
 }
+
+// ErrPeerRemoved, wrapped by a CheckPeer error, says that the cluster
+// removed the node that opens the stream.
+var ErrPeerRemoved = errors.New("the cluster removed this node")
 
 // incarnationKey is the stream request header carrying the sender's
 // Config.Incarnation (hexadecimal).
