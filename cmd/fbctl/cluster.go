@@ -20,8 +20,10 @@ reports them), each asked directly whether it is up and how fast it answers;
 then, for every topic, the leader and the first, last and commit IDs as each
 node reports them, with each node's lag: the leader's commit ID minus the
 node's. A node that does not answer within -node-timeout is down. With
--check, the exit status is 3 when a member is down or a topic has no
-leader (for health probes and cron jobs).`
+-check, the exit status is 3 when a member is down, a topic has no leader,
+or a node answers a topic's details with an error (a copy fenced after a
+storage error or a lost log: the ERROR column) (for health probes and
+cron jobs).`
 
 func (a *app) cluster(args []string) error {
 	return a.group("cluster", "status", clusterAbout, map[string]func(*app, []string) error{
@@ -64,7 +66,7 @@ type (
 func (a *app) clusterStatus(args []string) error {
 	f := a.flags("cluster status", "[flags]", clusterAbout, true, true)
 	nodeTimeout := f.Duration("node-timeout", defaultNodeTimeout, "how long each node has to answer each question")
-	check := f.Bool("check", false, "exit with status 3 when a member is down or a topic has no leader")
+	check := f.Bool("check", false, "exit with status 3 when a member is down, a topic has no leader, or a node reports an error for a topic")
 	if _, err := f.parse(args, 0, 0); err != nil {
 		return err
 	}
@@ -122,6 +124,11 @@ func (out *clusterStatusJSON) healthy() bool {
 	for _, t := range out.Topics {
 		if t.Leader == "" {
 			return false
+		}
+		for _, r := range t.Replicas {
+			if r.Error != "" { // a node that cannot serve it (fenced, starting, ...)
+				return false
+			}
 		}
 	}
 	return true

@@ -562,3 +562,17 @@ func TestSendToNoNodeSaysWhy(t *testing.T) {
 	assert.Contains(t, r.stderr, "fbctl: no node of the cluster answered in time; last error: ")
 	assert.Contains(t, r.stderr, "connection refused")
 }
+
+// TestStatusCheckCountsReplicaErrors: -check fails when a node answers a
+// topic's details with an error (its copy fenced): every node up and the
+// topic led elsewhere passed, and a node that had lost its log showed as
+// healthy to cron jobs (review).
+func TestStatusCheckCountsReplicaErrors(t *testing.T) {
+	ok := clusterStatusJSON{
+		Nodes:  []nodeStatusJSON{{Name: "n1", Up: true}, {Name: "n2", Up: true}},
+		Topics: []topicStatusJSON{{Name: "t", Leader: "n1", Replicas: []replicaStatusJSON{{Node: "n1"}, {Node: "n2"}}}},
+	}
+	assert.True(t, ok.healthy())
+	ok.Topics[0].Replicas[1].Error = "NO_LEADER: storage failed, group fenced"
+	assert.False(t, ok.healthy())
+}
