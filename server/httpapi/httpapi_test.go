@@ -18,8 +18,11 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/forestbus/forestbus/client"
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server/httpapi"
 	"github.com/forestbus/forestbus/server/servertest"
 )
@@ -406,4 +409,26 @@ func TestLagOfAFollowerTheLeaderHasNotHeard(t *testing.T) {
 		}
 		return false
 	}, 20*time.Second, 50*time.Millisecond)
+}
+
+// TestStatusSaysRemoved: a removed node's /status.json says so; it showed
+// the members and topics as of its removal as if it were one of them.
+func TestStatusSaysRemoved(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	gone := c.Nodes[2]
+	ts := httptest.NewServer(httpapi.New(gone.Server))
+	t.Cleanup(ts.Close)
+	assert.False(t, statusJSON(t, ts.URL).Removed)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cc, err := grpc.NewClient("passthrough:///"+c.Nodes[0].Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cc.Close() })
+	admin := forestbusv1.NewAdminServiceClient(cc)
+	require.Eventually(t, func() bool {
+		_, err := admin.RemoveNode(ctx, &forestbusv1.RemoveNodeRequest{Name: gone.Cfg.NodeName})
+		return err == nil
+	}, 20*time.Second, 50*time.Millisecond)
+	require.Eventually(t, func() bool { return statusJSON(t, ts.URL).Removed }, 20*time.Second, 10*time.Millisecond)
 }

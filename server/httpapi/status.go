@@ -25,6 +25,9 @@ type Status struct {
 	// Node and NodeID name the node that answered.
 	Node   string `json:"node"`
 	NodeID uint64 `json:"node_id"`
+	// Removed: the cluster removed this node. It serves no client, and
+	// what follows is the cluster as it was when the node learned of it.
+	Removed bool `json:"removed,omitempty"`
 	// Time is when the status was taken.
 	Time time.Time `json:"time"`
 	// Nodes are the cluster's members, by raft ID.
@@ -141,7 +144,7 @@ func (h *handler) collect(ctx context.Context, health bool) Status {
 	self := h.selfID(ctx)
 	members := reg.Members()
 	clusterID, _, _ := client.ParseConnectionString(h.srv.ConnectionString())
-	st := Status{Cluster: clusterID, NodeID: self, Node: nameOf(members, self), Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
+	st := Status{Cluster: clusterID, NodeID: self, Node: nameOf(members, self), Removed: reg.RemovedSelf(), Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
 	for _, m := range members {
 		st.Nodes = append(st.Nodes, NodeStatus{ID: m.ID, Name: m.Name, Address: m.Address, Self: m.ID == self})
 	}
