@@ -149,14 +149,19 @@ func (r *Registry) barrier(ctx context.Context, of string) error {
 }
 
 // metaWait bounds how long a call waits for the metadata group to know a
-// leader or to confirm a read barrier: two election timeouts (2 s by
-// default), as a proposal waits for a leader. A cluster that lost its
-// metadata quorum then answers replica.ErrNoLeader, and the client can
-// ask elsewhere or retry; it does not wait for the caller's deadline,
-// which grpcurl does not set.
+// leader or to confirm a read barrier: two election timeouts, and at
+// least minMetaWait (a barrier over a slow link takes a round trip to the
+// leader and its heartbeat round). A cluster that lost its metadata
+// quorum then answers replica.ErrNoLeader, and the client can ask
+// elsewhere or retry; it does not wait for the caller's deadline, which
+// grpcurl does not set.
 func (r *Registry) metaWait(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, 2*r.meta.ElectionTimeout())
+	return context.WithTimeout(ctx, max(minMetaWait, 2*r.meta.ElectionTimeout()))
 }
+
+// minMetaWait is metaWait's floor: the default two election timeouts, as
+// the API's wait for a lookup's barrier.
+const minMetaWait = 2 * time.Second
 
 // RemoveNode removes the named member from the metadata group; Reconcile
 // removes it from the topic groups. It waits until the change is applied
