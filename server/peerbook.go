@@ -9,11 +9,19 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // peersFile records, in a node's data directory, the incarnation each peer
 // first came with (peerBook).
 const peersFile = "peers.json"
+
+// removedFile records, in a node's data directory, that a peer said the
+// cluster removed the node (recordRemoved): the node does not apply its own
+// removal (the leader sends it nothing more), so without the record it
+// would serve again as a member after a restart until a peer said it
+// again, and never with its peers down.
+const removedFile = "removed.json"
 
 // peerBook refuses a peer that comes back under its raft ID with another
 // data directory. A node whose directory was wiped (a dead disk replaced,
@@ -95,4 +103,29 @@ func (b *peerBook) saveLocked() error {
 		stored[strconv.FormatUint(id, 10)] = strconv.FormatUint(inc, 16)
 	}
 	return writeFileAtomic(b.path, stored)
+}
+
+// recordRemoved records that peer said the cluster removed this node.
+func (s *Server) recordRemoved(peer uint64) {
+	rec := struct {
+		Peer uint64    `json:"peer"`
+		Time time.Time `json:"time"`
+	}{peer, time.Now()}
+	if err := writeFileAtomic(filepath.Join(s.cfg.DataDir, removedFile), rec); err != nil {
+		s.log.Warn("server: recording this node's removal", "err", err)
+	}
+}
+
+// recordedRemoved reports whether dir records this node's removal
+// (recordRemoved), and the peer that said it.
+func recordedRemoved(dir string) (peer uint64, ok bool) {
+	b, err := os.ReadFile(filepath.Join(dir, removedFile))
+	if err != nil {
+		return 0, false
+	}
+	var rec struct {
+		Peer uint64 `json:"peer"`
+	}
+	_ = json.Unmarshal(b, &rec) // the file's presence is the record
+	return rec.Peer, true
 }

@@ -224,6 +224,7 @@ func (s *Server) open() error {
 	handler := &engineHandler{}
 	var grpcTransport *transport.GRPC
 	var registry atomic.Pointer[topic.Registry] // for the transport's hooks, once opened
+	var removedBy atomic.Uint64                 // a peer that said the cluster removed this node
 	if cfg.NewTransport != nil {
 		s.transport = cfg.NewTransport(id.RaftID, handler)
 	} else {
@@ -242,9 +243,12 @@ func (s *Server) open() error {
 				}
 				return book.check(from, inc)
 			},
-			OnRemoved: func(peer uint64, _ error) {
-				if r := registry.Load(); r != nil {
-					r.PeerSaysRemoved(peer)
+			OnRemoved: func(peer uint64) {
+				// Streams open before the registry does: a peer's word
+				// then waits for it (below).
+				removedBy.Store(peer)
+				if r := registry.Load(); r != nil && r.PeerSaysRemoved(peer) {
+					s.recordRemoved(peer)
 				}
 			},
 		})
@@ -295,6 +299,12 @@ func (s *Server) open() error {
 		return err
 	}
 	registry.Store(s.registry)
+	if peer, ok := recordedRemoved(cfg.DataDir); ok {
+		s.registry.PeerSaysRemoved(peer)
+	}
+	if peer := removedBy.Load(); peer != 0 && s.registry.PeerSaysRemoved(peer) {
+		s.recordRemoved(peer)
+	}
 	s.svc.SetRegistry(s.registry)
 	if ms := s.registry.Members(); len(ms) > 0 {
 		s.setMembers(ms)

@@ -21,9 +21,8 @@ then, for every topic, the leader and the first, last and commit IDs as each
 node reports them, with each node's lag: the leader's commit ID minus the
 node's. A node that does not answer within -node-timeout is down. With
 -check, the exit status is 3 when a member is down, a topic has no leader,
-or a node answers a topic's details with an error (a copy fenced after a
-storage error or a lost log: the ERROR column) (for health probes and
-cron jobs).`
+or a node's copy of a topic is fenced after a storage error or a lost log
+(STORAGE_FAILED in the ERROR column) (for health probes and cron jobs).`
 
 func (a *app) cluster(args []string) error {
 	return a.group("cluster", "status", clusterAbout, map[string]func(*app, []string) error{
@@ -60,13 +59,16 @@ type (
 		Leader   string `json:"leader,omitempty"` // the leader this node knows
 		Lag      *int64 `json:"lag,omitempty"`
 		Error    string `json:"error,omitempty"`
+		// Failed: the node's copy is fenced after a storage error or a
+		// lost log (STORAGE_FAILED); it stays so until the operator acts.
+		Failed bool `json:"failed,omitempty"`
 	}
 )
 
 func (a *app) clusterStatus(args []string) error {
 	f := a.flags("cluster status", "[flags]", clusterAbout, true, true)
 	nodeTimeout := f.Duration("node-timeout", defaultNodeTimeout, "how long each node has to answer each question")
-	check := f.Bool("check", false, "exit with status 3 when a member is down, a topic has no leader, or a node reports an error for a topic")
+	check := f.Bool("check", false, "exit with status 3 when a member is down, a topic has no leader, or a node's copy of a topic is fenced")
 	if _, err := f.parse(args, 0, 0); err != nil {
 		return err
 	}
@@ -126,7 +128,7 @@ func (out *clusterStatusJSON) healthy() bool {
 			return false
 		}
 		for _, r := range t.Replicas {
-			if r.Error != "" { // a node that cannot serve it (fenced, starting, ...)
+			if r.Failed { // not the passing errors: elections, a topic being created
 				return false
 			}
 		}
@@ -238,7 +240,7 @@ func probeNode(ctx context.Context, clusterID string, n client.Node, timeout tim
 		})
 		r := &out[ti].Replicas[i]
 		if err != nil {
-			r.Error = shortError(err)
+			r.Error, r.Failed = shortError(err), errors.Is(err, client.ErrStorageFailed)
 			if errors.Is(err, client.ErrTopicNotFound) {
 				r.Error = "topic not on this node"
 			}

@@ -563,16 +563,18 @@ func TestSendToNoNodeSaysWhy(t *testing.T) {
 	assert.Contains(t, r.stderr, "connection refused")
 }
 
-// TestStatusCheckCountsReplicaErrors: -check fails when a node answers a
-// topic's details with an error (its copy fenced): every node up and the
-// topic led elsewhere passed, and a node that had lost its log showed as
-// healthy to cron jobs (review).
-func TestStatusCheckCountsReplicaErrors(t *testing.T) {
+// TestStatusCheckCountsFencedCopies: -check fails when a node's copy of a
+// topic is fenced: every node up and the topic led elsewhere passed, and a
+// node that had lost its log showed as healthy to cron jobs (review). A
+// passing error (an election, a topic not yet applied) does not fail it.
+func TestStatusCheckCountsFencedCopies(t *testing.T) {
 	ok := clusterStatusJSON{
 		Nodes:  []nodeStatusJSON{{Name: "n1", Up: true}, {Name: "n2", Up: true}},
 		Topics: []topicStatusJSON{{Name: "t", Leader: "n1", Replicas: []replicaStatusJSON{{Node: "n1"}, {Node: "n2"}}}},
 	}
 	assert.True(t, ok.healthy())
-	ok.Topics[0].Replicas[1].Error = "NO_LEADER: storage failed, group fenced"
+	ok.Topics[0].Replicas[1].Error = "topic not on this node"
+	assert.True(t, ok.healthy(), "passing")
+	ok.Topics[0].Replicas[1].Error, ok.Topics[0].Replicas[1].Failed = "STORAGE_FAILED: storage failed, group fenced", true
 	assert.False(t, ok.healthy())
 }

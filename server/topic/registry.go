@@ -370,13 +370,17 @@ func (r *Registry) Removed(id uint64) bool {
 }
 
 // PeerSaysRemoved records this node's removal as a peer told it (the
-// peer's Removed): a node stopped before it applied its own removal, and
-// started again on its old data directory, would otherwise serve its
-// stale logs for ever.
-func (r *Registry) PeerSaysRemoved(peer uint64) {
-	if r.markRemovedSelf() {
-		r.log.Error("a peer says the cluster removed this node: it answers clients UNAVAILABLE from now on; stop it, and start it again only with a new data directory and -join", "peer", peer)
+// peer's Removed), and reports whether it is news: a node stopped before
+// it applied its own removal, and started again on its old data
+// directory, would otherwise serve its stale logs for ever. Its groups
+// run on: a topic may count it as a voter until the cluster changes that
+// topic's configuration.
+func (r *Registry) PeerSaysRemoved(peer uint64) bool {
+	if !r.markRemovedSelf() {
+		return false
 	}
+	r.log.Error("a peer says the cluster removed this node: it answers clients UNAVAILABLE from now on; stop it, and start it again only with a new data directory and -join", "peer", peer)
+	return true
 }
 
 // markRemovedSelf records this node's removal; true the first time.

@@ -246,18 +246,18 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 	if from == 0 {
 		return status.Error(codes.InvalidArgument, "transport: handshake without sender node ID")
 	}
+	accepted := metadata.Pairs(acceptedKey, "1")
 	if check := t.cfg.CheckPeer; check != nil {
 		var inc uint64
 		if md, _ := metadata.FromIncomingContext(stream.Context()); len(md.Get(incarnationKey)) > 0 {
 			inc, _ = strconv.ParseUint(md.Get(incarnationKey)[0], 16, 64)
 		}
-		if err := check(from, inc); err != nil {
+		switch err := check(from, inc); {
+		case errors.Is(err, ErrPeerRemoved):
+			accepted.Set(removedKey, "1")
+		case err != nil:
 			t.refused.Add(1)
-			code := codes.FailedPrecondition
-			if errors.Is(err, ErrPeerRemoved) {
-				code = codes.PermissionDenied
-			}
-			return status.Errorf(code, "transport: node %d refuses the stream: %v", t.cfg.NodeID, err)
+			return status.Errorf(codes.PermissionDenied, "transport: node %d refuses the stream: %v", t.cfg.NodeID, err)
 		}
 	}
 	select {
@@ -265,7 +265,7 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 		return status.Error(codes.Unavailable, "transport: node is stopping")
 	default:
 	}
-	if err := stream.SendHeader(metadata.Pairs(acceptedKey, "1")); err != nil {
+	if err := stream.SendHeader(accepted); err != nil {
 		return err
 	}
 	t.mu.RLock()

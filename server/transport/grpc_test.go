@@ -540,3 +540,19 @@ func TestGRPCCheckPeer(t *testing.T) {
 	}, waitFor, tick)
 	assert.Equal(t, 1, n2.h.count(), "nothing delivered from a refused node")
 }
+
+// TestGRPCPeerRemoved: a CheckPeer that says ErrPeerRemoved accepts the
+// stream (its messages are delivered: a topic may count the node as a
+// voter for a while yet) and tells the node, through OnRemoved.
+func TestGRPCPeerRemoved(t *testing.T) {
+	n2 := startNode(t, 2, "c", func(c *Config) {
+		c.CheckPeer = func(uint64, uint64) error { return fmt.Errorf("%w: node 1", ErrPeerRemoved) }
+	})
+	told := make(chan uint64, 4)
+	n1 := startNode(t, 1, "c", func(c *Config) { c.OnRemoved = func(peer uint64) { told <- peer } })
+	n1.tr.AddPeer(2, n2.addr)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
+	assert.Equal(t, uint64(2), <-told)
+	assert.Zero(t, n2.tr.Stats().Refused)
+}

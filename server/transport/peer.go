@@ -176,15 +176,11 @@ func (p *peer) run() {
 		if p.ctx.Err() != nil {
 			return
 		}
-		if status.Code(err) == codes.PermissionDenied && p.t.cfg.OnRemoved != nil {
-			p.t.cfg.OnRemoved(p.id, err)
-		}
 		switch {
-		case (status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.PermissionDenied) &&
-			time.Since(refusedLogged) >= refusedLogEvery:
-			// The peer answered and refused this node (another cluster,
-			// another node at its address, a data directory it does not
-			// know): nothing heals that but the operator.
+		case status.Code(err) == codes.PermissionDenied && time.Since(refusedLogged) >= refusedLogEvery:
+			// The peer refused this node (its CheckPeer: a data
+			// directory it does not know under this raft ID): nothing
+			// heals that but the operator.
 			log.Error("transport: peer refuses this node", "err", err)
 			refusedLogged, healthy = time.Now(), false
 		case healthy:
@@ -281,6 +277,9 @@ func (p *peer) connect(waitReady bool) (peerv1.PeerService_StreamClient, context
 		}
 		cancel()
 		return nil, nil, err
+	}
+	if len(md.Get(removedKey)) > 0 && p.t.cfg.OnRemoved != nil {
+		p.t.cfg.OnRemoved(p.id)
 	}
 	return stream, cancel, nil
 }

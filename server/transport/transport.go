@@ -113,19 +113,26 @@ type Config struct {
 	Incarnation uint64
 	// CheckPeer, when set, judges a stream handshake from node from with
 	// its incarnation (0 when it sent none: an earlier version); an error
-	// refuses the stream (FAILED_PRECONDITION, with the error's text; for
-	// an error wrapping ErrPeerRemoved, PERMISSION_DENIED).
+	// refuses the stream (PERMISSION_DENIED, with the error's text), but
+	// for one wrapping ErrPeerRemoved: that stream is accepted, and the
+	// handshake's answer tells the node (OnRemoved).
 	CheckPeer func(from, incarnation uint64) error
-	// OnRemoved, when set, is called when a peer refuses this node's
-	// stream because the cluster removed this node (its CheckPeer said
+	// OnRemoved, when set, is called when a peer accepts this node's
+	// stream saying that the cluster removed this node (its CheckPeer said
 	// ErrPeerRemoved): a node stopped before it applied its own removal
-	// learns it from any peer that did. It must not block.
-	OnRemoved func(peer uint64, err error)
+	// learns it from any peer that did. The stream stays: the topic groups
+	// may count the node as a voter for a while yet (their configurations
+	// change after the cluster's), and refusing it could leave one without
+	// a quorum. It must not block.
+	OnRemoved func(peer uint64)
 }
 
 // ErrPeerRemoved, wrapped by a CheckPeer error, says that the cluster
 // removed the node that opens the stream.
 var ErrPeerRemoved = errors.New("the cluster removed this node")
+
+// removedKey is the handshake answer's header that says ErrPeerRemoved.
+const removedKey = "forestbus-peer-removed"
 
 // incarnationKey is the stream request header carrying the sender's
 // Config.Incarnation (hexadecimal).
