@@ -42,12 +42,19 @@ func TestJoinedNodeSendsReadersElsewhere(t *testing.T) {
 	tp, err := c.Nodes[0].Registry().Get("default")
 	require.NoError(t, err)
 	meta := c.Nodes[0].Registry().Meta().Leader()
-	if tp.Group.Leader() == meta { // the topic's leader must be another node
-		lt, err := lead(meta).Registry().Get("default")
-		require.NoError(t, err)
-		require.NoError(t, lt.Group.TransferLeadership(ctx))
-	}
-	require.Eventually(t, func() bool { l := tp.Group.Leader(); return l != 0 && l != meta }, 10*time.Second, 5*time.Millisecond)
+	// The topic's leader must be another node. TransferLeadership does
+	// nothing while no follower is replicating and recently active: ask
+	// until it moves.
+	require.Eventually(t, func() bool {
+		l := tp.Group.Leader()
+		if l != 0 && l != meta {
+			return true
+		}
+		if lt, err := lead(meta).Registry().Get("default"); err == nil && l == meta {
+			_ = lt.Group.TransferLeadership(ctx)
+		}
+		return false
+	}, 20*time.Second, 20*time.Millisecond)
 	topicLeader := lead(tp.Group.Leader())
 	_, err = dial(t, topicLeader).bus.SendMessages(ctx, &forestbusv1.SendMessagesRequest{Topic: "default", Messages: [][]byte{[]byte("a"), []byte("b")}, WaitForCommit: true})
 	require.NoError(t, err)

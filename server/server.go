@@ -236,12 +236,18 @@ func (s *Server) open() error {
 			NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger,
 			Incarnation: id.Incarnation,
 			CheckPeer: func(from, inc uint64) error {
+				// Its data directory first: a removed node may still be a
+				// voter of some topic for a while, and a wiped one must
+				// not vote there either.
+				if err := book.check(from, inc); err != nil {
+					return err
+				}
 				// A node the cluster removed, started again on its old
 				// directory before it applied its removal: tell it.
 				if r := registry.Load(); r != nil && r.Removed(from) {
 					return fmt.Errorf("%w: node %d is no member of cluster %q any more", transport.ErrPeerRemoved, from, cfg.ClusterID)
 				}
-				return book.check(from, inc)
+				return nil
 			},
 			OnRemoved: func(peer uint64) {
 				// Streams open before the registry does: a peer's word

@@ -197,18 +197,33 @@ func TestListTopicsShowsAcknowledgedUpdates(t *testing.T) {
 func TestForwardedErrorNamesTheLeader(t *testing.T) {
 	c := servertest.NewCluster(t, 3)
 	c.WaitTopic("default")
-	f, _, _ := pickNode(t, c, func(n *servertest.Node, tp *topic.Topic) bool { return tp.Group.Leader() != n.RaftID() })
-	require.NotNil(t, f)
-	bus := dialBus(t, f.Addr())
-	var hdr metadata.MD
-	_, err := bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: payloads("a", 1, 2), WaitForCommit: true, ProducerId: 7, Sequence: 1}, grpc.Header(&hdr))
-	require.NoError(t, err)
-	leader := hdr.Get(api.LeaderKey)
-	require.Len(t, leader, 1, "forwarded")
-	hdr = nil
-	_, err = bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: payloads("b", 1, 3), WaitForCommit: true, ProducerId: 7, Sequence: 1}, grpc.Header(&hdr))
-	require.Equal(t, "DUPLICATE_BATCH", reason(t, err), "%v", err)
-	assert.Equal(t, leader, hdr.Get(api.LeaderKey), "the leader's error answer")
+	// Through a follower of the moment, as a new producer each round: an
+	// election on a loaded machine between the sends would move the
+	// leader (and the header with it).
+	producer := uint64(0)
+	require.Eventually(t, func() bool {
+		producer++
+		f, _, _ := pickNode(t, c, func(n *servertest.Node, tp *topic.Topic) bool {
+			l := tp.Group.Leader()
+			return l != 0 && l != n.RaftID()
+		})
+		if f == nil {
+			return false
+		}
+		bus := dialBus(t, f.Addr())
+		var first, second metadata.MD
+		_, err := bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: payloads("a", 1, 2), WaitForCommit: true, ProducerId: producer, Sequence: 1}, grpc.Header(&first))
+		if err != nil || len(first.Get(api.LeaderKey)) != 1 {
+			return false // not forwarded: the leadership moved
+		}
+		_, err = bus.SendMessages(testCtx(t), &forestbusv1.SendMessagesRequest{Topic: "default", Messages: payloads("b", 1, 3), WaitForCommit: true, ProducerId: producer, Sequence: 1}, grpc.Header(&second))
+		if status.Code(err) != codes.AlreadyExists {
+			return false
+		}
+		assert.Equal(t, "DUPLICATE_BATCH", reason(t, err), "%v", err)
+		assert.Equal(t, first.Get(api.LeaderKey), second.Get(api.LeaderKey), "the leader's error answer")
+		return true
+	}, 30*time.Second, 20*time.Millisecond)
 }
 
 // rawCodec sends []byte messages as they are, to put on the wire what no

@@ -152,6 +152,9 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 		if s.registry.RemovedSelf() {
 			// The cluster removed this node: its groups hear of no more
 			// commits (and still know a leader, so CutOff never says so).
+			if sc != nil {
+				scratchPool.Put(sc)
+			}
 			return errRemoved
 		}
 		// Messages, or a heartbeat (the wait cap passed at the tail).

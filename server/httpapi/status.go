@@ -26,7 +26,8 @@ type Status struct {
 	Node   string `json:"node"`
 	NodeID uint64 `json:"node_id"`
 	// Removed: the cluster removed this node. It serves no client, and
-	// what follows is the cluster as it was when the node learned of it.
+	// what follows is as of its last applied metadata: up to its removal,
+	// or, when a peer told it, up to when it stopped before that.
 	Removed bool `json:"removed,omitempty"`
 	// Time is when the status was taken.
 	Time time.Time `json:"time"`

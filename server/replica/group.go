@@ -868,66 +868,48 @@ func (g *Group) read(ctx context.Context, id uint64, maxCount, fill, maxBytes in
 	if g.Joining() {
 		return ReadResult{}, errJoining
 	}
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
+	if wait > 0 && id > g.commitID.Load() {
+		if err := g.AwaitCommit(ctx, id, wait); err != nil {
+			return ReadResult{}, err
 		}
-	}()
-	for {
-		ch := g.commitWait(wait > 0)
-		commit := g.commitID.Load()
-		if first := g.log.FirstID(); id < first {
-			return ReadResult{NextID: first, CommitID: commit}, nil
-		}
-		if id <= commit {
-			var (
-				msgs [][]byte
-				next uint64
-				err  error
-			)
-			hi := min(commit, id+MaxReadMessages-1) // the message cap
-			switch {
-			case whole:
-				msgs, next, err = g.log.ReadBatchesInto(sc, id, hi, maxCount, fill, maxBytes)
-			case sc != nil:
-				msgs, next, err = g.log.ReadInto(sc, id, hi, maxCount, maxBytes)
-			default:
-				msgs, next, err = g.log.ReadMessages(nil, id, hi, maxCount, maxBytes)
-			}
-			if errors.Is(err, commitlog.ErrCompacted) {
-				return ReadResult{NextID: g.log.FirstID(), CommitID: commit}, nil
-			}
-			if errors.Is(err, commitlog.ErrClosed) {
-				return ReadResult{}, ErrStopped
-			}
-			if err != nil {
-				return ReadResult{}, err
-			}
-			return ReadResult{Messages: msgs, NextID: next, CommitID: commit}, nil
-		}
+	}
+	commit := g.commitID.Load()
+	if first := g.log.FirstID(); id < first {
+		return ReadResult{NextID: first, CommitID: commit}, nil
+	}
+	if id > commit {
 		if g.failed.Load() {
 			// Fenced: this node's commit point moves no more, while the
 			// cluster's may. An empty answer at its tail would keep the
 			// reader here for ever: send it to another node.
 			return ReadResult{NextID: id, CommitID: commit}, ErrStorageFailed
 		}
-		if wait <= 0 {
-			return ReadResult{NextID: id, CommitID: commit}, nil
-		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-		}
-		select {
-		case <-ch:
-		case <-timer.C:
-			return ReadResult{NextID: id, CommitID: g.commitID.Load()}, nil
-		case <-ctx.Done():
-			return ReadResult{}, ctx.Err()
-		case <-g.stopped:
-			return ReadResult{}, ErrStopped
-		}
+		return ReadResult{NextID: id, CommitID: commit}, nil // the wait ended
 	}
+	var (
+		msgs [][]byte
+		next uint64
+		err  error
+	)
+	hi := min(commit, id+MaxReadMessages-1) // the message cap
+	switch {
+	case whole:
+		msgs, next, err = g.log.ReadBatchesInto(sc, id, hi, maxCount, fill, maxBytes)
+	case sc != nil:
+		msgs, next, err = g.log.ReadInto(sc, id, hi, maxCount, maxBytes)
+	default:
+		msgs, next, err = g.log.ReadMessages(nil, id, hi, maxCount, maxBytes)
+	}
+	if errors.Is(err, commitlog.ErrCompacted) {
+		return ReadResult{NextID: g.log.FirstID(), CommitID: commit}, nil
+	}
+	if errors.Is(err, commitlog.ErrClosed) {
+		return ReadResult{}, ErrStopped
+	}
+	if err != nil {
+		return ReadResult{}, err
+	}
+	return ReadResult{Messages: msgs, NextID: next, CommitID: commit}, nil
 }
 
 // AwaitCommit waits until id is committed, up to wait, so that a reader

@@ -63,7 +63,9 @@ type ForestBusServiceClient interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name, sequence 0 with a producer_id),
 	// INVALID_ARGUMENT/MESSAGE_TOO_LARGE, INVALID_ARGUMENT/BATCH_TOO_LARGE
-	// (over the max batch size, or more than 1,048,576 messages),
+	// (over the max batch size, or more than 1,048,576 messages; a request
+	// that also carries fields the node does not know is decoded as protobuf
+	// does, and one of more messages is refused as undecodable: INTERNAL),
 	// RESOURCE_EXHAUSTED without a reason (a request over the node's gRPC
 	// receive limit: split the batch), FAILED_PRECONDITION/NOT_LEADER
 	// (nothing stored: send it to the leader), UNAVAILABLE/NO_LEADER,
@@ -108,8 +110,9 @@ type ForestBusServiceClient interface {
 	// to check that they talk to the cluster they expect.
 	//
 	// Errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH (the
-	// forestbus-cluster-id metadata names another cluster); no other of its
-	// own.
+	// forestbus-cluster-id metadata names another cluster); UNAVAILABLE
+	// without a reason from a node the cluster removed (its member list
+	// stopped at its removal: ask another node).
 	GetClusterDetails(ctx context.Context, in *GetClusterDetailsRequest, opts ...grpc.CallOption) (*GetClusterDetailsResponse, error)
 	// Subscribe streams a topic's committed messages from an ID, in ID order
 	// and without gaps, and then every message committed later: a consumer
@@ -304,7 +307,9 @@ type ForestBusServiceServer interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND, INVALID_ARGUMENT/INVALID_ARGUMENT
 	// (empty batch, bad topic name, sequence 0 with a producer_id),
 	// INVALID_ARGUMENT/MESSAGE_TOO_LARGE, INVALID_ARGUMENT/BATCH_TOO_LARGE
-	// (over the max batch size, or more than 1,048,576 messages),
+	// (over the max batch size, or more than 1,048,576 messages; a request
+	// that also carries fields the node does not know is decoded as protobuf
+	// does, and one of more messages is refused as undecodable: INTERNAL),
 	// RESOURCE_EXHAUSTED without a reason (a request over the node's gRPC
 	// receive limit: split the batch), FAILED_PRECONDITION/NOT_LEADER
 	// (nothing stored: send it to the leader), UNAVAILABLE/NO_LEADER,
@@ -349,8 +354,9 @@ type ForestBusServiceServer interface {
 	// to check that they talk to the cluster they expect.
 	//
 	// Errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH (the
-	// forestbus-cluster-id metadata names another cluster); no other of its
-	// own.
+	// forestbus-cluster-id metadata names another cluster); UNAVAILABLE
+	// without a reason from a node the cluster removed (its member list
+	// stopped at its removal: ask another node).
 	GetClusterDetails(context.Context, *GetClusterDetailsRequest) (*GetClusterDetailsResponse, error)
 	// Subscribe streams a topic's committed messages from an ID, in ID order
 	// and without gaps, and then every message committed later: a consumer
