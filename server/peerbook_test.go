@@ -18,6 +18,18 @@ import (
 	"github.com/forestbus/forestbus/server/servertest"
 )
 
+// loggedCluster is a 3-node cluster whose nodes log warnings and errors
+// to the returned buffer.
+func loggedCluster(t *testing.T) (*servertest.Cluster, *syncbuf.Buffer) {
+	t.Helper()
+	logs := new(syncbuf.Buffer)
+	c := servertest.NewCluster(t, 3, servertest.WithConfig(func(cfg *server.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}))
+	c.WaitTopic("default")
+	return c, logs
+}
+
 // TestWipedNodeIsRefused: a node whose data directory was wiped, started
 // again with its old name and -initial-cluster, takes up its old raft ID
 // with an empty log. A review saw such a node vote a candidate that lacked
@@ -25,11 +37,7 @@ import (
 // messages. Its peers now refuse its streams (its identity's incarnation
 // is not the one they recorded), and say why; the cluster goes on.
 func TestWipedNodeIsRefused(t *testing.T) {
-	var logs syncbuf.Buffer
-	c := servertest.NewCluster(t, 3, servertest.WithConfig(func(cfg *server.Config) {
-		cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}))
-	c.WaitTopic("default")
+	c, logs := loggedCluster(t)
 	ctx := ctxT(t)
 	_, err := dial(t, c.Nodes[0]).bus.SendMessages(ctx, &forestbusv1.SendMessagesRequest{Topic: "default", Messages: [][]byte{[]byte("a")}, WaitForCommit: true})
 	require.NoError(t, err)
@@ -69,10 +77,7 @@ func TestRemovedNodeLearnsFromPeers(t *testing.T) {
 	ctx := ctxT(t)
 	gone := c.Nodes[2]
 	gone.Stop()
-	require.Eventually(t, func() bool {
-		_, err := dial(t, c.Nodes[0]).admin.RemoveNode(ctx, &forestbusv1.RemoveNodeRequest{Name: gone.Cfg.NodeName})
-		return err == nil
-	}, 20*time.Second, 50*time.Millisecond)
+	require.NoError(t, removeNode(t, dial(t, c.Nodes[0]).admin, gone.Cfg.NodeName))
 
 	gone.Start()
 	require.Eventually(t, func() bool { return gone.Registry().RemovedSelf() }, 20*time.Second, 10*time.Millisecond, "told by a peer")
@@ -99,16 +104,9 @@ func TestRemovedVoterStillCounts(t *testing.T) {
 	c := servertest.NewCluster(t, 4)
 	c.WaitTopic("default")
 	ctx := ctxT(t)
-	admin := dial(t, c.Nodes[0]).admin
-	remove := func(n *servertest.Node) {
-		require.Eventually(t, func() bool {
-			_, err := admin.RemoveNode(ctx, &forestbusv1.RemoveNodeRequest{Name: n.Cfg.NodeName})
-			return err == nil
-		}, 20*time.Second, 20*time.Millisecond)
-	}
 	c.Nodes[3].Stop()
-	remove(c.Nodes[3])
-	remove(c.Nodes[1])
+	require.NoError(t, removeNode(t, dial(t, c.Nodes[0]).admin, c.Nodes[3].Cfg.NodeName))
+	require.NoError(t, removeNode(t, dial(t, c.Nodes[0]).admin, c.Nodes[1].Cfg.NodeName))
 	c.Nodes[1].Restart()
 	require.Eventually(t, func() bool {
 		_, err := dial(t, c.Nodes[0]).bus.SendMessages(ctx, &forestbusv1.SendMessagesRequest{Topic: "default", Messages: [][]byte{[]byte("x")}, WaitForCommit: true})
@@ -122,18 +120,10 @@ func TestRemovedVoterStillCounts(t *testing.T) {
 // the removed ID as a voter for a while yet, and the empty log must not
 // vote there. (Its removal was checked first, and let it through.)
 func TestWipedRemovedNodeIsRefused(t *testing.T) {
-	var logs syncbuf.Buffer
-	c := servertest.NewCluster(t, 3, servertest.WithConfig(func(cfg *server.Config) {
-		cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}))
-	c.WaitTopic("default")
-	ctx := ctxT(t)
+	c, logs := loggedCluster(t)
 	gone := c.Nodes[2]
 	gone.Stop()
-	require.Eventually(t, func() bool {
-		_, err := dial(t, c.Nodes[0]).admin.RemoveNode(ctx, &forestbusv1.RemoveNodeRequest{Name: gone.Cfg.NodeName})
-		return err == nil
-	}, 20*time.Second, 50*time.Millisecond)
+	require.NoError(t, removeNode(t, dial(t, c.Nodes[0]).admin, gone.Cfg.NodeName))
 	require.NoError(t, os.RemoveAll(gone.Cfg.DataDir))
 	gone.Start()
 	require.Eventually(t, func() bool {

@@ -39,12 +39,13 @@ func (l *heldLeader) SendMessages(ctx context.Context, req *forestbusv1.SendMess
 	return &forestbusv1.SendMessagesResponse{FirstId: 1, Count: int32(len(req.GetMessages()))}, nil
 }
 
-// A follower forwards at most MaxForwarding calls at once: one more is
-// answered NOT_LEADER with the leader's address, and a slot freed by a
-// forwarded call's answer serves the next.
-func TestForwardingCap(t *testing.T) {
-	leader := &heldLeader{got: make(chan struct{}, 4), release: make(chan struct{})}
-	srv := grpc.NewServer()
+// forwardingTo serves leader as node n2 (with the node's codec, which gives
+// back lent answers) and returns a client of a follower that answers every
+// call NOT_LEADER (leader n2) and so forwards it there, up to
+// maxForwarding at once (0: the default), and the leader's address.
+func forwardingTo(t *testing.T, leader forestbusv1.ForestBusServiceServer, maxForwarding int) (forestbusv1.ForestBusServiceClient, string) {
+	t.Helper()
+	srv := grpc.NewServer(New(Config{ClusterID: "c1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil).ServerOptions()...)
 	forestbusv1.RegisterForestBusServiceServer(srv, leader)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -54,13 +55,21 @@ func TestForwardingCap(t *testing.T) {
 	svc := New(Config{
 		ClusterID:     "c1",
 		Nodes:         []Node{{Name: "n2", Address: lis.Addr().String(), RaftID: 2}},
-		MaxForwarding: 1,
+		MaxForwarding: maxForwarding,
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, nil)
 	t.Cleanup(svc.fwd.close)
 	follower := &failingService{}
 	follower.set(&replica.NotLeaderError{Leader: 2}, false)
-	bus := serveBus(t, follower, svc.ServerOptions()...)
+	return serveBus(t, follower, svc.ServerOptions()...), lis.Addr().String()
+}
+
+// A follower forwards at most MaxForwarding calls at once: one more is
+// answered NOT_LEADER with the leader's address, and a slot freed by a
+// forwarded call's answer serves the next.
+func TestForwardingCap(t *testing.T) {
+	leader := &heldLeader{got: make(chan struct{}, 4), release: make(chan struct{})}
+	bus, _ := forwardingTo(t, leader, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	req := &forestbusv1.SendMessagesRequest{Topic: "t", Messages: [][]byte{[]byte("m")}}
@@ -76,7 +85,7 @@ func TestForwardingCap(t *testing.T) {
 		t.Fatal("the first call was not forwarded")
 	}
 
-	_, err = bus.SendMessages(ctx, req)
+	_, err := bus.SendMessages(ctx, req)
 	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
 	st := status.Convert(err)
 	require.Len(t, st.Details(), 1)
@@ -104,22 +113,7 @@ func (l *answeringLeader) SendMessages(context.Context, *forestbusv1.SendMessage
 // header sent clients to a node that had just said it could not lead).
 func TestForwardedErrorHeader(t *testing.T) {
 	leader := &answeringLeader{}
-	srv := grpc.NewServer(New(Config{ClusterID: "c1", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil).ServerOptions()...)
-	forestbusv1.RegisterForestBusServiceServer(srv, leader)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-
-	svc := New(Config{
-		ClusterID: "c1",
-		Nodes:     []Node{{Name: "n2", Address: lis.Addr().String(), RaftID: 2}},
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}, nil)
-	t.Cleanup(svc.fwd.close)
-	follower := &failingService{}
-	follower.set(&replica.NotLeaderError{Leader: 2}, false)
-	bus := serveBus(t, follower, svc.ServerOptions()...)
+	bus, leaderAddr := forwardingTo(t, leader, 0)
 	req := &forestbusv1.SendMessagesRequest{Topic: "t", Messages: [][]byte{[]byte("m")}}
 	for _, tc := range []struct {
 		err    error
@@ -137,7 +131,7 @@ func TestForwardedErrorHeader(t *testing.T) {
 		_, err := bus.SendMessages(context.Background(), req, grpc.Header(&hdr))
 		require.Error(t, err)
 		if tc.header {
-			assert.Equal(t, []string{lis.Addr().String()}, hdr.Get(LeaderKey), "%v", tc.err)
+			assert.Equal(t, []string{leaderAddr}, hdr.Get(LeaderKey), "%v", tc.err)
 		} else {
 			assert.Empty(t, hdr.Get(LeaderKey), "%v", tc.err)
 		}

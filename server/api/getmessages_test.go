@@ -3,14 +3,12 @@ package api_test
 import (
 	"context"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -117,17 +115,7 @@ func TestWaiterCapCountsOnlyWaits(t *testing.T) {
 	c := client.New("test", []string{n.Addr()})
 	t.Cleanup(c.Close)
 	send(t, c, "default", payloads("m", 1, 3))
-	svc := api.New(api.Config{ClusterID: "test", NodeName: "own", MaxWaiters: 1}, n.Registry())
-	srv := grpc.NewServer(svc.ServerOptions()...)
-	forestbusv1.RegisterForestBusServiceServer(srv, svc)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() {
-		svc.BeginShutdown()
-		srv.Stop()
-	})
-	bus := dialBus(t, lis.Addr().String())
+	svc, bus := ownService(t, n, func(c *api.Config) { c.MaxWaiters = 1 })
 
 	ctx, cancel := context.WithCancel(testCtx(t))
 	defer cancel()

@@ -246,10 +246,15 @@ func TestSubscribeShutdown(t *testing.T) {
 }
 
 // ownService serves a second api.Service over the registry of a running
-// node, so a test can reach the Service's knobs.
-func ownService(t *testing.T, n *servertest.Node) (*api.Service, forestbusv1.ForestBusServiceClient) {
+// node, so a test can reach the Service's knobs (and set its Config with
+// opts).
+func ownService(t *testing.T, n *servertest.Node, opts ...func(*api.Config)) (*api.Service, forestbusv1.ForestBusServiceClient) {
 	t.Helper()
-	svc := api.New(api.Config{ClusterID: "test", NodeName: "own"}, n.Registry())
+	cfg := api.Config{ClusterID: "test", NodeName: "own"}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	svc := api.New(cfg, n.Registry())
 	srv := grpc.NewServer(svc.ServerOptions()...)
 	forestbusv1.RegisterForestBusServiceServer(srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
