@@ -43,7 +43,11 @@
 // share one port). The first frame of a stream is a handshake naming the
 // cluster and the sender and receiver node IDs; a stream from another
 // cluster, or addressed to another node, is refused with
-// FailedPrecondition before any Raft message is sent. Each received message
+// FailedPrecondition before any Raft message is sent. The stream's request
+// headers carry the sender's incarnation (Config.Incarnation), which
+// Config.CheckPeer may refuse (PermissionDenied: a node that came back
+// with another data directory) or answer with the news that the cluster
+// removed the sender (Config.OnRemoved on its side). Each received message
 // is unmarshalled and passed to Handler.Step in order, on the goroutine that
 // received its frame (one per inbound stream): no hand-over to another
 // goroutine on the way from the socket to the engine's inbox. Stop ends the
