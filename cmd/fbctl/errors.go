@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/forestbus/forestbus/batcher"
 	"github.com/forestbus/forestbus/client"
 )
@@ -43,15 +45,18 @@ func explain(err error) string {
 		name = subj.name
 	}
 	// The node's own answer, from the client or from adminCall.
-	var ans struct{ node, msg, text string }
+	var ans struct {
+		node, msg, text string
+		code            codes.Code
+	}
 	var se *client.StatusError
 	var re *rpcError
 	hasStatus := true
 	switch {
 	case errors.As(err, &se):
-		ans.node, ans.msg, ans.text = se.Node, se.Message, se.Error()
+		ans.node, ans.msg, ans.text, ans.code = se.Node, se.Message, se.Error(), se.Code
 	case errors.As(err, &re):
-		ans.node, ans.msg, ans.text = re.node, re.msg, re.Error()
+		ans.node, ans.msg, ans.text, ans.code = re.node, re.msg, re.Error(), re.code
 	default:
 		hasStatus = false
 	}
@@ -82,6 +87,10 @@ func explain(err error) string {
 		msg = withPrefix("message too large: ", serverSays("a message exceeds the node's maximum message size"))
 	case errors.Is(err, client.ErrBatchTooLarge):
 		msg = withPrefix("batch too large: ", serverSays("a batch exceeds the node's maximum batch size"))
+	case errors.Is(err, client.ErrInvalidArgument) && hasStatus && ans.code == codes.FailedPrecondition:
+		// A valid request the cluster's state refuses (RemoveNode of the
+		// last voter, or of one that would cost the live majority).
+		msg = withPrefix("refused: ", serverSays(trimForestbus(err.Error())))
 	case errors.Is(err, client.ErrInvalidArgument):
 		msg = withPrefix("invalid argument: ", serverSays(trimForestbus(err.Error())))
 	case errors.Is(err, client.ErrDuplicateBatch):

@@ -578,3 +578,14 @@ func TestStatusCheckCountsFencedCopies(t *testing.T) {
 	ok.Topics[0].Replicas[1].Error, ok.Topics[0].Replicas[1].Failed = "STORAGE_FAILED: storage failed, group fenced", true
 	assert.False(t, ok.healthy())
 }
+
+// TestRefusedRemovalSaysRefused: a removal the cluster's state refuses
+// (here of the last voter: FAILED_PRECONDITION with reason
+// INVALID_ARGUMENT) reads "refused", not "invalid argument" (the request
+// is valid; review).
+func TestRefusedRemovalSaysRefused(t *testing.T) {
+	n := servertest.StartNode(t)
+	r := fbctl(t, nodeConn(n), "", "node", "remove", n.Cfg.NodeName)
+	assert.Equal(t, 1, r.code)
+	assert.True(t, strings.HasPrefix(r.stderr, "fbctl: refused: "), r.stderr)
+}
