@@ -624,6 +624,9 @@ func sameListener(member, listen string) bool {
 // Addr is the address the node listens on.
 func (s *Server) Addr() string { return s.addr }
 
+// NodeName is the node's name (Config.NodeName).
+func (s *Server) NodeName() string { return s.cfg.NodeName }
+
 // ConnectionString is the client connection string for the node's
 // cluster and default topic: cluster#topic@address,address,... with this
 // node's address first, then the other members' it knows of (a client

@@ -431,4 +431,5 @@ func TestStatusSaysRemoved(t *testing.T) {
 		return err == nil
 	}, 20*time.Second, 50*time.Millisecond)
 	require.Eventually(t, func() bool { return statusJSON(t, ts.URL).Removed }, 20*time.Second, 10*time.Millisecond)
+	assert.Equal(t, gone.Cfg.NodeName, statusJSON(t, ts.URL).Node, "its name, not its raft ID")
 }

@@ -145,7 +145,8 @@ func (h *handler) collect(ctx context.Context, health bool) Status {
 	self := h.selfID(ctx)
 	members := reg.Members()
 	clusterID, _, _ := client.ParseConnectionString(h.srv.ConnectionString())
-	st := Status{Cluster: clusterID, NodeID: self, Node: nameOf(members, self), Removed: reg.RemovedSelf(), Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
+	// The node's own name, also once it is no member (removed).
+	st := Status{Cluster: clusterID, NodeID: self, Node: h.srv.NodeName(), Removed: reg.RemovedSelf(), Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
 	for _, m := range members {
 		st.Nodes = append(st.Nodes, NodeStatus{ID: m.ID, Name: m.Name, Address: m.Address, Self: m.ID == self})
 	}
