@@ -42,7 +42,7 @@ type (
 		Name      string   `json:"name"`
 		Address   string   `json:"address"`
 		Up        bool     `json:"up"`
-		Learner   bool     `json:"learner,omitempty"` // joined, still catching up: not yet a voter
+		Learner   bool     `json:"learner,omitempty"` // joined, still catching up on the metadata group: not yet a voter there (each topic's lag shows its own catch-up)
 		LatencyMS *float64 `json:"latency_ms,omitempty"`
 		Error     string   `json:"error,omitempty"`
 	}

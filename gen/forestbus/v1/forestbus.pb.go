@@ -966,8 +966,12 @@ type Node struct {
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	// The node's raft ID: stable, never reused.
 	Id uint64 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
-	// A member that joined and is still catching up: not yet a voter of the
-	// cluster's metadata group, it is promoted once it has caught up.
+	// A member that joined and is still catching up on the metadata group:
+	// not yet a voter there, it is promoted once it has caught up (usually
+	// within a second). Each topic promotes it on its own, once it holds
+	// that topic's log: a large topic may still be catching up on a node
+	// this field already calls a voter (GetTopicDetails on the node shows
+	// how far it is).
 	Learner       bool `protobuf:"varint,4,opt,name=learner,proto3" json:"learner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
