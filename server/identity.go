@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/forestbus/forestbus/server/topic"
 )
@@ -29,11 +31,40 @@ type identity struct {
 	// leader to tell it the members.
 	Initial []topic.Member `json:"initial_cluster,omitempty"`
 	// Incarnation is a random number chosen when the directory was first
-	// used (or when a version that had none first started on it). It goes
-	// with the node's peer streams: a node whose directory was wiped and
-	// that started again under its old raft ID comes with another one,
-	// and its peers refuse it (peerBook).
-	Incarnation uint64 `json:"incarnation,omitempty"`
+	// used. It goes with the node's peer streams: a node whose directory
+	// was wiped and that started again under its old raft ID comes with
+	// another one, and its peers refuse it (peerBook). A directory of a
+	// version that had none gets one derived from its identity at its
+	// next start (derivedIncarnation), so that a backup of it taken before
+	// the upgrade, restored later, comes with the same one.
+	Incarnation incarnation `json:"incarnation,omitempty"`
+}
+
+// incarnation is stored as a hexadecimal string, as in peers.json: as a
+// JSON number it would exceed what many JSON readers hold exactly (2^53).
+// A number (written by this version's first builds) is read too.
+type incarnation uint64
+
+func (i incarnation) MarshalJSON() ([]byte, error) {
+	return json.Marshal(strconv.FormatUint(uint64(i), 16))
+}
+
+func (i *incarnation) UnmarshalJSON(b []byte) error {
+	var hex string
+	if err := json.Unmarshal(b, &hex); err != nil {
+		var n uint64
+		if err := json.Unmarshal(b, &n); err != nil {
+			return fmt.Errorf("incarnation: %s: want a hexadecimal string", b)
+		}
+		*i = incarnation(n)
+		return nil
+	}
+	n, err := strconv.ParseUint(hex, 16, 64)
+	if err != nil {
+		return fmt.Errorf("incarnation: %w", err)
+	}
+	*i = incarnation(n)
+	return nil
 }
 
 const identityFile = "identity.json"
@@ -53,7 +84,7 @@ func loadIdentity(dir string, want identity) (identity, error) {
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		want.Incarnation = newIncarnation()
+		want.Incarnation = incarnation(newIncarnation())
 		if err := writeFileAtomic(path, want); err != nil {
 			return identity{}, err
 		}
@@ -74,12 +105,29 @@ func loadIdentity(dir string, want identity) (identity, error) {
 			ErrClusterMismatch, dir, got.NodeName, want.NodeName, got.NodeName)
 	}
 	if got.Incarnation == 0 { // written by a version without it
-		got.Incarnation = newIncarnation()
+		got.Incarnation = derivedIncarnation(got)
 		if err := writeFileAtomic(path, got); err != nil {
 			return identity{}, err
 		}
 	}
 	return got, nil
+}
+
+// derivedIncarnation is the incarnation of a directory a version without
+// incarnations created: a hash of its identity, so that the same
+// directory, or a backup of it from before the upgrade, always gets the
+// same one. A wiped directory starts with a new identity file, and a
+// random incarnation.
+func derivedIncarnation(id identity) incarnation {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%s\x00%s\x00%d", id.ClusterID, id.NodeName, id.RaftID)
+	for _, m := range id.Initial {
+		fmt.Fprintf(h, "\x00%d=%s@%s", m.ID, m.Name, m.Address)
+	}
+	if n := h.Sum64(); n != 0 {
+		return incarnation(n)
+	}
+	return 1
 }
 
 // newIncarnation returns a random non-zero incarnation.

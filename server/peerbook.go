@@ -89,7 +89,7 @@ func (b *peerBook) check(from, inc uint64) error {
 	case old == inc:
 		return nil
 	}
-	err := fmt.Errorf("node %d came back with another data directory than the one it ran with (incarnation %x, was %x): it lost its log, and must not take part under its old raft ID; remove it from the cluster (fbctl node remove NAME) and start it again with -join", from, inc, old)
+	err := fmt.Errorf("node %d came back with another data directory than the one it ran with (incarnation %x, was %x): wiped, or replaced, it lost its log, and must not take part under its old raft ID; remove it from the cluster (fbctl node remove NAME) and start it again with -join", from, inc, old)
 	if b.logged[from] != inc {
 		b.logged[from] = inc
 		b.log.Error("server: refusing a peer", "peer", from, "err", err)

@@ -234,7 +234,7 @@ func (s *Server) open() error {
 		}
 		grpcTransport = transport.New(transport.Config{
 			NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger,
-			Incarnation: id.Incarnation,
+			Incarnation: uint64(id.Incarnation),
 			CheckPeer: func(from, inc uint64) error {
 				// Its data directory first: a removed node may still be a
 				// voter of some topic for a while, and a wiped one must
