@@ -192,6 +192,12 @@ func (p *peer) run() {
 		// Messages queued while the peer is unreachable would arrive late
 		// or never: drop them now and tell Raft, until the next attempt.
 		buf = p.dropPending(buf)
+		if status.Code(err) == codes.PermissionDenied {
+			// Refused: only the operator heals that, and each attempt
+			// costs both sides a call (and a line in the peer's call
+			// log): try now and then.
+			delay = refusedRetry
+		}
 		wait := delay/2 + rand.N(delay/2+1) // jitter in [delay/2, delay]
 		delay = min(2*delay, backoffMax)
 		timer := time.NewTimer(wait)
@@ -216,8 +222,11 @@ func (p *peer) run() {
 }
 
 // refusedLogEvery spaces the errors a peer that keeps refusing this
-// node's streams gets logged with.
+// node's streams gets logged with; refusedRetry spaces the attempts (a
+// variable for tests).
 const refusedLogEvery = time.Minute
+
+var refusedRetry = 20 * time.Second
 
 // dropPending drops and reports everything queued.
 func (p *peer) dropPending(buf []outMsg) []outMsg {
