@@ -371,15 +371,8 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 		rctx, cancel = s.untilShutdown(ctx)
 		defer cancel()
 	}
-	// A call at the tail waits for a commit before it takes a pooled
-	// Scratch (and the buffers it kept from earlier reads), then reads
-	// without waiting. Only commit advances, so a call with a message at id
-	// now does not wait.
 	var res replica.ReadResult
-	if wait > 0 && max(id, 1) > t.Group.CommitID() {
-		err = t.Group.AwaitCommit(rctx, max(id, 1), wait)
-	}
-	sc := scratchPool.Get().(*commitlog.Scratch)
+	sc, err := awaitScratch(rctx, t, max(id, 1), wait)
 	if err == nil {
 		res, err = t.Group.ReadBatchesInto(rctx, sc, id, int(req.GetQuantity()), s.cfg.ReadAheadBytes, s.cfg.MaxReadBytes, 0)
 	}
@@ -399,6 +392,22 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 		err = replica.ErrNoLeader
 	}
 	return readResponse(sc, res, err)
+}
+
+// awaitScratch waits, for a read at id at the topic's tail, up to wait for
+// a commit (Group.AwaitCommit), holding no read buffers meanwhile, and then
+// returns a pooled Scratch for the read, which then need not wait (also
+// with the wait's error: the caller puts it back). Only commit advances,
+// so a read with a message at id now does not wait. A Scratch keeps
+// buffers the size of the largest stored batches it read: long polls and
+// caught-up Subscribe streams, which wait most of the time, held them all
+// that time.
+func awaitScratch(ctx context.Context, t *topic.Topic, id uint64, wait time.Duration) (*commitlog.Scratch, error) {
+	var err error
+	if wait > 0 && id > t.Group.CommitID() {
+		err = t.Group.AwaitCommit(ctx, id, wait)
+	}
+	return scratchPool.Get().(*commitlog.Scratch), err
 }
 
 // scratchPool holds the read buffers of GetMessages answers between calls.

@@ -133,9 +133,18 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 		if err != nil {
 			return s.subscribeError(stream.Context(), t, err)
 		}
+		// Send has encoded the response into gRPC's own buffers by the
+		// time it returns, and no interceptor or stats handler of this
+		// server keeps the message: its read buffers go back then, or
+		// at once when nothing points into them.
+		release := func() {
+			if sc != nil {
+				scratchPool.Put(sc)
+				sc = nil
+			}
+		}
 		if len(res.Messages) == 0 {
-			scratchPool.Put(sc) // nothing points into it
-			sc = nil
+			release()
 		}
 		if len(res.Messages) == 0 && res.NextID > id {
 			// Below the first retained ID: jump there. The next
@@ -152,9 +161,7 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 		if s.registry.RemovedSelf() {
 			// The cluster removed this node: its groups hear of no more
 			// commits (and still know a leader, so CutOff never says so).
-			if sc != nil {
-				scratchPool.Put(sc)
-			}
+			release()
 			return errRemoved
 		}
 		// Messages, or a heartbeat (the wait cap passed at the tail).
@@ -163,12 +170,7 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 			FirstId:  int64(id),
 			CommitId: int64(res.CommitID),
 		})
-		// Send has encoded the response into gRPC's own buffers by the
-		// time it returns, and no interceptor or stats handler of this
-		// server keeps the message: its read buffers may go.
-		if sc != nil {
-			scratchPool.Put(sc)
-		}
+		release()
 		if err != nil {
 			// The stream is broken: the client went away.
 			if cerr := stream.Context().Err(); cerr != nil {
@@ -190,21 +192,15 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 	}
 }
 
-// subscribeRead reads a stream's next response from id. Its messages are
-// in the returned Scratch, which goes back to scratchPool once the response
-// is sent. A stream holds read buffers only while it reads and sends: at
-// the tail (every caught-up stream, most of the time) it waits for a
-// commit first, without any (a Scratch keeps buffers the size of the
-// largest stored batches it read). On error the Scratch is back in the
-// pool.
+// subscribeRead reads a stream's next response from id (see
+// awaitScratch). Its messages are in the returned Scratch, which goes back
+// to scratchPool once the response is sent; on error it is back already.
 func (s *Service) subscribeRead(ctx context.Context, t *topic.Topic, id uint64, batch int, wait time.Duration) (replica.ReadResult, *commitlog.Scratch, error) {
-	if id > t.Group.CommitID() {
-		if err := t.Group.AwaitCommit(ctx, id, wait); err != nil {
-			return replica.ReadResult{}, nil, err
-		}
+	var res replica.ReadResult
+	sc, err := awaitScratch(ctx, t, id, wait)
+	if err == nil {
+		res, err = t.Group.ReadInto(ctx, sc, id, batch, s.cfg.MaxReadBytes, 0)
 	}
-	sc := scratchPool.Get().(*commitlog.Scratch)
-	res, err := t.Group.ReadInto(ctx, sc, id, batch, s.cfg.MaxReadBytes, 0)
 	if err != nil {
 		scratchPool.Put(sc)
 		return res, nil, err

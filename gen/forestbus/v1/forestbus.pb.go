@@ -967,8 +967,9 @@ type Node struct {
 	// The node's raft ID: stable, never reused.
 	Id uint64 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
 	// A member that joined and is still catching up on the metadata group:
-	// not yet a voter there, it is promoted once it has caught up (usually
-	// within a second). Each topic promotes it on its own, once it holds
+	// not yet a voter there, it is promoted once it has caught up (a
+	// replacement node of a review's cluster was a voter within 2 s). Each
+	// topic promotes it on its own, once it holds
 	// that topic's log: a large topic may still be catching up on a node
 	// this field already calls a voter (GetTopicDetails on the node shows
 	// how far it is).
