@@ -254,12 +254,6 @@ func (s *Service) gone(t *topic.Topic, err error) error {
 // DefaultMaxWaiters is Config.MaxWaiters's default.
 const DefaultMaxWaiters = 10_000
 
-// lookupBarrier bounds how long a call waits for the metadata group to
-// confirm that a topic this node does not know is missing (see
-// topic.Registry.Lookup); a node that cannot tell answers UNAVAILABLE, and
-// clients ask another node.
-const lookupBarrier = 2 * time.Second
-
 func (s *Service) lookup(ctx context.Context, name string) (*topic.Topic, error) {
 	if err := topic.ValidateName(name); err != nil {
 		return nil, err
@@ -270,9 +264,10 @@ func (s *Service) lookup(ctx context.Context, name string) (*topic.Topic, error)
 	if t, err := s.registry.Get(name); err == nil {
 		return t, nil // the send path: no timer, no context
 	}
-	lctx, cancel := context.WithTimeout(ctx, lookupBarrier)
-	defer cancel()
-	t, err := s.registry.Lookup(lctx, name)
+	// Lookup bounds its wait for the metadata group: a node that cannot
+	// tell whether the topic exists answers UNAVAILABLE, and clients ask
+	// another node.
+	t, err := s.registry.Lookup(ctx, name)
 	if err != nil && ctx.Err() != nil {
 		return nil, ctx.Err() // the caller gave up first
 	}

@@ -159,8 +159,7 @@ func (r *Registry) metaWait(ctx context.Context) (context.Context, context.Cance
 	return context.WithTimeout(ctx, max(minMetaWait, 2*r.meta.ElectionTimeout()))
 }
 
-// minMetaWait is metaWait's floor: the default two election timeouts, as
-// the API's wait for a lookup's barrier.
+// minMetaWait is metaWait's floor: the default two election timeouts.
 const minMetaWait = 2 * time.Second
 
 // RemoveNode removes the named member from the metadata group; Reconcile

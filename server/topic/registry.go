@@ -411,10 +411,12 @@ func (r *Registry) Get(name string) (*Topic, error) {
 // (replica.Group.ReadIndex), once this node has applied every command
 // committed when it asked. A topic this node is starting is waited for.
 // Errors: ErrNotFound; replica.ErrNoLeader (wrapping why) when the barrier
-// or the start could not complete before ctx ended; replica.ErrStorageFailed
-// (wrapping why) when the topic failed to start on this node, and
-// replica.ErrStopped when the node stopped first.
+// or the start could not complete within metaWait (or before ctx ended);
+// replica.ErrStorageFailed (wrapping why) when the topic failed to start on
+// this node, and replica.ErrStopped when the node stopped first.
 func (r *Registry) Lookup(ctx context.Context, name string) (*Topic, error) {
+	ctx, cancel := r.metaWait(ctx)
+	defer cancel()
 	t, err := r.started(ctx, name)
 	if !errors.Is(err, ErrNotFound) {
 		return t, err
