@@ -546,7 +546,7 @@ func (g *Group) WaitLeader(ctx context.Context) error {
 // the commit waiters too.
 func (g *Group) waitLead(ctx context.Context, ok func(lead uint64) bool) error {
 	for {
-		ch := g.commitWait(true)
+		ch := g.commitWait()
 		if ok(g.lead.Load()) {
 			return nil
 		}
@@ -926,7 +926,7 @@ func (g *Group) AwaitCommit(ctx context.Context, id uint64, wait time.Duration) 
 		}
 	}()
 	for {
-		ch := g.commitWait(true)
+		ch := g.commitWait()
 		if g.commitID.Load() >= id || g.failed.Load() || g.Joining() {
 			return nil
 		}
@@ -945,12 +945,8 @@ func (g *Group) AwaitCommit(ctx context.Context, id uint64, wait time.Duration) 
 	}
 }
 
-// commitWait returns a channel closed at the next commit advance (nil when
-// want is false).
-func (g *Group) commitWait(want bool) <-chan struct{} {
-	if !want {
-		return nil
-	}
+// commitWait returns a channel closed at the next commit advance.
+func (g *Group) commitWait() <-chan struct{} {
 	g.notifyMu.Lock()
 	defer g.notifyMu.Unlock()
 	if g.notifyCh == nil {
