@@ -1,15 +1,21 @@
 package server_test
 
 import (
+	"encoding/json"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -55,6 +61,10 @@ func TestWipedNodeIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "peer refuses this node") }, 20*time.Second, 10*time.Millisecond,
 		"the wiped node says so too")
+	// And takes itself out of service: it looked healthy, and answered
+	// clients from its empty logs (review).
+	require.Eventually(t, func() bool { return len(wiped.RefusedBy()) == 2 }, 20*time.Second, 10*time.Millisecond)
+	assertRefused(t, wiped, c.Nodes[0].Cfg.NodeName, c.Nodes[2].Cfg.NodeName)
 
 	// A peer remembers across its restarts (DataDir/peers.json).
 	refusals := func() int { return strings.Count(logs.String(), "came back with another data directory") }
@@ -129,4 +139,120 @@ func TestWipedRemovedNodeIsRefused(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return strings.Contains(logs.String(), "came back with another data directory")
 	}, 20*time.Second, 10*time.Millisecond, "the peers refuse it")
+}
+
+// assertRefused checks that n, refused by the members named, serves no
+// client: topic calls and GetClusterDetails answer UNAVAILABLE naming
+// them, and health says NOT_SERVING.
+func assertRefused(t *testing.T, n *servertest.Node, by ...string) {
+	t.Helper()
+	ctx := ctxT(t)
+	assert.ElementsMatch(t, by, n.RefusedBy())
+	cc := dial(t, n)
+	_, err := cc.bus.GetClusterDetails(ctx, &forestbusv1.GetClusterDetailsRequest{})
+	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	for _, name := range by {
+		assert.Contains(t, status.Convert(err).Message(), name)
+	}
+	_, err = cc.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1})
+	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	assert.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, healthOf(t, n))
+}
+
+// healthOf is n's health status (service "").
+func healthOf(t *testing.T, n *servertest.Node) healthpb.HealthCheckResponse_ServingStatus {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+n.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer cc.Close()
+	r, err := healthpb.NewHealthClient(cc).Check(ctxT(t), &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	return r.GetStatus()
+}
+
+// TestRefusalEnds: a node that its peers refuse serves no client until
+// they accept it again; here they recorded another incarnation for it (the
+// README's case of a node started by mistake under its name), and the
+// operator resets each peer's record (peers.json), one at a time. A
+// long poll waiting on the node when the refusal begins ends at once.
+func TestRefusalEnds(t *testing.T) {
+	c := servertest.NewCluster(t, 3, servertest.WithMaxWait(time.Minute))
+	c.WaitTopic("default")
+	x, p0, p2 := c.Nodes[1], c.Nodes[0], c.Nodes[2]
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, healthOf(t, x))
+
+	// A long poll waits on x, past the test's writes.
+	polled := make(chan error, 1)
+	go func() {
+		_, err := dial(t, x).bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1000, Quantity: 1, Wait: true})
+		polled <- err
+	}()
+	require.Eventually(t, func() bool { return x.LongPolls() == 1 }, 10*time.Second, time.Millisecond)
+	// So does a Subscribe stream (its heartbeat a minute away).
+	sub, err := dial(t, x).bus.Subscribe(ctxT(t), &forestbusv1.SubscribeRequest{Topic: "default", FromId: 1000, HeartbeatMs: 60_000})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return x.Subscriptions() == 1 }, 10*time.Second, time.Millisecond)
+
+	// Each peer records another directory for x's raft ID.
+	wrongRecord := func(p *servertest.Node) { recordWrongIncarnation(t, p, x) }
+	wrongRecord(p0)
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	select {
+	case err := <-polled:
+		assert.Equal(t, codes.Unavailable, status.Code(err), "the long poll ends: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the long poll still waits")
+	}
+	_, err = sub.Recv()
+	assert.Equal(t, codes.Unavailable, status.Code(err), "the stream ends: %v", err)
+	assertRefused(t, x, p0.Cfg.NodeName)
+	wrongRecord(p2)
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 2 }, 20*time.Second, 10*time.Millisecond)
+	assertRefused(t, x, p0.Cfg.NodeName, p2.Cfg.NodeName)
+
+	reset := func(p *servertest.Node) {
+		p.Stop()
+		require.NoError(t, os.Remove(filepath.Join(p.Cfg.DataDir, "peers.json")))
+		p.Start()
+	}
+	reset(p0)
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	assertRefused(t, x, p2.Cfg.NodeName)
+	reset(p2)
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 0 }, 20*time.Second, 10*time.Millisecond)
+	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, healthOf(t, x))
+	_, err = dial(t, x).bus.GetClusterDetails(ctxT(t), &forestbusv1.GetClusterDetailsRequest{})
+	assert.NoError(t, err)
+	_, err = dial(t, x).bus.GetMessages(ctxT(t), &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1})
+	assert.NoError(t, err)
+}
+
+// recordWrongIncarnation restarts p with another incarnation recorded for
+// x's raft ID (peers.json), so that it refuses x.
+func recordWrongIncarnation(t *testing.T, p, x *servertest.Node) {
+	t.Helper()
+	p.Stop()
+	book := filepath.Join(p.Cfg.DataDir, "peers.json")
+	b, err := os.ReadFile(book)
+	require.NoError(t, err)
+	var known map[string]string
+	require.NoError(t, json.Unmarshal(b, &known))
+	known[strconv.FormatUint(x.RaftID(), 10)] = "1"
+	b, err = json.Marshal(known)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(book, b, 0o644))
+	p.Start()
+}
+
+// TestRefusalByFormerMember: only members' refusals take a node out of
+// service: a node the cluster removed may run on with a stale record.
+func TestRefusalByFormerMember(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	x, p := c.Nodes[1], c.Nodes[0]
+	recordWrongIncarnation(t, p, x)
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	require.NoError(t, removeNode(t, dial(t, c.Nodes[2]).admin, p.Cfg.NodeName))
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 0 }, 20*time.Second, 10*time.Millisecond)
+	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, healthOf(t, x))
 }

@@ -56,6 +56,10 @@ type Server struct {
 	addr      string
 	advertise string
 	lock      *os.File // the data directory's lock (lockDataDir)
+
+	refusalMu    sync.Mutex      // guards the three below and health updates (refusal.go)
+	refusedBy    map[uint64]bool // peers refusing this node's streams
+	refusedNames []string        // the members among them
 }
 
 // unlock releases the data directory's lock.
@@ -74,7 +78,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{}), bg: make(chan struct{}), stopc: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{}), bg: make(chan struct{}), stopc: make(chan struct{}), refusedBy: map[uint64]bool{}}
 	// Before the topics open: a restart at the limit fails in open.
 	s.checkFileLimit()
 	if err := commitlog.MkdirAll(cfg.DataDir); err != nil {
@@ -249,6 +253,7 @@ func (s *Server) open() error {
 				}
 				return nil
 			},
+			OnRefused: s.peerRefuses,
 			OnRemoved: func(peer uint64) {
 				// Streams open before the registry does: a peer's word
 				// then waits for it (below).
@@ -346,24 +351,17 @@ func (s *Server) open() error {
 	if grpcTransport != nil {
 		grpcTransport.Register(s.grpc)
 	}
-	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, hs)
+	s.refusalMu.Lock() // the transport's OnRefused may read it (refusal.go)
+	s.health = hs
+	s.refusalMu.Unlock()
 	reflection.Register(s.grpc)
-	// A node the cluster removed answers every topic call UNAVAILABLE:
-	// health probes (a load balancer, Kubernetes, systemd) must not take
-	// it for a serving node, also when it restarts removed (then from
-	// the start: no probe sees SERVING).
-	serving := func(st healthpb.HealthCheckResponse_ServingStatus) {
-		s.health.SetServingStatus("", st)
-		s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, st)
-		s.health.SetServingStatus(forestbusv1.AdminService_ServiceDesc.ServiceName, st)
-	}
-	if s.registry.RemovedSelf() {
-		serving(healthpb.HealthCheckResponse_NOT_SERVING)
-	} else {
-		serving(healthpb.HealthCheckResponse_SERVING)
-		context.AfterFunc(s.registry.Removal(), func() { serving(healthpb.HealthCheckResponse_NOT_SERVING) })
-	}
+	// A node the cluster removed, or that a member refuses, answers every
+	// topic call UNAVAILABLE, and health says so too, also when it
+	// restarts removed (then from the start: no probe sees SERVING).
+	s.updateServing()
+	context.AfterFunc(s.registry.Removal(), s.updateServing)
 	return nil
 }
 
@@ -526,6 +524,7 @@ func (s *Server) setMembers(ms []topic.Member) {
 	// topic group until it hands the leadership over, and followers forward
 	// to it meanwhile.
 	s.svc.SetNodes(nodes)
+	s.applyRefusal() // only members' refusals count
 }
 
 // engineHandler passes the transport's deliveries to the engine. The

@@ -141,6 +141,8 @@ type Service struct {
 	nodesMu sync.RWMutex
 	nodes   []Node
 	addrs   map[uint64]string // every node ever a member: raft ID -> address
+
+	refused refusal // SetRefusedBy
 }
 
 // New returns the services for a registry.
@@ -219,9 +221,12 @@ func (s *Service) untilShutdown(ctx context.Context) (context.Context, context.C
 	// The cluster removing this node ends waits too: its logs hear of no
 	// more commits (the callers answer errRemoved).
 	unhookRemoval := context.AfterFunc(s.registry.Removal(), cancel)
+	// So does a member refusing this node (the callers answer its error).
+	unhookRefusal := context.AfterFunc(s.refusedCtx(), cancel)
 	return ctx, func() {
 		unhook()
 		unhookRemoval()
+		unhookRefusal()
 		cancel()
 	}
 }
@@ -258,8 +263,8 @@ func (s *Service) lookup(ctx context.Context, name string) (*topic.Topic, error)
 	if err := topic.ValidateName(name); err != nil {
 		return nil, err
 	}
-	if s.registry.RemovedSelf() {
-		return nil, errRemoved
+	if err := s.unavailable(); err != nil {
+		return nil, err
 	}
 	if t, err := s.registry.Get(name); err == nil {
 		return t, nil // the send path: no timer, no context
@@ -373,10 +378,10 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 	}
 	if gerr := s.gone(t, err); gerr != nil {
 		err = gerr // removed (while we waited)
-	} else if wait > 0 && len(res.Messages) == 0 && s.registry.RemovedSelf() {
-		// The cluster removed this node while the call waited: newer
-		// commits are elsewhere.
-		res, err = replica.ReadResult{}, errRemoved
+	} else if uerr := s.unavailable(); wait > 0 && len(res.Messages) == 0 && uerr != nil {
+		// The cluster removed this node while the call waited, or a member
+		// refused it: newer commits are elsewhere.
+		res, err = replica.ReadResult{}, uerr
 	} else if wait > 0 && err != nil && ctx.Err() == nil && rctx.Err() != nil {
 		// Shutdown ended the wait: an empty answer, as at the wait cap.
 		res, err = replica.ReadResult{NextID: max(id, 1), CommitID: t.Group.CommitID()}, nil
@@ -470,10 +475,11 @@ func (s *Service) nodeName(id uint64) string {
 
 // GetClusterDetails implements ForestBusService.GetClusterDetails.
 func (s *Service) GetClusterDetails(ctx context.Context, _ *forestbusv1.GetClusterDetailsRequest) (*forestbusv1.GetClusterDetailsResponse, error) {
-	if s.registry != nil && s.registry.RemovedSelf() {
-		// Its member list stopped at its removal: a client or fbctl
+	if err := s.unavailable(); err != nil {
+		// Its member list stopped at its removal (or is not the
+		// cluster's, on a directory its peers refuse): a client or fbctl
 		// taking it for the cluster's would miss the nodes added since.
-		return nil, errRemoved
+		return nil, err
 	}
 	resp := &forestbusv1.GetClusterDetailsResponse{ClusterId: s.cfg.ClusterID, NodeName: s.cfg.NodeName}
 	for _, n := range s.Nodes() {

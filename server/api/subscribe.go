@@ -158,11 +158,12 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 			// would keep the client here. Send it elsewhere.
 			return replica.ErrNoLeader
 		}
-		if s.registry.RemovedSelf() {
-			// The cluster removed this node: its groups hear of no more
-			// commits (and still know a leader, so CutOff never says so).
+		if err := s.unavailable(); err != nil {
+			// The cluster removed this node, or a member refuses it: its
+			// groups hear of no more commits (and still know a leader, so
+			// CutOff never says so).
 			release()
-			return errRemoved
+			return err
 		}
 		// Messages, or a heartbeat (the wait cap passed at the tail).
 		err = stream.Send(&forestbusv1.SubscribeResponse{
@@ -222,8 +223,8 @@ func (s *Service) subscribeError(sctx context.Context, t *topic.Topic, err error
 		return ErrShuttingDown
 	default:
 	}
-	if s.registry.RemovedSelf() {
-		return errRemoved // the removal ended the wait (untilShutdown)
+	if uerr := s.unavailable(); uerr != nil {
+		return uerr // the removal or a refusal ended the wait (untilShutdown)
 	}
 	return err
 }

@@ -29,6 +29,11 @@ type Status struct {
 	// what follows is as of its last applied metadata: up to its removal,
 	// or, when a peer told it, up to when it stopped before that.
 	Removed bool `json:"removed,omitempty"`
+	// RefusedBy names the members that refuse this node's peer streams:
+	// its data directory is not the one they knew under its raft ID
+	// (wiped, or another node's). It serves no client meanwhile, and what
+	// follows is its own logs' view, not the cluster's.
+	RefusedBy []string `json:"refused_by,omitempty"`
 	// Time is when the status was taken.
 	Time time.Time `json:"time"`
 	// Nodes are the cluster's members, by raft ID.
@@ -146,7 +151,7 @@ func (h *handler) collect(ctx context.Context, health bool) Status {
 	members := reg.Members()
 	clusterID, _, _ := client.ParseConnectionString(h.srv.ConnectionString())
 	// The node's own name, also once it is no member (removed).
-	st := Status{Cluster: clusterID, NodeID: self, Node: h.srv.NodeName(), Removed: reg.RemovedSelf(), Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
+	st := Status{Cluster: clusterID, NodeID: self, Node: h.srv.NodeName(), Removed: reg.RemovedSelf(), RefusedBy: h.srv.RefusedBy(), Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
 	for _, m := range members {
 		st.Nodes = append(st.Nodes, NodeStatus{ID: m.ID, Name: m.Name, Address: m.Address, Self: m.ID == self})
 	}

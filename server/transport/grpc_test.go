@@ -556,3 +556,62 @@ func TestGRPCPeerRemoved(t *testing.T) {
 	assert.Equal(t, uint64(2), <-told)
 	assert.Zero(t, n2.tr.Stats().Refused)
 }
+
+// TestGRPCOnRefused: a node learns when a peer starts refusing its streams
+// and when it accepts one again (an operator reset the peer's record), so
+// that it can stop serving meanwhile: a refused node otherwise looked
+// healthy (review). The first outcome of a peer is reported too: a peer
+// that replaces one (a new address) starts with no word of the old one's.
+func TestGRPCOnRefused(t *testing.T) {
+	old := refusedRetry
+	refusedRetry = 50 * time.Millisecond
+	t.Cleanup(func() { refusedRetry = old })
+	var refuse atomic.Bool
+	refuse.Store(true)
+	n2 := startNode(t, 2, "c", func(c *Config) {
+		c.CheckPeer = func(uint64, uint64) error {
+			if refuse.Load() {
+				return errors.New("not you")
+			}
+			return nil
+		}
+	})
+	events := make(chan bool, 16)
+	n1 := startNode(t, 1, "c", func(c *Config) {
+		c.OnRefused = func(peer uint64, refused bool) {
+			assert.Equal(t, uint64(2), peer)
+			events <- refused
+		}
+	})
+	next := func() bool {
+		select {
+		case r := <-events:
+			return r
+		case <-time.After(waitFor):
+			t.Fatal("no OnRefused call")
+			return false
+		}
+	}
+	replace := func() { // a new stream, as for a new address
+		n1.tr.RemovePeer(2)
+		n1.tr.AddPeer(2, n2.addr)
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	}
+	n1.tr.AddPeer(2, n2.addr)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	assert.True(t, next(), "refused")
+	refuse.Store(false)
+	replace()
+	assert.False(t, next(), "the new peer reports its first acceptance")
+	require.Eventually(t, func() bool {
+		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 2)})
+		return n2.h.count() > 0
+	}, waitFor, tick)
+
+	refuse.Store(true)
+	replace()
+	assert.True(t, next(), "refused again")
+	refuse.Store(false)
+	assert.False(t, next(), "accepted again at the next attempt")
+	assert.Empty(t, events, "one call per change")
+}

@@ -151,7 +151,19 @@ func (p *peer) run() {
 		back    bool   // the peer opened a stream to this node (peerUp)
 
 		refusedLogged time.Time // when a refusal was last logged
+		// refused: whether the peer refused the last handshake, for
+		// OnRefused; unknown (nil) at first, so that the first outcome is
+		// reported also when this peer replaced one (a new address).
+		refused *bool
 	)
+	setRefused := func(r bool) {
+		if refused == nil || *refused != r {
+			refused = &r
+			if f := p.t.cfg.OnRefused; f != nil {
+				f(p.id, r)
+			}
+		}
+	}
 	for {
 		stream, cancel, err := p.connect(back)
 		back = false
@@ -162,6 +174,7 @@ func (p *peer) run() {
 			}
 			healthy = true
 			delay = backoffMin
+			setRefused(false)
 			buf, err = p.pump(stream, buf)
 			cancel()
 			// A stream the peer opened while this one was up says
@@ -197,6 +210,7 @@ func (p *peer) run() {
 			// costs both sides a call (and a line in the peer's call
 			// log): try now and then.
 			delay = refusedRetry
+			setRefused(true)
 		}
 		wait := delay/2 + rand.N(delay/2+1) // jitter in [delay/2, delay]
 		delay = min(2*delay, backoffMax)

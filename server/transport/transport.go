@@ -125,6 +125,12 @@ type Config struct {
 	// change after the cluster's), and refusing it could leave one without
 	// a quorum. It must not block.
 	OnRemoved func(peer uint64)
+	// OnRefused, when set, is called when a peer starts refusing this
+	// node's streams (refused true: its CheckPeer said no, PERMISSION_DENIED)
+	// and when it accepts one again (false). A refusal holds until the
+	// operator acts, and says that this node's data directory is not the
+	// one the peer knew under its raft ID. It must not block.
+	OnRefused func(peer uint64, refused bool)
 }
 
 // ErrPeerRemoved, wrapped by a CheckPeer error, says that the cluster

@@ -444,8 +444,8 @@ type GetMessagesRequest struct {
 	// quorum): then UNAVAILABLE/NO_LEADER, since the cluster may have newer
 	// commits elsewhere (ask another node). A node whose copy of the topic
 	// stopped after a storage error answers UNAVAILABLE/STORAGE_FAILED, and
-	// a node the cluster removed a plain UNAVAILABLE, at once, also to a
-	// read that is waiting then.
+	// a node the cluster removed, or that its peers refuse, a plain
+	// UNAVAILABLE, at once, also to a read that is waiting then.
 	Wait          bool `protobuf:"varint,4,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

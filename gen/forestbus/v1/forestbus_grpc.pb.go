@@ -70,8 +70,8 @@ type ForestBusServiceClient interface {
 	// receive limit: split the batch), FAILED_PRECONDITION/NOT_LEADER
 	// (nothing stored: send it to the leader), UNAVAILABLE/NO_LEADER,
 	// UNAVAILABLE/SHUTTING_DOWN, UNAVAILABLE/STORAGE_FAILED, UNAVAILABLE
-	// without a reason (a removed node; or a forward to the leader that
-	// broke after it was sent), RESOURCE_EXHAUSTED/PROPOSAL_DROPPED,
+	// without a reason (a removed node, or one its peers refuse; or a
+	// forward to the leader that broke after it was sent), RESOURCE_EXHAUSTED/PROPOSAL_DROPPED,
 	// ALREADY_EXISTS/DUPLICATE_BATCH (the producer_id and sequence hold
 	// another batch, or one too old for its IDs to be known: nothing was
 	// stored). After the UNAVAILABLE answers, and a deadline, the batch may
@@ -89,11 +89,11 @@ type ForestBusServiceClient interface {
 	// tail of a node cut off from the others, see wait; or a node that
 	// joined the cluster and has not yet received the topic's log from its
 	// leader: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
-	// node), UNAVAILABLE without a reason (a removed node),
-	// RESOURCE_EXHAUSTED without a reason (the node holds its cap of waiting
-	// long polls, fbnode -max-waiters, 10,000 by default; only calls that
-	// will wait count: retry later, on another node, or without wait), and
-	// FAILED_PRECONDITION/CLUSTER_ID_MISMATCH, as every call.
+	// node), UNAVAILABLE without a reason (a removed node, or one its peers
+	// refuse), RESOURCE_EXHAUSTED without a reason (the node holds its cap
+	// of waiting long polls, fbnode -max-waiters, 10,000 by default; only
+	// calls that will wait count: retry later, on another node, or without
+	// wait), and FAILED_PRECONDITION/CLUSTER_ID_MISMATCH, as every call.
 	GetMessages(ctx context.Context, in *GetMessagesRequest, opts ...grpc.CallOption) (*GetMessagesResponse, error)
 	// GetTopicDetails reports a topic's retained ID range and commit point as
 	// seen by the node that answers.
@@ -104,7 +104,7 @@ type ForestBusServiceClient interface {
 	// longer moves: ask another node), UNAVAILABLE/NO_LEADER (a node that
 	// joined the cluster and has not yet received the topic's log from its
 	// leader: ask another node), UNAVAILABLE without a reason (a removed
-	// node).
+	// node, or one its peers refuse).
 	GetTopicDetails(ctx context.Context, in *GetTopicDetailsRequest, opts ...grpc.CallOption) (*GetTopicDetailsResponse, error)
 	// GetClusterDetails identifies the cluster and its nodes. Clients call it
 	// to check that they talk to the cluster they expect.
@@ -112,7 +112,9 @@ type ForestBusServiceClient interface {
 	// Errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH (the
 	// forestbus-cluster-id metadata names another cluster); UNAVAILABLE
 	// without a reason from a node the cluster removed (its member list
-	// stopped at its removal: ask another node).
+	// stopped at its removal: ask another node), or one its peers refuse
+	// (its data directory is not the one they knew under its raft ID, and
+	// it serves no client until the operator acts).
 	GetClusterDetails(ctx context.Context, in *GetClusterDetailsRequest, opts ...grpc.CallOption) (*GetClusterDetailsResponse, error)
 	// Subscribe streams a topic's committed messages from an ID, in ID order
 	// and without gaps, and then every message committed later: a consumer
@@ -157,8 +159,9 @@ type ForestBusServiceClient interface {
 	// also at the start, from a node that joined the cluster and has not yet
 	// received the topic's log from its leader: subscribe on another node),
 	// RESOURCE_EXHAUSTED without a reason (the node serves too many streams,
-	// 10,000 by default: resume on another node or later), and transport
-	// errors (UNAVAILABLE without a reason).
+	// 10,000 by default: resume on another node or later), and UNAVAILABLE
+	// without a reason (a removed node, or one its peers refuse, also to a
+	// stream open then; transport errors).
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
 	// Produce is SendMessages over one long-lived stream, for producers that
 	// send many batches: a batch costs one message each way instead of a call
@@ -314,8 +317,8 @@ type ForestBusServiceServer interface {
 	// receive limit: split the batch), FAILED_PRECONDITION/NOT_LEADER
 	// (nothing stored: send it to the leader), UNAVAILABLE/NO_LEADER,
 	// UNAVAILABLE/SHUTTING_DOWN, UNAVAILABLE/STORAGE_FAILED, UNAVAILABLE
-	// without a reason (a removed node; or a forward to the leader that
-	// broke after it was sent), RESOURCE_EXHAUSTED/PROPOSAL_DROPPED,
+	// without a reason (a removed node, or one its peers refuse; or a
+	// forward to the leader that broke after it was sent), RESOURCE_EXHAUSTED/PROPOSAL_DROPPED,
 	// ALREADY_EXISTS/DUPLICATE_BATCH (the producer_id and sequence hold
 	// another batch, or one too old for its IDs to be known: nothing was
 	// stored). After the UNAVAILABLE answers, and a deadline, the batch may
@@ -333,11 +336,11 @@ type ForestBusServiceServer interface {
 	// tail of a node cut off from the others, see wait; or a node that
 	// joined the cluster and has not yet received the topic's log from its
 	// leader: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
-	// node), UNAVAILABLE without a reason (a removed node),
-	// RESOURCE_EXHAUSTED without a reason (the node holds its cap of waiting
-	// long polls, fbnode -max-waiters, 10,000 by default; only calls that
-	// will wait count: retry later, on another node, or without wait), and
-	// FAILED_PRECONDITION/CLUSTER_ID_MISMATCH, as every call.
+	// node), UNAVAILABLE without a reason (a removed node, or one its peers
+	// refuse), RESOURCE_EXHAUSTED without a reason (the node holds its cap
+	// of waiting long polls, fbnode -max-waiters, 10,000 by default; only
+	// calls that will wait count: retry later, on another node, or without
+	// wait), and FAILED_PRECONDITION/CLUSTER_ID_MISMATCH, as every call.
 	GetMessages(context.Context, *GetMessagesRequest) (*GetMessagesResponse, error)
 	// GetTopicDetails reports a topic's retained ID range and commit point as
 	// seen by the node that answers.
@@ -348,7 +351,7 @@ type ForestBusServiceServer interface {
 	// longer moves: ask another node), UNAVAILABLE/NO_LEADER (a node that
 	// joined the cluster and has not yet received the topic's log from its
 	// leader: ask another node), UNAVAILABLE without a reason (a removed
-	// node).
+	// node, or one its peers refuse).
 	GetTopicDetails(context.Context, *GetTopicDetailsRequest) (*GetTopicDetailsResponse, error)
 	// GetClusterDetails identifies the cluster and its nodes. Clients call it
 	// to check that they talk to the cluster they expect.
@@ -356,7 +359,9 @@ type ForestBusServiceServer interface {
 	// Errors: FAILED_PRECONDITION/CLUSTER_ID_MISMATCH (the
 	// forestbus-cluster-id metadata names another cluster); UNAVAILABLE
 	// without a reason from a node the cluster removed (its member list
-	// stopped at its removal: ask another node).
+	// stopped at its removal: ask another node), or one its peers refuse
+	// (its data directory is not the one they knew under its raft ID, and
+	// it serves no client until the operator acts).
 	GetClusterDetails(context.Context, *GetClusterDetailsRequest) (*GetClusterDetailsResponse, error)
 	// Subscribe streams a topic's committed messages from an ID, in ID order
 	// and without gaps, and then every message committed later: a consumer
@@ -401,8 +406,9 @@ type ForestBusServiceServer interface {
 	// also at the start, from a node that joined the cluster and has not yet
 	// received the topic's log from its leader: subscribe on another node),
 	// RESOURCE_EXHAUSTED without a reason (the node serves too many streams,
-	// 10,000 by default: resume on another node or later), and transport
-	// errors (UNAVAILABLE without a reason).
+	// 10,000 by default: resume on another node or later), and UNAVAILABLE
+	// without a reason (a removed node, or one its peers refuse, also to a
+	// stream open then; transport errors).
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
 	// Produce is SendMessages over one long-lived stream, for producers that
 	// send many batches: a batch costs one message each way instead of a call
