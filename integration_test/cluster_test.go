@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"maps"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
@@ -709,6 +711,60 @@ func TestClusterAddAndRemoveNodeUnderLoad(t *testing.T) {
 	l.stop()
 	t.Logf("load: %d batches acknowledged, %s", l.count(), l.errString())
 	c.verify("default", rest, l)
+}
+
+// TestClusterWipedNode: a follower whose data directory is wiped, started
+// again with its usual command line, takes up its old raft ID with an
+// empty log. Its peers refuse it (their record of its data directory), so
+// it takes no part: the leader is killed while it runs, and no acknowledged
+// ID changes. It serves no client meanwhile (it looked healthy and
+// answered from its empty logs): its calls answer UNAVAILABLE naming the
+// members that refuse it, and its health says NOT_SERVING; producers
+// listing it go on.
+func TestClusterWipedNode(t *testing.T) {
+	c := startCluster(t, 3)
+	l := startLoad(t, "wp", c.addrs(), 4, 20000, 0, 120*time.Second)
+	l.waitMore(200, 30*time.Second, "before the wipe")
+	leader := c.leader("default", c.procs)
+	wiped := others(c.procs, leader)[0]
+	wiped.kill()
+	require.NoError(t, os.RemoveAll(wiped.data))
+	wiped.restart()
+
+	var err error
+	waitFor(t, 30*time.Second, 20*time.Millisecond, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = c.node(wiped).ClusterDetails(ctx)
+		return err != nil && strings.Contains(err.Error(), "refused by")
+	}, func() string { return fmt.Sprintf("the wiped node still serves: %v", err) })
+	for _, p := range others(c.procs, wiped) {
+		assert.Contains(t, err.Error(), p.name)
+	}
+	_, err = c.details(wiped, "default")
+	var se *client.StatusError
+	if assert.ErrorAs(t, err, &se) {
+		assert.Equal(t, codes.Unavailable, se.Code, "%v", err)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+wiped.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer cc.Close()
+	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer hcancel()
+	h, err := healthpb.NewHealthClient(cc).Check(hctx, &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	assert.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, h.GetStatus())
+	l.waitMore(200, 30*time.Second, "with the wiped node refused")
+
+	// The leader goes: the wiped node's vote must not elect the other,
+	// which may lack acknowledged entries (none here: each is on two
+	// nodes of three, the other among them or not).
+	leader.kill()
+	leader.restart()
+	l.waitMore(200, 60*time.Second, "after the leader's restart")
+	l.stop()
+	t.Logf("load: %d batches acknowledged, %s", l.count(), l.errString())
+	c.verify("default", others(c.procs, wiped), l)
 }
 
 // TestClusterBadInput: a client of another cluster gets
