@@ -767,6 +767,53 @@ func TestClusterWipedNode(t *testing.T) {
 	c.verify("default", others(c.procs, wiped), l)
 }
 
+// TestClusterWipedNodeGrantsNoVote: the wipe guard's gap. A peer that
+// never knew a wiped node's old directory (here n3, its record reset)
+// accepts its streams; that peer may lack entries the old directory
+// acknowledged (n3 was paused while n1 and n2 committed them), and the
+// wiped node's vote could elect it, and those IDs would be given to other
+// messages. While a member (n1) refuses the wiped node, the node grants no
+// vote: with n1 paused nobody is elected, and once n1 is back it leads and
+// every acknowledged ID holds what it held.
+func TestClusterWipedNodeGrantsNoVote(t *testing.T) {
+	c := startCluster(t, 3)
+	n1, n2, n3 := c.procs[0], c.procs[1], c.procs[2]
+	l := startLoad(t, "gv", c.addrs(), 4, 20000, 0, 120*time.Second)
+	l.waitMore(100, 30*time.Second, "before the pause")
+	n3.pause()
+	l.waitMore(200, 60*time.Second, "with n3 paused")
+	l.stop()
+	for _, p := range c.procs {
+		p.kill()
+	}
+	require.NoError(t, os.RemoveAll(n2.data))
+	require.NoError(t, os.Remove(filepath.Join(n3.data, "peers.json")))
+
+	n1.restart()
+	n2.restart()
+	var err error
+	waitFor(t, 30*time.Second, 20*time.Millisecond, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = c.node(n2).ClusterDetails(ctx)
+		return err != nil && strings.Contains(err.Error(), "refused by n1")
+	}, func() string { return fmt.Sprintf("n1 does not refuse the wiped n2: %v", err) })
+	n1.pause()
+	n3.restart()
+	// Ten election timeouts at the default tick, and more.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		checkProcs(t)
+		if d, err := c.details(n3, "default"); err == nil && d.Leader != "" {
+			t.Fatalf("n3, lacking acknowledged entries, was elected (%+v): the wiped node voted", d)
+		}
+		time.Sleep(20 * time.Millisecond) // the poll's interval
+	}
+	n1.resume()
+	c.waitLeader(n3, "default", 60*time.Second)
+	c.verify("default", []*proc{n1, n3}, l)
+}
+
 // TestClusterBadInput: a client of another cluster gets
 // ErrClusterIdMismatch, an unknown topic is ErrTopicNotFound, and a topic
 // removed while long-poll readers wait on a follower ends their wait with

@@ -256,3 +256,32 @@ func TestRefusalByFormerMember(t *testing.T) {
 	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 0 }, 20*time.Second, 10*time.Millisecond)
 	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, healthOf(t, x))
 }
+
+// TestRefusedNodeGrantsNoVote: the wipe guard's gap, narrowed. A wiped
+// node's peer that never knew its old directory accepts it; with the peer
+// that refuses it down, its vote could elect that one, which may lack
+// entries the old log acknowledged. While a member refuses it, the node
+// grants no vote: here (a wrong record makes p0 refuse x) p2 and x elect
+// no one with p0 down, and do once p0 is back.
+func TestRefusedNodeGrantsNoVote(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	p0, x, p2 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	recordWrongIncarnation(t, p0, x)
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	down := p0.RaftID()
+	p0.Stop()
+	leaderless := func(n *servertest.Node) bool {
+		for _, g := range n.Registry().Groups() {
+			if l := g.Leader(); l != 0 && l != down {
+				return false
+			}
+		}
+		return true
+	}
+	// 2 s: ten election timeouts at the tests' tick.
+	require.Never(t, func() bool { return !leaderless(p2) || !leaderless(x) }, 2*time.Second, 10*time.Millisecond,
+		"x's vote elected a leader")
+	p0.Start()
+	require.Eventually(t, func() bool { return !leaderless(p2) }, 20*time.Second, 10*time.Millisecond, "p0 votes")
+}

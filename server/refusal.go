@@ -1,6 +1,10 @@
 package server
 
 import (
+	"slices"
+	"sync/atomic"
+
+	"go.etcd.io/raft/v3/raftpb"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -10,10 +14,10 @@ import (
 // directory is not the one they recorded under its raft ID) looked
 // healthy: status up, health SERVING, its stale logs answering reads; only
 // its log said why (review). While a member refuses it, it serves no
-// client (UNAVAILABLE, clients move on), reports NOT_SERVING and names the
-// refusing members in /status.json, until they accept it again. Refusals
-// by nodes that are no members do not count: a removed node's record may
-// be stale.
+// client (UNAVAILABLE, clients move on), reports NOT_SERVING, names the
+// refusing members in /status.json and grants no vote (voteGate), until
+// they accept it again. Refusals by nodes that are no members do not
+// count: a removed node's record may be stale.
 
 // peerRefuses records that peer refuses this node's streams, or accepts
 // them again (the transport's OnRefused).
@@ -50,6 +54,9 @@ func (s *Server) applyRefusalLocked() {
 		s.log.Info("server: no member refuses this node any more: it serves clients again")
 	}
 	s.refusedNames = names
+	if s.gate != nil {
+		s.gate.closed.Store(len(names) > 0)
+	}
 	s.svc.SetRefusedBy(names)
 	s.updateServingLocked()
 }
@@ -82,4 +89,31 @@ func (s *Server) updateServingLocked() {
 	s.health.SetServingStatus("", st)
 	s.health.SetServingStatus(forestbusv1.ForestBusService_ServiceDesc.ServiceName, st)
 	s.health.SetServingStatus(forestbusv1.AdminService_ServiceDesc.ServiceName, st)
+}
+
+// voteGate is the peer transport of a node that members may refuse: while
+// one does, the node grants no vote (its granted MsgVoteResp and
+// MsgPreVoteResp are dropped, as a lossy link would). A refusal says that
+// its log is not the one it had (a wiped directory): a peer that never
+// knew the old one accepts its streams, and with the refusing member down
+// that peer, which may lack entries the old log acknowledged, could be
+// elected by the node's vote. Everything else goes: a node that is not
+// wiped (a peer's record wrong) still follows, and acknowledges what it
+// stores.
+type voteGate struct {
+	PeerTransport
+	closed atomic.Bool // a member refuses this node
+}
+
+func (g *voteGate) Send(group string, msgs []*raftpb.Message) {
+	if g.closed.Load() && slices.ContainsFunc(msgs, grantsVote) {
+		msgs = slices.DeleteFunc(slices.Clone(msgs), grantsVote)
+	}
+	g.PeerTransport.Send(group, msgs)
+}
+
+// grantsVote reports whether m grants a vote or a pre-vote.
+func grantsVote(m *raftpb.Message) bool {
+	t := m.GetType()
+	return (t == raftpb.MessageType_MsgVoteResp || t == raftpb.MessageType_MsgPreVoteResp) && !m.GetReject()
 }

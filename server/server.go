@@ -60,6 +60,7 @@ type Server struct {
 	refusalMu    sync.Mutex      // guards the three below and health updates (refusal.go)
 	refusedBy    map[uint64]bool // peers refusing this node's streams
 	refusedNames []string        // the members among them
+	gate         *voteGate       // the gRPC transport's, nil with cfg.NewTransport
 }
 
 // unlock releases the data directory's lock.
@@ -263,7 +264,8 @@ func (s *Server) open() error {
 				}
 			},
 		})
-		s.transport = grpcTransport
+		s.gate = &voteGate{PeerTransport: grpcTransport}
+		s.transport = s.gate
 	}
 	s.engine, err = replica.NewEngine(replica.Config{
 		NodeID: id.RaftID, TickInterval: cfg.TickInterval, CommitNoticeDelay: cfg.CommitNoticeDelay, Transport: s.transport,
