@@ -16,14 +16,17 @@
 //
 //	forestbus_node_info{node,id}                          1; this node's name and raft ID
 //	forestbus_cluster_members                             members of the cluster
+//	forestbus_node_serving                                1 while the node serves clients; 0 once removed,
+//	                                                      or while a member refuses it
 //	forestbus_topics                                      topics on this node
 //	forestbus_topic_first_id{topic}                       first retained message ID
 //	forestbus_topic_last_id{topic}                        last message ID in the log, committed or not
 //	forestbus_topic_commit_id{topic}                      last committed message ID (0 when none)
-//	forestbus_topic_committed_messages_total{topic}       counter: messages committed since the topic was created
+//	forestbus_topic_committed_messages_total{topic}       counter: messages committed here since the topic opened here
 //	forestbus_topic_leader_id{topic}                      raft ID of the leader, 0 when unknown
 //	forestbus_topic_term{topic}                           raft term
 //	forestbus_topic_is_leader{topic}                      1 when this node leads the topic
+//	forestbus_topic_failed{topic}                         1 when this node's copy stopped after a storage error
 //	forestbus_topic_segments{topic}                       segment files on disk
 //	forestbus_topic_disk_bytes{topic}                     bytes of the segment files
 //	forestbus_topic_follower_lag_entries{topic,follower}  leader only: raft entries the follower lacks
@@ -34,17 +37,21 @@
 //	forestbus_topic_appended_bytes_total{topic}           counter: bytes of batches written to this node's log since it started
 //	forestbus_topic_committed_bytes_total{topic}          counter: bytes of batches applied as committed since it started
 //	forestbus_topic_commit_latency_seconds{topic}         histogram: proposal to commit of the wait_for_commit batches proposed here
+//	                                                      (absent until one is)
 //	forestbus_long_poll_waiters                           GetMessages calls waiting for a commit
 //	forestbus_subscribe_streams                           Subscribe streams served
 //	forestbus_node_sync_seconds                           histogram: the node's syncs
 //	forestbus_node_synced_writes_total                    counter: groups' writes made durable by those syncs
 //
-// forestbus_topic_committed_messages_total is derived from the commit ID
-// (IDs start at 1 and are contiguous, so the last committed ID is the number
-// of messages ever committed to the topic). It is exported as a counter,
-// so rate() gives the message rate; it resets when a topic is removed and
-// created again, which Prometheus treats as a counter reset. The other
-// counters count from the node's start.
+// forestbus_topic_committed_messages_total is the commit ID's growth since
+// the topic opened on this node (the node's start, or the topic's
+// creation): rate() gives the message rate. It was the commit ID itself,
+// which a restart may show lower than before it (the stored commit point
+// trails by up to a second of commits), and Prometheus read the drop as a
+// counter reset: rate() and increase() counted the whole value again. The
+// commit ID, the number of messages ever committed to the topic (IDs start
+// at 1 and are contiguous), is forestbus_topic_commit_id. Every counter
+// counts from the node's start.
 //
 // The registry also holds the Go runtime and process collectors and, unless
 // WithGRPCMetrics(nil) is given, the gRPC server metrics of GRPCMetrics

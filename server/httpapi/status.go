@@ -78,6 +78,10 @@ type TopicStatus struct {
 	// second between two status requests at least a second apart (0 until
 	// the handler has two samples).
 	MessagesPerSecond float64 `json:"messages_per_second"`
+	// Failed: this node's copy of the topic stopped after a storage error
+	// or a lost log (fenced): its commit point no longer moves, and it
+	// answers STORAGE_FAILED, until the operator acts.
+	Failed bool `json:"failed,omitempty"`
 	// Segments and Bytes are the log's files on this node's disk.
 	Segments int   `json:"segments"`
 	Bytes    int64 `json:"bytes"`
@@ -188,7 +192,7 @@ func topicStatus(ctx context.Context, t *topic.Topic, self uint64, members []top
 	ts := TopicStatus{
 		Name: t.Name, Leader: nameOf(members, d.Leader), LeaderID: d.Leader, IsLeader: self != 0 && d.Leader == self,
 		Term: d.Term, FirstID: d.FirstID, LastID: d.LastID, CommitID: d.CommitID,
-		Segments: ls.Segments, Bytes: ls.Bytes,
+		Segments: ls.Segments, Bytes: ls.Bytes, Failed: g.Failed(),
 	}
 	if ts.IsLeader {
 		ts.Followers = followers(ctx, g, d, self, members)

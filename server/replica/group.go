@@ -253,6 +253,7 @@ type Group struct {
 	leaderless atomic.Int64
 	term       atomic.Uint64
 	commitID   atomic.Uint64 // last committed message ID
+	openCommit uint64        // commitID when the group opened (Metrics)
 	applied    atomic.Uint64 // last applied raft index
 	failed     atomic.Bool
 	removing   atomic.Bool // set by RemoveGroup
@@ -362,6 +363,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 	} else {
 		g.commitID.Store(gc.Log.FirstID() - 1)
 	}
+	g.openCommit = g.commitID.Load()
 	g.applied.Store(commit)
 	if err := e.register(g); err != nil {
 		return nil, err

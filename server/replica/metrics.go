@@ -16,6 +16,12 @@ type Metrics struct {
 	AppendedMessages, AppendedBytes uint64
 	// CommittedBytes counts the bytes of batch entries applied as committed.
 	CommittedBytes uint64
+	// CommittedMessages is how far the commit ID moved since the group
+	// opened: the messages committed on this node since then (also those
+	// a snapshot skipped it past). A counter, unlike the commit ID, which
+	// a restart may show lower than the last one before it (the stored
+	// commit point trails by up to a second of commits).
+	CommittedMessages uint64
 	// CommitLatency is the time from proposal to commit of the
 	// wait_for_commit batches proposed on this node: cumulative counts per
 	// LatencyBuckets bound (the last is +Inf), their sum in seconds and
@@ -63,10 +69,11 @@ func cumulative(counts []atomic.Uint64) (cum []uint64, total uint64) {
 func (g *Group) Metrics() Metrics {
 	m := &g.metrics
 	out := Metrics{
-		AppendedMessages: m.appendedMsgs.Load(),
-		AppendedBytes:    m.appendedBytes.Load(),
-		CommittedBytes:   m.committedBytes.Load(),
-		CommitLatencySum: time.Duration(m.latencySumNanos.Load()).Seconds(),
+		AppendedMessages:  m.appendedMsgs.Load(),
+		AppendedBytes:     m.appendedBytes.Load(),
+		CommittedBytes:    m.committedBytes.Load(),
+		CommittedMessages: max(g.commitID.Load(), g.openCommit) - g.openCommit,
+		CommitLatencySum:  time.Duration(m.latencySumNanos.Load()).Seconds(),
 	}
 	out.CommitLatency, out.CommitLatencyCount = cumulative(m.latency[:])
 	return out
