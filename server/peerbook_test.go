@@ -257,31 +257,62 @@ func TestRefusalByFormerMember(t *testing.T) {
 	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, healthOf(t, x))
 }
 
-// TestRefusedNodeGrantsNoVote: the wipe guard's gap, narrowed. A wiped
-// node's peer that never knew its old directory accepts it; with the peer
-// that refuses it down, its vote could elect that one, which may lack
-// entries the old log acknowledged. While a member refuses it, the node
-// grants no vote: here (a wrong record makes p0 refuse x) p2 and x elect
-// no one with p0 down, and do once p0 is back.
-func TestRefusedNodeGrantsNoVote(t *testing.T) {
+// TestRefusedNodeLeadsNothing: a refused node that leads hands its
+// leaderships off. A review: it kept them (CheckQuorum held through the
+// peer that accepts it), answered writes UNAVAILABLE as it answers every
+// client, and followers forwarded writes to it, so none succeeded anywhere
+// for as long as the refusal lasted.
+func TestRefusedNodeLeadsNothing(t *testing.T) {
 	c := servertest.NewCluster(t, 3)
 	c.WaitTopic("default")
-	p0, x, p2 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	p0, x := c.Nodes[0], c.Nodes[1]
+	ctx := ctxT(t)
+	// x leads every group.
+	require.Eventually(t, func() bool {
+		all := true
+		for _, g := range x.Registry().Groups() {
+			if g.Leader() != x.RaftID() {
+				all = false
+				_ = g.RequestLeadership(ctx)
+			}
+		}
+		return all
+	}, 20*time.Second, 50*time.Millisecond)
+
 	recordWrongIncarnation(t, p0, x)
 	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
-	down := p0.RaftID()
-	p0.Stop()
-	leaderless := func(n *servertest.Node) bool {
-		for _, g := range n.Registry().Groups() {
-			if l := g.Leader(); l != 0 && l != down {
+	require.Eventually(t, func() bool {
+		for _, g := range x.Registry().Groups() {
+			if g.Leader() == x.RaftID() {
 				return false
 			}
 		}
 		return true
+	}, 20*time.Second, 10*time.Millisecond, "x hands its leaderships off")
+	for _, n := range []*servertest.Node{p0, c.Nodes[2]} {
+		_, err := dial(t, n).bus.SendMessages(ctx, &forestbusv1.SendMessagesRequest{Topic: "default", Messages: [][]byte{[]byte("w")}, WaitForCommit: true})
+		require.NoError(t, err, "a write through %s", n.Cfg.NodeName)
 	}
-	// 2 s: ten election timeouts at the tests' tick.
-	require.Never(t, func() bool { return !leaderless(p2) || !leaderless(x) }, 2*time.Second, 10*time.Millisecond,
-		"x's vote elected a leader")
+}
+
+// TestRefusalSurvivesRestart: a refused node restarted while the member
+// that refuses it is down still serves no client and takes no part in
+// elections (DataDir/refused.json): a wiped node restarted by its service
+// manager would otherwise vote again. The refusal ends when the member
+// accepts it.
+func TestRefusalSurvivesRestart(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	p0, x := c.Nodes[0], c.Nodes[1]
+	recordWrongIncarnation(t, p0, x)
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	p0.Stop()
+	x.Restart()
+	assertRefused(t, x, p0.Cfg.NodeName)
+
+	require.NoError(t, os.Remove(filepath.Join(p0.Cfg.DataDir, "peers.json")))
 	p0.Start()
-	require.Eventually(t, func() bool { return !leaderless(p2) }, 20*time.Second, 10*time.Millisecond, "p0 votes")
+	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 0 }, 20*time.Second, 10*time.Millisecond)
+	assert.NoFileExists(t, filepath.Join(x.Cfg.DataDir, "refused.json"))
+	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, healthOf(t, x))
 }

@@ -1,8 +1,15 @@
 package server
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -15,19 +22,71 @@ import (
 // healthy: status up, health SERVING, its stale logs answering reads; only
 // its log said why (review). While a member refuses it, it serves no
 // client (UNAVAILABLE, clients move on), reports NOT_SERVING, names the
-// refusing members in /status.json and grants no vote (voteGate), until
-// they accept it again. Refusals by nodes that are no members do not
+// refusing members in /status.json and takes no part in elections: it
+// grants no vote, starts none, takes no leadership handed to it
+// (voteGate) and hands off what it leads (shedLeadership), until they
+// accept it again. Refusals by nodes that are no members do not
 // count: a removed node's record may be stale.
+
+// refusedFile records, in a node's data directory, the peers that refuse
+// it (their raft IDs), until each accepts it again: a refused node
+// restarted while the members that refuse it are down would otherwise
+// vote again, which the refusal exists to prevent. Deleting it (the node
+// stopped) lifts the refusal until a member refuses the node again.
+const refusedFile = "refused.json"
+
+// loadRefusals reads refusedFile into s.refusedBy (before any peer runs).
+func (s *Server) loadRefusals() {
+	b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, refusedFile))
+	if err != nil {
+		return // none recorded
+	}
+	var rec struct {
+		Peers []uint64 `json:"peers"`
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		s.log.Warn("server: ignoring an unreadable record of refusals", "file", refusedFile, "err", err)
+		return
+	}
+	for _, id := range rec.Peers {
+		s.refusedBy[id] = true
+	}
+	if len(rec.Peers) > 0 {
+		s.log.Warn("server: members refused this node before it stopped: it serves no client and takes no part in elections until they accept it", "peers", rec.Peers)
+	}
+}
+
+// saveRefusalsLocked records s.refusedBy in refusedFile (none: no file).
+func (s *Server) saveRefusalsLocked() {
+	path := filepath.Join(s.cfg.DataDir, refusedFile)
+	var err error
+	if len(s.refusedBy) == 0 {
+		if err = os.Remove(path); errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+	} else {
+		peers := slices.Sorted(maps.Keys(s.refusedBy))
+		err = writeFileAtomic(path, struct {
+			Peers []uint64 `json:"peers"`
+		}{peers})
+	}
+	if err != nil {
+		s.log.Warn("server: recording the peers that refuse this node", "err", err)
+	}
+}
 
 // peerRefuses records that peer refuses this node's streams, or accepts
 // them again (the transport's OnRefused).
 func (s *Server) peerRefuses(peer uint64, refused bool) {
 	s.refusalMu.Lock()
 	defer s.refusalMu.Unlock()
-	if refused {
-		s.refusedBy[peer] = true
-	} else {
-		delete(s.refusedBy, peer)
+	if s.refusedBy[peer] != refused {
+		if refused {
+			s.refusedBy[peer] = true
+		} else {
+			delete(s.refusedBy, peer)
+		}
+		s.saveRefusalsLocked()
 	}
 	s.applyRefusalLocked()
 }
@@ -54,8 +113,12 @@ func (s *Server) applyRefusalLocked() {
 		s.log.Info("server: no member refuses this node any more: it serves clients again")
 	}
 	s.refusedNames = names
-	if s.gate != nil {
-		s.gate.closed.Store(len(names) > 0)
+	s.gate.closed.Store(len(names) > 0)
+	if len(names) > 0 {
+		select {
+		case s.shed <- struct{}{}:
+		default:
+		}
 	}
 	s.svc.SetRefusedBy(names)
 	s.updateServingLocked()
@@ -92,14 +155,18 @@ func (s *Server) updateServingLocked() {
 }
 
 // voteGate is the peer transport of a node that members may refuse: while
-// one does, the node grants no vote (its granted MsgVoteResp and
-// MsgPreVoteResp are dropped, as a lossy link would). A refusal says that
-// its log is not the one it had (a wiped directory): a peer that never
-// knew the old one accepts its streams, and with the refusing member down
-// that peer, which may lack entries the old log acknowledged, could be
-// elected by the node's vote. Everything else goes: a node that is not
-// wiped (a peer's record wrong) still follows, and acknowledges what it
-// stores.
+// one does, the node takes no part in elections. It grants no vote (its
+// granted MsgVoteResp and MsgPreVoteResp are dropped, as a lossy link
+// would): a refusal says that its log is not the one it had (a wiped
+// directory), and a peer that never knew the old one accepts its streams;
+// with the refusing member down, that peer, which may lack entries the old
+// log acknowledged, could be elected by the node's vote. It starts no
+// election (its MsgPreVote and MsgVote are dropped) and ignores a
+// leadership transfer to it (MsgTimeoutNow, engineHandler): a refused
+// leader answers clients UNAVAILABLE, and followers forward writes to it,
+// so none would succeed anywhere. Everything else goes: a node that is
+// not wiped (a peer's record wrong) still follows, and acknowledges what
+// it stores.
 type voteGate struct {
 	PeerTransport
 	closed atomic.Bool // a member refuses this node
@@ -112,8 +179,58 @@ func (g *voteGate) Send(group string, msgs []*raftpb.Message) {
 	g.PeerTransport.Send(group, msgs)
 }
 
-// grantsVote reports whether m grants a vote or a pre-vote.
+// dropsInbound reports whether a message from a peer is ignored: a
+// leadership transfer to this node while it is refused.
+func (g *voteGate) dropsInbound(m *raftpb.Message) bool {
+	return g.closed.Load() && m.GetType() == raftpb.MessageType_MsgTimeoutNow
+}
+
+// grantsVote reports whether m grants a vote or a pre-vote, or asks for
+// one: what a refused node does not send.
 func grantsVote(m *raftpb.Message) bool {
-	t := m.GetType()
-	return (t == raftpb.MessageType_MsgVoteResp || t == raftpb.MessageType_MsgPreVoteResp) && !m.GetReject()
+	switch m.GetType() {
+	case raftpb.MessageType_MsgVoteResp, raftpb.MessageType_MsgPreVoteResp:
+		return !m.GetReject()
+	case raftpb.MessageType_MsgVote, raftpb.MessageType_MsgPreVote:
+		return true
+	}
+	return false
+}
+
+// shedLeadership hands off the leadership of every group this node leads
+// while a member refuses it, every second until none is left or the
+// refusal ends, until Stop. A transfer can fail (no other voter answers
+// this node): the next round tries again.
+func (s *Server) shedLeadership() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.stopc:
+			return
+		case <-s.shed:
+		}
+		for s.gate.closed.Load() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			go func() { // Stop ends the round
+				select {
+				case <-s.stopc:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			led, failed := s.handOff(ctx)
+			cancel()
+			if led == 0 {
+				break // none left: a refused node wins no election
+			}
+			if failed > 0 {
+				s.log.Debug("server: a refused node could not hand off some leaderships yet", "groups", failed)
+			}
+			select {
+			case <-s.stopc:
+				return
+			case <-time.After(time.Second):
+			}
+		}
+	}
 }

@@ -15,26 +15,35 @@ type sentRecorder struct {
 
 func (r *sentRecorder) Send(_ string, msgs []*raftpb.Message) { r.sent = append(r.sent, msgs...) }
 
-// TestVoteGate: a closed gate drops granted votes and pre-votes only, and
-// leaves the caller's slice (raft's Ready) as it was.
+// TestVoteGate: a closed gate drops granted votes and pre-votes and
+// requests for them, only, and leaves the caller's slice (raft's Ready) as
+// it was; it ignores a leadership transfer to the node.
 func TestVoteGate(t *testing.T) {
 	mk := func(typ raftpb.MessageType, reject bool) *raftpb.Message {
 		return &raftpb.Message{Type: typ.Enum(), Reject: &reject}
 	}
 	grant, preGrant := mk(raftpb.MessageType_MsgVoteResp, false), mk(raftpb.MessageType_MsgPreVoteResp, false)
 	reject, preReject := mk(raftpb.MessageType_MsgVoteResp, true), mk(raftpb.MessageType_MsgPreVoteResp, true)
+	vote, preVote := mk(raftpb.MessageType_MsgVote, false), mk(raftpb.MessageType_MsgPreVote, false)
 	app, appResp := mk(raftpb.MessageType_MsgApp, false), mk(raftpb.MessageType_MsgAppResp, false)
-	msgs := []*raftpb.Message{grant, app, preGrant, reject, appResp, preReject}
+	timeoutNow := mk(raftpb.MessageType_MsgTimeoutNow, false)
+	msgs := []*raftpb.Message{grant, app, preGrant, vote, reject, appResp, preVote, preReject, timeoutNow}
 	orig := append([]*raftpb.Message(nil), msgs...)
 
 	rec := &sentRecorder{}
 	g := &voteGate{PeerTransport: rec}
 	g.Send("g", msgs)
 	assert.Equal(t, orig, rec.sent, "open: everything goes")
+	for _, m := range msgs {
+		assert.False(t, g.dropsInbound(m), "open: %v comes in", m.GetType())
+	}
 
 	rec.sent = nil
 	g.closed.Store(true)
 	g.Send("g", msgs)
-	assert.Equal(t, []*raftpb.Message{app, reject, appResp, preReject}, rec.sent, "closed: no grant goes")
+	assert.Equal(t, []*raftpb.Message{app, reject, appResp, preReject, timeoutNow}, rec.sent, "closed: no vote, no campaign")
 	assert.Equal(t, orig, msgs, "the caller's slice is untouched")
+	for _, m := range msgs {
+		assert.Equal(t, m == timeoutNow, g.dropsInbound(m), "closed: %v", m.GetType())
+	}
 }

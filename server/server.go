@@ -60,7 +60,8 @@ type Server struct {
 	refusalMu    sync.Mutex      // guards the three below and health updates (refusal.go)
 	refusedBy    map[uint64]bool // peers refusing this node's streams
 	refusedNames []string        // the members among them
-	gate         *voteGate       // the gRPC transport's, nil with cfg.NewTransport
+	gate         *voteGate       // wraps the peer transport; closed while refused
+	shed         chan struct{}   // signals shedLeadership: a refusal began
 }
 
 // unlock releases the data directory's lock.
@@ -79,7 +80,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{}), bg: make(chan struct{}), stopc: make(chan struct{}), refusedBy: map[uint64]bool{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{}), bg: make(chan struct{}), stopc: make(chan struct{}), refusedBy: map[uint64]bool{}, shed: make(chan struct{}, 1)}
 	// Before the topics open: a restart at the limit fails in open.
 	s.checkFileLimit()
 	if err := commitlog.MkdirAll(cfg.DataDir); err != nil {
@@ -129,9 +130,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync))
 	s.checkAddress()
 
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.reconcile()
 	go s.retention()
+	go s.shedLeadership()
 	if cfg.DefaultTopic != "" {
 		if len(s.registry.Members()) <= 1 && len(s.members) <= 1 {
 			ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -226,12 +228,15 @@ func (s *Server) open() error {
 		return err
 	}
 
-	handler := &engineHandler{}
+	s.loadRefusals()
+	s.gate = &voteGate{}
+	s.gate.closed.Store(len(s.refusedBy) > 0) // until the members are known (applyRefusal)
+	handler := &engineHandler{gate: s.gate}
 	var grpcTransport *transport.GRPC
 	var registry atomic.Pointer[topic.Registry] // for the transport's hooks, once opened
 	var removedBy atomic.Uint64                 // a peer that said the cluster removed this node
 	if cfg.NewTransport != nil {
-		s.transport = cfg.NewTransport(id.RaftID, handler)
+		s.gate.PeerTransport = cfg.NewTransport(id.RaftID, handler)
 	} else {
 		book, err := openPeerBook(cfg.DataDir, s.log)
 		if err != nil {
@@ -264,9 +269,9 @@ func (s *Server) open() error {
 				}
 			},
 		})
-		s.gate = &voteGate{PeerTransport: grpcTransport}
-		s.transport = s.gate
+		s.gate.PeerTransport = grpcTransport
 	}
+	s.transport = s.gate
 	s.engine, err = replica.NewEngine(replica.Config{
 		NodeID: id.RaftID, TickInterval: cfg.TickInterval, CommitNoticeDelay: cfg.CommitNoticeDelay, Transport: s.transport,
 		MaxUncommittedBytes: cfg.MaxUncommittedBytes, Logger: cfg.Logger,
@@ -373,28 +378,36 @@ func (s *Server) open() error {
 func (s *Server) handOffLeadership(limit time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
+	if _, failed := s.handOff(ctx); failed > 0 {
+		s.log.Warn("leadership not handed off before stopping", "groups", failed)
+	}
+}
+
+// handOff moves the leadership of every group this node leads (and that
+// has another voter) to another voter, within ctx; it reports how many it
+// led and how many of those it could not hand off.
+func (s *Server) handOff(ctx context.Context) (led, failed int) {
 	var wg sync.WaitGroup
-	var failed atomic.Int64
+	var nFailed atomic.Int64
 	sem := make(chan struct{}, 64)
 	for _, g := range s.registry.Groups() {
 		if g.Leader() != s.id.RaftID || len(g.ConfState().GetVoters()) < 2 {
 			continue
 		}
+		led++
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
 			if err := g.TransferLeadership(ctx); err != nil {
-				failed.Add(1)
-				s.log.Debug("leadership not handed off before stopping", "group", g.Name(), "err", err)
+				nFailed.Add(1)
+				s.log.Debug("leadership not handed off", "group", g.Name(), "err", err)
 			}
 		}()
 	}
 	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		s.log.Warn("leadership not handed off before stopping", "groups", n)
-	}
+	return led, int(nFailed.Load())
 }
 
 // reconcile brings the groups this node leads to the cluster's membership
@@ -533,10 +546,14 @@ func (s *Server) setMembers(ms []topic.Member) {
 // transport exists before the engine, and a peer's message can arrive in
 // between (a ping): it is dropped, as for a node not up yet.
 type engineHandler struct {
-	e atomic.Pointer[replica.Engine]
+	e    atomic.Pointer[replica.Engine]
+	gate *voteGate
 }
 
 func (h *engineHandler) Step(group string, m *raftpb.Message) {
+	if h.gate.dropsInbound(m) {
+		return
+	}
 	if e := h.e.Load(); e != nil {
 		e.Step(group, m)
 	}

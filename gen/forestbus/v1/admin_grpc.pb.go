@@ -41,6 +41,10 @@ const (
 // A node that does not lead the metadata group forwards CreateTopic,
 // UpdateTopic, RemoveTopic, AddNode and RemoveNode to its leader, as
 // SendMessages is forwarded (forestbus-leader header included).
+//
+// A node the cluster removed, or that its peers refuse (its data directory
+// is not the one they knew under its raft ID), answers every call
+// UNAVAILABLE without a reason: ask another node.
 type AdminServiceClient interface {
 	// CreateTopic creates an empty topic.
 	//
@@ -180,6 +184,10 @@ func (c *adminServiceClient) RemoveNode(ctx context.Context, in *RemoveNodeReque
 // A node that does not lead the metadata group forwards CreateTopic,
 // UpdateTopic, RemoveTopic, AddNode and RemoveNode to its leader, as
 // SendMessages is forwarded (forestbus-leader header included).
+//
+// A node the cluster removed, or that its peers refuse (its data directory
+// is not the one they knew under its raft ID), answers every call
+// UNAVAILABLE without a reason: ask another node.
 type AdminServiceServer interface {
 	// CreateTopic creates an empty topic.
 	//
