@@ -19,10 +19,12 @@ cluster status: the cluster's members (as a node of the connection string
 reports them), each asked directly whether it is up and how fast it answers;
 then, for every topic, the leader and the first, last and commit IDs as each
 node reports them, with each node's lag: the leader's commit ID minus the
-node's. A node that does not answer within -node-timeout is down. With
--check, the exit status is 3 when a member is down, a topic has no leader,
-or a node's copy of a topic is fenced after a storage error or a lost log
-(STORAGE_FAILED in the ERROR column) (for health probes and cron jobs).`
+node's. A node that does not answer within -node-timeout is down. Without
+a metadata quorum the topics are unknown (the nodes' table still shows).
+With -check, the exit status is 3 when a member is down, the topics are
+unknown, a topic has no leader, or a node's copy of a topic is fenced
+after a storage error or a lost log (STORAGE_FAILED in the ERROR column)
+(for health probes and cron jobs).`
 
 func (a *app) cluster(args []string) error {
 	return a.group("cluster", "status", clusterAbout, map[string]func(*app, []string) error{
@@ -33,10 +35,13 @@ func (a *app) cluster(args []string) error {
 // Status documents of -o json.
 type (
 	clusterStatusJSON struct {
-		ClusterID  string            `json:"cluster_id"`
-		AnsweredBy string            `json:"answered_by"`
-		Nodes      []nodeStatusJSON  `json:"nodes"`
-		Topics     []topicStatusJSON `json:"topics"`
+		ClusterID  string           `json:"cluster_id"`
+		AnsweredBy string           `json:"answered_by"`
+		Nodes      []nodeStatusJSON `json:"nodes"`
+		// TopicsError says why the topics are unknown (no metadata
+		// quorum: ListTopics failed); Topics is then empty.
+		TopicsError string            `json:"topics_error,omitempty"`
+		Topics      []topicStatusJSON `json:"topics"`
 	}
 	nodeStatusJSON struct {
 		Name      string   `json:"name"`
@@ -68,7 +73,7 @@ type (
 func (a *app) clusterStatus(args []string) error {
 	f := a.flags("cluster status", "[flags]", clusterAbout, true, true)
 	nodeTimeout := f.Duration("node-timeout", defaultNodeTimeout, "how long each node has to answer each question")
-	check := f.Bool("check", false, "exit with status 3 when a member is down, a topic has no leader, or a node's copy of a topic is fenced")
+	check := f.Bool("check", false, "exit with status 3 when a member is down, the topics are unknown (no metadata quorum), a topic has no leader, or a node's copy of a topic is fenced")
 	if _, err := f.parse(args, 0, 0); err != nil {
 		return err
 	}
@@ -79,16 +84,25 @@ func (a *app) clusterStatus(args []string) error {
 	defer c.Close()
 	ctx, cancel := f.deadline()
 	defer cancel()
-	cd, err := c.ClusterDetails(ctx)
+	cd, err := firstAnswer(ctx, c, ci, *nodeTimeout, (*client.Client).ClusterDetails)
 	if err != nil {
 		return err
 	}
-	topics, err := c.ListTopics(ctx)
+	// The topics need the metadata group's quorum (a node without one
+	// answers NO_LEADER after about 2 s); without it, the nodes' table
+	// still tells what is down.
+	lctx, lcancel := context.WithTimeout(ctx, *nodeTimeout+3*time.Second)
+	topics, err := firstAnswer(lctx, c, ci, *nodeTimeout+3*time.Second, (*client.Client).ListTopics)
+	lcancel()
+	var topicsErr string
 	if err != nil {
-		return err
+		if a.ctx.Err() != nil || ctx.Err() != nil {
+			return err
+		}
+		topicsErr = shortError(err)
 	}
 
-	out := clusterStatusJSON{ClusterID: cd.ClusterID, AnsweredBy: cd.NodeName,
+	out := clusterStatusJSON{ClusterID: cd.ClusterID, AnsweredBy: cd.NodeName, TopicsError: topicsErr,
 		Nodes: make([]nodeStatusJSON, len(cd.Nodes)), Topics: make([]topicStatusJSON, len(topics))}
 	for i, t := range topics {
 		out.Topics[i] = topicStatusJSON{Name: t.Name, Replicas: make([]replicaStatusJSON, len(cd.Nodes))}
@@ -118,6 +132,9 @@ func (a *app) clusterStatus(args []string) error {
 
 // healthy reports whether every member is up and every topic has a leader.
 func (out *clusterStatusJSON) healthy() bool {
+	if out.TopicsError != "" {
+		return false
+	}
 	for _, n := range out.Nodes {
 		if !n.Up {
 			return false
@@ -165,6 +182,10 @@ func (a *app) printClusterStatus(asJSON bool, out clusterStatusJSON) error {
 		return err
 	}
 	fmt.Fprintln(a.stdout)
+	if out.TopicsError != "" {
+		fmt.Fprintf(a.stdout, "topics unknown: %s\n", out.TopicsError)
+		return nil
+	}
 	if len(out.Topics) == 0 {
 		fmt.Fprintln(a.stdout, "no topics")
 		return nil
@@ -314,4 +335,37 @@ func optInt(p *int64) string {
 		return "-"
 	}
 	return strconv.FormatInt(*p, 10)
+}
+
+// firstAnswer asks every node of the connection string at once, each
+// through a client of its own within timeout, and returns the first
+// answer. Through the failover client a hung node (paused, taking
+// connections but never answering) took its connect timeout, 5 s, before
+// the next was asked (review). When none answers in time, the failover
+// client c asks again within ctx, for its error.
+func firstAnswer[T any](ctx context.Context, c *client.Client, ci connInfo, timeout time.Duration, ask func(*client.Client, context.Context) (T, error)) (T, error) {
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	answers := make(chan T, len(ci.nodes))
+	var wg sync.WaitGroup
+	for _, addr := range ci.nodes {
+		wg.Go(func() {
+			nc := client.New(ci.cluster, []string{addr}, client.WithRetryWindow(0))
+			defer nc.Close()
+			if v, err := ask(nc, pctx); err == nil {
+				answers <- v
+				cancel() // the others need not answer
+			}
+		})
+	}
+	wg.Wait()
+	close(answers)
+	if v, ok := <-answers; ok {
+		return v, nil
+	}
+	if err := ctx.Err(); err != nil {
+		var zero T
+		return zero, err
+	}
+	return ask(c, ctx)
 }

@@ -589,3 +589,39 @@ func TestRefusedRemovalSaysRefused(t *testing.T) {
 	assert.Equal(t, 1, r.code)
 	assert.True(t, strings.HasPrefix(r.stderr, "fbctl: refused: "), r.stderr)
 }
+
+// TestStatusWithoutQuorum: with the majority down, status printed nothing
+// and exited 1 after its whole -timeout ("no node of the cluster answered
+// in time", though one had: ListTopics needs the metadata quorum; review).
+// It prints the nodes' table, says the topics are unknown, and -check
+// exits 3.
+func TestStatusWithoutQuorum(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	conn := "test#default@" + strings.Join(c.Addrs(), ",")
+	c.Nodes[1].Stop()
+	c.Nodes[2].Stop()
+	r := fbctl(t, conn, "", "cluster", "status", "-check", "-node-timeout", "500ms")
+	assert.Equal(t, exitUnhealthy, r.code, "stderr: %s", r.stderr)
+	assert.Contains(t, r.stdout, "cluster test: 1 of 3 nodes up")
+	assert.Contains(t, r.stdout, "topics unknown: ")
+	r = fbctl(t, conn, "", "cluster", "status", "-o", "json", "-node-timeout", "500ms").ok(t)
+	var st clusterStatusJSON
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st), r.stdout)
+	assert.NotEmpty(t, st.TopicsError)
+	assert.Len(t, st.Nodes, 3)
+}
+
+// TestStatusPastAHungNode: a node of the connection string that takes
+// connections but never answers (a paused process) held status for the
+// failover client's connect timeout, 5 s, before the next node was asked:
+// with -timeout 3s status failed (review). Every node is asked at once.
+func TestStatusPastAHungNode(t *testing.T) {
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { hung.Close() }) // accepted by the kernel, never answered
+	n := servertest.StartNode(t)
+	conn := "test#default@" + hung.Addr().String() + "," + n.Addr()
+	r := fbctl(t, conn, "", "cluster", "status", "-check", "-timeout", "3s").ok(t)
+	assert.Contains(t, r.stdout, "cluster test: 1 of 1 nodes up")
+}
