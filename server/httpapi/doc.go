@@ -28,7 +28,7 @@
 //	forestbus_topic_is_leader{topic}                      1 when this node leads the topic
 //	forestbus_topic_failed{topic}                         1 when this node's copy stopped after a storage error
 //	forestbus_topic_segments{topic}                       segment files on disk
-//	forestbus_topic_disk_bytes{topic}                     bytes of the segment files
+//	forestbus_topic_disk_bytes{topic}                     bytes of the segments' records (not their preallocated space)
 //	forestbus_topic_follower_lag_entries{topic,follower}  leader only: raft entries the follower lacks
 //	                                                      (absent while the leader has not heard its position)
 //	forestbus_topic_follower_lag_messages{topic,follower} leader only: messages the follower lacks

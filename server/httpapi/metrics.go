@@ -45,7 +45,7 @@ func newCollector(h *handler) *collector {
 		term:        topicDesc("term", "Raft term of the topic's group."),
 		isLeader:    topicDesc("is_leader", "1 when this node leads the topic, else 0."),
 		segments:    topicDesc("segments", "Segment files of the topic's log on this node."),
-		diskBytes:   topicDesc("disk_bytes", "Bytes of the topic's segment files on this node."),
+		diskBytes:   topicDesc("disk_bytes", "Bytes of the topic's segments on this node: their records (the space preallocated past them, up to a segment's size per topic, and the small state files are not counted)."),
 		lagEntries:  followerDesc("follower_lag_entries", "On the leader: raft entries the follower's log lacks (leader's last index - follower's match index); absent while the leader has not heard the follower's position."),
 		lagMessages: followerDesc("follower_lag_messages", "On the leader: messages the follower's log lacks; absent when its match point is below the leader's retained log."),
 
