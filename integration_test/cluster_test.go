@@ -713,6 +713,20 @@ func TestClusterAddAndRemoveNodeUnderLoad(t *testing.T) {
 	c.verify("default", rest, l)
 }
 
+// waitRefused waits until p answers GetClusterDetails with an error that
+// says it is refused (says), and returns that error.
+func (c *cluster) waitRefused(p *proc, says string) error {
+	c.t.Helper()
+	var err error
+	waitFor(c.t, 30*time.Second, 20*time.Millisecond, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = c.node(p).ClusterDetails(ctx)
+		return err != nil && strings.Contains(err.Error(), says)
+	}, func() string { return fmt.Sprintf("%s is not refused (%q): %v", p.name, says, err) })
+	return err
+}
+
 // TestClusterWipedNode: a follower whose data directory is wiped, started
 // again with its usual command line, takes up its old raft ID with an
 // empty log. Its peers refuse it (their record of its data directory), so
@@ -731,13 +745,7 @@ func TestClusterWipedNode(t *testing.T) {
 	require.NoError(t, os.RemoveAll(wiped.data))
 	wiped.restart()
 
-	var err error
-	waitFor(t, 30*time.Second, 20*time.Millisecond, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_, err = c.node(wiped).ClusterDetails(ctx)
-		return err != nil && strings.Contains(err.Error(), "refused by")
-	}, func() string { return fmt.Sprintf("the wiped node still serves: %v", err) })
+	err := c.waitRefused(wiped, "refused by")
 	for _, p := range others(c.procs, wiped) {
 		assert.Contains(t, err.Error(), p.name)
 	}
@@ -791,13 +799,7 @@ func TestClusterWipedNodeGrantsNoVote(t *testing.T) {
 
 	n1.restart()
 	n2.restart()
-	var err error
-	waitFor(t, 30*time.Second, 20*time.Millisecond, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_, err = c.node(n2).ClusterDetails(ctx)
-		return err != nil && strings.Contains(err.Error(), "refused by n1")
-	}, func() string { return fmt.Sprintf("n1 does not refuse the wiped n2: %v", err) })
+	c.waitRefused(n2, "refused by n1")
 	n1.pause()
 	n3.restart()
 	// Ten election timeouts at the default tick, and more.
