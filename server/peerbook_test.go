@@ -316,3 +316,17 @@ func TestRefusalSurvivesRestart(t *testing.T) {
 	assert.NoFileExists(t, filepath.Join(x.Cfg.DataDir, "refused.json"))
 	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, healthOf(t, x))
 }
+
+// TestUnreadableRefusalRecord: a refused.json that cannot be read fails
+// the start, as an unreadable peers.json does. It was ignored, and the
+// node voted again while the member that refused it was down (review).
+func TestUnreadableRefusalRecord(t *testing.T) {
+	n := servertest.StartNode(t)
+	cfg := n.Cfg
+	n.Stop()
+	require.NoError(t, os.WriteFile(filepath.Join(cfg.DataDir, "refused.json"), []byte(`{"peers": [1`), 0o644))
+	ctx := ctxT(t)
+	_, err := server.Start(ctx, cfg)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "refused.json")
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -36,17 +37,23 @@ import (
 const refusedFile = "refused.json"
 
 // loadRefusals reads refusedFile into s.refusedBy (before any peer runs).
-func (s *Server) loadRefusals() {
-	b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, refusedFile))
+// An unreadable one fails the start, as an unreadable peers.json does:
+// ignoring it would let the node vote while the members that refuse it
+// are down, which the record exists to prevent (review).
+func (s *Server) loadRefusals() error {
+	path := filepath.Join(s.cfg.DataDir, refusedFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // none recorded
+	}
 	if err != nil {
-		return // none recorded
+		return err
 	}
 	var rec struct {
 		Peers []uint64 `json:"peers"`
 	}
 	if err := json.Unmarshal(b, &rec); err != nil {
-		s.log.Warn("server: ignoring an unreadable record of refusals", "file", refusedFile, "err", err)
-		return
+		return fmt.Errorf("server: %s: %w (it lists the peers that refuse this node; if its data directory is its own, delete the file)", path, err)
 	}
 	for _, id := range rec.Peers {
 		s.refusedBy[id] = true
@@ -54,6 +61,7 @@ func (s *Server) loadRefusals() {
 	if len(rec.Peers) > 0 {
 		s.log.Warn("server: members refused this node before it stopped: it serves no client and takes no part in elections until they accept it", "peers", rec.Peers)
 	}
+	return nil
 }
 
 // saveRefusalsLocked records s.refusedBy in refusedFile (none: no file).
@@ -179,10 +187,18 @@ func (g *voteGate) Send(group string, msgs []*raftpb.Message) {
 	g.PeerTransport.Send(group, msgs)
 }
 
-// dropsInbound reports whether a message from a peer is ignored: a
-// leadership transfer to this node while it is refused.
+// dropsInbound reports whether a message from a peer is ignored while
+// this node is refused: a leadership transfer to it, and answers to
+// votes it asked for before.
 func (g *voteGate) dropsInbound(m *raftpb.Message) bool {
-	return g.closed.Load() && m.GetType() == raftpb.MessageType_MsgTimeoutNow
+	if !g.closed.Load() {
+		return false
+	}
+	switch m.GetType() {
+	case raftpb.MessageType_MsgTimeoutNow, raftpb.MessageType_MsgVoteResp, raftpb.MessageType_MsgPreVoteResp:
+		return true
+	}
+	return false
 }
 
 // grantsVote reports whether m grants a vote or a pre-vote, or asks for
@@ -220,16 +236,21 @@ func (s *Server) shedLeadership() {
 			}()
 			led, failed := s.handOff(ctx)
 			cancel()
-			if led == 0 {
-				break // none left: a refused node wins no election
-			}
 			if failed > 0 {
 				s.log.Debug("server: a refused node could not hand off some leaderships yet", "groups", failed)
+			}
+			// Again while refused, also when it led nothing: a vote it
+			// asked for just before the refusal may still win it a group
+			// (its own requests and the answers to them are dropped from
+			// then on, so not later).
+			wait := time.Second
+			if led == 0 {
+				wait = 5 * time.Second
 			}
 			select {
 			case <-s.stopc:
 				return
-			case <-time.After(time.Second):
+			case <-time.After(wait):
 			}
 		}
 	}

@@ -228,7 +228,9 @@ func (s *Server) open() error {
 		return err
 	}
 
-	s.loadRefusals()
+	if err := s.loadRefusals(); err != nil {
+		return err
+	}
 	s.gate = &voteGate{}
 	s.gate.closed.Store(len(s.refusedBy) > 0) // until the members are known (applyRefusal)
 	handler := &engineHandler{gate: s.gate}
