@@ -306,6 +306,9 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 		restoreSnap: gc.RestoreSnapshot,
 	}
 	g.raftHS.term, g.raftHS.vote, g.raftHS.commit = hs.GetTerm(), hs.GetVote(), commit
+	// The stored term until raft's first hard state: an idle (quiesced)
+	// topic's status and metrics said term 0 after a restart (review).
+	g.term.Store(hs.GetTerm())
 	g.leaderless.Store(time.Now().UnixNano()) // no leader known at start
 	if g.apply != nil && commit >= first {
 		if err := g.replay(first, commit); err != nil {

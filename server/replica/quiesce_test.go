@@ -416,8 +416,11 @@ func TestRestartedFollowerLearnsQuiescedLeader(t *testing.T) {
 	f := lead%3 + 1 // a follower
 	quiesced := c.trs[lead].quiesce.Load()
 	c.restart(t, f, Config{ElectionTicks: 60_000})
+	term := c.groups[lead].Details().Term
+	assert.Equal(t, term, c.groups[f].Details().Term, "the stored term from the start (it said 0: review)")
 	require.Eventually(t, func() bool { return c.groups[f].Leader() == lead }, 10*time.Second, time.Millisecond,
 		"the restarted follower learns the leader")
+	assert.Equal(t, term, c.groups[f].Details().Term)
 	require.Eventually(t, func() bool { return c.trs[lead].quiesce.Load() > quiesced }, 10*time.Second, time.Millisecond,
 		"the leader quiesces again")
 }
