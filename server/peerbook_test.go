@@ -128,7 +128,8 @@ func TestRemovedVoterStillCounts(t *testing.T) {
 // TestWipedRemovedNodeIsRefused: a removed node, wiped and started again
 // under its old raft ID, is refused like any wiped node: a topic may count
 // the removed ID as a voter for a while yet, and the empty log must not
-// vote there. (Its removal was checked first, and let it through.)
+// vote there. (Its removal was checked first, and let it through.) The
+// refusal tells it that it is removed.
 func TestWipedRemovedNodeIsRefused(t *testing.T) {
 	c, logs := loggedCluster(t)
 	gone := c.Nodes[2]
@@ -139,6 +140,9 @@ func TestWipedRemovedNodeIsRefused(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return strings.Contains(logs.String(), "came back with another data directory")
 	}, 20*time.Second, 10*time.Millisecond, "the peers refuse it")
+	// And tell it that it is removed: it said only that it was refused,
+	// "until the operator acts", who had (review).
+	require.Eventually(t, func() bool { return gone.Registry().RemovedSelf() }, 20*time.Second, 10*time.Millisecond)
 }
 
 // assertRefused checks that n, refused by the members named, serves no

@@ -252,6 +252,11 @@ func (s *Server) open() error {
 				// voter of some topic for a while, and a wiped one must
 				// not vote there either.
 				if err := book.check(from, inc); err != nil {
+					if r := registry.Load(); r != nil && r.Removed(from) {
+						// Refused, and told: it is to be deleted,
+						// not fixed.
+						return fmt.Errorf("%w: %w", transport.ErrRefuseRemoved, err)
+					}
 					return err
 				}
 				// A node the cluster removed, started again on its old

@@ -257,6 +257,9 @@ func (s peerServer) Stream(stream peerv1.PeerService_StreamServer) error {
 			accepted.Set(removedKey, "1")
 		case err != nil:
 			t.refused.Add(1)
+			if errors.Is(err, ErrRefuseRemoved) {
+				stream.SetTrailer(metadata.Pairs(removedKey, "1"))
+			}
 			return status.Errorf(codes.PermissionDenied, "transport: node %d refuses the stream: %v", t.cfg.NodeID, err)
 		}
 	}

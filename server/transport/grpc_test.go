@@ -615,3 +615,30 @@ func TestGRPCOnRefused(t *testing.T) {
 	assert.False(t, next(), "accepted again at the next attempt")
 	assert.Empty(t, events, "one call per change")
 }
+
+// TestGRPCRefusedRemoved: a CheckPeer error wrapping ErrRefuseRemoved
+// refuses the stream (nothing delivered) and tells the node that the
+// cluster removed it (OnRemoved): a wiped node the operator removed only
+// heard that it was refused, and said so for ever.
+func TestGRPCRefusedRemoved(t *testing.T) {
+	n2 := startNode(t, 2, "c", func(c *Config) {
+		c.CheckPeer = func(uint64, uint64) error { return fmt.Errorf("%w: node 1: wiped", ErrRefuseRemoved) }
+	})
+	told := make(chan uint64, 4)
+	refused := make(chan bool, 4)
+	n1 := startNode(t, 1, "c", func(c *Config) {
+		c.OnRemoved = func(peer uint64) { told <- peer }
+		c.OnRefused = func(_ uint64, r bool) { refused <- r }
+	})
+	n1.tr.AddPeer(2, n2.addr)
+	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
+	select {
+	case peer := <-told:
+		assert.Equal(t, uint64(2), peer)
+	case <-time.After(waitFor):
+		t.Fatal("not told")
+	}
+	assert.True(t, <-refused)
+	assert.Zero(t, n2.h.count())
+	assert.NotZero(t, n2.tr.Stats().Refused)
+}

@@ -283,6 +283,7 @@ func (p *peer) connect(waitReady bool) (peerv1.PeerService_StreamClient, context
 	if err := stream.Send(hello); err != nil {
 		timer.Stop()
 		err = streamError(stream, err)
+		p.toldRemoved(stream.Trailer())
 		cancel()
 		return nil, nil, err
 	}
@@ -295,16 +296,23 @@ func (p *peer) connect(waitReady bool) (peerv1.PeerService_StreamClient, context
 			err = errors.New("transport: handshake timed out")
 		case md == nil:
 			err = streamError(stream, io.EOF)
+			p.toldRemoved(stream.Trailer()) // a refusal may say it (ErrRefuseRemoved)
 		default:
 			err = errors.New("transport: peer did not accept the stream")
 		}
 		cancel()
 		return nil, nil, err
 	}
+	p.toldRemoved(md)
+	return stream, cancel, nil
+}
+
+// toldRemoved calls OnRemoved when a handshake's answer (md: its header,
+// or a refusal's trailer) says that the cluster removed this node.
+func (p *peer) toldRemoved(md metadata.MD) {
 	if len(md.Get(removedKey)) > 0 && p.t.cfg.OnRemoved != nil {
 		p.t.cfg.OnRemoved(p.id)
 	}
-	return stream, cancel, nil
 }
 
 // streamError turns a failed Send into the stream's status: Send returns

@@ -115,7 +115,8 @@ type Config struct {
 	// its incarnation (0 when it sent none: an earlier version); an error
 	// refuses the stream (PERMISSION_DENIED, with the error's text), but
 	// for one wrapping ErrPeerRemoved: that stream is accepted, and the
-	// handshake's answer tells the node (OnRemoved).
+	// handshake's answer tells the node (OnRemoved). One wrapping
+	// ErrRefuseRemoved is refused and tells the node too.
 	CheckPeer func(from, incarnation uint64) error
 	// OnRemoved, when set, is called when a peer accepts this node's
 	// stream saying that the cluster removed this node (its CheckPeer said
@@ -136,6 +137,12 @@ type Config struct {
 // ErrPeerRemoved, wrapped by a CheckPeer error, says that the cluster
 // removed the node that opens the stream.
 var ErrPeerRemoved = errors.New("the cluster removed this node")
+
+// ErrRefuseRemoved, wrapped by a CheckPeer error, refuses the stream as
+// any other error does, and tells the node that the cluster removed it
+// (OnRemoved): a removed node whose data directory was wiped is refused,
+// and learns that it is removed, not only refused.
+var ErrRefuseRemoved = errors.New("refused, and the cluster removed this node")
 
 // removedKey is the handshake answer's header that says ErrPeerRemoved.
 const removedKey = "forestbus-peer-removed"
