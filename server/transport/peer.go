@@ -160,7 +160,15 @@ func (p *peer) run() {
 		if refused == nil || *refused != r {
 			refused = &r
 			if f := p.t.cfg.OnRefused; f != nil {
-				f(p.id, r)
+				// Only while this is the ID's peer, checked under the
+				// lock AddPeer replaces it with: a late report of the
+				// peer replaced (a new address) must not undo the new
+				// one's.
+				p.t.mu.RLock()
+				if p.t.peers[p.id] == p {
+					f(p.id, r)
+				}
+				p.t.mu.RUnlock()
 			}
 		}
 	}

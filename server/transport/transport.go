@@ -130,7 +130,9 @@ type Config struct {
 	// node's streams (refused true: its CheckPeer said no, PERMISSION_DENIED)
 	// and when it accepts one again (false). A refusal holds until the
 	// operator acts, and says that this node's data directory is not the
-	// one the peer knew under its raft ID. It must not block.
+	// one the peer knew under its raft ID. It must not block, and is
+	// called with the peers' lock held for reading: it must not call the
+	// transport.
 	OnRefused func(peer uint64, refused bool)
 }
 
