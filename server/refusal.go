@@ -26,8 +26,10 @@ import (
 // refusing members in /status.json and takes no part in elections: it
 // grants no vote, starts none, takes no leadership handed to it
 // (voteGate) and hands off what it leads (shedLeadership), until they
-// accept it again. Refusals by nodes that are no members do not
-// count: a removed node's record may be stale.
+// accept it again. A refusal by a node the cluster removed since counts
+// too: its record of this node's first directory stays true (raft IDs
+// are never reused), and removing the one member that knew it must not
+// let a wiped node vote again (review).
 
 // refusedFile records, in a node's data directory, the peers that refuse
 // it (their raft IDs), until each accepts it again: a refused node
@@ -79,7 +81,7 @@ func (s *Server) saveRefusalsLocked() {
 		}{peers})
 	}
 	if err != nil {
-		s.log.Warn("server: recording the peers that refuse this node", "err", err)
+		s.log.Error("server: recording the peers that refuse this node", "err", err)
 	}
 }
 
@@ -99,7 +101,18 @@ func (s *Server) peerRefuses(peer uint64, refused bool) {
 	s.applyRefusalLocked()
 }
 
-// applyRefusal re-judges the refusals, for a new member list.
+// peerName is peer's name as a member, or "node ID" for one no longer
+// (or not yet) known.
+func (s *Server) peerName(id uint64) string {
+	for _, n := range s.svc.Nodes() {
+		if n.RaftID == id {
+			return n.Name
+		}
+	}
+	return fmt.Sprintf("node %d", id)
+}
+
+// applyRefusal re-judges the refusals' names, for a new member list.
 func (s *Server) applyRefusal() {
 	s.refusalMu.Lock()
 	defer s.refusalMu.Unlock()
@@ -108,12 +121,8 @@ func (s *Server) applyRefusal() {
 
 func (s *Server) applyRefusalLocked() {
 	var names []string
-	if len(s.refusedBy) > 0 {
-		for _, n := range s.svc.Nodes() {
-			if s.refusedBy[n.RaftID] {
-				names = append(names, n.Name)
-			}
-		}
+	for _, id := range slices.Sorted(maps.Keys(s.refusedBy)) {
+		names = append(names, s.peerName(id))
 	}
 	if len(names) > 0 && len(s.refusedNames) == 0 {
 		s.log.Error("server: a member refuses this node's data directory: it serves no client until every member accepts it", "refused_by", names)
@@ -122,6 +131,9 @@ func (s *Server) applyRefusalLocked() {
 	}
 	s.refusedNames = names
 	s.gate.closed.Store(len(names) > 0)
+	if s.engine != nil {
+		s.engine.StandAside(len(names) > 0)
+	}
 	if len(names) > 0 {
 		select {
 		case s.shed <- struct{}{}:
@@ -214,9 +226,9 @@ func grantsVote(m *raftpb.Message) bool {
 }
 
 // shedLeadership hands off the leadership of every group this node leads
-// while a member refuses it, every second until none is left or the
-// refusal ends, until Stop. A transfer can fail (no other voter answers
-// this node): the next round tries again.
+// while a peer refuses it: a round every second while it leads some, every
+// 5 s while it leads none, until the refusal ends or Stop. A transfer can
+// fail (no other voter answers this node): the next round tries again.
 func (s *Server) shedLeadership() {
 	defer s.wg.Done()
 	for {

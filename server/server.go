@@ -57,9 +57,9 @@ type Server struct {
 	advertise string
 	lock      *os.File // the data directory's lock (lockDataDir)
 
-	refusalMu    sync.Mutex      // guards the three below and health updates (refusal.go)
-	refusedBy    map[uint64]bool // peers refusing this node's streams
-	refusedNames []string        // the members among them
+	refusalMu    sync.Mutex      // guards the two below, refused.json and health updates (refusal.go)
+	refusedBy    map[uint64]bool // peers refusing this node's streams (raft IDs)
+	refusedNames []string        // their names (applyRefusalLocked)
 	gate         *voteGate       // wraps the peer transport; closed while refused
 	shed         chan struct{}   // signals shedLeadership: a refusal began
 }

@@ -23,9 +23,9 @@ type refusal struct {
 	done context.CancelFunc
 }
 
-// SetRefusedBy sets the members (names) that refuse this node's streams;
-// none ends the refusal. While one does, topic calls and GetClusterDetails
-// answer UNAVAILABLE, and waiting reads end at once.
+// SetRefusedBy sets the peers (names) that refuse this node's streams;
+// none ends the refusal. While one does, topic calls, GetClusterDetails
+// and admin calls answer UNAVAILABLE, and waiting reads end at once.
 func (s *Service) SetRefusedBy(names []string) {
 	r := &s.refused
 	r.mu.Lock()

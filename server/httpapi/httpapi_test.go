@@ -139,7 +139,7 @@ func waitCommit(t *testing.T, addr, topic string, id int64) *client.TopicDetails
 }
 
 func TestHTTPAPI(t *testing.T) {
-	c, _, last := cluster(t)
+	c, cl, last := cluster(t)
 	g := httpapi.NewGRPCMetrics()
 	servers := make([]*httptest.Server, len(c.Nodes))
 	for i, n := range c.Nodes {
@@ -153,6 +153,11 @@ func TestHTTPAPI(t *testing.T) {
 		if d.Node == c.Addrs()[i] && d.Leader == c.Nodes[i].Cfg.NodeName {
 			leader = i
 		}
+	}
+
+	require.NoError(t, cl.CreateTopic(t.Context(), "quiet", client.TopicSettings{}))
+	for _, n := range c.Nodes {
+		require.Eventually(t, func() bool { _, err := n.Registry().Get("quiet"); return err == nil }, 20*time.Second, 10*time.Millisecond)
 	}
 
 	t.Run("metrics", func(t *testing.T) {
@@ -203,10 +208,15 @@ func TestHTTPAPI(t *testing.T) {
 			}
 			if api.Leader == c.Nodes[i].Cfg.NodeName {
 				assert.NotZero(t, latencies, "the leader timed its commits")
-			} else {
-				// Nothing was proposed on a follower: no fifteen series
-				// of zeros per topic (half of a scrape at 1,000 topics).
-				assert.NotContains(t, fams, "forestbus_topic_commit_latency_seconds", "node %d", i)
+			}
+			// Nothing was proposed to "quiet": no fifteen series of zeros
+			// per topic (half of a scrape at 1,000 topics).
+			_, ok = value(fams, "forestbus_topic_commit_id", map[string]string{"topic": "quiet"})
+			assert.True(t, ok, "node %d has the topic", i)
+			for _, m := range fams["forestbus_topic_commit_latency_seconds"].GetMetric() {
+				for _, lp := range m.GetLabel() {
+					assert.False(t, lp.GetName() == "topic" && lp.GetValue() == "quiet", "node %d: a latency histogram for a topic without proposals", i)
+				}
 			}
 			v, _ = value(fams, "forestbus_node_serving", nil)
 			assert.Equal(t, 1.0, v)
@@ -228,7 +238,10 @@ func TestHTTPAPI(t *testing.T) {
 				}
 			} else {
 				assert.Equal(t, 0.0, leads)
-				assert.NotContains(t, fams, "forestbus_topic_follower_lag_entries")
+				for _, n := range c.Nodes {
+					_, ok := value(fams, "forestbus_topic_follower_lag_entries", map[string]string{"topic": "default", "follower": n.Cfg.NodeName})
+					assert.False(t, ok, "a follower reports no lag of %s", n.Cfg.NodeName)
+				}
 			}
 		}
 	})

@@ -116,6 +116,7 @@ type Engine struct {
 	asked           []uint64          // peers whose pings asked for leaders since the loop looked (see pingAsks); guarded by mu
 	incarnation     uint64            // this engine's, in its pings (see noteIncarnation)
 	announced       atomic.Bool       // pings carry incarnation and asks (Announce)
+	standAside      atomic.Bool       // StandAside
 	incarnations    map[uint64]uint64 // peers' as last pinged; guarded by mu
 	restarted       []uint64          // peers whose incarnation changed since the loop looked; guarded by mu
 	peers           []uint64          // pinged for liveness; guarded by mu
@@ -702,3 +703,10 @@ func (e *Engine) raftConfig(id uint64, log raft.Storage, applied uint64) *raft.C
 		Logger:                    raftLogger{e.log},
 	}
 }
+
+// StandAside tells the engine whether this node stands aside from
+// leadership (its peers refuse it: the server drops its votes and the
+// leadership transfers to it): while it does, RequestLeadership asks for
+// nothing, since the transfer it starts would wait out an election
+// timeout with the group's proposals dropped.
+func (e *Engine) StandAside(on bool) { e.standAside.Store(on) }

@@ -657,41 +657,61 @@ func (g *Group) Compact(ctx context.Context, index uint64) error {
 
 // TransferLeadership hands the group's leadership to its most caught-up
 // voter and returns once another node leads, or ctx ends. It does nothing
-// when this node does not lead or has no other voter.
+// when this node does not lead or has no other voter. A voter that does
+// not take over within an election timeout (raft then aborts the
+// transfer; a node that stands aside ignores it, see StandAside) is
+// skipped, and the next one asked: a review saw hand-offs that all went
+// to a node its peers refused, and waited out their whole limit.
 func (g *Group) TransferLeadership(ctx context.Context) error {
-	var to uint64
-	err := g.do(ctx, func() error {
-		if !g.isLeader {
-			return nil
-		}
-		st := g.rn.Status()
-		var best uint64
-		for id, pr := range st.Progress {
-			if id == g.e.cfg.NodeID || pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate {
-				continue // a stopped or lagging node cannot take over soon
-			}
-			if to == 0 || pr.Match > best {
-				to, best = id, pr.Match
-			}
-		}
-		if to != 0 {
-			g.quiesced = false
-			g.rn.TransferLeader(to)
-		}
-		return nil
-	})
-	if err != nil || to == 0 {
-		return err
-	}
 	self := g.e.cfg.NodeID
-	return g.waitLead(ctx, func(lead uint64) bool { return lead != self }) // handed over, or lost
-
+	var tried []uint64
+	for {
+		var to uint64
+		err := g.do(ctx, func() error {
+			if !g.isLeader {
+				return nil
+			}
+			st := g.rn.Status()
+			var best uint64
+			for id, pr := range st.Progress {
+				if id == self || pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate || slices.Contains(tried, id) {
+					continue // a stopped or lagging node cannot take over soon
+				}
+				if to == 0 || pr.Match > best {
+					to, best = id, pr.Match
+				}
+			}
+			if to != 0 {
+				g.quiesced = false
+				g.rn.TransferLeader(to)
+			}
+			return nil
+		})
+		if err != nil || to == 0 {
+			if err == nil && len(tried) > 0 && g.lead.Load() == self {
+				return fmt.Errorf("replica: no voter took over the leadership (asked %v)", tried)
+			}
+			return err
+		}
+		tried = append(tried, to)
+		// Raft gives a transfer an election timeout; a tick or two more
+		// for the new leader's first message to arrive.
+		actx, cancel := context.WithTimeout(ctx, g.e.electionTimeout+2*g.e.cfg.TickInterval)
+		err = g.waitLead(actx, func(lead uint64) bool { return lead != self }) // handed over, or lost
+		cancel()
+		if err == nil || ctx.Err() != nil || errors.Is(err, ErrStopped) {
+			return err
+		}
+	}
 }
 
 // RequestLeadership asks the group's leader to hand leadership to this node
 // (raft forwards a follower's transfer request to the leader). Used when the
 // leader is no longer a member of the cluster.
 func (g *Group) RequestLeadership(ctx context.Context) error {
+	if g.e.standAside.Load() {
+		return nil // it would not take it (StandAside)
+	}
 	return g.do(ctx, func() error {
 		if !g.isLeader {
 			g.quiesced = false

@@ -39,6 +39,8 @@ type GRPC struct {
 	senders sync.WaitGroup // peer goroutines
 	inbound sync.WaitGroup // inbound deliveries in progress (Handler.Step)
 
+	refusalMu sync.Mutex // serializes OnRefused reports (peer.run)
+
 	framesSent, msgsSent, msgsDropped atomic.Uint64
 	framesRecv, msgsRecv, connects    atomic.Uint64
 	refused                           atomic.Uint64
@@ -85,6 +87,9 @@ func (t *GRPC) AddPeer(id uint64, addr string) {
 		t.mu.Unlock()
 		return
 	}
+	if old != nil {
+		old.retired.Store(true) // before its successor reports (OnRefused)
+	}
 	p, err := newPeer(t, id, addr)
 	if err != nil {
 		t.log.Error("transport: cannot create client", "peer", id, "addr", addr, "err", err)
@@ -112,6 +117,9 @@ func (t *GRPC) RemovePeer(id uint64) {
 	t.mu.Lock()
 	p := t.peers[id]
 	delete(t.peers, id)
+	if p != nil {
+		p.retired.Store(true)
+	}
 	t.mu.Unlock()
 	if p != nil {
 		p.stop()

@@ -592,24 +592,25 @@ func TestGRPCOnRefused(t *testing.T) {
 			return false
 		}
 	}
-	replace := func() { // a new stream, as for a new address
+	// A new stream, as for a new address; the old peer, retried every
+	// 50 ms, reports nothing once removed.
+	replace := func(refusing bool) {
 		n1.tr.RemovePeer(2)
+		refuse.Store(refusing)
 		n1.tr.AddPeer(2, n2.addr)
 		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
 	}
 	n1.tr.AddPeer(2, n2.addr)
 	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
 	assert.True(t, next(), "refused")
-	refuse.Store(false)
-	replace()
+	replace(false)
 	assert.False(t, next(), "the new peer reports its first acceptance")
 	require.Eventually(t, func() bool {
 		n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 2)})
 		return n2.h.count() > 0
 	}, waitFor, tick)
 
-	refuse.Store(true)
-	replace()
+	replace(true)
 	assert.True(t, next(), "refused again")
 	refuse.Store(false)
 	assert.False(t, next(), "accepted again at the next attempt")

@@ -42,6 +42,9 @@ type peer struct {
 	// replaced: stopped for a peer of the same ID at a new address (AddPeer),
 	// not removed; what it had not sent is reported, as after a failure.
 	replaced atomic.Bool
+	// retired: replaced or removed (set under the transport's lock before
+	// a successor starts): its OnRefused reports are dropped.
+	retired atomic.Bool
 
 	mu      sync.Mutex
 	pending []outMsg
@@ -160,15 +163,16 @@ func (p *peer) run() {
 		if refused == nil || *refused != r {
 			refused = &r
 			if f := p.t.cfg.OnRefused; f != nil {
-				// Only while this is the ID's peer, checked under the
-				// lock AddPeer replaces it with: a late report of the
-				// peer replaced (a new address) must not undo the new
-				// one's.
-				p.t.mu.RLock()
-				if p.t.peers[p.id] == p {
+				// Only while this is the ID's peer: a late report of a
+				// peer replaced (a new address) must not undo its
+				// successor's. retired is set before the successor
+				// starts, and reports are serialized, so one made
+				// after the successor's sees it.
+				p.t.refusalMu.Lock()
+				if !p.retired.Load() {
 					f(p.id, r)
 				}
-				p.t.mu.RUnlock()
+				p.t.refusalMu.Unlock()
 			}
 		}
 	}
@@ -290,8 +294,7 @@ func (p *peer) connect(waitReady bool) (peerv1.PeerService_StreamClient, context
 	hello := &peerv1.StreamRequest{ClusterId: p.t.cfg.ClusterID, From: p.t.cfg.NodeID, To: p.id}
 	if err := stream.Send(hello); err != nil {
 		timer.Stop()
-		err = streamError(stream, err)
-		p.toldRemoved(stream.Trailer())
+		err = p.streamError(stream, err)
 		cancel()
 		return nil, nil, err
 	}
@@ -303,8 +306,7 @@ func (p *peer) connect(waitReady bool) (peerv1.PeerService_StreamClient, context
 		case expired:
 			err = errors.New("transport: handshake timed out")
 		case md == nil:
-			err = streamError(stream, io.EOF)
-			p.toldRemoved(stream.Trailer()) // a refusal may say it (ErrRefuseRemoved)
+			err = p.streamError(stream, io.EOF)
 		default:
 			err = errors.New("transport: peer did not accept the stream")
 		}
@@ -324,12 +326,16 @@ func (p *peer) toldRemoved(md metadata.MD) {
 }
 
 // streamError turns a failed Send into the stream's status: Send returns
-// io.EOF when the server ended the call, whose status RecvMsg returns.
-func streamError(stream peerv1.PeerService_StreamClient, err error) error {
+// io.EOF when the server ended the call, whose status RecvMsg returns. Its
+// trailer, readable then, may say that the cluster removed this node (a
+// refusal wrapping ErrRefuseRemoved).
+func (p *peer) streamError(stream peerv1.PeerService_StreamClient, err error) error {
 	if err != io.EOF {
 		return err
 	}
-	if rerr := stream.RecvMsg(new(peerv1.StreamResponse)); rerr != nil {
+	rerr := stream.RecvMsg(new(peerv1.StreamResponse))
+	p.toldRemoved(stream.Trailer())
+	if rerr != nil {
 		return rerr
 	}
 	return errors.New("transport: peer closed the stream")
@@ -351,7 +357,7 @@ func (p *peer) pump(stream peerv1.PeerService_StreamClient, buf []outMsg) ([]out
 				if p.ctx.Err() == nil || p.replaced.Load() {
 					p.fail(batch[i:])
 				}
-				return batch, fmt.Errorf("transport: send: %w", streamError(stream, err))
+				return batch, fmt.Errorf("transport: send: %w", p.streamError(stream, err))
 			}
 			p.t.framesSent.Add(1)
 			p.t.msgsSent.Add(uint64(j - i))

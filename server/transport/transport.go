@@ -120,7 +120,8 @@ type Config struct {
 	CheckPeer func(from, incarnation uint64) error
 	// OnRemoved, when set, is called when a peer accepts this node's
 	// stream saying that the cluster removed this node (its CheckPeer said
-	// ErrPeerRemoved): a node stopped before it applied its own removal
+	// ErrPeerRemoved), or refuses it saying so (ErrRefuseRemoved): a node
+	// stopped before it applied its own removal
 	// learns it from any peer that did. The stream stays: the topic groups
 	// may count the node as a voter for a while yet (their configurations
 	// change after the cluster's), and refusing it could leave one without
@@ -130,9 +131,9 @@ type Config struct {
 	// node's streams (refused true: its CheckPeer said no, PERMISSION_DENIED)
 	// and when it accepts one again (false). A refusal holds until the
 	// operator acts, and says that this node's data directory is not the
-	// one the peer knew under its raft ID. It must not block, and is
-	// called with the peers' lock held for reading: it must not call the
-	// transport.
+	// one the peer knew under its raft ID. Calls are serialized, and none
+	// comes from a peer replaced or removed. It may take a while (the
+	// server records refusals on disk): only that peer's sender waits.
 	OnRefused func(peer uint64, refused bool)
 }
 
