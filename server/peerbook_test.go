@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -258,19 +259,8 @@ func TestRefusalByFormerMember(t *testing.T) {
 	c := servertest.NewCluster(t, 3)
 	c.WaitTopic("default")
 	x, p, l := c.Nodes[1], c.Nodes[0], c.Nodes[2]
-	recordWrongIncarnation(t, p, x)
-	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
-	// l leads every group: with p down, x's vote cannot elect anyone.
-	require.Eventually(t, func() bool {
-		all := true
-		for _, g := range l.Registry().Groups() {
-			if g.Leader() != l.RaftID() {
-				all = false
-				_ = g.RequestLeadership(ctxT(t))
-			}
-		}
-		return all
-	}, 20*time.Second, 50*time.Millisecond)
+	refuse(t, p, x)
+	leadAll(t, l) // with p down, x's vote cannot elect anyone
 	p.Stop()
 	require.NoError(t, removeNode(t, dial(t, l).admin, p.Cfg.NodeName))
 	require.Eventually(t, func() bool {
@@ -290,20 +280,9 @@ func TestRefusedNodeLeadsNothing(t *testing.T) {
 	c.WaitTopic("default")
 	p0, x := c.Nodes[0], c.Nodes[1]
 	ctx := ctxT(t)
-	// x leads every group.
-	require.Eventually(t, func() bool {
-		all := true
-		for _, g := range x.Registry().Groups() {
-			if g.Leader() != x.RaftID() {
-				all = false
-				_ = g.RequestLeadership(ctx)
-			}
-		}
-		return all
-	}, 20*time.Second, 50*time.Millisecond)
+	leadAll(t, x)
 
-	recordWrongIncarnation(t, p0, x)
-	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	refuse(t, p0, x)
 	require.Eventually(t, func() bool {
 		for _, g := range x.Registry().Groups() {
 			if g.Leader() == x.RaftID() {
@@ -327,8 +306,7 @@ func TestRefusalSurvivesRestart(t *testing.T) {
 	c := servertest.NewCluster(t, 3)
 	c.WaitTopic("default")
 	p0, x := c.Nodes[0], c.Nodes[1]
-	recordWrongIncarnation(t, p0, x)
-	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	refuse(t, p0, x)
 	p0.Stop()
 	x.Restart()
 	assertRefused(t, x, p0.Cfg.NodeName)
@@ -363,8 +341,7 @@ func TestHandOffSkipsRefusedNode(t *testing.T) {
 	c := servertest.NewCluster(t, 3)
 	c.WaitTopic("default")
 	p0, x, l := c.Nodes[0], c.Nodes[1], c.Nodes[2]
-	recordWrongIncarnation(t, p0, x)
-	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 1 }, 20*time.Second, 10*time.Millisecond)
+	refuse(t, p0, x)
 	tp, err := l.Registry().Get("default")
 	require.NoError(t, err)
 	g := tp.Group
@@ -381,4 +358,29 @@ func TestHandOffSkipsRefusedNode(t *testing.T) {
 		require.NoError(t, err, "round %d", i)
 		assert.NotEqual(t, x.RaftID(), g.Leader(), "round %d", i)
 	}
+}
+
+// refuse makes p refuse x (recordWrongIncarnation) and waits until x
+// knows.
+func refuse(t *testing.T, p, x *servertest.Node) {
+	t.Helper()
+	recordWrongIncarnation(t, p, x)
+	require.Eventually(t, func() bool { return slices.Contains(x.RefusedBy(), p.Cfg.NodeName) }, 20*time.Second, 10*time.Millisecond)
+}
+
+// leadAll makes n the leader of every group it has.
+func leadAll(t *testing.T, n *servertest.Node) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		all := true
+		for _, g := range n.Registry().Groups() {
+			if g.Leader() != n.RaftID() {
+				all = false
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_ = g.RequestLeadership(ctx)
+				cancel()
+			}
+		}
+		return all
+	}, 20*time.Second, 50*time.Millisecond, "%s leads every group", n.Cfg.NodeName)
 }
