@@ -38,6 +38,11 @@ import (
 // stopped) lifts the refusal until a member refuses the node again.
 const refusedFile = "refused.json"
 
+// refusalRecord is refusedFile's content.
+type refusalRecord struct {
+	Peers []uint64 `json:"peers"` // raft IDs
+}
+
 // loadRefusals reads refusedFile into s.refusedBy (before any peer runs).
 // An unreadable one fails the start, as an unreadable peers.json does:
 // ignoring it would let the node vote while the members that refuse it
@@ -51,9 +56,7 @@ func (s *Server) loadRefusals() error {
 	if err != nil {
 		return err
 	}
-	var rec struct {
-		Peers []uint64 `json:"peers"`
-	}
+	var rec refusalRecord
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return fmt.Errorf("server: %s: %w (it lists the peers that refuse this node; if its data directory is its own, delete the file)", path, err)
 	}
@@ -76,9 +79,7 @@ func (s *Server) saveRefusalsLocked() {
 		}
 	} else {
 		peers := slices.Sorted(maps.Keys(s.refusedBy))
-		err = writeFileAtomic(path, struct {
-			Peers []uint64 `json:"peers"`
-		}{peers})
+		err = writeFileAtomic(path, refusalRecord{Peers: peers})
 	}
 	if err != nil {
 		s.log.Error("server: recording the peers that refuse this node", "err", err)

@@ -251,17 +251,20 @@ func (s *Server) open() error {
 				// Its data directory first: a removed node may still be a
 				// voter of some topic for a while, and a wiped one must
 				// not vote there either.
+				r := registry.Load()
+				removed := r != nil && r.Removed(from)
 				if err := book.check(from, inc); err != nil {
-					if r := registry.Load(); r != nil && r.Removed(from) {
+					if removed {
 						// Refused, and told: it is to be deleted,
 						// not fixed.
 						return fmt.Errorf("%w: %w", transport.ErrRefuseRemoved, err)
 					}
 					return err
 				}
-				// A node the cluster removed, started again on its old
-				// directory before it applied its removal: tell it.
-				if r := registry.Load(); r != nil && r.Removed(from) {
+				if removed {
+					// A node the cluster removed, started again on its
+					// old directory before it applied its removal:
+					// tell it.
 					return fmt.Errorf("%w: node %d is no member of cluster %q any more", transport.ErrPeerRemoved, from, cfg.ClusterID)
 				}
 				return nil

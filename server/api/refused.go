@@ -19,7 +19,7 @@ type refusal struct {
 	err atomic.Pointer[error] // why, while refused
 
 	mu   sync.Mutex
-	ctx  context.Context // done once refused; a fresh one when it ends
+	ctx  context.Context // done once refused; a fresh one when it ends (New makes the first)
 	done context.CancelFunc
 }
 
@@ -30,9 +30,6 @@ func (s *Service) SetRefusedBy(names []string) {
 	r := &s.refused
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.ctx == nil {
-		r.ctx, r.done = context.WithCancel(context.Background())
-	}
 	if len(names) == 0 {
 		if r.err.Swap(nil) != nil {
 			r.ctx, r.done = context.WithCancel(context.Background())
@@ -49,9 +46,6 @@ func (s *Service) refusedCtx() context.Context {
 	r := &s.refused
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.ctx == nil {
-		r.ctx, r.done = context.WithCancel(context.Background())
-	}
 	return r.ctx
 }
 

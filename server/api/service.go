@@ -151,6 +151,7 @@ func New(cfg Config, registry *topic.Registry) *Service {
 	s := &Service{cfg: cfg, log: cfg.Logger, registry: registry}
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.stopping = s.stopCtx.Done()
+	s.refused.ctx, s.refused.done = context.WithCancel(context.Background())
 	s.SetNodes(cfg.Nodes)
 	switch {
 	case cfg.MaxForwarding == 0:
