@@ -21,9 +21,9 @@ import (
 // A node whose peers refuse its streams (their peerBook: its data
 // directory is not the one they recorded under its raft ID) looked
 // healthy: status up, health SERVING, its stale logs answering reads; only
-// its log said why (review). While a member refuses it, it serves no
+// its log said why (review). While a peer refuses it, it serves no
 // client (UNAVAILABLE, clients move on), reports NOT_SERVING, names the
-// refusing members in /status.json and takes no part in elections: it
+// refusing peers in /status.json and takes no part in elections: it
 // grants no vote, starts none, takes no leadership handed to it
 // (voteGate) and hands off what it leads (shedLeadership), until they
 // accept it again. A refusal by a node the cluster removed since counts
@@ -33,9 +33,9 @@ import (
 
 // refusedFile records, in a node's data directory, the peers that refuse
 // it (their raft IDs), until each accepts it again: a refused node
-// restarted while the members that refuse it are down would otherwise
+// restarted while the peers that refuse it are down would otherwise
 // vote again, which the refusal exists to prevent. Deleting it (the node
-// stopped) lifts the refusal until a member refuses the node again.
+// stopped) lifts the refusal until a peer refuses the node again.
 const refusedFile = "refused.json"
 
 // refusalRecord is refusedFile's content.
@@ -45,7 +45,7 @@ type refusalRecord struct {
 
 // loadRefusals reads refusedFile into s.refusedBy (before any peer runs).
 // An unreadable one fails the start, as an unreadable peers.json does:
-// ignoring it would let the node vote while the members that refuse it
+// ignoring it would let the node vote while the peers that refuse it
 // are down, which the record exists to prevent (review).
 func (s *Server) loadRefusals() error {
 	path := filepath.Join(s.cfg.DataDir, refusedFile)
@@ -64,7 +64,7 @@ func (s *Server) loadRefusals() error {
 		s.refusedBy[id] = true
 	}
 	if len(rec.Peers) > 0 {
-		s.log.Warn("server: members refused this node before it stopped: it serves no client and takes no part in elections until they accept it", "peers", rec.Peers)
+		s.log.Warn("server: peers refused this node before it stopped: it serves no client and takes no part in elections until they accept it", "peers", rec.Peers)
 	}
 	return nil
 }
@@ -126,9 +126,9 @@ func (s *Server) applyRefusalLocked() {
 		names = append(names, s.peerName(id))
 	}
 	if len(names) > 0 && len(s.refusedNames) == 0 {
-		s.log.Error("server: a member refuses this node's data directory: it serves no client until every member accepts it", "refused_by", names)
+		s.log.Error("server: a peer refuses this node's data directory: it serves no client and takes no part in elections until every such peer accepts it", "refused_by", names)
 	} else if len(names) == 0 && len(s.refusedNames) > 0 {
-		s.log.Info("server: no member refuses this node any more: it serves clients again")
+		s.log.Info("server: no peer refuses this node any more: it serves clients again")
 	}
 	s.refusedNames = names
 	s.gate.closed.Store(len(names) > 0)
@@ -145,7 +145,7 @@ func (s *Server) applyRefusalLocked() {
 	s.updateServingLocked()
 }
 
-// RefusedBy names the members that refuse this node's streams (none when
+// RefusedBy names the peers that refuse this node's streams (none when
 // it serves).
 func (s *Server) RefusedBy() []string {
 	s.refusalMu.Lock()
@@ -154,7 +154,7 @@ func (s *Server) RefusedBy() []string {
 }
 
 // updateServing sets the health status: NOT_SERVING on a node the cluster
-// removed or a member refuses, so that probes (a load balancer,
+// removed or a peer refuses, so that probes (a load balancer,
 // Kubernetes, systemd) do not take it for a serving node.
 func (s *Server) updateServing() {
 	s.refusalMu.Lock()
@@ -175,7 +175,7 @@ func (s *Server) updateServingLocked() {
 	s.health.SetServingStatus(forestbusv1.AdminService_ServiceDesc.ServiceName, st)
 }
 
-// voteGate is the peer transport of a node that members may refuse: while
+// voteGate is the peer transport of a node that peers may refuse: while
 // one does, the node takes no part in elections. It grants no vote (its
 // granted MsgVoteResp and MsgPreVoteResp are dropped, as a lossy link
 // would): a refusal says that its log is not the one it had (a wiped
@@ -190,7 +190,7 @@ func (s *Server) updateServingLocked() {
 // it stores.
 type voteGate struct {
 	PeerTransport
-	closed atomic.Bool // a member refuses this node
+	closed atomic.Bool // a peer refuses this node
 }
 
 func (g *voteGate) Send(group string, msgs []*raftpb.Message) {

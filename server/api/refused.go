@@ -10,9 +10,9 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// refusal takes the node out of client service while a member refuses its
-// peer streams: the data directory is not the one that member knew under
-// the node's raft ID (wiped, or another node's), and its logs are not the
+// refusal takes the node out of client service while a peer refuses its
+// streams: the data directory is not the one that peer knew under the
+// node's raft ID (wiped, or another node's), and its logs are not the
 // cluster's. Unlike a removal it can end: the operator may reset a peer's
 // record, which then accepts the node again.
 type refusal struct {
@@ -50,7 +50,7 @@ func (s *Service) refusedCtx() context.Context {
 }
 
 // unavailable is why this node serves no client: the cluster removed it
-// (errRemoved), or a member refuses it (SetRefusedBy); nil when it serves.
+// (errRemoved), or a peer refuses it (SetRefusedBy); nil when it serves.
 func (s *Service) unavailable() error {
 	if s.registry != nil && s.registry.RemovedSelf() {
 		return errRemoved

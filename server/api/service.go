@@ -222,7 +222,7 @@ func (s *Service) untilShutdown(ctx context.Context) (context.Context, context.C
 	// The cluster removing this node ends waits too: its logs hear of no
 	// more commits (the callers answer errRemoved).
 	unhookRemoval := context.AfterFunc(s.registry.Removal(), cancel)
-	// So does a member refusing this node (the callers answer its error).
+	// So does a peer refusing this node (the callers answer its error).
 	unhookRefusal := context.AfterFunc(s.refusedCtx(), cancel)
 	return ctx, func() {
 		unhook()
@@ -380,7 +380,7 @@ func (s *Service) GetMessages(ctx context.Context, req *forestbusv1.GetMessagesR
 	if gerr := s.gone(t, err); gerr != nil {
 		err = gerr // removed (while we waited)
 	} else if uerr := s.unavailable(); wait > 0 && len(res.Messages) == 0 && uerr != nil {
-		// The cluster removed this node while the call waited, or a member
+		// The cluster removed this node while the call waited, or a peer
 		// refused it: newer commits are elsewhere.
 		res, err = replica.ReadResult{}, uerr
 	} else if wait > 0 && err != nil && ctx.Err() == nil && rctx.Err() != nil {

@@ -159,7 +159,7 @@ func (s *Service) Subscribe(req *forestbusv1.SubscribeRequest, stream grpc.Serve
 			return replica.ErrNoLeader
 		}
 		if err := s.unavailable(); err != nil {
-			// The cluster removed this node, or a member refuses it: its
+			// The cluster removed this node, or a peer refuses it: its
 			// groups hear of no more commits (and still know a leader, so
 			// CutOff never says so).
 			release()

@@ -34,7 +34,7 @@ func newCollector(h *handler) *collector {
 		h:           h,
 		nodeInfo:    prometheus.NewDesc("forestbus_node_info", "This node's name and raft ID (value 1).", []string{"node", "id"}, nil),
 		members:     prometheus.NewDesc("forestbus_cluster_members", "Members of the cluster, as this node knows them.", nil, nil),
-		serving:     prometheus.NewDesc("forestbus_node_serving", "1 while this node serves clients; 0 once the cluster removed it, or while a member refuses it (its data directory is not the one the member knew).", nil, nil),
+		serving:     prometheus.NewDesc("forestbus_node_serving", "1 while this node serves clients; 0 once the cluster removed it, or while a peer refuses it (its data directory is not the one the peer knew).", nil, nil),
 		failed:      topicDesc("failed", "1 when this node's copy of the topic stopped after a storage error or a lost log (it answers STORAGE_FAILED until the operator acts), else 0."),
 		topics:      prometheus.NewDesc("forestbus_topics", "Topics on this node.", nil, nil),
 		firstID:     topicDesc("first_id", "First retained message ID."),

@@ -29,7 +29,7 @@ type Status struct {
 	// what follows is as of its last applied metadata: up to its removal,
 	// or, when a peer told it, up to when it stopped before that.
 	Removed bool `json:"removed,omitempty"`
-	// RefusedBy names the members that refuse this node's peer streams:
+	// RefusedBy names the peers (also former members) that refuse this node's streams:
 	// its data directory is not the one they knew under its raft ID
 	// (wiped, or another node's). It serves no client meanwhile, and what
 	// follows is its own logs' view, not the cluster's.

@@ -122,10 +122,10 @@ type Config struct {
 	// stream saying that the cluster removed this node (its CheckPeer said
 	// ErrPeerRemoved), or refuses it saying so (ErrRefuseRemoved): a node
 	// stopped before it applied its own removal
-	// learns it from any peer that did. The stream stays: the topic groups
-	// may count the node as a voter for a while yet (their configurations
-	// change after the cluster's), and refusing it could leave one without
-	// a quorum. It must not block.
+	// learns it from any peer that did. An accepted stream stays: the
+	// topic groups may count the node as a voter for a while yet (their
+	// configurations change after the cluster's), and refusing it could
+	// leave one without a quorum. It must not block.
 	OnRemoved func(peer uint64)
 	// OnRefused, when set, is called when a peer starts refusing this
 	// node's streams (refused true: its CheckPeer said no, PERMISSION_DENIED)
@@ -133,7 +133,8 @@ type Config struct {
 	// operator acts, and says that this node's data directory is not the
 	// one the peer knew under its raft ID. Calls are serialized, and none
 	// comes from a peer replaced or removed. It may take a while (the
-	// server records refusals on disk): only that peer's sender waits.
+	// server records refusals on disk): only the senders of peers whose
+	// refusal changes wait, not Send.
 	OnRefused func(peer uint64, refused bool)
 }
 
