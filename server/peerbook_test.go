@@ -162,6 +162,8 @@ func assertRefused(t *testing.T, n *servertest.Node, by ...string) {
 	}
 	_, err = cc.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "default", Id: 1, Quantity: 1})
 	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	_, err = cc.admin.ListTopics(ctx, &forestbusv1.ListTopicsRequest{})
+	assert.Equal(t, codes.Unavailable, status.Code(err), "admin calls too: %v", err)
 	assert.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, healthOf(t, n))
 }
 

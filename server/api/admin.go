@@ -25,9 +25,6 @@ func topicProto(name string, s topic.Settings) *forestbusv1.Topic {
 
 // CreateTopic implements AdminService.CreateTopic.
 func (s *Service) CreateTopic(ctx context.Context, req *forestbusv1.CreateTopicRequest) (*forestbusv1.CreateTopicResponse, error) {
-	if err := s.unavailable(); err != nil {
-		return nil, err // a removed or refused node: ask another
-	}
 	st := settingsFrom(req.GetSettings())
 	if err := s.registry.Create(ctx, req.GetName(), st); err != nil {
 		return nil, err
@@ -37,9 +34,6 @@ func (s *Service) CreateTopic(ctx context.Context, req *forestbusv1.CreateTopicR
 
 // UpdateTopic implements AdminService.UpdateTopic.
 func (s *Service) UpdateTopic(ctx context.Context, req *forestbusv1.UpdateTopicRequest) (*forestbusv1.UpdateTopicResponse, error) {
-	if err := s.unavailable(); err != nil {
-		return nil, err // a removed or refused node: ask another
-	}
 	st := settingsFrom(req.GetSettings())
 	if err := s.registry.Update(ctx, req.GetName(), st); err != nil {
 		return nil, err
@@ -49,9 +43,6 @@ func (s *Service) UpdateTopic(ctx context.Context, req *forestbusv1.UpdateTopicR
 
 // RemoveTopic implements AdminService.RemoveTopic.
 func (s *Service) RemoveTopic(ctx context.Context, req *forestbusv1.RemoveTopicRequest) (*forestbusv1.RemoveTopicResponse, error) {
-	if err := s.unavailable(); err != nil {
-		return nil, err // a removed or refused node: ask another
-	}
 	if err := s.registry.Remove(ctx, req.GetName()); err != nil {
 		return nil, err
 	}
@@ -60,9 +51,6 @@ func (s *Service) RemoveTopic(ctx context.Context, req *forestbusv1.RemoveTopicR
 
 // ListTopics implements AdminService.ListTopics.
 func (s *Service) ListTopics(ctx context.Context, _ *forestbusv1.ListTopicsRequest) (*forestbusv1.ListTopicsResponse, error) {
-	if err := s.unavailable(); err != nil {
-		return nil, err // a removed or refused node: ask another
-	}
 	// After the metadata read barrier: a node that has not yet applied an
 	// update acknowledged through another node (or its forward to the
 	// leader) answered the old settings, and fbctl topic update, which
@@ -84,9 +72,6 @@ func nodeProto(m topic.Member) *forestbusv1.Node {
 
 // AddNode implements AdminService.AddNode.
 func (s *Service) AddNode(ctx context.Context, req *forestbusv1.AddNodeRequest) (*forestbusv1.AddNodeResponse, error) {
-	if err := s.unavailable(); err != nil {
-		return nil, err // a removed or refused node: ask another
-	}
 	m, err := s.registry.AddNode(ctx, req.GetName(), req.GetAddress())
 	if err != nil {
 		return nil, err
@@ -106,9 +91,6 @@ func (s *Service) AddNode(ctx context.Context, req *forestbusv1.AddNodeRequest) 
 
 // RemoveNode implements AdminService.RemoveNode.
 func (s *Service) RemoveNode(ctx context.Context, req *forestbusv1.RemoveNodeRequest) (*forestbusv1.RemoveNodeResponse, error) {
-	if err := s.unavailable(); err != nil {
-		return nil, err // a removed or refused node: ask another
-	}
 	if err := s.registry.RemoveNode(ctx, req.GetName()); err != nil {
 		return nil, err
 	}

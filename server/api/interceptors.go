@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/internal/fastcodec"
 )
 
@@ -38,7 +40,8 @@ func (s *Service) panicked(ctx context.Context, msg string, p any) error {
 // batches without an allocation per message, and it gives GetMessages
 // answers' read buffers back (fastcodec.Lend). The chain: logging
 // (outermost, sees final codes), error table, recovery, cluster-ID check,
-// leader forwarding (innermost: it sees the handler's Go errors).
+// a removed or refused node's admin calls, leader forwarding (innermost:
+// it sees the handler's Go errors).
 func (s *Service) ServerOptions() []grpc.ServerOption {
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -70,6 +73,7 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 			s.unaryErrors,
 			recovery.UnaryServerInterceptor(rec),
 			s.unaryClusterID,
+			s.unaryAdminAvailable,
 			s.unaryForward,
 		),
 		grpc.ChainStreamInterceptor(
@@ -114,6 +118,22 @@ func (s *Service) unaryClusterID(ctx context.Context, req any, _ *grpc.UnaryServ
 	}
 	return h(ctx, req)
 }
+
+// unaryAdminAvailable answers every AdminService call on a node the
+// cluster removed, or that a peer refuses, with why (UNAVAILABLE: ask
+// another node), before the call is served or forwarded. Topic calls
+// check it in lookup, after their topic name.
+func (s *Service) unaryAdminAvailable(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if strings.HasPrefix(info.FullMethod, adminMethodPrefix) {
+		if err := s.unavailable(); err != nil {
+			return nil, err
+		}
+	}
+	return h(ctx, req)
+}
+
+// adminMethodPrefix begins the full method name of every AdminService call.
+var adminMethodPrefix = "/" + forestbusv1.AdminService_ServiceDesc.ServiceName + "/"
 
 func (s *Service) streamClusterID(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	if err := s.checkClusterID(ss.Context()); err != nil {
