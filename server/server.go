@@ -374,7 +374,7 @@ func (s *Server) open() error {
 	s.health = hs
 	s.refusalMu.Unlock()
 	reflection.Register(s.grpc)
-	// A node the cluster removed, or that a member refuses, answers every
+	// A node the cluster removed, or that a peer refuses, answers every
 	// topic call UNAVAILABLE, and health says so too, also when it
 	// restarts removed (then from the start: no probe sees SERVING).
 	s.updateServing()
@@ -549,7 +549,7 @@ func (s *Server) setMembers(ms []topic.Member) {
 	// topic group until it hands the leadership over, and followers forward
 	// to it meanwhile.
 	s.svc.SetNodes(nodes)
-	s.applyRefusal() // only members' refusals count
+	s.applyRefusal() // the refusing peers' names, from the new list
 }
 
 // engineHandler passes the transport's deliveries to the engine. The

@@ -17,7 +17,7 @@
 //	forestbus_node_info{node,id}                          1; this node's name and raft ID
 //	forestbus_cluster_members                             members of the cluster
 //	forestbus_node_serving                                1 while the node serves clients; 0 once removed,
-//	                                                      or while a member refuses it
+//	                                                      or while a peer refuses it
 //	forestbus_topics                                      topics on this node
 //	forestbus_topic_first_id{topic}                       first retained message ID
 //	forestbus_topic_last_id{topic}                        last message ID in the log, committed or not
