@@ -9,6 +9,11 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
+# The binaries record the commit they are built from (fbnode -version,
+# forestbus_build_info), also where GOFLAGS turns that off; BUILDVCS=
+# builds without (a tree whose git refuses to answer).
+BUILDVCS ?= -buildvcs=auto
+
 # `make run` settings.
 RUN_ADDR ?= 127.0.0.1:3000
 RUN_DATA ?= ./fbdata
@@ -20,9 +25,9 @@ help: ## list targets
 
 build: ## build every package and the binaries into ./bin
 	$(GO) build ./...
-	$(GO) build -o $(BIN)/fbnode ./cmd/fbnode
-	$(GO) build -o $(BIN)/fbctl ./cmd/fbctl
-	$(GO) build -o $(BIN)/fbbench ./cmd/fbbench
+	$(GO) build $(BUILDVCS) -o $(BIN)/fbnode ./cmd/fbnode
+	$(GO) build $(BUILDVCS) -o $(BIN)/fbctl ./cmd/fbctl
+	$(GO) build $(BUILDVCS) -o $(BIN)/fbbench ./cmd/fbbench
 
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## install pinned generators into ./bin
 
@@ -61,7 +66,7 @@ bench: build ## run the fbbench workloads against a fresh local 3-node cluster (
 	./scripts/bench.sh
 
 run: ## start a one-node cluster with topic "default" on $(RUN_ADDR)
-	$(GO) run ./cmd/fbnode -listen $(RUN_ADDR) -data $(RUN_DATA)
+	$(GO) run $(BUILDVCS) ./cmd/fbnode -listen $(RUN_ADDR) -data $(RUN_DATA)
 
 clean: ## remove ./bin, make run's data ($(RUN_DATA)) and make cluster's ($(CLUSTER_DIR))
 	rm -rf $(BIN) $(RUN_DATA) $(CLUSTER_DIR)

@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.serveErr = s.grpc.Serve(lis)
 		close(s.served)
 	}()
-	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync))
+	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync), "build", Build().String())
 	s.checkAddress()
 
 	s.wg.Add(3)

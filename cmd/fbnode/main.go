@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -40,7 +41,7 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "fbnode:", err)
 		os.Exit(1)
 	}
@@ -134,7 +135,7 @@ func unspecifiedHost(addr string) bool {
 	return host == "" || ip != nil && ip.IsUnspecified()
 }
 
-func run(args []string) error {
+func run(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("fbnode", flag.ContinueOnError)
 	var (
 		listen     = fs.String("listen", "127.0.0.1:3000", "gRPC listen address (host:port; port 0 picks a free one)")
@@ -175,12 +176,17 @@ func run(args []string) error {
 		addrFile   = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
 		ioURing    = fs.Bool("io-uring", true, "make fdatasync through io_uring where the kernel allows it, so that a sync holds no runtime thread (false: plain system calls)")
 		gcPercent  = fs.Int("gc-percent", defaultGCPercent, "Go GC target (as GOGC): the heap grows to (1+N/100) x the live heap between collections; higher trades memory for CPU; negative turns the collector off. A GOGC environment variable wins")
+		version    = fs.Bool("version", false, "print the build (version, commit, Go version) and exit")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if *version {
+		fmt.Fprintln(stdout, "fbnode", server.Build())
+		return nil
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))

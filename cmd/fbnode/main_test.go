@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,7 +33,7 @@ func TestNonsenseFlagsRefused(t *testing.T) {
 		{"-retention-interval", "0s"},
 	} {
 		args := append([]string{"-listen", "127.0.0.1:0", "-data", filepath.Join(t.TempDir(), "d")}, tc...)
-		err := run(args)
+		err := run(args, io.Discard)
 		require.Error(t, err, "%v", tc)
 		assert.Contains(t, err.Error(), tc[0], "%v", tc)
 	}
@@ -43,7 +44,7 @@ func TestNonsenseFlagsRefused(t *testing.T) {
 // address, and a wildcard one ([::]:3000) sends a joining node to itself.
 func TestWildcardListenNeedsAdvertise(t *testing.T) {
 	for _, listen := range []string{":0", "0.0.0.0:0", "[::]:0"} {
-		err := run([]string{"-listen", listen, "-data", filepath.Join(t.TempDir(), "d")})
+		err := run([]string{"-listen", listen, "-data", filepath.Join(t.TempDir(), "d")}, io.Discard)
 		require.Error(t, err, listen)
 		assert.Contains(t, err.Error(), "-advertise", listen)
 	}
@@ -75,8 +76,18 @@ func TestHTTPPortInUseFailsFirst(t *testing.T) {
 	require.NoError(t, err)
 	defer busy.Close()
 	data := filepath.Join(t.TempDir(), "d")
-	err = run([]string{"-listen", "127.0.0.1:0", "-data", data, "-http", busy.Addr().String()})
+	err = run([]string{"-listen", "127.0.0.1:0", "-data", data, "-http", busy.Addr().String()}, io.Discard)
 	require.ErrorContains(t, err, "-http")
 	_, statErr := os.Stat(data)
 	assert.True(t, os.IsNotExist(statErr), "the data directory was made: %v", statErr)
+}
+
+// TestVersionFlag: -version prints the build and starts nothing (no data
+// directory is made).
+func TestVersionFlag(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "d")
+	var out strings.Builder
+	require.NoError(t, run([]string{"-version", "-data", data, "-listen", "127.0.0.1:0"}, &out))
+	assert.Regexp(t, `^fbnode \S+ .*go1\.\d+`, out.String())
+	assert.NoDirExists(t, data)
 }

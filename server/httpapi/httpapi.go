@@ -38,6 +38,7 @@ type handler struct {
 	self   atomic.Uint64 // this node's raft ID once known
 	health healthCache
 	rates  rates
+	build  server.BuildInfo
 }
 
 //go:embed status.html
@@ -55,7 +56,7 @@ func New(srv *server.Server, opts ...Option) http.Handler {
 	if !o.grpcSet {
 		o.grpc = GRPCMetrics()
 	}
-	h := &handler{srv: srv}
+	h := &handler{srv: srv, build: server.Build()}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -286,6 +288,57 @@ func TestHTTPAPI(t *testing.T) {
 		}
 	})
 
+	t.Run("metadata and build", func(t *testing.T) {
+		// Every node names the same metadata leader; that node alone
+		// leads it and reports both followers' lag in entries (no
+		// messages: the log holds commands). The build is the running
+		// binary's.
+		require.EventuallyWithT(t, func(ct *assert.CollectT) {
+			leaders := 0
+			var leaderID uint64
+			for i, ts := range servers {
+				st := statusJSON(t, ts.URL)
+				m := st.Metadata
+				assert.NotZero(ct, m.LeaderID, "node %d knows the metadata leader", i)
+				if leaderID == 0 {
+					leaderID = m.LeaderID
+				}
+				assert.Equal(ct, leaderID, m.LeaderID, "node %d", i)
+				assert.NotZero(ct, m.Term)
+				assert.NotZero(ct, m.Applied, "node %d applied the members and topics", i)
+				assert.GreaterOrEqual(ct, m.LastIndex, m.Applied)
+				assert.Equal(ct, runtime.Version(), st.Build.GoVersion)
+				assert.NotEmpty(ct, st.Build.Version)
+
+				fams := scrape(t, ts.URL)
+				v, _ := value(fams, "forestbus_build_info", map[string]string{"goversion": runtime.Version()})
+				assert.Equal(ct, 1.0, v, "node %d: forestbus_build_info", i)
+				v, _ = value(fams, "forestbus_metadata_leader_id", nil)
+				assert.Equal(ct, float64(m.LeaderID), v)
+				v, _ = value(fams, "forestbus_metadata_applied_index", nil)
+				assert.GreaterOrEqual(ct, v, float64(m.Applied), "applied never goes back")
+				v, _ = value(fams, "forestbus_metadata_is_leader", nil)
+				assert.Equal(ct, flag(m.IsLeader), v)
+				if !m.IsLeader {
+					assert.Empty(ct, m.Followers)
+					continue
+				}
+				leaders++
+				assert.Equal(ct, st.NodeID, m.LeaderID)
+				if assert.Len(ct, m.Followers, 2) {
+					for _, f := range m.Followers {
+						assert.NotEmpty(ct, f.Name)
+						assert.NotNil(ct, f.LagEntries, "lag of %s", f.Name)
+						assert.Nil(ct, f.LagMessages)
+						_, ok := value(fams, "forestbus_metadata_follower_lag_entries", map[string]string{"follower": f.Name})
+						assert.True(ct, ok, "leader reports the metadata lag of %s", f.Name)
+					}
+				}
+			}
+			assert.Equal(ct, 1, leaders)
+		}, 20*time.Second, 50*time.Millisecond)
+	})
+
 	t.Run("status", func(t *testing.T) {
 		body, hdr := get(t, servers[0].URL+"/status")
 		assert.Contains(t, hdr.Get("Content-Type"), "text/html")
@@ -381,6 +434,8 @@ func TestStatusPageInBrowser(t *testing.T) {
 		"the topic's row names its leader (%s before the page loaded, %s after)", api.Leader, after)
 	assert.Regexp(t, `<td>n1 \(this node\)</td><td>[^<]+</td><td><span class="up">up</span>`, dom)
 	assert.Contains(t, dom, `<span id="cluster">test</span>`)
+	assert.Regexp(t, `<span id="build">\S+ .*`+regexp.QuoteMeta(runtime.Version())+`</span>`, dom)
+	assert.Regexp(t, `<span id="metaleader">n[123]</span>`, dom, "the script shows the metadata leader")
 }
 
 // TestLagOfAFollowerTheLeaderHasNotHeard: a leader elected while a
@@ -526,4 +581,12 @@ func TestStatusShowsFailedTopic(t *testing.T) {
 	assert.True(t, st.Failed)
 	body, _ := get(t, ts.URL+"/status")
 	assert.Contains(t, body, "storage failed")
+}
+
+// flag is 1 for true, 0 for false (as the metrics say it).
+func flag(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

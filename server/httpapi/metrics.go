@@ -20,7 +20,9 @@ type collector struct {
 	appendedMsgs, appendedBytes, committedBytes   *prometheus.Desc
 	commitLatency, waiters, subscribers           *prometheus.Desc
 	syncSeconds, syncedWrites                     *prometheus.Desc
-	serving, failed                               *prometheus.Desc
+	serving, failed, buildInfo                    *prometheus.Desc
+	metaLeaderID, metaTerm, metaIsLeader          *prometheus.Desc
+	metaApplied, metaLag                          *prometheus.Desc
 }
 
 func newCollector(h *handler) *collector {
@@ -31,8 +33,16 @@ func newCollector(h *handler) *collector {
 		return prometheus.NewDesc("forestbus_topic_"+name, help, []string{"topic", "follower"}, nil)
 	}
 	return &collector{
-		h:           h,
-		nodeInfo:    prometheus.NewDesc("forestbus_node_info", "This node's name and raft ID (value 1).", []string{"node", "id"}, nil),
+		h:         h,
+		nodeInfo:  prometheus.NewDesc("forestbus_node_info", "This node's name and raft ID (value 1).", []string{"node", "id"}, nil),
+		buildInfo: prometheus.NewDesc("forestbus_build_info", "This node's build (value 1): module version, VCS revision (\"\" when not recorded; \"+\" after it when the tree was modified) and Go version.", []string{"version", "revision", "goversion"}, nil),
+
+		metaLeaderID: prometheus.NewDesc("forestbus_metadata_leader_id", "Raft ID of the metadata group's leader, 0 when unknown (no topic or member changes without one).", nil, nil),
+		metaTerm:     prometheus.NewDesc("forestbus_metadata_term", "Raft term of the metadata group.", nil, nil),
+		metaIsLeader: prometheus.NewDesc("forestbus_metadata_is_leader", "1 when this node leads the metadata group, else 0.", nil, nil),
+		metaApplied:  prometheus.NewDesc("forestbus_metadata_applied_index", "Last metadata log index applied on this node.", nil, nil),
+		metaLag:      prometheus.NewDesc("forestbus_metadata_follower_lag_entries", "On the metadata leader: metadata log entries the follower's log lacks; absent while the leader has not heard the follower's position.", []string{"follower"}, nil),
+
 		members:     prometheus.NewDesc("forestbus_cluster_members", "Members of the cluster, as this node knows them.", nil, nil),
 		serving:     prometheus.NewDesc("forestbus_node_serving", "1 while this node serves clients; 0 once the cluster removed it, or while a peer refuses it (its data directory is not the one the peer knew).", nil, nil),
 		failed:      topicDesc("failed", "1 when this node's copy of the topic stopped after a storage error or a lost log (it answers STORAGE_FAILED until the operator acts), else 0."),
@@ -64,7 +74,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.nodeInfo, c.members, c.topics, c.firstID, c.lastID, c.commitID, c.committed,
 		c.leaderID, c.term, c.isLeader, c.segments, c.diskBytes, c.lagEntries, c.lagMessages,
 		c.appendedMsgs, c.appendedBytes, c.committedBytes, c.commitLatency, c.waiters, c.subscribers,
-		c.syncSeconds, c.syncedWrites, c.serving, c.failed} {
+		c.syncSeconds, c.syncedWrites, c.serving, c.failed, c.buildInfo,
+		c.metaLeaderID, c.metaTerm, c.metaIsLeader, c.metaApplied, c.metaLag} {
 		ch <- d
 	}
 }
@@ -76,6 +87,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if st.NodeID != 0 {
 		gauge(c.nodeInfo, 1, st.Node, strconv.FormatUint(st.NodeID, 10))
+	}
+	rev := st.Build.Revision
+	if rev != "" && st.Build.Modified {
+		rev += "+"
+	}
+	gauge(c.buildInfo, 1, st.Build.Version, rev, st.Build.GoVersion)
+	gauge(c.metaLeaderID, float64(st.Metadata.LeaderID))
+	gauge(c.metaTerm, float64(st.Metadata.Term))
+	gauge(c.metaIsLeader, flag(st.Metadata.IsLeader))
+	gauge(c.metaApplied, float64(st.Metadata.Applied))
+	for _, f := range st.Metadata.Followers {
+		if f.LagEntries != nil {
+			gauge(c.metaLag, float64(*f.LagEntries), f.Name)
+		}
 	}
 	gauge(c.members, float64(len(st.Nodes)))
 	gauge(c.serving, flag(!st.Removed && len(st.RefusedBy) == 0))

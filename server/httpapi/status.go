@@ -14,6 +14,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/forestbus/forestbus/client"
+	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/replica"
 	"github.com/forestbus/forestbus/server/topic"
 )
@@ -34,12 +35,39 @@ type Status struct {
 	// (wiped, or another node's). It serves no client meanwhile, and what
 	// follows is its own logs' view, not the cluster's.
 	RefusedBy []string `json:"refused_by,omitempty"`
+	// Build is the answering node's build (compare nodes during a rolling
+	// upgrade).
+	Build server.BuildInfo `json:"build"`
 	// Time is when the status was taken.
 	Time time.Time `json:"time"`
 	// Nodes are the cluster's members, by raft ID.
 	Nodes []NodeStatus `json:"nodes"`
+	// Metadata is the metadata group, which holds the members and the
+	// topics: without its leader no topic is created, updated or removed
+	// and no member is added or removed.
+	Metadata MetadataStatus `json:"metadata"`
 	// Topics are the topics, by name.
 	Topics []TopicStatus `json:"topics"`
+}
+
+// MetadataStatus is the metadata group as this node sees it. Its log holds
+// commands, not messages: its positions are raft indexes.
+type MetadataStatus struct {
+	// Leader is the leader's node name ("" when unknown), LeaderID its raft
+	// ID (0 when unknown), IsLeader true when the answering node leads.
+	Leader   string `json:"leader"`
+	LeaderID uint64 `json:"leader_id"`
+	IsLeader bool   `json:"is_leader"`
+	Term     uint64 `json:"term"`
+	// Applied is the last index applied on this node, LastIndex the last
+	// in its log.
+	Applied   uint64 `json:"applied"`
+	LastIndex uint64 `json:"last_index"`
+	// Failed: this node's metadata log stopped after a storage error.
+	Failed bool `json:"failed,omitempty"`
+	// Followers is the replication progress of the other members, only
+	// when the answering node leads (LagMessages is always null).
+	Followers []FollowerStatus `json:"followers,omitempty"`
 }
 
 // NodeStatus is one member of the cluster.
@@ -155,7 +183,7 @@ func (h *handler) collect(ctx context.Context, health bool) Status {
 	members := reg.Members()
 	clusterID, _, _ := client.ParseConnectionString(h.srv.ConnectionString())
 	// The node's own name, also once it is no member (removed).
-	st := Status{Cluster: clusterID, NodeID: self, Node: h.srv.NodeName(), Removed: reg.RemovedSelf(), RefusedBy: h.srv.RefusedBy(), Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
+	st := Status{Cluster: clusterID, NodeID: self, Node: h.srv.NodeName(), Removed: reg.RemovedSelf(), RefusedBy: h.srv.RefusedBy(), Build: h.build, Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
 	for _, m := range members {
 		st.Nodes = append(st.Nodes, NodeStatus{ID: m.ID, Name: m.Name, Address: m.Address, Self: m.ID == self})
 	}
@@ -171,6 +199,11 @@ func (h *handler) collect(ctx context.Context, health bool) Status {
 	}
 	st.Topics = make([]TopicStatus, len(topics))
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		st.Metadata = metadataStatus(ctx, reg.Meta(), self, members)
+	}()
 	sem := make(chan struct{}, groupParallelism)
 	for i, t := range topics {
 		wg.Add(1)
@@ -195,13 +228,29 @@ func topicStatus(ctx context.Context, t *topic.Topic, self uint64, members []top
 		Segments: ls.Segments, Bytes: ls.Bytes, Failed: g.Failed(),
 	}
 	if ts.IsLeader {
-		ts.Followers = followers(ctx, g, d, self, members)
+		ts.Followers = followers(ctx, g, d, self, members, true)
 	}
 	return ts
 }
 
-// followers reads the leader's raft progress of every other member.
-func followers(ctx context.Context, g *replica.Group, d replica.Details, self uint64, members []topic.Member) []FollowerStatus {
+func metadataStatus(ctx context.Context, g *replica.Group, self uint64, members []topic.Member) MetadataStatus {
+	d := g.Details()
+	ms := MetadataStatus{
+		Leader: nameOf(members, d.Leader), LeaderID: d.Leader, IsLeader: self != 0 && d.Leader == self,
+		Term: d.Term, Applied: g.Applied(), Failed: g.Failed(),
+	}
+	if last, err := g.Log().LastIndex(); err == nil {
+		ms.LastIndex = last
+	}
+	if ms.IsLeader {
+		ms.Followers = followers(ctx, g, d, self, members, false)
+	}
+	return ms
+}
+
+// followers reads the leader's raft progress of every other member, with
+// their lag in messages when messages is set (a topic's log).
+func followers(ctx context.Context, g *replica.Group, d replica.Details, self uint64, members []topic.Member, messages bool) []FollowerStatus {
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
 	rs, err := g.Status(ctx)
@@ -228,6 +277,10 @@ func followers(ctx context.Context, g *replica.Group, d replica.Details, self ui
 			lagEntries = last - pr.Match
 		}
 		f.LagEntries = &lagEntries
+		if !messages {
+			out = append(out, f)
+			continue
+		}
 		if ids, err := log.IDs(pr.Match); err == nil {
 			var lag uint64
 			if have := ids.Next - 1; d.LastID > have {

@@ -133,6 +133,8 @@ type Engine struct {
 	// Loop-only: fenced leaders still sending their followers the
 	// heartbeat that releases them (Group.releaseFollowers).
 	releasing []*Group
+	// Loop-only: leadership changes not logged yet.
+	leaders leadershipLog
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -157,6 +159,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if cfg.Journal != nil {
 		cfg.Journal.OnWait(e.kick)
 	}
+	e.leaders.log = cfg.Logger
 	e.noticeTimer = time.NewTimer(time.Hour)
 	e.noticeTimer.Stop()
 	e.epoch = time.Now()
@@ -459,6 +462,7 @@ func (e *Engine) run() {
 			}
 			e.closeAll()
 			e.closers.Wait() // removed groups' logs
+			e.leaders.flush(true)
 			return
 		case <-timer.C:
 			tick = true
@@ -654,6 +658,7 @@ func (e *Engine) run() {
 				syncIn <- batch
 			}
 		}
+		e.leaders.flush(false)
 	}
 }
 
@@ -684,7 +689,7 @@ func (e *Engine) closeAll() {
 // ×0.80 / 1.00 / 0.85).
 const maxInflightBytes = 8 << 20
 
-func (e *Engine) raftConfig(id uint64, log raft.Storage, applied uint64) *raft.Config {
+func (e *Engine) raftConfig(group string, id uint64, log raft.Storage, applied uint64) *raft.Config {
 	return &raft.Config{
 		ID:                        id,
 		ElectionTick:              e.cfg.ElectionTicks,
@@ -700,7 +705,7 @@ func (e *Engine) raftConfig(id uint64, log raft.Storage, applied uint64) *raft.C
 		PreVote:                   true,
 		DisableProposalForwarding: true,
 		StepDownOnRemoval:         true,
-		Logger:                    raftLogger{e.log},
+		Logger:                    raftLogger{l: e.log, group: groupLabel(group)},
 	}
 }
 

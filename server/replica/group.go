@@ -327,7 +327,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 	if gc.Snapshot != nil {
 		storage = snapshotStorage{gc.Log, g, gc.Snapshot}
 	}
-	rn, err := raft.NewRawNode(e.raftConfig(e.cfg.NodeID, storage, commit))
+	rn, err := raft.NewRawNode(e.raftConfig(gc.Name, e.cfg.NodeID, storage, commit))
 	if err != nil {
 		return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)
 	}
@@ -1210,8 +1210,14 @@ func (g *Group) failWaiters(err error) {
 func (g *Group) persist() bool {
 	rd := g.rn.Ready()
 	g.rd = rd
+	if !raft.IsEmptyHardState(rd.HardState) {
+		g.term.Store(rd.HardState.GetTerm())
+	}
 	if rd.SoftState != nil {
-		if g.lead.Swap(rd.SoftState.Lead) != rd.SoftState.Lead {
+		was := g.lead.Swap(rd.SoftState.Lead)
+		leader := rd.SoftState.RaftState == raft.StateLeader
+		g.e.leaders.note(g.name, g.term.Load(), was, rd.SoftState.Lead, g.isLeader, leader)
+		if was != rd.SoftState.Lead {
 			defer g.notifyCommit() // wakes WaitLeader
 			if rd.SoftState.Lead == raft.None {
 				g.leaderless.Store(time.Now().UnixNano())
@@ -1219,7 +1225,6 @@ func (g *Group) persist() bool {
 				g.leaderless.Store(0)
 			}
 		}
-		leader := rd.SoftState.RaftState == raft.StateLeader
 		if g.isLeader && !leader {
 			g.lost = true // waiters fail after this Ready's commits are answered
 		}
@@ -1227,9 +1232,6 @@ func (g *Group) persist() bool {
 			g.leadPending = leader && g.onLead != nil
 		}
 		g.isLeader = leader
-	}
-	if !raft.IsEmptyHardState(rd.HardState) {
-		g.term.Store(rd.HardState.GetTerm())
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
 		snap := rd.Snapshot

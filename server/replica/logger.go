@@ -7,28 +7,40 @@ import (
 	"os"
 )
 
-// raftLogger adapts slog to raft.Logger. Raft's info chatter (elections,
-// term changes) goes to debug level except for leader changes.
-type raftLogger struct{ l *slog.Logger }
+// raftLogger adapts slog to raft.Logger for one group. Raft's info chatter
+// (votes, term changes, per group) goes to debug level; the engine logs
+// leadership changes itself, grouped (leadershipLog). Raft's warnings, such
+// as a leader stepping down without a quorum, name the group.
+type raftLogger struct {
+	l     *slog.Logger
+	group string // groupLabel
+}
 
 func (r raftLogger) log(level slog.Level, msg string) {
-	r.l.Log(context.Background(), level, msg, "component", "raft")
+	r.l.Log(context.Background(), level, msg, "component", "raft", "group", r.group)
 }
 
-func (r raftLogger) Debug(v ...any) { r.log(slog.LevelDebug, fmt.Sprint(v...)) }
-func (r raftLogger) Debugf(format string, v ...any) {
-	r.log(slog.LevelDebug, fmt.Sprintf(format, v...))
+// logf formats only what is logged: raft's debug lines are many.
+func (r raftLogger) logf(level slog.Level, format string, v ...any) {
+	if r.l.Enabled(context.Background(), level) {
+		r.log(level, fmt.Sprintf(format, v...))
+	}
 }
-func (r raftLogger) Info(v ...any)                 { r.log(slog.LevelDebug, fmt.Sprint(v...)) }
-func (r raftLogger) Infof(format string, v ...any) { r.log(slog.LevelDebug, fmt.Sprintf(format, v...)) }
-func (r raftLogger) Warning(v ...any)              { r.log(slog.LevelWarn, fmt.Sprint(v...)) }
-func (r raftLogger) Warningf(format string, v ...any) {
-	r.log(slog.LevelWarn, fmt.Sprintf(format, v...))
+
+func (r raftLogger) logv(level slog.Level, v ...any) {
+	if r.l.Enabled(context.Background(), level) {
+		r.log(level, fmt.Sprint(v...))
+	}
 }
-func (r raftLogger) Error(v ...any) { r.log(slog.LevelError, fmt.Sprint(v...)) }
-func (r raftLogger) Errorf(format string, v ...any) {
-	r.log(slog.LevelError, fmt.Sprintf(format, v...))
-}
+
+func (r raftLogger) Debug(v ...any)                   { r.logv(slog.LevelDebug, v...) }
+func (r raftLogger) Debugf(format string, v ...any)   { r.logf(slog.LevelDebug, format, v...) }
+func (r raftLogger) Info(v ...any)                    { r.logv(slog.LevelDebug, v...) }
+func (r raftLogger) Infof(format string, v ...any)    { r.logf(slog.LevelDebug, format, v...) }
+func (r raftLogger) Warning(v ...any)                 { r.logv(slog.LevelWarn, v...) }
+func (r raftLogger) Warningf(format string, v ...any) { r.logf(slog.LevelWarn, format, v...) }
+func (r raftLogger) Error(v ...any)                   { r.logv(slog.LevelError, v...) }
+func (r raftLogger) Errorf(format string, v ...any)   { r.logf(slog.LevelError, format, v...) }
 func (r raftLogger) Fatal(v ...any) {
 	r.log(slog.LevelError, fmt.Sprint(v...))
 	os.Exit(1)

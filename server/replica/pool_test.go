@@ -21,7 +21,7 @@ func TestRaftCopiesProposals(t *testing.T) {
 	}}))
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID: 1, ElectionTick: 10, HeartbeatTick: 1, Storage: st,
-		MaxSizePerMsg: 1 << 20, MaxInflightMsgs: 16, Logger: raftLogger{slog.New(slog.DiscardHandler)},
+		MaxSizePerMsg: 1 << 20, MaxInflightMsgs: 16, Logger: raftLogger{l: slog.New(slog.DiscardHandler)},
 	})
 	require.NoError(t, err)
 	require.NoError(t, rn.Campaign())
