@@ -9,19 +9,21 @@ import (
 )
 
 // leadershipLog gathers the groups' leadership changes as the loop sees
-// them (Group.persist) and logs them in few lines: each change on its own
-// line when there are few, one line per kind when there are many. A node
-// that restarts with 1,000 topics sees 1,000 leaders elected within a
-// second or two, and a node that dies moves every leadership it held.
+// them (Group.persist) and logs them in few lines. A node that restarts
+// with 1,000 topics sees 1,000 leaders elected within a second or two,
+// and a node that dies moves every leadership it held.
 //
-// The first changes after a quiet second are logged at the end of the
-// loop's pass; later ones wait until a second has passed since the last
-// line, and then go out together. Loop-only.
+// Changes are logged at the end of the loop's pass that saw them, one per
+// line, up to leadLogMax lines a second. Beyond that they are held until
+// the second is over, and then logged together, in the order they
+// happened: one line per change of a kind with few, one line (with the
+// count and the first names) for a kind with many.
+// Loop-only.
 type leadershipLog struct {
-	log   *slog.Logger
-	last  time.Time // when lines were last written
-	kinds [numLeadKinds][]leadChange
-	held  bool // some kind holds changes
+	log    *slog.Logger
+	window time.Time // when the current second began
+	lines  int       // lines written in it
+	held   []leadChange
 }
 
 type leadKind int
@@ -38,14 +40,15 @@ const (
 	numLeadKinds
 )
 
-// leadLogMax is the most changes of one kind logged one per line at once;
-// beyond it they are logged as one line with a count and the first names.
+// leadLogMax is the most lines a second of changes logged one per line;
+// also the most changes of one kind logged one per line at once.
 const leadLogMax = 5
 
-// leadLogEvery is the least time between two sets of lines.
+// leadLogEvery is the window leadLogMax counts lines in.
 const leadLogEvery = time.Second
 
 type leadChange struct {
+	kind   leadKind
 	group  string
 	term   uint64
 	leader uint64
@@ -67,26 +70,29 @@ func (l *leadershipLog) note(group string, term, was, now uint64, led, leading b
 	default:
 		k = leadFollowing
 	}
-	l.kinds[k] = append(l.kinds[k], leadChange{group: group, term: term, leader: now})
-	l.held = true
+	l.held = append(l.held, leadChange{kind: k, group: group, term: term, leader: now})
 }
 
-// flush writes the held changes, unless lines went out less than
-// leadLogEvery ago and force is false.
+// flush writes the held changes unless this second's lines are spent;
+// force (the engine stopping) writes them regardless.
 func (l *leadershipLog) flush(force bool) {
-	if !l.held {
+	if len(l.held) == 0 {
 		return
 	}
-	now := time.Now()
-	if !force && now.Sub(l.last) < leadLogEvery {
+	if now := time.Now(); now.Sub(l.window) >= leadLogEvery {
+		l.window, l.lines = now, 0
+	}
+	switch {
+	case l.lines+len(l.held) <= leadLogMax:
+		l.lines += len(l.held)
+	case l.lines == 0 || force:
+		l.lines = leadLogMax // grouped: the rest of the second waits
+	default:
 		return
 	}
-	l.last, l.held = now, false
-	for k := range l.kinds {
-		l.write(leadKind(k), l.kinds[k])
-		clear(l.kinds[k])
-		l.kinds[k] = l.kinds[k][:0]
-	}
+	l.write()
+	clear(l.held)
+	l.held = l.held[:0]
 }
 
 var leadMessages = [numLeadKinds]struct {
@@ -99,34 +105,48 @@ var leadMessages = [numLeadKinds]struct {
 	leadUnknown:   {"leader lost: electing", slog.LevelWarn},
 }
 
-func (l *leadershipLog) write(k leadKind, changes []leadChange) {
-	if len(changes) == 0 {
-		return
-	}
-	m := leadMessages[k]
+// write logs the held changes in order; a kind with more than leadLogMax
+// is one line, where its first change is.
+func (l *leadershipLog) write() {
 	ctx := context.Background()
-	if !l.log.Enabled(ctx, m.level) {
-		return
+	var counts [numLeadKinds]int
+	for _, c := range l.held {
+		counts[c.kind]++
 	}
-	if len(changes) <= leadLogMax {
-		for _, c := range changes {
+	var done [numLeadKinds]bool
+	for _, c := range l.held {
+		m := leadMessages[c.kind]
+		if done[c.kind] || !l.log.Enabled(ctx, m.level) {
+			continue
+		}
+		n := counts[c.kind]
+		if n <= leadLogMax {
 			attrs := []any{"group", groupLabel(c.group), "term", c.term}
-			if k != leadGained && k != leadUnknown {
+			if c.kind != leadGained && c.kind != leadUnknown {
 				attrs = append(attrs, "leader", c.leader)
 			}
 			l.log.Log(ctx, m.level, m.msg, attrs...)
+			continue
 		}
-		return
-	}
-	var names strings.Builder
-	for i, c := range changes[:leadLogMax] {
-		if i > 0 {
-			names.WriteString(", ")
+		done[c.kind] = true
+		var names strings.Builder
+		shown := 0
+		for _, o := range l.held {
+			if o.kind != c.kind {
+				continue
+			}
+			if shown == leadLogMax {
+				break
+			}
+			if shown > 0 {
+				names.WriteString(", ")
+			}
+			names.WriteString(groupLabel(o.group))
+			shown++
 		}
-		names.WriteString(groupLabel(c.group))
+		fmt.Fprintf(&names, " and %d more", n-leadLogMax)
+		l.log.Log(ctx, m.level, m.msg, "groups", n, "names", names.String())
 	}
-	fmt.Fprintf(&names, " and %d more", len(changes)-leadLogMax)
-	l.log.Log(ctx, m.level, m.msg, "groups", len(changes), "names", names.String())
 }
 
 // groupLabel names a group in logs: the metadata group's name is "".

@@ -99,38 +99,51 @@ func TestLeadershipLogKinds(t *testing.T) {
 	require.Len(t, got, 1)
 	assert.Equal(t, slog.LevelWarn, got[0].level)
 	assert.Equal(t, "d.4", got[0].attrs["group"])
-	require.Len(t, *rec.lines, 5)
+	var order []string
+	for _, line := range *rec.lines {
+		order = append(order, line.attrs["group"])
+	}
+	assert.Equal(t, []string{"a.1", "b.2", "c.3", "d.4", "(metadata)"}, order, "in the order they happened")
 }
 
-// TestLeadershipLogGroupsMany: changes within a second of the last lines
-// are held, and many of one kind go out as one line with their count and
-// the first names; a forced flush (the engine stopping) writes what is
-// held at once.
+// TestLeadershipLogGroupsMany: up to leadLogMax changes a second are
+// logged one per line at once; the rest are held until the second is
+// over and go out as one line per kind with their count and the first
+// names; a forced flush (the engine stopping) writes what is held at once.
 func TestLeadershipLogGroupsMany(t *testing.T) {
 	rec := newRecorder()
 	l := leadershipLog{log: slog.New(rec)}
-	l.note("t0", 1, 0, 1, false, true)
-	l.flush(false)
-	require.Len(t, rec.find("became leader"), 1, "the first change is logged at once")
-
-	for i := 1; i <= 1000; i++ {
+	for i := range 1000 {
 		l.note(fmt.Sprintf("t%d", i), 1, 0, 1, false, true)
 		l.flush(false)
 	}
-	require.Len(t, rec.find("became leader"), 1, "changes within a second of the last lines are held")
-	l.last = time.Now().Add(-leadLogEvery)
-	l.flush(false)
 	got := rec.find("became leader")
-	require.Len(t, got, 2)
-	assert.Equal(t, map[string]string{"groups": "1000", "names": "t1, t2, t3, t4, t5 and 995 more"}, got[1].attrs)
-
+	require.Len(t, got, leadLogMax, "the first changes are logged at once, one per line")
+	for i, line := range got {
+		assert.Equal(t, fmt.Sprint("t", i), line.attrs["group"])
+	}
+	l.window = l.window.Add(-leadLogEvery)
 	l.note("u", 2, 1, 0, true, false)
 	l.flush(false)
-	assert.Empty(t, rec.find("stopped leading"))
+	got = rec.find("became leader")
+	require.Len(t, got, leadLogMax+1)
+	assert.Equal(t, map[string]string{"groups": "995", "names": "t5, t6, t7, t8, t9 and 990 more"}, got[leadLogMax].attrs)
+	assert.Len(t, rec.find("stopped leading"), 1, "a kind with few changes: one line each")
+	assert.Equal(t, "u", (*rec.lines)[leadLogMax+1].attrs["group"], "after the grouped line: it happened later")
+
+	l.note("v", 2, 1, 0, true, false)
+	l.flush(false)
+	assert.Len(t, rec.find("stopped leading"), 1, "held: this second's lines are spent")
 	l.flush(true)
-	assert.Len(t, rec.find("stopped leading"), 1)
+	assert.Len(t, rec.find("stopped leading"), 2)
 	l.flush(true)
-	assert.Len(t, *rec.lines, 3, "nothing held: nothing written")
+	assert.Len(t, *rec.lines, leadLogMax+3, "nothing held: nothing written")
+
+	// A quiet second later, a change is logged at once again.
+	l.window = l.window.Add(-leadLogEvery)
+	l.note("w", 3, 0, 1, false, true)
+	l.flush(false)
+	assert.Len(t, rec.find("became leader"), leadLogMax+2)
 }
 
 // TestEngineLogsLeadership: an engine logs the leadership its groups gain,
