@@ -165,6 +165,13 @@ type Config struct {
 	// RetentionInterval is how often a leader checks its topics' retention
 	// (and every node its removed topics' files). Default 30 s.
 	RetentionInterval time.Duration
+	// LeaderBalanceInterval is how often the node hands the topics it leads
+	// to their preferred leaders (the voters their creation picked, which
+	// spreads leaders over the nodes) when those are up, have been for at
+	// least this long, and are caught up: after a node restarts, the
+	// leaderships it handed off or lost come back. Default 10 s; negative:
+	// never.
+	LeaderBalanceInterval time.Duration
 	// RemovedRetention is how long a removed topic's files stay in the
 	// data directory's removed/ (for the operator to recover them) before
 	// they are deleted. 0: kept for ever. fbnode's default is 24 h.
@@ -326,6 +333,9 @@ func (c *Config) validate() error {
 	}
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = 30 * time.Second
+	}
+	if c.LeaderBalanceInterval == 0 {
+		c.LeaderBalanceInterval = DefaultLeaderBalanceInterval
 	}
 	if c.Retention < 0 || c.RetentionBytes < 0 || c.RemovedRetention < 0 {
 		return errors.New("server: negative retention")

@@ -191,6 +191,10 @@ func (s *Server) updateServingLocked() {
 type voteGate struct {
 	PeerTransport
 	closed atomic.Bool // a peer refuses this node
+	// stopping: the node is handing its leaderships off to stop, and
+	// takes none (a peer's leader balancing may hand it one meanwhile:
+	// balance.go).
+	stopping atomic.Bool
 }
 
 func (g *voteGate) Send(group string, msgs []*raftpb.Message) {
@@ -202,10 +206,10 @@ func (g *voteGate) Send(group string, msgs []*raftpb.Message) {
 
 // dropsInbound reports whether a message from a peer is ignored while
 // this node is refused: a leadership transfer to it, and answers to
-// votes it asked for before.
+// votes it asked for before; or while it stops: a leadership transfer.
 func (g *voteGate) dropsInbound(m *raftpb.Message) bool {
 	if !g.closed.Load() {
-		return false
+		return g.stopping.Load() && m.GetType() == raftpb.MessageType_MsgTimeoutNow
 	}
 	switch m.GetType() {
 	case raftpb.MessageType_MsgTimeoutNow, raftpb.MessageType_MsgVoteResp, raftpb.MessageType_MsgPreVoteResp:

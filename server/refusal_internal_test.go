@@ -18,7 +18,8 @@ func (r *sentRecorder) Send(_ string, msgs []*raftpb.Message) { r.sent = append(
 // TestVoteGate: a closed gate drops granted votes and pre-votes and
 // requests for them, only, and leaves the caller's slice (raft's Ready) as
 // it was; it ignores a leadership transfer to the node, and answers to
-// the votes it asked for.
+// the votes it asked for. A stopping node's gate ignores only leadership
+// transfers to it.
 func TestVoteGate(t *testing.T) {
 	mk := func(typ raftpb.MessageType, reject bool) *raftpb.Message {
 		return &raftpb.Message{Type: typ.Enum(), Reject: &reject}
@@ -48,5 +49,16 @@ func TestVoteGate(t *testing.T) {
 		typ := m.GetType()
 		in := typ == raftpb.MessageType_MsgTimeoutNow || typ == raftpb.MessageType_MsgVoteResp || typ == raftpb.MessageType_MsgPreVoteResp
 		assert.Equal(t, in, g.dropsInbound(m), "closed: %v", typ)
+	}
+
+	// A stopping node only ignores leadership transfers to it, and sends
+	// everything.
+	g.closed.Store(false)
+	g.stopping.Store(true)
+	rec.sent = nil
+	g.Send("g", msgs)
+	assert.Equal(t, orig, rec.sent, "stopping: everything goes")
+	for _, m := range msgs {
+		assert.Equal(t, m.GetType() == raftpb.MessageType_MsgTimeoutNow, g.dropsInbound(m), "stopping: %v", m.GetType())
 	}
 }

@@ -130,10 +130,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync), "build", Build().String())
 	s.checkAddress()
 
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go s.reconcile()
 	go s.retention()
 	go s.shedLeadership()
+	go s.balanceLeaders()
 	if cfg.DefaultTopic != "" {
 		if len(s.registry.Members()) <= 1 && len(s.members) <= 1 {
 			ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -725,6 +726,7 @@ func (s *Server) Stop() error {
 			<-s.bg
 		}
 		s.health.Shutdown()
+		s.gate.stopping.Store(true)
 		s.handOffLeadership(5 * time.Second)
 		s.svc.BeginShutdown()
 		// Let calls in flight finish while peers are still connected (a

@@ -167,6 +167,7 @@ func run(args []string, stdout io.Writer) error {
 		retention  = durationFlag(fs, "retention", 0, "retention age of the topics whose own is 0, such as 90m, 24h or 7d (0: keep for ever); give every node the same: a topic's leader applies its own")
 		retBytes   = fs.Int64("retention-bytes", 0, "retention size of the topics whose own is 0 (0: no limit); give every node the same: a topic's leader applies its own")
 		retEvery   = fs.Duration("retention-interval", 30*time.Second, "how often a topic's leader checks its retention (and every node its removed topics' files)")
+		balance    = fs.Duration("leader-balance-interval", server.DefaultLeaderBalanceInterval, "how often a node hands the topics it leads back to their preferred leaders (which spreads leaders over the nodes) once those have been up this long; after a restart a node gets its leaderships back (0 or negative: never)")
 		removedRet = durationFlag(fs, "removed-retention", 24*time.Hour, "how long a removed topic's files stay in the data directory's removed/ before they are deleted, such as 24h or 7d (0: keep for ever)")
 		topic      = fs.String("topic", "default", `topic created at start when absent ("" for none)`)
 		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -288,40 +289,45 @@ func run(args []string, stdout io.Writer) error {
 	if *notice <= 0 {
 		*notice = -1 // at once; 0 would be server.Config's default
 	}
+	balanceEvery := *balance
+	if balanceEvery <= 0 {
+		balanceEvery = -1 // the server's 0 is its default
+	}
 	srv, err := server.Start(ctx, server.Config{
-		GRPCOptions:          grpcOpts,
-		Join:                 joinInfo,
-		ListenAddr:           *listen,
-		AdvertiseAddr:        *advertise,
-		DataDir:              *dataDir,
-		ClusterID:            *clusterID,
-		NodeName:             *nodeName,
-		InitialCluster:       *initial,
-		Sync:                 server.SyncMode(*syncMode),
-		MaxMessageBytes:      *maxMsg,
-		MaxBatchBytes:        *maxBatch,
-		MaxReadBytes:         *maxRead,
-		ReadAheadBytes:       *readAhead,
-		MaxWait:              *maxWait,
-		MaxSubscribers:       *maxSubs,
-		MaxWaiters:           *maxWaiters,
-		MaxProduceStreams:    *maxProduce,
-		MaxTopics:            *maxTopics,
-		MaxForwarding:        *maxForward,
-		MaxStreamsPerConn:    uint32(min(*maxStreams, math.MaxUint32)),
-		SegmentBytes:         *segment,
-		MinTopicSegmentBytes: *minSegment,
-		MetaCheckpointEvery:  *metaEvery,
-		MetaSegmentBytes:     *metaSeg,
-		PageCacheBytes:       *pageCache,
-		JournalBytes:         *journalB,
-		CommitNoticeDelay:    *notice,
-		Retention:            *retention,
-		RetentionBytes:       *retBytes,
-		RemovedRetention:     *removedRet,
-		RetentionInterval:    *retEvery,
-		DefaultTopic:         *topic,
-		Logger:               logger,
+		GRPCOptions:           grpcOpts,
+		Join:                  joinInfo,
+		ListenAddr:            *listen,
+		AdvertiseAddr:         *advertise,
+		DataDir:               *dataDir,
+		ClusterID:             *clusterID,
+		NodeName:              *nodeName,
+		InitialCluster:        *initial,
+		Sync:                  server.SyncMode(*syncMode),
+		MaxMessageBytes:       *maxMsg,
+		MaxBatchBytes:         *maxBatch,
+		MaxReadBytes:          *maxRead,
+		ReadAheadBytes:        *readAhead,
+		MaxWait:               *maxWait,
+		MaxSubscribers:        *maxSubs,
+		MaxWaiters:            *maxWaiters,
+		MaxProduceStreams:     *maxProduce,
+		MaxTopics:             *maxTopics,
+		MaxForwarding:         *maxForward,
+		MaxStreamsPerConn:     uint32(min(*maxStreams, math.MaxUint32)),
+		SegmentBytes:          *segment,
+		MinTopicSegmentBytes:  *minSegment,
+		MetaCheckpointEvery:   *metaEvery,
+		MetaSegmentBytes:      *metaSeg,
+		PageCacheBytes:        *pageCache,
+		JournalBytes:          *journalB,
+		CommitNoticeDelay:     *notice,
+		Retention:             *retention,
+		RetentionBytes:        *retBytes,
+		RemovedRetention:      *removedRet,
+		RetentionInterval:     *retEvery,
+		LeaderBalanceInterval: balanceEvery,
+		DefaultTopic:          *topic,
+		Logger:                logger,
 	})
 	if err != nil {
 		return err

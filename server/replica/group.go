@@ -705,6 +705,35 @@ func (g *Group) TransferLeadership(ctx context.Context) error {
 	}
 }
 
+// HandTo asks raft to hand the group's leadership to voter to, when this
+// node leads, no other hand-off is under way, and to is active, being
+// replicated to, and at most maxLag entries behind this node's log: raft
+// then sends it MsgTimeoutNow within a round trip, and proposals are
+// dropped (ErrProposalDropped) only that long. It reports whether it
+// asked; it does not wait for the outcome (see TransferLeadership).
+func (g *Group) HandTo(ctx context.Context, to, maxLag uint64) (bool, error) {
+	var asked bool
+	err := g.do(ctx, func() error {
+		if !g.isLeader || to == g.e.cfg.NodeID || g.fenced != nil {
+			return nil
+		}
+		st := g.rn.Status()
+		pr, ok := st.Progress[to]
+		if st.LeadTransferee != raft.None || !ok || pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate {
+			return nil
+		}
+		last, err := g.log.LastIndex()
+		if err != nil || last > pr.Match+maxLag {
+			return nil
+		}
+		g.quiesced = false
+		g.rn.TransferLeader(to)
+		asked = true
+		return nil
+	})
+	return asked, err
+}
+
 // RequestLeadership asks the group's leader to hand leadership to this node
 // (raft forwards a follower's transfer request to the leader). Used when the
 // leader is no longer a member of the cluster.

@@ -319,6 +319,18 @@ func (e *Engine) resendReleases() {
 	e.releasing = keep
 }
 
+// PeerStartedAt is when node id's engine started, as its liveness pings
+// say (its incarnation); zero while none has said. Safe for concurrent use.
+func (e *Engine) PeerStartedAt(id uint64) time.Time {
+	e.mu.Lock()
+	inc := e.incarnations[id]
+	e.mu.Unlock()
+	if inc == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(inc))
+}
+
 // noteIncarnation records the incarnation a ping from node id carries, in
 // its Index: the start time of its engine (0 from builds without it). A
 // new one means the node restarted, so it leads no group any more, though
