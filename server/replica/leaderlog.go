@@ -102,7 +102,7 @@ var leadMessages = [numLeadKinds]struct {
 	leadGained:    {"became leader", slog.LevelInfo},
 	leadLost:      {"stopped leading", slog.LevelInfo},
 	leadFollowing: {"following a new leader", slog.LevelInfo},
-	leadUnknown:   {"leader lost: electing", slog.LevelWarn},
+	leadUnknown:   {"leader lost: electing", slog.LevelInfo}, // also on every hand-off
 }
 
 // write logs the held changes in order; a kind with more than leadLogMax

@@ -97,7 +97,6 @@ func TestLeadershipLogKinds(t *testing.T) {
 	assert.Equal(t, map[string]string{"group": "(metadata)", "term": "7", "leader": "3"}, got[1].attrs)
 	got = rec.find("leader lost: electing")
 	require.Len(t, got, 1)
-	assert.Equal(t, slog.LevelWarn, got[0].level)
 	assert.Equal(t, "d.4", got[0].attrs["group"])
 	var order []string
 	for _, line := range *rec.lines {
