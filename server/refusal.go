@@ -209,7 +209,7 @@ func (g *voteGate) Send(group string, msgs []*raftpb.Message) {
 // votes it asked for before; or while it stops: a leadership transfer.
 func (g *voteGate) dropsInbound(m *raftpb.Message) bool {
 	if !g.closed.Load() {
-		return g.stopping.Load() && m.GetType() == raftpb.MessageType_MsgTimeoutNow
+		return m.GetType() == raftpb.MessageType_MsgTimeoutNow && g.stopping.Load()
 	}
 	switch m.GetType() {
 	case raftpb.MessageType_MsgTimeoutNow, raftpb.MessageType_MsgVoteResp, raftpb.MessageType_MsgPreVoteResp:
