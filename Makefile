@@ -10,9 +10,10 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
 # The binaries record the commit they are built from (fbnode -version,
-# forestbus_build_info), also where GOFLAGS turns that off; BUILDVCS=
-# builds without (a tree whose git refuses to answer).
-BUILDVCS ?= -buildvcs=auto
+# forestbus_build_info), also where GOFLAGS turns that off, when git
+# answers here (not in a tarball, nor where git refuses the directory:
+# there GOFLAGS is left to decide).
+BUILDVCS ?= $(shell git status --porcelain >/dev/null 2>&1 && echo -buildvcs=auto)
 
 # `make run` settings.
 RUN_ADDR ?= 127.0.0.1:3000
@@ -66,7 +67,8 @@ bench: build ## run the fbbench workloads against a fresh local 3-node cluster (
 	./scripts/bench.sh
 
 run: ## start a one-node cluster with topic "default" on $(RUN_ADDR)
-	$(GO) run $(BUILDVCS) ./cmd/fbnode -listen $(RUN_ADDR) -data $(RUN_DATA)
+	$(GO) build $(BUILDVCS) -o $(BIN)/fbnode ./cmd/fbnode
+	$(BIN)/fbnode -listen $(RUN_ADDR) -data $(RUN_DATA)
 
 clean: ## remove ./bin, make run's data ($(RUN_DATA)) and make cluster's ($(CLUSTER_DIR))
 	rm -rf $(BIN) $(RUN_DATA) $(CLUSTER_DIR)

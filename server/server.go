@@ -727,6 +727,7 @@ func (s *Server) Stop() error {
 		}
 		s.health.Shutdown()
 		s.gate.stopping.Store(true)
+		s.engine.StandAside(true) // its pings tell peers to hand it nothing
 		s.handOffLeadership(5 * time.Second)
 		s.svc.BeginShutdown()
 		// Let calls in flight finish while peers are still connected (a

@@ -15,9 +15,16 @@
 // this node sees it):
 //
 //	forestbus_node_info{node,id}                          1; this node's name and raft ID
+//	forestbus_build_info{version,revision,goversion}      1; this node's build (revision "+" when modified)
 //	forestbus_cluster_members                             members of the cluster
 //	forestbus_node_serving                                1 while the node serves clients; 0 once removed,
 //	                                                      or while a peer refuses it
+//	forestbus_metadata_leader_id                          raft ID of the metadata group's leader, 0 when unknown
+//	forestbus_metadata_term                               its raft term
+//	forestbus_metadata_is_leader                          1 when this node leads it
+//	forestbus_metadata_applied_index                      last metadata log index applied here
+//	forestbus_metadata_failed                             1 when this node's metadata log stopped after a storage error
+//	forestbus_metadata_follower_lag_entries{follower}     metadata leader only: entries the follower lacks
 //	forestbus_topics                                      topics on this node
 //	forestbus_topic_first_id{topic}                       first retained message ID
 //	forestbus_topic_last_id{topic}                        last message ID in the log, committed or not

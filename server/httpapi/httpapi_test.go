@@ -435,7 +435,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	assert.Regexp(t, `<td>n1 \(this node\)</td><td>[^<]+</td><td><span class="up">up</span>`, dom)
 	assert.Contains(t, dom, `<span id="cluster">test</span>`)
 	assert.Regexp(t, `<span id="build">\S+ .*`+regexp.QuoteMeta(runtime.Version())+`</span>`, dom)
-	assert.Regexp(t, `<span id="metaleader">n[123]</span>`, dom, "the script shows the metadata leader")
+	assert.Regexp(t, `<span id="metaleader" data-leader-id="[123]">n[123]</span>`, dom, "the script shows the metadata leader")
 }
 
 // TestLagOfAFollowerTheLeaderHasNotHeard: a leader elected while a
@@ -579,6 +579,8 @@ func TestStatusShowsFailedTopic(t *testing.T) {
 	st, ok := topicOf(statusJSON(t, ts.URL), "default")
 	require.True(t, ok)
 	assert.True(t, st.Failed)
+	assert.Zero(t, st.LeaderID, "a fenced copy follows no leader")
+	assert.False(t, st.IsLeader)
 	body, _ := get(t, ts.URL+"/status")
 	assert.Contains(t, body, "storage failed")
 }

@@ -22,7 +22,7 @@ type collector struct {
 	syncSeconds, syncedWrites                     *prometheus.Desc
 	serving, failed, buildInfo                    *prometheus.Desc
 	metaLeaderID, metaTerm, metaIsLeader          *prometheus.Desc
-	metaApplied, metaLag                          *prometheus.Desc
+	metaApplied, metaLag, metaFailed              *prometheus.Desc
 }
 
 func newCollector(h *handler) *collector {
@@ -41,6 +41,7 @@ func newCollector(h *handler) *collector {
 		metaTerm:     prometheus.NewDesc("forestbus_metadata_term", "Raft term of the metadata group.", nil, nil),
 		metaIsLeader: prometheus.NewDesc("forestbus_metadata_is_leader", "1 when this node leads the metadata group, else 0.", nil, nil),
 		metaApplied:  prometheus.NewDesc("forestbus_metadata_applied_index", "Last metadata log index applied on this node.", nil, nil),
+		metaFailed:   prometheus.NewDesc("forestbus_metadata_failed", "1 when this node's metadata log stopped after a storage error (it then knows no metadata leader), else 0.", nil, nil),
 		metaLag:      prometheus.NewDesc("forestbus_metadata_follower_lag_entries", "On the metadata leader: metadata log entries the follower's log lacks; absent while the leader has not heard the follower's position.", []string{"follower"}, nil),
 
 		members:     prometheus.NewDesc("forestbus_cluster_members", "Members of the cluster, as this node knows them.", nil, nil),
@@ -75,7 +76,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.leaderID, c.term, c.isLeader, c.segments, c.diskBytes, c.lagEntries, c.lagMessages,
 		c.appendedMsgs, c.appendedBytes, c.committedBytes, c.commitLatency, c.waiters, c.subscribers,
 		c.syncSeconds, c.syncedWrites, c.serving, c.failed, c.buildInfo,
-		c.metaLeaderID, c.metaTerm, c.metaIsLeader, c.metaApplied, c.metaLag} {
+		c.metaLeaderID, c.metaTerm, c.metaIsLeader, c.metaApplied, c.metaLag, c.metaFailed} {
 		ch <- d
 	}
 }
@@ -97,6 +98,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.metaTerm, float64(st.Metadata.Term))
 	gauge(c.metaIsLeader, flag(st.Metadata.IsLeader))
 	gauge(c.metaApplied, float64(st.Metadata.Applied))
+	gauge(c.metaFailed, flag(st.Metadata.Failed))
 	for _, f := range st.Metadata.Followers {
 		if f.LagEntries != nil {
 			gauge(c.metaLag, float64(*f.LagEntries), f.Name)

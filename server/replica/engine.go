@@ -107,19 +107,21 @@ type Engine struct {
 	// being opened (Expect), for AddGroup to deliver.
 	expected map[string][]*raftpb.Message
 
-	tagSeq          atomic.Uint64     // proposal tags: node ID in the top 16 bits
-	epoch           time.Time         // creation: the clock silentFor measures from
-	lastHeard       sync.Map          // node ID -> *atomic.Int64, tick it was last heard
-	silenceTicks    int64             // silenceTicks(cfg.ElectionTicks)
-	silenced        atomic.Bool       // unheard marked a peer silent since the loop last looked
-	pingSoon        atomic.Bool       // ping now, not at the next interval (see pingAsks)
-	asked           []uint64          // peers whose pings asked for leaders since the loop looked (see pingAsks); guarded by mu
-	incarnation     uint64            // this engine's, in its pings (see noteIncarnation)
-	announced       atomic.Bool       // pings carry incarnation and asks (Announce)
-	standAside      atomic.Bool       // StandAside
-	incarnations    map[uint64]uint64 // peers' as last pinged; guarded by mu
-	restarted       []uint64          // peers whose incarnation changed since the loop looked; guarded by mu
-	peers           []uint64          // pinged for liveness; guarded by mu
+	tagSeq          atomic.Uint64        // proposal tags: node ID in the top 16 bits
+	epoch           time.Time            // creation: the clock silentFor measures from
+	lastHeard       sync.Map             // node ID -> *atomic.Int64, tick it was last heard
+	silenceTicks    int64                // silenceTicks(cfg.ElectionTicks)
+	silenced        atomic.Bool          // unheard marked a peer silent since the loop last looked
+	pingSoon        atomic.Bool          // ping now, not at the next interval (see pingAsks)
+	asked           []uint64             // peers whose pings asked for leaders since the loop looked (see pingAsks); guarded by mu
+	incarnation     uint64               // this engine's, in its pings (see noteIncarnation)
+	announced       atomic.Bool          // pings carry incarnation and asks (Announce)
+	standAside      atomic.Bool          // StandAside
+	incarnations    map[uint64]uint64    // peers' as last pinged; guarded by mu
+	upSince         map[uint64]time.Time // PeerReadySince; guarded by mu
+	aside           map[uint64]bool      // peers whose last ping said they stand aside; guarded by mu
+	restarted       []uint64             // peers whose incarnation changed since the loop looked; guarded by mu
+	peers           []uint64             // pinged for liveness; guarded by mu
 	electionTimeout time.Duration
 	metrics         engineMetrics // the syncer's (Metrics)
 
@@ -165,6 +167,8 @@ func NewEngine(cfg Config) (*Engine, error) {
 	e.epoch = time.Now()
 	e.incarnation = uint64(e.epoch.UnixNano())
 	e.incarnations = make(map[uint64]uint64)
+	e.upSince = make(map[uint64]time.Time)
+	e.aside = make(map[uint64]bool)
 	e.tagSeq.Store(rand.Uint64() & (1<<48 - 1))
 	e.electionTimeout = time.Duration(cfg.ElectionTicks) * cfg.TickInterval
 	e.silenceTicks = silenceTicks(cfg.ElectionTicks)
@@ -231,7 +235,7 @@ func (e *Engine) Group(name string) *Group {
 func (e *Engine) Step(group string, m *raftpb.Message) {
 	e.heard(m.GetFrom())
 	if group == livenessGroup {
-		e.noteIncarnation(m.GetFrom(), m.GetIndex())
+		e.notePeerState(m.GetFrom(), m.GetIndex(), m.GetReject())
 		if m.GetCommit() == pingAsks {
 			e.noteAsk(m.GetFrom())
 		}
@@ -689,7 +693,7 @@ func (e *Engine) closeAll() {
 // ×0.80 / 1.00 / 0.85).
 const maxInflightBytes = 8 << 20
 
-func (e *Engine) raftConfig(group string, id uint64, log raft.Storage, applied uint64) *raft.Config {
+func (e *Engine) raftConfig(g *Group, id uint64, log raft.Storage, applied uint64) *raft.Config {
 	return &raft.Config{
 		ID:                        id,
 		ElectionTick:              e.cfg.ElectionTicks,
@@ -705,13 +709,21 @@ func (e *Engine) raftConfig(group string, id uint64, log raft.Storage, applied u
 		PreVote:                   true,
 		DisableProposalForwarding: true,
 		StepDownOnRemoval:         true,
-		Logger:                    raftLogger{l: e.log, group: groupLabel(group)},
+		Logger:                    raftLogger{l: e.log, group: groupLabel(g.name), lostQuorum: &g.lostQuorum},
 	}
 }
 
 // StandAside tells the engine whether this node stands aside from
-// leadership (its peers refuse it: the server drops its votes and the
+// leadership (its peers refuse it, or it is stopping: the server drops the
 // leadership transfers to it): while it does, RequestLeadership asks for
 // nothing, since the transfer it starts would wait out an election
-// timeout with the group's proposals dropped.
-func (e *Engine) StandAside(on bool) { e.standAside.Store(on) }
+// timeout with the group's proposals dropped, and its pings tell its
+// peers to hand it no group (PeerReadySince).
+func (e *Engine) StandAside(on bool) {
+	if e.standAside.Swap(on) != on {
+		// Its pings say so (PeerReadySince): peers' leader balancing
+		// hands it nothing meanwhile. Tell them now.
+		e.pingSoon.Store(true)
+		e.kick()
+	}
+}

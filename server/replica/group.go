@@ -218,15 +218,18 @@ type Group struct {
 		left  int
 	}
 	// quiesced: idle, not ticking (see quiesce.go).
-	quiesced  bool
-	idleTicks int
-	hsTicks   int    // ticks since the commit point was last written (tick)
-	pass      uint64 // the engine pass that last listed it as a candidate
-	lost      bool   // leadership lost in the current Ready
-	replies   []reply
-	props     []*raftpb.Entry   // scratch for batched proposals
-	early     []*raftpb.Message // scratch for sendAppendsEarly
-	acksIn    []*raftpb.Message // scratch for stepAcks
+	quiesced bool
+	// lostQuorum: raft deposed this leader for want of a quorum since the
+	// last Ready (raftLogger); the leadership log says so.
+	lostQuorum bool
+	idleTicks  int
+	hsTicks    int    // ticks since the commit point was last written (tick)
+	pass       uint64 // the engine pass that last listed it as a candidate
+	lost       bool   // leadership lost in the current Ready
+	replies    []reply
+	props      []*raftpb.Entry   // scratch for batched proposals
+	early      []*raftpb.Message // scratch for sendAppendsEarly
+	acksIn     []*raftpb.Message // scratch for stepAcks
 	// aheadErr: applyAhead failed while the log was the syncer's; the
 	// group is fenced once the sync completes.
 	aheadErr  error
@@ -327,7 +330,7 @@ func (e *Engine) AddGroup(gc GroupConfig) (*Group, error) {
 	if gc.Snapshot != nil {
 		storage = snapshotStorage{gc.Log, g, gc.Snapshot}
 	}
-	rn, err := raft.NewRawNode(e.raftConfig(gc.Name, e.cfg.NodeID, storage, commit))
+	rn, err := raft.NewRawNode(e.raftConfig(g, e.cfg.NodeID, storage, commit))
 	if err != nil {
 		return nil, fmt.Errorf("replica: group %q: %w", gc.Name, err)
 	}
@@ -734,6 +737,22 @@ func (g *Group) HandTo(ctx context.Context, to, maxLag uint64) (bool, error) {
 	return asked, err
 }
 
+// AbortTransfer ends a leadership hand-off this node's raft still waits
+// for (HandTo's, when the target did not take over), so the group takes
+// proposals again now rather than after an election timeout. It reports
+// whether one was pending.
+func (g *Group) AbortTransfer(ctx context.Context) (bool, error) {
+	var aborted bool
+	err := g.do(ctx, func() error {
+		if g.isLeader && g.rn.BasicStatus().LeadTransferee != raft.None {
+			g.rn.TransferLeader(g.e.cfg.NodeID) // raft: a transfer to the leader aborts the pending one
+			aborted = true
+		}
+		return nil
+	})
+	return aborted, err
+}
+
 // RequestLeadership asks the group's leader to hand leadership to this node
 // (raft forwards a follower's transfer request to the leader). Used when the
 // leader is no longer a member of the cluster.
@@ -1026,11 +1045,18 @@ type Details struct {
 
 // Details reports the group's IDs and leader.
 func (g *Group) Details() Details {
+	lead := g.lead.Load()
+	if g.failed.Load() {
+		// Fenced: it follows no leader any more, and leads nothing
+		// (status pages showed two leaders: the fenced one and the one
+		// the others elected).
+		lead = raft.None
+	}
 	return Details{
 		FirstID:  g.log.FirstID(),
 		LastID:   g.log.NextID() - 1,
 		CommitID: g.commitID.Load(),
-		Leader:   g.lead.Load(),
+		Leader:   lead,
 		Term:     g.term.Load(),
 	}
 }
@@ -1245,7 +1271,8 @@ func (g *Group) persist() bool {
 	if rd.SoftState != nil {
 		was := g.lead.Swap(rd.SoftState.Lead)
 		leader := rd.SoftState.RaftState == raft.StateLeader
-		g.e.leaders.note(g.name, g.term.Load(), was, rd.SoftState.Lead, g.isLeader, leader)
+		g.e.leaders.note(g.name, g.term.Load(), was, rd.SoftState.Lead, g.isLeader, leader, g.lostQuorum)
+		g.lostQuorum = false
 		if was != rd.SoftState.Lead {
 			defer g.notifyCommit() // wakes WaitLeader
 			if rd.SoftState.Lead == raft.None {

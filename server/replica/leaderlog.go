@@ -16,8 +16,8 @@ import (
 // Changes are logged at the end of the loop's pass that saw them, one per
 // line, up to leadLogMax lines a second. Beyond that they are held until
 // the second is over, and then logged together, in the order they
-// happened: one line per change of a kind with few, one line (with the
-// count and the first names) for a kind with many.
+// happened: one line per change when they are few, else one line per kind
+// (with the count and the first names), so at most numLeadKinds lines.
 // Loop-only.
 type leadershipLog struct {
 	log    *slog.Logger
@@ -33,6 +33,8 @@ const (
 	leadGained leadKind = iota
 	// This node stopped leading the group (leader is the new one, or 0).
 	leadLost
+	// Raft deposed this node, the group's leader, for want of a quorum.
+	leadDeposed
 	// A group this node follows learned its (new) leader.
 	leadFollowing
 	// A group this node follows lost its leader: an election is on.
@@ -41,7 +43,7 @@ const (
 )
 
 // leadLogMax is the most lines a second of changes logged one per line;
-// also the most changes of one kind logged one per line at once.
+// also the most changes held that are logged one per line at once.
 const leadLogMax = 5
 
 // leadLogEvery is the window leadLogMax counts lines in.
@@ -56,11 +58,14 @@ type leadChange struct {
 
 // note records a change of group's leader from was to now as this node
 // sees it (leading tells whether it leads now, led whether it led before).
-func (l *leadershipLog) note(group string, term, was, now uint64, led, leading bool) {
+// lostQuorum tells that raft deposed it for want of a quorum.
+func (l *leadershipLog) note(group string, term, was, now uint64, led, leading, lostQuorum bool) {
 	var k leadKind
 	switch {
 	case leading && !led:
 		k = leadGained
+	case led && !leading && lostQuorum:
+		k = leadDeposed
 	case led && !leading:
 		k = leadLost
 	case leading || was == now:
@@ -101,18 +106,20 @@ var leadMessages = [numLeadKinds]struct {
 }{
 	leadGained:    {"became leader", slog.LevelInfo},
 	leadLost:      {"stopped leading", slog.LevelInfo},
-	leadFollowing: {"following a new leader", slog.LevelInfo},
+	leadDeposed:   {"stopped leading: no quorum", slog.LevelWarn},
+	leadFollowing: {"following leader", slog.LevelInfo},
 	leadUnknown:   {"leader lost: electing", slog.LevelInfo}, // also on every hand-off
 }
 
-// write logs the held changes in order; a kind with more than leadLogMax
-// is one line, where its first change is.
+// write logs the held changes in order: one line each when they are at
+// most leadLogMax, else one line per kind, where its first change is.
 func (l *leadershipLog) write() {
 	ctx := context.Background()
 	var counts [numLeadKinds]int
 	for _, c := range l.held {
 		counts[c.kind]++
 	}
+	grouped := len(l.held) > leadLogMax
 	var done [numLeadKinds]bool
 	for _, c := range l.held {
 		m := leadMessages[c.kind]
@@ -120,7 +127,7 @@ func (l *leadershipLog) write() {
 			continue
 		}
 		n := counts[c.kind]
-		if n <= leadLogMax {
+		if !grouped {
 			attrs := []any{"group", groupLabel(c.group), "term", c.term}
 			if c.kind != leadGained && c.kind != leadUnknown {
 				attrs = append(attrs, "leader", c.leader)
@@ -144,7 +151,9 @@ func (l *leadershipLog) write() {
 			names.WriteString(groupLabel(o.group))
 			shown++
 		}
-		fmt.Fprintf(&names, " and %d more", n-leadLogMax)
+		if n > shown {
+			fmt.Fprintf(&names, " and %d more", n-shown)
+		}
 		l.log.Log(ctx, m.level, m.msg, "groups", n, "names", names.String())
 	}
 }

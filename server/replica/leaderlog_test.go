@@ -76,13 +76,16 @@ func (r *recorder) find(msg string) []logLine {
 func TestLeadershipLogKinds(t *testing.T) {
 	rec := newRecorder()
 	l := leadershipLog{log: slog.New(rec)}
-	l.note("a.1", 3, 0, 1, false, true)  // this node (1) leads now
-	l.note("b.2", 4, 1, 0, true, false)  // it stepped down
-	l.note("c.3", 5, 0, 2, false, false) // it follows 2
-	l.note("d.4", 6, 2, 0, false, false) // 2 is gone: electing
-	l.note("", 7, 2, 3, false, false)    // the metadata group follows 3
-	l.note("e.5", 7, 2, 2, false, false) // no change: nothing
-	l.note("f.6", 7, 1, 1, true, true)   // no change: nothing
+	l.note("a.1", 3, 0, 1, false, true, false)  // this node (1) leads now
+	l.note("b.2", 4, 1, 0, true, false, false)  // it stepped down
+	l.note("c.3", 5, 0, 2, false, false, false) // it follows 2
+	l.note("d.4", 6, 2, 0, false, false, false) // 2 is gone: electing
+	l.note("", 7, 2, 3, false, false, false)    // the metadata group follows 3
+	l.note("e.5", 7, 2, 2, false, false, false) // no change: nothing
+	l.note("f.6", 7, 1, 1, true, true, false)   // no change: nothing
+	l.flush(false)
+	l.window = l.window.Add(-leadLogEvery)
+	l.note("g.7", 8, 1, 0, true, false, true) // deposed: no quorum
 	l.flush(false)
 
 	got := rec.find("became leader")
@@ -91,18 +94,22 @@ func TestLeadershipLogKinds(t *testing.T) {
 	got = rec.find("stopped leading")
 	require.Len(t, got, 1)
 	assert.Equal(t, map[string]string{"group": "b.2", "term": "4", "leader": "0"}, got[0].attrs)
-	got = rec.find("following a new leader")
+	got = rec.find("following leader")
 	require.Len(t, got, 2)
 	assert.Equal(t, map[string]string{"group": "c.3", "term": "5", "leader": "2"}, got[0].attrs)
 	assert.Equal(t, map[string]string{"group": "(metadata)", "term": "7", "leader": "3"}, got[1].attrs)
 	got = rec.find("leader lost: electing")
 	require.Len(t, got, 1)
 	assert.Equal(t, "d.4", got[0].attrs["group"])
+	got = rec.find("stopped leading: no quorum")
+	require.Len(t, got, 1)
+	assert.Equal(t, slog.LevelWarn, got[0].level)
+	assert.Equal(t, map[string]string{"group": "g.7", "term": "8", "leader": "0"}, got[0].attrs)
 	var order []string
 	for _, line := range *rec.lines {
 		order = append(order, line.attrs["group"])
 	}
-	assert.Equal(t, []string{"a.1", "b.2", "c.3", "d.4", "(metadata)"}, order, "in the order they happened")
+	assert.Equal(t, []string{"a.1", "b.2", "c.3", "d.4", "(metadata)", "g.7"}, order, "in the order they happened")
 }
 
 // TestLeadershipLogGroupsMany: up to leadLogMax changes a second are
@@ -113,7 +120,7 @@ func TestLeadershipLogGroupsMany(t *testing.T) {
 	rec := newRecorder()
 	l := leadershipLog{log: slog.New(rec)}
 	for i := range 1000 {
-		l.note(fmt.Sprintf("t%d", i), 1, 0, 1, false, true)
+		l.note(fmt.Sprintf("t%d", i), 1, 0, 1, false, true, false)
 		l.flush(false)
 	}
 	got := rec.find("became leader")
@@ -122,15 +129,17 @@ func TestLeadershipLogGroupsMany(t *testing.T) {
 		assert.Equal(t, fmt.Sprint("t", i), line.attrs["group"])
 	}
 	l.window = l.window.Add(-leadLogEvery)
-	l.note("u", 2, 1, 0, true, false)
+	l.note("u", 2, 1, 0, true, false, false)
 	l.flush(false)
 	got = rec.find("became leader")
 	require.Len(t, got, leadLogMax+1)
 	assert.Equal(t, map[string]string{"groups": "995", "names": "t5, t6, t7, t8, t9 and 990 more"}, got[leadLogMax].attrs)
-	assert.Len(t, rec.find("stopped leading"), 1, "a kind with few changes: one line each")
-	assert.Equal(t, "u", (*rec.lines)[leadLogMax+1].attrs["group"], "after the grouped line: it happened later")
+	got = rec.find("stopped leading")
+	require.Len(t, got, 1, "grouped: one line per kind")
+	assert.Equal(t, map[string]string{"groups": "1", "names": "u"}, got[0].attrs)
+	assert.Equal(t, "stopped leading", (*rec.lines)[leadLogMax+1].msg, "after the other line: it happened later")
 
-	l.note("v", 2, 1, 0, true, false)
+	l.note("v", 2, 1, 0, true, false, false)
 	l.flush(false)
 	assert.Len(t, rec.find("stopped leading"), 1, "held: this second's lines are spent")
 	l.flush(true)
@@ -140,7 +149,7 @@ func TestLeadershipLogGroupsMany(t *testing.T) {
 
 	// A quiet second later, a change is logged at once again.
 	l.window = l.window.Add(-leadLogEvery)
-	l.note("w", 3, 0, 1, false, true)
+	l.note("w", 3, 0, 1, false, true, false)
 	l.flush(false)
 	assert.Len(t, rec.find("became leader"), leadLogMax+2)
 }
@@ -168,4 +177,25 @@ func TestEngineLogsLeadership(t *testing.T) {
 	require.Len(t, got, 1)
 	assert.Equal(t, "orders.7", got[0].attrs["group"])
 	assert.Equal(t, "raft", got[0].attrs["component"])
+
+	// Raft's quorum-loss warning raises the group's flag (the leadership
+	// log says it, grouped) instead of a line per group.
+	lines := len(*rec.lines)
+	var lost bool
+	raftLogger{l: e.log, group: "orders.7", lostQuorum: &lost}.Warningf(quorumLostFormat, 1)
+	assert.True(t, lost)
+	assert.Len(t, *rec.lines, lines)
+
+	// Lines below the level are not even formatted.
+	var formatted int
+	raftLogger{l: e.log}.Debugf("%v", counted{&formatted})
+	raftLogger{l: e.log}.Info(counted{&formatted})
+	assert.Zero(t, formatted)
+	raftLogger{l: e.log}.Warning(counted{&formatted})
+	assert.Equal(t, 1, formatted)
 }
+
+// counted counts how often it is formatted.
+type counted struct{ n *int }
+
+func (c counted) String() string { *c.n++; return "x" }

@@ -319,16 +319,36 @@ func (e *Engine) resendReleases() {
 	e.releasing = keep
 }
 
-// PeerStartedAt is when node id's engine started, as its liveness pings
-// say (its incarnation); zero while none has said. Safe for concurrent use.
-func (e *Engine) PeerStartedAt(id uint64) time.Time {
+// PeerReadySince is since when node id has been taking leadership, by its
+// liveness pings: the local time its ping first carried its current
+// incarnation, or first stopped saying it stands aside (so, no remote
+// clock); zero while it does not take leadership: before its
+// first announced ping, while it restarts (its pings carry no incarnation
+// until its groups are open), and while it stands aside (refused, or
+// stopping: see StandAside). Safe for concurrent use.
+func (e *Engine) PeerReadySince(id uint64) time.Time {
 	e.mu.Lock()
-	inc := e.incarnations[id]
-	e.mu.Unlock()
-	if inc == 0 {
+	defer e.mu.Unlock()
+	if e.aside[id] {
 		return time.Time{}
 	}
-	return time.Unix(0, int64(inc))
+	return e.upSince[id]
+}
+
+// notePeerState records what a ping from node id says of it: its
+// incarnation (noteIncarnation) and whether it stands aside.
+func (e *Engine) notePeerState(id, inc uint64, aside bool) {
+	e.mu.Lock()
+	wasAside := e.aside[id]
+	e.aside[id] = aside
+	switch {
+	case inc == 0:
+		delete(e.upSince, id) // starting: not announced yet
+	case e.incarnations[id] != inc || e.upSince[id].IsZero() || wasAside && !aside:
+		e.upSince[id] = time.Now()
+	}
+	e.mu.Unlock()
+	e.noteIncarnation(id, inc)
 }
 
 // noteIncarnation records the incarnation a ping from node id carries, in
@@ -383,6 +403,7 @@ func (e *Engine) pingPeers(list []*Group) {
 	peers := e.peers
 	e.mu.Unlock()
 	var ask, inc uint64
+	aside := e.standAside.Load() // Reject: takes no leadership (PeerReadySince)
 	if e.announced.Load() {
 		inc = e.incarnation
 		if e.asking(list) {
@@ -395,7 +416,7 @@ func (e *Engine) pingPeers(list []*Group) {
 		}
 		e.cfg.Transport.Send(livenessGroup, []*raftpb.Message{{
 			Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(e.cfg.NodeID), To: new(id),
-			Commit: new(ask), Index: new(inc),
+			Commit: new(ask), Index: new(inc), Reject: new(aside),
 		}})
 	}
 }

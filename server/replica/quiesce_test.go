@@ -512,3 +512,49 @@ func TestIdleCommitOnFileWithinTicks(t *testing.T) {
 		time.Duration(hardStateTicks+2*pingEvery)*tick+500*time.Millisecond, 10*time.Millisecond,
 		"stored commit %d, applied %d", storedCommit(t, dir), want)
 }
+
+// TestPeerReadySince: a peer takes leadership from its first announced
+// ping, as this node's clock sees it; not while its pings carry no
+// incarnation (it restarts), nor while they say it stands aside, and the
+// time starts again after either. StandAside makes this node's own pings
+// say so, at once.
+func TestPeerReadySince(t *testing.T) {
+	hub := transport.NewHub()
+	var pc *pingCapture
+	e, tr := newHubEngine(t, hub, 1, []uint64{1, 2, 3}, Config{}, func(tr Transport) Transport {
+		pc = &pingCapture{Transport: tr}
+		return pc
+	})
+	t.Cleanup(tr.Stop)
+	ping := func(inc uint64, aside bool) {
+		e.Step(livenessGroup, &raftpb.Message{Type: raftpb.MessageType_MsgHeartbeat.Enum(), From: new(uint64(2)), To: new(uint64(1)), Index: new(inc), Reject: new(aside)})
+	}
+	assert.True(t, e.PeerReadySince(2).IsZero(), "never pinged")
+	before := time.Now()
+	ping(1, false) // an incarnation from a clock far behind: ignored
+	since := e.PeerReadySince(2)
+	assert.False(t, since.Before(before), "the local time of the first ping")
+	ping(1, false)
+	assert.Equal(t, since, e.PeerReadySince(2), "the same incarnation: the same time")
+	ping(0, false)
+	assert.True(t, e.PeerReadySince(2).IsZero(), "restarting")
+	ping(7, false)
+	restarted := e.PeerReadySince(2)
+	assert.False(t, restarted.Before(since))
+	ping(7, true)
+	assert.True(t, e.PeerReadySince(2).IsZero(), "standing aside")
+	ping(7, false)
+	assert.False(t, e.PeerReadySince(2).IsZero())
+	assert.True(t, e.PeerReadySince(2).After(restarted) || e.PeerReadySince(2).Equal(restarted), "again from when it stopped standing aside")
+	assert.True(t, e.PeerReadySince(3).IsZero())
+
+	e.pingPeers(nil)
+	assert.False(t, pc.last().GetReject())
+	e.StandAside(true)
+	assert.True(t, e.pingSoon.Load(), "StandAside pings at once")
+	e.pingPeers(nil)
+	assert.True(t, pc.last().GetReject(), "the ping says it stands aside")
+	e.StandAside(false)
+	e.pingPeers(nil)
+	assert.False(t, pc.last().GetReject())
+}
