@@ -334,6 +334,9 @@ func (c *Config) validate() error {
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = 30 * time.Second
 	}
+	if c.TickInterval <= 0 {
+		c.TickInterval = 100 * time.Millisecond // as replica.Config's
+	}
 	if c.LeaderBalanceInterval == 0 {
 		c.LeaderBalanceInterval = DefaultLeaderBalanceInterval
 	}
