@@ -16,7 +16,8 @@ const defaultNodeTimeout = 2 * time.Second
 
 const clusterAbout = `
 cluster status: the cluster's members (as a node of the connection string
-reports them), each asked directly whether it is up and how fast it answers;
+reports them), each asked directly whether it is up and how fast it answers,
+with how many topics it leads;
 then, for every topic, the leader and the first, last and commit IDs as each
 node reports them, with each node's lag: the leader's commit ID minus the
 node's. A node that does not answer within -node-timeout is down. Without
@@ -49,7 +50,11 @@ type (
 		Up        bool     `json:"up"`
 		Learner   bool     `json:"learner,omitempty"` // joined, still catching up on the metadata group: not yet a voter there (each topic's lag shows its own catch-up)
 		LatencyMS *float64 `json:"latency_ms,omitempty"`
-		Error     string   `json:"error,omitempty"`
+		// Leads is how many topics it leads (the topics' LEADER column):
+		// leaders are spread over the nodes, and come back to a node
+		// that restarted (leader balancing).
+		Leads int    `json:"leads"`
+		Error string `json:"error,omitempty"`
 	}
 	topicStatusJSON struct {
 		Name     string              `json:"name"`
@@ -119,6 +124,11 @@ func (a *app) clusterStatus(args []string) error {
 	}
 	for i := range out.Topics {
 		computeLag(&out.Topics[i])
+		for j := range out.Nodes {
+			if out.Nodes[j].Name == out.Topics[i].Leader {
+				out.Nodes[j].Leads++
+			}
+		}
 	}
 
 	if err := a.printClusterStatus(f.json(), out); err != nil {
@@ -166,7 +176,7 @@ func (a *app) printClusterStatus(asJSON bool, out clusterStatusJSON) error {
 	}
 	fmt.Fprintf(a.stdout, "cluster %s: %d of %d nodes up (members as reported by %s)\n\n", out.ClusterID, up, len(out.Nodes), out.AnsweredBy)
 	tw := newTable(a.stdout)
-	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tLATENCY\tROLE\tERROR")
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tLATENCY\tROLE\tLEADS\tERROR")
 	for _, n := range out.Nodes {
 		status, lat := "down", "-"
 		if n.Up {
@@ -176,7 +186,11 @@ func (a *app) printClusterStatus(asJSON bool, out clusterStatusJSON) error {
 		if n.Learner {
 			role = "learner"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Address, status, lat, role, n.Error)
+		leads := "-"
+		if out.TopicsError == "" {
+			leads = strconv.Itoa(n.Leads)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Address, status, lat, role, leads, n.Error)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -337,9 +337,14 @@ func TestClusterStatusAndNodeRemove(t *testing.T) {
 		}
 	}
 
+	for _, nd := range st.Nodes {
+		assert.Equal(t, nd.Name == top.Leader, nd.Leads == 1, "%s leads %d topics", nd.Name, nd.Leads)
+	}
+
 	r = fbctl(t, conn, "", "cluster", "status").ok(t)
 	assert.Contains(t, r.stdout, "cluster test: 3 of 3 nodes up")
 	assert.Regexp(t, `(?m)^default\s+`+top.Leader+`\s+n1\s+1\s+\d+\s+\d+\s+\d+$`, r.stdout)
+	assert.Regexp(t, `(?m)^`+top.Leader+`\s+\S+\s+up\s+\S+ms\s+voter\s+1$`, r.stdout, "LEADS")
 
 	// Remove a node that does not lead the topic (see the report: a
 	// removed topic leader keeps leading), then talk to the other two only.
