@@ -394,8 +394,8 @@ func TestNodeAddShowsDownNode(t *testing.T) {
 	assert.Equal(t, exitUnhealthy, checked.code, "stderr: %s", checked.stderr)
 	assert.Contains(t, checked.stdout, "cluster test: 1 of 2 nodes up")
 	assert.Equal(t, "fbctl: the cluster is not healthy\n", checked.stderr)
-	assert.Regexp(t, `(?m)^n9\s+`+dead+`\s+down\s+-\s+learner\s+\S`, r.stdout) // never started: not caught up
-	assert.Regexp(t, `(?m)^n1\s+\S+\s+up\s+\S+ms\s+voter\s*$`, r.stdout)
+	assert.Regexp(t, `(?m)^n9\s+`+dead+`\s+down\s+-\s+learner\s+0\s+\S`, r.stdout) // never started: not caught up
+	assert.Regexp(t, `(?m)^n1\s+\S+\s+up\s+\S+ms\s+voter\s+1\s*$`, r.stdout)
 	assert.Regexp(t, `(?m)^default\s+n1\s+n9\s+-\s+-\s+-\s+-\s+node down$`, r.stdout)
 
 	r = fbctl(t, conn, "", "node", "add", "n9", closedAddr(t))
