@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
@@ -150,6 +152,15 @@ func WithRetryWindow(d time.Duration) Option {
 // WithBorrowedMessages, it must not keep past the next response.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(c *Client) { c.dialOpts = append(c.dialOpts, opts...) }
+}
+
+// WithTLS makes the Client talk TLS to the nodes (fbnode -tls-cert):
+// config's RootCAs verify them (the system's roots when nil), and its
+// Certificates are presented to nodes that require client certificates
+// (-tls-client-auth). The server name is each node's host unless config
+// sets one. Its connections are its own, as with WithDialOptions.
+func WithTLS(config *tls.Config) Option {
+	return WithDialOptions(grpc.WithTransportCredentials(credentials.NewTLS(config)))
 }
 
 // WithPrivateConnections gives the Client connections of its own instead

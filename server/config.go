@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -189,6 +190,14 @@ type Config struct {
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 
+	// TLS, when set, makes the node serve gRPC over TLS (clients, peers
+	// and grpcurl alike): its certificate, and with ClientCAs and
+	// ClientAuth the client certificates it requires. PeerTLS is then how
+	// it dials the other nodes (raft streams, forwarded calls, health
+	// checks): RootCAs to verify them, and its certificate when they
+	// require one. Both or neither; every node of a cluster alike.
+	TLS, PeerTLS *tls.Config
+
 	// GRPCOptions are added early to the gRPC server's options (e.g. the
 	// Prometheus interceptors of server/httpapi), so their interceptors
 	// wrap the node's own and see final status codes, and they replace the
@@ -333,6 +342,9 @@ func (c *Config) validate() error {
 	}
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = 30 * time.Second
+	}
+	if (c.TLS == nil) != (c.PeerTLS == nil) {
+		return errors.New("server: TLS and PeerTLS go together: a node that serves TLS dials its peers, which serve it too, with TLS")
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = 100 * time.Millisecond // as replica.Config's

@@ -16,6 +16,8 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -247,6 +249,7 @@ func (s *Server) open() error {
 		}
 		grpcTransport = transport.New(transport.Config{
 			NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger,
+			Credentials: s.PeerCredentials(),
 			Incarnation: uint64(id.Incarnation),
 			CheckPeer: func(from, inc uint64) error {
 				// Its data directory first: a removed node may still be a
@@ -295,6 +298,7 @@ func (s *Server) open() error {
 	s.engine.Start()
 
 	s.svc = api.New(api.Config{
+		PeerCredentials:   s.PeerCredentials(),
 		ClusterID:         cfg.ClusterID,
 		NodeName:          cfg.NodeName,
 		MaxMessageBytes:   cfg.MaxMessageBytes,
@@ -363,6 +367,9 @@ func (s *Server) open() error {
 		// a free stream on the client side.
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
 	)
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)
 	forestbusv1.RegisterAdminServiceServer(s.grpc, s.svc)
@@ -652,6 +659,15 @@ func sameListener(member, listen string) bool {
 
 // Addr is the address the node listens on.
 func (s *Server) Addr() string { return s.addr }
+
+// PeerCredentials are what the node dials other nodes with: TLS from
+// Config.PeerTLS, else plaintext.
+func (s *Server) PeerCredentials() credentials.TransportCredentials {
+	if s.cfg.PeerTLS != nil {
+		return credentials.NewTLS(s.cfg.PeerTLS)
+	}
+	return insecure.NewCredentials()
+}
 
 // NodeName is the node's name (Config.NodeName).
 func (s *Server) NodeName() string { return s.cfg.NodeName }

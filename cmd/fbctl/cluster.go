@@ -115,7 +115,7 @@ func (a *app) clusterStatus(args []string) error {
 	var wg sync.WaitGroup
 	for i, n := range cd.Nodes {
 		wg.Go(func() {
-			out.Nodes[i] = probeNode(ctx, ci.cluster, n, *nodeTimeout, topics, out.Topics, i)
+			out.Nodes[i] = probeNode(ctx, ci, n, *nodeTimeout, topics, out.Topics, i)
 		})
 	}
 	wg.Wait()
@@ -221,14 +221,14 @@ func (a *app) printClusterStatus(asJSON bool, out clusterStatusJSON) error {
 
 // probeNode asks node n, alone, for the cluster's details (up, latency)
 // and for the details of every topic, which it stores in topics[*].Replicas[i].
-func probeNode(ctx context.Context, clusterID string, n client.Node, timeout time.Duration, topics []client.Topic, out []topicStatusJSON, i int) nodeStatusJSON {
+func probeNode(ctx context.Context, ci connInfo, n client.Node, timeout time.Duration, topics []client.Topic, out []topicStatusJSON, i int) nodeStatusJSON {
 	ns := nodeStatusJSON{Name: n.Name, Address: n.Address, Learner: n.Learner}
 	for ti := range out {
 		out[ti].Replicas[i] = replicaStatusJSON{Node: n.Name}
 	}
 	// A client of this node alone, making a single attempt per call: its
 	// own answers, not another node's after a failover.
-	nc := client.New(clusterID, []string{n.Address}, client.WithRetryWindow(0))
+	nc := client.New(ci.cluster, []string{n.Address}, append([]client.Option{client.WithRetryWindow(0)}, ci.opts...)...)
 	defer nc.Close()
 	ask := func(f func(context.Context) error) (time.Duration, error) {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
@@ -364,7 +364,7 @@ func firstAnswer[T any](ctx context.Context, c *client.Client, ci connInfo, time
 	var wg sync.WaitGroup
 	for _, addr := range ci.nodes {
 		wg.Go(func() {
-			nc := client.New(ci.cluster, []string{addr}, client.WithRetryWindow(0))
+			nc := client.New(ci.cluster, []string{addr}, append([]client.Option{client.WithRetryWindow(0)}, ci.opts...)...)
 			defer nc.Close()
 			if v, err := ask(nc, pctx); err == nil {
 				answers <- v

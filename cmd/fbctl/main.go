@@ -17,7 +17,11 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/forestbus/forestbus/client"
+	"github.com/forestbus/forestbus/internal/tlsfiles"
 )
 
 func main() {
@@ -55,7 +59,7 @@ const defaultTimeout = 15 * time.Second
 const usageText = `fbctl is the operator CLI of Forest Bus.
 
 Usage:
-  fbctl [-forestbus CONN] [-o text|json] [-timeout D] COMMAND [ARGS] [FLAGS]
+  fbctl [-forestbus CONN] [-o text|json] [-timeout D] [-tls-ca F] COMMAND [ARGS] [FLAGS]
 
 CONN is a connection string, cluster#topic@host:port[,host:port...], taken
 from -forestbus or else from the FORESTBUS environment variable. Its topic is
@@ -86,6 +90,11 @@ Common flags:
   -o, -output FMT   text (default) or json: one JSON document, for topic,
                     cluster and node commands
   -timeout D        deadline of topic, cluster and node commands (default 15s)
+  -tls-ca FILE      talk TLS to the nodes, verifying them against these
+                    authorities (PEM; fbnode -tls-ca)
+  -tls-cert FILE, -tls-key FILE
+                    talk TLS with this client certificate (nodes with
+                    -tls-client-auth require one)
 
 Exit status: 0 success, 1 error, 2 usage error, 3 unhealthy (cluster
 status -check), 130 interrupted (Ctrl-C ends get -follow with 0).
@@ -104,6 +113,7 @@ type app struct {
 	conn    string
 	output  string
 	timeout time.Duration
+	tls     tlsfiles.Files
 }
 
 // usageError is a mistake in the command line: exit status 2.
@@ -170,6 +180,9 @@ func (a *app) main(args []string) error {
 	fs.StringVar(&a.output, "o", "text", "output format")
 	fs.StringVar(&a.output, "output", "text", "output format")
 	fs.DurationVar(&a.timeout, "timeout", defaultTimeout, "deadline")
+	fs.StringVar(&a.tls.CA, "tls-ca", "", "TLS authorities")
+	fs.StringVar(&a.tls.Cert, "tls-cert", "", "TLS client certificate")
+	fs.StringVar(&a.tls.Key, "tls-key", "", "TLS client key")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(a.stdout, usageText)
@@ -207,6 +220,7 @@ type cmdFlags struct {
 	conn    string
 	output  string
 	timeout time.Duration
+	tls     tlsfiles.Files
 }
 
 // flags returns the flag set of a command, with the common flags.
@@ -215,6 +229,9 @@ func (a *app) flags(name, synopsis, about string, withOutput, withTimeout bool) 
 	f := &cmdFlags{FlagSet: flag.NewFlagSet("fbctl "+name, flag.ContinueOnError), a: a, name: name, synopsis: synopsis, about: about}
 	f.SetOutput(io.Discard)
 	f.StringVar(&f.conn, "forestbus", a.conn, "connection string `CONN`: cluster#topic@host:port,... (default $FORESTBUS)")
+	f.StringVar(&f.tls.CA, "tls-ca", a.tls.CA, "talk TLS to the nodes, verifying them against the authorities in this PEM `file` (fbnode -tls-ca)")
+	f.StringVar(&f.tls.Cert, "tls-cert", a.tls.Cert, "talk TLS, presenting this PEM client certificate `file` (for nodes with -tls-client-auth; with -tls-key)")
+	f.StringVar(&f.tls.Key, "tls-key", a.tls.Key, "the private key `file` (PEM) of -tls-cert")
 	f.output = a.output
 	if withOutput {
 		f.StringVar(&f.output, "o", a.output, "output `format`: text or json")
@@ -270,11 +287,13 @@ func (f *cmdFlags) printHelp() {
 
 func (f *cmdFlags) json() bool { return f.output == "json" }
 
-// connInfo is a parsed connection string.
+// connInfo is a parsed connection string, and how to talk to its nodes.
 type connInfo struct {
 	cluster string
 	topic   string
 	nodes   []string
+	opts    []client.Option                  // the clients' (TLS)
+	creds   credentials.TransportCredentials // direct connections'
 }
 
 // connect parses the connection string of the flags (or $FORESTBUS) and
@@ -297,8 +316,15 @@ func (f *cmdFlags) connect() (*client.Client, connInfo, error) {
 	if len(clean) == 0 {
 		return nil, connInfo{}, usagef("connection string %q names no node: want cluster#topic@host:port,...", s)
 	}
-	ci := connInfo{cluster: cluster, topic: topic, nodes: clean}
-	return client.New(cluster, clean), ci, nil
+	ci := connInfo{cluster: cluster, topic: topic, nodes: clean, creds: insecure.NewCredentials()}
+	if f.tls.Set() {
+		cfg, err := f.tls.Client()
+		if err != nil {
+			return nil, connInfo{}, usagef("%v", err)
+		}
+		ci.opts, ci.creds = []client.Option{client.WithTLS(cfg)}, credentials.NewTLS(cfg)
+	}
+	return client.New(cluster, clean, ci.opts...), ci, nil
 }
 
 // deadline returns the context of a command bounded by -timeout.

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -208,7 +207,7 @@ func adminCall(ctx context.Context, ci connInfo, call func(context.Context, fore
 			cc, ok := conns[node]
 			if !ok {
 				var err error
-				if cc, err = grpc.NewClient("passthrough:///"+node, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+				if cc, err = grpc.NewClient("passthrough:///"+node, grpc.WithTransportCredentials(ci.creds)); err != nil {
 					last = fmt.Errorf("node %s: %w", node, err)
 					continue
 				}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/forestbus/forestbus/internal/syncbuf"
 	"github.com/forestbus/forestbus/server/servertest"
@@ -21,7 +22,7 @@ func TestJoinAnOtherClusterEndsAtOnce(t *testing.T) {
 	n := servertest.StartNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err := askToJoin(ctx, slog.New(slog.DiscardHandler), n.Addr(), "prod", "n2", "127.0.0.1:4002")
+	_, err := askToJoin(ctx, slog.New(slog.DiscardHandler), n.Addr(), "prod", "n2", "127.0.0.1:4002", insecure.NewCredentials())
 	require.Error(t, err)
 	assert.Equal(t, "CLUSTER_ID_MISMATCH", errorReason(err), "%v", err)
 	assert.NoError(t, ctx.Err(), "it retried until the deadline")
@@ -37,7 +38,7 @@ func TestJoinSaysWhyItWaits(t *testing.T) {
 	var buf syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_, err = askToJoin(ctx, slog.New(slog.NewTextHandler(&buf, nil)), dead, "test", "n2", "127.0.0.1:4002")
+	_, err = askToJoin(ctx, slog.New(slog.NewTextHandler(&buf, nil)), dead, "test", "n2", "127.0.0.1:4002", insecure.NewCredentials())
 	require.Error(t, err)
 	assert.Contains(t, buf.String(), "joining: the member did not add this node yet; retrying")
 	assert.Contains(t, buf.String(), "connection refused")

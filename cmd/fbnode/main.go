@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,12 +27,14 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/internal/flagval"
+	"github.com/forestbus/forestbus/internal/tlsfiles"
 	"github.com/forestbus/forestbus/internal/uring"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/api"
@@ -52,8 +55,8 @@ func main() {
 // (saying so on log, every few seconds), and returns what the node needs
 // to join. An answer no retry changes (another cluster, a name or address
 // refused) ends it at once.
-func askToJoin(ctx context.Context, log *slog.Logger, member, clusterID, name, addr string) (*server.Join, error) {
-	conn, err := grpc.NewClient("passthrough:///"+member, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func askToJoin(ctx context.Context, log *slog.Logger, member, clusterID, name, addr string, creds credentials.TransportCredentials) (*server.Join, error) {
+	conn, err := grpc.NewClient("passthrough:///"+member, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +181,10 @@ func run(args []string, stdout io.Writer) error {
 		ioURing    = fs.Bool("io-uring", true, "make fdatasync through io_uring where the kernel allows it, so that a sync holds no runtime thread (false: plain system calls)")
 		gcPercent  = fs.Int("gc-percent", defaultGCPercent, "Go GC target (as GOGC): the heap grows to (1+N/100) x the live heap between collections; higher trades memory for CPU; negative turns the collector off. A GOGC environment variable wins")
 		version    = fs.Bool("version", false, "print the build (version, commit, Go version) and exit")
+		tlsCert    = fs.String("tls-cert", "", "serve TLS with this PEM certificate (chain) `file`, also presented to peers that require client certificates; every node of a cluster alike (restart to rotate it)")
+		tlsKey     = fs.String("tls-key", "", "the private key `file` (PEM) of -tls-cert")
+		tlsCA      = fs.String("tls-ca", "", "PEM `file` of the authorities that sign the nodes' certificates, to verify peers (default: the system's roots); with -tls-client-auth, clients' too")
+		tlsClients = fs.Bool("tls-client-auth", false, "require every client and peer to present a certificate signed by -tls-ca")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -216,6 +223,18 @@ func run(args []string, stdout io.Writer) error {
 		if c.bad {
 			return fmt.Errorf("-%s %s: want %s", c.flag, fs.Lookup(c.flag).Value, c.want)
 		}
+	}
+	var serverTLS, peerTLS *tls.Config
+	peerCreds := insecure.NewCredentials()
+	if files := (tlsfiles.Files{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}); files.Set() || *tlsClients {
+		var err error
+		if serverTLS, err = files.Server(*tlsClients); err != nil {
+			return err
+		}
+		if peerTLS, err = files.Client(); err != nil {
+			return err
+		}
+		peerCreds = credentials.NewTLS(peerTLS)
 	}
 	if *advertise == "" && !server.HasIdentity(*dataDir) && unspecifiedHost(*listen) {
 		// The node records the address it advertises as its member
@@ -277,7 +296,7 @@ func run(args []string, stdout io.Writer) error {
 			addr = *listen
 		}
 		var err error
-		if joinInfo, err = askToJoin(ctx, logger, *join, *clusterID, *nodeName, addr); err != nil {
+		if joinInfo, err = askToJoin(ctx, logger, *join, *clusterID, *nodeName, addr, peerCreds); err != nil {
 			return fmt.Errorf("joining through %s: %w", *join, err)
 		}
 		logger.Info("added to the cluster", "id", joinInfo.ID, "members", len(joinInfo.Members))
@@ -326,6 +345,8 @@ func run(args []string, stdout io.Writer) error {
 		RemovedRetention:      *removedRet,
 		RetentionInterval:     *retEvery,
 		LeaderBalanceInterval: balanceEvery,
+		TLS:                   serverTLS,
+		PeerTLS:               peerTLS,
 		DefaultTopic:          *topic,
 		Logger:                logger,
 	})

@@ -8,7 +8,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -39,6 +39,7 @@ var forwardable = map[string]func() proto.Message{
 // per call it forwards (Config.MaxForwarding).
 type forwarder struct {
 	slots chan struct{} // nil: forwarding off
+	creds credentials.TransportCredentials
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
@@ -64,7 +65,7 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 		return c, nil
 	}
 	opts := append(grpcflow.DialOptions(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(f.creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(300<<20)))
 	c, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {

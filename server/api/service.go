@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -65,6 +67,9 @@ type Config struct {
 	MaxForwarding int
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// PeerCredentials secure the calls forwarded to other nodes (TLS);
+	// nil: plaintext.
+	PeerCredentials credentials.TransportCredentials
 }
 
 // DefaultMaxForwarding is Config.MaxForwarding's default.
@@ -153,6 +158,10 @@ func New(cfg Config, registry *topic.Registry) *Service {
 	s.stopping = s.stopCtx.Done()
 	s.refused.ctx, s.refused.done = context.WithCancel(context.Background())
 	s.SetNodes(cfg.Nodes)
+	s.fwd.creds = cfg.PeerCredentials
+	if s.fwd.creds == nil {
+		s.fwd.creds = insecure.NewCredentials()
+	}
 	switch {
 	case cfg.MaxForwarding == 0:
 		s.fwd.slots = make(chan struct{}, DefaultMaxForwarding)

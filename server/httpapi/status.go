@@ -10,7 +10,7 @@ import (
 
 	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/forestbus/forestbus/client"
@@ -188,7 +188,7 @@ func (h *handler) collect(ctx context.Context, health bool) Status {
 		st.Nodes = append(st.Nodes, NodeStatus{ID: m.ID, Name: m.Name, Address: m.Address, Self: m.ID == self})
 	}
 	if health {
-		h.health.check(ctx, st.Nodes, h.srv.Done())
+		h.health.check(ctx, st.Nodes, h.srv.Done(), h.srv.PeerCredentials())
 	}
 
 	var topics []*topic.Topic
@@ -319,7 +319,7 @@ type healthCache struct {
 	results map[string]healthResult // by address
 }
 
-func (c *healthCache) check(ctx context.Context, nodes []NodeStatus, done <-chan struct{}) {
+func (c *healthCache) check(ctx context.Context, nodes []NodeStatus, done <-chan struct{}, creds credentials.TransportCredentials) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.results == nil {
@@ -350,7 +350,7 @@ func (c *healthCache) check(ctx context.Context, nodes []NodeStatus, done <-chan
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := probe(ctx, n.Address)
+			r := probe(ctx, n.Address, creds)
 			mu.Lock()
 			fresh[n.Address] = r
 			mu.Unlock()
@@ -381,10 +381,10 @@ func (c *healthCache) check(ctx context.Context, nodes []NodeStatus, done <-chan
 
 // probe calls grpc.health.v1.Health/Check on addr over a connection of its
 // own, closed after the call.
-func probe(ctx context.Context, addr string) healthResult {
+func probe(ctx context.Context, addr string, creds credentials.TransportCredentials) healthResult {
 	ctx, cancel := context.WithTimeout(ctx, HealthTimeout)
 	defer cancel()
-	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return healthResult{err: err.Error(), at: time.Now()}
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/forestbus/forestbus/internal/tlstest"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/transport"
 )
@@ -50,6 +51,16 @@ func WithHub(h *transport.Hub) Option {
 		c.NewTransport = func(id uint64, handler transport.Handler) server.PeerTransport {
 			return h.Transport(id, handler)
 		}
+	}
+}
+
+// WithTLS makes the nodes serve TLS with leaf (a certificate ca signed)
+// and dial each other with it; with clientAuth they require clients and
+// peers to present a certificate ca signed.
+func WithTLS(ca *tlstest.CA, leaf *tlstest.Leaf, clientAuth bool) Option {
+	return func(c *server.Config) {
+		c.TLS = ca.ServerConfig(leaf, clientAuth)
+		c.PeerTLS = ca.ClientConfig(leaf)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -99,6 +101,8 @@ type Config struct {
 	Handler Handler
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// Credentials secure the streams to peers (TLS); nil: plaintext.
+	Credentials credentials.TransportCredentials
 	// DialOptions are appended to the transport's own dial options
 	// (insecure credentials, keepalive, reconnect backoff); tests use them.
 	DialOptions []grpc.DialOption
@@ -158,6 +162,9 @@ const incarnationKey = "forestbus-peer-incarnation"
 func (c *Config) withDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Credentials == nil {
+		c.Credentials = insecure.NewCredentials()
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = DefaultQueueSize

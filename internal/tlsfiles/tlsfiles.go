@@ -1,0 +1,95 @@
+// Package tlsfiles builds TLS configurations from PEM files, as fbnode's
+// and fbctl's -tls-* flags name them.
+package tlsfiles
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+)
+
+// Files names the PEM files of a TLS setup.
+type Files struct {
+	// CA holds the certificates of the authorities to trust: servers'
+	// (and, on a node that requires them, clients') certificates must be
+	// signed by one. "": the system's roots (for a client).
+	CA string
+	// Cert and Key are this side's certificate (chain) and private key:
+	// a node's, required to serve TLS; a client's, when the nodes
+	// require one.
+	Cert, Key string
+}
+
+// Set reports whether any file is named.
+func (f Files) Set() bool { return f.CA != "" || f.Cert != "" || f.Key != "" }
+
+func (f Files) pair() ([]tls.Certificate, error) {
+	switch {
+	case f.Cert == "" && f.Key == "":
+		return nil, nil
+	case f.Cert == "" || f.Key == "":
+		return nil, errors.New("tls: a certificate and its key go together (-tls-cert and -tls-key)")
+	}
+	c, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return []tls.Certificate{c}, nil
+}
+
+func (f Files) pool() (*x509.CertPool, error) {
+	if f.CA == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(f.CA)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("tls: %s holds no PEM certificate", f.CA)
+	}
+	return p, nil
+}
+
+// Client is the configuration of a side that dials: it verifies servers
+// against CA (the system's roots without one) and presents Cert when one
+// is given.
+func (f Files) Client() (*tls.Config, error) {
+	certs, err := f.pair()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := f.pool()
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}, nil
+}
+
+// Server is the configuration of a node that serves TLS with Cert; with
+// clientAuth it requires every client (and peer) to present a
+// certificate CA signed.
+func (f Files) Server(clientAuth bool) (*tls.Config, error) {
+	certs, err := f.pair()
+	if err != nil {
+		return nil, err
+	}
+	if certs == nil {
+		return nil, errors.New("tls: serving TLS needs the node's certificate and key (-tls-cert and -tls-key)")
+	}
+	c := &tls.Config{Certificates: certs, MinVersion: tls.VersionTLS12}
+	if clientAuth {
+		pool, err := f.pool()
+		if err != nil {
+			return nil, err
+		}
+		if pool == nil {
+			return nil, errors.New("tls: requiring client certificates needs the authority that signs them (-tls-ca)")
+		}
+		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return c, nil
+}
