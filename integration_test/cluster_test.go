@@ -37,6 +37,7 @@ type cluster struct {
 
 	mu      sync.Mutex
 	clients map[string]*client.Client // one single-node client per address
+	opts    []client.Option           // theirs (TLS)
 }
 
 // freeAddrs returns n distinct addresses 127.0.0.1:PORT that were free a
@@ -64,10 +65,16 @@ func freeAddrs(t *testing.T, n int) []string {
 // meantime) is retried once on new ports.
 func startCluster(t *testing.T, n int, extraArgs ...string) *cluster {
 	t.Helper()
+	return startClusterWith(t, n, nil, extraArgs...)
+}
+
+// startClusterWith is startCluster whose clients (node) have opts.
+func startClusterWith(t *testing.T, n int, opts []client.Option, extraArgs ...string) *cluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	c := &cluster{t: t, clients: map[string]*client.Client{}}
+	c := &cluster{t: t, clients: map[string]*client.Client{}, opts: opts}
 	t.Cleanup(func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -130,7 +137,7 @@ func (c *cluster) node(p *proc) *client.Client {
 	defer c.mu.Unlock()
 	cl, ok := c.clients[p.addr]
 	if !ok {
-		cl = client.New("it", []string{p.addr}, client.WithRetryWindow(0))
+		cl = client.New("it", []string{p.addr}, append([]client.Option{client.WithRetryWindow(0)}, c.opts...)...)
 		c.clients[p.addr] = cl
 	}
 	return cl

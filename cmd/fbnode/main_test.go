@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/forestbus/forestbus/internal/tlstest"
 )
 
 // TestNonsenseFlagsRefused: values the node used to replace quietly with a
@@ -90,4 +92,28 @@ func TestVersionFlag(t *testing.T) {
 	require.NoError(t, run([]string{"-version", "-data", data, "-listen", "127.0.0.1:0"}, &out))
 	assert.Regexp(t, `^fbnode \S+ .*go1\.\d+`, out.String())
 	assert.NoDirExists(t, data)
+}
+
+// TestTLSFlags: a TLS setup missing a piece is refused before anything
+// starts, naming the flag.
+func TestTLSFlags(t *testing.T) {
+	ca := tlstest.NewCA(t)
+	caFile, certFile, keyFile := ca.Write(t, t.TempDir(), "node", ca.Issue(t, "node"))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-tls-cert", certFile}, "-tls-key"},
+		{[]string{"-tls-key", keyFile}, "-tls-cert"},
+		{[]string{"-tls-ca", caFile}, "-tls-cert"},
+		{[]string{"-tls-client-auth", "-tls-cert", certFile, "-tls-key", keyFile}, "-tls-ca"},
+		{[]string{"-tls-cert", certFile, "-tls-key", keyFile, "-tls-ca", certFile + ".missing"}, "no such file"},
+		{[]string{"-tls-cert", keyFile, "-tls-key", keyFile}, "tls"},
+	} {
+		data := filepath.Join(t.TempDir(), "d")
+		err := run(append([]string{"-listen", "127.0.0.1:0", "-data", data}, tc.args...), io.Discard)
+		require.Error(t, err, "%v", tc.args)
+		assert.Contains(t, err.Error(), tc.want, "%v", tc.args)
+		assert.NoDirExists(t, data, "nothing started")
+	}
 }
