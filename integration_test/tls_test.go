@@ -52,6 +52,7 @@ func TestClusterTLS(t *testing.T) {
 	c.waitMembers(all, "n1", "n2", "n3", "n4")
 	last := send(50)
 	require.EqualValues(t, 150, last)
+	c.catchUp(c.procs[0], "default", last, 60*time.Second) // a follower's commit point trails
 	want := c.readAll(c.procs[0], "default", last)
 	for _, p := range all {
 		c.catchUp(p, "default", last, 60*time.Second)

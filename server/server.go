@@ -368,7 +368,7 @@ func (s *Server) open() error {
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
 	)
 	if cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+		opts = append(opts, grpc.Creds(&handshakeLog{TransportCredentials: credentials.NewTLS(cfg.TLS), log: s.log}))
 	}
 	s.grpc = grpc.NewServer(opts...)
 	forestbusv1.RegisterForestBusServiceServer(s.grpc, s.svc)

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/forestbus/forestbus/client"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
+	"github.com/forestbus/forestbus/internal/syncbuf"
 	"github.com/forestbus/forestbus/internal/tlstest"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/httpapi"
@@ -29,7 +31,10 @@ import (
 // one that trusts another authority get nothing.
 func TestTLSCluster(t *testing.T) {
 	ca := tlstest.NewCA(t)
-	c := servertest.NewCluster(t, 3, servertest.WithTLS(ca, ca.Issue(t, "node"), true))
+	var logs syncbuf.Buffer // every node's log
+	c := servertest.NewCluster(t, 3, servertest.WithTLS(ca, ca.Issue(t, "node"), true), servertest.WithConfig(func(cfg *server.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}))
 	c.WaitTopic("default")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -96,6 +101,7 @@ func TestTLSCluster(t *testing.T) {
 	got, _, err := cl.GetMessagesContext(ctx, "default", 1, 10, false)
 	require.NoError(t, err)
 	assert.Len(t, got, 3, "nothing from the refused clients")
+	assert.Contains(t, logs.String(), "TLS handshake failed", "the nodes say why they refused them")
 }
 
 // TestTLSConfigGoesTogether: a node that serves TLS must dial its peers

@@ -159,7 +159,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stderr, "fbctl: interrupted")
 		return exitInterrupted
 	default:
-		fmt.Fprintf(stderr, "fbctl: %s\n", explain(err))
+		fmt.Fprintf(stderr, "fbctl: %s%s\n", explain(err), tlsHint(err))
 		return exitError
 	}
 }
@@ -333,4 +333,19 @@ func (f *cmdFlags) deadline() (context.Context, context.CancelFunc) {
 		return context.WithCancel(f.a.ctx)
 	}
 	return context.WithTimeout(f.a.ctx, f.timeout)
+}
+
+// tlsHint says what a connection error means when the two sides disagree
+// on TLS; "" otherwise. The errors themselves name only the symptom.
+func tlsHint(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "server preface"):
+		return " (does the node serve TLS? give -tls-ca, and -tls-cert and -tls-key if it requires client certificates)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return " (the node serves plaintext: drop the -tls-* flags)"
+	case strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "broken pipe") && strings.Contains(msg, "tls"):
+		return " (the node requires a client certificate its -tls-ca signed: -tls-cert and -tls-key)"
+	}
+	return ""
 }

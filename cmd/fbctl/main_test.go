@@ -651,7 +651,17 @@ func TestTLS(t *testing.T) {
 	fbctl(t, conn, "", append(tlsFlags, "topic", "create", "tls-topic")...).ok(t) // global flags too
 	fbctl(t, conn, "", append([]string{"cluster", "status", "-check"}, tlsFlags...)...).ok(t)
 
-	r := fbctl(t, conn, "", "cluster", "status", "-check", "-timeout", "3s", "-node-timeout", "500ms")
+	// An admin call fbctl makes on its own connections (not a Client's):
+	// the node's answer, not a handshake failure.
+	r := fbctl(t, conn, "", append([]string{"node", "remove", "ghost", "-timeout", "5s"}, tlsFlags...)...)
+	assert.Equal(t, exitError, r.code)
+	assert.Contains(t, r.stderr, "ghost")
+	assert.NotContains(t, r.stderr, "TLS")
+
+	r = fbctl(t, conn, "", "topic", "list", "-timeout", "2s")
+	assert.NotZero(t, r.code, "plaintext: %s", r.stdout)
+	assert.Contains(t, r.stderr, "does the node serve TLS? give -tls-ca")
+	r = fbctl(t, conn, "", "cluster", "status", "-check", "-timeout", "3s", "-node-timeout", "500ms")
 	assert.NotZero(t, r.code, "plaintext: %s", r.stdout)
 	r = fbctl(t, conn, "", "topic", "list", "-tls-ca", caFile, "-tls-cert", certFile)
 	assert.Equal(t, exitUsage, r.code)

@@ -234,6 +234,17 @@ func run(args []string, stdout io.Writer) error {
 		if peerTLS, err = files.Client(); err != nil {
 			return err
 		}
+		hostAddr := *listen
+		if *advertise != "" {
+			hostAddr = *advertise
+		}
+		host := ""
+		if !unspecifiedHost(hostAddr) {
+			host, _, _ = net.SplitHostPort(hostAddr)
+		}
+		if err := files.CheckNode(host, *tlsClients); err != nil {
+			return err
+		}
 		peerCreds = credentials.NewTLS(peerTLS)
 	}
 	if *advertise == "" && !server.HasIdentity(*dataDir) && unspecifiedHost(*listen) {

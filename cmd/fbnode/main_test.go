@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"flag"
 	"io"
 	"net"
@@ -99,6 +100,9 @@ func TestVersionFlag(t *testing.T) {
 func TestTLSFlags(t *testing.T) {
 	ca := tlstest.NewCA(t)
 	caFile, certFile, keyFile := ca.Write(t, t.TempDir(), "node", ca.Issue(t, "node"))
+	_, serverCert, serverKey := ca.Write(t, t.TempDir(), "server-only", ca.IssueFor(t, "server-only", x509.ExtKeyUsageServerAuth))
+	other := tlstest.NewCA(t)
+	_, otherCert, otherKey := other.Write(t, t.TempDir(), "other", other.Issue(t, "other"))
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -109,6 +113,10 @@ func TestTLSFlags(t *testing.T) {
 		{[]string{"-tls-client-auth", "-tls-cert", certFile, "-tls-key", keyFile}, "-tls-ca"},
 		{[]string{"-tls-cert", certFile, "-tls-key", keyFile, "-tls-ca", certFile + ".missing"}, "no such file"},
 		{[]string{"-tls-cert", keyFile, "-tls-key", keyFile}, "tls"},
+		// The node's own certificate, checked as its peers will.
+		{[]string{"-tls-cert", otherCert, "-tls-key", otherKey, "-tls-ca", caFile}, "unknown authority"},
+		{[]string{"-tls-cert", certFile, "-tls-key", keyFile, "-tls-ca", caFile, "-advertise", "node.example:4000"}, "not node.example"},
+		{[]string{"-tls-cert", serverCert, "-tls-key", serverKey, "-tls-ca", caFile, "-tls-client-auth"}, "clientAuth"},
 	} {
 		data := filepath.Join(t.TempDir(), "d")
 		err := run(append([]string{"-listen", "127.0.0.1:0", "-data", data}, tc.args...), io.Discard)

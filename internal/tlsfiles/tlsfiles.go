@@ -93,3 +93,42 @@ func (f Files) Server(clientAuth bool) (*tls.Config, error) {
 	}
 	return c, nil
 }
+
+// CheckNode checks a node's own certificate before the node serves with
+// it, so that a mistake is told at start rather than as peers' handshake
+// failures: that it is valid now and chains to the authorities its peers
+// verify it against (CA, else the system's roots), that it names host
+// (the host peers and clients dial; "" skips this), and, with clientAuth,
+// that it may authenticate a client (the node presents it to its peers).
+func (f Files) CheckNode(host string, clientAuth bool) error {
+	certs, err := f.pair()
+	if err != nil || certs == nil {
+		return err
+	}
+	chain := certs[0].Certificate
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return fmt.Errorf("tls: %s: %w", f.Cert, err)
+	}
+	inter := x509.NewCertPool()
+	for _, der := range chain[1:] {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	roots, err := f.pool()
+	if err != nil {
+		return err
+	}
+	opts := x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: host, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	if _, err := leaf.Verify(opts); err != nil {
+		return fmt.Errorf("tls: the node's certificate %s does not verify as its peers will check it (against -tls-ca, for host %q): %w", f.Cert, host, err)
+	}
+	if clientAuth {
+		opts.DNSName, opts.KeyUsages = "", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		if _, err := leaf.Verify(opts); err != nil {
+			return fmt.Errorf("tls: with -tls-client-auth the node presents its certificate %s to its peers, which refuse it: %w (it needs the clientAuth extended key usage)", f.Cert, err)
+		}
+	}
+	return nil
+}

@@ -68,6 +68,12 @@ type Leaf struct {
 // for server and client authentication.
 func (ca *CA) Issue(t testing.TB, name string) *Leaf {
 	t.Helper()
+	return ca.IssueFor(t, name, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+}
+
+// IssueFor is Issue with only the extended key usages given.
+func (ca *CA) IssueFor(t testing.TB, name string, usages ...x509.ExtKeyUsage) *Leaf {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +88,7 @@ func (ca *CA) Issue(t testing.TB, name string) *Leaf {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  usages,
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 		DNSNames:     []string{"localhost"},
 	}
