@@ -83,8 +83,9 @@ type Client struct {
 	// random and non-zero, fixed for the Client's lifetime.
 	producerID uint64
 
-	unarySends bool // WithUnarySends: no Produce streams
-	private    bool // WithPrivateConnections: no connection shared (pool.go)
+	unarySends bool        // WithUnarySends: no Produce streams
+	private    bool        // WithPrivateConnections: no connection shared (pool.go)
+	tls        *tls.Config // WithTLS; shared connections are by target and config
 
 	mu sync.Mutex
 	// life ends at Close (endLife), and a new one begins: every call is
@@ -140,9 +141,10 @@ func WithRetryWindow(d time.Duration) Option {
 }
 
 // WithDialOptions adds gRPC dial options to every connection the Client
-// opens, after its own (insecure transport credentials, connection backoff
-// and message size limits), so they take precedence: e.g. TLS transport
-// credentials, a context dialer (bufconn) or interceptors.
+// opens, after its own (transport credentials: plaintext, or WithTLS's;
+// connection backoff and message size limits), so they take precedence:
+// e.g. other transport credentials, a context dialer (bufconn) or
+// interceptors.
 //
 // One exception: Subscribe sets its codec per call, since it reads each
 // stream response in place rather than as a decoded
@@ -158,9 +160,10 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // config's RootCAs verify them (the system's roots when nil), and its
 // Certificates are presented to nodes that require client certificates
 // (-tls-client-auth). The server name is each node's host unless config
-// sets one. Its connections are its own, as with WithDialOptions.
+// sets one. Clients given the same *tls.Config share their connections
+// (see Close); config must not change once given.
 func WithTLS(config *tls.Config) Option {
-	return WithDialOptions(grpc.WithTransportCredentials(credentials.NewTLS(config)))
+	return func(c *Client) { c.tls = config }
 }
 
 // WithPrivateConnections gives the Client connections of its own instead
@@ -407,7 +410,7 @@ func (c *Client) Close() {
 		ps.cancel()
 	}
 	for node, cc := range conns {
-		pooled, err := release(dialTarget(node), cc)
+		pooled, err := release(c.poolKey(node), cc)
 		if !pooled {
 			err = cc.Close()
 		}
@@ -426,8 +429,12 @@ func (c *Client) conn(node string) (*grpc.ClientConn, error) {
 		return cc, nil
 	}
 	target := dialTarget(node)
+	creds := insecure.NewCredentials()
+	if c.tls != nil {
+		creds = credentials.NewTLS(c.tls)
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{
 				BaseDelay:  100 * time.Millisecond,
@@ -452,7 +459,7 @@ func (c *Client) conn(node string) (*grpc.ClientConn, error) {
 		err error
 	)
 	if len(c.dialOpts) == 0 && !c.private {
-		cc, err = acquire(target, dial)
+		cc, err = acquire(c.poolKey(node), dial)
 	} else {
 		cc, err = dial()
 	}
@@ -488,6 +495,15 @@ func dialTarget(node string) string {
 	// Dial the address as given, as the original client's net.Dial did;
 	// this also lets custom dialers (bufconn) see the name.
 	return "passthrough:///" + node
+}
+
+// poolKey is the shared connections' key of node (pool.go): its target,
+// and the TLS configuration it is dialed with.
+func (c *Client) poolKey(node string) string {
+	if c.tls == nil {
+		return dialTarget(node)
+	}
+	return fmt.Sprintf("%s tls:%p", dialTarget(node), c.tls)
 }
 
 // outgoing adds the cluster ID to ctx's outgoing metadata.

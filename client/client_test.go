@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -920,6 +921,34 @@ func TestClientsShareConnections(t *testing.T) {
 	_, err = a.SendMessages("t", msgs, false)
 	require.NoError(t, err)
 	a.Close()
+}
+
+// TestTLSClientsShareConnections: Clients given the same TLS
+// configuration share their connection to a node; another configuration,
+// or none, gets another one; the last Close closes it.
+func TestTLSClientsShareConnections(t *testing.T) {
+	const node = "127.0.0.1:1" // no I/O: conn only makes the connection
+	cfg, other := &tls.Config{ServerName: "a"}, &tls.Config{ServerName: "a"}
+	a, b := New("", []string{node}, WithTLS(cfg)), New("", []string{node}, WithTLS(cfg))
+	c, plain := New("", []string{node}, WithTLS(other)), New("", []string{node})
+	defer c.Close()
+	defer plain.Close()
+	ca, err := a.conn(node)
+	require.NoError(t, err)
+	cb, err := b.conn(node)
+	require.NoError(t, err)
+	cc, err := c.conn(node)
+	require.NoError(t, err)
+	cp, err := plain.conn(node)
+	require.NoError(t, err)
+	assert.Same(t, ca, cb, "the same configuration: one connection")
+	assert.NotSame(t, ca, cc, "another configuration")
+	assert.NotSame(t, ca, cp, "plaintext")
+	a.Close()
+	assert.NotEqual(t, connectivity.Shutdown, cb.GetState(), "b still holds it")
+	b.Close()
+	assert.Equal(t, connectivity.Shutdown, cb.GetState(), "the last Close closes it")
+	assert.NotEqual(t, connectivity.Shutdown, cc.GetState())
 }
 
 // TestPoolSpreadsClients: a shared connection serves at most clientsPerConn
