@@ -499,11 +499,8 @@ func dialTarget(node string) string {
 
 // poolKey is the shared connections' key of node (pool.go): its target,
 // and the TLS configuration it is dialed with.
-func (c *Client) poolKey(node string) string {
-	if c.tls == nil {
-		return dialTarget(node)
-	}
-	return fmt.Sprintf("%s tls:%p", dialTarget(node), c.tls)
+func (c *Client) poolKey(node string) poolKey {
+	return poolKey{target: dialTarget(node), tls: c.tls}
 }
 
 // outgoing adds the cluster ID to ctx's outgoing metadata.

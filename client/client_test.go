@@ -955,11 +955,11 @@ func TestTLSClientsShareConnections(t *testing.T) {
 // Clients; the next one gets a connection of its own in the pool, and
 // releasing references closes only the connection whose last one went.
 func TestPoolSpreadsClients(t *testing.T) {
-	const target = "passthrough:///pool-test:1"
+	target := poolKey{target: "passthrough:///pool-test:1"}
 	dials := 0
 	dial := func() (*grpc.ClientConn, error) {
 		dials++
-		return grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		return grpc.NewClient(target.target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
 	var got []*grpc.ClientConn
 	for range clientsPerConn + 1 {

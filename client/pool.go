@@ -1,6 +1,7 @@
 package client
 
 import (
+	"crypto/tls"
 	"slices"
 	"sync"
 
@@ -24,8 +25,17 @@ const clientsPerConn = 32
 
 var pool = struct {
 	mu    sync.Mutex
-	conns map[string][]*pooledConn // dial target -> its connections
-}{conns: make(map[string][]*pooledConn)}
+	conns map[poolKey][]*pooledConn // dial target and TLS config -> its connections
+}{conns: make(map[poolKey][]*pooledConn)}
+
+// poolKey names the shared connections to a node: its dial target and the
+// TLS configuration they are dialed with (nil: plaintext). The pointer
+// keeps the configuration alive while the key is in use, so another one
+// cannot take its address.
+type poolKey struct {
+	target string
+	tls    *tls.Config
+}
 
 type pooledConn struct {
 	cc   *grpc.ClientConn
@@ -35,7 +45,7 @@ type pooledConn struct {
 // acquire returns a shared connection to target with room for one more
 // Client, dialling one with dial when there is none, and takes a reference
 // to it.
-func acquire(target string, dial func() (*grpc.ClientConn, error)) (*grpc.ClientConn, error) {
+func acquire(target poolKey, dial func() (*grpc.ClientConn, error)) (*grpc.ClientConn, error) {
 	pool.mu.Lock()
 	defer pool.mu.Unlock()
 	for _, p := range pool.conns[target] {
@@ -54,7 +64,7 @@ func acquire(target string, dial func() (*grpc.ClientConn, error)) (*grpc.Client
 
 // release drops a reference to cc, a connection from acquire, and closes it
 // when it was the last. It reports whether cc was pooled.
-func release(target string, cc *grpc.ClientConn) (pooled bool, err error) {
+func release(target poolKey, cc *grpc.ClientConn) (pooled bool, err error) {
 	pool.mu.Lock()
 	list := pool.conns[target]
 	i := slices.IndexFunc(list, func(p *pooledConn) bool { return p.cc == cc })

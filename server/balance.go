@@ -68,7 +68,8 @@ func (s *Server) balanceLeaders() {
 			return members[id] && s.engine.PeerLive(id) && !since.IsZero() &&
 				now.Sub(since) >= every && !now.Before(skipTil[id])
 		}
-		rctx, rcancel := context.WithTimeout(ctx, every)
+		// Room for the wait of awaitHandOffs, however short the interval.
+		rctx, rcancel := context.WithTimeout(ctx, max(every, (balanceAbortTicks+2)*s.cfg.TickInterval))
 		handed := s.registry.BalanceLeaders(rctx, balancePerRound, balanceMaxLag, ready)
 		if len(handed) > 0 {
 			n := s.awaitHandOffs(rctx, handed, skipTil)

@@ -133,7 +133,7 @@ func (s *Server) applyRefusalLocked() {
 	s.refusedNames = names
 	s.gate.closed.Store(len(names) > 0)
 	if s.engine != nil {
-		s.engine.StandAside(len(names) > 0)
+		s.engine.StandAside(len(names) > 0 || s.gate.stopping.Load()) // a stopping node stays aside
 	}
 	if len(names) > 0 {
 		select {

@@ -742,8 +742,10 @@ func (s *Server) Stop() error {
 			<-s.bg
 		}
 		s.health.Shutdown()
+		s.refusalMu.Lock() // applyRefusal sets StandAside too
 		s.gate.stopping.Store(true)
 		s.engine.StandAside(true) // its pings tell peers to hand it nothing
+		s.refusalMu.Unlock()
 		s.handOffLeadership(5 * time.Second)
 		s.svc.BeginShutdown()
 		// Let calls in flight finish while peers are still connected (a

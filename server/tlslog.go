@@ -1,9 +1,12 @@
 package server
 
 import (
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -28,7 +31,12 @@ type handshakeLog struct {
 
 func (h *handshakeLog) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, info, err := h.TransportCredentials.ServerHandshake(c)
-	if err != nil {
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET):
+		// Closed before a word: a TCP health check or a port scan.
+		h.log.Debug("TLS handshake: connection closed before it began", "from", c.RemoteAddr().String())
+	default:
 		h.note(c.RemoteAddr(), err)
 	}
 	return conn, info, err

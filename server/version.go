@@ -9,8 +9,9 @@ import (
 // BuildInfo names the running build: what operators compare across the
 // nodes of a cluster during a rolling upgrade.
 type BuildInfo struct {
-	// Version is the module version the binary was built at ("(devel)"
-	// for a build from a checkout).
+	// Version is the module version the binary was built at: a
+	// pseudo-version for a build from a git checkout, "(devel)" when the
+	// build recorded none.
 	Version string `json:"version"`
 	// Revision is the VCS commit the binary was built from ("" when the
 	// build did not record it, as in tests); Modified, whether the work

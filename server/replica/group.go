@@ -680,6 +680,9 @@ func (g *Group) TransferLeadership(ctx context.Context) error {
 				if id == self || pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate || slices.Contains(tried, id) {
 					continue // a stopped or lagging node cannot take over soon
 				}
+				if g.e.peerAside(id) {
+					continue // stopping or refused: it would ignore it (StandAside)
+				}
 				if to == 0 || pr.Match > best {
 					to, best = id, pr.Match
 				}

@@ -34,19 +34,20 @@ func (d *timeoutNowDropper) Send(group string, msgs []*raftpb.Message) {
 	d.Transport.Send(group, msgs)
 }
 
-// TestHandToAndAbort: HandTo hands a caught-up follower the leadership;
-// one that does not take it leaves the group dropping proposals until
-// AbortTransfer ends the hand-off (raft would wait an election timeout).
-func TestHandToAndAbort(t *testing.T) {
+// openHandCluster is a 3-node group "g" led by node 1 (index 0), with
+// 50 ms ticks (election timeout 500 ms); node 1's MsgTimeoutNow go through
+// the dropper it returns.
+func openHandCluster(t *testing.T) ([]*Engine, []*Group, *timeoutNowDropper) {
+	t.Helper()
 	hub := transport.NewHub()
 	ids := []uint64{1, 2, 3}
 	root := t.TempDir()
 	var dropper *timeoutNowDropper
-	groups := make([]*Group, 3)
+	engines, groups := make([]*Engine, 3), make([]*Group, 3)
 	for k := 2; k >= 0; k-- { // node 1, which campaigns, last (see openNoticeCluster)
 		id := ids[k]
-		cfg := Config{TickInterval: 50 * time.Millisecond} // election timeout 500 ms
-		e := startHubEngine(t, hub, id, ids, cfg, func(tr Transport) Transport {
+		cfg := Config{TickInterval: 50 * time.Millisecond}
+		engines[k] = startHubEngine(t, hub, id, ids, cfg, func(tr Transport) Transport {
 			if id != 1 {
 				return tr
 			}
@@ -55,13 +56,21 @@ func TestHandToAndAbort(t *testing.T) {
 		})
 		l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id)), commitlog.Options{})
 		require.NoError(t, err)
-		g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+		g, err := engines[k].AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
 		require.NoError(t, err)
 		groups[k] = g
 	}
 	require.Eventually(t, func() bool {
 		return groups[0].Leader() == 1 && groups[1].Leader() == 1 && groups[2].Leader() == 1
 	}, 10*time.Second, time.Millisecond)
+	return engines, groups, dropper
+}
+
+// TestHandToAndAbort: HandTo hands a caught-up follower the leadership;
+// one that does not take it leaves the group dropping proposals until
+// AbortTransfer ends the hand-off (raft would wait an election timeout).
+func TestHandToAndAbort(t *testing.T) {
+	_, groups, dropper := openHandCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	send := func() error {
@@ -104,4 +113,25 @@ func TestHandToAndAbort(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return groups[0].Leader() == 2 && groups[1].Leader() == 2
 	}, 10*time.Second, time.Millisecond, "node 2 took over")
+}
+
+// TestTransferSkipsPeersStandingAside: TransferLeadership hands off to no
+// voter whose pings say it stands aside (stopping or refused: it would
+// ignore the transfer, and the group would drop proposals meanwhile).
+func TestTransferSkipsPeersStandingAside(t *testing.T) {
+	engines, groups, _ := openHandCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := groups[0].Propose(ctx, [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	engines[1].StandAside(true)
+	engines[2].StandAside(true)
+	require.Eventually(t, func() bool { return engines[0].peerAside(2) && engines[0].peerAside(3) }, 10*time.Second, time.Millisecond, "their pings say so")
+	require.NoError(t, groups[0].TransferLeadership(ctx))
+	assert.Equal(t, uint64(1), groups[0].Leader(), "no voter to take it")
+
+	engines[2].StandAside(false)
+	require.Eventually(t, func() bool { return !engines[0].peerAside(3) }, 10*time.Second, time.Millisecond)
+	require.NoError(t, groups[0].TransferLeadership(ctx))
+	require.Eventually(t, func() bool { return groups[0].Leader() == 3 }, 10*time.Second, time.Millisecond, "the one that takes it")
 }

@@ -335,6 +335,13 @@ func (e *Engine) PeerReadySince(id uint64) time.Time {
 	return e.upSince[id]
 }
 
+// peerAside reports whether node id's last ping said it stands aside.
+func (e *Engine) peerAside(id uint64) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.aside[id]
+}
+
 // notePeerState records what a ping from node id says of it: its
 // incarnation (noteIncarnation) and whether it stands aside.
 func (e *Engine) notePeerState(id, inc uint64, aside bool) {
