@@ -59,11 +59,12 @@ type Server struct {
 	advertise string
 	lock      *os.File // the data directory's lock (lockDataDir)
 
-	refusalMu    sync.Mutex      // guards the two below, refused.json and health updates (refusal.go)
-	refusedBy    map[uint64]bool // peers refusing this node's streams (raft IDs)
-	refusedNames []string        // their names (applyRefusalLocked)
-	gate         *voteGate       // wraps the peer transport; closed while refused
-	shed         chan struct{}   // signals shedLeadership: a refusal began
+	refusalMu    sync.Mutex                       // guards the two below, refused.json and health updates (refusal.go)
+	refusedBy    map[uint64]bool                  // peers refusing this node's streams (raft IDs)
+	refusedNames []string                         // their names (applyRefusalLocked)
+	gate         *voteGate                        // wraps the peer transport; closed while refused
+	peerCreds    credentials.TransportCredentials // PeerCredentials
+	shed         chan struct{}                    // signals shedLeadership: a refusal began
 }
 
 // unlock releases the data directory's lock.
@@ -235,6 +236,10 @@ func (s *Server) open() error {
 		return err
 	}
 	s.gate = &voteGate{}
+	s.peerCreds = insecure.NewCredentials()
+	if cfg.PeerTLS != nil {
+		s.peerCreds = credentials.NewTLS(cfg.PeerTLS)
+	}
 	s.gate.closed.Store(len(s.refusedBy) > 0) // until the members are known (applyRefusal)
 	handler := &engineHandler{gate: s.gate}
 	var grpcTransport *transport.GRPC
@@ -249,7 +254,7 @@ func (s *Server) open() error {
 		}
 		grpcTransport = transport.New(transport.Config{
 			NodeID: id.RaftID, ClusterID: cfg.ClusterID, Handler: handler, Logger: cfg.Logger,
-			Credentials: s.PeerCredentials(),
+			Credentials: s.peerCreds,
 			Incarnation: uint64(id.Incarnation),
 			CheckPeer: func(from, inc uint64) error {
 				// Its data directory first: a removed node may still be a
@@ -298,7 +303,7 @@ func (s *Server) open() error {
 	s.engine.Start()
 
 	s.svc = api.New(api.Config{
-		PeerCredentials:   s.PeerCredentials(),
+		PeerCredentials:   s.peerCreds,
 		ClusterID:         cfg.ClusterID,
 		NodeName:          cfg.NodeName,
 		MaxMessageBytes:   cfg.MaxMessageBytes,
@@ -662,12 +667,7 @@ func (s *Server) Addr() string { return s.addr }
 
 // PeerCredentials are what the node dials other nodes with: TLS from
 // Config.PeerTLS, else plaintext.
-func (s *Server) PeerCredentials() credentials.TransportCredentials {
-	if s.cfg.PeerTLS != nil {
-		return credentials.NewTLS(s.cfg.PeerTLS)
-	}
-	return insecure.NewCredentials()
-}
+func (s *Server) PeerCredentials() credentials.TransportCredentials { return s.peerCreds }
 
 // NodeName is the node's name (Config.NodeName).
 func (s *Server) NodeName() string { return s.cfg.NodeName }

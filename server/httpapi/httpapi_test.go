@@ -580,6 +580,7 @@ func TestStatusShowsFailedTopic(t *testing.T) {
 	require.True(t, ok)
 	assert.True(t, st.Failed)
 	assert.Zero(t, st.LeaderID, "a fenced copy follows no leader")
+	assert.Zero(t, tp.Group.Leader(), "nor does its group say one: the node's own rounds skip it")
 	assert.False(t, st.IsLeader)
 	body, _ := get(t, ts.URL+"/status")
 	assert.Contains(t, body, "storage failed")

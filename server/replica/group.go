@@ -486,8 +486,17 @@ func (g *Group) Log() *commitlog.Log { return g.log }
 // ElectionTimeout is the engine's election timeout (ElectionTicks ticks).
 func (g *Group) ElectionTimeout() time.Duration { return g.e.electionTimeout }
 
-// Leader is the raft ID of the group's leader, 0 when unknown.
-func (g *Group) Leader() uint64 { return g.lead.Load() }
+// Leader is the raft ID of the group's leader, 0 when unknown, and 0 once
+// the group is fenced (Failed): it follows no leader any more and leads
+// nothing, though raft's last word may have named this node. (Status
+// pages showed two leaders, and the node's own rounds — retention,
+// membership, leader balancing, the hand-off at stop — took it for one.)
+func (g *Group) Leader() uint64 {
+	if g.failed.Load() {
+		return raft.None
+	}
+	return g.lead.Load()
+}
 
 // CutOff reports whether the group has known no leader for two election
 // timeouts: a node cut off from its peers (it loses its leader after an
@@ -677,11 +686,8 @@ func (g *Group) TransferLeadership(ctx context.Context) error {
 			st := g.rn.Status()
 			var best uint64
 			for id, pr := range st.Progress {
-				if id == self || pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate || slices.Contains(tried, id) {
-					continue // a stopped or lagging node cannot take over soon
-				}
-				if g.e.peerAside(id) {
-					continue // stopping or refused: it would ignore it (StandAside)
+				if id == self || slices.Contains(tried, id) || !g.mayTakeOver(id, pr) {
+					continue
 				}
 				if to == 0 || pr.Match > best {
 					to, best = id, pr.Match
@@ -725,7 +731,7 @@ func (g *Group) HandTo(ctx context.Context, to, maxLag uint64) (bool, error) {
 		}
 		st := g.rn.Status()
 		pr, ok := st.Progress[to]
-		if st.LeadTransferee != raft.None || !ok || pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate {
+		if st.LeadTransferee != raft.None || !ok || !g.mayTakeOver(to, pr) {
 			return nil
 		}
 		last, err := g.log.LastIndex()
@@ -738,6 +744,15 @@ func (g *Group) HandTo(ctx context.Context, to, maxLag uint64) (bool, error) {
 		return nil
 	})
 	return asked, err
+}
+
+// mayTakeOver reports whether voter id, whose progress on this leader is
+// pr, can take the leadership soon: a voter, active, being replicated to,
+// and not standing aside (stopping or refused: it would ignore the
+// transfer, StandAside). A stopped or lagging node cannot. Engine
+// goroutine only.
+func (g *Group) mayTakeOver(id uint64, pr tracker.Progress) bool {
+	return !pr.IsLearner && pr.RecentActive && pr.State == tracker.StateReplicate && !g.e.peerAside(id)
 }
 
 // AbortTransfer ends a leadership hand-off this node's raft still waits
@@ -1048,18 +1063,11 @@ type Details struct {
 
 // Details reports the group's IDs and leader.
 func (g *Group) Details() Details {
-	lead := g.lead.Load()
-	if g.failed.Load() {
-		// Fenced: it follows no leader any more, and leads nothing
-		// (status pages showed two leaders: the fenced one and the one
-		// the others elected).
-		lead = raft.None
-	}
 	return Details{
 		FirstID:  g.log.FirstID(),
 		LastID:   g.log.NextID() - 1,
 		CommitID: g.commitID.Load(),
-		Leader:   lead,
+		Leader:   g.Leader(),
 		Term:     g.term.Load(),
 	}
 }

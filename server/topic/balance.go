@@ -48,7 +48,7 @@ func (r *Registry) BalanceLeaders(ctx context.Context, limit int, maxLag uint64,
 			break
 		}
 		g := t.Group
-		if g == nil || g.Leader() != r.cfg.NodeID || g.Failed() {
+		if g == nil || g.Leader() != r.cfg.NodeID { // a fenced group leads nothing
 			continue
 		}
 		to := preferredLeader(t.created, g.ConfState().GetVoters())
