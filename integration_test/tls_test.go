@@ -2,8 +2,12 @@ package integration_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,4 +69,120 @@ func TestClusterTLS(t *testing.T) {
 	defer pcancel()
 	_, err := plain.SendMessagesContext(pctx, "default", [][]byte{[]byte("plain")}, true)
 	assert.Error(t, err, "a plaintext client")
+}
+
+// TestClusterTLSRotation: certificate files replaced under running fbnode
+// processes are served from the next handshake on, with no restart: a
+// new certificate from the same authority; a certificate no named
+// authority signs, which the nodes refuse and log while they go on with
+// the one they had; then a new authority beside the old and a certificate
+// it signed. A node killed and restarted after that is dialed by peers
+// that never restarted: they verify it against the authorities they read
+// again, and it catches up.
+func TestClusterTLSRotation(t *testing.T) {
+	ca1, ca2 := tlstest.NewCA(t), tlstest.NewCA(t)
+	dir := t.TempDir()
+	caFile, certFile, keyFile := ca1.Write(t, dir, "node", ca1.Issue(t, "node"))
+	tlsArgs := []string{"-tls-ca", caFile, "-tls-cert", certFile, "-tls-key", keyFile, "-tls-client-auth"}
+	// The test's clients trust both authorities from the start, to read
+	// from every node at every step; they present a ca1 certificate.
+	trustBoth := x509.NewCertPool()
+	trustBoth.AddCert(tlstest.Parse(t, ca1.PEM))
+	trustBoth.AddCert(tlstest.Parse(t, ca2.PEM))
+	clientLeaf := ca1.Issue(t, "client")
+	clientTLS := &tls.Config{RootCAs: trustBoth, Certificates: []tls.Certificate{clientLeaf.Cert}, MinVersion: tls.VersionTLS12}
+	opts := []client.Option{client.WithTLS(clientTLS)}
+	c := startClusterWith(t, 3, opts, tlsArgs...)
+	cl := client.New("it", c.addrs(), append(opts, client.WithRetryWindow(30*time.Second))...)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	var last int64
+	send := func(n int) {
+		for i := range n {
+			ids, err := cl.SendMessagesContext(ctx, "default", [][]byte{fmt.Appendf(nil, "m%d", i)}, true)
+			require.NoError(t, err)
+			last = ids[0]
+		}
+	}
+	// replace writes the files the way a certificate manager does: each
+	// whole, then renamed over the old.
+	replace := func(files map[string][]byte) {
+		for name, b := range files {
+			require.NoError(t, os.WriteFile(name+".new", b, 0o600))
+			require.NoError(t, os.Rename(name+".new", name))
+		}
+	}
+	// serving waits until every node serves want to a client with cfg.
+	serving := func(want *tlstest.Leaf, cfg *tls.Config) {
+		t.Helper()
+		wantCert := tlstest.Parse(t, want.CertPEM)
+		for _, p := range c.procs {
+			var got string
+			require.Eventually(t, func() bool {
+				conn, err := tls.Dial("tcp", p.addr, cfg)
+				if err != nil {
+					got = err.Error()
+					return false
+				}
+				defer conn.Close()
+				pc := conn.ConnectionState().PeerCertificates[0]
+				got = pc.Subject.CommonName + " " + pc.SerialNumber.String()
+				return pc.Equal(wantCert)
+			}, 20*time.Second, 50*time.Millisecond, "%s serves %s", p.name, got)
+		}
+	}
+	h2 := func(cfg *tls.Config) *tls.Config { cfg.NextProtos = []string{"h2"}; return cfg }
+	send(20)
+
+	// A new certificate from the same authority.
+	b := ca1.Issue(t, "node-b")
+	replace(map[string][]byte{keyFile: b.KeyPEM, certFile: b.CertPEM})
+	serving(b, h2(clientTLS.Clone()))
+	send(20)
+
+	// One no named authority signed: refused and logged, b goes on.
+	bad := ca2.Issue(t, "node-bad")
+	replace(map[string][]byte{keyFile: bad.KeyPEM, certFile: bad.CertPEM})
+	for _, p := range c.procs {
+		require.Eventually(t, func() bool {
+			// a handshake makes the node look at its files
+			if conn, err := tls.Dial("tcp", p.addr, h2(clientTLS.Clone())); err == nil {
+				conn.Close()
+			}
+			return strings.Contains(p.stderr.String(), "tls files changed: refused")
+		}, 20*time.Second, 100*time.Millisecond, "%s logs the refusal", p.name)
+	}
+	serving(b, h2(clientTLS.Clone()))
+	send(20)
+
+	// A new authority beside the old, and a certificate it signed.
+	cc := ca2.Issue(t, "node-c")
+	replace(map[string][]byte{caFile: append(append([]byte{}, ca1.PEM...), ca2.PEM...), keyFile: cc.KeyPEM, certFile: cc.CertPEM})
+	serving(cc, h2(clientTLS.Clone()))
+	_, err := tls.Dial("tcp", c.procs[0].addr, h2(ca1.ClientConfig(clientLeaf)))
+	require.Error(t, err, "a client that trusts only ca1 no longer verifies the node")
+	// ca2's clients are let in now.
+	ca2Client := h2(&tls.Config{RootCAs: trustBoth, Certificates: []tls.Certificate{ca2.Issue(t, "client2").Cert}, MinVersion: tls.VersionTLS12})
+	conn, err := tls.Dial("tcp", c.procs[0].addr, ca2Client)
+	require.NoError(t, err)
+	require.NoError(t, conn.Close())
+
+	// A restarted node: its peers dial it and verify its ca2 certificate
+	// with what they read again.
+	n3 := c.procs[2]
+	if c.leader("default", c.procs) == n3 {
+		n3 = c.procs[1]
+	}
+	n3.kill()
+	send(20)
+	n3.restart()
+	send(20)
+	require.EqualValues(t, 100, last)
+	c.catchUp(c.procs[0], "default", last, 60*time.Second)
+	want := c.readAll(c.procs[0], "default", last)
+	for _, p := range c.procs {
+		c.catchUp(p, "default", last, 60*time.Second)
+		assert.Equal(t, want, c.readAll(p, "default", last), "%s's copy", p.name)
+	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/forestbus/forestbus/server/api"
 	"github.com/forestbus/forestbus/server/topic"
@@ -197,6 +198,10 @@ type Config struct {
 	// checks): RootCAs to verify them, and its certificate when they
 	// require one. Both or neither; every node of a cluster alike.
 	TLS, PeerTLS *tls.Config
+	// PeerCredentials, when set, are what the node dials its peers with
+	// in place of PeerTLS: credentials that follow the node's files
+	// (fbnode's, tlsfiles.Node). Serving TLS takes PeerTLS or these.
+	PeerCredentials credentials.TransportCredentials
 
 	// GRPCOptions are added early to the gRPC server's options (e.g. the
 	// Prometheus interceptors of server/httpapi), so their interceptors
@@ -343,8 +348,11 @@ func (c *Config) validate() error {
 	if c.RetentionInterval <= 0 {
 		c.RetentionInterval = 30 * time.Second
 	}
-	if (c.TLS == nil) != (c.PeerTLS == nil) {
-		return errors.New("server: TLS and PeerTLS go together: a node that serves TLS dials its peers, which serve it too, with TLS")
+	if (c.TLS == nil) != (c.PeerTLS == nil && c.PeerCredentials == nil) {
+		return errors.New("server: TLS and PeerTLS (or PeerCredentials) go together: a node that serves TLS dials its peers, which serve it too, with TLS")
+	}
+	if c.PeerTLS != nil && c.PeerCredentials != nil {
+		return errors.New("server: PeerTLS or PeerCredentials, not both")
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = 100 * time.Millisecond // as replica.Config's

@@ -236,9 +236,13 @@ func (s *Server) open() error {
 		return err
 	}
 	s.gate = &voteGate{}
-	s.peerCreds = insecure.NewCredentials()
-	if cfg.PeerTLS != nil {
+	switch {
+	case cfg.PeerCredentials != nil:
+		s.peerCreds = cfg.PeerCredentials
+	case cfg.PeerTLS != nil:
 		s.peerCreds = credentials.NewTLS(cfg.PeerTLS)
+	default:
+		s.peerCreds = insecure.NewCredentials()
 	}
 	s.gate.closed.Store(len(s.refusedBy) > 0) // until the members are known (applyRefusal)
 	handler := &engineHandler{gate: s.gate}
@@ -665,8 +669,8 @@ func sameListener(member, listen string) bool {
 // Addr is the address the node listens on.
 func (s *Server) Addr() string { return s.addr }
 
-// PeerCredentials are what the node dials other nodes with: TLS from
-// Config.PeerTLS, else plaintext.
+// PeerCredentials are what the node dials other nodes with:
+// Config.PeerCredentials, TLS from Config.PeerTLS, else plaintext.
 func (s *Server) PeerCredentials() credentials.TransportCredentials { return s.peerCreds }
 
 // NodeName is the node's name (Config.NodeName).

@@ -181,9 +181,9 @@ func run(args []string, stdout io.Writer) error {
 		ioURing    = fs.Bool("io-uring", true, "make fdatasync through io_uring where the kernel allows it, so that a sync holds no runtime thread (false: plain system calls)")
 		gcPercent  = fs.Int("gc-percent", defaultGCPercent, "Go GC target (as GOGC): the heap grows to (1+N/100) x the live heap between collections; higher trades memory for CPU; negative turns the collector off. A GOGC environment variable wins")
 		version    = fs.Bool("version", false, "print the build (version, commit, Go version) and exit")
-		tlsCert    = fs.String("tls-cert", "", "serve TLS with this PEM certificate (chain) `file`, also presented to peers that require client certificates; every node of a cluster alike (restart to rotate it)")
+		tlsCert    = fs.String("tls-cert", "", "serve TLS with this PEM certificate (chain) `file`, also presented to peers that require client certificates; every node of a cluster alike. Replaced files are read again at the next handshake, a second later at most, and checked first")
 		tlsKey     = fs.String("tls-key", "", "the private key `file` (PEM) of -tls-cert")
-		tlsCA      = fs.String("tls-ca", "", "PEM `file` of the authorities that sign the nodes' certificates, to verify peers (default: the system's roots); with -tls-client-auth, clients' too")
+		tlsCA      = fs.String("tls-ca", "", "PEM `file` of the authorities that sign the nodes' certificates, to verify peers (default: the system's roots); with -tls-client-auth, clients' too. Read again when it changes, as -tls-cert")
 		tlsClients = fs.Bool("tls-client-auth", false, "require every client and peer to present a certificate signed by -tls-ca")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -224,29 +224,6 @@ func run(args []string, stdout io.Writer) error {
 			return fmt.Errorf("-%s %s: want %s", c.flag, fs.Lookup(c.flag).Value, c.want)
 		}
 	}
-	var serverTLS, peerTLS *tls.Config
-	peerCreds := insecure.NewCredentials()
-	if files := (tlsfiles.Files{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}); files.Set() || *tlsClients {
-		var err error
-		if serverTLS, err = files.Server(*tlsClients); err != nil {
-			return err
-		}
-		if peerTLS, err = files.Client(); err != nil {
-			return err
-		}
-		hostAddr := *listen
-		if *advertise != "" {
-			hostAddr = *advertise
-		}
-		host := ""
-		if !unspecifiedHost(hostAddr) {
-			host, _, _ = net.SplitHostPort(hostAddr)
-		}
-		if err := files.CheckNode(host, *tlsClients); err != nil {
-			return err
-		}
-		peerCreds = credentials.NewTLS(peerTLS)
-	}
 	if *advertise == "" && !server.HasIdentity(*dataDir) && unspecifiedHost(*listen) {
 		// The node records the address it advertises as its member
 		// address, for peers and clients, and no call changes it later.
@@ -267,6 +244,33 @@ func run(args []string, stdout io.Writer) error {
 		return fmt.Errorf("-log-format %q: want text or json", *logFormat)
 	}
 	logger := slog.New(h)
+	var serverTLS *tls.Config
+	var peerTLS credentials.TransportCredentials // nil: plaintext
+	peerCreds := insecure.NewCredentials()
+	if files := (tlsfiles.Files{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}); files.Set() || *tlsClients {
+		hostAddr := *listen
+		if *advertise != "" {
+			hostAddr = *advertise
+		}
+		host := ""
+		if !unspecifiedHost(hostAddr) {
+			host, _, _ = net.SplitHostPort(hostAddr)
+		}
+		// The files are read again when they change (a second after, at
+		// the next handshake), and checked as here before they are used.
+		node, err := files.Node(host, *tlsClients, func(err error) {
+			if err != nil {
+				logger.Error("tls files changed: refused, the node goes on with the ones it had", "err", err)
+				return
+			}
+			logger.Info("tls files changed: in use from now on", "cert", *tlsCert, "ca", *tlsCA)
+		})
+		if err != nil {
+			return err
+		}
+		serverTLS, peerTLS = node.Server(), node.PeerCredentials()
+		peerCreds = peerTLS
+	}
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
 	}
@@ -357,7 +361,7 @@ func run(args []string, stdout io.Writer) error {
 		RetentionInterval:     *retEvery,
 		LeaderBalanceInterval: balanceEvery,
 		TLS:                   serverTLS,
-		PeerTLS:               peerTLS,
+		PeerCredentials:       peerTLS,
 		DefaultTopic:          *topic,
 		Logger:                logger,
 	})

@@ -3,6 +3,7 @@
 package tlsfiles
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -25,44 +26,89 @@ type Files struct {
 // Set reports whether any file is named.
 func (f Files) Set() bool { return f.CA != "" || f.Cert != "" || f.Key != "" }
 
-func (f Files) pair() ([]tls.Certificate, error) {
+// contents is what the files held when read: CA, Cert and Key, nil for a
+// file not named.
+type contents [3][]byte
+
+func (c contents) equal(o contents) bool {
+	for i := range c {
+		if !bytes.Equal(c[i], o[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// read reads the files named, each once.
+func (f Files) read() (contents, error) {
+	var c contents
+	for i, name := range [3]string{f.CA, f.Cert, f.Key} {
+		if name == "" {
+			continue
+		}
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return c, fmt.Errorf("tls: %w", err)
+		}
+		c[i] = b
+	}
+	return c, nil
+}
+
+// pair parses the certificate and key read (none when neither is named).
+func (f Files) pair(c contents) ([]tls.Certificate, error) {
 	switch {
 	case f.Cert == "" && f.Key == "":
 		return nil, nil
 	case f.Cert == "" || f.Key == "":
 		return nil, errors.New("tls: a certificate and its key go together (-tls-cert and -tls-key)")
 	}
-	c, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	pair, err := tls.X509KeyPair(c[1], c[2])
 	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+		return nil, fmt.Errorf("tls: %s and %s: %w", f.Cert, f.Key, err)
 	}
-	return []tls.Certificate{c}, nil
+	return []tls.Certificate{pair}, nil
 }
 
-func (f Files) pool() (*x509.CertPool, error) {
+// pool parses the authorities read (nil, the system's roots, when CA is
+// not named).
+func (f Files) pool(c contents) (*x509.CertPool, error) {
 	if f.CA == "" {
 		return nil, nil
 	}
-	b, err := os.ReadFile(f.CA)
-	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
-	}
 	p := x509.NewCertPool()
-	if !p.AppendCertsFromPEM(b) {
+	if !p.AppendCertsFromPEM(c[0]) {
 		return nil, fmt.Errorf("tls: %s holds no PEM certificate", f.CA)
 	}
 	return p, nil
+}
+
+// parse reads the files and parses the certificate and the authorities.
+func (f Files) parse() ([]tls.Certificate, *x509.CertPool, error) {
+	c, err := f.read()
+	if err != nil {
+		return nil, nil, err
+	}
+	return f.parsed(c)
+}
+
+func (f Files) parsed(c contents) ([]tls.Certificate, *x509.CertPool, error) {
+	certs, err := f.pair(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := f.pool(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return certs, pool, nil
 }
 
 // Client is the configuration of a side that dials: it verifies servers
 // against CA (the system's roots without one) and presents Cert when one
 // is given.
 func (f Files) Client() (*tls.Config, error) {
-	certs, err := f.pair()
-	if err != nil {
-		return nil, err
-	}
-	pool, err := f.pool()
+	certs, pool, err := f.parse()
 	if err != nil {
 		return nil, err
 	}
@@ -73,19 +119,20 @@ func (f Files) Client() (*tls.Config, error) {
 // clientAuth it requires every client (and peer) to present a
 // certificate CA signed.
 func (f Files) Server(clientAuth bool) (*tls.Config, error) {
-	certs, err := f.pair()
+	certs, pool, err := f.parse()
 	if err != nil {
 		return nil, err
 	}
+	return server(certs, pool, clientAuth)
+}
+
+// server is Server on the certificate and authorities read.
+func server(certs []tls.Certificate, pool *x509.CertPool, clientAuth bool) (*tls.Config, error) {
 	if certs == nil {
 		return nil, errors.New("tls: serving TLS needs the node's certificate and key (-tls-cert and -tls-key)")
 	}
 	c := &tls.Config{Certificates: certs, MinVersion: tls.VersionTLS12}
 	if clientAuth {
-		pool, err := f.pool()
-		if err != nil {
-			return nil, err
-		}
 		if pool == nil {
 			return nil, errors.New("tls: requiring client certificates needs the authority that signs them (-tls-ca)")
 		}
@@ -101,11 +148,16 @@ func (f Files) Server(clientAuth bool) (*tls.Config, error) {
 // (the host peers and clients dial; "" skips this), and, with clientAuth,
 // that it may authenticate a client (the node presents it to its peers).
 func (f Files) CheckNode(host string, clientAuth bool) error {
-	certs, err := f.pair()
+	certs, roots, err := f.parse()
 	if err != nil || certs == nil {
 		return err
 	}
-	chain := certs[0].Certificate
+	return f.checkNode(certs[0], roots, host, clientAuth)
+}
+
+// checkNode is CheckNode on the certificate and authorities read.
+func (f Files) checkNode(cert tls.Certificate, roots *x509.CertPool, host string, clientAuth bool) error {
+	chain := cert.Certificate
 	leaf, err := x509.ParseCertificate(chain[0])
 	if err != nil {
 		return fmt.Errorf("tls: %s: %w", f.Cert, err)
@@ -115,10 +167,6 @@ func (f Files) CheckNode(host string, clientAuth bool) error {
 		if c, err := x509.ParseCertificate(der); err == nil {
 			inter.AddCert(c)
 		}
-	}
-	roots, err := f.pool()
-	if err != nil {
-		return err
 	}
 	opts := x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: host, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	if _, err := leaf.Verify(opts); err != nil {

@@ -144,3 +144,17 @@ func (ca *CA) ClientConfig(l *Leaf) *tls.Config {
 	}
 	return c
 }
+
+// Parse parses the first certificate of a PEM block.
+func Parse(t testing.TB, pemBytes []byte) *x509.Certificate {
+	t.Helper()
+	b, _ := pem.Decode(pemBytes)
+	if b == nil {
+		t.Fatal("tlstest: no PEM block")
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

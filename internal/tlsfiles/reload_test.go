@@ -1,0 +1,185 @@
+package tlsfiles_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/forestbus/forestbus/internal/tlsfiles"
+	"github.com/forestbus/forestbus/internal/tlstest"
+)
+
+// reports collects what a Node reports.
+type reports struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *reports) add(err error) {
+	r.mu.Lock()
+	r.errs = append(r.errs, err)
+	r.mu.Unlock()
+}
+
+func (r *reports) take() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.errs
+	r.errs = nil
+	return e
+}
+
+func write(t *testing.T, name string, b []byte) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(name, b, 0o600))
+}
+
+// serve accepts TLS connections with cfg until the test ends, completing
+// each handshake; the certificates clients presented go to seen.
+func serve(t *testing.T, cfg *tls.Config) (addr string, seen <-chan *x509.Certificate) {
+	t.Helper()
+	cfg.NextProtos = []string{"h2"} // grpc's client requires it
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan *x509.Certificate, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tc := c.(*tls.Conn)
+			if tc.Handshake() == nil {
+				if pc := tc.ConnectionState().PeerCertificates; len(pc) > 0 {
+					ch <- pc[0]
+				}
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().String(), ch
+}
+
+// served is the certificate a server presents to a client with cfg.
+func served(t *testing.T, addr string, cfg *tls.Config) *x509.Certificate {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, cfg)
+	require.NoError(t, err)
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0]
+}
+
+func leafOf(t *testing.T, l *tlstest.Leaf) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(l.Cert.Certificate[0])
+	require.NoError(t, err)
+	return c
+}
+
+// TestNodeFollowsItsFiles: a node's certificate, key and authorities
+// replaced on disk are used from the next handshake on, as server and as
+// client; a change that does not check out is refused once and the node
+// goes on with what it had.
+func TestNodeFollowsItsFiles(t *testing.T) {
+	ca1 := tlstest.NewCA(t)
+	dir := t.TempDir()
+	a := ca1.Issue(t, "node")
+	caFile, certFile, keyFile := ca1.Write(t, dir, "node", a)
+	var rep reports
+	n, err := tlsfiles.Files{CA: caFile, Cert: certFile, Key: keyFile}.Node("127.0.0.1", true, rep.add)
+	require.NoError(t, err)
+	n.SetRecheck(0)
+	peer := n.PeerCredentials() // made once, as a node makes them
+
+	addr, _ := serve(t, n.Server())
+	client := ca1.Issue(t, "client")
+	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, a)))
+
+	// A new certificate and key.
+	b := ca1.Issue(t, "node")
+	write(t, certFile, b.CertPEM)
+	write(t, keyFile, b.KeyPEM)
+	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, b)))
+	assert.Equal(t, []error{nil}, rep.take())
+
+	// The certificate written before its key: refused, reported once.
+	c := ca1.Issue(t, "node")
+	write(t, certFile, c.CertPEM)
+	for range 3 {
+		assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, b)))
+	}
+	errs := rep.take()
+	require.Len(t, errs, 1)
+	assert.ErrorContains(t, errs[0], "private key does not match")
+	write(t, keyFile, c.KeyPEM)
+	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, c)))
+	assert.Equal(t, []error{nil}, rep.take())
+
+	// A certificate its authorities do not sign: refused.
+	ca2 := tlstest.NewCA(t)
+	d := ca2.Issue(t, "node")
+	write(t, certFile, d.CertPEM)
+	write(t, keyFile, d.KeyPEM)
+	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, c)))
+	errs = rep.take()
+	require.Len(t, errs, 1)
+	assert.ErrorContains(t, errs[0], "unknown authority")
+
+	// The peer side, before the authorities change: a server ca2 signed
+	// is refused, and ca2's clients are too.
+	peerAddr, peerSaw := serve(t, ca2.ServerConfig(ca2.Issue(t, "peer"), true))
+	err = dialPeer(t, peer, peerAddr)
+	var unknown x509.UnknownAuthorityError
+	assert.True(t, errors.As(err, &unknown), "%v", err)
+	client2 := ca2.Issue(t, "client")
+	_, err = tls.Dial("tcp", addr, ca2.ClientConfig(client2))
+	assert.Error(t, err, "a server signed by ca1 is refused by ca2's client")
+
+	// Both authorities: d is taken, ca2's clients are let in, and the
+	// node's client certificate is d.
+	write(t, caFile, append(append([]byte{}, ca1.PEM...), ca2.PEM...))
+	cfg2 := ca2.ClientConfig(client2)
+	assert.True(t, served(t, addr, cfg2).Equal(leafOf(t, d)))
+	assert.Equal(t, []error{nil}, rep.take())
+	require.NoError(t, dialPeer(t, peer, peerAddr))
+	assert.True(t, (<-peerSaw).Equal(leafOf(t, d)), "the node presents its new certificate to peers")
+}
+
+// dialPeer makes a TLS connection to addr with a node's peer credentials.
+func dialPeer(t *testing.T, creds credentials.TransportCredentials, addr string) error {
+	t.Helper()
+	raw, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer raw.Close()
+	conn, _, err := creds.ClientHandshake(context.Background(), addr, raw)
+	if err == nil {
+		conn.Close()
+	}
+	return err
+}
+
+// TestNodeRefusesBadFilesAtStart: the first reading is checked as
+// CheckNode checks it.
+func TestNodeRefusesBadFilesAtStart(t *testing.T) {
+	ca := tlstest.NewCA(t)
+	other := tlstest.NewCA(t)
+	dir := t.TempDir()
+	caFile, _, _ := ca.Write(t, dir, "node", ca.Issue(t, "node"))
+	_, certFile, keyFile := other.Write(t, t.TempDir(), "other", other.Issue(t, "other"))
+	_, err := tlsfiles.Files{CA: caFile, Cert: certFile, Key: keyFile}.Node("127.0.0.1", false, nil)
+	assert.ErrorContains(t, err, "unknown authority")
+	_, err = tlsfiles.Files{CA: caFile, Cert: certFile + ".missing", Key: keyFile}.Node("127.0.0.1", false, nil)
+	assert.ErrorContains(t, err, "no such file")
+	_, err = tlsfiles.Files{CA: caFile}.Node("127.0.0.1", false, nil)
+	assert.ErrorContains(t, err, "-tls-cert")
+}
