@@ -192,6 +192,12 @@ type Group struct {
 	// entry of its term (onLead is owed). Engine goroutine only.
 	leadPending bool
 
+	// held are proposals waiting out a leadership hand-off or an
+	// election (holdProposals), the first since heldSince. Engine
+	// goroutine only.
+	held      []*proposal
+	heldSince time.Time
+
 	// Queued work, guarded by inboxMu.
 	inboxMu    sync.Mutex
 	inProps    []*proposal
@@ -1074,6 +1080,35 @@ func (g *Group) Details() Details {
 
 // --- engine goroutine only below ---
 
+// holdProposals reports whether the proposals at hand wait rather than be
+// answered now, by raft's state st: while this leader hands its leadership over (raft drops
+// proposals then, and the producer would retry after its backoff), and
+// while this follower knows no leader (as during the hand-off's
+// election). Once the new leader is known they get its name
+// (NotLeaderError, which the API forwards to it at once), or, if the
+// hand-off was called off, go to raft. A wait lasts an election timeout
+// and two ticks at most (raft's own bound on a hand-off); then they are
+// answered as before (ErrProposalDropped, ErrNoLeader). The group is
+// looked at again when its leadership changes and at every tick while
+// some are held.
+func (g *Group) holdProposals(st raft.BasicStatus) bool {
+	var wait bool
+	switch {
+	case g.fenced != nil:
+	case st.RaftState == raft.StateLeader:
+		wait = st.LeadTransferee != raft.None
+	default:
+		wait = st.Lead == raft.None
+	}
+	if !wait {
+		return false
+	}
+	if g.heldSince.IsZero() {
+		g.heldSince = time.Now()
+	}
+	return time.Since(g.heldSince) < g.e.electionTimeout+2*g.e.cfg.TickInterval
+}
+
 func (g *Group) drainInbox() {
 	g.inboxMu.Lock()
 	props, msgs, reports, ops := g.inProps, g.inMsgs, g.inReports, g.inOps
@@ -1130,19 +1165,40 @@ func (g *Group) drainInbox() {
 	}
 	// All queued proposals go to raft as one MsgProp: one append, one
 	// MsgApp per follower.
+	if len(g.held) > 0 {
+		props = append(g.held, props...) // the held first: they came first
+		g.held = nil
+	}
+	// raft's state now: the messages just stepped may have changed it
+	// since the last Ready (g.isLeader, g.lead).
+	var st raft.BasicStatus
+	if len(props) > 0 && g.fenced == nil {
+		st = g.rn.BasicStatus()
+	}
+	hold := len(props) > 0 && g.holdProposals(st)
 	ents := g.props[:0]
 	for i, p := range props {
 		switch {
 		case g.fenced != nil:
 			p.reply(Result{Err: ErrStorageFailed})
 			props[i] = nil
-		case !g.isLeader:
-			p.reply(Result{Err: g.checkLeader()})
+		case hold:
+			g.held = append(g.held, p)
+			props[i] = nil
+		case st.RaftState != raft.StateLeader:
+			var err error = ErrNoLeader
+			if st.Lead != raft.None {
+				err = &NotLeaderError{Leader: st.Lead}
+			}
+			p.reply(Result{Err: err})
 			props[i] = nil
 		default:
 			g.waiters[p.tag] = p
 			ents = append(ents, &raftpb.Entry{Data: p.data})
 		}
+	}
+	if len(g.held) == 0 {
+		g.heldSince = time.Time{} // the next wait starts its own clock
 	}
 	if len(ents) > 0 {
 		err := g.rn.Step(&raftpb.Message{
@@ -1294,6 +1350,9 @@ func (g *Group) persist() bool {
 		}
 		if g.isLeader && !leader {
 			g.lost = true // waiters fail after this Ready's commits are answered
+		}
+		if len(g.held) > 0 {
+			g.e.markBusy(g) // the held proposals: answer or propose them
 		}
 		if leader != g.isLeader {
 			g.leadPending = leader && g.onLead != nil
@@ -1829,7 +1888,8 @@ func (g *Group) stop(err error) bool {
 		return false
 	}
 	g.closed = true
-	props := g.inProps
+	props := append(g.held, g.inProps...)
+	g.held = nil
 	g.inProps = nil
 	g.inOps = nil // their callers wait on g.stopped
 	g.inboxMu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,19 +20,47 @@ import (
 )
 
 // timeoutNowDropper drops the MsgTimeoutNow its node sends while drop is
-// set: a hand-off target that does not take over (as one standing aside).
+// set (a hand-off target that does not take over, as one standing aside),
+// and keeps them while hold is set, until release.
 type timeoutNowDropper struct {
 	Transport
-	drop atomic.Bool
+	drop, hold atomic.Bool
+	mu         sync.Mutex
+	kept       []*raftpb.Message
 }
 
 func (d *timeoutNowDropper) Send(group string, msgs []*raftpb.Message) {
-	if d.drop.Load() {
+	if drop, hold := d.drop.Load(), d.hold.Load(); drop || hold {
 		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m *raftpb.Message) bool {
-			return m.GetType() == raftpb.MessageType_MsgTimeoutNow
+			if m.GetType() != raftpb.MessageType_MsgTimeoutNow {
+				return false
+			}
+			if hold {
+				d.mu.Lock()
+				d.kept = append(d.kept, m)
+				d.mu.Unlock()
+			}
+			return true
 		})
 	}
 	d.Transport.Send(group, msgs)
+}
+
+// release sends group's kept MsgTimeoutNow and stops keeping them.
+func (d *timeoutNowDropper) release(group string) {
+	d.hold.Store(false)
+	d.mu.Lock()
+	kept := d.kept
+	d.kept = nil
+	d.mu.Unlock()
+	d.Transport.Send(group, kept)
+}
+
+// heldProposals is how many proposals g holds (holdProposals).
+func heldProposals(ctx context.Context, g *Group) int {
+	var n int
+	_ = g.do(ctx, func() error { n = len(g.held); return nil })
+	return n
 }
 
 // openHandCluster is a 3-node group "g" led by node 1 (index 0), with
@@ -66,9 +95,12 @@ func openHandCluster(t *testing.T) ([]*Engine, []*Group, *timeoutNowDropper) {
 	return engines, groups, dropper
 }
 
-// TestHandToAndAbort: HandTo hands a caught-up follower the leadership;
-// one that does not take it leaves the group dropping proposals until
-// AbortTransfer ends the hand-off (raft would wait an election timeout).
+// TestHandToAndAbort: HandTo hands a caught-up follower the leadership.
+// A proposal made during a hand-off waits for its outcome instead of being
+// dropped (raft drops proposals then): one the target did not take is
+// called off by AbortTransfer (raft would wait an election timeout) and
+// the proposal goes to raft; one the target took answers the proposal
+// with the new leader (NotLeaderError, which the API forwards).
 func TestHandToAndAbort(t *testing.T) {
 	_, groups, dropper := openHandCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -76,6 +108,11 @@ func TestHandToAndAbort(t *testing.T) {
 	send := func() error {
 		_, err := groups[0].Propose(ctx, [][]byte{[]byte("m")}, true)
 		return err
+	}
+	sendLater := func() <-chan error {
+		ch := make(chan error, 1)
+		go func() { ch <- send() }()
+		return ch
 	}
 	require.NoError(t, send())
 	// Caught up and replicating: raft's view of the followers settles
@@ -96,10 +133,13 @@ func TestHandToAndAbort(t *testing.T) {
 	asked, err = groups[0].HandTo(ctx, 3, 64)
 	require.NoError(t, err)
 	assert.False(t, asked, "one hand-off at a time")
-	assert.ErrorIs(t, send(), ErrProposalDropped, "raft drops proposals while it hands off")
+	res := sendLater()
+	require.Eventually(t, func() bool { return heldProposals(ctx, groups[0]) == 1 }, 10*time.Second, time.Millisecond,
+		"the proposal waits for the hand-off's outcome")
 	aborted, err := groups[0].AbortTransfer(ctx)
 	require.NoError(t, err)
 	require.True(t, aborted)
+	require.NoError(t, <-res, "the hand-off called off, the proposal goes to raft")
 	require.NoError(t, send(), "the group takes proposals again at once")
 	assert.Equal(t, uint64(1), groups[0].Leader())
 	aborted, err = groups[0].AbortTransfer(ctx)
@@ -107,9 +147,16 @@ func TestHandToAndAbort(t *testing.T) {
 	assert.False(t, aborted, "nothing left to abort")
 
 	dropper.drop.Store(false)
+	dropper.hold.Store(true)
 	asked, err = groups[0].HandTo(ctx, 2, 64)
 	require.NoError(t, err)
 	require.True(t, asked)
+	res = sendLater()
+	require.Eventually(t, func() bool { return heldProposals(ctx, groups[0]) == 1 }, 10*time.Second, time.Millisecond)
+	dropper.release("g")
+	var nl *NotLeaderError
+	require.ErrorAs(t, <-res, &nl, "answered with the new leader")
+	assert.Equal(t, uint64(2), nl.Leader)
 	require.Eventually(t, func() bool {
 		return groups[0].Leader() == 2 && groups[1].Leader() == 2
 	}, 10*time.Second, time.Millisecond, "node 2 took over")

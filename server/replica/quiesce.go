@@ -440,6 +440,9 @@ const hardStateTicks = 10
 // ticked (more than 1 while every group is quiesced). It reports whether
 // the group may have a Ready. Engine goroutine only.
 func (g *Group) tick(elapsed int) bool {
+	if len(g.held) > 0 {
+		g.e.markBusy(g) // a hand-off raft called off, or the wait's end (holdProposals)
+	}
 	// A commit point the log kept in memory reaches its file within
 	// hardStateTicks (see commitlog.Log.SetHardState), so a node killed
 	// then restarts from at most that far behind, also on a topic that
