@@ -58,6 +58,13 @@
 #                        BENCH_BASELINE too (its client library), so that a
 #                        change to the client shows in the ratios; by
 #                        default both clusters get the current fbbench (0)
+#   BENCH_TLS            1: this build's clusters serve TLS with client
+#                        certificates required (fbnode -tls-*, certificates
+#                        made with openssl under the results directory), and
+#                        fbbench talks TLS to them (0)
+#   BENCH_BASELINE_TLS   the same for the baseline's clusters (default:
+#                        BENCH_TLS); BENCH_BASELINE=HEAD BENCH_TLS=1
+#                        BENCH_BASELINE_TLS=0 measures what TLS costs
 #   BENCH_ARGS           extra fbbench flags, e.g. "-size 1000 -shared-client"
 #   BENCH_OUT            output directory (bench-results); results go to
 #                        $BENCH_OUT/<UTC stamp>/
@@ -81,6 +88,8 @@ BENCH_SCALE_DURATION=${BENCH_SCALE_DURATION:-5s}
 BENCH_SCALE_PRODUCERS=${BENCH_SCALE_PRODUCERS:-1 10 50 200}
 BENCH_SCALE_TOPICS=${BENCH_SCALE_TOPICS:-10 100 1000}
 BENCH_ARGS=${BENCH_ARGS:-}
+BENCH_TLS=${BENCH_TLS:-0}
+BENCH_BASELINE_TLS=${BENCH_BASELINE_TLS:-$BENCH_TLS}
 BENCH_BASELINE=${BENCH_BASELINE:-}
 BENCH_BASELINE_CLIENT=${BENCH_BASELINE_CLIENT:-0}
 BENCH_OUT=${BENCH_OUT:-bench-results}
@@ -153,7 +162,7 @@ start_node() {
 	addrfile=$dir/addr
 	# A later -listen in "$@" overrides this one.
 	"$FBNODE" -listen 127.0.0.1:0 -addr-file "$addrfile" -data "$dir/data" \
-		-sync "$mode" -cluster "$cluster" -name "$name" -log-level warn "$@" \
+		-sync "$mode" -cluster "$cluster" -name "$name" -log-level warn "${NODE_TLS[@]}" "$@" \
 		>"$dir/node.log" 2>&1 &
 	pid=$!
 	NODE_PIDS+=("$pid")
@@ -208,7 +217,7 @@ start_cluster3() {
 	CONN="bench#default@$nodes"
 	# Wait until the cluster has created its default topic.
 	for ((i = 0; i < 300; i++)); do
-		if bin/fbbench -forestbus "$CONN" -workload W2 -sends 1 -warmup 0 >/dev/null 2>&1; then
+		if bin/fbbench -forestbus "$CONN" "${CLIENT_TLS[@]}" -workload W2 -sends 1 -warmup 0 >/dev/null 2>&1; then
 			return 0
 		fi
 		sleep 0.1
@@ -252,6 +261,38 @@ label_for() {
 	echo "$label"
 }
 
+# tls_for BUILD sets NODE_TLS and CLIENT_TLS, the fbnode and fbbench flags
+# of that build's clusters (BENCH_TLS, BENCH_BASELINE_TLS); the first call
+# that needs them makes a CA and a certificate for 127.0.0.1, for server
+# and client authentication, under $dir/tls.
+NODE_TLS=()
+CLIENT_TLS=()
+tls_for() {
+	local on=$BENCH_TLS t=$dir/tls
+	if [[ $1 == bin/fbnode-base ]]; then
+		on=$BENCH_BASELINE_TLS
+	fi
+	NODE_TLS=()
+	CLIENT_TLS=()
+	if [[ $on != 1 ]]; then
+		return 0
+	fi
+	if [[ ! -s $t/node.pem ]]; then
+		mkdir -p "$t"
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+			-subj "/CN=fbbench CA" -keyout "$t/ca-key.pem" -out "$t/ca.pem" 2>/dev/null
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+			-subj "/CN=fbbench node" -keyout "$t/node-key.pem" -out "$t/node.csr" 2>/dev/null
+		printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+			"extendedKeyUsage=serverAuth,clientAuth" "keyUsage=digitalSignature" >"$t/ext.cnf"
+		openssl x509 -req -in "$t/node.csr" -CA "$t/ca.pem" -CAkey "$t/ca-key.pem" -CAcreateserial \
+			-days 2 -extfile "$t/ext.cnf" -out "$t/node.pem" 2>/dev/null
+		log "TLS certificates in $t"
+	fi
+	NODE_TLS=(-tls-ca "$t/ca.pem" -tls-cert "$t/node.pem" -tls-key "$t/node-key.pem" -tls-client-auth)
+	CLIENT_TLS=(-tls-ca "$t/ca.pem" -tls-cert "$t/node.pem" -tls-key "$t/node-key.pem")
+}
+
 # start_build starts a cluster of build $FBNODE (topology $topo, mode
 # $mode) and appends its connection string to conns and its node pids to
 # cpids.
@@ -289,7 +330,7 @@ run_one() {
 	shift 2
 	# BENCH_ARGS is split into words on purpose.
 	# shellcheck disable=SC2206
-	local cmd=("${clients[i]}" -forestbus "${conns[i]}" -label "${labels[i]}" -pids "${cpids[i]}" $BENCH_ARGS "$@")
+	local cmd=("${clients[i]}" -forestbus "${conns[i]}" -label "${labels[i]}" -pids "${cpids[i]}" ${ctls[i]} $BENCH_ARGS "$@")
 	log "${cmd[*]} >> $out"
 	"${cmd[@]}" >>"$out"
 }
@@ -304,9 +345,11 @@ for topo in $BENCH_TOPOLOGIES; do
 		# alternates between them, run by run, so that the shared machine's
 		# drift hits the builds alike (an idle cluster costs ~0.3 % of a
 		# core).
-		conns=() cpids=() labels=() outs=() souts=()
+		conns=() cpids=() labels=() outs=() souts=() ctls=()
 		for FBNODE in "${builds[@]}"; do
 			label=$(label_for "$FBNODE" "$topo" "$mode")
+			tls_for "$FBNODE"
+			ctls+=("${CLIENT_TLS[*]}")
 			start_build
 			labels+=("$label")
 			outs+=("$dir/results-$label.jsonl")
@@ -349,8 +392,10 @@ for topo in $BENCH_TOPOLOGIES; do
 			# Idle cost on fresh clusters, one per build side by side:
 			# nothing but the idle topics (and the default one) has ever run
 			# on them; the builds alternate count by count.
-			conns=() cpids=()
+			conns=() cpids=() ctls=()
 			for FBNODE in "${builds[@]}"; do
+				tls_for "$FBNODE"
+				ctls+=("${CLIENT_TLS[*]}")
 				start_build
 			done
 			for t in $BENCH_IDLE; do
@@ -376,6 +421,9 @@ summary=$dir/summary.md
 	echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (modified)')${BENCH_BASELINE:+, baseline (labels ending -base) $(git rev-parse --short "$BENCH_BASELINE")$([[ $BENCH_BASELINE_CLIENT == 1 ]] && echo ' with its own fbbench' || echo ', driven by the current fbbench')},"
 	echo "$(nproc) cores, $(uname -sr); topologies: $BENCH_TOPOLOGIES; modes: $BENCH_MODES;"
 	echo "$BENCH_RUNS runs of $BENCH_DURATION (W1, W4); the whole script took ${elapsed}s."
+	if [[ $BENCH_TLS == 1 || $BENCH_BASELINE_TLS == 1 ]]; then
+		echo "TLS (client certificates required): current build $([[ $BENCH_TLS == 1 ]] && echo on || echo off)${BENCH_BASELINE:+, baseline $([[ $BENCH_BASELINE_TLS == 1 ]] && echo on || echo off)}."
+	fi
 	echo
 	echo "## Medians of $BENCH_RUNS runs"
 	echo

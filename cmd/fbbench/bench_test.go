@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forestbus/forestbus/internal/tlstest"
 	"github.com/forestbus/forestbus/server/servertest"
 )
 
@@ -189,4 +190,22 @@ func runResult(ctx context.Context, t *testing.T, args ...string) Result {
 	var r Result
 	require.NoError(t, json.Unmarshal(stdout.Bytes(), &r))
 	return r
+}
+
+// TestTLS: with -tls-ca, -tls-cert and -tls-key fbbench talks TLS to a
+// node that requires client certificates, for sends and reads alike.
+func TestTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a node")
+	}
+	ca := tlstest.NewCA(t)
+	n := servertest.StartNode(t, servertest.WithTLS(ca, ca.Issue(t, "node"), true))
+	caFile, certFile, keyFile := ca.Write(t, t.TempDir(), "client", ca.Issue(t, "client"))
+	tlsArgs := []string{"-tls-ca", caFile, "-tls-cert", certFile, "-tls-key", keyFile}
+	r := runResult(context.Background(), t, append([]string{"-forestbus", "test#default@" + n.Addr(),
+		"-workload", "W3", "-read-messages", "500", "-quantity", "100", "-fill-batch", "100"}, tlsArgs...)...)
+	assert.GreaterOrEqual(t, r.Messages, int64(500))
+	r = runResult(context.Background(), t, append([]string{"-forestbus", "test#default@" + n.Addr(),
+		"-workload", "W2", "-warmup", "1", "-sends", "5"}, tlsArgs...)...)
+	assert.EqualValues(t, 5, r.Messages)
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/forestbus/forestbus/client"
+	"github.com/forestbus/forestbus/internal/tlsfiles"
 )
 
 // allWorkloads lists the workloads in the order "all" runs them.
@@ -65,6 +67,20 @@ type config struct {
 
 	Chart    bool
 	ChartOut string
+
+	// TLS names the PEM files to talk TLS to the nodes with (-tls-ca,
+	// -tls-cert, -tls-key, as fbctl's); tlsConfig is made from them.
+	TLS       tlsfiles.Files
+	tlsConfig *tls.Config
+}
+
+// clientOptions are the options of every client fbbench makes: TLS when
+// its files are given.
+func (c *config) clientOptions() []client.Option {
+	if c.tlsConfig == nil {
+		return nil
+	}
+	return []client.Option{client.WithTLS(c.tlsConfig)}
 }
 
 const usageText = `fbbench drives a Forest Bus cluster with benchmark workloads and prints one
@@ -179,6 +195,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.DurationVar(&c.IdleSettle, "idle-settle", 3*time.Second, "IDLE: wait after the last send before measuring")
 	fs.BoolVar(&c.Chart, "chart", false, "write SVG charts of the JSON lines in the files named as arguments to -o, and exit")
 	fs.StringVar(&c.ChartOut, "o", ".", "-chart: output directory")
+	fs.StringVar(&c.TLS.CA, "tls-ca", "", "talk TLS to the nodes, verifying them against the authorities in this PEM `file` (fbnode -tls-ca)")
+	fs.StringVar(&c.TLS.Cert, "tls-cert", "", "talk TLS, presenting this PEM client certificate `file` (for nodes with -tls-client-auth; with -tls-key)")
+	fs.StringVar(&c.TLS.Key, "tls-key", "", "the private key `file` (PEM) of -tls-cert")
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}
@@ -196,6 +215,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	ps, err := parsePIDs(pids)
 	if err != nil {
 		return nil, nil, err
+	}
+	if c.TLS.Set() {
+		if c.tlsConfig, err = c.TLS.Client(); err != nil {
+			return nil, nil, err
+		}
 	}
 	c.PIDs = ps
 	if fs.NArg() > 0 {

@@ -80,6 +80,8 @@ func TestParseFlagsInvalid(t *testing.T) {
 		{[]string{"extra"}, "unexpected"},
 		{[]string{"-report"}, "-report"},
 		{[]string{"-no-such-flag"}, "no-such-flag"},
+		{[]string{"-tls-ca", "/no/such/ca.pem"}, "no such file"},
+		{[]string{"-tls-cert", "/no/such/c.pem"}, "-tls-key"},
 	} {
 		_, _, err := parseFlags(tc.args, io.Discard)
 		if assert.Error(t, err, strings.Join(tc.args, " ")) {

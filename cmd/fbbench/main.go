@@ -316,7 +316,7 @@ type bench struct {
 }
 
 func (b *bench) newClient() *client.Client {
-	var opts []client.Option
+	opts := b.cfg.clientOptions()
 	if b.cfg.UnarySends {
 		opts = append(opts, client.WithUnarySends())
 	}

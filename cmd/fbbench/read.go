@@ -19,7 +19,7 @@ type nodeView struct {
 // viewNode asks the node at addr, alone, for its name and the topic's
 // leader and commit point.
 func (b *bench) viewNode(ctx context.Context, addr string) nodeView {
-	c := client.New(b.cfg.ClusterID, []string{addr})
+	c := client.New(b.cfg.ClusterID, []string{addr}, b.cfg.clientOptions()...)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
@@ -130,7 +130,7 @@ func (b *bench) prepareRead(ctx context.Context, r *Result) (*client.Client, err
 			return nil, v.err
 		}
 	}
-	return client.New(cfg.ClusterID, []string{rn.Address}), nil
+	return client.New(cfg.ClusterID, []string{rn.Address}, cfg.clientOptions()...), nil
 }
 
 // errEnough ends W3S's Subscribe once it has the messages it wants.

@@ -26,6 +26,8 @@ type Files struct {
 // Set reports whether any file is named.
 func (f Files) Set() bool { return f.CA != "" || f.Cert != "" || f.Key != "" }
 
+var errPair = errors.New("tls: a certificate and its key go together (-tls-cert and -tls-key)")
+
 // contents is what the files held when read: CA, Cert and Key, nil for a
 // file not named.
 type contents [3][]byte
@@ -42,6 +44,9 @@ func (c contents) equal(o contents) bool {
 // read reads the files named, each once.
 func (f Files) read() (contents, error) {
 	var c contents
+	if (f.Cert == "") != (f.Key == "") {
+		return c, errPair
+	}
 	for i, name := range [3]string{f.CA, f.Cert, f.Key} {
 		if name == "" {
 			continue
@@ -61,7 +66,7 @@ func (f Files) pair(c contents) ([]tls.Certificate, error) {
 	case f.Cert == "" && f.Key == "":
 		return nil, nil
 	case f.Cert == "" || f.Key == "":
-		return nil, errors.New("tls: a certificate and its key go together (-tls-cert and -tls-key)")
+		return nil, errPair
 	}
 	pair, err := tls.X509KeyPair(c[1], c[2])
 	if err != nil {
