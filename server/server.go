@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -672,6 +674,41 @@ func (s *Server) Addr() string { return s.addr }
 // PeerCredentials are what the node dials other nodes with:
 // Config.PeerCredentials, TLS from Config.PeerTLS, else plaintext.
 func (s *Server) PeerCredentials() credentials.TransportCredentials { return s.peerCreds }
+
+// ServingCertificate is the certificate the node serves TLS with now, nil
+// without TLS. Config.TLS may choose it per handshake
+// (GetConfigForClient, GetCertificate: fbnode's follows its files); it is
+// asked as for a client that names no server.
+func (s *Server) ServingCertificate() *x509.Certificate {
+	c := s.cfg.TLS
+	if c == nil {
+		return nil
+	}
+	hello := &tls.ClientHelloInfo{}
+	if c.GetConfigForClient != nil {
+		if cc, err := c.GetConfigForClient(hello); err == nil && cc != nil {
+			c = cc
+		}
+	}
+	var cert *tls.Certificate
+	switch {
+	case len(c.Certificates) > 0:
+		cert = &c.Certificates[0]
+	case c.GetCertificate != nil:
+		cert, _ = c.GetCertificate(hello)
+	}
+	if cert == nil || len(cert.Certificate) == 0 {
+		return nil
+	}
+	if cert.Leaf != nil {
+		return cert.Leaf
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil
+	}
+	return leaf
+}
 
 // NodeName is the node's name (Config.NodeName).
 func (s *Server) NodeName() string { return s.cfg.NodeName }

@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -32,7 +34,8 @@ import (
 func TestTLSCluster(t *testing.T) {
 	ca := tlstest.NewCA(t)
 	var logs syncbuf.Buffer // every node's log
-	c := servertest.NewCluster(t, 3, servertest.WithTLS(ca, ca.Issue(t, "node"), true), servertest.WithConfig(func(cfg *server.Config) {
+	nodeCert := ca.Issue(t, "node")
+	c := servertest.NewCluster(t, 3, servertest.WithTLS(ca, nodeCert, true), servertest.WithConfig(func(cfg *server.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	}))
 	c.WaitTopic("default")
@@ -83,6 +86,23 @@ func TestTLSCluster(t *testing.T) {
 	for _, n := range st.Nodes {
 		assert.True(t, n.Up, "%s: %s", n.Name, n.Error)
 	}
+	// The certificate served, and when it expires.
+	leaf := tlstest.Parse(t, nodeCert.CertPEM)
+	require.NotNil(t, st.TLS)
+	assert.Equal(t, "CN=node", st.TLS.Subject)
+	assert.True(t, leaf.NotAfter.Equal(st.TLS.NotAfter), "%v, want %v", st.TLS.NotAfter, leaf.NotAfter)
+	resp, err = http.Get(ts.URL + "/metrics")
+	require.NoError(t, err)
+	metrics, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Contains(t, string(metrics), fmt.Sprintf("forestbus_tls_certificate_expiration_timestamp_seconds %g", float64(leaf.NotAfter.Unix())))
+	resp, err = http.Get(ts.URL + "/status")
+	require.NoError(t, err)
+	page, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Contains(t, string(page), "TLS certificate CN=node, expires "+leaf.NotAfter.Format("2006-01-02 15:04 MST"))
 
 	other := tlstest.NewCA(t)
 	for name, opts := range map[string][]client.Option{

@@ -16,6 +16,7 @@
 //
 //	forestbus_node_info{node,id}                          1; this node's name and raft ID
 //	forestbus_build_info{version,revision,goversion}      1; this node's build (revision "+" when modified)
+//	forestbus_tls_certificate_expiration_timestamp_seconds when the certificate served now expires (absent without TLS)
 //	forestbus_cluster_members                             members of the cluster
 //	forestbus_node_serving                                1 while the node serves clients; 0 once removed,
 //	                                                      or while a peer refuses it

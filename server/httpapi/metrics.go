@@ -20,7 +20,7 @@ type collector struct {
 	appendedMsgs, appendedBytes, committedBytes   *prometheus.Desc
 	commitLatency, waiters, subscribers           *prometheus.Desc
 	syncSeconds, syncedWrites                     *prometheus.Desc
-	serving, failed, buildInfo                    *prometheus.Desc
+	serving, failed, buildInfo, certExpiry        *prometheus.Desc
 	metaLeaderID, metaTerm, metaIsLeader          *prometheus.Desc
 	metaApplied, metaLag, metaFailed              *prometheus.Desc
 }
@@ -33,9 +33,10 @@ func newCollector(h *handler) *collector {
 		return prometheus.NewDesc("forestbus_topic_"+name, help, []string{"topic", "follower"}, nil)
 	}
 	return &collector{
-		h:         h,
-		nodeInfo:  prometheus.NewDesc("forestbus_node_info", "This node's name and raft ID (value 1).", []string{"node", "id"}, nil),
-		buildInfo: prometheus.NewDesc("forestbus_build_info", "This node's build (value 1): module version, VCS revision (\"\" when not recorded; \"+\" after it when the tree was modified) and Go version.", []string{"version", "revision", "goversion"}, nil),
+		h:          h,
+		nodeInfo:   prometheus.NewDesc("forestbus_node_info", "This node's name and raft ID (value 1).", []string{"node", "id"}, nil),
+		certExpiry: prometheus.NewDesc("forestbus_tls_certificate_expiration_timestamp_seconds", "When the certificate this node serves TLS with now expires (Unix time); absent without TLS.", nil, nil),
+		buildInfo:  prometheus.NewDesc("forestbus_build_info", "This node's build (value 1): module version, VCS revision (\"\" when not recorded; \"+\" after it when the tree was modified) and Go version.", []string{"version", "revision", "goversion"}, nil),
 
 		metaLeaderID: prometheus.NewDesc("forestbus_metadata_leader_id", "Raft ID of the metadata group's leader, 0 when unknown (no topic or member changes without one).", nil, nil),
 		metaTerm:     prometheus.NewDesc("forestbus_metadata_term", "Raft term of the metadata group.", nil, nil),
@@ -75,7 +76,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.nodeInfo, c.members, c.topics, c.firstID, c.lastID, c.commitID, c.committed,
 		c.leaderID, c.term, c.isLeader, c.segments, c.diskBytes, c.lagEntries, c.lagMessages,
 		c.appendedMsgs, c.appendedBytes, c.committedBytes, c.commitLatency, c.waiters, c.subscribers,
-		c.syncSeconds, c.syncedWrites, c.serving, c.failed, c.buildInfo,
+		c.syncSeconds, c.syncedWrites, c.serving, c.failed, c.buildInfo, c.certExpiry,
 		c.metaLeaderID, c.metaTerm, c.metaIsLeader, c.metaApplied, c.metaLag, c.metaFailed} {
 		ch <- d
 	}
@@ -94,6 +95,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		rev += "+"
 	}
 	gauge(c.buildInfo, 1, st.Build.Version, rev, st.Build.GoVersion)
+	if st.TLS != nil {
+		gauge(c.certExpiry, float64(st.TLS.NotAfter.Unix()))
+	}
 	gauge(c.metaLeaderID, float64(st.Metadata.LeaderID))
 	gauge(c.metaTerm, float64(st.Metadata.Term))
 	gauge(c.metaIsLeader, flag(st.Metadata.IsLeader))

@@ -38,6 +38,9 @@ type Status struct {
 	// Build is the answering node's build (compare nodes during a rolling
 	// upgrade).
 	Build server.BuildInfo `json:"build"`
+	// TLS is the certificate the node serves with now, absent without
+	// TLS: to see a rotation taken, and when it expires.
+	TLS *TLSStatus `json:"tls,omitempty"`
 	// Time is when the status was taken.
 	Time time.Time `json:"time"`
 	// Nodes are the cluster's members, by raft ID.
@@ -48,6 +51,14 @@ type Status struct {
 	Metadata MetadataStatus `json:"metadata"`
 	// Topics are the topics, by name.
 	Topics []TopicStatus `json:"topics"`
+}
+
+// TLSStatus is the certificate a node serves TLS with.
+type TLSStatus struct {
+	Subject  string    `json:"subject"`
+	Issuer   string    `json:"issuer"`
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"not_after"`
 }
 
 // MetadataStatus is the metadata group as this node sees it. Its log holds
@@ -184,6 +195,9 @@ func (h *handler) collect(ctx context.Context, health bool) Status {
 	clusterID, _, _ := client.ParseConnectionString(h.srv.ConnectionString())
 	// The node's own name, also once it is no member (removed).
 	st := Status{Cluster: clusterID, NodeID: self, Node: h.srv.NodeName(), Removed: reg.RemovedSelf(), RefusedBy: h.srv.RefusedBy(), Build: h.build, Time: time.Now(), Nodes: []NodeStatus{}, Topics: []TopicStatus{}}
+	if c := h.srv.ServingCertificate(); c != nil {
+		st.TLS = &TLSStatus{Subject: c.Subject.String(), Issuer: c.Issuer.String(), Serial: c.SerialNumber.String(), NotAfter: c.NotAfter}
+	}
 	for _, m := range members {
 		st.Nodes = append(st.Nodes, NodeStatus{ID: m.ID, Name: m.Name, Address: m.Address, Self: m.ID == self})
 	}
