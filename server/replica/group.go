@@ -131,6 +131,9 @@ type proposal struct {
 	err     error       // ErrDuplicate
 	done    chan Result // buffered, 1
 	start   time.Time   // when it was proposed, for the commit latency
+	// abandoned: its caller stopped waiting (its context ended) before it
+	// reached raft; it is then not proposed (see holdProposals).
+	abandoned atomic.Bool
 }
 
 // batchPool recycles the encoded batches of proposals. raft copies the
@@ -197,6 +200,9 @@ type Group struct {
 	// goroutine only.
 	held      []*proposal
 	heldSince time.Time
+	// heldBytes is the data held, counted against MaxUncommittedBytes
+	// with the inbox's (propose).
+	heldBytes atomic.Uint64
 
 	// Queued work, guarded by inboxMu.
 	inboxMu    sync.Mutex
@@ -885,7 +891,8 @@ func (g *Group) propose(ctx context.Context, tag uint64, data []byte, pooled, wa
 	ok := g.enqueue(func() {
 		// The queue in front of raft is bounded like raft's own
 		// uncommitted budget: backpressure, not an unbounded queue.
-		if g.inBytes+uint64(len(data)) > g.e.cfg.MaxUncommittedBytes && len(g.inProps) > 0 {
+		held := g.heldBytes.Load()
+		if g.inBytes+held+uint64(len(data)) > g.e.cfg.MaxUncommittedBytes && (len(g.inProps) > 0 || held > 0) {
 			full = true
 			return
 		}
@@ -903,6 +910,7 @@ func (g *Group) propose(ctx context.Context, tag uint64, data []byte, pooled, wa
 	case r := <-p.done:
 		return r, r.Err
 	case <-ctx.Done():
+		p.abandoned.Store(true)
 		return Result{}, ctx.Err()
 	case <-g.stopped:
 		select {
@@ -1168,6 +1176,7 @@ func (g *Group) drainInbox() {
 	if len(g.held) > 0 {
 		props = append(g.held, props...) // the held first: they came first
 		g.held = nil
+		g.heldBytes.Store(0)
 	}
 	// raft's state now: the messages just stepped may have changed it
 	// since the last Ready (g.isLeader, g.lead).
@@ -1179,11 +1188,17 @@ func (g *Group) drainInbox() {
 	ents := g.props[:0]
 	for i, p := range props {
 		switch {
+		case p.abandoned.Load():
+			// Its caller has gone (and may send it again): not proposed.
+			// Before holding, this window was one pass.
+			p.release()
+			props[i] = nil
 		case g.fenced != nil:
 			p.reply(Result{Err: ErrStorageFailed})
 			props[i] = nil
 		case hold:
 			g.held = append(g.held, p)
+			g.heldBytes.Add(uint64(len(p.data)))
 			props[i] = nil
 		case st.RaftState != raft.StateLeader:
 			var err error = ErrNoLeader
@@ -1264,6 +1279,11 @@ func (g *Group) fence(err error) {
 		r.p.reply(Result{Err: ErrStorageFailed})
 	}
 	g.replies = g.replies[:0]
+	for _, p := range g.held {
+		p.reply(Result{Err: ErrStorageFailed})
+	}
+	g.held, g.heldSince = nil, time.Time{}
+	g.heldBytes.Store(0)
 	g.failWaiters(ErrStorageFailed)
 	g.failReads(ErrStorageFailed)
 	g.notifyCommit() // reads waiting at the tail: see read
@@ -1890,6 +1910,7 @@ func (g *Group) stop(err error) bool {
 	g.closed = true
 	props := append(g.held, g.inProps...)
 	g.held = nil
+	g.heldBytes.Store(0)
 	g.inProps = nil
 	g.inOps = nil // their callers wait on g.stopped
 	g.inboxMu.Unlock()

@@ -56,17 +56,26 @@ func (d *timeoutNowDropper) release(group string) {
 	d.Transport.Send(group, kept)
 }
 
-// heldProposals is how many proposals g holds (holdProposals).
+// heldProposals is how many proposals g holds (holdProposals) whose
+// callers still wait.
 func heldProposals(ctx context.Context, g *Group) int {
 	var n int
-	_ = g.do(ctx, func() error { n = len(g.held); return nil })
+	_ = g.do(ctx, func() error {
+		for _, p := range g.held {
+			if !p.abandoned.Load() {
+				n++
+			}
+		}
+		return nil
+	})
 	return n
 }
 
 // openHandCluster is a 3-node group "g" led by node 1 (index 0), with
-// 50 ms ticks (election timeout 500 ms); node 1's MsgTimeoutNow go through
-// the dropper it returns.
-func openHandCluster(t *testing.T) ([]*Engine, []*Group, *timeoutNowDropper) {
+// cfg's ticks (default 50 ms: an election timeout of 500 ms, which is
+// also how long raft lets a hand-off run); node 1's MsgTimeoutNow go
+// through the dropper it returns.
+func openHandCluster(t *testing.T, cfg Config) ([]*Engine, []*Group, *timeoutNowDropper) {
 	t.Helper()
 	hub := transport.NewHub()
 	ids := []uint64{1, 2, 3}
@@ -75,7 +84,9 @@ func openHandCluster(t *testing.T) ([]*Engine, []*Group, *timeoutNowDropper) {
 	engines, groups := make([]*Engine, 3), make([]*Group, 3)
 	for k := 2; k >= 0; k-- { // node 1, which campaigns, last (see openNoticeCluster)
 		id := ids[k]
-		cfg := Config{TickInterval: 50 * time.Millisecond}
+		if cfg.TickInterval == 0 {
+			cfg.TickInterval = 50 * time.Millisecond
+		}
 		engines[k] = startHubEngine(t, hub, id, ids, cfg, func(tr Transport) Transport {
 			if id != 1 {
 				return tr
@@ -102,7 +113,9 @@ func openHandCluster(t *testing.T) ([]*Engine, []*Group, *timeoutNowDropper) {
 // the proposal goes to raft; one the target took answers the proposal
 // with the new leader (NotLeaderError, which the API forwards).
 func TestHandToAndAbort(t *testing.T) {
-	_, groups, dropper := openHandCluster(t)
+	// Ticks of 200 ms: raft calls off a hand-off after 2 s, which the
+	// steps below, made while one is under way, stay well within.
+	_, groups, dropper := openHandCluster(t, Config{TickInterval: 200 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	send := func() error {
@@ -162,11 +175,83 @@ func TestHandToAndAbort(t *testing.T) {
 	}, 10*time.Second, time.Millisecond, "node 2 took over")
 }
 
+// TestHeldProposalsBounded: proposals held during a hand-off count
+// against MaxUncommittedBytes as queued ones do (more are refused with
+// ErrProposalDropped), and one whose caller stopped waiting is not
+// proposed when the hand-off is called off.
+func TestHeldProposalsBounded(t *testing.T) {
+	const budget = 8 << 10
+	_, groups, dropper := openHandCluster(t, Config{TickInterval: 200 * time.Millisecond, MaxUncommittedBytes: budget})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := groups[0].Propose(ctx, [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		st, err := groups[0].Status(ctx)
+		return err == nil && st.Progress[2].Match == st.GetCommit() && st.Progress[2].RecentActive
+	}, 10*time.Second, time.Millisecond)
+	last := groups[0].Details().LastID
+
+	dropper.drop.Store(true)
+	asked, err := groups[0].HandTo(ctx, 2, 64)
+	require.NoError(t, err)
+	require.True(t, asked)
+
+	// One caller gives up while its proposal is held.
+	gone, giveUp := context.WithCancel(ctx)
+	res := make(chan error, 1)
+	go func() {
+		_, err := groups[0].Propose(gone, [][]byte{[]byte("gone")}, true)
+		res <- err
+	}()
+	require.Eventually(t, func() bool { return heldProposals(ctx, groups[0]) == 1 }, 10*time.Second, time.Millisecond)
+	giveUp()
+	require.ErrorIs(t, <-res, context.Canceled)
+
+	// Others fill the budget, 1 KiB each: some are held, the rest
+	// refused at once.
+	const n = 20
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := groups[0].Propose(ctx, [][]byte{make([]byte, 1<<10)}, true)
+			errs <- err
+		}()
+	}
+	dropped := 0
+	var held int
+	require.Eventually(t, func() bool {
+		for {
+			select {
+			case err := <-errs:
+				require.ErrorIs(t, err, ErrProposalDropped, "nothing else is answered while the hand-off lasts")
+				dropped++
+				continue
+			default:
+			}
+			break
+		}
+		held = heldProposals(ctx, groups[0])
+		return held+dropped == n
+	}, 10*time.Second, time.Millisecond, "every proposal held or refused")
+	assert.Positive(t, held)
+	assert.Positive(t, dropped, "those beyond the budget are refused")
+	assert.LessOrEqual(t, held*(1<<10), budget, "no more held than the budget")
+
+	aborted, err := groups[0].AbortTransfer(ctx)
+	require.NoError(t, err)
+	require.True(t, aborted)
+	for range held {
+		require.NoError(t, <-errs, "the held go to raft once the hand-off is called off")
+	}
+	assert.Equal(t, last+uint64(held), groups[0].Details().LastID, "the held stored, not the abandoned one")
+}
+
 // TestTransferSkipsPeersStandingAside: TransferLeadership hands off to no
 // voter whose pings say it stands aside (stopping or refused: it would
 // ignore the transfer, and the group would drop proposals meanwhile).
 func TestTransferSkipsPeersStandingAside(t *testing.T) {
-	engines, groups, _ := openHandCluster(t)
+	engines, groups, _ := openHandCluster(t, Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := groups[0].Propose(ctx, [][]byte{[]byte("m")}, true)
