@@ -118,7 +118,11 @@ if [[ -n $BENCH_BASELINE ]]; then
 	# the run after the first workload): find out before starting.
 	if [[ $BENCH_BASELINE_CLIENT == 1 ]]; then
 		help=$(bin/fbbench-base -h 2>&1 || true) # -h exits 2
-		for flag in -run-number -pids -idle-settle -label; do
+		flags=(-run-number -pids -idle-settle -label)
+		if [[ $BENCH_BASELINE_TLS == 1 ]]; then
+			flags+=(-tls-ca)
+		fi
+		for flag in "${flags[@]}"; do
 			if ! grep -q -- "^  $flag " <<<"$help"; then
 				log "bin/fbbench-base ($BENCH_BASELINE) has no $flag flag; use a newer baseline or BENCH_BASELINE_CLIENT=0"
 				exit 2

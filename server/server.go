@@ -679,11 +679,18 @@ func (s *Server) PeerCredentials() credentials.TransportCredentials { return s.p
 // without TLS. Config.TLS may choose it per handshake
 // (GetConfigForClient, GetCertificate: fbnode's follows its files); it is
 // asked as for a client that names no server.
-func (s *Server) ServingCertificate() *x509.Certificate {
+func (s *Server) ServingCertificate() (leaf *x509.Certificate) {
 	c := s.cfg.TLS
 	if c == nil {
 		return nil
 	}
+	defer func() {
+		// A caller's callback that needs a real handshake (hello.Conn)
+		// must not take the status page or a scrape down with it.
+		if recover() != nil {
+			leaf = nil
+		}
+	}()
 	hello := &tls.ClientHelloInfo{}
 	if c.GetConfigForClient != nil {
 		if cc, err := c.GetConfigForClient(hello); err == nil && cc != nil {

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -68,6 +69,9 @@ func (f Files) pair(c contents) ([]tls.Certificate, error) {
 	case f.Cert == "" || f.Key == "":
 		return nil, errPair
 	}
+	if err := wholePEM(c[1], f.Cert); err != nil {
+		return nil, err
+	}
 	pair, err := tls.X509KeyPair(c[1], c[2])
 	if err != nil {
 		return nil, fmt.Errorf("tls: %s and %s: %w", f.Cert, f.Key, err)
@@ -81,11 +85,40 @@ func (f Files) pool(c contents) (*x509.CertPool, error) {
 	if f.CA == "" {
 		return nil, nil
 	}
+	if err := wholePEM(c[0], f.CA); err != nil {
+		return nil, err
+	}
 	p := x509.NewCertPool()
 	if !p.AppendCertsFromPEM(c[0]) {
 		return nil, fmt.Errorf("tls: %s holds no PEM certificate", f.CA)
 	}
 	return p, nil
+}
+
+// wholePEM refuses a file whose certificates do not all parse, or that
+// ends in a cut-off PEM block: crypto/tls and x509.CertPool skip such a
+// block, so a bundle caught half rewritten would be taken without its
+// last authority, or a chain without its last certificate. (Text between
+// and after blocks is allowed, as bundles carry it.)
+func wholePEM(b []byte, name string) error {
+	rest := b
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return fmt.Errorf("tls: %s: %w", name, err)
+		}
+	}
+	if bytes.Contains(rest, []byte("-----BEGIN")) {
+		return fmt.Errorf("tls: %s ends in a cut-off PEM block (replace such files by renaming a whole new one over them)", name)
+	}
+	return nil
 }
 
 // parse reads the files and parses the certificate and the authorities.

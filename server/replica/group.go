@@ -1176,8 +1176,8 @@ func (g *Group) drainInbox() {
 	if len(g.held) > 0 {
 		props = append(g.held, props...) // the held first: they came first
 		g.held = nil
-		g.heldBytes.Store(0)
 	}
+	var heldBytes uint64
 	// raft's state now: the messages just stepped may have changed it
 	// since the last Ready (g.isLeader, g.lead).
 	var st raft.BasicStatus
@@ -1198,7 +1198,7 @@ func (g *Group) drainInbox() {
 			props[i] = nil
 		case hold:
 			g.held = append(g.held, p)
-			g.heldBytes.Add(uint64(len(p.data)))
+			heldBytes += uint64(len(p.data))
 			props[i] = nil
 		case st.RaftState != raft.StateLeader:
 			var err error = ErrNoLeader
@@ -1212,6 +1212,9 @@ func (g *Group) drainInbox() {
 			ents = append(ents, &raftpb.Entry{Data: p.data})
 		}
 	}
+	// Stored once, not cleared and added up: propose must not see the
+	// held as none meanwhile.
+	g.heldBytes.Store(heldBytes)
 	if len(g.held) == 0 {
 		g.heldSince = time.Time{} // the next wait starts its own clock
 	}
