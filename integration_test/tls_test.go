@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/forestbus/forestbus/client"
 	"github.com/forestbus/forestbus/internal/tlstest"
+	"github.com/forestbus/forestbus/server/httpapi"
 )
 
 // TestClusterTLS: fbnode processes started with -tls-cert, -tls-key,
@@ -191,5 +195,54 @@ func TestClusterTLSRotation(t *testing.T) {
 	for _, p := range c.procs {
 		c.catchUp(p, "default", last, 60*time.Second)
 		assert.Equal(t, want, c.readAll(p, "default", last), "%s's copy", p.name)
+	}
+}
+
+// TestHTTPSEndpoints: fbnode -http-tls serves /status.json and /metrics
+// over TLS with the node's certificate, to HTTP/1.1 and HTTP/2 clients,
+// and requires a client certificate as gRPC does with -tls-client-auth.
+func TestHTTPSEndpoints(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	ca := tlstest.NewCA(t)
+	caFile, certFile, keyFile := ca.Write(t, t.TempDir(), "node", ca.Issue(t, "node"))
+	httpAddr := freeAddrs(t, 1)[0]
+	startProc(t, "n1", "-tls-ca", caFile, "-tls-cert", certFile, "-tls-key", keyFile, "-tls-client-auth",
+		"-http", httpAddr, "-http-tls")
+	clientCfg := ca.ClientConfig(ca.Issue(t, "client"))
+	get := func(tr *http.Transport, path string) (*http.Response, error) {
+		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		defer c.CloseIdleConnections()
+		return c.Get("https://" + httpAddr + path)
+	}
+	for _, h2 := range []bool{false, true} {
+		cfg := clientCfg.Clone()
+		if !h2 {
+			cfg.NextProtos = []string{"http/1.1"} // as curl --http1.1 offers
+		}
+		resp, err := get(&http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: h2}, "/status.json")
+		require.NoError(t, err, "HTTP/2 %v", h2)
+		var st httpapi.Status
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, map[bool]int{false: 1, true: 2}[h2], resp.ProtoMajor)
+		require.NotNil(t, st.TLS)
+		assert.Equal(t, "CN=node", st.TLS.Subject)
+	}
+	resp, err := get(&http.Transport{TLSClientConfig: clientCfg.Clone()}, "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Contains(t, string(body), "forestbus_tls_certificate_expiration_timestamp_seconds")
+
+	_, err = get(&http.Transport{TLSClientConfig: ca.ClientConfig(nil)}, "/status.json")
+	assert.Error(t, err, "no client certificate")
+	plain, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + httpAddr + "/status.json")
+	if err == nil {
+		plain.Body.Close()
+		assert.Equal(t, http.StatusBadRequest, plain.StatusCode, "plain HTTP to the HTTPS port")
 	}
 }

@@ -177,6 +177,7 @@ func run(args []string, stdout io.Writer) error {
 		logFormat  = fs.String("log-format", "text", "log format: text or json")
 		pprofAddr  = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 		httpAddr   = fs.String("http", "", "serve /metrics, /status and /status.json on this address (e.g. 127.0.0.1:8080); off by default")
+		httpTLS    = fs.Bool("http-tls", false, "serve -http over TLS (HTTPS) with the node's -tls-cert, requiring client certificates as gRPC does with -tls-client-auth")
 		addrFile   = fs.String("addr-file", "", "write the address listened on to this file once ready (for scripts and tests)")
 		ioURing    = fs.Bool("io-uring", true, "make fdatasync through io_uring where the kernel allows it, so that a sync holds no runtime thread (false: plain system calls)")
 		gcPercent  = fs.Int("gc-percent", defaultGCPercent, "Go GC target (as GOGC): the heap grows to (1+N/100) x the live heap between collections; higher trades memory for CPU; negative turns the collector off. A GOGC environment variable wins")
@@ -244,7 +245,7 @@ func run(args []string, stdout io.Writer) error {
 		return fmt.Errorf("-log-format %q: want text or json", *logFormat)
 	}
 	logger := slog.New(h)
-	var serverTLS *tls.Config
+	var serverTLS, httpsConfig *tls.Config
 	var peerTLS credentials.TransportCredentials // nil: plaintext
 	peerCreds := insecure.NewCredentials()
 	if files := (tlsfiles.Files{CA: *tlsCA, Cert: *tlsCert, Key: *tlsKey}); files.Set() || *tlsClients {
@@ -270,6 +271,12 @@ func run(args []string, stdout io.Writer) error {
 		}
 		serverTLS, peerTLS = node.Server(), node.PeerCredentials()
 		peerCreds = peerTLS
+		if *httpTLS {
+			httpsConfig = node.HTTPServer()
+		}
+	}
+	if *httpTLS && (httpsConfig == nil || *httpAddr == "") {
+		return errors.New("-http-tls serves -http over TLS: it needs -http and the node's -tls-cert and -tls-key")
 	}
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
@@ -382,9 +389,14 @@ func run(args []string, stdout io.Writer) error {
 	}
 	if httpLis != nil {
 		hs := &http.Server{Handler: httpapi.New(srv, httpapi.WithGRPCMetrics(httpapi.GRPCMetrics())), ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = hs.Serve(httpLis) }()
+		if httpsConfig != nil {
+			hs.TLSConfig = httpsConfig
+			go func() { _ = hs.ServeTLS(httpLis, "", "") }()
+		} else {
+			go func() { _ = hs.Serve(httpLis) }()
+		}
 		defer hs.Close() // after srv.Stop: /status shows the node stopping meanwhile
-		logger.Info("http listening", "addr", httpLis.Addr().String())
+		logger.Info("http listening", "addr", httpLis.Addr().String(), "tls", httpsConfig != nil)
 	}
 	if *topic != "" {
 		fmt.Printf("Forest Bus node %q ready. Connection string: %s\n", *nodeName, srv.ConnectionString())

@@ -117,6 +117,8 @@ func TestTLSFlags(t *testing.T) {
 		{[]string{"-tls-cert", otherCert, "-tls-key", otherKey, "-tls-ca", caFile}, "unknown authority"},
 		{[]string{"-tls-cert", certFile, "-tls-key", keyFile, "-tls-ca", caFile, "-advertise", "node.example:4000"}, "not node.example"},
 		{[]string{"-tls-cert", serverCert, "-tls-key", serverKey, "-tls-ca", caFile, "-tls-client-auth"}, "clientAuth"},
+		{[]string{"-http", "127.0.0.1:0", "-http-tls"}, "-tls-cert"},
+		{[]string{"-tls-cert", certFile, "-tls-key", keyFile, "-tls-ca", caFile, "-http-tls"}, "needs -http"},
 	} {
 		data := filepath.Join(t.TempDir(), "d")
 		err := run(append([]string{"-listen", "127.0.0.1:0", "-data", data}, tc.args...), io.Discard)

@@ -46,6 +46,7 @@ type loaded struct {
 	cert   *tls.Certificate
 	pool   *x509.CertPool // nil: the system's roots
 	server *tls.Config    // what a handshake with a client uses
+	http   *tls.Config    // server's, for HTTP/1.1 and HTTP/2 (HTTPServer)
 	client *tls.Config    // what a handshake with a peer uses
 }
 
@@ -94,8 +95,10 @@ func (n *Node) load(c contents) (*loaded, error) {
 	// grpc's credentials advertise h2 on the configuration they are given;
 	// this one replaces it for the handshake, so it says so itself.
 	server.NextProtos = []string{"h2"}
+	http := server.Clone()
+	http.NextProtos = []string{"h2", "http/1.1"}
 	client := &tls.Config{RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}
-	return &loaded{cert: &certs[0], pool: pool, server: server, client: client}, nil
+	return &loaded{cert: &certs[0], pool: pool, server: server, http: http, client: client}, nil
 }
 
 // current returns the files' latest good reading, reading them again if
@@ -149,6 +152,18 @@ func (n *Node) Server() *tls.Config {
 		MinVersion: tls.VersionTLS12,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			return n.current().server, nil
+		},
+	}
+}
+
+// HTTPServer is Server for an HTTPS server (HTTP/1.1 and HTTP/2): the
+// same certificate and, with clientAuth, the same client certificates
+// required.
+func (n *Node) HTTPServer() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return n.current().http, nil
 		},
 	}
 }
