@@ -272,7 +272,7 @@ func run(args []string, stdout io.Writer) error {
 		serverTLS, peerTLS = node.Server(), node.PeerCredentials()
 		peerCreds = peerTLS
 		if *httpTLS {
-			httpsConfig = node.HTTPServer()
+			httpsConfig = node.Server()
 		}
 	}
 	if *httpTLS && (httpsConfig == nil || *httpAddr == "") {

@@ -46,7 +46,6 @@ type loaded struct {
 	cert   *tls.Certificate
 	pool   *x509.CertPool // nil: the system's roots
 	server *tls.Config    // what a handshake with a client uses
-	http   *tls.Config    // server's, for HTTP/1.1 and HTTP/2 (HTTPServer)
 	client *tls.Config    // what a handshake with a peer uses
 }
 
@@ -93,12 +92,12 @@ func (n *Node) load(c contents) (*loaded, error) {
 		return nil, err
 	}
 	// grpc's credentials advertise h2 on the configuration they are given;
-	// this one replaces it for the handshake, so it says so itself.
+	// this one replaces it for the handshake, so it says so itself. (An
+	// HTTPS server serves with it too: crypto/tls lets a client that
+	// offers only http/1.1 in on an h2 server, as if without ALPN.)
 	server.NextProtos = []string{"h2"}
-	http := server.Clone()
-	http.NextProtos = []string{"h2", "http/1.1"}
 	client := &tls.Config{RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}
-	return &loaded{cert: &certs[0], pool: pool, server: server, http: http, client: client}, nil
+	return &loaded{cert: &certs[0], pool: pool, server: server, client: client}, nil
 }
 
 // current returns the files' latest good reading, reading them again if
@@ -152,18 +151,6 @@ func (n *Node) Server() *tls.Config {
 		MinVersion: tls.VersionTLS12,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			return n.current().server, nil
-		},
-	}
-}
-
-// HTTPServer is Server for an HTTPS server (HTTP/1.1 and HTTP/2): the
-// same certificate and, with clientAuth, the same client certificates
-// required.
-func (n *Node) HTTPServer() *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			return n.current().http, nil
 		},
 	}
 }
