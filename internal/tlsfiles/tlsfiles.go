@@ -95,27 +95,22 @@ func (f Files) pool(c contents) (*x509.CertPool, error) {
 	return p, nil
 }
 
-// wholePEM refuses a file whose certificates do not all parse, or that
-// ends in a cut-off PEM block: crypto/tls and x509.CertPool skip such a
-// block, so a bundle caught half rewritten would be taken without its
-// last authority, or a chain without its last certificate. (Text between
-// and after blocks is allowed, as bundles carry it.)
+// wholePEM refuses a file that ends in a cut-off PEM block: crypto/tls
+// and x509.CertPool skip such a block, so a bundle caught half rewritten
+// would be taken without its last authority, or a chain without its last
+// certificate. Anything else they accept is accepted (text between
+// blocks, blocks of other types, a certificate x509 cannot parse, which
+// a pool skips as it does in the system's roots).
 func wholePEM(b []byte, name string) error {
 	rest := b
 	for {
 		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
+		if block, rest = pem.Decode(rest); block == nil {
 			break
 		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
-			return fmt.Errorf("tls: %s: %w", name, err)
-		}
 	}
-	if bytes.Contains(rest, []byte("-----BEGIN")) {
+	// pem.Decode's own rule: a block begins at the start of a line.
+	if bytes.HasPrefix(rest, []byte("-----BEGIN ")) || bytes.Contains(rest, []byte("\n-----BEGIN ")) {
 		return fmt.Errorf("tls: %s ends in a cut-off PEM block (replace such files by renaming a whole new one over them)", name)
 	}
 	return nil

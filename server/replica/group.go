@@ -1121,6 +1121,10 @@ func (g *Group) drainInbox() {
 	g.inboxMu.Lock()
 	props, msgs, reports, ops := g.inProps, g.inMsgs, g.inReports, g.inOps
 	g.inProps, g.inMsgs, g.inReports, g.inOps = g.spareProps[:0], g.spareMsgs[:0], nil, nil
+	// The proposals taken stay counted until the pass has held or stepped
+	// them (heldBytes is stored exactly at its end): propose must not see
+	// them as gone meanwhile.
+	g.heldBytes.Add(g.inBytes)
 	g.inBytes = 0
 	g.inboxMu.Unlock()
 

@@ -267,3 +267,92 @@ func TestTransferSkipsPeersStandingAside(t *testing.T) {
 	require.NoError(t, groups[0].TransferLeadership(ctx))
 	require.Eventually(t, func() bool { return groups[0].Leader() == 3 }, 10*time.Second, time.Millisecond, "the one that takes it")
 }
+
+// TestHeldBudgetDuringAPass: proposals a pass has taken from the inbox
+// still count against MaxUncommittedBytes while the pass runs (its ops,
+// its messages) and before it holds them: others arriving meanwhile are
+// refused rather than let in for a second budget.
+func TestHeldBudgetDuringAPass(t *testing.T) {
+	const budget = 8 << 10
+	_, groups, dropper := openHandCluster(t, Config{TickInterval: 200 * time.Millisecond, MaxUncommittedBytes: budget})
+	g := groups[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := g.Propose(ctx, [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		st, err := g.Status(ctx)
+		return err == nil && st.Progress[2].Match == st.GetCommit() && st.Progress[2].RecentActive
+	}, 10*time.Second, time.Millisecond)
+	dropper.drop.Store(true)
+	asked, err := g.HandTo(ctx, 2, 64)
+	require.NoError(t, err)
+	require.True(t, asked)
+
+	// block queues an op that holds the engine until release is closed,
+	// and returns once it runs.
+	block := func(release chan struct{}) {
+		running := make(chan struct{})
+		go func() {
+			_ = g.do(ctx, func() error { close(running); <-release; return nil })
+		}()
+		<-running
+	}
+	propose := func(n int, errs chan<- error) {
+		for range n {
+			go func() {
+				_, err := g.Propose(ctx, [][]byte{make([]byte, 1<<10)}, true)
+				errs <- err
+			}()
+		}
+	}
+	first, second := make(chan struct{}), make(chan struct{})
+	block(first)
+	errs := make(chan error, 14)
+	propose(6, errs) // queued behind the blocked pass
+	require.Eventually(t, func() bool {
+		g.inboxMu.Lock()
+		defer g.inboxMu.Unlock()
+		return len(g.inProps) == 6
+	}, 10*time.Second, time.Millisecond)
+	// The next pass takes the six, then blocks in this op before holding
+	// them.
+	running := make(chan struct{})
+	go func() {
+		_ = g.do(ctx, func() error { close(running); <-second; return nil })
+	}()
+	require.Eventually(t, func() bool {
+		g.inboxMu.Lock()
+		defer g.inboxMu.Unlock()
+		return len(g.inOps) == 1
+	}, 10*time.Second, time.Millisecond)
+	close(first)
+	<-running
+	propose(6, errs) // while the six are in the pass's hands
+	dropped := 0
+	require.Eventually(t, func() bool {
+		for {
+			select {
+			case err := <-errs:
+				require.ErrorIs(t, err, ErrProposalDropped)
+				dropped++
+				continue
+			default:
+			}
+			break
+		}
+		g.inboxMu.Lock()
+		defer g.inboxMu.Unlock()
+		return len(g.inProps)+dropped == 6
+	}, 10*time.Second, time.Millisecond, "each queued or refused")
+	close(second)
+	held := 12 - dropped
+	require.Eventually(t, func() bool { return heldProposals(ctx, g) == held }, 10*time.Second, time.Millisecond)
+	assert.LessOrEqual(t, held*(1<<10), budget, "the six taken counted while the pass ran: no second budget let in")
+	aborted, err := g.AbortTransfer(ctx)
+	require.NoError(t, err)
+	require.True(t, aborted)
+	for range held {
+		require.NoError(t, <-errs)
+	}
+}
