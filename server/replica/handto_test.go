@@ -56,6 +56,23 @@ func (d *timeoutNowDropper) release(group string) {
 	d.Transport.Send(group, kept)
 }
 
+// stallHandOff makes node 1 (groups[0]) hand group "g" to node 2 and
+// keeps the hand-off from completing (its MsgTimeoutNow dropped), once
+// node 2 is caught up and replicating.
+func stallHandOff(ctx context.Context, t *testing.T, groups []*Group, dropper *timeoutNowDropper) {
+	t.Helper()
+	_, err := groups[0].Propose(ctx, [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		st, err := groups[0].Status(ctx)
+		return err == nil && st.Progress[2].Match == st.GetCommit() && st.Progress[2].RecentActive
+	}, 10*time.Second, time.Millisecond)
+	dropper.drop.Store(true)
+	asked, err := groups[0].HandTo(ctx, 2, 64)
+	require.NoError(t, err)
+	require.True(t, asked)
+}
+
 // heldProposals is how many proposals g holds (holdProposals) whose
 // callers still wait.
 func heldProposals(ctx context.Context, g *Group) int {
@@ -184,18 +201,8 @@ func TestHeldProposalsBounded(t *testing.T) {
 	_, groups, dropper := openHandCluster(t, Config{TickInterval: 200 * time.Millisecond, MaxUncommittedBytes: budget})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err := groups[0].Propose(ctx, [][]byte{[]byte("m")}, true)
-	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		st, err := groups[0].Status(ctx)
-		return err == nil && st.Progress[2].Match == st.GetCommit() && st.Progress[2].RecentActive
-	}, 10*time.Second, time.Millisecond)
+	stallHandOff(ctx, t, groups, dropper)
 	last := groups[0].Details().LastID
-
-	dropper.drop.Store(true)
-	asked, err := groups[0].HandTo(ctx, 2, 64)
-	require.NoError(t, err)
-	require.True(t, asked)
 
 	// One caller gives up while its proposal is held.
 	gone, giveUp := context.WithCancel(ctx)
@@ -278,25 +285,16 @@ func TestHeldBudgetDuringAPass(t *testing.T) {
 	g := groups[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err := g.Propose(ctx, [][]byte{[]byte("m")}, true)
-	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		st, err := g.Status(ctx)
-		return err == nil && st.Progress[2].Match == st.GetCommit() && st.Progress[2].RecentActive
-	}, 10*time.Second, time.Millisecond)
-	dropper.drop.Store(true)
-	asked, err := g.HandTo(ctx, 2, 64)
-	require.NoError(t, err)
-	require.True(t, asked)
+	stallHandOff(ctx, t, groups, dropper)
 
-	// block queues an op that holds the engine until release is closed,
-	// and returns once it runs.
-	block := func(release chan struct{}) {
-		running := make(chan struct{})
+	// block queues an op that holds the engine until release is closed;
+	// running closes once it runs.
+	block := func(release chan struct{}) (running chan struct{}) {
+		running = make(chan struct{})
 		go func() {
 			_ = g.do(ctx, func() error { close(running); <-release; return nil })
 		}()
-		<-running
+		return running
 	}
 	propose := func(n int, errs chan<- error) {
 		for range n {
@@ -307,7 +305,7 @@ func TestHeldBudgetDuringAPass(t *testing.T) {
 		}
 	}
 	first, second := make(chan struct{}), make(chan struct{})
-	block(first)
+	<-block(first)
 	errs := make(chan error, 14)
 	propose(6, errs) // queued behind the blocked pass
 	require.Eventually(t, func() bool {
@@ -317,10 +315,7 @@ func TestHeldBudgetDuringAPass(t *testing.T) {
 	}, 10*time.Second, time.Millisecond)
 	// The next pass takes the six, then blocks in this op before holding
 	// them.
-	running := make(chan struct{})
-	go func() {
-		_ = g.do(ctx, func() error { close(running); <-second; return nil })
-	}()
+	running := block(second)
 	require.Eventually(t, func() bool {
 		g.inboxMu.Lock()
 		defer g.inboxMu.Unlock()
