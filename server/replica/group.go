@@ -1088,11 +1088,11 @@ func (g *Group) Details() Details {
 
 // --- engine goroutine only below ---
 
-// holdProposals reports whether the proposals at hand wait rather than be
-// answered now, by raft's state st: while this leader hands its leadership over (raft drops
-// proposals then, and the producer would retry after its backoff), and
-// while this follower knows no leader (as during the hand-off's
-// election). Once the new leader is known they get its name
+// holdProposals reports, by raft's state st, whether the proposals at
+// hand wait rather than be answered now: while this leader hands its
+// leadership over (raft drops proposals then, and the producer would
+// retry after its backoff), and while this follower knows no leader (as
+// during the hand-off's election). Once the new leader is known they get its name
 // (NotLeaderError, which the API forwards to it at once), or, if the
 // hand-off was called off, go to raft. A wait lasts an election timeout
 // and two ticks at most (raft's own bound on a hand-off); then they are
@@ -1193,8 +1193,8 @@ func (g *Group) drainInbox() {
 	for i, p := range props {
 		switch {
 		case p.abandoned.Load():
-			// Its caller has gone (and may send it again): not proposed.
-			// Before holding, this window was one pass.
+			// Its caller has gone and may send it again: not proposed.
+			// (Held, it would have been stored up to a second later.)
 			p.release()
 			props[i] = nil
 		case g.fenced != nil:
