@@ -3,7 +3,6 @@ package tlsfiles
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"net"
 	"sync"
@@ -13,7 +12,8 @@ import (
 )
 
 // DefaultRecheck is how often a Node looks at its files again, at most:
-// a handshake after that long stats them.
+// a handshake (or a status request, Server.ServingCertificate) after that
+// long reads them.
 const DefaultRecheck = time.Second
 
 // Node is a node's TLS setup that follows its files: a certificate, key or
@@ -43,10 +43,8 @@ type Node struct {
 
 // loaded is one reading of the files.
 type loaded struct {
-	cert   *tls.Certificate
-	pool   *x509.CertPool // nil: the system's roots
-	server *tls.Config    // what a handshake with a client uses
-	client *tls.Config    // what a handshake with a peer uses
+	server *tls.Config // what a handshake with a client uses
+	client *tls.Config // what a handshake with a peer uses
 }
 
 // refusal is a reading of the files that was refused, and why.
@@ -97,7 +95,7 @@ func (n *Node) load(c contents) (*loaded, error) {
 	// offers only http/1.1 in on an h2 server, as if without ALPN.)
 	server.NextProtos = []string{"h2"}
 	client := &tls.Config{RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}
-	return &loaded{cert: &certs[0], pool: pool, server: server, client: client}, nil
+	return &loaded{server: server, client: client}, nil
 }
 
 // current returns the files' latest good reading, reading them again if
@@ -140,9 +138,6 @@ func (n *Node) look() (cur *loaded, changed bool, err error) {
 	n.cur, n.inUse, n.refused = cur, c, refusal{}
 	return cur, true, nil
 }
-
-// Certificate is the node's certificate now in use.
-func (n *Node) Certificate() *tls.Certificate { return n.current().cert }
 
 // Server is the configuration to serve with: each handshake takes the
 // files' latest good reading.
