@@ -22,7 +22,7 @@ const DefaultRecheck = time.Second
 // already made keep the certificates they were made with, as with any TLS
 // server.
 //
-// A changed set of files is checked as at start (CheckNode) before it
+// A changed set of files is checked as at start (checkNode) before it
 // replaces the one in use: a certificate written before its key, a
 // certificate of the wrong host or an authority that does not sign it is
 // refused, reported once, and the node goes on with what it had until
@@ -53,7 +53,7 @@ type refusal struct {
 	why string
 }
 
-// Node reads the files, checks them as CheckNode does, and returns a
+// Node reads the files, checks them (checkNode), and returns a
 // setup that follows them. report, when not nil, is told of each change
 // taken (nil) or refused (why), outside any lock.
 func (f Files) Node(host string, clientAuth bool, report func(error)) (*Node, error) {

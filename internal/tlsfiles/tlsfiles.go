@@ -148,18 +148,9 @@ func (f Files) Client() (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}, nil
 }
 
-// Server is the configuration of a node that serves TLS with Cert; with
+// server is the configuration of a node that serves TLS with certs; with
 // clientAuth it requires every client (and peer) to present a
-// certificate CA signed.
-func (f Files) Server(clientAuth bool) (*tls.Config, error) {
-	certs, pool, err := f.parse()
-	if err != nil {
-		return nil, err
-	}
-	return server(certs, pool, clientAuth)
-}
-
-// server is Server on the certificate and authorities read.
+// certificate pool's authorities signed. (Node serves with it.)
 func server(certs []tls.Certificate, pool *x509.CertPool, clientAuth bool) (*tls.Config, error) {
 	if certs == nil {
 		return nil, errors.New("tls: serving TLS needs the node's certificate and key (-tls-cert and -tls-key)")
@@ -174,21 +165,13 @@ func server(certs []tls.Certificate, pool *x509.CertPool, clientAuth bool) (*tls
 	return c, nil
 }
 
-// CheckNode checks a node's own certificate before the node serves with
-// it, so that a mistake is told at start rather than as peers' handshake
-// failures: that it is valid now and chains to the authorities its peers
-// verify it against (CA, else the system's roots), that it names host
-// (the host peers and clients dial; "" skips this), and, with clientAuth,
-// that it may authenticate a client (the node presents it to its peers).
-func (f Files) CheckNode(host string, clientAuth bool) error {
-	certs, roots, err := f.parse()
-	if err != nil || certs == nil {
-		return err
-	}
-	return f.checkNode(certs[0], roots, host, clientAuth)
-}
-
-// checkNode is CheckNode on the certificate and authorities read.
+// checkNode checks a node's own certificate before the node serves with
+// it, so that a mistake is told at start (or at a change of its files)
+// rather than as peers' handshake failures: that it is valid now and
+// chains to the authorities its peers verify it against (roots: CA, else
+// the system's), that it names host (the host peers and clients dial; ""
+// skips this), and, with clientAuth, that it may authenticate a client
+// (the node presents it to its peers).
 func (f Files) checkNode(cert tls.Certificate, roots *x509.CertPool, host string, clientAuth bool) error {
 	chain := cert.Certificate
 	leaf, err := x509.ParseCertificate(chain[0])
