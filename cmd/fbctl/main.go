@@ -90,6 +90,8 @@ Common flags:
   -o, -output FMT   text (default) or json: one JSON document, for topic,
                     cluster and node commands
   -timeout D        deadline of topic, cluster and node commands (default 15s)
+  -tls              talk TLS to the nodes, verifying them against the
+                    system's roots (for publicly signed certificates)
   -tls-ca FILE      talk TLS to the nodes, verifying them against these
                     authorities (PEM; fbnode -tls-ca)
   -tls-cert FILE, -tls-key FILE
@@ -114,6 +116,7 @@ type app struct {
 	output  string
 	timeout time.Duration
 	tls     tlsfiles.Files
+	tlsOn   bool // -tls: TLS without files (the system's roots)
 }
 
 // usageError is a mistake in the command line: exit status 2.
@@ -180,6 +183,7 @@ func (a *app) main(args []string) error {
 	fs.StringVar(&a.output, "o", "text", "output format")
 	fs.StringVar(&a.output, "output", "text", "output format")
 	fs.DurationVar(&a.timeout, "timeout", defaultTimeout, "deadline")
+	fs.BoolVar(&a.tlsOn, "tls", false, "TLS with the system's roots")
 	fs.StringVar(&a.tls.CA, "tls-ca", "", "TLS authorities")
 	fs.StringVar(&a.tls.Cert, "tls-cert", "", "TLS client certificate")
 	fs.StringVar(&a.tls.Key, "tls-key", "", "TLS client key")
@@ -221,6 +225,7 @@ type cmdFlags struct {
 	output  string
 	timeout time.Duration
 	tls     tlsfiles.Files
+	tlsOn   bool // -tls: TLS without files (the system's roots)
 }
 
 // flags returns the flag set of a command, with the common flags.
@@ -229,6 +234,7 @@ func (a *app) flags(name, synopsis, about string, withOutput, withTimeout bool) 
 	f := &cmdFlags{FlagSet: flag.NewFlagSet("fbctl "+name, flag.ContinueOnError), a: a, name: name, synopsis: synopsis, about: about}
 	f.SetOutput(io.Discard)
 	f.StringVar(&f.conn, "forestbus", a.conn, "connection string `CONN`: cluster#topic@host:port,... (default $FORESTBUS)")
+	f.BoolVar(&f.tlsOn, "tls", a.tlsOn, "talk TLS to the nodes, verifying them against the system's roots (for publicly signed certificates; -tls-ca names others)")
 	f.StringVar(&f.tls.CA, "tls-ca", a.tls.CA, "talk TLS to the nodes, verifying them against the authorities in this PEM `file` (fbnode -tls-ca)")
 	f.StringVar(&f.tls.Cert, "tls-cert", a.tls.Cert, "talk TLS, presenting this PEM client certificate `file` (for nodes with -tls-client-auth; with -tls-key)")
 	f.StringVar(&f.tls.Key, "tls-key", a.tls.Key, "the private key `file` (PEM) of -tls-cert")
@@ -317,7 +323,7 @@ func (f *cmdFlags) connect() (*client.Client, connInfo, error) {
 		return nil, connInfo{}, usagef("connection string %q names no node: want cluster#topic@host:port,...", s)
 	}
 	ci := connInfo{cluster: cluster, topic: topic, nodes: clean, creds: insecure.NewCredentials()}
-	if f.tls.Set() {
+	if f.tls.Set() || f.tlsOn {
 		cfg, err := f.tls.Client()
 		if err != nil {
 			return nil, connInfo{}, usagef("%v", err)
@@ -341,9 +347,9 @@ func tlsHint(err error) string {
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "server preface"):
-		return " (does the node serve TLS? give -tls-ca, and -tls-cert and -tls-key if it requires client certificates)"
+		return " (does the node serve TLS? give -tls-ca (or -tls for publicly signed certificates), and -tls-cert and -tls-key if it requires client certificates)"
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
-		return " (the node serves plaintext: drop the -tls-* flags)"
+		return " (the node serves plaintext: drop -tls and the -tls-* flags)"
 	case strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "broken pipe") && strings.Contains(msg, "tls"):
 		return " (the node requires a client certificate its -tls-ca signed: -tls-cert and -tls-key)"
 	}

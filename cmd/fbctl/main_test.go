@@ -666,4 +666,11 @@ func TestTLS(t *testing.T) {
 	r = fbctl(t, conn, "", "topic", "list", "-tls-ca", caFile, "-tls-cert", certFile)
 	assert.Equal(t, exitUsage, r.code)
 	assert.Contains(t, r.stderr, "-tls-key")
+	// -tls: TLS against the system's roots, which do not know the test
+	// authority.
+	r = fbctl(t, conn, "", "topic", "list", "-tls", "-timeout", "2s")
+	assert.NotZero(t, r.code, "%s", r.stdout)
+	assert.Contains(t, r.stderr, "unknown authority")
+	r = fbctl(t, conn, "", "-tls", "topic", "list", "-timeout", "2s") // global too
+	assert.Contains(t, r.stderr, "unknown authority")
 }
