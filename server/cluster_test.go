@@ -318,7 +318,7 @@ func TestLeaderStopsUnderLoad(t *testing.T) {
 }
 
 // leaderIndex is the index in c.Nodes of the topic's leader.
-func leaderIndex(t *testing.T, c *servertest.Cluster, topic string) int {
+func leaderIndex(t testing.TB, c *servertest.Cluster, topic string) int {
 	t.Helper()
 	idx := -1
 	require.Eventually(t, func() bool {

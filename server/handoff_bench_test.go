@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/forestbus/forestbus/client"
 	"github.com/forestbus/forestbus/server/servertest"
 )
@@ -37,6 +39,7 @@ func BenchmarkHandOffPause(b *testing.B) {
 		send()
 	}
 	var longest atomic.Int64 // ns, the longest send since the last reset
+	var sent atomic.Int64    // sends completed
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -54,46 +57,33 @@ func BenchmarkHandOffPause(b *testing.B) {
 					break
 				}
 			}
+			sent.Add(1)
 		}
 	}()
-	leaderOf := func() (int, uint64) {
-		for i, n := range c.Nodes {
-			tp, err := n.Registry().Get("default")
-			if err == nil && tp.Group != nil && tp.Group.Leader() == n.RaftID() {
-				return i, n.RaftID()
-			}
-		}
-		return -1, 0
+	// sends waits until the producer has completed n more sends.
+	sends := func(n int64) {
+		want := sent.Load() + n
+		require.Eventually(b, func() bool { return sent.Load() >= want }, 10*time.Second, 100*time.Microsecond)
 	}
 	var pauses []float64
 	b.ResetTimer()
 	for range b.N {
-		var from int
-		var lead uint64
-		for from, lead = leaderOf(); from < 0; from, lead = leaderOf() {
-			time.Sleep(time.Millisecond) // polling for an elected leader
-		}
-		to := c.Nodes[(from+1)%len(c.Nodes)].RaftID()
-		// Let the producer run steadily before the hand-off.
-		time.Sleep(50 * time.Millisecond)
+		from := leaderIndex(b, c, "default")
+		to := c.Nodes[(from+1)%len(c.Nodes)]
+		sends(5) // the producer running steadily before the hand-off
 		longest.Store(0)
-		tp, _ := c.Nodes[from].Registry().Get("default")
-		asked, err := tp.Group.HandTo(ctx, to, 64)
-		if err != nil || !asked {
-			b.Fatalf("hand-off from %d to %d: asked %v, %v", lead, to, asked, err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if i, _ := leaderOf(); i >= 0 && c.Nodes[i].RaftID() == to {
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatal("the hand-off did not happen")
-			}
-			time.Sleep(time.Millisecond)
-		}
-		// The sends in flight at the hand-off end within this.
-		time.Sleep(300 * time.Millisecond)
+		tp, err := c.Nodes[from].Registry().Get("default")
+		require.NoError(b, err)
+		asked, err := tp.Group.HandTo(ctx, to.RaftID(), 64)
+		require.NoError(b, err)
+		require.True(b, asked, "hand-off from node %d to %d", from, to.RaftID())
+		require.Eventually(b, func() bool {
+			tp, err := to.Registry().Get("default")
+			return err == nil && tp.Group.Leader() == to.RaftID()
+		}, 5*time.Second, 100*time.Microsecond, "the hand-off happens")
+		// Sends are sequential: two completed after the new leader took
+		// over include the one that spanned the hand-off.
+		sends(2)
 		pauses = append(pauses, float64(longest.Load())/1e6)
 	}
 	b.StopTimer()

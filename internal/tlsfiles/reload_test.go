@@ -84,13 +84,6 @@ func served(t *testing.T, addr string, cfg *tls.Config) *x509.Certificate {
 	return c.ConnectionState().PeerCertificates[0]
 }
 
-func leafOf(t *testing.T, l *tlstest.Leaf) *x509.Certificate {
-	t.Helper()
-	c, err := x509.ParseCertificate(l.Cert.Certificate[0])
-	require.NoError(t, err)
-	return c
-}
-
 // TestNodeFollowsItsFiles: a node's certificate, key and authorities
 // replaced on disk are used from the next handshake on, as server and as
 // client; a change that does not check out is refused once and the node
@@ -108,26 +101,26 @@ func TestNodeFollowsItsFiles(t *testing.T) {
 
 	addr, _ := serve(t, n.Server())
 	client := ca1.Issue(t, "client")
-	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, a)))
+	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(tlstest.Parse(t, a.CertPEM)))
 
 	// A new certificate and key.
 	b := ca1.Issue(t, "node")
 	write(t, certFile, b.CertPEM)
 	write(t, keyFile, b.KeyPEM)
-	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, b)))
+	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(tlstest.Parse(t, b.CertPEM)))
 	assert.Equal(t, []error{nil}, rep.take())
 
 	// The certificate written before its key: refused, reported once.
 	c := ca1.Issue(t, "node")
 	write(t, certFile, c.CertPEM)
 	for range 3 {
-		assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, b)))
+		assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(tlstest.Parse(t, b.CertPEM)))
 	}
 	errs := rep.take()
 	require.Len(t, errs, 1)
 	assert.ErrorContains(t, errs[0], "private key does not match")
 	write(t, keyFile, c.KeyPEM)
-	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, c)))
+	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(tlstest.Parse(t, c.CertPEM)))
 	assert.Equal(t, []error{nil}, rep.take())
 
 	// A certificate its authorities do not sign: refused.
@@ -135,7 +128,7 @@ func TestNodeFollowsItsFiles(t *testing.T) {
 	d := ca2.Issue(t, "node")
 	write(t, certFile, d.CertPEM)
 	write(t, keyFile, d.KeyPEM)
-	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(leafOf(t, c)))
+	assert.True(t, served(t, addr, ca1.ClientConfig(client)).Equal(tlstest.Parse(t, c.CertPEM)))
 	errs = rep.take()
 	require.Len(t, errs, 1)
 	assert.ErrorContains(t, errs[0], "unknown authority")
@@ -156,13 +149,13 @@ func TestNodeFollowsItsFiles(t *testing.T) {
 	// Both authorities: d is taken, ca2's clients are let in, and the
 	// node's client certificate is d.
 	write(t, caFile, append(append([]byte{}, ca1.PEM...), ca2.PEM...))
-	assert.True(t, served(t, addr, ca2.ClientConfig(client2)).Equal(leafOf(t, d)))
+	assert.True(t, served(t, addr, ca2.ClientConfig(client2)).Equal(tlstest.Parse(t, d.CertPEM)))
 	assert.Equal(t, []error{nil}, rep.take())
 	assert.NoError(t, admitted(t, addr, cfg2), "ca2's client let in")
 	require.NoError(t, dialPeer(t, peer, peerAddr))
 	select {
 	case got := <-peerSaw:
-		assert.True(t, got.Equal(leafOf(t, d)), "the node presents its new certificate to peers")
+		assert.True(t, got.Equal(tlstest.Parse(t, d.CertPEM)), "the node presents its new certificate to peers")
 	case <-time.After(10 * time.Second):
 		t.Fatal("the peer completed no handshake")
 	}
@@ -170,7 +163,7 @@ func TestNodeFollowsItsFiles(t *testing.T) {
 	// A bundle caught half written: refused, not taken without its end.
 	whole := append(append([]byte{}, ca1.PEM...), ca2.PEM...)
 	write(t, caFile, whole[:len(whole)-40])
-	assert.True(t, served(t, addr, cfg2).Equal(leafOf(t, d)))
+	assert.True(t, served(t, addr, cfg2).Equal(tlstest.Parse(t, d.CertPEM)))
 	errs = rep.take()
 	require.Len(t, errs, 1)
 	assert.ErrorContains(t, errs[0], "cut-off PEM block")
