@@ -230,6 +230,64 @@ func TestSnapshotLowersTheWatermark(t *testing.T) {
 	requireCut(t, crashed, m, 13)
 }
 
+// TestCutLowersTheWatermarkHeldInMemory: a commit-only SetHardState after
+// a sync raises the watermark the next slot will carry without writing a
+// slot (foldDurable). A truncation or snapshot that then cuts records the
+// watermark covers must lower that one too, not only the slots' (which
+// were already low): left high, it went into the next slot written — a
+// new term's, the snapshot's own, or Close's — over a log now shorter,
+// which Open then refused as corrupt, after a crash or after a clean stop
+// (a review found it).
+func TestCutLowersTheWatermarkHeldInMemory(t *testing.T) {
+	// written: ten records of term 1, synced, and a commit point recorded
+	// in memory only, as a follower's commit is.
+	written := func(t *testing.T, dir string) (*Log, *model) {
+		l := openT(t, dir, Options{})
+		require.NoError(t, l.SetHardStateParts(1, 1, 0))
+		m := newModel()
+		m.appendN(t, l, 1, 10, 1)
+		require.NoError(t, l.Sync())
+		require.NoError(t, l.SetHardStateParts(1, 1, 3))
+		return l, m
+	}
+	t.Run("truncation, then a new term and a crash", func(t *testing.T) {
+		l, m := written(t, t.TempDir())
+		defer l.Close()
+		m.appendN(t, l, 8, 1, 2) // a new leader's shorter tail replaces 8..10
+		require.NoError(t, l.SetHardStateParts(2, 0, 3))
+		require.NoError(t, l.Sync())
+		l2, err := Open(crashImage(t, l), Options{})
+		require.NoError(t, err, "every record is synced: the log opens")
+		m.check(t, l2)
+		require.NoError(t, l2.Close())
+	})
+	t.Run("truncation, then a clean close", func(t *testing.T) {
+		dir := t.TempDir()
+		l, m := written(t, dir)
+		m.appendN(t, l, 8, 1, 2)
+		require.NoError(t, l.Sync())
+		require.NoError(t, l.Close())
+		l2, err := Open(dir, Options{})
+		require.NoError(t, err, "a log closed cleanly opens")
+		m.check(t, l2)
+		require.NoError(t, l2.Close())
+	})
+	t.Run("snapshot below the tail, then a crash", func(t *testing.T) {
+		l, _ := written(t, t.TempDir())
+		defer l.Close()
+		require.NoError(t, l.ApplySnapshot(&pb.Snapshot{Data: EncodeSnapshotData(nil, 100), Metadata: &pb.SnapshotMetadata{
+			Index: proto.Uint64(5), Term: proto.Uint64(2), ConfState: &pb.ConfState{Voters: []uint64{1}},
+		}}))
+		require.NoError(t, l.Sync())
+		l2, err := Open(crashImage(t, l), Options{})
+		require.NoError(t, err, "every record is synced: the log opens")
+		last, err := l2.LastIndex()
+		require.NoError(t, err)
+		assert.Equal(t, uint64(5), last)
+		require.NoError(t, l2.Close())
+	})
+}
+
 // TestHardStateSlotFormats: a slot carries the watermark after the part
 // earlier versions read; a slot of an earlier version (36 bytes), or one
 // whose first part an earlier version rewrote, reads with watermark 0.

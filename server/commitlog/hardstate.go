@@ -219,7 +219,15 @@ func (h *hsFile) write(s hardState) error {
 // watermark over records that are no longer the durable ones. (One slot
 // would do while the anchor only moves after an fsync; with NoSync it
 // moves without one, and the other slot could come back as it was.)
+//
+// The watermark held in memory for the next slot comes down too when no
+// slot needs rewriting: Log.foldDurable raises it without a write (a
+// commit-only SetHardState), and left high it went into the next slot
+// written (a new term's, or Close's) over the cut records, and the log
+// then refused to open (a review found it: a follower's uncommitted tail
+// replaced by a new leader's shorter one, then a clean restart).
 func (h *hsFile) lowerDurable(index uint64) error {
+	h.cur.durable = min(h.cur.durable, index)
 	if h.maxDurable <= index {
 		return nil
 	}
