@@ -1075,12 +1075,20 @@ type Details struct {
 	Leader, Term              uint64
 }
 
-// Details reports the group's IDs and leader.
+// Details reports the group's IDs and leader, consistent with one another
+// (FirstID <= CommitID+1 <= LastID+1) although the engine moves them
+// while they are read: the commit ID is read before the last ID (a
+// committed message is in the log, which never drops below the commit
+// point), and it is at least the ID before the first one (a snapshot
+// moves the log's first ID before the group's commit ID; the snapshot's
+// messages are committed).
 func (g *Group) Details() Details {
+	first := g.log.FirstID()
+	commit := max(g.commitID.Load(), first-1)
 	return Details{
-		FirstID:  g.log.FirstID(),
+		FirstID:  first,
 		LastID:   g.log.NextID() - 1,
-		CommitID: g.commitID.Load(),
+		CommitID: commit,
 		Leader:   g.Leader(),
 		Term:     g.term.Load(),
 	}
