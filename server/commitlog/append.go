@@ -73,7 +73,10 @@ func (l *Log) writable() error {
 	if l.closed {
 		return ErrClosed
 	}
-	return l.writeError
+	if p := l.writeError.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // fence records a write failure: the log refuses further writes. Records
@@ -81,8 +84,8 @@ func (l *Log) writable() error {
 // journal is pinned (see holdBytes).
 func (l *Log) fence(err error) error {
 	l.mu.Lock()
-	first := l.writeError == nil
-	l.writeError = fmt.Errorf("commitlog: log fenced after write error: %w", err)
+	fenced := fmt.Errorf("commitlog: log fenced after write error: %w", err)
+	first := l.writeError.Swap(&fenced) == nil
 	l.mu.Unlock()
 	if first && l.heldEpoch != 0 {
 		s := l.segs[len(l.segs)-1]

@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -542,4 +543,29 @@ func TestSyncNowWithNoSync(t *testing.T) {
 	before := segmentSyncs.Load()
 	require.NoError(t, l.SyncNow())
 	assert.Greater(t, segmentSyncs.Load(), before)
+}
+
+// TestFenceWhileACommitPointIsRecorded: the replica engine records a
+// commit point (commit-only SetHardStateParts) while its syncer may fence
+// the same log after a failed sync (a leader applying ahead of its sync).
+// The fence's error was a plain field the recording read: a data race
+// (-race finds it).
+func TestFenceWhileACommitPointIsRecorded(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{})
+	defer l.Close()
+	require.NoError(t, l.SetHardStateParts(1, 1, 0))
+	m := newModel()
+	m.appendN(t, l, 1, 100, 1)
+	require.NoError(t, l.Sync())
+	fenced := make(chan struct{})
+	go func() {
+		defer close(fenced)
+		_ = l.fence(errors.New("a failed sync"))
+	}()
+	var err error
+	for c := uint64(1); c <= 100 && err == nil; c++ {
+		err = l.SetHardStateParts(1, 1, c)
+	}
+	<-fenced
+	require.ErrorContains(t, l.SetHardStateParts(1, 1, 100), "a failed sync", "fenced")
 }

@@ -140,7 +140,11 @@ type Log struct {
 	cache      tailCache // recently appended entries, for Entries
 	floor      uint64    // retention floor: first readable message id (floor.go)
 	closed     bool
-	writeError error // sticky: set when a write failed; the log is fenced
+	// writeError is sticky: set when a write failed, the log is fenced. An
+	// atomic: the syncer may fence the log (SyncMany) while the engine
+	// records a commit point in it (a leader applying ahead of its sync,
+	// which reads it through writable).
+	writeError atomic.Pointer[error]
 
 	// Owner-only state.
 	noPrealloc bool     // the filesystem cannot allocate ahead (preallocate)
@@ -374,7 +378,7 @@ func (l *Log) Close() error {
 		return ErrClosed
 	}
 	var err error
-	if l.writeError == nil {
+	if l.writeError.Load() == nil {
 		// A cleanly closed log's files hold its records and nothing else.
 		if n := len(l.segs); n > 0 {
 			s := l.segs[n-1]
@@ -410,7 +414,7 @@ func (l *Log) Close() error {
 	}
 	if l.jpath != "" {
 		// Synced whole, the log no longer needs its journal records.
-		l.opts.Journal.detach(err == nil && l.writeError == nil)
+		l.opts.Journal.detach(err == nil && l.writeError.Load() == nil)
 	}
 	return err
 }
