@@ -134,12 +134,12 @@ type Log struct {
 	baseTable []byte
 	// dups holds the verdicts of the duplicate entries in the retained log,
 	// by increasing index (appended by the owner under mu).
-	dups       []dupRec
-	terms      []termRun // covers [start.firstIndex-1, lastIndex]
-	cs         *pb.ConfState
-	cache      tailCache // recently appended entries, for Entries
-	floor      uint64    // retention floor: first readable message id (floor.go)
-	closed     bool
+	dups   []dupRec
+	terms  []termRun // covers [start.firstIndex-1, lastIndex]
+	cs     *pb.ConfState
+	cache  tailCache // recently appended entries, for Entries
+	floor  uint64    // retention floor: first readable message id (floor.go)
+	closed bool
 	// writeError is sticky: set when a write failed, the log is fenced. An
 	// atomic: the syncer may fence the log (SyncMany) while the engine
 	// records a commit point in it (a leader applying ahead of its sync,
