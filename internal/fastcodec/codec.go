@@ -37,12 +37,14 @@ package fastcodec
 import (
 	"fmt"
 	"math"
+	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	peerv1 "github.com/forestbus/forestbus/gen/forestbus/peer/v1"
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
@@ -156,7 +158,58 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	// from.
 	buf := data.MaterializeToBuffer(bufpool.Pool)
 	defer buf.Free()
-	return proto.Unmarshal(buf.ReadOnlyData(), m)
+	err := proto.Unmarshal(buf.ReadOnlyData(), m)
+	if err != nil {
+		if fixed, ok := validUTF8Strings(buf.ReadOnlyData(), m); ok {
+			return proto.Unmarshal(fixed, m)
+		}
+	}
+	return err
+}
+
+// validUTF8Strings returns b, a message of m's type, with the bytes that
+// are not UTF-8 in its top-level string fields replaced by U+FFFD, and
+// whether there were any. proto.Unmarshal refuses such a string, and gRPC
+// answers the refusal INTERNAL, with no ErrorInfo, before any handler
+// runs: a client in a language that sends what it is given (C++, raw
+// bytes from grpcurl's -d) asking GetMessages for a topic named in
+// Latin-1 got a server fault, which clients take for "try another node".
+// Decoded with U+FFFD in it, the name reaches the handler, which refuses
+// it as any name outside [A-Za-z0-9._-] (INVALID_ARGUMENT), naming it.
+// (SendMessages and Produce requests do not get here: their fast decoders
+// keep the bytes as they are.)
+func validUTF8Strings(b []byte, m proto.Message) ([]byte, bool) {
+	fields := m.ProtoReflect().Descriptor().Fields()
+	var out []byte
+	fixed := false
+	for rest := b; len(rest) > 0; {
+		num, typ, n := protowire.ConsumeTag(rest)
+		if n < 0 {
+			return nil, false
+		}
+		vn := protowire.ConsumeFieldValue(num, typ, rest[n:])
+		if vn < 0 {
+			return nil, false
+		}
+		field := rest[:n+vn]
+		rest = rest[n+vn:]
+		if fd := fields.ByNumber(num); typ == protowire.BytesType && fd != nil && fd.Kind() == protoreflect.StringKind {
+			v, _ := protowire.ConsumeBytes(field[n:])
+			if !utf8.Valid(v) {
+				if out == nil {
+					out = append(make([]byte, 0, len(b)+8), b[:len(b)-len(rest)-len(field)]...)
+				}
+				out = protowire.AppendTag(out, num, typ)
+				out = protowire.AppendString(out, strings.ToValidUTF8(string(v), "\uFFFD"))
+				fixed = true
+				continue
+			}
+		}
+		if out != nil {
+			out = append(out, field...)
+		}
+	}
+	return out, fixed
 }
 
 func unmarshalWith[M proto.Message](data mem.BufferSlice, m M, decode func([]byte, M) bool) error {

@@ -572,3 +572,26 @@ func TestSendMessagesCap(t *testing.T) {
 	odd = protowire.AppendVarint(protowire.AppendTag(append([]byte(nil), prod...), 9, protowire.VarintType), 1)
 	require.Error(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(odd)}, &p))
 }
+
+// TestUnmarshalNonUTF8String: a request whose string field is not UTF-8
+// decodes with U+FFFD for the bad bytes (the handler then refuses the
+// name), every other field as sent, in any order; a well-formed one, and
+// one malformed otherwise, decode as proto.Unmarshal has them.
+func TestUnmarshalNonUTF8String(t *testing.T) {
+	b := protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 7)
+	b = protowire.AppendBytes(protowire.AppendTag(b, 1, protowire.BytesType), []byte("a\xffb\xfe"))
+	b = protowire.AppendVarint(protowire.AppendTag(b, 3, protowire.VarintType), 9)
+	var req forestbusv1.GetMessagesRequest
+	require.NoError(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, &req))
+	assert.Equal(t, "a\uFFFDb\uFFFD", req.GetTopic())
+	assert.Equal(t, int64(7), req.GetId())
+	assert.Equal(t, int32(9), req.GetQuantity())
+
+	good, err := proto.Marshal(&forestbusv1.GetMessagesRequest{Topic: "t", Id: 3, Quantity: 4})
+	require.NoError(t, err)
+	require.NoError(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(good)}, &req))
+	assert.True(t, proto.Equal(&forestbusv1.GetMessagesRequest{Topic: "t", Id: 3, Quantity: 4}, &req))
+
+	cut := b[:len(b)-1] // the quantity's varint cut off: no repair hides it
+	assert.Error(t, Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(cut)}, &req))
+}

@@ -281,6 +281,41 @@ func TestProduceAnswersANonUTF8Topic(t *testing.T) {
 	assert.ErrorIs(t, st.RecvMsg(&end), io.EOF, "the stream ends OK")
 }
 
+// TestNonUTF8TopicIsABadName: a topic name that is not valid UTF-8 is
+// refused as a bad name (INVALID_ARGUMENT with its ErrorInfo, naming it)
+// by every call that takes one, as by SendMessages. Decoding refused it
+// before the handler, and gRPC answered INTERNAL without a reason: a
+// server fault, which clients take for "try another node" (review).
+func TestNonUTF8TopicIsABadName(t *testing.T) {
+	n := servertest.StartNode(t)
+	cc, err := grpc.NewClient("passthrough:///"+n.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cc.Close() })
+	// Field 1 is the topic (or the name) of each request below; fields 2
+	// and 3 an ID and a quantity where they exist.
+	req := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte("bad\xff"))
+	withID := protowire.AppendVarint(protowire.AppendTag(req, 2, protowire.VarintType), 1)
+	withID = protowire.AppendVarint(protowire.AppendTag(withID, 3, protowire.VarintType), 1)
+	check := func(what string, err error) {
+		t.Helper()
+		require.Equal(t, codes.InvalidArgument, status.Code(err), "%s: %v", what, err)
+		assert.Equal(t, "INVALID_ARGUMENT", reason(t, err), what)
+		assert.Contains(t, status.Convert(err).Message(), "bad\uFFFD", "%s names the topic", what)
+	}
+	check("GetMessages", cc.Invoke(testCtx(t), forestbusv1.ForestBusService_GetMessages_FullMethodName,
+		withID, new(forestbusv1.GetMessagesResponse), grpc.ForceCodecV2(rawCodec{})))
+	check("GetTopicDetails", cc.Invoke(testCtx(t), forestbusv1.ForestBusService_GetTopicDetails_FullMethodName,
+		req, new(forestbusv1.GetTopicDetailsResponse), grpc.ForceCodecV2(rawCodec{})))
+	check("CreateTopic", cc.Invoke(testCtx(t), forestbusv1.AdminService_CreateTopic_FullMethodName,
+		req, new(forestbusv1.CreateTopicResponse), grpc.ForceCodecV2(rawCodec{})))
+	st, err := cc.NewStream(testCtx(t), &grpc.StreamDesc{ServerStreams: true},
+		forestbusv1.ForestBusService_Subscribe_FullMethodName, grpc.ForceCodecV2(rawCodec{}))
+	require.NoError(t, err)
+	require.NoError(t, st.SendMsg(withID))
+	require.NoError(t, st.CloseSend())
+	check("Subscribe", st.RecvMsg(new(forestbusv1.SubscribeResponse)))
+}
+
 // TestMessageCountCaps: a batch holds at most fastcodec.MaxSendMessages
 // messages, and a read answers at most replica.MaxReadMessages. Only bytes
 // counted before: a request of empty messages (2 bytes each on the wire,
