@@ -89,6 +89,7 @@ type ForestBusServiceClient interface {
 	// tail of a node cut off from the others, see wait; or a node that
 	// joined the cluster and has not yet received the topic's log from its
 	// leader: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
+	// node), UNAVAILABLE/SHUTTING_DOWN (the node is stopping: ask another
 	// node), UNAVAILABLE without a reason (a removed node, or one its peers
 	// refuse), RESOURCE_EXHAUSTED without a reason (the node holds its cap
 	// of waiting long polls, fbnode -max-waiters, 10,000 by default; only
@@ -155,7 +156,9 @@ type ForestBusServiceClient interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND (also when the topic is removed while
 	// streaming), INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
 	// from_id, max_batch or heartbeat_ms), UNAVAILABLE/SHUTTING_DOWN (the node
-	// is stopping: resume on another node), UNAVAILABLE/NO_LEADER (see Tail;
+	// is stopping: resume on another node), UNAVAILABLE/STORAGE_FAILED (the
+	// node's copy of the topic stopped after a storage error: resume on
+	// another node), UNAVAILABLE/NO_LEADER (see Tail;
 	// also at the start, from a node that joined the cluster and has not yet
 	// received the topic's log from its leader: subscribe on another node),
 	// RESOURCE_EXHAUSTED without a reason (the node serves too many streams,
@@ -336,6 +339,7 @@ type ForestBusServiceServer interface {
 	// tail of a node cut off from the others, see wait; or a node that
 	// joined the cluster and has not yet received the topic's log from its
 	// leader: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
+	// node), UNAVAILABLE/SHUTTING_DOWN (the node is stopping: ask another
 	// node), UNAVAILABLE without a reason (a removed node, or one its peers
 	// refuse), RESOURCE_EXHAUSTED without a reason (the node holds its cap
 	// of waiting long polls, fbnode -max-waiters, 10,000 by default; only
@@ -402,7 +406,9 @@ type ForestBusServiceServer interface {
 	// Errors: NOT_FOUND/TOPIC_NOT_FOUND (also when the topic is removed while
 	// streaming), INVALID_ARGUMENT/INVALID_ARGUMENT (bad topic name, negative
 	// from_id, max_batch or heartbeat_ms), UNAVAILABLE/SHUTTING_DOWN (the node
-	// is stopping: resume on another node), UNAVAILABLE/NO_LEADER (see Tail;
+	// is stopping: resume on another node), UNAVAILABLE/STORAGE_FAILED (the
+	// node's copy of the topic stopped after a storage error: resume on
+	// another node), UNAVAILABLE/NO_LEADER (see Tail;
 	// also at the start, from a node that joined the cluster and has not yet
 	// received the topic's log from its leader: subscribe on another node),
 	// RESOURCE_EXHAUSTED without a reason (the node serves too many streams,
