@@ -272,7 +272,8 @@ type SendMessagesRequest struct {
 	// is at most the node's max message size (default 1 MiB); a batch of
 	// more than one is at most the node's max batch size (default 16 MiB),
 	// each message counted with its framing here (its bytes plus 2 or more).
-	// A batch over either limit is refused with BATCH_TOO_LARGE.
+	// A message over its limit is refused with MESSAGE_TOO_LARGE; a batch of
+	// more messages, or over the batch size, with BATCH_TOO_LARGE.
 	Messages [][]byte `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
 	// false: answer once the topic leader has the batch in its log (synced,
 	// in fsync mode). The IDs are then tentative: should the leader lose its
