@@ -201,14 +201,8 @@ func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 		// voter. A follower, cut off or removed itself, may hear none;
 		// it passes the call on (NOT_LEADER), and the leader checks.
 		if r.meta.Leader() == r.cfg.NodeID && !r.removedSelf.Load() {
-			live := 0
-			for _, v := range left {
-				if r.cfg.Engine.PeerLive(v) {
-					live++
-				}
-			}
-			if len(left) > 0 && live < len(left)/2+1 {
-				return fmt.Errorf("%w: removing %q leaves %d voters, %d of them live", ErrQuorumLoss, name, len(left), live)
+			if err := r.removalKeepsQuorums(name, id, left); err != nil {
+				return err
 			}
 		}
 		cc := &raftpb.ConfChangeV2{Changes: []*raftpb.ConfChangeSingle{{Type: raftpb.ConfChangeType_ConfChangeRemoveNode.Enum(), NodeId: new(id)}}}
@@ -229,6 +223,52 @@ func (r *Registry) RemoveNode(ctx context.Context, name string) error {
 			return nil
 		}
 	}
+}
+
+// removalKeepsQuorums returns ErrQuorumLoss when removing member id (name)
+// would leave the metadata group's voters, left, or a topic group's
+// voters without a live majority. A topic group's voters are not always
+// the metadata group's: a node added to the cluster votes in the metadata
+// group as soon as it holds its small log, and stays a learner of a topic
+// until it holds the topic's log. Judged by the metadata group alone, the
+// removal of a live voter while another was down went through, the
+// reconciler then removed it from a topic whose new node was still
+// learning, and that topic was left with one live voter of two: no
+// leader, and no commit to promote the learner with, until the down node
+// came back (a review found it). The topic groups' configurations are
+// this node's view of them (it holds every topic).
+func (r *Registry) removalKeepsQuorums(name string, id uint64, left []uint64) error {
+	short := func(voters []uint64) (n, live int, ok bool) {
+		for _, v := range voters {
+			if r.cfg.Engine.PeerLive(v) {
+				live++
+			}
+		}
+		return len(voters), live, len(voters) == 0 || live >= len(voters)/2+1
+	}
+	if n, live, ok := short(left); !ok {
+		return fmt.Errorf("%w: removing %q leaves %d voters, %d of them live", ErrQuorumLoss, name, n, live)
+	}
+	r.mu.RLock()
+	topics := make([]*Topic, 0, len(r.topics))
+	for _, t := range r.topics {
+		if t.Group != nil {
+			topics = append(topics, t)
+		}
+	}
+	r.mu.RUnlock()
+	for _, t := range topics {
+		voters := t.Group.ConfState().GetVoters()
+		if !slices.Contains(voters, id) {
+			continue // not a voter there: its quorum does not change
+		}
+		voters = slices.DeleteFunc(slices.Clone(voters), func(v uint64) bool { return v == id })
+		if n, live, ok := short(voters); !ok {
+			return fmt.Errorf("%w: removing %q leaves topic %q with %d voters, %d of them live (a member still learning the topic votes once it holds the topic's log: retry then)",
+				ErrQuorumLoss, name, t.Name, n, live)
+		}
+	}
+	return nil
 }
 
 // waitMembers polls cond (under the read lock) until it holds, for up to a

@@ -93,9 +93,11 @@ type AdminServiceClient interface {
 	// Its raft ID is never reused.
 	//
 	// Errors: NOT_FOUND/NODE_NOT_FOUND, FAILED_PRECONDITION/INVALID_ARGUMENT
-	// when the node is the last voter, or when the voters left would not have
-	// a live majority as the answering node hears them (remove the nodes that
-	// are down first, or bring them back; the code is FAILED_PRECONDITION,
+	// when the node is the last voter, or when the voters left, of the
+	// cluster or of a topic (a node added recently votes in a topic once it
+	// holds the topic's log), would not have a live majority as the
+	// answering node hears them (remove the nodes that are down first, bring
+	// them back, or wait for the new node to catch up; the code is FAILED_PRECONDITION,
 	// not INVALID_ARGUMENT as elsewhere with this reason: the request is
 	// valid, the cluster's state refuses it), FAILED_PRECONDITION/NOT_LEADER
 	// and UNAVAILABLE/NO_LEADER as for CreateTopic.
@@ -236,9 +238,11 @@ type AdminServiceServer interface {
 	// Its raft ID is never reused.
 	//
 	// Errors: NOT_FOUND/NODE_NOT_FOUND, FAILED_PRECONDITION/INVALID_ARGUMENT
-	// when the node is the last voter, or when the voters left would not have
-	// a live majority as the answering node hears them (remove the nodes that
-	// are down first, or bring them back; the code is FAILED_PRECONDITION,
+	// when the node is the last voter, or when the voters left, of the
+	// cluster or of a topic (a node added recently votes in a topic once it
+	// holds the topic's log), would not have a live majority as the
+	// answering node hears them (remove the nodes that are down first, bring
+	// them back, or wait for the new node to catch up; the code is FAILED_PRECONDITION,
 	// not INVALID_ARGUMENT as elsewhere with this reason: the request is
 	// valid, the cluster's state refuses it), FAILED_PRECONDITION/NOT_LEADER
 	// and UNAVAILABLE/NO_LEADER as for CreateTopic.
