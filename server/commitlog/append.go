@@ -44,7 +44,7 @@ func (l *Log) preallocate(s *segment, need int64) {
 		return
 	}
 	step := min(max(s.alloc, minPrealloc), maxPrealloc)
-	end := min(need+step, max(need, l.opts.SegmentBytes))
+	end := min(need+step, max(need, l.segmentBytes.Load()))
 	ok, err := allocateFunc(s.f, s.alloc, end-s.alloc)
 	switch {
 	case err != nil:
@@ -178,8 +178,9 @@ func (l *Log) Append(ents []*pb.Entry, ids []EntryIDs) ([]EntryIDs, error) {
 	var lastIDs EntryIDs
 	base := len(ids)
 	chunk := 0 // index in ents of the first entry not yet flushed
+	rollAt := l.segmentBytes.Load()
 	for i, e := range ents {
-		if pos := s.size + int64(len(buf)-start); pos >= l.opts.SegmentBytes && (pos > 0) {
+		if pos := s.size + int64(len(buf)-start); pos >= rollAt && (pos > 0) {
 			if err := l.flush(s, buf[start:], pts, runs, ents[chunk:i], ids[base+chunk:], nextID); err != nil {
 				return ids, err
 			}

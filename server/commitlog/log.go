@@ -140,6 +140,9 @@ type Log struct {
 	cache  tailCache // recently appended entries, for Entries
 	floor  uint64    // retention floor: first readable message id (floor.go)
 	closed bool
+	// segmentBytes is the roll size: Options.SegmentBytes, then
+	// SetSegmentBytes's.
+	segmentBytes atomic.Int64
 	// writeError is sticky: set when a write failed, the log is fenced. An
 	// atomic: the syncer may fence the log (SyncMany) while the engine
 	// records a commit point in it (a leader applying ahead of its sync,
@@ -195,6 +198,7 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, fmt.Errorf("commitlog: create dir: %w", err)
 	}
 	l := &Log{dir: dir, opts: opts, logger: logger.With("dir", dir), dev: deviceOf(dir)}
+	l.segmentBytes.Store(opts.SegmentBytes)
 	if !opts.NoSync {
 		l.syncDev = registerSyncDev(l.dev, dir) // before the log writes (syncdev.go)
 	}
@@ -640,10 +644,11 @@ func holdsID(h *recHeader, id uint64) bool { return id < h.firstID+uint64(h.coun
 
 // SetSegmentBytes changes the size at which the active segment rolls (as
 // Options.SegmentBytes: 0 means DefaultSegmentBytes, values below
-// MinSegmentBytes are raised), from the next append on. The owner
-// goroutine only.
+// MinSegmentBytes are raised), from the next append on. Safe from any
+// goroutine: a topic's settings change while its log is the syncer's (a
+// review found the plain field written under a sync that read it).
 func (l *Log) SetSegmentBytes(n int64) {
-	l.opts.SegmentBytes = segmentBytes(n)
+	l.segmentBytes.Store(segmentBytes(n))
 }
 
 // segmentBytes is the roll size Options.SegmentBytes = n stands for.

@@ -870,3 +870,37 @@ func TestSetConfStateSkipsAnEqualOne(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []uint64{4}, cs.GetLearners())
 }
+
+// TestSetSegmentBytesWhileWriting: a topic's segment size may change (the
+// metadata group applies new settings) while another goroutine writes
+// and syncs its log (the replica engine's syncer), and the next roll
+// follows the new size. -race found the plain field written under a sync
+// that read it.
+func TestSetSegmentBytesWhileWriting(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{SegmentBytes: MinSegmentBytes})
+	defer l.Close()
+	m := newModel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			l.SetSegmentBytes(MinSegmentBytes + int64(i%2)*4096)
+		}
+	}()
+	next := uint64(1)
+	for range 20 {
+		m.appendN(t, l, next, 5, 1)
+		next += 5
+		require.NoError(t, l.Sync())
+	}
+	<-done
+	segs := len(l.segs)
+	l.SetSegmentBytes(64 << 20)
+	for l.segs[len(l.segs)-1].size < MinSegmentBytes+4096 {
+		m.appendN(t, l, next, 5, 1)
+		next += 5
+	}
+	require.NoError(t, l.Sync())
+	assert.Equal(t, segs, len(l.segs), "no roll below the new size")
+	m.check(t, l)
+}

@@ -709,8 +709,8 @@ func (r *Registry) updateTopicLocked(t *Topic, s Settings) {
 	nt.Settings = s
 	r.topics[t.Name] = &nt
 	if !r.replaying && nt.Group != nil && s.SegmentBytes != t.Settings.SegmentBytes {
-		// The running log rolls at the new size from now on (apply runs
-		// on the engine goroutine, which owns every log).
+		// The running log rolls at the new size from now on (its syncer
+		// may hold the log meanwhile: SetSegmentBytes is safe for that).
 		nt.Group.Log().SetSegmentBytes(r.segmentBytes(s))
 	}
 }
