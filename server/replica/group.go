@@ -590,18 +590,49 @@ func (g *Group) waitLead(ctx context.Context, ok func(lead uint64) bool) error {
 }
 
 // do runs fn on the engine goroutine, where the raft state lives, and
-// waits for it.
+// waits for it. fn runs only if its caller still waits when the loop
+// reaches it, and then the caller gets its answer, whatever ctx does
+// meanwhile: a caller that gave up has fn's effects withdrawn, and one
+// that gets an error may read what fn would have set, untouched. (An op
+// whose caller had gone ran anyway: HandTo answered "canceled, not asked"
+// for a hand-off raft then made, which nobody aborted, and read its
+// answer while the loop wrote it; a review found it.)
 func (g *Group) do(ctx context.Context, fn func() error) error {
 	done := make(chan error, 1)
+	var claim atomic.Int32 // opRuns or opAbandoned, by whichever comes first
 	op := func() {
+		if !claim.CompareAndSwap(0, opRuns) {
+			return
+		}
 		if g.fenced != nil {
 			done <- ErrStorageFailed
 			return
 		}
 		done <- fn()
 	}
-	return g.await(ctx, op, done)
+	if !g.enqueue(func() { g.inOps = append(g.inOps, op) }) {
+		return ErrStopped
+	}
+	var err error
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-g.stopped:
+		err = ErrStopped
+	}
+	if claim.CompareAndSwap(0, opAbandoned) {
+		return err
+	}
+	return <-done // fn runs now on the loop: its answer is due
 }
+
+// do's claims on an op.
+const (
+	opRuns      = 1
+	opAbandoned = 2
+)
 
 // await queues op for the engine goroutine and waits for its answer on
 // done (buffered), for ctx to end, or for the group to stop.

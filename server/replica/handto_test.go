@@ -351,3 +351,34 @@ func TestHeldBudgetDuringAPass(t *testing.T) {
 		require.NoError(t, <-errs)
 	}
 }
+
+// TestAbandonedOpsDoNothing: an op whose caller gave up before the loop
+// reached it (its context ended) does not run. HandTo's did: the caller
+// was told "canceled, not asked" while raft was asked to hand over, a
+// hand-off nobody would call off (and -race saw HandTo read its answer
+// while the loop wrote it). An op the loop took first answers its caller.
+func TestAbandonedOpsDoNothing(t *testing.T) {
+	_, groups, _ := openHandCluster(t, Config{})
+	ctx := ctx10(t)
+	_, err := groups[0].Propose(ctx, [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		st, err := groups[0].Status(ctx)
+		return err == nil && st.Progress[2].Match == st.GetCommit() && st.Progress[2].RecentActive
+	}, 10*time.Second, time.Millisecond, "node 2 may take over")
+
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	asked, err := groups[0].HandTo(gone, 2, 64)
+	// Ops run in order: once Status has run, HandTo's op has had its turn.
+	st, serr := groups[0].Status(ctx)
+	require.NoError(t, serr)
+	if err != nil {
+		require.ErrorIs(t, err, context.Canceled)
+		assert.False(t, asked)
+		assert.Equal(t, uint64(raft.None), st.LeadTransferee, "a hand-off nobody asked for is under way")
+	} else {
+		// The loop took the op before its caller gave up: it answered.
+		assert.Equal(t, asked, st.LeadTransferee == 2 || groups[0].Leader() != 1)
+	}
+}
