@@ -24,6 +24,7 @@ import (
 	forestbusv1 "github.com/forestbus/forestbus/gen/forestbus/v1"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
+	"github.com/forestbus/forestbus/server/transport"
 )
 
 type conn struct {
@@ -453,6 +454,53 @@ func TestRemovedTopicFilesPurged(t *testing.T) {
 		"removed/ still holds %v", names("removed"))
 	assert.Len(t, names("topics"), 1, "the new incarnation's files")
 	assert.Equal(t, [][]byte{[]byte("n-0"), []byte("n-1")}, readAll(t, c, "orders", 1, 2, 10))
+}
+
+// TestRestartedNodeServesTheCurrentTopic: a node down while a topic was
+// removed and created again under the same name restarts with the old
+// one in its own metadata log. It serves topic calls only once it has
+// caught up with the cluster's metadata (UNAVAILABLE/NO_LEADER before, as
+// while cut off): it served the removed topic's messages under the new
+// topic's name and IDs (a review found it, at every restart).
+func TestRestartedNodeServesTheCurrentTopic(t *testing.T) {
+	hub := transport.NewHub()
+	c := servertest.NewCluster(t, 3, servertest.WithHub(hub))
+	c.WaitTopic("default")
+	ctx := ctxT(t)
+	up := dial(t, c.Nodes[0])
+	_, err := up.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "x"})
+	require.NoError(t, err)
+	c.WaitTopic("x")
+	send(t, up, "x", batch("old", 3), true)
+	down := c.Nodes[2]
+	cd := dial(t, down)
+	require.Eventually(t, func() bool {
+		d, err := cd.bus.GetTopicDetails(ctx, &forestbusv1.GetTopicDetailsRequest{Topic: "x"})
+		return err == nil && d.GetCommitId() == 3
+	}, 20*time.Second, 10*time.Millisecond, "the old x is on the node that goes down")
+	id := down.RaftID()
+	down.Stop()
+	_, err = up.admin.RemoveTopic(ctx, &forestbusv1.RemoveTopicRequest{Name: "x"})
+	require.NoError(t, err)
+	_, err = up.admin.CreateTopic(ctx, &forestbusv1.CreateTopicRequest{Name: "x"})
+	require.NoError(t, err)
+	send(t, up, "x", batch("new", 3), true)
+
+	hub.Isolate(id) // it comes back cut off
+	down.Start()
+	_, err = cd.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "x", Id: 1, Quantity: 10})
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	assert.Equal(t, "NO_LEADER", reasonOf(err))
+
+	hub.Heal()
+	require.Eventually(t, func() bool {
+		m, err := cd.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "x", Id: 1, Quantity: 10})
+		if err != nil || len(m.GetMessages()) == 0 {
+			return false
+		}
+		require.Equal(t, batch("new", 3), m.GetMessages(), "the restarted node serves the current x")
+		return true
+	}, 20*time.Second, 10*time.Millisecond)
 }
 
 func reasonOf(err error) string {

@@ -276,6 +276,9 @@ func (s *Service) lookup(ctx context.Context, name string) (*topic.Topic, error)
 	if err := s.unavailable(); err != nil {
 		return nil, err
 	}
+	if err := s.registry.CaughtUp(ctx); err != nil {
+		return nil, err
+	}
 	if t, err := s.registry.Get(name); err == nil {
 		return t, nil // the send path: no timer, no context
 	}

@@ -217,6 +217,30 @@ type Registry struct {
 	// removing holds the directories of removed topics whose files are
 	// not moved aside yet (checkpointState.Removing). Guarded by mu.
 	removing map[string]struct{}
+	// caughtUp: the metadata group passed a read barrier since the
+	// registry opened (CaughtUp).
+	caughtUp atomic.Bool
+}
+
+// CaughtUp returns nil once this node has applied every metadata command
+// the cluster had committed at some moment after the registry opened; the
+// first calls wait for the metadata group's read barrier (bounded as
+// Lookup's; replica.ErrNoLeader when it does not confirm in time), the
+// later ones cost an atomic load. Until then, the topics this node knows
+// are those of its own metadata log, which may be behind the cluster's: a
+// node down while a topic was removed and created again under the same
+// name restarted with the old one, and served its messages under the new
+// topic's name and IDs until it caught up (a review found it). The API
+// serves topic calls only once it has.
+func (r *Registry) CaughtUp(ctx context.Context) error {
+	if r.caughtUp.Load() {
+		return nil
+	}
+	if err := r.barrier(ctx, "the topic list since this node started"); err != nil {
+		return err
+	}
+	r.caughtUp.Store(true)
+	return nil
 }
 
 // ChangeCount increases whenever the member set changes, a topic group
