@@ -135,7 +135,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s.log.Info("node started", "cluster", cfg.ClusterID, "node", cfg.NodeName, "id", s.id.RaftID, "addr", s.addr, "data", cfg.DataDir, "sync", string(cfg.Sync), "build", Build().String())
 	s.checkAddress()
 
-	s.wg.Add(4)
+	s.wg.Add(5)
+	go s.catchUp()
 	go s.reconcile()
 	go s.retention()
 	go s.shedLeadership()
@@ -441,6 +442,30 @@ func (s *Server) handOff(ctx context.Context) (led, failed int) {
 
 // reconcile brings the groups this node leads to the cluster's membership
 // (reconcileLoop with the registry's rounds), until Stop.
+// catchUp passes the metadata group's read barrier once after the start
+// (topic.Registry.CaughtUp), so that topic calls do not wait for it: the
+// API serves them only once it has passed. It tries again until it does
+// or the node stops.
+func (s *Server) catchUp() {
+	defer s.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopc:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for s.registry.CaughtUp(ctx) != nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond): // a pause between tries, each bounded by the metadata wait
+		}
+	}
+}
+
 func (s *Server) reconcile() {
 	defer s.wg.Done()
 	reconcileLoop(s.stopc, s.registry.Changed(), s.registry.ChangeCount, func(ctx context.Context) bool {

@@ -238,10 +238,13 @@ type Group struct {
 	hsTicks    int    // ticks since the commit point was last written (tick)
 	pass       uint64 // the engine pass that last listed it as a candidate
 	lost       bool   // leadership lost in the current Ready
-	replies    []reply
-	props      []*raftpb.Entry   // scratch for batched proposals
-	early      []*raftpb.Message // scratch for sendAppendsEarly
-	acksIn     []*raftpb.Message // scratch for stepAcks
+	// leadLearned: a Ready named a leader where none was known; finish
+	// asks a read round in flight again once the answer would be right.
+	leadLearned bool
+	replies     []reply
+	props       []*raftpb.Entry   // scratch for batched proposals
+	early       []*raftpb.Message // scratch for sendAppendsEarly
+	acksIn      []*raftpb.Message // scratch for stepAcks
 	// aheadErr: applyAhead failed while the log was the syncer's; the
 	// group is fenced once the sync completes.
 	aheadErr  error
@@ -1408,6 +1411,9 @@ func (g *Group) persist() bool {
 		g.lostQuorum = false
 		if was != rd.SoftState.Lead {
 			defer g.notifyCommit() // wakes WaitLeader
+			if was == raft.None {
+				g.leadLearned = true
+			}
 			if rd.SoftState.Lead == raft.None {
 				g.leaderless.Store(time.Now().UnixNano())
 			} else {
@@ -1659,6 +1665,20 @@ func (g *Group) finish() {
 	}
 	g.rn.Advance(rd)
 	g.readStates(rd.ReadStates)
+	if g.leadLearned {
+		// raft dropped the round's request while no leader was known:
+		// ask again as soon as the answer would be right (a new leader
+		// first commits an entry of its term), rather than after
+		// readRoundTicks, which a quiesced group does not count: a node
+		// just started waited for its first barrier until its caller
+		// gave up.
+		if rd := g.reads.inFlight; rd == nil {
+			g.leadLearned = false
+		} else if g.mayAskRead() {
+			g.leadLearned = false
+			g.askRead(rd)
+		}
+	}
 	if g.campaignAt > 0 && g.applied.Load() >= g.campaignAt {
 		g.campaignAt = 0
 		_ = g.rn.Campaign()

@@ -2,6 +2,8 @@ package replica
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -9,6 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/forestbus/forestbus/server/commitlog"
+	"github.com/forestbus/forestbus/server/transport"
 )
 
 // TestReadIndexSingleNode: a group of one answers at once.
@@ -103,4 +108,37 @@ func TestNoSnapshotWhileApplying(t *testing.T) {
 	_, err = s.Snapshot()
 	require.NoError(t, err)
 	assert.Equal(t, 1, calls)
+}
+
+// TestReadIndexAskedWhenALeaderIsKnown: a read round asked while no
+// leader is known (raft drops the request) is asked again as soon as one
+// is, not readRoundTicks later: a quiesced group counts no ticks, and a
+// node just started waited for its first metadata barrier until its
+// caller gave up. Ticks of an hour here: only a leader's arrival can have
+// the round asked again.
+func TestReadIndexAskedWhenALeaderIsKnown(t *testing.T) {
+	hub := transport.NewHub()
+	ids := []uint64{1, 2, 3}
+	root := t.TempDir()
+	open := func(id uint64) *Group {
+		e := startHubEngine(t, hub, id, ids, Config{TickInterval: time.Hour}, nil)
+		l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id)), commitlog.Options{})
+		require.NoError(t, err)
+		g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+		require.NoError(t, err)
+		return g
+	}
+	open(3)
+	g2 := open(2)
+	read := make(chan error, 1)
+	go func() { read <- g2.ReadIndex(ctx10(t)) }()
+	require.Eventually(t, func() bool {
+		var asked bool
+		err := g2.do(ctx10(t), func() error { asked = g2.reads.inFlight != nil; return nil })
+		return err == nil && asked
+	}, 10*time.Second, time.Millisecond, "the round is asked while no leader is known")
+	require.Zero(t, g2.Leader())
+	open(1) // campaigns at once
+	require.NoError(t, <-read)
+	assert.Equal(t, uint64(1), g2.Leader())
 }

@@ -208,6 +208,9 @@ func (c *Cluster) WaitTopic(name string) {
 			tp, err := n.Registry().Get(name)
 			if err == nil {
 				require.NoError(c.t, tp.Group.WaitLeader(ctx))
+				// The API serves topics once the node has caught up
+				// with the cluster's metadata.
+				require.NoError(c.t, n.Registry().CaughtUp(ctx))
 				break
 			}
 			select {

@@ -86,9 +86,10 @@ type ForestBusServiceClient interface {
 	// id, quantity 0 or less: proto3 sends an unset quantity as 0, so a
 	// request that leaves it out, easy to do from grpcurl, is refused),
 	// NOT_FOUND/TOPIC_NOT_FOUND, UNAVAILABLE/NO_LEADER (a long poll at the
-	// tail of a node cut off from the others, see wait; or a node that
-	// joined the cluster and has not yet received the topic's log from its
-	// leader: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
+	// tail of a node cut off from the others, see wait; a node that joined
+	// the cluster and has not yet received the topic's log from its leader;
+	// or a node that started and has not yet caught up with the cluster's
+	// topic list: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
 	// node), UNAVAILABLE/SHUTTING_DOWN (the node is stopping: ask another
 	// node), UNAVAILABLE without a reason (a removed node, or one its peers
 	// refuse), RESOURCE_EXHAUSTED without a reason (the node holds its cap
@@ -104,7 +105,8 @@ type ForestBusServiceClient interface {
 	// of the topic stopped after a storage error and its commit point no
 	// longer moves: ask another node), UNAVAILABLE/NO_LEADER (a node that
 	// joined the cluster and has not yet received the topic's log from its
-	// leader: ask another node), UNAVAILABLE without a reason (a removed
+	// leader, or that started and has not yet caught up with the cluster's
+	// topic list: ask another node), UNAVAILABLE without a reason (a removed
 	// node, or one its peers refuse).
 	GetTopicDetails(ctx context.Context, in *GetTopicDetailsRequest, opts ...grpc.CallOption) (*GetTopicDetailsResponse, error)
 	// GetClusterDetails identifies the cluster and its nodes. Clients call it
@@ -160,7 +162,8 @@ type ForestBusServiceClient interface {
 	// node's copy of the topic stopped after a storage error: resume on
 	// another node), UNAVAILABLE/NO_LEADER (see Tail;
 	// also at the start, from a node that joined the cluster and has not yet
-	// received the topic's log from its leader: subscribe on another node),
+	// received the topic's log from its leader, or that started and has not
+	// yet caught up with the cluster's topic list: subscribe on another node),
 	// RESOURCE_EXHAUSTED without a reason (the node serves too many streams,
 	// 10,000 by default: resume on another node or later), and UNAVAILABLE
 	// without a reason (a removed node, or one its peers refuse, also to a
@@ -336,9 +339,10 @@ type ForestBusServiceServer interface {
 	// id, quantity 0 or less: proto3 sends an unset quantity as 0, so a
 	// request that leaves it out, easy to do from grpcurl, is refused),
 	// NOT_FOUND/TOPIC_NOT_FOUND, UNAVAILABLE/NO_LEADER (a long poll at the
-	// tail of a node cut off from the others, see wait; or a node that
-	// joined the cluster and has not yet received the topic's log from its
-	// leader: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
+	// tail of a node cut off from the others, see wait; a node that joined
+	// the cluster and has not yet received the topic's log from its leader;
+	// or a node that started and has not yet caught up with the cluster's
+	// topic list: ask another node), UNAVAILABLE/STORAGE_FAILED (ask another
 	// node), UNAVAILABLE/SHUTTING_DOWN (the node is stopping: ask another
 	// node), UNAVAILABLE without a reason (a removed node, or one its peers
 	// refuse), RESOURCE_EXHAUSTED without a reason (the node holds its cap
@@ -354,7 +358,8 @@ type ForestBusServiceServer interface {
 	// of the topic stopped after a storage error and its commit point no
 	// longer moves: ask another node), UNAVAILABLE/NO_LEADER (a node that
 	// joined the cluster and has not yet received the topic's log from its
-	// leader: ask another node), UNAVAILABLE without a reason (a removed
+	// leader, or that started and has not yet caught up with the cluster's
+	// topic list: ask another node), UNAVAILABLE without a reason (a removed
 	// node, or one its peers refuse).
 	GetTopicDetails(context.Context, *GetTopicDetailsRequest) (*GetTopicDetailsResponse, error)
 	// GetClusterDetails identifies the cluster and its nodes. Clients call it
@@ -410,7 +415,8 @@ type ForestBusServiceServer interface {
 	// node's copy of the topic stopped after a storage error: resume on
 	// another node), UNAVAILABLE/NO_LEADER (see Tail;
 	// also at the start, from a node that joined the cluster and has not yet
-	// received the topic's log from its leader: subscribe on another node),
+	// received the topic's log from its leader, or that started and has not
+	// yet caught up with the cluster's topic list: subscribe on another node),
 	// RESOURCE_EXHAUSTED without a reason (the node serves too many streams,
 	// 10,000 by default: resume on another node or later), and UNAVAILABLE
 	// without a reason (a removed node, or one its peers refuse, also to a
