@@ -21,6 +21,7 @@ import (
 	"github.com/forestbus/forestbus/internal/syncbuf"
 	"github.com/forestbus/forestbus/server"
 	"github.com/forestbus/forestbus/server/servertest"
+	"github.com/forestbus/forestbus/server/topic"
 	"github.com/forestbus/forestbus/server/transport"
 )
 
@@ -208,15 +209,25 @@ func TestRemoveNodeKeepsTopicQuorums(t *testing.T) {
 	}
 	err = removeNode(t, admin, "n3")
 	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
-	assert.Contains(t, status.Convert(err).Message(), `topic "big" with 2 voters, 1 of them live`)
+	// Judged by the metadata leader: "with 2 voters, 1 of them live", or,
+	// should n4 lead the metadata group, its copy of big is behind.
+	assert.Contains(t, status.Convert(err).Message(), `topic "big"`)
 	assert.Contains(t, big.Group.ConfState().GetVoters(), uint64(3), "n3 still votes in big")
+	// Judged by n4, whose copy of big is behind (the leader's additions
+	// have not reached it), the removal is refused too.
+	require.NoError(t, n4.Registry().Meta().RequestLeadership(ctx))
+	require.Eventually(t, func() bool { return reg.Meta().Leader() == 4 && n4.Registry().Meta().Leader() == 4 },
+		20*time.Second, 10*time.Millisecond, "n4 leads the metadata group")
+	err = removeNode(t, admin, "n3")
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	assert.Contains(t, status.Convert(err).Message(), `copy of topic "big" does not list every member`)
 
 	block.Store(false) // n4 catches up on big and is promoted
 	// The metadata leader judges by its own view of big: wait for every
 	// live node's.
 	require.Eventually(t, func() bool {
-		for _, n := range []*servertest.Node{c.Nodes[0], c.Nodes[2]} {
-			tp, err := n.Registry().Get("big")
+		for _, reg := range []*topic.Registry{c.Nodes[0].Registry(), c.Nodes[2].Registry(), n4.Registry()} {
+			tp, err := reg.Get("big")
 			if err != nil || !slices.Contains(tp.Group.ConfState().GetVoters(), 4) {
 				return false
 			}

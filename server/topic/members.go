@@ -256,9 +256,24 @@ func (r *Registry) removalKeepsQuorums(name string, id uint64, left []uint64) er
 			topics = append(topics, t)
 		}
 	}
+	members := make([]uint64, 0, len(r.members))
+	for m := range r.members {
+		members = append(members, m)
+	}
 	r.mu.RUnlock()
 	for _, t := range topics {
-		voters := t.Group.ConfState().GetVoters()
+		cs := t.Group.ConfState()
+		voters := cs.GetVoters()
+		for _, m := range members {
+			if !slices.Contains(voters, m) && !slices.Contains(cs.GetLearners(), m) {
+				// A topic's leader adds every member (as a learner
+				// first): this node's copy of the topic is behind (it
+				// joined a moment ago, say), and its voters may be more
+				// than it knows, or fewer.
+				return fmt.Errorf("%w: removing %q: this node's copy of topic %q does not list every member yet, so its quorum cannot be judged here: retry",
+					ErrQuorumLoss, name, t.Name)
+			}
+		}
 		if !slices.Contains(voters, id) {
 			continue // not a voter there: its quorum does not change
 		}
