@@ -256,23 +256,15 @@ func (r *Registry) removalKeepsQuorums(name string, id uint64, left []uint64) er
 			topics = append(topics, t)
 		}
 	}
-	members := make([]uint64, 0, len(r.members))
-	for m := range r.members {
-		members = append(members, m)
-	}
 	r.mu.RUnlock()
 	for _, t := range topics {
-		cs := t.Group.ConfState()
-		voters := cs.GetVoters()
-		for _, m := range members {
-			if !slices.Contains(voters, m) && !slices.Contains(cs.GetLearners(), m) {
-				// A topic's leader adds every member (as a learner
-				// first): this node's copy of the topic is behind (it
-				// joined a moment ago, say), and its voters may be more
-				// than it knows, or fewer.
-				return fmt.Errorf("%w: removing %q: this node's copy of topic %q does not list every member yet, so its quorum cannot be judged here: retry",
-					ErrQuorumLoss, name, t.Name)
-			}
+		voters := t.Group.ConfState().GetVoters()
+		if !slices.Contains(voters, r.cfg.NodeID) {
+			// This node still learns the topic (it joined a moment
+			// ago): its copy of the configuration is behind the
+			// leader's, which may count more voters or fewer.
+			return fmt.Errorf("%w: removing %q: this node does not vote in topic %q yet (it is catching up on it), so it cannot judge that topic's quorum: retry",
+				ErrQuorumLoss, name, t.Name)
 		}
 		if !slices.Contains(voters, id) {
 			continue // not a voter there: its quorum does not change
