@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -244,4 +245,23 @@ func TestRemoveNodeKeepsTopicQuorums(t *testing.T) {
 		return err
 	}
 	require.Eventually(t, func() bool { return sendWithin() == nil }, 20*time.Second, 100*time.Millisecond, "big commits with n1 and n4 of n1, n2, n4")
+}
+
+// TestRemovedPeerIsForgotten: once no group on a node counts a removed
+// node, the node's transport drops it: each member kept a sending
+// goroutine and a connection to every node ever removed, for the life of
+// its process (a review found it).
+func TestRemovedPeerIsForgotten(t *testing.T) {
+	c := servertest.NewCluster(t, 3)
+	c.WaitTopic("default")
+	senders := func() int {
+		buf := make([]byte, 1<<22)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "transport.(*peer).run(")
+	}
+	require.Eventually(t, func() bool { return senders() == 6 }, 20*time.Second, 10*time.Millisecond,
+		"each of 3 nodes sends to the other two")
+	require.NoError(t, removeNode(t, dial(t, c.Nodes[0]).admin, "n3"))
+	c.Nodes[2].Stop() // its own senders go with it
+	require.Eventually(t, func() bool { return senders() == 2 }, 20*time.Second, 50*time.Millisecond,
+		"n1 and n2 keep one sender each, to each other")
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -67,6 +68,13 @@ type Server struct {
 	gate         *voteGate                        // wraps the peer transport; closed while refused
 	peerCreds    credentials.TransportCredentials // PeerCredentials
 	shed         chan struct{}                    // signals shedLeadership: a refusal began
+
+	// peersMu guards the two below. memberIDs is the member list of the
+	// last setMembers; lingering holds the removed members still in the
+	// transport (forgetRemovedPeers).
+	peersMu   sync.Mutex
+	memberIDs map[uint64]bool
+	lingering map[uint64]bool
 }
 
 // unlock releases the data directory's lock.
@@ -471,8 +479,45 @@ func (s *Server) reconcile() {
 	reconcileLoop(s.stopc, s.registry.Changed(), s.registry.ChangeCount, func(ctx context.Context) bool {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		return s.registry.Reconcile(ctx)
+		settled := s.registry.Reconcile(ctx)
+		s.forgetRemovedPeers() // a round comes at least every reconcileIdle
+		return settled
 	}, reconcileEvery, reconcileIdle)
+}
+
+// forgetRemovedPeers removes from the transport the nodes the cluster
+// removed that no group on this node counts any more (as voter or
+// learner): each held a sending goroutine and a connection for the life
+// of the process (a review found them).
+func (s *Server) forgetRemovedPeers() {
+	s.peersMu.Lock()
+	ids := slices.Collect(maps.Keys(s.lingering))
+	s.peersMu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	groups := s.registry.Groups()
+	for _, id := range ids {
+		counted := false
+		for _, g := range groups {
+			cs := g.ConfState()
+			if slices.Contains(cs.GetVoters(), id) || slices.Contains(cs.GetLearners(), id) ||
+				slices.Contains(cs.GetVotersOutgoing(), id) || slices.Contains(cs.GetLearnersNext(), id) {
+				counted = true
+				break
+			}
+		}
+		if counted {
+			continue
+		}
+		s.peersMu.Lock()
+		still := s.lingering[id]
+		delete(s.lingering, id)
+		s.peersMu.Unlock()
+		if still {
+			s.transport.RemovePeer(id)
+		}
+	}
 }
 
 // reconcileLoop runs round every `every` while it reports work left; once a
@@ -589,9 +634,26 @@ func (s *Server) setMembers(ms []topic.Member) {
 		}
 	}
 	s.engine.SetPeers(ids) // after AddPeer: it pings them at once
-	// Removed nodes are not removed from the transport: one may still lead a
+	// Removed nodes stay in the transport for now: one may still lead a
 	// topic group until it hands the leadership over, and followers forward
-	// to it meanwhile.
+	// to it meanwhile. forgetRemovedPeers drops them once no group counts
+	// them.
+	s.peersMu.Lock()
+	now := make(map[uint64]bool, len(ids))
+	for _, id := range ids {
+		now[id] = true
+		delete(s.lingering, id)
+	}
+	for id := range s.memberIDs {
+		if !now[id] && id != s.id.RaftID {
+			if s.lingering == nil {
+				s.lingering = map[uint64]bool{}
+			}
+			s.lingering[id] = true
+		}
+	}
+	s.memberIDs = now
+	s.peersMu.Unlock()
 	s.svc.SetNodes(nodes)
 	s.applyRefusal() // the refusing peers' names, from the new list
 }
