@@ -317,7 +317,9 @@ func TestRefusalSurvivesRestart(t *testing.T) {
 	p0.Start()
 	require.Eventually(t, func() bool { return len(x.RefusedBy()) == 0 }, 20*time.Second, 10*time.Millisecond)
 	assert.NoFileExists(t, filepath.Join(x.Cfg.DataDir, "refused.json"))
-	assert.Equal(t, healthpb.HealthCheckResponse_SERVING, healthOf(t, x))
+	// Serving once it has caught up with the metadata too, which it could
+	// not while refused and p0 was down.
+	require.Eventually(t, func() bool { return healthOf(t, x) == healthpb.HealthCheckResponse_SERVING }, 20*time.Second, 10*time.Millisecond)
 }
 
 // TestUnreadableRefusalRecord: a refused.json that cannot be read fails

@@ -154,8 +154,10 @@ func (s *Server) RefusedBy() []string {
 }
 
 // updateServing sets the health status: NOT_SERVING on a node the cluster
-// removed or a peer refuses, so that probes (a load balancer,
-// Kubernetes, systemd) do not take it for a serving node.
+// removed or a peer refuses, and on one that has not yet caught up with
+// the cluster's metadata since it started (it refuses topic calls then),
+// so that probes (a load balancer, Kubernetes, systemd) do not take it
+// for a serving node.
 func (s *Server) updateServing() {
 	s.refusalMu.Lock()
 	defer s.refusalMu.Unlock()
@@ -167,7 +169,7 @@ func (s *Server) updateServingLocked() {
 		return // not serving yet: Start sets it
 	}
 	st := healthpb.HealthCheckResponse_SERVING
-	if s.registry.RemovedSelf() || len(s.refusedNames) > 0 {
+	if s.registry.RemovedSelf() || len(s.refusedNames) > 0 || !s.registry.IsCaughtUp() {
 		st = healthpb.HealthCheckResponse_NOT_SERVING
 	}
 	s.health.SetServingStatus("", st)

@@ -338,7 +338,9 @@ func (s *Server) open() error {
 		NodeID:    id.RaftID,
 		Members:   topicMembers(bootstrap),
 		OnMembers: s.setMembers,
-		Log:       commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS, PageCacheBytes: cfg.PageCacheBytes, Journal: s.journal},
+		// Health says SERVING once topic calls are served.
+		OnCaughtUp: s.updateServing,
+		Log:        commitlog.Options{SegmentBytes: cfg.SegmentBytes, NoSync: cfg.Sync == SyncOS, PageCacheBytes: cfg.PageCacheBytes, Journal: s.journal},
 
 		DefaultRetention:      cfg.Retention,
 		DefaultRetentionBytes: cfg.RetentionBytes,

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -491,8 +492,10 @@ func TestRestartedNodeServesTheCurrentTopic(t *testing.T) {
 	_, err = cd.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "x", Id: 1, Quantity: 10})
 	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
 	assert.Equal(t, "NO_LEADER", reasonOf(err))
+	assert.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, healthOf(t, down), "health says so too")
 
 	hub.Heal()
+	require.Eventually(t, func() bool { return healthOf(t, down) == healthpb.HealthCheckResponse_SERVING }, 20*time.Second, 10*time.Millisecond)
 	require.Eventually(t, func() bool {
 		m, err := cd.bus.GetMessages(ctx, &forestbusv1.GetMessagesRequest{Topic: "x", Id: 1, Quantity: 10})
 		if err != nil || len(m.GetMessages()) == 0 {

@@ -139,6 +139,9 @@ type Config struct {
 	// OnMembers, when set, is called with the member list whenever it
 	// changes (on the engine goroutine; it must not block).
 	OnMembers func([]Member)
+	// OnCaughtUp, when set, is called once, by the first CaughtUp that
+	// succeeds, before it returns.
+	OnCaughtUp func()
 	// Log holds the defaults for every topic's log (SegmentBytes, NoSync).
 	Log commitlog.Options
 	// DefaultRetention and DefaultRetentionBytes apply to topics whose
@@ -239,9 +242,15 @@ func (r *Registry) CaughtUp(ctx context.Context) error {
 	if err := r.barrier(ctx, "the topic list since this node started"); err != nil {
 		return err
 	}
-	r.caughtUp.Store(true)
+	if r.caughtUp.CompareAndSwap(false, true) && r.cfg.OnCaughtUp != nil {
+		r.cfg.OnCaughtUp()
+	}
 	return nil
 }
+
+// IsCaughtUp reports whether CaughtUp has succeeded (it then returns at
+// once).
+func (r *Registry) IsCaughtUp() bool { return r.caughtUp.Load() }
 
 // ChangeCount increases whenever the member set changes, a topic group
 // opens on this node or this node becomes a group's leader.
