@@ -108,7 +108,11 @@ func (s *Server) awaitHandOffs(ctx context.Context, handed []topic.Handed, skipT
 		if h.Group.Leader() != s.id.RaftID {
 			continue
 		}
-		_, _ = h.Group.AbortTransfer(ctx) // none left when raft gave up already
+		// A context of its own: the round's may have ended, and an op
+		// whose caller gave up does not run.
+		actx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, _ = h.Group.AbortTransfer(actx) // none left when raft gave up already
+		cancel()
 		notTaken++
 		skipTil[h.To] = backoff
 	}

@@ -450,8 +450,6 @@ func (s *Server) handOff(ctx context.Context) (led, failed int) {
 	return led, int(nFailed.Load())
 }
 
-// reconcile brings the groups this node leads to the cluster's membership
-// (reconcileLoop with the registry's rounds), until Stop.
 // catchUp passes the metadata group's read barrier once after the start
 // (topic.Registry.CaughtUp), so that topic calls do not wait for it: the
 // API serves them only once it has passed. It tries again until it does
@@ -476,6 +474,8 @@ func (s *Server) catchUp() {
 	}
 }
 
+// reconcile brings the groups this node leads to the cluster's membership
+// (reconcileLoop with the registry's rounds), until Stop.
 func (s *Server) reconcile() {
 	defer s.wg.Done()
 	reconcileLoop(s.stopc, s.registry.Changed(), s.registry.ChangeCount, func(ctx context.Context) bool {

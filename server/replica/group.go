@@ -841,7 +841,6 @@ func (g *Group) Status(ctx context.Context) (raft.Status, error) {
 		return nil
 	})
 	if err != nil {
-		// The op may still run later: st is not ours to read.
 		return raft.Status{}, err
 	}
 	return st, nil

@@ -209,8 +209,13 @@ func (c *Cluster) WaitTopic(name string) {
 			if err == nil {
 				require.NoError(c.t, tp.Group.WaitLeader(ctx))
 				// The API serves topics once the node has caught up
-				// with the cluster's metadata.
-				require.NoError(c.t, n.Registry().CaughtUp(ctx))
+				// with the cluster's metadata (each try is bounded by
+				// the metadata wait, a slow election may take more).
+				for n.Registry().CaughtUp(ctx) != nil {
+					if ctx.Err() != nil {
+						c.t.Fatalf("node %s never caught up with the metadata", n.Cfg.NodeName)
+					}
+				}
 				break
 			}
 			select {

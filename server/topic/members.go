@@ -249,6 +249,13 @@ func (r *Registry) removalKeepsQuorums(name string, id uint64, left []uint64) er
 	if n, live, ok := short(left); !ok {
 		return fmt.Errorf("%w: removing %q leaves %d voters, %d of them live", ErrQuorumLoss, name, n, live)
 	}
+	if !r.cfg.Engine.PeerLive(id) {
+		// Removing a voter that is down leaves every group the live
+		// voters it has, fewer voters to count: no group's majority gets
+		// harder to reach (the replacement of a dead node). This node's
+		// copies of the topics need not be current for that.
+		return nil
+	}
 	r.mu.RLock()
 	topics := make([]*Topic, 0, len(r.topics))
 	for _, t := range r.topics {
@@ -260,6 +267,9 @@ func (r *Registry) removalKeepsQuorums(name string, id uint64, left []uint64) er
 	for _, t := range topics {
 		voters := t.Group.ConfState().GetVoters()
 		if !slices.Contains(voters, r.cfg.NodeID) {
+			if id == r.cfg.NodeID {
+				continue // removing a node that does not vote there yet
+			}
 			// This node still learns the topic (it joined a moment
 			// ago): its copy of the configuration is behind the
 			// leader's, which may count more voters or fewer.
