@@ -1117,7 +1117,10 @@ type Details struct {
 // messages are committed).
 func (g *Group) Details() Details {
 	first := g.log.FirstID()
-	commit := max(g.commitID.Load(), first-1)
+	commit := g.commitID.Load()
+	if first > 0 {
+		commit = max(commit, first-1)
+	}
 	return Details{
 		FirstID:  first,
 		LastID:   g.log.NextID() - 1,
