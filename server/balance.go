@@ -40,12 +40,7 @@ func (s *Server) balanceLeaders() {
 	if every < 0 {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-s.stopc
-		cancel()
-	}()
+	ctx := s.stopCtx
 	t := time.NewTicker(every)
 	defer t.Stop()
 	skipTil := map[uint64]time.Time{}

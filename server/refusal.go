@@ -245,14 +245,7 @@ func (s *Server) shedLeadership() {
 		case <-s.shed:
 		}
 		for s.gate.closed.Load() {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			go func() { // Stop ends the round
-				select {
-				case <-s.stopc:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
+			ctx, cancel := context.WithTimeout(s.stopCtx, 2*time.Second) // Stop ends the round
 			led, failed := s.handOff(ctx)
 			cancel()
 			if failed > 0 {

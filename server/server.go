@@ -48,19 +48,23 @@ type Server struct {
 	grpc     *grpc.Server
 	health   *health.Server
 
-	served    chan struct{} // closed when Serve returns
-	serveErr  error
-	bg        chan struct{} // closed when the background default-topic creation ends
-	stopc     chan struct{} // closed by Stop
-	wg        sync.WaitGroup
-	cancelBG  context.CancelFunc
-	members   []member
-	transport PeerTransport
-	stopOnce  sync.Once
-	stopErr   error
-	addr      string
-	advertise string
-	lock      *os.File // the data directory's lock (lockDataDir)
+	served   chan struct{} // closed when Serve returns
+	serveErr error
+	bg       chan struct{} // closed when the background default-topic creation ends
+	stopc    chan struct{} // closed by Stop
+	// stopCtx ends when Stop begins (stopCancel, with stopc): the context
+	// of the background loops' calls.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
+	wg         sync.WaitGroup
+	cancelBG   context.CancelFunc
+	members    []member
+	transport  PeerTransport
+	stopOnce   sync.Once
+	stopErr    error
+	addr       string
+	advertise  string
+	lock       *os.File // the data directory's lock (lockDataDir)
 
 	refusalMu    sync.Mutex                       // guards the two below, refused.json and health updates (refusal.go)
 	refusedBy    map[uint64]bool                  // peers refusing this node's streams (raft IDs)
@@ -94,6 +98,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, served: make(chan struct{}), bg: make(chan struct{}), stopc: make(chan struct{}), refusedBy: map[uint64]bool{}, shed: make(chan struct{}, 1)}
+	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
 	// Before the topics open: a restart at the limit fails in open.
 	s.checkFileLimit()
 	if err := commitlog.MkdirAll(cfg.DataDir); err != nil {
@@ -456,18 +461,9 @@ func (s *Server) handOff(ctx context.Context) (led, failed int) {
 // or the node stops.
 func (s *Server) catchUp() {
 	defer s.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
+	for s.registry.CaughtUp(s.stopCtx) != nil {
 		select {
 		case <-s.stopc:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	for s.registry.CaughtUp(ctx) != nil {
-		select {
-		case <-ctx.Done():
 			return
 		case <-time.After(100 * time.Millisecond): // a pause between tries, each bounded by the metadata wait
 		}
@@ -873,6 +869,7 @@ func (s *Server) Err() error {
 func (s *Server) Stop() error {
 	s.stopOnce.Do(func() {
 		close(s.stopc)
+		s.stopCancel()
 		s.wg.Wait()
 		if s.cancelBG != nil {
 			s.cancelBG()

@@ -73,6 +73,13 @@ func stallHandOff(ctx context.Context, t *testing.T, groups []*Group, dropper *t
 	require.True(t, asked)
 }
 
+// queued is how many proposals and ops wait in g's inbox.
+func queued(g *Group) (props, ops int) {
+	g.inboxMu.Lock()
+	defer g.inboxMu.Unlock()
+	return len(g.inProps), len(g.inOps)
+}
+
 // heldProposals is how many proposals g holds (holdProposals) whose
 // callers still wait.
 func heldProposals(ctx context.Context, g *Group) int {
@@ -308,19 +315,11 @@ func TestHeldBudgetDuringAPass(t *testing.T) {
 	<-block(first)
 	errs := make(chan error, 14)
 	propose(6, errs) // queued behind the blocked pass
-	require.Eventually(t, func() bool {
-		g.inboxMu.Lock()
-		defer g.inboxMu.Unlock()
-		return len(g.inProps) == 6
-	}, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { props, _ := queued(g); return props == 6 }, 10*time.Second, time.Millisecond)
 	// The next pass takes the six, then blocks in this op before holding
 	// them.
 	running := block(second)
-	require.Eventually(t, func() bool {
-		g.inboxMu.Lock()
-		defer g.inboxMu.Unlock()
-		return len(g.inOps) == 1
-	}, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { _, ops := queued(g); return ops == 1 }, 10*time.Second, time.Millisecond)
 	close(first)
 	<-running
 	propose(6, errs) // while the six are in the pass's hands
@@ -336,9 +335,8 @@ func TestHeldBudgetDuringAPass(t *testing.T) {
 			}
 			break
 		}
-		g.inboxMu.Lock()
-		defer g.inboxMu.Unlock()
-		return len(g.inProps)+dropped == 6
+		props, _ := queued(g)
+		return props+dropped == 6
 	}, 10*time.Second, time.Millisecond, "each queued or refused")
 	close(second)
 	held := 12 - dropped

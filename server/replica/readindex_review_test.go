@@ -69,11 +69,7 @@ func TestReadIndexSingletonBeforeTermCommit(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- g.ReadIndex(context.Background()) }()
-	require.Eventually(t, func() bool {
-		g.inboxMu.Lock()
-		defer g.inboxMu.Unlock()
-		return len(g.inOps) > 0
-	}, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { _, ops := queued(g); return ops > 0 }, 5*time.Second, time.Millisecond)
 	g.drainInbox()
 	step() // the Ready of the leader's first entry (and of the read, if answered)
 	select {

@@ -63,11 +63,7 @@ func TestStopKeepsUnappliedConfChange(t *testing.T) {
 	require.NoError(t, g.ProposeConfChange(ctx, cc))
 	require.Eventually(t, func() bool { return n.Load() == 1 }, 5*time.Second, time.Millisecond) // cc entry's sync stalled
 	go func() { _, _ = g.Propose(context.Background(), [][]byte{[]byte("y")}, false) }()
-	require.Eventually(t, func() bool {
-		g.inboxMu.Lock()
-		defer g.inboxMu.Unlock()
-		return len(g.inProps) == 1
-	}, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { props, _ := queued(g); return props == 1 }, 5*time.Second, time.Millisecond)
 	close(rel1)
 	// Next Ready: commits the cc and appends "y": waits for sync 2.
 	require.Eventually(t, func() bool { return n.Load() == 2 }, 5*time.Second, time.Millisecond)

@@ -212,8 +212,10 @@ func (c *Cluster) WaitTopic(name string) {
 				// with the cluster's metadata (each try is bounded by
 				// the metadata wait, a slow election may take more).
 				for n.Registry().CaughtUp(ctx) != nil {
-					if ctx.Err() != nil {
+					select {
+					case <-ctx.Done():
 						c.t.Fatalf("node %s never caught up with the metadata", n.Cfg.NodeName)
+					case <-time.After(5 * time.Millisecond): // a pause between tries
 					}
 				}
 				break
