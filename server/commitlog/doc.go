@@ -281,7 +281,14 @@
 //
 // Entry: u32 body length, u32 CRC32C of [8, 16+length), u64 epoch, then the
 // body: u8 kind, u16 path length, the log's directory relative to the
-// journal's base, payload. Kind 1 (records) carries segment records as
+// journal's base, payload. A file's first entry is kind 3 (salt: no path,
+// 8 random bytes drawn when the file was made current, plain CRC); every
+// later entry's CRC is seeded with the CRC of the salt. Epochs are
+// predictable and a recycled file still holds producers' bytes, so without
+// the salt a message could carry an entry of the epoch its file will be
+// reused at, read on replay where the new valid prefix ends. A file whose
+// first entry is kind 1 or 2 was written by a build before the salt and is
+// read with plain CRCs. Kind 1 (records) carries segment records as
 // Append wrote them; kind 2 (barrier) says that the log's earlier records
 // in the journal are void: before a truncation or ApplySnapshot changes the
 // log, the log syncs its own files and the barrier is written and synced,

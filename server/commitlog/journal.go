@@ -2,6 +2,7 @@ package commitlog
 
 import (
 	"cmp"
+	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -30,6 +31,13 @@ const (
 
 	kindRecords = 1 // body: the log's records written since its last sync
 	kindBarrier = 2 // body: the log's earlier records in the journal are void
+	// kindSalt is a file's first entry (no path; payload: 8 random bytes).
+	// Its CRC is plain; every later entry's CRC is seeded with the salt, so
+	// bytes a recycled file still holds (producers' messages included) can
+	// never pass for an entry of the file's new epoch. A file whose first
+	// entry is of another kind was written by an earlier build: its
+	// entries are read with plain CRCs.
+	kindSalt = 3
 )
 
 // journalCommits counts the journal's fdatasyncs of committed batches,
@@ -64,6 +72,8 @@ type Journal struct {
 	alloc  int64 // bytes of f written (zeros ahead of pos)
 	buf    []byte
 	zeros  []byte
+	seed   uint32 // CRC state of the current file's salt (kindSalt)
+	salt   [8]byte
 	err    error         // sticky: the journal failed; every commit fails
 	ckpt   chan struct{} // closed when the previous file's checkpoint ended
 	ckErr  error         // the checkpoint's result, read after ckpt closed
@@ -229,6 +239,11 @@ func (j *Journal) next(e uint64) error {
 		f.Close()
 		return j.fail(err)
 	}
+	if _, err := crand.Read(j.salt[:]); err != nil {
+		f.Close()
+		return j.fail(fmt.Errorf("commitlog: journal: %w", err))
+	}
+	j.seed = crc32.Checksum(j.salt[:], castagnoli)
 	j.f, j.epoch, j.pos, j.alloc = f, e, 0, st.Size()
 	return nil
 }
@@ -255,16 +270,26 @@ func (j *Journal) relPath(dir string) (string, error) {
 
 // appendEntry frames one journal entry: header, kind, path, payload.
 func (j *Journal) appendEntry(dst []byte, kind byte, path string, payload []byte) []byte {
+	return frameEntry(dst, j.epoch, j.seed, kind, path, payload)
+}
+
+// saltEntry frames the current file's first entry (kindSalt).
+func (j *Journal) saltEntry() []byte {
+	return frameEntry(nil, j.epoch, 0, kindSalt, "", j.salt[:])
+}
+
+// frameEntry frames one entry of epoch whose CRC starts from seed.
+func frameEntry(dst []byte, epoch uint64, seed uint32, kind byte, path string, payload []byte) []byte {
 	start := len(dst)
 	n := 1 + 2 + len(path) + len(payload)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(n))
 	dst = append(dst, 0, 0, 0, 0)
-	dst = binary.LittleEndian.AppendUint64(dst, j.epoch)
+	dst = binary.LittleEndian.AppendUint64(dst, epoch)
 	dst = append(dst, kind)
 	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(path)))
 	dst = append(dst, path...)
 	dst = append(dst, payload...)
-	binary.LittleEndian.PutUint32(dst[start+4:start+8], crc32.Checksum(dst[start+8:], castagnoli))
+	binary.LittleEndian.PutUint32(dst[start+4:start+8], crc32.Update(seed, castagnoli, dst[start+8:]))
 	return dst
 }
 
@@ -511,6 +536,10 @@ func (j *Journal) waitCheckpoint() error {
 // step ahead, so that most fdatasyncs flush data only (no size or extent
 // change to journal).
 func (j *Journal) write(buf []byte) error {
+	if j.pos == 0 {
+		// A file's entries start with its salt (kindSalt).
+		buf = append(j.saltEntry(), buf...)
+	}
 	end := j.pos + int64(len(buf))
 	if end > j.alloc {
 		grow := max(end-j.alloc, journalGrowStep)
@@ -593,10 +622,19 @@ func (j *Journal) replay(epochs []uint64) error {
 			return fmt.Errorf("commitlog: journal: %w", err)
 		}
 		n := 0
+		var seed uint32 // plain CRCs: a file of an earlier build
 		for off := 0; ; n++ {
-			kind, path, payload, size, ok := parseJournalEntry(b[off:], e)
+			kind, path, payload, size, ok := parseJournalEntry(b[off:], e, seed)
 			if !ok {
 				break
+			}
+			if kind == kindSalt {
+				if off != 0 || len(payload) != 8 {
+					break
+				}
+				seed = crc32.Checksum(payload, castagnoli)
+				off += size
+				continue
 			}
 			off += size
 			p := byDir[path]
@@ -627,7 +665,7 @@ func (j *Journal) replay(epochs []uint64) error {
 
 // parseJournalEntry decodes the entry at the start of b written in epoch;
 // ok is false at the end of the valid entries.
-func parseJournalEntry(b []byte, epoch uint64) (kind byte, path string, payload []byte, size int, ok bool) {
+func parseJournalEntry(b []byte, epoch uint64, seed uint32) (kind byte, path string, payload []byte, size int, ok bool) {
 	if len(b) < journalHdrSize+3 {
 		return 0, "", nil, 0, false
 	}
@@ -635,13 +673,13 @@ func parseJournalEntry(b []byte, epoch uint64) (kind byte, path string, payload 
 	if n < 3 || n > len(b)-journalHdrSize || binary.LittleEndian.Uint64(b[8:16]) != epoch {
 		return 0, "", nil, 0, false
 	}
-	if crc32.Checksum(b[8:journalHdrSize+n], castagnoli) != binary.LittleEndian.Uint32(b[4:8]) {
+	if crc32.Update(seed, castagnoli, b[8:journalHdrSize+n]) != binary.LittleEndian.Uint32(b[4:8]) {
 		return 0, "", nil, 0, false
 	}
 	body := b[journalHdrSize : journalHdrSize+n]
 	kind = body[0]
 	pl := int(binary.LittleEndian.Uint16(body[1:3]))
-	if 3+pl > len(body) || (kind != kindRecords && kind != kindBarrier) {
+	if 3+pl > len(body) || (kind != kindRecords && kind != kindBarrier && kind != kindSalt) {
 		return 0, "", nil, 0, false
 	}
 	return kind, string(body[3 : 3+pl]), body[3+pl:], journalHdrSize + n, true
@@ -652,7 +690,7 @@ func parseJournalEntry(b []byte, epoch uint64) (kind byte, path string, payload 
 // too, and the rest are appended, which also replaces a conflicting suffix
 // (raft's rule). The log is then closed, which syncs it.
 func (j *Journal) replayLog(rel string, payloads [][]byte) error {
-	if !filepath.IsLocal(filepath.FromSlash(rel)) {
+	if local := filepath.FromSlash(rel); !filepath.IsLocal(local) || filepath.Clean(local) == "." {
 		// Not a path the journal writes (a log's directory under base):
 		// entries whose checksum matched by chance, or forged in message
 		// bytes of a recycled file. Never a directory outside base.

@@ -103,7 +103,7 @@ func TestJournalReplayStaysUnderBase(t *testing.T) {
 	jdir := filepath.Join(base, "journal")
 	j, err := OpenJournal(jdir, base, JournalOptions{})
 	require.NoError(t, err)
-	entry := j.appendEntry(nil, kindRecords, "../outside", []byte("records"))
+	entry := j.appendEntry(j.saltEntry(), kindRecords, "../outside", []byte("records"))
 	_, err = j.f.WriteAt(entry, 0)
 	require.NoError(t, err)
 	// A crash: the files stay as they are.

@@ -434,7 +434,7 @@ func TestJournalCleanCloseLeavesNothingToReplay(t *testing.T) {
 			require.NoError(t, f.j.Close())
 			b, err := os.ReadFile(f.j.f.Name())
 			require.NoError(t, err)
-			_, _, _, _, ok := parseJournalEntry(b, f.j.epoch)
+			_, _, _, _, ok := parseJournalEntry(b, f.j.epoch, 0)
 			assert.Equal(t, !clean, ok, "the file still holds entries to replay")
 		})
 	}
