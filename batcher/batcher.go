@@ -476,24 +476,25 @@ func (b *Batcher) resultError(err error) error {
 func (b *Batcher) send(ctx context.Context, msgs [][]byte, retries *int) ([]int64, error) {
 	seqSender, _ := b.sender.(sequencedSender)
 	var seq uint64
-	if seqSender != nil {
-		s, release, err := seqSender.ReserveSequence(ctx, b.topic)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ErrClosed // Close gave up waiting
-			}
-			return nil, b.resultError(err)
-		}
-		defer release()
-		seq = s
-	}
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		var ids []int64
 		var err error
-		if seqSender != nil {
+		if seqSender != nil && seq == 0 {
+			// Reserved inside the retry loop: the wait for a sequence
+			// can end with ErrNoNodesAvailable, retried as a send's.
+			s, release, rerr := seqSender.ReserveSequence(ctx, b.topic)
+			if rerr == nil {
+				defer release() // runs once: seq is set once
+				seq = s
+			}
+			err = rerr
+		}
+		switch {
+		case err != nil:
+		case seqSender != nil:
 			ids, err = seqSender.SendMessagesSequence(ctx, b.topic, msgs, b.waitForCommit, seq)
-		} else {
+		default:
 			ids, err = b.sender.SendMessagesContext(ctx, b.topic, msgs, b.waitForCommit)
 		}
 		if err == nil && len(ids) != len(msgs) {

@@ -305,19 +305,26 @@ func TestBatchTooLargeIsSplit(t *testing.T) {
 
 // seqSender is a fakeSender that takes producer sequences, as a
 // *client.Client does, and records the sequence of every call, whether it
-// was reserved then, and the releases.
+// was reserved then, and the releases. Its first reservations fail with
+// reserveErrs, one each.
 type seqSender struct {
 	*fakeSender
-	next     uint64
-	seqs     []uint64
-	held     map[uint64]bool
-	unheld   []uint64 // sends of a sequence not reserved at the time
-	released []uint64
+	reserveErrs []error
+	next        uint64
+	seqs        []uint64
+	held        map[uint64]bool
+	unheld      []uint64 // sends of a sequence not reserved at the time
+	released    []uint64
 }
 
 func (s *seqSender) ReserveSequence(context.Context, string) (uint64, func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.reserveErrs) > 0 {
+		err := s.reserveErrs[0]
+		s.reserveErrs = s.reserveErrs[1:]
+		return 0, nil, err
+	}
 	s.next++
 	seq := s.next
 	if s.held == nil {
@@ -343,6 +350,33 @@ func (s *seqSender) SendMessagesSequence(ctx context.Context, topic string, mess
 }
 
 var _ sequencedSender = (*client.Client)(nil)
+
+// TestReservationErrorIsRetried: a Client's ReserveSequence fails with
+// ErrNoNodesAvailable when its other sends to the topic stay stuck through
+// an outage, and WithRetries retries that error like a send's (it failed
+// the message at once, retries or not). The batch goes out once, with the
+// one sequence it reserved, released once; without retries the error is
+// the caller's.
+func TestReservationErrorIsRetried(t *testing.T) {
+	f := &seqSender{fakeSender: newFakeSender(), reserveErrs: []error{noNodes(), noNodes(), noNodes()}}
+	b := New(f, "topic", fast, WithRetries(UnlimitedRetries))
+	id, err := b.SendMessage([]byte("m"), true)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, id)
+	b.Close()
+	f.mu.Lock()
+	assert.Equal(t, []uint64{1}, f.seqs, "sends and their sequences")
+	assert.Empty(t, f.unheld)
+	assert.Equal(t, []uint64{1}, f.released)
+	f.mu.Unlock()
+
+	f = &seqSender{fakeSender: newFakeSender(), reserveErrs: []error{noNodes()}}
+	b = New(f, "topic", fast)
+	defer b.Close()
+	_, err = b.SendMessage([]byte("m"), true)
+	assert.Equal(t, client.ErrNoNodesAvailable, err, "the original's bare sentinel")
+	assert.Empty(t, f.seqs)
+}
 
 // TestRetriesKeepTheBatchSequence: a retried batch carries the sequence of
 // its first send, so the topic stores it once; every other batch, the
