@@ -292,6 +292,14 @@ func parseCluster(s string) ([]member, error) {
 	return out, nil
 }
 
+// Validate checks c as Start does, without starting anything: a program
+// that must refuse a bad configuration before it acts on it (fbnode before
+// asking a cluster to add the node) calls it first.
+func (c Config) Validate() error {
+	return c.validate()
+}
+
+// validate checks c and fills in the defaults.
 func (c *Config) validate() error {
 	if c.ListenAddr == "" {
 		c.ListenAddr = "127.0.0.1:3000"

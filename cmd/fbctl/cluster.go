@@ -82,6 +82,9 @@ func (a *app) clusterStatus(args []string) error {
 	if _, err := f.parse(args, 0, 0); err != nil {
 		return err
 	}
+	if *nodeTimeout <= 0 {
+		return usagef("cluster status: -node-timeout %s: want above 0", *nodeTimeout)
+	}
 	c, ci, err := f.connect()
 	if err != nil {
 		return err

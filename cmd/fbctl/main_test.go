@@ -632,6 +632,32 @@ func TestStatusPastAHungNode(t *testing.T) {
 	assert.Contains(t, r.stdout, "cluster test: 1 of 1 nodes up")
 }
 
+// TestNodeCommandsPastAHungNode: node add and node remove ask the nodes
+// one by one, and a first node that takes connections but never answers
+// held the call for all of -timeout: the live node after it was never
+// asked (review). Its connect now fails after a node's timeout.
+func TestNodeCommandsPastAHungNode(t *testing.T) {
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { hung.Close() }) // accepted by the kernel, never answered
+	n := servertest.StartNode(t)
+	conn := "test#default@" + hung.Addr().String() + "," + n.Addr()
+	r := fbctl(t, conn, "", "node", "add", "n9", closedAddr(t), "-timeout", "5s").ok(t)
+	assert.True(t, strings.HasPrefix(r.stdout, "added node n9"), r.stdout)
+	r = fbctl(t, conn, "", "node", "remove", "n9", "-timeout", "5s").ok(t)
+	assert.Contains(t, r.stdout, "n9")
+}
+
+// TestNodeTimeoutMustBePositive: -node-timeout 0 gave every node no time:
+// status reported a healthy cluster down (-check exited 3, unhealthy).
+func TestNodeTimeoutMustBePositive(t *testing.T) {
+	n := servertest.StartNode(t)
+	for _, d := range []string{"0s", "-1s"} {
+		r := fbctl(t, nodeConn(n), "", "cluster", "status", "-check", "-node-timeout", d)
+		assert.Equal(t, exitUsage, r.code, "-node-timeout %s: stdout %s stderr %s", d, r.stdout, r.stderr)
+	}
+}
+
 // TestTLS: against nodes that serve TLS and require client certificates,
 // fbctl with -tls-ca, -tls-cert and -tls-key sends, reads, and reports
 // the cluster healthy (its direct probes and admin calls go over TLS

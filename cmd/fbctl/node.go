@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -207,7 +208,11 @@ func adminCall(ctx context.Context, ci connInfo, call func(context.Context, fore
 			cc, ok := conns[node]
 			if !ok {
 				var err error
-				if cc, err = grpc.NewClient("passthrough:///"+node, grpc.WithTransportCredentials(ci.creds)); err != nil {
+				// A node that takes connections but never answers (a paused
+				// process) fails its connect after defaultNodeTimeout, and
+				// the next node is asked: it held the call for all of -timeout.
+				connect := grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: defaultNodeTimeout}
+				if cc, err = grpc.NewClient("passthrough:///"+node, grpc.WithTransportCredentials(ci.creds), grpc.WithConnectParams(connect)); err != nil {
 					last = fmt.Errorf("node %s: %w", node, err)
 					continue
 				}

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -42,4 +45,34 @@ func TestJoinSaysWhyItWaits(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, buf.String(), "joining: the member did not add this node yet; retrying")
 	assert.Contains(t, buf.String(), "connection refused")
+}
+
+// TestFailedJoinAddsNoMember: a start that fails on what the node checks
+// (a -sync typo, sizes the server refuses, a -listen port in use) fails
+// before -join asks the cluster to add the node: the cluster kept a
+// member that never ran, refused the retry under the same name with
+// another address, and called itself unhealthy until "node remove".
+func TestFailedJoinAddsNoMember(t *testing.T) {
+	n := servertest.StartNode(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	for i, bad := range [][]string{
+		{"-sync", "fsynk"},
+		{"-max-message-bytes", "2000000", "-max-batch-bytes", "1000000"},
+		{"-max-batch-bytes", "300000000"},
+		{"-listen", busy.Addr().String()},
+	} {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		free := lis.Addr().String()
+		require.NoError(t, lis.Close())
+		name := fmt.Sprintf("ghost%d", i)
+		args := append([]string{"-join", n.Addr(), "-cluster", "test", "-name", name, "-listen", free,
+			"-data", filepath.Join(t.TempDir(), "d"), "-log-level", "error"}, bad...)
+		require.Error(t, run(args, io.Discard), "%v", bad)
+		for _, m := range n.Registry().Members() {
+			assert.NotEqual(t, name, m.Name, "%v: the start failed, but the cluster added the node", bad)
+		}
+	}
 }

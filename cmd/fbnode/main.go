@@ -123,6 +123,17 @@ func errorReason(err error) string {
 // 57-60 MiB against 44-46 MiB.
 const defaultGCPercent = 200
 
+// newHTTPServer is -http's server: header reads and idle keep-alive
+// connections are bounded in time.
+func newHTTPServer(h http.Handler, tlsConfig *tls.Config) *http.Server {
+	return &http.Server{Handler: h, TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: httpIdleTimeout}
+}
+
+// httpIdleTimeout closes -http's idle keep-alive connections (each holds a
+// goroutine and a descriptor): longer than a minute, Prometheus's default
+// scrape interval, so that scrapes reuse their connection. A var for tests.
+var httpIdleTimeout = 2 * time.Minute
+
 // minJournalBytes is the smallest -journal-bytes: a journal file holds
 // many passes' records between checkpoints (each a syncfs).
 const minJournalBytes = 1 << 20
@@ -211,6 +222,12 @@ func run(args []string, stdout io.Writer) error {
 		{"max-batch-bytes", *maxBatch < 1, "at least 1"},
 		{"max-read-bytes", *maxRead < 1, "at least 1"},
 		{"max-wait", *maxWait <= 0, "above 0"},
+		// 0 would be the server's default for these, not what it says.
+		{"read-ahead-bytes", *readAhead == 0, "above 0, or negative (off)"},
+		{"max-forwarding", *maxForward == 0, "above 0, or negative (never forward)"},
+		{"max-topics", *maxTopics == 0, "above 0, or negative (no cap)"},
+		{"page-cache-bytes", *pageCache == 0, "above 0, or negative (left to the kernel)"},
+		{"max-streams-per-conn", *maxStreams == 0, "at least 1"},
 		{"segment-bytes", *segment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
 		{"min-topic-segment-bytes", *minSegment < commitlog.MinSegmentBytes, fmt.Sprintf("at least %d", commitlog.MinSegmentBytes)},
 		{"meta-checkpoint-every", *metaEvery < 1, "at least 1"},
@@ -224,6 +241,17 @@ func run(args []string, stdout io.Writer) error {
 		if c.bad {
 			return fmt.Errorf("-%s %s: want %s", c.flag, fs.Lookup(c.flag).Value, c.want)
 		}
+	}
+	if *advertise != "" {
+		// Recorded for good as the member address (as AddNode, which
+		// refuses such addresses, records a joining node's).
+		host, port, err := net.SplitHostPort(*advertise)
+		if err != nil || host == "" || port == "0" || unspecifiedHost(*advertise) {
+			return fmt.Errorf("-advertise %s: want the host:port clients and other nodes dial (not a wildcard address or port 0)", *advertise)
+		}
+	}
+	if *join != "" && *initial != "" && !server.HasIdentity(*dataDir) {
+		return errors.New("-join and -initial-cluster: a first start either joins a running cluster or starts a new one; give one of them")
 	}
 	if *advertise == "" && !server.HasIdentity(*dataDir) && unspecifiedHost(*listen) {
 		// The node records the address it advertises as its member
@@ -308,21 +336,6 @@ func run(args []string, stdout io.Writer) error {
 		}
 		defer httpLis.Close() // Serve closes it too; this covers a failed start
 	}
-	var joinInfo *server.Join
-	if *join != "" && !server.HasIdentity(*dataDir) {
-		if *advertise == "" && strings.HasSuffix(*listen, ":0") {
-			return errors.New("-join needs a fixed -listen port or an -advertise address")
-		}
-		addr := *advertise
-		if addr == "" {
-			addr = *listen
-		}
-		var err error
-		if joinInfo, err = askToJoin(ctx, logger, *join, *clusterID, *nodeName, addr, peerCreds); err != nil {
-			return fmt.Errorf("joining through %s: %w", *join, err)
-		}
-		logger.Info("added to the cluster", "id", joinInfo.ID, "members", len(joinInfo.Members))
-	}
 	var grpcOpts []grpc.ServerOption
 	if *httpAddr != "" {
 		grpcOpts = httpapi.GRPCMetrics().ServerOptions() // gRPC metrics for /metrics
@@ -334,9 +347,8 @@ func run(args []string, stdout io.Writer) error {
 	if balanceEvery <= 0 {
 		balanceEvery = -1 // the server's 0 is its default
 	}
-	srv, err := server.Start(ctx, server.Config{
+	cfg := server.Config{
 		GRPCOptions:           grpcOpts,
-		Join:                  joinInfo,
 		ListenAddr:            *listen,
 		AdvertiseAddr:         *advertise,
 		DataDir:               *dataDir,
@@ -371,7 +383,33 @@ func run(args []string, stdout io.Writer) error {
 		PeerCredentials:       peerTLS,
 		DefaultTopic:          *topic,
 		Logger:                logger,
-	})
+	}
+	// What the node would refuse when it starts, it refuses before -join
+	// has the cluster add it: a failed start must not leave the cluster a
+	// member that never runs. The gRPC port likewise.
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	grpcLis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	defer grpcLis.Close() // the server closes it; this covers a failed start
+	cfg.Listener = grpcLis
+	if *join != "" && !server.HasIdentity(*dataDir) {
+		if *advertise == "" && strings.HasSuffix(*listen, ":0") {
+			return errors.New("-join needs a fixed -listen port or an -advertise address")
+		}
+		addr := *advertise
+		if addr == "" {
+			addr = *listen
+		}
+		if cfg.Join, err = askToJoin(ctx, logger, *join, *clusterID, *nodeName, addr, peerCreds); err != nil {
+			return fmt.Errorf("joining through %s: %w", *join, err)
+		}
+		logger.Info("added to the cluster", "id", cfg.Join.ID, "members", len(cfg.Join.Members))
+	}
+	srv, err := server.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -388,9 +426,8 @@ func run(args []string, stdout io.Writer) error {
 		}
 	}
 	if httpLis != nil {
-		hs := &http.Server{Handler: httpapi.New(srv, httpapi.WithGRPCMetrics(httpapi.GRPCMetrics())), ReadHeaderTimeout: 10 * time.Second}
+		hs := newHTTPServer(httpapi.New(srv, httpapi.WithGRPCMetrics(httpapi.GRPCMetrics())), httpsConfig)
 		if httpsConfig != nil {
-			hs.TLSConfig = httpsConfig
 			go func() { _ = hs.ServeTLS(httpLis, "", "") }()
 		} else {
 			go func() { _ = hs.Serve(httpLis) }()
@@ -399,9 +436,9 @@ func run(args []string, stdout io.Writer) error {
 		logger.Info("http listening", "addr", httpLis.Addr().String(), "tls", httpsConfig != nil)
 	}
 	if *topic != "" {
-		fmt.Printf("Forest Bus node %q ready. Connection string: %s\n", *nodeName, srv.ConnectionString())
+		fmt.Fprintf(stdout, "Forest Bus node %q ready. Connection string: %s\n", *nodeName, srv.ConnectionString())
 	} else {
-		fmt.Printf("Forest Bus node %q ready on %s (cluster %q)\n", *nodeName, srv.Addr(), *clusterID)
+		fmt.Fprintf(stdout, "Forest Bus node %q ready on %s (cluster %q)\n", *nodeName, srv.Addr(), *clusterID)
 	}
 	select {
 	case <-ctx.Done():

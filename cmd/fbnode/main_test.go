@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"crypto/x509"
 	"flag"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +36,19 @@ func TestNonsenseFlagsRefused(t *testing.T) {
 		{"-retention", "-1h"},
 		{"-removed-retention", "-1h"},
 		{"-retention-interval", "0s"},
+		// 0 is the server's default for these, which is not what 0 says.
+		{"-read-ahead-bytes", "0"},
+		{"-max-forwarding", "0"},
+		{"-max-topics", "0"},
+		{"-page-cache-bytes", "0"},
+		{"-max-streams-per-conn", "0"},
+		// Recorded for good as the member address: none a peer can dial.
+		{"-advertise", "myhost"},
+		{"-advertise", "0.0.0.0:3000"},
+		{"-advertise", ":3000"},
+		{"-advertise", "127.0.0.1:0"},
+		// A first start joins or bootstraps, not both (-join won quietly).
+		{"-initial-cluster", "n1=127.0.0.1:1,n2=127.0.0.1:2", "-join", "127.0.0.1:1"},
 	} {
 		args := append([]string{"-listen", "127.0.0.1:0", "-data", filepath.Join(t.TempDir(), "d")}, tc...)
 		err := run(args, io.Discard)
@@ -126,4 +141,31 @@ func TestTLSFlags(t *testing.T) {
 		assert.Contains(t, err.Error(), tc.want, "%v", tc.args)
 		assert.NoDirExists(t, data, "nothing started")
 	}
+}
+
+// TestHTTPIdleConnectionsEnd: -http closes keep-alive connections left
+// idle (each held a goroutine and a descriptor for ever).
+func TestHTTPIdleConnectionsEnd(t *testing.T) {
+	defer func(d time.Duration) { httpIdleTimeout = d }(httpIdleTimeout)
+	httpIdleTimeout = 100 * time.Millisecond
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	hs := newHTTPServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }), nil)
+	go func() { _ = hs.Serve(lis) }()
+	defer hs.Close()
+
+	conn, err := net.Dial("tcp", lis.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	assert.False(t, resp.Close, "the connection is kept alive")
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = br.ReadByte()
+	assert.ErrorIs(t, err, io.EOF, "the idle connection is closed by the server")
 }
