@@ -89,6 +89,10 @@ func (t *GRPC) AddPeer(id uint64, addr string) {
 	}
 	if old != nil {
 		old.retired.Store(true) // before its successor reports (OnRefused)
+		// Stop waits for old's reports below too (it cannot Wait before
+		// this Add: it takes t.mu first): the Handler is not called after
+		// Stop returns.
+		t.senders.Add(1)
 	}
 	p, err := newPeer(t, id, addr)
 	if err != nil {
@@ -107,6 +111,7 @@ func (t *GRPC) AddPeer(id uint64, addr string) {
 		old.replaced.Store(true)
 		old.stop()
 		old.fail(old.take(nil))
+		t.senders.Done()
 	}
 }
 
@@ -148,7 +153,7 @@ func (t *GRPC) Send(group string, msgs []*raftpb.Message) {
 			drops = append(drops, drop{to: to, snap: snap})
 			continue
 		}
-		if !p.enqueue(outMsg{group: group, msg: m, size: proto.Size(m), snap: snap}) {
+		if !p.enqueue(outMsg{group: group, msg: m, size: proto.Size(m), snap: snap, urgent: !isBulk(m)}) {
 			drops = append(drops, drop{to: to, snap: snap})
 		}
 	}

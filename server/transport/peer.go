@@ -46,9 +46,17 @@ type peer struct {
 	retired atomic.Bool
 
 	mu      sync.Mutex
-	pending []outMsg
-	signal  chan struct{} // capacity 1: pending may be non-empty
-	up      chan struct{} // capacity 1: the peer opened a stream to this node (peerUp)
+	pending []outMsg // bulk messages (isBulk), in order
+	// urgent: the other messages, in order. They go out ahead of the bulk
+	// ones queued or taken before them (at the next frame), so that a
+	// heartbeat or a vote does not wait behind megabytes of appends of
+	// busy groups (etcd's rafthttp sends MsgApp on a stream of its own
+	// for this). Raft takes them out of order: a heartbeat's commit index
+	// is capped at what the follower is known to hold, and a MsgSnap and
+	// the MsgApps after it stay in order.
+	urgent []outMsg
+	signal chan struct{} // capacity 1: pending or urgent may be non-empty
+	up     chan struct{} // capacity 1: the peer opened a stream to this node (peerUp)
 }
 
 func newPeer(t *GRPC, id uint64, addr string) (*peer, error) {
@@ -110,11 +118,15 @@ func (p *peer) peerUp() {
 // enqueue appends m to the queue; false when the queue is full.
 func (p *peer) enqueue(m outMsg) bool {
 	p.mu.Lock()
-	if len(p.pending) >= p.t.cfg.QueueSize {
+	if len(p.pending)+len(p.urgent) >= p.t.cfg.QueueSize {
 		p.mu.Unlock()
 		return false
 	}
-	p.pending = append(p.pending, m)
+	if m.urgent {
+		p.urgent = append(p.urgent, m)
+	} else {
+		p.pending = append(p.pending, m)
+	}
 	p.mu.Unlock()
 	select {
 	case p.signal <- struct{}{}:
@@ -123,13 +135,39 @@ func (p *peer) enqueue(m outMsg) bool {
 	return true
 }
 
-// take swaps the queue with buf (emptied) and returns what was queued.
+// take returns what was queued, the urgent messages first, and empties
+// the queue; buf (emptied) is reused. Most often one of the two is empty
+// and the other is swapped with buf, not copied.
 func (p *peer) take(buf []outMsg) []outMsg {
 	clear(buf)
 	p.mu.Lock()
-	out := p.pending
-	p.pending = buf[:0]
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	var out []outMsg
+	switch {
+	case len(p.urgent) == 0:
+		out, p.pending = p.pending, buf[:0]
+	case len(p.pending) == 0:
+		out, p.urgent = p.urgent, buf[:0]
+	default:
+		out = append(append(buf[:0], p.urgent...), p.pending...)
+		clear(p.urgent)
+		clear(p.pending)
+		p.urgent, p.pending = p.urgent[:0], p.pending[:0]
+	}
+	return out
+}
+
+// takeUrgent returns the urgent messages queued (nil: none) and empties
+// their queue: those queued while pump sends a batch of several frames.
+func (p *peer) takeUrgent() []outMsg {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.urgent) == 0 {
+		return nil
+	}
+	out := slices.Clone(p.urgent)
+	clear(p.urgent)
+	p.urgent = p.urgent[:0]
 	return out
 }
 
@@ -324,15 +362,21 @@ func (p *peer) toldRemoved(md metadata.MD) {
 	}
 }
 
-// streamError turns a failed Send into the stream's status: Send returns
-// io.EOF when the server ended the call, whose status RecvMsg returns. Its
-// trailer, readable then, may say that the cluster removed this node (a
-// refusal wrapping ErrRefuseRemoved).
+// streamError turns a failed Send on a stream nothing reads yet (the
+// handshake's) into the stream's status: Send returns io.EOF when the
+// server ended the call, whose status RecvMsg returns (endError).
 func (p *peer) streamError(stream peerv1.PeerService_StreamClient, err error) error {
 	if err != io.EOF {
 		return err
 	}
-	rerr := stream.RecvMsg(new(peerv1.StreamResponse))
+	return p.endError(stream, stream.RecvMsg(new(peerv1.StreamResponse)))
+}
+
+// endError is the error of a stream that the peer ended: RecvMsg's (the
+// call's status), read by pump's watch. The stream's trailer, readable
+// then, may say that the cluster removed this node (a refusal wrapping
+// ErrRefuseRemoved).
+func (p *peer) endError(stream peerv1.PeerService_StreamClient, rerr error) error {
 	p.toldRemoved(stream.Trailer())
 	if rerr != nil {
 		return rerr
@@ -343,20 +387,39 @@ func (p *peer) streamError(stream peerv1.PeerService_StreamClient, err error) er
 // pump sends queued messages as frames until the stream fails or the peer
 // is stopped. It returns the queue buffer for reuse.
 func (p *peer) pump(stream peerv1.PeerService_StreamClient, buf []outMsg) ([]outMsg, error) {
+	// The peer sends nothing on the stream but its end. Watched, a stream
+	// the peer ended (it restarted, stopped, or refused a frame) is
+	// replaced at once; unwatched, it was found ended by the next frame,
+	// which was lost (often a vote: a whole election timeout). RecvMsg
+	// beside SendMsg is allowed; the caller's cancel ends the watch.
+	ended := make(chan error, 1)
+	go func() { ended <- stream.RecvMsg(new(peerv1.StreamResponse)) }()
 	for {
 		select {
 		case <-p.ctx.Done():
 			return buf, p.ctx.Err()
+		case rerr := <-ended:
+			return buf, fmt.Errorf("transport: stream ended: %w", p.endError(stream, rerr))
 		case <-p.signal:
 		}
 		batch := p.take(buf)
 		for i := 0; i < len(batch); {
+			if i > 0 {
+				// Heartbeats and votes queued since the batch was taken go
+				// in the next frame, ahead of the rest.
+				if u := p.takeUrgent(); u != nil {
+					batch = slices.Insert(batch, i, u...)
+				}
+			}
 			j, frame := buildFrame(batch, i)
 			if err := stream.SendMsg(frame); err != nil {
 				if p.ctx.Err() == nil || p.replaced.Load() {
 					p.fail(batch[i:])
 				}
-				return batch, fmt.Errorf("transport: send: %w", p.streamError(stream, err))
+				if err == io.EOF { // the peer ended the call: its status is the watch's
+					err = p.endError(stream, <-ended)
+				}
+				return batch, fmt.Errorf("transport: send: %w", err)
 			}
 			p.t.framesSent.Add(1)
 			p.t.msgsSent.Add(uint64(j - i))

@@ -194,6 +194,16 @@ type outMsg struct {
 	msg   *raftpb.Message
 	size  int // proto.Size(msg), which also fills msg's cached sizes
 	snap  bool
+	// urgent: neither MsgApp nor MsgSnap (heartbeats, votes, responses):
+	// sent ahead of the appends queued before it (peer.urgent).
+	urgent bool
+}
+
+// isBulk reports whether m carries a log's entries or a snapshot (MsgApp,
+// MsgSnap): what may queue up by the megabyte for a peer.
+func isBulk(m *raftpb.Message) bool {
+	t := m.GetType()
+	return t == raftpb.MessageType_MsgApp || t == raftpb.MessageType_MsgSnap
 }
 
 // isSnap reports whether m is a MsgSnap.
