@@ -131,10 +131,15 @@ func (h *lateReports) ReportSnapshot(string, uint64, bool) {
 func TestNoReportAfterStopDuringAddPeer(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	defer lis.Close()
 	var conns sync.WaitGroup
-	defer conns.Wait()
+	accepting := make(chan struct{})
+	defer func() {
+		lis.Close()
+		<-accepting
+		conns.Wait()
+	}()
 	go func() { // accepts, never speaks HTTP/2: the stream waits for its handshake
+		defer close(accepting)
 		for {
 			c, err := lis.Accept()
 			if err != nil {
