@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/topic"
 	"github.com/forestbus/forestbus/server/transport"
 )
@@ -66,11 +67,23 @@ func TestJoinedNodeRestartsWithInitialCluster(t *testing.T) {
 }
 
 // TestRecvLimitHoldsPeerFrames: the receive limit never falls below a
-// peer frame, however small the batch limit.
+// peer frame or the largest snapshot a peer may send (a topic's, the
+// metadata group's at the topic cap), however small the batch limit.
 func TestRecvLimitHoldsPeerFrames(t *testing.T) {
 	for _, b := range []int{1, 64 << 10, 740 << 10, 16 << 20} {
-		require.GreaterOrEqual(t, recvMsgLimit(b), transport.MinRecvMsgSize, "batch limit %d", b)
-		require.GreaterOrEqual(t, recvMsgLimit(b), 4*b+(1<<20), "batch limit %d", b)
+		for _, topics := range []int{0, 10, 100_000, -1} {
+			limit := recvMsgLimit(b, topics)
+			require.GreaterOrEqual(t, limit, transport.MinRecvMsgSize, "batch limit %d", b)
+			require.GreaterOrEqual(t, limit, 4*b+(1<<20), "batch limit %d", b)
+			require.Greater(t, limit, commitlog.MaxSnapshotDataBytes()+(64<<10), "batch limit %d, topics %d", b, topics)
+			capped := topics
+			if capped == 0 {
+				capped = DefaultMaxTopics
+			}
+			if capped > 0 {
+				require.Greater(t, limit, capped*topic.MaxCheckpointTopicBytes+(64<<10), "batch limit %d, topics %d", b, topics)
+			}
+		}
 	}
 }
 

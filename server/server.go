@@ -385,7 +385,7 @@ func (s *Server) open() error {
 	)
 	opts = append(append(append(opts, cfg.GRPCOptions...), s.svc.ServerOptions()...), transport.ServerOptions()...)
 	opts = append(opts,
-		grpc.MaxRecvMsgSize(recvMsgLimit(cfg.MaxBatchBytes)),
+		grpc.MaxRecvMsgSize(recvMsgLimit(cfg.MaxBatchBytes, cfg.MaxTopics)),
 		// An answer stays under MaxReadBytes except for its first message,
 		// which may have been stored under larger limits than the node
 		// has now: room for the largest any node accepts.
@@ -916,10 +916,23 @@ func (s *Server) Stop() error {
 
 // recvMsgLimit is the node's gRPC receive limit: room for the framing of
 // a batch of many small messages, so that an oversized batch reaches the
-// handler and gets BATCH_TOO_LARGE, and at least what a peer's frame of
-// raft messages may hold (transport.MinRecvMsgSize): with a small batch
-// limit, 4×batch + 1 MiB was below a 4 MiB frame of several raft
-// messages, and the peer stream refused it whole.
-func recvMsgLimit(maxBatchBytes int) int {
-	return max(4*maxBatchBytes+(1<<20), transport.MinRecvMsgSize)
+// handler and gets BATCH_TOO_LARGE; at least what a peer's frame of raft
+// messages may hold (transport.MinRecvMsgSize): with a small batch limit,
+// 4×batch + 1 MiB was below a 4 MiB frame of several raft messages, and
+// the peer stream refused it whole; and room for the largest snapshot a
+// peer may send, which raft sends as one message: a topic's (its dedup
+// table) or the metadata group's (the registry, by its topic cap; without
+// a cap, MaxBatchBytesLimit). A snapshot over the limit was refused by
+// every peer, for ever, and a follower behind the retained log, or a new
+// member, never caught up.
+func recvMsgLimit(maxBatchBytes, maxTopics int) int {
+	if maxTopics == 0 {
+		maxTopics = DefaultMaxTopics
+	}
+	meta := MaxBatchBytesLimit
+	if maxTopics > 0 {
+		meta = maxTopics * topic.MaxCheckpointTopicBytes
+	}
+	snap := max(commitlog.MaxSnapshotDataBytes(), meta) + (1 << 20)
+	return max(4*maxBatchBytes+(1<<20), transport.MinRecvMsgSize, snap)
 }

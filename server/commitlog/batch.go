@@ -162,6 +162,9 @@ func EncodeSnapshotData(dst []byte, nextID uint64) []byte {
 	return encodeSnapshotData(dst, nextID, emptyDedupTable)
 }
 
+// snapshotHeaderBytes is the snapshot data's version and next id.
+const snapshotHeaderBytes = 1 + 8
+
 func encodeSnapshotData(dst []byte, nextID uint64, table []byte) []byte {
 	dst = append(dst, snapshotDataVersion)
 	dst = binary.LittleEndian.AppendUint64(dst, nextID)

@@ -50,6 +50,14 @@ var (
 	dedupEvictSlack   = 1024
 )
 
+// MaxSnapshotDataBytes bounds the data of a Log's Snapshot: its header and
+// the largest dedup table the bound above lets a log hold (every producer
+// remembering DedupIDWindow batches), about 11.5 MiB. A node's receive
+// limit must hold it: raft sends a snapshot as one message.
+func MaxSnapshotDataBytes() int {
+	return snapshotHeaderBytes + 4 + (dedupMaxProducers+dedupEvictSlack)*(dedupProducerFixed+DedupIDWindow*dedupRecSize)
+}
+
 // dedupRec is one remembered batch: sequence and ids.
 type dedupRec struct {
 	seq     uint64

@@ -761,3 +761,34 @@ func TestDedupForgetsLeastRecentProducers(t *testing.T) {
 		require.LessOrEqual(t, len(l.dedup.producers), 6)
 	}
 }
+
+// TestSnapshotDataAtItsBound: a log whose table holds as many producers as
+// the bound lets it, each remembering DedupIDWindow batches, makes a
+// snapshot whose data is MaxSnapshotDataBytes long: the bound a node's
+// receive limit is sized by (a larger snapshot was refused by every peer,
+// for ever, and a follower behind the retained log never caught up).
+func TestSnapshotDataAtItsBound(t *testing.T) {
+	smallDedupBound(t, 4, 2)
+	l := openT(t, t.TempDir(), Options{SegmentBytes: 64 << 20, NoSync: true})
+	defer l.Close()
+	producers := uint64(dedupMaxProducers + dedupEvictSlack)
+	var ents []*pb.Entry
+	index := uint64(1)
+	for seq := uint64(1); seq <= DedupIDWindow; seq++ {
+		for p := uint64(1); p <= producers; p++ {
+			ents = append(ents, ent(index, 1, pb.EntryType_EntryNormal, EncodeBatch(nil, index, p, seq, [][]byte{{'x'}})))
+			index++
+		}
+	}
+	_, err := l.Append(ents, nil)
+	require.NoError(t, err)
+	l.SetSegmentBytes(MinSegmentBytes)
+	_, err = l.Append([]*pb.Entry{ent(index, 1, pb.EntryType_EntryNormal, nil), ent(index+1, 1, pb.EntryType_EntryNormal, nil)}, nil)
+	require.NoError(t, err) // rolls: every batch is in the first segment
+	commitTo(t, l, index+1)
+	require.NoError(t, l.DeleteBefore(index+1))
+	snap, err := l.Snapshot()
+	require.NoError(t, err)
+	require.Equal(t, index-1, snap.GetMetadata().GetIndex(), "the snapshot covers every batch")
+	assert.Equal(t, MaxSnapshotDataBytes(), len(snap.GetData()))
+}

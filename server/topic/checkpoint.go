@@ -88,6 +88,14 @@ type checkpointState struct {
 	Removing []string `json:"removing,omitempty"`
 }
 
+// MaxCheckpointTopicBytes bounds a topic's share of the metadata group's
+// snapshot (the registry's JSON checkpoint, which raft sends to a peer as
+// one message): its entry, with a name of MaxNameLen, its directory, its
+// settings and up to 64 voters, and the entry of its removal while that is
+// pending. A node's receive limit holds this many bytes per topic it may
+// hold (Config.MaxTopics), and a MiB for the rest.
+const MaxCheckpointTopicBytes = 2 << 10
+
 type checkpointTopic struct {
 	Name     string   `json:"name"`
 	Settings Settings `json:"settings"`

@@ -2,10 +2,13 @@ package topic
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -125,4 +128,28 @@ func TestRemovingATopicThatNeverStarted(t *testing.T) {
 	r.removeTopicLocked(x)
 	assert.Empty(t, r.removing)
 	assert.NotContains(t, r.topics, "x")
+}
+
+// TestCheckpointTopicBound: the metadata snapshot of a registry at its
+// topic cap, every topic at its largest (longest name, 64 voters, every
+// setting, its removal pending), stays within MaxCheckpointTopicBytes a
+// topic and a MiB: the receive limit is sized by it (a larger snapshot was
+// refused by every peer, for ever, and a new member never caught up).
+func TestCheckpointTopicBound(t *testing.T) {
+	const topics = 1000
+	voters := make([]uint64, 64)
+	for i := range voters {
+		voters[i] = uint64(65535 - i)
+	}
+	st := checkpointState{Voters: voters, MaxID: 65535}
+	for i := range topics {
+		name := fmt.Sprintf("%s%06d", strings.Repeat("t", MaxNameLen-6), i)
+		dir := fmt.Sprintf("%s.%d", name, uint64(math.MaxUint64)-uint64(i))
+		st.Topics = append(st.Topics, checkpointTopic{Name: name, Dir: dir, Voters: voters, Created: math.MaxUint64,
+			Settings: Settings{SegmentBytes: MaxSegmentBytes, RetentionSeconds: MaxRetentionSeconds, RetentionBytes: math.MaxInt64}})
+		st.Removing = append(st.Removing, dir)
+	}
+	data, err := json.Marshal(st)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(data), topics*MaxCheckpointTopicBytes)
 }
