@@ -110,7 +110,11 @@ func wholePEM(b []byte, name string) error {
 		}
 	}
 	// pem.Decode's own rule: a block begins at the start of a line.
-	if bytes.HasPrefix(rest, []byte("-----BEGIN ")) || bytes.Contains(rest, []byte("\n-----BEGIN ")) {
+	// A file cut inside a block's first line ("-----BEG") ends in a
+	// line, not ended by a newline, that begins what a header begins.
+	last := rest[bytes.LastIndexByte(rest, '\n')+1:]
+	if bytes.HasPrefix(rest, []byte("-----BEGIN ")) || bytes.Contains(rest, []byte("\n-----BEGIN ")) ||
+		(len(last) > 0 && bytes.HasPrefix([]byte("-----BEGIN "), last)) {
 		return fmt.Errorf("tls: %s ends in a cut-off PEM block (replace such files by renaming a whole new one over them)", name)
 	}
 	return nil

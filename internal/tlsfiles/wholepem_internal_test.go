@@ -30,6 +30,13 @@ func TestWholePEM(t *testing.T) {
 		"a comment naming a header": {join(block, []byte("#   -----BEGIN CERTIFICATE-----\n")), true},
 		"cut off at the end":        {join(block, block[:len(block)-20]), false},
 		"only a header":             {join(block, []byte("-----BEGIN CERTIFICATE-----\n")), false},
+		// Cut inside the next block's first line (review: the bundle was
+		// taken without its last authority).
+		"cut after one dash":        {join(block, block[:1]), false},
+		"cut after five dashes":     {join(block, block[:5]), false},
+		"cut inside BEGIN":          {join(block, block[:10]), false},
+		"cut at the block's end":    {join(block, []byte("\n")), true},
+		"a last line of other text": {join(block, []byte("Root B")), true},
 	} {
 		err := wholePEM(tc.b, "f.pem")
 		if tc.want {
