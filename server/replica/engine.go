@@ -602,7 +602,7 @@ func (e *Engine) run() {
 					g.pass = pass
 					candidates = append(candidates, g)
 				}
-				quiet = quiet && g.quiesced
+				quiet = quiet && g.quiesced && len(g.quiesceWait) == 0
 			}
 			armed = 1
 			if quiet {

@@ -231,6 +231,13 @@ type Group struct {
 	}
 	// quiesced: idle, not ticking (see quiesce.go).
 	quiesced bool
+	// quiesceWait: the followers whose acknowledgement of this leader's
+	// quiesce heartbeat (quiesceMsgs) has not arrived; resent every
+	// quiesceResendTicks, at most quiesceResends times (resendQuiesce).
+	quiesceWait    []uint64
+	quiesceMsgs    []*raftpb.Message
+	quiesceTicks   int
+	quiesceResends int
 	// lostQuorum: raft deposed this leader for want of a quorum since the
 	// last Ready (raftLogger); the leadership log says so.
 	lostQuorum bool
@@ -798,7 +805,9 @@ func (g *Group) HandTo(ctx context.Context, to, maxLag uint64) (bool, error) {
 // transfer, StandAside). A stopped or lagging node cannot. Engine
 // goroutine only.
 func (g *Group) mayTakeOver(id uint64, pr tracker.Progress) bool {
-	return !pr.IsLearner && pr.RecentActive && pr.State == tracker.StateReplicate && !g.e.peerAside(id)
+	// PeerLive: a quiesced leader has not ticked, so raft's RecentActive
+	// may be an old word for a node silent since (dead, cut off).
+	return !pr.IsLearner && pr.RecentActive && pr.State == tracker.StateReplicate && !g.e.peerAside(id) && g.e.PeerLive(id)
 }
 
 // AbortTransfer ends a leadership hand-off this node's raft still waits
@@ -1202,6 +1211,7 @@ func (g *Group) drainInbox() {
 			if m.GetType() == raftpb.MessageType_MsgHeartbeatResp && isQuiesceMsg(m) {
 				// A follower acknowledging quiescence. Not for raft: v3.7
 				// reads a heartbeat context as a ReadIndex counter.
+				g.ackQuiesce(m)
 				msgs[i] = nil
 				continue
 			}

@@ -102,7 +102,7 @@ func (e *Engine) wakeSilentLeaders(list []*Group) bool {
 		return false
 	}
 	e.refreshSilence()
-	return wakeWhere(list, (*Group).leaderGone)
+	return wakeWhere(list, func(g *Group) bool { return g.leaderGone() || g.quorumSilent() })
 }
 
 // wakeWhere wakes the quiesced groups of list, neither fenced nor being
@@ -457,8 +457,12 @@ func (g *Group) tick(elapsed int) bool {
 	}
 	asked := g.tickReads(elapsed)
 	if g.quiesced {
-		if g.leaderGone() {
-			g.quiesced = false // the leader went quiet: tick, and elect
+		if g.leaderGone() || g.quorumSilent() {
+			// The leader went quiet: tick, and elect. Or this leader's
+			// voters did: tick, so that CheckQuorum deposes it.
+			g.quiesced = false
+		} else if g.isLeader && len(g.quiesceWait) > 0 {
+			g.resendQuiesce()
 		}
 		return asked
 	}
@@ -478,10 +482,30 @@ func (g *Group) leaderGone() bool {
 	return lead != g.e.cfg.NodeID && (lead == raft.None || g.e.leaderSilent(lead))
 }
 
+// quorumSilent reports whether g leads and the nodes of a majority of its
+// voters, this one aside, have been silent for silenceTicks: a quiesced
+// leader does not tick, so raft's CheckQuorum would never depose it while
+// its node is cut off, and it would go on calling itself the leader, its
+// readers waiting at its tail, after the others elected another. Engine
+// goroutine only.
+func (g *Group) quorumSilent() bool {
+	if !g.isLeader {
+		return false
+	}
+	voters := g.conf.Load().GetVoters()
+	live := 0
+	for _, id := range voters {
+		if id == g.e.cfg.NodeID || !g.e.leaderSilent(id) {
+			live++
+		}
+	}
+	return live <= len(voters)/2
+}
+
 // maybeQuiesce quiesces an idle leader and reports whether it did. Engine
 // goroutine only.
 func (g *Group) maybeQuiesce() bool {
-	if !g.isLeader || len(g.waiters) > 0 || g.rn.HasReady() {
+	if !g.isLeader || len(g.waiters) > 0 || g.rn.HasReady() || g.quorumSilent() {
 		g.idleTicks = 0
 		return false
 	}
@@ -526,6 +550,50 @@ func (g *Group) maybeQuiesce() bool {
 			Context: quiesceCtx,
 		})
 	})
+	g.quiesceMsgs, g.quiesceTicks, g.quiesceResends = msgs, 0, 0
+	g.quiesceWait = g.quiesceWait[:0]
+	for _, m := range msgs {
+		g.quiesceWait = append(g.quiesceWait, m.GetTo())
+	}
 	g.e.cfg.Transport.Send(g.name, msgs)
 	return true
+}
+
+// quiesceResendTicks is how long a quiesced leader waits for a follower's
+// acknowledgement of its quiesce heartbeat before it sends it again;
+// quiesceResends how many times it does. A follower whose heartbeat was
+// lost keeps ticking, hears nothing, and campaigns after an election
+// timeout: it loses its leader (raft's pre-candidate follows none) until
+// its pre-vote wakes the leader.
+const (
+	quiesceResendTicks = 2
+	quiesceResends     = 5
+)
+
+// ackQuiesce takes a follower's acknowledgement of the quiesce heartbeat.
+func (g *Group) ackQuiesce(m *raftpb.Message) {
+	if g.quiesced && g.isLeader {
+		g.quiesceWait = slices.DeleteFunc(g.quiesceWait, func(id uint64) bool { return id == m.GetFrom() })
+	}
+}
+
+// resendQuiesce sends the quiesce heartbeat again to the followers that
+// have not acknowledged it, every quiesceResendTicks (the loop keeps
+// ticking meanwhile), at most quiesceResends times. Engine goroutine only.
+func (g *Group) resendQuiesce() {
+	if g.quiesceTicks++; g.quiesceTicks < quiesceResendTicks {
+		return
+	}
+	g.quiesceTicks = 0
+	if g.quiesceResends++; g.quiesceResends > quiesceResends || g.e.cfg.Transport == nil {
+		g.quiesceWait = g.quiesceWait[:0]
+		return
+	}
+	var msgs []*raftpb.Message
+	for _, m := range g.quiesceMsgs {
+		if slices.Contains(g.quiesceWait, m.GetTo()) {
+			msgs = append(msgs, m)
+		}
+	}
+	g.e.cfg.Transport.Send(g.name, msgs)
 }

@@ -1,0 +1,217 @@
+package replica
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/forestbus/forestbus/server/commitlog"
+	"github.com/forestbus/forestbus/server/transport"
+)
+
+// TestIsolatedQuiescedLeaderStepsDown: a quiesced leader whose node is cut
+// off from both followers must stop calling itself the leader once the
+// followers have elected another (CheckQuorum, after an election timeout),
+// as a cut-off follower does (CutOff): otherwise readers waiting at its
+// tail stay there and its own rounds (balancing, retention) take it for the
+// leader for as long as the partition lasts.
+func TestIsolatedQuiescedLeaderStepsDown(t *testing.T) {
+	c := openNoticeCluster(t, 20*time.Millisecond, -1, false)
+	c.sendSequentially(t, 1)
+	for _, tr := range c.trs {
+		require.Eventually(t, func() bool { return tr.quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "the group quiesces")
+	}
+	old := c.groups[0]
+	lead := old.e.NodeID()
+	c.hub.Isolate(lead)
+	require.Eventually(t, func() bool {
+		l := c.groups[1].Leader()
+		return l != 0 && l != lead
+	}, 20*time.Second, time.Millisecond, "the followers elect a leader")
+	newTerm := c.groups[1].Term()
+	// Election timeout is 10 ticks (200 ms) here; give it 50x that.
+	require.Eventually(t, func() bool { return old.Leader() != lead || old.CutOff() }, 10*time.Second, 5*time.Millisecond,
+		"the cut-off quiesced leader (term %d) still leads; the others elected a leader in term %d", old.Term(), newTerm)
+}
+
+// TestPartitionedQuiescedFollowerLearnsNewLeader: a follower cut off while
+// the group is quiesced, during which the leadership moves, learns the new
+// leader and term once healed, and the group quiesces again.
+func TestPartitionedQuiescedFollowerLearnsNewLeader(t *testing.T) {
+	c := openNoticeCluster(t, 20*time.Millisecond, -1, false)
+	c.sendSequentially(t, 1)
+	for _, tr := range c.trs {
+		require.Eventually(t, func() bool { return tr.quiesce.Load() > 0 }, 10*time.Second, time.Millisecond, "the group quiesces")
+	}
+	f := c.groups[2]
+	c.hub.Isolate(f.e.NodeID())
+	require.NoError(t, c.groups[0].TransferLeadership(ctx10(t)))
+	nl := c.groups[1].e.NodeID()
+	require.Eventually(t, func() bool { return c.groups[0].Leader() == nl && c.groups[1].Leader() == nl }, 20*time.Second, time.Millisecond)
+	c.hub.Heal()
+	require.Eventually(t, func() bool { return f.Leader() == nl && f.Term() == c.groups[1].Term() }, 20*time.Second, time.Millisecond,
+		"the healed follower learns the new leader")
+	q := c.trs[1].quiesce.Load()
+	require.Eventually(t, func() bool { return c.trs[1].quiesce.Load() > q }, 20*time.Second, time.Millisecond, "the new leader quiesces")
+}
+
+// timeoutNowLog records to whom its node sends MsgTimeoutNow.
+type timeoutNowLog struct {
+	Transport
+	mu      sync.Mutex
+	to      []uint64
+	quiesce map[string]int
+}
+
+func (l *timeoutNowLog) Send(group string, msgs []*raftpb.Message) {
+	l.mu.Lock()
+	for _, m := range msgs {
+		if m.GetType() == raftpb.MessageType_MsgTimeoutNow {
+			l.to = append(l.to, m.GetTo())
+		}
+		if isQuiesceMsg(m) {
+			if l.quiesce == nil {
+				l.quiesce = map[string]int{}
+			}
+			l.quiesce[group]++
+		}
+	}
+	l.mu.Unlock()
+	l.Transport.Send(group, msgs)
+}
+
+// TestTransferSkipsSilentPeers (node 2 dies: raft's Status lists the
+// progress map in an order that puts 2 before 3 most of the time, and the
+// voters tie on Match): a quiesced leader's raft still sees every
+// follower as recently active and replicating (it has not ticked, so
+// CheckQuorum has not looked), also one whose node has been silent for
+// long (dead, cut off). TransferLeadership (a node's hand-off at stop)
+// must not pick that one: the hand-off would wait out an election timeout,
+// with the group's proposals held, before trying the next voter.
+func TestTransferSkipsSilentPeers(t *testing.T) {
+	const n = 8
+	hub := transport.NewHub()
+	ids := []uint64{1, 2, 3}
+	root := t.TempDir()
+	var tl *timeoutNowLog
+	engines := make([]*Engine, 3)
+	groups := make([][]*Group, 3)
+	for k := 2; k >= 0; k-- { // node 1, which campaigns, last
+		id := ids[k]
+		engines[k] = startHubEngine(t, hub, id, ids, Config{TickInterval: 20 * time.Millisecond}, func(tr Transport) Transport {
+			if id != 1 {
+				return tr
+			}
+			tl = &timeoutNowLog{Transport: tr}
+			return tl
+		})
+		for i := range n {
+			l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id, "g", i)), commitlog.Options{})
+			require.NoError(t, err)
+			g, err := engines[k].AddGroup(GroupConfig{Name: fmt.Sprint("g", i), Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+			require.NoError(t, err)
+			groups[k] = append(groups[k], g)
+		}
+	}
+	quiesced := func(g *Group) bool {
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		return tl.quiesce[g.Name()] > 0
+	}
+	for i, g := range groups[0] {
+		require.Eventually(t, func() bool {
+			return g.Leader() == 1 && groups[1][i].Leader() == 1 && groups[2][i].Leader() == 1
+		}, 10*time.Second, time.Millisecond)
+		_, err := g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return quiesced(g) }, 10*time.Second, time.Millisecond, "leader quiesces")
+	}
+	hub.Isolate(2) // node 2 dies
+	require.Eventually(t, func() bool { return !engines[0].PeerLive(2) }, 10*time.Second, time.Millisecond, "node 1 finds node 2 silent")
+
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, g := range groups[0] {
+		wg.Go(func() { assert.NoError(t, g.TransferLeadership(ctx10(t))) })
+	}
+	wg.Wait()
+	took := time.Since(start)
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	assert.NotContains(t, tl.to, uint64(2), "hand-offs asked of the silent node 2 (MsgTimeoutNow to %v); the %d hand-offs took %v", tl.to, n, took)
+}
+
+// quiesceDropper drops the first quiesce heartbeats its node sends to drop.
+type quiesceDropper struct {
+	Transport
+	mu      sync.Mutex
+	drop    uint64
+	left    int
+	dropped int
+}
+
+func (d *quiesceDropper) Send(group string, msgs []*raftpb.Message) {
+	d.mu.Lock()
+	if d.left > 0 {
+		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m *raftpb.Message) bool {
+			if d.left > 0 && isQuiesceMsg(m) && m.GetTo() == d.drop {
+				d.left--
+				d.dropped++
+				return true
+			}
+			return false
+		})
+	}
+	d.mu.Unlock()
+	d.Transport.Send(group, msgs)
+}
+
+// TestLostQuiesceHeartbeatKeepsLeader: a follower whose quiesce heartbeat
+// was lost keeps ticking while its leader sends nothing more; it must not
+// lose its leader (campaign) because of it.
+func TestLostQuiesceHeartbeatKeepsLeader(t *testing.T) {
+	hub := transport.NewHub()
+	ids := []uint64{1, 2, 3}
+	root := t.TempDir()
+	var qd *quiesceDropper
+	groups := make([]*Group, 3)
+	for k := 2; k >= 0; k-- {
+		id := ids[k]
+		e := startHubEngine(t, hub, id, ids, Config{TickInterval: 20 * time.Millisecond}, func(tr Transport) Transport {
+			if id != 1 {
+				return tr
+			}
+			qd = &quiesceDropper{Transport: tr}
+			return qd
+		})
+		l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id)), commitlog.Options{})
+		require.NoError(t, err)
+		g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+		require.NoError(t, err)
+		groups[k] = g
+	}
+	require.Eventually(t, func() bool {
+		return groups[0].Leader() == 1 && groups[1].Leader() == 1 && groups[2].Leader() == 1
+	}, 10*time.Second, time.Millisecond)
+	qd.mu.Lock()
+	qd.drop, qd.left = 3, 1
+	qd.mu.Unlock()
+	_, err := groups[0].Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { qd.mu.Lock(); defer qd.mu.Unlock(); return qd.dropped == 1 }, 10*time.Second, time.Millisecond)
+	f := groups[2]
+	// 5 election timeouts: the follower must keep its leader throughout.
+	deadline := time.Now().Add(5 * f.ElectionTimeout())
+	for time.Now().Before(deadline) {
+		require.Equal(t, uint64(1), f.Leader(), "the follower lost its leader after its quiesce heartbeat was lost (term %d)", f.Term())
+		time.Sleep(time.Millisecond)
+	}
+}
