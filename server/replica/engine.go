@@ -587,6 +587,7 @@ func (e *Engine) run() {
 				e.resendReleases()
 			}
 			e.refreshSilence()
+			e.metrics.ticks.Add(1)
 			quiet := true
 			for _, g := range list {
 				if g.fenced != nil || g.removing.Load() {
@@ -602,7 +603,7 @@ func (e *Engine) run() {
 					g.pass = pass
 					candidates = append(candidates, g)
 				}
-				quiet = quiet && g.quiesced && len(g.quiesceWait) == 0
+				quiet = quiet && g.quiesced && !g.awaitsQuiesceAcks()
 			}
 			armed = 1
 			if quiet {

@@ -1225,6 +1225,7 @@ func (g *Group) drainInbox() {
 				g.quiesced = false
 			case m.GetType() == raftpb.MessageType_MsgHeartbeat && m.GetFrom() == g.lead.Load() && !g.isLeader:
 				g.quiesced = true // the leader went idle
+				g.quiesceWait = g.quiesceWait[:0]
 			}
 		}
 		msgs[i] = nil

@@ -99,12 +99,16 @@ type EngineMetrics struct {
 	// time.
 	SyncSeconds    []uint64
 	SyncSecondsSum float64
+	// Ticks counts the loop's tick passes over its groups: one a tick
+	// while a group is awake, one a ping interval when all are quiesced.
+	Ticks uint64
 }
 
 type engineMetrics struct {
 	syncedWrites atomic.Uint64
 	syncBuckets  [len(SyncBuckets) + 1]atomic.Uint64 // the last: +Inf
 	syncNanos    atomic.Uint64
+	ticks        atomic.Uint64
 }
 
 // observeSync records a sync of writes Readies that took d.
@@ -120,6 +124,7 @@ func (e *Engine) Metrics() EngineMetrics {
 	out := EngineMetrics{
 		SyncedWrites:   m.syncedWrites.Load(),
 		SyncSecondsSum: time.Duration(m.syncNanos.Load()).Seconds(),
+		Ticks:          m.ticks.Load(),
 	}
 	out.SyncSeconds, out.Syncs = cumulative(m.syncBuckets[:])
 	return out

@@ -461,7 +461,7 @@ func (g *Group) tick(elapsed int) bool {
 			// The leader went quiet: tick, and elect. Or this leader's
 			// voters did: tick, so that CheckQuorum deposes it.
 			g.quiesced = false
-		} else if g.isLeader && len(g.quiesceWait) > 0 {
+		} else if g.awaitsQuiesceAcks() {
 			g.resendQuiesce()
 		}
 		return asked
@@ -569,6 +569,15 @@ const (
 	quiesceResendTicks = 2
 	quiesceResends     = 5
 )
+
+// awaitsQuiesceAcks reports whether g is a quiesced leader that resends
+// its quiesce heartbeat (the loop ticks for it meanwhile). The list of a
+// node that led the group once is not: it stopped leading (a hand-off, a
+// new term) before the acknowledgements came, and, quiesced again as a
+// follower, it kept its node's loop ticking for good.
+func (g *Group) awaitsQuiesceAcks() bool {
+	return g.isLeader && len(g.quiesceWait) > 0
+}
 
 // ackQuiesce takes a follower's acknowledgement of the quiesce heartbeat.
 func (g *Group) ackQuiesce(m *raftpb.Message) {

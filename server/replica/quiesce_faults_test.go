@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -213,5 +214,74 @@ func TestLostQuiesceHeartbeatKeepsLeader(t *testing.T) {
 	for time.Now().Before(deadline) {
 		require.Equal(t, uint64(1), f.Leader(), "the follower lost its leader after its quiesce heartbeat was lost (term %d)", f.Term())
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// quiesceAckDropper drops the acknowledgements of quiesce heartbeats sent
+// to node to, and counts the quiesce heartbeats sent by its node.
+type quiesceAckDropper struct {
+	Transport
+	to   uint64
+	sent atomic.Int64
+}
+
+func (d *quiesceAckDropper) Send(group string, msgs []*raftpb.Message) {
+	msgs = slices.DeleteFunc(slices.Clone(msgs), func(m *raftpb.Message) bool {
+		if isQuiesceMsg(m) && m.GetType() == raftpb.MessageType_MsgHeartbeat {
+			d.sent.Add(1)
+		}
+		return isQuiesceMsg(m) && m.GetType() == raftpb.MessageType_MsgHeartbeatResp && m.GetTo() == d.to
+	})
+	d.Transport.Send(group, msgs)
+}
+
+// TestFormerLeaderGoesQuiet: a leader that quiesced and handed its group
+// off before its followers acknowledged (here they never do) kept their
+// names; quiesced again as a follower, it kept its node's loop ticking,
+// every tick, for good (a bench found the idle cost up). Its loop rests
+// again: one tick pass a ping interval.
+func TestFormerLeaderGoesQuiet(t *testing.T) {
+	const tick = 50 * time.Millisecond
+	hub := transport.NewHub()
+	ids := []uint64{1, 2, 3}
+	root := t.TempDir()
+	drops := make([]*quiesceAckDropper, 3)
+	engines := make([]*Engine, 3)
+	groups := make([]*Group, 3)
+	for k := 2; k >= 0; k-- { // node 1, which campaigns, last
+		id := ids[k]
+		engines[k] = startHubEngine(t, hub, id, ids, Config{TickInterval: tick}, func(tr Transport) Transport {
+			drops[k] = &quiesceAckDropper{Transport: tr, to: 1}
+			return drops[k]
+		})
+		l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id)), commitlog.Options{})
+		require.NoError(t, err)
+		groups[k], err = engines[k].AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool {
+		return groups[0].Leader() == 1 && groups[1].Leader() == 1 && groups[2].Leader() == 1
+	}, 10*time.Second, time.Millisecond)
+	_, err := groups[0].Propose(ctx10(t), [][]byte{[]byte("m")}, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return drops[0].sent.Load() > 0 }, 10*time.Second, time.Millisecond, "node 1 quiesces the group")
+	ok, err := groups[0].HandTo(ctx10(t), 2, 0)
+	require.NoError(t, err)
+	require.True(t, ok, "the hand-off to node 2")
+	require.Eventually(t, func() bool { return groups[0].Leader() == 2 && drops[1].sent.Load() > 0 }, 10*time.Second, time.Millisecond,
+		"node 2 leads and quiesces the group")
+
+	// Quiet: a pass every ping interval (pingEvery ticks); awake, one a tick.
+	quietRate := float64(time.Second/tick) / pingEvery
+	var rate float64
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		start, before := time.Now(), engines[0].Metrics().Ticks
+		<-time.After(time.Second) // a measurement window
+		rate = float64(engines[0].Metrics().Ticks-before) / time.Since(start).Seconds()
+		if rate <= 2*quietRate+1 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "node 1's loop still makes %.0f tick passes a second (quiet: %.0f)", rate, quietRate)
 	}
 }
