@@ -80,33 +80,6 @@ func TestHeartbeatOvertakesAppends(t *testing.T) {
 	}
 }
 
-// TestEndedStreamReplacedAtOnce: a peer that restarted while this node had
-// nothing to send it ended this node's stream, which nothing read: the
-// next message (often a vote) was written to the dead stream and lost
-// (review). The sender watches its stream's end and connects again.
-func TestEndedStreamReplacedAtOnce(t *testing.T) {
-	n1 := startNode(t, 1, "c")
-	n2 := startNode(t, 2, "c")
-	connect(n1, n2)
-	n1.tr.Send("g", []*raftpb.Message{msg(1, 2, 1)})
-	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
-	require.Equal(t, uint64(1), n1.tr.connects.Load())
-
-	addr2 := n2.addr
-	n2.stop()
-	h := newRecorder()
-	n2 = &node{id: 2, tr: New(Config{NodeID: 2, ClusterID: "c", Handler: h}), h: h}
-	n2.serve(t, addr2)
-	t.Cleanup(n2.stop)
-	require.Eventually(t, func() bool { return n1.tr.connects.Load() == 2 }, waitFor, tick,
-		"node 1 connects to the restarted node again before it has anything to send")
-
-	vote := &raftpb.Message{Type: raftpb.MessageType_MsgVote.Enum(), From: new(uint64(1)), To: new(uint64(2)), Term: new(uint64(5))}
-	n1.tr.Send("g", []*raftpb.Message{vote})
-	require.Eventually(t, func() bool { return n2.h.count() == 1 }, waitFor, tick)
-	assert.Zero(t, n1.h.unreachableCount("g", 2), "nothing was lost")
-}
-
 // lateReports counts the Handler's reports made after Stop returned.
 type lateReports struct {
 	stopped atomic.Bool

@@ -362,21 +362,15 @@ func (p *peer) toldRemoved(md metadata.MD) {
 	}
 }
 
-// streamError turns a failed Send on a stream nothing reads yet (the
-// handshake's) into the stream's status: Send returns io.EOF when the
-// server ended the call, whose status RecvMsg returns (endError).
+// streamError turns a failed Send into the stream's status: Send returns
+// io.EOF when the server ended the call, whose status RecvMsg returns. Its
+// trailer, readable then, may say that the cluster removed this node (a
+// refusal wrapping ErrRefuseRemoved).
 func (p *peer) streamError(stream peerv1.PeerService_StreamClient, err error) error {
 	if err != io.EOF {
 		return err
 	}
-	return p.endError(stream, stream.RecvMsg(new(peerv1.StreamResponse)))
-}
-
-// endError is the error of a stream that the peer ended: RecvMsg's (the
-// call's status), read by pump's watch. The stream's trailer, readable
-// then, may say that the cluster removed this node (a refusal wrapping
-// ErrRefuseRemoved).
-func (p *peer) endError(stream peerv1.PeerService_StreamClient, rerr error) error {
+	rerr := stream.RecvMsg(new(peerv1.StreamResponse))
 	p.toldRemoved(stream.Trailer())
 	if rerr != nil {
 		return rerr
@@ -387,19 +381,10 @@ func (p *peer) endError(stream peerv1.PeerService_StreamClient, rerr error) erro
 // pump sends queued messages as frames until the stream fails or the peer
 // is stopped. It returns the queue buffer for reuse.
 func (p *peer) pump(stream peerv1.PeerService_StreamClient, buf []outMsg) ([]outMsg, error) {
-	// The peer sends nothing on the stream but its end. Watched, a stream
-	// the peer ended (it restarted, stopped, or refused a frame) is
-	// replaced at once; unwatched, it was found ended by the next frame,
-	// which was lost (often a vote: a whole election timeout). RecvMsg
-	// beside SendMsg is allowed; the caller's cancel ends the watch.
-	ended := make(chan error, 1)
-	go func() { ended <- stream.RecvMsg(new(peerv1.StreamResponse)) }()
 	for {
 		select {
 		case <-p.ctx.Done():
 			return buf, p.ctx.Err()
-		case rerr := <-ended:
-			return buf, fmt.Errorf("transport: stream ended: %w", p.endError(stream, rerr))
 		case <-p.signal:
 		}
 		batch := p.take(buf)
@@ -416,10 +401,7 @@ func (p *peer) pump(stream peerv1.PeerService_StreamClient, buf []outMsg) ([]out
 				if p.ctx.Err() == nil || p.replaced.Load() {
 					p.fail(batch[i:])
 				}
-				if err == io.EOF { // the peer ended the call: its status is the watch's
-					err = p.endError(stream, <-ended)
-				}
-				return batch, fmt.Errorf("transport: send: %w", err)
+				return batch, fmt.Errorf("transport: send: %w", p.streamError(stream, err))
 			}
 			p.t.framesSent.Add(1)
 			p.t.msgsSent.Add(uint64(j - i))
