@@ -2,8 +2,6 @@ package replica
 
 import (
 	"context"
-	"fmt"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,7 +13,6 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
-	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/transport"
 )
 
@@ -101,33 +98,15 @@ func heldProposals(ctx context.Context, g *Group) int {
 // through the dropper it returns.
 func openHandCluster(t *testing.T, cfg Config) ([]*Engine, []*Group, *timeoutNowDropper) {
 	t.Helper()
-	hub := transport.NewHub()
-	ids := []uint64{1, 2, 3}
-	root := t.TempDir()
 	var dropper *timeoutNowDropper
-	engines, groups := make([]*Engine, 3), make([]*Group, 3)
-	for k := 2; k >= 0; k-- { // node 1, which campaigns, last (see openNoticeCluster)
-		id := ids[k]
-		if cfg.TickInterval == 0 {
-			cfg.TickInterval = 50 * time.Millisecond
+	engines, gs := openHubTrio(t, transport.NewHub(), cfg, []string{"g"}, func(id uint64, tr Transport) Transport {
+		if id != 1 {
+			return tr
 		}
-		engines[k] = startHubEngine(t, hub, id, ids, cfg, func(tr Transport) Transport {
-			if id != 1 {
-				return tr
-			}
-			dropper = &timeoutNowDropper{Transport: tr}
-			return dropper
-		})
-		l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id)), commitlog.Options{})
-		require.NoError(t, err)
-		g, err := engines[k].AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
-		require.NoError(t, err)
-		groups[k] = g
-	}
-	require.Eventually(t, func() bool {
-		return groups[0].Leader() == 1 && groups[1].Leader() == 1 && groups[2].Leader() == 1
-	}, 10*time.Second, time.Millisecond)
-	return engines, groups, dropper
+		dropper = &timeoutNowDropper{Transport: tr}
+		return dropper
+	})
+	return engines, []*Group{gs[0][0], gs[1][0], gs[2][0]}, dropper
 }
 
 // TestHandToAndAbort: HandTo hands a caught-up follower the leadership.

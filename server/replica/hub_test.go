@@ -4,14 +4,19 @@ package replica
 // tests, which also use them, are Linux-only).
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
+	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/transport"
 )
 
@@ -69,4 +74,41 @@ func newHubEngine(t *testing.T, hub *transport.Hub, id uint64, ids []uint64, cfg
 	ref.e.Store(e)
 	e.SetPeers(ids)
 	return e, tr
+}
+
+// openHubTrio starts nodes 1, 2 and 3 on hub with cfg (ticks default
+// 50 ms), each with the groups names (logs in a temporary directory), and
+// waits until node 1, which campaigns and starts last (see
+// openNoticeCluster), leads every group on every node. wrap, when not nil,
+// wraps node id's transport. It returns the engines and, per node, the
+// groups in names' order; index k is node k+1.
+func openHubTrio(t *testing.T, hub *transport.Hub, cfg Config, names []string, wrap func(id uint64, tr Transport) Transport) ([]*Engine, [][]*Group) {
+	t.Helper()
+	if cfg.TickInterval == 0 {
+		cfg.TickInterval = 50 * time.Millisecond
+	}
+	ids := []uint64{1, 2, 3}
+	root := t.TempDir()
+	engines, groups := make([]*Engine, 3), make([][]*Group, 3)
+	for k := 2; k >= 0; k-- {
+		id := ids[k]
+		var w func(Transport) Transport
+		if wrap != nil {
+			w = func(tr Transport) Transport { return wrap(id, tr) }
+		}
+		engines[k] = startHubEngine(t, hub, id, ids, cfg, w)
+		for _, name := range names {
+			l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id, "-", name)), commitlog.Options{})
+			require.NoError(t, err)
+			g, err := engines[k].AddGroup(GroupConfig{Name: name, Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
+			require.NoError(t, err)
+			groups[k] = append(groups[k], g)
+		}
+	}
+	for i := range names {
+		require.Eventually(t, func() bool {
+			return groups[0][i].Leader() == 1 && groups[1][i].Leader() == 1 && groups[2][i].Leader() == 1
+		}, 10*time.Second, time.Millisecond, "node 1 leads %s", names[i])
+	}
+	return engines, groups
 }

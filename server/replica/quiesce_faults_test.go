@@ -2,7 +2,6 @@ package replica
 
 import (
 	"fmt"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -11,10 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
-	"github.com/forestbus/forestbus/server/commitlog"
 	"github.com/forestbus/forestbus/server/transport"
 )
 
@@ -98,39 +95,25 @@ func (l *timeoutNowLog) Send(group string, msgs []*raftpb.Message) {
 // must not pick that one: the hand-off would wait out an election timeout,
 // with the group's proposals held, before trying the next voter.
 func TestTransferSkipsSilentPeers(t *testing.T) {
-	const n = 8
-	hub := transport.NewHub()
-	ids := []uint64{1, 2, 3}
-	root := t.TempDir()
-	var tl *timeoutNowLog
-	engines := make([]*Engine, 3)
-	groups := make([][]*Group, 3)
-	for k := 2; k >= 0; k-- { // node 1, which campaigns, last
-		id := ids[k]
-		engines[k] = startHubEngine(t, hub, id, ids, Config{TickInterval: 20 * time.Millisecond}, func(tr Transport) Transport {
-			if id != 1 {
-				return tr
-			}
-			tl = &timeoutNowLog{Transport: tr}
-			return tl
-		})
-		for i := range n {
-			l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id, "g", i)), commitlog.Options{})
-			require.NoError(t, err)
-			g, err := engines[k].AddGroup(GroupConfig{Name: fmt.Sprint("g", i), Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
-			require.NoError(t, err)
-			groups[k] = append(groups[k], g)
-		}
+	names := make([]string, 8)
+	for i := range names {
+		names[i] = fmt.Sprint("g", i)
 	}
+	hub := transport.NewHub()
+	var tl *timeoutNowLog
+	engines, groups := openHubTrio(t, hub, Config{TickInterval: 20 * time.Millisecond}, names, func(id uint64, tr Transport) Transport {
+		if id != 1 {
+			return tr
+		}
+		tl = &timeoutNowLog{Transport: tr}
+		return tl
+	})
 	quiesced := func(g *Group) bool {
 		tl.mu.Lock()
 		defer tl.mu.Unlock()
 		return tl.quiesce[g.Name()] > 0
 	}
-	for i, g := range groups[0] {
-		require.Eventually(t, func() bool {
-			return g.Leader() == 1 && groups[1][i].Leader() == 1 && groups[2][i].Leader() == 1
-		}, 10*time.Second, time.Millisecond)
+	for _, g := range groups[0] {
 		_, err := g.Propose(ctx10(t), [][]byte{[]byte("m")}, true)
 		require.NoError(t, err)
 		require.Eventually(t, func() bool { return quiesced(g) }, 10*time.Second, time.Millisecond, "leader quiesces")
@@ -147,7 +130,7 @@ func TestTransferSkipsSilentPeers(t *testing.T) {
 	took := time.Since(start)
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
-	assert.NotContains(t, tl.to, uint64(2), "hand-offs asked of the silent node 2 (MsgTimeoutNow to %v); the %d hand-offs took %v", tl.to, n, took)
+	assert.NotContains(t, tl.to, uint64(2), "hand-offs asked of the silent node 2 (MsgTimeoutNow to %v); the %d hand-offs took %v", tl.to, len(names), took)
 }
 
 // quiesceDropper drops the first quiesce heartbeats its node sends to drop.
@@ -179,29 +162,15 @@ func (d *quiesceDropper) Send(group string, msgs []*raftpb.Message) {
 // was lost keeps ticking while its leader sends nothing more; it must not
 // lose its leader (campaign) because of it.
 func TestLostQuiesceHeartbeatKeepsLeader(t *testing.T) {
-	hub := transport.NewHub()
-	ids := []uint64{1, 2, 3}
-	root := t.TempDir()
 	var qd *quiesceDropper
-	groups := make([]*Group, 3)
-	for k := 2; k >= 0; k-- {
-		id := ids[k]
-		e := startHubEngine(t, hub, id, ids, Config{TickInterval: 20 * time.Millisecond}, func(tr Transport) Transport {
-			if id != 1 {
-				return tr
-			}
-			qd = &quiesceDropper{Transport: tr}
-			return qd
-		})
-		l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id)), commitlog.Options{})
-		require.NoError(t, err)
-		g, err := e.AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
-		require.NoError(t, err)
-		groups[k] = g
-	}
-	require.Eventually(t, func() bool {
-		return groups[0].Leader() == 1 && groups[1].Leader() == 1 && groups[2].Leader() == 1
-	}, 10*time.Second, time.Millisecond)
+	_, nodes := openHubTrio(t, transport.NewHub(), Config{TickInterval: 20 * time.Millisecond}, []string{"g"}, func(id uint64, tr Transport) Transport {
+		if id != 1 {
+			return tr
+		}
+		qd = &quiesceDropper{Transport: tr}
+		return qd
+	})
+	groups := []*Group{nodes[0][0], nodes[1][0], nodes[2][0]}
 	qd.mu.Lock()
 	qd.drop, qd.left = 3, 1
 	qd.mu.Unlock()
@@ -242,26 +211,12 @@ func (d *quiesceAckDropper) Send(group string, msgs []*raftpb.Message) {
 // again: one tick pass a ping interval.
 func TestFormerLeaderGoesQuiet(t *testing.T) {
 	const tick = 50 * time.Millisecond
-	hub := transport.NewHub()
-	ids := []uint64{1, 2, 3}
-	root := t.TempDir()
 	drops := make([]*quiesceAckDropper, 3)
-	engines := make([]*Engine, 3)
-	groups := make([]*Group, 3)
-	for k := 2; k >= 0; k-- { // node 1, which campaigns, last
-		id := ids[k]
-		engines[k] = startHubEngine(t, hub, id, ids, Config{TickInterval: tick}, func(tr Transport) Transport {
-			drops[k] = &quiesceAckDropper{Transport: tr, to: 1}
-			return drops[k]
-		})
-		l, err := commitlog.Open(filepath.Join(root, fmt.Sprint("n", id)), commitlog.Options{})
-		require.NoError(t, err)
-		groups[k], err = engines[k].AddGroup(GroupConfig{Name: "g", Log: l, Peers: []raft.Peer{{ID: 1}, {ID: 2}, {ID: 3}}, Campaign: id == 1})
-		require.NoError(t, err)
-	}
-	require.Eventually(t, func() bool {
-		return groups[0].Leader() == 1 && groups[1].Leader() == 1 && groups[2].Leader() == 1
-	}, 10*time.Second, time.Millisecond)
+	engines, nodes := openHubTrio(t, transport.NewHub(), Config{TickInterval: tick}, []string{"g"}, func(id uint64, tr Transport) Transport {
+		drops[id-1] = &quiesceAckDropper{Transport: tr, to: 1}
+		return drops[id-1]
+	})
+	groups := []*Group{nodes[0][0], nodes[1][0], nodes[2][0]}
 	_, err := groups[0].Propose(ctx10(t), [][]byte{[]byte("m")}, true)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return drops[0].sent.Load() > 0 }, 10*time.Second, time.Millisecond, "node 1 quiesces the group")
