@@ -231,11 +231,10 @@ type Group struct {
 	}
 	// quiesced: idle, not ticking (see quiesce.go).
 	quiesced bool
-	// quiesceWait: the followers whose acknowledgement of this leader's
-	// quiesce heartbeat (quiesceMsgs) has not arrived; resent every
-	// quiesceResendTicks, at most quiesceResends times (resendQuiesce).
-	quiesceWait    []uint64
-	quiesceMsgs    []*raftpb.Message
+	// quiesceUnacked: this leader's quiesce heartbeats whose followers
+	// have not acknowledged them yet; resent every quiesceResendTicks, at
+	// most quiesceResends times (resendQuiesce).
+	quiesceUnacked []*raftpb.Message
 	quiesceTicks   int
 	quiesceResends int
 	// lostQuorum: raft deposed this leader for want of a quorum since the
@@ -1225,7 +1224,7 @@ func (g *Group) drainInbox() {
 				g.quiesced = false
 			case m.GetType() == raftpb.MessageType_MsgHeartbeat && m.GetFrom() == g.lead.Load() && !g.isLeader:
 				g.quiesced = true // the leader went idle
-				g.quiesceWait = g.quiesceWait[:0]
+				g.quiesceUnacked = g.quiesceUnacked[:0]
 			}
 		}
 		msgs[i] = nil

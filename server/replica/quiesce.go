@@ -550,11 +550,9 @@ func (g *Group) maybeQuiesce() bool {
 			Context: quiesceCtx,
 		})
 	})
-	g.quiesceMsgs, g.quiesceTicks, g.quiesceResends = msgs, 0, 0
-	g.quiesceWait = g.quiesceWait[:0]
-	for _, m := range msgs {
-		g.quiesceWait = append(g.quiesceWait, m.GetTo())
-	}
+	// A copy: ackQuiesce takes from it, and Send may read msgs later.
+	g.quiesceUnacked = append(g.quiesceUnacked[:0], msgs...)
+	g.quiesceTicks, g.quiesceResends = 0, 0
 	g.e.cfg.Transport.Send(g.name, msgs)
 	return true
 }
@@ -576,13 +574,13 @@ const (
 // new term) before the acknowledgements came, and, quiesced again as a
 // follower, it kept its node's loop ticking for good.
 func (g *Group) awaitsQuiesceAcks() bool {
-	return g.isLeader && len(g.quiesceWait) > 0
+	return g.isLeader && len(g.quiesceUnacked) > 0
 }
 
 // ackQuiesce takes a follower's acknowledgement of the quiesce heartbeat.
 func (g *Group) ackQuiesce(m *raftpb.Message) {
 	if g.quiesced && g.isLeader {
-		g.quiesceWait = slices.DeleteFunc(g.quiesceWait, func(id uint64) bool { return id == m.GetFrom() })
+		g.quiesceUnacked = slices.DeleteFunc(g.quiesceUnacked, func(q *raftpb.Message) bool { return q.GetTo() == m.GetFrom() })
 	}
 }
 
@@ -595,14 +593,9 @@ func (g *Group) resendQuiesce() {
 	}
 	g.quiesceTicks = 0
 	if g.quiesceResends++; g.quiesceResends > quiesceResends || g.e.cfg.Transport == nil {
-		g.quiesceWait = g.quiesceWait[:0]
+		g.quiesceUnacked = g.quiesceUnacked[:0]
 		return
 	}
-	var msgs []*raftpb.Message
-	for _, m := range g.quiesceMsgs {
-		if slices.Contains(g.quiesceWait, m.GetTo()) {
-			msgs = append(msgs, m)
-		}
-	}
+	msgs := slices.Clone(g.quiesceUnacked) // ackQuiesce changes the list
 	g.e.cfg.Transport.Send(g.name, msgs)
 }
